@@ -1,0 +1,501 @@
+//! The HTTP contract, as Rust types.
+//!
+//! Every JSON body that crosses a process boundary is defined here, once, so the
+//! server that writes it and the client that reads it cannot drift apart. Field
+//! names are those of `shared/spec/api.md` (course scripts depend on them): add
+//! fields freely, never rename or drop one.
+//!
+//! Internal endpoints that are kvlab's own design (replication, fencing, admin
+//! hooks) are at the bottom and marked as such.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+// ---------------------------------------------------------------------------
+// Shared pieces
+// ---------------------------------------------------------------------------
+
+/// Default ports of the lab (api.md, "Default ports").
+pub mod ports {
+    pub const GATEWAY: u16 = 8000;
+    pub const COORDINATOR: u16 = 7000;
+    /// The leader; follower-i listens on `LEADER + i`.
+    pub const LEADER: u16 = 7001;
+    pub const REGISTRY: u16 = 9000;
+}
+
+/// The id of the one leader node.
+pub const LEADER_ID: &str = "leader";
+
+/// Headers every node response carries.
+pub const HEADER_NODE_ID: &str = "x-node-id";
+pub const HEADER_NODE_ROLE: &str = "x-node-role";
+/// kvlab's addition: which incarnation of the node answered (see fencing).
+pub const HEADER_NODE_INCARNATION: &str = "x-node-incarnation";
+
+/// `{"detail": ...}`: the error body of every component.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub detail: serde_json::Value,
+}
+
+/// The role a node plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Leader,
+    Follower,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A node's liveness as the coordinator sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeStatus {
+    /// Process launched, not yet answering its health check.
+    Starting,
+    Alive,
+    Dead,
+}
+
+impl NodeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeStatus::Starting => "starting",
+            NodeStatus::Alive => "alive",
+            NodeStatus::Dead => "dead",
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Client-facing write and read (gateway and coordinator)
+// ---------------------------------------------------------------------------
+
+/// `POST /write` body, on the gateway, the coordinator and the leader's `/data`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WriteRequest {
+    pub key: String,
+    pub value: String,
+}
+
+/// 200 answer of the coordinator's `POST /write`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WriteResponse {
+    pub status: String,
+    pub key: String,
+    pub value: String,
+    pub version: u64,
+    pub sync_acks: usize,
+    pub quorum: usize,
+    pub sync_replicated_to: Vec<String>,
+    /// kvlab's addition: the position of this write in the replication log.
+    #[serde(default)]
+    pub seq: u64,
+}
+
+/// 200 answer of the coordinator's `GET /read/{key}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReadResponse {
+    pub key: String,
+    pub value: String,
+    pub version: u64,
+    pub served_by: String,
+    pub quorum_responses: usize,
+}
+
+// ---------------------------------------------------------------------------
+// Coordinator
+// ---------------------------------------------------------------------------
+
+/// One node in `GET /status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeView {
+    pub node_id: String,
+    pub url: String,
+    pub status: NodeStatus,
+    /// kvlab's additions.
+    #[serde(default)]
+    pub port: u16,
+    #[serde(default)]
+    pub incarnation: u64,
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// `sync`, `async` or `read` membership of a follower (empty for the leader).
+    #[serde(default)]
+    pub sets: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QuorumView {
+    #[serde(rename = "W")]
+    pub w: usize,
+    #[serde(rename = "R")]
+    pub r: usize,
+    /// Alive followers (the leader is not counted, as in N, W and R).
+    pub total_alive: usize,
+    pub can_write: bool,
+    pub can_read: bool,
+}
+
+/// `GET /status` on the coordinator (`/cluster-status` on the gateway).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusResponse {
+    pub leader: Option<NodeView>,
+    pub followers: Vec<NodeView>,
+    pub quorum: QuorumView,
+}
+
+/// `GET /` on the coordinator.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CoordinatorInfo {
+    pub service: String,
+    pub leader: Option<String>,
+    pub follower_count: usize,
+    pub can_write: bool,
+    pub can_read: bool,
+}
+
+/// Optional body of `POST /spawn`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SpawnRequest {
+    #[serde(default)]
+    pub node_id: Option<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SpawnResponse {
+    pub status: String,
+    pub node_id: String,
+    pub url: String,
+    #[serde(default)]
+    pub incarnation: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KillResponse {
+    pub status: String,
+    pub node_id: String,
+    pub can_write: bool,
+}
+
+/// `POST /catchup` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CatchupRequest {
+    pub node_id: String,
+    #[serde(default)]
+    pub url: Option<String>,
+    /// kvlab's addition: which incarnation registered (the registry knows it).
+    #[serde(default)]
+    pub incarnation: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CatchupResponse {
+    pub status: String,
+    pub node_id: String,
+    /// kvlab's addition: the log position the follower holds now.
+    #[serde(default)]
+    pub applied_seq: u64,
+}
+
+/// `POST /node-died` body (from the registry).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeDiedRequest {
+    pub node_id: String,
+    #[serde(default)]
+    pub incarnation: Option<u64>,
+}
+
+/// kvlab's addition, `POST /node-revived` (from the registry): a node that was
+/// declared dead is heartbeating again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeRevivedRequest {
+    pub node_id: String,
+    pub url: String,
+    #[serde(default)]
+    pub incarnation: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusOnly {
+    pub status: String,
+}
+
+// ---------------------------------------------------------------------------
+// Registry
+// ---------------------------------------------------------------------------
+
+/// `POST /heartbeat` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub node_id: String,
+    pub port: u16,
+    pub url: String,
+    pub role: Role,
+    /// kvlab's addition. A heartbeat from an older incarnation than the newest
+    /// one the registry has seen is refused with 409: that process was replaced.
+    #[serde(default)]
+    pub incarnation: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeRef {
+    pub node_id: String,
+    pub url: String,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    pub status: String,
+    pub nodes: Vec<NodeRef>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeregisterRequest {
+    pub node_id: String,
+    #[serde(default)]
+    pub incarnation: Option<u64>,
+}
+
+/// One entry of the registry's `GET /nodes`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegistryNode {
+    pub node_id: String,
+    pub url: String,
+    pub role: Role,
+    /// `alive` or `dead`.
+    pub status: String,
+    pub last_seen_seconds_ago: f64,
+    #[serde(default)]
+    pub incarnation: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegistryNodes {
+    pub nodes: Vec<RegistryNode>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AliveNodes {
+    pub nodes: Vec<NodeRef>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegistryInfo {
+    pub service: String,
+    pub total_nodes: usize,
+    pub alive_nodes: usize,
+    pub dead_nodes: usize,
+}
+
+// ---------------------------------------------------------------------------
+// Node
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeHealth {
+    pub status: String,
+    pub node_id: String,
+    pub role: Role,
+    #[serde(default)]
+    pub incarnation: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub node_id: String,
+    pub role: Role,
+    pub status: String,
+    pub data_count: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStats {
+    pub node_id: String,
+    pub role: Role,
+    pub active_requests: u64,
+    pub total_writes: u64,
+    pub total_reads: u64,
+    pub replications_sent: u64,
+    pub replications_received: u64,
+    pub data_count: usize,
+    /// The leader's followers with their replication progress; empty on a follower.
+    pub followers: Vec<FollowerProgress>,
+    /// kvlab's additions.
+    pub applied_seq: u64,
+    pub incarnation: u64,
+}
+
+/// `GET /data/{key}` on a node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeValue {
+    pub node_id: String,
+    pub key: String,
+    pub value: String,
+    pub version: u64,
+}
+
+/// A stored value with its per-key version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Versioned {
+    pub value: String,
+    pub version: u64,
+}
+
+/// `GET /data` on a node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeData {
+    pub node_id: String,
+    pub data: BTreeMap<String, Versioned>,
+    pub count: usize,
+}
+
+/// `GET /snapshot` on a node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeSnapshot {
+    pub data: BTreeMap<String, String>,
+    pub versions: BTreeMap<String, u64>,
+    /// kvlab's addition: the log position this snapshot reflects.
+    #[serde(default)]
+    pub applied_seq: u64,
+}
+
+// ---------------------------------------------------------------------------
+// kvlab's own internal protocol: replication between leader and followers.
+// ---------------------------------------------------------------------------
+
+/// One write in the replication log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Cluster-wide position in the log, starting at 1, without gaps.
+    pub seq: u64,
+    /// The leadership term that wrote it (for failover; constant for now).
+    pub term: u64,
+    pub key: String,
+    pub value: String,
+    /// The key's version after this write.
+    pub version: u64,
+}
+
+/// The leader's `POST /data` body: the coordinator's write path.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaderWriteRequest {
+    pub key: String,
+    pub value: String,
+    /// The sync set, chosen by the coordinator: the write is acknowledged once
+    /// each of these has acknowledged it.
+    #[serde(default)]
+    pub sync: Vec<PeerRef>,
+    /// How long to wait for the sync acks.
+    #[serde(default)]
+    pub ack_timeout_ms: Option<u64>,
+}
+
+/// A follower named by id and incarnation: an ack from any other incarnation
+/// of the same id does not count.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerRef {
+    pub node_id: String,
+    pub incarnation: u64,
+}
+
+/// The leader's answer to `POST /data`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaderWriteResponse {
+    pub key: String,
+    pub value: String,
+    pub version: u64,
+    pub seq: u64,
+    /// Which sync followers acknowledged in time.
+    pub acked_by: Vec<String>,
+    /// Which sync followers did not, with the reason.
+    pub missing: Vec<MissingAck>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MissingAck {
+    pub node_id: String,
+    pub reason: String,
+}
+
+/// The leader's `PUT /replication/peers`: the full set of followers to
+/// replicate to, pushed by the coordinator whenever membership changes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerSet {
+    pub peers: Vec<PeerConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerConfig {
+    pub node_id: String,
+    pub url: String,
+    pub incarnation: u64,
+    /// Sync followers get the sync delay, the others the async delay.
+    pub sync: bool,
+}
+
+/// Replication progress of one follower, as the leader sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FollowerProgress {
+    pub node_id: String,
+    pub url: String,
+    pub incarnation: u64,
+    pub sync: bool,
+    /// Highest sequence number the follower holds contiguously.
+    pub acked_seq: u64,
+    /// The last error talking to it, if the last attempt failed.
+    pub error: Option<String>,
+}
+
+/// A follower's `POST /replicate` body: a batch of consecutive entries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppendRequest {
+    pub term: u64,
+    /// The incarnation of the follower the leader means to talk to.
+    pub to_incarnation: u64,
+    pub entries: Vec<Entry>,
+}
+
+/// A follower's `POST /replicate/snapshot` body: the whole state at `seq`,
+/// used only when the leader no longer retains the entries the follower lacks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstallSnapshot {
+    pub term: u64,
+    pub to_incarnation: u64,
+    pub seq: u64,
+    pub data: BTreeMap<String, Versioned>,
+}
+
+/// A follower's answer to `/replicate` and `/replicate/snapshot`, and `GET /replicate`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppendResponse {
+    pub node_id: String,
+    pub incarnation: u64,
+    /// Highest sequence number held contiguously after this request.
+    pub acked_seq: u64,
+}
+
+/// `POST /admin/pause-heartbeats`: the fault hook for network blips.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PauseHeartbeats {
+    pub seconds: f64,
+}

@@ -1,0 +1,6 @@
+//! kvlab: a replicated key-value store built as a distributed-systems lab.
+//!
+//! One library, one binary. Each component lives in its own module and is
+//! started by a `kvlab <component>` subcommand (see `main.rs`).
+
+pub mod api;
