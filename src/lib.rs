@@ -4,3 +4,5 @@
 //! started by a `kvlab <component>` subcommand (see `main.rs`).
 
 pub mod api;
+pub mod http;
+pub mod node;

@@ -1,0 +1,610 @@
+//! A storage node: the leader or one follower, each its own OS process.
+//!
+//! - The **leader** takes writes from the coordinator (`POST /data`), gives
+//!   each the next log position and the key's next version, and streams the
+//!   log to every follower it was told about (see [`replication`]). It answers
+//!   a write once each follower of the write's sync set has acknowledged it.
+//! - A **follower** applies the leader's entries in log order
+//!   (`POST /replicate`) and serves reads (`GET /data/{key}`).
+//!
+//! Both heartbeat to the registry (see [`heartbeat`]) and tag every answer
+//! with `X-Node-ID`, `X-Node-Role` and `X-Node-Incarnation`.
+//!
+//! The incarnation is a number the coordinator gives each process it starts.
+//! A request meant for another incarnation of this node id is refused with
+//! 409: that is how a replaced process is fenced out.
+
+mod heartbeat;
+pub mod log;
+mod replication;
+pub mod store;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use clap::Parser;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::api::{self, *};
+use crate::http::{validate_key_value, ApiError, ApiJson};
+use log::ReplicationLog;
+use replication::Peer;
+use store::Store;
+
+/// `kvlab node`: normally started by the coordinator, not by hand.
+#[derive(Debug, Clone, Parser)]
+pub struct Args {
+    /// This node's id: `leader` or `follower-<n>`.
+    #[arg(long)]
+    pub id: String,
+    #[arg(long)]
+    pub port: u16,
+    #[arg(long, value_enum, default_value = "follower")]
+    pub role: RoleArg,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// The registry to heartbeat to; none means no heartbeats.
+    #[arg(long)]
+    pub registry: Option<String>,
+    /// Which process this is among all that have served this id.
+    #[arg(long, default_value_t = 1)]
+    pub incarnation: u64,
+    /// Leader only: delay of each entry to a sync follower, in seconds.
+    #[arg(long, default_value_t = 0.5)]
+    pub sync_delay: f64,
+    /// Leader only: delay of each entry to an async follower, in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub async_delay: f64,
+    /// Leader only: how many log entries to keep for catching followers up.
+    #[arg(long, default_value_t = 100_000)]
+    pub log_retain: usize,
+    /// Seconds between heartbeats.
+    #[arg(long, default_value_t = 2.0)]
+    pub heartbeat_interval: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RoleArg {
+    Leader,
+    Follower,
+}
+
+impl From<RoleArg> for Role {
+    fn from(r: RoleArg) -> Role {
+        match r {
+            RoleArg::Leader => Role::Leader,
+            RoleArg::Follower => Role::Follower,
+        }
+    }
+}
+
+/// Counters reported by `/stats`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub active_requests: AtomicU64,
+    pub total_writes: AtomicU64,
+    pub total_reads: AtomicU64,
+    pub replications_sent: AtomicU64,
+    pub replications_received: AtomicU64,
+}
+
+/// The data a node holds: its state and (on the leader) the log. One lock
+/// guards both so that a write's log position and its effect on the state are
+/// taken atomically; it is never held across an await.
+pub struct Core {
+    pub store: Store,
+    pub log: ReplicationLog,
+}
+
+pub struct NodeState {
+    pub id: String,
+    pub role: Role,
+    pub incarnation: u64,
+    pub url: String,
+    pub port: u16,
+    /// The leadership term stamped on entries (constant until failover exists).
+    pub term: u64,
+    pub core: Mutex<Core>,
+    pub stats: Stats,
+    pub http: reqwest::Client,
+    sync_delay: Duration,
+    async_delay: Duration,
+    /// The log's last seq, for the streams to wait on.
+    last_seq: watch::Sender<u64>,
+    peers: Mutex<HashMap<String, Arc<Peer>>>,
+    /// Heartbeats are skipped until then (the network-blip fault hook).
+    pub heartbeats_paused_until: Mutex<Option<Instant>>,
+    /// Signalled to stop the node.
+    pub shutdown: tokio::sync::Notify,
+    pub registry: Option<String>,
+}
+
+impl NodeState {
+    pub fn new(args: &Args) -> Arc<NodeState> {
+        Arc::new(NodeState {
+            id: args.id.clone(),
+            role: args.role.into(),
+            incarnation: args.incarnation,
+            url: format!("http://{}:{}", args.host, args.port),
+            port: args.port,
+            term: 1,
+            core: Mutex::new(Core {
+                store: Store::default(),
+                log: ReplicationLog::new(args.log_retain),
+            }),
+            stats: Stats::default(),
+            http: crate::http::client(),
+            sync_delay: secs(args.sync_delay),
+            async_delay: secs(args.async_delay),
+            last_seq: watch::Sender::new(0),
+            peers: Mutex::new(HashMap::new()),
+            heartbeats_paused_until: Mutex::new(None),
+            shutdown: tokio::sync::Notify::new(),
+            registry: args.registry.clone(),
+        })
+    }
+
+    pub fn last_seq_watch(&self) -> watch::Receiver<u64> {
+        self.last_seq.subscribe()
+    }
+
+    pub fn delay_for(&self, sync: bool) -> Duration {
+        if sync {
+            self.sync_delay
+        } else {
+            self.async_delay
+        }
+    }
+
+    fn is_leader(&self) -> bool {
+        self.role == Role::Leader
+    }
+
+    fn peer(&self, node_id: &str) -> Option<Arc<Peer>> {
+        self.peers.lock().unwrap().get(node_id).cloned()
+    }
+}
+
+/// Seconds given on the command line, as a duration (negative means zero).
+pub fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.max(0.0))
+}
+
+/// Runs a node until it is told to stop.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let addr = SocketAddr::new(args.host, args.port);
+    let listener = crate::http::bind(addr).await?;
+    let node = NodeState::new(&args);
+    tracing::info!(id = %node.id, role = %node.role, incarnation = node.incarnation, %addr, "node listening");
+    if let Some(registry) = args.registry.clone() {
+        tokio::spawn(heartbeat::run(
+            node.clone(),
+            registry,
+            secs(args.heartbeat_interval),
+        ));
+    }
+    let stop = node.clone();
+    let shutdown = async move {
+        tokio::select! {
+            _ = crate::http::shutdown_signal() => {},
+            _ = stop.shutdown.notified() => {},
+        }
+    };
+    crate::http::serve(listener, router(node), shutdown).await
+}
+
+pub fn router(node: Arc<NodeState>) -> Router {
+    Router::new()
+        .route("/", get(info))
+        .route("/health", get(health))
+        .route("/stats", get(stats))
+        .route("/data", get(all_data).post(leader_write))
+        .route("/data/{*key}", get(read_key))
+        .route("/snapshot", get(snapshot))
+        .route("/replicate", get(replicate_state).post(replicate_append))
+        .route("/replicate/snapshot", post(replicate_snapshot))
+        .route("/replication/peers", put(set_peers).get(get_peers))
+        .route("/replication/wait", post(wait_for_peer))
+        .route("/admin/pause-heartbeats", post(pause_heartbeats))
+        .route("/admin/shutdown", post(admin_shutdown))
+        .layer(middleware::from_fn_with_state(node.clone(), tag_response))
+        .with_state(node)
+}
+
+/// Adds the identity headers and counts requests in flight.
+async fn tag_response(State(node): State<Arc<NodeState>>, req: Request, next: Next) -> Response {
+    node.stats.active_requests.fetch_add(1, Ordering::Relaxed);
+    let mut resp = next.run(req).await;
+    node.stats.active_requests.fetch_sub(1, Ordering::Relaxed);
+    let headers = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&node.id) {
+        headers.insert(api::HEADER_NODE_ID, v);
+    }
+    headers.insert(
+        api::HEADER_NODE_ROLE,
+        HeaderValue::from_static(node.role.as_str()),
+    );
+    headers.insert(
+        api::HEADER_NODE_INCARNATION,
+        HeaderValue::from(node.incarnation),
+    );
+    resp
+}
+
+type Shared = State<Arc<NodeState>>;
+
+async fn health(State(node): Shared) -> Json<NodeHealth> {
+    Json(NodeHealth {
+        status: "ok".into(),
+        node_id: node.id.clone(),
+        role: node.role,
+        incarnation: node.incarnation,
+    })
+}
+
+async fn info(State(node): Shared) -> Json<NodeInfo> {
+    let data_count = node.core.lock().unwrap().store.len();
+    Json(NodeInfo {
+        node_id: node.id.clone(),
+        role: node.role,
+        status: "running".into(),
+        data_count,
+    })
+}
+
+async fn stats(State(node): Shared) -> Json<NodeStats> {
+    let (data_count, applied_seq) = {
+        let core = node.core.lock().unwrap();
+        (core.store.len(), core.store.applied_seq())
+    };
+    let mut followers: Vec<FollowerProgress> =
+        node.peers.lock().unwrap().values().map(|p| p.view()).collect();
+    followers.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+    let s = &node.stats;
+    Json(NodeStats {
+        node_id: node.id.clone(),
+        role: node.role,
+        active_requests: s.active_requests.load(Ordering::Relaxed),
+        total_writes: s.total_writes.load(Ordering::Relaxed),
+        total_reads: s.total_reads.load(Ordering::Relaxed),
+        replications_sent: s.replications_sent.load(Ordering::Relaxed),
+        replications_received: s.replications_received.load(Ordering::Relaxed),
+        data_count,
+        followers,
+        applied_seq,
+        incarnation: node.incarnation,
+    })
+}
+
+async fn read_key(State(node): Shared, Path(key): Path<String>) -> Result<Json<NodeValue>, ApiError> {
+    node.stats.total_reads.fetch_add(1, Ordering::Relaxed);
+    let found = node.core.lock().unwrap().store.get(&key).cloned();
+    match found {
+        Some(v) => Ok(Json(NodeValue {
+            node_id: node.id.clone(),
+            key,
+            value: v.value,
+            version: v.version,
+        })),
+        None => Err(ApiError::not_found(format!("Key '{key}' not found"))),
+    }
+}
+
+async fn all_data(State(node): Shared) -> Json<NodeData> {
+    let data = node.core.lock().unwrap().store.to_map();
+    Json(NodeData {
+        node_id: node.id.clone(),
+        count: data.len(),
+        data,
+    })
+}
+
+async fn snapshot(State(node): Shared) -> Json<NodeSnapshot> {
+    let (applied_seq, map) = {
+        let core = node.core.lock().unwrap();
+        (core.store.applied_seq(), core.store.to_map())
+    };
+    let mut snap = NodeSnapshot {
+        data: Default::default(),
+        versions: Default::default(),
+        applied_seq,
+    };
+    for (k, v) in map {
+        snap.versions.insert(k.clone(), v.version);
+        snap.data.insert(k, v.value);
+    }
+    Json(snap)
+}
+
+// ---------------------------------------------------------------------------
+// The leader's write path
+// ---------------------------------------------------------------------------
+
+/// Default wait for sync acks when the coordinator does not say.
+const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(3);
+
+async fn leader_write(
+    State(node): Shared,
+    ApiJson(req): ApiJson<LeaderWriteRequest>,
+) -> Result<Json<LeaderWriteResponse>, ApiError> {
+    if !node.is_leader() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("{} is a follower: writes go to the leader", node.id),
+        ));
+    }
+    validate_key_value(&req.key, Some(&req.value))?;
+    node.stats.total_writes.fetch_add(1, Ordering::Relaxed);
+    let entry = append(&node, req.key, req.value);
+    let timeout = req
+        .ack_timeout_ms
+        .map(Duration::from_millis)
+        .unwrap_or(DEFAULT_ACK_TIMEOUT);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let waits = req
+        .sync
+        .iter()
+        .map(|p| wait_ack(&node, p, entry.seq, deadline));
+    let results = futures::future::join_all(waits).await;
+    let mut answer = LeaderWriteResponse {
+        key: entry.key.clone(),
+        value: entry.value.clone(),
+        version: entry.version,
+        seq: entry.seq,
+        acked_by: vec![],
+        missing: vec![],
+    };
+    for (peer, result) in req.sync.iter().zip(results) {
+        match result {
+            Ok(()) => answer.acked_by.push(peer.node_id.clone()),
+            Err(reason) => answer.missing.push(MissingAck {
+                node_id: peer.node_id.clone(),
+                reason,
+            }),
+        }
+    }
+    Ok(Json(answer))
+}
+
+/// Puts a write into the log and the state, atomically, and wakes the streams.
+fn append(node: &NodeState, key: String, value: String) -> Arc<Entry> {
+    let entry = {
+        let mut core = node.core.lock().unwrap();
+        let entry = Arc::new(Entry {
+            seq: core.log.last_seq() + 1,
+            term: node.term,
+            version: core.store.next_version(&key),
+            key,
+            value,
+        });
+        let applied = core.store.apply(&entry);
+        debug_assert_eq!(applied, store::Applied::Applied);
+        core.log.push(entry.clone(), Instant::now());
+        entry
+    };
+    node.last_seq.send_replace(entry.seq);
+    entry
+}
+
+/// Waits until `peer` acknowledges `seq`; gives up at the deadline or as soon
+/// as an attempt to reach it fails.
+async fn wait_ack(
+    node: &NodeState,
+    peer: &PeerRef,
+    seq: u64,
+    deadline: tokio::time::Instant,
+) -> Result<(), String> {
+    let Some(stream) = node.peer(&peer.node_id) else {
+        return Err("not a replication peer of the leader".into());
+    };
+    if stream.config.incarnation != peer.incarnation {
+        return Err(format!(
+            "the leader streams to incarnation {}, not {}",
+            stream.config.incarnation, peer.incarnation
+        ));
+    }
+    let mut rx = stream.subscribe();
+    let failures_before = rx.borrow().failures;
+    let waited = tokio::time::timeout_at(
+        deadline,
+        rx.wait_for(|p| p.acked_seq >= seq || p.failures > failures_before),
+    )
+    .await;
+    match waited {
+        Ok(Ok(p)) if p.acked_seq >= seq => Ok(()),
+        Ok(Ok(p)) => Err(p
+            .last_error
+            .clone()
+            .unwrap_or_else(|| "replication failed".into())),
+        Ok(Err(_)) => Err("replication stream stopped".into()),
+        Err(_) => Err("no ack before the write's deadline".into()),
+    }
+}
+
+async fn set_peers(
+    State(node): Shared,
+    ApiJson(set): ApiJson<PeerSet>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if !node.is_leader() {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "only the leader has peers"));
+    }
+    let mut peers = node.peers.lock().unwrap();
+    let wanted: HashMap<&str, &PeerConfig> =
+        set.peers.iter().map(|p| (p.node_id.as_str(), p)).collect();
+    // Streams to followers that left, or whose process changed, stop.
+    peers.retain(|id, peer| {
+        wanted.get(id.as_str()).is_some_and(|w| {
+            w.url == peer.config.url && w.incarnation == peer.config.incarnation
+        })
+    });
+    for config in &set.peers {
+        match peers.get(&config.node_id) {
+            Some(peer) => peer.set_sync(config.sync),
+            None => {
+                let peer = Peer::start(node.clone(), config.clone());
+                peers.insert(config.node_id.clone(), peer);
+            }
+        }
+    }
+    Ok(Json(json!({"status": "ok", "peers": peers.len()})))
+}
+
+async fn get_peers(State(node): Shared) -> Json<Vec<FollowerProgress>> {
+    let mut list: Vec<_> = node.peers.lock().unwrap().values().map(|p| p.view()).collect();
+    list.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+    Json(list)
+}
+
+/// `POST /replication/wait` body: wait until a follower holds `seq` (by
+/// default, everything logged so far).
+#[derive(Debug, Deserialize)]
+struct WaitRequest {
+    node_id: String,
+    #[serde(default)]
+    seq: Option<u64>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+async fn wait_for_peer(
+    State(node): Shared,
+    ApiJson(req): ApiJson<WaitRequest>,
+) -> Result<Json<FollowerProgress>, ApiError> {
+    let Some(peer) = node.peer(&req.node_id) else {
+        return Err(ApiError::not_found(format!(
+            "{} is not a replication peer of the leader",
+            req.node_id
+        )));
+    };
+    let target = req.seq.unwrap_or_else(|| *node.last_seq.borrow());
+    let timeout = Duration::from_millis(req.timeout_ms.unwrap_or(10_000));
+    let mut rx = peer.subscribe();
+    let caught_up = tokio::time::timeout(timeout, rx.wait_for(|p| p.acked_seq >= target))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    if caught_up {
+        Ok(Json(peer.view()))
+    } else {
+        Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            json!({"error": "follower did not catch up in time",
+                   "node_id": req.node_id, "target_seq": target,
+                   "acked_seq": peer.progress().acked_seq,
+                   "last_error": peer.progress().last_error}),
+        ))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The follower's side of replication
+// ---------------------------------------------------------------------------
+
+fn check_addressed_to_me(node: &NodeState, to_incarnation: u64) -> Result<(), ApiError> {
+    if to_incarnation != node.incarnation {
+        return Err(ApiError::conflict(format!(
+            "fenced: this is incarnation {} of {}, the leader addressed incarnation {}",
+            node.incarnation, node.id, to_incarnation
+        )));
+    }
+    Ok(())
+}
+
+fn append_answer(node: &NodeState) -> AppendResponse {
+    AppendResponse {
+        node_id: node.id.clone(),
+        incarnation: node.incarnation,
+        acked_seq: node.core.lock().unwrap().store.applied_seq(),
+    }
+}
+
+async fn replicate_state(State(node): Shared) -> Json<AppendResponse> {
+    Json(append_answer(&node))
+}
+
+async fn replicate_append(
+    State(node): Shared,
+    ApiJson(req): ApiJson<AppendRequest>,
+) -> Result<Json<AppendResponse>, ApiError> {
+    check_addressed_to_me(&node, req.to_incarnation)?;
+    let mut applied = 0;
+    let acked_seq = {
+        let mut core = node.core.lock().unwrap();
+        for entry in &req.entries {
+            match core.store.apply(entry) {
+                store::Applied::Applied => applied += 1,
+                store::Applied::Duplicate => {}
+                // The leader will resend from our acked seq.
+                store::Applied::Gap => break,
+            }
+        }
+        core.store.applied_seq()
+    };
+    node.stats
+        .replications_received
+        .fetch_add(applied, Ordering::Relaxed);
+    Ok(Json(AppendResponse {
+        node_id: node.id.clone(),
+        incarnation: node.incarnation,
+        acked_seq,
+    }))
+}
+
+async fn replicate_snapshot(
+    State(node): Shared,
+    ApiJson(req): ApiJson<InstallSnapshot>,
+) -> Result<Json<AppendResponse>, ApiError> {
+    check_addressed_to_me(&node, req.to_incarnation)?;
+    let keys = req.data.len();
+    let installed = node
+        .core
+        .lock()
+        .unwrap()
+        .store
+        .install_snapshot(req.seq, req.data);
+    if installed {
+        tracing::info!(seq = req.seq, keys, "installed a snapshot from the leader");
+    }
+    Ok(Json(append_answer(&node)))
+}
+
+// ---------------------------------------------------------------------------
+// Admin hooks (fault injection and graceful stop)
+// ---------------------------------------------------------------------------
+
+/// Stops heartbeats for a while, as a network blip would: the registry will
+/// declare the node dead after its timeout, though the process is fine.
+async fn pause_heartbeats(
+    State(node): Shared,
+    ApiJson(req): ApiJson<PauseHeartbeats>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if !req.seconds.is_finite() || req.seconds < 0.0 || req.seconds > 3600.0 {
+        return Err(ApiError::bad_request(
+            "seconds must be a number between 0 and 3600",
+        ));
+    }
+    let until = Instant::now() + secs(req.seconds);
+    *node.heartbeats_paused_until.lock().unwrap() = Some(until);
+    tracing::warn!(seconds = req.seconds, "heartbeats paused (fault injection)");
+    Ok(Json(json!({"status": "paused", "seconds": req.seconds})))
+}
+
+/// Stops the node cleanly: it deregisters, then exits.
+async fn admin_shutdown(State(node): Shared) -> impl IntoResponse {
+    tokio::spawn(async move {
+        heartbeat::deregister(&node).await;
+        node.shutdown.notify_one();
+    });
+    Json(json!({"status": "stopping"}))
+}

@@ -1,0 +1,297 @@
+//! The leader side of replication: one stream per follower.
+//!
+//! The coordinator tells the leader which followers exist (`PUT
+//! /replication/peers`); for each, a [`Peer`] runs a task that ships the log to
+//! that follower in order, in batches, and records how far the follower has
+//! acknowledged. Writes wait on those records, never on the network directly.
+//!
+//! Invariants:
+//! - a follower is sent entries starting right after the highest seq it holds
+//!   contiguously (asked with a handshake, then taken from its acks), so a
+//!   (re)started follower gets exactly what it lacks; a snapshot is sent only
+//!   when the log no longer retains those entries;
+//! - an ack counts only if it comes from the incarnation the coordinator named:
+//!   a replaced process (same id, older incarnation) is fenced out;
+//! - the lab's delay is applied per entry, from its append time, so a 5 s
+//!   delay delays every entry by 5 s but never caps throughput (pipelining).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::log::Next;
+use super::NodeState;
+use crate::api::{
+    AppendRequest, AppendResponse, Entry, FollowerProgress, InstallSnapshot, PeerConfig,
+};
+use crate::http::{describe_reqwest_error, error_detail};
+
+/// Most entries sent in one batch.
+const MAX_BATCH: usize = 2048;
+/// Pause after a failed attempt, doubling up to the maximum.
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_millis(1000);
+
+/// How far one follower has come, as far as the leader knows.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    /// Highest seq the follower acknowledged holding contiguously.
+    pub acked_seq: u64,
+    /// Failed attempts so far; a waiting write notices a new one and gives up
+    /// early instead of waiting for its timeout.
+    pub failures: u64,
+    pub last_error: Option<String>,
+}
+
+/// A follower the leader replicates to.
+pub struct Peer {
+    pub config: PeerConfig,
+    /// Whether it is in the sync set now (decides its delay). Can change
+    /// without restarting the stream.
+    sync: AtomicBool,
+    progress: watch::Sender<Progress>,
+    task: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Peer {
+    pub fn start(node: Arc<NodeState>, config: PeerConfig) -> Arc<Peer> {
+        let peer = Arc::new(Peer {
+            sync: AtomicBool::new(config.sync),
+            config,
+            progress: watch::Sender::new(Progress::default()),
+            task: std::sync::Mutex::new(None),
+        });
+        let handle = tokio::spawn(stream(node, peer.clone()));
+        *peer.task.lock().unwrap() = Some(handle);
+        peer
+    }
+
+    pub fn set_sync(&self, sync: bool) {
+        self.sync.store(sync, Ordering::Relaxed);
+    }
+
+    pub fn is_sync(&self) -> bool {
+        self.sync.load(Ordering::Relaxed)
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Progress> {
+        self.progress.subscribe()
+    }
+
+    pub fn progress(&self) -> Progress {
+        self.progress.borrow().clone()
+    }
+
+    pub fn view(&self) -> FollowerProgress {
+        let p = self.progress();
+        FollowerProgress {
+            node_id: self.config.node_id.clone(),
+            url: self.config.url.clone(),
+            incarnation: self.config.incarnation,
+            sync: self.is_sync(),
+            acked_seq: p.acked_seq,
+            error: p.last_error,
+        }
+    }
+
+    /// Stops the stream (the follower left the peer set).
+    pub fn stop(&self) {
+        if let Some(handle) = self.task.lock().unwrap().take() {
+            handle.abort();
+        }
+    }
+
+    fn record_ack(&self, acked_seq: u64) {
+        self.progress.send_modify(|p| {
+            p.acked_seq = p.acked_seq.max(acked_seq);
+            p.last_error = None;
+        });
+    }
+
+    fn record_failure(&self, error: String) {
+        self.progress.send_modify(|p| {
+            p.failures += 1;
+            p.last_error = Some(error);
+        });
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// What the stream does next.
+enum Plan {
+    Wait,
+    Send(Vec<Arc<Entry>>),
+    SendSnapshot,
+    SleepUntil(Instant),
+}
+
+/// The stream task: handshake, then ship entries as they become deliverable.
+async fn stream(node: Arc<NodeState>, peer: Arc<Peer>) {
+    let mut last_seq_rx = node.last_seq_watch();
+    let mut next: Option<u64> = None;
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let from = match next {
+            Some(seq) => seq,
+            None => match handshake(&node, &peer).await {
+                Ok(acked) => {
+                    peer.record_ack(acked);
+                    acked + 1
+                }
+                Err(e) => {
+                    peer.record_failure(e);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            },
+        };
+        next = Some(from);
+        let result = match plan(&node, &peer, from) {
+            Plan::Wait => {
+                // Wake when the log grows past what we've seen.
+                let _ = last_seq_rx.wait_for(|&last| last >= from).await;
+                continue;
+            }
+            Plan::SleepUntil(at) => {
+                tokio::time::sleep_until(at.into()).await;
+                continue;
+            }
+            Plan::Send(batch) => send_entries(&node, &peer, batch).await,
+            Plan::SendSnapshot => send_snapshot(&node, &peer).await,
+        };
+        match result {
+            Ok(acked) => {
+                peer.record_ack(acked);
+                next = Some(acked + 1);
+                backoff = MIN_BACKOFF;
+            }
+            Err(e) => {
+                peer.record_failure(e);
+                // Ask again where the follower stands: it may have restarted.
+                next = None;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Decides the next step, holding the state lock only briefly.
+fn plan(node: &NodeState, peer: &Peer, from: u64) -> Plan {
+    let delay = node.delay_for(peer.is_sync());
+    let core = node.core.lock().unwrap();
+    match core.log.read_from(from, MAX_BATCH) {
+        Next::UpToDate => Plan::Wait,
+        Next::Truncated => Plan::SendSnapshot,
+        Next::Entries(entries) => {
+            let now = Instant::now();
+            let first_ready = entries[0].appended_at + delay;
+            if first_ready > now {
+                return Plan::SleepUntil(first_ready);
+            }
+            let batch = entries
+                .into_iter()
+                .take_while(|e| e.appended_at + delay <= now)
+                .map(|e| e.entry)
+                .collect();
+            Plan::Send(batch)
+        }
+    }
+}
+
+/// Asks the follower which seq it holds, and checks it is the right process.
+async fn handshake(node: &NodeState, peer: &Peer) -> Result<u64, String> {
+    let url = format!("{}/replicate", peer.config.url);
+    let resp = node
+        .http
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| describe_reqwest_error(&e))?;
+    let answer = parse_answer(resp).await?;
+    check_incarnation(peer, &answer)?;
+    Ok(answer.acked_seq)
+}
+
+async fn send_entries(
+    node: &NodeState,
+    peer: &Peer,
+    batch: Vec<Arc<Entry>>,
+) -> Result<u64, String> {
+    let count = batch.len() as u64;
+    let body = AppendRequest {
+        term: node.term,
+        to_incarnation: peer.config.incarnation,
+        entries: batch.iter().map(|e| Entry::clone(e)).collect(),
+    };
+    let resp = node
+        .http
+        .post(format!("{}/replicate", peer.config.url))
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| describe_reqwest_error(&e))?;
+    let answer = parse_answer(resp).await?;
+    check_incarnation(peer, &answer)?;
+    node.stats.replications_sent.fetch_add(count, Ordering::Relaxed);
+    Ok(answer.acked_seq)
+}
+
+async fn send_snapshot(node: &NodeState, peer: &Peer) -> Result<u64, String> {
+    let (seq, data) = {
+        let core = node.core.lock().unwrap();
+        (core.store.applied_seq(), core.store.to_map())
+    };
+    tracing::info!(
+        follower = %peer.config.node_id,
+        seq,
+        keys = data.len(),
+        "follower lacks entries the log no longer holds: sending a snapshot"
+    );
+    let body = InstallSnapshot {
+        term: node.term,
+        to_incarnation: peer.config.incarnation,
+        seq,
+        data,
+    };
+    let resp = node
+        .http
+        .post(format!("{}/replicate/snapshot", peer.config.url))
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| describe_reqwest_error(&e))?;
+    let answer = parse_answer(resp).await?;
+    check_incarnation(peer, &answer)?;
+    Ok(answer.acked_seq)
+}
+
+async fn parse_answer(resp: reqwest::Response) -> Result<AppendResponse, String> {
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let detail = error_detail(resp).await;
+        return Err(format!("HTTP {status}: {detail}"));
+    }
+    resp.json::<AppendResponse>()
+        .await
+        .map_err(|e| format!("unreadable answer: {e}"))
+}
+
+fn check_incarnation(peer: &Peer, answer: &AppendResponse) -> Result<(), String> {
+    if answer.incarnation != peer.config.incarnation {
+        return Err(format!(
+            "fenced: expected incarnation {} of {}, found {}",
+            peer.config.incarnation, peer.config.node_id, answer.incarnation
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! The key-value state of one node, and the log position it reflects.
+//!
+//! Invariant: `applied_seq` is the highest log position whose entry, and every
+//! entry before it, has been applied. Entries are applied in order, exactly
+//! once; applying is the only way state changes (plus installing a snapshot
+//! that is *ahead* of us), so two nodes at the same `applied_seq` hold the same
+//! data.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::api::{Entry, Versioned};
+
+#[derive(Debug, Default)]
+pub struct Store {
+    data: HashMap<String, Versioned>,
+    applied_seq: u64,
+}
+
+/// What happened to an entry offered to [`Store::apply`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// It was the next entry, and is now part of the state.
+    Applied,
+    /// We already held it (a retransmission).
+    Duplicate,
+    /// Entries before it are missing; it was not applied.
+    Gap,
+}
+
+impl Store {
+    pub fn applied_seq(&self) -> u64 {
+        self.applied_seq
+    }
+
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Versioned> {
+        self.data.get(key)
+    }
+
+    /// The version the next write of `key` gets: per-key, starting at 1.
+    pub fn next_version(&self, key: &str) -> u64 {
+        self.data.get(key).map_or(1, |v| v.version + 1)
+    }
+
+    /// Applies the entry if it is the next one in the log.
+    pub fn apply(&mut self, entry: &Entry) -> Applied {
+        if entry.seq <= self.applied_seq {
+            return Applied::Duplicate;
+        }
+        if entry.seq != self.applied_seq + 1 {
+            return Applied::Gap;
+        }
+        self.data.insert(
+            entry.key.clone(),
+            Versioned {
+                value: entry.value.clone(),
+                version: entry.version,
+            },
+        );
+        self.applied_seq = entry.seq;
+        Applied::Applied
+    }
+
+    /// Replaces the state with a snapshot taken at `seq`, but only if that is
+    /// ahead of us: a snapshot never takes a node back in time, so it can never
+    /// erase a write the node already holds.
+    pub fn install_snapshot(&mut self, seq: u64, data: BTreeMap<String, Versioned>) -> bool {
+        if seq <= self.applied_seq {
+            return false;
+        }
+        self.data = data.into_iter().collect();
+        self.applied_seq = seq;
+        true
+    }
+
+    /// A copy of the whole state, sorted by key.
+    pub fn to_map(&self) -> BTreeMap<String, Versioned> {
+        self.data
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(seq: u64, key: &str, version: u64) -> Entry {
+        Entry {
+            seq,
+            term: 1,
+            key: key.into(),
+            value: format!("v{seq}"),
+            version,
+        }
+    }
+
+    #[test]
+    fn applies_in_order_and_skips_duplicates() {
+        let mut s = Store::default();
+        assert_eq!(s.apply(&entry(1, "a", 1)), Applied::Applied);
+        assert_eq!(s.apply(&entry(1, "a", 1)), Applied::Duplicate);
+        assert_eq!(s.apply(&entry(3, "a", 3)), Applied::Gap);
+        assert_eq!(s.apply(&entry(2, "a", 2)), Applied::Applied);
+        assert_eq!(s.applied_seq(), 2);
+        assert_eq!(s.get("a").unwrap().version, 2);
+        assert_eq!(s.next_version("a"), 3);
+        assert_eq!(s.next_version("b"), 1);
+    }
+
+    #[test]
+    fn snapshot_never_goes_back_in_time() {
+        let mut s = Store::default();
+        s.apply(&entry(1, "a", 1));
+        s.apply(&entry(2, "b", 1));
+        assert!(!s.install_snapshot(1, BTreeMap::new()));
+        assert_eq!(s.len(), 2);
+        let mut snap = s.to_map();
+        snap.insert(
+            "c".into(),
+            Versioned {
+                value: "x".into(),
+                version: 1,
+            },
+        );
+        assert!(s.install_snapshot(5, snap));
+        assert_eq!(s.applied_seq(), 5);
+        assert_eq!(s.len(), 3);
+    }
+}
