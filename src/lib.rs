@@ -6,3 +6,5 @@
 pub mod api;
 pub mod http;
 pub mod node;
+pub mod coordinator;
+pub mod events;

@@ -1,0 +1,181 @@
+//! Starting and stopping node processes.
+//!
+//! The coordinator runs its own binary again as `kvlab node ...`, one OS
+//! process per node. Three rules keep that safe:
+//! - **Output never blocks a node.** Each node writes to its own log file
+//!   (`<log-dir>/<node-id>.log`); nothing depends on anyone reading a pipe.
+//! - **No orphans.** Each child asks the kernel to SIGKILL it when its parent
+//!   dies (`PR_SET_PDEATHSIG`), so even a SIGKILLed coordinator leaves nothing
+//!   behind. Children get their own process group so that a Ctrl-C in the
+//!   terminal reaches the coordinator, which then stops them in order.
+//! - **Ports are checked first**, so "port taken" is a clear error, not a
+//!   node that silently failed to start.
+
+use std::fs::OpenOptions;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::Command;
+use tokio::sync::watch;
+
+use crate::api::Role;
+
+/// What the coordinator passes to every node it starts.
+#[derive(Debug, Clone)]
+pub struct LaunchSettings {
+    pub binary: PathBuf,
+    pub log_dir: PathBuf,
+    pub host: String,
+    pub registry: Option<String>,
+    pub sync_delay: f64,
+    pub async_delay: f64,
+    pub heartbeat_interval: f64,
+}
+
+/// One process to start.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    pub node_id: String,
+    pub role: Role,
+    pub port: u16,
+    pub incarnation: u64,
+}
+
+/// A started process. `exited` turns `Some(reason)` when it ends.
+pub struct Launched {
+    pub pid: u32,
+    pub exited: watch::Receiver<Option<String>>,
+    pub log_file: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("port {0} is already in use by another process")]
+    PortInUse(u16),
+    #[error("cannot open the node's log file {path}: {source}")]
+    LogFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot start {binary}: {source}")]
+    Spawn {
+        binary: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Is anybody listening on (or holding) this port?
+pub fn port_is_free(host: &str, port: u16) -> bool {
+    TcpListener::bind((host, port)).is_ok()
+}
+
+pub fn launch(settings: &LaunchSettings, spec: &NodeSpec) -> Result<Launched, LaunchError> {
+    if !port_is_free(&settings.host, spec.port) {
+        return Err(LaunchError::PortInUse(spec.port));
+    }
+    let log_file = settings.log_dir.join(format!("{}.log", spec.node_id));
+    let (stdout, stderr) = open_log(&log_file)?;
+    let mut cmd = Command::new(&settings.binary);
+    cmd.arg("node")
+        .args(["--id", &spec.node_id])
+        .args(["--port", &spec.port.to_string()])
+        .args(["--role", spec.role.as_str()])
+        .args(["--host", &settings.host])
+        .args(["--incarnation", &spec.incarnation.to_string()])
+        .args(["--sync-delay", &settings.sync_delay.to_string()])
+        .args(["--async-delay", &settings.async_delay.to_string()])
+        .args([
+            "--heartbeat-interval",
+            &settings.heartbeat_interval.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .process_group(0);
+    if let Some(registry) = &settings.registry {
+        cmd.args(["--registry", registry]);
+    }
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|source| LaunchError::Spawn {
+        binary: settings.binary.clone(),
+        source,
+    })?;
+    let pid = child.id().unwrap_or_default();
+    let (tx, exited) = watch::channel(None);
+    tokio::spawn(async move {
+        let reason = match child.wait().await {
+            Ok(status) => describe_exit(status),
+            Err(e) => format!("could not wait for it: {e}"),
+        };
+        let _ = tx.send(Some(reason));
+    });
+    Ok(Launched {
+        pid,
+        exited,
+        log_file,
+    })
+}
+
+fn open_log(path: &Path) -> Result<(Stdio, Stdio), LaunchError> {
+    let err = |source| LaunchError::LogFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(err)?;
+    let copy = file.try_clone().map_err(err)?;
+    Ok((Stdio::from(file), Stdio::from(copy)))
+}
+
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(0), _) => "exited normally".into(),
+        (Some(3), _) => "exited: it learned it was replaced (fenced)".into(),
+        (Some(code), _) => format!("exited with code {code}"),
+        (None, Some(libc::SIGKILL)) => "killed by SIGKILL".into(),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        (None, None) => "ended".into(),
+    }
+}
+
+/// Sends a signal to a process we started. Errors (it is already gone) are fine.
+pub fn signal(pid: u32, sig: libc::c_int) {
+    if pid == 0 {
+        return;
+    }
+    // SAFETY: plain syscall on a pid we launched.
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+/// Waits for the process to end, up to `timeout`. True if it ended.
+pub async fn wait_exit(exited: &mut watch::Receiver<Option<String>>, timeout: Duration) -> bool {
+    tokio::time::timeout(timeout, exited.wait_for(|e| e.is_some()))
+        .await
+        .is_ok()
+}
+
+/// The last lines of a node's log file: why it failed to start.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

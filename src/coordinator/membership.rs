@@ -1,0 +1,570 @@
+//! Membership: starting, killing, respawning and catching up nodes, and
+//! keeping the leader's idea of its followers in step with the table.
+//!
+//! Every change goes through [`Coordinator::transition`], which holds the
+//! membership lock, updates the table, tells the leader the new follower set,
+//! and narrates what changed (including quorum gained or lost).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::cluster::{Cluster, Slot};
+use super::launcher::{self, NodeSpec};
+use super::{Coordinator, Shared};
+use crate::api::*;
+use crate::http::{describe_reqwest_error, error_detail, ApiError, ApiJson};
+
+/// How long a started node has to answer its health check.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a graceful stop may take before the process is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long `/catchup` waits for a follower to hold the whole log.
+const CATCHUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Background duties: the per-second event summary, and re-telling the leader
+/// its followers every 2 s (so a push that failed is repaired).
+pub fn start_background(c: Arc<Coordinator>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut n: u64 = 0;
+        loop {
+            tick.tick().await;
+            c.events.summarise();
+            n += 1;
+            if n % 2 == 0 {
+                let _guard = c.membership.lock().await;
+                c.push_peers(&c.snapshot()).await;
+            }
+        }
+    })
+}
+
+impl Coordinator {
+    /// Starts the leader and the N followers, and waits until all answer.
+    pub async fn start_cluster(self: &Arc<Self>) -> anyhow::Result<()> {
+        let cfg = &self.config;
+        let (sd, ad) = (cfg.launch.sync_delay, cfg.launch.async_delay);
+        self.events.info(
+            "cluster_starting",
+            None,
+            format!(
+                "🚀 cluster starting: leader + {} followers, W={} R={}, registry {}, \
+                 delays sync {sd} s / async {ad} s, node logs in {}",
+                cfg.followers,
+                cfg.w,
+                cfg.r,
+                cfg.launch.registry.as_deref().unwrap_or("none"),
+                cfg.launch.log_dir.display()
+            ),
+        );
+        let mut starts = vec![self.start_slot(LEADER_ID.to_string(), Role::Leader, cfg.node_base_port)];
+        for i in 1..=cfg.followers {
+            let port = cfg.node_base_port + i as u16;
+            starts.push(self.start_slot(format!("follower-{i}"), Role::Follower, port));
+        }
+        for result in futures::future::join_all(starts).await {
+            result?;
+        }
+        let c = self.snapshot();
+        self.events.good(
+            "cluster_ready",
+            None,
+            format!(
+                "✅ cluster ready: {} alive followers, can write: {}, can read: {}",
+                c.alive_followers(),
+                c.can_write(cfg.w),
+                c.can_read(cfg.r)
+            ),
+        );
+        Ok(())
+    }
+
+    /// Launches a fresh process for a slot (new or reused) and waits until it
+    /// is healthy; then it is alive and, for a follower, in the leader's peers.
+    async fn start_slot(self: &Arc<Self>, node_id: String, role: Role, port: u16) -> anyhow::Result<Slot> {
+        let spec = {
+            let mut c = self.cluster.lock().unwrap();
+            let incarnation = c.new_incarnation();
+            let url = self.config.node_url(port);
+            let slot = Slot {
+                node_id: node_id.clone(),
+                role,
+                port,
+                url,
+                status: NodeStatus::Starting,
+                incarnation,
+                pid: None,
+            };
+            match c.slot_mut(&node_id) {
+                Some(existing) => *existing = slot,
+                None => c.add_follower(slot),
+            }
+            NodeSpec {
+                node_id: node_id.clone(),
+                role,
+                port,
+                incarnation,
+            }
+        };
+        let launched = match launcher::launch(&self.config.launch, &spec) {
+            Ok(l) => l,
+            Err(e) => {
+                self.mark(&node_id, spec.incarnation, NodeStatus::Dead);
+                return Err(anyhow::anyhow!("cannot start {node_id}: {e}"));
+            }
+        };
+        if let Some(s) = self.cluster.lock().unwrap().slot_mut(&node_id) {
+            s.pid = Some(launched.pid);
+        }
+        self.watch_exit(&spec, launched.pid, launched.exited.clone());
+        if let Err(reason) = self.wait_healthy(&spec, launched.exited.clone()).await {
+            launcher::signal(launched.pid, libc::SIGKILL);
+            self.mark(&node_id, spec.incarnation, NodeStatus::Dead);
+            let tail = launcher::log_tail(&launched.log_file, 5);
+            anyhow::bail!("{node_id} did not start: {reason}\n  last lines of {}:\n{tail}", launched.log_file.display());
+        }
+        self.transition(&node_id, Some(spec.incarnation), NodeStatus::Alive, "started")
+            .await;
+        let slot = self.snapshot().slot(&node_id).cloned();
+        Ok(slot.expect("slot exists"))
+    }
+
+    fn mark(&self, node_id: &str, incarnation: u64, status: NodeStatus) {
+        let mut c = self.cluster.lock().unwrap();
+        if let Some(s) = c.slot_mut(node_id) {
+            if s.incarnation == incarnation {
+                s.status = status;
+            }
+        }
+    }
+
+    /// Polls the node's `/health` until it answers as the right incarnation.
+    async fn wait_healthy(
+        &self,
+        spec: &NodeSpec,
+        mut exited: tokio::sync::watch::Receiver<Option<String>>,
+    ) -> Result<(), String> {
+        let url = format!("{}/health", self.config.node_url(spec.port));
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(reason) = exited.borrow_and_update().clone() {
+                return Err(format!("the process {reason}"));
+            }
+            if let Ok(resp) = self.http.get(&url).timeout(Duration::from_millis(500)).send().await {
+                if let Ok(h) = resp.json::<NodeHealth>().await {
+                    if h.incarnation == spec.incarnation {
+                        return Ok(());
+                    }
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!("no answer from {url} within {START_TIMEOUT:?}"));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(25)) => {},
+                _ = exited.changed() => {},
+            }
+        }
+    }
+
+    /// Narrates a process ending. Liveness is decided by heartbeats (that is
+    /// what the lab shows), so this only reports.
+    fn watch_exit(self: &Arc<Self>, spec: &NodeSpec, pid: u32, mut exited: tokio::sync::watch::Receiver<Option<String>>) {
+        let c = self.clone();
+        let (id, inc) = (spec.node_id.clone(), spec.incarnation);
+        tokio::spawn(async move {
+            if exited.wait_for(|e| e.is_some()).await.is_ok() {
+                let reason = exited.borrow().clone().unwrap_or_default();
+                c.events.warn(
+                    "process_exit",
+                    Some(&id),
+                    format!("⚰️  process of {id} (pid {pid}, incarnation {inc}) {reason}"),
+                );
+            }
+        });
+    }
+
+    /// Changes a node's status (if `incarnation` still serves the slot), tells
+    /// the leader, and narrates the change. Returns false if nothing changed.
+    pub async fn transition(
+        &self,
+        node_id: &str,
+        incarnation: Option<u64>,
+        status: NodeStatus,
+        why: &str,
+    ) -> bool {
+        let _guard = self.membership.lock().await;
+        let before = self.snapshot();
+        let Some(slot) = before.slot(node_id) else {
+            return false;
+        };
+        if incarnation.is_some_and(|i| i != slot.incarnation) || slot.status == status {
+            return false;
+        }
+        let mut after = before.clone();
+        after.slot_mut(node_id).expect("slot exists").status = status;
+        // Tell the leader first, so a write never waits on a follower the
+        // leader does not stream to yet.
+        if status == NodeStatus::Alive || node_id != LEADER_ID {
+            self.push_peers(&after).await;
+        }
+        *self.cluster.lock().unwrap() = after.clone();
+        self.narrate_transition(&before, &after, node_id, status, why);
+        true
+    }
+
+    fn narrate_transition(&self, before: &Cluster, after: &Cluster, node_id: &str, status: NodeStatus, why: &str) {
+        let (w, r) = (self.config.w, self.config.r);
+        let slot = after.slot(node_id).expect("slot exists");
+        let sets = after.sets(w, r);
+        let tag = after.view(slot, &sets).sets.iter().map(|s| s.to_uppercase()).collect::<Vec<_>>().join("+");
+        let tag = if slot.role == Role::Leader { "LEADER".to_string() } else if tag.is_empty() { "-".into() } else { tag };
+        match status {
+            NodeStatus::Alive => self.events.good(
+                "node_up",
+                Some(node_id),
+                format!("🟢 {node_id} is up on :{} [{tag}] (incarnation {}, {why})", slot.port, slot.incarnation),
+            ),
+            NodeStatus::Dead => self.events.bad(
+                "node_dead",
+                Some(node_id),
+                format!("🔴 {node_id} is DOWN ({why})"),
+            ),
+            NodeStatus::Starting => {}
+        }
+        if node_id == LEADER_ID && status == NodeStatus::Dead {
+            self.events.bad(
+                "leader_dead",
+                Some(node_id),
+                "👑 the LEADER is down: writes will fail until it is back; reads still work",
+            );
+        }
+        let (could_w, can_w) = (before.can_write(w), after.can_write(w));
+        let (could_r, can_r) = (before.can_read(r), after.can_read(r));
+        let alive = after.alive_followers();
+        if could_w && !can_w {
+            self.events.bad("write_quorum_lost", None, format!(
+                "⛔ WRITE QUORUM LOST: leader {}, {alive} alive followers, W={w}",
+                if after.leader.is_alive() { "alive" } else { "down" }));
+        } else if !could_w && can_w {
+            self.events.good("write_quorum_back", None, format!("✅ write quorum available again: {alive} alive followers, W={w}"));
+        }
+        if could_r && !can_r {
+            self.events.bad("read_quorum_lost", None, format!("⛔ READ QUORUM LOST: {alive} alive followers, R={r}"));
+        } else if !could_r && can_r {
+            self.events.good("read_quorum_back", None, format!("✅ read quorum available again: {alive} alive followers, R={r}"));
+        }
+    }
+
+    /// Tells the leader which followers to stream to, and which are sync.
+    /// Call with the membership lock held.
+    pub(super) async fn push_peers(&self, cluster: &Cluster) {
+        if cluster.leader.status == NodeStatus::Dead {
+            return;
+        }
+        let sets = cluster.sets(self.config.w, self.config.r);
+        // With fewer than W alive followers there is no sync set, but the
+        // lowest-port ones still get the sync delay: they are the sync set
+        // as soon as enough come back.
+        let alive: Vec<usize> = (0..cluster.followers.len()).filter(|&i| cluster.followers[i].is_alive()).collect();
+        let peers = alive
+            .iter()
+            .enumerate()
+            .map(|(rank, &i)| {
+                let s = &cluster.followers[i];
+                PeerConfig {
+                    node_id: s.node_id.clone(),
+                    url: s.url.clone(),
+                    incarnation: s.incarnation,
+                    sync: sets.sync.contains(&i) || (sets.sync.is_empty() && rank < self.config.w),
+                }
+            })
+            .collect();
+        let url = format!("{}/replication/peers", cluster.leader.url);
+        let sent = self
+            .http
+            .put(&url)
+            .timeout(Duration::from_secs(2))
+            .json(&PeerSet { peers })
+            .send()
+            .await;
+        if let Err(e) = sent {
+            tracing::debug!(error = %describe_reqwest_error(&e), "could not tell the leader its followers");
+        }
+    }
+
+    /// Stops every node: politely (SIGTERM), then firmly (SIGKILL).
+    pub async fn stop_all(&self) {
+        let pids: Vec<u32> = {
+            let c = self.cluster.lock().unwrap();
+            std::iter::once(&c.leader).chain(c.followers.iter()).filter_map(|s| s.pid).collect()
+        };
+        for &pid in &pids {
+            launcher::signal(pid, libc::SIGTERM);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while tokio::time::Instant::now() < deadline && pids.iter().any(|&p| process_exists(p)) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for &pid in &pids {
+            launcher::signal(pid, libc::SIGKILL);
+        }
+        self.events.info("cluster_stopped", None, "🛑 cluster stopped: all nodes ended");
+    }
+
+    /// Starts a follower per `/spawn`'s rules; see [`spawn`].
+    async fn spawn_follower(self: &Arc<Self>, req: SpawnRequest) -> Result<SpawnResponse, ApiError> {
+        let (node_id, port, reused) = self.choose_slot(&req)?;
+        if let Some(old) = self.snapshot().slot(&node_id) {
+            // Fence the previous process of this slot, if it still runs.
+            if let Some(pid) = old.pid {
+                launcher::signal(pid, libc::SIGKILL);
+            }
+        }
+        if reused {
+            self.events.info("slot_reused", Some(&node_id), format!("♻️  reusing the slot of {node_id} (port {port}) for a new process"));
+        }
+        match self.start_slot(node_id.clone(), Role::Follower, port).await {
+            Ok(slot) => {
+                self.report_catchup(slot.clone());
+                Ok(SpawnResponse { status: "spawned".into(), node_id, url: slot.url, incarnation: slot.incarnation })
+            }
+            Err(e) => {
+                self.events.bad("spawn_failed", Some(&node_id), format!("❌ {e:#}"));
+                Err(ApiError::internal(json!({"error": "spawn failed", "node_id": node_id, "reason": format!("{e:#}")})))
+            }
+        }
+    }
+
+    /// Which slot a `/spawn` starts: (id, port, whether an old slot is reused).
+    fn choose_slot(&self, req: &SpawnRequest) -> Result<(String, u16, bool), ApiError> {
+        let c = self.cluster.lock().unwrap();
+        if let Some(id) = &req.node_id {
+            validate_node_id(id)?;
+            if id == LEADER_ID {
+                return Err(ApiError::conflict(
+                    "the leader cannot be respawned by /spawn: a new, empty leader would lose the log (durable restarts and failover are separate features)",
+                ));
+            }
+            return match c.slot(id) {
+                Some(s) if s.status != NodeStatus::Dead => Err(ApiError::conflict(json!({
+                    "error": "node is not dead", "node_id": id, "status": s.status.as_str(),
+                    "hint": "kill it first, or POST /spawn without a node_id for a new follower"}))),
+                Some(s) => {
+                    if req.port.is_some_and(|p| p != s.port) {
+                        return Err(ApiError::bad_request(format!("{id} listens on port {}; a respawn keeps the slot's port", s.port)));
+                    }
+                    Ok((id.clone(), s.port, true))
+                }
+                None => {
+                    let port = req.port.map_or_else(|| free_port_after(&c, &self.config), Ok)?;
+                    Ok((id.clone(), port, false))
+                }
+            };
+        }
+        if let Some(dead) = c.first_dead_follower() {
+            return Ok((dead.node_id.clone(), dead.port, true));
+        }
+        let id = format!("follower-{}", c.next_follower_number());
+        let port = match req.port {
+            Some(p) => p,
+            None => free_port_after(&c, &self.config)?,
+        };
+        Ok((id, port, false))
+    }
+
+    /// After a (re)spawn, narrates when the follower holds the whole log.
+    fn report_catchup(self: &Arc<Self>, slot: Slot) {
+        let c = self.clone();
+        tokio::spawn(async move {
+            match c.wait_caught_up(&slot).await {
+                Ok(p) => c.events.good("caught_up", Some(&slot.node_id), format!(
+                    "📦 {} caught up from the leader: holds the log up to seq {}", slot.node_id, p.acked_seq)),
+                Err(e) => c.events.warn("catchup_slow", Some(&slot.node_id), format!("⏳ {} not caught up yet: {e}", slot.node_id)),
+            }
+        });
+    }
+
+    async fn wait_caught_up(&self, slot: &Slot) -> Result<FollowerProgress, String> {
+        let leader = self.snapshot().leader;
+        if !leader.is_alive() {
+            return Err("the leader is down".into());
+        }
+        let resp = self
+            .http
+            .post(format!("{}/replication/wait", leader.url))
+            .timeout(CATCHUP_TIMEOUT + Duration::from_secs(1))
+            .json(&json!({"node_id": slot.node_id, "timeout_ms": CATCHUP_TIMEOUT.as_millis() as u64}))
+            .send()
+            .await
+            .map_err(|e| format!("leader unreachable: {}", describe_reqwest_error(&e)))?;
+        if !resp.status().is_success() {
+            return Err(error_detail(resp).await.to_string());
+        }
+        resp.json().await.map_err(|e| e.to_string())
+    }
+}
+
+fn process_exists(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
+}
+
+/// A node id may be any short name of letters, digits, `-` and `_`.
+fn validate_node_id(id: &str) -> Result<(), ApiError> {
+    let ok = !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(json!({"error": "invalid node_id", "node_id": id,
+            "reason": "use 1 to 64 letters, digits, '-' or '_'"})))
+    }
+}
+
+/// The first port above every node's that nothing is listening on.
+fn free_port_after(c: &Cluster, cfg: &super::Config) -> Result<u16, ApiError> {
+    let highest = c.followers.iter().map(|s| s.port).chain([c.leader.port]).max().unwrap_or(cfg.node_base_port);
+    (highest.saturating_add(1)..=u16::MAX)
+        .take(100)
+        .find(|&p| launcher::port_is_free(&cfg.launch.host, p))
+        .ok_or_else(|| ApiError::unavailable("no free port found for a new follower"))
+}
+
+// ---------------------------------------------------------------------------
+// Handlers
+// ---------------------------------------------------------------------------
+
+/// `POST /spawn`, body optional: `{"node_id"?, "port"?}`.
+pub async fn spawn(State(c): Shared, body: Bytes) -> Result<Json<SpawnResponse>, ApiError> {
+    let req: SpawnRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        SpawnRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request(json!({"error": "invalid JSON body", "reason": e.to_string()}))
+        })?
+    };
+    c.spawn_follower(req).await.map(Json)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct KillQuery {
+    #[serde(default)]
+    mode: KillMode,
+}
+
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "lowercase")]
+enum KillMode {
+    /// The node deregisters and exits.
+    #[default]
+    Graceful,
+    /// SIGKILL: the registry notices only when heartbeats stop.
+    Crash,
+}
+
+/// `POST /kill/{node_id}[?mode=crash]`.
+pub async fn kill(
+    State(c): Shared,
+    Path(node_id): Path<String>,
+    query: Result<Query<KillQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<KillResponse>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(json!({"error": "invalid query",
+        "reason": e.body_text(), "hint": "mode is graceful (default) or crash"})))?;
+    let Some(slot) = c.snapshot().slot(&node_id).cloned() else {
+        return Err(ApiError::not_found(format!("Node '{node_id}' not found")));
+    };
+    if slot.status == NodeStatus::Dead && slot.pid.is_none_or(|p| !process_exists(p)) {
+        return Err(ApiError::conflict(json!({"error": "node is already dead", "node_id": node_id})));
+    }
+    let status = match q.mode {
+        KillMode::Graceful => {
+            c.events.warn("kill", Some(&node_id), format!("🛑 stopping {node_id} (graceful: it deregisters)"));
+            graceful_stop(&c, &slot).await;
+            c.transition(&node_id, Some(slot.incarnation), NodeStatus::Dead, "stopped by /kill").await;
+            "stopped"
+        }
+        KillMode::Crash => {
+            if let Some(pid) = slot.pid {
+                launcher::signal(pid, libc::SIGKILL);
+            }
+            c.events.warn("crash", Some(&node_id), format!(
+                "💥 {node_id} CRASHED (SIGKILL): nobody tells the registry; it will notice when heartbeats stop (5 s)"));
+            if c.config.launch.registry.is_none() {
+                c.transition(&node_id, Some(slot.incarnation), NodeStatus::Dead, "killed, no registry to notice").await;
+            }
+            "crashed"
+        }
+    };
+    let can_write = c.snapshot().can_write(c.config.w);
+    Ok(Json(KillResponse { status: status.into(), node_id, can_write }))
+}
+
+async fn graceful_stop(c: &Coordinator, slot: &Slot) {
+    let asked = c.http.post(format!("{}/admin/shutdown", slot.url)).timeout(Duration::from_secs(1)).send().await;
+    let Some(pid) = slot.pid else { return };
+    let deadline = tokio::time::Instant::now() + STOP_TIMEOUT;
+    if asked.is_ok() {
+        while process_exists(pid) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    launcher::signal(pid, libc::SIGKILL);
+}
+
+/// `POST /catchup`: the registry's call when a follower registers.
+pub async fn catchup(State(c): Shared, ApiJson(req): ApiJson<CatchupRequest>) -> Result<Json<CatchupResponse>, ApiError> {
+    let Some(slot) = c.snapshot().slot(&req.node_id).cloned() else {
+        return Err(ApiError::not_found(format!("Node '{}' not found", req.node_id)));
+    };
+    if slot.role == Role::Leader {
+        return Err(ApiError::bad_request("the leader is never caught up: it is the source"));
+    }
+    if req.incarnation.is_some_and(|i| i != slot.incarnation) {
+        return Err(ApiError::conflict(json!({"error": "stale incarnation", "node_id": req.node_id,
+            "current": slot.incarnation, "given": req.incarnation})));
+    }
+    if !c.snapshot().leader.is_alive() {
+        return Err(ApiError::unavailable("No leader available to catch up from"));
+    }
+    if slot.status != NodeStatus::Alive {
+        c.transition(&slot.node_id, Some(slot.incarnation), NodeStatus::Alive, "registered").await;
+    }
+    match c.wait_caught_up(&slot).await {
+        Ok(p) => {
+            c.events.good("caught_up", Some(&slot.node_id), format!(
+                "📦 catch-up of {}: holds the log up to seq {}", slot.node_id, p.acked_seq));
+            Ok(Json(CatchupResponse { status: "caught_up".into(), node_id: slot.node_id, applied_seq: p.acked_seq }))
+        }
+        Err(e) => Err(ApiError::internal(json!({"error": "catch-up failed", "node_id": slot.node_id, "reason": e}))),
+    }
+}
+
+/// `POST /node-died`: the registry stopped hearing from a node.
+pub async fn node_died(State(c): Shared, ApiJson(req): ApiJson<NodeDiedRequest>) -> Result<Json<StatusOnly>, ApiError> {
+    if c.snapshot().slot(&req.node_id).is_none() {
+        return Err(ApiError::not_found(format!("Node '{}' not found", req.node_id)));
+    }
+    c.transition(&req.node_id, req.incarnation, NodeStatus::Dead, "no heartbeat: declared dead by the registry").await;
+    Ok(Json(StatusOnly { status: "acknowledged".into() }))
+}
+
+/// `POST /node-revived`: a node declared dead is heartbeating again.
+pub async fn node_revived(State(c): Shared, ApiJson(req): ApiJson<NodeRevivedRequest>) -> Result<Json<StatusOnly>, ApiError> {
+    let Some(slot) = c.snapshot().slot(&req.node_id).cloned() else {
+        return Err(ApiError::not_found(format!("Node '{}' not found", req.node_id)));
+    };
+    if req.incarnation.is_some_and(|i| i != slot.incarnation) {
+        return Err(ApiError::conflict(json!({"error": "stale incarnation: this process was replaced",
+            "node_id": req.node_id, "current": slot.incarnation})));
+    }
+    if c.transition(&req.node_id, req.incarnation, NodeStatus::Alive, "heartbeats resumed").await && slot.role == Role::Follower {
+        c.report_catchup(slot);
+    }
+    Ok(Json(StatusOnly { status: "acknowledged".into() }))
+}

@@ -1,0 +1,335 @@
+//! The coordinator: the cluster's front door and its process supervisor.
+//!
+//! It starts the leader and the followers as separate processes (see
+//! [`launcher`]), keeps the table of who is alive (see [`cluster`]), tells the
+//! leader which followers to replicate to and which are in the sync set, and
+//! runs the client-facing write and read paths with the lab's quorum rules
+//! (see [`requests`]). The registry tells it when nodes die or come back; it
+//! narrates everything on its console (see [`crate::events`]).
+//!
+//! Invariants:
+//! - membership changes are serialized (one at a time), and the leader is told
+//!   the new follower set before a newly alive follower can be put in a
+//!   write's sync set;
+//! - each slot is served by at most one process: before a slot is respawned,
+//!   the previous process is killed, and its incarnation stops counting.
+
+pub mod cluster;
+pub mod launcher;
+mod membership;
+mod requests;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::api::*;
+use crate::events::{Event, EventLog};
+use crate::http::ApiError;
+use cluster::{Cluster, Slot};
+use launcher::LaunchSettings;
+
+/// Flags of `kvlab coordinator` (and the matching ones of `kvlab up`).
+#[derive(Debug, Clone, Parser)]
+pub struct Args {
+    #[arg(long, default_value_t = ports::COORDINATOR)]
+    pub port: u16,
+    /// Address to listen on (and to start nodes on).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// The registry the nodes heartbeat to.
+    #[arg(long, default_value = "http://127.0.0.1:9000")]
+    pub registry: String,
+    /// Where node log files go (default: a kvlab folder in the temp dir).
+    #[arg(long)]
+    pub log_dir: Option<PathBuf>,
+    /// Do not narrate events on the console.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// The cluster's shape and timing, shared by `coordinator` and `up`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClusterArgs {
+    /// Number of followers, N.
+    #[arg(long, default_value_t = 2)]
+    pub followers: usize,
+    /// Write quorum W: sync followers that must ack a write.
+    #[arg(short = 'W', long = "write-quorum", default_value_t = 2)]
+    pub write_quorum: usize,
+    /// Read quorum R: followers asked by a read.
+    #[arg(short = 'R', long = "read-quorum", default_value_t = 1)]
+    pub read_quorum: usize,
+    /// Replication delay to each sync follower, in seconds (the lab's time lens).
+    #[arg(long, default_value_t = 0.5)]
+    pub sync_delay: f64,
+    /// Replication delay to each async follower, in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub async_delay: f64,
+    /// No replication delays: the mode for real use and benchmarks.
+    #[arg(long)]
+    pub no_delay: bool,
+    /// The leader's port; follower-i listens on this + i.
+    #[arg(long, default_value_t = ports::LEADER)]
+    pub node_base_port: u16,
+    /// Seconds between node heartbeats.
+    #[arg(long, default_value_t = 2.0, hide = true)]
+    pub heartbeat_interval: f64,
+}
+
+/// A setting the cluster cannot run with.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    #[error("--followers must be at least 1 (the leader is not counted in N)")]
+    NoFollowers,
+    #[error("--write-quorum (W) must be at least 1")]
+    ZeroWriteQuorum,
+    #[error("--read-quorum (R) must be at least 1")]
+    ZeroReadQuorum,
+    #[error("write quorum W={w} is larger than the number of followers N={n}: no write could ever succeed")]
+    WriteQuorumTooLarge { w: usize, n: usize },
+    #[error("read quorum R={r} is larger than the number of followers N={n}: no read could ever succeed")]
+    ReadQuorumTooLarge { r: usize, n: usize },
+    #[error("the node ports {first}..={last} do not fit below 65536")]
+    PortsOverflow { first: u16, last: usize },
+    #[error("delays must be finite numbers of seconds between 0 and 3600, got {0}")]
+    BadDelay(f64),
+}
+
+impl ClusterArgs {
+    /// Refuses impossible settings at start, saying why.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let (n, w, r) = (self.followers, self.write_quorum, self.read_quorum);
+        if n == 0 {
+            return Err(ConfigError::NoFollowers);
+        }
+        if w == 0 {
+            return Err(ConfigError::ZeroWriteQuorum);
+        }
+        if r == 0 {
+            return Err(ConfigError::ZeroReadQuorum);
+        }
+        if w > n {
+            return Err(ConfigError::WriteQuorumTooLarge { w, n });
+        }
+        if r > n {
+            return Err(ConfigError::ReadQuorumTooLarge { r, n });
+        }
+        let last = self.node_base_port as usize + n;
+        if last > u16::MAX as usize {
+            return Err(ConfigError::PortsOverflow {
+                first: self.node_base_port,
+                last,
+            });
+        }
+        for d in [self.sync_delay, self.async_delay] {
+            if !d.is_finite() || !(0.0..=3600.0).contains(&d) {
+                return Err(ConfigError::BadDelay(d));
+            }
+        }
+        Ok(())
+    }
+
+    /// The delays in force: zero with `--no-delay`.
+    pub fn delays(&self) -> (f64, f64) {
+        if self.no_delay {
+            (0.0, 0.0)
+        } else {
+            (self.sync_delay, self.async_delay)
+        }
+    }
+}
+
+/// Everything the coordinator needs to run, resolved from the flags.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub addr: SocketAddr,
+    pub followers: usize,
+    pub w: usize,
+    pub r: usize,
+    pub node_base_port: u16,
+    pub launch: LaunchSettings,
+    pub print_events: bool,
+    /// How long a write waits for its sync acks.
+    pub ack_timeout: Duration,
+    /// How long a read waits for each follower.
+    pub read_timeout: Duration,
+}
+
+impl Config {
+    pub fn from_args(args: &Args) -> Result<Config, ConfigError> {
+        args.cluster.validate()?;
+        let (sync_delay, async_delay) = args.cluster.delays();
+        let log_dir = args.log_dir.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("kvlab-{}", args.port)).join("logs")
+        });
+        Ok(Config {
+            addr: SocketAddr::new(args.host, args.port),
+            followers: args.cluster.followers,
+            w: args.cluster.write_quorum,
+            r: args.cluster.read_quorum,
+            node_base_port: args.cluster.node_base_port,
+            launch: LaunchSettings {
+                binary: std::env::current_exe().unwrap_or_else(|_| "kvlab".into()),
+                log_dir,
+                host: args.host.to_string(),
+                registry: Some(args.registry.clone()),
+                sync_delay,
+                async_delay,
+                heartbeat_interval: args.cluster.heartbeat_interval,
+            },
+            print_events: !args.quiet,
+            ack_timeout: Duration::from_secs_f64(sync_delay + 2.5),
+            read_timeout: Duration::from_secs(2),
+        })
+    }
+
+    pub fn node_url(&self, port: u16) -> String {
+        format!("http://{}:{}", self.launch.host, port)
+    }
+}
+
+pub struct Coordinator {
+    pub config: Config,
+    cluster: Mutex<Cluster>,
+    /// Serializes membership changes and the pushes to the leader that follow.
+    membership: tokio::sync::Mutex<()>,
+    pub events: Arc<EventLog>,
+    http: reqwest::Client,
+}
+
+impl Coordinator {
+    pub fn new(config: Config) -> Arc<Coordinator> {
+        let leader = Slot {
+            node_id: LEADER_ID.to_string(),
+            role: Role::Leader,
+            port: config.node_base_port,
+            url: config.node_url(config.node_base_port),
+            status: NodeStatus::Starting,
+            incarnation: 0,
+            pid: None,
+        };
+        Arc::new(Coordinator {
+            events: Arc::new(EventLog::new(config.print_events)),
+            cluster: Mutex::new(Cluster::new(leader)),
+            membership: tokio::sync::Mutex::new(()),
+            http: crate::http::client(),
+            config,
+        })
+    }
+
+    /// A copy of the table, for decisions made without holding the lock.
+    fn snapshot(&self) -> Cluster {
+        self.cluster.lock().unwrap().clone()
+    }
+
+    pub fn status(&self) -> StatusResponse {
+        let c = self.cluster.lock().unwrap();
+        let sets = c.sets(self.config.w, self.config.r);
+        StatusResponse {
+            leader: Some(c.view(&c.leader, &sets)),
+            followers: c.followers.iter().map(|s| c.view(s, &sets)).collect(),
+            quorum: QuorumView {
+                w: self.config.w,
+                r: self.config.r,
+                total_alive: c.alive_followers(),
+                can_write: c.can_write(self.config.w),
+                can_read: c.can_read(self.config.r),
+            },
+        }
+    }
+}
+
+/// Runs a coordinator (and its nodes) until Ctrl-C or SIGTERM.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let config = Config::from_args(&args)?;
+    let listener = crate::http::bind(config.addr).await?;
+    let coordinator = Coordinator::new(config);
+    serve(coordinator, listener, crate::http::shutdown_signal()).await
+}
+
+/// Starts the cluster, serves the API until `shutdown`, then stops every node.
+pub async fn serve(
+    coordinator: Arc<Coordinator>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let server = tokio::spawn(crate::http::serve(
+        listener,
+        router(coordinator.clone()),
+        shutdown,
+    ));
+    let background = membership::start_background(coordinator.clone());
+    let started = coordinator.start_cluster().await;
+    if let Err(e) = &started {
+        coordinator.events.bad("start_failed", None, format!("❌ {e:#}"));
+        server.abort();
+    }
+    let served = if started.is_ok() {
+        server.await.map_err(anyhow::Error::from).and_then(|r| r)
+    } else {
+        Ok(())
+    };
+    background.abort();
+    coordinator.stop_all().await;
+    started?;
+    served
+}
+
+pub fn router(coordinator: Arc<Coordinator>) -> Router {
+    Router::new()
+        .route("/", get(info))
+        .route("/status", get(status))
+        .route("/write", post(requests::write))
+        .route("/read/{*key}", get(requests::read))
+        .route("/spawn", post(membership::spawn))
+        .route("/kill/{node_id}", post(membership::kill))
+        .route("/catchup", post(membership::catchup))
+        .route("/node-died", post(membership::node_died))
+        .route("/node-revived", post(membership::node_revived))
+        .route("/events", get(events))
+        .with_state(coordinator)
+}
+
+type Shared = State<Arc<Coordinator>>;
+
+async fn info(State(c): Shared) -> Json<CoordinatorInfo> {
+    let cl = c.cluster.lock().unwrap();
+    Json(CoordinatorInfo {
+        service: "coordinator".into(),
+        leader: cl.leader.is_alive().then(|| cl.leader.url.clone()),
+        follower_count: cl.followers.len(),
+        can_write: cl.can_write(c.config.w),
+        can_read: cl.can_read(c.config.r),
+    })
+}
+
+async fn status(State(c): Shared) -> Json<StatusResponse> {
+    Json(c.status())
+}
+
+#[derive(Debug, Deserialize)]
+struct EventsQuery {
+    #[serde(default)]
+    since: u64,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// `GET /events?since=ID`: the event log as JSON, for tools and tests.
+async fn events(
+    State(c): Shared,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<Event>>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    Ok(Json(c.events.since(q.since, q.limit.unwrap_or(500))))
+}

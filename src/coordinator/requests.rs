@@ -1,0 +1,318 @@
+//! The client-facing write and read paths, with the lab's quorum rules.
+//!
+//! Write: check there is a leader and at least W alive followers, pick the
+//! sync set (W alive followers, lowest ports), hand the write to the leader
+//! with that set, and succeed only if every one of them acknowledged.
+//!
+//! Read: ask the read set (R alive followers, highest ports; never the
+//! leader) at once, and answer with the highest version among them.
+//!
+//! A write that fails its quorum (503 "Write quorum not met") is *not* undone:
+//! it is in the leader's log, so it reaches every follower eventually. The
+//! client learns the outcome is unknown, exactly as with a timeout in any
+//! replicated store; ARCHITECTURE.md explains the choice.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Path, State};
+use axum::Json;
+use futures::future::join_all;
+use serde_json::json;
+
+use super::cluster::Slot;
+use super::{Coordinator, Shared};
+use crate::api::*;
+use crate::events::Tone;
+use crate::http::{describe_reqwest_error, error_detail, validate_key_value, ApiError, ApiJson};
+
+/// `POST /write`.
+pub async fn write(State(c): Shared, ApiJson(req): ApiJson<WriteRequest>) -> Result<Json<WriteResponse>, ApiError> {
+    validate_key_value(&req.key, Some(&req.value))?;
+    let narrate = c.events.narrate_request();
+    let result = c.write(req, narrate).await;
+    c.events.count_write(result.is_ok());
+    result.map(Json)
+}
+
+/// `GET /read/{key}`.
+pub async fn read(State(c): Shared, Path(key): Path<String>) -> Result<Json<ReadResponse>, ApiError> {
+    validate_key_value(&key, None)?;
+    let narrate = c.events.narrate_request();
+    let result = c.read(key, narrate).await;
+    c.events.count_read(result.is_ok());
+    result.map(Json)
+}
+
+/// Who a write goes to, decided from one consistent view of the table.
+struct WritePlan {
+    leader: Slot,
+    sync: Vec<Slot>,
+    asynchronous: Vec<Slot>,
+}
+
+impl Coordinator {
+    fn plan_write(&self) -> Result<WritePlan, ApiError> {
+        let cluster = self.snapshot();
+        let w = self.config.w;
+        let alive = cluster.alive_followers();
+        if !cluster.leader.is_alive() {
+            return Err(ApiError::unavailable(json!({
+                "error": "Write quorum not available",
+                "alive_followers": alive, "required": w,
+                "cause": format!("the leader ({}) is {}: writes need a leader",
+                    cluster.leader.url, cluster.leader.status.as_str()),
+            })));
+        }
+        if alive < w {
+            return Err(ApiError::unavailable(json!({
+                "error": "Write quorum not available",
+                "alive_followers": alive, "required": w,
+                "cause": format!("only {alive} of the followers are alive; W={w} must acknowledge each write"),
+            })));
+        }
+        let sets = cluster.sets(w, self.config.r);
+        let pick = |idx: &[usize]| idx.iter().map(|&i| cluster.followers[i].clone()).collect();
+        Ok(WritePlan {
+            sync: pick(&sets.sync),
+            asynchronous: pick(&sets.asynchronous),
+            leader: cluster.leader.clone(),
+        })
+    }
+
+    pub async fn write(self: &Arc<Self>, req: WriteRequest, narrate: bool) -> Result<WriteResponse, ApiError> {
+        let started = Instant::now();
+        let plan = match self.plan_write() {
+            Ok(p) => p,
+            Err(e) => {
+                if narrate {
+                    self.events.emit("write_refused", Tone::Bad, None,
+                        format!("⛔ WRITE {} refused: {}", req.key, e.detail["cause"].as_str().unwrap_or("no quorum")));
+                }
+                return Err(e);
+            }
+        };
+        let body = LeaderWriteRequest {
+            key: req.key.clone(),
+            value: req.value.clone(),
+            sync: plan.sync.iter().map(Slot::peer_ref).collect(),
+            ack_timeout_ms: Some(self.config.ack_timeout.as_millis() as u64),
+        };
+        let answer = self.send_to_leader(&plan.leader, &body).await?;
+        let ms = started.elapsed().as_millis();
+        let w = self.config.w;
+        if narrate {
+            self.narrate_write(&req.key, &plan, &answer, ms);
+        }
+        if answer.acked_by.len() < w {
+            return Err(ApiError::unavailable(json!({
+                "error": "Write quorum not met",
+                "sync_acks": answer.acked_by.len(), "required": w,
+                "version": answer.version,
+                "missing": answer.missing,
+                "note": "the write is in the leader's log and will still reach the followers; its outcome is unknown to you",
+            })));
+        }
+        let url_of = |id: &String| plan.sync.iter().find(|s| &s.node_id == id).map(|s| s.url.clone());
+        Ok(WriteResponse {
+            status: "success".into(),
+            key: answer.key,
+            value: answer.value,
+            version: answer.version,
+            sync_acks: answer.acked_by.len(),
+            quorum: w,
+            sync_replicated_to: answer.acked_by.iter().filter_map(url_of).collect(),
+            seq: answer.seq,
+        })
+    }
+
+    async fn send_to_leader(&self, leader: &Slot, body: &LeaderWriteRequest) -> Result<LeaderWriteResponse, ApiError> {
+        let unreachable = |why: String| {
+            self.events.bad("leader_unreachable", Some(LEADER_ID), format!("⛔ leader unreachable: {why}"));
+            ApiError::unavailable(format!("Leader unreachable: {why}"))
+        };
+        let resp = self
+            .http
+            .post(format!("{}/data", leader.url))
+            .timeout(self.config.ack_timeout + std::time::Duration::from_secs(2))
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| unreachable(describe_reqwest_error(&e)))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let detail = error_detail(resp).await;
+            // The leader's own refusals (bad input) pass through as they are.
+            return Err(ApiError::new(status, detail));
+        }
+        resp.json().await.map_err(|e| unreachable(format!("unreadable answer: {e}")))
+    }
+
+    fn narrate_write(self: &Arc<Self>, key: &str, plan: &WritePlan, answer: &LeaderWriteResponse, ms: u128) {
+        let w = self.config.w;
+        let sync_ids: Vec<&str> = plan.sync.iter().map(|s| s.node_id.as_str()).collect();
+        self.events.emit("write", Tone::Request, None, format!(
+            "✍️  WRITE {key} → leader: version {} (log seq {}), sync set [{}]",
+            answer.version, answer.seq, sync_ids.join(", ")));
+        let mut acks: Vec<String> = answer.acked_by.iter().map(|id| format!("{id} ✓")).collect();
+        acks.extend(answer.missing.iter().map(|m| format!("{} ✗ ({})", m.node_id, m.reason)));
+        if answer.acked_by.len() >= w {
+            self.events.emit("quorum_met", Tone::Good, None, format!(
+                "   ✅ sync acks {}/{w}: {} → quorum met in {ms} ms", answer.acked_by.len(), acks.join(", ")));
+        } else {
+            self.events.emit("quorum_failed", Tone::Bad, None, format!(
+                "   ❌ sync acks {}/{w}: {} → quorum NOT met ({ms} ms)", answer.acked_by.len(), acks.join(", ")));
+        }
+        if plan.asynchronous.is_empty() {
+            return;
+        }
+        let names: Vec<&str> = plan.asynchronous.iter().map(|s| s.node_id.as_str()).collect();
+        self.events.emit("async_queued", Tone::Request, None, format!(
+            "   📨 async replication queued to [{}] ({} s delay)", names.join(", "), self.config.launch.async_delay));
+        for follower in plan.asynchronous.clone() {
+            self.narrate_async_completion(follower, answer.seq);
+        }
+    }
+
+    /// Narrates when an async follower receives a narrated write.
+    fn narrate_async_completion(self: &Arc<Self>, follower: Slot, seq: u64) {
+        let c = self.clone();
+        let started = Instant::now();
+        let timeout_ms = (c.config.launch.async_delay * 1000.0) as u64 + 10_000;
+        tokio::spawn(async move {
+            let leader = c.snapshot().leader;
+            let resp = c.http.post(format!("{}/replication/wait", leader.url))
+                .json(&json!({"node_id": follower.node_id, "seq": seq, "timeout_ms": timeout_ms}))
+                .send().await;
+            if resp.is_ok_and(|r| r.status().is_success()) {
+                c.events.emit("async_done", Tone::Request, Some(&follower.node_id), format!(
+                    "   📬 async replication of seq {seq} to {} complete ({:.1} s after the write)",
+                    follower.node_id, started.elapsed().as_secs_f64()));
+            }
+        });
+    }
+
+    pub async fn read(&self, key: String, narrate: bool) -> Result<ReadResponse, ApiError> {
+        let cluster = self.snapshot();
+        let r = self.config.r;
+        let sets = cluster.sets(self.config.w, r);
+        if sets.read.is_empty() {
+            if narrate {
+                self.events.emit("read_refused", Tone::Bad, None, format!(
+                    "⛔ READ {key} refused: {} alive followers, R={r}", cluster.alive_followers()));
+            }
+            return Err(ApiError::unavailable("Read quorum not available"));
+        }
+        let asked: Vec<Slot> = sets.read.iter().map(|&i| cluster.followers[i].clone()).collect();
+        let answers = join_all(asked.iter().map(|s| self.ask(s, &key))).await;
+        let outcome = ReadOutcome::of(&asked, answers);
+        if narrate {
+            self.narrate_read(&key, &outcome);
+        }
+        outcome.into_result(key, r)
+    }
+
+    /// Asks one follower for a key; checks the answer came from the process we meant.
+    async fn ask(&self, slot: &Slot, key: &str) -> Answer {
+        let mut url = match url::Url::parse(&slot.url) {
+            Ok(u) => u,
+            Err(e) => return Answer::Failed(e.to_string()),
+        };
+        url.path_segments_mut().expect("http url").push("data").push(key);
+        let resp = match self.http.get(url).timeout(self.config.read_timeout).send().await {
+            Ok(r) => r,
+            Err(e) => return Answer::Failed(describe_reqwest_error(&e)),
+        };
+        let incarnation = resp.headers().get(HEADER_NODE_INCARNATION)
+            .and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        if incarnation != Some(slot.incarnation) {
+            return Answer::Failed(format!("answered by incarnation {incarnation:?}, expected {} (fenced)", slot.incarnation));
+        }
+        match resp.status() {
+            s if s.is_success() => match resp.json::<NodeValue>().await {
+                Ok(v) => Answer::Found { value: v.value, version: v.version },
+                Err(e) => Answer::Failed(format!("unreadable answer: {e}")),
+            },
+            reqwest::StatusCode::NOT_FOUND => Answer::NotFound,
+            s => Answer::Failed(format!("HTTP {s}")),
+        }
+    }
+
+    fn narrate_read(&self, key: &str, o: &ReadOutcome) {
+        let asked: Vec<&str> = o.answers.iter().map(|(id, _)| id.as_str()).collect();
+        let best = o.best().map(|(_, _, v)| v);
+        let parts: Vec<String> = o.answers.iter().map(|(id, a)| match a {
+            Answer::Found { version, .. } if Some(*version) < best => format!("{id} v{version} (STALE)"),
+            Answer::Found { version, .. } => format!("{id} v{version}"),
+            Answer::NotFound => format!("{id} not found"),
+            Answer::Failed(e) => format!("{id} ✗ {e}"),
+        }).collect();
+        let verdict = match o.best() {
+            Some((id, _, v)) => format!("v{v} wins, served by {id}"),
+            None => "not found".into(),
+        };
+        let conflict = o.versions_differ();
+        self.events.emit("read", if conflict { Tone::Warn } else { Tone::Request }, None, format!(
+            "🔎 READ {key} ← asked [{}]: {} → {verdict}{}", asked.join(", "), parts.join("; "),
+            if conflict { " (versions differed)" } else { "" }));
+    }
+}
+
+/// One follower's answer to a read.
+#[derive(Debug)]
+enum Answer {
+    Found { value: String, version: u64 },
+    NotFound,
+    Failed(String),
+}
+
+/// All answers of a read, and the decision they lead to.
+struct ReadOutcome {
+    answers: Vec<(String, Answer)>,
+}
+
+impl ReadOutcome {
+    fn of(asked: &[Slot], answers: Vec<Answer>) -> Self {
+        ReadOutcome { answers: asked.iter().map(|s| s.node_id.clone()).zip(answers).collect() }
+    }
+
+    /// The answer with the highest version: (node, value, version).
+    fn best(&self) -> Option<(&str, &str, u64)> {
+        self.answers.iter().filter_map(|(id, a)| match a {
+            Answer::Found { value, version } => Some((id.as_str(), value.as_str(), *version)),
+            _ => None,
+        }).max_by_key(|(_, _, v)| *v)
+    }
+
+    fn responses(&self) -> usize {
+        self.answers.iter().filter(|(_, a)| !matches!(a, Answer::Failed(_))).count()
+    }
+
+    fn versions_differ(&self) -> bool {
+        let mut versions = self.answers.iter().filter_map(|(_, a)| match a {
+            Answer::Found { version, .. } => Some(Some(*version)),
+            Answer::NotFound => Some(None),
+            Answer::Failed(_) => None,
+        });
+        let first = versions.next();
+        versions.any(|v| Some(v) != first)
+    }
+
+    fn into_result(self, key: String, r: usize) -> Result<ReadResponse, ApiError> {
+        let responses = self.responses();
+        if responses < r {
+            let failures: Vec<_> = self.answers.iter().filter_map(|(id, a)| match a {
+                Answer::Failed(e) => Some(json!({"node_id": id, "reason": e})),
+                _ => None,
+            }).collect();
+            return Err(ApiError::unavailable(json!({
+                "error": "Read quorum not met", "responses": responses, "required": r, "failures": failures})));
+        }
+        match self.best() {
+            Some((id, value, version)) => Ok(ReadResponse {
+                key, value: value.to_string(), version, served_by: id.to_string(), quorum_responses: responses,
+            }),
+            None => Err(ApiError::not_found(format!("Key '{key}' not found in quorum"))),
+        }
+    }
+}

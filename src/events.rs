@@ -1,0 +1,247 @@
+//! The coordinator's live event log: the lab's "dashboard" on the console.
+//!
+//! Every line has a timestamp, an icon and a tone (green for a node coming up,
+//! red for one going down, ...). Cluster events (nodes starting, dying,
+//! respawning, catching up, quorum lost) are always printed. Request events
+//! (each write's and read's path) are narrated one by one up to
+//! [`NARRATED_PER_SECOND`] requests a second; past that, the log prints one
+//! summary line a second instead of flooding the terminal.
+//!
+//! Events are also kept in a bounded ring and served as JSON (`GET /events`),
+//! so tests and tools can wait for "follower-1 is dead" instead of sleeping.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use owo_colors::{OwoColorize, Stream};
+use serde::Serialize;
+
+/// How many requests a second are narrated line by line.
+pub const NARRATED_PER_SECOND: u32 = 10;
+/// How many events the ring keeps for `GET /events`.
+const RING_CAPACITY: usize = 2000;
+
+/// The colour of a line: what kind of news it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tone {
+    Info,
+    Good,
+    Warn,
+    Bad,
+    Request,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub id: u64,
+    /// Milliseconds since the Unix epoch.
+    pub unix_ms: i64,
+    /// A short machine-readable name: `node_up`, `node_dead`, `write`, ...
+    pub kind: &'static str,
+    pub tone: Tone,
+    pub node_id: Option<String>,
+    pub message: String,
+}
+
+/// Per-second counts of requests, for the summary line.
+#[derive(Default)]
+struct Counters {
+    writes_ok: AtomicU64,
+    writes_failed: AtomicU64,
+    reads_ok: AtomicU64,
+    reads_failed: AtomicU64,
+    not_narrated: AtomicU64,
+}
+
+struct Budget {
+    window_start: Instant,
+    used: u32,
+}
+
+pub struct EventLog {
+    ring: Mutex<(u64, VecDeque<Event>)>,
+    budget: Mutex<Budget>,
+    counters: Counters,
+    print: bool,
+}
+
+impl EventLog {
+    /// `print`: whether to write to stdout (off in tests).
+    pub fn new(print: bool) -> Self {
+        EventLog {
+            ring: Mutex::new((0, VecDeque::with_capacity(RING_CAPACITY))),
+            budget: Mutex::new(Budget {
+                window_start: Instant::now(),
+                used: 0,
+            }),
+            counters: Counters::default(),
+            print,
+        }
+    }
+
+    /// Records (and prints) one event.
+    pub fn emit(&self, kind: &'static str, tone: Tone, node_id: Option<&str>, message: String) {
+        let event = {
+            let mut ring = self.ring.lock().unwrap();
+            ring.0 += 1;
+            let event = Event {
+                id: ring.0,
+                unix_ms: chrono::Utc::now().timestamp_millis(),
+                kind,
+                tone,
+                node_id: node_id.map(str::to_string),
+                message,
+            };
+            if ring.1.len() == RING_CAPACITY {
+                ring.1.pop_front();
+            }
+            ring.1.push_back(event.clone());
+            event
+        };
+        if self.print {
+            print_line(&event);
+        }
+    }
+
+    /// Shorthand for the common cluster events.
+    pub fn info(&self, kind: &'static str, node: Option<&str>, message: impl Into<String>) {
+        self.emit(kind, Tone::Info, node, message.into());
+    }
+    pub fn good(&self, kind: &'static str, node: Option<&str>, message: impl Into<String>) {
+        self.emit(kind, Tone::Good, node, message.into());
+    }
+    pub fn warn(&self, kind: &'static str, node: Option<&str>, message: impl Into<String>) {
+        self.emit(kind, Tone::Warn, node, message.into());
+    }
+    pub fn bad(&self, kind: &'static str, node: Option<&str>, message: impl Into<String>) {
+        self.emit(kind, Tone::Bad, node, message.into());
+    }
+
+    /// Should this request be narrated line by line? Counts it either way.
+    pub fn narrate_request(&self) -> bool {
+        let mut b = self.budget.lock().unwrap();
+        if b.window_start.elapsed() >= Duration::from_secs(1) {
+            b.window_start = Instant::now();
+            b.used = 0;
+        }
+        if b.used < NARRATED_PER_SECOND {
+            b.used += 1;
+            true
+        } else {
+            self.counters.not_narrated.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+    }
+
+    /// Counts a finished request for the summary line.
+    pub fn count_write(&self, ok: bool) {
+        let c = if ok {
+            &self.counters.writes_ok
+        } else {
+            &self.counters.writes_failed
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_read(&self, ok: bool) {
+        let c = if ok {
+            &self.counters.reads_ok
+        } else {
+            &self.counters.reads_failed
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Prints the summary of the last second if some requests went un-narrated.
+    /// Called once a second by the coordinator.
+    pub fn summarise(&self) {
+        let take = |a: &AtomicU64| a.swap(0, Ordering::Relaxed);
+        let skipped = take(&self.counters.not_narrated);
+        let (wo, wf) = (
+            take(&self.counters.writes_ok),
+            take(&self.counters.writes_failed),
+        );
+        let (ro, rf) = (
+            take(&self.counters.reads_ok),
+            take(&self.counters.reads_failed),
+        );
+        if skipped > 0 {
+            self.emit(
+                "summary",
+                Tone::Info,
+                None,
+                format!(
+                    "📊 last second: {} writes ({wf} failed), {} reads ({rf} failed); \
+                     {skipped} not narrated (more than {NARRATED_PER_SECOND}/s)",
+                    wo + wf,
+                    ro + rf
+                ),
+            );
+        }
+    }
+
+    /// Events with an id above `since`, oldest first, at most `limit`.
+    pub fn since(&self, since: u64, limit: usize) -> Vec<Event> {
+        let ring = self.ring.lock().unwrap();
+        ring.1
+            .iter()
+            .filter(|e| e.id > since)
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+}
+
+fn print_line(event: &Event) {
+    let ts = chrono::DateTime::from_timestamp_millis(event.unix_ms)
+        .map(|t| {
+            t.with_timezone(&chrono::Local)
+                .format("%H:%M:%S%.3f")
+                .to_string()
+        })
+        .unwrap_or_default();
+    let msg = &event.message;
+    let line = match event.tone {
+        Tone::Good => format!("{}", msg.if_supports_color(Stream::Stdout, |m| m.green())),
+        Tone::Bad => format!("{}", msg.if_supports_color(Stream::Stdout, |m| m.red())),
+        Tone::Warn => format!("{}", msg.if_supports_color(Stream::Stdout, |m| m.yellow())),
+        Tone::Info => format!("{}", msg.if_supports_color(Stream::Stdout, |m| m.cyan())),
+        Tone::Request => msg.clone(),
+    };
+    let ts = format!("{}", ts.if_supports_color(Stream::Stdout, |t| t.dimmed()));
+    // One write call per line so concurrent events never interleave mid-line.
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{ts}  {line}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_is_bounded_and_ordered() {
+        let log = EventLog::new(false);
+        for i in 0..(RING_CAPACITY + 10) {
+            log.info("test", None, format!("event {i}"));
+        }
+        let all = log.since(0, usize::MAX);
+        assert_eq!(all.len(), RING_CAPACITY);
+        assert!(all.windows(2).all(|w| w[0].id < w[1].id));
+        assert_eq!(log.since(all.last().unwrap().id, 10).len(), 0);
+    }
+
+    #[test]
+    fn narration_is_budgeted_per_second() {
+        let log = EventLog::new(false);
+        let narrated = (0..100).filter(|_| log.narrate_request()).count();
+        assert_eq!(narrated, NARRATED_PER_SECOND as usize);
+        log.summarise();
+        let summary = log.since(0, 10);
+        assert_eq!(summary.len(), 1);
+        assert!(summary[0].message.contains("90 not narrated"));
+    }
+}
