@@ -8,3 +8,5 @@ pub mod http;
 pub mod node;
 pub mod coordinator;
 pub mod events;
+pub mod registry;
+pub mod up;

@@ -1,3 +1,76 @@
-fn main() {
-    println!("kvlab: under construction");
+//! The `kvlab` binary: one subcommand per component. All logic lives in the
+//! library; this file only parses flags and picks what to run.
+
+use clap::{Parser, Subcommand};
+use kvlab::{coordinator, node, registry, up};
+
+#[derive(Parser)]
+#[command(name = "kvlab", version, about = "A replicated key-value store you can watch, break and grade")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a whole cluster: registry, coordinator, leader and followers.
+    Up(up::Args),
+    /// Run the coordinator (it starts the leader and the followers).
+    Coordinator(coordinator::Args),
+    /// Run the registry (heartbeats, failure detection, auto-spawn).
+    Registry(registry::Args),
+    /// Run one storage node (normally started by the coordinator).
+    Node(node::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.command);
+    let runtime = match build_runtime(&cli.command) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kvlab: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Up(args) => up::run(args).await,
+            Command::Coordinator(args) => coordinator::run(args).await,
+            Command::Registry(args) => registry::run(args).await,
+            Command::Node(args) => node::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kvlab: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Nodes are many and small: two worker threads each is plenty and keeps a
+/// whole cluster's memory low. The other components use the default.
+fn build_runtime(command: &Command) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if matches!(command, Command::Node(_)) {
+        builder.worker_threads(2);
+    }
+    builder.enable_all().build()
+}
+
+/// Logs go to stderr; `RUST_LOG` overrides the level. The coordinator's event
+/// log is separate (stdout) and always on unless `--quiet`.
+fn init_tracing(command: &Command) {
+    let default = match command {
+        Command::Node(_) => "info",
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }

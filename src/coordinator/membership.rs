@@ -72,6 +72,7 @@ impl Coordinator {
             result?;
         }
         let c = self.snapshot();
+        self.ready.store(true, std::sync::atomic::Ordering::Relaxed);
         self.events.good(
             "cluster_ready",
             None,
@@ -244,6 +245,9 @@ impl Coordinator {
                 Some(node_id),
                 "👑 the LEADER is down: writes will fail until it is back; reads still work",
             );
+        }
+        if !self.ready.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
         }
         let (could_w, can_w) = (before.can_write(w), after.can_write(w));
         let (could_r, can_r) = (before.can_read(r), after.can_read(r));

@@ -205,6 +205,8 @@ pub struct Coordinator {
     membership: tokio::sync::Mutex<()>,
     pub events: Arc<EventLog>,
     http: reqwest::Client,
+    /// Set once the initial start is over; quorum changes are narrated after.
+    ready: std::sync::atomic::AtomicBool,
 }
 
 impl Coordinator {
@@ -223,6 +225,7 @@ impl Coordinator {
             cluster: Mutex::new(Cluster::new(leader)),
             membership: tokio::sync::Mutex::new(()),
             http: crate::http::client(),
+            ready: std::sync::atomic::AtomicBool::new(false),
             config,
         })
     }

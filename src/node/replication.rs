@@ -52,6 +52,9 @@ pub struct Peer {
     /// Whether it is in the sync set now (decides its delay). Can change
     /// without restarting the stream.
     sync: AtomicBool,
+    /// Wakes the stream when its delay class changes, so an entry waiting on
+    /// the async delay is re-planned with the sync delay at once.
+    wake: tokio::sync::Notify,
     progress: watch::Sender<Progress>,
     task: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
@@ -60,6 +63,7 @@ impl Peer {
     pub fn start(node: Arc<NodeState>, config: PeerConfig) -> Arc<Peer> {
         let peer = Arc::new(Peer {
             sync: AtomicBool::new(config.sync),
+            wake: tokio::sync::Notify::new(),
             config,
             progress: watch::Sender::new(Progress::default()),
             task: std::sync::Mutex::new(None),
@@ -70,7 +74,9 @@ impl Peer {
     }
 
     pub fn set_sync(&self, sync: bool) {
-        self.sync.store(sync, Ordering::Relaxed);
+        if self.sync.swap(sync, Ordering::Relaxed) != sync {
+            self.wake.notify_one();
+        }
     }
 
     pub fn is_sync(&self) -> bool {
@@ -158,11 +164,17 @@ async fn stream(node: Arc<NodeState>, peer: Arc<Peer>) {
         let result = match plan(&node, &peer, from) {
             Plan::Wait => {
                 // Wake when the log grows past what we've seen.
-                let _ = last_seq_rx.wait_for(|&last| last >= from).await;
+                tokio::select! {
+                    _ = last_seq_rx.wait_for(|&last| last >= from) => {},
+                    _ = peer.wake.notified() => {},
+                }
                 continue;
             }
             Plan::SleepUntil(at) => {
-                tokio::time::sleep_until(at.into()).await;
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at.into()) => {},
+                    _ = peer.wake.notified() => {},
+                }
                 continue;
             }
             Plan::Send(batch) => send_entries(&node, &peer, batch).await,

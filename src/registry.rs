@@ -1,0 +1,314 @@
+//! The registry: who is alive, by heartbeat.
+//!
+//! Nodes post a heartbeat every 2 s. A node silent for longer than the timeout
+//! (5 s) is declared dead and the coordinator is told (`/node-died`). A
+//! follower seen for the first time (per incarnation) is caught up: the
+//! registry asks the coordinator's `/catchup`, retrying while it is
+//! unreachable. With `--auto-spawn`, a dead or deregistered follower is
+//! replaced after `--spawn-delay` seconds, but only if it is *still* dead
+//! then: a node whose heartbeats came back in time is left alone.
+//!
+//! Fencing: the registry remembers the newest incarnation of each node id. A
+//! heartbeat from an older one is answered 409, and that process exits.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use clap::Parser;
+use serde_json::json;
+
+use crate::api::*;
+use crate::http::{describe_reqwest_error, ApiError, ApiJson};
+
+#[derive(Debug, Clone, Parser)]
+pub struct Args {
+    #[arg(long, default_value_t = ports::REGISTRY)]
+    pub port: u16,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    #[arg(long, default_value = "http://127.0.0.1:7000")]
+    pub coordinator: String,
+    /// Replace dead followers automatically.
+    #[arg(long)]
+    pub auto_spawn: bool,
+    /// Seconds to wait before replacing a dead follower.
+    #[arg(long, default_value_t = 5.0)]
+    pub spawn_delay: f64,
+    /// Seconds of silence after which a node is declared dead.
+    #[arg(long, default_value_t = 5.0)]
+    pub timeout: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub coordinator: String,
+    pub auto_spawn: bool,
+    pub spawn_delay: Duration,
+    pub timeout: Duration,
+}
+
+impl Config {
+    pub fn from_args(args: &Args) -> anyhow::Result<Config> {
+        for (name, v) in [("--spawn-delay", args.spawn_delay), ("--timeout", args.timeout)] {
+            if !v.is_finite() || !(0.0..=3600.0).contains(&v) {
+                anyhow::bail!("{name} must be between 0 and 3600 seconds, got {v}");
+            }
+        }
+        Ok(Config {
+            coordinator: args.coordinator.clone(),
+            auto_spawn: args.auto_spawn,
+            spawn_delay: Duration::from_secs_f64(args.spawn_delay),
+            timeout: Duration::from_secs_f64(args.timeout),
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Record {
+    url: String,
+    role: Role,
+    incarnation: u64,
+    last_seen: Instant,
+    alive: bool,
+}
+
+pub struct Registry {
+    config: Config,
+    nodes: Mutex<HashMap<String, Record>>,
+    http: reqwest::Client,
+}
+
+impl Registry {
+    pub fn new(config: Config) -> Arc<Registry> {
+        Arc::new(Registry {
+            config,
+            nodes: Mutex::new(HashMap::new()),
+            http: crate::http::client(),
+        })
+    }
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let config = Config::from_args(&args)?;
+    let listener = crate::http::bind(SocketAddr::new(args.host, args.port)).await?;
+    serve(Registry::new(config), listener, crate::http::shutdown_signal()).await
+}
+
+pub async fn serve(
+    registry: Arc<Registry>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let checker = tokio::spawn(check_loop(registry.clone()));
+    let result = crate::http::serve(listener, router(registry), shutdown).await;
+    checker.abort();
+    result
+}
+
+pub fn router(registry: Arc<Registry>) -> Router {
+    Router::new()
+        .route("/", get(info))
+        .route("/heartbeat", post(heartbeat))
+        .route("/deregister", post(deregister))
+        .route("/nodes", get(nodes))
+        .route("/alive", get(alive))
+        .with_state(registry)
+}
+
+type Shared = State<Arc<Registry>>;
+
+/// What a heartbeat means for the node's record.
+enum Seen {
+    /// First heartbeat of this incarnation.
+    New,
+    /// It was declared dead, and is back.
+    Revived,
+    Again,
+}
+
+async fn heartbeat(State(reg): Shared, ApiJson(hb): ApiJson<Heartbeat>) -> Result<Json<HeartbeatResponse>, ApiError> {
+    if hb.node_id.is_empty() || hb.url.is_empty() {
+        return Err(ApiError::bad_request("node_id and url must not be empty"));
+    }
+    let incarnation = hb.incarnation.unwrap_or(0);
+    let seen = {
+        let mut nodes = reg.nodes.lock().unwrap();
+        let previous = nodes.get(&hb.node_id).cloned();
+        if let Some(p) = &previous {
+            if incarnation < p.incarnation {
+                return Err(ApiError::conflict(format!(
+                    "{} incarnation {incarnation} was replaced by incarnation {}: stop serving",
+                    hb.node_id, p.incarnation
+                )));
+            }
+        }
+        let seen = match &previous {
+            Some(p) if p.incarnation == incarnation && p.alive => Seen::Again,
+            Some(p) if p.incarnation == incarnation => Seen::Revived,
+            _ => Seen::New,
+        };
+        nodes.insert(hb.node_id.clone(), Record {
+            url: hb.url.clone(),
+            role: hb.role,
+            incarnation,
+            last_seen: Instant::now(),
+            alive: true,
+        });
+        seen
+    };
+    match seen {
+        Seen::New => {
+            tracing::info!(node = %hb.node_id, incarnation, "registered");
+            if hb.role == Role::Follower {
+                tokio::spawn(ask_catchup(reg.clone(), hb.clone()));
+            }
+        }
+        Seen::Revived => {
+            tracing::info!(node = %hb.node_id, "heartbeats resumed");
+            let body = NodeRevivedRequest { node_id: hb.node_id.clone(), url: hb.url.clone(), incarnation: hb.incarnation };
+            tokio::spawn(tell_coordinator(reg.clone(), "node-revived", serde_json::to_value(body).unwrap_or_default()));
+        }
+        Seen::Again => {}
+    }
+    Ok(Json(HeartbeatResponse { status: "ok".into(), nodes: alive_list(&reg) }))
+}
+
+async fn deregister(State(reg): Shared, ApiJson(req): ApiJson<DeregisterRequest>) -> Result<Json<StatusOnly>, ApiError> {
+    let removed = {
+        let mut nodes = reg.nodes.lock().unwrap();
+        match nodes.get(&req.node_id) {
+            None => return Err(ApiError::not_found(format!("Node '{}' not registered", req.node_id))),
+            Some(r) if req.incarnation.is_some_and(|i| i < r.incarnation) => None,
+            Some(_) => nodes.remove(&req.node_id),
+        }
+    };
+    if let Some(record) = removed {
+        tracing::info!(node = %req.node_id, "deregistered");
+        if record.role == Role::Follower {
+            schedule_respawn(reg.clone(), req.node_id.clone(), record.incarnation);
+        }
+    }
+    Ok(Json(StatusOnly { status: "ok".into() }))
+}
+
+fn alive_list(reg: &Registry) -> Vec<NodeRef> {
+    let nodes = reg.nodes.lock().unwrap();
+    let mut list: Vec<NodeRef> = nodes
+        .iter()
+        .filter(|(_, r)| r.alive)
+        .map(|(id, r)| NodeRef { node_id: id.clone(), url: r.url.clone(), role: r.role })
+        .collect();
+    list.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+    list
+}
+
+async fn nodes(State(reg): Shared) -> Json<RegistryNodes> {
+    let nodes = reg.nodes.lock().unwrap();
+    let mut list: Vec<RegistryNode> = nodes
+        .iter()
+        .map(|(id, r)| RegistryNode {
+            node_id: id.clone(),
+            url: r.url.clone(),
+            role: r.role,
+            status: if r.alive { "alive" } else { "dead" }.into(),
+            last_seen_seconds_ago: (r.last_seen.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+            incarnation: Some(r.incarnation),
+        })
+        .collect();
+    list.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+    Json(RegistryNodes { nodes: list })
+}
+
+async fn alive(State(reg): Shared) -> Json<AliveNodes> {
+    Json(AliveNodes { nodes: alive_list(&reg) })
+}
+
+async fn info(State(reg): Shared) -> Json<RegistryInfo> {
+    let nodes = reg.nodes.lock().unwrap();
+    let alive = nodes.values().filter(|r| r.alive).count();
+    Json(RegistryInfo {
+        service: "registry".into(),
+        total_nodes: nodes.len(),
+        alive_nodes: alive,
+        dead_nodes: nodes.len() - alive,
+    })
+}
+
+/// Declares silent nodes dead, twice a second.
+async fn check_loop(reg: Arc<Registry>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        let newly_dead: Vec<(String, Record)> = {
+            let mut nodes = reg.nodes.lock().unwrap();
+            nodes
+                .iter_mut()
+                .filter(|(_, r)| r.alive && r.last_seen.elapsed() > reg.config.timeout)
+                .map(|(id, r)| {
+                    r.alive = false;
+                    (id.clone(), r.clone())
+                })
+                .collect()
+        };
+        for (node_id, record) in newly_dead {
+            tracing::warn!(node = %node_id, "no heartbeat: declared dead");
+            let body = json!({"node_id": node_id, "incarnation": record.incarnation});
+            tokio::spawn(tell_coordinator(reg.clone(), "node-died", body));
+            if record.role == Role::Follower {
+                schedule_respawn(reg.clone(), node_id, record.incarnation);
+            }
+        }
+    }
+}
+
+/// With auto-spawn: after the delay, replace the follower if it is still gone.
+fn schedule_respawn(reg: Arc<Registry>, node_id: String, incarnation: u64) {
+    if !reg.config.auto_spawn {
+        return;
+    }
+    tokio::spawn(async move {
+        tokio::time::sleep(reg.config.spawn_delay).await;
+        let still_gone = match reg.nodes.lock().unwrap().get(&node_id) {
+            None => true,
+            Some(r) => !r.alive && r.incarnation == incarnation,
+        };
+        if !still_gone {
+            tracing::info!(node = %node_id, "came back before the spawn delay ran out: not replaced");
+            return;
+        }
+        tracing::warn!(node = %node_id, "still dead after the spawn delay: asking for a replacement");
+        tell_coordinator(reg, "spawn", json!({"node_id": node_id})).await;
+    });
+}
+
+/// Asks the coordinator to catch a new follower up, retrying while it is unreachable.
+async fn ask_catchup(reg: Arc<Registry>, hb: Heartbeat) {
+    let body = CatchupRequest { node_id: hb.node_id, url: Some(hb.url), incarnation: hb.incarnation };
+    tell_coordinator(reg, "catchup", serde_json::to_value(body).unwrap_or_default()).await;
+}
+
+/// POSTs to the coordinator, retrying (for a while) only when it cannot be reached.
+async fn tell_coordinator(reg: Arc<Registry>, path: &str, body: serde_json::Value) {
+    let url = format!("{}/{path}", reg.config.coordinator);
+    for attempt in 0..30u32 {
+        match reg.http.post(&url).json(&body).timeout(Duration::from_secs(35)).send().await {
+            Ok(resp) => {
+                if !resp.status().is_success() {
+                    tracing::debug!(%url, status = %resp.status(), "coordinator refused");
+                }
+                return;
+            }
+            Err(e) => {
+                if attempt == 0 {
+                    tracing::warn!(%url, error = %describe_reqwest_error(&e), "coordinator unreachable; retrying");
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
