@@ -4,9 +4,9 @@
 //! started by a `kvlab <component>` subcommand (see `main.rs`).
 
 pub mod api;
-pub mod http;
-pub mod node;
 pub mod coordinator;
 pub mod events;
+pub mod http;
+pub mod node;
 pub mod registry;
 pub mod up;

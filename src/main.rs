@@ -5,7 +5,11 @@ use clap::{Parser, Subcommand};
 use kvlab::{coordinator, node, registry, up};
 
 #[derive(Parser)]
-#[command(name = "kvlab", version, about = "A replicated key-value store you can watch, break and grade")]
+#[command(
+    name = "kvlab",
+    version,
+    about = "A replicated key-value store you can watch, break and grade"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -54,7 +54,10 @@ pub struct Config {
 
 impl Config {
     pub fn from_args(args: &Args) -> anyhow::Result<Config> {
-        for (name, v) in [("--spawn-delay", args.spawn_delay), ("--timeout", args.timeout)] {
+        for (name, v) in [
+            ("--spawn-delay", args.spawn_delay),
+            ("--timeout", args.timeout),
+        ] {
             if !v.is_finite() || !(0.0..=3600.0).contains(&v) {
                 anyhow::bail!("{name} must be between 0 and 3600 seconds, got {v}");
             }
@@ -96,7 +99,12 @@ impl Registry {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let config = Config::from_args(&args)?;
     let listener = crate::http::bind(SocketAddr::new(args.host, args.port)).await?;
-    serve(Registry::new(config), listener, crate::http::shutdown_signal()).await
+    serve(
+        Registry::new(config),
+        listener,
+        crate::http::shutdown_signal(),
+    )
+    .await
 }
 
 pub async fn serve(
@@ -131,7 +139,10 @@ enum Seen {
     Again,
 }
 
-async fn heartbeat(State(reg): Shared, ApiJson(hb): ApiJson<Heartbeat>) -> Result<Json<HeartbeatResponse>, ApiError> {
+async fn heartbeat(
+    State(reg): Shared,
+    ApiJson(hb): ApiJson<Heartbeat>,
+) -> Result<Json<HeartbeatResponse>, ApiError> {
     if hb.node_id.is_empty() || hb.url.is_empty() {
         return Err(ApiError::bad_request("node_id and url must not be empty"));
     }
@@ -152,13 +163,16 @@ async fn heartbeat(State(reg): Shared, ApiJson(hb): ApiJson<Heartbeat>) -> Resul
             Some(p) if p.incarnation == incarnation => Seen::Revived,
             _ => Seen::New,
         };
-        nodes.insert(hb.node_id.clone(), Record {
-            url: hb.url.clone(),
-            role: hb.role,
-            incarnation,
-            last_seen: Instant::now(),
-            alive: true,
-        });
+        nodes.insert(
+            hb.node_id.clone(),
+            Record {
+                url: hb.url.clone(),
+                role: hb.role,
+                incarnation,
+                last_seen: Instant::now(),
+                alive: true,
+            },
+        );
         seen
     };
     match seen {
@@ -170,19 +184,38 @@ async fn heartbeat(State(reg): Shared, ApiJson(hb): ApiJson<Heartbeat>) -> Resul
         }
         Seen::Revived => {
             tracing::info!(node = %hb.node_id, "heartbeats resumed");
-            let body = NodeRevivedRequest { node_id: hb.node_id.clone(), url: hb.url.clone(), incarnation: hb.incarnation };
-            tokio::spawn(tell_coordinator(reg.clone(), "node-revived", serde_json::to_value(body).unwrap_or_default()));
+            let body = NodeRevivedRequest {
+                node_id: hb.node_id.clone(),
+                url: hb.url.clone(),
+                incarnation: hb.incarnation,
+            };
+            tokio::spawn(tell_coordinator(
+                reg.clone(),
+                "node-revived",
+                serde_json::to_value(body).unwrap_or_default(),
+            ));
         }
         Seen::Again => {}
     }
-    Ok(Json(HeartbeatResponse { status: "ok".into(), nodes: alive_list(&reg) }))
+    Ok(Json(HeartbeatResponse {
+        status: "ok".into(),
+        nodes: alive_list(&reg),
+    }))
 }
 
-async fn deregister(State(reg): Shared, ApiJson(req): ApiJson<DeregisterRequest>) -> Result<Json<StatusOnly>, ApiError> {
+async fn deregister(
+    State(reg): Shared,
+    ApiJson(req): ApiJson<DeregisterRequest>,
+) -> Result<Json<StatusOnly>, ApiError> {
     let removed = {
         let mut nodes = reg.nodes.lock().unwrap();
         match nodes.get(&req.node_id) {
-            None => return Err(ApiError::not_found(format!("Node '{}' not registered", req.node_id))),
+            None => {
+                return Err(ApiError::not_found(format!(
+                    "Node '{}' not registered",
+                    req.node_id
+                )))
+            }
             Some(r) if req.incarnation.is_some_and(|i| i < r.incarnation) => None,
             Some(_) => nodes.remove(&req.node_id),
         }
@@ -193,7 +226,9 @@ async fn deregister(State(reg): Shared, ApiJson(req): ApiJson<DeregisterRequest>
             schedule_respawn(reg.clone(), req.node_id.clone(), record.incarnation);
         }
     }
-    Ok(Json(StatusOnly { status: "ok".into() }))
+    Ok(Json(StatusOnly {
+        status: "ok".into(),
+    }))
 }
 
 fn alive_list(reg: &Registry) -> Vec<NodeRef> {
@@ -201,7 +236,11 @@ fn alive_list(reg: &Registry) -> Vec<NodeRef> {
     let mut list: Vec<NodeRef> = nodes
         .iter()
         .filter(|(_, r)| r.alive)
-        .map(|(id, r)| NodeRef { node_id: id.clone(), url: r.url.clone(), role: r.role })
+        .map(|(id, r)| NodeRef {
+            node_id: id.clone(),
+            url: r.url.clone(),
+            role: r.role,
+        })
         .collect();
     list.sort_by(|a, b| a.node_id.cmp(&b.node_id));
     list
@@ -225,7 +264,9 @@ async fn nodes(State(reg): Shared) -> Json<RegistryNodes> {
 }
 
 async fn alive(State(reg): Shared) -> Json<AliveNodes> {
-    Json(AliveNodes { nodes: alive_list(&reg) })
+    Json(AliveNodes {
+        nodes: alive_list(&reg),
+    })
 }
 
 async fn info(State(reg): Shared) -> Json<RegistryInfo> {
@@ -288,15 +329,31 @@ fn schedule_respawn(reg: Arc<Registry>, node_id: String, incarnation: u64) {
 
 /// Asks the coordinator to catch a new follower up, retrying while it is unreachable.
 async fn ask_catchup(reg: Arc<Registry>, hb: Heartbeat) {
-    let body = CatchupRequest { node_id: hb.node_id, url: Some(hb.url), incarnation: hb.incarnation };
-    tell_coordinator(reg, "catchup", serde_json::to_value(body).unwrap_or_default()).await;
+    let body = CatchupRequest {
+        node_id: hb.node_id,
+        url: Some(hb.url),
+        incarnation: hb.incarnation,
+    };
+    tell_coordinator(
+        reg,
+        "catchup",
+        serde_json::to_value(body).unwrap_or_default(),
+    )
+    .await;
 }
 
 /// POSTs to the coordinator, retrying (for a while) only when it cannot be reached.
 async fn tell_coordinator(reg: Arc<Registry>, path: &str, body: serde_json::Value) {
     let url = format!("{}/{path}", reg.config.coordinator);
     for attempt in 0..30u32 {
-        match reg.http.post(&url).json(&body).timeout(Duration::from_secs(35)).send().await {
+        match reg
+            .http
+            .post(&url)
+            .json(&body)
+            .timeout(Duration::from_secs(35))
+            .send()
+            .await
+        {
             Ok(resp) => {
                 if !resp.status().is_success() {
                     tracing::debug!(%url, status = %resp.status(), "coordinator refused");

@@ -136,9 +136,7 @@ impl Cluster {
 
     /// The follower slots that the next plain `/spawn` would reuse, lowest port first.
     pub fn first_dead_follower(&self) -> Option<&Slot> {
-        self.followers
-            .iter()
-            .find(|s| s.status == NodeStatus::Dead)
+        self.followers.iter().find(|s| s.status == NodeStatus::Dead)
     }
 
     /// The next unused `follower-<n>` number.
@@ -154,7 +152,11 @@ impl Cluster {
     /// The `/status` view of a slot, with the sets it belongs to.
     pub fn view(&self, slot: &Slot, sets: &QuorumSets) -> NodeView {
         let mut tags = vec![];
-        if let Some(i) = self.followers.iter().position(|s| s.node_id == slot.node_id) {
+        if let Some(i) = self
+            .followers
+            .iter()
+            .position(|s| s.node_id == slot.node_id)
+        {
             if sets.sync.contains(&i) {
                 tags.push("sync".to_string());
             }

@@ -32,6 +32,7 @@ pub struct LaunchSettings {
     pub sync_delay: f64,
     pub async_delay: f64,
     pub heartbeat_interval: f64,
+    pub log_retain: usize,
 }
 
 /// One process to start.
@@ -71,10 +72,21 @@ pub fn port_is_free(host: &str, port: u16) -> bool {
     TcpListener::bind((host, port)).is_ok()
 }
 
-pub fn launch(settings: &LaunchSettings, spec: &NodeSpec) -> Result<Launched, LaunchError> {
-    if !port_is_free(&settings.host, spec.port) {
-        return Err(LaunchError::PortInUse(spec.port));
+/// Waits (briefly) for a port to be free: the process that held it may have
+/// been killed a moment ago.
+pub async fn wait_port_free(host: &str, port: u16) -> Result<(), LaunchError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while !port_is_free(host, port) {
+        if tokio::time::Instant::now() > deadline {
+            return Err(LaunchError::PortInUse(port));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    Ok(())
+}
+
+/// Starts a node process. Check the port with [`wait_port_free`] first.
+pub fn launch(settings: &LaunchSettings, spec: &NodeSpec) -> Result<Launched, LaunchError> {
     let log_file = settings.log_dir.join(format!("{}.log", spec.node_id));
     let (stdout, stderr) = open_log(&log_file)?;
     let mut cmd = Command::new(&settings.binary);
@@ -90,6 +102,7 @@ pub fn launch(settings: &LaunchSettings, spec: &NodeSpec) -> Result<Launched, La
             "--heartbeat-interval",
             &settings.heartbeat_interval.to_string(),
         ])
+        .args(["--log-retain", &settings.log_retain.to_string()])
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr)

@@ -63,7 +63,8 @@ impl Coordinator {
                 cfg.launch.log_dir.display()
             ),
         );
-        let mut starts = vec![self.start_slot(LEADER_ID.to_string(), Role::Leader, cfg.node_base_port)];
+        let mut starts =
+            vec![self.start_slot(LEADER_ID.to_string(), Role::Leader, cfg.node_base_port)];
         for i in 1..=cfg.followers {
             let port = cfg.node_base_port + i as u16;
             starts.push(self.start_slot(format!("follower-{i}"), Role::Follower, port));
@@ -88,7 +89,12 @@ impl Coordinator {
 
     /// Launches a fresh process for a slot (new or reused) and waits until it
     /// is healthy; then it is alive and, for a follower, in the leader's peers.
-    async fn start_slot(self: &Arc<Self>, node_id: String, role: Role, port: u16) -> anyhow::Result<Slot> {
+    async fn start_slot(
+        self: &Arc<Self>,
+        node_id: String,
+        role: Role,
+        port: u16,
+    ) -> anyhow::Result<Slot> {
         let spec = {
             let mut c = self.cluster.lock().unwrap();
             let incarnation = c.new_incarnation();
@@ -113,7 +119,10 @@ impl Coordinator {
                 incarnation,
             }
         };
-        let launched = match launcher::launch(&self.config.launch, &spec) {
+        let launched = launcher::wait_port_free(&self.config.launch.host, port)
+            .await
+            .and_then(|()| launcher::launch(&self.config.launch, &spec));
+        let launched = match launched {
             Ok(l) => l,
             Err(e) => {
                 self.mark(&node_id, spec.incarnation, NodeStatus::Dead);
@@ -128,10 +137,18 @@ impl Coordinator {
             launcher::signal(launched.pid, libc::SIGKILL);
             self.mark(&node_id, spec.incarnation, NodeStatus::Dead);
             let tail = launcher::log_tail(&launched.log_file, 5);
-            anyhow::bail!("{node_id} did not start: {reason}\n  last lines of {}:\n{tail}", launched.log_file.display());
+            anyhow::bail!(
+                "{node_id} did not start: {reason}\n  last lines of {}:\n{tail}",
+                launched.log_file.display()
+            );
         }
-        self.transition(&node_id, Some(spec.incarnation), NodeStatus::Alive, "started")
-            .await;
+        self.transition(
+            &node_id,
+            Some(spec.incarnation),
+            NodeStatus::Alive,
+            "started",
+        )
+        .await;
         let slot = self.snapshot().slot(&node_id).cloned();
         Ok(slot.expect("slot exists"))
     }
@@ -157,7 +174,13 @@ impl Coordinator {
             if let Some(reason) = exited.borrow_and_update().clone() {
                 return Err(format!("the process {reason}"));
             }
-            if let Ok(resp) = self.http.get(&url).timeout(Duration::from_millis(500)).send().await {
+            if let Ok(resp) = self
+                .http
+                .get(&url)
+                .timeout(Duration::from_millis(500))
+                .send()
+                .await
+            {
                 if let Ok(h) = resp.json::<NodeHealth>().await {
                     if h.incarnation == spec.incarnation {
                         return Ok(());
@@ -176,7 +199,12 @@ impl Coordinator {
 
     /// Narrates a process ending. Liveness is decided by heartbeats (that is
     /// what the lab shows), so this only reports.
-    fn watch_exit(self: &Arc<Self>, spec: &NodeSpec, pid: u32, mut exited: tokio::sync::watch::Receiver<Option<String>>) {
+    fn watch_exit(
+        self: &Arc<Self>,
+        spec: &NodeSpec,
+        pid: u32,
+        mut exited: tokio::sync::watch::Receiver<Option<String>>,
+    ) {
         let c = self.clone();
         let (id, inc) = (spec.node_id.clone(), spec.incarnation);
         tokio::spawn(async move {
@@ -220,17 +248,39 @@ impl Coordinator {
         true
     }
 
-    fn narrate_transition(&self, before: &Cluster, after: &Cluster, node_id: &str, status: NodeStatus, why: &str) {
+    fn narrate_transition(
+        &self,
+        before: &Cluster,
+        after: &Cluster,
+        node_id: &str,
+        status: NodeStatus,
+        why: &str,
+    ) {
         let (w, r) = (self.config.w, self.config.r);
         let slot = after.slot(node_id).expect("slot exists");
         let sets = after.sets(w, r);
-        let tag = after.view(slot, &sets).sets.iter().map(|s| s.to_uppercase()).collect::<Vec<_>>().join("+");
-        let tag = if slot.role == Role::Leader { "LEADER".to_string() } else if tag.is_empty() { "-".into() } else { tag };
+        let tag = after
+            .view(slot, &sets)
+            .sets
+            .iter()
+            .map(|s| s.to_uppercase())
+            .collect::<Vec<_>>()
+            .join("+");
+        let tag = if slot.role == Role::Leader {
+            "LEADER".to_string()
+        } else if tag.is_empty() {
+            "-".into()
+        } else {
+            tag
+        };
         match status {
             NodeStatus::Alive => self.events.good(
                 "node_up",
                 Some(node_id),
-                format!("🟢 {node_id} is up on :{} [{tag}] (incarnation {}, {why})", slot.port, slot.incarnation),
+                format!(
+                    "🟢 {node_id} is up on :{} [{tag}] (incarnation {}, {why})",
+                    slot.port, slot.incarnation
+                ),
             ),
             NodeStatus::Dead => self.events.bad(
                 "node_dead",
@@ -253,16 +303,37 @@ impl Coordinator {
         let (could_r, can_r) = (before.can_read(r), after.can_read(r));
         let alive = after.alive_followers();
         if could_w && !can_w {
-            self.events.bad("write_quorum_lost", None, format!(
-                "⛔ WRITE QUORUM LOST: leader {}, {alive} alive followers, W={w}",
-                if after.leader.is_alive() { "alive" } else { "down" }));
+            self.events.bad(
+                "write_quorum_lost",
+                None,
+                format!(
+                    "⛔ WRITE QUORUM LOST: leader {}, {alive} alive followers, W={w}",
+                    if after.leader.is_alive() {
+                        "alive"
+                    } else {
+                        "down"
+                    }
+                ),
+            );
         } else if !could_w && can_w {
-            self.events.good("write_quorum_back", None, format!("✅ write quorum available again: {alive} alive followers, W={w}"));
+            self.events.good(
+                "write_quorum_back",
+                None,
+                format!("✅ write quorum available again: {alive} alive followers, W={w}"),
+            );
         }
         if could_r && !can_r {
-            self.events.bad("read_quorum_lost", None, format!("⛔ READ QUORUM LOST: {alive} alive followers, R={r}"));
+            self.events.bad(
+                "read_quorum_lost",
+                None,
+                format!("⛔ READ QUORUM LOST: {alive} alive followers, R={r}"),
+            );
         } else if !could_r && can_r {
-            self.events.good("read_quorum_back", None, format!("✅ read quorum available again: {alive} alive followers, R={r}"));
+            self.events.good(
+                "read_quorum_back",
+                None,
+                format!("✅ read quorum available again: {alive} alive followers, R={r}"),
+            );
         }
     }
 
@@ -276,7 +347,9 @@ impl Coordinator {
         // With fewer than W alive followers there is no sync set, but the
         // lowest-port ones still get the sync delay: they are the sync set
         // as soon as enough come back.
-        let alive: Vec<usize> = (0..cluster.followers.len()).filter(|&i| cluster.followers[i].is_alive()).collect();
+        let alive: Vec<usize> = (0..cluster.followers.len())
+            .filter(|&i| cluster.followers[i].is_alive())
+            .collect();
         let peers = alive
             .iter()
             .enumerate()
@@ -307,7 +380,10 @@ impl Coordinator {
     pub async fn stop_all(&self) {
         let pids: Vec<u32> = {
             let c = self.cluster.lock().unwrap();
-            std::iter::once(&c.leader).chain(c.followers.iter()).filter_map(|s| s.pid).collect()
+            std::iter::once(&c.leader)
+                .chain(c.followers.iter())
+                .filter_map(|s| s.pid)
+                .collect()
         };
         for &pid in &pids {
             launcher::signal(pid, libc::SIGTERM);
@@ -319,29 +395,53 @@ impl Coordinator {
         for &pid in &pids {
             launcher::signal(pid, libc::SIGKILL);
         }
-        self.events.info("cluster_stopped", None, "🛑 cluster stopped: all nodes ended");
+        self.events.info(
+            "cluster_stopped",
+            None,
+            "🛑 cluster stopped: all nodes ended",
+        );
     }
 
     /// Starts a follower per `/spawn`'s rules; see [`spawn`].
-    async fn spawn_follower(self: &Arc<Self>, req: SpawnRequest) -> Result<SpawnResponse, ApiError> {
+    async fn spawn_follower(
+        self: &Arc<Self>,
+        req: SpawnRequest,
+    ) -> Result<SpawnResponse, ApiError> {
         let (node_id, port, reused) = self.choose_slot(&req)?;
         if let Some(old) = self.snapshot().slot(&node_id) {
-            // Fence the previous process of this slot, if it still runs.
+            // Fence the previous process of this slot, if it still runs, and
+            // wait for it to be gone so that its port is free again.
             if let Some(pid) = old.pid {
                 launcher::signal(pid, libc::SIGKILL);
+                let deadline = tokio::time::Instant::now() + STOP_TIMEOUT;
+                while process_exists(pid) && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
             }
         }
         if reused {
-            self.events.info("slot_reused", Some(&node_id), format!("♻️  reusing the slot of {node_id} (port {port}) for a new process"));
+            self.events.info(
+                "slot_reused",
+                Some(&node_id),
+                format!("♻️  reusing the slot of {node_id} (port {port}) for a new process"),
+            );
         }
         match self.start_slot(node_id.clone(), Role::Follower, port).await {
             Ok(slot) => {
                 self.report_catchup(slot.clone());
-                Ok(SpawnResponse { status: "spawned".into(), node_id, url: slot.url, incarnation: slot.incarnation })
+                Ok(SpawnResponse {
+                    status: "spawned".into(),
+                    node_id,
+                    url: slot.url,
+                    incarnation: slot.incarnation,
+                })
             }
             Err(e) => {
-                self.events.bad("spawn_failed", Some(&node_id), format!("❌ {e:#}"));
-                Err(ApiError::internal(json!({"error": "spawn failed", "node_id": node_id, "reason": format!("{e:#}")})))
+                self.events
+                    .bad("spawn_failed", Some(&node_id), format!("❌ {e:#}"));
+                Err(ApiError::internal(
+                    json!({"error": "spawn failed", "node_id": node_id, "reason": format!("{e:#}")}),
+                ))
             }
         }
     }
@@ -362,12 +462,17 @@ impl Coordinator {
                     "hint": "kill it first, or POST /spawn without a node_id for a new follower"}))),
                 Some(s) => {
                     if req.port.is_some_and(|p| p != s.port) {
-                        return Err(ApiError::bad_request(format!("{id} listens on port {}; a respawn keeps the slot's port", s.port)));
+                        return Err(ApiError::bad_request(format!(
+                            "{id} listens on port {}; a respawn keeps the slot's port",
+                            s.port
+                        )));
                     }
                     Ok((id.clone(), s.port, true))
                 }
                 None => {
-                    let port = req.port.map_or_else(|| free_port_after(&c, &self.config), Ok)?;
+                    let port = req
+                        .port
+                        .map_or_else(|| free_port_after(&c, &self.config), Ok)?;
                     Ok((id.clone(), port, false))
                 }
             };
@@ -388,9 +493,19 @@ impl Coordinator {
         let c = self.clone();
         tokio::spawn(async move {
             match c.wait_caught_up(&slot).await {
-                Ok(p) => c.events.good("caught_up", Some(&slot.node_id), format!(
-                    "📦 {} caught up from the leader: holds the log up to seq {}", slot.node_id, p.acked_seq)),
-                Err(e) => c.events.warn("catchup_slow", Some(&slot.node_id), format!("⏳ {} not caught up yet: {e}", slot.node_id)),
+                Ok(p) => c.events.good(
+                    "caught_up",
+                    Some(&slot.node_id),
+                    format!(
+                        "📦 {} caught up from the leader: holds the log up to seq {}",
+                        slot.node_id, p.acked_seq
+                    ),
+                ),
+                Err(e) => c.events.warn(
+                    "catchup_slow",
+                    Some(&slot.node_id),
+                    format!("⏳ {} not caught up yet: {e}", slot.node_id),
+                ),
             }
         });
     }
@@ -404,7 +519,9 @@ impl Coordinator {
             .http
             .post(format!("{}/replication/wait", leader.url))
             .timeout(CATCHUP_TIMEOUT + Duration::from_secs(1))
-            .json(&json!({"node_id": slot.node_id, "timeout_ms": CATCHUP_TIMEOUT.as_millis() as u64}))
+            .json(
+                &json!({"node_id": slot.node_id, "timeout_ms": CATCHUP_TIMEOUT.as_millis() as u64}),
+            )
             .send()
             .await
             .map_err(|e| format!("leader unreachable: {}", describe_reqwest_error(&e)))?;
@@ -415,25 +532,44 @@ impl Coordinator {
     }
 }
 
+/// True while the process runs. A zombie (exited, not yet reaped) counts as
+/// gone: it holds no port and serves nothing.
 fn process_exists(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
 }
 
 /// A node id may be any short name of letters, digits, `-` and `_`.
 fn validate_node_id(id: &str) -> Result<(), ApiError> {
-    let ok = !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if ok {
         Ok(())
     } else {
-        Err(ApiError::bad_request(json!({"error": "invalid node_id", "node_id": id,
-            "reason": "use 1 to 64 letters, digits, '-' or '_'"})))
+        Err(ApiError::bad_request(
+            json!({"error": "invalid node_id", "node_id": id,
+            "reason": "use 1 to 64 letters, digits, '-' or '_'"}),
+        ))
     }
 }
 
 /// The first port above every node's that nothing is listening on.
 fn free_port_after(c: &Cluster, cfg: &super::Config) -> Result<u16, ApiError> {
-    let highest = c.followers.iter().map(|s| s.port).chain([c.leader.port]).max().unwrap_or(cfg.node_base_port);
+    let highest = c
+        .followers
+        .iter()
+        .map(|s| s.port)
+        .chain([c.leader.port])
+        .max()
+        .unwrap_or(cfg.node_base_port);
     (highest.saturating_add(1)..=u16::MAX)
         .take(100)
         .find(|&p| launcher::port_is_free(&cfg.launch.host, p))
@@ -478,19 +614,33 @@ pub async fn kill(
     Path(node_id): Path<String>,
     query: Result<Query<KillQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<KillResponse>, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::bad_request(json!({"error": "invalid query",
-        "reason": e.body_text(), "hint": "mode is graceful (default) or crash"})))?;
+    let Query(q) = query.map_err(|e| {
+        ApiError::bad_request(json!({"error": "invalid query",
+        "reason": e.body_text(), "hint": "mode is graceful (default) or crash"}))
+    })?;
     let Some(slot) = c.snapshot().slot(&node_id).cloned() else {
         return Err(ApiError::not_found(format!("Node '{node_id}' not found")));
     };
     if slot.status == NodeStatus::Dead && slot.pid.is_none_or(|p| !process_exists(p)) {
-        return Err(ApiError::conflict(json!({"error": "node is already dead", "node_id": node_id})));
+        return Err(ApiError::conflict(
+            json!({"error": "node is already dead", "node_id": node_id}),
+        ));
     }
     let status = match q.mode {
         KillMode::Graceful => {
-            c.events.warn("kill", Some(&node_id), format!("🛑 stopping {node_id} (graceful: it deregisters)"));
+            c.events.warn(
+                "kill",
+                Some(&node_id),
+                format!("🛑 stopping {node_id} (graceful: it deregisters)"),
+            );
             graceful_stop(&c, &slot).await;
-            c.transition(&node_id, Some(slot.incarnation), NodeStatus::Dead, "stopped by /kill").await;
+            c.transition(
+                &node_id,
+                Some(slot.incarnation),
+                NodeStatus::Dead,
+                "stopped by /kill",
+            )
+            .await;
             "stopped"
         }
         KillMode::Crash => {
@@ -500,17 +650,32 @@ pub async fn kill(
             c.events.warn("crash", Some(&node_id), format!(
                 "💥 {node_id} CRASHED (SIGKILL): nobody tells the registry; it will notice when heartbeats stop (5 s)"));
             if c.config.launch.registry.is_none() {
-                c.transition(&node_id, Some(slot.incarnation), NodeStatus::Dead, "killed, no registry to notice").await;
+                c.transition(
+                    &node_id,
+                    Some(slot.incarnation),
+                    NodeStatus::Dead,
+                    "killed, no registry to notice",
+                )
+                .await;
             }
             "crashed"
         }
     };
     let can_write = c.snapshot().can_write(c.config.w);
-    Ok(Json(KillResponse { status: status.into(), node_id, can_write }))
+    Ok(Json(KillResponse {
+        status: status.into(),
+        node_id,
+        can_write,
+    }))
 }
 
 async fn graceful_stop(c: &Coordinator, slot: &Slot) {
-    let asked = c.http.post(format!("{}/admin/shutdown", slot.url)).timeout(Duration::from_secs(1)).send().await;
+    let asked = c
+        .http
+        .post(format!("{}/admin/shutdown", slot.url))
+        .timeout(Duration::from_secs(1))
+        .send()
+        .await;
     let Some(pid) = slot.pid else { return };
     let deadline = tokio::time::Instant::now() + STOP_TIMEOUT;
     if asked.is_ok() {
@@ -522,53 +687,115 @@ async fn graceful_stop(c: &Coordinator, slot: &Slot) {
 }
 
 /// `POST /catchup`: the registry's call when a follower registers.
-pub async fn catchup(State(c): Shared, ApiJson(req): ApiJson<CatchupRequest>) -> Result<Json<CatchupResponse>, ApiError> {
+pub async fn catchup(
+    State(c): Shared,
+    ApiJson(req): ApiJson<CatchupRequest>,
+) -> Result<Json<CatchupResponse>, ApiError> {
     let Some(slot) = c.snapshot().slot(&req.node_id).cloned() else {
-        return Err(ApiError::not_found(format!("Node '{}' not found", req.node_id)));
+        return Err(ApiError::not_found(format!(
+            "Node '{}' not found",
+            req.node_id
+        )));
     };
     if slot.role == Role::Leader {
-        return Err(ApiError::bad_request("the leader is never caught up: it is the source"));
+        return Err(ApiError::bad_request(
+            "the leader is never caught up: it is the source",
+        ));
     }
     if req.incarnation.is_some_and(|i| i != slot.incarnation) {
-        return Err(ApiError::conflict(json!({"error": "stale incarnation", "node_id": req.node_id,
-            "current": slot.incarnation, "given": req.incarnation})));
+        return Err(ApiError::conflict(
+            json!({"error": "stale incarnation", "node_id": req.node_id,
+            "current": slot.incarnation, "given": req.incarnation}),
+        ));
     }
     if !c.snapshot().leader.is_alive() {
-        return Err(ApiError::unavailable("No leader available to catch up from"));
+        return Err(ApiError::unavailable(
+            "No leader available to catch up from",
+        ));
     }
     if slot.status != NodeStatus::Alive {
-        c.transition(&slot.node_id, Some(slot.incarnation), NodeStatus::Alive, "registered").await;
+        c.transition(
+            &slot.node_id,
+            Some(slot.incarnation),
+            NodeStatus::Alive,
+            "registered",
+        )
+        .await;
     }
     match c.wait_caught_up(&slot).await {
         Ok(p) => {
-            c.events.good("caught_up", Some(&slot.node_id), format!(
-                "📦 catch-up of {}: holds the log up to seq {}", slot.node_id, p.acked_seq));
-            Ok(Json(CatchupResponse { status: "caught_up".into(), node_id: slot.node_id, applied_seq: p.acked_seq }))
+            c.events.good(
+                "caught_up",
+                Some(&slot.node_id),
+                format!(
+                    "📦 catch-up of {}: holds the log up to seq {}",
+                    slot.node_id, p.acked_seq
+                ),
+            );
+            Ok(Json(CatchupResponse {
+                status: "caught_up".into(),
+                node_id: slot.node_id,
+                applied_seq: p.acked_seq,
+            }))
         }
-        Err(e) => Err(ApiError::internal(json!({"error": "catch-up failed", "node_id": slot.node_id, "reason": e}))),
+        Err(e) => Err(ApiError::internal(
+            json!({"error": "catch-up failed", "node_id": slot.node_id, "reason": e}),
+        )),
     }
 }
 
 /// `POST /node-died`: the registry stopped hearing from a node.
-pub async fn node_died(State(c): Shared, ApiJson(req): ApiJson<NodeDiedRequest>) -> Result<Json<StatusOnly>, ApiError> {
+pub async fn node_died(
+    State(c): Shared,
+    ApiJson(req): ApiJson<NodeDiedRequest>,
+) -> Result<Json<StatusOnly>, ApiError> {
     if c.snapshot().slot(&req.node_id).is_none() {
-        return Err(ApiError::not_found(format!("Node '{}' not found", req.node_id)));
+        return Err(ApiError::not_found(format!(
+            "Node '{}' not found",
+            req.node_id
+        )));
     }
-    c.transition(&req.node_id, req.incarnation, NodeStatus::Dead, "no heartbeat: declared dead by the registry").await;
-    Ok(Json(StatusOnly { status: "acknowledged".into() }))
+    c.transition(
+        &req.node_id,
+        req.incarnation,
+        NodeStatus::Dead,
+        "no heartbeat: declared dead by the registry",
+    )
+    .await;
+    Ok(Json(StatusOnly {
+        status: "acknowledged".into(),
+    }))
 }
 
 /// `POST /node-revived`: a node declared dead is heartbeating again.
-pub async fn node_revived(State(c): Shared, ApiJson(req): ApiJson<NodeRevivedRequest>) -> Result<Json<StatusOnly>, ApiError> {
+pub async fn node_revived(
+    State(c): Shared,
+    ApiJson(req): ApiJson<NodeRevivedRequest>,
+) -> Result<Json<StatusOnly>, ApiError> {
     let Some(slot) = c.snapshot().slot(&req.node_id).cloned() else {
-        return Err(ApiError::not_found(format!("Node '{}' not found", req.node_id)));
+        return Err(ApiError::not_found(format!(
+            "Node '{}' not found",
+            req.node_id
+        )));
     };
     if req.incarnation.is_some_and(|i| i != slot.incarnation) {
-        return Err(ApiError::conflict(json!({"error": "stale incarnation: this process was replaced",
-            "node_id": req.node_id, "current": slot.incarnation})));
+        return Err(ApiError::conflict(
+            json!({"error": "stale incarnation: this process was replaced",
+            "node_id": req.node_id, "current": slot.incarnation}),
+        ));
     }
-    if c.transition(&req.node_id, req.incarnation, NodeStatus::Alive, "heartbeats resumed").await && slot.role == Role::Follower {
+    if c.transition(
+        &req.node_id,
+        req.incarnation,
+        NodeStatus::Alive,
+        "heartbeats resumed",
+    )
+    .await
+        && slot.role == Role::Follower
+    {
         c.report_catchup(slot);
     }
-    Ok(Json(StatusOnly { status: "acknowledged".into() }))
+    Ok(Json(StatusOnly {
+        status: "acknowledged".into(),
+    }))
 }

@@ -84,6 +84,10 @@ pub struct ClusterArgs {
     /// Seconds between node heartbeats.
     #[arg(long, default_value_t = 2.0, hide = true)]
     pub heartbeat_interval: f64,
+    /// How many log entries the leader keeps for catching followers up;
+    /// a follower further behind gets a snapshot.
+    #[arg(long, default_value_t = 100_000)]
+    pub log_retain: usize,
 }
 
 /// A setting the cluster cannot run with.
@@ -170,7 +174,9 @@ impl Config {
         args.cluster.validate()?;
         let (sync_delay, async_delay) = args.cluster.delays();
         let log_dir = args.log_dir.clone().unwrap_or_else(|| {
-            std::env::temp_dir().join(format!("kvlab-{}", args.port)).join("logs")
+            std::env::temp_dir()
+                .join(format!("kvlab-{}", args.port))
+                .join("logs")
         });
         Ok(Config {
             addr: SocketAddr::new(args.host, args.port),
@@ -186,6 +192,7 @@ impl Config {
                 sync_delay,
                 async_delay,
                 heartbeat_interval: args.cluster.heartbeat_interval,
+                log_retain: args.cluster.log_retain,
             },
             print_events: !args.quiet,
             ack_timeout: Duration::from_secs_f64(sync_delay + 2.5),
@@ -274,7 +281,9 @@ pub async fn serve(
     let background = membership::start_background(coordinator.clone());
     let started = coordinator.start_cluster().await;
     if let Err(e) = &started {
-        coordinator.events.bad("start_failed", None, format!("❌ {e:#}"));
+        coordinator
+            .events
+            .bad("start_failed", None, format!("❌ {e:#}"));
         server.abort();
     }
     let served = if started.is_ok() {

@@ -27,7 +27,10 @@ use crate::events::Tone;
 use crate::http::{describe_reqwest_error, error_detail, validate_key_value, ApiError, ApiJson};
 
 /// `POST /write`.
-pub async fn write(State(c): Shared, ApiJson(req): ApiJson<WriteRequest>) -> Result<Json<WriteResponse>, ApiError> {
+pub async fn write(
+    State(c): Shared,
+    ApiJson(req): ApiJson<WriteRequest>,
+) -> Result<Json<WriteResponse>, ApiError> {
     validate_key_value(&req.key, Some(&req.value))?;
     let narrate = c.events.narrate_request();
     let result = c.write(req, narrate).await;
@@ -36,7 +39,10 @@ pub async fn write(State(c): Shared, ApiJson(req): ApiJson<WriteRequest>) -> Res
 }
 
 /// `GET /read/{key}`.
-pub async fn read(State(c): Shared, Path(key): Path<String>) -> Result<Json<ReadResponse>, ApiError> {
+pub async fn read(
+    State(c): Shared,
+    Path(key): Path<String>,
+) -> Result<Json<ReadResponse>, ApiError> {
     validate_key_value(&key, None)?;
     let narrate = c.events.narrate_request();
     let result = c.read(key, narrate).await;
@@ -80,14 +86,26 @@ impl Coordinator {
         })
     }
 
-    pub async fn write(self: &Arc<Self>, req: WriteRequest, narrate: bool) -> Result<WriteResponse, ApiError> {
+    pub async fn write(
+        self: &Arc<Self>,
+        req: WriteRequest,
+        narrate: bool,
+    ) -> Result<WriteResponse, ApiError> {
         let started = Instant::now();
         let plan = match self.plan_write() {
             Ok(p) => p,
             Err(e) => {
                 if narrate {
-                    self.events.emit("write_refused", Tone::Bad, None,
-                        format!("⛔ WRITE {} refused: {}", req.key, e.detail["cause"].as_str().unwrap_or("no quorum")));
+                    self.events.emit(
+                        "write_refused",
+                        Tone::Bad,
+                        None,
+                        format!(
+                            "⛔ WRITE {} refused: {}",
+                            req.key,
+                            e.detail["cause"].as_str().unwrap_or("no quorum")
+                        ),
+                    );
                 }
                 return Err(e);
             }
@@ -113,7 +131,12 @@ impl Coordinator {
                 "note": "the write is in the leader's log and will still reach the followers; its outcome is unknown to you",
             })));
         }
-        let url_of = |id: &String| plan.sync.iter().find(|s| &s.node_id == id).map(|s| s.url.clone());
+        let url_of = |id: &String| {
+            plan.sync
+                .iter()
+                .find(|s| &s.node_id == id)
+                .map(|s| s.url.clone())
+        };
         Ok(WriteResponse {
             status: "success".into(),
             key: answer.key,
@@ -126,9 +149,17 @@ impl Coordinator {
         })
     }
 
-    async fn send_to_leader(&self, leader: &Slot, body: &LeaderWriteRequest) -> Result<LeaderWriteResponse, ApiError> {
+    async fn send_to_leader(
+        &self,
+        leader: &Slot,
+        body: &LeaderWriteRequest,
+    ) -> Result<LeaderWriteResponse, ApiError> {
         let unreachable = |why: String| {
-            self.events.bad("leader_unreachable", Some(LEADER_ID), format!("⛔ leader unreachable: {why}"));
+            self.events.bad(
+                "leader_unreachable",
+                Some(LEADER_ID),
+                format!("⛔ leader unreachable: {why}"),
+            );
             ApiError::unavailable(format!("Leader unreachable: {why}"))
         };
         let resp = self
@@ -145,30 +176,79 @@ impl Coordinator {
             // The leader's own refusals (bad input) pass through as they are.
             return Err(ApiError::new(status, detail));
         }
-        resp.json().await.map_err(|e| unreachable(format!("unreadable answer: {e}")))
+        resp.json()
+            .await
+            .map_err(|e| unreachable(format!("unreadable answer: {e}")))
     }
 
-    fn narrate_write(self: &Arc<Self>, key: &str, plan: &WritePlan, answer: &LeaderWriteResponse, ms: u128) {
+    fn narrate_write(
+        self: &Arc<Self>,
+        key: &str,
+        plan: &WritePlan,
+        answer: &LeaderWriteResponse,
+        ms: u128,
+    ) {
         let w = self.config.w;
         let sync_ids: Vec<&str> = plan.sync.iter().map(|s| s.node_id.as_str()).collect();
-        self.events.emit("write", Tone::Request, None, format!(
-            "✍️  WRITE {key} → leader: version {} (log seq {}), sync set [{}]",
-            answer.version, answer.seq, sync_ids.join(", ")));
+        self.events.emit(
+            "write",
+            Tone::Request,
+            None,
+            format!(
+                "✍️  WRITE {key} → leader: version {} (log seq {}), sync set [{}]",
+                answer.version,
+                answer.seq,
+                sync_ids.join(", ")
+            ),
+        );
         let mut acks: Vec<String> = answer.acked_by.iter().map(|id| format!("{id} ✓")).collect();
-        acks.extend(answer.missing.iter().map(|m| format!("{} ✗ ({})", m.node_id, m.reason)));
+        acks.extend(
+            answer
+                .missing
+                .iter()
+                .map(|m| format!("{} ✗ ({})", m.node_id, m.reason)),
+        );
         if answer.acked_by.len() >= w {
-            self.events.emit("quorum_met", Tone::Good, None, format!(
-                "   ✅ sync acks {}/{w}: {} → quorum met in {ms} ms", answer.acked_by.len(), acks.join(", ")));
+            self.events.emit(
+                "quorum_met",
+                Tone::Good,
+                None,
+                format!(
+                    "   ✅ sync acks {}/{w}: {} → quorum met in {ms} ms",
+                    answer.acked_by.len(),
+                    acks.join(", ")
+                ),
+            );
         } else {
-            self.events.emit("quorum_failed", Tone::Bad, None, format!(
-                "   ❌ sync acks {}/{w}: {} → quorum NOT met ({ms} ms)", answer.acked_by.len(), acks.join(", ")));
+            self.events.emit(
+                "quorum_failed",
+                Tone::Bad,
+                None,
+                format!(
+                    "   ❌ sync acks {}/{w}: {} → quorum NOT met ({ms} ms)",
+                    answer.acked_by.len(),
+                    acks.join(", ")
+                ),
+            );
         }
         if plan.asynchronous.is_empty() {
             return;
         }
-        let names: Vec<&str> = plan.asynchronous.iter().map(|s| s.node_id.as_str()).collect();
-        self.events.emit("async_queued", Tone::Request, None, format!(
-            "   📨 async replication queued to [{}] ({} s delay)", names.join(", "), self.config.launch.async_delay));
+        let names: Vec<&str> = plan
+            .asynchronous
+            .iter()
+            .map(|s| s.node_id.as_str())
+            .collect();
+        self.events.emit(
+            "async_queued",
+            Tone::Request,
+            None,
+            format!(
+                "   📨 async replication queued to [{}] ({} s delay)",
+                names.join(", "),
+                self.config.launch.async_delay
+            ),
+        );
         for follower in plan.asynchronous.clone() {
             self.narrate_async_completion(follower, answer.seq);
         }
@@ -181,13 +261,21 @@ impl Coordinator {
         let timeout_ms = (c.config.launch.async_delay * 1000.0) as u64 + 10_000;
         tokio::spawn(async move {
             let leader = c.snapshot().leader;
-            let resp = c.http.post(format!("{}/replication/wait", leader.url))
+            let resp = c
+                .http
+                .post(format!("{}/replication/wait", leader.url))
                 .json(&json!({"node_id": follower.node_id, "seq": seq, "timeout_ms": timeout_ms}))
-                .send().await;
+                .send()
+                .await;
             if resp.is_ok_and(|r| r.status().is_success()) {
-                c.events.emit("async_done", Tone::Request, Some(&follower.node_id), format!(
+                c.events.emit(
+                    "async_done",
+                    Tone::Request,
+                    Some(&follower.node_id),
+                    format!(
                     "   📬 async replication of seq {seq} to {} complete ({:.1} s after the write)",
-                    follower.node_id, started.elapsed().as_secs_f64()));
+                    follower.node_id, started.elapsed().as_secs_f64()),
+                );
             }
         });
     }
@@ -198,12 +286,23 @@ impl Coordinator {
         let sets = cluster.sets(self.config.w, r);
         if sets.read.is_empty() {
             if narrate {
-                self.events.emit("read_refused", Tone::Bad, None, format!(
-                    "⛔ READ {key} refused: {} alive followers, R={r}", cluster.alive_followers()));
+                self.events.emit(
+                    "read_refused",
+                    Tone::Bad,
+                    None,
+                    format!(
+                        "⛔ READ {key} refused: {} alive followers, R={r}",
+                        cluster.alive_followers()
+                    ),
+                );
             }
             return Err(ApiError::unavailable("Read quorum not available"));
         }
-        let asked: Vec<Slot> = sets.read.iter().map(|&i| cluster.followers[i].clone()).collect();
+        let asked: Vec<Slot> = sets
+            .read
+            .iter()
+            .map(|&i| cluster.followers[i].clone())
+            .collect();
         let answers = join_all(asked.iter().map(|s| self.ask(s, &key))).await;
         let outcome = ReadOutcome::of(&asked, answers);
         if narrate {
@@ -218,19 +317,37 @@ impl Coordinator {
             Ok(u) => u,
             Err(e) => return Answer::Failed(e.to_string()),
         };
-        url.path_segments_mut().expect("http url").push("data").push(key);
-        let resp = match self.http.get(url).timeout(self.config.read_timeout).send().await {
+        url.path_segments_mut()
+            .expect("http url")
+            .push("data")
+            .push(key);
+        let resp = match self
+            .http
+            .get(url)
+            .timeout(self.config.read_timeout)
+            .send()
+            .await
+        {
             Ok(r) => r,
             Err(e) => return Answer::Failed(describe_reqwest_error(&e)),
         };
-        let incarnation = resp.headers().get(HEADER_NODE_INCARNATION)
-            .and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        let incarnation = resp
+            .headers()
+            .get(HEADER_NODE_INCARNATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
         if incarnation != Some(slot.incarnation) {
-            return Answer::Failed(format!("answered by incarnation {incarnation:?}, expected {} (fenced)", slot.incarnation));
+            return Answer::Failed(format!(
+                "answered by incarnation {incarnation:?}, expected {} (fenced)",
+                slot.incarnation
+            ));
         }
         match resp.status() {
             s if s.is_success() => match resp.json::<NodeValue>().await {
-                Ok(v) => Answer::Found { value: v.value, version: v.version },
+                Ok(v) => Answer::Found {
+                    value: v.value,
+                    version: v.version,
+                },
                 Err(e) => Answer::Failed(format!("unreadable answer: {e}")),
             },
             reqwest::StatusCode::NOT_FOUND => Answer::NotFound,
@@ -241,20 +358,34 @@ impl Coordinator {
     fn narrate_read(&self, key: &str, o: &ReadOutcome) {
         let asked: Vec<&str> = o.answers.iter().map(|(id, _)| id.as_str()).collect();
         let best = o.best().map(|(_, _, v)| v);
-        let parts: Vec<String> = o.answers.iter().map(|(id, a)| match a {
-            Answer::Found { version, .. } if Some(*version) < best => format!("{id} v{version} (STALE)"),
-            Answer::Found { version, .. } => format!("{id} v{version}"),
-            Answer::NotFound => format!("{id} not found"),
-            Answer::Failed(e) => format!("{id} ✗ {e}"),
-        }).collect();
+        let parts: Vec<String> = o
+            .answers
+            .iter()
+            .map(|(id, a)| match a {
+                Answer::Found { version, .. } if Some(*version) < best => {
+                    format!("{id} v{version} (STALE)")
+                }
+                Answer::Found { version, .. } => format!("{id} v{version}"),
+                Answer::NotFound => format!("{id} not found"),
+                Answer::Failed(e) => format!("{id} ✗ {e}"),
+            })
+            .collect();
         let verdict = match o.best() {
             Some((id, _, v)) => format!("v{v} wins, served by {id}"),
             None => "not found".into(),
         };
         let conflict = o.versions_differ();
-        self.events.emit("read", if conflict { Tone::Warn } else { Tone::Request }, None, format!(
-            "🔎 READ {key} ← asked [{}]: {} → {verdict}{}", asked.join(", "), parts.join("; "),
-            if conflict { " (versions differed)" } else { "" }));
+        self.events.emit(
+            "read",
+            if conflict { Tone::Warn } else { Tone::Request },
+            None,
+            format!(
+                "🔎 READ {key} ← asked [{}]: {} → {verdict}{}",
+                asked.join(", "),
+                parts.join("; "),
+                if conflict { " (versions differed)" } else { "" }
+            ),
+        );
     }
 }
 
@@ -273,19 +404,31 @@ struct ReadOutcome {
 
 impl ReadOutcome {
     fn of(asked: &[Slot], answers: Vec<Answer>) -> Self {
-        ReadOutcome { answers: asked.iter().map(|s| s.node_id.clone()).zip(answers).collect() }
+        ReadOutcome {
+            answers: asked
+                .iter()
+                .map(|s| s.node_id.clone())
+                .zip(answers)
+                .collect(),
+        }
     }
 
     /// The answer with the highest version: (node, value, version).
     fn best(&self) -> Option<(&str, &str, u64)> {
-        self.answers.iter().filter_map(|(id, a)| match a {
-            Answer::Found { value, version } => Some((id.as_str(), value.as_str(), *version)),
-            _ => None,
-        }).max_by_key(|(_, _, v)| *v)
+        self.answers
+            .iter()
+            .filter_map(|(id, a)| match a {
+                Answer::Found { value, version } => Some((id.as_str(), value.as_str(), *version)),
+                _ => None,
+            })
+            .max_by_key(|(_, _, v)| *v)
     }
 
     fn responses(&self) -> usize {
-        self.answers.iter().filter(|(_, a)| !matches!(a, Answer::Failed(_))).count()
+        self.answers
+            .iter()
+            .filter(|(_, a)| !matches!(a, Answer::Failed(_)))
+            .count()
     }
 
     fn versions_differ(&self) -> bool {
@@ -301,18 +444,28 @@ impl ReadOutcome {
     fn into_result(self, key: String, r: usize) -> Result<ReadResponse, ApiError> {
         let responses = self.responses();
         if responses < r {
-            let failures: Vec<_> = self.answers.iter().filter_map(|(id, a)| match a {
-                Answer::Failed(e) => Some(json!({"node_id": id, "reason": e})),
-                _ => None,
-            }).collect();
+            let failures: Vec<_> = self
+                .answers
+                .iter()
+                .filter_map(|(id, a)| match a {
+                    Answer::Failed(e) => Some(json!({"node_id": id, "reason": e})),
+                    _ => None,
+                })
+                .collect();
             return Err(ApiError::unavailable(json!({
                 "error": "Read quorum not met", "responses": responses, "required": r, "failures": failures})));
         }
         match self.best() {
             Some((id, value, version)) => Ok(ReadResponse {
-                key, value: value.to_string(), version, served_by: id.to_string(), quorum_responses: responses,
+                key,
+                value: value.to_string(),
+                version,
+                served_by: id.to_string(),
+                quorum_responses: responses,
             }),
-            None => Err(ApiError::not_found(format!("Key '{key}' not found in quorum"))),
+            None => Err(ApiError::not_found(format!(
+                "Key '{key}' not found in quorum"
+            ))),
         }
     }
 }

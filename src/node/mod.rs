@@ -269,8 +269,13 @@ async fn stats(State(node): Shared) -> Json<NodeStats> {
         let core = node.core.lock().unwrap();
         (core.store.len(), core.store.applied_seq())
     };
-    let mut followers: Vec<FollowerProgress> =
-        node.peers.lock().unwrap().values().map(|p| p.view()).collect();
+    let mut followers: Vec<FollowerProgress> = node
+        .peers
+        .lock()
+        .unwrap()
+        .values()
+        .map(|p| p.view())
+        .collect();
     followers.sort_by(|a, b| a.node_id.cmp(&b.node_id));
     let s = &node.stats;
     Json(NodeStats {
@@ -288,7 +293,10 @@ async fn stats(State(node): Shared) -> Json<NodeStats> {
     })
 }
 
-async fn read_key(State(node): Shared, Path(key): Path<String>) -> Result<Json<NodeValue>, ApiError> {
+async fn read_key(
+    State(node): Shared,
+    Path(key): Path<String>,
+) -> Result<Json<NodeValue>, ApiError> {
     node.stats.total_reads.fetch_add(1, Ordering::Relaxed);
     let found = node.core.lock().unwrap().store.get(&key).cloned();
     match found {
@@ -438,16 +446,19 @@ async fn set_peers(
     ApiJson(set): ApiJson<PeerSet>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     if !node.is_leader() {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "only the leader has peers"));
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "only the leader has peers",
+        ));
     }
     let mut peers = node.peers.lock().unwrap();
     let wanted: HashMap<&str, &PeerConfig> =
         set.peers.iter().map(|p| (p.node_id.as_str(), p)).collect();
     // Streams to followers that left, or whose process changed, stop.
     peers.retain(|id, peer| {
-        wanted.get(id.as_str()).is_some_and(|w| {
-            w.url == peer.config.url && w.incarnation == peer.config.incarnation
-        })
+        wanted
+            .get(id.as_str())
+            .is_some_and(|w| w.url == peer.config.url && w.incarnation == peer.config.incarnation)
     });
     for config in &set.peers {
         match peers.get(&config.node_id) {
@@ -462,7 +473,13 @@ async fn set_peers(
 }
 
 async fn get_peers(State(node): Shared) -> Json<Vec<FollowerProgress>> {
-    let mut list: Vec<_> = node.peers.lock().unwrap().values().map(|p| p.view()).collect();
+    let mut list: Vec<_> = node
+        .peers
+        .lock()
+        .unwrap()
+        .values()
+        .map(|p| p.view())
+        .collect();
     list.sort_by(|a, b| a.node_id.cmp(&b.node_id));
     Json(list)
 }

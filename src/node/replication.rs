@@ -254,7 +254,9 @@ async fn send_entries(
         .map_err(|e| describe_reqwest_error(&e))?;
     let answer = parse_answer(resp).await?;
     check_incarnation(peer, &answer)?;
-    node.stats.replications_sent.fetch_add(count, Ordering::Relaxed);
+    node.stats
+        .replications_sent
+        .fetch_add(count, Ordering::Relaxed);
     Ok(answer.acked_seq)
 }
 

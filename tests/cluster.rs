@@ -1,0 +1,534 @@
+//! The lab's demos and the cluster's guarantees, against real clusters.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{process_alive, Cluster};
+use serde_json::{json, Value};
+
+/// Demos 1 and 2: start, write, read, status.
+#[test]
+fn demo_write_read_status() {
+    let c = Cluster::start(&["--followers", "3", "-W", "2", "-R", "2"]);
+    let (code, w) = c.write("name", "distributed-systems");
+    assert_eq!(code, 200, "{w}");
+    assert_eq!(w["status"], "success");
+    assert_eq!(w["version"], 1);
+    assert_eq!(w["sync_acks"], 2);
+    assert_eq!(w["quorum"], 2);
+    assert_eq!(
+        w["sync_replicated_to"],
+        json!([c.node_url(1), c.node_url(2)])
+    );
+    let (code, r) = c.read("name");
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(r["value"], "distributed-systems");
+    assert_eq!(r["version"], 1);
+    assert_eq!(r["quorum_responses"], 2);
+    assert_eq!(
+        r["served_by"], "follower-2",
+        "the sync member of the read set wins"
+    );
+    let (_, w2) = c.write("name", "again");
+    assert_eq!(w2["version"], 2);
+    let s = c.status();
+    assert_eq!(s["leader"]["status"], "alive");
+    assert_eq!(
+        s["quorum"],
+        json!({"W": 2, "R": 2, "total_alive": 3, "can_write": true, "can_read": true})
+    );
+    let (code, info) = c.get("/");
+    assert_eq!(code, 200);
+    assert_eq!(info["follower_count"], 3);
+    let (code, missing) = c.read("nope");
+    assert_eq!(code, 404);
+    assert_eq!(missing["detail"], "Key 'nope' not found in quorum");
+}
+
+/// Demo 3: node failure. W=2 of 3 survives one loss, not two.
+#[test]
+fn demo_node_failure() {
+    let c = Cluster::start(&[
+        "--followers",
+        "3",
+        "-W",
+        "2",
+        "-R",
+        "2",
+        "--sync-delay",
+        "0.1",
+        "--async-delay",
+        "1",
+    ]);
+    let (code, k) = c.post("/kill/follower-1", json!({}));
+    assert_eq!(code, 200, "{k}");
+    assert_eq!(
+        k,
+        json!({"status": "stopped", "node_id": "follower-1", "can_write": true})
+    );
+    assert_eq!(c.follower("follower-1")["status"], "dead");
+    let (code, w) = c.write("k", "v");
+    assert_eq!(code, 200, "{w}");
+    let (code, k) = c.post("/kill/follower-2", json!({}));
+    assert_eq!(code, 200);
+    assert_eq!(k["can_write"], false);
+    let (code, w) = c.write("k", "v2");
+    assert_eq!(code, 503);
+    assert_eq!(w["detail"]["error"], "Write quorum not available");
+    assert_eq!(w["detail"]["alive_followers"], 1);
+    assert_eq!(w["detail"]["required"], 2);
+    c.wait_for_event("write_quorum_lost", None, Duration::from_secs(5));
+}
+
+/// Demo 4: catch-up. Writes made while a follower is down reach it on respawn.
+#[test]
+fn demo_catchup_on_spawn() {
+    let c = Cluster::start(&["--followers", "3", "-W", "1", "-R", "3", "--no-delay"]);
+    c.post("/kill/follower-1", json!({}));
+    for i in 0..20 {
+        assert_eq!(c.write(&format!("k{i}"), "while-down").0, 200);
+    }
+    let (code, s) = c.post("/spawn", json!({}));
+    assert_eq!(code, 200, "{s}");
+    assert_eq!(s["node_id"], "follower-1", "the dead slot is reused");
+    assert_eq!(s["url"], c.node_url(1));
+    let (code, cu) = c.post("/catchup", json!({"node_id": "follower-1"}));
+    assert_eq!(code, 200, "{cu}");
+    assert_eq!(cu["status"], "caught_up");
+    let data = c.node_data(&c.node_url(1));
+    assert_eq!(data.as_object().unwrap().len(), 20);
+    // R=3 asks all three; follower-1 answers as well.
+    let (_, r) = c.read("k7");
+    assert_eq!(r["quorum_responses"], 3);
+    assert_eq!(r["value"], "while-down");
+}
+
+/// `/spawn` with no dead slot makes a genuinely new follower.
+#[test]
+fn spawn_without_dead_slot_adds_a_follower() {
+    let c = Cluster::start(&["--followers", "2", "-W", "1", "-R", "1", "--no-delay"]);
+    c.write("a", "1");
+    let (code, s) = c.post("/spawn", json!({}));
+    assert_eq!(code, 200, "{s}");
+    assert_eq!(s["node_id"], "follower-3");
+    assert_eq!(s["url"], c.node_url(3));
+    assert_eq!(c.status()["followers"].as_array().unwrap().len(), 3);
+    let (code, conflict) = c.post("/spawn", json!({"node_id": "follower-1"}));
+    assert_eq!(code, 409, "a live follower is not respawned: {conflict}");
+    c.post("/catchup", json!({"node_id": "follower-3"}));
+    assert_eq!(c.node_data(&c.node_url(3))["a"]["value"], "1");
+}
+
+/// W + R > N: 200 sequential write-then-read pairs, lab delays, no stale read.
+#[test]
+fn overlapping_quorums_never_read_stale() {
+    let c = Cluster::start(&["--followers", "3", "-W", "2", "-R", "2"]);
+    let mut stale = 0;
+    for i in 0..200 {
+        let key = format!("key-{}", i % 7);
+        let (code, w) = c.write(&key, &format!("value-{i}"));
+        assert_eq!(code, 200, "{w}");
+        let (code, r) = c.read(&key);
+        assert_eq!(code, 200, "{r}");
+        if r["version"].as_u64() < w["version"].as_u64() {
+            stale += 1;
+        }
+    }
+    assert_eq!(stale, 0);
+}
+
+/// W + R <= N (N=5, W=4, R=1): a read right after a write misses it.
+#[test]
+fn disjoint_quorums_read_stale() {
+    let c = Cluster::start(&["--followers", "5", "-W", "4", "-R", "1"]);
+    let mut stale = 0;
+    for i in 0..3 {
+        let (code, w) = c.write("cart", &format!("items-{i}"));
+        assert_eq!(code, 200, "{w}");
+        let (code, r) = c.read("cart");
+        let fresh = code == 200 && r["version"] == w["version"];
+        if !fresh {
+            stale += 1;
+        }
+    }
+    assert_eq!(stale, 3, "every read right after a write is stale");
+    // Async replication finishes after its 5 s delay.
+    c.wait_for_event("async_done", Some("follower-5"), Duration::from_secs(15));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, r) = c.read("cart");
+        if r["value"] == "items-2" {
+            assert_eq!(r["served_by"], "follower-5");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "async replication never completed: {r}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Runs `writers` threads writing distinct keys until stopped; returns the
+/// acknowledged writes (key -> value).
+struct Writers {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<HashMap<String, String>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Writers {
+    fn start(c: &Cluster, writers: usize) -> Writers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(HashMap::new()));
+        let threads = (0..writers)
+            .map(|t| {
+                let (stop, acked) = (stop.clone(), acked.clone());
+                let url = format!("{}/write", c.coordinator);
+                std::thread::spawn(move || {
+                    let http = reqwest::blocking::Client::builder()
+                        .no_proxy()
+                        .build()
+                        .unwrap();
+                    let mut i = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        let (key, value) = (format!("w{t}-{i}"), format!("v{i}"));
+                        let resp = http
+                            .post(&url)
+                            .json(&json!({"key": key, "value": value}))
+                            .send();
+                        if resp.is_ok_and(|r| r.status() == 200) {
+                            acked.lock().unwrap().insert(key, value);
+                        }
+                        i += 1;
+                    }
+                })
+            })
+            .collect();
+        Writers {
+            stop,
+            acked,
+            threads,
+        }
+    }
+
+    fn wait_for(&self, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.acked.lock().unwrap().len() < count {
+            assert!(Instant::now() < deadline, "writers made no progress");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn finish(self) -> HashMap<String, String> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        Arc::try_unwrap(self.acked).unwrap().into_inner().unwrap()
+    }
+}
+
+fn assert_holds_all(c: &Cluster, node_url: &str, acked: &HashMap<String, String>) {
+    let data = c.node_data(node_url);
+    let missing: Vec<_> = acked
+        .iter()
+        .filter(|(k, v)| data[k.as_str()]["value"] != v.as_str())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acked writes missing on {node_url}",
+        missing.len(),
+        acked.len()
+    );
+}
+
+/// Loss case 1: a follower added while writes flow misses none of them.
+#[test]
+fn catchup_new_follower_under_concurrent_writes() {
+    let c = Cluster::start(&["--followers", "2", "-W", "1", "-R", "1", "--no-delay"]);
+    let writers = Writers::start(&c, 4);
+    writers.wait_for(200);
+    let (code, s) = c.post("/spawn", json!({}));
+    assert_eq!(code, 200, "{s}");
+    writers.wait_for(600);
+    let acked = writers.finish();
+    c.post("/catchup", json!({"node_id": "follower-3"}));
+    assert_holds_all(&c, &c.node_url(3), &acked);
+}
+
+/// Loss case 2: a follower SIGKILLed and respawned comes back complete.
+#[test]
+fn catchup_after_crash_and_respawn_under_concurrent_writes() {
+    let c = Cluster::start(&["--followers", "3", "-W", "1", "-R", "1", "--no-delay"]);
+    let writers = Writers::start(&c, 4);
+    writers.wait_for(100);
+    let (code, k) = c.post("/kill/follower-2?mode=crash", json!({}));
+    assert_eq!(code, 200, "{k}");
+    assert_eq!(k["status"], "crashed");
+    // The registry notices the silence (5 s timeout) and tells the coordinator.
+    c.wait_for_event("node_dead", Some("follower-2"), Duration::from_secs(15));
+    writers.wait_for(400);
+    let (code, s) = c.post("/spawn", json!({}));
+    assert_eq!(code, 200, "{s}");
+    assert_eq!(s["node_id"], "follower-2");
+    writers.wait_for(800);
+    let acked = writers.finish();
+    c.post("/catchup", json!({"node_id": "follower-2"}));
+    for i in 1..=3 {
+        assert_holds_all(&c, &c.node_url(i), &acked);
+    }
+}
+
+/// Loss case 3: a follower too far behind gets a snapshot, and the stream
+/// continues after it: nothing written around the snapshot is lost.
+#[test]
+fn catchup_by_snapshot_keeps_concurrent_writes() {
+    let c = Cluster::start(&[
+        "--followers",
+        "2",
+        "-W",
+        "1",
+        "-R",
+        "1",
+        "--no-delay",
+        "--log-retain",
+        "50",
+    ]);
+    let writers = Writers::start(&c, 4);
+    writers.wait_for(50);
+    c.post("/kill/follower-2", json!({}));
+    writers.wait_for(500);
+    c.post("/spawn", json!({}));
+    writers.wait_for(900);
+    let acked = writers.finish();
+    c.post("/catchup", json!({"node_id": "follower-2"}));
+    assert_holds_all(&c, &c.node_url(2), &acked);
+    assert_holds_all(&c, &c.node_url(1), &acked);
+}
+
+/// The leader's death is named as the cause; reads go on.
+#[test]
+fn leader_death_stops_writes_not_reads() {
+    let c = Cluster::start(&["--followers", "2", "-W", "1", "-R", "1", "--no-delay"]);
+    c.write("x", "1");
+    let (code, _) = c.post("/kill/leader", json!({}));
+    assert_eq!(code, 200);
+    assert_eq!(c.status()["leader"]["status"], "dead");
+    let (code, w) = c.write("x", "2");
+    assert_eq!(code, 503);
+    assert!(
+        w["detail"]["cause"].as_str().unwrap().contains("leader"),
+        "{w}"
+    );
+    c.wait_for_event("leader_dead", None, Duration::from_secs(5));
+    let (code, r) = c.read("x");
+    assert_eq!(code, 200);
+    assert_eq!(r["value"], "1");
+}
+
+/// A network blip longer than the timeout, with a short spawn delay: the
+/// slot is respawned, and the old process is fenced: one process per id.
+#[test]
+fn blip_replaced_node_is_fenced() {
+    let c = Cluster::start(&[
+        "--followers",
+        "2",
+        "-W",
+        "1",
+        "-R",
+        "1",
+        "--no-delay",
+        "--auto-spawn",
+        "--spawn-delay",
+        "1",
+    ]);
+    let old = c.follower("follower-1");
+    let old_pid = old["pid"].as_u64().unwrap() as u32;
+    let since = c.last_event_id();
+    let resp = c
+        .http
+        .post(format!("{}/admin/pause-heartbeats", c.node_url(1)))
+        .json(&json!({"seconds": 8}))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    c.wait_for_event_after(
+        since,
+        "node_dead",
+        Some("follower-1"),
+        Duration::from_secs(15),
+    );
+    c.wait_for_event_after(
+        since,
+        "slot_reused",
+        Some("follower-1"),
+        Duration::from_secs(15),
+    );
+    let s = c.wait_status("the replacement", Duration::from_secs(15), |s| {
+        s["followers"][0]["status"] == "alive"
+            && s["followers"][0]["incarnation"] != old["incarnation"]
+    });
+    let f1: Vec<_> = s["followers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["node_id"] == "follower-1")
+        .collect();
+    assert_eq!(f1.len(), 1);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while process_alive(old_pid) {
+        assert!(Instant::now() < deadline, "the replaced process still runs");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(c.write("after", "blip").0, 200);
+}
+
+/// No orphans: SIGKILL of `kvlab up` takes every node with it.
+#[test]
+fn no_orphans_after_sigkill() {
+    let mut c = Cluster::start(&["--followers", "2", "-W", "1", "-R", "1", "--no-delay"]);
+    let pids = c.pids();
+    assert_eq!(pids.len(), 3);
+    c.child.kill().unwrap();
+    c.child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(|&p| process_alive(p)) {
+        assert!(
+            Instant::now() < deadline,
+            "node processes outlived kvlab up"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// No orphans after a graceful stop either.
+#[test]
+fn no_orphans_after_sigterm() {
+    let c = Cluster::start(&["--followers", "1", "-W", "1", "-R", "1", "--no-delay"]);
+    let pids = c.pids();
+    drop(c);
+    assert!(pids.iter().all(|&p| !process_alive(p)));
+}
+
+fn as_text(v: &Value) -> String {
+    v.to_string()
+}
+
+/// Bad input gets a clear error and never changes data.
+#[test]
+fn bad_input_is_refused_clearly() {
+    let c = Cluster::start(&["--followers", "1", "-W", "1", "-R", "1", "--no-delay"]);
+    c.write("keep", "me");
+    let raw = |body: &str| {
+        let r = c
+            .http
+            .post(format!("{}/write", c.coordinator))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().unwrap())
+    };
+    let (code, e) = raw("{not json");
+    assert_eq!(code, 400, "{e}");
+    assert_eq!(e["detail"]["error"], "malformed JSON body");
+    let (code, e) = raw(r#"{"key": "keep"}"#);
+    assert_eq!(code, 422);
+    assert!(
+        as_text(&e).contains("value"),
+        "names the missing field: {e}"
+    );
+    let (code, e) = raw(r#"{"key": "keep", "value": 5}"#);
+    assert_eq!(code, 422, "{e}");
+    let (code, e) = c.write("", "x");
+    assert_eq!(code, 400, "{e}");
+    let (code, e) = c.write(&"k".repeat(5000), "x");
+    assert_eq!(code, 413, "{e}");
+    let (code, e) = c.write("big", &"v".repeat(1024 * 1024 + 1));
+    assert_eq!(code, 413, "{e}");
+    // Over the body limit: the server answers 413 and closes the connection
+    // without reading the rest, so use a client whose pool is not reused.
+    let once = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap();
+    let resp = once
+        .post(format!("{}/write", c.coordinator))
+        .json(&json!({"key": "huge", "value": "v".repeat(3 * 1024 * 1024)}))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    for path in ["/kill/follower-9", "/kill/nobody"] {
+        let (code, e) = c.post(path, json!({}));
+        assert_eq!(code, 404, "{path}: {e}");
+    }
+    assert_eq!(c.post("/kill/follower-1?mode=explode", json!({})).0, 400);
+    assert_eq!(c.post("/catchup", json!({"node_id": "ghost"})).0, 404);
+    assert_eq!(c.post("/node-died", json!({"node_id": "ghost"})).0, 404);
+    assert_eq!(c.post("/node-died", json!({})).0, 422);
+    assert_eq!(c.post("/spawn", json!({"node_id": "bad id!"})).0, 400);
+    assert_eq!(c.post("/spawn", json!({"node_id": "leader"})).0, 409);
+    // Keys with slashes and unicode round-trip.
+    for key in ["a/b/c", "ключ", "emoji 🎉", "sp ace", "%2F"] {
+        let (code, w) = c.write(key, "v");
+        assert_eq!(code, 200, "{key}: {w}");
+        let (code, r) = c.read(key);
+        assert_eq!(code, 200, "{key}: {r}");
+        assert_eq!(r["key"], key);
+    }
+    let (_, r) = c.read("keep");
+    assert_eq!(r["value"], "me");
+    assert_eq!(r["version"], 1);
+    assert_eq!(c.status()["quorum"]["can_write"], true);
+}
+
+/// Impossible settings are refused at start, with the reason.
+#[test]
+fn impossible_configs_are_refused() {
+    for (flags, needle) in [
+        (
+            vec!["--followers", "3", "-W", "4"],
+            "write quorum W=4 is larger than the number of followers N=3",
+        ),
+        (vec!["--followers", "3", "-R", "5"], "read quorum R=5"),
+        (vec!["--followers", "0"], "at least 1"),
+        (vec!["--followers", "2", "-W", "0"], "W) must be at least 1"),
+        (vec!["--sync-delay=-1"], "delays must be"),
+    ] {
+        let out = common::kvlab().arg("up").args(&flags).output().unwrap();
+        assert!(!out.status.success(), "{flags:?} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{flags:?}: {err}");
+    }
+}
+
+/// A taken port is reported, not hung on.
+#[test]
+fn taken_port_is_reported() {
+    let base = common::free_port_block();
+    let _hold = std::net::TcpListener::bind(("127.0.0.1", base)).unwrap();
+    let out = common::kvlab()
+        .args([
+            "up",
+            "--coordinator-port",
+            &base.to_string(),
+            "--registry-port",
+            &(base + 1).to_string(),
+            "--node-base-port",
+            &(base + 2).to_string(),
+            "--quiet",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("port {base} is already in use")),
+        "{err}"
+    );
+}

@@ -1,0 +1,237 @@
+//! Test harness: real `kvlab up` clusters on loopback.
+//!
+//! Each cluster gets its own block of ports (checked free, and spread by
+//! process id and a counter so parallel tests do not collide), is waited on
+//! through its HTTP endpoints and event log (never fixed sleeps), and is
+//! stopped when the handle drops; its nodes die with it (parent-death signal).
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// Ports used by one cluster: coordinator, registry, then nodes from base+2.
+const BLOCK: u16 = 40;
+static NEXT_BLOCK: AtomicU16 = AtomicU16::new(0);
+
+/// A block of ports nobody is listening on.
+pub fn free_port_block() -> u16 {
+    let spread = (std::process::id() % 200) as u16;
+    loop {
+        let n = NEXT_BLOCK.fetch_add(1, Ordering::SeqCst);
+        let base = 20_000 + ((spread * 7 + n) % 1000) * BLOCK;
+        if (base..base + BLOCK).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            return base;
+        }
+    }
+}
+
+pub struct Cluster {
+    pub child: Child,
+    pub coordinator: String,
+    pub registry: String,
+    pub base: u16,
+    pub http: reqwest::blocking::Client,
+}
+
+pub fn kvlab() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_kvlab"))
+}
+
+impl Cluster {
+    /// Starts `kvlab up` with extra flags and waits until it can write.
+    pub fn start(extra: &[&str]) -> Cluster {
+        let base = free_port_block();
+        let log_dir = std::env::temp_dir().join(format!("kvlab-test-{base}"));
+        let child = kvlab()
+            .arg("up")
+            .args(["--coordinator-port", &base.to_string()])
+            .args(["--registry-port", &(base + 1).to_string()])
+            .args(["--node-base-port", &(base + 2).to_string()])
+            .args(["--log-dir", log_dir.to_str().unwrap()])
+            .arg("--quiet")
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start kvlab up");
+        let cluster = Cluster {
+            child,
+            coordinator: format!("http://127.0.0.1:{base}"),
+            registry: format!("http://127.0.0.1:{}", base + 1),
+            base,
+            http: reqwest::blocking::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+        };
+        cluster.wait_for_event("cluster_ready", None, Duration::from_secs(30));
+        cluster
+    }
+
+    pub fn node_url(&self, index: u16) -> String {
+        format!("http://127.0.0.1:{}", self.base + 2 + index)
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.coordinator))
+            .send()
+            .unwrap();
+        (resp.status().as_u16(), resp.json().unwrap_or(Value::Null))
+    }
+
+    pub fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.coordinator))
+            .json(&body)
+            .send()
+            .unwrap();
+        (resp.status().as_u16(), resp.json().unwrap_or(Value::Null))
+    }
+
+    pub fn write(&self, key: &str, value: &str) -> (u16, Value) {
+        self.post("/write", json!({"key": key, "value": value}))
+    }
+
+    pub fn read(&self, key: &str) -> (u16, Value) {
+        let mut url = reqwest::Url::parse(&self.coordinator).unwrap();
+        url.path_segments_mut().unwrap().push("read").push(key);
+        let resp = self.http.get(url).send().unwrap();
+        (resp.status().as_u16(), resp.json().unwrap_or(Value::Null))
+    }
+
+    pub fn status(&self) -> Value {
+        self.get("/status").1
+    }
+
+    pub fn follower(&self, id: &str) -> Value {
+        self.status()["followers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["node_id"] == id)
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
+    /// Waits until the coordinator's event log has an event of this kind
+    /// (about this node, if given). Returns it.
+    pub fn wait_for_event(&self, kind: &str, node: Option<&str>, timeout: Duration) -> Value {
+        self.wait_for_event_after(0, kind, node, timeout)
+    }
+
+    pub fn last_event_id(&self) -> u64 {
+        let (_, events) = self.get("/events?since=0&limit=100000");
+        events
+            .as_array()
+            .and_then(|a| a.last())
+            .map_or(0, |e| e["id"].as_u64().unwrap())
+    }
+
+    pub fn wait_for_event_after(
+        &self,
+        since: u64,
+        kind: &str,
+        node: Option<&str>,
+        timeout: Duration,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(resp) = self
+                .http
+                .get(format!(
+                    "{}/events?since={since}&limit=100000",
+                    self.coordinator
+                ))
+                .send()
+            {
+                if let Ok(Value::Array(events)) = resp.json::<Value>() {
+                    let found = events
+                        .into_iter()
+                        .find(|e| e["kind"] == kind && node.is_none_or(|n| e["node_id"] == n));
+                    if let Some(e) = found {
+                        return e;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no '{kind}' event for {node:?} within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Polls until `check` holds on the status.
+    pub fn wait_status(
+        &self,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.status();
+            if check(&s) {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let (_, events) = self.get("/events?since=0&limit=100000");
+                panic!("timed out waiting for {what}: {s}\nevents: {events:#}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A node's whole data, read directly from it.
+    pub fn node_data(&self, url: &str) -> Value {
+        self.http
+            .get(format!("{url}/data"))
+            .send()
+            .unwrap()
+            .json::<Value>()
+            .unwrap()["data"]
+            .clone()
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        let s = self.status();
+        std::iter::once(&s["leader"])
+            .chain(s["followers"].as_array().unwrap().iter())
+            .filter_map(|n| n["pid"].as_u64().map(|p| p as u32))
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // SIGTERM lets `up` stop its nodes; SIGKILL after a grace period
+        // still takes them down through the parent-death signal.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn process_alive(pid: u32) -> bool {
+    // A zombie still "exists"; look at /proc state instead.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.split_whitespace().nth(2).is_some_and(|s| s == "Z"),
+        Err(_) => false,
+    }
+}
