@@ -207,7 +207,10 @@ pub async fn shutdown_signal() {
 pub async fn error_detail(resp: reqwest::Response) -> Value {
     let status = resp.status();
     match resp.json::<Value>().await {
-        Ok(Value::Object(mut map)) => map.remove("detail").unwrap_or_else(|| Value::Object(map)),
+        Ok(Value::Object(mut map)) => match map.remove("detail") {
+            Some(detail) => detail,
+            None => Value::Object(map),
+        },
         Ok(other) => other,
         Err(_) => Value::String(format!("HTTP {status}")),
     }

@@ -37,7 +37,7 @@ pub fn start_background(c: Arc<Coordinator>) -> tokio::task::JoinHandle<()> {
             tick.tick().await;
             c.events.summarise();
             n += 1;
-            if n % 2 == 0 {
+            if n.is_multiple_of(2) {
                 let _guard = c.membership.lock().await;
                 c.push_peers(&c.snapshot()).await;
             }
