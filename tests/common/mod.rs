@@ -231,7 +231,7 @@ impl Drop for Cluster {
 pub fn process_alive(pid: u32) -> bool {
     // A zombie still "exists"; look at /proc state instead.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat.split_whitespace().nth(2).is_some_and(|s| s == "Z"),
+        Ok(stat) => stat.split_whitespace().nth(2).is_none_or(|s| s != "Z"),
         Err(_) => false,
     }
 }
