@@ -101,6 +101,17 @@ pub struct Wal {
     writer: thread::JoinHandle<()>,
 }
 
+impl std::fmt::Debug for Wal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wal")
+            .field("dir", &self.dir)
+            .field("last_seq", &self.last_seq())
+            .field("durable_seq", &self.durable_seq())
+            .field("snapshot_seq", &self.snapshot_seq())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Wal {
     /// Recovers the directory and starts the writer thread. Recovery reads
     /// the whole log, so it runs on tokio's blocking pool.
