@@ -52,7 +52,9 @@ async fn open(dir: &Path) -> (Wal, Recovered) {
 async fn write_log(dir: &Path, n: u64) {
     let (wal, _) = open(dir).await;
     for start in (1..=n).step_by(5) {
-        wal.append(entries(start..=(start + 4).min(n))).await.unwrap();
+        wal.append(entries(start..=(start + 4).min(n)))
+            .await
+            .unwrap();
     }
     wal.close().await;
 }
@@ -303,7 +305,13 @@ async fn snapshot_and_truncation_cycle() {
     assert_eq!(remaining.len(), before - report.removed_segments.len());
     // Every remaining segment holds something the snapshot lacks... except
     // that the first may start before it: it is only deleted once covered whole.
-    let first_base: u64 = remaining[0].file_stem().unwrap().to_str().unwrap().parse().unwrap();
+    let first_base: u64 = remaining[0]
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(first_base <= 101);
     assert!(first_base > 1);
 

@@ -144,13 +144,21 @@ impl Log {
             _ => {
                 segment::create(dir, state.seq + 1)?;
                 segments.push(state.seq + 1);
-                remove_covered_segments(dir, &mut segments, snapshot_seq, &mut report.removed_files)?;
+                remove_covered_segments(
+                    dir,
+                    &mut segments,
+                    snapshot_seq,
+                    &mut report.removed_files,
+                )?;
                 state.seq + 1
             }
         };
         let path = segment::segment_path(dir, active_base);
         let active = segment::open_for_append(&path)?;
-        let active_len = active.metadata().map_err(|e| StorageError::io(&path, e))?.len();
+        let active_len = active
+            .metadata()
+            .map_err(|e| StorageError::io(&path, e))?
+            .len();
 
         let log = Log {
             dir: dir.to_path_buf(),
@@ -162,7 +170,14 @@ impl Log {
             snapshot_seq,
             buf: Vec::new(),
         };
-        Ok((log, Recovered { state, tail, report }))
+        Ok((
+            log,
+            Recovered {
+                state,
+                tail,
+                report,
+            },
+        ))
     }
 
     pub fn last_seq(&self) -> u64 {

@@ -104,10 +104,11 @@ impl StorageError {
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
 /// When the log is fsynced, i.e. what an acknowledged append survives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum FsyncPolicy {
-    /// An append completes only once it is fsynced: it survives a power loss.
+    /// The default. An append completes only once it is fsynced: it survives a power loss.
     /// Concurrent appends share fsyncs (group commit).
+    #[default]
     Always,
     /// Appends complete once written to the OS; a background fsync runs this
     /// often. A process crash loses nothing, a power loss up to one interval.
@@ -140,12 +141,6 @@ impl FsyncPolicy {
             FsyncPolicy::Interval(_) => "interval",
             FsyncPolicy::Never => "never",
         }
-    }
-}
-
-impl Default for FsyncPolicy {
-    fn default() -> Self {
-        FsyncPolicy::Always
     }
 }
 

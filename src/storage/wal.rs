@@ -278,10 +278,9 @@ impl Wal {
     }
 
     async fn request<T>(&self, cmd: Command, rx: oneshot::Receiver<Result<T>>) -> Result<T> {
-        self.tx
-            .send(cmd)
-            .map_err(|_| self.shared.stopped_error())?;
-        rx.await.unwrap_or_else(|_| Err(self.shared.stopped_error()))
+        self.tx.send(cmd).map_err(|_| self.shared.stopped_error())?;
+        rx.await
+            .unwrap_or_else(|_| Err(self.shared.stopped_error()))
     }
 }
 
