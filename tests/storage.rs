@@ -548,3 +548,33 @@ async fn never_policy_does_not_fsync_but_keeps_data_across_restarts() {
     let (_wal, rec) = Wal::open(cfg).await.unwrap();
     assert_eq!(rec.state.seq, 20);
 }
+
+#[tokio::test]
+async fn interrupted_compaction_is_finished_by_recovery() {
+    // A crash after the snapshot became durable but before the segments it
+    // covers were deleted: recovery deletes them.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.segment_bytes = 200;
+    let (wal, _) = Wal::open(cfg.clone()).await.unwrap();
+    for seq in 1..=40 {
+        wal.append(entries(seq..=seq)).await.unwrap();
+    }
+    wal.close().await;
+    let before = segments(dir.path()).len();
+    let snap = Snapshot {
+        seq: 30,
+        term: 1,
+        data: expected_state(30),
+    };
+    kvlab::storage::snapshot::write(dir.path(), &snap).unwrap();
+
+    let (_wal, rec) = Wal::open(cfg).await.unwrap();
+    assert!(!rec.report.removed_files.is_empty());
+    assert_eq!(
+        segments(dir.path()).len(),
+        before - rec.report.removed_files.len()
+    );
+    assert_eq!(rec.report.entries_replayed, 10);
+    assert_eq!(rec.state.data, expected_state(40));
+}

@@ -17,6 +17,13 @@
 //!   valid record can be found anywhere after the damage; otherwise the damage
 //!   is in the middle of the log and is reported as corruption.
 //!
+//! Known limit: the torn-tail rule assumes a crash leaves a *prefix* of the
+//! last write, which holds for a killed process. After a power loss, the
+//! pages of a write that was never fsynced may reach the disk out of order,
+//! leaving a hole followed by valid records; that is reported as corruption
+//! (refusing to serve) even though only unacknowledged writes were hit.
+//! Telling the two apart would need fsync-boundary markers in the log.
+//!
 //! A new segment is written to a temporary name, fsynced and renamed, so a
 //! segment file never exists without its complete header.
 
