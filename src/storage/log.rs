@@ -341,6 +341,13 @@ fn replay(
     let Some(&first) = segments.first() else {
         return Ok(state.seq);
     };
+    if first == 0 {
+        return Err(StorageError::Corrupt {
+            segment: segment::segment_path(dir, 0),
+            offset: 0,
+            reason: "seqs start at 1, a segment cannot start at 0".into(),
+        });
+    }
     if first > state.seq + 1 {
         return Err(StorageError::Gap {
             expected: state.seq + 1,

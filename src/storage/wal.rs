@@ -380,35 +380,47 @@ impl Writer {
         let mut group = vec![first];
         group.extend(self.rx.try_iter().take(MAX_GROUP - 1));
         self.shared.groups.fetch_add(1, Ordering::Relaxed);
-        for cmd in group {
-            match cmd {
-                Command::Append { entries, done } => self.append(entries, done)?,
-                // Anything but an append acts on a log whose earlier appends
-                // are complete, so finish the group so far first.
-                Command::Sync { done } => {
-                    self.sync_now()?;
-                    self.complete_waiting();
-                    let _ = done.send(Ok(self.log.last_seq()));
+        let mut rest = group.into_iter();
+        let result = rest
+            .by_ref()
+            .try_for_each(|cmd| self.handle(cmd))
+            .and_then(|()| self.commit());
+        if let Err(e) = &result {
+            // Record the reason while `rest` still holds the unhandled
+            // commands: dropping them fails their callers, who read it.
+            *self.shared.stopped.lock().unwrap() = Some(e.to_string());
+        }
+        result
+    }
+
+    fn handle(&mut self, cmd: Command) -> Result<()> {
+        match cmd {
+            Command::Append { entries, done } => self.append(entries, done)?,
+            // Anything but an append acts on a log whose earlier appends are
+            // complete, so finish the group so far first.
+            Command::Sync { done } => {
+                self.sync_now()?;
+                self.complete_waiting();
+                let _ = done.send(Ok(self.log.last_seq()));
+            }
+            Command::Compact { seq, done } => {
+                self.commit()?;
+                let result = self.log.compact(seq);
+                if result.is_ok() {
+                    self.shared.snapshot_seq.fetch_max(seq, Ordering::AcqRel);
                 }
-                Command::Compact { seq, done } => {
-                    self.commit()?;
-                    let result = self.log.compact(seq);
-                    if result.is_ok() {
-                        self.shared.snapshot_seq.fetch_max(seq, Ordering::AcqRel);
-                    }
-                    let _ = done.send(result);
+                let _ = done.send(result);
+            }
+            Command::Reset { seq, done } => {
+                self.commit()?;
+                let result = self.log.reset(seq);
+                if result.is_ok() {
+                    self.publish_reset(seq);
                 }
-                Command::Reset { seq, done } => {
-                    self.commit()?;
-                    let result = self.log.reset(seq);
-                    if result.is_ok() {
-                        self.publish_reset(seq);
-                    }
-                    let _ = done.send(result);
-                }
+                let _ = done.send(result);
             }
         }
-        self.commit()
+        Ok(())
     }
 
     fn append(&mut self, entries: Vec<Entry>, done: oneshot::Sender<Result<u64>>) -> Result<()> {
