@@ -9,4 +9,5 @@ pub mod events;
 pub mod http;
 pub mod node;
 pub mod registry;
+pub mod storage;
 pub mod up;

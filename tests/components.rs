@@ -1,0 +1,147 @@
+//! The course's way: registry and coordinator started as separate processes.
+
+mod common;
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_ok(http: &reqwest::blocking::Client, url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !http.get(url).send().is_ok_and(|r| r.status() == 200) {
+        assert!(Instant::now() < deadline, "{url} never answered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn demos_against_separate_components() {
+    let base = common::free_port_block();
+    let (coord, reg) = (base, base + 1);
+    let coordinator = format!("http://127.0.0.1:{coord}");
+    let registry = format!("http://127.0.0.1:{reg}");
+    let _registry = Killed(
+        common::kvlab()
+            .args([
+                "registry",
+                "--port",
+                &reg.to_string(),
+                "--coordinator",
+                &coordinator,
+            ])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let _coordinator = Killed(
+        common::kvlab()
+            .args([
+                "coordinator",
+                "--port",
+                &coord.to_string(),
+                "--registry",
+                &registry,
+            ])
+            .args(["--node-base-port", &(base + 2).to_string(), "--quiet"])
+            .args([
+                "--followers",
+                "3",
+                "--write-quorum",
+                "2",
+                "--read-quorum",
+                "2",
+                "--no-delay",
+            ])
+            .spawn()
+            .unwrap(),
+    );
+    let http = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap();
+    wait_ok(&http, &format!("{registry}/"));
+    // Ready when the registry has heard from all four nodes.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let alive: Value = http
+            .get(format!("{registry}/alive"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        if alive["nodes"].as_array().unwrap().len() == 4 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nodes never registered: {alive}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let post = |path: &str, body: Value| -> (u16, Value) {
+        let r = http
+            .post(format!("{coordinator}{path}"))
+            .json(&body)
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.json().unwrap_or(Value::Null))
+    };
+    // Demo 2.
+    let (code, w) = post(
+        "/write",
+        json!({"key": "name", "value": "distributed-systems"}),
+    );
+    assert_eq!(code, 200, "{w}");
+    let r: Value = http
+        .get(format!("{coordinator}/read/name"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(r["value"], "distributed-systems");
+    // Demo 3.
+    assert_eq!(post("/kill/follower-1", json!({})).1["can_write"], true);
+    assert_eq!(post("/write", json!({"key": "k", "value": "1"})).0, 200);
+    assert_eq!(post("/kill/follower-2", json!({})).1["can_write"], false);
+    let (code, w) = post("/write", json!({"key": "k", "value": "2"}));
+    assert_eq!(code, 503);
+    assert_eq!(w["detail"]["error"], "Write quorum not available");
+    // Demo 4.
+    let (code, s) = post("/spawn", json!({}));
+    assert_eq!(code, 200, "{s}");
+    assert_eq!(s["node_id"], "follower-1");
+    assert_eq!(post("/catchup", json!({"node_id": "follower-1"})).0, 200);
+    let data: Value = http
+        .get(format!("{}/data", s["url"].as_str().unwrap()))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(data["data"]["k"]["value"], "1", "written while it was down");
+    let nodes: Value = http
+        .get(format!("{registry}/nodes"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(nodes["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|n| n["last_seen_seconds_ago"].is_number()));
+}
