@@ -78,7 +78,8 @@ fn demos_against_separate_components() {
         .build()
         .unwrap();
     wait_ok(&http, &format!("{registry}/"));
-    // Ready when the registry has heard from all four nodes.
+    // Ready when the registry has heard from all four nodes and the
+    // coordinator sees them all alive.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let alive: Value = http
@@ -87,10 +88,22 @@ fn demos_against_separate_components() {
             .unwrap()
             .json()
             .unwrap();
-        if alive["nodes"].as_array().unwrap().len() == 4 {
+        let status: Value = http
+            .get(format!("{coordinator}/status"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        if alive["nodes"].as_array().unwrap().len() == 4
+            && status["quorum"]["total_alive"] == 3
+            && status["leader"]["status"] == "alive"
+        {
             break;
         }
-        assert!(Instant::now() < deadline, "nodes never registered: {alive}");
+        assert!(
+            Instant::now() < deadline,
+            "nodes never registered: {alive} {status}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let post = |path: &str, body: Value| -> (u16, Value) {
