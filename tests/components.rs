@@ -78,6 +78,7 @@ fn demos_against_separate_components() {
         .build()
         .unwrap();
     wait_ok(&http, &format!("{registry}/"));
+    wait_ok(&http, &format!("{coordinator}/"));
     // Ready when the registry has heard from all four nodes and the
     // coordinator sees them all alive.
     let deadline = Instant::now() + Duration::from_secs(30);
