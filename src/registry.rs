@@ -319,7 +319,7 @@ fn schedule_respawn(reg: Arc<Registry>, node_id: String, incarnation: u64) {
             Some(r) => !r.alive && r.incarnation == incarnation,
         };
         if !still_gone {
-            tracing::info!(node = %node_id, "came back before the spawn delay ran out: not replaced");
+            tracing::warn!(node = %node_id, "came back before the spawn delay ran out: not replaced");
             return;
         }
         tracing::warn!(node = %node_id, "still dead after the spawn delay: asking for a replacement");

@@ -532,3 +532,58 @@ fn taken_port_is_reported() {
         "{err}"
     );
 }
+
+/// A blip shorter than timeout + spawn delay: the node is declared dead, comes
+/// back, and is not replaced when the spawn delay runs out.
+#[test]
+fn node_back_in_time_is_not_replaced() {
+    let c = Cluster::start(&[
+        "--followers",
+        "2",
+        "-W",
+        "1",
+        "-R",
+        "1",
+        "--no-delay",
+        "--auto-spawn",
+        "--spawn-delay",
+        "5",
+    ]);
+    let before = c.follower("follower-1");
+    let since = c.last_event_id();
+    let resp = c
+        .http
+        .post(format!("{}/admin/pause-heartbeats", c.node_url(1)))
+        .json(&json!({"seconds": 6}))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    c.wait_for_event_after(
+        since,
+        "node_dead",
+        Some("follower-1"),
+        Duration::from_secs(15),
+    );
+    c.wait_for_event_after(
+        since,
+        "node_up",
+        Some("follower-1"),
+        Duration::from_secs(15),
+    );
+    // The spawn delay runs out 5 s after the death; give it time to (not) act.
+    let revived_at = Instant::now();
+    while revived_at.elapsed() < Duration::from_secs(6) {
+        let f1 = c.follower("follower-1");
+        assert_eq!(
+            f1["incarnation"], before["incarnation"],
+            "the node was replaced"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let events = c.get(&format!("/events?since={since}")).1;
+    assert!(!events
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["kind"] == "slot_reused"));
+}
