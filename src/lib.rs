@@ -4,3 +4,4 @@
 //! started by a `kvlab <component>` subcommand (see `main.rs`).
 
 pub mod api;
+pub mod bench;
