@@ -236,3 +236,149 @@ fn clock_seed() -> u64 {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// A stand-in for `kvlab bench` so the flags parse as on the command line.
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse(flags: &[&str]) -> Result<Args, clap::Error> {
+        let argv = std::iter::once("bench").chain(flags.iter().copied());
+        Cli::try_parse_from(argv).map(|cli| cli.args)
+    }
+
+    fn plan(flags: &[&str]) -> Result<Plan, ArgsError> {
+        parse(flags).expect("flags parse").validate()
+    }
+
+    #[test]
+    fn defaults_make_a_ten_second_run_against_the_gateway() {
+        let p = plan(&[]).unwrap();
+        assert_eq!(p.url, "http://localhost:8000");
+        assert_eq!(p.target, TargetKind::Kvlab);
+        assert_eq!(p.stop, Stop::After(Duration::from_secs(10)));
+        assert_eq!(p.read_pct, 50);
+        assert_eq!(p.warmup, Duration::ZERO);
+    }
+
+    #[test]
+    fn every_flag_reaches_the_plan() {
+        let p = plan(&[
+            "--url",
+            "http://127.0.0.1:7000/",
+            "--target",
+            "etcd",
+            "-c",
+            "64",
+            "--ops",
+            "500",
+            "--reads",
+            "90",
+            "--keys",
+            "10",
+            "--distribution",
+            "zipf",
+            "--zipf-s",
+            "1.2",
+            "--value-size",
+            "8",
+            "--warmup",
+            "0.5",
+            "--preload",
+            "--timeout",
+            "2",
+            "--seed",
+            "9",
+            "--json",
+        ])
+        .unwrap();
+        assert_eq!(p.url, "http://127.0.0.1:7000", "trailing slash dropped");
+        assert_eq!(p.target, TargetKind::Etcd);
+        assert_eq!(p.clients, 64);
+        assert_eq!(p.stop, Stop::Ops(500));
+        assert_eq!((p.read_pct, p.keys, p.value_size), (90, 10, 8));
+        assert_eq!((p.distribution, p.zipf_s), (Distribution::Zipf, 1.2));
+        assert_eq!(p.warmup, Duration::from_millis(500));
+        assert_eq!(p.timeout, Duration::from_secs(2));
+        assert_eq!(p.seed, 9);
+        assert!(p.preload && p.json);
+    }
+
+    #[test]
+    fn bad_values_name_the_flag_to_fix() {
+        let cases: &[(&[&str], ArgsError, &str)] = &[
+            (&["-c", "0"], ArgsError::NoClients(0), "--clients"),
+            (
+                &["--reads", "101"],
+                ArgsError::ReadsOutOfRange(101),
+                "--reads",
+            ),
+            (&["--keys", "0"], ArgsError::NoKeys(0), "--keys"),
+            (&["--ops", "0"], ArgsError::NoOps(0), "--ops"),
+            (
+                &["--duration", "3", "--ops", "10"],
+                ArgsError::BothStops,
+                "not both",
+            ),
+            (
+                &["--duration", "0"],
+                ArgsError::BadSeconds {
+                    flag: "duration",
+                    value: 0.0,
+                },
+                "--duration",
+            ),
+            (
+                &["--timeout=-1"],
+                ArgsError::BadSeconds {
+                    flag: "timeout",
+                    value: -1.0,
+                },
+                "--timeout",
+            ),
+            (&["--warmup=-2"], ArgsError::BadWarmup(-2.0), "--warmup"),
+            (
+                &["--distribution", "zipf", "--zipf-s", "0"],
+                ArgsError::BadZipf(0.0),
+                "--zipf-s",
+            ),
+        ];
+        for (flags, want, mention) in cases {
+            let err = plan(flags).unwrap_err();
+            assert_eq!(&err, want, "flags {flags:?}");
+            assert!(
+                err.to_string().contains(mention),
+                "{err} should mention {mention}"
+            );
+        }
+    }
+
+    #[test]
+    fn urls_must_be_plain_http() {
+        for url in ["localhost:8000", "https://example.test", "not a url"] {
+            let err = plan(&["--url", url]).unwrap_err();
+            assert!(matches!(err, ArgsError::BadUrl { .. }), "{url}: {err}");
+            assert!(err.to_string().contains("--url"));
+        }
+    }
+
+    #[test]
+    fn a_zero_zipf_exponent_is_fine_when_uniform() {
+        assert!(plan(&["--zipf-s", "0"]).is_ok());
+    }
+
+    #[test]
+    fn clap_rejects_what_is_not_a_number_or_a_choice() {
+        assert!(parse(&["--reads", "-5"]).is_err());
+        assert!(parse(&["-c", "many"]).is_err());
+        assert!(parse(&["--distribution", "pareto"]).is_err());
+        assert!(parse(&["--target", "redis"]).is_err());
+    }
+}

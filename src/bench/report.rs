@@ -278,7 +278,11 @@ mod tests {
         assert!((r.all.ops_per_sec - 2.5).abs() < 1e-9);
         assert!((r.read.ops_per_sec - 1.5).abs() < 1e-9);
         let w = r.write.latency_us.as_ref().unwrap();
-        assert!((3_996..=4_004).contains(&w.p50), "4 ms within 0.1%: {}", w.p50);
+        assert!(
+            (3_996..=4_004).contains(&w.p50),
+            "4 ms within 0.1%: {}",
+            w.p50
+        );
         assert!(w.max >= 9_990 && w.max <= 10_010);
         assert!((r.generator_cpu.cores - 0.05).abs() < 1e-9);
     }
