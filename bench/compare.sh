@@ -65,16 +65,27 @@ stop_etcd() {
   ETCD_PIDS=()
 }
 
+# Every process of the kvlab session, whatever process group `up` gave it.
+# (Zombies are left out: they are already dead, waiting to be reaped.)
+kvlab_pids() {
+  ps -o pid=,stat= --sid "$KVLAB_SID" 2>/dev/null | awk '$2 !~ /^Z/ { print $1 }'
+}
+
 stop_kvlab() {
   [[ -n $KVLAB_SID ]] || return 0
   # The whole session: `up` and the components it launched. Politely first,
   # so nodes can deregister and flush; then for good.
-  kill -TERM -- "-$KVLAB_SID" 2>/dev/null || true
+  local pids
+  pids=$(kvlab_pids)
+  # shellcheck disable=SC2086 # a list of pids
+  [[ -z $pids ]] || kill -TERM $pids 2>/dev/null || true
   for _ in $(seq 50); do
-    kill -0 -- "-$KVLAB_SID" 2>/dev/null || break
+    [[ -n $(kvlab_pids) ]] || break
     sleep 0.1
   done
-  kill -KILL -- "-$KVLAB_SID" 2>/dev/null || true
+  pids=$(kvlab_pids)
+  # shellcheck disable=SC2086 # a list of pids
+  [[ -z $pids ]] || kill -KILL $pids 2>/dev/null || true
   wait "$KVLAB_SID" 2>/dev/null || true
   KVLAB_SID=""
 }
