@@ -264,3 +264,23 @@ async fn the_command_explains_bad_flags() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_that_never_answer_are_counted_as_timeouts() {
+    // Reads answer (so the preflight passes); writes hang forever.
+    let app = Router::new()
+        .route("/read/{*key}", get(|| async { StatusCode::NOT_FOUND }))
+        .route("/write", post(|| std::future::pending::<StatusCode>()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let mut p = plan(&url, Stop::Ops(4));
+    p.clients = 2;
+    p.read_pct = 0;
+    p.timeout = Duration::from_millis(200);
+    let report = execute(&p).await.unwrap();
+    assert_eq!(report.write.outcomes.timeout, 4);
+    assert_eq!(report.all.errors, 4);
+    assert!(report.all.latency_us.is_none(), "timeouts are not timed");
+}

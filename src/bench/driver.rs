@@ -8,8 +8,8 @@
 //! throughput divides by.
 //!
 //! Invariants:
-//! - Each client has its own HTTP connection (its own one-connection pool),
-//!   as in wrk: "64 clients" means 64 sockets, and no pool lock is shared.
+//! - Each client has its own HTTP connection ([`Conn`]), as in wrk:
+//!   "64 clients" means 64 sockets, and no pool lock is shared.
 //! - Each client records into its own [`Recorder`]: the hot path takes no
 //!   lock. The only shared state is a few atomic counters for `--ops` and
 //!   for the progress bar.
@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::args::{Plan, Stop};
+use super::conn::{Conn, Endpoint};
 use super::cpu::{CpuCost, CpuMeter};
 use super::keys::{choose_op, client_rng, key_name, KeyChooser, OpKind};
 use super::progress::Progress;
@@ -66,13 +67,14 @@ impl Run {
 
 /// Run the plan against its target and return the measured window's figures.
 pub async fn drive(plan: &Plan) -> Result<Measured, BenchError> {
-    let clients = (0..plan.clients)
-        .map(|_| http_client(plan))
-        .collect::<Result<Vec<_>, _>>()?;
-    let target = Target::new(plan.target, &plan.url, plan.value_size);
-    preflight(&target, &clients[0], &plan.url).await?;
+    let endpoint = Endpoint::from_url(&plan.url).map_err(BenchError::BadUrl)?;
+    let target = Target::new(plan.target, endpoint.prefix(), plan.value_size);
+    let mut conns: Vec<Conn> = (0..plan.clients)
+        .map(|_| Conn::new(endpoint.clone(), plan.timeout))
+        .collect();
+    preflight(&target, &mut conns[0], &plan.url).await?;
     if plan.preload {
-        preload(&target, &clients, plan.keys).await?;
+        conns = preload(&target, conns, plan.keys).await?;
     }
 
     let measure_start = Instant::now() + plan.warmup;
@@ -84,10 +86,10 @@ pub async fn drive(plan: &Plan) -> Result<Measured, BenchError> {
         claimed: AtomicU64::new(0),
         progress: Progress::new(plan, measure_start),
     });
-    let tasks: Vec<_> = clients
+    let tasks: Vec<_> = conns
         .into_iter()
         .enumerate()
-        .map(|(id, client)| tokio::spawn(client_loop(run.clone(), id, client)))
+        .map(|(id, conn)| tokio::spawn(client_loop(run.clone(), id, conn)))
         .collect();
     let ticker = tokio::spawn(run.progress.clone().tick());
 
@@ -113,7 +115,7 @@ pub async fn drive(plan: &Plan) -> Result<Measured, BenchError> {
 
 /// One client: request, wait, record, repeat. Returns what it recorded and
 /// when its last measured request was answered.
-async fn client_loop(run: Arc<Run>, id: usize, client: reqwest::Client) -> (Recorder, Instant) {
+async fn client_loop(run: Arc<Run>, id: usize, mut conn: Conn) -> (Recorder, Instant) {
     let mut rng = client_rng(run.plan.seed, id);
     let mut rec = Recorder::default();
     let mut last_answer = run.measure_start;
@@ -121,7 +123,7 @@ async fn client_loop(run: Arc<Run>, id: usize, client: reqwest::Client) -> (Reco
         let op = choose_op(&mut rng, run.plan.read_pct);
         let key = key_name(run.chooser.choose(&mut rng));
         let started = Instant::now();
-        let outcome = run.target.send(&client, op, &key).await;
+        let outcome = run.target.send(&mut conn, op, &key).await;
         let finished = Instant::now();
         if measured {
             rec.record(op, outcome, finished - started);
@@ -135,23 +137,10 @@ async fn client_loop(run: Arc<Run>, id: usize, client: reqwest::Client) -> (Reco
     (rec, last_answer)
 }
 
-/// An HTTP client that holds at most one idle connection: its worker's.
-fn http_client(plan: &Plan) -> Result<reqwest::Client, BenchError> {
-    reqwest::Client::builder()
-        .pool_max_idle_per_host(1)
-        .timeout(plan.timeout)
-        .tcp_nodelay(true)
-        // A benchmark on loopback must not be routed through an HTTP proxy
-        // that happens to be set in the environment.
-        .no_proxy()
-        .build()
-        .map_err(BenchError::Client)
-}
-
 /// One read before anything else, so that a wrong URL or a cluster that is
 /// not up fails at once with a clear message instead of a table of errors.
-async fn preflight(target: &Target, client: &reqwest::Client, url: &str) -> Result<(), BenchError> {
-    let outcome = target.send(client, OpKind::Read, &key_name(0)).await;
+async fn preflight(target: &Target, conn: &mut Conn, url: &str) -> Result<(), BenchError> {
+    let outcome = target.send(conn, OpKind::Read, &key_name(0)).await;
     match outcome {
         Outcome::Connect | Outcome::Timeout => Err(BenchError::Unreachable {
             url: url.to_string(),
@@ -162,24 +151,21 @@ async fn preflight(target: &Target, client: &reqwest::Client, url: &str) -> Resu
 }
 
 /// Write every key once, all clients sharing the work, so reads find data.
-async fn preload(
-    target: &Target,
-    clients: &[reqwest::Client],
-    keys: u64,
-) -> Result<(), BenchError> {
+/// Hands the connections back, open, for the run itself.
+async fn preload(target: &Target, conns: Vec<Conn>, keys: u64) -> Result<Vec<Conn>, BenchError> {
     let next = Arc::new(AtomicU64::new(0));
-    let tasks: Vec<_> = clients
-        .iter()
-        .map(|client| {
-            let (target, client, next) = (target.clone(), client.clone(), next.clone());
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .map(|mut conn| {
+            let (target, next) = (target.clone(), next.clone());
             tokio::spawn(async move {
                 let mut failures = Vec::new();
                 loop {
                     let k = next.fetch_add(1, Ordering::Relaxed);
                     if k >= keys {
-                        return failures;
+                        return (conn, failures);
                     }
-                    let outcome = target.send(&client, OpKind::Write, &key_name(k)).await;
+                    let outcome = target.send(&mut conn, OpKind::Write, &key_name(k)).await;
                     if outcome != Outcome::Ok {
                         failures.push(outcome);
                     }
@@ -187,12 +173,15 @@ async fn preload(
             })
         })
         .collect();
+    let mut conns = Vec::with_capacity(tasks.len());
     let mut failures = Vec::new();
     for task in tasks {
-        failures.extend(task.await?);
+        let (conn, failed) = task.await?;
+        conns.push(conn);
+        failures.extend(failed);
     }
     match failures.first() {
-        None => Ok(()),
+        None => Ok(conns),
         Some(&first) => Err(BenchError::Preload {
             failed: failures.len() as u64,
             total: keys,

@@ -5,6 +5,7 @@
 //! - [`args`]: flags, and their validation into a [`Plan`];
 //! - [`keys`]: which key and which operation come next;
 //! - [`target`]: the request each system expects, and what its answer means;
+//! - [`conn`]: each client's own keep-alive HTTP connection;
 //! - [`stats`]: per-client histograms and counters;
 //! - [`driver`]: the clients, the warm-up and the measured window;
 //! - [`report`]: the figures, as text or JSON;
@@ -15,6 +16,7 @@
 //! callers that want the numbers rather than the printout.
 
 pub mod args;
+pub mod conn;
 pub mod cpu;
 pub mod driver;
 pub mod keys;
@@ -45,8 +47,8 @@ pub enum BenchError {
         total: u64,
         first: Outcome,
     },
-    #[error("could not build an HTTP client: {0}")]
-    Client(#[source] reqwest::Error),
+    #[error("bad URL: {0}")]
+    BadUrl(#[source] url::ParseError),
     #[error("a client task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }

@@ -9,10 +9,11 @@
 //! or the connection could not be reused for the next request (keep-alive
 //! only works once the previous response is fully consumed).
 
-use reqwest::StatusCode;
+use hyper::{Method, StatusCode};
 use serde::Serialize;
 
 use super::args::TargetKind;
+use super::conn::{Conn, ConnError};
 use super::keys::OpKind;
 use crate::api::WriteRequest;
 
@@ -29,7 +30,7 @@ pub enum Outcome {
     Unavailable,
     /// No complete answer within `--timeout`.
     Timeout,
-    /// Could not open a connection.
+    /// Could not open a connection, or it broke mid-request.
     Connect,
     /// Anything else: another status code, a broken connection.
     Other,
@@ -46,14 +47,15 @@ impl Outcome {
 #[derive(Debug, Clone)]
 pub struct Target {
     kind: TargetKind,
-    base: String,
+    /// The base URL's path, if any, without its trailing slash ("" mostly).
+    prefix: String,
     /// The value every write stores, prepared once.
     value: String,
 }
 
 impl Target {
-    /// `base` has no trailing slash (as `Args::validate` guarantees).
-    pub fn new(kind: TargetKind, base: &str, value_size: usize) -> Self {
+    /// `prefix` is the path of the base URL without its trailing slash.
+    pub fn new(kind: TargetKind, prefix: &str, value_size: usize) -> Self {
         let value = filler(value_size);
         let value = match kind {
             TargetKind::Kvlab => value,
@@ -61,22 +63,16 @@ impl Target {
         };
         Target {
             kind,
-            base: base.to_string(),
+            prefix: prefix.to_string(),
             value,
         }
     }
 
-    /// Send one operation and classify its answer.
-    pub async fn send(&self, client: &reqwest::Client, op: OpKind, key: &str) -> Outcome {
-        let request = self.request(client, op, key);
-        let response = match request.send().await {
-            Ok(response) => response,
-            Err(e) => return classify_error(&e),
-        };
-        let status = response.status();
-        // Read the whole body even when it is not needed: see the invariant.
-        let body = match response.bytes().await {
-            Ok(body) => body,
+    /// Send one operation on `conn` and classify its answer.
+    pub async fn send(&self, conn: &mut Conn, op: OpKind, key: &str) -> Outcome {
+        let (method, path, body) = self.request(op, key);
+        let (status, body) = match conn.send(method, &path, body).await {
+            Ok(answer) => answer,
             Err(e) => return classify_error(&e),
         };
         match (self.kind, op, status) {
@@ -88,30 +84,41 @@ impl Target {
         }
     }
 
-    fn request(&self, client: &reqwest::Client, op: OpKind, key: &str) -> reqwest::RequestBuilder {
-        match (self.kind, op) {
-            (TargetKind::Kvlab, OpKind::Read) => client.get(format!("{}/read/{key}", self.base)),
-            (TargetKind::Kvlab, OpKind::Write) => {
-                client
-                    .post(format!("{}/write", self.base))
-                    .json(&WriteRequest {
-                        key: key.to_string(),
-                        value: self.value.clone(),
-                    })
+    /// Method, path and JSON body of one operation.
+    fn request(&self, op: OpKind, key: &str) -> (Method, String, Option<Vec<u8>>) {
+        let (path, body) = match (self.kind, op) {
+            (TargetKind::Kvlab, OpKind::Read) => {
+                // Keys are `bench-<n>`: nothing in them needs percent-encoding.
+                return (Method::GET, format!("{}/read/{key}", self.prefix), None);
             }
-            (TargetKind::Etcd, OpKind::Read) => client
-                .post(format!("{}/v3/kv/range", self.base))
-                .json(&EtcdRange {
+            (TargetKind::Kvlab, OpKind::Write) => (
+                "/write",
+                to_json(&WriteRequest {
+                    key: key.to_string(),
+                    value: self.value.clone(),
+                }),
+            ),
+            (TargetKind::Etcd, OpKind::Read) => (
+                "/v3/kv/range",
+                to_json(&EtcdRange {
                     key: &base64(key.as_bytes()),
                 }),
-            (TargetKind::Etcd, OpKind::Write) => client
-                .post(format!("{}/v3/kv/put", self.base))
-                .json(&EtcdPut {
+            ),
+            (TargetKind::Etcd, OpKind::Write) => (
+                "/v3/kv/put",
+                to_json(&EtcdPut {
                     key: &base64(key.as_bytes()),
                     value: &self.value,
                 }),
-        }
+            ),
+        };
+        (Method::POST, format!("{}{path}", self.prefix), Some(body))
     }
+}
+
+fn to_json<T: Serialize>(body: &T) -> Vec<u8> {
+    // Plain structs of strings: serializing them cannot fail.
+    serde_json::to_vec(body).expect("request bodies serialize")
 }
 
 /// etcd's `/v3/kv/range` body. Without `serializable: true` the read is
@@ -139,16 +146,17 @@ pub fn classify_status(op: OpKind, status: StatusCode) -> Outcome {
     }
 }
 
-/// The outcome of a request that got no complete answer.
-fn classify_error(e: &reqwest::Error) -> Outcome {
-    // A connect that times out is a timeout first: the flag that bounds it is
-    // `--timeout`, and that is what the reader should go and look at.
-    if e.is_timeout() {
-        Outcome::Timeout
-    } else if e.is_connect() {
-        Outcome::Connect
-    } else {
-        Outcome::Other
+/// The outcome of a request that got no complete answer. A connection that
+/// breaks mid-request counts as a connection error, like one that cannot be
+/// opened: either way the server, or the path to it, went away.
+fn classify_error(e: &ConnError) -> Outcome {
+    match e {
+        ConnError::Connect(_) => Outcome::Connect,
+        ConnError::Timeout => Outcome::Timeout,
+        ConnError::Http(e) if e.is_closed() || e.is_incomplete_message() || e.is_canceled() => {
+            Outcome::Connect
+        }
+        ConnError::Http(_) => Outcome::Other,
     }
 }
 
