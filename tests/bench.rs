@@ -270,7 +270,7 @@ async fn writes_that_never_answer_are_counted_as_timeouts() {
     // Reads answer (so the preflight passes); writes hang forever.
     let app = Router::new()
         .route("/read/{*key}", get(|| async { StatusCode::NOT_FOUND }))
-        .route("/write", post(|| std::future::pending::<StatusCode>()));
+        .route("/write", post(std::future::pending::<StatusCode>));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });

@@ -125,21 +125,33 @@ impl Conn {
         Ok((status, body))
     }
 
-    /// The open connection, opening one first if there is none.
+    /// The open connection, ready for a request; opening one first if there
+    /// is none, or if the one there closed while idle.
     async fn connected(&mut self) -> Result<&mut SendRequest<Full<Bytes>>, ConnError> {
-        if self.sender.as_ref().is_some_and(|s| !s.is_closed()) {
-            return Ok(self.sender.as_mut().expect("checked just above"));
+        // hyper wants `ready()` before each request: the previous exchange may
+        // be finishing inside the connection task even though its body is read.
+        let reusable = match self.sender.as_mut() {
+            Some(sender) => sender.ready().await.is_ok(),
+            None => false,
+        };
+        if !reusable {
+            self.sender = Some(self.open().await?);
         }
+        Ok(self.sender.as_mut().expect("set just above"))
+    }
+
+    async fn open(&self) -> Result<SendRequest<Full<Bytes>>, ConnError> {
         let stream = TcpStream::connect(&self.endpoint.addr)
             .await
             .map_err(ConnError::Connect)?;
         // Requests are small and latency is the figure: send at once.
         stream.set_nodelay(true).map_err(ConnError::Connect)?;
-        let (sender, connection) = handshake(TokioIo::new(stream)).await?;
+        let (mut sender, connection) = handshake(TokioIo::new(stream)).await?;
         // The connection's I/O is driven by its own task; it ends when the
         // sender is dropped or the peer closes.
         tokio::spawn(connection);
-        Ok(self.sender.insert(sender))
+        sender.ready().await?;
+        Ok(sender)
     }
 }
 
