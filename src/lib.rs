@@ -4,6 +4,7 @@
 //! started by a `kvlab <component>` subcommand (see `main.rs`).
 
 pub mod api;
+pub mod bench;
 pub mod coordinator;
 pub mod events;
 pub mod http;

@@ -2,7 +2,7 @@
 //! library; this file only parses flags and picks what to run.
 
 use clap::{Parser, Subcommand};
-use kvlab::{coordinator, node, registry, up};
+use kvlab::{bench, coordinator, node, registry, up};
 
 #[derive(Parser)]
 #[command(
@@ -25,6 +25,8 @@ enum Command {
     Registry(registry::Args),
     /// Run one storage node (normally started by the coordinator).
     Node(node::Args),
+    /// Load-generate against a gateway, a coordinator, or etcd, and report.
+    Bench(bench::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -43,6 +45,7 @@ fn main() -> std::process::ExitCode {
             Command::Coordinator(args) => coordinator::run(args).await,
             Command::Registry(args) => registry::run(args).await,
             Command::Node(args) => node::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
         }
     });
     match result {

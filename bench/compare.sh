@@ -1,0 +1,300 @@
+#!/usr/bin/env bash
+# compare.sh: kvlab against a 3-member etcd, same machine, same workloads, one run.
+#
+# In order, it:
+#   1. installs etcd (Debian's etcd-server and etcd-client), curl and jq if missing;
+#   2. builds kvlab in release mode;
+#   3. starts a 3-member etcd on loopback with its default durability (the WAL is
+#      fsynced before a write is acknowledged), measures it through its HTTP/JSON
+#      gateway (puts, and linearizable ranges), and stops it;
+#   4. starts a kvlab cluster (1 leader + 3 followers, W=2, R=2, no teaching
+#      delays), measures it through its gateway, and stops it;
+#   5. prints one table with kvlab/etcd ratios.
+# Both systems are driven by the same generator (`kvlab bench`, with
+# `--target etcd` for etcd), so only the server differs. They run one after the
+# other, never together, so neither takes the other's cores. Every process the
+# script starts is stopped when it exits, however it exits (trap on EXIT).
+#
+# Usage: bench/compare.sh          (from anywhere inside a clone; needs root for apt)
+# Knobs, from the environment:
+#   DURATION=10 WARMUP=2 KEYS=1000 VALUE_SIZE=100   the workload
+#   ONLY=both|etcd|kvlab                             measure one side only
+#   KVLAB_UP_FLAGS="--fsync always"                  extra flags for `kvlab up`
+#   OUT_DIR=dir                                      keep every run's JSON report there
+#   ETCD_PORT_BASE=23000  KVLAB_PORT_BASE=24000      where the two clusters listen
+
+set -euo pipefail
+set +m # no job control: a background `setsid` then keeps its pid (see start_kvlab)
+
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
+KEYS=${KEYS:-1000}
+VALUE_SIZE=${VALUE_SIZE:-100}
+ONLY=${ONLY:-both}
+KVLAB_UP_FLAGS=${KVLAB_UP_FLAGS:-}
+ETCD_PORT_BASE=${ETCD_PORT_BASE:-23000}
+KVLAB_PORT_BASE=${KVLAB_PORT_BASE:-24000}
+
+# The three workloads of the comparison: a label, then `kvlab bench` flags.
+WORKLOADS=(
+  "writes, 64 clients|-c 64 --reads 0"
+  "reads, 64 clients|-c 64 --reads 100 --preload"
+  "writes, 1 client|-c 1 --reads 0"
+)
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+WORK=$(mktemp -d -t kvlab-compare.XXXXXX)
+RESULTS=${OUT_DIR:-$WORK/results}
+mkdir -p "$RESULTS"
+KVLAB=$REPO/target/release/kvlab
+
+ETCD_PIDS=()   # one per etcd member
+KVLAB_SID=""   # session of `kvlab up` and every process it starts
+
+log() { printf '== %s\n' "$*" >&2; }
+die() { printf 'compare.sh: %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------------------
+# Cleanup: runs on every exit, including errors and Ctrl-C.
+# ---------------------------------------------------------------------------
+
+stop_etcd() {
+  ((${#ETCD_PIDS[@]})) || return 0
+  kill "${ETCD_PIDS[@]}" 2>/dev/null || true
+  wait "${ETCD_PIDS[@]}" 2>/dev/null || true
+  ETCD_PIDS=()
+}
+
+# Every process of the kvlab session, whatever process group `up` gave it.
+# (Zombies are left out: they are already dead, waiting to be reaped.)
+kvlab_pids() {
+  ps -o pid=,stat= --sid "$KVLAB_SID" 2>/dev/null | awk '$2 !~ /^Z/ { print $1 }'
+}
+
+stop_kvlab() {
+  [[ -n $KVLAB_SID ]] || return 0
+  # The whole session: `up` and the components it launched. Politely first,
+  # so nodes can deregister and flush; then for good.
+  local pids
+  pids=$(kvlab_pids)
+  # shellcheck disable=SC2086 # a list of pids
+  [[ -z $pids ]] || kill -TERM $pids 2>/dev/null || true
+  for _ in $(seq 50); do
+    [[ -n $(kvlab_pids) ]] || break
+    sleep 0.1
+  done
+  pids=$(kvlab_pids)
+  # shellcheck disable=SC2086 # a list of pids
+  [[ -z $pids ]] || kill -KILL $pids 2>/dev/null || true
+  wait "$KVLAB_SID" 2>/dev/null || true
+  KVLAB_SID=""
+}
+
+cleanup() {
+  local status=$?
+  trap - EXIT INT TERM
+  stop_kvlab
+  stop_etcd
+  if ((status != 0)); then
+    log "failed; last lines of each log:"
+    for f in "$WORK"/*.log; do
+      [[ -e $f ]] && { echo "--- $f" >&2; tail -n 5 "$f" >&2; }
+    done
+  fi
+  rm -rf "$WORK"
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------------------
+# Setup
+# ---------------------------------------------------------------------------
+
+install_tools() {
+  local missing=()
+  command -v etcd >/dev/null || missing+=(etcd-server)
+  command -v etcdctl >/dev/null || missing+=(etcd-client)
+  command -v curl >/dev/null || missing+=(curl)
+  command -v jq >/dev/null || missing+=(jq)
+  ((${#missing[@]})) || return 0
+  log "installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+build_kvlab() {
+  log "building kvlab (release)"
+  (cd "$REPO" && cargo build --release --quiet)
+}
+
+# Poll a URL until it answers 2xx, failing early if the process behind it died.
+wait_for() {
+  local url=$1 what=$2 pid=$3 deadline=$((SECONDS + 60))
+  until curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null; do
+    kill -0 "$pid" 2>/dev/null || die "$what exited before it was ready"
+    ((SECONDS < deadline)) || die "$what not ready after 60 s"
+    sleep 0.2
+  done
+}
+
+# Resident memory, in MiB, of the given processes.
+rss_mib() {
+  ps -o rss= "$@" | awk '{ kib += $1 } END { printf "%.1f", kib / 1024 }'
+}
+
+# ---------------------------------------------------------------------------
+# etcd
+# ---------------------------------------------------------------------------
+
+etcd_client_port() { echo $((ETCD_PORT_BASE + 10 * $1 + 1)); }
+etcd_peer_port() { echo $((ETCD_PORT_BASE + 10 * $1 + 2)); }
+
+start_etcd() {
+  local cluster="" i client peer
+  for i in 1 2 3; do
+    cluster+="${cluster:+,}e$i=http://127.0.0.1:$(etcd_peer_port "$i")"
+  done
+  for i in 1 2 3; do
+    client="http://127.0.0.1:$(etcd_client_port "$i")"
+    peer="http://127.0.0.1:$(etcd_peer_port "$i")"
+    etcd --name "e$i" --data-dir "$WORK/etcd-e$i" \
+      --listen-client-urls "$client" --advertise-client-urls "$client" \
+      --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
+      --initial-cluster "$cluster" --initial-cluster-state new \
+      --initial-cluster-token kvlab-compare \
+      >"$WORK/etcd-e$i.log" 2>&1 &
+    ETCD_PIDS+=($!)
+  done
+  for i in 1 2 3; do
+    wait_for "http://127.0.0.1:$(etcd_client_port "$i")/health" "etcd member e$i" "${ETCD_PIDS[i - 1]}"
+  done
+}
+
+# The leader's client URL: a put sent to a follower costs an extra hop to the
+# leader, so etcd is measured at its best, talking to the leader directly.
+etcd_leader_url() {
+  local endpoints="" i
+  for i in 1 2 3; do
+    endpoints+="${endpoints:+,}http://127.0.0.1:$(etcd_client_port "$i")"
+  done
+  # Simple format: endpoint, id, version, db size, is leader, ...
+  ETCDCTL_API=3 etcdctl --endpoints "$endpoints" endpoint status |
+    awk -F', ' '$5 == "true" { print $1 }'
+}
+
+# ---------------------------------------------------------------------------
+# kvlab
+# ---------------------------------------------------------------------------
+
+kvlab_has_up() { "$KVLAB" up --help >/dev/null 2>&1; }
+
+start_kvlab() {
+  local p=$KVLAB_PORT_BASE
+  # A new session, so the cluster's processes can all be stopped together.
+  # shellcheck disable=SC2086 # KVLAB_UP_FLAGS is a list of flags
+  setsid "$KVLAB" up --no-delay --followers 3 -W 2 -R 2 \
+    --gateway-port "$p" --coordinator-port $((p + 100)) --registry-port $((p + 200)) \
+    --node-base-port $((p + 101)) $KVLAB_UP_FLAGS \
+    >"$WORK/kvlab.log" 2>&1 &
+  KVLAB_SID=$!
+  wait_for "http://127.0.0.1:$p/health" "kvlab up" "$KVLAB_SID"
+  # /health on the gateway says the gateway is up; writes need the quorum too.
+  local deadline=$((SECONDS + 60))
+  until curl -fsS --max-time 1 "http://127.0.0.1:$p/cluster-status" 2>/dev/null |
+    jq -e '.quorum.can_write and .quorum.can_read' >/dev/null; do
+    ((SECONDS < deadline)) || die "kvlab cluster has no quorum after 60 s"
+    sleep 0.2
+  done
+}
+
+kvlab_url() { echo "http://127.0.0.1:$KVLAB_PORT_BASE"; }
+
+# ---------------------------------------------------------------------------
+# Measuring
+# ---------------------------------------------------------------------------
+
+# measure SYSTEM TARGET URL: every workload, one JSON report each.
+measure() {
+  local system=$1 target=$2 url=$3 i label flags
+  for i in "${!WORKLOADS[@]}"; do
+    label=${WORKLOADS[i]%%|*}
+    flags=${WORKLOADS[i]#*|}
+    log "$system: $label"
+    # shellcheck disable=SC2086 # flags is a list of flags
+    "$KVLAB" bench --url "$url" --target "$target" --duration "$DURATION" \
+      --warmup "$WARMUP" --keys "$KEYS" --value-size "$VALUE_SIZE" $flags --json \
+      >"$RESULTS/$system-$i.json"
+    jq -r '"   \(.all.ops_per_sec | floor) ops/s, p50 \(.all.latency_us.p50 // 0) µs, \(.all.errors) errors, generator \(.generator_cpu.cores * 100 | floor)% of a core"' \
+      "$RESULTS/$system-$i.json" >&2
+  done
+}
+
+# field SYSTEM INDEX JQ-PATH: one figure from a report, or "-" if not measured.
+field() {
+  local f=$RESULTS/$1-$2.json
+  [[ -s $f ]] && jq -r "$3 // \"-\"" "$f" || echo "-"
+}
+
+ratio() {
+  awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b == 0) print "-"; else printf "%.2f", a / b }'
+}
+
+print_table() {
+  printf '\n%-20s %11s %11s %7s   %10s %10s %7s   %9s %9s\n' \
+    workload "kvlab op/s" "etcd op/s" ratio "kvlab p50" "etcd p50" ratio "kvlab p99" "etcd p99"
+  local i label ko eo kp ep k99 e99
+  for i in "${!WORKLOADS[@]}"; do
+    label=${WORKLOADS[i]%%|*}
+    ko=$(field kvlab "$i" '.all.ops_per_sec | floor')
+    eo=$(field etcd "$i" '.all.ops_per_sec | floor')
+    kp=$(field kvlab "$i" '.all.latency_us.p50 / 1000')
+    ep=$(field etcd "$i" '.all.latency_us.p50 / 1000')
+    k99=$(field kvlab "$i" '.all.latency_us.p99 / 1000')
+    e99=$(field etcd "$i" '.all.latency_us.p99 / 1000')
+    printf '%-20s %11s %11s %7s   %10s %10s %7s   %9s %9s\n' \
+      "$label" "$ko" "$eo" "$(ratio "$ko" "$eo")" "$kp" "$ep" "$(ratio "$kp" "$ep")" "$k99" "$e99"
+  done
+  printf '(latencies in ms; ratio = kvlab / etcd: above 1 is better for op/s, below 1 for p50)\n'
+  printf 'errors (kvlab, etcd) per workload:'
+  for i in "${!WORKLOADS[@]}"; do
+    printf ' %s/%s' "$(field kvlab "$i" .all.errors)" "$(field etcd "$i" .all.errors)"
+  done
+  printf '\nidle RSS: kvlab cluster %s MiB, etcd cluster %s MiB\n' "${KVLAB_RSS:--}" "${ETCD_RSS:--}"
+}
+
+# ---------------------------------------------------------------------------
+
+main() {
+  install_tools
+  build_kvlab
+  log "scratch dir $WORK, reports in $RESULTS"
+
+  if [[ $ONLY != kvlab ]]; then
+    log "starting a 3-member etcd"
+    start_etcd
+    ETCD_RSS=$(rss_mib -p "$(IFS=,; echo "${ETCD_PIDS[*]}")")
+    local leader
+    leader=$(etcd_leader_url)
+    [[ -n $leader ]] || die "no etcd leader found"
+    log "etcd leader at $leader"
+    measure etcd etcd "$leader"
+    stop_etcd
+  fi
+
+  if [[ $ONLY != etcd ]]; then
+    if kvlab_has_up; then
+      log "starting a kvlab cluster"
+      start_kvlab
+      KVLAB_RSS=$(rss_mib --sid "$KVLAB_SID")
+      measure kvlab kvlab "$(kvlab_url)"
+      stop_kvlab
+    else
+      log "this kvlab has no 'up' subcommand yet: skipping the kvlab half"
+    fi
+  fi
+
+  print_table
+}
+
+main "$@"
