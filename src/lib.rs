@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod bench;
+pub mod client;
 pub mod coordinator;
 pub mod events;
 pub mod http;

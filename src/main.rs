@@ -2,7 +2,7 @@
 //! library; this file only parses flags and picks what to run.
 
 use clap::{Parser, Subcommand};
-use kvlab::{bench, coordinator, node, registry, up};
+use kvlab::{bench, client, coordinator, node, registry, up};
 
 #[derive(Parser)]
 #[command(
@@ -25,6 +25,8 @@ enum Command {
     Registry(registry::Args),
     /// Run one storage node (normally started by the coordinator).
     Node(node::Args),
+    /// Talk to the cluster through the gateway (interactive by default).
+    Client(client::Args),
     /// Load-generate against a gateway, a coordinator, or etcd, and report.
     Bench(bench::Args),
 }
@@ -40,16 +42,20 @@ fn main() -> std::process::ExitCode {
         }
     };
     let result = runtime.block_on(async move {
-        match cli.command {
+        let done = match cli.command {
             Command::Up(args) => up::run(args).await,
             Command::Coordinator(args) => coordinator::run(args).await,
             Command::Registry(args) => registry::run(args).await,
             Command::Node(args) => node::run(args).await,
             Command::Bench(args) => bench::run(args).await,
-        }
+            // The client's exit code says whether the command worked.
+            Command::Client(args) => return client::run(args).await,
+        };
+        done.map(|()| 0)
     });
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(0) => std::process::ExitCode::SUCCESS,
+        Ok(code) => std::process::ExitCode::from(code.clamp(1, 255) as u8),
         Err(e) => {
             eprintln!("kvlab: error: {e:#}");
             std::process::ExitCode::FAILURE

@@ -1,0 +1,363 @@
+//! `kvlab client`: the command line people type into.
+//!
+//! One-shot (`kvlab client write name ds`, `read name`, `status`, `stats`,
+//! `graduate`) or interactive (`>>> ` prompt with line editing and history).
+//! It talks only to the gateway. Every answer is printed for a person by the
+//! pure functions of [`format`]; `--json` prints the raw answer instead. The
+//! exit code is non-zero when the command failed, so scripts can rely on it.
+//!
+//! When stdin is not a terminal, interactive mode reads plain lines, so it can
+//! be scripted and tested by piping commands in.
+
+pub mod format;
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+
+use crate::http::describe_reqwest_error;
+use format::Paint;
+
+#[derive(Debug, Clone, Parser)]
+pub struct Args {
+    /// The gateway to talk to.
+    #[arg(long, default_value = "http://127.0.0.1:8000", env = "KVLAB_GATEWAY")]
+    pub gateway: String,
+    /// Print the raw JSON answer.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// The key (the original lab's flag form, before the command).
+    #[arg(long)]
+    pub key: Option<String>,
+    /// The value (the original lab's flag form, before the command).
+    #[arg(long)]
+    pub value: Option<String>,
+    #[command(subcommand)]
+    pub command: Option<Cmd>,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Cmd {
+    /// Write a key: `write <key> <value...>` or `write --key K --value V`.
+    Write {
+        key: Option<String>,
+        value: Vec<String>,
+        #[arg(long = "key", id = "write_key")]
+        key_flag: Option<String>,
+        #[arg(long = "value", id = "write_value")]
+        value_flag: Option<String>,
+    },
+    /// Read a key: `read <key>` or `read --key K`.
+    Read {
+        key: Option<String>,
+        #[arg(long = "key", id = "read_key")]
+        key_flag: Option<String>,
+    },
+    /// The cluster's status.
+    Status,
+    /// The gateway's counters.
+    Stats,
+    /// The course's finale.
+    Graduate,
+    /// The `>>> ` prompt (the default).
+    Interactive,
+}
+
+/// One thing to do, with everything it needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Write { key: String, value: String },
+    Read { key: String },
+    Status,
+    Stats,
+    Graduate,
+}
+
+/// What a finished command printed, and whether it succeeded.
+pub struct Outcome {
+    pub ok: bool,
+    pub text: String,
+}
+
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+    json: bool,
+    paint: Paint,
+}
+
+impl Client {
+    pub fn new(base: &str, json: bool, paint: Paint) -> Client {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("building the HTTP client");
+        Client {
+            base: base.trim_end_matches('/').to_string(),
+            http,
+            json,
+            paint,
+        }
+    }
+
+    /// Runs one command against the gateway.
+    pub async fn execute(&self, cmd: &Command) -> Outcome {
+        let started = Instant::now();
+        let request = match cmd {
+            Command::Write { key, value } => self
+                .http
+                .post(format!("{}/write", self.base))
+                .json(&serde_json::json!({"key": key, "value": value})),
+            Command::Read { key } => {
+                let mut url = match reqwest::Url::parse(&self.base) {
+                    Ok(u) => u,
+                    Err(e) => return fail(format!("bad gateway URL {}: {e}", self.base)),
+                };
+                match url.path_segments_mut() {
+                    Ok(mut p) => {
+                        p.pop_if_empty().push("read").push(key);
+                    }
+                    Err(()) => return fail(format!("bad gateway URL {}", self.base)),
+                }
+                self.http.get(url)
+            }
+            Command::Status => self.http.get(format!("{}/cluster-status", self.base)),
+            Command::Stats => self.http.get(format!("{}/stats", self.base)),
+            Command::Graduate => self.http.get(format!("{}/graduate", self.base)),
+        };
+        let resp = match request.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                return fail(format::unreachable(
+                    &self.base,
+                    &describe_reqwest_error(&e),
+                    self.paint,
+                ))
+            }
+        };
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        self.render(cmd, status, &text, ms)
+    }
+
+    fn render(&self, cmd: &Command, status: u16, text: &str, ms: f64) -> Outcome {
+        let ok = (200..300).contains(&status);
+        if self.json || *cmd == Command::Graduate {
+            return Outcome {
+                ok,
+                text: text.trim_end().to_string(),
+            };
+        }
+        let body: Value = serde_json::from_str(text).unwrap_or(Value::String(text.to_string()));
+        let p = self.paint;
+        let text = match (ok, cmd) {
+            (false, _) => format::error(status, &body, p),
+            (true, Command::Write { .. }) => format::write_ok(&body, ms, p),
+            (true, Command::Read { .. }) => format::read_ok(&body, ms, p),
+            (true, Command::Status) => format::status(&body, p),
+            (true, Command::Stats) => format::stats(&body, p),
+            (true, Command::Graduate) => unreachable!("handled above"),
+        };
+        Outcome { ok, text }
+    }
+}
+
+fn fail(text: String) -> Outcome {
+    Outcome { ok: false, text }
+}
+
+/// Runs the client; returns the process exit code.
+pub async fn run(args: Args) -> anyhow::Result<i32> {
+    let client = Client::new(&args.gateway, args.json, Paint::for_stdout());
+    let cmd = match args.command.clone().unwrap_or(Cmd::Interactive) {
+        Cmd::Interactive => return interactive(client).await,
+        Cmd::Write {
+            key,
+            value,
+            key_flag,
+            value_flag,
+        } => {
+            let key = key.or(key_flag).or(args.key.clone());
+            let value = if value.is_empty() {
+                value_flag.or(args.value.clone())
+            } else {
+                Some(value.join(" "))
+            };
+            match (key, value) {
+                (Some(key), Some(value)) => Command::Write { key, value },
+                _ => anyhow::bail!(
+                    "write needs a key and a value: `write <key> <value>` or `--key K --value V`"
+                ),
+            }
+        }
+        Cmd::Read { key, key_flag } => match key.or(key_flag).or(args.key.clone()) {
+            Some(key) => Command::Read { key },
+            None => anyhow::bail!("read needs a key: `read <key>` or `--key K`"),
+        },
+        Cmd::Status => Command::Status,
+        Cmd::Stats => Command::Stats,
+        Cmd::Graduate => Command::Graduate,
+    };
+    let outcome = client.execute(&cmd).await;
+    println!("{}", outcome.text);
+    Ok(if outcome.ok { 0 } else { 1 })
+}
+
+/// What one line typed at the prompt asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line {
+    Run(Command),
+    Help,
+    Quit,
+    Empty,
+    /// A mistake, with what to say about it.
+    Invalid(String),
+}
+
+pub const HELP: &str = "commands:
+  write <key> <value...>   store a value (the rest of the line is the value)
+  read <key>               read a key through the read quorum
+  status                   the cluster: nodes, sets, quorums
+  stats                    the gateway's counters and rate limiter
+  graduate                 the finale
+  help                     this text
+  quit | exit | q          leave";
+
+/// Parses one line typed at the prompt.
+pub fn parse_line(line: &str) -> Line {
+    let line = line.trim();
+    let (word, rest) = match line.split_once(char::is_whitespace) {
+        Some((w, r)) => (w, r.trim()),
+        None => (line, ""),
+    };
+    match word.to_ascii_lowercase().as_str() {
+        "" => Line::Empty,
+        "quit" | "exit" | "q" => Line::Quit,
+        "help" | "?" => Line::Help,
+        "status" => Line::Run(Command::Status),
+        "stats" => Line::Run(Command::Stats),
+        "graduate" => Line::Run(Command::Graduate),
+        "read" if !rest.is_empty() && !rest.contains(char::is_whitespace) => {
+            Line::Run(Command::Read { key: rest.into() })
+        }
+        "read" => Line::Invalid("usage: read <key>   (a key has no spaces here)".into()),
+        "write" => match rest.split_once(char::is_whitespace) {
+            Some((key, value)) if !value.trim().is_empty() => Line::Run(Command::Write {
+                key: key.into(),
+                value: value.trim().into(),
+            }),
+            _ => Line::Invalid("usage: write <key> <value...>".into()),
+        },
+        other => Line::Invalid(format!("unknown command '{other}' (type help)")),
+    }
+}
+
+/// The prompt loop over any source of lines. Runs on a blocking thread and
+/// drives the async client through the runtime handle.
+pub fn repl(
+    client: &Client,
+    rt: &tokio::runtime::Handle,
+    lines: impl Iterator<Item = String>,
+    out: &mut impl Write,
+) -> std::io::Result<()> {
+    for line in lines {
+        match parse_line(&line) {
+            Line::Quit => break,
+            Line::Empty => {}
+            Line::Help => writeln!(out, "{HELP}")?,
+            Line::Invalid(msg) => writeln!(out, "{msg}")?,
+            Line::Run(cmd) => {
+                let outcome = rt.block_on(client.execute(&cmd));
+                writeln!(out, "{}", outcome.text)?;
+            }
+        }
+        out.flush()?;
+    }
+    writeln!(out, "bye")
+}
+
+async fn interactive(client: Client) -> anyhow::Result<i32> {
+    let rt = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let mut out = std::io::stdout();
+        if std::io::stdin().is_terminal() {
+            println!("kvlab client, talking to {}. Type help.", client.base);
+            repl(&client, &rt, PromptLines::new()?, &mut out)?;
+        } else {
+            let lines = std::io::stdin().lock().lines().map_while(Result::ok);
+            repl(&client, &rt, lines, &mut out)?;
+        }
+        Ok::<i32, anyhow::Error>(0)
+    })
+    .await?
+}
+
+/// Lines typed at a `>>> ` prompt, with editing and history (kept in
+/// `~/.kvlab_history` when a home directory exists).
+struct PromptLines {
+    editor: rustyline::DefaultEditor,
+    history: Option<std::path::PathBuf>,
+}
+
+impl PromptLines {
+    fn new() -> anyhow::Result<Self> {
+        let mut editor = rustyline::DefaultEditor::new()?;
+        let history =
+            std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".kvlab_history"));
+        if let Some(h) = &history {
+            let _ = editor.load_history(h);
+        }
+        Ok(PromptLines { editor, history })
+    }
+}
+
+impl Iterator for PromptLines {
+    type Item = String;
+
+    fn next(&mut self) -> Option<String> {
+        match self.editor.readline(">>> ") {
+            Ok(line) => {
+                if !line.trim().is_empty() {
+                    let _ = self.editor.add_history_entry(line.as_str());
+                    if let Some(h) = &self.history {
+                        let _ = self.editor.save_history(h);
+                    }
+                }
+                Some(line)
+            }
+            // Ctrl-C or Ctrl-D leave, as `quit` does.
+            Err(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_prompt_lines() {
+        assert_eq!(
+            parse_line("write name distributed systems"),
+            Line::Run(Command::Write {
+                key: "name".into(),
+                value: "distributed systems".into()
+            })
+        );
+        assert_eq!(
+            parse_line("  READ name "),
+            Line::Run(Command::Read { key: "name".into() })
+        );
+        assert_eq!(parse_line("q"), Line::Quit);
+        assert_eq!(parse_line(""), Line::Empty);
+        assert!(matches!(parse_line("write onlykey"), Line::Invalid(_)));
+        assert!(matches!(parse_line("read"), Line::Invalid(_)));
+        assert!(
+            matches!(parse_line("dance"), Line::Invalid(m) if m.contains("unknown command 'dance'"))
+        );
+    }
+}
