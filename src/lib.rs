@@ -9,6 +9,7 @@ pub mod client;
 pub mod coordinator;
 pub mod events;
 pub mod http;
+pub mod labconfig;
 pub mod node;
 pub mod registry;
 pub mod storage;
