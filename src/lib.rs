@@ -9,6 +9,7 @@ pub mod coordinator;
 pub mod events;
 pub mod http;
 pub mod node;
+pub mod ratelimit;
 pub mod registry;
 pub mod storage;
 pub mod up;
