@@ -7,6 +7,7 @@ pub mod api;
 pub mod bench;
 pub mod coordinator;
 pub mod events;
+pub mod gateway;
 pub mod http;
 pub mod node;
 pub mod ratelimit;

@@ -34,6 +34,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::api::RateLimiterStats;
+
 use fixed_window::FixedWindow;
 use sliding_window::SlidingLog;
 use token_bucket::TokenBucket;
@@ -260,21 +262,6 @@ struct Shard {
 // The limiter
 // ---------------------------------------------------------------------------
 
-/// Counters and settings, for `/stats`.
-#[derive(Debug, Clone, Serialize)]
-pub struct LimiterStats {
-    pub strategy: Strategy,
-    pub max_requests: u32,
-    pub window_seconds: f64,
-    pub allowed_requests: u64,
-    pub rejected_requests: u64,
-    /// kvlab's additions.
-    pub tracked_clients: usize,
-    pub max_tracked_clients: usize,
-    pub evicted_clients: u64,
-    pub refused_table_full: u64,
-}
-
 pub struct RateLimiter {
     strategy: Strategy,
     limits: Limits,
@@ -429,9 +416,10 @@ impl RateLimiter {
             .sum()
     }
 
-    pub fn stats(&self) -> LimiterStats {
-        LimiterStats {
-            strategy: self.strategy,
+    /// Settings and counters, as the gateway's `/stats` shows them.
+    pub fn stats(&self) -> RateLimiterStats {
+        RateLimiterStats {
+            strategy: self.strategy.as_str().to_string(),
             max_requests: self.limits.max,
             window_seconds: self.limits.window.as_secs_f64(),
             allowed_requests: self.allowed.load(Ordering::Relaxed),
@@ -517,7 +505,7 @@ mod tests {
         burst(&l, ALICE, 5);
         let s = l.stats();
         assert_eq!((s.allowed_requests, s.rejected_requests), (2, 3));
-        assert_eq!(s.strategy, Strategy::FixedWindow);
+        assert_eq!(s.strategy, "fixed-window");
         assert_eq!(s.max_requests, 2);
         assert_eq!(s.window_seconds, 60.0);
         assert_eq!(s.tracked_clients, 1);
