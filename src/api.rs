@@ -120,6 +120,80 @@ pub struct ReadResponse {
 }
 
 // ---------------------------------------------------------------------------
+// Gateway
+// ---------------------------------------------------------------------------
+
+/// The gateway's four counters, in `GET /stats` and `GET /`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GatewayMetrics {
+    /// Every request that reached the gateway, refused ones included.
+    pub total_requests: u64,
+    /// Requests the coordinator answered (whatever the status).
+    pub forwarded_requests: u64,
+    /// Requests refused with 429.
+    pub rate_limited_requests: u64,
+    /// Requests that failed because of the cluster: the coordinator was
+    /// unreachable or answered with a 5xx.
+    pub errors: u64,
+}
+
+/// The rate limiter's settings and counters, in the gateway's `GET /stats`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RateLimiterStats {
+    /// `fixed-window`, `sliding-window` or `token-bucket`.
+    pub strategy: String,
+    pub max_requests: u32,
+    pub window_seconds: f64,
+    pub allowed_requests: u64,
+    pub rejected_requests: u64,
+    /// kvlab's additions: the client table and its bound.
+    #[serde(default)]
+    pub tracked_clients: usize,
+    #[serde(default)]
+    pub max_tracked_clients: usize,
+    /// Idle clients forgotten so far.
+    #[serde(default)]
+    pub evicted_clients: u64,
+    /// New clients refused because the table was full of active ones.
+    #[serde(default)]
+    pub refused_table_full: u64,
+}
+
+/// `GET /stats` on the gateway.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GatewayStats {
+    pub gateway: GatewayMetrics,
+    /// `null` when rate limiting is off.
+    pub rate_limiter: Option<RateLimiterStats>,
+}
+
+/// `GET /` on the gateway.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GatewayInfo {
+    pub service: String,
+    pub coordinator: String,
+    pub rate_limiting: bool,
+    pub metrics: GatewayMetrics,
+}
+
+/// `GET /health` on the gateway.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceHealth {
+    pub status: String,
+    pub service: String,
+}
+
+/// The 429 body of a request the gateway's rate limiter refused.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TooManyRequests {
+    /// Always `Too Many Requests`.
+    pub error: String,
+    /// Whole seconds until a retry can succeed (also the `Retry-After` header).
+    pub retry_after: u64,
+    pub message: String,
+}
+
+// ---------------------------------------------------------------------------
 // Coordinator
 // ---------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 //! library; this file only parses flags and picks what to run.
 
 use clap::{Parser, Subcommand};
-use kvlab::{bench, client, coordinator, node, registry, up};
+use kvlab::{bench, client, coordinator, gateway, node, registry, up};
 
 #[derive(Parser)]
 #[command(
@@ -17,8 +17,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Start a whole cluster: registry, coordinator, leader and followers.
+    /// Start a whole cluster: gateway, registry, coordinator, leader and followers.
     Up(up::Args),
+    /// Run the gateway: the clients' entry point, with optional rate limiting.
+    Gateway(gateway::Args),
     /// Run the coordinator (it starts the leader and the followers).
     Coordinator(coordinator::Args),
     /// Run the registry (heartbeats, failure detection, auto-spawn).
@@ -44,6 +46,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async move {
         let done = match cli.command {
             Command::Up(args) => up::run(args).await,
+            Command::Gateway(args) => gateway::run(args).await,
             Command::Coordinator(args) => coordinator::run(args).await,
             Command::Registry(args) => registry::run(args).await,
             Command::Node(args) => node::run(args).await,

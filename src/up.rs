@@ -1,7 +1,7 @@
 //! `kvlab up`: a whole cluster with one command.
 //!
-//! The registry and the coordinator run inside this process (they are small
-//! and stateless apart from what the nodes report); the coordinator then
+//! The gateway, the registry and the coordinator run inside this process (they
+//! are small and stateless apart from what the nodes report); the coordinator then
 //! starts the leader and the followers as separate processes, exactly as when
 //! the components are started one by one. Ctrl-C stops everything; if this
 //! process is killed outright, the nodes die with it (parent-death signal).
@@ -13,6 +13,7 @@ use clap::Parser;
 
 use crate::api::ports;
 use crate::coordinator::{self, ClusterArgs, Coordinator};
+use crate::gateway::{self, Gateway, RateLimitArgs};
 use crate::registry::{self, Registry};
 
 #[derive(Debug, Clone, Parser)]
@@ -25,6 +26,10 @@ pub struct Args {
     pub coordinator_port: u16,
     #[arg(long, default_value_t = ports::REGISTRY)]
     pub registry_port: u16,
+    #[arg(long, default_value_t = ports::GATEWAY)]
+    pub gateway_port: u16,
+    #[command(flatten)]
+    pub rate: RateLimitArgs,
     /// Replace dead followers automatically.
     #[arg(long)]
     pub auto_spawn: bool,
@@ -59,13 +64,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         log_dir: args.log_dir.clone(),
         quiet: args.quiet,
     };
+    let gateway_args = gateway::Args {
+        port: args.gateway_port,
+        host: args.host,
+        coordinator: coordinator_url.clone(),
+        rate: args.rate.clone(),
+        timeout: 30.0,
+    };
     let registry_config = registry::Config::from_args(&registry_args)?;
     let coordinator_config = coordinator::Config::from_args(&coordinator_args)?;
-    // Bind both first, so a taken port is reported before anything starts.
+    let gateway = Gateway::new(gateway::Config::from_args(&gateway_args)?)?;
+    // Bind all three first, so a taken port is reported before anything starts.
     let registry_listener =
         crate::http::bind(SocketAddr::new(args.host, args.registry_port)).await?;
     let coordinator_listener =
         crate::http::bind(SocketAddr::new(args.host, args.coordinator_port)).await?;
+    let gateway_listener = crate::http::bind(SocketAddr::new(args.host, args.gateway_port)).await?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
@@ -79,6 +93,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         registry_listener,
         stopped(),
     ));
+    println!("kvlab up: gateway {}", gateway::describe(&gateway));
+    let gateway = tokio::spawn(gateway::serve(gateway, gateway_listener, stopped()));
     let coordinator = Coordinator::new(coordinator_config);
     println!(
         "kvlab up: coordinator {coordinator_url}, registry {registry_url}. Ctrl-C stops the cluster."
@@ -97,5 +113,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         finished = &mut cluster => finished?,
     };
     registry.abort();
+    gateway.abort();
     result
 }

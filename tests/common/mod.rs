@@ -14,8 +14,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-/// Ports used by one cluster: coordinator, registry, then nodes from base+2.
+/// Ports used by one cluster: coordinator, registry, then nodes from base+2;
+/// the gateway takes the block's last port, which no node reaches.
 const BLOCK: u16 = 40;
+pub const GATEWAY_OFFSET: u16 = BLOCK - 1;
 static NEXT_BLOCK: AtomicU16 = AtomicU16::new(0);
 
 /// A block of ports nobody is listening on.
@@ -34,6 +36,7 @@ pub struct Cluster {
     pub child: Child,
     pub coordinator: String,
     pub registry: String,
+    pub gateway: String,
     pub base: u16,
     pub http: reqwest::blocking::Client,
 }
@@ -52,6 +55,7 @@ impl Cluster {
             .args(["--coordinator-port", &base.to_string()])
             .args(["--registry-port", &(base + 1).to_string()])
             .args(["--node-base-port", &(base + 2).to_string()])
+            .args(["--gateway-port", &(base + GATEWAY_OFFSET).to_string()])
             .args(["--log-dir", log_dir.to_str().unwrap()])
             .arg("--quiet")
             .args(extra)
@@ -63,6 +67,7 @@ impl Cluster {
             child,
             coordinator: format!("http://127.0.0.1:{base}"),
             registry: format!("http://127.0.0.1:{}", base + 1),
+            gateway: format!("http://127.0.0.1:{}", base + GATEWAY_OFFSET),
             base,
             http: reqwest::blocking::Client::builder()
                 .no_proxy()

@@ -1,0 +1,571 @@
+//! The gateway: the one address a client needs (port 8000).
+//!
+//! It forwards `/write`, `/read/{key}` and `/cluster-status` to the
+//! coordinator over pooled keep-alive connections, passes the coordinator's
+//! answers and errors through, and can limit each client address's request
+//! rate (see [`crate::ratelimit`]).
+//!
+//! Invariants:
+//! - **Every answer is JSON with the lab's shapes**, except `/graduate`
+//!   (text). Errors of the gateway's own are `{"detail": ...}`; a refused
+//!   request is the 429 body of api.md.
+//! - **The gateway holds no cluster state.** When the coordinator is down it
+//!   answers 503 and keeps serving; the next request after the coordinator
+//!   is back succeeds, with no restart (the pooled client simply reconnects).
+//! - **Rate limiting covers every path, `/health` included**, as in the
+//!   original: a health check is a request like any other, and exempting one
+//!   path would give a flooder a free endpoint. Probes should come from an
+//!   address of their own (each address has its own quota).
+//! - **The client is the TCP peer address.** `X-Forwarded-For` is not
+//!   trusted: the gateway is the edge, and a header a client writes would let
+//!   it pick its own key and dodge the limit.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::header::{HeaderName, CONTENT_TYPE, RETRY_AFTER};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use clap::Parser;
+use serde_json::json;
+use url::Url;
+
+use crate::api::{
+    ports, GatewayInfo, GatewayMetrics, GatewayStats, ServiceHealth, TooManyRequests, WriteRequest,
+};
+use crate::http::{describe_reqwest_error, error_detail, validate_key_value, ApiError, ApiJson};
+use crate::ratelimit::{
+    ceil_secs, Decision, LimitError, Limits, RateLimiter, Strategy, DEFAULT_MAX_CLIENTS,
+};
+
+/// Rate-limiting flags, shared by `kvlab gateway` and `kvlab up`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RateLimitArgs {
+    /// Limit the requests of each client address.
+    #[arg(long)]
+    pub rate_limit: bool,
+    /// Requests a client may make per window.
+    #[arg(long, default_value_t = 10)]
+    pub rate_limit_max: u32,
+    /// Length of the window, in seconds (fractions allowed).
+    #[arg(long, default_value_t = 60.0)]
+    pub rate_limit_window: f64,
+    /// How requests are counted against the limit.
+    #[arg(long, value_enum, default_value_t = Strategy::FixedWindow)]
+    pub rate_limit_strategy: Strategy,
+}
+
+/// Flags of `kvlab gateway`.
+#[derive(Debug, Clone, Parser)]
+pub struct Args {
+    #[arg(long, default_value_t = ports::GATEWAY)]
+    pub port: u16,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// The coordinator to forward to.
+    #[arg(long, default_value = "http://127.0.0.1:7000")]
+    pub coordinator: String,
+    #[command(flatten)]
+    pub rate: RateLimitArgs,
+    /// Seconds to wait for the coordinator's answer to one request.
+    #[arg(long, default_value_t = 30.0)]
+    pub timeout: f64,
+}
+
+/// A setting the gateway cannot run with.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--coordinator must be an http:// or https:// URL, got '{0}'")]
+    BadCoordinator(String),
+    #[error("--timeout must be between 0.001 and 3600 seconds, got {0}")]
+    BadTimeout(f64),
+    #[error(transparent)]
+    RateLimit(#[from] LimitError),
+}
+
+/// The limiter's settings, once checked.
+#[derive(Debug, Clone)]
+pub struct RateLimitConfig {
+    pub strategy: Strategy,
+    pub limits: Limits,
+    pub max_clients: usize,
+}
+
+/// Everything the gateway needs, resolved from the flags.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub addr: SocketAddr,
+    pub coordinator: Url,
+    /// `None` when rate limiting is off.
+    pub rate_limit: Option<RateLimitConfig>,
+    pub timeout: Duration,
+}
+
+impl Config {
+    pub fn from_args(args: &Args) -> Result<Config, ConfigError> {
+        let coordinator = Url::parse(&args.coordinator)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+            .ok_or_else(|| ConfigError::BadCoordinator(args.coordinator.clone()))?;
+        if !args.timeout.is_finite() || !(0.001..=3600.0).contains(&args.timeout) {
+            return Err(ConfigError::BadTimeout(args.timeout));
+        }
+        // The limits are checked even when off, so a typo is caught early.
+        let limits = Limits::new(args.rate.rate_limit_max, args.rate.rate_limit_window)?;
+        let rate_limit = args.rate.rate_limit.then_some(RateLimitConfig {
+            strategy: args.rate.rate_limit_strategy,
+            limits,
+            max_clients: DEFAULT_MAX_CLIENTS,
+        });
+        Ok(Config {
+            addr: SocketAddr::new(args.host, args.port),
+            coordinator,
+            rate_limit,
+            timeout: Duration::from_secs_f64(args.timeout),
+        })
+    }
+
+    /// The coordinator's URL as people write it (no trailing slash).
+    pub fn coordinator_str(&self) -> &str {
+        self.coordinator.as_str().trim_end_matches('/')
+    }
+}
+
+/// The four counters of `/stats` and `/` (see [`GatewayMetrics`]).
+#[derive(Default)]
+struct Metrics {
+    total: AtomicU64,
+    forwarded: AtomicU64,
+    rate_limited: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl Metrics {
+    fn view(&self) -> GatewayMetrics {
+        GatewayMetrics {
+            total_requests: self.total.load(Ordering::Relaxed),
+            forwarded_requests: self.forwarded.load(Ordering::Relaxed),
+            rate_limited_requests: self.rate_limited.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+pub struct Gateway {
+    config: Config,
+    http: reqwest::Client,
+    limiter: Option<RateLimiter>,
+    metrics: Metrics,
+}
+
+impl Gateway {
+    pub fn new(config: Config) -> Result<Arc<Gateway>, ConfigError> {
+        let limiter = match &config.rate_limit {
+            Some(rl) => Some(RateLimiter::new(rl.strategy, rl.limits, rl.max_clients)?),
+            None => None,
+        };
+        Ok(Arc::new(Gateway {
+            http: crate::http::client(),
+            limiter,
+            metrics: Metrics::default(),
+            config,
+        }))
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The coordinator's URL for a path of segments, each percent-encoded
+    /// (a key may contain `/`, `?`, `#`, spaces...).
+    fn endpoint(&self, segments: &[&str]) -> Url {
+        let mut url = self.config.coordinator.clone();
+        url.path_segments_mut()
+            .expect("checked at start: an http URL has a path")
+            .pop_if_empty()
+            .extend(segments);
+        url
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Running
+// ---------------------------------------------------------------------------
+
+/// Runs a gateway until Ctrl-C or SIGTERM.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let config = Config::from_args(&args)?;
+    let listener = crate::http::bind(config.addr).await?;
+    let gateway = Gateway::new(config)?;
+    println!("kvlab gateway: {}", describe(&gateway));
+    serve(gateway, listener, crate::http::shutdown_signal()).await
+}
+
+/// One line saying where the gateway listens, where it forwards and how it limits.
+pub fn describe(gateway: &Gateway) -> String {
+    let limiting = match &gateway.config.rate_limit {
+        Some(rl) => format!(
+            "rate limit {} requests per {} s per client ({})",
+            rl.limits.max,
+            rl.limits.window.as_secs_f64(),
+            rl.strategy
+        ),
+        None => "no rate limit".to_string(),
+    };
+    format!(
+        "http://{} -> coordinator {}, {limiting}",
+        gateway.config.addr,
+        gateway.config.coordinator_str()
+    )
+}
+
+/// Serves the gateway until `shutdown`; idle limiter entries are swept meanwhile.
+pub async fn serve(
+    gateway: Arc<Gateway>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let sweeper = tokio::spawn(sweep_loop(gateway.clone()));
+    let result = crate::http::serve(listener, router(gateway), shutdown).await;
+    sweeper.abort();
+    result
+}
+
+/// Forgets idle clients about once a window (between 1 s and a minute), so
+/// the table holds only clients seen recently.
+async fn sweep_loop(gateway: Arc<Gateway>) {
+    let Some(limiter) = &gateway.limiter else {
+        return;
+    };
+    let every = limiter
+        .limits()
+        .window
+        .clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        limiter.sweep();
+    }
+}
+
+pub fn router(gateway: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/", get(info))
+        .route("/write", post(write))
+        .route("/read/{*key}", get(read))
+        .route("/cluster-status", get(cluster_status))
+        .route("/stats", get(stats))
+        .route("/health", get(health))
+        .route("/graduate", get(graduate))
+        .fallback(no_such_endpoint)
+        .layer(middleware::from_fn_with_state(gateway.clone(), admission))
+        .with_state(gateway)
+}
+
+type Shared = State<Arc<Gateway>>;
+
+// ---------------------------------------------------------------------------
+// Admission: counting and rate limiting, in front of every path
+// ---------------------------------------------------------------------------
+
+/// The client's address: the TCP peer, with IPv4-mapped IPv6 addresses
+/// (`::ffff:10.0.0.1`, seen on dual-stack sockets) folded into IPv4 so one
+/// client has one key. Without connection info (a router driven directly, in
+/// tests) every request counts as one unknown client.
+fn client_ip(req: &Request) -> IpAddr {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |ci| {
+            ci.0.ip().to_canonical()
+        })
+}
+
+async fn admission(State(gw): Shared, req: Request, next: Next) -> Response {
+    bump(&gw.metrics.total);
+    let Some(limiter) = &gw.limiter else {
+        return next.run(req).await;
+    };
+    let decision = limiter.check(client_ip(&req));
+    if !decision.allowed {
+        bump(&gw.metrics.rate_limited);
+        return too_many_requests(limiter, &decision);
+    }
+    let mut resp = next.run(req).await;
+    add_limit_headers(resp.headers_mut(), limiter, &decision);
+    resp
+}
+
+/// The 429 of api.md, with the headers a client needs to back off.
+fn too_many_requests(limiter: &RateLimiter, d: &Decision) -> Response {
+    let limits = limiter.limits();
+    let body = TooManyRequests {
+        error: "Too Many Requests".into(),
+        retry_after: d.retry_after_secs,
+        message: format!(
+            "Rate limit exceeded: at most {} requests per {} s per client ({}). \
+             Try again in {} s.",
+            limits.max,
+            limits.window.as_secs_f64(),
+            limiter.strategy(),
+            d.retry_after_secs
+        ),
+    };
+    let mut resp = (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
+    let headers = resp.headers_mut();
+    headers.insert(RETRY_AFTER, HeaderValue::from(d.retry_after_secs));
+    add_limit_headers(headers, limiter, d);
+    resp
+}
+
+/// `X-RateLimit-Limit` and `-Remaining` (api.md), and the IETF draft's
+/// `RateLimit-Policy: 10;w=60` and `RateLimit: limit=10, remaining=3, reset=42`.
+fn add_limit_headers(headers: &mut HeaderMap, limiter: &RateLimiter, d: &Decision) {
+    let window = ceil_secs(limiter.limits().window);
+    let set = |headers: &mut HeaderMap, name: &'static str, value: String| {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    };
+    set(headers, "x-ratelimit-limit", d.limit.to_string());
+    set(headers, "x-ratelimit-remaining", d.remaining.to_string());
+    set(
+        headers,
+        "ratelimit-policy",
+        format!("{};w={window}", d.limit),
+    );
+    set(
+        headers,
+        "ratelimit",
+        format!(
+            "limit={}, remaining={}, reset={}",
+            d.limit, d.remaining, d.reset_secs
+        ),
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Forwarding
+// ---------------------------------------------------------------------------
+
+/// 503 for a coordinator that did not answer (refused, timed out, reset).
+fn unreachable(gw: &Gateway, e: &reqwest::Error) -> ApiError {
+    bump(&gw.metrics.errors);
+    ApiError::unavailable(format!(
+        "Coordinator unreachable: {} ({})",
+        describe_reqwest_error(e),
+        gw.config.coordinator_str()
+    ))
+}
+
+/// Turns the coordinator's answer into the gateway's: a success body is passed
+/// through byte for byte; an error keeps its status and its `detail`.
+async fn relay(
+    gw: &Gateway,
+    sent: Result<reqwest::Response, reqwest::Error>,
+) -> Result<Response, ApiError> {
+    let resp = sent.map_err(|e| unreachable(gw, &e))?;
+    bump(&gw.metrics.forwarded);
+    let status = resp.status();
+    if status.is_success() {
+        let body = resp.bytes().await.map_err(|e| unreachable(gw, &e))?;
+        return Ok((status, [(CONTENT_TYPE, "application/json")], body).into_response());
+    }
+    if status.is_server_error() {
+        bump(&gw.metrics.errors);
+    }
+    Err(ApiError::new(status, error_detail(resp).await))
+}
+
+/// `POST /write`: checked here too, so bad input never costs a round trip.
+async fn write(
+    State(gw): Shared,
+    ApiJson(req): ApiJson<WriteRequest>,
+) -> Result<Response, ApiError> {
+    validate_key_value(&req.key, Some(&req.value))?;
+    let sent = gw
+        .http
+        .post(gw.endpoint(&["write"]))
+        .json(&req)
+        .timeout(gw.config.timeout)
+        .send()
+        .await;
+    relay(&gw, sent).await
+}
+
+/// `GET /read/{key}`: the key may contain anything, `/` included.
+async fn read(
+    State(gw): Shared,
+    key: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path(key) = key.map_err(|e| {
+        ApiError::bad_request(json!({"error": "invalid key", "reason": e.body_text()}))
+    })?;
+    validate_key_value(&key, None)?;
+    let sent = gw
+        .http
+        .get(gw.endpoint(&["read", &key]))
+        .timeout(gw.config.timeout)
+        .send()
+        .await;
+    relay(&gw, sent).await.map_err(|e| {
+        if e.status == StatusCode::NOT_FOUND {
+            ApiError::not_found(format!("Key '{key}' not found"))
+        } else {
+            e
+        }
+    })
+}
+
+/// `GET /cluster-status`: the coordinator's `/status`.
+async fn cluster_status(State(gw): Shared) -> Result<Response, ApiError> {
+    let sent = gw
+        .http
+        .get(gw.endpoint(&["status"]))
+        .timeout(gw.config.timeout)
+        .send()
+        .await;
+    relay(&gw, sent).await
+}
+
+// ---------------------------------------------------------------------------
+// The gateway's own endpoints
+// ---------------------------------------------------------------------------
+
+async fn stats(State(gw): Shared) -> Json<GatewayStats> {
+    Json(GatewayStats {
+        gateway: gw.metrics.view(),
+        rate_limiter: gw.limiter.as_ref().map(RateLimiter::stats),
+    })
+}
+
+async fn health() -> Json<ServiceHealth> {
+    Json(ServiceHealth {
+        status: "ok".into(),
+        service: "gateway".into(),
+    })
+}
+
+async fn info(State(gw): Shared) -> Json<GatewayInfo> {
+    Json(GatewayInfo {
+        service: "gateway".into(),
+        coordinator: gw.config.coordinator_str().to_string(),
+        rate_limiting: gw.limiter.is_some(),
+        metrics: gw.metrics.view(),
+    })
+}
+
+async fn no_such_endpoint(method: Method, uri: Uri) -> ApiError {
+    ApiError::not_found(format!(
+        "No endpoint {method} {}. The gateway serves POST /write, GET /read/{{key}}, \
+         GET /cluster-status, GET /stats, GET /health, GET / and GET /graduate.",
+        uri.path()
+    ))
+}
+
+/// The course ends with a banner. This one is kvlab's own.
+const GRADUATION: &str = r#"
+   .-----------------------------------------------------------.
+   |                                                           |
+   |        kvlab  *  certificate of distributed survival      |
+   |                                                           |
+   |   You wrote to a leader, read from followers, and lived.  |
+   |   You killed nodes on purpose and watched quorums fail    |
+   |   honestly instead of lying to you.                       |
+   |                                                           |
+   |   You know why W + R > N means never stale, and why       |
+   |   W + R <= N means "eventually", which is a long word.    |
+   |                                                           |
+   |   You met a client that tried 25 times in 2 seconds, and  |
+   |   you said 429. Politely. With a Retry-After header.      |
+   |                                                           |
+   |   This certificate has been acknowledged by a quorum      |
+   |   of 2 out of 3 examiners (the third was partitioned).    |
+   |                                                           |
+   '-----------------------------------------------------------'
+                 \o/   Congratulations, graduate!   \o/
+"#;
+
+async fn graduate() -> Response {
+    (
+        [(CONTENT_TYPE, "text/plain; charset=utf-8")],
+        GRADUATION.trim_start_matches('\n'),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut argv = vec!["gateway"];
+        argv.extend_from_slice(extra);
+        Args::parse_from(argv)
+    }
+
+    #[test]
+    fn defaults_are_the_labs() {
+        let a = args(&[]);
+        assert_eq!(a.port, 8000);
+        assert_eq!(a.coordinator, "http://127.0.0.1:7000");
+        assert!(!a.rate.rate_limit);
+        assert_eq!(a.rate.rate_limit_max, 10);
+        assert_eq!(a.rate.rate_limit_window, 60.0);
+        assert_eq!(a.rate.rate_limit_strategy, Strategy::FixedWindow);
+        let c = Config::from_args(&a).unwrap();
+        assert!(c.rate_limit.is_none());
+        assert_eq!(c.coordinator_str(), "http://127.0.0.1:7000");
+    }
+
+    #[test]
+    fn strategies_parse_by_name() {
+        for (name, s) in [
+            ("fixed-window", Strategy::FixedWindow),
+            ("sliding-window", Strategy::SlidingWindow),
+            ("token-bucket", Strategy::TokenBucket),
+        ] {
+            let a = args(&["--rate-limit", "--rate-limit-strategy", name]);
+            let c = Config::from_args(&a).unwrap();
+            assert_eq!(c.rate_limit.unwrap().strategy, s);
+        }
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_the_reason() {
+        for (flags, needle) in [
+            (vec!["--coordinator", "localhost:7000"], "--coordinator"),
+            (vec!["--coordinator", "ftp://x"], "--coordinator"),
+            (vec!["--rate-limit-max", "0"], "--rate-limit-max"),
+            (vec!["--rate-limit-window", "0"], "--rate-limit-window"),
+            (vec!["--timeout=-1"], "--timeout"),
+        ] {
+            let err = Config::from_args(&args(&flags)).unwrap_err().to_string();
+            assert!(err.contains(needle), "{flags:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn keys_are_percent_encoded_for_the_coordinator() {
+        let gw = Gateway::new(Config::from_args(&args(&[])).unwrap()).unwrap();
+        let url = gw.endpoint(&["read", "a/b c?d#e%"]);
+        assert_eq!(
+            url.as_str(),
+            "http://127.0.0.1:7000/read/a%2Fb%20c%3Fd%23e%25"
+        );
+        let prefixed = Config::from_args(&args(&["--coordinator", "http://h:1/kv/"])).unwrap();
+        let gw = Gateway::new(prefixed).unwrap();
+        assert_eq!(gw.endpoint(&["write"]).as_str(), "http://h:1/kv/write");
+    }
+}

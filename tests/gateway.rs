@@ -1,0 +1,566 @@
+//! The gateway: the lab's demos through it, its rate limiting on a live
+//! cluster (incident INC-1), and its behaviour when the coordinator is down
+//! or the input is bad (a gateway alone, in-process, with a stub coordinator).
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use clap::Parser;
+use common::Cluster;
+use kvlab::gateway::{self, Gateway};
+use serde_json::{json, Value};
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+/// A blocking client whose requests come from `source` (any 127.x.y.z is
+/// loopback on Linux), so a test can be several clients to the limiter.
+fn client_from(source: Ipv4Addr) -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .no_proxy()
+        .local_address(IpAddr::V4(source))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+const ALICE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
+const OBSERVER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+
+fn answer(resp: reqwest::blocking::Response) -> (u16, reqwest::header::HeaderMap, Value) {
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    (status, headers, resp.json().unwrap_or(Value::Null))
+}
+
+fn header(headers: &reqwest::header::HeaderMap, name: &str) -> String {
+    headers
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+fn gw_write(http: &reqwest::blocking::Client, gw: &str, key: &str, value: &str) -> (u16, Value) {
+    let (code, _, body) = answer(
+        http.post(format!("{gw}/write"))
+            .json(&json!({"key": key, "value": value}))
+            .send()
+            .unwrap(),
+    );
+    (code, body)
+}
+
+fn gw_read(http: &reqwest::blocking::Client, gw: &str, key: &str) -> (u16, Value) {
+    let mut url = reqwest::Url::parse(gw).unwrap();
+    url.path_segments_mut().unwrap().push("read").push(key);
+    let (code, _, body) = answer(http.get(url).send().unwrap());
+    (code, body)
+}
+
+fn gw_get(http: &reqwest::blocking::Client, gw: &str, path: &str) -> (u16, Value) {
+    let (code, _, body) = answer(http.get(format!("{gw}{path}")).send().unwrap());
+    (code, body)
+}
+
+/// Sends `n` writes back to back; returns the statuses and the largest
+/// `Retry-After` seen, with the time it was received.
+fn write_burst(
+    http: &reqwest::blocking::Client,
+    gw: &str,
+    n: usize,
+) -> (Vec<u16>, Option<(u64, Instant)>) {
+    let mut codes = Vec::new();
+    let mut retry: Option<(u64, Instant)> = None;
+    for i in 0..n {
+        let resp = http
+            .post(format!("{gw}/write"))
+            .json(&json!({"key": format!("burst-{i}"), "value": "x"}))
+            .send()
+            .unwrap();
+        codes.push(resp.status().as_u16());
+        if let Some(after) = resp.headers().get("retry-after") {
+            let after: u64 = after.to_str().unwrap().parse().unwrap();
+            if retry.is_none_or(|(r, _)| after > r) {
+                retry = Some((after, Instant::now()));
+            }
+        }
+    }
+    (codes, retry)
+}
+
+fn count(codes: &[u16], code: u16) -> usize {
+    codes.iter().filter(|&&c| c == code).count()
+}
+
+// ---------------------------------------------------------------------------
+// The demos, through the gateway
+// ---------------------------------------------------------------------------
+
+/// Demos 1 to 3 through the gateway: write, read, status, the gateway's own
+/// endpoints, then the coordinator's 503 quorum errors passed through.
+#[test]
+fn demos_through_the_gateway() {
+    // The lab's delays: follower-3 (async) is behind, so the read set's
+    // sync member, follower-2, serves the read.
+    let c = Cluster::start(&["--followers", "3", "-W", "2", "-R", "2"]);
+    let http = client_from(ALICE);
+    let gw = &c.gateway;
+
+    let (code, w) = gw_write(&http, gw, "name", "distributed-systems");
+    assert_eq!(code, 200, "{w}");
+    assert_eq!(w["status"], "success");
+    assert_eq!(
+        (w["version"].as_u64(), w["sync_acks"].as_u64()),
+        (Some(1), Some(2))
+    );
+    assert_eq!(w["quorum"], 2);
+    assert_eq!(
+        w["sync_replicated_to"],
+        json!([c.node_url(1), c.node_url(2)])
+    );
+
+    let (code, r) = gw_read(&http, gw, "name");
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(r["value"], "distributed-systems");
+    assert_eq!(r["served_by"], "follower-2");
+    assert_eq!(r["quorum_responses"], 2);
+
+    // Keys with characters that mean something in a URL survive the trip.
+    let odd = "path/to key?x=1#frag%";
+    assert_eq!(gw_write(&http, gw, odd, "odd").0, 200);
+    let (code, r) = gw_read(&http, gw, odd);
+    assert_eq!((code, r["key"].as_str()), (200, Some(odd)), "{r}");
+
+    let (code, missing) = gw_read(&http, gw, "nope");
+    assert_eq!(code, 404);
+    assert_eq!(missing, json!({"detail": "Key 'nope' not found"}));
+
+    let (code, s) = gw_get(&http, gw, "/cluster-status");
+    assert_eq!(code, 200);
+    assert_eq!(s["leader"]["status"], "alive");
+    assert_eq!(s["quorum"]["total_alive"], 3);
+    assert_eq!(s["followers"].as_array().unwrap().len(), 3);
+
+    let (code, headers, health) = answer(http.get(format!("{gw}/health")).send().unwrap());
+    assert_eq!(code, 200);
+    assert_eq!(health, json!({"status": "ok", "service": "gateway"}));
+    assert!(
+        headers.get("x-ratelimit-limit").is_none(),
+        "no limit headers when rate limiting is off"
+    );
+
+    let (_, info) = gw_get(&http, gw, "/");
+    assert_eq!(info["service"], "gateway");
+    assert_eq!(info["coordinator"], c.coordinator);
+    assert_eq!(info["rate_limiting"], false);
+
+    let resp = http.get(format!("{gw}/graduate")).send().unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(header(resp.headers(), "content-type").starts_with("text/plain"));
+    assert!(resp.text().unwrap().contains("graduate"));
+
+    // Demo 3: two of three followers down. The coordinator's 503s come
+    // through with their status and their detail, fields and all.
+    assert_eq!(c.post("/kill/follower-1", json!({})).0, 200);
+    assert_eq!(c.post("/kill/follower-2", json!({})).0, 200);
+    let (code, w) = gw_write(&http, gw, "name", "lost");
+    assert_eq!(code, 503, "{w}");
+    let detail = &w["detail"];
+    assert_eq!(detail["error"], "Write quorum not available");
+    assert_eq!(
+        (
+            detail["alive_followers"].as_u64(),
+            detail["required"].as_u64()
+        ),
+        (Some(1), Some(2))
+    );
+    assert_eq!(
+        w,
+        c.write("name", "lost").1,
+        "the same detail as the coordinator's"
+    );
+    let (code, r) = gw_read(&http, gw, "name");
+    assert_eq!(code, 503, "{r}");
+    assert_eq!(r["detail"], "Read quorum not available");
+
+    let (_, stats) = gw_get(&http, gw, "/stats");
+    assert_eq!(stats["rate_limiter"], Value::Null);
+    let g = &stats["gateway"];
+    assert_eq!(g["rate_limited_requests"], 0);
+    assert_eq!(g["errors"], 2, "the two 503s: {stats}");
+    assert_eq!(g["forwarded_requests"], 8, "{stats}");
+    assert_eq!(g["total_requests"], 12, "this /stats included: {stats}");
+}
+
+// ---------------------------------------------------------------------------
+// Rate limiting on a live cluster
+// ---------------------------------------------------------------------------
+
+/// A refused request gets 429 with api.md's body and headers; admitted ones
+/// carry the X-RateLimit and IETF RateLimit fields. /health counts too, and
+/// every client address has its own quota.
+#[test]
+fn over_the_limit_is_429_with_headers_and_body() {
+    let c = Cluster::start(&[
+        "--followers",
+        "1",
+        "-W",
+        "1",
+        "-R",
+        "1",
+        "--no-delay",
+        "--rate-limit",
+        "--rate-limit-max",
+        "3",
+    ]);
+    let alice = client_from(ALICE);
+    let gw = &c.gateway;
+    for expected_left in [2, 1, 0] {
+        let (code, h, _) = answer(alice.get(format!("{gw}/health")).send().unwrap());
+        assert_eq!(code, 200);
+        assert_eq!(header(&h, "x-ratelimit-limit"), "3");
+        assert_eq!(
+            header(&h, "x-ratelimit-remaining"),
+            expected_left.to_string()
+        );
+        assert_eq!(header(&h, "ratelimit-policy"), "3;w=60");
+        let rl = header(&h, "ratelimit");
+        let prefix = format!("limit=3, remaining={expected_left}, reset=");
+        assert!(rl.starts_with(&prefix), "{rl}");
+        let reset: u64 = rl[prefix.len()..].parse().unwrap();
+        assert!((59..=60).contains(&reset), "{rl}");
+    }
+    let (code, h, body) = answer(
+        alice
+            .post(format!("{gw}/write"))
+            .json(&json!({"key": "k", "value": "v"}))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(code, 429);
+    let retry: u64 = header(&h, "retry-after").parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_eq!(header(&h, "x-ratelimit-limit"), "3");
+    assert_eq!(header(&h, "x-ratelimit-remaining"), "0");
+    assert_eq!(body["error"], "Too Many Requests");
+    assert_eq!(body["retry_after"], retry);
+    assert!(body["message"]
+        .as_str()
+        .unwrap()
+        .contains("3 requests per 60 s"));
+
+    // Another address is another client: the observer's quota is untouched.
+    let observer = client_from(OBSERVER);
+    let (code, stats) = gw_get(&observer, gw, "/stats");
+    assert_eq!(code, 200);
+    let rl = &stats["rate_limiter"];
+    assert_eq!(rl["strategy"], "fixed-window");
+    assert_eq!(
+        (rl["max_requests"].as_u64(), rl["window_seconds"].as_f64()),
+        (Some(3), Some(60.0))
+    );
+    assert_eq!(rl["allowed_requests"], 4, "Alice's 3 and this one: {stats}");
+    assert_eq!(rl["rejected_requests"], 1);
+    assert_eq!(stats["gateway"]["rate_limited_requests"], 1);
+    assert_eq!(
+        stats["gateway"]["forwarded_requests"], 0,
+        "the write never left"
+    );
+}
+
+/// INC-1, short window: a burst of 25 against 20 per 2 s is partly refused;
+/// once the window has passed (as Retry-After says), a burst of 10 sails
+/// through: the limit was reset, not enforced over time.
+#[test]
+fn inc1_a_short_window_lets_the_next_burst_through() {
+    let c = Cluster::start(&[
+        "--followers",
+        "1",
+        "-W",
+        "1",
+        "-R",
+        "1",
+        "--no-delay",
+        "--rate-limit",
+        "--rate-limit-window",
+        "2",
+        "--rate-limit-max",
+        "20",
+    ]);
+    let http = client_from(ALICE);
+    let (codes, retry) = write_burst(&http, &c.gateway, 25);
+    assert_eq!(count(&codes, 200), 20, "{codes:?}");
+    assert_eq!(count(&codes, 429), 5, "{codes:?}");
+    // Wait exactly as long as the gateway said (Retry-After rounds up).
+    let (after, at) = retry.expect("a 429 carries Retry-After");
+    assert!((1..=2).contains(&after), "{after}");
+    std::thread::sleep((at + Duration::from_secs(after)).saturating_duration_since(Instant::now()));
+    let (codes, _) = write_burst(&http, &c.gateway, 10);
+    assert_eq!(codes, vec![200; 10]);
+}
+
+/// INC-1, the fix: with 10 per 60 s the same pattern is blocked; the second
+/// burst, after the same short pause, is refused entirely.
+#[test]
+fn inc1_a_long_window_blocks_the_second_burst() {
+    let c = Cluster::start(&[
+        "--followers",
+        "1",
+        "-W",
+        "1",
+        "-R",
+        "1",
+        "--no-delay",
+        "--rate-limit",
+        "--rate-limit-window",
+        "60",
+        "--rate-limit-max",
+        "10",
+    ]);
+    let http = client_from(ALICE);
+    let (codes, _) = write_burst(&http, &c.gateway, 25);
+    assert_eq!(count(&codes, 200), 10, "{codes:?}");
+    assert_eq!(count(&codes, 429), 15, "{codes:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    let (codes, retry) = write_burst(&http, &c.gateway, 10);
+    assert_eq!(codes, vec![429; 10]);
+    let (after, _) = retry.unwrap();
+    assert!((50..=58).contains(&after), "about a minute left: {after}");
+}
+
+// ---------------------------------------------------------------------------
+// A gateway alone, in-process
+// ---------------------------------------------------------------------------
+
+/// A gateway serving on an ephemeral port; it stops when this drops.
+struct LocalGateway {
+    url: String,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn start_gateway(coordinator: &str, extra: &[&str]) -> LocalGateway {
+    let mut argv = vec!["gateway", "--coordinator", coordinator];
+    argv.extend_from_slice(extra);
+    let config = gateway::Config::from_args(&gateway::Args::parse_from(argv)).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let gw = Gateway::new(config).unwrap();
+    tokio::spawn(gateway::serve(gw, listener, async {
+        let _ = stopped.await;
+    }));
+    LocalGateway { url, _stop: stop }
+}
+
+/// A port nothing listens on (yet).
+fn unused_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A stand-in coordinator: enough of the API for the gateway to forward to.
+async fn start_stub_coordinator(port: u16) -> tokio::sync::oneshot::Sender<()> {
+    let app = Router::new()
+        .route(
+            "/write",
+            post(|Json(body): Json<Value>| async move {
+                Json(
+                    json!({"status": "success", "key": body["key"], "value": body["value"],
+                    "version": 1, "sync_acks": 1, "quorum": 1, "sync_replicated_to": []}),
+                )
+            }),
+        )
+        .route(
+            "/status",
+            get(|| async { Json(json!({"leader": null, "followers": [], "quorum": {}})) }),
+        );
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+    });
+    stop
+}
+
+async fn post_write(http: &reqwest::Client, gw: &str) -> (u16, Value) {
+    let resp = http
+        .post(format!("{gw}/write"))
+        .json(&json!({"key": "k", "value": "v"}))
+        .send()
+        .await
+        .unwrap();
+    (
+        resp.status().as_u16(),
+        resp.json().await.unwrap_or(Value::Null),
+    )
+}
+
+/// No coordinator: 503 "Coordinator unreachable", and the gateway keeps
+/// serving. A coordinator comes up: the next request goes through. It goes
+/// away and comes back again: same, with no gateway restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinator_down_is_503_and_recovery_needs_no_restart() {
+    let port = unused_port();
+    let coordinator = format!("http://127.0.0.1:{port}");
+    let gw = start_gateway(&coordinator, &[]).await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+
+    let (code, body) = post_write(&http, &gw.url).await;
+    assert_eq!(code, 503, "{body}");
+    let detail = body["detail"].as_str().unwrap();
+    assert!(detail.starts_with("Coordinator unreachable: "), "{detail}");
+    assert!(
+        detail.contains(&coordinator),
+        "names the URL it tried: {detail}"
+    );
+    let resp = http
+        .get(format!("{}/cluster-status", gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    let resp = http.get(format!("{}/health", gw.url)).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "the gateway itself is fine");
+
+    for round in 0..2 {
+        let stop = start_stub_coordinator(port).await;
+        let (code, body) = post_write(&http, &gw.url).await;
+        assert_eq!(
+            (code, &body["status"]),
+            (200, &json!("success")),
+            "round {round}: {body}"
+        );
+        let resp = http
+            .get(format!("{}/cluster-status", gw.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        stop.send(()).unwrap();
+        // Wait for the stub to let go of its port.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "stub did not stop");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (code, body) = post_write(&http, &gw.url).await;
+        assert_eq!(code, 503, "round {round}: {body}");
+    }
+
+    let stats: Value = http
+        .get(format!("{}/stats", gw.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["gateway"]["errors"], 4, "{stats}");
+    assert_eq!(stats["gateway"]["forwarded_requests"], 4, "{stats}");
+}
+
+/// Bad input is refused at the gateway with a clear `{"detail"}`, and never
+/// forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_a_clear_4xx() {
+    let gw = start_gateway(&format!("http://127.0.0.1:{}", unused_port()), &[]).await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = format!("{}/write", gw.url);
+    let write = |body: String, content_type: &'static str| {
+        let request = http
+            .post(&url)
+            .header("content-type", content_type)
+            .body(body);
+        async move {
+            let resp = request.send().await.unwrap();
+            let code = resp.status().as_u16();
+            (code, resp.json::<Value>().await.unwrap())
+        }
+    };
+    let json = "application/json";
+    let (code, b) = write("{not json".into(), json).await;
+    assert_eq!(
+        (code, &b["detail"]["error"]),
+        (400, &json!("malformed JSON body"))
+    );
+    let (code, b) = write(r#"{"key":"k"}"#.into(), json).await;
+    assert_eq!(code, 422, "{b}");
+    assert!(
+        b["detail"]["reason"].as_str().unwrap().contains("value"),
+        "{b}"
+    );
+    let (code, b) = write(r#"{"key":"k","value":"v"}"#.into(), "text/plain").await;
+    assert_eq!(code, 415, "{b}");
+    let (code, b) = write(r#"{"key":"","value":"v"}"#.into(), json).await;
+    assert_eq!((code, &b["detail"]["error"]), (400, &json!("invalid key")));
+    let long_key = format!(r#"{{"key":"{}","value":"v"}}"#, "k".repeat(2000));
+    let (code, b) = write(long_key, json).await;
+    assert_eq!(
+        (code, &b["detail"]["error"]),
+        (413, &json!("key too large"))
+    );
+
+    let resp = http
+        .get(format!("{}/nowhere", gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let b: Value = resp.json().await.unwrap();
+    assert!(b["detail"].as_str().unwrap().contains("POST /write"), "{b}");
+
+    let stats: Value = http
+        .get(format!("{}/stats", gw.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["gateway"]["forwarded_requests"], 0, "{stats}");
+    assert_eq!(stats["gateway"]["errors"], 0, "{stats}");
+}
+
+/// 100 concurrent requests from one client against a max of 10, over HTTP,
+/// for each strategy: exactly 10 admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_through_the_gateway_admit_exactly_max() {
+    for strategy in ["fixed-window", "sliding-window", "token-bucket"] {
+        let gw = start_gateway(
+            "http://127.0.0.1:1",
+            &["--rate-limit", "--rate-limit-strategy", strategy],
+        )
+        .await;
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let url = Arc::new(format!("{}/health", gw.url));
+        let tasks: Vec<_> = (0..100)
+            .map(|_| {
+                let (http, url) = (http.clone(), url.clone());
+                tokio::spawn(async move { http.get(url.as_str()).send().await.unwrap().status() })
+            })
+            .collect();
+        let mut admitted = 0;
+        for t in tasks {
+            if t.await.unwrap() == 200 {
+                admitted += 1;
+            }
+        }
+        assert_eq!(admitted, 10, "{strategy}");
+    }
+}
