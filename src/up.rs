@@ -14,6 +14,7 @@ use clap::Parser;
 use crate::api::ports;
 use crate::coordinator::{self, ClusterArgs, Coordinator};
 use crate::gateway::{self, Gateway, RateLimitArgs};
+use crate::labconfig::StudentConfig;
 use crate::registry::{self, Registry};
 
 #[derive(Debug, Clone, Parser)]
@@ -42,9 +43,52 @@ pub struct Args {
     /// Do not narrate events on the console.
     #[arg(long)]
     pub quiet: bool,
+    /// Take followers, quorums, auto-spawn and rate limiting from the lab's
+    /// student config file (its settings win over the flags).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
-pub async fn run(args: Args) -> anyhow::Result<()> {
+impl Args {
+    /// Applies a student config's settings on top of the flags.
+    pub fn apply(&mut self, c: &StudentConfig) {
+        let d = &c.deployment;
+        set(&mut self.cluster.followers, d.followers);
+        set(&mut self.cluster.write_quorum, d.write_quorum);
+        set(&mut self.cluster.read_quorum, d.read_quorum);
+        set(&mut self.auto_spawn, d.auto_spawn);
+        set(&mut self.spawn_delay, d.auto_spawn_delay);
+        let g = &c.gateway;
+        set(&mut self.rate.rate_limit, g.rate_limit_enabled);
+        set(&mut self.rate.rate_limit_max, g.rate_limit_max);
+        set(&mut self.rate.rate_limit_window, g.rate_limit_window);
+    }
+}
+
+fn set<T>(field: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *field = v;
+    }
+}
+
+pub async fn run(mut args: Args) -> anyhow::Result<()> {
+    if let Some(path) = args.config.clone() {
+        let config = StudentConfig::load(&path)?;
+        args.apply(&config);
+        println!(
+            "kvlab up: settings from {}: {} followers, W={} R={}, auto-spawn {} (delay {} s), \
+             rate limit {} ({} per {} s)",
+            path.display(),
+            args.cluster.followers,
+            args.cluster.write_quorum,
+            args.cluster.read_quorum,
+            if args.auto_spawn { "on" } else { "off" },
+            args.spawn_delay,
+            if args.rate.rate_limit { "on" } else { "off" },
+            args.rate.rate_limit_max,
+            args.rate.rate_limit_window,
+        );
+    }
     args.cluster.validate()?;
     let registry_url = format!("http://{}:{}", args.host, args.registry_port);
     let coordinator_url = format!("http://{}:{}", args.host, args.coordinator_port);

@@ -1,0 +1,143 @@
+//! The lab as a student meets it: the interactive client against a real
+//! cluster, and `kvlab up --config student_config.json`.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::Cluster;
+use serde_json::json;
+
+/// Types lines into `kvlab client` (stdin is a pipe) and returns what it printed.
+fn type_into_client(gateway: &str, lines: &str) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kvlab"))
+        .args(["client", "--gateway", gateway])
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(lines.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Demos 1 to 4 through the gateway, typed into the interactive client.
+#[test]
+fn demos_through_the_interactive_client() {
+    let c = Cluster::start(&[
+        "--followers",
+        "3",
+        "-W",
+        "2",
+        "-R",
+        "2",
+        "--sync-delay",
+        "0.1",
+        "--async-delay",
+        "1",
+        "--rate-limit",
+        "--rate-limit-max",
+        "100",
+        "--rate-limit-window",
+        "60",
+    ]);
+    // Demo 2.
+    let out = type_into_client(
+        &c.gateway,
+        "write name distributed-systems\nread name\nstatus\nquit\n",
+    );
+    assert!(out.contains("wrote name = distributed-systems"), "{out}");
+    assert!(out.contains("acks 2/2"), "{out}");
+    assert!(out.contains("served by follower-2"), "{out}");
+    assert!(out.contains("can write ✓"), "{out}");
+    // Demo 3.
+    c.post("/kill/follower-1", json!({}));
+    let out = type_into_client(&c.gateway, "write k still-works\nstatus\n");
+    assert!(out.contains("wrote k = still-works"), "{out}");
+    assert!(out.contains("follower-1   dead"), "{out}");
+    c.post("/kill/follower-2", json!({}));
+    let out = type_into_client(&c.gateway, "write k fails\n");
+    assert!(out.contains("503 Write quorum not available"), "{out}");
+    assert!(out.contains("Alive Followers: 1"), "{out}");
+    assert!(out.contains("Required: 2"), "{out}");
+    // Demo 4: bring both back; follower-1 catches up on what it missed.
+    assert_eq!(c.post("/spawn", json!({})).1["node_id"], "follower-1");
+    assert_eq!(c.post("/spawn", json!({})).1["node_id"], "follower-2");
+    c.post("/catchup", json!({"node_id": "follower-2"}));
+    let out = type_into_client(&c.gateway, "read k\nstats\n");
+    assert!(out.contains("k = still-works"), "{out}");
+    assert!(
+        out.contains("rate limiter: fixed-window, 100 requests per 60"),
+        "{out}"
+    );
+}
+
+/// `kvlab up --config` takes the student's settings, broken ones included.
+#[test]
+fn up_takes_the_student_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("student_config.json");
+    std::fs::write(
+        &path,
+        json!({
+            "deployment": {"followers": 5, "write_quorum": 4, "read_quorum": 1,
+                           "auto_spawn": true, "auto_spawn_delay": 1},
+            "gateway": {"rate_limit_enabled": true, "rate_limit_max": 20, "rate_limit_window": 2},
+            "justifications": {"quorum_choice": "TODO"}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let c = Cluster::start(&["--no-delay", "--config", path.to_str().unwrap()]);
+    let s = c.status();
+    assert_eq!(s["followers"].as_array().unwrap().len(), 5);
+    assert_eq!(s["quorum"]["W"], 4);
+    assert_eq!(s["quorum"]["R"], 1);
+    let stats: serde_json::Value = c
+        .http
+        .get(format!("{}/stats", c.gateway))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(stats["rate_limiter"]["max_requests"], 20);
+    assert_eq!(stats["rate_limiter"]["window_seconds"], 2.0);
+    c.wait_for_event("cluster_ready", None, Duration::from_secs(1));
+}
+
+#[test]
+fn an_impossible_student_config_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("student_config.json");
+    std::fs::write(
+        &path,
+        r#"{"deployment": {"followers": 2, "write_quorum": 3}}"#,
+    )
+    .unwrap();
+    let out = common::kvlab()
+        .args(["up", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("W=3 is larger than the number of followers N=2"),
+        "{err}"
+    );
+    std::fs::write(&path, r#"{"deployment": {"followers": "two"}}"#).unwrap();
+    let out = common::kvlab()
+        .args(["up", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a valid student config"));
+}
