@@ -245,19 +245,11 @@ async fn send_entries(
         to_incarnation: peer.config.incarnation,
         entries: batch.iter().map(|e| Entry::clone(e)).collect(),
     };
-    let resp = node
-        .http
-        .post(format!("{}/replicate", peer.config.url))
-        .json(&body)
-        .send()
-        .await
-        .map_err(|e| describe_reqwest_error(&e))?;
-    let answer = parse_answer(resp).await?;
-    check_incarnation(peer, &answer)?;
+    let acked = post(node, peer, "replicate", &body).await?;
     node.stats
         .replications_sent
         .fetch_add(count, Ordering::Relaxed);
-    Ok(answer.acked_seq)
+    Ok(acked)
 }
 
 async fn send_snapshot(node: &NodeState, peer: &Peer) -> Result<u64, String> {
@@ -277,10 +269,21 @@ async fn send_snapshot(node: &NodeState, peer: &Peer) -> Result<u64, String> {
         seq,
         data,
     };
+    post(node, peer, "replicate/snapshot", &body).await
+}
+
+/// Sends one replication request and returns the seq the follower now holds,
+/// after checking the answer came from the incarnation we meant.
+async fn post(
+    node: &NodeState,
+    peer: &Peer,
+    path: &str,
+    body: &impl serde::Serialize,
+) -> Result<u64, String> {
     let resp = node
         .http
-        .post(format!("{}/replicate/snapshot", peer.config.url))
-        .json(&body)
+        .post(format!("{}/{path}", peer.config.url))
+        .json(body)
         .send()
         .await
         .map_err(|e| describe_reqwest_error(&e))?;
