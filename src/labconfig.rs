@@ -94,6 +94,26 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_student_config_is_broken_as_the_lab_gives_it() {
+        let text = include_str!("../labs/cloudcart/student_config.json");
+        let c: StudentConfig = serde_json::from_str(text).unwrap();
+        let d = &c.deployment;
+        assert_eq!(
+            (d.followers, d.write_quorum, d.read_quorum),
+            (Some(5), Some(4), Some(1))
+        );
+        assert_eq!((d.auto_spawn, d.auto_spawn_delay), (Some(true), Some(1.0)));
+        let g = &c.gateway;
+        assert_eq!(g.rate_limit_enabled, Some(true));
+        assert_eq!(
+            (g.rate_limit_max, g.rate_limit_window),
+            (Some(20), Some(2.0))
+        );
+        assert_eq!(c.justifications.len(), 4);
+        assert_eq!(c.justified(), 0);
+    }
+
+    #[test]
     fn wrong_types_name_the_field() {
         let err = serde_json::from_str::<StudentConfig>(r#"{"deployment": {"followers": "five"}}"#)
             .unwrap_err()
