@@ -76,14 +76,14 @@ stop_kvlab() {
   # The whole session: `up` and the components it launched. Politely first,
   # so nodes can deregister and flush; then for good.
   local pids
-  pids=$(kvlab_pids)
+  pids=$(kvlab_pids || true)
   # shellcheck disable=SC2086 # a list of pids
   [[ -z $pids ]] || kill -TERM $pids 2>/dev/null || true
   for _ in $(seq 50); do
     [[ -n $(kvlab_pids) ]] || break
     sleep 0.1
   done
-  pids=$(kvlab_pids)
+  pids=$(kvlab_pids || true)
   # shellcheck disable=SC2086 # a list of pids
   [[ -z $pids ]] || kill -KILL $pids 2>/dev/null || true
   wait "$KVLAB_SID" 2>/dev/null || true
