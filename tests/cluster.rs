@@ -350,13 +350,7 @@ fn blip_replaced_node_is_fenced() {
     let old = c.follower("follower-1");
     let old_pid = old["pid"].as_u64().unwrap() as u32;
     let since = c.last_event_id();
-    let resp = c
-        .http
-        .post(format!("{}/admin/pause-heartbeats", c.node_url(1)))
-        .json(&json!({"seconds": 8}))
-        .send()
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    c.pause_heartbeats(1, 8.0);
     c.wait_for_event_after(
         since,
         "node_dead",
@@ -551,13 +545,7 @@ fn node_back_in_time_is_not_replaced() {
     ]);
     let before = c.follower("follower-1");
     let since = c.last_event_id();
-    let resp = c
-        .http
-        .post(format!("{}/admin/pause-heartbeats", c.node_url(1)))
-        .json(&json!({"seconds": 6}))
-        .send()
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    c.pause_heartbeats(1, 6.0);
     c.wait_for_event_after(
         since,
         "node_dead",

@@ -172,6 +172,19 @@ impl NodeState {
         self.role == Role::Leader
     }
 
+    /// Every follower's replication progress, sorted by id.
+    fn progress_of_peers(&self) -> Vec<FollowerProgress> {
+        let mut list: Vec<_> = self
+            .peers
+            .lock()
+            .unwrap()
+            .values()
+            .map(|p| p.view())
+            .collect();
+        list.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        list
+    }
+
     fn peer(&self, node_id: &str) -> Option<Arc<Peer>> {
         self.peers.lock().unwrap().get(node_id).cloned()
     }
@@ -269,14 +282,7 @@ async fn stats(State(node): Shared) -> Json<NodeStats> {
         let core = node.core.lock().unwrap();
         (core.store.len(), core.store.applied_seq())
     };
-    let mut followers: Vec<FollowerProgress> = node
-        .peers
-        .lock()
-        .unwrap()
-        .values()
-        .map(|p| p.view())
-        .collect();
-    followers.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+    let followers = node.progress_of_peers();
     let s = &node.stats;
     Json(NodeStats {
         node_id: node.id.clone(),
@@ -473,15 +479,7 @@ async fn set_peers(
 }
 
 async fn get_peers(State(node): Shared) -> Json<Vec<FollowerProgress>> {
-    let mut list: Vec<_> = node
-        .peers
-        .lock()
-        .unwrap()
-        .values()
-        .map(|p| p.view())
-        .collect();
-    list.sort_by(|a, b| a.node_id.cmp(&b.node_id));
-    Json(list)
+    Json(node.progress_of_peers())
 }
 
 /// `POST /replication/wait` body: wait until a follower holds `seq` (by

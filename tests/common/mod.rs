@@ -207,6 +207,17 @@ impl Cluster {
             .clone()
     }
 
+    /// Fault injection: the node at `index` stops heartbeating for a while.
+    pub fn pause_heartbeats(&self, index: u16, seconds: f64) {
+        let resp = self
+            .http
+            .post(format!("{}/admin/pause-heartbeats", self.node_url(index)))
+            .json(&serde_json::json!({ "seconds": seconds }))
+            .send()
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+
     pub fn pids(&self) -> Vec<u32> {
         let s = self.status();
         std::iter::once(&s["leader"])
