@@ -433,6 +433,10 @@ pub struct StorageStats {
     /// The seq of the newest snapshot (0: none yet).
     pub snapshot_seq: u64,
     pub fsyncs: u64,
+    /// The seq the node recovered from its directory when it started.
+    pub recovered_seq: u64,
+    /// What recovery found, in words (torn tail, snapshot used, ...).
+    pub recovery: String,
 }
 
 /// `GET /data/{key}` on a node.

@@ -448,10 +448,7 @@ impl Coordinator {
             // wait for it to be gone so that its port is free again.
             if let Some(pid) = old.pid {
                 launcher::signal(pid, libc::SIGKILL);
-                let deadline = tokio::time::Instant::now() + STOP_TIMEOUT;
-                while process_exists(pid) && tokio::time::Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
+                wait_gone(pid).await;
             }
         }
         let role = if node_id == LEADER_ID {
@@ -504,10 +501,15 @@ impl Coordinator {
                     "the leader cannot be respawned in an --in-memory cluster: a new, empty leader would lose the log; run the cluster with a data directory (the default) to restart the leader on it",
                 ));
             }
+            // A process that is gone counts as dead even before the
+            // registry notices its silence (a crash kill, say).
+            let gone = |s: &Slot| s.pid.is_some_and(|p| !process_exists(p));
             return match c.slot(id) {
-                Some(s) if s.status != NodeStatus::Dead => Err(ApiError::conflict(json!({
+                Some(s) if s.status != NodeStatus::Dead && !gone(s) => {
+                    Err(ApiError::conflict(json!({
                     "error": "node is not dead", "node_id": id, "status": s.status.as_str(),
-                    "hint": "kill it first, or POST /spawn without a node_id for a new follower"}))),
+                    "hint": "kill it first, or POST /spawn without a node_id for a new follower"})))
+                }
                 Some(s) => {
                     if req.port.is_some_and(|p| p != s.port) {
                         return Err(ApiError::bad_request(format!(
@@ -694,6 +696,9 @@ pub async fn kill(
         KillMode::Crash => {
             if let Some(pid) = slot.pid {
                 launcher::signal(pid, libc::SIGKILL);
+                // Answer once it is really gone, so that a /spawn right
+                // after finds the slot's process dead.
+                wait_gone(pid).await;
             }
             c.events.warn("crash", Some(&node_id), format!(
                 "💥 {node_id} CRASHED (SIGKILL): nobody tells the registry; it will notice when heartbeats stop (5 s)"));
@@ -725,13 +730,18 @@ async fn graceful_stop(c: &Coordinator, slot: &Slot) {
         .send()
         .await;
     let Some(pid) = slot.pid else { return };
-    let deadline = tokio::time::Instant::now() + STOP_TIMEOUT;
     if asked.is_ok() {
-        while process_exists(pid) && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_gone(pid).await;
     }
     launcher::signal(pid, libc::SIGKILL);
+}
+
+/// Waits (at most [`STOP_TIMEOUT`]) until the process has exited.
+async fn wait_gone(pid: u32) {
+    let deadline = tokio::time::Instant::now() + STOP_TIMEOUT;
+    while process_exists(pid) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// `POST /catchup`: the registry's call when a follower registers.

@@ -44,6 +44,8 @@ pub struct Durability {
     pub fsync: FsyncPolicy,
     /// Set while a snapshot is being taken, so at most one runs at a time.
     compacting: AtomicBool,
+    recovered_seq: u64,
+    recovery: String,
 }
 
 impl Durability {
@@ -54,6 +56,8 @@ impl Durability {
             durable_seq: self.wal.durable_seq(),
             snapshot_seq: self.wal.snapshot_seq(),
             fsyncs: self.wal.stats().fsyncs,
+            recovered_seq: self.recovered_seq,
+            recovery: self.recovery.clone(),
         }
     }
 }
@@ -105,6 +109,8 @@ pub async fn open(config: StorageConfig) -> anyhow::Result<(Durability, Recovere
         dir,
         fsync,
         compacting: AtomicBool::new(false),
+        recovered_seq: recovered.state.seq,
+        recovery: report.to_string(),
     };
     Ok((durability, recovered))
 }

@@ -52,19 +52,31 @@ pub fn kvlab() -> Command {
 impl Cluster {
     /// Starts `kvlab up` with extra flags and waits until it can write.
     pub fn start(extra: &[&str]) -> Cluster {
-        let base = free_port_block();
-        let log_dir = std::env::temp_dir().join(format!("kvlab-test-{base}"));
         let data_dir = (!extra.contains(&"--in-memory")).then(|| {
             tempfile::Builder::new()
                 .prefix("kvlab-data-")
                 .tempdir()
                 .unwrap()
         });
+        let dir = data_dir.as_ref().map(|d| d.path().to_path_buf());
+        let mut cluster = Cluster::launch(dir.as_deref(), extra);
+        cluster.data_dir = data_dir;
+        cluster
+    }
+
+    /// Starts `kvlab up` on a data directory the caller owns (to restart a
+    /// cluster on the same data).
+    pub fn start_on(data_dir: &std::path::Path, extra: &[&str]) -> Cluster {
+        Cluster::launch(Some(data_dir), extra)
+    }
+
+    fn launch(data_dir: Option<&std::path::Path>, extra: &[&str]) -> Cluster {
+        let base = free_port_block();
+        let log_dir = std::env::temp_dir().join(format!("kvlab-test-{base}"));
         let mut cmd = kvlab();
-        if let Some(dir) = &data_dir {
-            cmd.arg("up").arg("--data-dir").arg(dir.path());
-        } else {
-            cmd.arg("up");
+        cmd.arg("up");
+        if let Some(dir) = data_dir {
+            cmd.arg("--data-dir").arg(dir);
         }
         let child = cmd
             .args(["--coordinator-port", &base.to_string()])
@@ -89,7 +101,7 @@ impl Cluster {
                 .timeout(Duration::from_secs(30))
                 .build()
                 .unwrap(),
-            data_dir,
+            data_dir: None,
         };
         cluster.wait_for_event("cluster_ready", None, Duration::from_secs(30));
         cluster
@@ -221,6 +233,22 @@ impl Cluster {
             .json::<Value>()
             .unwrap()["data"]
             .clone()
+    }
+
+    /// `GET` any URL (a node's, say) as JSON.
+    pub fn get_json(&self, url: &str) -> Value {
+        self.http.get(url).send().unwrap().json().unwrap()
+    }
+
+    /// Asks the leader to wait until `node_id` holds its whole log.
+    pub fn wait_caught_up(&self, node_id: &str) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(format!("{}/replication/wait", self.node_url(0)))
+            .json(&json!({"node_id": node_id, "timeout_ms": 20_000}))
+            .send()
+            .unwrap();
+        (resp.status().as_u16(), resp.json().unwrap_or(Value::Null))
     }
 
     /// Fault injection: the node at `index` stops heartbeating for a while.

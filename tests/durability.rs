@@ -1,0 +1,531 @@
+//! Durability: no acknowledged write is lost when a node crashes, and a
+//! node recovers (or refuses to serve) from what its directory holds.
+//!
+//! The crash tests run concurrent writers against a real cluster with
+//! `--fsync always`, SIGKILL the leader (or a follower) at a random moment,
+//! restart it on its directory, and check every write that was acknowledged.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{free_port_block, kvlab, Cluster};
+use serde_json::{json, Value};
+
+const ROUNDS: usize = 20;
+const WRITERS: usize = 4;
+
+/// A write the cluster acknowledged (200).
+#[derive(Debug, Clone)]
+struct Acked {
+    key: String,
+    value: String,
+    seq: u64,
+    sync_replicated_to: Vec<String>,
+}
+
+/// Writers that keep writing unique keys until stopped, recording each ack.
+struct Load {
+    acked: Arc<Mutex<Vec<Acked>>>,
+    stop: Arc<AtomicBool>,
+    /// Writers hold off while set, so a check is not chasing new writes.
+    paused: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(coordinator: &str) -> Load {
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let paused = Arc::new(AtomicBool::new(false));
+        let threads = (0..WRITERS)
+            .map(|t| {
+                let (acked, stop, paused) = (acked.clone(), stop.clone(), paused.clone());
+                let url = format!("{coordinator}/write");
+                std::thread::spawn(move || write_until_stopped(t, &url, &acked, &stop, &paused))
+            })
+            .collect();
+        Load {
+            acked,
+            stop,
+            paused,
+            threads,
+        }
+    }
+
+    /// Runs `check` with the writers held off.
+    fn paused<T>(&self, check: impl FnOnce() -> T) -> T {
+        self.paused.store(true, Ordering::Relaxed);
+        let result = check();
+        self.paused.store(false, Ordering::Relaxed);
+        result
+    }
+
+    fn acked(&self) -> Vec<Acked> {
+        self.acked.lock().unwrap().clone()
+    }
+
+    /// Waits until `more` writes beyond `since` were acknowledged.
+    fn wait_acked(&self, since: usize, more: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.acked.lock().unwrap().len() < since + more {
+            assert!(Instant::now() < deadline, "writes stopped succeeding");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    fn stop(self) -> Vec<Acked> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        Arc::try_unwrap(self.acked).unwrap().into_inner().unwrap()
+    }
+}
+
+fn write_until_stopped(
+    t: usize,
+    url: &str,
+    acked: &Mutex<Vec<Acked>>,
+    stop: &AtomicBool,
+    paused: &AtomicBool,
+) {
+    let http = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) {
+        if paused.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        }
+        n += 1;
+        let (key, value) = (format!("w{t}-{n}"), format!("value {t}/{n}"));
+        let Ok(resp) = http
+            .post(url)
+            .json(&json!({"key": key, "value": value}))
+            .send()
+        else {
+            continue;
+        };
+        if resp.status() != 200 {
+            // Refused while a node is down: not acknowledged, not checked.
+            continue;
+        }
+        let body: Value = resp.json().unwrap();
+        let urls = body["sync_replicated_to"].as_array().unwrap();
+        acked.lock().unwrap().push(Acked {
+            key,
+            value,
+            seq: body["seq"].as_u64().unwrap(),
+            sync_replicated_to: urls.iter().map(|u| u.as_str().unwrap().into()).collect(),
+        });
+    }
+}
+
+/// A small deterministic generator for "random" kill moments (reproducible
+/// from the seed printed by the test).
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+/// Counts of acknowledged writes checked and lost.
+#[derive(Default, Debug)]
+struct Tally {
+    checks: usize,
+    lost: Vec<String>,
+}
+
+impl Tally {
+    /// Checks that `node_url` serves every write in `acked`.
+    fn check_node_holds(&mut self, c: &Cluster, node_url: &str, acked: &[Acked]) {
+        for a in acked {
+            self.checks += 1;
+            let resp = c
+                .http
+                .get(format!("{node_url}/data/{}", a.key))
+                .send()
+                .unwrap();
+            let status = resp.status().as_u16();
+            let body: Value = resp.json().unwrap_or(Value::Null);
+            if status != 200 || body["value"] != a.value.as_str() {
+                self.lost
+                    .push(format!("{} (seq {}): {status} {body}", a.key, a.seq));
+            }
+        }
+    }
+}
+
+fn seed() -> u64 {
+    let seed = std::process::id() as u64 ^ 0x9e37_79b9;
+    eprintln!("kill moments seeded with {seed}");
+    seed
+}
+
+fn crash_cluster() -> Cluster {
+    Cluster::start(&[
+        "--followers",
+        "2",
+        "-W",
+        "2",
+        "-R",
+        "2",
+        "--no-delay",
+        "--fsync",
+        "always",
+    ])
+}
+
+/// SIGKILLs `node_id` and restarts it on its directory through `/spawn`.
+fn crash_and_restart(c: &Cluster, node_id: &str) {
+    let (code, body) = c.post(&format!("/kill/{node_id}?mode=crash"), json!({}));
+    assert_eq!(code, 200, "kill {node_id}: {body}");
+    let (code, body) = c.post("/spawn", json!({"node_id": node_id}));
+    assert_eq!(code, 200, "restart {node_id}: {body}");
+}
+
+#[test]
+fn leader_crash_loses_no_acknowledged_write() {
+    let c = crash_cluster();
+    let leader = c.node_url(0);
+    let load = Load::start(&c.coordinator);
+    let mut rng = Lcg(seed());
+    let mut tally = Tally::default();
+    for _ in 0..ROUNDS {
+        // A random moment: after a random number of further acks.
+        let before = load.acked().len();
+        load.wait_acked(before, 5 + rng.below(60) as usize);
+        crash_and_restart(&c, "leader");
+        // Every write acknowledged so far (so every one before the kill)
+        // must be in the recovered leader's state.
+        load.paused(|| tally.check_node_holds(&c, &leader, &load.acked()));
+    }
+    let acked = load.stop();
+    eprintln!(
+        "leader crashes: {ROUNDS} rounds, {} acknowledged writes, {} checks, {} lost",
+        acked.len(),
+        tally.checks,
+        tally.lost.len()
+    );
+    assert!(tally.lost.is_empty(), "lost writes: {:?}", tally.lost);
+    // Reads through the coordinator see them too.
+    for a in acked.iter().step_by(17) {
+        let (code, r) = c.read(&a.key);
+        assert_eq!((code, r["value"].as_str()), (200, Some(a.value.as_str())));
+    }
+}
+
+#[test]
+fn follower_crash_loses_no_acknowledged_write() {
+    let c = crash_cluster();
+    let follower = c.node_url(1);
+    let load = Load::start(&c.coordinator);
+    let mut rng = Lcg(seed() + 1);
+    let mut tally = Tally::default();
+    for _ in 0..ROUNDS {
+        let before = load.acked().len();
+        load.wait_acked(before, 5 + rng.below(60) as usize);
+        let (code, body) = c.post("/kill/follower-1?mode=crash", json!({}));
+        assert_eq!(code, 200, "{body}");
+        // Everything follower-1 acknowledged before dying must be on its
+        // disk: what it recovers, before any catch-up, must cover it.
+        let must_hold = load
+            .acked()
+            .iter()
+            .filter(|a| a.sync_replicated_to.contains(&follower))
+            .map(|a| a.seq)
+            .max()
+            .unwrap_or(0);
+        let (code, body) = c.post("/spawn", json!({"node_id": "follower-1"}));
+        assert_eq!(code, 200, "{body}");
+        let stats = c.get_json(&format!("{follower}/stats"));
+        let recovered = stats["storage"]["recovered_seq"].as_u64().unwrap();
+        tally.checks += 1;
+        if recovered < must_hold {
+            tally.lost.push(format!(
+                "follower-1 recovered seq {recovered} but had acknowledged {must_hold}"
+            ));
+        }
+        // After catch-up it serves every acknowledged write.
+        let (code, body) = c.wait_caught_up("follower-1");
+        assert_eq!(code, 200, "catch-up: {body}");
+        load.paused(|| tally.check_node_holds(&c, &follower, &load.acked()));
+    }
+    let acked = load.stop();
+    eprintln!(
+        "follower crashes: {ROUNDS} rounds, {} acknowledged writes, {} checks, {} lost",
+        acked.len(),
+        tally.checks,
+        tally.lost.len()
+    );
+    assert!(tally.lost.is_empty(), "lost writes: {:?}", tally.lost);
+}
+
+#[test]
+fn restarted_cluster_recovers_its_data_and_fresh_starts_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = ["--no-delay", "-R", "2"];
+    {
+        let c = Cluster::start_on(dir.path(), &flags);
+        for i in 0..30 {
+            assert_eq!(c.write(&format!("k{i}"), &format!("v{i}")).0, 200);
+        }
+        assert_eq!(c.write("k0", "again").0, 200);
+    } // SIGTERM: the whole cluster stops.
+    {
+        let c = Cluster::start_on(dir.path(), &flags);
+        let (code, r) = c.read("k0");
+        assert_eq!(code, 200, "{r}");
+        assert_eq!(
+            (r["value"].as_str(), r["version"].as_u64()),
+            (Some("again"), Some(2))
+        );
+        let (_, r) = c.read("k29");
+        assert_eq!(r["value"], "v29");
+        // The history continues: the next version of k0 is 3.
+        let (_, w) = c.write("k0", "third");
+        assert_eq!(w["version"], 3);
+    }
+    let mut flags_fresh = flags.to_vec();
+    flags_fresh.push("--fresh");
+    let c = Cluster::start_on(dir.path(), &flags_fresh);
+    assert_eq!(c.read("k0").0, 404);
+}
+
+#[test]
+fn in_memory_cluster_cannot_restart_its_leader() {
+    let c = Cluster::start(&["--in-memory", "--no-delay"]);
+    assert_eq!(c.write("k", "v").0, 200);
+    let (code, _) = c.post("/kill/leader?mode=crash", json!({}));
+    assert_eq!(code, 200);
+    let (code, body) = c.post("/spawn", json!({"node_id": "leader"}));
+    assert_eq!(code, 409, "{body}");
+    assert!(body.to_string().contains("in-memory"), "{body}");
+    let stats = c.get_json(&format!("{}/stats", c.node_url(1)));
+    assert!(stats.get("storage").is_none(), "{stats}");
+}
+
+// ---------------------------------------------------------------------------
+// One node on its own directory: torn tails, corruption, snapshots
+// ---------------------------------------------------------------------------
+
+/// A standalone leader (no registry, no followers) on a data directory.
+struct Node {
+    child: Child,
+    url: String,
+    log: PathBuf,
+}
+
+impl Node {
+    fn start(dir: &Path, port: u16, extra: &[&str]) -> Result<Node, String> {
+        let log = std::env::temp_dir().join(format!("kvlab-test-node-{port}.log"));
+        let child = kvlab()
+            .args(["node", "--id", "leader", "--role", "leader"])
+            .args(["--port", &port.to_string()])
+            .arg("--data-dir")
+            .arg(dir)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut node = Node {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            log,
+        };
+        node.wait_healthy()?;
+        Ok(node)
+    }
+
+    /// Waits for `/health`, or for the process to exit (then returns its
+    /// log as the error).
+    fn wait_healthy(&mut self) -> Result<(), String> {
+        let http = reqwest::blocking::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                return Err(format!("exited with {status}: {log}"));
+            }
+            if http
+                .get(format!("{}/health", self.url))
+                .send()
+                .is_ok_and(|r| r.status() == 200)
+            {
+                return Ok(());
+            }
+            assert!(Instant::now() < deadline, "node did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn write(&self, key: &str, value: &str) {
+        let resp = reqwest::blocking::Client::new()
+            .post(format!("{}/data", self.url))
+            .json(&json!({"key": key, "value": value}))
+            .send()
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+
+    fn get(&self, path: &str) -> (u16, Value) {
+        let resp = reqwest::blocking::get(format!("{}{path}", self.url)).unwrap();
+        let code = resp.status().as_u16();
+        (code, resp.json().unwrap_or(Value::Null))
+    }
+
+    fn crash(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The single log segment of a directory written by a short test.
+fn only_segment(dir: &Path) -> PathBuf {
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .collect();
+    assert_eq!(segs.len(), 1, "{segs:?}");
+    segs.pop().unwrap()
+}
+
+fn node_with_writes(dir: &Path, n: usize) -> u16 {
+    let port = free_port_block();
+    let node = Node::start(dir, port, &[]).unwrap();
+    for i in 0..n {
+        node.write(&format!("k{i}"), &format!("v{i}"));
+    }
+    node.crash();
+    port
+}
+
+#[test]
+fn torn_tail_is_cut_off_and_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("leader");
+    let port = node_with_writes(&dir, 20);
+    // A crash in the middle of writing a record: a length prefix promising
+    // 200 bytes, and only a few of them.
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(only_segment(&dir))
+        .unwrap();
+    f.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, 5]).unwrap();
+    drop(f);
+    let node = Node::start(&dir, port, &[]).unwrap();
+    let (code, v) = node.get("/data/k19");
+    assert_eq!((code, v["value"].as_str()), (200, Some("v19")));
+    let (_, stats) = node.get("/stats");
+    assert_eq!(stats["storage"]["recovered_seq"], 20);
+    let recovery = stats["storage"]["recovery"].as_str().unwrap();
+    assert!(recovery.contains("TORN TAIL"), "{recovery}");
+    assert!(
+        node.log_text().contains("torn record"),
+        "{}",
+        node.log_text()
+    );
+    // The log goes on after the cut.
+    node.write("k20", "v20");
+    node.crash();
+    let node = Node::start(&dir, port, &[]).unwrap();
+    assert_eq!(node.get("/data/k20").0, 200);
+}
+
+#[test]
+fn corruption_in_the_middle_makes_the_node_refuse_to_serve() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("leader");
+    let port = node_with_writes(&dir, 40);
+    let seg = only_segment(&dir);
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x5a;
+    std::fs::write(&seg, bytes).unwrap();
+    let err = match Node::start(&dir, port, &[]) {
+        Ok(_) => panic!("a node with a corrupt log must not serve"),
+        Err(e) => e,
+    };
+    assert!(err.contains("refusing to serve"), "{err}");
+    assert!(err.contains("corrupt"), "{err}");
+}
+
+#[test]
+fn missing_or_empty_directory_starts_empty() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("not/yet/there");
+    let node = Node::start(&missing, free_port_block(), &[]).unwrap();
+    let (_, stats) = node.get("/stats");
+    assert_eq!(stats["storage"]["recovered_seq"], 0);
+    assert_eq!(stats["data_count"], 0);
+    drop(node);
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let node = Node::start(&empty, free_port_block(), &[]).unwrap();
+    assert_eq!(node.get("/data/k0").0, 404);
+}
+
+#[test]
+fn snapshots_bound_the_log_and_recovery_uses_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("leader");
+    let port = free_port_block();
+    let node = Node::start(&dir, port, &["--snapshot-every", "50"]).unwrap();
+    for i in 0..230 {
+        node.write(&format!("k{}", i % 40), &format!("v{i}"));
+    }
+    // Snapshots are taken in the background: wait for the one at >= 200.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.get("/stats").1["storage"]["snapshot_seq"].as_u64() < Some(200) {
+        assert!(Instant::now() < deadline, "no snapshot taken");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    node.crash();
+    let snaps = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "snap")
+        })
+        .count();
+    assert_eq!(snaps, 1, "older snapshots are deleted");
+    let node = Node::start(&dir, port, &["--snapshot-every", "50"]).unwrap();
+    let (_, stats) = node.get("/stats");
+    assert_eq!(stats["storage"]["recovered_seq"], 230);
+    assert_eq!(stats["data_count"], 40);
+    let recovery = stats["storage"]["recovery"].as_str().unwrap();
+    assert!(!recovery.contains("snapshot at 0"), "{recovery}");
+    let (_, v) = node.get("/data/k29");
+    assert_eq!(v["value"], "v229");
+}
