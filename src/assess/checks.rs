@@ -194,13 +194,13 @@ impl Target {
             )),
             ((200, b), Some(want)) => fail(format!(
                 "read {key} = {} (version {}) from {}, expected {want}: a stale read",
-                b["value"],
+                text(&b["value"]),
                 b["version"],
                 served_by(&b)
             )),
             ((200, b), None) => pass(format!(
                 "read {key} = {} (version {}) from {}",
-                b["value"],
+                text(&b["value"]),
                 b["version"],
                 served_by(&b)
             )),
@@ -565,6 +565,11 @@ impl Target {
 
 fn burst_value(key: &str) -> String {
     format!("{key}-value")
+}
+
+/// A JSON string without its quotes; anything else as JSON.
+fn text(v: &Value) -> String {
+    v.as_str().map_or_else(|| v.to_string(), str::to_string)
 }
 
 fn served_by(b: &Value) -> String {
