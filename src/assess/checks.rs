@@ -20,6 +20,9 @@ use super::scenario::{BurstOperation, CostModel, KillCount, TestKind};
 use super::settings::Settings;
 use crate::api::{NodeStatus, RegistryNodes, StatusResponse};
 
+/// An HTTP answer (status, body), or why there was none.
+type Answer = Result<(u16, Value), String>;
+
 /// What one test found.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
@@ -66,7 +69,7 @@ impl Target {
                 key,
                 expected_value,
             } => self.read_check(key, expected_value.as_deref()).await,
-            TestKind::KillNode { target } => self.kill_check(&[target.clone()]).await,
+            TestKind::KillNode { target } => self.kill_check(std::slice::from_ref(target)).await,
             TestKind::KillNodes { count } => self.kill_nodes(*count).await,
             TestKind::SpawnNode {} => self.spawn_check().await,
             TestKind::RateLimit {} => self.rate_limit().await,
@@ -89,7 +92,7 @@ impl Target {
     // HTTP helpers: (status, body) or a sentence saying why there is none.
     // -----------------------------------------------------------------------
 
-    async fn post(&self, url: String, body: Value) -> Result<(u16, Value), String> {
+    async fn post(&self, url: String, body: Value) -> Answer {
         let resp = self
             .http
             .post(&url)
@@ -107,7 +110,7 @@ impl Target {
         Ok((status, resp.json().await.unwrap_or(Value::Null)))
     }
 
-    async fn get(&self, url: reqwest::Url) -> Result<(u16, Value), String> {
+    async fn get(&self, url: reqwest::Url) -> Answer {
         let resp = self
             .http
             .get(url.clone())
@@ -151,7 +154,7 @@ impl Target {
         resp.json().await.map_err(|e| format!("{url}: {e}"))
     }
 
-    async fn write(&self, key: &str, value: &str) -> Result<(u16, Value), String> {
+    async fn write(&self, key: &str, value: &str) -> Answer {
         self.post(
             format!("{}/write", self.coordinator),
             json!({"key": key, "value": value}),
@@ -159,7 +162,7 @@ impl Target {
         .await
     }
 
-    async fn read(&self, key: &str) -> Result<(u16, Value), String> {
+    async fn read(&self, key: &str) -> Answer {
         self.get(Self::read_url(&self.coordinator, key)?).await
     }
 
@@ -362,7 +365,7 @@ impl Target {
     }
 
     async fn burst(&self, op: BurstOperation, count: usize, prefix: &str) -> Outcome {
-        let results: Vec<Result<(u16, Value), String>> = futures::stream::iter(0..count)
+        let results: Vec<Answer> = futures::stream::iter(0..count)
             .map(|i| {
                 let key = format!("{prefix}{i}");
                 async move {
@@ -377,10 +380,12 @@ impl Target {
             .await;
         let ok = results
             .iter()
-            .filter(|r| match (op, r) {
-                (BurstOperation::Write, Ok((200, _))) => true,
-                (BurstOperation::Read, Ok((200 | 404, _))) => true,
-                _ => false,
+            .filter(|r| {
+                matches!(
+                    (op, r),
+                    (BurstOperation::Write, Ok((200, _)))
+                        | (BurstOperation::Read, Ok((200 | 404, _)))
+                )
             })
             .count();
         let first_bad = results.iter().find_map(|r| match r {
@@ -402,7 +407,7 @@ impl Target {
     }
 
     async fn verify_burst(&self, prefix: &str, count: usize) -> Outcome {
-        let results: Vec<(String, Result<(u16, Value), String>)> = futures::stream::iter(0..count)
+        let results: Vec<(String, Answer)> = futures::stream::iter(0..count)
             .map(|i| {
                 let key = format!("{prefix}{i}");
                 async move {
@@ -514,7 +519,8 @@ impl Target {
             "it was replaced during the blip".to_string()
         };
         format!(
-            "GHOST: {target} was alive all along, yet a replacement (incarnation {new}) took the slot of incarnation {old}: {why}. Fencing stopped the old process, but its work was thrown away"
+            "GHOST: {target} was alive all along, yet a replacement (incarnation {new}) took the slot of incarnation {old}: {why}. \
+             Fencing means only the new copy serves (the old process was killed), but a healthy follower was thrown away and a new one had to be caught up"
         )
     }
 

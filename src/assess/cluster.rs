@@ -33,7 +33,7 @@ const POLL: Duration = Duration::from_millis(50);
 pub enum ClusterError {
     #[error("port {port} ({what}) is already in use: stop whatever holds it, or move the whole cluster with --base-port")]
     PortTaken { port: u16, what: String },
-    #[error("cannot create the log folder {path}: {source}")]
+    #[error("cannot create {path}: {source}")]
     LogDir {
         path: PathBuf,
         source: std::io::Error,
@@ -91,7 +91,15 @@ impl ClusterProcess {
                 source,
             })?;
         let log = dir.join("up.log");
-        let child = spawn_up(settings, ports, &dir, &log, keep)?;
+        let out = tokio::fs::File::create(&log)
+            .await
+            .map_err(|source| ClusterError::LogDir {
+                path: log.clone(),
+                source,
+            })?
+            .into_std()
+            .await;
+        let child = spawn_up(settings, ports, &dir, out, keep)?;
         let pid = child.id().unwrap_or_default();
         let mut cluster = ClusterProcess {
             child,
@@ -170,7 +178,7 @@ fn spawn_up(
     settings: &Settings,
     ports: &Ports,
     dir: &Path,
-    log: &Path,
+    out: std::fs::File,
     keep: bool,
 ) -> Result<Child, ClusterError> {
     let binary = std::env::current_exe().unwrap_or_else(|_| "kvlab".into());
@@ -178,7 +186,6 @@ fn spawn_up(
         binary: binary.clone(),
         source,
     };
-    let out = std::fs::File::create(log).map_err(spawn_err)?;
     let err = out.try_clone().map_err(spawn_err)?;
     let mut cmd = Command::new(&binary);
     cmd.arg("up")

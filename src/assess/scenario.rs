@@ -282,9 +282,8 @@ impl ScenarioFile {
             }
         }
         let c = self.cost_model;
-        if !(c.per_node_cost.is_finite() && c.per_node_cost >= 0.0)
-            || !(c.budget_limit.is_finite() && c.budget_limit >= 0.0)
-        {
+        let usable = |x: f64| x.is_finite() && x >= 0.0;
+        if !usable(c.per_node_cost) || !usable(c.budget_limit) {
             return Err("cost_model: costs must be numbers of 0 or more".into());
         }
         Ok(())
