@@ -408,7 +408,7 @@ fn the_terminal_card_shows_the_settings_verdicts() {
 /// Starts an assessment whose second test waits a long time, waits until
 /// it is inside that wait (its write is in the coordinator's event log),
 /// signals it, and checks that it stopped everything it started.
-fn interrupt_mid_run(signal: libc::c_int) {
+fn interrupt_mid_run(signal: libc::c_int, exit_code: Option<i32>) {
     let dir = tempfile::tempdir().unwrap();
     let scenarios = dir.path().join("slow.json");
     std::fs::write(
@@ -442,7 +442,7 @@ fn interrupt_mid_run(signal: libc::c_int) {
         );
         std::thread::sleep(Duration::from_millis(20));
     };
-    assert_eq!(status.code(), Some(130));
+    assert_eq!(status.code(), exit_code);
     assert_nothing_left(base);
     for pid in node_pids {
         assert!(!common::process_alive(pid), "node {pid} still runs");
@@ -492,12 +492,131 @@ fn cluster_pids(base: u16) -> Vec<u32> {
 
 #[test]
 fn sigint_mid_run_stops_everything() {
-    interrupt_mid_run(libc::SIGINT);
+    interrupt_mid_run(libc::SIGINT, Some(130));
 }
 
 #[test]
 fn sigterm_mid_run_stops_everything() {
-    interrupt_mid_run(libc::SIGTERM);
+    interrupt_mid_run(libc::SIGTERM, Some(130));
+}
+
+/// No handler runs on SIGKILL: the parent-death signals take `up` and then
+/// its nodes down.
+#[test]
+fn sigkill_mid_run_still_leaves_nothing() {
+    interrupt_mid_run(libc::SIGKILL, None);
+}
+
+// ---------------------------------------------------------------------------
+// --no-start-cluster and --no-stop-cluster
+// ---------------------------------------------------------------------------
+
+/// `kvlab up` on assess's port layout for `base`, with the solution's shape.
+fn start_up(base: u16) -> std::process::Child {
+    common::kvlab()
+        .arg("up")
+        .args(["--followers", "3", "-W", "2", "-R", "2", "--quiet"])
+        .args(["--coordinator-port", &base.to_string()])
+        .args(["--registry-port", &(base + 1).to_string()])
+        .args(["--gateway-port", &(base + 2).to_string()])
+        .args(["--node-base-port", &(base + 3).to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_ready(base: u16) {
+    let http = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready = http
+            .get(format!("http://127.0.0.1:{base}/"))
+            .send()
+            .and_then(|r| r.json::<Value>())
+            .is_ok_and(|v| v["can_write"] == true && v["can_read"] == true);
+        if ready {
+            return;
+        }
+        assert!(Instant::now() < deadline, "cluster not ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn stop_up(mut up: std::process::Child, base: u16) {
+    unsafe { libc::kill(up.id() as i32, libc::SIGTERM) };
+    let _ = up.wait();
+    assert_nothing_left(base);
+}
+
+#[test]
+fn no_start_cluster_grades_the_running_one_and_leaves_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenarios = small_scenarios(dir.path());
+    let base = common::free_port_block();
+    let up = start_up(base);
+    wait_ready(base);
+    let out = assess_cmd(
+        base,
+        &lab_file(SOLUTION),
+        &[
+            "--no-start-cluster",
+            "--format",
+            "json",
+            "--instructor-config",
+            scenarios.to_str().unwrap(),
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(json_report(&out)["score"], 10.0);
+    assert!(
+        common::process_alive(up.id()),
+        "the cluster it did not start keeps running"
+    );
+    stop_up(up, base);
+    // Nothing to grade: a clear error, not a list of failed tests.
+    let out = assess_cmd(base, &lab_file(SOLUTION), &["--no-start-cluster"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--no-start-cluster: no cluster answers"));
+}
+
+#[test]
+fn no_stop_cluster_leaves_it_running_and_says_its_pid() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenarios = small_scenarios(dir.path());
+    let (out, base) = assess(
+        &lab_file(SOLUTION),
+        &[
+            "--no-stop-cluster",
+            "--format",
+            "json",
+            "--instructor-config",
+            scenarios.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let pid: u32 = err
+        .split("pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {err}"));
+    wait_ready(base);
+    assert!(!processes_using(base).is_empty());
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    assert_nothing_left(base);
 }
 
 // ---------------------------------------------------------------------------

@@ -165,6 +165,7 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
 
 async fn start_cluster(prep: &Prepared, args: &Args) -> anyhow::Result<Option<ClusterProcess>> {
     if args.no_start_cluster {
+        check_running(prep).await?;
         return Ok(None);
     }
     eprintln!(
@@ -176,6 +177,27 @@ async fn start_cluster(prep: &Prepared, args: &Args) -> anyhow::Result<Option<Cl
     );
     let c = ClusterProcess::start(&prep.settings, &prep.ports, args.no_stop_cluster).await?;
     Ok(Some(c))
+}
+
+/// With `--no-start-cluster`: is a cluster there, and does it run the
+/// student's quorums? A different one is graded anyway, with a warning.
+async fn check_running(prep: &Prepared) -> anyhow::Result<()> {
+    let target = target_for(prep);
+    let status = target.status().await.map_err(|e| {
+        anyhow::anyhow!(
+            "--no-start-cluster: no cluster answers at {} ({e}); start one with `kvlab up --config ...` on the same ports",
+            target.coordinator
+        )
+    })?;
+    let s = &prep.settings;
+    let running = (status.followers.len(), status.quorum.w, status.quorum.r);
+    if running != (s.followers, s.write_quorum, s.read_quorum) {
+        eprintln!(
+            "kvlab assess: warning: the running cluster has N={} W={} R={}, the config asks for N={} W={} R={}",
+            running.0, running.1, running.2, s.followers, s.write_quorum, s.read_quorum
+        );
+    }
+    Ok(())
 }
 
 fn target_for(prep: &Prepared) -> checks::Target {
