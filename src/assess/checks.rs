@@ -445,12 +445,7 @@ impl Target {
     // -----------------------------------------------------------------------
 
     /// Silences a follower's heartbeats for `seconds` (the node's fault
-    /// hook), then watches. Fails as soon as the coordinator shows a new
-    /// incarnation in the slot (a replacement for a node that never died: a
-    /// ghost). Passes once the node's own heartbeats are back in the registry
-    /// and, a moment later, it still serves its slot: a respawn decided
-    /// before the heartbeats came back would have reached the coordinator by
-    /// then, and any later decision finds the node alive.
+    /// hook), then watches what the registry does about it.
     async fn network_blip(&self, target: &str, seconds: f64) -> Outcome {
         let original = match self.follower(target).await {
             Ok(f) if f.status == NodeStatus::Alive => f,
@@ -468,42 +463,49 @@ impl Target {
             }
             Err(e) => return fail(e),
         }
+        match self.watch_blip(target, original.incarnation, seconds).await {
+            Blip::Replaced(new) => fail(self.ghost_detail(target, seconds, original.incarnation, new)),
+            Blip::Survived => pass(format!(
+                "{target} was silent for {seconds} s and came back before the registry replaced it: \
+                 still incarnation {}, no ghost",
+                original.incarnation
+            )),
+            Blip::NeverBack => fail(format!("{target} did not resume heartbeats after the {seconds} s blip")),
+        }
+    }
+
+    /// Ends as soon as the coordinator shows a new incarnation in the slot (a
+    /// replacement for a node that never died). Otherwise ends once the
+    /// node's own heartbeats are back in the registry and, a moment later,
+    /// it still holds its slot: a respawn the registry decided just before
+    /// the heartbeats came back has reached the coordinator by then, and any
+    /// later decision finds the node alive and leaves it alone.
+    async fn watch_blip(&self, target: &str, incarnation: u64, seconds: f64) -> Blip {
         let start = tokio::time::Instant::now();
         let blip = Duration::from_secs_f64(seconds);
-        // Past this, the node is not coming back by itself.
         let deadline = start + blip + Duration::from_secs_f64(HEARTBEAT_INTERVAL + 10.0);
         let mut back_since: Option<tokio::time::Instant> = None;
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
             if let Ok(now) = self.follower(target).await {
-                if now.incarnation != original.incarnation {
-                    return fail(self.ghost_detail(
-                        target,
-                        seconds,
-                        original.incarnation,
-                        now.incarnation,
-                    ));
+                if now.incarnation != incarnation {
+                    return Blip::Replaced(now.incarnation);
                 }
             }
             let elapsed = start.elapsed();
             if back_since.is_none()
                 && elapsed >= blip
                 && self
-                    .heartbeating_since(target, original.incarnation, elapsed - blip)
+                    .heartbeating_since(target, incarnation, elapsed - blip)
                     .await
             {
                 back_since = Some(tokio::time::Instant::now());
             }
             if back_since.is_some_and(|t| t.elapsed() >= Duration::from_secs(1)) {
-                return pass(format!(
-                    "{target} was silent for {seconds} s and came back before the registry replaced it: still incarnation {}, no ghost",
-                    original.incarnation
-                ));
+                return Blip::Survived;
             }
             if tokio::time::Instant::now() > deadline {
-                return fail(format!(
-                    "{target} did not resume heartbeats after the {seconds} s blip"
-                ));
+                return Blip::NeverBack;
             }
         }
     }
@@ -567,6 +569,15 @@ impl Target {
             fail(format!("{said}: over budget"))
         }
     }
+}
+
+/// How a network blip ended.
+enum Blip {
+    /// A new incarnation took the slot.
+    Replaced(u64),
+    /// The node's heartbeats came back and nobody replaced it.
+    Survived,
+    NeverBack,
 }
 
 fn burst_value(key: &str) -> String {

@@ -202,9 +202,10 @@ pub enum ScenarioError {
     Invalid { path: PathBuf, problem: String },
 }
 
-// The file as written, before each test is interpreted.
+// The file as written, before each test is interpreted. Extra fields at the
+// file and scenario level are allowed (titles, notes); in a test they are
+// refused, because a misspelt `expected_value` would silently change it.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawFile {
     scenarios: Vec<RawScenario>,
     #[serde(default)]
@@ -212,7 +213,6 @@ struct RawFile {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawScenario {
     id: String,
     name: String,
@@ -456,5 +456,12 @@ mod tests {
         }
         let err = parse(r#"{"scenarios": []}"#).unwrap_err().to_string();
         assert!(err.contains("no scenarios"), "{err}");
+        let err = parse(
+            r#"{"scenarios": [{"id": "S", "name": "n", "weight": 1, "tests": [
+                {"id": "t", "type": "read", "key": "k", "expected_vaule": "v"}]}]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unknown field `expected_vaule`"), "{err}");
     }
 }
