@@ -219,26 +219,42 @@ fn the_solution_scores_100() {
 // Done means 2: the fuller file, INC-2 and INC-5
 // ---------------------------------------------------------------------------
 
+/// INC-2 fails with the shipped 1 s spawn delay: the 6 s blip outlasts the
+/// registry's 5 s timeout and the healthy follower is replaced. INC-5 fails
+/// at $60 an hour.
 #[test]
-fn the_full_file_separates_broken_and_fixed_inc2_and_inc5() {
+fn the_full_file_fails_inc2_and_inc5_with_the_broken_values() {
     let (out, base) = assess(
         &lab_file(STUDENT),
         &["--format", "json", "--instructor-config", FULL],
     );
     let broken = json_report(&out);
     assert_nothing_left(base);
+    let b = per_scenario(&broken);
+    assert_eq!(b[2], ("INC-2".to_string(), 0, 1), "{broken:#}");
+    assert_eq!(b[5], ("INC-5".to_string(), 0, 1));
+    assert!(test_detail(&broken, "INC-2", "t1").contains("GHOST"));
+    assert!(test_detail(&broken, "INC-5", "t1").contains("$60/hour, budget $50/hour: over budget"));
+    // The other incidents fail as in the default file.
+    assert_eq!(
+        &b[..2],
+        &[("INC-0".to_string(), 3, 4), ("INC-1".to_string(), 0, 1)]
+    );
+    assert_eq!(
+        &b[3..5],
+        &[("INC-3".to_string(), 1, 2), ("INC-4".to_string(), 3, 5)]
+    );
+}
+
+/// With a 5 s spawn delay the same blip ends before the registry acts.
+#[test]
+fn the_full_file_passes_inc2_and_inc5_with_the_fixed_values() {
     let (out, base) = assess(
         &lab_file(SOLUTION),
         &["--format", "json", "--instructor-config", FULL],
     );
     let fixed = json_report(&out);
     assert_nothing_left(base);
-
-    let b = per_scenario(&broken);
-    assert_eq!(b[2], ("INC-2".to_string(), 0, 1), "{broken:#}");
-    assert_eq!(b[5], ("INC-5".to_string(), 0, 1));
-    assert!(test_detail(&broken, "INC-2", "t1").contains("GHOST"));
-    assert!(test_detail(&broken, "INC-5", "t1").contains("$60/hour, budget $50/hour: over budget"));
     expect(
         &per_scenario(&fixed),
         &[
