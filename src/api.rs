@@ -417,6 +417,22 @@ pub struct NodeStats {
     /// kvlab's additions.
     pub applied_seq: u64,
     pub incarnation: u64,
+    /// Where and how the node persists its log; absent when in-memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageStats>,
+}
+
+/// A durable node's storage, in `/stats`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StorageStats {
+    pub data_dir: String,
+    /// The `--fsync` policy: `always`, `interval:<ms>` or `never`.
+    pub fsync: String,
+    /// The highest seq known to be fsynced.
+    pub durable_seq: u64,
+    /// The seq of the newest snapshot (0: none yet).
+    pub snapshot_seq: u64,
+    pub fsyncs: u64,
 }
 
 /// `GET /data/{key}` on a node.

@@ -33,6 +33,27 @@ pub struct LaunchSettings {
     pub async_delay: f64,
     pub heartbeat_interval: f64,
     pub log_retain: usize,
+    /// `None`: the nodes keep everything in memory.
+    pub storage: Option<NodeStorage>,
+}
+
+/// How the nodes persist their data.
+#[derive(Debug, Clone)]
+pub struct NodeStorage {
+    /// Node `<id>` uses `<base_dir>/<id>`: a slot keeps its directory across
+    /// restarts, which is what lets a restarted node recover.
+    pub base_dir: PathBuf,
+    /// Wipe `base_dir` before the cluster starts.
+    pub fresh: bool,
+    pub fsync: crate::storage::FsyncPolicy,
+    pub fsync_interval_ms: u64,
+    pub snapshot_every: u64,
+}
+
+impl NodeStorage {
+    pub fn dir_of(&self, node_id: &str) -> PathBuf {
+        self.base_dir.join(node_id)
+    }
 }
 
 /// One process to start.
@@ -109,6 +130,16 @@ pub fn launch(settings: &LaunchSettings, spec: &NodeSpec) -> Result<Launched, La
         .process_group(0);
     if let Some(registry) = &settings.registry {
         cmd.args(["--registry", registry]);
+    }
+    if let Some(storage) = &settings.storage {
+        cmd.arg("--data-dir")
+            .arg(storage.dir_of(&spec.node_id))
+            .args(["--fsync", storage.fsync.name()])
+            .args([
+                "--fsync-interval-ms",
+                &storage.fsync_interval_ms.to_string(),
+            ])
+            .args(["--snapshot-every", &storage.snapshot_every.to_string()]);
     }
     // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
     unsafe {

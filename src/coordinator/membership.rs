@@ -63,6 +63,7 @@ impl Coordinator {
                 cfg.launch.log_dir.display()
             ),
         );
+        self.prepare_data_dir()?;
         let mut starts =
             vec![self.start_slot(LEADER_ID.to_string(), Role::Leader, cfg.node_base_port)];
         for i in 1..=cfg.followers {
@@ -82,6 +83,43 @@ impl Coordinator {
                 c.alive_followers(),
                 c.can_write(cfg.w),
                 c.can_read(cfg.r)
+            ),
+        );
+        Ok(())
+    }
+
+    /// Says where the nodes keep their data, wiping it first with `--fresh`.
+    fn prepare_data_dir(&self) -> anyhow::Result<()> {
+        let Some(storage) = &self.config.launch.storage else {
+            self.events.info(
+                "storage",
+                None,
+                "💾 in-memory cluster: a node that stops loses its data (--in-memory)",
+            );
+            return Ok(());
+        };
+        let dir = &storage.base_dir;
+        if storage.fresh && dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot wipe the data directory {} (--fresh): {e}",
+                    dir.display()
+                )
+            })?;
+        }
+        let recovering = dir.exists();
+        self.events.info(
+            "storage",
+            None,
+            format!(
+                "💾 nodes persist to {}/<node-id> with --fsync {}{}",
+                dir.display(),
+                storage.fsync.name(),
+                if recovering {
+                    " (existing data: nodes recover it; --fresh starts empty)"
+                } else {
+                    ""
+                }
             ),
         );
         Ok(())
@@ -402,11 +440,8 @@ impl Coordinator {
         );
     }
 
-    /// Starts a follower per `/spawn`'s rules; see [`spawn`].
-    async fn spawn_follower(
-        self: &Arc<Self>,
-        req: SpawnRequest,
-    ) -> Result<SpawnResponse, ApiError> {
+    /// Starts a node per `/spawn`'s rules; see [`spawn`].
+    async fn spawn_node(self: &Arc<Self>, req: SpawnRequest) -> Result<SpawnResponse, ApiError> {
         let (node_id, port, reused) = self.choose_slot(&req)?;
         if let Some(old) = self.snapshot().slot(&node_id) {
             // Fence the previous process of this slot, if it still runs, and
@@ -419,16 +454,29 @@ impl Coordinator {
                 }
             }
         }
-        if reused {
+        let role = if node_id == LEADER_ID {
             self.events.info(
-                "slot_reused",
+                "leader_restart",
                 Some(&node_id),
-                format!("♻️  reusing the slot of {node_id} (port {port}) for a new process"),
+                "♻️  restarting the LEADER on its data directory: it recovers its log, \
+                 then streams to each follower what that follower lacks",
             );
-        }
-        match self.start_slot(node_id.clone(), Role::Follower, port).await {
+            Role::Leader
+        } else {
+            if reused {
+                self.events.info(
+                    "slot_reused",
+                    Some(&node_id),
+                    format!("♻️  reusing the slot of {node_id} (port {port}) for a new process"),
+                );
+            }
+            Role::Follower
+        };
+        match self.start_slot(node_id.clone(), role, port).await {
             Ok(slot) => {
-                self.report_catchup(slot.clone());
+                if role == Role::Follower {
+                    self.report_catchup(slot.clone());
+                }
                 Ok(SpawnResponse {
                     status: "spawned".into(),
                     node_id,
@@ -451,9 +499,9 @@ impl Coordinator {
         let c = self.cluster.lock().unwrap();
         if let Some(id) = &req.node_id {
             validate_node_id(id)?;
-            if id == LEADER_ID {
+            if id == LEADER_ID && self.config.launch.storage.is_none() {
                 return Err(ApiError::conflict(
-                    "the leader cannot be respawned by /spawn: a new, empty leader would lose the log (durable restarts and failover are separate features)",
+                    "the leader cannot be respawned in an --in-memory cluster: a new, empty leader would lose the log; run the cluster with a data directory (the default) to restart the leader on it",
                 ));
             }
             return match c.slot(id) {
@@ -589,7 +637,7 @@ pub async fn spawn(State(c): Shared, body: Bytes) -> Result<Json<SpawnResponse>,
             ApiError::bad_request(json!({"error": "invalid JSON body", "reason": e.to_string()}))
         })?
     };
-    c.spawn_follower(req).await.map(Json)
+    c.spawn_node(req).await.map(Json)
 }
 
 #[derive(Debug, Deserialize)]

@@ -33,8 +33,9 @@ use serde::Deserialize;
 use crate::api::*;
 use crate::events::{Event, EventLog};
 use crate::http::ApiError;
+use crate::storage::FsyncPolicy;
 use cluster::{Cluster, Slot};
-use launcher::LaunchSettings;
+use launcher::{LaunchSettings, NodeStorage};
 
 /// Flags of `kvlab coordinator` (and the matching ones of `kvlab up`).
 #[derive(Debug, Clone, Parser)]
@@ -88,6 +89,59 @@ pub struct ClusterArgs {
     /// a follower further behind gets a snapshot.
     #[arg(long, default_value_t = 100_000)]
     pub log_retain: usize,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+/// Where and how the nodes persist their data, shared by `coordinator` and `up`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StorageArgs {
+    /// Each node keeps its log and snapshots in `<DIR>/<node-id>` (default:
+    /// `<temp dir>/kvlab-<coordinator port>/data`). A restarted cluster
+    /// recovers what is there.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Keep everything in memory, as the original lab did: quick demos, no
+    /// disk, and a crashed node loses its data.
+    #[arg(long, conflicts_with_all = ["data_dir", "fresh"])]
+    pub in_memory: bool,
+    /// Delete the data directory first: start the cluster empty.
+    #[arg(long)]
+    pub fresh: bool,
+    /// When nodes fsync their log: `always` (group commit; a write's ack
+    /// waits for the fsync on the leader and each sync follower),
+    /// `interval` (every --fsync-interval-ms) or `never` (for demos).
+    #[arg(long, value_enum, default_value = "always")]
+    pub fsync: FsyncPolicy,
+    /// The period of `--fsync interval`, in milliseconds.
+    #[arg(long, default_value_t = 5, hide = true)]
+    pub fsync_interval_ms: u64,
+    /// Nodes snapshot their state and truncate their log every this many
+    /// entries (0: never).
+    #[arg(long, default_value_t = crate::storage::StorageConfig::DEFAULT_SNAPSHOT_EVERY, hide = true)]
+    pub snapshot_every: u64,
+}
+
+impl StorageArgs {
+    /// What the nodes get, or `None` in memory. `port` is the coordinator's,
+    /// which keeps the default directories of parallel clusters apart.
+    fn resolve(&self, port: u16) -> Option<NodeStorage> {
+        if self.in_memory {
+            return None;
+        }
+        let base_dir = self.data_dir.clone().unwrap_or_else(|| {
+            std::env::temp_dir()
+                .join(format!("kvlab-{port}"))
+                .join("data")
+        });
+        Some(NodeStorage {
+            base_dir,
+            fresh: self.fresh,
+            fsync: self.fsync,
+            fsync_interval_ms: self.fsync_interval_ms,
+            snapshot_every: self.snapshot_every,
+        })
+    }
 }
 
 /// A setting the cluster cannot run with.
@@ -193,6 +247,7 @@ impl Config {
                 async_delay,
                 heartbeat_interval: args.cluster.heartbeat_interval,
                 log_retain: args.cluster.log_retain,
+                storage: args.cluster.storage.resolve(args.port),
             },
             print_events: !args.quiet,
             ack_timeout: Duration::from_secs_f64(sync_delay + 2.5),

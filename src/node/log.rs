@@ -12,7 +12,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::api::Entry;
 
@@ -59,6 +59,22 @@ impl ReplicationLog {
             last_seq,
             ..Self::new(retain)
         }
+    }
+
+    /// The log of a leader restarted on its data directory: the entries
+    /// recovery found after the last snapshot (contiguous, ending at
+    /// `last_seq`). They count as appended long ago, so the lab's delays do
+    /// not hold them back a second time.
+    pub fn recovered(tail: Vec<Entry>, last_seq: u64, retain: usize) -> Self {
+        let first = tail.first().map_or(last_seq + 1, |e| e.seq);
+        let mut log = Self::starting_after(first - 1, retain);
+        let now = Instant::now();
+        let long_ago = now.checked_sub(Duration::from_secs(3600)).unwrap_or(now);
+        for entry in tail {
+            log.push(Arc::new(entry), long_ago);
+        }
+        debug_assert_eq!(log.last_seq, last_seq);
+        log
     }
 
     pub fn last_seq(&self) -> u64 {
@@ -150,5 +166,16 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(log.read_from(6, 10), Next::UpToDate));
+    }
+
+    #[test]
+    fn recovered_log_continues_where_the_disk_ended() {
+        let tail = (8..=10).map(|s| Entry::clone(&e(s))).collect();
+        let log = ReplicationLog::recovered(tail, 10, 100);
+        assert_eq!((log.first_seq(), log.last_seq()), (8, 10));
+        assert!(matches!(log.read_from(7, 10), Next::Truncated));
+        let empty = ReplicationLog::recovered(vec![], 10, 100);
+        assert_eq!((empty.first_seq(), empty.last_seq()), (11, 10));
+        assert!(matches!(empty.read_from(5, 10), Next::Truncated));
     }
 }

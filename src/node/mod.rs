@@ -14,6 +14,7 @@
 //! A request meant for another incarnation of this node id is refused with
 //! 409: that is how a replaced process is fenced out.
 
+pub mod durable;
 mod heartbeat;
 pub mod log;
 mod replication;
@@ -21,6 +22,7 @@ pub mod store;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,6 +40,8 @@ use tokio::sync::watch;
 
 use crate::api::{self, *};
 use crate::http::{validate_key_value, ApiError, ApiJson};
+use crate::storage::{AppendTicket, FsyncPolicy, Recovered, Snapshot};
+use durable::Durability;
 use log::ReplicationLog;
 use replication::Peer;
 use store::Store;
@@ -73,6 +77,21 @@ pub struct Args {
     /// Seconds between heartbeats.
     #[arg(long, default_value_t = 2.0)]
     pub heartbeat_interval: f64,
+    /// Persist the log and state here (created if missing). Without it the
+    /// node keeps everything in memory and loses it when it stops.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// When the log is fsynced: `always` (group commit; the ack waits for
+    /// the fsync), `interval` (every --fsync-interval-ms) or `never`.
+    #[arg(long, value_enum, default_value = "always")]
+    pub fsync: FsyncPolicy,
+    /// The period of `--fsync interval`, in milliseconds.
+    #[arg(long, default_value_t = 5)]
+    pub fsync_interval_ms: u64,
+    /// Snapshot the state (and truncate the log) every this many entries;
+    /// 0 never does.
+    #[arg(long, default_value_t = crate::storage::StorageConfig::DEFAULT_SNAPSHOT_EVERY)]
+    pub snapshot_every: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -121,8 +140,15 @@ pub struct NodeState {
     pub http: reqwest::Client,
     sync_delay: Duration,
     async_delay: Duration,
-    /// The log's last seq, for the streams to wait on.
+    /// The persisted seq: the highest seq the node's own log has completed
+    /// (every seq, when in-memory). The leader streams only up to it, so
+    /// no follower ever holds an entry the leader could lose in a crash.
     last_seq: watch::Sender<u64>,
+    /// The durable log, unless the node runs in memory.
+    pub durability: Option<Durability>,
+    /// A follower applies and persists one replication request at a time,
+    /// so that when it answers "I hold up to seq S", S is on its disk.
+    replicate_lock: tokio::sync::Mutex<()>,
     peers: Mutex<HashMap<String, Arc<Peer>>>,
     /// Heartbeats are skipped until then (the network-blip fault hook).
     pub heartbeats_paused_until: Mutex<Option<Instant>>,
@@ -132,7 +158,26 @@ pub struct NodeState {
 }
 
 impl NodeState {
-    pub fn new(args: &Args) -> Arc<NodeState> {
+    /// A node holding what recovery found (`storage`), or empty when in-memory.
+    pub fn new(args: &Args, storage: Option<(Durability, Recovered)>) -> Arc<NodeState> {
+        let (durability, core) = match storage {
+            None => (
+                None,
+                Core {
+                    store: Store::default(),
+                    log: ReplicationLog::new(args.log_retain),
+                },
+            ),
+            Some((d, recovered)) => {
+                let seq = recovered.state.seq;
+                let core = Core {
+                    store: Store::recovered(seq, recovered.state.data),
+                    log: ReplicationLog::recovered(recovered.tail, seq, args.log_retain),
+                };
+                (Some(d), core)
+            }
+        };
+        let persisted = core.store.applied_seq();
         Arc::new(NodeState {
             id: args.id.clone(),
             role: args.role.into(),
@@ -140,15 +185,14 @@ impl NodeState {
             url: format!("http://{}:{}", args.host, args.port),
             port: args.port,
             term: 1,
-            core: Mutex::new(Core {
-                store: Store::default(),
-                log: ReplicationLog::new(args.log_retain),
-            }),
+            core: Mutex::new(core),
             stats: Stats::default(),
             http: crate::http::client(),
             sync_delay: secs(args.sync_delay),
             async_delay: secs(args.async_delay),
-            last_seq: watch::Sender::new(0),
+            last_seq: watch::Sender::new(persisted),
+            durability,
+            replicate_lock: tokio::sync::Mutex::new(()),
             peers: Mutex::new(HashMap::new()),
             heartbeats_paused_until: Mutex::new(None),
             shutdown: tokio::sync::Notify::new(),
@@ -158,6 +202,23 @@ impl NodeState {
 
     pub fn last_seq_watch(&self) -> watch::Receiver<u64> {
         self.last_seq.subscribe()
+    }
+
+    /// The highest seq the node's log has completed (see `last_seq`).
+    pub fn persisted_seq(&self) -> u64 {
+        *self.last_seq.borrow()
+    }
+
+    /// Records that the log has completed everything up to `seq`. Appends
+    /// complete in order, but the tasks that learn it may run in any order.
+    fn publish_persisted(&self, seq: u64) {
+        self.last_seq.send_if_modified(|persisted| {
+            let grew = seq > *persisted;
+            if grew {
+                *persisted = seq;
+            }
+            grew
+        });
     }
 
     pub fn delay_for(&self, sync: bool) -> Duration {
@@ -198,8 +259,13 @@ pub fn secs(s: f64) -> Duration {
 /// Runs a node until it is told to stop.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let addr = SocketAddr::new(args.host, args.port);
+    // Recover before listening: a node that answers must hold its data.
+    let storage = match durable::config(&args) {
+        Some(config) => Some(durable::open(config).await?),
+        None => None,
+    };
     let listener = crate::http::bind(addr).await?;
-    let node = NodeState::new(&args);
+    let node = NodeState::new(&args, storage);
     tracing::info!(id = %node.id, role = %node.role, incarnation = node.incarnation, %addr, "node listening");
     if let Some(registry) = args.registry.clone() {
         tokio::spawn(heartbeat::run(
@@ -296,6 +362,7 @@ async fn stats(State(node): Shared) -> Json<NodeStats> {
         followers,
         applied_seq,
         incarnation: node.incarnation,
+        storage: node.durability.as_ref().map(|d| d.stats()),
     })
 }
 
@@ -361,7 +428,12 @@ async fn leader_write(
     }
     validate_key_value(&req.key, Some(&req.value))?;
     node.stats.total_writes.fetch_add(1, Ordering::Relaxed);
-    let entry = append(&node, req.key, req.value);
+    let (entry, ticket) = append(&node, req.key, req.value);
+    if let Some(ticket) = ticket {
+        durable::wait_persisted(&node, ticket).await?;
+    }
+    node.publish_persisted(entry.seq);
+    durable::snapshot_if_due(&node, entry.seq);
     let timeout = req
         .ack_timeout_ms
         .map(Duration::from_millis)
@@ -392,24 +464,27 @@ async fn leader_write(
     Ok(Json(answer))
 }
 
-/// Puts a write into the log and the state, atomically, and wakes the streams.
-fn append(node: &NodeState, key: String, value: String) -> Arc<Entry> {
-    let entry = {
-        let mut core = node.core.lock().unwrap();
-        let entry = Arc::new(Entry {
-            seq: core.log.last_seq() + 1,
-            term: node.term,
-            version: core.store.next_version(&key),
-            key,
-            value,
-        });
-        let applied = core.store.apply(&entry);
-        debug_assert_eq!(applied, store::Applied::Applied);
-        core.log.push(entry.clone(), Instant::now());
-        entry
-    };
-    node.last_seq.send_replace(entry.seq);
-    entry
+/// Puts a write into the log and the state, atomically, and submits it to
+/// the durable log (if any) under the same lock, so the disk gets the entries
+/// in seq order. The caller awaits the ticket, then publishes the entry to
+/// the streams.
+fn append(node: &NodeState, key: String, value: String) -> (Arc<Entry>, Option<AppendTicket>) {
+    let mut core = node.core.lock().unwrap();
+    let entry = Arc::new(Entry {
+        seq: core.log.last_seq() + 1,
+        term: node.term,
+        version: core.store.next_version(&key),
+        key,
+        value,
+    });
+    let applied = core.store.apply(&entry);
+    debug_assert_eq!(applied, store::Applied::Applied);
+    core.log.push(entry.clone(), Instant::now());
+    let ticket = node
+        .durability
+        .as_ref()
+        .map(|d| d.wal.submit(vec![Entry::clone(&entry)]));
+    (entry, ticket)
 }
 
 /// Waits until `peer` acknowledges `seq`; gives up at the deadline or as soon
@@ -536,11 +611,13 @@ fn check_addressed_to_me(node: &NodeState, to_incarnation: u64) -> Result<(), Ap
     Ok(())
 }
 
+/// What a follower tells the leader it holds: only what its log has
+/// completed, since the leader counts this as the follower's ack.
 fn append_answer(node: &NodeState) -> AppendResponse {
     AppendResponse {
         node_id: node.id.clone(),
         incarnation: node.incarnation,
-        acked_seq: node.core.lock().unwrap().store.applied_seq(),
+        acked_seq: node.persisted_seq(),
     }
 }
 
@@ -553,27 +630,45 @@ async fn replicate_append(
     ApiJson(req): ApiJson<AppendRequest>,
 ) -> Result<Json<AppendResponse>, ApiError> {
     check_addressed_to_me(&node, req.to_incarnation)?;
-    let mut applied = 0;
-    let acked_seq = {
-        let mut core = node.core.lock().unwrap();
-        for entry in &req.entries {
-            match core.store.apply(entry) {
-                store::Applied::Applied => applied += 1,
-                store::Applied::Duplicate => {}
-                // The leader will resend from our acked seq.
-                store::Applied::Gap => break,
-            }
-        }
-        core.store.applied_seq()
-    };
+    let _one_at_a_time = node.replicate_lock.lock().await;
+    let (applied_seq, fresh) = apply_batch(&node, &req.entries);
     node.stats
         .replications_received
-        .fetch_add(applied, Ordering::Relaxed);
-    Ok(Json(AppendResponse {
-        node_id: node.id.clone(),
-        incarnation: node.incarnation,
-        acked_seq,
-    }))
+        .fetch_add(fresh.count, Ordering::Relaxed);
+    if let Some(ticket) = fresh.ticket {
+        durable::wait_persisted(&node, ticket).await?;
+    }
+    node.publish_persisted(applied_seq);
+    durable::snapshot_if_due(&node, applied_seq);
+    Ok(Json(append_answer(&node)))
+}
+
+/// The entries of a batch that were new to this follower.
+struct Fresh {
+    count: u64,
+    /// Their append to the durable log, if the node has one.
+    ticket: Option<AppendTicket>,
+}
+
+/// Applies the entries that continue our state, in order, and submits them
+/// to the durable log under the same lock. Returns the applied seq.
+fn apply_batch(node: &NodeState, entries: &[Entry]) -> (u64, Fresh) {
+    let mut core = node.core.lock().unwrap();
+    let mut new = Vec::new();
+    for entry in entries {
+        match core.store.apply(entry) {
+            store::Applied::Applied => new.push(entry),
+            store::Applied::Duplicate => {}
+            // The leader will resend from our acked seq.
+            store::Applied::Gap => break,
+        }
+    }
+    let count = new.len() as u64;
+    let ticket = match &node.durability {
+        Some(d) if !new.is_empty() => Some(d.wal.submit(new.into_iter().cloned().collect())),
+        _ => None,
+    };
+    (core.store.applied_seq(), Fresh { count, ticket })
 }
 
 async fn replicate_snapshot(
@@ -581,16 +676,30 @@ async fn replicate_snapshot(
     ApiJson(req): ApiJson<InstallSnapshot>,
 ) -> Result<Json<AppendResponse>, ApiError> {
     check_addressed_to_me(&node, req.to_incarnation)?;
+    let _one_at_a_time = node.replicate_lock.lock().await;
+    // A snapshot never takes a node back in time (see `Store`).
+    if req.seq <= node.core.lock().unwrap().store.applied_seq() {
+        return Ok(Json(append_answer(&node)));
+    }
     let keys = req.data.len();
-    let installed = node
-        .core
+    // Disk first: once the snapshot is durable the old log is obsolete.
+    if let Some(d) = &node.durability {
+        let snapshot = Snapshot {
+            seq: req.seq,
+            term: req.term,
+            data: req.data.clone(),
+        };
+        if let Err(e) = d.wal.install_snapshot(snapshot).await {
+            return Err(durable::storage_failed(&node, e));
+        }
+    }
+    node.core
         .lock()
         .unwrap()
         .store
         .install_snapshot(req.seq, req.data);
-    if installed {
-        tracing::info!(seq = req.seq, keys, "installed a snapshot from the leader");
-    }
+    node.publish_persisted(req.seq);
+    tracing::info!(seq = req.seq, keys, "installed a snapshot from the leader");
     Ok(Json(append_answer(&node)))
 }
 

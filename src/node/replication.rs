@@ -13,7 +13,10 @@
 //! - an ack counts only if it comes from the incarnation the coordinator named:
 //!   a replaced process (same id, older incarnation) is fenced out;
 //! - the lab's delay is applied per entry, from its append time, so a 5 s
-//!   delay delays every entry by 5 s but never caps throughput (pipelining).
+//!   delay delays every entry by 5 s but never caps throughput (pipelining);
+//! - only entries the leader's own log has completed are sent (its
+//!   persisted seq, see `node::durable`), so no follower ever holds an entry
+//!   a leader crash could erase, and a restarted leader is never behind.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -199,9 +202,14 @@ async fn stream(node: Arc<NodeState>, peer: Arc<Peer>) {
 
 /// Decides the next step, holding the state lock only briefly.
 fn plan(node: &NodeState, peer: &Peer, from: u64) -> Plan {
+    let persisted = node.persisted_seq();
+    if from > persisted {
+        return Plan::Wait;
+    }
+    let max = MAX_BATCH.min((persisted - from + 1) as usize);
     let delay = node.delay_for(peer.is_sync());
     let core = node.core.lock().unwrap();
-    match core.log.read_from(from, MAX_BATCH) {
+    match core.log.read_from(from, max) {
         Next::UpToDate => Plan::Wait,
         Next::Truncated => Plan::SendSnapshot,
         Next::Entries(entries) => {
@@ -231,6 +239,16 @@ async fn handshake(node: &NodeState, peer: &Peer) -> Result<u64, String> {
         .map_err(|e| describe_reqwest_error(&e))?;
     let answer = parse_answer(resp).await?;
     check_incarnation(peer, &answer)?;
+    let ours = node.persisted_seq();
+    if answer.acked_seq > ours {
+        // Cannot happen within one history (see the invariants above): the
+        // follower's data directory must come from another cluster.
+        return Err(format!(
+            "{} holds entries up to seq {} but the leader's log ends at {ours}: its data \
+             comes from another history; wipe its data directory and respawn it",
+            peer.config.node_id, answer.acked_seq
+        ));
+    }
     Ok(answer.acked_seq)
 }
 
@@ -257,6 +275,11 @@ async fn send_snapshot(node: &NodeState, peer: &Peer) -> Result<u64, String> {
         let core = node.core.lock().unwrap();
         (core.store.applied_seq(), core.store.to_map())
     };
+    // The state may include writes still on their way to our disk.
+    let _ = node
+        .last_seq_watch()
+        .wait_for(|&persisted| persisted >= seq)
+        .await;
     tracing::info!(
         follower = %peer.config.node_id,
         seq,

@@ -28,6 +28,14 @@ pub enum Applied {
 }
 
 impl Store {
+    /// The state recovered from disk: `data` as of log position `seq`.
+    pub fn recovered(seq: u64, data: BTreeMap<String, Versioned>) -> Self {
+        Store {
+            data: data.into_iter().collect(),
+            applied_seq: seq,
+        }
+    }
+
     pub fn applied_seq(&self) -> u64 {
         self.applied_seq
     }

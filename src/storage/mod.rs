@@ -135,7 +135,8 @@ impl FsyncPolicy {
         }
     }
 
-    fn name(&self) -> &'static str {
+    /// `always`, `interval` or `never`: the value of the `--fsync` flag.
+    pub fn name(&self) -> &'static str {
         match self {
             FsyncPolicy::Always => "always",
             FsyncPolicy::Interval(_) => "interval",

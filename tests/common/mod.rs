@@ -4,6 +4,8 @@
 //! process id and a counter so parallel tests do not collide), is waited on
 //! through its HTTP endpoints and event log (never fixed sleeps), and is
 //! stopped when the handle drops; its nodes die with it (parent-death signal).
+//! Clusters are durable (the default) with a fresh data directory each,
+//! deleted with the handle, unless the test asks for `--in-memory`.
 
 #![allow(dead_code)]
 
@@ -39,6 +41,8 @@ pub struct Cluster {
     pub gateway: String,
     pub base: u16,
     pub http: reqwest::blocking::Client,
+    /// The nodes' data (`<dir>/<node-id>`); `None` for `--in-memory`.
+    pub data_dir: Option<tempfile::TempDir>,
 }
 
 pub fn kvlab() -> Command {
@@ -50,8 +54,19 @@ impl Cluster {
     pub fn start(extra: &[&str]) -> Cluster {
         let base = free_port_block();
         let log_dir = std::env::temp_dir().join(format!("kvlab-test-{base}"));
-        let child = kvlab()
-            .arg("up")
+        let data_dir = (!extra.contains(&"--in-memory")).then(|| {
+            tempfile::Builder::new()
+                .prefix("kvlab-data-")
+                .tempdir()
+                .unwrap()
+        });
+        let mut cmd = kvlab();
+        if let Some(dir) = &data_dir {
+            cmd.arg("up").arg("--data-dir").arg(dir.path());
+        } else {
+            cmd.arg("up");
+        }
+        let child = cmd
             .args(["--coordinator-port", &base.to_string()])
             .args(["--registry-port", &(base + 1).to_string()])
             .args(["--node-base-port", &(base + 2).to_string()])
@@ -74,6 +89,7 @@ impl Cluster {
                 .timeout(Duration::from_secs(30))
                 .build()
                 .unwrap(),
+            data_dir,
         };
         cluster.wait_for_event("cluster_ready", None, Duration::from_secs(30));
         cluster
