@@ -270,6 +270,80 @@ fn the_full_file_passes_inc2_and_inc5_with_the_fixed_values() {
     assert_eq!(fixed["score"], 100.0);
 }
 
+/// Nodes are durable, but every assessment starts them empty: a rerun on the
+/// same ports must not find (and be graded on) the last run's carts.
+#[test]
+fn every_run_starts_from_empty_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenarios = small_scenarios(dir.path());
+    let base = common::free_port_block();
+    for _ in 0..2 {
+        let out = assess_cmd(
+            base,
+            &lab_file(SOLUTION),
+            &[
+                "--format",
+                "json",
+                "--instructor-config",
+                scenarios.to_str().unwrap(),
+            ],
+        )
+        .output()
+        .unwrap();
+        let r = json_report(&out);
+        let write = test_detail(&r, "S1", "w");
+        assert!(write.contains("version 1,"), "{write}");
+    }
+    assert_nothing_left(base);
+}
+
+/// The reset between scenarios brings back followers a scenario killed,
+/// and the leader too.
+#[test]
+fn the_reset_respawns_dead_nodes_between_scenarios() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenarios = dir.path().join("reset.json");
+    std::fs::write(
+        &scenarios,
+        r#"{"scenarios": [
+            {"id": "A", "name": "kill", "weight": 1, "tests": [
+                {"id": "w", "type": "write", "key": "k", "value": "v"},
+                {"id": "k1", "type": "kill_node", "target": "follower-1"},
+                {"id": "k2", "type": "kill_node", "target": "follower-2"}]},
+            {"id": "B", "name": "after", "weight": 1, "tests": [
+                {"id": "w", "type": "write", "key": "k", "value": "v2"},
+                {"id": "r", "type": "read", "key": "k", "expected_value": "v2"}]}]}"#,
+    )
+    .unwrap();
+    // No auto-spawn: only the reset can bring them back.
+    let config = dir.path().join("config.json");
+    std::fs::write(
+        &config,
+        r#"{"deployment": {"followers": 3, "write_quorum": 2, "read_quorum": 2, "auto_spawn": false}}"#,
+    )
+    .unwrap();
+    let (out, base) = assess(
+        &config,
+        &[
+            "--format",
+            "json",
+            "--instructor-config",
+            scenarios.to_str().unwrap(),
+        ],
+    );
+    let r = json_report(&out);
+    expect(&per_scenario(&r), &[("A", 3, 3), ("B", 2, 2)]);
+    let reset = scenario(&r, "B")["reset"].as_str().unwrap().to_string();
+    for want in [
+        "respawned follower-1",
+        "respawned follower-2",
+        "follower-1 caught up",
+    ] {
+        assert!(reset.contains(want), "{reset}");
+    }
+    assert_nothing_left(base);
+}
+
 // ---------------------------------------------------------------------------
 // Done means 3: the output formats
 // ---------------------------------------------------------------------------

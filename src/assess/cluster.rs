@@ -12,6 +12,7 @@
 //!   (parent-death signal), and its nodes get theirs the same way. The
 //!   guard's `Drop` kills the group too, for early returns and panics.
 //! - Output goes to a log file, never a pipe nobody reads.
+//! - Every run starts from empty nodes (`--fresh` on its own data directory).
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -196,6 +197,11 @@ fn spawn_up(
         .args(["--node-base-port", &ports.leader.to_string()])
         .arg("--log-dir")
         .arg(dir.join("nodes"))
+        // Durable, as `kvlab up` runs by default, but empty at every start:
+        // a grade must never depend on what an earlier run left on disk.
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--fresh")
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::from(out))

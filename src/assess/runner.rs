@@ -8,7 +8,8 @@
 //! waited for and caught up (`POST /catchup`) before the first test runs.
 //! (The original read a field `/status` does not have, so it never
 //! respawned anything; this reads `followers[].status`, which it does.)
-//! Scenarios that only look at the settings (a `budget` test) need no reset.
+//! A dead leader is restarted first, on its data directory. Scenarios that
+//! only look at the settings (a `budget` test) need no reset.
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -109,21 +110,28 @@ fn needs_cluster(s: &Scenario) -> bool {
         .any(|t| !matches!(t.kind, TestKind::Budget {}))
 }
 
-/// Respawns dead followers and waits until every follower is alive and
-/// caught up. Returns what it did, if anything; problems are reported, not
-/// fatal (the scenario's tests will show what they mean).
+/// Respawns dead nodes (the leader first: it restarts on its data
+/// directory) and waits until every follower is alive and caught up.
+/// Returns what it did, if anything; problems are reported, not fatal (the
+/// scenario's tests will show what they mean).
 pub async fn reset(target: &Target) -> Option<String> {
     let status = match target.status().await {
         Ok(s) => s,
         Err(e) => return Some(format!("could not read the cluster's status: {e}")),
     };
     let mut notes = Vec::new();
-    if status
+    if let Some(leader) = status
         .leader
         .as_ref()
-        .is_none_or(|l| l.status != NodeStatus::Alive)
+        .filter(|l| l.status == NodeStatus::Dead)
     {
-        notes.push("the leader is down and cannot be respawned".to_string());
+        notes.push(respawn(target, &leader.node_id).await);
+        notes.push(
+            wait_alive(target, &leader.node_id)
+                .await
+                .err()
+                .unwrap_or_default(),
+        );
     }
     let mut waiting = Vec::new();
     for f in &status.followers {
@@ -134,13 +142,11 @@ pub async fn reset(target: &Target) -> Option<String> {
         }
         waiting.push(f.node_id.clone());
     }
-    if waiting.is_empty() && notes.is_empty() {
-        return None;
-    }
     for id in &waiting {
         notes.push(settle(target, id).await);
     }
-    Some(notes.join("; "))
+    notes.retain(|n| !n.is_empty());
+    (!notes.is_empty()).then(|| notes.join("; "))
 }
 
 async fn respawn(target: &Target, id: &str) -> String {
@@ -166,23 +172,31 @@ async fn respawn(target: &Target, id: &str) -> String {
 
 /// Waits for one follower to be alive, then for it to hold the whole log.
 async fn settle(target: &Target, id: &str) -> String {
-    let deadline = tokio::time::Instant::now() + RESET_TIMEOUT;
-    loop {
-        let alive = target.status().await.is_ok_and(|s| {
-            s.followers
-                .iter()
-                .any(|f| f.node_id == id && f.status == NodeStatus::Alive)
-        });
-        if alive {
-            break;
-        }
-        if tokio::time::Instant::now() > deadline {
-            return format!("{id} not alive after {RESET_TIMEOUT:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    if let Err(e) = wait_alive(target, id).await {
+        return e;
     }
     match target.catch_up(id).await {
         Ok(seq) => format!("{id} caught up to {seq}"),
         Err(e) => format!("{id} did not catch up: {e}"),
+    }
+}
+
+/// Polls `/status` until the node shows as alive.
+async fn wait_alive(target: &Target, id: &str) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + RESET_TIMEOUT;
+    loop {
+        let alive = target.status().await.is_ok_and(|s| {
+            s.leader
+                .iter()
+                .chain(s.followers.iter())
+                .any(|n| n.node_id == id && n.status == NodeStatus::Alive)
+        });
+        if alive {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!("{id} not alive after {RESET_TIMEOUT:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
