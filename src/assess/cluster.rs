@@ -70,6 +70,8 @@ pub struct ClusterProcess {
     child: Child,
     pid: u32,
     pub log: PathBuf,
+    /// The nodes' data, removed once the cluster has stopped.
+    data: PathBuf,
     /// Leave it running when this handle goes away (`--no-stop-cluster`).
     keep: bool,
     stopped: bool,
@@ -100,12 +102,14 @@ impl ClusterProcess {
             })?
             .into_std()
             .await;
-        let child = spawn_up(settings, ports, &dir, out, keep)?;
+        let data = dir.join("data");
+        let child = spawn_up(settings, ports, &dir, &data, out, keep)?;
         let pid = child.id().unwrap_or_default();
         let mut cluster = ClusterProcess {
             child,
             pid,
             log,
+            data,
             keep,
             stopped: false,
         };
@@ -155,6 +159,8 @@ impl ClusterProcess {
             signal_group(self.pid, libc::SIGKILL);
             let _ = self.child.wait().await;
         }
+        // The logs stay for a look afterwards; the data is of no more use.
+        let _ = tokio::fs::remove_dir_all(&self.data).await;
     }
 
     /// Lets the cluster run on after this process exits.
@@ -179,6 +185,7 @@ fn spawn_up(
     settings: &Settings,
     ports: &Ports,
     dir: &Path,
+    data: &Path,
     out: std::fs::File,
     keep: bool,
 ) -> Result<Child, ClusterError> {
@@ -200,7 +207,7 @@ fn spawn_up(
         // Durable, as `kvlab up` runs by default, but empty at every start:
         // a grade must never depend on what an earlier run left on disk.
         .arg("--data-dir")
-        .arg(dir.join("data"))
+        .arg(data)
         .arg("--fresh")
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
