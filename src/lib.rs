@@ -4,6 +4,7 @@
 //! started by a `kvlab <component>` subcommand (see `main.rs`).
 
 pub mod api;
+pub mod assess;
 pub mod bench;
 pub mod client;
 pub mod coordinator;

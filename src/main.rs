@@ -2,7 +2,7 @@
 //! library; this file only parses flags and picks what to run.
 
 use clap::{Parser, Subcommand};
-use kvlab::{bench, client, coordinator, gateway, node, registry, up};
+use kvlab::{assess, bench, client, coordinator, gateway, node, registry, up};
 
 #[derive(Parser)]
 #[command(
@@ -29,6 +29,8 @@ enum Command {
     Node(node::Args),
     /// Talk to the cluster through the gateway (interactive by default).
     Client(client::Args),
+    /// Grade a CloudCart student config: start a cluster with it, run the scenarios, score.
+    Assess(assess::Args),
     /// Load-generate against a gateway, a coordinator, or etcd, and report.
     Bench(bench::Args),
 }
@@ -53,6 +55,8 @@ fn main() -> std::process::ExitCode {
             Command::Bench(args) => bench::run(args).await,
             // The client's exit code says whether the command worked.
             Command::Client(args) => return client::run(args).await,
+            // So does the autograder's (2 below --min-score, 130 interrupted).
+            Command::Assess(args) => return assess::run(args).await,
         };
         done.map(|()| 0)
     });

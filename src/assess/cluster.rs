@@ -1,0 +1,280 @@
+//! The cluster under assessment: `kvlab up` as a child process, and its end.
+//!
+//! The autograder runs its own binary again (`current_exe() up ...`) with
+//! the student's settings, in a process group of its own, and waits for it
+//! over HTTP (never a fixed sleep). Invariants:
+//! - **Every port is checked first.** A taken port is named (and what it was
+//!   for) before anything starts, so the run fails in milliseconds rather
+//!   than hanging on a cluster that half started.
+//! - **Nothing outlives the assessment.** `stop` sends SIGTERM to the
+//!   group (so `up` stops its nodes in order), then SIGKILL after a grace
+//!   period. If the assessment itself dies, `up` gets SIGKILL from the kernel
+//!   (parent-death signal), and its nodes get theirs the same way. The
+//!   guard's `Drop` kills the group too, for early returns and panics.
+//! - Output goes to a log file, never a pipe nobody reads.
+//! - Every run starts from empty nodes (`--fresh` on its own data directory).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+use super::settings::{Ports, Settings};
+use crate::api::{NodeStatus, StatusResponse};
+
+/// How long a cluster may take to come up.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `up` has to stop its nodes after SIGTERM (it gives them 2 s).
+const STOP_GRACE: Duration = Duration::from_secs(6);
+const POLL: Duration = Duration::from_millis(50);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("port {port} ({what}) is already in use: stop whatever holds it, or move the whole cluster with --base-port")]
+    PortTaken { port: u16, what: String },
+    #[error("cannot create {path}: {source}")]
+    LogDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot start `{binary} up`: {source}")]
+    Spawn {
+        binary: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the cluster stopped while starting ({status}); last lines of {log}:\n{tail}")]
+    Exited {
+        status: String,
+        log: PathBuf,
+        tail: String,
+    },
+    #[error("the cluster was not ready within {0:?} (see {1})")]
+    NotReady(Duration, PathBuf),
+}
+
+/// Fails fast, naming the first port that is taken.
+pub fn check_ports(ports: &Ports, followers: usize) -> Result<(), ClusterError> {
+    for (port, what) in ports.all(followers) {
+        if TcpListener::bind(("127.0.0.1", port)).is_err() {
+            return Err(ClusterError::PortTaken { port, what });
+        }
+    }
+    Ok(())
+}
+
+/// A running `kvlab up`. Stop it with [`ClusterProcess::stop`]; dropping it
+/// kills it.
+pub struct ClusterProcess {
+    child: Child,
+    pid: u32,
+    pub log: PathBuf,
+    /// The nodes' data, removed once the cluster has stopped.
+    data: PathBuf,
+    /// Leave it running when this handle goes away (`--no-stop-cluster`).
+    keep: bool,
+    stopped: bool,
+}
+
+impl ClusterProcess {
+    /// Starts `kvlab up` with these settings and ports, and waits until the
+    /// leader and every follower are alive and the gateway listens.
+    pub async fn start(
+        settings: &Settings,
+        ports: &Ports,
+        keep: bool,
+    ) -> Result<ClusterProcess, ClusterError> {
+        check_ports(ports, settings.followers)?;
+        let dir = std::env::temp_dir().join(format!("kvlab-assess-{}", ports.coordinator));
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|source| ClusterError::LogDir {
+                path: dir.clone(),
+                source,
+            })?;
+        let log = dir.join("up.log");
+        let out = tokio::fs::File::create(&log)
+            .await
+            .map_err(|source| ClusterError::LogDir {
+                path: log.clone(),
+                source,
+            })?
+            .into_std()
+            .await;
+        let data = dir.join("data");
+        let child = spawn_up(settings, ports, &dir, &data, out, keep)?;
+        let pid = child.id().unwrap_or_default();
+        let mut cluster = ClusterProcess {
+            child,
+            pid,
+            log,
+            data,
+            keep,
+            stopped: false,
+        };
+        cluster.wait_ready(ports, settings.followers).await?;
+        Ok(cluster)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Polls the coordinator until every node is alive, then the gateway.
+    async fn wait_ready(&mut self, ports: &Ports, followers: usize) -> Result<(), ClusterError> {
+        let http = crate::http::client();
+        let status_url = format!("{}/status", Ports::url(ports.coordinator));
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let tail = log_tail(&self.log, 8).await;
+                return Err(ClusterError::Exited {
+                    status: status.to_string(),
+                    log: self.log.clone(),
+                    tail,
+                });
+            }
+            if all_alive(&http, &status_url, followers).await
+                && listening(ports.gateway).await
+                && listening(ports.registry).await
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(ClusterError::NotReady(START_TIMEOUT, self.log.clone()));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// SIGTERM to the group, SIGKILL after the grace period; waits for the end.
+    pub async fn stop(mut self) {
+        self.stopped = true;
+        signal_group(self.pid, libc::SIGTERM);
+        if tokio::time::timeout(STOP_GRACE, self.child.wait())
+            .await
+            .is_err()
+        {
+            signal_group(self.pid, libc::SIGKILL);
+            let _ = self.child.wait().await;
+        }
+        // The logs stay for a look afterwards; the data is of no more use.
+        let _ = tokio::fs::remove_dir_all(&self.data).await;
+    }
+
+    /// Lets the cluster run on after this process exits.
+    pub fn detach(mut self) -> u32 {
+        self.stopped = true;
+        self.keep = true;
+        self.pid
+    }
+}
+
+impl Drop for ClusterProcess {
+    fn drop(&mut self) {
+        if !self.stopped && !self.keep {
+            // No time to be polite here: SIGKILL, and the nodes follow by
+            // their parent-death signal.
+            signal_group(self.pid, libc::SIGKILL);
+        }
+    }
+}
+
+fn spawn_up(
+    settings: &Settings,
+    ports: &Ports,
+    dir: &Path,
+    data: &Path,
+    out: std::fs::File,
+    keep: bool,
+) -> Result<Child, ClusterError> {
+    let binary = std::env::current_exe().unwrap_or_else(|_| "kvlab".into());
+    let spawn_err = |source| ClusterError::Spawn {
+        binary: binary.clone(),
+        source,
+    };
+    let err = out.try_clone().map_err(spawn_err)?;
+    let mut cmd = Command::new(&binary);
+    cmd.arg("up")
+        .args(settings.up_flags())
+        .args(["--coordinator-port", &ports.coordinator.to_string()])
+        .args(["--registry-port", &ports.registry.to_string()])
+        .args(["--gateway-port", &ports.gateway.to_string()])
+        .args(["--node-base-port", &ports.leader.to_string()])
+        .arg("--log-dir")
+        .arg(dir.join("nodes"))
+        // Durable, as `kvlab up` runs by default, but empty at every start:
+        // a grade must never depend on what an earlier run left on disk.
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--fresh")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        // Its own group: a Ctrl-C in the terminal reaches only us, and we
+        // stop the cluster in order; and one signal reaches the whole group.
+        .process_group(0)
+        .kill_on_drop(!keep);
+    if !keep {
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    cmd.spawn().map_err(spawn_err)
+}
+
+/// Signals a process group we created (its id is the leader's pid).
+fn signal_group(pid: u32, sig: libc::c_int) {
+    if pid == 0 {
+        return;
+    }
+    // SAFETY: plain syscall on a group we created.
+    unsafe {
+        libc::kill(-(pid as libc::pid_t), sig);
+    }
+}
+
+async fn all_alive(http: &reqwest::Client, url: &str, followers: usize) -> bool {
+    let Ok(resp) = http.get(url).timeout(Duration::from_secs(1)).send().await else {
+        return false;
+    };
+    let Ok(s) = resp.json::<StatusResponse>().await else {
+        return false;
+    };
+    let leader = s
+        .leader
+        .as_ref()
+        .is_some_and(|l| l.status == NodeStatus::Alive);
+    let alive = s
+        .followers
+        .iter()
+        .filter(|f| f.status == NodeStatus::Alive)
+        .count();
+    leader && alive >= followers
+}
+
+/// The last lines of `up`'s log: why it stopped.
+async fn log_tail(path: &Path, lines: usize) -> String {
+    let text = tokio::fs::read_to_string(path).await.unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A TCP connect, not an HTTP request: the gateway's limiter counts every
+/// request, and readiness must not spend the student's budget.
+async fn listening(port: u16) -> bool {
+    tokio::time::timeout(
+        Duration::from_secs(1),
+        tokio::net::TcpStream::connect(("127.0.0.1", port)),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok())
+}
