@@ -55,8 +55,11 @@ pub struct Peer {
     /// Whether it is in the sync set now (decides its delay). Can change
     /// without restarting the stream.
     sync: AtomicBool,
-    /// Wakes the stream when its delay class changes, so an entry waiting on
-    /// the async delay is re-planned with the sync delay at once.
+    /// When it last moved from async to sync (`None` while async, or if it
+    /// was sync from the start). See [`Peer::due`].
+    promoted_at: std::sync::Mutex<Option<Instant>>,
+    /// Wakes the stream when its delay class changes, so entries waiting on
+    /// the async delay are re-planned at once.
     wake: tokio::sync::Notify,
     progress: watch::Sender<Progress>,
     task: std::sync::Mutex<Option<JoinHandle<()>>>,
@@ -66,6 +69,7 @@ impl Peer {
     pub fn start(node: Arc<NodeState>, config: PeerConfig) -> Arc<Peer> {
         let peer = Arc::new(Peer {
             sync: AtomicBool::new(config.sync),
+            promoted_at: std::sync::Mutex::new(None),
             wake: tokio::sync::Notify::new(),
             config,
             progress: watch::Sender::new(Progress::default()),
@@ -77,8 +81,33 @@ impl Peer {
     }
 
     pub fn set_sync(&self, sync: bool) {
-        if self.sync.swap(sync, Ordering::Relaxed) != sync {
+        // The timestamp first: the stream reads it after seeing the flag.
+        let was = self.sync.load(Ordering::Relaxed);
+        if was != sync {
+            *self.promoted_at.lock().unwrap() = sync.then(Instant::now);
+            self.sync.store(sync, Ordering::Relaxed);
             self.wake.notify_one();
+        }
+    }
+
+    /// When an entry appended at `appended_at` reaches this follower, under
+    /// the lab's delays, which model link latency:
+    /// - async: `async_delay` after its append;
+    /// - sync: `sync_delay` after its append;
+    /// - promoted from async to sync after the append: the entry was already
+    ///   on the slow link, so it arrives when that copy would, or `sync_delay`
+    ///   after the promotion (sent again on the fast link), whichever is
+    ///   first. Not earlier: the leader cannot have sent it fast before it
+    ///   knew the follower was sync.
+    fn due(&self, node: &NodeState, appended_at: Instant) -> Instant {
+        let by_async = appended_at + node.delay_for(false);
+        if !self.is_sync() {
+            return by_async;
+        }
+        let sync_delay = node.delay_for(true);
+        match *self.promoted_at.lock().unwrap() {
+            Some(promoted) if appended_at < promoted => by_async.min(promoted + sync_delay),
+            _ => appended_at + sync_delay,
         }
     }
 
@@ -207,20 +236,20 @@ fn plan(node: &NodeState, peer: &Peer, from: u64) -> Plan {
         return Plan::Wait;
     }
     let max = MAX_BATCH.min((persisted - from + 1) as usize);
-    let delay = node.delay_for(peer.is_sync());
     let core = node.core.lock().unwrap();
     match core.log.read_from(from, max) {
         Next::UpToDate => Plan::Wait,
         Next::Truncated => Plan::SendSnapshot,
         Next::Entries(entries) => {
             let now = Instant::now();
-            let first_ready = entries[0].appended_at + delay;
+            // `due` grows with the append time, so the ready ones are a prefix.
+            let first_ready = peer.due(node, entries[0].appended_at);
             if first_ready > now {
                 return Plan::SleepUntil(first_ready);
             }
             let batch = entries
                 .into_iter()
-                .take_while(|e| e.appended_at + delay <= now)
+                .take_while(|e| peer.due(node, e.appended_at) <= now)
                 .map(|e| e.entry)
                 .collect();
             Plan::Send(batch)
