@@ -531,6 +531,45 @@ pub struct MissingAck {
     pub reason: String,
 }
 
+/// The leader's `POST /batch/write` body: client writes gathered by the
+/// coordinator while earlier ones were in flight. They share one sync set,
+/// one lock, one log append and one fsync, which is where the speed comes
+/// from; each still gets its own seq, version and answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaderBatchRequest {
+    pub writes: Vec<KeyValue>,
+    #[serde(default)]
+    pub sync: Vec<PeerRef>,
+    #[serde(default)]
+    pub ack_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: String,
+}
+
+/// The leader's answer to `POST /batch/write`: one answer per write, in order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaderBatchResponse {
+    pub results: Vec<LeaderWriteResponse>,
+}
+
+/// A node's `POST /batch/read` body: keys the coordinator gathered for it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReadBatchRequest {
+    pub keys: Vec<String>,
+}
+
+/// A node's answer to `POST /batch/read`: one entry per key, in order;
+/// `null` where the node does not hold the key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReadBatchResponse {
+    pub node_id: String,
+    pub values: Vec<Option<Versioned>>,
+}
+
 /// The leader's `PUT /replication/peers`: the full set of followers to
 /// replicate to, pushed by the coordinator whenever membership changes.
 #[derive(Debug, Clone, Serialize, Deserialize)]

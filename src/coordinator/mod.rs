@@ -14,11 +14,13 @@
 //! - each slot is served by at most one process: before a slot is respawned,
 //!   the previous process is killed, and its incarnation stops counting.
 
+mod batch;
 pub mod cluster;
 pub mod launcher;
 mod membership;
 mod requests;
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -269,6 +271,10 @@ pub struct Coordinator {
     http: reqwest::Client,
     /// Set once the initial start is over; quorum changes are narrated after.
     ready: std::sync::atomic::AtomicBool,
+    /// Client writes, gathered into batches for the leader (see [`batch`]).
+    writes: std::sync::OnceLock<batch::Batcher<KeyValue, requests::WriteOutcome>>,
+    /// Client reads, gathered per follower: node id -> (incarnation, batcher).
+    reads: Mutex<HashMap<String, (u64, requests::ReadBatcher)>>,
 }
 
 impl Coordinator {
@@ -288,6 +294,8 @@ impl Coordinator {
             membership: tokio::sync::Mutex::new(()),
             http: crate::http::client(),
             ready: std::sync::atomic::AtomicBool::new(false),
+            writes: std::sync::OnceLock::new(),
+            reads: Mutex::new(HashMap::new()),
             config,
         })
     }

@@ -20,6 +20,7 @@ use axum::Json;
 use futures::future::join_all;
 use serde_json::json;
 
+use super::batch::{Batcher, Limits};
 use super::cluster::Slot;
 use super::{Coordinator, Shared};
 use crate::api::*;
@@ -51,7 +52,7 @@ pub async fn read(
 }
 
 /// Who a write goes to, decided from one consistent view of the table.
-struct WritePlan {
+pub(super) struct WritePlan {
     leader: Slot,
     sync: Vec<Slot>,
     asynchronous: Vec<Slot>,
@@ -92,8 +93,10 @@ impl Coordinator {
         narrate: bool,
     ) -> Result<WriteResponse, ApiError> {
         let started = Instant::now();
-        let plan = match self.plan_write() {
-            Ok(p) => p,
+        // Refuse at once (and say why) when there is nothing to write to; the
+        // batch re-plans when it leaves, in case membership changed meanwhile.
+        match self.plan_write() {
+            Ok(_) => {}
             Err(e) => {
                 if narrate {
                     self.events.emit(
@@ -109,14 +112,15 @@ impl Coordinator {
                 }
                 return Err(e);
             }
-        };
-        let body = LeaderWriteRequest {
+        }
+        let write = KeyValue {
             key: req.key.clone(),
-            value: req.value.clone(),
-            sync: plan.sync.iter().map(Slot::peer_ref).collect(),
-            ack_timeout_ms: Some(self.config.ack_timeout.as_millis() as u64),
+            value: req.value,
         };
-        let answer = self.send_to_leader(&plan.leader, &body).await?;
+        let (plan, answer) = match self.write_batcher().call(write).await {
+            Some(outcome) => outcome?,
+            None => return Err(ApiError::unavailable("the coordinator is shutting down")),
+        };
         let ms = started.elapsed().as_millis();
         let w = self.config.w;
         if narrate {
@@ -149,11 +153,59 @@ impl Coordinator {
         })
     }
 
+    /// The write batcher, started on first use.
+    fn write_batcher(self: &Arc<Self>) -> &Batcher<KeyValue, WriteOutcome> {
+        self.writes.get_or_init(|| {
+            // Weak: the batcher lives in the coordinator and must not keep it alive.
+            let me = Arc::downgrade(self);
+            Batcher::spawn(WRITE_BATCHES, weigh_write, move |writes| {
+                let me = me.clone();
+                async move {
+                    match me.upgrade() {
+                        Some(c) => c.send_write_batch(writes).await,
+                        None => vec![
+                            Err(ApiError::unavailable("the coordinator stopped"));
+                            writes.len()
+                        ],
+                    }
+                }
+            })
+        })
+    }
+
+    /// Sends one batch of writes to the leader, planned (leader and sync set)
+    /// as it leaves; every write of the batch gets the same plan.
+    async fn send_write_batch(&self, writes: Vec<KeyValue>) -> Vec<WriteOutcome> {
+        let n = writes.len();
+        let all = |e: ApiError| vec![Err(e); n];
+        let plan = match self.plan_write() {
+            Ok(plan) => Arc::new(plan),
+            Err(e) => return all(e),
+        };
+        let body = LeaderBatchRequest {
+            writes,
+            sync: plan.sync.iter().map(Slot::peer_ref).collect(),
+            ack_timeout_ms: Some(self.config.ack_timeout.as_millis() as u64),
+        };
+        match self.send_to_leader(&plan.leader, &body).await {
+            Ok(answer) if answer.results.len() == n => answer
+                .results
+                .into_iter()
+                .map(|a| Ok((plan.clone(), a)))
+                .collect(),
+            Ok(answer) => all(ApiError::unavailable(format!(
+                "Leader unreachable: it answered {} writes of a batch of {n}",
+                answer.results.len()
+            ))),
+            Err(e) => all(e),
+        }
+    }
+
     async fn send_to_leader(
         &self,
         leader: &Slot,
-        body: &LeaderWriteRequest,
-    ) -> Result<LeaderWriteResponse, ApiError> {
+        body: &LeaderBatchRequest,
+    ) -> Result<LeaderBatchResponse, ApiError> {
         let unreachable = |why: String| {
             self.events.bad(
                 "leader_unreachable",
@@ -164,7 +216,7 @@ impl Coordinator {
         };
         let resp = self
             .http
-            .post(format!("{}/data", leader.url))
+            .post(format!("{}/batch/write", leader.url))
             .timeout(self.config.ack_timeout + std::time::Duration::from_secs(2))
             .json(body)
             .send()
@@ -311,48 +363,34 @@ impl Coordinator {
         outcome.into_result(key, r)
     }
 
-    /// Asks one follower for a key; checks the answer came from the process we meant.
+    /// Asks one follower for a key, through that process's read batcher.
     async fn ask(&self, slot: &Slot, key: &str) -> Answer {
-        let mut url = match url::Url::parse(&slot.url) {
-            Ok(u) => u,
-            Err(e) => return Answer::Failed(e.to_string()),
-        };
-        url.path_segments_mut()
-            .expect("http url")
-            .push("data")
-            .push(key);
-        let resp = match self
-            .http
-            .get(url)
-            .timeout(self.config.read_timeout)
-            .send()
+        let batcher = self.read_batcher(slot);
+        batcher
+            .call(key.to_string())
             .await
+            .unwrap_or_else(|| Answer::Failed("the coordinator is shutting down".into()))
+    }
+
+    /// The read batcher of the process serving `slot`, started on first use.
+    /// One per incarnation: a respawned follower gets a new one, and the old
+    /// one's task ends once its last batch is answered.
+    fn read_batcher(&self, slot: &Slot) -> ReadBatcher {
+        let mut readers = self.reads.lock().unwrap();
+        if let Some(b) = readers
+            .get(&slot.node_id)
+            .filter(|b| b.0 == slot.incarnation)
         {
-            Ok(r) => r,
-            Err(e) => return Answer::Failed(describe_reqwest_error(&e)),
-        };
-        let incarnation = resp
-            .headers()
-            .get(HEADER_NODE_INCARNATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if incarnation != Some(slot.incarnation) {
-            return Answer::Failed(format!(
-                "answered by incarnation {incarnation:?}, expected {} (fenced)",
-                slot.incarnation
-            ));
+            return b.1.clone();
         }
-        match resp.status() {
-            s if s.is_success() => match resp.json::<NodeValue>().await {
-                Ok(v) => Answer::Found {
-                    value: v.value,
-                    version: v.version,
-                },
-                Err(e) => Answer::Failed(format!("unreadable answer: {e}")),
-            },
-            reqwest::StatusCode::NOT_FOUND => Answer::NotFound,
-            s => Answer::Failed(format!("HTTP {s}")),
-        }
+        let (http, timeout, target) = (self.http.clone(), self.config.read_timeout, slot.clone());
+        let batcher = Arc::new(Batcher::spawn(
+            READ_BATCHES,
+            |k: &String| k.len(),
+            move |keys| ask_batch(http.clone(), target.clone(), timeout, keys),
+        ));
+        readers.insert(slot.node_id.clone(), (slot.incarnation, batcher.clone()));
+        batcher
     }
 
     fn narrate_read(&self, key: &str, o: &ReadOutcome) {
@@ -389,9 +427,86 @@ impl Coordinator {
     }
 }
 
+/// One `POST /batch/read` to a follower: an answer per key, in order. The
+/// answer counts only if it came from the process we meant (fencing).
+async fn ask_batch(
+    http: reqwest::Client,
+    slot: Slot,
+    timeout: std::time::Duration,
+    keys: Vec<String>,
+) -> Vec<Answer> {
+    let n = keys.len();
+    let all = |why: String| vec![Answer::Failed(why); n];
+    let resp = match http
+        .post(format!("{}/batch/read", slot.url))
+        .timeout(timeout)
+        .json(&ReadBatchRequest { keys })
+        .send()
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => return all(describe_reqwest_error(&e)),
+    };
+    let incarnation = resp
+        .headers()
+        .get(HEADER_NODE_INCARNATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if incarnation != Some(slot.incarnation) {
+        return all(format!(
+            "answered by incarnation {incarnation:?}, expected {} (fenced)",
+            slot.incarnation
+        ));
+    }
+    if !resp.status().is_success() {
+        return all(format!("HTTP {}", resp.status()));
+    }
+    match resp.json::<ReadBatchResponse>().await {
+        Ok(answer) if answer.values.len() == n => answer
+            .values
+            .into_iter()
+            .map(|v| match v {
+                Some(v) => Answer::Found {
+                    value: v.value,
+                    version: v.version,
+                },
+                None => Answer::NotFound,
+            })
+            .collect(),
+        Ok(answer) => all(format!("{} answers to {n} keys", answer.values.len())),
+        Err(e) => all(format!("unreadable answer: {e}")),
+    }
+}
+
+/// How writes to the leader are batched. Several batches in flight let one
+/// fsync on the leader overlap with the followers' acks of the previous one.
+const WRITE_BATCHES: Limits = Limits {
+    max_in_flight: 4,
+    max_items: 512,
+    max_bytes: crate::node::BATCH_PAYLOAD_BYTES,
+};
+
+/// How reads to one follower are batched.
+const READ_BATCHES: Limits = Limits {
+    max_in_flight: 2,
+    max_items: 1024,
+    max_bytes: crate::node::BATCH_PAYLOAD_BYTES,
+};
+
+fn weigh_write(w: &KeyValue) -> usize {
+    w.key.len() + w.value.len()
+}
+
+/// What the leader said about one write of a batch, with the plan (leader,
+/// sync set) the batch was sent under.
+/// The read batcher of one follower process.
+pub(super) type ReadBatcher = Arc<Batcher<String, Answer>>;
+
+pub(super) type WriteOutcome = Result<(Arc<WritePlan>, LeaderWriteResponse), ApiError>;
+
 /// One follower's answer to a read.
-#[derive(Debug)]
-enum Answer {
+#[derive(Debug, Clone)]
+pub(super) enum Answer {
     Found { value: String, version: u64 },
     NotFound,
     Failed(String),

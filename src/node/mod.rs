@@ -19,6 +19,7 @@ mod heartbeat;
 pub mod log;
 mod replication;
 pub mod store;
+mod writes;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -27,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -284,16 +285,44 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     crate::http::serve(listener, router(node), shutdown).await
 }
 
+/// The body limit of the batch routes (writes and reads gathered by the
+/// coordinator, entries streamed by the leader). The senders cap their
+/// batches well below it ([`BATCH_PAYLOAD_BYTES`]); client-shaped routes keep
+/// the 2 MiB limit of [`crate::http::MAX_BODY_BYTES`].
+pub const BATCH_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+/// Senders of batches stop adding items once this many key and value bytes
+/// are in (a batch always takes at least one item, which is at most 2 MiB).
+pub const BATCH_PAYLOAD_BYTES: usize = 8 * 1024 * 1024;
+
 pub fn router(node: Arc<NodeState>) -> Router {
     Router::new()
         .route("/", get(info))
         .route("/health", get(health))
         .route("/stats", get(stats))
-        .route("/data", get(all_data).post(leader_write))
+        .route("/data", get(all_data).post(writes::leader_write))
         .route("/data/{*key}", get(read_key))
+        .route(
+            "/batch/write",
+            post(writes::leader_write_batch).layer(DefaultBodyLimit::max(BATCH_BODY_BYTES)),
+        )
+        .route(
+            "/batch/read",
+            post(read_batch).layer(DefaultBodyLimit::max(BATCH_BODY_BYTES)),
+        )
         .route("/snapshot", get(snapshot))
-        .route("/replicate", get(replicate_state).post(replicate_append))
-        .route("/replicate/snapshot", post(replicate_snapshot))
+        .route(
+            "/replicate",
+            get(replicate_state)
+                .post(replicate_append)
+                .layer(DefaultBodyLimit::max(BATCH_BODY_BYTES)),
+        )
+        // A snapshot is the whole state, as big as the store: it comes only
+        // from the leader, so it is not capped.
+        .route(
+            "/replicate/snapshot",
+            post(replicate_snapshot).layer(DefaultBodyLimit::disable()),
+        )
         .route("/replication/peers", put(set_peers).get(get_peers))
         .route("/replication/wait", post(wait_for_peer))
         .route("/admin/pause-heartbeats", post(pause_heartbeats))
@@ -383,6 +412,44 @@ async fn read_key(
     }
 }
 
+/// At most this many keys in one `POST /batch/read`.
+pub const MAX_READ_BATCH: usize = 4096;
+
+/// `POST /batch/read`: many keys, one lock, one answer. The coordinator
+/// gathers concurrent client reads meant for this node into one of these, so
+/// a busy cluster pays one HTTP exchange per batch instead of one per read.
+async fn read_batch(
+    State(node): Shared,
+    ApiJson(req): ApiJson<ReadBatchRequest>,
+) -> Result<Json<ReadBatchResponse>, ApiError> {
+    if req.keys.is_empty() || req.keys.len() > MAX_READ_BATCH {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "a read batch holds 1 to {MAX_READ_BATCH} keys, got {}",
+                req.keys.len()
+            ),
+        ));
+    }
+    for key in &req.keys {
+        validate_key_value(key, None)?;
+    }
+    node.stats
+        .total_reads
+        .fetch_add(req.keys.len() as u64, Ordering::Relaxed);
+    let values = {
+        let core = node.core.lock().unwrap();
+        req.keys
+            .iter()
+            .map(|k| core.store.get(k).cloned())
+            .collect()
+    };
+    Ok(Json(ReadBatchResponse {
+        node_id: node.id.clone(),
+        values,
+    }))
+}
+
 async fn all_data(State(node): Shared) -> Json<NodeData> {
     let data = node.core.lock().unwrap().store.to_map();
     Json(NodeData {
@@ -410,117 +477,8 @@ async fn snapshot(State(node): Shared) -> Json<NodeSnapshot> {
 }
 
 // ---------------------------------------------------------------------------
-// The leader's write path
+// Replication peers (the leader's side)
 // ---------------------------------------------------------------------------
-
-/// Default wait for sync acks when the coordinator does not say.
-const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(3);
-
-async fn leader_write(
-    State(node): Shared,
-    ApiJson(req): ApiJson<LeaderWriteRequest>,
-) -> Result<Json<LeaderWriteResponse>, ApiError> {
-    if !node.is_leader() {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!("{} is a follower: writes go to the leader", node.id),
-        ));
-    }
-    validate_key_value(&req.key, Some(&req.value))?;
-    node.stats.total_writes.fetch_add(1, Ordering::Relaxed);
-    let (entry, ticket) = append(&node, req.key, req.value);
-    if let Some(ticket) = ticket {
-        durable::wait_persisted(&node, ticket).await?;
-    }
-    node.publish_persisted(entry.seq);
-    durable::snapshot_if_due(&node, entry.seq);
-    let timeout = req
-        .ack_timeout_ms
-        .map(Duration::from_millis)
-        .unwrap_or(DEFAULT_ACK_TIMEOUT);
-    let deadline = tokio::time::Instant::now() + timeout;
-    let waits = req
-        .sync
-        .iter()
-        .map(|p| wait_ack(&node, p, entry.seq, deadline));
-    let results = futures::future::join_all(waits).await;
-    let mut answer = LeaderWriteResponse {
-        key: entry.key.clone(),
-        value: entry.value.clone(),
-        version: entry.version,
-        seq: entry.seq,
-        acked_by: vec![],
-        missing: vec![],
-    };
-    for (peer, result) in req.sync.iter().zip(results) {
-        match result {
-            Ok(()) => answer.acked_by.push(peer.node_id.clone()),
-            Err(reason) => answer.missing.push(MissingAck {
-                node_id: peer.node_id.clone(),
-                reason,
-            }),
-        }
-    }
-    Ok(Json(answer))
-}
-
-/// Puts a write into the log and the state, atomically, and submits it to
-/// the durable log (if any) under the same lock, so the disk gets the entries
-/// in seq order. The caller awaits the ticket, then publishes the entry to
-/// the streams.
-fn append(node: &NodeState, key: String, value: String) -> (Arc<Entry>, Option<AppendTicket>) {
-    let mut core = node.core.lock().unwrap();
-    let entry = Arc::new(Entry {
-        seq: core.log.last_seq() + 1,
-        term: node.term,
-        version: core.store.next_version(&key),
-        key,
-        value,
-    });
-    let applied = core.store.apply(&entry);
-    debug_assert_eq!(applied, store::Applied::Applied);
-    core.log.push(entry.clone(), Instant::now());
-    let ticket = node
-        .durability
-        .as_ref()
-        .map(|d| d.wal.submit(vec![Entry::clone(&entry)]));
-    (entry, ticket)
-}
-
-/// Waits until `peer` acknowledges `seq`; gives up at the deadline or as soon
-/// as an attempt to reach it fails.
-async fn wait_ack(
-    node: &NodeState,
-    peer: &PeerRef,
-    seq: u64,
-    deadline: tokio::time::Instant,
-) -> Result<(), String> {
-    let Some(stream) = node.peer(&peer.node_id) else {
-        return Err("not a replication peer of the leader".into());
-    };
-    if stream.config.incarnation != peer.incarnation {
-        return Err(format!(
-            "the leader streams to incarnation {}, not {}",
-            stream.config.incarnation, peer.incarnation
-        ));
-    }
-    let mut rx = stream.subscribe();
-    let failures_before = rx.borrow().failures;
-    let waited = tokio::time::timeout_at(
-        deadline,
-        rx.wait_for(|p| p.acked_seq >= seq || p.failures > failures_before),
-    )
-    .await;
-    match waited {
-        Ok(Ok(p)) if p.acked_seq >= seq => Ok(()),
-        Ok(Ok(p)) => Err(p
-            .last_error
-            .clone()
-            .unwrap_or_else(|| "replication failed".into())),
-        Ok(Err(_)) => Err("replication stream stopped".into()),
-        Err(_) => Err("no ack before the write's deadline".into()),
-    }
-}
 
 async fn set_peers(
     State(node): Shared,

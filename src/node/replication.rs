@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::log::Next;
-use super::NodeState;
+use super::{NodeState, BATCH_PAYLOAD_BYTES};
 use crate::api::{
     AppendRequest, AppendResponse, Entry, FollowerProgress, InstallSnapshot, PeerConfig,
 };
@@ -247,9 +247,17 @@ fn plan(node: &NodeState, peer: &Peer, from: u64) -> Plan {
             if first_ready > now {
                 return Plan::SleepUntil(first_ready);
             }
+            let mut bytes = 0;
             let batch = entries
                 .into_iter()
                 .take_while(|e| peer.due(node, e.appended_at) <= now)
+                // Bounded in bytes too, so big values never exceed the
+                // follower's body limit (the first entry always goes).
+                .take_while(|e| {
+                    let fits = bytes < BATCH_PAYLOAD_BYTES;
+                    bytes += e.entry.key.len() + e.entry.value.len();
+                    fits
+                })
                 .map(|e| e.entry)
                 .collect();
             Plan::Send(batch)

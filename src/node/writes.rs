@@ -1,0 +1,195 @@
+//! The leader's write path: `POST /data` (one write) and `POST /batch/write`
+//! (several writes the coordinator gathered while earlier ones were in flight).
+//!
+//! Both go through [`write_batch`]: a single write is a batch of one. A batch
+//! is appended under one lock, submitted to the durable log as one record
+//! group (one fsync under `--fsync always`), published to the replication
+//! streams at once, and acknowledged per write.
+//!
+//! Invariants:
+//! - **Entries reach the log, the state and the disk in seq order**: seqs are
+//!   given, applied and submitted to the WAL under the same lock.
+//! - **Nothing is streamed to followers before the leader has persisted it**
+//!   ([`NodeState::publish_persisted`] runs only after the WAL ticket), so a
+//!   follower never holds an entry a restarted leader would not have.
+//! - **A write's answer says which sync followers acknowledged it**. Acks are
+//!   cumulative (a follower acks "everything up to seq N"), so one wait for
+//!   the batch's last seq covers every write in it. If that wait fails, every
+//!   write of the batch reports the follower missing, even one the follower
+//!   may in fact have: under-reporting an ack only turns a success into an
+//!   "outcome unknown" 503, never the other way round.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+
+use super::{durable, store, NodeState, Shared};
+use crate::api::*;
+use crate::http::{validate_key_value, ApiError, ApiJson};
+use crate::storage::AppendTicket;
+
+/// Default wait for sync acks when the coordinator does not say.
+const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// At most this many writes in one `POST /batch/write`.
+pub const MAX_WRITE_BATCH: usize = 1024;
+
+/// `POST /data`: one write.
+pub async fn leader_write(
+    State(node): Shared,
+    ApiJson(req): ApiJson<LeaderWriteRequest>,
+) -> Result<Json<LeaderWriteResponse>, ApiError> {
+    let writes = vec![KeyValue {
+        key: req.key,
+        value: req.value,
+    }];
+    let mut answers = write_batch(&node, writes, &req.sync, req.ack_timeout_ms).await?;
+    Ok(Json(answers.remove(0)))
+}
+
+/// `POST /batch/write`: several writes, one answer each, in order.
+pub async fn leader_write_batch(
+    State(node): Shared,
+    ApiJson(req): ApiJson<LeaderBatchRequest>,
+) -> Result<Json<LeaderBatchResponse>, ApiError> {
+    if req.writes.is_empty() || req.writes.len() > MAX_WRITE_BATCH {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "a write batch holds 1 to {MAX_WRITE_BATCH} writes, got {}",
+                req.writes.len()
+            ),
+        ));
+    }
+    let results = write_batch(&node, req.writes, &req.sync, req.ack_timeout_ms).await?;
+    Ok(Json(LeaderBatchResponse { results }))
+}
+
+/// Checks, appends, persists and replicates `writes`; answers once each sync
+/// follower has acknowledged them or the ack timeout has passed.
+async fn write_batch(
+    node: &Arc<NodeState>,
+    writes: Vec<KeyValue>,
+    sync: &[PeerRef],
+    ack_timeout_ms: Option<u64>,
+) -> Result<Vec<LeaderWriteResponse>, ApiError> {
+    if !node.is_leader() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("{} is a follower: writes go to the leader", node.id),
+        ));
+    }
+    // All or nothing: a bad write refuses the batch before any is appended.
+    for w in &writes {
+        validate_key_value(&w.key, Some(&w.value))?;
+    }
+    node.stats
+        .total_writes
+        .fetch_add(writes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    let (entries, ticket) = append(node, writes);
+    if let Some(ticket) = ticket {
+        durable::wait_persisted(node, ticket).await?;
+    }
+    let last = entries.last().expect("a batch is never empty").seq;
+    node.publish_persisted(last);
+    durable::snapshot_if_due(node, last);
+
+    let timeout = ack_timeout_ms
+        .map(Duration::from_millis)
+        .unwrap_or(DEFAULT_ACK_TIMEOUT);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let waits = sync.iter().map(|p| wait_ack(node, p, last, deadline));
+    let acks = futures::future::join_all(waits).await;
+    Ok(entries
+        .iter()
+        .map(|entry| answer(entry, sync, &acks))
+        .collect())
+}
+
+/// One write's answer, given each sync follower's ack (or why it is missing).
+fn answer(entry: &Entry, sync: &[PeerRef], acks: &[Result<(), String>]) -> LeaderWriteResponse {
+    let mut answer = LeaderWriteResponse {
+        key: entry.key.clone(),
+        value: entry.value.clone(),
+        version: entry.version,
+        seq: entry.seq,
+        acked_by: vec![],
+        missing: vec![],
+    };
+    for (peer, ack) in sync.iter().zip(acks) {
+        match ack {
+            Ok(()) => answer.acked_by.push(peer.node_id.clone()),
+            Err(reason) => answer.missing.push(MissingAck {
+                node_id: peer.node_id.clone(),
+                reason: reason.clone(),
+            }),
+        }
+    }
+    answer
+}
+
+/// Puts writes into the log and the state, atomically, and submits them to
+/// the durable log (if any) under the same lock, so the disk gets the entries
+/// in seq order. The caller awaits the ticket, then publishes the entries to
+/// the streams.
+fn append(node: &NodeState, writes: Vec<KeyValue>) -> (Vec<Arc<Entry>>, Option<AppendTicket>) {
+    let mut core = node.core.lock().unwrap();
+    let now = Instant::now();
+    let mut entries = Vec::with_capacity(writes.len());
+    for KeyValue { key, value } in writes {
+        let entry = Arc::new(Entry {
+            seq: core.log.last_seq() + 1,
+            term: node.term,
+            version: core.store.next_version(&key),
+            key,
+            value,
+        });
+        let applied = core.store.apply(&entry);
+        debug_assert_eq!(applied, store::Applied::Applied);
+        core.log.push(entry.clone(), now);
+        entries.push(entry);
+    }
+    let ticket = node.durability.as_ref().map(|d| {
+        d.wal
+            .submit(entries.iter().map(|e| Entry::clone(e)).collect())
+    });
+    (entries, ticket)
+}
+
+/// Waits until `peer` acknowledges `seq`; gives up at the deadline or as soon
+/// as an attempt to reach it fails.
+async fn wait_ack(
+    node: &NodeState,
+    peer: &PeerRef,
+    seq: u64,
+    deadline: tokio::time::Instant,
+) -> Result<(), String> {
+    let Some(stream) = node.peer(&peer.node_id) else {
+        return Err("not a replication peer of the leader".into());
+    };
+    if stream.config.incarnation != peer.incarnation {
+        return Err(format!(
+            "the leader streams to incarnation {}, not {}",
+            stream.config.incarnation, peer.incarnation
+        ));
+    }
+    let mut rx = stream.subscribe();
+    let failures_before = rx.borrow().failures;
+    let waited = tokio::time::timeout_at(
+        deadline,
+        rx.wait_for(|p| p.acked_seq >= seq || p.failures > failures_before),
+    )
+    .await;
+    match waited {
+        Ok(Ok(p)) if p.acked_seq >= seq => Ok(()),
+        Ok(Ok(p)) => Err(p
+            .last_error
+            .clone()
+            .unwrap_or_else(|| "replication failed".into())),
+        Ok(Err(_)) => Err("replication stream stopped".into()),
+        Err(_) => Err("no ack before the write's deadline".into()),
+    }
+}
