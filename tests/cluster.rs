@@ -481,6 +481,86 @@ fn bad_input_is_refused_clearly() {
     assert_eq!(c.status()["quorum"]["can_write"], true);
 }
 
+/// The nodes' batch endpoints (the coordinator's internal protocol) refuse
+/// bad batches whole, with a clear error, and change nothing.
+#[test]
+fn batch_endpoints_refuse_bad_batches() {
+    let c = Cluster::start(&["--followers", "1", "-W", "1", "-R", "1", "--no-delay"]);
+    c.write("keep", "me");
+    let (leader, follower) = (c.node_url(0), c.node_url(1));
+    let post = |url: String, body: &str| {
+        let r = c
+            .http
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().unwrap())
+    };
+    let write = format!("{leader}/batch/write");
+    let read = format!("{follower}/batch/read");
+    let (code, e) = post(write.clone(), "{not json");
+    assert_eq!(code, 400, "{e}");
+    let (code, e) = post(write.clone(), r#"{"writes": []}"#);
+    assert_eq!(code, 422, "{e}");
+    assert!(as_text(&e).contains("1 to"), "{e}");
+    // One bad write refuses the whole batch: the good one is not applied.
+    let (code, e) = post(
+        write.clone(),
+        r#"{"writes": [{"key": "keep", "value": "lost"}, {"key": "", "value": "x"}]}"#,
+    );
+    assert_eq!(code, 400, "{e}");
+    let (code, e) = post(
+        format!("{follower}/batch/write"),
+        r#"{"writes": [{"key": "a", "value": "b"}]}"#,
+    );
+    assert_eq!(code, 403, "followers take no writes: {e}");
+    let (code, e) = post(read.clone(), r#"{"keys": []}"#);
+    assert_eq!(code, 422, "{e}");
+    let too_many = json!({"keys": vec!["k"; 5000]}).to_string();
+    let (code, e) = post(read.clone(), &too_many);
+    assert_eq!(code, 422, "{e}");
+    let (code, e) = post(read.clone(), r#"{"keys": ["keep", ""]}"#);
+    assert_eq!(code, 400, "{e}");
+    let (code, r) = post(read, r#"{"keys": ["keep", "nope"]}"#);
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(r["values"][0]["value"], "me");
+    assert_eq!(r["values"][1], Value::Null);
+    let (_, r) = c.read("keep");
+    assert_eq!(
+        (r["value"].as_str(), r["version"].as_u64()),
+        (Some("me"), Some(1))
+    );
+}
+
+/// Values near the 1 MiB limit, written at once, share batches far above the
+/// 2 MiB body limit of client requests; they still replicate whole.
+#[test]
+fn big_values_written_together_replicate() {
+    let c = Cluster::start(&["--followers", "2", "-W", "2", "-R", "2", "--no-delay"]);
+    let value = |i: usize| format!("{i}").repeat(1024 * 1024);
+    std::thread::scope(|s| {
+        for i in 0..6 {
+            let c = &c;
+            s.spawn(move || {
+                let (code, w) = c.write(&format!("big-{i}"), &value(i));
+                assert_eq!(
+                    code,
+                    200,
+                    "big-{i}: {}",
+                    &as_text(&w)[..200.min(as_text(&w).len())]
+                );
+            });
+        }
+    });
+    for i in 0..6 {
+        let (code, r) = c.read(&format!("big-{i}"));
+        assert_eq!(code, 200);
+        assert!(r["value"] == value(i).as_str(), "big-{i} came back changed");
+    }
+}
+
 /// Impossible settings are refused at start, with the reason.
 #[test]
 fn impossible_configs_are_refused() {
