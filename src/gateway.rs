@@ -11,9 +11,10 @@
 //!   the gateway calls its axum `Router` directly, as a tower `Service`. Going
 //!   through loopback TCP instead (encode the request, write it to a socket,
 //!   wake the coordinator's connection task, parse it, and the same again for
-//!   the answer) cost about half of the `up` process's CPU per request, to
-//!   talk to code a function call away. The coordinator still listens on its
-//!   port: the client, the registry and course scripts use it.
+//!   the answer) cost a quarter to a half of the `up` process's CPU per
+//!   request (measured with `kvlab bench`), to talk to code a function call
+//!   away. The coordinator still listens on its port: the client, the
+//!   registry and course scripts use it.
 //!
 //! Invariants:
 //! - **Both upstreams are one contract.** A forwarded request is the same
