@@ -1,17 +1,36 @@
 //! The gateway: the one address a client needs (port 8000).
 //!
 //! It forwards `/write`, `/read/{key}` and `/cluster-status` to the
-//! coordinator over pooled keep-alive connections, passes the coordinator's
-//! answers and errors through, and can limit each client address's request
-//! rate (see [`crate::ratelimit`]).
+//! coordinator, passes the coordinator's answers and errors through, and can
+//! limit each client address's request rate (see [`crate::ratelimit`]).
+//!
+//! The coordinator is reached one of two ways (an `Upstream`):
+//! - **Remote** (`kvlab gateway --coordinator URL`): a coordinator in another
+//!   process, over pooled keep-alive HTTP connections.
+//! - **Local** (`kvlab up`): the coordinator lives in this same process, so
+//!   the gateway calls its axum `Router` directly, as a tower `Service`. Going
+//!   through loopback TCP instead (encode the request, write it to a socket,
+//!   wake the coordinator's connection task, parse it, and the same again for
+//!   the answer) cost a quarter to a half of the `up` process's CPU per
+//!   request (measured with `kvlab bench`), to talk to code a function call
+//!   away. The coordinator still listens on its port: the client, the
+//!   registry and course scripts use it.
 //!
 //! Invariants:
+//! - **Both upstreams are one contract.** A forwarded request is the same
+//!   method, percent-encoded path and JSON body either way, and every answer
+//!   goes through one relay step (`relay`): a success body is passed through
+//!   byte for byte, an error keeps its status and its `detail`, no answer
+//!   within `--timeout` is 503 `Coordinator unreachable: ...`, and the
+//!   counters move alike. Only that 503's text (and the startup line) says
+//!   which way the request went.
 //! - **Every answer is JSON with the lab's shapes**, except `/graduate`
 //!   (text). Errors of the gateway's own are `{"detail": ...}`; a refused
 //!   request is the 429 body of api.md.
-//! - **The gateway holds no cluster state.** When the coordinator is down it
-//!   answers 503 and keeps serving; the next request after the coordinator
-//!   is back succeeds, with no restart (the pooled client simply reconnects).
+//! - **The gateway holds no cluster state.** When a remote coordinator is
+//!   down it answers 503 and keeps serving; the next request after the
+//!   coordinator is back succeeds, with no restart (the pooled client simply
+//!   reconnects).
 //! - **Rate limiting covers every path, `/health` included**, as in the
 //!   original: a health check is a request like any other, and exempting one
 //!   path would give a flooder a free endpoint. Probes should come from an
@@ -25,6 +44,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::header::{HeaderName, CONTENT_TYPE, RETRY_AFTER};
@@ -35,12 +55,13 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use clap::Parser;
 use serde_json::json;
+use tower::ServiceExt;
 use url::Url;
 
 use crate::api::{
     ports, GatewayInfo, GatewayMetrics, GatewayStats, ServiceHealth, TooManyRequests, WriteRequest,
 };
-use crate::http::{describe_reqwest_error, error_detail, validate_key_value, ApiError, ApiJson};
+use crate::http::{describe_reqwest_error, detail_of, validate_key_value, ApiError, ApiJson};
 use crate::ratelimit::{
     ceil_secs, Decision, LimitError, Limits, RateLimiter, Strategy, DEFAULT_MAX_CLIENTS,
 };
@@ -84,6 +105,11 @@ pub struct Args {
 pub enum ConfigError {
     #[error("--coordinator must be an http:// or https:// URL, got '{0}'")]
     BadCoordinator(String),
+    #[error(
+        "an in-process coordinator is served at the root of its URL; \
+         the URL must have no path, got '{0}'"
+    )]
+    InProcessPath(String),
     #[error("--timeout must be between 0.001 and 3600 seconds, got {0}")]
     BadTimeout(f64),
     #[error(transparent)]
@@ -162,21 +188,52 @@ fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
+/// Where the gateway forwards to (see the module's doc). Either way the
+/// coordinator's address is `Config::coordinator`.
+enum Upstream {
+    /// A coordinator in another process (`kvlab gateway --coordinator URL`):
+    /// pooled keep-alive HTTP.
+    Remote(reqwest::Client),
+    /// The coordinator in this process (`kvlab up`): its axum Router, called
+    /// as a tower Service, with no socket in between.
+    Local(Router),
+}
+
 pub struct Gateway {
     config: Config,
-    http: reqwest::Client,
+    upstream: Upstream,
     limiter: Option<RateLimiter>,
     metrics: Metrics,
 }
 
 impl Gateway {
+    /// A gateway for a coordinator in another process, reached over HTTP at
+    /// `config.coordinator` (`kvlab gateway`).
     pub fn new(config: Config) -> Result<Arc<Gateway>, ConfigError> {
+        Gateway::with_upstream(config, Upstream::Remote(crate::http::client()))
+    }
+
+    /// A gateway for the coordinator in this process (`kvlab up`), given its
+    /// router ([`crate::coordinator::router`]), which it calls directly.
+    /// `config.coordinator` is the URL that coordinator also listens on: the
+    /// gateway shows it and names it in errors. The router answers at its
+    /// root, as on its port, so that URL must have no path.
+    pub fn in_process(config: Config, coordinator: Router) -> Result<Arc<Gateway>, ConfigError> {
+        if config.coordinator.path() != "/" {
+            return Err(ConfigError::InProcessPath(config.coordinator.to_string()));
+        }
+        // The same input limits as requests reaching it over TCP get.
+        let router = crate::http::limited(coordinator);
+        Gateway::with_upstream(config, Upstream::Local(router))
+    }
+
+    fn with_upstream(config: Config, upstream: Upstream) -> Result<Arc<Gateway>, ConfigError> {
         let limiter = match &config.rate_limit {
             Some(rl) => Some(RateLimiter::new(rl.strategy, rl.limits, rl.max_clients)?),
             None => None,
         };
         Ok(Arc::new(Gateway {
-            http: crate::http::client(),
+            upstream,
             limiter,
             metrics: Metrics::default(),
             config,
@@ -185,6 +242,21 @@ impl Gateway {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Whether the coordinator is called in-process rather than over HTTP.
+    pub fn is_in_process(&self) -> bool {
+        matches!(self.upstream, Upstream::Local(_))
+    }
+
+    /// `", in-process"` when it is, to follow the coordinator's URL in
+    /// messages: a person debugging should know no socket was involved.
+    fn in_process_note(&self) -> &'static str {
+        if self.is_in_process() {
+            ", in-process"
+        } else {
+            ""
+        }
     }
 
     /// The coordinator's URL for a path of segments, each percent-encoded
@@ -223,8 +295,13 @@ pub fn describe(gateway: &Gateway) -> String {
         ),
         None => "no rate limit".to_string(),
     };
+    let how = if gateway.is_in_process() {
+        " (in-process)"
+    } else {
+        ""
+    };
     format!(
-        "http://{} -> coordinator {}, {limiting}",
+        "http://{} -> coordinator {}{how}, {limiting}",
         gateway.config.addr,
         gateway.config.coordinator_str()
     )
@@ -359,33 +436,133 @@ fn add_limit_headers(headers: &mut HeaderMap, limiter: &RateLimiter, d: &Decisio
 // Forwarding
 // ---------------------------------------------------------------------------
 
+/// The coordinator's answer, read in full: its status and its body.
+type Answer = (StatusCode, Bytes);
+
+impl Gateway {
+    /// Sends one request to the coordinator, whichever the upstream, and
+    /// returns its answer, or why none came ("timed out", "cannot connect:
+    /// ..."). `body`, if any, is JSON.
+    async fn call(
+        &self,
+        method: Method,
+        segments: &[&str],
+        body: Option<Bytes>,
+    ) -> Result<Answer, String> {
+        let url = self.endpoint(segments);
+        let timeout = self.config.timeout;
+        match &self.upstream {
+            Upstream::Remote(http) => call_remote(http, method, url, body, timeout).await,
+            Upstream::Local(router) => call_local(router, method, &url, body, timeout).await,
+        }
+    }
+}
+
+/// Over HTTP, on one of the pool's keep-alive connections.
+async fn call_remote(
+    http: &reqwest::Client,
+    method: Method,
+    url: Url,
+    body: Option<Bytes>,
+    timeout: Duration,
+) -> Result<Answer, String> {
+    // The timeout covers the whole exchange, the body included.
+    let mut request = http.request(method, url).timeout(timeout);
+    if let Some(body) = body {
+        request = request.header(CONTENT_TYPE, "application/json").body(body);
+    }
+    let resp = request
+        .send()
+        .await
+        .map_err(|e| describe_reqwest_error(&e))?;
+    let status = resp.status();
+    let body = resp.bytes().await.map_err(|e| describe_reqwest_error(&e))?;
+    Ok((status, body))
+}
+
+/// In-process: the coordinator's router handles the request as its server
+/// would, minus the socket. No answer within `timeout` is "timed out", as
+/// over HTTP. Giving up drops the coordinator's handler where it waits,
+/// exactly what its server does to a handler whose client has hung up.
+async fn call_local(
+    router: &Router,
+    method: Method,
+    url: &Url,
+    body: Option<Bytes>,
+    timeout: Duration,
+) -> Result<Answer, String> {
+    let request = local_request(method, url, body)?;
+    let answer = async {
+        // A Router never fails as a Service (its error is `Infallible`):
+        // everything that goes wrong in a handler is an HTTP answer.
+        let Ok(resp) = router.clone().oneshot(request).await;
+        let status = resp.status();
+        // No size limit: it is our own coordinator's answer, and its body is
+        // already in memory (a JSON value it serialized).
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .map_err(|e| format!("unreadable answer: {e}"))?;
+        Ok((status, body))
+    };
+    tokio::time::timeout(timeout, answer)
+        .await
+        .map_err(|_| "timed out".to_string())?
+}
+
+/// The request a client would send the coordinator's port: the same method,
+/// the same percent-encoded path (the router decodes it, as its server
+/// would), and the JSON body with its content type.
+fn local_request(
+    method: Method,
+    url: &Url,
+    body: Option<Bytes>,
+) -> Result<axum::http::Request<Body>, String> {
+    let builder = axum::http::Request::builder()
+        .method(method)
+        .uri(url.path());
+    let request = match body {
+        Some(body) => builder
+            .header(CONTENT_TYPE, "application/json")
+            .body(Body::from(body)),
+        None => builder.body(Body::empty()),
+    };
+    request.map_err(|e| format!("cannot build the request: {e}"))
+}
+
 /// 503 for a coordinator that did not answer (refused, timed out, reset).
-fn unreachable(gw: &Gateway, e: &reqwest::Error) -> ApiError {
+fn unreachable(gw: &Gateway, why: &str) -> ApiError {
     bump(&gw.metrics.errors);
     ApiError::unavailable(format!(
-        "Coordinator unreachable: {} ({})",
-        describe_reqwest_error(e),
-        gw.config.coordinator_str()
+        "Coordinator unreachable: {why} ({}{})",
+        gw.config.coordinator_str(),
+        gw.in_process_note()
     ))
 }
 
-/// Turns the coordinator's answer into the gateway's: a success body is passed
-/// through byte for byte; an error keeps its status and its `detail`.
-async fn relay(
-    gw: &Gateway,
-    sent: Result<reqwest::Response, reqwest::Error>,
-) -> Result<Response, ApiError> {
-    let resp = sent.map_err(|e| unreachable(gw, &e))?;
+/// Turns the coordinator's answer into the gateway's, whichever upstream it
+/// came from: a success body is passed through byte for byte; an error keeps
+/// its status and its `detail`.
+fn relay(gw: &Gateway, answer: Result<Answer, String>) -> Result<Response, ApiError> {
+    let (status, body) = answer.map_err(|why| unreachable(gw, &why))?;
     bump(&gw.metrics.forwarded);
-    let status = resp.status();
     if status.is_success() {
-        let body = resp.bytes().await.map_err(|e| unreachable(gw, &e))?;
         return Ok((status, [(CONTENT_TYPE, "application/json")], body).into_response());
     }
     if status.is_server_error() {
         bump(&gw.metrics.errors);
     }
-    Err(ApiError::new(status, error_detail(resp).await))
+    Err(ApiError::new(status, detail_of(status, &body)))
+}
+
+/// Forwards one request and relays the answer.
+async fn forward(
+    gw: &Gateway,
+    method: Method,
+    segments: &[&str],
+    body: Option<Bytes>,
+) -> Result<Response, ApiError> {
+    let answer = gw.call(method, segments, body).await;
+    relay(gw, answer)
 }
 
 /// `POST /write`: checked here too, so bad input never costs a round trip.
@@ -394,14 +571,10 @@ async fn write(
     ApiJson(req): ApiJson<WriteRequest>,
 ) -> Result<Response, ApiError> {
     validate_key_value(&req.key, Some(&req.value))?;
-    let sent = gw
-        .http
-        .post(gw.endpoint(&["write"]))
-        .json(&req)
-        .timeout(gw.config.timeout)
-        .send()
-        .await;
-    relay(&gw, sent).await
+    // Encoded once, and sent as is whichever the upstream.
+    let body = serde_json::to_vec(&req)
+        .map_err(|e| ApiError::internal(format!("cannot encode the write: {e}")))?;
+    forward(&gw, Method::POST, &["write"], Some(body.into())).await
 }
 
 /// `GET /read/{key}`: the key may contain anything, `/` included.
@@ -413,13 +586,8 @@ async fn read(
         ApiError::bad_request(json!({"error": "invalid key", "reason": e.body_text()}))
     })?;
     validate_key_value(&key, None)?;
-    let sent = gw
-        .http
-        .get(gw.endpoint(&["read", &key]))
-        .timeout(gw.config.timeout)
-        .send()
-        .await;
-    relay(&gw, sent).await.map_err(|e| {
+    let relayed = forward(&gw, Method::GET, &["read", &key], None).await;
+    relayed.map_err(|e| {
         if e.status == StatusCode::NOT_FOUND {
             ApiError::not_found(format!("Key '{key}' not found"))
         } else {
@@ -430,13 +598,7 @@ async fn read(
 
 /// `GET /cluster-status`: the coordinator's `/status`.
 async fn cluster_status(State(gw): Shared) -> Result<Response, ApiError> {
-    let sent = gw
-        .http
-        .get(gw.endpoint(&["status"]))
-        .timeout(gw.config.timeout)
-        .send()
-        .await;
-    relay(&gw, sent).await
+    forward(&gw, Method::GET, &["status"], None).await
 }
 
 // ---------------------------------------------------------------------------
@@ -567,5 +729,134 @@ mod tests {
         let prefixed = Config::from_args(&args(&["--coordinator", "http://h:1/kv/"])).unwrap();
         let gw = Gateway::new(prefixed).unwrap();
         assert_eq!(gw.endpoint(&["write"]).as_str(), "http://h:1/kv/write");
+    }
+
+    // -- In-process: a stand-in coordinator router, the gateway's router
+    // -- driven directly (no sockets at all).
+
+    /// The bytes of the stand-in's `/status`: valid JSON, oddly spaced, so a
+    /// re-encoding on the way would show.
+    const STATUS_BYTES: &str = "{ \"leader\" : null,\n  \"followers\": [] }";
+
+    /// A stand-in coordinator: writes fail their quorum; reading "missing"
+    /// is its 404, "slow" never answers in time, any other key is echoed.
+    fn stub_coordinator() -> Router {
+        let write = |Json(w): Json<WriteRequest>| async move {
+            let detail = json!({"error": "Write quorum not met", "sync_acks": 1, "key": w.key});
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "detail": detail })),
+            )
+        };
+        let read = |Path(key): Path<String>| async move {
+            match key.as_str() {
+                "missing" => {
+                    let detail = format!("Key '{key}' not found in quorum");
+                    (StatusCode::NOT_FOUND, Json(json!({ "detail": detail }))).into_response()
+                }
+                "slow" => {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    StatusCode::OK.into_response()
+                }
+                _ => Json(json!({ "key": key })).into_response(),
+            }
+        };
+        let status = || async { ([(CONTENT_TYPE, "application/json")], STATUS_BYTES) };
+        Router::new()
+            .route("/write", post(write))
+            .route("/read/{*key}", get(read))
+            .route("/status", get(status))
+    }
+
+    fn in_process(extra: &[&str]) -> Arc<Gateway> {
+        let config = Config::from_args(&args(extra)).unwrap();
+        Gateway::in_process(config, stub_coordinator()).unwrap()
+    }
+
+    /// One request to the gateway, as a client would send it: the status,
+    /// the content type and the body.
+    async fn ask(gw: &Arc<Gateway>, method: Method, uri: &str) -> (StatusCode, String, Bytes) {
+        let builder = axum::http::Request::builder().method(method).uri(uri);
+        let request = if uri == "/write" {
+            let body = json!({"key": "k", "value": "v"}).to_string();
+            builder
+                .header(CONTENT_TYPE, "application/json")
+                .body(Body::from(body))
+        } else {
+            builder.body(Body::empty())
+        };
+        let Ok(resp) = router(gw.clone()).oneshot(request.unwrap()).await;
+        let status = resp.status();
+        let content_type = resp.headers()[CONTENT_TYPE].to_str().unwrap().to_string();
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, content_type, body)
+    }
+
+    fn json_of(body: &Bytes) -> serde_json::Value {
+        serde_json::from_slice(body).unwrap()
+    }
+
+    #[tokio::test]
+    async fn in_process_gateway_relays_the_coordinators_errors() {
+        let gw = in_process(&[]);
+        let (status, _, body) = ask(&gw, Method::POST, "/write").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            json_of(&body),
+            json!({"detail": {"error": "Write quorum not met", "sync_acks": 1, "key": "k"}}),
+            "the coordinator's detail, fields and all"
+        );
+        let (status, _, body) = ask(&gw, Method::GET, "/read/missing").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(json_of(&body), json!({"detail": "Key 'missing' not found"}));
+        let m = gw.metrics.view();
+        assert_eq!(
+            (m.forwarded_requests, m.errors),
+            (2, 1),
+            "only the 503 is an error"
+        );
+    }
+
+    #[tokio::test]
+    async fn in_process_gateway_passes_answers_through() {
+        let gw = in_process(&[]);
+        let (status, content_type, body) = ask(&gw, Method::GET, "/cluster-status").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(content_type, "application/json");
+        assert_eq!(body, STATUS_BYTES.as_bytes(), "byte for byte");
+        // The key reaches the coordinator decoded, as over HTTP.
+        let odd = "a/b c?d#e%";
+        let (status, _, body) = ask(&gw, Method::GET, "/read/a%2Fb%20c%3Fd%23e%25").await;
+        assert_eq!(
+            (status, json_of(&body)),
+            (StatusCode::OK, json!({ "key": odd }))
+        );
+    }
+
+    #[tokio::test]
+    async fn in_process_gateway_times_out_like_a_remote_one() {
+        let gw = in_process(&["--timeout", "0.2"]);
+        let (status, _, body) = ask(&gw, Method::GET, "/read/slow").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            json_of(&body),
+            json!({"detail":
+                "Coordinator unreachable: timed out (http://127.0.0.1:7000, in-process)"})
+        );
+        let m = gw.metrics.view();
+        assert_eq!((m.forwarded_requests, m.errors), (0, 1));
+    }
+
+    #[test]
+    fn in_process_gateway_says_so_and_needs_a_root_url() {
+        let gw = in_process(&[]);
+        assert!(describe(&gw).contains("coordinator http://127.0.0.1:7000 (in-process),"));
+        let prefixed = Config::from_args(&args(&["--coordinator", "http://h:1/kv/"])).unwrap();
+        let err = Gateway::in_process(prefixed, stub_coordinator())
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("no path"), "{err}");
     }
 }

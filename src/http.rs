@@ -6,7 +6,10 @@
 //!   missing field, a wrong content type) are turned into a clear `ApiError`.
 //! - [`client`]: the one pooled keep-alive HTTP client a component uses to talk
 //!   to the others.
-//! - [`bind`] and [`serve`]: listening with an error that names the port.
+//! - [`bind`] and [`serve`]: listening with an error that names the port;
+//!   [`limited`]: the input limits a served router gets.
+//! - [`error_detail`] and [`detail_of`]: the `detail` of another component's
+//!   error answer, whatever shape its body has.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -174,14 +177,20 @@ pub async fn serve(
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let router = router.layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES));
     axum::serve(
         listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
+        limited(router).into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
     .await?;
     Ok(())
+}
+
+/// A router with the input limits every component applies to its requests
+/// ([`MAX_BODY_BYTES`]), whether they come over TCP ([`serve`]) or are handed
+/// to it in-process (the gateway of `kvlab up`).
+pub fn limited(router: Router) -> Router {
+    router.layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
 
 /// Resolves on Ctrl-C or SIGTERM: the signals that mean "stop cleanly".
@@ -206,7 +215,15 @@ pub async fn shutdown_signal() {
 /// Reads an error answer's `detail`, whatever shape the body has.
 pub async fn error_detail(resp: reqwest::Response) -> Value {
     let status = resp.status();
-    match resp.json::<Value>().await {
+    // A body that cannot be read is treated like one that is not JSON.
+    let body = resp.bytes().await.unwrap_or_default();
+    detail_of(status, &body)
+}
+
+/// The `detail` of an error answer already read: the `detail` field of a
+/// JSON object, else the whole JSON value, else (not JSON at all) the status.
+pub fn detail_of(status: StatusCode, body: &[u8]) -> Value {
+    match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(mut map)) => match map.remove("detail") {
             Some(detail) => detail,
             None => Value::Object(map),
@@ -232,4 +249,20 @@ pub fn describe_reqwest_error(e: &reqwest::Error) -> String {
         return format!("cannot connect: {last}");
     }
     e.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detail_of_takes_the_detail_else_the_body_else_the_status() {
+        let status = StatusCode::SERVICE_UNAVAILABLE;
+        let of = |body: &str| detail_of(status, body.as_bytes());
+        assert_eq!(of(r#"{"detail": {"error": "x"}}"#), json!({"error": "x"}));
+        assert_eq!(of(r#"{"error": "y"}"#), json!({"error": "y"}));
+        assert_eq!(of(r#""just text""#), json!("just text"));
+        assert_eq!(of("<html>"), json!("HTTP 503 Service Unavailable"));
+        assert_eq!(of(""), json!("HTTP 503 Service Unavailable"));
+    }
 }

@@ -5,6 +5,11 @@
 //! starts the leader and the followers as separate processes, exactly as when
 //! the components are started one by one. Ctrl-C stops everything; if this
 //! process is killed outright, the nodes die with it (parent-death signal).
+//!
+//! Since the coordinator is right here, the gateway calls its router directly
+//! instead of over loopback HTTP ([`Gateway::in_process`]): same answers, a
+//! fraction of the CPU. The coordinator still listens on its own port, for
+//! the registry, the client and course scripts.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -117,7 +122,13 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     };
     let registry_config = registry::Config::from_args(&registry_args)?;
     let coordinator_config = coordinator::Config::from_args(&coordinator_args)?;
-    let gateway = Gateway::new(gateway::Config::from_args(&gateway_args)?)?;
+    // Creating the coordinator starts nothing (`serve` does), so it can come
+    // first: the gateway needs its router.
+    let coordinator = Coordinator::new(coordinator_config);
+    let gateway = Gateway::in_process(
+        gateway::Config::from_args(&gateway_args)?,
+        coordinator::router(coordinator.clone()),
+    )?;
     // Bind all three first, so a taken port is reported before anything starts.
     let registry_listener =
         crate::http::bind(SocketAddr::new(args.host, args.registry_port)).await?;
@@ -139,7 +150,6 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     ));
     println!("kvlab up: gateway {}", gateway::describe(&gateway));
     let gateway = tokio::spawn(gateway::serve(gateway, gateway_listener, stopped()));
-    let coordinator = Coordinator::new(coordinator_config);
     println!(
         "kvlab up: coordinator {coordinator_url}, registry {registry_url}. Ctrl-C stops the cluster."
     );

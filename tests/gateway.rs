@@ -198,6 +198,49 @@ fn demos_through_the_gateway() {
     assert_eq!(g["total_requests"], 12, "this /stats included: {stats}");
 }
 
+/// `kvlab up` hands its gateway the coordinator's router, and says so. (The
+/// demos above, through `up`, check that path's answers; this checks that it
+/// is the path taken. Its unit tests are in `src/gateway.rs`.)
+#[test]
+fn up_calls_its_coordinator_in_process() {
+    use std::io::{BufRead, BufReader};
+    let base = common::free_port_block();
+    let port = |offset: u16| (base + offset).to_string();
+    let mut child = common::kvlab()
+        .args(["up", "--in-memory", "--quiet", "--no-delay"])
+        .args(["--followers", "1", "-W", "1", "-R", "1"])
+        .args(["--coordinator-port", &port(0), "--registry-port", &port(1)])
+        .args(["--node-base-port", &port(2)])
+        .args(["--gateway-port", &port(common::GATEWAY_OFFSET)])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start kvlab up");
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let line = stdout
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("kvlab up: gateway"));
+    stop(&mut child);
+    let line = line.expect("kvlab up prints where its gateway forwards");
+    let expected = format!("-> coordinator http://127.0.0.1:{base} (in-process),");
+    assert!(line.contains(&expected), "{line}");
+}
+
+/// SIGTERM (`up` stops its nodes), then SIGKILL after a grace period.
+fn stop(child: &mut std::process::Child) {
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 // ---------------------------------------------------------------------------
 // Rate limiting on a live cluster
 // ---------------------------------------------------------------------------
