@@ -8,7 +8,8 @@
 #      fsynced before a write is acknowledged), measures it through its HTTP/JSON
 #      gateway (puts, and linearizable ranges), and stops it;
 #   4. starts a kvlab cluster (1 leader + 3 followers, W=2, R=2, no teaching
-#      delays), measures it through its gateway, and stops it;
+#      delays, durable with --fsync always), measures it through its gateway,
+#      and stops it;
 #   5. prints one table with kvlab/etcd ratios.
 # Both systems are driven by the same generator (`kvlab bench`, with
 # `--target etcd` for etcd), so only the server differs. They run one after the
@@ -193,7 +194,10 @@ start_kvlab() {
   local p=$KVLAB_PORT_BASE
   # A new session, so the cluster's processes can all be stopped together.
   # shellcheck disable=SC2086 # KVLAB_UP_FLAGS is a list of flags
+  # Durable, as etcd is: every node fsyncs its log before a write is
+  # acknowledged (--fsync always, group commit), in a fresh data directory.
   setsid "$KVLAB" up --no-delay --followers 3 -W 2 -R 2 \
+    --fsync always --data-dir "$WORK/kvlab-data" --fresh \
     --gateway-port "$p" --coordinator-port $((p + 100)) --registry-port $((p + 200)) \
     --node-base-port $((p + 101)) $KVLAB_UP_FLAGS \
     >"$WORK/kvlab.log" 2>&1 &
