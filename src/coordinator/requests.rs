@@ -158,7 +158,7 @@ impl Coordinator {
         self.writes.get_or_init(|| {
             // Weak: the batcher lives in the coordinator and must not keep it alive.
             let me = Arc::downgrade(self);
-            Batcher::spawn(WRITE_BATCHES, weigh_write, move |writes| {
+            Batcher::spawn(self.write_limits(), weigh_write, move |writes| {
                 let me = me.clone();
                 async move {
                     match me.upgrade() {
@@ -171,6 +171,20 @@ impl Coordinator {
                 }
             })
         })
+    }
+
+    /// One batch in flight, unless the teaching delays are on: then each
+    /// write sits out its sync delay on purpose, and a write must not also
+    /// wait for the previous batch's delay (students time the writes).
+    fn write_limits(&self) -> Limits {
+        if self.config.launch.sync_delay > 0.0 {
+            Limits {
+                max_in_flight: WRITE_BATCHES_WITH_DELAYS,
+                ..WRITE_BATCHES
+            }
+        } else {
+            WRITE_BATCHES
+        }
     }
 
     /// Sends one batch of writes to the leader, planned (leader and sync set)
@@ -488,6 +502,9 @@ const WRITE_BATCHES: Limits = Limits {
     max_items: 512,
     max_bytes: crate::node::BATCH_PAYLOAD_BYTES,
 };
+
+/// Batches in flight when the lab's sync delay holds each one for a while.
+const WRITE_BATCHES_WITH_DELAYS: usize = 1024;
 
 /// How reads to one follower are batched.
 const READ_BATCHES: Limits = Limits {
