@@ -151,8 +151,8 @@ impl Log {
             // everything after its records is zeros, and that space is
             // already durable, so appends simply continue over it (cutting
             // and re-extending it would cost a write and two fsyncs for
-            // nothing). After a torn tail the scan cut the file at the end of
-            // the records, and the first append extends it again.
+            // nothing). After a torn tail `replay` cut the file at the end
+            // of the records, and the first append extends it again.
             (Some(&base), Some(valid_len)) if log_end == state.seq => (base, valid_len),
             // The log may end before the snapshot (e.g. a snapshot installed
             // from the leader): the next append, seq `state.seq + 1`, would not
