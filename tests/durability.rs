@@ -417,6 +417,14 @@ fn only_segment(dir: &Path) -> PathBuf {
     segs.pop().unwrap()
 }
 
+/// Where the records of a segment end: after its last non-zero byte, where
+/// the preallocated zero tail starts. (Exact here: every record ends with a
+/// non-empty value.)
+fn records_end(seg: &Path) -> u64 {
+    let bytes = std::fs::read(seg).unwrap();
+    bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1) as u64
+}
+
 fn node_with_writes(dir: &Path, n: usize) -> u16 {
     let port = free_port_block();
     let node = Node::start(dir, port, &[]).unwrap();
@@ -433,13 +441,13 @@ fn torn_tail_is_cut_off_and_reported() {
     let dir = tmp.path().join("leader");
     let port = node_with_writes(&dir, 20);
     // A crash in the middle of writing a record: a length prefix promising
-    // 200 bytes, and only a few of them.
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(only_segment(&dir))
-        .unwrap();
-    f.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, 5]).unwrap();
+    // 200 bytes, and only a few of them, written where the next record goes
+    // (over the segment's preallocated zeros).
+    use std::os::unix::fs::FileExt;
+    let seg = only_segment(&dir);
+    let end = records_end(&seg);
+    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    f.write_all_at(&[200, 0, 0, 0, 1, 2, 3, 4, 5], end).unwrap();
     drop(f);
     let node = Node::start(&dir, port, &[]).unwrap();
     let (code, v) = node.get("/data/k19");
@@ -467,7 +475,9 @@ fn corruption_in_the_middle_makes_the_node_refuse_to_serve() {
     let port = node_with_writes(&dir, 40);
     let seg = only_segment(&dir);
     let mut bytes = std::fs::read(&seg).unwrap();
-    let middle = bytes.len() / 2;
+    // The middle of the records, not of the file: most of the file is the
+    // preallocated zero tail.
+    let middle = records_end(&seg) as usize / 2;
     bytes[middle] ^= 0x5a;
     std::fs::write(&seg, bytes).unwrap();
     let err = match Node::start(&dir, port, &[]) {

@@ -84,16 +84,29 @@ fn file_len(path: &Path) -> u64 {
 }
 
 /// Offset of the start of each record in a segment (header is 24 bytes).
+/// The records stop at the end of the file or at the preallocated zero tail
+/// of the last segment (a zero length).
 fn record_offsets(path: &Path) -> Vec<u64> {
     let bytes = fs::read(path).unwrap();
     let mut offsets = Vec::new();
     let mut at = 24usize;
-    while at < bytes.len() {
-        offsets.push(at as u64);
+    while at + 8 <= bytes.len() {
         let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        if len == 0 {
+            break;
+        }
+        offsets.push(at as u64);
         at += 8 + len;
     }
     offsets
+}
+
+/// Where the records of a segment end: the start of its zero tail, if any.
+fn records_end(path: &Path) -> u64 {
+    let bytes = fs::read(path).unwrap();
+    let last = *record_offsets(path).last().unwrap() as usize;
+    let len = u32::from_le_bytes(bytes[last..last + 4].try_into().unwrap()) as u64;
+    last as u64 + 8 + len
 }
 
 #[tokio::test]
@@ -159,9 +172,13 @@ async fn torn_tail_is_truncated_and_reported() {
     write_log(dir.path(), 10).await;
     let seg = &segments(dir.path())[0];
     let last_record = *record_offsets(seg).last().unwrap();
-    let full = file_len(seg);
-    // Cut the last record in the middle, as a crash mid-write would.
-    let cut = last_record + 11;
+    let full = records_end(seg);
+    // Cut the last record in the middle, as a crash mid-write would (this
+    // cuts the preallocated zero tail off too, as if it had never been).
+    // Cut after a non-zero byte (the low byte of the seq): trailing zeros of a
+    // torn record cannot be told from a zero tail, so they are not counted in
+    // `dropped_bytes`.
+    let cut = last_record + 9;
     OpenOptions::new()
         .write(true)
         .open(seg)
@@ -183,7 +200,56 @@ async fn torn_tail_is_truncated_and_reported() {
     let (_wal, rec) = open(dir.path()).await;
     assert_eq!(rec.report.torn_tail, None);
     assert_eq!(rec.state.seq, 10);
-    assert_eq!(file_len(seg), full);
+    assert_eq!(records_end(seg), full);
+}
+
+#[tokio::test]
+async fn torn_write_into_the_preallocated_tail_is_a_torn_tail() {
+    // The last record half written over the zeros, as a crash mid-write
+    // leaves it: the file length does not change, the record's end is zeros.
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 10).await;
+    let seg = &segments(dir.path())[0];
+    let last_record = *record_offsets(seg).last().unwrap();
+    let end = records_end(seg);
+    let mut bytes = fs::read(seg).unwrap();
+    let len = bytes.len();
+    assert!(len as u64 > end, "the segment has a zero tail");
+    bytes[(last_record + 11) as usize..end as usize].fill(0);
+    fs::write(seg, &bytes).unwrap();
+
+    let (wal, rec) = open(dir.path()).await;
+    let torn = rec.report.torn_tail.clone().expect("torn tail reported");
+    assert_eq!(torn.offset, last_record);
+    assert_eq!(rec.state.data, expected_state(9));
+    wal.append(entries(10..=10)).await.unwrap();
+    wal.close().await;
+    let (_wal, rec) = open(dir.path()).await;
+    assert_eq!(rec.report.torn_tail, None);
+    assert_eq!(rec.state.data, expected_state(10));
+    assert_eq!(records_end(seg), end);
+}
+
+#[tokio::test]
+async fn preallocated_zero_tail_is_a_clean_end() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 10).await;
+    let seg = &segments(dir.path())[0];
+    assert!(
+        file_len(seg) > records_end(seg),
+        "the segment has a zero tail"
+    );
+    let (wal, rec) = open(dir.path()).await;
+    assert_eq!(rec.report.torn_tail, None);
+    assert!(!rec.report.to_string().contains("TORN"), "{}", rec.report);
+    assert_eq!(rec.tail, entries(1..=10));
+    // Appends go on over the zeros, not after them.
+    let len = file_len(seg);
+    wal.append(entries(11..=12)).await.unwrap();
+    wal.close().await;
+    assert_eq!(file_len(seg), len);
+    let (_wal, rec) = open(dir.path()).await;
+    assert_eq!(rec.tail, entries(1..=12));
 }
 
 #[tokio::test]

@@ -96,6 +96,9 @@ pub fn parse_record(buf: &[u8], offset: usize) -> Frame<'_> {
     }
     let len = u32::from_le_bytes(rest[0..4].try_into().unwrap());
     let crc = u32::from_le_bytes(rest[4..8].try_into().unwrap());
+    // Length 0 is never valid (an entry is never empty). This matters: the
+    // last segment ends in preallocated zeros, which must never parse as a
+    // record (see `segment`).
     if len == 0 || len > MAX_PAYLOAD_LEN {
         return Frame::Invalid("implausible record length");
     }

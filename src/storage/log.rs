@@ -11,11 +11,15 @@
 //!   left over by a crash (recovery deletes them).
 //! - `snapshot_seq <= last_seq`, and the log holds every seq in
 //!   `snapshot_seq + 1 ..= last_seq`.
+//! - The active segment's records end at `active_len`, where the next append
+//!   writes; the file is `active_end >= active_len` bytes long and the bytes
+//!   in between are zeros (preallocated space, see `segment`), durably.
+//! - Every segment but the active one ends exactly at its last record.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{self, File};
-use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::snapshot::{self, Snapshot};
@@ -48,6 +52,8 @@ pub struct TornTailReport {
     pub segment: PathBuf,
     /// The segment was cut to this length.
     pub offset: u64,
+    /// Bytes of damaged data dropped, not counting the preallocated zeros
+    /// after them (which were cut off too).
     pub dropped_bytes: u64,
     pub reason: String,
 }
@@ -107,7 +113,11 @@ pub(crate) struct Log {
     segment_bytes: u64,
     segments: Vec<u64>,
     active: File,
+    /// End of the active segment's records: where the next append writes.
     active_len: u64,
+    /// Length of the active segment file: preallocated zeros from
+    /// `active_len` up to here.
+    active_end: u64,
     last_seq: u64,
     snapshot_seq: u64,
     /// Reused encoding buffer, so steady-state appends do not allocate.
@@ -132,15 +142,21 @@ impl Log {
         remove_covered_segments(dir, &mut segments, snapshot_seq, &mut report.removed_files)?;
 
         let mut tail = Vec::new();
-        let log_end = replay(dir, &segments, &mut state, &mut tail, &mut report)?;
+        let (log_end, last_valid_len) = replay(dir, &segments, &mut state, &mut tail, &mut report)?;
         report.entries_replayed = tail.len() as u64;
         report.last_seq = state.seq;
 
-        let active_base = match segments.last() {
+        let (active_base, active_len) = match (segments.last(), last_valid_len) {
+            // The active segment keeps its zero tail: the scan checked that
+            // everything after its records is zeros, and that space is
+            // already durable, so appends simply continue over it (cutting
+            // and re-extending it would cost a write and two fsyncs for
+            // nothing). After a torn tail `replay` cut the file at the end
+            // of the records, and the first append extends it again.
+            (Some(&base), Some(valid_len)) if log_end == state.seq => (base, valid_len),
             // The log may end before the snapshot (e.g. a snapshot installed
             // from the leader): the next append, seq `state.seq + 1`, would not
             // continue the active segment, so start a fresh one.
-            Some(&base) if log_end == state.seq => base,
             _ => {
                 segment::create(dir, state.seq + 1)?;
                 segments.push(state.seq + 1);
@@ -150,12 +166,12 @@ impl Log {
                     snapshot_seq,
                     &mut report.removed_files,
                 )?;
-                state.seq + 1
+                (state.seq + 1, segment::HEADER_LEN as u64)
             }
         };
         let path = segment::segment_path(dir, active_base);
-        let active = segment::open_for_append(&path)?;
-        let active_len = active
+        let active = segment::open_for_write(&path)?;
+        let active_end = active
             .metadata()
             .map_err(|e| StorageError::io(&path, e))?
             .len();
@@ -166,6 +182,7 @@ impl Log {
             segments,
             active,
             active_len,
+            active_end,
             last_seq: state.seq,
             snapshot_seq,
             buf: Vec::new(),
@@ -206,29 +223,54 @@ impl Log {
         for e in entries {
             super::codec::encode_entry_record(e, &mut self.buf);
         }
+        let end = self.active_len + self.buf.len() as u64;
+        if end > self.active_end {
+            self.preallocate(end)?;
+        }
         self.active
-            .write_all(&self.buf)
+            .write_all_at(&self.buf, self.active_len)
             .map_err(|e| StorageError::io(&self.active_path(), e))?;
-        self.active_len += self.buf.len() as u64;
+        self.active_len = end;
         self.last_seq += entries.len() as u64;
         Ok(())
     }
 
-    /// Makes everything written so far durable. `sync_data` is enough: the
-    /// file length is data for this purpose, and it skips e.g. mtime updates.
+    /// Makes everything written so far durable. `sync_data` is enough: it
+    /// skips e.g. mtime updates, and the file length, which it would have
+    /// to flush too, does not change between preallocations.
     pub fn sync(&mut self) -> Result<()> {
         self.active
             .sync_data()
             .map_err(|e| StorageError::io(&self.active_path(), e))
     }
 
+    /// Extends the active segment with durable zeros so that records up to
+    /// `end` fit. This fsync (rare) pays for the new file size, so that the
+    /// group commits' fsyncs (frequent) need not.
+    fn preallocate(&mut self, end: u64) -> Result<()> {
+        let target = preallocation_end(end, self.segment_bytes);
+        segment::preallocate(&self.active, &self.active_path(), self.active_end, target)?;
+        self.active_end = target;
+        Ok(())
+    }
+
     /// Closes the active segment (durably) and starts a new one.
     fn rotate(&mut self) -> Result<()> {
-        self.sync()?;
+        // Cut the zero tail before the next segment exists: from then on
+        // this one is not the last, and only the last may end in zeros. A
+        // crash in between leaves it last, and cut, which is fine too.
+        segment::close(&self.active, &self.active_path(), self.active_len)?;
         let base = self.last_seq + 1;
+        self.start_segment(base)?;
+        self.segments.push(base);
+        Ok(())
+    }
+
+    /// Creates the segment `base` and makes it the active one.
+    fn start_segment(&mut self, base: u64) -> Result<()> {
         self.active = segment::create(&self.dir, base)?;
         self.active_len = segment::HEADER_LEN as u64;
-        self.segments.push(base);
+        self.active_end = self.active_len;
         Ok(())
     }
 
@@ -257,10 +299,11 @@ impl Log {
     pub fn reset(&mut self, snapshot_seq: u64) -> Result<CompactReport> {
         // New segment first: a crash before the old ones are gone leaves them
         // covered (their successor starts at snapshot_seq + 1), and recovery
-        // deletes covered segments.
+        // deletes covered segments before scanning anything. That is also why
+        // the old active segment need not have its zero tail cut, unlike in
+        // `rotate`: it is deleted, never scanned as a non-last segment.
         let base = snapshot_seq + 1;
-        self.active = segment::create(&self.dir, base)?;
-        self.active_len = segment::HEADER_LEN as u64;
+        self.start_segment(base)?;
         self.segments.retain(|&b| b != base);
         self.segments.push(base);
         self.last_seq = snapshot_seq;
@@ -271,6 +314,16 @@ impl Log {
     fn active_path(&self) -> PathBuf {
         segment::segment_path(&self.dir, *self.segments.last().expect("never empty"))
     }
+}
+
+/// How far to preallocate the active segment for records up to `end`: to the
+/// next multiple of [`segment::PREALLOC_CHUNK`] (so a group larger than a chunk
+/// gets as many chunks as it needs), but not past the segment size limit,
+/// where the segment is closed and its zero tail cut off again. A group that
+/// crosses the limit gets exactly its own size.
+fn preallocation_end(end: u64, segment_bytes: u64) -> u64 {
+    let chunked = end.div_ceil(segment::PREALLOC_CHUNK) * segment::PREALLOC_CHUNK;
+    chunked.min(segment_bytes.max(end))
 }
 
 fn remove_temp_files(dir: &Path, report: &mut RecoveryReport) -> Result<()> {
@@ -330,16 +383,17 @@ fn remove_covered_segments(
 
 /// Scans all segments in order, applying entries after the snapshot to
 /// `state` and collecting them in `tail`. Returns the last seq in the log
-/// (`base - 1` of the first segment if the log holds no record at all).
+/// (`base - 1` of the first segment if the log holds no record at all) and
+/// where the records of the last segment end (`None`: there is no segment).
 fn replay(
     dir: &Path,
     segments: &[u64],
     state: &mut Snapshot,
     tail: &mut Vec<Entry>,
     report: &mut RecoveryReport,
-) -> Result<u64> {
+) -> Result<(u64, Option<u64>)> {
     let Some(&first) = segments.first() else {
-        return Ok(state.seq);
+        return Ok((state.seq, None));
     };
     if first == 0 {
         return Err(StorageError::Corrupt {
@@ -356,6 +410,7 @@ fn replay(
     }
     let snapshot_seq = state.seq;
     let mut end = first - 1;
+    let mut valid_len = None;
     for (i, &base) in segments.iter().enumerate() {
         if base != end + 1 {
             return Err(StorageError::Gap {
@@ -374,6 +429,7 @@ fn replay(
             }
         })?;
         end = base + scan.records - 1;
+        valid_len = Some(scan.valid_len);
         if let Some(torn) = scan.torn {
             segment::truncate(&path, scan.valid_len)?;
             report.torn_tail = Some(TornTailReport {
@@ -384,7 +440,7 @@ fn replay(
             });
         }
     }
-    Ok(end)
+    Ok((end, valid_len))
 }
 
 fn apply(data: &mut BTreeMap<String, Versioned>, e: &Entry) {
@@ -393,4 +449,176 @@ fn apply(data: &mut BTreeMap<String, Versioned>, e: &Entry) {
         version: e.version,
     };
     data.insert(e.key.clone(), v);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use segment::{HEADER_LEN, PREALLOC_CHUNK};
+
+    fn entry(seq: u64, value_len: usize) -> Entry {
+        Entry {
+            seq,
+            term: 1,
+            key: format!("k{seq}"),
+            value: "x".repeat(value_len),
+            version: 1,
+        }
+    }
+
+    fn entries(seqs: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
+        seqs.map(|seq| entry(seq, 10)).collect()
+    }
+
+    fn file_len(path: &Path) -> u64 {
+        fs::metadata(path).unwrap().len()
+    }
+
+    /// Recovers `dir`, checking that it ends cleanly at `last_seq`.
+    fn recover_clean(dir: &Path, segment_bytes: u64, last_seq: u64) -> (Log, Recovered) {
+        let (log, rec) = Log::recover(dir, segment_bytes).unwrap();
+        assert_eq!(rec.report.torn_tail, None);
+        assert_eq!(rec.state.seq, last_seq);
+        assert_eq!(rec.tail.last().map(|e| e.seq), Some(last_seq));
+        (log, rec)
+    }
+
+    #[test]
+    fn active_segment_is_preallocated_in_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = Log::recover(dir.path(), u64::MAX).unwrap();
+        log.append(&entries(1..=10)).unwrap();
+        log.sync().unwrap();
+        assert_eq!(file_len(&log.active_path()), PREALLOC_CHUNK);
+        assert!(log.active_len < PREALLOC_CHUNK);
+        assert_eq!(log.active_end, PREALLOC_CHUNK);
+    }
+
+    #[test]
+    fn preallocation_stops_at_the_segment_limit() {
+        assert_eq!(preallocation_end(100, u64::MAX), PREALLOC_CHUNK);
+        assert_eq!(
+            preallocation_end(PREALLOC_CHUNK + 1, u64::MAX),
+            2 * PREALLOC_CHUNK
+        );
+        assert_eq!(preallocation_end(100, 4096), 4096);
+        // A group that crosses the limit gets exactly its own size.
+        assert_eq!(preallocation_end(5000, 4096), 5000);
+    }
+
+    #[test]
+    fn batch_larger_than_a_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = Log::recover(dir.path(), u64::MAX).unwrap();
+        log.append(&entries(1..=2)).unwrap();
+        // Three entries of 600 KiB each: one group of ~1.8 MiB.
+        let big: Vec<Entry> = (3..=5).map(|seq| entry(seq, 600 * 1024)).collect();
+        log.append(&big).unwrap();
+        log.append(&entries(6..=6)).unwrap();
+        log.sync().unwrap();
+        assert_eq!(file_len(&log.active_path()), 2 * PREALLOC_CHUNK);
+        drop(log);
+
+        let (_, rec) = recover_clean(dir.path(), u64::MAX, 6);
+        assert_eq!(rec.tail[2..5], big[..]);
+    }
+
+    #[test]
+    fn reopening_after_recovery_continues_over_the_zero_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = Log::recover(dir.path(), u64::MAX).unwrap();
+        log.append(&entries(1..=10)).unwrap();
+        let written = log.active_len;
+        // Dropped without any clean close, as a killed process would.
+        drop(log);
+
+        let (mut log, rec) = recover_clean(dir.path(), u64::MAX, 10);
+        assert_eq!(rec.tail, entries(1..=10));
+        // The zero tail is kept: appends go on where the records end.
+        assert_eq!((log.active_len, log.active_end), (written, PREALLOC_CHUNK));
+        log.append(&entries(11..=20)).unwrap();
+        drop(log);
+
+        let (log, rec) = recover_clean(dir.path(), u64::MAX, 20);
+        assert_eq!(rec.tail, entries(1..=20));
+        assert_eq!(file_len(&log.active_path()), PREALLOC_CHUNK);
+    }
+
+    #[test]
+    fn torn_write_into_the_zero_tail_is_cut_and_the_log_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = Log::recover(dir.path(), u64::MAX).unwrap();
+        log.append(&entries(1..=5)).unwrap();
+        let written = log.active_len;
+        // Half a record: a length promising 200 bytes and a few of them.
+        let path = log.active_path();
+        log.active
+            .write_all_at(&[200, 0, 0, 0, 1, 2, 3, 4, 5], written)
+            .unwrap();
+        drop(log);
+
+        let (mut log, rec) = Log::recover(dir.path(), u64::MAX).unwrap();
+        let torn = rec.report.torn_tail.expect("torn tail");
+        assert_eq!((torn.offset, torn.dropped_bytes), (written, 9));
+        assert_eq!(rec.state.seq, 5);
+        // The scan cut the file at the end of the records; the next append
+        // extends it again.
+        assert_eq!(file_len(&path), written);
+        log.append(&entries(6..=6)).unwrap();
+        assert_eq!(file_len(&path), PREALLOC_CHUNK);
+        drop(log);
+        recover_clean(dir.path(), u64::MAX, 6);
+    }
+
+    #[test]
+    fn rotation_leaves_no_zero_tail_in_closed_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = Log::recover(dir.path(), u64::MAX).unwrap();
+        log.append(&entries(1..=10)).unwrap();
+        drop(log);
+        // Reopened with a smaller segment limit (a config change): the
+        // active segment, preallocated to a whole chunk, is already full.
+        let segment_bytes = 400;
+        let (mut log, _) = recover_clean(dir.path(), segment_bytes, 10);
+        for seq in 11..=40 {
+            log.append(&entries(seq..=seq)).unwrap();
+        }
+        drop(log);
+
+        let segments = list_segments(dir.path()).unwrap();
+        assert!(segments.len() > 3, "{segments:?}");
+        let (last, closed) = segments.split_last().unwrap();
+        for &base in closed {
+            let path = segment::segment_path(dir.path(), base);
+            let bytes = fs::read(&path).unwrap();
+            assert_ne!(bytes.last(), Some(&0), "{} ends in zeros", path.display());
+            let scan = segment::scan(&path, base, false, |_| {}).unwrap();
+            assert_eq!(scan.valid_len, bytes.len() as u64);
+        }
+        // The last one is preallocated up to the limit.
+        let last = segment::segment_path(dir.path(), *last);
+        assert_eq!(file_len(&last), segment_bytes);
+        let (_, rec) = recover_clean(dir.path(), segment_bytes, 40);
+        assert_eq!(rec.tail, entries(1..=40));
+    }
+
+    #[test]
+    fn reset_and_compact_work_with_a_preallocated_active_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = Log::recover(dir.path(), u64::MAX).unwrap();
+        log.append(&entries(1..=10)).unwrap();
+        let snap = Snapshot {
+            seq: 100,
+            ..Default::default()
+        };
+        snapshot::write(dir.path(), &snap).unwrap();
+        log.reset(100).unwrap();
+        assert_eq!(list_segments(dir.path()).unwrap(), vec![101]);
+        assert_eq!(file_len(&log.active_path()), HEADER_LEN as u64);
+        log.append(&entries(101..=105)).unwrap();
+        log.compact(100).unwrap();
+        drop(log);
+        let (_, rec) = recover_clean(dir.path(), u64::MAX, 105);
+        assert_eq!(rec.tail, entries(101..=105));
+    }
 }

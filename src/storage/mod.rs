@@ -11,7 +11,9 @@
 //! ```
 //!
 //! - [`segment`]/[`codec`]: the append-only log, split into segment files of
-//!   checksummed, length-prefixed records, one [`Entry`] each.
+//!   checksummed, length-prefixed records, one [`Entry`] each. The active
+//!   (last) segment is preallocated ahead of the write position with zeros,
+//!   so that the fsync of each group commit has only data to flush.
 //! - [`snapshot`]: the full state at a seq, written atomically. Once a
 //!   snapshot at seq S is durable, every segment holding only seqs <= S is
 //!   deleted: that is how the log stays bounded.
@@ -115,6 +117,8 @@ pub enum FsyncPolicy {
     Interval(Duration),
     /// Never fsync: a process crash loses nothing (the OS has the data), a
     /// power loss or kernel crash may lose anything not yet written back.
+    /// (The log's preallocated space is still fsynced when it is added, once
+    /// per [`segment::PREALLOC_CHUNK`]: that does not make any entry durable.)
     Never,
 }
 

@@ -66,7 +66,9 @@ pub struct WalStats {
     pub appends: u64,
     /// Groups written (one `write` call each).
     pub groups: u64,
-    /// Fsyncs of the log.
+    /// Fsyncs of the log by the policy (group commits, intervals, `sync`).
+    /// The rare fsyncs that make preallocated space durable (one per
+    /// `segment::PREALLOC_CHUNK` of log) are not counted.
     pub fsyncs: u64,
 }
 
