@@ -469,11 +469,13 @@ impl Writer {
     }
 
     fn complete_waiting(&mut self) {
+        // Counted before anyone is told: a caller that saw its append
+        // complete must also see it in the stats.
         let n = self.waiting.len() as u64;
+        self.shared.appends.fetch_add(n, Ordering::Relaxed);
         for (seq, done) in self.waiting.drain(..) {
             let _ = done.send(Ok(seq));
         }
-        self.shared.appends.fetch_add(n, Ordering::Relaxed);
     }
 
     /// After a reset the log restarts at `seq`, durably (the snapshot is).
