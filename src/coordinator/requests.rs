@@ -7,6 +7,10 @@
 //! Read: ask the read set (R alive followers, highest ports; never the
 //! leader) at once, and answer with the highest version among them.
 //!
+//! Both go through batchers (see [`super::batch`]): concurrent writes leave
+//! for the leader together, and concurrent reads for one follower together.
+//! Each request is still checked, narrated and answered on its own.
+//!
 //! A write that fails its quorum (503 "Write quorum not met") is *not* undone:
 //! it is in the leader's log, so it reaches every follower eventually. The
 //! client learns the outcome is unknown, exactly as with a timeout in any
@@ -95,23 +99,20 @@ impl Coordinator {
         let started = Instant::now();
         // Refuse at once (and say why) when there is nothing to write to; the
         // batch re-plans when it leaves, in case membership changed meanwhile.
-        match self.plan_write() {
-            Ok(_) => {}
-            Err(e) => {
-                if narrate {
-                    self.events.emit(
-                        "write_refused",
-                        Tone::Bad,
-                        None,
-                        format!(
-                            "⛔ WRITE {} refused: {}",
-                            req.key,
-                            e.detail["cause"].as_str().unwrap_or("no quorum")
-                        ),
-                    );
-                }
-                return Err(e);
+        if let Err(e) = self.plan_write() {
+            if narrate {
+                self.events.emit(
+                    "write_refused",
+                    Tone::Bad,
+                    None,
+                    format!(
+                        "⛔ WRITE {} refused: {}",
+                        req.key,
+                        e.detail["cause"].as_str().unwrap_or("no quorum")
+                    ),
+                );
             }
+            return Err(e);
         }
         let write = KeyValue {
             key: req.key.clone(),

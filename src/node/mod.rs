@@ -1,11 +1,13 @@
 //! A storage node: the leader or one follower, each its own OS process.
 //!
-//! - The **leader** takes writes from the coordinator (`POST /data`), gives
+//! - The **leader** takes writes from the coordinator (`POST /data`, or
+//!   `POST /batch/write` for several; see [`writes`]), gives
 //!   each the next log position and the key's next version, and streams the
 //!   log to every follower it was told about (see [`replication`]). It answers
 //!   a write once each follower of the write's sync set has acknowledged it.
 //! - A **follower** applies the leader's entries in log order
-//!   (`POST /replicate`) and serves reads (`GET /data/{key}`).
+//!   (`POST /replicate`) and serves reads (`GET /data/{key}`, or
+//!   `POST /batch/read` for several).
 //!
 //! Both heartbeat to the registry (see [`heartbeat`]) and tag every answer
 //! with `X-Node-ID`, `X-Node-Role` and `X-Node-Incarnation`.
