@@ -414,6 +414,17 @@ async fn read_key(
     }
 }
 
+/// Refuses an empty batch or one over `max` items (422), before any work.
+fn check_batch_len(what: &str, len: usize, max: usize) -> Result<(), ApiError> {
+    if (1..=max).contains(&len) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        format!("a {what} batch holds 1 to {max} items, got {len}"),
+    ))
+}
+
 /// At most this many keys in one `POST /batch/read`.
 pub const MAX_READ_BATCH: usize = 4096;
 
@@ -424,15 +435,7 @@ async fn read_batch(
     State(node): Shared,
     ApiJson(req): ApiJson<ReadBatchRequest>,
 ) -> Result<Json<ReadBatchResponse>, ApiError> {
-    if req.keys.is_empty() || req.keys.len() > MAX_READ_BATCH {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!(
-                "a read batch holds 1 to {MAX_READ_BATCH} keys, got {}",
-                req.keys.len()
-            ),
-        ));
-    }
+    check_batch_len("read", req.keys.len(), MAX_READ_BATCH)?;
     for key in &req.keys {
         validate_key_value(key, None)?;
     }

@@ -26,7 +26,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 
-use super::{durable, store, NodeState, Shared};
+use super::{check_batch_len, durable, store, NodeState, Shared};
 use crate::api::*;
 use crate::http::{validate_key_value, ApiError, ApiJson};
 use crate::storage::AppendTicket;
@@ -55,15 +55,7 @@ pub async fn leader_write_batch(
     State(node): Shared,
     ApiJson(req): ApiJson<LeaderBatchRequest>,
 ) -> Result<Json<LeaderBatchResponse>, ApiError> {
-    if req.writes.is_empty() || req.writes.len() > MAX_WRITE_BATCH {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!(
-                "a write batch holds 1 to {MAX_WRITE_BATCH} writes, got {}",
-                req.writes.len()
-            ),
-        ));
-    }
+    check_batch_len("write", req.writes.len(), MAX_WRITE_BATCH)?;
     let results = write_batch(&node, req.writes, &req.sync, req.ack_timeout_ms).await?;
     Ok(Json(LeaderBatchResponse { results }))
 }
