@@ -252,6 +252,10 @@ pub struct SpawnRequest {
     pub node_id: Option<String>,
     #[serde(default)]
     pub port: Option<u16>,
+    /// kvlab's addition: allow a new slot although the larger N would make
+    /// W + R <= N (the sync and read sets could then miss each other).
+    #[serde(default)]
+    pub grow: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -112,7 +112,8 @@ fn demo_catchup_on_spawn() {
 fn spawn_without_dead_slot_adds_a_follower() {
     let c = Cluster::start(&["--followers", "2", "-W", "1", "-R", "1", "--no-delay"]);
     c.write("a", "1");
-    let (code, s) = c.post("/spawn", json!({}));
+    // W + R <= N already, so growing N needs saying so (`grow`).
+    let (code, s) = c.post("/spawn", json!({"grow": true}));
     assert_eq!(code, 200, "{s}");
     assert_eq!(s["node_id"], "follower-3");
     assert_eq!(s["url"], c.node_url(3));
@@ -253,7 +254,7 @@ fn catchup_new_follower_under_concurrent_writes() {
     let c = Cluster::start(&["--followers", "2", "-W", "1", "-R", "1", "--no-delay"]);
     let writers = Writers::start(&c, 4);
     writers.wait_for(200);
-    let (code, s) = c.post("/spawn", json!({}));
+    let (code, s) = c.post("/spawn", json!({"grow": true}));
     assert_eq!(code, 200, "{s}");
     writers.wait_for(600);
     let acked = writers.finish();

@@ -284,7 +284,9 @@ impl Target {
 
     async fn spawn_check(&self) -> Outcome {
         let id = match self
-            .post(format!("{}/spawn", self.coordinator), json!({}))
+            // A dead slot is reused first; else a new follower, even if the
+            // larger N makes W + R <= N: the scenario asked for one.
+            .post(format!("{}/spawn", self.coordinator), json!({"grow": true}))
             .await
         {
             Ok((200, b)) => b["node_id"].as_str().unwrap_or_default().to_string(),

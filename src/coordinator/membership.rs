@@ -430,6 +430,18 @@ impl Coordinator {
         while tokio::time::Instant::now() < deadline && pids.iter().any(|&p| process_exists(p)) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        let stubborn: Vec<u32> = pids
+            .iter()
+            .copied()
+            .filter(|&p| process_exists(p))
+            .collect();
+        if !stubborn.is_empty() {
+            self.events.warn(
+                "stop_forced",
+                None,
+                format!("🔨 nodes {stubborn:?} ignored SIGTERM for 2 s: SIGKILL"),
+            );
+        }
         for &pid in &pids {
             launcher::signal(pid, libc::SIGKILL);
         }
@@ -461,10 +473,18 @@ impl Coordinator {
             Role::Leader
         } else {
             if reused {
+                let why = match self.snapshot().slot(&node_id) {
+                    Some(s) if s.status != NodeStatus::Dead => {
+                        ": its process has exited, though its heartbeat timeout has not run out yet"
+                    }
+                    _ => "",
+                };
                 self.events.info(
                     "slot_reused",
                     Some(&node_id),
-                    format!("♻️  reusing the slot of {node_id} (port {port}) for a new process"),
+                    format!(
+                        "♻️  reusing the slot of {node_id} (port {port}) for a new process{why}"
+                    ),
                 );
             }
             Role::Follower
@@ -482,11 +502,20 @@ impl Coordinator {
                 })
             }
             Err(e) => {
+                if !reused {
+                    // A slot that never served is dropped, so that later
+                    // spawns do not take it for a dead follower to reuse.
+                    self.cluster
+                        .lock()
+                        .unwrap()
+                        .followers
+                        .retain(|s| s.node_id != node_id);
+                }
                 self.events
                     .bad("spawn_failed", Some(&node_id), format!("❌ {e:#}"));
-                Err(ApiError::internal(
-                    json!({"error": "spawn failed", "node_id": node_id, "reason": format!("{e:#}")}),
-                ))
+                Err(ApiError::internal(json!({
+                    "error": "spawn failed", "node_id": node_id, "reason": format!("{e:#}"),
+                    "slot_kept": reused})))
             }
         }
     }
@@ -501,11 +530,8 @@ impl Coordinator {
                     "the leader cannot be respawned in an --in-memory cluster: a new, empty leader would lose the log; run the cluster with a data directory (the default) to restart the leader on it",
                 ));
             }
-            // A process that is gone counts as dead even before the
-            // registry notices its silence (a crash kill, say).
-            let gone = |s: &Slot| s.pid.is_some_and(|p| !process_exists(p));
             return match c.slot(id) {
-                Some(s) if s.status != NodeStatus::Dead && !gone(s) => {
+                Some(s) if s.status != NodeStatus::Dead && !has_exited(s) => {
                     Err(ApiError::conflict(json!({
                     "error": "node is not dead", "node_id": id, "status": s.status.as_str(),
                     "hint": "kill it first, or POST /spawn without a node_id for a new follower"})))
@@ -520,22 +546,62 @@ impl Coordinator {
                     Ok((id.clone(), s.port, true))
                 }
                 None => {
-                    let port = req
-                        .port
-                        .map_or_else(|| free_port_after(&c, &self.config), Ok)?;
-                    Ok((id.clone(), port, false))
+                    self.check_growth(&c, id, req.grow)?;
+                    Ok((id.clone(), self.port_for_new_slot(&c, req.port)?, false))
                 }
             };
         }
-        if let Some(dead) = c.first_dead_follower() {
-            return Ok((dead.node_id.clone(), dead.port, true));
+        // A dead slot first; else one whose process is known to have exited
+        // although the registry has not noticed its silence yet (a crash a
+        // moment ago). Reusing it keeps N as it is.
+        let reusable = c
+            .followers
+            .iter()
+            .find(|s| s.status == NodeStatus::Dead)
+            .or_else(|| c.followers.iter().find(|s| has_exited(s)));
+        if let Some(slot) = reusable {
+            return Ok((slot.node_id.clone(), slot.port, true));
         }
         let id = format!("follower-{}", c.next_follower_number());
-        let port = match req.port {
-            Some(p) => p,
-            None => free_port_after(&c, &self.config)?,
-        };
-        Ok((id, port, false))
+        self.check_growth(&c, &id, req.grow)?;
+        Ok((id.clone(), self.port_for_new_slot(&c, req.port)?, false))
+    }
+
+    /// Refuses a new slot that would make W + R <= N, unless asked (`grow`).
+    /// With W + R > N every read set meets every sync set; one more follower
+    /// can end that silently, and reads would then miss acknowledged writes.
+    fn check_growth(&self, c: &Cluster, id: &str, grow: bool) -> Result<(), ApiError> {
+        let (w, r, n) = (self.config.w, self.config.r, c.followers.len() + 1);
+        if grow || w + r > n {
+            return Ok(());
+        }
+        Err(ApiError::conflict(json!({
+            "error": "spawn would break the quorum rule",
+            "node_id": id,
+            "reason": format!(
+                "adding {id} makes N={n} with W={w} and R={r}: W + R = {} is not greater \
+                 than N, so a read's {r} followers could all miss a write's {w} sync \
+                 followers, and reads could return stale data",
+                w + r
+            ),
+            "hint": "respawn a dead follower instead (POST /spawn {\"node_id\": ...}), \
+                     or send {\"grow\": true} to grow N anyway"
+        })))
+    }
+
+    /// The port of a new slot: the one asked for if free, else the next free one.
+    fn port_for_new_slot(&self, c: &Cluster, asked: Option<u16>) -> Result<u16, ApiError> {
+        match asked {
+            None => free_port_after(c, &self.config),
+            Some(p) if launcher::port_is_free(&self.config.launch.host, p) => Ok(p),
+            Some(p) => Err(ApiError::conflict(json!({
+                "error": "port in use",
+                "port": p,
+                "reason": format!("port {p} is already in use by another process: \
+                                   nothing was started and no slot was added"),
+                "hint": "pick another port, or leave \"port\" out to get a free one"
+            }))),
+        }
     }
 
     /// After a (re)spawn, narrates when the follower holds the whole log.
@@ -580,6 +646,13 @@ impl Coordinator {
         }
         resp.json().await.map_err(|e| e.to_string())
     }
+}
+
+/// The slot's process is known to have exited: it counts as dead even
+/// before the registry notices its silence (a crash kill, say). A slot still
+/// starting is its starter's business.
+fn has_exited(s: &Slot) -> bool {
+    s.status != NodeStatus::Starting && s.pid.is_some_and(|p| !process_exists(p))
 }
 
 /// True while the process runs. A zombie (exited, not yet reaped) counts as
