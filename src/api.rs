@@ -233,6 +233,12 @@ pub struct StatusResponse {
     pub leader: Option<NodeView>,
     pub followers: Vec<NodeView>,
     pub quorum: QuorumView,
+    /// kvlab's addition: where the coordinator's idea of who is alive comes
+    /// from now: `registry` (its heartbeats), `direct-probe` (the registry
+    /// does not answer; the coordinator asks each node's `/health`) or
+    /// `unknown` (no answer from either yet).
+    #[serde(default)]
+    pub liveness: String,
 }
 
 /// `GET /` on the coordinator.
@@ -300,6 +306,13 @@ pub struct NodeDiedRequest {
     pub node_id: String,
     #[serde(default)]
     pub incarnation: Option<u64>,
+    /// kvlab's addition: the registry view this notice comes from (see
+    /// [`RegistryNodes::view_version`]); an older one than the coordinator
+    /// applied is ignored.
+    #[serde(default)]
+    pub view_version: Option<u64>,
+    #[serde(default)]
+    pub registry_epoch: Option<u64>,
 }
 
 /// kvlab's addition, `POST /node-revived` (from the registry): a node that was
@@ -310,6 +323,22 @@ pub struct NodeRevivedRequest {
     pub url: String,
     #[serde(default)]
     pub incarnation: Option<u64>,
+    #[serde(default)]
+    pub view_version: Option<u64>,
+    #[serde(default)]
+    pub registry_epoch: Option<u64>,
+}
+
+/// The coordinator's answer to `/node-died` and `/node-revived`. A notice is
+/// a hint: the coordinator checks it against the registry's current view
+/// (or the node itself) and says whether the table changed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NoticeAnswer {
+    /// Always `acknowledged` (the lab's field).
+    pub status: String,
+    /// kvlab's additions: whether the node's status changed, and why (not).
+    pub applied: bool,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -370,6 +399,21 @@ pub struct RegistryNode {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RegistryNodes {
     pub nodes: Vec<RegistryNode>,
+    /// kvlab's additions. The view's version: it grows with every change
+    /// (a node registered, declared dead, revived or deregistered), so a
+    /// reader can tell a newer view from an older one.
+    #[serde(default)]
+    pub view_version: u64,
+    /// Which registry process made the view (its start time in ms since
+    /// the Unix epoch): versions of different epochs are not comparable.
+    #[serde(default)]
+    pub registry_epoch: u64,
+    /// How long this registry has run: a node it never heard from in more
+    /// than `timeout_seconds` is silent.
+    #[serde(default)]
+    pub uptime_seconds: f64,
+    #[serde(default)]
+    pub timeout_seconds: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

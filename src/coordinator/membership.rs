@@ -27,10 +27,13 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long `/catchup` waits for a follower to hold the whole log.
 const CATCHUP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Background duties: the per-second event summary, and re-telling the leader
-/// its followers every 2 s (so a push that failed is repaired).
+/// Background duties: the per-second event summary, re-telling the leader
+/// its followers every 2 s (so a push that failed is repaired), and the
+/// liveness reconciliation (see [`super::liveness`]). One task: aborting it
+/// stops them all.
 pub fn start_background(c: Arc<Coordinator>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+    let c2 = c.clone();
+    let duties = async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut n: u64 = 0;
         loop {
@@ -42,6 +45,9 @@ pub fn start_background(c: Arc<Coordinator>) -> tokio::task::JoinHandle<()> {
                 c.push_peers(&c.snapshot()).await;
             }
         }
+    };
+    tokio::spawn(async move {
+        tokio::join!(duties, super::liveness::run(c2));
     })
 }
 
@@ -605,7 +611,7 @@ impl Coordinator {
     }
 
     /// After a (re)spawn, narrates when the follower holds the whole log.
-    fn report_catchup(self: &Arc<Self>, slot: Slot) {
+    pub(super) fn report_catchup(self: &Arc<Self>, slot: Slot) {
         let c = self.clone();
         tokio::spawn(async move {
             match c.wait_caught_up(&slot).await {
@@ -657,7 +663,7 @@ fn has_exited(s: &Slot) -> bool {
 
 /// True while the process runs. A zombie (exited, not yet reaped) counts as
 /// gone: it holds no port and serves nothing.
-fn process_exists(pid: u32) -> bool {
+pub(super) fn process_exists(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the command name, which is in parentheses.
         Ok(stat) => stat
@@ -875,26 +881,30 @@ pub async fn catchup(
     }
 }
 
-/// `POST /node-died`: the registry stopped hearing from a node.
+/// `POST /node-died`: the registry stopped hearing from a node. A hint,
+/// checked against the registry's current view (see [`super::liveness`]).
 pub async fn node_died(
     State(c): Shared,
     ApiJson(req): ApiJson<NodeDiedRequest>,
-) -> Result<Json<StatusOnly>, ApiError> {
+) -> Result<Json<NoticeAnswer>, ApiError> {
     if c.snapshot().slot(&req.node_id).is_none() {
         return Err(ApiError::not_found(format!(
             "Node '{}' not found",
             req.node_id
         )));
     }
-    c.transition(
-        &req.node_id,
-        req.incarnation,
-        NodeStatus::Dead,
-        "no heartbeat: declared dead by the registry",
-    )
-    .await;
-    Ok(Json(StatusOnly {
+    let outcome = c
+        .notice_death(
+            &req.node_id,
+            req.incarnation,
+            req.registry_epoch,
+            req.view_version,
+        )
+        .await;
+    Ok(Json(NoticeAnswer {
         status: "acknowledged".into(),
+        applied: outcome.applied,
+        reason: outcome.reason,
     }))
 }
 
@@ -902,7 +912,7 @@ pub async fn node_died(
 pub async fn node_revived(
     State(c): Shared,
     ApiJson(req): ApiJson<NodeRevivedRequest>,
-) -> Result<Json<StatusOnly>, ApiError> {
+) -> Result<Json<NoticeAnswer>, ApiError> {
     let Some(slot) = c.snapshot().slot(&req.node_id).cloned() else {
         return Err(ApiError::not_found(format!(
             "Node '{}' not found",
@@ -915,18 +925,12 @@ pub async fn node_revived(
             "node_id": req.node_id, "current": slot.incarnation}),
         ));
     }
-    if c.transition(
-        &req.node_id,
-        req.incarnation,
-        NodeStatus::Alive,
-        "heartbeats resumed",
-    )
-    .await
-        && slot.role == Role::Follower
-    {
-        c.report_catchup(slot);
-    }
-    Ok(Json(StatusOnly {
+    let outcome = c
+        .notice_revival(&req.node_id, req.registry_epoch, req.view_version)
+        .await;
+    Ok(Json(NoticeAnswer {
         status: "acknowledged".into(),
+        applied: outcome.applied,
+        reason: outcome.reason,
     }))
 }

@@ -17,6 +17,7 @@
 mod batch;
 pub mod cluster;
 pub mod launcher;
+mod liveness;
 mod membership;
 mod requests;
 
@@ -275,6 +276,8 @@ pub struct Coordinator {
     writes: std::sync::OnceLock<batch::Batcher<KeyValue, requests::WriteOutcome>>,
     /// Client reads, gathered per follower: node id -> (incarnation, batcher).
     reads: Mutex<HashMap<String, (u64, requests::ReadBatcher)>>,
+    /// Where liveness comes from, and the last registry view applied.
+    liveness: liveness::Liveness,
 }
 
 impl Coordinator {
@@ -296,6 +299,7 @@ impl Coordinator {
             ready: std::sync::atomic::AtomicBool::new(false),
             writes: std::sync::OnceLock::new(),
             reads: Mutex::new(HashMap::new()),
+            liveness: liveness::Liveness::default(),
             config,
         })
     }
@@ -318,6 +322,7 @@ impl Coordinator {
                 can_write: c.can_write(self.config.w),
                 can_read: c.can_read(self.config.r),
             },
+            liveness: self.liveness.source().as_str().into(),
         }
     }
 }
