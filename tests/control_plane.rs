@@ -49,7 +49,8 @@ fn forged_node_died_is_checked_and_ignored() {
 /// then resumed: every node is alive again and stays so.
 #[test]
 fn paused_control_plane_comes_back_with_every_node_alive() {
-    let c = Cluster::start(&["--no-delay"]);
+    // Many nodes: each is a chance for a notice to be overtaken.
+    let c = Cluster::start(&["--followers", "5", "-W", "3", "-R", "3", "--no-delay"]);
     let pid = c.child.id() as i32;
     unsafe { libc::kill(pid, libc::SIGSTOP) };
     // The fault itself: longer than the 5 s failure timeout.
