@@ -313,11 +313,11 @@ impl Coordinator {
     async fn follow_record(self: &Arc<Self>, slot: &Slot, record: &RegistryNode, v: u64) {
         let heartbeating = record.status == "alive";
         if heartbeating && slot.status == NodeStatus::Dead && process_runs(slot) {
-            self.revive(slot, &format!("heartbeating again (registry view {v})"))
+            self.revive(slot, &format!("heartbeating again, says registry view {v}"))
                 .await;
         } else if !heartbeating && slot.is_alive() {
             let why = format!(
-                "no heartbeat for {} s (registry view {v})",
+                "no heartbeat for {} s, says registry view {v}",
                 FAILURE_TIMEOUT.as_secs()
             );
             self.transition(&slot.node_id, Some(slot.incarnation), NodeStatus::Dead, &why)
