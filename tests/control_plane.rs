@@ -130,7 +130,10 @@ impl Remote {
             if check(&s) {
                 return;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}: {s}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {s}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -185,7 +188,10 @@ fn dead_registry_direct_probes_then_a_new_registry_rebuilds() {
         s["followers"][0]["status"] == "dead"
     });
     let took = crashed.elapsed();
-    assert!(took >= Duration::from_secs(4), "declared dead too early: {took:?}");
+    assert!(
+        took >= Duration::from_secs(4),
+        "declared dead too early: {took:?}"
+    );
     assert_eq!(c.post("/write", json!({"key": "k", "value": "v"})).0, 200);
     let (_, events) = c.get("/events?since=0&limit=100000");
     assert!(
@@ -217,7 +223,10 @@ fn dead_registry_direct_probes_then_a_new_registry_rebuilds() {
         if alive == ["follower-2", "follower-3", "leader"] {
             break;
         }
-        assert!(Instant::now() < deadline, "registry view not rebuilt: {nodes}");
+        assert!(
+            Instant::now() < deadline,
+            "registry view not rebuilt: {nodes}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let s = c.status();

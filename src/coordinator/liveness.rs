@@ -150,20 +150,29 @@ impl Coordinator {
         version: Option<u64>,
     ) -> NoticeOutcome {
         if self.liveness.is_stale(epoch, version) {
-            return self.ignored(node_id, "died", format!(
-                "the notice comes from registry view {} but a newer view was applied already",
-                version.unwrap_or_default()
-            ));
+            return self.ignored(
+                node_id,
+                "died",
+                format!(
+                    "the notice comes from registry view {} but a newer view was applied already",
+                    version.unwrap_or_default()
+                ),
+            );
         }
         self.reconcile().await;
         let Some(slot) = self.snapshot().slot(node_id).cloned() else {
             return self.ignored(node_id, "died", "no such node".into());
         };
         if incarnation.is_some_and(|i| i != slot.incarnation) {
-            return self.ignored(node_id, "died", format!(
-                "the notice is about incarnation {}, the slot is served by incarnation {}",
-                incarnation.unwrap_or_default(), slot.incarnation
-            ));
+            return self.ignored(
+                node_id,
+                "died",
+                format!(
+                    "the notice is about incarnation {}, the slot is served by incarnation {}",
+                    incarnation.unwrap_or_default(),
+                    slot.incarnation
+                ),
+            );
         }
         if slot.status == NodeStatus::Dead {
             return NoticeOutcome {
@@ -172,15 +181,19 @@ impl Coordinator {
             };
         }
         if self.liveness.source() == Source::Registry {
-            return self.ignored(node_id, "died", format!(
-                "the registry's current view shows {node_id} heartbeating"
-            ));
+            return self.ignored(
+                node_id,
+                "died",
+                format!("the registry's current view shows {node_id} heartbeating"),
+            );
         }
         // The registry did not answer: ask the node itself.
         if self.probe(&slot).await {
-            return self.ignored(node_id, "died", format!(
-                "the registry does not answer and {node_id} answers its health check"
-            ));
+            return self.ignored(
+                node_id,
+                "died",
+                format!("the registry does not answer and {node_id} answers its health check"),
+            );
         }
         let changed = self
             .transition(
@@ -204,10 +217,14 @@ impl Coordinator {
         version: Option<u64>,
     ) -> NoticeOutcome {
         if self.liveness.is_stale(epoch, version) {
-            return self.ignored(node_id, "revived", format!(
-                "the notice comes from registry view {} but a newer view was applied already",
-                version.unwrap_or_default()
-            ));
+            return self.ignored(
+                node_id,
+                "revived",
+                format!(
+                    "the notice comes from registry view {} but a newer view was applied already",
+                    version.unwrap_or_default()
+                ),
+            );
         }
         self.reconcile().await;
         match self.snapshot().slot(node_id) {
@@ -215,9 +232,11 @@ impl Coordinator {
                 applied: true,
                 reason: format!("{node_id} is alive in the current view"),
             },
-            _ => self.ignored(node_id, "revived", format!(
-                "the current view does not show {node_id} heartbeating"
-            )),
+            _ => self.ignored(
+                node_id,
+                "revived",
+                format!("the current view does not show {node_id} heartbeating"),
+            ),
         }
     }
 
@@ -320,8 +339,13 @@ impl Coordinator {
                 "no heartbeat for {} s, says registry view {v}",
                 FAILURE_TIMEOUT.as_secs()
             );
-            self.transition(&slot.node_id, Some(slot.incarnation), NodeStatus::Dead, &why)
-                .await;
+            self.transition(
+                &slot.node_id,
+                Some(slot.incarnation),
+                NodeStatus::Dead,
+                &why,
+            )
+            .await;
         }
     }
 
@@ -338,8 +362,13 @@ impl Coordinator {
              answer its health check",
             view.uptime_seconds
         );
-        self.transition(&slot.node_id, Some(slot.incarnation), NodeStatus::Dead, &why)
-            .await;
+        self.transition(
+            &slot.node_id,
+            Some(slot.incarnation),
+            NodeStatus::Dead,
+            &why,
+        )
+        .await;
     }
 
     /// The registry does not answer: every settled slot is asked `/health`.
@@ -367,15 +396,25 @@ impl Coordinator {
                     "no answer to direct probes for {} s (the registry does not answer)",
                     FAILURE_TIMEOUT.as_secs()
                 );
-                self.transition(&slot.node_id, Some(slot.incarnation), NodeStatus::Dead, &why)
-                    .await;
+                self.transition(
+                    &slot.node_id,
+                    Some(slot.incarnation),
+                    NodeStatus::Dead,
+                    &why,
+                )
+                .await;
             }
         }
     }
 
     async fn revive(self: &Arc<Self>, slot: &Slot, why: &str) {
         let changed = self
-            .transition(&slot.node_id, Some(slot.incarnation), NodeStatus::Alive, why)
+            .transition(
+                &slot.node_id,
+                Some(slot.incarnation),
+                NodeStatus::Alive,
+                why,
+            )
             .await;
         if changed && slot.role == Role::Follower {
             self.report_catchup(slot.clone());

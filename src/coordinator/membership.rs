@@ -850,6 +850,14 @@ pub async fn catchup(
             "No leader available to catch up from",
         ));
     }
+    if has_exited(&slot) {
+        // A stopped node's last heartbeat can reach the registry after it
+        // deregistered: that must not bring the slot back.
+        return Err(ApiError::conflict(
+            json!({"error": "its process has exited",
+            "node_id": slot.node_id, "hint": "POST /spawn to start it again"}),
+        ));
+    }
     if slot.status != NodeStatus::Alive {
         c.transition(
             &slot.node_id,
