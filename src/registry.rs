@@ -440,3 +440,34 @@ async fn tell_coordinator(reg: Arc<Registry>, path: &str, body: serde_json::Valu
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(silent: Duration, alive: bool) -> Record {
+        Record {
+            url: String::new(),
+            role: Role::Follower,
+            incarnation: 1,
+            last_seen: Instant::now() - silent,
+            alive,
+        }
+    }
+
+    #[test]
+    fn a_pause_of_the_registry_is_not_counted_against_nodes() {
+        let mut nodes = HashMap::from([
+            ("a".to_string(), record(Duration::from_secs(7), true)),
+            ("b".to_string(), record(Duration::from_secs(9), false)),
+        ]);
+        forgive_pause(&mut nodes, Duration::from_secs(6));
+        let a = nodes["a"].last_seen.elapsed();
+        assert!(a < Duration::from_millis(1500), "{a:?}");
+        let b = nodes["b"].last_seen.elapsed();
+        assert!(b >= Duration::from_secs(9), "the dead stay dead: {b:?}");
+        // Never moved into the future.
+        forgive_pause(&mut nodes, Duration::from_secs(60));
+        assert!(nodes["a"].last_seen <= Instant::now());
+    }
+}

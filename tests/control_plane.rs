@@ -34,6 +34,12 @@ fn forged_node_died_is_checked_and_ignored() {
             "{answer}"
         );
     }
+    let (code, answer) = c.post(
+        "/node-died",
+        json!({"node_id": "follower-2", "incarnation": 999}),
+    );
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["applied"], false, "{answer}");
     // It stays alive across several reconciliations, and writes work.
     let until = Instant::now() + Duration::from_millis(2500);
     while Instant::now() < until {
@@ -292,6 +298,8 @@ fn spawn_after_crash_reuses_the_slot_and_growth_keeps_the_overlap() {
     assert_eq!(c.status()["followers"].as_array().unwrap().len(), 3);
     c.wait_status("all alive", Duration::from_secs(5), all_alive);
 
+    let (code, bad) = c.post("/spawn", json!({"grow": "yes"}));
+    assert_eq!(code, 400, "{bad}");
     let (code, refused) = c.post("/spawn", json!({}));
     assert_eq!(code, 409, "{refused}");
     let reason = refused["detail"]["reason"].as_str().unwrap();

@@ -454,3 +454,23 @@ impl Coordinator {
 fn process_runs(slot: &Slot) -> bool {
     slot.pid.is_none_or(super::membership::process_exists)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_older_view_of_the_same_registry_is_stale() {
+        let l = Liveness::default();
+        assert!(!l.is_stale(Some(1), Some(5)), "nothing applied yet");
+        l.state.lock().unwrap().applied = Some((1, 5));
+        assert!(l.is_stale(Some(1), Some(4)));
+        assert!(
+            !l.is_stale(Some(1), Some(5)),
+            "the same view: reconcile again"
+        );
+        assert!(!l.is_stale(Some(1), Some(6)));
+        assert!(!l.is_stale(Some(2), Some(1)), "a restarted registry");
+        assert!(!l.is_stale(None, None), "a notice without a view");
+    }
+}
