@@ -336,7 +336,8 @@ pub struct NodeRevivedRequest {
 pub struct NoticeAnswer {
     /// Always `acknowledged` (the lab's field).
     pub status: String,
-    /// kvlab's additions: whether the node's status changed, and why (not).
+    /// kvlab's additions: whether the table now agrees with the notice
+    /// (the node is dead, or alive), and why (not).
     pub applied: bool,
     pub reason: String,
 }

@@ -180,6 +180,9 @@ impl Coordinator {
                 reason: format!("{node_id} is dead in the current view"),
             };
         }
+        if slot.status == NodeStatus::Starting {
+            return self.ignored(node_id, "died", format!("{node_id} is being started"));
+        }
         if self.liveness.source() == Source::Registry {
             return self.ignored(
                 node_id,

@@ -32,7 +32,7 @@ const CATCHUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// liveness reconciliation (see [`super::liveness`]). One task: aborting it
 /// stops them all.
 pub fn start_background(c: Arc<Coordinator>) -> tokio::task::JoinHandle<()> {
-    let c2 = c.clone();
+    let reconciler = super::liveness::run(c.clone());
     let duties = async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut n: u64 = 0;
@@ -47,7 +47,7 @@ pub fn start_background(c: Arc<Coordinator>) -> tokio::task::JoinHandle<()> {
         }
     };
     tokio::spawn(async move {
-        tokio::join!(duties, super::liveness::run(c2));
+        tokio::join!(duties, reconciler);
     })
 }
 
@@ -570,7 +570,8 @@ impl Coordinator {
         }
         let id = format!("follower-{}", c.next_follower_number());
         self.check_growth(&c, &id, req.grow)?;
-        Ok((id.clone(), self.port_for_new_slot(&c, req.port)?, false))
+        let port = self.port_for_new_slot(&c, req.port)?;
+        Ok((id, port, false))
     }
 
     /// Refuses a new slot that would make W + R <= N, unless asked (`grow`).
