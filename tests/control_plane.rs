@@ -277,6 +277,15 @@ fn failed_spawn_leaves_no_broken_slot() {
     let (code, answer) = c.post("/spawn", json!({"port": taken}));
     assert_eq!(code, 409, "{answer}");
     assert!(answer.to_string().contains(&taken.to_string()), "{answer}");
+    assert!(
+        answer["detail"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("already in use"),
+        "{answer}"
+    );
+    let (code, zero) = c.post("/spawn", json!({"port": 0}));
+    assert_eq!(code, 400, "{zero}");
     assert_eq!(c.status()["followers"].as_array().unwrap().len(), 2);
     let (code, s) = c.post("/spawn", json!({}));
     assert_eq!(code, 200, "{s}");

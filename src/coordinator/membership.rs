@@ -596,19 +596,26 @@ impl Coordinator {
         })))
     }
 
-    /// The port of a new slot: the one asked for if free, else the next free one.
+    /// The port of a new slot: the one asked for if a node can listen on
+    /// it, else the next free one.
     fn port_for_new_slot(&self, c: &Cluster, asked: Option<u16>) -> Result<u16, ApiError> {
-        match asked {
-            None => free_port_after(c, &self.config),
-            Some(p) if launcher::port_is_free(&self.config.launch.host, p) => Ok(p),
-            Some(p) => Err(ApiError::conflict(json!({
-                "error": "port in use",
-                "port": p,
-                "reason": format!("port {p} is already in use by another process: \
-                                   nothing was started and no slot was added"),
+        let port = match asked {
+            None => return free_port_after(c, &self.config),
+            Some(0) => {
+                return Err(ApiError::bad_request(json!({"error": "invalid port",
+                    "reason": "port 0 would let the system pick one; name a port, or leave \"port\" out"})))
+            }
+            Some(p) => p,
+        };
+        launcher::check_port(&self.config.launch.host, port).map_err(|e| {
+            ApiError::conflict(json!({
+                "error": "port unusable",
+                "port": port,
+                "reason": format!("{e}: nothing was started and no slot was added"),
                 "hint": "pick another port, or leave \"port\" out to get a free one"
-            }))),
-        }
+            }))
+        })?;
+        Ok(port)
     }
 
     /// After a (re)spawn, narrates when the follower holds the whole log.
