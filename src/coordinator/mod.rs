@@ -4,8 +4,10 @@
 //! [`launcher`]), keeps the table of who is alive (see [`cluster`]), tells the
 //! leader which followers to replicate to and which are in the sync set, and
 //! runs the client-facing write and read paths with the lab's quorum rules
-//! (see [`requests`]). The registry tells it when nodes die or come back; it
-//! narrates everything on its console (see [`crate::events`]).
+//! (see [`requests`]). Who is alive follows the registry's current view,
+//! pulled every second, or direct probes of the nodes when the registry is
+//! gone (see [`liveness`]); it narrates everything on its console (see
+//! [`crate::events`]).
 //!
 //! Invariants:
 //! - membership changes are serialized (one at a time), and the leader is told
