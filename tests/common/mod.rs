@@ -9,6 +9,8 @@
 
 #![allow(dead_code)]
 
+pub mod tty;
+
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
