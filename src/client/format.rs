@@ -14,8 +14,7 @@ impl Paint {
     /// Colour only on a terminal, and never when `NO_COLOR` is set.
     pub fn for_stdout() -> Paint {
         use std::io::IsTerminal;
-        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
-        Paint(std::io::stdout().is_terminal() && !no_color)
+        Paint(crate::events::color_on(std::io::stdout().is_terminal()))
     }
 
     fn code(self, code: &str, text: &str) -> String {
