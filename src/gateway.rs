@@ -609,6 +609,7 @@ async fn stats(State(gw): Shared) -> Json<GatewayStats> {
     Json(GatewayStats {
         gateway: gw.metrics.view(),
         rate_limiter: gw.limiter.as_ref().map(RateLimiter::stats),
+        load_balancer: None,
     })
 }
 
@@ -695,8 +696,11 @@ mod tests {
     fn strategies_parse_by_name() {
         for (name, s) in [
             ("fixed-window", Strategy::FixedWindow),
+            ("fixed_window", Strategy::FixedWindow),
             ("sliding-window", Strategy::SlidingWindow),
+            ("sliding_window", Strategy::SlidingWindow),
             ("token-bucket", Strategy::TokenBucket),
+            ("token_bucket", Strategy::TokenBucket),
         ] {
             let a = args(&["--rate-limit", "--rate-limit-strategy", name]);
             let c = Config::from_args(&a).unwrap();

@@ -144,7 +144,11 @@ fn demos_through_the_gateway() {
     let (code, s) = gw_get(&http, gw, "/cluster-status");
     assert_eq!(code, 200);
     assert_eq!(s["leader"]["status"], "alive");
-    assert_eq!(s["quorum"]["total_alive"], 3);
+    assert_eq!(
+        s["quorum"]["total_alive"], 4,
+        "the leader counts, as in the original"
+    );
+    assert_eq!(s["quorum"]["alive_followers"], 3);
     assert_eq!(s["followers"].as_array().unwrap().len(), 3);
 
     let (code, headers, health) = answer(http.get(format!("{gw}/health")).send().unwrap());
@@ -303,7 +307,9 @@ fn over_the_limit_is_429_with_headers_and_body() {
     let (code, stats) = gw_get(&observer, gw, "/stats");
     assert_eq!(code, 200);
     let rl = &stats["rate_limiter"];
-    assert_eq!(rl["strategy"], "fixed-window");
+    assert_eq!(rl["strategy"], "fixed_window", "the original's spelling");
+    assert!(rl["clients"].as_u64().is_some(), "{stats}");
+    assert!(stats["load_balancer"].is_null() && stats.get("load_balancer").is_some());
     assert_eq!(
         (rl["max_requests"].as_u64(), rl["window_seconds"].as_f64()),
         (Some(3), Some(60.0))

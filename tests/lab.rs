@@ -76,7 +76,7 @@ fn demos_through_the_interactive_client() {
     let out = type_into_client(&c.gateway, "read k\nstats\n");
     assert!(out.contains("k = still-works"), "{out}");
     assert!(
-        out.contains("rate limiter: fixed-window, 100 requests per 60"),
+        out.contains("rate limiter: fixed_window, 100 requests per 60"),
         "{out}"
     );
 }

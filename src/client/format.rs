@@ -130,7 +130,12 @@ pub fn status(v: &Value, p: Paint) -> String {
         "  quorum: W={} R={}   alive followers {}   can write {}   can read {}",
         s(&q["W"]),
         s(&q["R"]),
-        s(&q["total_alive"]),
+        // `alive_followers` is kvlab's; an older gateway only has the total.
+        s(if q["alive_followers"].is_null() {
+            &q["total_alive"]
+        } else {
+            &q["alive_followers"]
+        }),
         tick(&q["can_write"]),
         tick(&q["can_read"])
     ));
