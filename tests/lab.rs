@@ -141,3 +141,106 @@ fn an_impossible_student_config_is_refused() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a valid student config"));
 }
+
+/// `kvlab lab export DIR` writes the student handout, byte for byte the
+/// repository's files, without the instructor's folder; it never writes
+/// over an existing folder's contents.
+#[test]
+fn lab_export_writes_the_handout_without_the_solution() {
+    let root = tempfile::Builder::new()
+        .prefix("kvlab-export-")
+        .tempdir()
+        .unwrap();
+    let dir = root.path().join("handout");
+    let out = common::kvlab()
+        .args(["lab", "export"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("not the repository"), "{stdout}");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["README.md", "student_config.json"]);
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("labs/cloudcart");
+    for name in &names {
+        assert_eq!(
+            std::fs::read(dir.join(name)).unwrap(),
+            std::fs::read(repo.join(name)).unwrap(),
+            "{name}"
+        );
+    }
+    // The exported config is the one `kvlab assess` and `up` read.
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("student_config.json")).unwrap()).unwrap();
+    assert_eq!(config["deployment"]["followers"], 5);
+    // A second export into the same folder is refused, and changes nothing.
+    std::fs::write(dir.join("student_config.json"), "{\"edited\": true}").unwrap();
+    let out = common::kvlab()
+        .args(["lab", "export"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not empty"));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("student_config.json")).unwrap(),
+        "{\"edited\": true}"
+    );
+}
+
+/// The sample GitHub Classroom workflow grades each default incident once,
+/// with the points the default scenarios give it (100 in all).
+#[test]
+fn the_classroom_workflow_matches_the_default_scenarios() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("labs/cloudcart");
+    let workflow = std::fs::read_to_string(root.join("classroom/classroom.yml")).unwrap();
+    let scenarios: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("instructor_config.json")).unwrap(),
+    )
+    .unwrap();
+    let commands: Vec<&str> = workflow
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("command: "))
+        .collect();
+    let points: Vec<f64> = workflow
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("max-score: "))
+        .map(|p| p.parse().unwrap())
+        .collect();
+    let expected: Vec<(String, f64)> = scenarios["scenarios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["id"].as_str().unwrap().to_string(),
+                s["weight"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(commands.len(), expected.len(), "{workflow}");
+    for ((command, points), (id, weight)) in commands.iter().zip(&points).zip(&expected) {
+        assert_eq!(
+            *command,
+            format!("kvlab assess --config student_config.json --only {id}")
+        );
+        assert_eq!(points, weight, "{id}");
+        let step = id.to_ascii_lowercase();
+        assert!(workflow.contains(&format!("id: {step}\n")), "{id}");
+        assert!(
+            workflow.contains(&format!(
+                "{id}_RESULTS: \"${{{{steps.{step}.outputs.result}}}}\""
+            )),
+            "{id}"
+        );
+    }
+}
