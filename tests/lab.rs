@@ -244,3 +244,55 @@ fn the_classroom_workflow_matches_the_default_scenarios() {
         );
     }
 }
+
+/// The console of `kvlab up` redirected to a file, as a log: no colour
+/// codes there or in the nodes' log files, and once the cluster is ready
+/// one line gives every node's real role (start-up lines carry none: the
+/// sets change as nodes come up).
+#[test]
+fn redirected_console_is_plain_and_names_the_real_roles() {
+    let dir = tempfile::Builder::new()
+        .prefix("kvlab-console-")
+        .tempdir()
+        .unwrap();
+    let console = dir.path().join("console.txt");
+    let base = common::free_port_block();
+    let mut up = common::kvlab()
+        .arg("up")
+        .args(["--followers", "3", "-W", "2", "-R", "2", "--in-memory"])
+        .args(["--coordinator-port", &base.to_string()])
+        .args(["--registry-port", &(base + 1).to_string()])
+        .args(["--node-base-port", &(base + 2).to_string()])
+        .args([
+            "--gateway-port",
+            &(base + common::GATEWAY_OFFSET).to_string(),
+        ])
+        .arg("--log-dir")
+        .arg(dir.path().join("logs"))
+        .env_remove("NO_COLOR")
+        .stdout(std::fs::File::create(&console).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let roles = "🧭 roles: leader [LEADER], follower-1 [SYNC], follower-2 [SYNC+READ], follower-3 [ASYNC+READ]";
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let text = std::fs::read_to_string(&console).unwrap_or_default();
+        if text.contains("🧭 roles") || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    unsafe { libc::kill(up.id() as i32, libc::SIGTERM) };
+    up.wait().unwrap();
+    assert!(text.contains(roles), "{text}");
+    assert!(!text.contains('\u{1b}'), "colour codes in a file: {text:?}");
+    for line in text.lines().filter(|l| l.contains("is up on")) {
+        assert!(!line.contains('['), "a start-up line with a role: {line}");
+    }
+    for log in std::fs::read_dir(dir.path().join("logs")).unwrap() {
+        let path = log.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(!bytes.contains(&0x1b), "colour codes in {}", path.display());
+    }
+}
