@@ -86,8 +86,10 @@ pub struct RateLimitArgs {
 /// Flags of `kvlab gateway`.
 #[derive(Debug, Clone, Parser)]
 pub struct Args {
+    /// Port to listen on: the one clients use.
     #[arg(long, default_value_t = ports::GATEWAY)]
     pub port: u16,
+    /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: IpAddr,
     /// The coordinator to forward to.

@@ -12,6 +12,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tempfile::TempDir;
 
 const STUDENT: &str = "labs/cloudcart/student_config.json";
 const SOLUTION: &str = "labs/cloudcart/instructor/solution_config.json";
@@ -21,8 +22,10 @@ fn lab_file(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
-fn assess_cmd(base: u16, config: &Path, extra: &[&str]) -> Command {
-    let mut cmd = common::kvlab();
+/// `kvlab assess` on the block at `base`; what it writes to its temporary
+/// directory (`kvlab-assess-<port>/`) lands in `scratch`.
+fn assess_cmd(scratch: &TempDir, base: u16, config: &Path, extra: &[&str]) -> Command {
+    let mut cmd = common::kvlab_in(scratch);
     cmd.arg("assess")
         .arg("--config")
         .arg(config)
@@ -36,7 +39,8 @@ fn assess_cmd(base: u16, config: &Path, extra: &[&str]) -> Command {
 /// Runs an assessment to its end; returns its output and its port block.
 fn assess(config: &Path, extra: &[&str]) -> (Output, u16) {
     let base = common::free_port_block();
-    let out = assess_cmd(base, config, extra).output().unwrap();
+    let scratch = common::scratch();
+    let out = assess_cmd(&scratch, base, config, extra).output().unwrap();
     (out, base)
 }
 
@@ -278,8 +282,10 @@ fn every_run_starts_from_empty_nodes() {
     let dir = tempfile::tempdir().unwrap();
     let scenarios = small_scenarios(dir.path());
     let base = common::free_port_block();
+    let scratch = common::scratch();
     for _ in 0..2 {
         let out = assess_cmd(
+            &scratch,
             base,
             &lab_file(SOLUTION),
             &[
@@ -633,7 +639,9 @@ fn interrupt_mid_run(signal: libc::c_int, exit_code: Option<i32>) {
     )
     .unwrap();
     let base = common::free_port_block();
+    let scratch = common::scratch();
     let mut child = assess_cmd(
+        &scratch,
         base,
         &lab_file(SOLUTION),
         &["--instructor-config", scenarios.to_str().unwrap()],
@@ -727,8 +735,8 @@ fn sigkill_mid_run_still_leaves_nothing() {
 // ---------------------------------------------------------------------------
 
 /// `kvlab up` on assess's port layout for `base`, with the solution's shape.
-fn start_up(base: u16) -> std::process::Child {
-    common::kvlab()
+fn start_up(scratch: &TempDir, base: u16) -> std::process::Child {
+    common::kvlab_in(scratch)
         .arg("up")
         .args(["--followers", "3", "-W", "2", "-R", "2", "--quiet"])
         .args(["--coordinator-port", &base.to_string()])
@@ -772,9 +780,11 @@ fn no_start_cluster_grades_the_running_one_and_leaves_it() {
     let dir = tempfile::tempdir().unwrap();
     let scenarios = small_scenarios(dir.path());
     let base = common::free_port_block();
-    let up = start_up(base);
+    let scratch = common::scratch();
+    let up = start_up(&scratch, base);
     wait_ready(base);
     let out = assess_cmd(
+        &scratch,
         base,
         &lab_file(SOLUTION),
         &[
@@ -799,7 +809,7 @@ fn no_start_cluster_grades_the_running_one_and_leaves_it() {
     );
     stop_up(up, base);
     // Nothing to grade: a clear error, not a list of failed tests.
-    let out = assess_cmd(base, &lab_file(SOLUTION), &["--no-start-cluster"])
+    let out = assess_cmd(&scratch, base, &lab_file(SOLUTION), &["--no-start-cluster"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -936,7 +946,10 @@ fn a_taken_port_is_named_and_fails_fast() {
     // Hold the gateway's port (base + 2).
     let _holder = std::net::TcpListener::bind(("127.0.0.1", base + 2)).unwrap();
     let started = Instant::now();
-    let out = assess_cmd(base, &lab_file(SOLUTION), &[]).output().unwrap();
+    let scratch = common::scratch();
+    let out = assess_cmd(&scratch, base, &lab_file(SOLUTION), &[])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(started.elapsed() < Duration::from_secs(5));
     let err = String::from_utf8_lossy(&out.stderr);

@@ -599,7 +599,8 @@ fn impossible_configs_are_refused() {
 fn taken_port_is_reported() {
     let base = common::free_port_block();
     let _hold = std::net::TcpListener::bind(("127.0.0.1", base)).unwrap();
-    let out = common::kvlab()
+    let scratch = common::scratch();
+    let out = common::kvlab_in(&scratch)
         .args([
             "up",
             "--coordinator-port",

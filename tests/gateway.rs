@@ -210,7 +210,8 @@ fn up_calls_its_coordinator_in_process() {
     use std::io::{BufRead, BufReader};
     let base = common::free_port_block();
     let port = |offset: u16| (base + offset).to_string();
-    let mut child = common::kvlab()
+    let scratch = common::scratch();
+    let mut child = common::kvlab_in(&scratch)
         .args(["up", "--in-memory", "--quiet", "--no-delay"])
         .args(["--followers", "1", "-W", "1", "-R", "1"])
         .args(["--coordinator-port", &port(0), "--registry-port", &port(1)])

@@ -296,3 +296,57 @@ fn redirected_console_is_plain_and_names_the_real_roles() {
         assert!(!bytes.contains(&0x1b), "colour codes in {}", path.display());
     }
 }
+
+/// Every option of every subcommand says what it is for in `--help`.
+#[test]
+fn every_help_entry_has_a_description() {
+    let commands: &[&[&str]] = &[
+        &[],
+        &["up"],
+        &["gateway"],
+        &["coordinator"],
+        &["registry"],
+        &["node"],
+        &["client"],
+        &["assess"],
+        &["bench"],
+        &["lab"],
+        &["lab", "export"],
+    ];
+    let mut bare = Vec::new();
+    for args in commands {
+        let out = common::kvlab().args(*args).arg("--help").output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout).into_owned();
+        let lines: Vec<&str> = help.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let entry = line.trim_start();
+            // `-W, --write-quorum`, `--json`; not a possible value (`- kvlab: ...`).
+            let is_option =
+                line.starts_with("  ") && entry.starts_with('-') && !entry.starts_with("- ");
+            let is_command = line.starts_with("  ")
+                && !line.starts_with("   ")
+                && !is_option
+                && i > 0
+                && lines[..i].iter().any(|l| l.starts_with("Commands:"))
+                && !lines[..i].iter().any(|l| l.starts_with("Options:"));
+            if !is_option && !is_command {
+                continue;
+            }
+            // The description follows on the line (after two spaces) or on the next.
+            let same_line = entry
+                .split_once("  ")
+                .map(|(_, rest)| rest.trim())
+                .is_some_and(|d| !d.is_empty() && !d.starts_with('['));
+            let next = lines.get(i + 1).map(|l| l.trim()).unwrap_or("");
+            let next_line = !next.is_empty() && !next.starts_with('[') && !next.starts_with('-');
+            if !same_line && !next_line {
+                bare.push(format!("kvlab {} :: {entry}", args.join(" ")));
+            }
+        }
+    }
+    assert!(
+        bare.is_empty(),
+        "options without a description:\n{}",
+        bare.join("\n")
+    );
+}

@@ -42,6 +42,7 @@ use launcher::{LaunchSettings, NodeStorage};
 /// Flags of `kvlab coordinator` (and the matching ones of `kvlab up`).
 #[derive(Debug, Clone, Parser)]
 pub struct Args {
+    /// Port to listen on.
     #[arg(long, default_value_t = ports::COORDINATOR)]
     pub port: u16,
     /// Address to listen on (and to start nodes on).

@@ -55,8 +55,10 @@ pub struct Args {
     /// This node's id: `leader` or `follower-<n>`.
     #[arg(long)]
     pub id: String,
+    /// Port to listen on.
     #[arg(long)]
     pub port: u16,
+    /// Whether this node takes writes (`leader`) or receives them (`follower`).
     #[arg(long, value_enum, default_value = "follower")]
     pub role: RoleArg,
     /// Address to listen on.
