@@ -2,8 +2,8 @@
 //!
 //! Every JSON body that crosses a process boundary is defined here, once, so the
 //! server that writes it and the client that reads it cannot drift apart. Field
-//! names are those of `shared/spec/api.md` (course scripts depend on them): add
-//! fields freely, never rename or drop one.
+//! names are the lab's, described in docs/api.md (course scripts depend on
+//! them): add fields freely, never rename or drop one.
 //!
 //! Internal endpoints that are kvlab's own design (replication, fencing, admin
 //! hooks) are at the bottom and marked as such.
@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 // Shared pieces
 // ---------------------------------------------------------------------------
 
-/// Default ports of the lab (api.md, "Default ports").
+/// Default ports of the lab (docs/api.md, "Ports").
 pub mod ports {
     pub const GATEWAY: u16 = 8000;
     pub const COORDINATOR: u16 = 7000;

@@ -26,7 +26,7 @@
 //!   which way the request went.
 //! - **Every answer is JSON with the lab's shapes**, except `/graduate`
 //!   (text). Errors of the gateway's own are `{"detail": ...}`; a refused
-//!   request is the 429 body of api.md.
+//!   request is the 429 body of docs/api.md.
 //! - **The gateway holds no cluster state.** When a remote coordinator is
 //!   down it answers 503 and keeps serving; the next request after the
 //!   coordinator is back succeeds, with no restart (the pooled client simply
@@ -386,7 +386,7 @@ async fn admission(State(gw): Shared, req: Request, next: Next) -> Response {
     resp
 }
 
-/// The 429 of api.md, with the headers a client needs to back off.
+/// The 429 of docs/api.md, with the headers a client needs to back off.
 fn too_many_requests(limiter: &RateLimiter, d: &Decision) -> Response {
     let limits = limiter.limits();
     let body = TooManyRequests {
@@ -408,7 +408,7 @@ fn too_many_requests(limiter: &RateLimiter, d: &Decision) -> Response {
     resp
 }
 
-/// `X-RateLimit-Limit` and `-Remaining` (api.md), and the IETF draft's
+/// `X-RateLimit-Limit` and `-Remaining` (docs/api.md), and the IETF draft's
 /// `RateLimit-Policy: 10;w=60` and `RateLimit: limit=10, remaining=3, reset=42`.
 fn add_limit_headers(headers: &mut HeaderMap, limiter: &RateLimiter, d: &Decision) {
     let window = ceil_secs(limiter.limits().window);

@@ -250,7 +250,7 @@ fn stop(child: &mut std::process::Child) {
 // Rate limiting on a live cluster
 // ---------------------------------------------------------------------------
 
-/// A refused request gets 429 with api.md's body and headers; admitted ones
+/// A refused request gets 429 with docs/api.md's body and headers; admitted ones
 /// carry the X-RateLimit and IETF RateLimit fields. /health counts too, and
 /// every client address has its own quota.
 #[test]

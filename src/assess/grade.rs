@@ -1,6 +1,6 @@
 //! Scoring, grades and the settings verdicts: pure functions, no I/O.
 //!
-//! The course's rules (lab.md): a scenario scores `passed / total x weight`;
+//! The course's rules (docs/lab.md): a scenario scores `passed / total x weight`;
 //! the grade comes from the percentage of the maximum (A >= 90, B >= 80,
 //! C >= 70, D >= 60, else F); the cost is `(1 + followers) x per_node_cost`
 //! (the leader is a node too); a justification counts when it is non-empty

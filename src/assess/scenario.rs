@@ -1,6 +1,6 @@
 //! The instructor's scenario file: what `kvlab assess` runs and how it weighs it.
 //!
-//! Shape (lab.md): `{"scenarios": [{"id", "name", "description", "weight",
+//! Shape (docs/lab.md): `{"scenarios": [{"id", "name", "description", "weight",
 //! "tests": [{"id", "type", ...}]}], "cost_model": {"per_node_cost", "budget_limit"}}`.
 //!
 //! Instructors bring the original course's files, so every field of its
