@@ -242,8 +242,8 @@ fn prompt_on_a_real_terminal() {
     assert!(screen.contains("bye"), "{screen}");
 }
 
-/// Without a home directory (or an unwritable one) the prompt still works:
-/// the history is just not kept.
+/// Without a home directory the prompt still works (the history is just
+/// not kept), and on a terminal without NO_COLOR the answers are coloured.
 #[test]
 fn prompt_without_a_home_directory() {
     if !tty::available() {

@@ -350,3 +350,92 @@ fn every_help_entry_has_a_description() {
         bare.join("\n")
     );
 }
+
+/// `kvlab up` in a real terminal: a coloured console (plain under
+/// NO_COLOR), the roles once ready, and Ctrl-C stops the whole cluster.
+#[test]
+fn up_on_a_terminal_colours_and_stops_on_ctrl_c() {
+    if !common::tty::available() {
+        return;
+    }
+    for no_color in [false, true] {
+        let scratch = common::scratch();
+        let base = common::free_port_block();
+        let ports = [
+            "--coordinator-port".to_string(),
+            base.to_string(),
+            "--registry-port".into(),
+            (base + 1).to_string(),
+            "--node-base-port".into(),
+            (base + 2).to_string(),
+            "--gateway-port".into(),
+            (base + common::GATEWAY_OFFSET).to_string(),
+        ];
+        let mut args = vec![
+            "up",
+            "--in-memory",
+            "--followers",
+            "3",
+            "-W",
+            "2",
+            "-R",
+            "2",
+        ];
+        args.extend(ports.iter().map(String::as_str));
+        let tmp = scratch.path().to_str().unwrap().to_string();
+        let mut env = vec![("TMPDIR", tmp.as_str()), ("TERM", "xterm-256color")];
+        if no_color {
+            env.push(("NO_COLOR", "1"));
+        }
+        let t = common::tty::Tty::spawn(env!("CARGO_BIN_EXE_kvlab"), &args, &env);
+        let wait = Duration::from_secs(30);
+        t.wait_for("🧭 roles: leader [LEADER], follower-1 [SYNC]", wait);
+        let coloured = t.screen_with_escapes().contains("\u{1b}[");
+        assert_eq!(
+            coloured,
+            !no_color,
+            "NO_COLOR={no_color}:\n{}",
+            t.screen_with_escapes()
+        );
+        t.key("C-c");
+        let screen = t.wait_for("[exit 0]", wait);
+        assert!(screen.contains("cluster stopped"), "{screen}");
+    }
+}
+
+/// `kvlab assess` in a real terminal: the score card in colour, and the
+/// spinner gone when the card is printed.
+#[test]
+fn assess_on_a_terminal_prints_the_card() {
+    if !common::tty::available() {
+        return;
+    }
+    let scratch = common::scratch();
+    let base = common::free_port_block().to_string();
+    let solution = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("labs/cloudcart/instructor/solution_config.json");
+    let tmp = scratch.path().to_str().unwrap().to_string();
+    let t = common::tty::Tty::spawn(
+        env!("CARGO_BIN_EXE_kvlab"),
+        &[
+            "assess",
+            "--config",
+            solution.to_str().unwrap(),
+            "--only",
+            "INC-0",
+            "--base-port",
+            &base,
+        ],
+        &[("TMPDIR", tmp.as_str()), ("TERM", "xterm-256color")],
+    );
+    let screen = t.wait_for("[exit 0]", Duration::from_secs(60));
+    assert!(
+        screen.contains("INC-0  Basic operations   4/4 passed"),
+        "{screen}"
+    );
+    assert!(screen.contains("SCORE 20 / 20"), "{screen}");
+    assert!(
+        t.screen_with_escapes().contains("\u{1b}["),
+        "a terminal gets colour"
+    );
+}
