@@ -2,8 +2,11 @@
 //!
 //! It reads the student's config, refuses impossible settings, starts a
 //! cluster with those settings (`kvlab up` as a child process), runs the
-//! instructor's scenarios against it, stops it, and reports: a score card on
-//! a terminal, or JSON, Gradescope's `results.json`, or JUnit XML.
+//! instructor's scenarios against it (all of them, or those `--only`
+//! names), stops it, and reports: a score card on a terminal, or JSON,
+//! Gradescope's or PrairieLearn's `results.json`, or JUnit XML. A config
+//! that cannot be graded still gives a grading platform its file, with the
+//! reason; the scenario file's unknown fields are warnings.
 //!
 //! The pieces:
 //! - [`scenario`]: the scenario file's types, loaded and checked up front;
