@@ -2,8 +2,8 @@
 //!
 //! Every JSON body that crosses a process boundary is defined here, once, so the
 //! server that writes it and the client that reads it cannot drift apart. Field
-//! names are those of `shared/spec/api.md` (course scripts depend on them): add
-//! fields freely, never rename or drop one.
+//! names are the lab's, described in docs/api.md (course scripts depend on
+//! them): add fields freely, never rename or drop one.
 //!
 //! Internal endpoints that are kvlab's own design (replication, fencing, admin
 //! hooks) are at the bottom and marked as such.
@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 // Shared pieces
 // ---------------------------------------------------------------------------
 
-/// Default ports of the lab (api.md, "Default ports").
+/// Default ports of the lab (docs/api.md, "Ports").
 pub mod ports {
     pub const GATEWAY: u16 = 8000;
     pub const COORDINATOR: u16 = 7000;
@@ -140,12 +140,15 @@ pub struct GatewayMetrics {
 /// The rate limiter's settings and counters, in the gateway's `GET /stats`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RateLimiterStats {
-    /// `fixed-window`, `sliding-window` or `token-bucket`.
+    /// `fixed_window`, `sliding_window` or `token_bucket`.
     pub strategy: String,
     pub max_requests: u32,
     pub window_seconds: f64,
     pub allowed_requests: u64,
     pub rejected_requests: u64,
+    /// Clients (addresses) the limiter is tracking now.
+    #[serde(default)]
+    pub clients: usize,
     /// kvlab's additions: the client table and its bound.
     #[serde(default)]
     pub tracked_clients: usize,
@@ -165,6 +168,10 @@ pub struct GatewayStats {
     pub gateway: GatewayMetrics,
     /// `null` when rate limiting is off.
     pub rate_limiter: Option<RateLimiterStats>,
+    /// Always `null`: the gateway forwards to one coordinator. (The
+    /// original's field, kept so scripts that read it find it.)
+    #[serde(default)]
+    pub load_balancer: Option<serde_json::Value>,
 }
 
 /// `GET /` on the gateway.
@@ -221,8 +228,11 @@ pub struct QuorumView {
     pub w: usize,
     #[serde(rename = "R")]
     pub r: usize,
-    /// Alive followers (the leader is not counted, as in N, W and R).
+    /// Alive nodes, the leader included (the original's count).
     pub total_alive: usize,
+    /// Alive followers only: the number W and R are compared with.
+    #[serde(default)]
+    pub alive_followers: usize,
     pub can_write: bool,
     pub can_read: bool,
 }
@@ -245,7 +255,11 @@ pub struct StatusResponse {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CoordinatorInfo {
     pub service: String,
+    /// The alive leader's node id (`"leader"`), as the original gives it.
     pub leader: Option<String>,
+    /// The alive leader's URL.
+    #[serde(default)]
+    pub leader_url: Option<String>,
     pub follower_count: usize,
     pub can_write: bool,
     pub can_read: bool,
@@ -461,8 +475,12 @@ pub struct NodeStats {
     pub replications_sent: u64,
     pub replications_received: u64,
     pub data_count: usize,
-    /// The leader's followers with their replication progress; empty on a follower.
-    pub followers: Vec<FollowerProgress>,
+    /// The leader's followers' URLs, as the original lists them; empty on
+    /// a follower.
+    pub followers: Vec<String>,
+    /// The same followers with their replication progress (kvlab's).
+    #[serde(default)]
+    pub follower_progress: Vec<FollowerProgress>,
     /// kvlab's additions.
     pub applied_seq: u64,
     pub incarnation: u64,

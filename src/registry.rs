@@ -41,10 +41,13 @@ use crate::http::{describe_reqwest_error, ApiError, ApiJson};
 
 #[derive(Debug, Clone, Parser)]
 pub struct Args {
+    /// Port to listen on (nodes heartbeat here).
     #[arg(long, default_value_t = ports::REGISTRY)]
     pub port: u16,
+    /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: IpAddr,
+    /// The coordinator to tell when a node dies or needs catching up.
     #[arg(long, default_value = "http://127.0.0.1:7000")]
     pub coordinator: String,
     /// Replace dead followers automatically.

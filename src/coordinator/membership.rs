@@ -91,7 +91,34 @@ impl Coordinator {
                 c.can_read(cfg.r)
             ),
         );
+        let roles: Vec<String> = std::iter::once(&c.leader)
+            .chain(c.followers.iter())
+            .map(|slot| format!("{} [{}]", slot.node_id, self.role_tag(&c, slot)))
+            .collect();
+        self.events
+            .info("roles", None, format!("🧭 roles: {}", roles.join(", ")));
         Ok(())
+    }
+
+    /// `LEADER`, or a follower's sets in capitals (`SYNC+READ`), `-` for
+    /// none (a dead follower).
+    fn role_tag(&self, cluster: &Cluster, slot: &Slot) -> String {
+        if slot.role == Role::Leader {
+            return "LEADER".into();
+        }
+        let sets = cluster.sets(self.config.w, self.config.r);
+        let tag = cluster
+            .view(slot, &sets)
+            .sets
+            .iter()
+            .map(|s| s.to_uppercase())
+            .collect::<Vec<_>>()
+            .join("+");
+        if tag.is_empty() {
+            "-".into()
+        } else {
+            tag
+        }
     }
 
     /// Says where the nodes keep their data, wiping it first with `--fresh`.
@@ -302,27 +329,20 @@ impl Coordinator {
     ) {
         let (w, r) = (self.config.w, self.config.r);
         let slot = after.slot(node_id).expect("slot exists");
-        let sets = after.sets(w, r);
-        let tag = after
-            .view(slot, &sets)
-            .sets
-            .iter()
-            .map(|s| s.to_uppercase())
-            .collect::<Vec<_>>()
-            .join("+");
-        let tag = if slot.role == Role::Leader {
-            "LEADER".to_string()
-        } else if tag.is_empty() {
-            "-".into()
+        // While the cluster starts, the sets change with every node that
+        // comes up, so a tag would be wrong; `start` prints the real ones
+        // once everyone is up.
+        let tag = if self.ready.load(std::sync::atomic::Ordering::Relaxed) {
+            format!(" [{}]", self.role_tag(after, slot))
         } else {
-            tag
+            String::new()
         };
         match status {
             NodeStatus::Alive => self.events.good(
                 "node_up",
                 Some(node_id),
                 format!(
-                    "🟢 {node_id} is up on :{} [{tag}] (incarnation {}, {why})",
+                    "🟢 {node_id} is up on :{}{tag} (incarnation {}, {why})",
                     slot.port, slot.incarnation
                 ),
             ),

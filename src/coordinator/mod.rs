@@ -45,6 +45,7 @@ use launcher::{LaunchSettings, NodeStorage};
 /// Flags of `kvlab coordinator` (and the matching ones of `kvlab up`).
 #[derive(Debug, Clone, Parser)]
 pub struct Args {
+    /// Port to listen on.
     #[arg(long, default_value_t = ports::COORDINATOR)]
     pub port: u16,
     /// Address to listen on (and to start nodes on).
@@ -320,7 +321,8 @@ impl Coordinator {
             quorum: QuorumView {
                 w: self.config.w,
                 r: self.config.r,
-                total_alive: c.alive_followers(),
+                total_alive: c.alive_followers() + usize::from(c.leader.is_alive()),
+                alive_followers: c.alive_followers(),
                 can_write: c.can_write(self.config.w),
                 can_read: c.can_read(self.config.r),
             },
@@ -388,7 +390,8 @@ async fn info(State(c): Shared) -> Json<CoordinatorInfo> {
     let cl = c.cluster.lock().unwrap();
     Json(CoordinatorInfo {
         service: "coordinator".into(),
-        leader: cl.leader.is_alive().then(|| cl.leader.url.clone()),
+        leader: cl.leader.is_alive().then(|| cl.leader.node_id.clone()),
+        leader_url: cl.leader.is_alive().then(|| cl.leader.url.clone()),
         follower_count: cl.followers.len(),
         can_write: cl.can_write(c.config.w),
         can_read: cl.can_read(c.config.r),

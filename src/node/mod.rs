@@ -55,8 +55,10 @@ pub struct Args {
     /// This node's id: `leader` or `follower-<n>`.
     #[arg(long)]
     pub id: String,
+    /// Port to listen on.
     #[arg(long)]
     pub port: u16,
+    /// Whether this node takes writes (`leader`) or receives them (`follower`).
     #[arg(long, value_enum, default_value = "follower")]
     pub role: RoleArg,
     /// Address to listen on.
@@ -427,7 +429,8 @@ async fn stats(State(node): Shared) -> Json<NodeStats> {
         replications_sent: s.replications_sent.load(Ordering::Relaxed),
         replications_received: s.replications_received.load(Ordering::Relaxed),
         data_count,
-        followers,
+        followers: followers.iter().map(|f| f.url.clone()).collect(),
+        follower_progress: followers,
         applied_seq,
         incarnation: node.incarnation,
         storage: node.durability.as_ref().map(|d| d.stats()),
