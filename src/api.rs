@@ -666,6 +666,38 @@ pub struct FollowerProgress {
     pub error: Option<String>,
 }
 
+/// One replication link as the leader sees it (`GET /replication/links`):
+/// what the follower acknowledged, and the entries on their way to it, so
+/// the live view can draw them travelling.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LinkView {
+    pub node_id: String,
+    pub incarnation: u64,
+    pub sync: bool,
+    /// The delay of this link (sync or async), in milliseconds.
+    pub delay_ms: u64,
+    pub acked_seq: u64,
+    /// The leader's persisted seq: what the follower should reach.
+    pub leader_seq: u64,
+    /// Entries the follower lacks: `leader_seq - acked_seq`.
+    pub lag_entries: u64,
+    /// Age of the oldest entry it lacks, in seconds (0 when caught up).
+    pub lag_seconds: f64,
+    /// The newest entries not yet acknowledged (at most [`LINK_IN_FLIGHT_SHOWN`]).
+    pub in_flight: Vec<InFlight>,
+    pub error: Option<String>,
+}
+
+/// How many unacknowledged entries `/replication/links` lists per link.
+pub const LINK_IN_FLIGHT_SHOWN: usize = 40;
+
+/// An entry on its way to a follower: its seq and how long ago it was appended.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InFlight {
+    pub seq: u64,
+    pub age_ms: u64,
+}
+
 /// A follower's `POST /replicate` body: a batch of consecutive entries.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AppendRequest {

@@ -173,6 +173,8 @@ struct Metrics {
     forwarded: AtomicU64,
     rate_limited: AtomicU64,
     errors: AtomicU64,
+    /// Answers by status code, for `/metrics`.
+    by_code: crate::metrics::gateway::ByCode,
 }
 
 impl Metrics {
@@ -348,6 +350,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/stats", get(stats))
         .route("/health", get(health))
         .route("/graduate", get(graduate))
+        .route("/metrics", get(metrics))
         .fallback(no_such_endpoint)
         .layer(middleware::from_fn_with_state(gateway.clone(), admission))
         .with_state(gateway)
@@ -373,6 +376,12 @@ fn client_ip(req: &Request) -> IpAddr {
 
 async fn admission(State(gw): Shared, req: Request, next: Next) -> Response {
     bump(&gw.metrics.total);
+    let resp = admit(&gw, req, next).await;
+    gw.metrics.by_code.count(resp.status());
+    resp
+}
+
+async fn admit(gw: &Gateway, req: Request, next: Next) -> Response {
     let Some(limiter) = &gw.limiter else {
         return next.run(req).await;
     };
@@ -613,6 +622,12 @@ async fn stats(State(gw): Shared) -> Json<GatewayStats> {
         rate_limiter: gw.limiter.as_ref().map(RateLimiter::stats),
         load_balancer: None,
     })
+}
+
+/// `GET /metrics`: the Prometheus text format.
+async fn metrics(State(gw): Shared) -> Response {
+    let limiter = gw.limiter.as_ref().map(RateLimiter::stats);
+    crate::metrics::gateway::render(&gw.metrics.by_code, &gw.metrics.view(), limiter.as_ref())
 }
 
 async fn health() -> Json<ServiceHealth> {

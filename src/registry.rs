@@ -106,6 +106,7 @@ pub struct Registry {
     epoch: u64,
     started: Instant,
     http: reqwest::Client,
+    metrics: crate::metrics::registry::RegistryMetrics,
 }
 
 impl Registry {
@@ -114,6 +115,7 @@ impl Registry {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         Arc::new(Registry {
+            metrics: crate::metrics::registry::RegistryMetrics::new(config.timeout.as_secs_f64()),
             config,
             nodes: Mutex::new(HashMap::new()),
             version: AtomicU64::new(0),
@@ -158,6 +160,7 @@ pub fn router(registry: Arc<Registry>) -> Router {
         .route("/deregister", post(deregister))
         .route("/nodes", get(nodes))
         .route("/alive", get(alive))
+        .route("/metrics", get(metrics))
         .with_state(registry)
 }
 
@@ -180,11 +183,13 @@ async fn heartbeat(
         return Err(ApiError::bad_request("node_id and url must not be empty"));
     }
     let incarnation = hb.incarnation.unwrap_or(0);
+    reg.metrics.heartbeats.inc();
     let (seen, version) = {
         let mut nodes = reg.nodes.lock().unwrap();
         let previous = nodes.get(&hb.node_id).cloned();
         if let Some(p) = &previous {
             if incarnation < p.incarnation {
+                reg.metrics.fenced.inc();
                 return Err(ApiError::conflict(format!(
                     "{} incarnation {incarnation} was replaced by incarnation {}: stop serving",
                     hb.node_id, p.incarnation
@@ -288,6 +293,19 @@ fn alive_list(reg: &Registry) -> Vec<NodeRef> {
     list
 }
 
+/// `GET /metrics`: the Prometheus text format.
+async fn metrics(State(reg): Shared) -> axum::response::Response {
+    {
+        let nodes = reg.nodes.lock().unwrap();
+        reg.metrics.refresh(
+            nodes
+                .iter()
+                .map(|(id, r)| (id.clone(), r.last_seen.elapsed().as_secs_f64(), r.alive)),
+        );
+    }
+    crate::metrics::render(&reg.metrics.registry)
+}
+
 async fn nodes(State(reg): Shared) -> Json<RegistryNodes> {
     let nodes = reg.nodes.lock().unwrap();
     let view_version = reg.version.load(Ordering::SeqCst);
@@ -357,6 +375,7 @@ async fn check_loop(reg: Arc<Registry>) {
         };
         for (node_id, record, version) in newly_dead {
             tracing::warn!(node = %node_id, "no heartbeat: declared dead");
+            reg.metrics.declared_dead.inc();
             let body = json!({"node_id": node_id, "incarnation": record.incarnation,
                 "view_version": version, "registry_epoch": reg.epoch});
             tokio::spawn(tell_coordinator(reg.clone(), "node-died", body));
@@ -397,6 +416,7 @@ fn schedule_respawn(reg: Arc<Registry>, node_id: String, incarnation: u64) {
             return;
         }
         tracing::warn!(node = %node_id, "still dead after the spawn delay: asking for a replacement");
+        reg.metrics.respawn_requests.inc();
         tell_coordinator(reg, "spawn", json!({"node_id": node_id})).await;
     });
 }

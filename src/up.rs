@@ -56,6 +56,11 @@ pub struct Args {
     /// student config file (its settings win over the flags).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Write a Prometheus scrape config for this cluster to FILE: the
+    /// gateway, coordinator and registry, and the nodes (found through the
+    /// coordinator's `/metrics/targets`, so respawned ones are followed).
+    #[arg(long, value_name = "FILE")]
+    pub prometheus_config: Option<PathBuf>,
 }
 
 impl Args {
@@ -144,6 +149,17 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     let coordinator_listener =
         crate::http::bind(SocketAddr::new(args.host, args.coordinator_port)).await?;
     let gateway_listener = crate::http::bind(SocketAddr::new(args.host, args.gateway_port)).await?;
+    if let Some(file) = &args.prometheus_config {
+        let text = crate::metrics::scrape_config(&crate::metrics::ScrapeTargets {
+            gateway: format!("{}:{}", args.host, args.gateway_port),
+            coordinator: format!("{}:{}", args.host, args.coordinator_port),
+            registry: format!("{}:{}", args.host, args.registry_port),
+        });
+        std::fs::write(file, text).map_err(|e| {
+            anyhow::anyhow!("cannot write the Prometheus config {}: {e}", file.display())
+        })?;
+        println!("kvlab up: Prometheus scrape config written to {}", file.display());
+    }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
@@ -162,6 +178,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     println!(
         "kvlab up: coordinator {coordinator_url}, registry {registry_url}. Ctrl-C stops the cluster."
     );
+    println!("kvlab up: live view {coordinator_url}/ui (metrics at /metrics on each component)");
     let mut cluster = tokio::spawn(coordinator::serve(
         coordinator,
         coordinator_listener,

@@ -168,6 +168,14 @@ impl Coordinator {
     ) -> anyhow::Result<Slot> {
         let spec = {
             let mut c = self.cluster.lock().unwrap();
+            // A slot that already had a process is a respawn; a new
+            // leader process is a leader change.
+            if c.slot(&node_id).is_some_and(|s| s.incarnation > 0) {
+                self.metrics.respawns.inc();
+                if role == Role::Leader {
+                    self.metrics.leader_changes.inc();
+                }
+            }
             let incarnation = c.new_incarnation();
             let url = self.config.node_url(port);
             let slot = Slot {
@@ -643,14 +651,16 @@ impl Coordinator {
         let c = self.clone();
         tokio::spawn(async move {
             match c.wait_caught_up(&slot).await {
-                Ok(p) => c.events.good(
+                Ok(p) => {
+                    c.metrics.catchups.inc();
+                    c.events.good(
                     "caught_up",
                     Some(&slot.node_id),
                     format!(
                         "📦 {} caught up from the leader: holds the log up to seq {}",
                         slot.node_id, p.acked_seq
                     ),
-                ),
+                )}
                 Err(e) => c.events.warn(
                     "catchup_slow",
                     Some(&slot.node_id),

@@ -281,6 +281,8 @@ pub struct Coordinator {
     reads: Mutex<HashMap<String, (u64, requests::ReadBatcher)>>,
     /// Where liveness comes from, and the last registry view applied.
     liveness: liveness::Liveness,
+    /// Served at `/metrics` (see [`crate::metrics::coordinator`]).
+    pub metrics: crate::metrics::coordinator::CoordinatorMetrics,
 }
 
 impl Coordinator {
@@ -303,6 +305,7 @@ impl Coordinator {
             writes: std::sync::OnceLock::new(),
             reads: Mutex::new(HashMap::new()),
             liveness: liveness::Liveness::default(),
+            metrics: crate::metrics::coordinator::CoordinatorMetrics::new(config.w, config.r),
             config,
         })
     }
@@ -381,6 +384,9 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
         .route("/node-died", post(membership::node_died))
         .route("/node-revived", post(membership::node_revived))
         .route("/events", get(events))
+        .route("/metrics", get(metrics))
+        .route("/metrics/targets", get(metrics_targets))
+        .merge(crate::ui::router())
         .with_state(coordinator)
 }
 
@@ -400,6 +406,27 @@ async fn info(State(c): Shared) -> Json<CoordinatorInfo> {
 
 async fn status(State(c): Shared) -> Json<StatusResponse> {
     Json(c.status())
+}
+
+/// `GET /metrics`: the Prometheus text format.
+async fn metrics(State(c): Shared) -> axum::response::Response {
+    c.metrics.refresh(&c.cluster.lock().unwrap());
+    crate::metrics::render(&c.metrics.registry)
+}
+
+/// `GET /metrics/targets`: Prometheus HTTP service discovery of the nodes
+/// that are alive (a dead one is not a target, so it does not show as down).
+async fn metrics_targets(State(c): Shared) -> Json<serde_json::Value> {
+    let cl = c.cluster.lock().unwrap();
+    let groups: Vec<serde_json::Value> = std::iter::once(&cl.leader)
+        .chain(&cl.followers)
+        .filter(|s| s.is_alive())
+        .map(|s| {
+            let target = s.url.trim_start_matches("http://").to_string();
+            serde_json::json!({"targets": [target], "labels": {"node_id": s.node_id}})
+        })
+        .collect();
+    Json(serde_json::Value::Array(groups))
 }
 
 #[derive(Debug, Deserialize)]

@@ -38,7 +38,14 @@ pub async fn write(
 ) -> Result<Json<WriteResponse>, ApiError> {
     validate_key_value(&req.key, Some(&req.value))?;
     let narrate = c.events.narrate_request();
+    let started = Instant::now();
     let result = c.write(req, narrate).await;
+    c.metrics.write_seconds.observe(started.elapsed());
+    let counter = match &result {
+        Ok(_) => &c.metrics.writes_ok,
+        Err(_) => &c.metrics.writes_failed,
+    };
+    counter.inc();
     c.events.count_write(result.is_ok());
     result.map(Json)
 }
@@ -50,7 +57,15 @@ pub async fn read(
 ) -> Result<Json<ReadResponse>, ApiError> {
     validate_key_value(&key, None)?;
     let narrate = c.events.narrate_request();
+    let started = Instant::now();
     let result = c.read(key, narrate).await;
+    c.metrics.read_seconds.observe(started.elapsed());
+    let counter = match &result {
+        Ok(_) => &c.metrics.reads_ok,
+        Err(e) if e.status == axum::http::StatusCode::NOT_FOUND => &c.metrics.reads_not_found,
+        Err(_) => &c.metrics.reads_failed,
+    };
+    counter.inc();
     c.events.count_read(result.is_ok());
     result.map(Json)
 }
@@ -124,6 +139,7 @@ impl Coordinator {
         };
         let ms = started.elapsed().as_millis();
         let w = self.config.w;
+        self.metrics.quorum_acks.inc_by(answer.acked_by.len() as u64);
         if narrate {
             self.narrate_write(&req.key, &plan, &answer, ms);
         }

@@ -122,6 +122,8 @@ pub struct Stats {
     pub total_reads: AtomicU64,
     pub replications_sent: AtomicU64,
     pub replications_received: AtomicU64,
+    /// Snapshots the leader sent to followers its log no longer covers.
+    pub snapshots_sent: AtomicU64,
 }
 
 /// The data a node holds: its state and (on the leader) the log. One lock
@@ -251,6 +253,42 @@ impl NodeState {
         list
     }
 
+    /// Each replication link: acked seq, lag and the entries in flight.
+    pub fn links(&self) -> Vec<api::LinkView> {
+        let peers: Vec<Arc<Peer>> = self.peers.lock().unwrap().values().cloned().collect();
+        let leader_seq = self.persisted_seq();
+        let now = Instant::now();
+        let core = self.core.lock().unwrap();
+        let mut links: Vec<api::LinkView> = peers
+            .iter()
+            .map(|p| {
+                let progress = p.progress();
+                let acked = progress.acked_seq.min(leader_seq);
+                let first = acked.max(leader_seq.saturating_sub(api::LINK_IN_FLIGHT_SHOWN as u64)) + 1;
+                let age = |seq| core.log.appended_at(seq).map(|t| now.saturating_duration_since(t));
+                api::LinkView {
+                    node_id: p.config.node_id.clone(),
+                    incarnation: p.config.incarnation,
+                    sync: p.is_sync(),
+                    delay_ms: self.delay_for(p.is_sync()).as_millis() as u64,
+                    acked_seq: progress.acked_seq,
+                    leader_seq,
+                    lag_entries: leader_seq - acked,
+                    lag_seconds: age(acked + 1).map_or(0.0, |d| d.as_secs_f64()),
+                    in_flight: (first..=leader_seq)
+                        .filter_map(|seq| {
+                            age(seq).map(|d| api::InFlight { seq, age_ms: d.as_millis() as u64 })
+                        })
+                        .collect(),
+                    error: progress.last_error,
+                }
+            })
+            .collect();
+        drop(core);
+        links.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        links
+    }
+
     fn peer(&self, node_id: &str) -> Option<Arc<Peer>> {
         self.peers.lock().unwrap().get(node_id).cloned()
     }
@@ -366,6 +404,8 @@ pub fn router(node: Arc<NodeState>) -> Router {
         )
         .route("/replication/peers", put(set_peers).get(get_peers))
         .route("/replication/wait", post(wait_for_peer))
+        .route("/replication/links", get(get_links))
+        .route("/metrics", get(metrics))
         .route("/admin/pause-heartbeats", post(pause_heartbeats))
         .route("/admin/shutdown", post(admin_shutdown))
         .layer(middleware::from_fn_with_state(node.clone(), tag_response))
@@ -554,6 +594,16 @@ async fn set_peers(
         }
     }
     Ok(Json(json!({"status": "ok", "peers": peers.len()})))
+}
+
+/// `GET /replication/links`: the leader's view of each link, for the live view.
+async fn get_links(State(node): Shared) -> Json<Vec<api::LinkView>> {
+    Json(node.links())
+}
+
+/// `GET /metrics`: the Prometheus text format.
+async fn metrics(State(node): Shared) -> Response {
+    crate::metrics::node::render(&node)
 }
 
 async fn get_peers(State(node): Shared) -> Json<Vec<FollowerProgress>> {

@@ -329,7 +329,9 @@ async fn send_snapshot(node: &NodeState, peer: &Peer) -> Result<u64, String> {
         seq,
         data,
     };
-    post(node, peer, "replicate/snapshot", &body).await
+    let acked = post(node, peer, "replicate/snapshot", &body).await?;
+    node.stats.snapshots_sent.fetch_add(1, Ordering::Relaxed);
+    Ok(acked)
 }
 
 /// Sends one replication request and returns the seq the follower now holds,

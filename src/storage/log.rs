@@ -203,7 +203,8 @@ impl Log {
 
     /// Writes `entries` to the active segment (not fsynced). They must
     /// continue the log: the first has seq `last_seq + 1`, and so on.
-    pub fn append(&mut self, entries: &[Entry]) -> Result<()> {
+    /// Returns the bytes written.
+    pub fn append(&mut self, entries: &[Entry]) -> Result<u64> {
         for (i, e) in entries.iter().enumerate() {
             let expected = self.last_seq + 1 + i as u64;
             if e.seq != expected {
@@ -214,7 +215,7 @@ impl Log {
             }
         }
         if entries.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         if self.active_len >= self.segment_bytes {
             self.rotate()?;
@@ -232,7 +233,7 @@ impl Log {
             .map_err(|e| StorageError::io(&self.active_path(), e))?;
         self.active_len = end;
         self.last_seq += entries.len() as u64;
-        Ok(())
+        Ok(self.buf.len() as u64)
     }
 
     /// Makes everything written so far durable. `sync_data` is enough: it

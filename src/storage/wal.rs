@@ -70,10 +70,11 @@ pub struct WalStats {
     /// The rare fsyncs that make preallocated space durable (one per
     /// `segment::PREALLOC_CHUNK` of log) are not counted.
     pub fsyncs: u64,
+    /// Bytes of records written to the log.
+    pub bytes: u64,
 }
 
 /// State shared between the handle and the writer thread.
-#[derive(Default)]
 struct Shared {
     last_seq: AtomicU64,
     durable_seq: AtomicU64,
@@ -81,8 +82,27 @@ struct Shared {
     appends: AtomicU64,
     groups: AtomicU64,
     fsyncs: AtomicU64,
+    bytes: AtomicU64,
+    /// How long each policy fsync took (served at the node's `/metrics`).
+    fsync_seconds: crate::metrics::Histogram,
     /// Why the writer stopped, once it has.
     stopped: Mutex<Option<String>>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            last_seq: AtomicU64::new(0),
+            durable_seq: AtomicU64::new(0),
+            snapshot_seq: AtomicU64::new(0),
+            appends: AtomicU64::new(0),
+            groups: AtomicU64::new(0),
+            fsyncs: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            fsync_seconds: crate::metrics::Histogram::new(crate::metrics::FSYNC_BUCKETS),
+            stopped: Mutex::new(None),
+        }
+    }
 }
 
 impl Shared {
@@ -210,7 +230,13 @@ impl Wal {
             appends: s.appends.load(Ordering::Relaxed),
             groups: s.groups.load(Ordering::Relaxed),
             fsyncs: s.fsyncs.load(Ordering::Relaxed),
+            bytes: s.bytes.load(Ordering::Relaxed),
         }
+    }
+
+    /// The fsync duration histogram (shares its counts with the writer).
+    pub fn fsync_histogram(&self) -> crate::metrics::Histogram {
+        self.shared.fsync_seconds.clone()
     }
 
     /// Fsyncs everything written so far, whatever the policy; returns the
@@ -427,7 +453,8 @@ impl Writer {
 
     fn append(&mut self, entries: Vec<Entry>, done: oneshot::Sender<Result<u64>>) -> Result<()> {
         match self.log.append(&entries) {
-            Ok(()) => {
+            Ok(bytes) => {
+                self.shared.bytes.fetch_add(bytes, Ordering::Relaxed);
                 self.dirty |= !entries.is_empty();
                 let last = self.log.last_seq();
                 self.shared.last_seq.store(last, Ordering::Release);
@@ -459,7 +486,9 @@ impl Writer {
         if !self.dirty {
             return Ok(());
         }
+        let started = std::time::Instant::now();
         self.log.sync()?;
+        self.shared.fsync_seconds.observe(started.elapsed());
         self.dirty = false;
         self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.shared
