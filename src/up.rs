@@ -139,6 +139,10 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     // Creating the coordinator starts nothing (`serve` does), so it can come
     // first: the gateway needs its router.
     let coordinator = Coordinator::new(coordinator_config);
+    let _ = coordinator
+        .ui
+        .gateway
+        .set(format!("http://{}:{}", args.host, args.gateway_port));
     let gateway = Gateway::in_process(
         gateway::Config::from_args(&gateway_args)?,
         coordinator::router(coordinator.clone()),

@@ -272,7 +272,7 @@ pub struct Coordinator {
     /// Serializes membership changes and the pushes to the leader that follow.
     membership: tokio::sync::Mutex<()>,
     pub events: Arc<EventLog>,
-    http: reqwest::Client,
+    pub(crate) http: reqwest::Client,
     /// Set once the initial start is over; quorum changes are narrated after.
     ready: std::sync::atomic::AtomicBool,
     /// Client writes, gathered into batches for the leader (see [`batch`]).
@@ -283,6 +283,8 @@ pub struct Coordinator {
     liveness: liveness::Liveness,
     /// Served at `/metrics` (see [`crate::metrics::coordinator`]).
     pub metrics: crate::metrics::coordinator::CoordinatorMetrics,
+    /// What the live view keeps (see [`crate::ui`]).
+    pub ui: crate::ui::UiState,
 }
 
 impl Coordinator {
@@ -306,6 +308,7 @@ impl Coordinator {
             reads: Mutex::new(HashMap::new()),
             liveness: liveness::Liveness::default(),
             metrics: crate::metrics::coordinator::CoordinatorMetrics::new(config.w, config.r),
+            ui: crate::ui::UiState::default(),
             config,
         })
     }

@@ -1,1 +1,0 @@
-pub fn router() -> axum::Router<std::sync::Arc<crate::coordinator::Coordinator>> { axum::Router::new() }

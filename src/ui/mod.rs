@@ -1,0 +1,286 @@
+//! The live view: a page at the coordinator's `/ui` that draws the cluster
+//! as it runs (nodes, quorum sets, entries travelling on each replication
+//! link, the event log) and has buttons for the lab's faults.
+//!
+//! The page (`index.html`, `app.js`, `style.css`) is built into the binary
+//! with `include_str!`: no CDN, no build step, it works offline. It talks
+//! only to the coordinator that served it (same origin):
+//! - `GET /ui/state`: one JSON snapshot, aggregated here from `/status`, the
+//!   leader's `/replication/links`, each node's `/stats`, the registry's
+//!   `/nodes` (heartbeat ages) and the gateway's `/stats`. Each is asked with
+//!   a short timeout; a part that does not answer is left out, so a dead
+//!   component never stalls the page;
+//! - `GET /ui/events`: the event log as server-sent events;
+//! - `GET /ui/read/{key}`, `POST /ui/pause/{node}`: the two actions the
+//!   coordinator's API does not have; the others (write, kill, crash,
+//!   spawn) use the coordinator's own endpoints.
+//!
+//! Nothing here is on a request path: the view costs nothing when no
+//! browser has it open.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::Stream;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::api::{LinkView, NodeStats, RegistryNodes, StatusResponse};
+use crate::coordinator::Coordinator;
+use crate::http::ApiError;
+
+const INDEX_HTML: &str = include_str!("index.html");
+const APP_JS: &str = include_str!("app.js");
+const STYLE_CSS: &str = include_str!("style.css");
+const TIMELINE_JS: &str = include_str!("timeline.js");
+
+/// How long `/ui/state` waits for each component.
+const ASK_TIMEOUT: Duration = Duration::from_millis(400);
+/// How often the event stream looks for new events.
+const EVENT_POLL: Duration = Duration::from_millis(200);
+
+/// What the view remembers that the coordinator's table does not.
+#[derive(Default)]
+pub struct UiState {
+    /// The gateway's URL, when the coordinator runs inside `kvlab up`.
+    pub gateway: OnceLock<String>,
+    /// Nodes whose heartbeats the view paused, until when.
+    paused: Mutex<HashMap<String, Instant>>,
+}
+
+type Shared = State<Arc<Coordinator>>;
+
+pub fn router() -> Router<Arc<Coordinator>> {
+    Router::new()
+        .route("/ui", get(|| page(INDEX_HTML, "text/html; charset=utf-8")))
+        .route("/ui/app.js", get(|| page(APP_JS, "text/javascript")))
+        .route("/ui/timeline.js", get(|| page(TIMELINE_JS, "text/javascript")))
+        .route("/ui/style.css", get(|| page(STYLE_CSS, "text/css")))
+        .route("/ui/state", get(state))
+        .route("/ui/events", get(events))
+        .route("/ui/read/{*key}", get(read))
+        .route("/ui/pause/{node_id}", post(pause))
+}
+
+async fn page(body: &'static str, content_type: &'static str) -> impl IntoResponse {
+    ([(CONTENT_TYPE, content_type)], body)
+}
+
+/// `GET /ui/state`: everything the page draws, in one answer.
+#[derive(Serialize)]
+struct UiSnapshot {
+    now_ms: i64,
+    status: StatusResponse,
+    sync_delay_ms: u64,
+    async_delay_ms: u64,
+    links: Vec<LinkView>,
+    /// node id → its `/stats` (applied seq, storage).
+    stats: HashMap<String, NodeStats>,
+    /// node id → seconds since its last heartbeat, as the registry sees it.
+    heartbeat_age: HashMap<String, f64>,
+    heartbeat_timeout_s: f64,
+    /// node id → seconds its heartbeats stay paused.
+    paused: HashMap<String, f64>,
+    gateway: Option<Value>,
+}
+
+async fn state(State(c): Shared) -> Json<UiSnapshot> {
+    let status = c.status();
+    let http = c.http.clone();
+    let get_json = |url: String| {
+        let http = http.clone();
+        async move {
+            let resp = http.get(url).timeout(ASK_TIMEOUT).send().await.ok()?;
+            resp.json::<Value>().await.ok()
+        }
+    };
+    let nodes: Vec<_> = status
+        .leader
+        .iter()
+        .chain(&status.followers)
+        .filter(|n| n.status != crate::api::NodeStatus::Dead)
+        .map(|n| (n.node_id.clone(), n.url.clone()))
+        .collect();
+    let leader_url = status.leader.as_ref().map(|l| l.url.clone());
+    let registry = c.config.launch.registry.clone();
+    let gateway = c.ui.gateway.get().cloned();
+    let (links, stats, registry, gateway) = tokio::join!(
+        async {
+            match leader_url {
+                Some(u) => get_json(format!("{u}/replication/links")).await,
+                None => None,
+            }
+        },
+        futures::future::join_all(nodes.iter().map(|(id, url)| {
+            let ask = get_json(format!("{url}/stats"));
+            async move { (id.clone(), ask.await) }
+        })),
+        async {
+            match registry {
+                Some(u) => get_json(format!("{u}/nodes")).await,
+                None => None,
+            }
+        },
+        async {
+            match gateway {
+                Some(u) => get_json(format!("{u}/stats")).await,
+                None => None,
+            }
+        },
+    );
+    let links = links
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default();
+    let stats = stats
+        .into_iter()
+        .filter_map(|(id, v)| Some((id, serde_json::from_value(v?).ok()?)))
+        .collect();
+    let heartbeat_age = registry
+        .and_then(|v| serde_json::from_value::<RegistryNodes>(v).ok())
+        .map(|r| {
+            r.nodes
+                .into_iter()
+                .map(|n| (n.node_id, n.last_seen_seconds_ago))
+                .collect()
+        })
+        .unwrap_or_default();
+    let now = Instant::now();
+    let paused = c
+        .ui
+        .paused
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, until)| **until > now)
+        .map(|(id, until)| (id.clone(), (*until - now).as_secs_f64()))
+        .collect();
+    Json(UiSnapshot {
+        now_ms: chrono::Utc::now().timestamp_millis(),
+        status,
+        sync_delay_ms: (c.config.launch.sync_delay * 1000.0) as u64,
+        async_delay_ms: (c.config.launch.async_delay * 1000.0) as u64,
+        links,
+        stats,
+        heartbeat_age,
+        heartbeat_timeout_s: 5.0,
+        paused,
+        gateway,
+    })
+}
+
+/// `GET /ui/events`: every event from the ring, then each new one, as
+/// server-sent events (`data:` is the event's JSON).
+async fn events(State(c): Shared) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let stream = futures::stream::unfold((c, 0u64, true), |(c, since, first)| async move {
+        loop {
+            if !first {
+                tokio::time::sleep(EVENT_POLL).await;
+            }
+            let batch = c.events.since(since, 500);
+            if let Some(last) = batch.last() {
+                let next = last.id;
+                let data = serde_json::to_string(&batch).unwrap_or_else(|_| "[]".into());
+                return Some((Ok(SseEvent::default().data(data)), (c, next, false)));
+            }
+            if first {
+                return Some((Ok(SseEvent::default().data("[]")), (c, since, false)));
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// `GET /ui/read/{key}`: a quorum read, as a client gets it, plus what each
+/// follower of the read set answers when asked directly right after (so the
+/// page can show a stale follower next to the version that won).
+async fn read(State(c): Shared, Path(key): Path<String>) -> Json<Value> {
+    let result = match c.read(key.clone(), true).await {
+        Ok(r) => json!({"ok": true, "read": r}),
+        Err(e) => json!({"ok": false, "status": e.status.as_u16(), "detail": e.detail}),
+    };
+    let status = c.status();
+    let readers: Vec<_> = status
+        .followers
+        .iter()
+        .filter(|f| f.sets.iter().any(|s| s == "read"))
+        .collect();
+    let http = c.http.clone();
+    let answers = futures::future::join_all(readers.iter().map(|f| {
+        let url = format!("{}/data/{}", f.url, encode_path(&key));
+        let http = http.clone();
+        let id = f.node_id.clone();
+        async move {
+            let answer = match http.get(url).timeout(ASK_TIMEOUT).send().await {
+                Ok(r) if r.status().is_success() => {
+                    let v: Value = r.json().await.unwrap_or(Value::Null);
+                    json!({"version": v["version"], "value": v["value"]})
+                }
+                Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => json!({"version": null}),
+                Ok(r) => json!({"error": format!("HTTP {}", r.status().as_u16())}),
+                Err(e) => json!({"error": crate::http::describe_reqwest_error(&e)}),
+            };
+            json!({"node_id": id, "answer": answer})
+        }
+    }))
+    .await;
+    Json(json!({"result": result, "followers": answers}))
+}
+
+/// Percent-encodes a key for a URL path (keys may hold `/`, spaces, ...).
+fn encode_path(key: &str) -> String {
+    url::form_urlencoded::byte_serialize(key.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}
+
+/// `POST /ui/pause/{node}`: pauses that node's heartbeats for 8 s (longer
+/// than the registry's 5 s timeout): the "network blip" fault.
+async fn pause(State(c): Shared, Path(node_id): Path<String>) -> Result<Json<Value>, ApiError> {
+    const SECONDS: f64 = 8.0;
+    let url = {
+        let status = c.status();
+        status
+            .leader
+            .iter()
+            .chain(&status.followers)
+            .find(|n| n.node_id == node_id)
+            .map(|n| n.url.clone())
+    };
+    let Some(url) = url else {
+        return Err(ApiError::not_found(format!("Node '{node_id}' not found")));
+    };
+    let resp = c
+        .http
+        .post(format!("{url}/admin/pause-heartbeats"))
+        .json(&json!({"seconds": SECONDS}))
+        .timeout(ASK_TIMEOUT)
+        .send()
+        .await;
+    match resp {
+        Ok(r) if r.status().is_success() => {
+            c.ui.paused.lock().unwrap().insert(
+                node_id.clone(),
+                Instant::now() + Duration::from_secs_f64(SECONDS),
+            );
+            c.events.warn(
+                "heartbeats_paused",
+                Some(&node_id),
+                format!("⏸️ {node_id}: heartbeats paused for {SECONDS} s from the live view"),
+            );
+            Ok(Json(json!({"status": "paused", "node_id": node_id, "seconds": SECONDS})))
+        }
+        Ok(r) => Err(ApiError::new(axum::http::StatusCode::BAD_GATEWAY, format!("{node_id} answered HTTP {}", r.status()))),
+        Err(e) => Err(ApiError::new(axum::http::StatusCode::BAD_GATEWAY, format!(
+            "{node_id} did not answer: {}",
+            crate::http::describe_reqwest_error(&e)
+        ))),
+    }
+}
