@@ -1,0 +1,198 @@
+//! The live view and the metrics, end to end: a real cluster, a real
+//! headless Chromium driving `/ui` over the DevTools protocol
+//! (`tests/ui/cdp.py`), and a real Prometheus scraping every component.
+//!
+//! Chromium and Prometheus are Debian packages that `.ci/run` installs; where
+//! one is missing (a developer's machine), its test says so and passes
+//! without running, rather than failing on the environment.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Cluster;
+use serde_json::{json, Value};
+
+/// A child process killed (and reaped) when the test ends, however it ends.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn installed(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Runs the CDP driver with `steps`; panics with its output if a step fails.
+fn drive(port: u16, steps: Value) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ui/cdp.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(port.to_string())
+        .arg(steps.to_string())
+        .output()
+        .expect("run python3 tests/ui/cdp.py");
+    assert!(
+        out.status.success(),
+        "the browser script failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn live_view_kills_a_follower_and_writes_in_headless_chromium() {
+    if !installed("chromium") || !installed("python3") {
+        eprintln!("SKIPPED: chromium or python3 is not installed (.ci/run installs chromium)");
+        return;
+    }
+    let cluster = Cluster::start(&["--in-memory"]);
+    let scratch = common::scratch();
+    let debug_port = cluster.base + 30;
+    let _browser = Reaped(
+        Command::new("chromium")
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"])
+            .arg(format!("--remote-debugging-port={debug_port}"))
+            .arg(format!("--user-data-dir={}", scratch.path().join("profile").display()))
+            .arg("about:blank")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromium"),
+    );
+    let shot = scratch.path().join("live-view.png");
+    let el = |id: &str| format!("document.getElementById('{id}')");
+    drive(
+        debug_port,
+        json!([
+            {"goto": format!("{}/ui", cluster.coordinator)},
+            {"wait": "!!document.querySelector('#node-follower-1[data-state=alive]')", "timeout": 20},
+            {"wait": "!!document.querySelector('#node-follower-2[data-state=alive]')", "timeout": 20},
+            {"eval": format!("{}.value = 'cart:42'", el("key"))},
+            {"eval": format!("{}.click()", el("write-btn"))},
+            {"wait": format!("{}.dataset.version === '1'", el("result")), "timeout": 20},
+            {"eval": format!("{}.click()", el("kill-follower-1"))},
+            {"wait": "!!document.querySelector('#node-follower-1[data-state=dead]')", "timeout": 20},
+            {"eval": format!("{}.click()", el("read-btn"))},
+            {"wait": format!("!!{}", el("served-by")), "timeout": 20},
+            {"screenshot": shot.display().to_string()},
+        ]),
+    );
+    // The page's "dead" is the coordinator's.
+    assert_eq!(cluster.follower("follower-1")["status"], "dead");
+    let png = std::fs::read(&shot).expect("the screenshot was saved");
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+    if let Some(keep) = std::env::var_os("KVLAB_SCREENSHOT") {
+        std::fs::copy(&shot, keep).expect("copy the screenshot");
+    }
+}
+
+/// Every component's `/metrics` passes `promtool check metrics`, and a real
+/// Prometheus, configured by `up --prometheus-config`, scrapes every target
+/// and counts the writes made.
+#[test]
+fn prometheus_scrapes_every_component_with_the_generated_config() {
+    let scratch = common::scratch();
+    let config = scratch.path().join("prometheus.yml");
+    let config_arg = config.display().to_string();
+    let cluster = Cluster::start(&["--in-memory", "--no-delay", "--prometheus-config", &config_arg]);
+    const WRITES: usize = 7;
+    for i in 0..WRITES {
+        assert_eq!(cluster.write(&format!("k{i}"), "v").0, 200);
+    }
+    let endpoints = [
+        cluster.gateway.clone(),
+        cluster.coordinator.clone(),
+        cluster.registry.clone(),
+        cluster.node_url(0),
+        cluster.node_url(1),
+        cluster.node_url(2),
+    ];
+    for url in &endpoints {
+        let resp = cluster.http.get(format!("{url}/metrics")).send().unwrap();
+        assert_eq!(resp.status(), 200, "{url}/metrics");
+        let text = resp.text().unwrap();
+        assert!(text.contains("kvlab_build_info{"), "{url}: {text}");
+        if installed("promtool") {
+            let mut check = Command::new("promtool")
+                .args(["check", "metrics"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write;
+            check.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+            let out = check.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "promtool check metrics {url}:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    let coordinator_metrics = cluster.http.get(format!("{}/metrics", cluster.coordinator)).send().unwrap().text().unwrap();
+    assert!(coordinator_metrics.contains(&format!("kvlab_writes_total{{result=\"ok\"}} {WRITES}")), "{coordinator_metrics}");
+
+    if !installed("prometheus") {
+        eprintln!("SKIPPED the Prometheus half: prometheus is not installed (.ci/run installs it)");
+        return;
+    }
+    let port = cluster.base + 31;
+    let _prometheus = Reaped(
+        Command::new("prometheus")
+            .arg(format!("--config.file={config_arg}"))
+            .arg(format!("--storage.tsdb.path={}", scratch.path().join("tsdb").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prometheus"),
+    );
+    let api = format!("http://127.0.0.1:{port}/api/v1");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    // Every target up: the three services and the three nodes.
+    loop {
+        let up = cluster
+            .http
+            .get(format!("{api}/targets"))
+            .send()
+            .ok()
+            .and_then(|r| r.json::<Value>().ok())
+            .map(|v| {
+                let active = v["data"]["activeTargets"].as_array().cloned().unwrap_or_default();
+                (active.len(), active.iter().filter(|t| t["health"] == "up").count())
+            });
+        if up == Some((6, 6)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "targets not all up: {up:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    loop {
+        let value = cluster
+            .http
+            .get(format!("{api}/query"))
+            .query(&[("query", "sum(kvlab_writes_total{result=\"ok\"})")])
+            .send()
+            .ok()
+            .and_then(|r| r.json::<Value>().ok())
+            .and_then(|v| v["data"]["result"][0]["value"][1].as_str().map(str::to_string));
+        if value.as_deref() == Some(&WRITES.to_string()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the write counter in Prometheus: {value:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
