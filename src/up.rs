@@ -162,7 +162,10 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
         std::fs::write(file, text).map_err(|e| {
             anyhow::anyhow!("cannot write the Prometheus config {}: {e}", file.display())
         })?;
-        println!("kvlab up: Prometheus scrape config written to {}", file.display());
+        println!(
+            "kvlab up: Prometheus scrape config written to {}",
+            file.display()
+        );
     }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -61,9 +61,17 @@ fn live_view_kills_a_follower_and_writes_in_headless_chromium() {
     let debug_port = cluster.base + 30;
     let _browser = Reaped(
         Command::new("chromium")
-            .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"])
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+            ])
             .arg(format!("--remote-debugging-port={debug_port}"))
-            .arg(format!("--user-data-dir={}", scratch.path().join("profile").display()))
+            .arg(format!(
+                "--user-data-dir={}",
+                scratch.path().join("profile").display()
+            ))
             .arg("about:blank")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -105,7 +113,12 @@ fn prometheus_scrapes_every_component_with_the_generated_config() {
     let scratch = common::scratch();
     let config = scratch.path().join("prometheus.yml");
     let config_arg = config.display().to_string();
-    let cluster = Cluster::start(&["--in-memory", "--no-delay", "--prometheus-config", &config_arg]);
+    let cluster = Cluster::start(&[
+        "--in-memory",
+        "--no-delay",
+        "--prometheus-config",
+        &config_arg,
+    ]);
     const WRITES: usize = 7;
     for i in 0..WRITES {
         assert_eq!(cluster.write(&format!("k{i}"), "v").0, 200);
@@ -132,7 +145,12 @@ fn prometheus_scrapes_every_component_with_the_generated_config() {
                 .spawn()
                 .unwrap();
             use std::io::Write;
-            check.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+            check
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
             let out = check.wait_with_output().unwrap();
             assert!(
                 out.status.success(),
@@ -142,8 +160,17 @@ fn prometheus_scrapes_every_component_with_the_generated_config() {
             );
         }
     }
-    let coordinator_metrics = cluster.http.get(format!("{}/metrics", cluster.coordinator)).send().unwrap().text().unwrap();
-    assert!(coordinator_metrics.contains(&format!("kvlab_writes_total{{result=\"ok\"}} {WRITES}")), "{coordinator_metrics}");
+    let coordinator_metrics = cluster
+        .http
+        .get(format!("{}/metrics", cluster.coordinator))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        coordinator_metrics.contains(&format!("kvlab_writes_total{{result=\"ok\"}} {WRITES}")),
+        "{coordinator_metrics}"
+    );
 
     if !installed("prometheus") {
         eprintln!("SKIPPED the Prometheus half: prometheus is not installed (.ci/run installs it)");
@@ -153,7 +180,10 @@ fn prometheus_scrapes_every_component_with_the_generated_config() {
     let _prometheus = Reaped(
         Command::new("prometheus")
             .arg(format!("--config.file={config_arg}"))
-            .arg(format!("--storage.tsdb.path={}", scratch.path().join("tsdb").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                scratch.path().join("tsdb").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -171,8 +201,14 @@ fn prometheus_scrapes_every_component_with_the_generated_config() {
             .ok()
             .and_then(|r| r.json::<Value>().ok())
             .map(|v| {
-                let active = v["data"]["activeTargets"].as_array().cloned().unwrap_or_default();
-                (active.len(), active.iter().filter(|t| t["health"] == "up").count())
+                let active = v["data"]["activeTargets"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                (
+                    active.len(),
+                    active.iter().filter(|t| t["health"] == "up").count(),
+                )
             });
         if up == Some((6, 6)) {
             break;
@@ -188,11 +224,18 @@ fn prometheus_scrapes_every_component_with_the_generated_config() {
             .send()
             .ok()
             .and_then(|r| r.json::<Value>().ok())
-            .and_then(|v| v["data"]["result"][0]["value"][1].as_str().map(str::to_string));
+            .and_then(|v| {
+                v["data"]["result"][0]["value"][1]
+                    .as_str()
+                    .map(str::to_string)
+            });
         if value.as_deref() == Some(&WRITES.to_string()) {
             break;
         }
-        assert!(Instant::now() < deadline, "the write counter in Prometheus: {value:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the write counter in Prometheus: {value:?}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }

@@ -654,13 +654,14 @@ impl Coordinator {
                 Ok(p) => {
                     c.metrics.catchups.inc();
                     c.events.good(
-                    "caught_up",
-                    Some(&slot.node_id),
-                    format!(
-                        "📦 {} caught up from the leader: holds the log up to seq {}",
-                        slot.node_id, p.acked_seq
-                    ),
-                )}
+                        "caught_up",
+                        Some(&slot.node_id),
+                        format!(
+                            "📦 {} caught up from the leader: holds the log up to seq {}",
+                            slot.node_id, p.acked_seq
+                        ),
+                    )
+                }
                 Err(e) => c.events.warn(
                     "catchup_slow",
                     Some(&slot.node_id),

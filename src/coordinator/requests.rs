@@ -139,7 +139,9 @@ impl Coordinator {
         };
         let ms = started.elapsed().as_millis();
         let w = self.config.w;
-        self.metrics.quorum_acks.inc_by(answer.acked_by.len() as u64);
+        self.metrics
+            .quorum_acks
+            .inc_by(answer.acked_by.len() as u64);
         if narrate {
             self.narrate_write(&req.key, &plan, &answer, ms);
         }

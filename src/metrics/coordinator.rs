@@ -42,7 +42,9 @@ impl CoordinatorMetrics {
         let mut registry = super::registry("coordinator");
         let writes = Family::<ResultLabel, Counter>::default();
         let reads = Family::<ResultLabel, Counter>::default();
-        let by = |f: &Family<ResultLabel, Counter>, result| f.get_or_create(&ResultLabel { result }).clone();
+        let by = |f: &Family<ResultLabel, Counter>, result| {
+            f.get_or_create(&ResultLabel { result }).clone()
+        };
         let m = CoordinatorMetrics {
             writes_ok: by(&writes, "ok"),
             writes_failed: by(&writes, "failed"),
@@ -67,21 +69,73 @@ impl CoordinatorMetrics {
         m.write_quorum.set(w as i64);
         m.read_quorum.set(r as i64);
         let reg = &mut registry;
-        reg.register("writes", "Client writes, by result (ok: W sync acks)", writes);
+        reg.register(
+            "writes",
+            "Client writes, by result (ok: W sync acks)",
+            writes,
+        );
         reg.register("reads", "Client reads, by result", reads);
-        reg.register("write_duration_seconds", "Client write latency at the coordinator", m.write_seconds.clone());
-        reg.register("read_duration_seconds", "Client read latency at the coordinator", m.read_seconds.clone());
-        reg.register("quorum_acks", "Sync follower acknowledgements received by writes", m.quorum_acks.clone());
-        reg.register("respawns", "Node processes started again in an existing slot", m.respawns.clone());
-        reg.register("catchups", "Followers that caught up with the leader after a (re)spawn", m.catchups.clone());
-        reg.register("leader_changes", "Times a new leader process took over", m.leader_changes.clone());
-        reg.register("nodes", "Node slots (leader + followers): the cluster's cost (INC-5)", m.nodes.clone());
+        reg.register(
+            "write_duration_seconds",
+            "Client write latency at the coordinator",
+            m.write_seconds.clone(),
+        );
+        reg.register(
+            "read_duration_seconds",
+            "Client read latency at the coordinator",
+            m.read_seconds.clone(),
+        );
+        reg.register(
+            "quorum_acks",
+            "Sync follower acknowledgements received by writes",
+            m.quorum_acks.clone(),
+        );
+        reg.register(
+            "respawns",
+            "Node processes started again in an existing slot",
+            m.respawns.clone(),
+        );
+        reg.register(
+            "catchups",
+            "Followers that caught up with the leader after a (re)spawn",
+            m.catchups.clone(),
+        );
+        reg.register(
+            "leader_changes",
+            "Times a new leader process took over",
+            m.leader_changes.clone(),
+        );
+        reg.register(
+            "nodes",
+            "Node slots (leader + followers): the cluster's cost (INC-5)",
+            m.nodes.clone(),
+        );
         reg.register("followers", "Follower slots, N", m.followers.clone());
-        reg.register("alive_followers", "Followers alive now; writes need at least W (INC-4)", m.alive_followers.clone());
-        reg.register("write_quorum", "W: sync followers that must ack a write", m.write_quorum.clone());
-        reg.register("read_quorum", "R: followers asked by a read", m.read_quorum.clone());
-        reg.register("quorum_overlap", "W + R - N: at or below 0, a read can miss the latest write (INC-3)", m.overlap.clone());
-        reg.register("leader_alive", "1 while the leader is alive", m.leader_alive.clone());
+        reg.register(
+            "alive_followers",
+            "Followers alive now; writes need at least W (INC-4)",
+            m.alive_followers.clone(),
+        );
+        reg.register(
+            "write_quorum",
+            "W: sync followers that must ack a write",
+            m.write_quorum.clone(),
+        );
+        reg.register(
+            "read_quorum",
+            "R: followers asked by a read",
+            m.read_quorum.clone(),
+        );
+        reg.register(
+            "quorum_overlap",
+            "W + R - N: at or below 0, a read can miss the latest write (INC-3)",
+            m.overlap.clone(),
+        );
+        reg.register(
+            "leader_alive",
+            "1 while the leader is alive",
+            m.leader_alive.clone(),
+        );
         CoordinatorMetrics { registry, ..m }
     }
 

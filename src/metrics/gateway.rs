@@ -58,20 +58,48 @@ impl ByCode {
 }
 
 /// The `/metrics` answer of the gateway.
-pub fn render(codes: &ByCode, counters: &GatewayMetrics, limiter: Option<&RateLimiterStats>) -> Response {
+pub fn render(
+    codes: &ByCode,
+    counters: &GatewayMetrics,
+    limiter: Option<&RateLimiterStats>,
+) -> Response {
     let mut reg = super::registry("gateway");
-    reg.register("gateway_requests", "Requests answered by the gateway, by HTTP status code", codes.family());
+    reg.register(
+        "gateway_requests",
+        "Requests answered by the gateway, by HTTP status code",
+        codes.family(),
+    );
     reg.register(
         "gateway_rate_limited_requests",
         "Requests refused with 429 by the rate limiter (INC-1)",
         ConstCounter::new(counters.rate_limited_requests),
     );
-    reg.register("gateway_forwarded_requests", "Requests forwarded to the coordinator", ConstCounter::new(counters.forwarded_requests));
-    reg.register("gateway_errors", "Requests the gateway could not forward", ConstCounter::new(counters.errors));
+    reg.register(
+        "gateway_forwarded_requests",
+        "Requests forwarded to the coordinator",
+        ConstCounter::new(counters.forwarded_requests),
+    );
+    reg.register(
+        "gateway_errors",
+        "Requests the gateway could not forward",
+        ConstCounter::new(counters.errors),
+    );
     if let Some(l) = limiter {
-        reg.register("rate_limit_max_requests", "The limit: requests per window per client", ConstGauge::new(i64::from(l.max_requests)));
-        reg.register("rate_limit_window_seconds", "The limiter's window", ConstGauge::<f64>::new(l.window_seconds));
-        reg.register("rate_limit_clients", "Client addresses the limiter tracks", ConstGauge::new(l.tracked_clients as i64));
+        reg.register(
+            "rate_limit_max_requests",
+            "The limit: requests per window per client",
+            ConstGauge::new(i64::from(l.max_requests)),
+        );
+        reg.register(
+            "rate_limit_window_seconds",
+            "The limiter's window",
+            ConstGauge::<f64>::new(l.window_seconds),
+        );
+        reg.register(
+            "rate_limit_clients",
+            "Client addresses the limiter tracks",
+            ConstGauge::new(l.tracked_clients as i64),
+        );
     }
     super::render(&reg)
 }

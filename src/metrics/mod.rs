@@ -209,10 +209,22 @@ mod tests {
         r.register("wal_fsync_duration_seconds", "fsyncs", h.clone());
         let mut text = String::new();
         prometheus_client::encoding::prometheus_text::encode(&mut text, &r).unwrap();
-        assert!(text.contains("kvlab_wal_fsync_duration_seconds_bucket{le=\"5e-5\"} 1"), "{text}");
-        assert!(text.contains("kvlab_wal_fsync_duration_seconds_bucket{le=\"0.00015\"} 2"), "{text}");
-        assert!(text.contains("kvlab_wal_fsync_duration_seconds_bucket{le=\"+Inf\"} 3"), "{text}");
-        assert!(text.contains("kvlab_wal_fsync_duration_seconds_count 3"), "{text}");
+        assert!(
+            text.contains("kvlab_wal_fsync_duration_seconds_bucket{le=\"5e-5\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kvlab_wal_fsync_duration_seconds_bucket{le=\"0.00015\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kvlab_wal_fsync_duration_seconds_bucket{le=\"+Inf\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kvlab_wal_fsync_duration_seconds_count 3"),
+            "{text}"
+        );
         assert!(text.contains("kvlab_build_info{"), "{text}");
         assert_eq!(h.count(), 3);
     }

@@ -264,8 +264,13 @@ impl NodeState {
             .map(|p| {
                 let progress = p.progress();
                 let acked = progress.acked_seq.min(leader_seq);
-                let first = acked.max(leader_seq.saturating_sub(api::LINK_IN_FLIGHT_SHOWN as u64)) + 1;
-                let age = |seq| core.log.appended_at(seq).map(|t| now.saturating_duration_since(t));
+                let first =
+                    acked.max(leader_seq.saturating_sub(api::LINK_IN_FLIGHT_SHOWN as u64)) + 1;
+                let age = |seq| {
+                    core.log
+                        .appended_at(seq)
+                        .map(|t| now.saturating_duration_since(t))
+                };
                 api::LinkView {
                     node_id: p.config.node_id.clone(),
                     incarnation: p.config.incarnation,
@@ -277,7 +282,10 @@ impl NodeState {
                     lag_seconds: age(acked + 1).map_or(0.0, |d| d.as_secs_f64()),
                     in_flight: (first..=leader_seq)
                         .filter_map(|seq| {
-                            age(seq).map(|d| api::InFlight { seq, age_ms: d.as_millis() as u64 })
+                            age(seq).map(|d| api::InFlight {
+                                seq,
+                                age_ms: d.as_millis() as u64,
+                            })
                         })
                         .collect(),
                     error: progress.last_error,

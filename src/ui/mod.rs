@@ -62,7 +62,10 @@ pub fn router() -> Router<Arc<Coordinator>> {
     Router::new()
         .route("/ui", get(|| page(INDEX_HTML, "text/html; charset=utf-8")))
         .route("/ui/app.js", get(|| page(APP_JS, "text/javascript")))
-        .route("/ui/timeline.js", get(|| page(TIMELINE_JS, "text/javascript")))
+        .route(
+            "/ui/timeline.js",
+            get(|| page(TIMELINE_JS, "text/javascript")),
+        )
         .route("/ui/style.css", get(|| page(STYLE_CSS, "text/css")))
         .route("/ui/state", get(state))
         .route("/ui/events", get(events))
@@ -153,15 +156,14 @@ async fn state(State(c): Shared) -> Json<UiSnapshot> {
         })
         .unwrap_or_default();
     let now = Instant::now();
-    let paused = c
-        .ui
-        .paused
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(_, until)| **until > now)
-        .map(|(id, until)| (id.clone(), (*until - now).as_secs_f64()))
-        .collect();
+    let paused =
+        c.ui.paused
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, until)| **until > now)
+            .map(|(id, until)| (id.clone(), (*until - now).as_secs_f64()))
+            .collect();
     Json(UiSnapshot {
         now_ms: chrono::Utc::now().timestamp_millis(),
         status,
@@ -275,12 +277,20 @@ async fn pause(State(c): Shared, Path(node_id): Path<String>) -> Result<Json<Val
                 Some(&node_id),
                 format!("⏸️ {node_id}: heartbeats paused for {SECONDS} s from the live view"),
             );
-            Ok(Json(json!({"status": "paused", "node_id": node_id, "seconds": SECONDS})))
+            Ok(Json(
+                json!({"status": "paused", "node_id": node_id, "seconds": SECONDS}),
+            ))
         }
-        Ok(r) => Err(ApiError::new(axum::http::StatusCode::BAD_GATEWAY, format!("{node_id} answered HTTP {}", r.status()))),
-        Err(e) => Err(ApiError::new(axum::http::StatusCode::BAD_GATEWAY, format!(
-            "{node_id} did not answer: {}",
-            crate::http::describe_reqwest_error(&e)
-        ))),
+        Ok(r) => Err(ApiError::new(
+            axum::http::StatusCode::BAD_GATEWAY,
+            format!("{node_id} answered HTTP {}", r.status()),
+        )),
+        Err(e) => Err(ApiError::new(
+            axum::http::StatusCode::BAD_GATEWAY,
+            format!(
+                "{node_id} did not answer: {}",
+                crate::http::describe_reqwest_error(&e)
+            ),
+        )),
     }
 }
