@@ -649,7 +649,7 @@ async fn info(State(gw): Shared) -> Json<GatewayInfo> {
 async fn no_such_endpoint(method: Method, uri: Uri) -> ApiError {
     ApiError::not_found(format!(
         "No endpoint {method} {}. The gateway serves POST /write, GET /read/{{key}}, \
-         GET /cluster-status, GET /stats, GET /health, GET / and GET /graduate.",
+         GET /cluster-status, GET /stats, GET /health, GET /metrics, GET / and GET /graduate.",
         uri.path()
     ))
 }

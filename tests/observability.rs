@@ -176,6 +176,18 @@ fn prometheus_scrapes_every_component_with_the_generated_config() {
         eprintln!("SKIPPED the Prometheus half: prometheus is not installed (.ci/run installs it)");
         return;
     }
+    if installed("promtool") {
+        let out = Command::new("promtool")
+            .args(["check", "config", &config_arg])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check config:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let port = cluster.base + 31;
     let _prometheus = Reaped(
         Command::new("prometheus")

@@ -181,18 +181,22 @@ pub struct ScrapeTargets {
 /// services by address, and the nodes through the coordinator's HTTP service
 /// discovery (`/metrics/targets`), since nodes come and go on their own ports.
 pub fn scrape_config(t: &ScrapeTargets) -> String {
-    format!(
-        "# Written by `kvlab up --prometheus-config`.\n\
-global:\n  scrape_interval: 2s\n  evaluation_interval: 2s\n\
-scrape_configs:\n\
-  - job_name: kvlab-gateway\n    static_configs:\n      - targets: ['{gw}']\n\
-  - job_name: kvlab-coordinator\n    static_configs:\n      - targets: ['{co}']\n\
-  - job_name: kvlab-registry\n    static_configs:\n      - targets: ['{re}']\n\
-  - job_name: kvlab-nodes\n    http_sd_configs:\n      - url: http://{co}/metrics/targets\n        refresh_interval: 2s\n",
-        gw = t.gateway,
-        co = t.coordinator,
-        re = t.registry
-    )
+    let service = |job: &str, target: &str| {
+        format!("  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n")
+    };
+    [
+        "# Written by `kvlab up --prometheus-config`.\n".to_string(),
+        "global:\n  scrape_interval: 2s\n  evaluation_interval: 2s\n".into(),
+        "scrape_configs:\n".into(),
+        service("kvlab-gateway", &t.gateway),
+        service("kvlab-coordinator", &t.coordinator),
+        service("kvlab-registry", &t.registry),
+        format!(
+            "  - job_name: kvlab-nodes\n    http_sd_configs:\n      - url: http://{}/metrics/targets\n        refresh_interval: 2s\n",
+            t.coordinator
+        ),
+    ]
+    .concat()
 }
 
 #[cfg(test)]
