@@ -351,6 +351,13 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // On shutdown, the live view's event streams end first: graceful
+    // shutdown waits for open requests, and those never finish by themselves.
+    let ui = coordinator.clone();
+    let shutdown = async move {
+        shutdown.await;
+        ui.ui.close();
+    };
     let server = tokio::spawn(crate::http::serve(
         listener,
         router(coordinator.clone()),

@@ -48,12 +48,31 @@ const ASK_TIMEOUT: Duration = Duration::from_millis(400);
 const EVENT_POLL: Duration = Duration::from_millis(200);
 
 /// What the view remembers that the coordinator's table does not.
-#[derive(Default)]
 pub struct UiState {
     /// The gateway's URL, when the coordinator runs inside `kvlab up`.
     pub gateway: OnceLock<String>,
     /// Nodes whose heartbeats the view paused, until when.
     paused: Mutex<HashMap<String, Instant>>,
+    /// Set when the coordinator stops: open event streams end, so the
+    /// server's graceful shutdown does not wait for browsers forever.
+    closing: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for UiState {
+    fn default() -> Self {
+        UiState {
+            gateway: OnceLock::new(),
+            paused: Mutex::new(HashMap::new()),
+            closing: tokio::sync::watch::Sender::new(false),
+        }
+    }
+}
+
+impl UiState {
+    /// Ends every open event stream (the coordinator is stopping).
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
 }
 
 type Shared = State<Arc<Coordinator>>;
@@ -182,9 +201,16 @@ async fn state(State(c): Shared) -> Json<UiSnapshot> {
 /// server-sent events (`data:` is the event's JSON).
 async fn events(State(c): Shared) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let stream = futures::stream::unfold((c, 0u64, true), |(c, since, first)| async move {
+        let mut closing = c.ui.closing.subscribe();
         loop {
+            if *closing.borrow() {
+                return None;
+            }
             if !first {
-                tokio::time::sleep(EVENT_POLL).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(EVENT_POLL) => {}
+                    _ = closing.changed() => return None,
+                }
             }
             let batch = c.events.since(since, 500);
             if let Some(last) = batch.last() {
