@@ -214,7 +214,7 @@ mod tests {
         let mut text = String::new();
         prometheus_client::encoding::prometheus_text::encode(&mut text, &r).unwrap();
         assert!(
-            text.contains("kvlab_wal_fsync_duration_seconds_bucket{le=\"5e-5\"} 1"),
+            text.contains("kvlab_wal_fsync_duration_seconds_bucket{le=\"5e-05\"} 1"),
             "{text}"
         );
         assert!(
