@@ -4,7 +4,7 @@
 //! [`launcher`]), keeps the table of who is alive (see [`cluster`]), tells the
 //! leader which followers to replicate to and which are in the sync set, and
 //! runs the client-facing write and read paths with the lab's quorum rules
-//! (see [`requests`]). The registry tells it when nodes die or come back; it
+//! (see [`requests`] and [`reads`]). The registry tells it when nodes die or come back; it
 //! narrates everything on its console (see [`crate::events`]).
 //!
 //! Invariants:
@@ -18,6 +18,7 @@ mod batch;
 pub mod cluster;
 pub mod launcher;
 mod membership;
+mod reads;
 mod requests;
 
 use std::collections::HashMap;
@@ -274,7 +275,11 @@ pub struct Coordinator {
     /// Client writes, gathered into batches for the leader (see [`batch`]).
     writes: std::sync::OnceLock<batch::Batcher<KeyValue, requests::WriteOutcome>>,
     /// Client reads, gathered per follower: node id -> (incarnation, batcher).
-    reads: Mutex<HashMap<String, (u64, requests::ReadBatcher)>>,
+    reads: Mutex<HashMap<String, (u64, reads::ReadBatcher)>>,
+    /// The highest seq known to be held by W followers (see [`reads`]).
+    commit: reads::CommitPoint,
+    /// Followers that failed a read a moment ago (see [`reads`]).
+    suspects: reads::Suspects,
 }
 
 impl Coordinator {
@@ -296,6 +301,8 @@ impl Coordinator {
             ready: std::sync::atomic::AtomicBool::new(false),
             writes: std::sync::OnceLock::new(),
             reads: Mutex::new(HashMap::new()),
+            commit: reads::CommitPoint::default(),
+            suspects: reads::Suspects::default(),
             config,
         })
     }
@@ -365,7 +372,7 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
         .route("/", get(info))
         .route("/status", get(status))
         .route("/write", post(requests::write))
-        .route("/read/{*key}", get(requests::read))
+        .route("/read/{*key}", get(reads::read))
         .route("/spawn", post(membership::spawn))
         .route("/kill/{node_id}", post(membership::kill))
         .route("/catchup", post(membership::catchup))
