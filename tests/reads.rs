@@ -15,7 +15,11 @@ use serde_json::{json, Value};
 
 /// Sends a signal to a node's process.
 fn signal(pid: u32, sig: i32) {
-    assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0, "kill({pid}, {sig})");
+    assert_eq!(
+        unsafe { libc::kill(pid as i32, sig) },
+        0,
+        "kill({pid}, {sig})"
+    );
 }
 
 fn pid_of(c: &Cluster, id: &str) -> u32 {
@@ -210,7 +214,10 @@ fn reads_survive_a_read_set_member_that_hangs_or_crashes() {
             Duration::from_secs(5),
         );
         assert!(
-            event["message"].as_str().unwrap().contains("asked follower-1 instead"),
+            event["message"]
+                .as_str()
+                .unwrap()
+                .contains("asked follower-1 instead"),
             "{event}"
         );
         out.len()
@@ -263,13 +270,26 @@ fn goes_back_in_time(reads: &[Observed]) -> Option<(Observed, Observed)> {
 /// starts later may return an older one.
 #[test]
 fn reads_never_go_back_in_time_across_a_membership_change() {
+    recipe(2, 2);
+}
+
+/// The same with every follower in the sync set and reads from one.
+#[test]
+fn reads_never_go_back_in_time_with_w3_r1() {
+    recipe(3, 1);
+}
+
+/// Runs the fault three times on N=3 with the given W and R, and
+/// checks the read history of every key.
+fn recipe(w: u32, r: u32) {
+    let (w, r) = (w.to_string(), r.to_string());
     let c = Cluster::start(&[
         "--followers",
         "3",
         "-W",
-        "2",
+        &w,
         "-R",
-        "2",
+        &r,
         "--sync-delay",
         "0.05",
         "--async-delay",
@@ -338,10 +358,7 @@ fn reads_never_go_back_in_time_across_a_membership_change() {
         if let Some((earlier, later)) = goes_back_in_time(&history) {
             panic!(
                 "{key}: a read returned v{} at {:?} after another had returned v{} at {:?}",
-                later.version,
-                later.call,
-                earlier.version,
-                earlier.ret
+                later.version, later.call, earlier.version, earlier.ret
             );
         }
     }

@@ -119,14 +119,37 @@ struct Suspect {
 }
 
 impl Suspects {
-    /// Why this process is suspected now, if it is.
-    fn suspected(&self, slot: &Slot, now: Instant) -> Option<String> {
-        self.0
-            .lock()
-            .unwrap()
-            .get(&slot.node_id)
-            .filter(|s| s.incarnation == slot.incarnation && s.until > now)
-            .map(|s| s.reason.clone())
+    /// Orders `alive` (highest ports first) for a read: the processes not
+    /// suspected now, then the suspected ones. Also returns the suspected
+    /// ones among the first `r` (the read set), with why.
+    fn order<'a>(&self, alive: Vec<&'a Slot>, r: usize) -> (Vec<&'a Slot>, Vec<(String, String)>) {
+        let mut map = self.0.lock().unwrap();
+        if map.is_empty() {
+            return (alive, vec![]); // the usual case: nothing to reorder
+        }
+        let now = Instant::now();
+        // Suspicion expires: the next read asks the member again.
+        map.retain(|_, s| s.until > now);
+        let mut ordered = Vec::with_capacity(alive.len());
+        let mut suspected = vec![];
+        let mut skipped = vec![];
+        for (rank, slot) in alive.into_iter().enumerate() {
+            let suspect = map
+                .get(&slot.node_id)
+                .filter(|s| s.incarnation == slot.incarnation && s.until > now);
+            match suspect {
+                None => ordered.push(slot),
+                Some(s) => {
+                    if rank < r {
+                        let why = format!("failed a read just before: {}", s.reason);
+                        skipped.push((slot.node_id.clone(), why));
+                    }
+                    suspected.push(slot);
+                }
+            }
+        }
+        ordered.extend(suspected);
+        (ordered, skipped)
     }
 
     fn suspect(&self, slot: &Slot, reason: &str) {
@@ -213,26 +236,19 @@ impl Coordinator {
     /// ports), then the other alive followers, highest ports first; followers
     /// that failed a read a moment ago come last. Also returns the read set
     /// members moved back that way, with why.
-    fn read_candidates(&self, cluster: &Cluster, r: usize) -> (Vec<Slot>, Vec<(String, String)>) {
-        let now = Instant::now();
-        let mut alive: Vec<&Slot> = cluster.followers.iter().filter(|s| s.is_alive()).collect();
-        alive.reverse(); // sorted by port, so now highest first
-        let mut healthy = Vec::with_capacity(alive.len());
-        let mut suspected = vec![];
-        let mut skipped = vec![];
-        for (rank, slot) in alive.into_iter().enumerate() {
-            match self.suspects.suspected(slot, now) {
-                None => healthy.push(slot.clone()),
-                Some(reason) => {
-                    if rank < r {
-                        skipped.push((slot.node_id.clone(), format!("failed a read just before: {reason}")));
-                    }
-                    suspected.push(slot.clone());
-                }
-            }
-        }
-        healthy.extend(suspected);
-        (healthy, skipped)
+    fn read_candidates<'a>(
+        &self,
+        cluster: &'a Cluster,
+        r: usize,
+    ) -> (Vec<&'a Slot>, Vec<(String, String)>) {
+        // Sorted by port, so reversed: highest first, the read set leading.
+        let alive = cluster
+            .followers
+            .iter()
+            .rev()
+            .filter(|s| s.is_alive())
+            .collect();
+        self.suspects.order(alive, r)
     }
 
     /// Asks `candidates` for `key` until R have answered: the first R at
@@ -240,13 +256,13 @@ impl Coordinator {
     /// [`ANSWER_PATIENCE`]. Stops early only when no one is left to ask.
     async fn gather(
         &self,
-        candidates: &[Slot],
+        candidates: &[&Slot],
         skipped: Vec<(String, String)>,
         key: &str,
         r: usize,
     ) -> ReadOutcome {
         let ask = |i: usize| {
-            let slot = &candidates[i];
+            let slot = candidates[i];
             async move { (i, self.ask(slot, key).await) }
         };
         let mut pending = FuturesUnordered::new();
@@ -297,7 +313,7 @@ impl Coordinator {
             let can_substitute = asked.len() < candidates.len();
             tokio::select! {
                 Some((i, answer)) = pending.next() => {
-                    let slot = &candidates[i];
+                    let slot = candidates[i];
                     if let Answer::Failed(why) = &answer {
                         self.suspects.suspect(slot, why);
                     } else {
@@ -313,7 +329,7 @@ impl Coordinator {
                     for a in asked.iter_mut().filter(|a| a.hopeful()) {
                         if now >= a.started + ANSWER_PATIENCE {
                             a.overdue = true;
-                            self.suspects.suspect(&candidates[a.index], &a.why_substituted());
+                            self.suspects.suspect(candidates[a.index], &a.why_substituted());
                         }
                     }
                 }
@@ -695,7 +711,9 @@ impl ReadOutcome {
     fn holders_of(&self, version: u64) -> (usize, u64) {
         self.found()
             .filter(|&(_, _, v, _)| v >= version)
-            .fold((0, u64::MAX), |(n, low), (_, _, _, seq)| (n + 1, low.min(seq)))
+            .fold((0, u64::MAX), |(n, low), (_, _, _, seq)| {
+                (n + 1, low.min(seq))
+            })
     }
 
     fn responses(&self) -> usize {
