@@ -273,12 +273,6 @@ fn reads_never_go_back_in_time_across_a_membership_change() {
     recipe(2, 2);
 }
 
-/// The same with every follower in the sync set and reads from one.
-#[test]
-fn reads_never_go_back_in_time_with_w3_r1() {
-    recipe(3, 1);
-}
-
 /// Runs the fault three times on N=3 with the given W and R, and
 /// checks the read history of every key.
 fn recipe(w: u32, r: u32) {
