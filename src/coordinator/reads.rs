@@ -213,7 +213,7 @@ impl Coordinator {
             }
             return Err(ApiError::unavailable("Read quorum not available"));
         }
-        let mut outcome = self.gather(&candidates, skipped, &key, r).await;
+        let outcome = self.gather(&candidates, skipped, &key, r).await;
         for sub in &outcome.substitutes {
             self.narrate_substitute(sub);
         }
@@ -221,7 +221,7 @@ impl Coordinator {
         // from them, and so was the sync set of every write.
         let linearizable = self.config.w + r > cluster.followers.len();
         let confirmed = if linearizable {
-            self.confirm(&mut outcome).await
+            self.confirm(&outcome).await
         } else {
             Ok(None)
         };
@@ -268,10 +268,9 @@ impl Coordinator {
         let mut pending = FuturesUnordered::new();
         let mut asked: Vec<Asked> = Vec::with_capacity(r);
         let mut substitutes = Vec::new();
-        // Read set members left for last are replaced by the followers asked
-        // in their place.
-        // They are the last k of the first R candidates (the healthy members
-        // come first, in port order).
+        // Read set members that are suspected were put last; the followers
+        // asked in their place are the last k of the first R candidates (the
+        // healthy members come first).
         let first_stand_in = r.saturating_sub(skipped.len());
         let mut skipped = skipped.into_iter();
         let mut answered = 0;
@@ -356,7 +355,7 @@ impl Coordinator {
     /// Makes sure the version a read is about to return is committed, waiting
     /// for it if needed. `Ok(Some(ms))` if it waited, `Ok(None)` if it did
     /// not have to.
-    async fn confirm(&self, outcome: &mut ReadOutcome) -> Result<Option<u64>, ApiError> {
+    async fn confirm(&self, outcome: &ReadOutcome) -> Result<Option<u64>, ApiError> {
         let Some((_, _, version, seq)) = outcome.best() else {
             return Ok(None); // nothing found: no version to vouch for
         };
