@@ -199,11 +199,17 @@ fn reads_survive_a_read_set_member_that_hangs_or_crashes() {
             out.len(),
             failed[0]
         );
+        // (On a loaded machine a healthy follower may be slow too, and be
+        // replaced as well: look for follower-3's replacement.)
+        let for_f3 = |v: &Value| {
+            v["substitutes"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|s| s["node_id"] == "follower-3"))
+        };
         let substituted = out
             .iter()
-            .find(|(_, v)| v["substitutes"].as_array().is_some_and(|s| !s.is_empty()))
-            .unwrap_or_else(|| panic!("{what}: no read reported a substitute"));
-        assert_eq!(substituted.1["substitutes"][0]["node_id"], "follower-3");
+            .find(|(_, v)| for_f3(v))
+            .unwrap_or_else(|| panic!("{what}: no read reported a substitute for follower-3"));
         assert_eq!(substituted.1["quorum_responses"], 2);
         assert_eq!(substituted.1["answered_by"].as_array().unwrap().len(), 2);
         assert_eq!(substituted.1["consistency"], "linearizable");
