@@ -116,7 +116,37 @@ pub struct ReadResponse {
     pub value: String,
     pub version: u64,
     pub served_by: String,
+    /// How many followers answered (always at least R).
     pub quorum_responses: usize,
+    /// kvlab's addition: the log position of the write that made `version`
+    /// (an upper bound if the serving follower restored it from a snapshot).
+    #[serde(default)]
+    pub seq: u64,
+    /// kvlab's addition: the followers whose answers were counted: the read
+    /// set, or substitutes for its unreachable members (see `substitutes`).
+    #[serde(default)]
+    pub answered_by: Vec<String>,
+    /// kvlab's addition: each read set member that failed or was too slow to
+    /// answer, and the follower asked instead. Absent when there were none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub substitutes: Vec<ReadSubstitute>,
+    /// kvlab's addition: what this read guarantees. `linearizable` when
+    /// W + R > N (it returns only committed versions, waiting if needed);
+    /// `may_be_stale` when W + R <= N (the lab's stale reads).
+    #[serde(default)]
+    pub consistency: String,
+    /// kvlab's addition: how long the read waited for the version it saw to
+    /// be committed (held by W followers). Absent when it did not wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waited_for_commit_ms: Option<u64>,
+}
+
+/// A read set member that did not answer in time, and who answered instead.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReadSubstitute {
+    pub node_id: String,
+    pub reason: String,
+    pub asked_instead: String,
 }
 
 // ---------------------------------------------------------------------------
@@ -635,6 +665,12 @@ pub struct ReadBatchRequest {
 pub struct ReadBatchResponse {
     pub node_id: String,
     pub values: Vec<Option<Versioned>>,
+    /// For each key, the seq of the log entry that wrote the value (0 where
+    /// the key is absent); an upper bound for keys restored from a snapshot.
+    /// The coordinator compares it with the commit point (see
+    /// `coordinator::reads`).
+    #[serde(default)]
+    pub seqs: Vec<u64>,
 }
 
 /// The leader's `PUT /replication/peers`: the full set of followers to

@@ -4,7 +4,7 @@
 //! [`launcher`]), keeps the table of who is alive (see [`cluster`]), tells the
 //! leader which followers to replicate to and which are in the sync set, and
 //! runs the client-facing write and read paths with the lab's quorum rules
-//! (see [`requests`]). Who is alive follows the registry's current view,
+//! (see [`requests`] and [`reads`]). Who is alive follows the registry's current view,
 //! pulled every second, or direct probes of the nodes when the registry is
 //! gone (see [`liveness`]); it narrates everything on its console (see
 //! [`crate::events`]).
@@ -21,6 +21,7 @@ pub mod cluster;
 pub mod launcher;
 mod liveness;
 mod membership;
+mod reads;
 mod requests;
 
 use std::collections::HashMap;
@@ -278,9 +279,13 @@ pub struct Coordinator {
     /// Client writes, gathered into batches for the leader (see [`batch`]).
     writes: std::sync::OnceLock<batch::Batcher<KeyValue, requests::WriteOutcome>>,
     /// Client reads, gathered per follower: node id -> (incarnation, batcher).
-    reads: Mutex<HashMap<String, (u64, requests::ReadBatcher)>>,
+    reads: Mutex<HashMap<String, (u64, reads::ReadBatcher)>>,
     /// Where liveness comes from, and the last registry view applied.
     liveness: liveness::Liveness,
+    /// The highest seq known to be held by W followers (see [`reads`]).
+    commit: reads::CommitPoint,
+    /// Followers that failed a read a moment ago (see [`reads`]).
+    suspects: reads::Suspects,
 }
 
 impl Coordinator {
@@ -303,6 +308,8 @@ impl Coordinator {
             writes: std::sync::OnceLock::new(),
             reads: Mutex::new(HashMap::new()),
             liveness: liveness::Liveness::default(),
+            commit: reads::CommitPoint::default(),
+            suspects: reads::Suspects::default(),
             config,
         })
     }
@@ -374,7 +381,7 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
         .route("/", get(info))
         .route("/status", get(status))
         .route("/write", post(requests::write))
-        .route("/read/{*key}", get(requests::read))
+        .route("/read/{*key}", get(reads::read))
         .route("/spawn", post(membership::spawn))
         .route("/kill/{node_id}", post(membership::kill))
         .route("/catchup", post(membership::catchup))

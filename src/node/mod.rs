@@ -482,16 +482,20 @@ async fn read_batch(
     node.stats
         .total_reads
         .fetch_add(req.keys.len() as u64, Ordering::Relaxed);
-    let values = {
+    let (values, seqs) = {
         let core = node.core.lock().unwrap();
         req.keys
             .iter()
-            .map(|k| core.store.get(k).cloned())
-            .collect()
+            .map(|k| match core.store.get_with_seq(k) {
+                Some((v, seq)) => (Some(v.clone()), seq),
+                None => (None, 0),
+            })
+            .unzip()
     };
     Ok(Json(ReadBatchResponse {
         node_id: node.id.clone(),
         values,
+        seqs,
     }))
 }
 

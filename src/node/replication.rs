@@ -14,11 +14,15 @@
 //!   a replaced process (same id, older incarnation) is fenced out;
 //! - the lab's delay is applied per entry, from its append time, so a 5 s
 //!   delay delays every entry by 5 s but never caps throughput (pipelining);
+//! - an entry keeps the link it was sent on: once a write has waited for a
+//!   follower's ack of an entry, that entry travels on the sync link to that
+//!   follower even if the follower is moved to the async set meanwhile (see
+//!   [`Peer::due`]);
 //! - only entries the leader's own log has completed are sent (its
 //!   persisted seq, see `node::durable`), so no follower ever holds an entry
 //!   a leader crash could erase, and a restarted leader is never behind.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -58,6 +62,10 @@ pub struct Peer {
     /// When it last moved from async to sync (`None` while async, or if it
     /// was sync from the start). See [`Peer::due`].
     promoted_at: std::sync::Mutex<Option<Instant>>,
+    /// The highest seq a write has waited on this follower for. Those
+    /// entries went out on the sync link, so they keep the sync delay after
+    /// a demotion. See [`Peer::due`].
+    waited_through: AtomicU64,
     /// Wakes the stream when its delay class changes, so entries waiting on
     /// the async delay are re-planned at once.
     wake: tokio::sync::Notify,
@@ -70,6 +78,7 @@ impl Peer {
         let peer = Arc::new(Peer {
             sync: AtomicBool::new(config.sync),
             promoted_at: std::sync::Mutex::new(None),
+            waited_through: AtomicU64::new(0),
             wake: tokio::sync::Notify::new(),
             config,
             progress: watch::Sender::new(Progress::default()),
@@ -90,21 +99,42 @@ impl Peer {
         }
     }
 
-    /// When an entry appended at `appended_at` reaches this follower, under
-    /// the lab's delays, which model link latency:
-    /// - async: `async_delay` after its append;
+    /// Records that a write waits for this follower's ack of every entry up
+    /// to `seq`. Call it before the write publishes its entries to the
+    /// streams.
+    pub fn write_waits_for(&self, seq: u64) {
+        let before = self.waited_through.fetch_max(seq, Ordering::Relaxed);
+        // A concurrent batch may have published these entries already, and
+        // the stream planned them on the slow link: have it plan again.
+        if seq > before && !self.is_sync() {
+            self.wake.notify_one();
+        }
+    }
+
+    /// When the entry at `seq`, appended at `appended_at`, reaches this
+    /// follower, under the lab's delays, which model link latency:
     /// - sync: `sync_delay` after its append;
     /// - promoted from async to sync after the append: the entry was already
     ///   on the slow link, so it arrives when that copy would, or `sync_delay`
     ///   after the promotion (sent again on the fast link), whichever is
     ///   first. Not earlier: the leader cannot have sent it fast before it
-    ///   knew the follower was sync.
-    fn due(&self, node: &NodeState, appended_at: Instant) -> Instant {
+    ///   knew the follower was sync;
+    /// - async, but a write waited for it here (the follower was demoted
+    ///   while the write was in flight, typically because a lower-port
+    ///   follower rejoined): it was sent on the fast link, and a copy already
+    ///   sent does not move to the slow one, so `sync_delay` after its append.
+    ///   Without this the write, planned with this follower in its sync set,
+    ///   would wait out the async delay and fail its quorum;
+    /// - async: `async_delay` after its append.
+    fn due(&self, node: &NodeState, seq: u64, appended_at: Instant) -> Instant {
         let by_async = appended_at + node.delay_for(false);
+        let sync_delay = node.delay_for(true);
         if !self.is_sync() {
+            if seq <= self.waited_through.load(Ordering::Relaxed) {
+                return appended_at + sync_delay;
+            }
             return by_async;
         }
-        let sync_delay = node.delay_for(true);
         match *self.promoted_at.lock().unwrap() {
             Some(promoted) if appended_at < promoted => by_async.min(promoted + sync_delay),
             _ => appended_at + sync_delay,
@@ -242,15 +272,15 @@ fn plan(node: &NodeState, peer: &Peer, from: u64) -> Plan {
         Next::Truncated => Plan::SendSnapshot,
         Next::Entries(entries) => {
             let now = Instant::now();
-            // `due` grows with the append time, so the ready ones are a prefix.
-            let first_ready = peer.due(node, entries[0].appended_at);
+            // `due` grows with the seq, so the ready ones are a prefix.
+            let first_ready = peer.due(node, entries[0].entry.seq, entries[0].appended_at);
             if first_ready > now {
                 return Plan::SleepUntil(first_ready);
             }
             let mut bytes = 0;
             let batch = entries
                 .into_iter()
-                .take_while(|e| peer.due(node, e.appended_at) <= now)
+                .take_while(|e| peer.due(node, e.entry.seq, e.appended_at) <= now)
                 // Bounded in bytes too, so big values never exceed the
                 // follower's body limit (the first entry always goes).
                 .take_while(|e| {

@@ -86,6 +86,13 @@ async fn write_batch(
         durable::wait_persisted(node, ticket).await?;
     }
     let last = entries.last().expect("a batch is never empty").seq;
+    // Before the streams see the entries: they go out on the sync link to
+    // every follower this batch waits for, whatever happens to the sets.
+    for p in sync {
+        if let Some(peer) = node.peer(&p.node_id) {
+            peer.write_waits_for(last);
+        }
+    }
     node.publish_persisted(last);
     durable::snapshot_if_due(node, last);
 
