@@ -16,6 +16,7 @@
 
 mod batch;
 pub mod cluster;
+mod failover;
 pub mod launcher;
 mod membership;
 mod requests;
@@ -91,6 +92,12 @@ pub struct ClusterArgs {
     /// a follower further behind gets a snapshot.
     #[arg(long, default_value_t = 100_000)]
     pub log_retain: usize,
+    /// When the leader dies and no alive follower holds every acknowledged
+    /// write, promote the most advanced one anyway (and name the seqs that
+    /// may be lost). Without it such a failover is refused and writes stay
+    /// unavailable (Kafka's unclean.leader.election.enable).
+    #[arg(long)]
+    pub unclean_failover: bool,
     #[command(flatten)]
     pub storage: StorageArgs,
 }
@@ -223,6 +230,8 @@ pub struct Config {
     pub ack_timeout: Duration,
     /// How long a read waits for each follower.
     pub read_timeout: Duration,
+    /// See `ClusterArgs::unclean_failover`.
+    pub unclean_failover: bool,
 }
 
 impl Config {
@@ -254,6 +263,7 @@ impl Config {
             print_events: !args.quiet,
             ack_timeout: Duration::from_secs_f64(sync_delay + 2.5),
             read_timeout: Duration::from_secs(2),
+            unclean_failover: args.cluster.unclean_failover,
         })
     }
 
@@ -275,6 +285,8 @@ pub struct Coordinator {
     writes: std::sync::OnceLock<batch::Batcher<KeyValue, requests::WriteOutcome>>,
     /// Client reads, gathered per follower: node id -> (incarnation, batcher).
     reads: Mutex<HashMap<String, (u64, requests::ReadBatcher)>>,
+    /// Leader election and failover (see [`failover`]).
+    failover: failover::Failover,
 }
 
 impl Coordinator {
@@ -296,6 +308,7 @@ impl Coordinator {
             ready: std::sync::atomic::AtomicBool::new(false),
             writes: std::sync::OnceLock::new(),
             reads: Mutex::new(HashMap::new()),
+            failover: failover::Failover::new(config.unclean_failover),
             config,
         })
     }
@@ -318,6 +331,8 @@ impl Coordinator {
                 can_write: c.can_write(self.config.w),
                 can_read: c.can_read(self.config.r),
             },
+            term: c.term,
+            failover: self.failover.view(c.leader.is_alive()),
         }
     }
 }
@@ -342,6 +357,7 @@ pub async fn serve(
         shutdown,
     ));
     let background = membership::start_background(coordinator.clone());
+    let failover = failover::start(coordinator.clone());
     let started = coordinator.start_cluster().await;
     if let Err(e) = &started {
         coordinator
@@ -355,6 +371,7 @@ pub async fn serve(
         Ok(())
     };
     background.abort();
+    failover.abort();
     coordinator.stop_all().await;
     started?;
     served

@@ -163,9 +163,11 @@ async fn take_snapshot(node: &Arc<NodeState>) -> anyhow::Result<crate::storage::
     let d = node.durability.as_ref().expect("only called when durable");
     // Copying a big state takes a while: do it off the async threads.
     let copier = node.clone();
-    let (seq, data) = tokio::task::spawn_blocking(move || {
+    let (seq, term, data) = tokio::task::spawn_blocking(move || {
         let core = copier.core.lock().unwrap();
-        (core.store.applied_seq(), core.store.to_map())
+        let seq = core.store.applied_seq();
+        let term = core.terms.history.term_at(seq).unwrap_or(0);
+        (seq, term, core.store.to_map())
     })
     .await?;
     // Everything up to `seq` was submitted to the log before we copied the
@@ -173,7 +175,7 @@ async fn take_snapshot(node: &Arc<NodeState>) -> anyhow::Result<crate::storage::
     d.wal.sync().await?;
     let snapshot = Snapshot {
         seq,
-        term: node.term,
+        term,
         data,
     };
     Ok(d.wal.compact(snapshot).await?)
