@@ -244,7 +244,12 @@ impl Coordinator {
             )
         });
         let Some(best) = candidates.first() else {
-            self.refuse(acked, 0, "no alive node answered".into());
+            let cause = format!(
+                "failover refused: no alive node answered, so none can lead; bring back a \
+                 follower (or the old leader) that holds the acknowledged writes (up to seq \
+                 {acked}), or run with --unclean-failover to accept losing them"
+            );
+            self.refuse(acked, 0, cause);
             return false;
         };
         if best.seq < acked {
@@ -309,6 +314,14 @@ impl Coordinator {
             c.term = term;
         }
         self.failover.set(State::Idle);
+        let (w, alive) = (self.config.w, after.alive_followers());
+        if reason != Reason::Start && after.can_write(w) {
+            self.events.good(
+                "write_quorum_back",
+                None,
+                format!("✅ write quorum available again: {alive} alive followers, W={w}"),
+            );
+        }
         let seq = best.seq;
         match reason {
             Reason::Start => self.events.good(

@@ -76,7 +76,14 @@ impl Coordinator {
         }
         // Every leader start is an election: the most advanced node leads
         // (on a fresh cluster, every log is empty and `leader` keeps it).
-        if !self.elect(failover::Reason::Start).await {
+        let mut elected = false;
+        for _ in 0..3 {
+            elected = self.elect(failover::Reason::Start).await;
+            if elected {
+                break;
+            }
+        }
+        if !elected {
             anyhow::bail!("no node could be made the leader (see the events above)");
         }
         let c = self.snapshot();

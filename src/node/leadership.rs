@@ -92,24 +92,27 @@ pub fn adopt(node: &NodeState, term: u64) {
     } else {
         tracing::info!(term, "adopted a newer term");
     }
-    // The term need not be durable for safety (the coordinator decides who
-    // leads); it is saved so that a restart reports it.
-    if let Some(d) = &node.durability {
-        let (dir, file) = (d.dir.clone(), term_file(node));
-        std::thread::spawn(move || save_logged(&dir, &file));
-    }
+    // Saved so that a restart reports it. Term changes are rare, so this
+    // small fsync on the async thread costs nothing in the steady state.
+    save_now(node);
 }
 
-fn term_file(node: &NodeState) -> TermFile {
-    let core = node.core.lock().unwrap();
-    TermFile {
-        term: core.terms.term,
-        history: core.terms.history.clone(),
-    }
-}
-
-fn save_logged(dir: &std::path::Path, file: &TermFile) -> bool {
-    match term::save(dir, file) {
+/// Writes the term file with what the node holds now. Writers take turns
+/// (one temporary file), and each reads the state under that turn, so the
+/// last file written is never older than the one before.
+fn save_now(node: &NodeState) -> bool {
+    let Some(d) = &node.durability else {
+        return true;
+    };
+    let _turn = node.term_file_lock.lock().unwrap();
+    let file = {
+        let core = node.core.lock().unwrap();
+        TermFile {
+            term: core.terms.term,
+            history: core.terms.history.clone(),
+        }
+    };
+    match term::save(&d.dir, &file) {
         Ok(()) => true,
         Err(e) => {
             tracing::error!(error = %e, "cannot save the term file");
@@ -119,12 +122,9 @@ fn save_logged(dir: &std::path::Path, file: &TermFile) -> bool {
 }
 
 /// Saves the term file (durable nodes), off the async thread.
-pub async fn persist(node: &NodeState) -> bool {
-    let Some(d) = &node.durability else {
-        return true;
-    };
-    let (dir, file) = (d.dir.clone(), term_file(node));
-    tokio::task::spawn_blocking(move || save_logged(&dir, &file))
+pub async fn persist(node: &Arc<NodeState>) -> bool {
+    let node = node.clone();
+    tokio::task::spawn_blocking(move || save_now(&node))
         .await
         .unwrap_or(false)
 }

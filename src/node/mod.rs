@@ -160,6 +160,8 @@ pub struct NodeState {
     pub port: u16,
     pub core: Mutex<Core>,
     log_retain: usize,
+    /// Writers of the term file take turns (see `leadership`).
+    term_file_lock: Mutex<()>,
     pub stats: Stats,
     pub http: reqwest::Client,
     sync_delay: Duration,
@@ -225,6 +227,7 @@ impl NodeState {
             port: args.port,
             core: Mutex::new(Core { store, log, terms }),
             log_retain: args.log_retain,
+            term_file_lock: Mutex::new(()),
             stats: Stats::default(),
             http: crate::http::client(),
             sync_delay: secs(args.sync_delay),
