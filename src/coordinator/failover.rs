@@ -141,6 +141,8 @@ struct Candidate {
     slot: Slot,
     seq: u64,
     last_term: u64,
+    /// The newest term its history has begun (maybe with no entry yet).
+    newest_term: u64,
 }
 
 /// What asking one node gave.
@@ -211,7 +213,10 @@ impl Coordinator {
                     Asked::Unreachable(why) => unreachable.push(format!("{} ({why})", slot.node_id)),
                 }
             }
-            if let Some(t) = newer {
+            // A term some node has already begun (known to the nodes of a
+            // restarted cluster, not to a new coordinator) is never reused.
+            let begun = candidates.iter().map(|c| c.newest_term).max();
+            if let Some(t) = newer.max(begun.filter(|&t| t >= term)) {
                 self.learn_term(t);
                 continue;
             }
@@ -447,6 +452,7 @@ impl Coordinator {
                 slot: slot.clone(),
                 seq: a.acked_seq,
                 last_term: a.last_term,
+                newest_term: a.history.last().map_or(0, |&(t, _)| t),
             }),
             Ok(a) => Asked::Unreachable(format!(
                 "answered by incarnation {}, expected {}",

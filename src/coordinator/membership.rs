@@ -577,8 +577,10 @@ impl Coordinator {
                     "caught_up",
                     Some(&slot.node_id),
                     format!(
-                        "📦 {} caught up from the leader: holds the log up to seq {}",
-                        slot.node_id, p.acked_seq
+                        "📦 {} caught up from the leader ({}): holds the log up to seq {}",
+                        slot.node_id,
+                        c.snapshot().leader.node_id,
+                        p.acked_seq
                     ),
                 ),
                 Err(e) => c.events.warn(
