@@ -93,7 +93,10 @@ fn first_write_after(c: &Cluster, key: &str, timeout: Duration) -> Duration {
 fn graceful_leader_kill_promotes_a_follower_and_the_old_leader_rejoins() {
     let c = Cluster::start(&["--followers", "3", "-W", "2", "-R", "2", "--no-delay"]);
     let s = c.status();
-    assert_eq!((s["term"].as_u64(), s["leader"]["role"].as_str()), (Some(1), Some("leader")));
+    assert_eq!(
+        (s["term"].as_u64(), s["leader"]["role"].as_str()),
+        (Some(1), Some("leader"))
+    );
     for i in 0..20 {
         assert_eq!(c.write(&format!("k{i}"), &format!("v{i}")).0, 200);
     }
@@ -108,17 +111,33 @@ fn graceful_leader_kill_promotes_a_follower_and_the_old_leader_rejoins() {
     assert_eq!(s["leader"]["node_id"], "follower-1", "{s}");
     assert_eq!(s["leader"]["role"], "leader");
     let old = c.follower("leader");
-    assert_eq!((old["status"].as_str(), old["role"].as_str()), (Some("dead"), Some("follower")), "{s}");
-    assert_eq!(s["followers"].as_array().unwrap().len(), 3, "N stays N: {s}");
+    assert_eq!(
+        (old["status"].as_str(), old["role"].as_str()),
+        (Some("dead"), Some("follower")),
+        "{s}"
+    );
+    assert_eq!(
+        s["followers"].as_array().unwrap().len(),
+        3,
+        "N stays N: {s}"
+    );
     assert_eq!(s["failover"]["state"], "none");
-    for kind in ["failover_candidates", "failover_chosen", "leader_promoted", "old_leader_fenced"] {
+    for kind in [
+        "failover_candidates",
+        "failover_chosen",
+        "leader_promoted",
+        "old_leader_fenced",
+    ] {
         c.wait_for_event(kind, None, Duration::from_secs(1));
     }
     // Reads kept working, and see the writes of both terms.
     assert_eq!(c.read("k7").1["value"], "v7");
     assert_eq!(c.read("after-kill").1["value"], "after");
     let health = c.get_json(&format!("{}/health", url_of(&c, "follower-1")));
-    assert_eq!((health["role"].as_str(), health["term"].as_u64()), (Some("leader"), Some(2)));
+    assert_eq!(
+        (health["role"].as_str(), health["term"].as_u64()),
+        (Some("leader"), Some(2))
+    );
 
     // `leader` names the current leader; respawning it means the dead node
     // called `leader`, which comes back as a follower and catches up.
@@ -128,7 +147,10 @@ fn graceful_leader_kill_promotes_a_follower_and_the_old_leader_rejoins() {
     let data = wait_converged(&c);
     assert_eq!(data.len(), 21);
     let old = c.get_json(&format!("{}/health", c.node_url(0)));
-    assert_eq!((old["role"].as_str(), old["term"].as_u64()), (Some("follower"), Some(2)));
+    assert_eq!(
+        (old["role"].as_str(), old["term"].as_u64()),
+        (Some("follower"), Some(2))
+    );
     assert_eq!(c.status()["leader"]["node_id"], "follower-1");
 }
 
@@ -139,7 +161,11 @@ struct Acked {
     value: String,
 }
 
-fn writers(c: &Cluster, n: usize, stop: &Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<Vec<Acked>>> {
+fn writers(
+    c: &Cluster,
+    n: usize,
+    stop: &Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<Vec<Acked>>> {
     (0..n)
         .map(|t| {
             let (url, stop) = (format!("{}/write", c.coordinator), stop.clone());
@@ -154,7 +180,10 @@ fn writers(c: &Cluster, n: usize, stop: &Arc<AtomicBool>) -> Vec<std::thread::Jo
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
                     let (key, value) = (format!("w{t}-{n}"), format!("value {t}/{n}"));
-                    let sent = http.post(&url).json(&json!({"key": key, "value": value})).send();
+                    let sent = http
+                        .post(&url)
+                        .json(&json!({"key": key, "value": value}))
+                        .send();
                     match sent {
                         Ok(r) if r.status() == 200 => acked.push(Acked { key, value }),
                         _ => std::thread::sleep(Duration::from_millis(5)),
@@ -182,8 +211,17 @@ impl Lcg {
 #[test]
 fn twenty_leader_crashes_lose_no_acknowledged_write() {
     let c = Cluster::start(&[
-        "--followers", "3", "-W", "2", "-R", "2", "--no-delay", "--fsync", "always",
-        "--failure-timeout", "1",
+        "--followers",
+        "3",
+        "-W",
+        "2",
+        "-R",
+        "2",
+        "--no-delay",
+        "--fsync",
+        "always",
+        "--failure-timeout",
+        "1",
     ]);
     let seed = std::process::id() as u64 ^ 0x5eed;
     eprintln!("crash moments seeded with {seed}");
@@ -201,7 +239,11 @@ fn twenty_leader_crashes_lose_no_acknowledged_write() {
         c.wait_status("a new leader", Duration::from_secs(10), |s| {
             s["term"].as_u64() > Some(term) && s["leader"]["status"] == "alive"
         });
-        crash_to_write.push(first_write_after(&c, &format!("probe-{round}"), Duration::from_secs(10)));
+        crash_to_write.push(first_write_after(
+            &c,
+            &format!("probe-{round}"),
+            Duration::from_secs(10),
+        ));
         // N stays N: the crashed node comes back as a follower.
         let (code, body) = c.post("/spawn", json!({"node_id": old}));
         assert_eq!(code, 200, "round {round}: respawn {old}: {body}");
@@ -221,7 +263,11 @@ fn twenty_leader_crashes_lose_no_acknowledged_write() {
         lost.len(),
         c.status()["term"]
     );
-    assert!(acked.len() > 100, "too few writes succeeded: {}", acked.len());
+    assert!(
+        acked.len() > 100,
+        "too few writes succeeded: {}",
+        acked.len()
+    );
     assert!(lost.is_empty(), "lost acknowledged writes: {lost:?}");
     assert_eq!(c.status()["followers"].as_array().unwrap().len(), 3);
 }
@@ -229,7 +275,15 @@ fn twenty_leader_crashes_lose_no_acknowledged_write() {
 #[test]
 fn a_paused_leader_is_fenced_steps_down_and_truncates() {
     let c = Cluster::start(&[
-        "--followers", "3", "-W", "2", "-R", "2", "--no-delay", "--failure-timeout", "1",
+        "--followers",
+        "3",
+        "-W",
+        "2",
+        "-R",
+        "2",
+        "--no-delay",
+        "--failure-timeout",
+        "1",
     ]);
     for i in 0..10 {
         assert_eq!(c.write(&format!("k{i}"), "before").0, 200);
@@ -254,18 +308,25 @@ fn a_paused_leader_is_fenced_steps_down_and_truncates() {
         .send()
         .unwrap();
     eprintln!("write to the woken zombie: {}", ghost.status());
-    c.wait_status("the old leader back as a follower", Duration::from_secs(15), |s| {
-        s["followers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|f| f["node_id"] == "leader" && f["status"] == "alive")
-    });
+    c.wait_status(
+        "the old leader back as a follower",
+        Duration::from_secs(15),
+        |s| {
+            s["followers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["node_id"] == "leader" && f["status"] == "alive")
+        },
+    );
     let data = wait_converged(&c);
     assert!(!data.contains_key("ghost"), "the zombie's write survived");
     assert_eq!(data["k3"]["value"], "during");
     let health = c.get_json(&format!("{zombie_url}/health"));
-    assert_eq!((health["role"].as_str(), health["term"].as_u64()), (Some("follower"), Some(2)));
+    assert_eq!(
+        (health["role"].as_str(), health["term"].as_u64()),
+        (Some("follower"), Some(2))
+    );
     assert_eq!(c.read("k9").1["value"], "during");
 }
 
@@ -273,7 +334,16 @@ fn a_paused_leader_is_fenced_steps_down_and_truncates() {
 fn failover_that_would_lose_acknowledged_writes_is_refused_unless_unclean() {
     for unclean in [false, true] {
         let mut flags = vec![
-            "--followers", "3", "-W", "2", "-R", "1", "--sync-delay", "0", "--async-delay", "60",
+            "--followers",
+            "3",
+            "-W",
+            "2",
+            "-R",
+            "1",
+            "--sync-delay",
+            "0",
+            "--async-delay",
+            "60",
         ];
         if unclean {
             flags.push("--unclean-failover");
@@ -299,7 +369,10 @@ fn failover_that_would_lose_acknowledged_writes_is_refused_unless_unclean() {
             let (code, body) = c.write("x", "y");
             assert_eq!(code, 503, "{body}");
             let cause = body["detail"]["cause"].as_str().unwrap();
-            assert!(cause.contains("failover refused") && cause.contains("--unclean-failover"), "{cause}");
+            assert!(
+                cause.contains("failover refused") && cause.contains("--unclean-failover"),
+                "{cause}"
+            );
             // A sync follower returning holds them all: failover completes.
             assert_eq!(c.post("/spawn", json!({"node_id": "follower-1"})).0, 200);
             c.wait_status("follower-1 promoted", Duration::from_secs(10), |s| {
@@ -342,7 +415,10 @@ fn a_leader_restarted_behind_its_followers_does_not_reuse_a_seq() {
     let (code, body) = c.post("/spawn", json!({"node_id": "leader"}));
     assert_eq!(code, 200, "{body}");
     let s = c.wait_status("an election", Duration::from_secs(5), |s| s["term"] == 2);
-    assert_eq!(s["leader"]["node_id"], "follower-1", "the most advanced node leads: {s}");
+    assert_eq!(
+        s["leader"]["node_id"], "follower-1",
+        "the most advanced node leads: {s}"
+    );
     let (code, w) = c.write("after", "x");
     assert_eq!(code, 200, "{w}");
     assert_eq!(w["seq"], 11, "seq 10 is taken: {w}");

@@ -682,7 +682,10 @@ async fn truncate_after_cuts_across_segments_and_appends_continue() {
     wal.close().await;
     let (_wal, rec) = Wal::open(cfg).await.unwrap();
     assert_eq!(rec.state.seq, 20);
-    assert_eq!(rec.tail[17..], (18..=20).map(other_term).collect::<Vec<_>>());
+    assert_eq!(
+        rec.tail[17..],
+        (18..=20).map(other_term).collect::<Vec<_>>()
+    );
 }
 
 /// Cutting after the last seq changes nothing; cutting at a segment boundary

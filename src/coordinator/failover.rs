@@ -210,7 +210,9 @@ impl Coordinator {
                 match a {
                     Asked::Stands(c) => candidates.push(c),
                     Asked::NewerTerm(t) => newer = newer.max(Some(t)),
-                    Asked::Unreachable(why) => unreachable.push(format!("{} ({why})", slot.node_id)),
+                    Asked::Unreachable(why) => {
+                        unreachable.push(format!("{} ({why})", slot.node_id))
+                    }
                 }
             }
             // A term some node has already begun (known to the nodes of a
@@ -403,12 +405,7 @@ impl Coordinator {
     ) {
         let listed: Vec<String> = candidates
             .iter()
-            .map(|c| {
-                format!(
-                    "{} at seq {} (term {})",
-                    c.slot.node_id, c.seq, c.last_term
-                )
-            })
+            .map(|c| format!("{} at seq {} (term {})", c.slot.node_id, c.seq, c.last_term))
             .collect();
         let mut message = format!(
             "🗳️  failover for term {term} (leader {} is down): candidates {}; highest seq \

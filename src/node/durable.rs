@@ -173,10 +173,6 @@ async fn take_snapshot(node: &Arc<NodeState>) -> anyhow::Result<crate::storage::
     // Everything up to `seq` was submitted to the log before we copied the
     // state; make sure it is written before the snapshot replaces it.
     d.wal.sync().await?;
-    let snapshot = Snapshot {
-        seq,
-        term,
-        data,
-    };
+    let snapshot = Snapshot { seq, term, data };
     Ok(d.wal.compact(snapshot).await?)
 }

@@ -323,9 +323,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         None => None,
     };
     let term_file = match &args.data_dir {
-        Some(dir) => term::load(dir).map_err(|e| {
-            anyhow::anyhow!("refusing to serve: cannot read the term file: {e}")
-        })?,
+        Some(dir) => term::load(dir)
+            .map_err(|e| anyhow::anyhow!("refusing to serve: cannot read the term file: {e}"))?,
         None => TermFile::default(),
     };
     let listener = crate::http::bind(addr).await?;
@@ -450,7 +449,11 @@ async fn info(State(node): Shared) -> Json<NodeInfo> {
 async fn stats(State(node): Shared) -> Json<NodeStats> {
     let (data_count, applied_seq, terms) = {
         let core = node.core.lock().unwrap();
-        (core.store.len(), core.store.applied_seq(), core.terms.clone())
+        (
+            core.store.len(),
+            core.store.applied_seq(),
+            core.terms.clone(),
+        )
     };
     let followers = node.progress_of_peers();
     let s = &node.stats;

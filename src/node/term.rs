@@ -82,14 +82,17 @@ impl TermHistory {
     /// `(term, first, last)` for each term holding entries of a log that
     /// ends at `last_seq`.
     fn spans(&self, last_seq: u64) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
-        self.0.iter().enumerate().filter_map(move |(i, &(t, start))| {
-            let end = self
-                .0
-                .get(i + 1)
-                .map_or(last_seq, |&(_, next)| next - 1)
-                .min(last_seq);
-            (start <= end).then_some((t, start, end))
-        })
+        self.0
+            .iter()
+            .enumerate()
+            .filter_map(move |(i, &(t, start))| {
+                let end = self
+                    .0
+                    .get(i + 1)
+                    .map_or(last_seq, |&(_, next)| next - 1)
+                    .min(last_seq);
+                (start <= end).then_some((t, start, end))
+            })
     }
 }
 
