@@ -79,6 +79,10 @@ pub struct Failover {
     state: Mutex<State>,
     /// Wakes the failover task at once (the leader was declared dead).
     pub wake: tokio::sync::Notify,
+    /// The incarnation of the process last promoted: the leader slot is
+    /// ready for writes only once its current process was (a node always
+    /// starts as a follower).
+    confirmed: tokio::sync::watch::Sender<Option<u64>>,
 }
 
 impl Failover {
@@ -89,6 +93,7 @@ impl Failover {
             unclean_allowed,
             state: Mutex::new(State::Idle),
             wake: tokio::sync::Notify::new(),
+            confirmed: tokio::sync::watch::Sender::new(None),
         }
     }
 
@@ -153,7 +158,30 @@ enum Asked {
     Unreachable(String),
 }
 
+/// How long a write waits for a just-started leader slot to be promoted.
+const ELECTION_WAIT: Duration = Duration::from_secs(3);
+
 impl Coordinator {
+    /// Waits (a little) while the leader slot's process is alive but not
+    /// promoted yet: right after the cluster starts or the leader restarts,
+    /// the election takes a few milliseconds, and a write must not reach a
+    /// node that is still a follower.
+    pub(super) async fn wait_for_election(&self) {
+        let incarnation = {
+            let c = self.cluster.lock().unwrap();
+            if !c.leader.is_alive() {
+                return;
+            }
+            c.leader.incarnation
+        };
+        if *self.failover.confirmed.borrow() == Some(incarnation) {
+            return; // the steady state: no waiting, no allocation
+        }
+        let mut rx = self.failover.confirmed.subscribe();
+        let confirmed = |c: &Option<u64>| *c == Some(incarnation);
+        let _ = tokio::time::timeout(ELECTION_WAIT, rx.wait_for(confirmed)).await;
+    }
+
     /// Records a write acknowledged to a client, if it was written in the
     /// current term: an answer from a deposed leader never counts.
     pub(super) fn record_ack(&self, term: u64, seq: u64) -> bool {
@@ -321,6 +349,9 @@ impl Coordinator {
             c.term = term;
         }
         self.failover.set(State::Idle);
+        self.failover
+            .confirmed
+            .send_replace(Some(best.slot.incarnation));
         let (w, alive) = (self.config.w, after.alive_followers());
         if reason != Reason::Start && after.can_write(w) {
             self.events.good(

@@ -99,6 +99,7 @@ impl Coordinator {
         narrate: bool,
     ) -> Result<WriteResponse, ApiError> {
         let started = Instant::now();
+        self.wait_for_election().await;
         // Refuse at once (and say why) when there is nothing to write to; the
         // batch re-plans when it leaves, in case membership changed meanwhile.
         if let Err(e) = self.plan_write() {
