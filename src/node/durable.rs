@@ -11,9 +11,11 @@
 //!   A quorum write is therefore on the disks of the leader and of W sync
 //!   followers before the client hears "ok".
 //! - **Followers never run ahead of the leader's disk.** The leader streams
-//!   only entries its own log has completed (the "persisted seq"). A leader
-//!   restarted on its directory thus finds every follower at or behind it,
-//!   and can continue the same history without rewriting anybody's.
+//!   only entries its own log has completed (the "persisted seq"), so a
+//!   leader crash never leaves a follower holding an entry nobody
+//!   acknowledged on the leader's side. (A node can still come back behind
+//!   its followers, e.g. after a damaged last record: elections then make
+//!   the most advanced node lead; see `coordinator::failover`.)
 //! - **Bounded growth.** Every `--snapshot-every` entries the node writes a
 //!   snapshot of its state and the log before it is deleted; recovery reads
 //!   one snapshot plus a short log.

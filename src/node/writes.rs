@@ -12,6 +12,8 @@
 //! - **Nothing is streamed to followers before the leader has persisted it**
 //!   ([`NodeState::publish_persisted`] runs only after the WAL ticket), so a
 //!   follower never holds an entry a restarted leader would not have.
+//! - **Only the leader of the current term appends**: the role is checked
+//!   under the lock that appends, and every entry carries that term.
 //! - **A write's answer says which sync followers acknowledged it**. Acks are
 //!   cumulative (a follower acks "everything up to seq N"), so one wait for
 //!   the batch's last seq covers every write in it. If that wait fails, every
