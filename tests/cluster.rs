@@ -323,7 +323,11 @@ fn leader_death_fails_over_and_reads_keep_working() {
     let (code, r) = c.read("x");
     assert_eq!((code, r["value"].as_str()), (200, Some("1")));
     c.wait_for_event("leader_dead", None, Duration::from_secs(5));
-    c.wait_for_event("leader_promoted", Some("follower-1"), Duration::from_secs(5));
+    c.wait_for_event(
+        "leader_promoted",
+        Some("follower-1"),
+        Duration::from_secs(5),
+    );
     let (code, w) = c.write("x", "2");
     assert_eq!(code, 200, "{w}");
     assert_eq!(c.status()["leader"]["node_id"], "follower-1");

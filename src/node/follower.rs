@@ -13,7 +13,11 @@
 //!   that it can be promoted and stream from them at once;
 //! - only a request from the incarnation-addressed process counts (fencing),
 //!   and only from a leader whose term is not older than ours
-//!   ([`super::leadership`]).
+//!   ([`super::leadership`]), checked again once the request holds the lock:
+//!   after a newer term was seen, no older append is applied;
+//! - the work of a request runs in its own task: a leader that crashes
+//!   mid-request drops its connection, and that must not cancel an append
+//!   between applying it and publishing the seq it reached.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -70,18 +74,46 @@ fn append_answer(node: &NodeState) -> AppendResponse {
     }
 }
 
+/// `GET /replicate`: where our log stands, once no replication request is
+/// half done.
 pub async fn replicate_state(State(node): Shared) -> Json<AppendResponse> {
+    let _settled = node.replicate_lock.lock().await;
     Json(append_answer(&node))
+}
+
+/// Runs a replication request's work in its own task, so that it completes
+/// even if the caller goes away (see the module doc).
+async fn uncancellable<F>(work: F) -> Result<Json<AppendResponse>, ApiError>
+where
+    F: std::future::Future<Output = Result<Json<AppendResponse>, ApiError>> + Send + 'static,
+{
+    tokio::spawn(work)
+        .await
+        .unwrap_or_else(|e| Err(ApiError::internal(format!("replication task failed: {e}"))))
+}
+
+/// The checks every replication request passes, before and again after it
+/// takes the lock.
+fn check_request(node: &NodeState, to_incarnation: u64, term: u64) -> Result<(), ApiError> {
+    check_addressed_to_me(node, to_incarnation)?;
+    leadership::check_term(node, term)?;
+    check_not_leader(node)
 }
 
 pub async fn replicate_append(
     State(node): Shared,
     ApiJson(req): ApiJson<AppendRequest>,
 ) -> Result<Json<AppendResponse>, ApiError> {
-    check_addressed_to_me(&node, req.to_incarnation)?;
-    leadership::check_term(&node, req.term)?;
-    check_not_leader(&node)?;
+    check_request(&node, req.to_incarnation, req.term)?;
+    uncancellable(append(node, req)).await
+}
+
+async fn append(
+    node: Arc<NodeState>,
+    req: AppendRequest,
+) -> Result<Json<AppendResponse>, ApiError> {
     let _one_at_a_time = node.replicate_lock.lock().await;
+    check_request(&node, req.to_incarnation, req.term)?;
     let (applied_seq, fresh) = apply_batch(&node, &req.entries)?;
     node.stats
         .replications_received
@@ -174,10 +206,16 @@ pub async fn replicate_snapshot(
     State(node): Shared,
     ApiJson(req): ApiJson<InstallSnapshot>,
 ) -> Result<Json<AppendResponse>, ApiError> {
-    check_addressed_to_me(&node, req.to_incarnation)?;
-    leadership::check_term(&node, req.term)?;
-    check_not_leader(&node)?;
+    check_request(&node, req.to_incarnation, req.term)?;
+    uncancellable(install(node, req)).await
+}
+
+async fn install(
+    node: Arc<NodeState>,
+    req: InstallSnapshot,
+) -> Result<Json<AppendResponse>, ApiError> {
     let _one_at_a_time = node.replicate_lock.lock().await;
+    check_request(&node, req.to_incarnation, req.term)?;
     // A snapshot never takes a node back in time (see `Store`).
     if req.seq <= node.core.lock().unwrap().store.applied_seq() {
         return Ok(Json(append_answer(&node)));
@@ -220,10 +258,16 @@ pub async fn replicate_truncate(
     State(node): Shared,
     ApiJson(req): ApiJson<TruncateRequest>,
 ) -> Result<Json<AppendResponse>, ApiError> {
-    check_addressed_to_me(&node, req.to_incarnation)?;
-    leadership::check_term(&node, req.term)?;
-    check_not_leader(&node)?;
+    check_request(&node, req.to_incarnation, req.term)?;
+    uncancellable(truncate(node, req)).await
+}
+
+async fn truncate(
+    node: Arc<NodeState>,
+    req: TruncateRequest,
+) -> Result<Json<AppendResponse>, ApiError> {
     let _one_at_a_time = node.replicate_lock.lock().await;
+    check_request(&node, req.to_incarnation, req.term)?;
     let before = node.core.lock().unwrap().store.applied_seq();
     if req.after_seq >= before {
         return Ok(Json(append_answer(&node)));
