@@ -218,10 +218,12 @@ impl Coordinator {
         if reason == Reason::LeaderDown && self.snapshot().leader.is_alive() {
             return false; // someone else's election got there first
         }
-        let first_try = *self.failover.state.lock().unwrap() != State::InProgress;
-        if reason == Reason::LeaderDown && first_try {
+        let before = self.failover.state.lock().unwrap().clone();
+        if reason == Reason::LeaderDown && before == State::Idle {
             self.failover.set(State::InProgress);
         }
+        // A refused failover is retried every second: narrate it once.
+        let retry = matches!(before, State::Refused { .. });
         for _ in 0..3 {
             let term = self.next_term();
             let cluster = self.snapshot();
@@ -251,7 +253,14 @@ impl Coordinator {
                 continue;
             }
             return self
-                .decide(reason, term, &cluster.leader, candidates, &unreachable)
+                .decide(
+                    reason,
+                    term,
+                    &cluster.leader,
+                    candidates,
+                    &unreachable,
+                    retry,
+                )
                 .await;
         }
         false
@@ -265,9 +274,10 @@ impl Coordinator {
         old_leader: &Slot,
         mut candidates: Vec<Candidate>,
         unreachable: &[String],
+        quiet: bool,
     ) -> bool {
         let acked = self.failover.acked_seq();
-        if reason == Reason::LeaderDown {
+        if reason == Reason::LeaderDown && !quiet {
             self.narrate_candidates(term, old_leader, &candidates, unreachable, acked);
         }
         // Highest (last term, seq) first; ties: the slot that led, then ports.
