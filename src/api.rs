@@ -2,8 +2,8 @@
 //!
 //! Every JSON body that crosses a process boundary is defined here, once, so the
 //! server that writes it and the client that reads it cannot drift apart. Field
-//! names are those of `shared/spec/api.md` (course scripts depend on them): add
-//! fields freely, never rename or drop one.
+//! names are the lab's, described in docs/api.md (course scripts depend on
+//! them): add fields freely, never rename or drop one.
 //!
 //! Internal endpoints that are kvlab's own design (replication, fencing, admin
 //! hooks) are at the bottom and marked as such.
@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 // Shared pieces
 // ---------------------------------------------------------------------------
 
-/// Default ports of the lab (api.md, "Default ports").
+/// Default ports of the lab (docs/api.md, "Ports").
 pub mod ports {
     pub const GATEWAY: u16 = 8000;
     pub const COORDINATOR: u16 = 7000;
@@ -146,12 +146,15 @@ pub struct GatewayMetrics {
 /// The rate limiter's settings and counters, in the gateway's `GET /stats`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RateLimiterStats {
-    /// `fixed-window`, `sliding-window` or `token-bucket`.
+    /// `fixed_window`, `sliding_window` or `token_bucket`.
     pub strategy: String,
     pub max_requests: u32,
     pub window_seconds: f64,
     pub allowed_requests: u64,
     pub rejected_requests: u64,
+    /// Clients (addresses) the limiter is tracking now.
+    #[serde(default)]
+    pub clients: usize,
     /// kvlab's additions: the client table and its bound.
     #[serde(default)]
     pub tracked_clients: usize,
@@ -171,6 +174,10 @@ pub struct GatewayStats {
     pub gateway: GatewayMetrics,
     /// `null` when rate limiting is off.
     pub rate_limiter: Option<RateLimiterStats>,
+    /// Always `null`: the gateway forwards to one coordinator. (The
+    /// original's field, kept so scripts that read it find it.)
+    #[serde(default)]
+    pub load_balancer: Option<serde_json::Value>,
 }
 
 /// `GET /` on the gateway.
@@ -230,8 +237,11 @@ pub struct QuorumView {
     pub w: usize,
     #[serde(rename = "R")]
     pub r: usize,
-    /// Alive followers (the leader is not counted, as in N, W and R).
+    /// Alive nodes, the leader included (the original's count).
     pub total_alive: usize,
+    /// Alive followers only: the number W and R are compared with.
+    #[serde(default)]
+    pub alive_followers: usize,
     pub can_write: bool,
     pub can_read: bool,
 }
@@ -242,6 +252,12 @@ pub struct StatusResponse {
     pub leader: Option<NodeView>,
     pub followers: Vec<NodeView>,
     pub quorum: QuorumView,
+    /// kvlab's addition: where the coordinator's idea of who is alive comes
+    /// from now: `registry` (its heartbeats), `direct-probe` (the registry
+    /// does not answer; the coordinator asks each node's `/health`) or
+    /// `unknown` (no answer from either yet).
+    #[serde(default)]
+    pub liveness: String,
     /// kvlab's addition: the current leadership term.
     #[serde(default)]
     pub term: u64,
@@ -280,7 +296,11 @@ pub struct SeqRange {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CoordinatorInfo {
     pub service: String,
+    /// The alive leader's node id (`"leader"`), as the original gives it.
     pub leader: Option<String>,
+    /// The alive leader's URL.
+    #[serde(default)]
+    pub leader_url: Option<String>,
     pub follower_count: usize,
     pub can_write: bool,
     pub can_read: bool,
@@ -293,6 +313,10 @@ pub struct SpawnRequest {
     pub node_id: Option<String>,
     #[serde(default)]
     pub port: Option<u16>,
+    /// kvlab's addition: allow a new slot although the larger N would make
+    /// W + R <= N (the sync and read sets could then miss each other).
+    #[serde(default)]
+    pub grow: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -337,6 +361,13 @@ pub struct NodeDiedRequest {
     pub node_id: String,
     #[serde(default)]
     pub incarnation: Option<u64>,
+    /// kvlab's addition: the registry view this notice comes from (see
+    /// [`RegistryNodes::view_version`]); an older one than the coordinator
+    /// applied is ignored.
+    #[serde(default)]
+    pub view_version: Option<u64>,
+    #[serde(default)]
+    pub registry_epoch: Option<u64>,
 }
 
 /// kvlab's addition, `POST /node-revived` (from the registry): a node that was
@@ -347,6 +378,23 @@ pub struct NodeRevivedRequest {
     pub url: String,
     #[serde(default)]
     pub incarnation: Option<u64>,
+    #[serde(default)]
+    pub view_version: Option<u64>,
+    #[serde(default)]
+    pub registry_epoch: Option<u64>,
+}
+
+/// The coordinator's answer to `/node-died` and `/node-revived`. A notice is
+/// a hint: the coordinator checks it against the registry's current view
+/// (or the node itself) and says whether the table changed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NoticeAnswer {
+    /// Always `acknowledged` (the lab's field).
+    pub status: String,
+    /// kvlab's additions: whether the table now agrees with the notice
+    /// (the node is dead, or alive), and why (not).
+    pub applied: bool,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -407,6 +455,21 @@ pub struct RegistryNode {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RegistryNodes {
     pub nodes: Vec<RegistryNode>,
+    /// kvlab's additions. The view's version: it grows with every change
+    /// (a node registered, declared dead, revived or deregistered), so a
+    /// reader can tell a newer view from an older one.
+    #[serde(default)]
+    pub view_version: u64,
+    /// Which registry process made the view (its start time in ms since
+    /// the Unix epoch): versions of different epochs are not comparable.
+    #[serde(default)]
+    pub registry_epoch: u64,
+    /// How long this registry has run: a node it never heard from in more
+    /// than `timeout_seconds` is silent.
+    #[serde(default)]
+    pub uptime_seconds: f64,
+    #[serde(default)]
+    pub timeout_seconds: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -462,8 +525,12 @@ pub struct NodeStats {
     pub replications_sent: u64,
     pub replications_received: u64,
     pub data_count: usize,
-    /// The leader's followers with their replication progress; empty on a follower.
-    pub followers: Vec<FollowerProgress>,
+    /// The leader's followers' URLs, as the original lists them; empty on
+    /// a follower.
+    pub followers: Vec<String>,
+    /// The same followers with their replication progress (kvlab's).
+    #[serde(default)]
+    pub follower_progress: Vec<FollowerProgress>,
     /// kvlab's additions.
     pub applied_seq: u64,
     pub incarnation: u64,

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use owo_colors::{OwoColorize, Stream};
+use owo_colors::OwoColorize;
 use serde::Serialize;
 
 /// How many requests a second are narrated line by line.
@@ -205,17 +205,35 @@ fn print_line(event: &Event) {
         })
         .unwrap_or_default();
     let msg = &event.message;
-    let line = match event.tone {
-        Tone::Good => format!("{}", msg.if_supports_color(Stream::Stdout, |m| m.green())),
-        Tone::Bad => format!("{}", msg.if_supports_color(Stream::Stdout, |m| m.red())),
-        Tone::Warn => format!("{}", msg.if_supports_color(Stream::Stdout, |m| m.yellow())),
-        Tone::Info => format!("{}", msg.if_supports_color(Stream::Stdout, |m| m.cyan())),
-        Tone::Request => msg.clone(),
+    let (line, ts) = if stdout_color() {
+        let line = match event.tone {
+            Tone::Good => msg.green().to_string(),
+            Tone::Bad => msg.red().to_string(),
+            Tone::Warn => msg.yellow().to_string(),
+            Tone::Info => msg.cyan().to_string(),
+            Tone::Request => msg.clone(),
+        };
+        (line, ts.dimmed().to_string())
+    } else {
+        (msg.clone(), ts)
     };
-    let ts = format!("{}", ts.if_supports_color(Stream::Stdout, |t| t.dimmed()));
     // One write call per line so concurrent events never interleave mid-line.
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{ts}  {line}");
+}
+
+/// Whether output to a stream gets ANSI colours: only when it is a
+/// terminal, and never when `NO_COLOR` is set to anything but the empty
+/// string (the no-color.org convention). Files, pipes and CI logs stay plain.
+pub fn color_on(is_terminal: bool) -> bool {
+    is_terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// [`color_on`] for stdout, decided once.
+fn stdout_color() -> bool {
+    use std::io::IsTerminal;
+    static COLOR: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *COLOR.get_or_init(|| color_on(std::io::stdout().is_terminal()))
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@
 //!   which way the request went.
 //! - **Every answer is JSON with the lab's shapes**, except `/graduate`
 //!   (text). Errors of the gateway's own are `{"detail": ...}`; a refused
-//!   request is the 429 body of api.md.
+//!   request is the 429 body of docs/api.md.
 //! - **The gateway holds no cluster state.** When a remote coordinator is
 //!   down it answers 503 and keeps serving; the next request after the
 //!   coordinator is back succeeds, with no restart (the pooled client simply
@@ -86,8 +86,10 @@ pub struct RateLimitArgs {
 /// Flags of `kvlab gateway`.
 #[derive(Debug, Clone, Parser)]
 pub struct Args {
+    /// Port to listen on: the one clients use.
     #[arg(long, default_value_t = ports::GATEWAY)]
     pub port: u16,
+    /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: IpAddr,
     /// The coordinator to forward to.
@@ -384,7 +386,7 @@ async fn admission(State(gw): Shared, req: Request, next: Next) -> Response {
     resp
 }
 
-/// The 429 of api.md, with the headers a client needs to back off.
+/// The 429 of docs/api.md, with the headers a client needs to back off.
 fn too_many_requests(limiter: &RateLimiter, d: &Decision) -> Response {
     let limits = limiter.limits();
     let body = TooManyRequests {
@@ -406,7 +408,7 @@ fn too_many_requests(limiter: &RateLimiter, d: &Decision) -> Response {
     resp
 }
 
-/// `X-RateLimit-Limit` and `-Remaining` (api.md), and the IETF draft's
+/// `X-RateLimit-Limit` and `-Remaining` (docs/api.md), and the IETF draft's
 /// `RateLimit-Policy: 10;w=60` and `RateLimit: limit=10, remaining=3, reset=42`.
 fn add_limit_headers(headers: &mut HeaderMap, limiter: &RateLimiter, d: &Decision) {
     let window = ceil_secs(limiter.limits().window);
@@ -609,6 +611,7 @@ async fn stats(State(gw): Shared) -> Json<GatewayStats> {
     Json(GatewayStats {
         gateway: gw.metrics.view(),
         rate_limiter: gw.limiter.as_ref().map(RateLimiter::stats),
+        load_balancer: None,
     })
 }
 
@@ -695,8 +698,11 @@ mod tests {
     fn strategies_parse_by_name() {
         for (name, s) in [
             ("fixed-window", Strategy::FixedWindow),
+            ("fixed_window", Strategy::FixedWindow),
             ("sliding-window", Strategy::SlidingWindow),
+            ("sliding_window", Strategy::SlidingWindow),
             ("token-bucket", Strategy::TokenBucket),
+            ("token_bucket", Strategy::TokenBucket),
         ] {
             let a = args(&["--rate-limit", "--rate-limit-strategy", name]);
             let c = Config::from_args(&a).unwrap();

@@ -1,6 +1,6 @@
 //! The lab's student config file (`student_config.json`).
 //!
-//! Its shape is the course's (see `shared/spec/lab.md`):
+//! Its shape is the course's (see docs/lab.md, "The CloudCart exercise"):
 //! `{"deployment": {...}, "gateway": {...}, "justifications": {...}}`.
 //! `kvlab up --config FILE` starts a cluster with these settings so a student
 //! can explore them, and the autograder reads the same file. Missing sections

@@ -11,6 +11,7 @@ pub mod coordinator;
 pub mod events;
 pub mod gateway;
 pub mod http;
+pub mod lab;
 pub mod labconfig;
 pub mod node;
 pub mod ratelimit;

@@ -2,7 +2,7 @@
 //! library; this file only parses flags and picks what to run.
 
 use clap::{Parser, Subcommand};
-use kvlab::{assess, bench, client, coordinator, gateway, node, registry, up};
+use kvlab::{assess, bench, client, coordinator, gateway, lab, node, registry, up};
 
 #[derive(Parser)]
 #[command(
@@ -33,6 +33,8 @@ enum Command {
     Assess(assess::Args),
     /// Load-generate against a gateway, a coordinator, or etcd, and report.
     Bench(bench::Args),
+    /// The CloudCart exercise's files: `kvlab lab export DIR` writes the student handout.
+    Lab(lab::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -53,6 +55,7 @@ fn main() -> std::process::ExitCode {
             Command::Registry(args) => registry::run(args).await,
             Command::Node(args) => node::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Lab(args) => lab::run(args).await,
             // The client's exit code says whether the command worked.
             Command::Client(args) => return client::run(args).await,
             // So does the autograder's (2 below --min-score, 130 interrupted).
@@ -98,8 +101,11 @@ fn init_tracing(command: &Command) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Nodes' stderr is a log file: colour only on a terminal.
+    let ansi = kvlab::events::color_on(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .init();
 }

@@ -11,11 +11,25 @@
 //!
 //! Fencing: the registry remembers the newest incarnation of each node id. A
 //! heartbeat from an older one is answered 409, and that process exits.
+//!
+//! The view is versioned: every change (registered, declared dead, revived,
+//! deregistered) bumps `view_version`, under the same lock as the change, and
+//! every notice to the coordinator carries the version it comes from. The
+//! coordinator also pulls the whole view (`GET /nodes`) every second, so a
+//! notice lost or delivered out of order is repaired by the next pull
+//! (`coordinator::liveness`). A restarted registry starts empty, with a new
+//! `registry_epoch`, and rebuilds its view from the heartbeats, which nodes
+//! keep sending while it is away.
+//!
+//! A registry that was itself paused (a SIGSTOP, a swapped-out laptop) does
+//! not blame the nodes for the silence it did not listen to: the length of
+//! its own pause is not counted against anyone.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::State;
 use axum::routing::{get, post};
@@ -28,10 +42,13 @@ use crate::http::{describe_reqwest_error, ApiError, ApiJson};
 
 #[derive(Debug, Clone, Parser)]
 pub struct Args {
+    /// Port to listen on (nodes heartbeat here).
     #[arg(long, default_value_t = ports::REGISTRY)]
     pub port: u16,
+    /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: IpAddr,
+    /// The coordinator to tell when a node dies or needs catching up.
     #[arg(long, default_value = "http://127.0.0.1:7000")]
     pub coordinator: String,
     /// Replace dead followers automatically.
@@ -84,16 +101,32 @@ struct Record {
 pub struct Registry {
     config: Config,
     nodes: Mutex<HashMap<String, Record>>,
+    /// Bumped under the `nodes` lock by every change of the view.
+    version: AtomicU64,
+    /// This process's start, in ms since the Unix epoch.
+    epoch: u64,
+    started: Instant,
     http: reqwest::Client,
 }
 
 impl Registry {
     pub fn new(config: Config) -> Arc<Registry> {
+        let epoch = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         Arc::new(Registry {
             config,
             nodes: Mutex::new(HashMap::new()),
+            version: AtomicU64::new(0),
+            epoch,
+            started: Instant::now(),
             http: crate::http::client(),
         })
+    }
+
+    /// Records a change of the view; call with the `nodes` lock held.
+    fn bump(&self) -> u64 {
+        self.version.fetch_add(1, Ordering::SeqCst) + 1
     }
 }
 
@@ -148,7 +181,7 @@ async fn heartbeat(
         return Err(ApiError::bad_request("node_id and url must not be empty"));
     }
     let incarnation = hb.incarnation.unwrap_or(0);
-    let seen = {
+    let (seen, version) = {
         let mut nodes = reg.nodes.lock().unwrap();
         let previous = nodes.get(&hb.node_id).cloned();
         if let Some(p) = &previous {
@@ -164,6 +197,10 @@ async fn heartbeat(
             Some(p) if p.incarnation == incarnation => Seen::Revived,
             _ => Seen::New,
         };
+        let version = match seen {
+            Seen::Again => reg.version.load(Ordering::SeqCst),
+            Seen::New | Seen::Revived => reg.bump(),
+        };
         nodes.insert(
             hb.node_id.clone(),
             Record {
@@ -174,7 +211,7 @@ async fn heartbeat(
                 alive: true,
             },
         );
-        seen
+        (seen, version)
     };
     match seen {
         Seen::New => {
@@ -189,6 +226,8 @@ async fn heartbeat(
                 node_id: hb.node_id.clone(),
                 url: hb.url.clone(),
                 incarnation: hb.incarnation,
+                view_version: Some(version),
+                registry_epoch: Some(reg.epoch),
             };
             tokio::spawn(tell_coordinator(
                 reg.clone(),
@@ -218,7 +257,10 @@ async fn deregister(
                 )))
             }
             Some(r) if req.incarnation.is_some_and(|i| i < r.incarnation) => None,
-            Some(_) => nodes.remove(&req.node_id),
+            Some(_) => {
+                reg.bump();
+                nodes.remove(&req.node_id)
+            }
         }
     };
     if let Some(record) = removed {
@@ -249,6 +291,7 @@ fn alive_list(reg: &Registry) -> Vec<NodeRef> {
 
 async fn nodes(State(reg): Shared) -> Json<RegistryNodes> {
     let nodes = reg.nodes.lock().unwrap();
+    let view_version = reg.version.load(Ordering::SeqCst);
     let mut list: Vec<RegistryNode> = nodes
         .iter()
         .map(|(id, r)| RegistryNode {
@@ -261,7 +304,13 @@ async fn nodes(State(reg): Shared) -> Json<RegistryNodes> {
         })
         .collect();
     list.sort_by(|a, b| a.node_id.cmp(&b.node_id));
-    Json(RegistryNodes { nodes: list })
+    Json(RegistryNodes {
+        nodes: list,
+        view_version,
+        registry_epoch: reg.epoch,
+        uptime_seconds: reg.started.elapsed().as_secs_f64(),
+        timeout_seconds: reg.config.timeout.as_secs_f64(),
+    })
 }
 
 async fn alive(State(reg): Shared) -> Json<AliveNodes> {
@@ -281,28 +330,53 @@ async fn info(State(reg): Shared) -> Json<RegistryInfo> {
     })
 }
 
-/// Declares silent nodes dead, twice a second.
+/// How often silent nodes are looked for.
+const CHECK_PERIOD: Duration = Duration::from_millis(250);
+
+/// Declares silent nodes dead, four times a second.
 async fn check_loop(reg: Arc<Registry>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut tick = tokio::time::interval(CHECK_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_check = Instant::now();
     loop {
         tick.tick().await;
-        let newly_dead: Vec<(String, Record)> = {
+        let paused = last_check.elapsed().saturating_sub(CHECK_PERIOD);
+        last_check = Instant::now();
+        let newly_dead: Vec<(String, Record, u64)> = {
             let mut nodes = reg.nodes.lock().unwrap();
+            if paused > Duration::from_secs(1) {
+                forgive_pause(&mut nodes, paused);
+            }
             nodes
                 .iter_mut()
                 .filter(|(_, r)| r.alive && r.last_seen.elapsed() > reg.config.timeout)
                 .map(|(id, r)| {
                     r.alive = false;
-                    (id.clone(), r.clone())
+                    (id.clone(), r.clone(), reg.bump())
                 })
                 .collect()
         };
-        for (node_id, record) in newly_dead {
+        for (node_id, record, version) in newly_dead {
             tracing::warn!(node = %node_id, "no heartbeat: declared dead");
-            let body = json!({"node_id": node_id, "incarnation": record.incarnation});
+            let body = json!({"node_id": node_id, "incarnation": record.incarnation,
+                "view_version": version, "registry_epoch": reg.epoch});
             tokio::spawn(tell_coordinator(reg.clone(), "node-died", body));
             schedule_respawn(reg.clone(), node_id, record.incarnation);
         }
+    }
+}
+
+/// The registry itself did not run for `paused` (it was stopped or starved):
+/// heartbeats sent meanwhile may be waiting in its socket. That silence is
+/// the registry's, not the nodes', so it is not counted against them.
+fn forgive_pause(nodes: &mut HashMap<String, Record>, paused: Duration) {
+    tracing::warn!(
+        paused_ms = paused.as_millis() as u64,
+        "the registry itself was paused: that silence is not counted against the nodes"
+    );
+    let now = Instant::now();
+    for r in nodes.values_mut().filter(|r| r.alive) {
+        r.last_seen = (r.last_seen + paused).min(now);
     }
 }
 
@@ -366,5 +440,36 @@ async fn tell_coordinator(reg: Arc<Registry>, path: &str, body: serde_json::Valu
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(silent: Duration, alive: bool) -> Record {
+        Record {
+            url: String::new(),
+            role: Role::Follower,
+            incarnation: 1,
+            last_seen: Instant::now() - silent,
+            alive,
+        }
+    }
+
+    #[test]
+    fn a_pause_of_the_registry_is_not_counted_against_nodes() {
+        let mut nodes = HashMap::from([
+            ("a".to_string(), record(Duration::from_secs(7), true)),
+            ("b".to_string(), record(Duration::from_secs(9), false)),
+        ]);
+        forgive_pause(&mut nodes, Duration::from_secs(6));
+        let a = nodes["a"].last_seen.elapsed();
+        assert!(a < Duration::from_millis(1500), "{a:?}");
+        let b = nodes["b"].last_seen.elapsed();
+        assert!(b >= Duration::from_secs(9), "the dead stay dead: {b:?}");
+        // Never moved into the future.
+        forgive_pause(&mut nodes, Duration::from_secs(60));
+        assert!(nodes["a"].last_seen <= Instant::now());
     }
 }

@@ -26,12 +26,16 @@ use crate::registry::{self, Registry};
 pub struct Args {
     #[command(flatten)]
     pub cluster: ClusterArgs,
+    /// Address every component listens on (and nodes are started on).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: IpAddr,
+    /// The coordinator's port (membership, writes, reads, the event log).
     #[arg(long, default_value_t = ports::COORDINATOR)]
     pub coordinator_port: u16,
+    /// The registry's port (heartbeats, failure detection).
     #[arg(long, default_value_t = ports::REGISTRY)]
     pub registry_port: u16,
+    /// The gateway's port: the one clients need.
     #[arg(long, default_value_t = ports::GATEWAY)]
     pub gateway_port: u16,
     #[command(flatten)]
@@ -110,6 +114,11 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     if args.cluster.heartbeat_interval > beats {
         args.cluster.heartbeat_interval = beats;
     }
+    if let Some(warning) =
+        ephemeral_range().and_then(|range| ephemeral_warning(&args.ports(), range))
+    {
+        eprintln!("kvlab up: warning: {warning}");
+    }
     let registry_url = format!("http://{}:{}", args.host, args.registry_port);
     let coordinator_url = format!("http://{}:{}", args.host, args.coordinator_port);
     let registry_args = registry::Args {
@@ -184,4 +193,65 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     registry.abort();
     gateway.abort();
     result
+}
+
+impl Args {
+    /// Every port the cluster will listen on: the three services, the
+    /// leader and each follower.
+    fn ports(&self) -> Vec<u16> {
+        let nodes = (0..=self.cluster.followers).filter_map(|i| {
+            self.cluster
+                .node_base_port
+                .checked_add(u16::try_from(i).ok()?)
+        });
+        [self.coordinator_port, self.registry_port, self.gateway_port]
+            .into_iter()
+            .chain(nodes)
+            .collect()
+    }
+}
+
+/// The kernel's ephemeral port range, when it can be read (Linux).
+fn ephemeral_range() -> Option<(u16, u16)> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut parts = text.split_whitespace().map(|p| p.parse::<u16>().ok());
+    Some((parts.next()??, parts.next()??))
+}
+
+/// A warning when some of `ports` lie in the ephemeral range: the kernel
+/// hands those out as source ports of outgoing connections (even a
+/// connection to the very port, when nothing listens there yet), and a
+/// component then cannot bind its port.
+fn ephemeral_warning(ports: &[u16], (low, high): (u16, u16)) -> Option<String> {
+    let inside: Vec<String> = ports
+        .iter()
+        .filter(|p| (low..=high).contains(*p))
+        .map(u16::to_string)
+        .collect();
+    if inside.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "port(s) {} are inside the kernel's ephemeral range {low}-{high} \
+         (/proc/sys/net/ipv4/ip_local_port_range): an outgoing connection can be \
+         given one of them first, and that component then cannot listen. \
+         Prefer ports below {low}.",
+        inside.join(", ")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_inside_the_ephemeral_range_are_named() {
+        let range = (32_768, 60_999);
+        assert_eq!(ephemeral_warning(&[7000, 8000, 9000, 7001], range), None);
+        let w = ephemeral_warning(&[7000, 43_800, 43_801], range).unwrap();
+        assert!(w.starts_with("port(s) 43800, 43801 are inside"), "{w}");
+        assert!(w.contains("32768-60999"), "{w}");
+        let args = Args::parse_from(["up", "--followers", "3", "--node-base-port", "40001"]);
+        assert_eq!(args.ports(), [7000, 9000, 8000, 40001, 40002, 40003, 40004]);
+    }
 }

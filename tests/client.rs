@@ -1,8 +1,13 @@
-//! `kvlab client` against a stub gateway: one-shot forms, exit codes, and the
-//! interactive mode driven through stdin.
+//! `kvlab client` against a stub gateway: one-shot forms, exit codes, the
+//! interactive mode driven through stdin, and the prompt on a real terminal.
+
+mod common;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::tty::{self, Tty};
 
 use axum::extract::Path;
 use axum::http::StatusCode;
@@ -168,4 +173,100 @@ fn interactive_mode_through_stdin() {
     assert!(text.contains("write <key> <value...>"), "{text}");
     assert!(!text.contains("never"), "nothing runs after quit: {text}");
     assert!(text.trim_end().ends_with("bye"));
+}
+
+/// The prompt as a person meets it: a pseudo-terminal, line editing, the
+/// history file in `$HOME`, and Ctrl-D or Ctrl-C to leave.
+#[test]
+fn prompt_on_a_real_terminal() {
+    if !tty::available() {
+        return;
+    }
+    let gw = stub_gateway();
+    let home = tempfile::Builder::new()
+        .prefix("kvlab-home-")
+        .tempdir()
+        .unwrap();
+    let home_path = home.path().to_str().unwrap();
+    let t = Tty::spawn(
+        env!("CARGO_BIN_EXE_kvlab"),
+        &["client", "--gateway", &gw],
+        &[("HOME", home_path), ("NO_COLOR", "1"), ("TERM", "xterm")],
+    );
+    let wait = Duration::from_secs(20);
+    t.wait_for(&format!("talking to {gw}. Type help."), wait);
+    t.wait_for(">>> ", wait);
+
+    t.type_line("help");
+    t.wait_for("quit | exit | q", wait);
+    t.type_line("write cart three items");
+    t.wait_for("wrote cart = three items", wait);
+    t.type_line("read cart");
+    t.wait_for_n("served by follower-2", 1, wait);
+    // Up recalls the last line from the history: the read runs again.
+    t.key("Up");
+    t.key("Enter");
+    t.wait_for_n("served by follower-2", 2, wait);
+    t.type_line("status");
+    t.wait_for("Cluster status", wait);
+    t.type_line("read missing");
+    t.wait_for("404 Key 'missing' not found", wait);
+    t.type_line("dance");
+    t.wait_for("unknown command 'dance' (type help)", wait);
+    t.type_line("stats");
+    t.wait_for("rate limited 1", wait);
+    t.key("C-d");
+    let screen = t.wait_for("[exit 0]", wait);
+    assert!(screen.contains("bye"), "{screen}");
+    assert!(!screen.contains("panicked"), "{screen}");
+
+    let history = std::fs::read_to_string(home.path().join(".kvlab_history")).unwrap();
+    assert!(history.contains("write cart three items"), "{history}");
+    assert!(history.contains("dance"), "{history}");
+
+    // A second session starts with that history: Up finds the last line.
+    let t = Tty::spawn(
+        env!("CARGO_BIN_EXE_kvlab"),
+        &["client", "--gateway", &gw],
+        &[("HOME", home_path), ("NO_COLOR", "1"), ("TERM", "xterm")],
+    );
+    t.wait_for(">>> ", wait);
+    t.key("Up");
+    t.key("Enter");
+    t.wait_for("rate limited 1", wait);
+    // Ctrl-C leaves too, and a half-typed line is not run.
+    t.type_text("write half done");
+    t.key("C-c");
+    let screen = t.wait_for("[exit 0]", wait);
+    assert!(!screen.contains("wrote half"), "{screen}");
+    assert!(screen.contains("bye"), "{screen}");
+}
+
+/// Without a home directory the prompt still works (the history is just
+/// not kept), and on a terminal without NO_COLOR the answers are coloured.
+#[test]
+fn prompt_without_a_home_directory() {
+    if !tty::available() {
+        return;
+    }
+    let gw = stub_gateway();
+    let t = Tty::spawn(
+        "/usr/bin/env",
+        &[
+            "-u",
+            "HOME",
+            env!("CARGO_BIN_EXE_kvlab"),
+            "client",
+            "--gateway",
+            &gw,
+        ],
+        &[("NO_COLOR", "1"), ("TERM", "xterm")],
+    );
+    let wait = Duration::from_secs(20);
+    t.wait_for(">>> ", wait);
+    t.type_line("read cart");
+    t.wait_for("served by follower-2", wait);
+    t.key("C-d");
+    let screen = t.wait_for("[exit 0]", wait);
+    assert!(!screen.contains("panicked"), "{screen}");
 }

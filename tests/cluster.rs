@@ -39,11 +39,24 @@ fn demo_write_read_status() {
     assert_eq!(s["leader"]["status"], "alive");
     assert_eq!(
         s["quorum"],
-        json!({"W": 2, "R": 2, "total_alive": 3, "can_write": true, "can_read": true})
+        json!({"W": 2, "R": 2, "total_alive": 4, "alive_followers": 3, "can_write": true, "can_read": true})
     );
     let (code, info) = c.get("/");
     assert_eq!(code, 200);
     assert_eq!(info["follower_count"], 3);
+    assert_eq!(info["leader"], "leader", "the node id, as in the original");
+    assert_eq!(info["leader_url"], c.node_url(0));
+    let leader_stats = c.get_json(&format!("{}/stats", c.node_url(0)));
+    let urls: Vec<String> = (1..=3).map(|i| c.node_url(i)).collect();
+    assert_eq!(
+        leader_stats["followers"],
+        json!(urls),
+        "URL strings, as in the original"
+    );
+    assert_eq!(
+        leader_stats["follower_progress"][0]["node_id"],
+        "follower-1"
+    );
     let (code, missing) = c.read("nope");
     assert_eq!(code, 404);
     assert_eq!(missing["detail"], "Key 'nope' not found in quorum");
@@ -112,7 +125,8 @@ fn demo_catchup_on_spawn() {
 fn spawn_without_dead_slot_adds_a_follower() {
     let c = Cluster::start(&["--followers", "2", "-W", "1", "-R", "1", "--no-delay"]);
     c.write("a", "1");
-    let (code, s) = c.post("/spawn", json!({}));
+    // W + R <= N already, so growing N needs saying so (`grow`).
+    let (code, s) = c.post("/spawn", json!({"grow": true}));
     assert_eq!(code, 200, "{s}");
     assert_eq!(s["node_id"], "follower-3");
     assert_eq!(s["url"], c.node_url(3));
@@ -253,7 +267,7 @@ fn catchup_new_follower_under_concurrent_writes() {
     let c = Cluster::start(&["--followers", "2", "-W", "1", "-R", "1", "--no-delay"]);
     let writers = Writers::start(&c, 4);
     writers.wait_for(200);
-    let (code, s) = c.post("/spawn", json!({}));
+    let (code, s) = c.post("/spawn", json!({"grow": true}));
     assert_eq!(code, 200, "{s}");
     writers.wait_for(600);
     let acked = writers.finish();
@@ -589,7 +603,8 @@ fn impossible_configs_are_refused() {
 fn taken_port_is_reported() {
     let base = common::free_port_block();
     let _hold = std::net::TcpListener::bind(("127.0.0.1", base)).unwrap();
-    let out = common::kvlab()
+    let scratch = common::scratch();
+    let out = common::kvlab_in(&scratch)
         .args([
             "up",
             "--coordinator-port",

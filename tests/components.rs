@@ -96,7 +96,7 @@ fn demos_against_separate_components() {
             .json()
             .unwrap();
         if alive["nodes"].as_array().unwrap().len() == 4
-            && status["quorum"]["total_alive"] == 3
+            && status["quorum"]["alive_followers"] == 3
             && status["leader"]["status"] == "alive"
         {
             break;

@@ -403,6 +403,8 @@ impl Drop for Node {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The test made it; the test removes it.
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 

@@ -144,7 +144,11 @@ fn demos_through_the_gateway() {
     let (code, s) = gw_get(&http, gw, "/cluster-status");
     assert_eq!(code, 200);
     assert_eq!(s["leader"]["status"], "alive");
-    assert_eq!(s["quorum"]["total_alive"], 3);
+    assert_eq!(
+        s["quorum"]["total_alive"], 4,
+        "the leader counts, as in the original"
+    );
+    assert_eq!(s["quorum"]["alive_followers"], 3);
     assert_eq!(s["followers"].as_array().unwrap().len(), 3);
 
     let (code, headers, health) = answer(http.get(format!("{gw}/health")).send().unwrap());
@@ -206,7 +210,8 @@ fn up_calls_its_coordinator_in_process() {
     use std::io::{BufRead, BufReader};
     let base = common::free_port_block();
     let port = |offset: u16| (base + offset).to_string();
-    let mut child = common::kvlab()
+    let scratch = common::scratch();
+    let mut child = common::kvlab_in(&scratch)
         .args(["up", "--in-memory", "--quiet", "--no-delay"])
         .args(["--followers", "1", "-W", "1", "-R", "1"])
         .args(["--coordinator-port", &port(0), "--registry-port", &port(1)])
@@ -245,7 +250,7 @@ fn stop(child: &mut std::process::Child) {
 // Rate limiting on a live cluster
 // ---------------------------------------------------------------------------
 
-/// A refused request gets 429 with api.md's body and headers; admitted ones
+/// A refused request gets 429 with docs/api.md's body and headers; admitted ones
 /// carry the X-RateLimit and IETF RateLimit fields. /health counts too, and
 /// every client address has its own quota.
 #[test]
@@ -303,7 +308,9 @@ fn over_the_limit_is_429_with_headers_and_body() {
     let (code, stats) = gw_get(&observer, gw, "/stats");
     assert_eq!(code, 200);
     let rl = &stats["rate_limiter"];
-    assert_eq!(rl["strategy"], "fixed-window");
+    assert_eq!(rl["strategy"], "fixed_window", "the original's spelling");
+    assert!(rl["clients"].as_u64().is_some(), "{stats}");
+    assert!(stats["load_balancer"].is_null() && stats.get("load_balancer").is_some());
     assert_eq!(
         (rl["max_requests"].as_u64(), rl["window_seconds"].as_f64()),
         (Some(3), Some(60.0))

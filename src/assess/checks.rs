@@ -210,8 +210,10 @@ impl Target {
             ((404, _), Some(want)) => fail(format!(
                 "{key} not found by the read set, expected {want}: the write has not reached the followers this read asked (a stale read)"
             )),
-            ((404, _), None) => pass(format!(
-                "the read quorum answered: {key} not found yet by the followers it asked"
+            // The original's rule: a test reads keys the scenario wrote, so
+            // "not found" is a failure even without an expected value.
+            ((404, _), None) => fail(format!(
+                "{key} not found by the read set: the write has not reached the followers this read asked (a stale read)"
             )),
             ((status, b), _) => fail(format!("read of {key} failed: HTTP {status} {}", detail(&b))),
         }
@@ -284,7 +286,9 @@ impl Target {
 
     async fn spawn_check(&self) -> Outcome {
         let id = match self
-            .post(format!("{}/spawn", self.coordinator), json!({}))
+            // A dead slot is reused first; else a new follower, even if the
+            // larger N makes W + R <= N: the scenario asked for one.
+            .post(format!("{}/spawn", self.coordinator), json!({"grow": true}))
             .await
         {
             Ok((200, b)) => b["node_id"].as_str().unwrap_or_default().to_string(),

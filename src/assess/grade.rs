@@ -1,6 +1,6 @@
 //! Scoring, grades and the settings verdicts: pure functions, no I/O.
 //!
-//! The course's rules (lab.md): a scenario scores `passed / total x weight`;
+//! The course's rules (docs/lab.md): a scenario scores `passed / total x weight`;
 //! the grade comes from the percentage of the maximum (A >= 90, B >= 80,
 //! C >= 70, D >= 60, else F); the cost is `(1 + followers) x per_node_cost`
 //! (the leader is a node too); a justification counts when it is non-empty
@@ -114,12 +114,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_originals_broken_score_is_42_and_an_f() {
-        let total = scenario_score(3, 4, 20.0)
+    fn the_broken_score_is_37_and_an_f() {
+        // INC-0 2/4: both reads miss (see labs/cloudcart/instructor/README.md
+        // for why the original's own run reached 3/4 and 42).
+        let total = scenario_score(2, 4, 20.0)
             + scenario_score(0, 1, 20.0)
             + scenario_score(1, 2, 30.0)
             + scenario_score(2, 5, 30.0);
-        assert!((total - 42.0).abs() < 1e-9);
+        assert!((total - 37.0).abs() < 1e-9);
         assert_eq!(letter(percent(total, 100.0)), 'F');
     }
 

@@ -2,8 +2,11 @@
 //!
 //! It reads the student's config, refuses impossible settings, starts a
 //! cluster with those settings (`kvlab up` as a child process), runs the
-//! instructor's scenarios against it, stops it, and reports: a score card on
-//! a terminal, or JSON, Gradescope's `results.json`, or JUnit XML.
+//! instructor's scenarios against it (all of them, or those `--only`
+//! names), stops it, and reports: a score card on a terminal, or JSON,
+//! Gradescope's or PrairieLearn's `results.json`, or JUnit XML. A config
+//! that cannot be graded still gives a grading platform its file, with the
+//! reason; the scenario file's unknown fields are warnings.
 //!
 //! The pieces:
 //! - [`scenario`]: the scenario file's types, loaded and checked up front;
@@ -69,6 +72,7 @@ pub struct Args {
     /// Default: the lab's ports (7000, 9000, 8000, 7001+).
     #[arg(long, value_name = "P")]
     pub base_port: Option<u16>,
+    /// The report's format: a score card, JSON, or a grading platform's file.
     #[arg(long, value_enum, default_value_t = Format::Terminal)]
     pub format: Format,
     /// Write the report to this file instead of stdout.
@@ -77,6 +81,13 @@ pub struct Args {
     /// Exit with code 2 when the score (in points) is below N.
     #[arg(long, value_name = "N")]
     pub min_score: Option<f64>,
+    /// Run only these scenarios (`--only INC-3`, or `--only INC-1,INC-3`);
+    /// exit 2 unless every test in them passes: one autograding step each.
+    #[arg(long, value_name = "ID", value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Gradescope: add a leaderboard (score, and cost per hour).
+    #[arg(long)]
+    pub leaderboard: bool,
 }
 
 /// Everything checked before a cluster starts.
@@ -88,20 +99,43 @@ struct Prepared {
     ports: Ports,
 }
 
-fn prepare(args: &Args) -> anyhow::Result<Prepared> {
-    let config = StudentConfig::load(&args.config)?;
-    let settings = Settings::resolve(&config).with_context(|| {
-        format!(
-            "{} asks for a cluster that cannot work",
-            args.config.display()
-        )
-    })?;
+/// Why a run could not start.
+enum Refusal {
+    /// The student's config cannot be graded: the student's to fix, so a
+    /// grading platform still gets a report saying why.
+    Config(anyhow::Error),
+    /// Anything else (the scenario file, the flags): the instructor's.
+    Other(anyhow::Error),
+}
+
+fn prepare(args: &Args) -> Result<Prepared, Refusal> {
+    let config = StudentConfig::load(&args.config).map_err(|e| Refusal::Config(e.into()))?;
+    let settings = Settings::resolve(&config)
+        .with_context(|| {
+            format!(
+                "{} asks for a cluster that cannot work",
+                args.config.display()
+            )
+        })
+        .map_err(Refusal::Config)?;
+    prepare_run(args, config, settings).map_err(Refusal::Other)
+}
+
+fn prepare_run(args: &Args, config: StudentConfig, settings: Settings) -> anyhow::Result<Prepared> {
     let (file, file_name) = match &args.instructor_config {
         Some(path) => (ScenarioFile::load(path)?, path.display().to_string()),
         None => (
             ScenarioFile::parse(DEFAULT_SCENARIOS, Path::new("built-in scenarios"))?,
             "built-in CloudCart scenarios (labs/cloudcart/instructor_config.json)".to_string(),
         ),
+    };
+    for warning in &file.warnings {
+        eprintln!("kvlab assess: warning: {file_name}: {warning}");
+    }
+    let file = if args.only.is_empty() {
+        file
+    } else {
+        file.only(&args.only).map_err(anyhow::Error::msg)?
     };
     let ports = match args.base_port {
         None => Ports::DEFAULT,
@@ -124,7 +158,11 @@ fn prepare(args: &Args) -> anyhow::Result<Prepared> {
 /// The command line's entry: returns the exit code.
 pub async fn run(args: Args) -> anyhow::Result<i32> {
     let started = Instant::now();
-    let prep = prepare(&args)?;
+    let prep = match prepare(&args) {
+        Ok(p) => p,
+        Err(Refusal::Other(e)) => return Err(e),
+        Err(Refusal::Config(e)) => return refuse_config(&args, e).await,
+    };
     // Listen for Ctrl-C / SIGTERM from here on: an interrupted start or run
     // still stops the cluster (dropping a half-started one kills it too).
     let interrupted = crate::http::shutdown_signal();
@@ -160,7 +198,19 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
         started.elapsed().as_secs_f64(),
     );
     emit(&report, &args).await?;
-    Ok(exit_code(&report, args.min_score))
+    Ok(exit_code(&report, &args))
+}
+
+/// An ungradable config: a grading platform gets its report with the
+/// reason (and the run exits 1 all the same).
+async fn refuse_config(args: &Args, e: anyhow::Error) -> anyhow::Result<i32> {
+    let config = args.config.display().to_string();
+    let Some(text) = render::config_error(args.format, &config, &format!("{e:#}")) else {
+        return Err(e);
+    };
+    write_out(args, &text).await?;
+    eprintln!("kvlab: error: {e:#}");
+    Ok(1)
 }
 
 async fn start_cluster(prep: &Prepared, args: &Args) -> anyhow::Result<Option<ClusterProcess>> {
@@ -227,10 +277,14 @@ async fn finish_cluster(cluster: Option<ClusterProcess>, args: &Args) {
 
 /// Writes the report where it was asked for.
 async fn emit(report: &Report, args: &Args) -> anyhow::Result<()> {
-    let color = args.output.is_none()
-        && std::io::stdout().is_terminal()
-        && std::env::var_os("NO_COLOR").is_none();
-    let text = render::render(report, args.format, color);
+    let style = render::Style {
+        color: args.output.is_none() && crate::events::color_on(std::io::stdout().is_terminal()),
+        leaderboard: args.leaderboard,
+    };
+    write_out(args, &render::render(report, args.format, style)).await
+}
+
+async fn write_out(args: &Args, text: &str) -> anyhow::Result<()> {
     match &args.output {
         Some(path) => tokio::fs::write(path, text)
             .await
@@ -242,10 +296,14 @@ async fn emit(report: &Report, args: &Args) -> anyhow::Result<()> {
     }
 }
 
-/// 0, or [`EXIT_BELOW_MIN_SCORE`] when `--min-score` is not reached.
-pub fn exit_code(report: &Report, min_score: Option<f64>) -> i32 {
-    match min_score {
-        Some(min) if report.score + 1e-9 < min => EXIT_BELOW_MIN_SCORE,
-        _ => 0,
+/// 0, or [`EXIT_BELOW_MIN_SCORE`] when `--min-score` is not reached or,
+/// with `--only`, when a test of the chosen scenarios failed.
+pub fn exit_code(report: &Report, args: &Args) -> i32 {
+    let below_min = args.min_score.is_some_and(|min| report.score + 1e-9 < min);
+    let only_failed = !args.only.is_empty() && report.scenarios.iter().any(|s| s.passed < s.total);
+    if below_min || only_failed {
+        EXIT_BELOW_MIN_SCORE
+    } else {
+        0
     }
 }

@@ -1,10 +1,16 @@
-//! The four outputs of `kvlab assess`, each a pure function of a [`Report`].
+//! The outputs of `kvlab assess`, each a pure function of a [`Report`].
 //!
 //! - `terminal`: the score card a student reads; colour only when asked
 //!   (the caller decides: a terminal, no `NO_COLOR`, not writing to a file).
 //! - `json`: the report as it is, for scripts.
-//! - `gradescope`: Gradescope's `results.json` (score, max_score, and one
-//!   entry per scenario with its own score, max_score and output).
+//! - `gradescope`: Gradescope's `results.json`: score, max_score, one test
+//!   per scenario with its score, its `visibility`, and Markdown feedback
+//!   (`output_format: "md"`) naming the failing checks and the config
+//!   field at fault; optionally a `leaderboard`.
+//! - `prairielearn`: PrairieLearn's external-grader `results.json`: a
+//!   `score` from 0 to 1, `gradable`, `message`, and `tests[]` with
+//!   `points` / `max_points`. An invalid config gives `gradable: false`
+//!   with `format_errors` (see [`config_error`]).
 //! - `junit`: JUnit XML, one test suite per scenario and one test case per
 //!   test, for CI systems. Text is escaped by hand (five entities, and the
 //!   control characters XML 1.0 forbids are dropped): no XML crate needed.
@@ -21,16 +27,51 @@ pub enum Format {
     Terminal,
     Json,
     Gradescope,
+    Prairielearn,
     Junit,
 }
 
-pub fn render(report: &Report, format: Format, color: bool) -> String {
+/// How to render, beyond the format.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Style {
+    /// ANSI colours (terminal only).
+    pub color: bool,
+    /// Gradescope: add a `leaderboard` (score, and cost per hour).
+    pub leaderboard: bool,
+}
+
+pub fn render(report: &Report, format: Format, style: Style) -> String {
     match format {
-        Format::Terminal => terminal(report, color),
+        Format::Terminal => terminal(report, style.color),
         Format::Json => json(report),
-        Format::Gradescope => gradescope(report),
+        Format::Gradescope => gradescope(report, style.leaderboard),
+        Format::Prairielearn => prairielearn(report),
         Format::Junit => junit(report),
     }
+}
+
+/// The report a grading platform gets when the student's config cannot be
+/// run at all (bad JSON, W > N...): the platform must still receive its
+/// file, with the reason, rather than nothing. `None` for the formats that
+/// have no such shape (the error then goes to stderr only).
+pub fn config_error(format: Format, config: &str, problem: &str) -> Option<String> {
+    let body = match format {
+        Format::Prairielearn => json!({
+            "gradable": false,
+            "score": 0.0,
+            "message": format!("{config} cannot be graded: {problem}"),
+            "format_errors": { config: [problem] },
+            "tests": [],
+        }),
+        Format::Gradescope => json!({
+            "score": 0.0,
+            "output": format!("**{config} cannot be graded.**\n\n{problem}\n\nFix the file and submit again."),
+            "output_format": "md",
+            "tests": [],
+        }),
+        Format::Terminal | Format::Json | Format::Junit => return None,
+    };
+    serde_json::to_string_pretty(&body).ok()
 }
 
 // ---------------------------------------------------------------------------
@@ -216,7 +257,7 @@ fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
-pub fn gradescope(r: &Report) -> String {
+pub fn gradescope(r: &Report, leaderboard: bool) -> String {
     let tests: Vec<serde_json::Value> = r
         .scenarios
         .iter()
@@ -226,25 +267,135 @@ pub fn gradescope(r: &Report) -> String {
                 "score": round2(s.score),
                 "max_score": round2(s.weight),
                 "status": if s.passed == s.total { "passed" } else { "failed" },
+                "visibility": s.visibility,
+                "output": scenario_markdown(s),
+                "output_format": "md",
+            })
+        })
+        .collect();
+    let mut body = json!({
+        "score": round2(r.score),
+        "max_score": round2(r.max_score),
+        "output": summary_markdown(r),
+        "output_format": "md",
+        "test_output_format": "md",
+        "tests": tests,
+    });
+    if leaderboard {
+        body["leaderboard"] = json!([
+            {"name": "Score", "value": round2(r.score)},
+            {"name": "Cost ($/hour)", "value": round2(r.cost.per_hour), "order": "asc"},
+        ]);
+    }
+    serde_json::to_string_pretty(&body).unwrap_or_default()
+}
+
+/// The whole run in a few Markdown lines: the verdicts the card shows.
+fn summary_markdown(r: &Report) -> String {
+    format!(
+        "**Score {} / {} ({}), grade {}.**\n\n- {}\n- Cost ${}/hour against a budget of ${}/hour.\n- Justifications filled in: {} of 4.\n",
+        points(r.score),
+        points(r.max_score),
+        format_args!("{}%", points(r.percent)),
+        r.grade,
+        r.consistency.verdict(),
+        points(r.cost.per_hour),
+        points(r.cost.budget),
+        r.justified,
+    )
+}
+
+/// One scenario as Markdown feedback: what it checks, the config field at
+/// fault when it failed, and every test with its verdict and reason.
+pub fn scenario_markdown(s: &ScenarioResult) -> String {
+    let mut out = String::new();
+    if !s.description.is_empty() {
+        let _ = writeln!(out, "{}\n", s.description);
+    }
+    match (&s.setting, s.passed == s.total) {
+        (Some(field), false) => {
+            let _ = writeln!(out, "**Look at `{field}`** in your config.\n");
+        }
+        (None, false) => {
+            let _ = writeln!(out, "**Some checks failed.**\n");
+        }
+        (_, true) => {}
+    }
+    for t in &s.tests {
+        let verdict = if t.passed { "passed" } else { "**FAILED**" };
+        let what = t.description.as_deref().unwrap_or(&t.kind);
+        let _ = writeln!(
+            out,
+            "- `{}` {what} ({}): {verdict}. {}",
+            t.id,
+            t.kind,
+            markdown_text(&t.detail)
+        );
+    }
+    out
+}
+
+/// Plain text made safe inside a Markdown list item: characters Markdown
+/// would read as formatting are escaped.
+fn markdown_text(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(
+            c,
+            '\\' | '`' | '*' | '_' | '[' | ']' | '<' | '>' | '#' | '|'
+        ) {
+            out.push('\\');
+        }
+        out.push(if c == '\n' { ' ' } else { c });
+    }
+    out
+}
+
+/// PrairieLearn's external-grader results: the score is a fraction.
+pub fn prairielearn(r: &Report) -> String {
+    let tests: Vec<serde_json::Value> = r
+        .scenarios
+        .iter()
+        .map(|s| {
+            let failed: Vec<&str> = s
+                .tests
+                .iter()
+                .filter(|t| !t.passed)
+                .map(|t| t.id.as_str())
+                .collect();
+            let message = match (failed.is_empty(), &s.setting) {
+                (true, _) => "all checks passed".to_string(),
+                (false, Some(field)) => {
+                    format!("failed: {}; look at {field}", failed.join(", "))
+                }
+                (false, None) => format!("failed: {}", failed.join(", ")),
+            };
+            json!({
+                "name": format!("{}: {}", s.id, s.name),
+                "description": s.description,
+                "points": round2(s.score),
+                "max_points": round2(s.weight),
+                "message": message,
                 "output": scenario_text(s),
             })
         })
         .collect();
-    let summary = format!(
-        "{}\n{}\nJustifications filled in: {} of 4. Grade {}.",
-        r.consistency.verdict(),
-        format_args!(
-            "Cost ${}/hour against a budget of ${}/hour.",
-            points(r.cost.per_hour),
-            points(r.cost.budget)
-        ),
-        r.justified,
-        r.grade
-    );
+    let score = if r.max_score > 0.0 {
+        (r.score / r.max_score).clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
     let body = json!({
-        "score": round2(r.score),
-        "max_score": round2(r.max_score),
-        "output": summary,
+        "gradable": true,
+        "score": (score * 10_000.0).round() / 10_000.0,
+        "message": format!(
+            "{} / {} points, grade {}. {}",
+            points(r.score),
+            points(r.max_score),
+            r.grade,
+            r.consistency.verdict()
+        ),
+        "output": summary_markdown(r),
         "tests": tests,
     });
     serde_json::to_string_pretty(&body).unwrap_or_default()
@@ -368,6 +519,7 @@ mod tests {
             id: id.into(),
             kind: "read".into(),
             passed,
+            description: None,
             detail: "got <v1> & \"quotes\" \u{1} back".into(),
             duration_ms: 12,
         };
@@ -376,6 +528,8 @@ mod tests {
             name: "Stale carts".into(),
             description: "reads after writes".into(),
             weight: 30.0,
+            visibility: crate::assess::scenario::Visibility::Hidden,
+            setting: Some("deployment.read_quorum".into()),
             passed: 1,
             total: 2,
             score: 15.0,
@@ -428,7 +582,7 @@ mod tests {
 
     #[test]
     fn gradescope_has_its_shape() {
-        let v: serde_json::Value = serde_json::from_str(&gradescope(&sample())).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&gradescope(&sample(), false)).unwrap();
         assert_eq!(v["score"], 15.0);
         assert_eq!(v["max_score"], 30.0);
         let t = &v["tests"][0];
@@ -437,7 +591,41 @@ mod tests {
             (t["score"].as_f64(), t["max_score"].as_f64()),
             (Some(15.0), Some(30.0))
         );
+        let md = t["output"].as_str().unwrap();
+        assert!(md.contains("`t2` read (read): **FAILED**"), "{md}");
+        assert!(md.contains("**Look at `deployment.read_quorum`**"), "{md}");
+        assert!(md.contains("got \\<v1\\>"), "{md}");
+        assert_eq!(t["output_format"], "md");
+        assert_eq!(t["visibility"], "hidden");
+        assert_eq!(v["output_format"], "md");
+        assert!(v.get("leaderboard").is_none());
+        let v: serde_json::Value = serde_json::from_str(&gradescope(&sample(), true)).unwrap();
+        assert_eq!(v["leaderboard"][0]["name"], "Score");
+        assert_eq!(v["leaderboard"][1]["order"], "asc");
+        assert_eq!(v["leaderboard"][1]["value"], 60.0);
+    }
+
+    #[test]
+    fn prairielearn_has_its_shape() {
+        let v: serde_json::Value = serde_json::from_str(&prairielearn(&sample())).unwrap();
+        assert_eq!(v["gradable"], true);
+        assert_eq!(v["score"], 0.5);
+        assert!(v["message"].as_str().unwrap().contains("15 / 30 points"));
+        let t = &v["tests"][0];
+        assert_eq!(t["name"], "INC-3: Stale carts");
+        assert_eq!(
+            (t["points"].as_f64(), t["max_points"].as_f64()),
+            (Some(15.0), Some(30.0))
+        );
+        assert_eq!(t["message"], "failed: t2; look at deployment.read_quorum");
         assert!(t["output"].as_str().unwrap().contains("[FAIL] t2"));
+        let bad: serde_json::Value = serde_json::from_str(
+            &config_error(Format::Prairielearn, "c.json", "W=4 > N=3").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(bad["gradable"], false);
+        assert_eq!(bad["format_errors"]["c.json"][0], "W=4 > N=3");
+        assert!(config_error(Format::Junit, "c.json", "x").is_none());
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use serde::Serialize;
 
 use super::grade::{self, Consistency, Cost, JUSTIFICATIONS};
-use super::scenario::{Scenario, ScenarioFile};
+use super::scenario::{Scenario, ScenarioFile, Visibility};
 use super::settings::Settings;
 use crate::labconfig::StudentConfig;
 
@@ -19,6 +19,9 @@ pub struct TestResult {
     #[serde(rename = "type")]
     pub kind: String,
     pub passed: bool,
+    /// The scenario file's words for the test, if it has them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
     /// What happened, for a person: what was sent, what came back, why it
     /// passed or failed.
     pub detail: String,
@@ -31,6 +34,10 @@ pub struct ScenarioResult {
     pub name: String,
     pub description: String,
     pub weight: f64,
+    pub visibility: Visibility,
+    /// The student-config field the scenario is about, if the file says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub setting: Option<String>,
     pub passed: usize,
     pub total: usize,
     pub score: f64,
@@ -49,6 +56,8 @@ impl ScenarioResult {
             name: s.name.clone(),
             description: s.description.clone(),
             weight: s.weight,
+            visibility: s.visibility,
+            setting: s.setting.clone(),
             passed,
             total,
             score: grade::scenario_score(passed, total, s.weight),

@@ -89,6 +89,7 @@ async fn run_scenario(target: &Target, s: &Scenario, progress: &Progress) -> Vec
             id: t.id.clone(),
             kind,
             passed: outcome.passed,
+            description: t.description.clone(),
             detail: outcome.detail,
             duration_ms: started.elapsed().as_millis() as u64,
         });

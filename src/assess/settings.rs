@@ -85,7 +85,7 @@ pub struct Ports {
 }
 
 impl Ports {
-    /// The lab's default ports (api.md).
+    /// The lab's default ports (docs/api.md).
     pub const DEFAULT: Ports = Ports {
         coordinator: ports::COORDINATOR,
         registry: ports::REGISTRY,

@@ -2,7 +2,7 @@
 //!
 //! A [`Target`] turns "read key k" or "write key k" into one HTTP request and
 //! turns the answer into an [`Outcome`]. Two targets exist: kvlab (gateway or
-//! coordinator, api.md) and etcd's HTTP/JSON gateway, so that both systems are
+//! coordinator, docs/api.md) and etcd's HTTP/JSON gateway, so that both systems are
 //! measured by the same client code and only the request shape differs.
 //!
 //! Invariant: every answer's body is read to its end before `send` returns,

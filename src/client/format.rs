@@ -14,8 +14,7 @@ impl Paint {
     /// Colour only on a terminal, and never when `NO_COLOR` is set.
     pub fn for_stdout() -> Paint {
         use std::io::IsTerminal;
-        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
-        Paint(std::io::stdout().is_terminal() && !no_color)
+        Paint(crate::events::color_on(std::io::stdout().is_terminal()))
     }
 
     fn code(self, code: &str, text: &str) -> String {
@@ -131,7 +130,12 @@ pub fn status(v: &Value, p: Paint) -> String {
         "  quorum: W={} R={}   alive followers {}   can write {}   can read {}",
         s(&q["W"]),
         s(&q["R"]),
-        s(&q["total_alive"]),
+        // `alive_followers` is kvlab's; an older gateway only has the total.
+        s(if q["alive_followers"].is_null() {
+            &q["total_alive"]
+        } else {
+            &q["alive_followers"]
+        }),
         tick(&q["can_write"]),
         tick(&q["can_read"])
     ));

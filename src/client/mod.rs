@@ -329,7 +329,7 @@ impl Iterator for PromptLines {
                 }
                 Some(line)
             }
-            // Ctrl-C or Ctrl-D leave, as `quit` does.
+            // Ctrl-C or Ctrl-D leave, as `quit` does (a half-typed line is dropped).
             Err(_) => None,
         }
     }

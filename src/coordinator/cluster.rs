@@ -1,7 +1,7 @@
 //! The coordinator's table of nodes, and the quorum sets derived from it.
 //!
 //! The sets are the heart of the lab's lesson, so they are computed by one
-//! pure function, [`QuorumSets::of`], straight from api.md:
+//! pure function, [`QuorumSets::of`], straight from docs/api.md ("Quorums"):
 //! - the **sync set**: the W alive followers with the lowest ports;
 //! - the **async set**: the other alive followers;
 //! - the **read set**: the R alive followers with the highest ports.

@@ -76,6 +76,8 @@ pub struct Launched {
 pub enum LaunchError {
     #[error("port {0} is already in use by another process")]
     PortInUse(u16),
+    #[error("cannot listen on port {port}: {source}")]
+    PortUnusable { port: u16, source: std::io::Error },
     #[error("cannot open the node's log file {path}: {source}")]
     LogFile {
         path: PathBuf,
@@ -91,6 +93,16 @@ pub enum LaunchError {
 /// Is anybody listening on (or holding) this port?
 pub fn port_is_free(host: &str, port: u16) -> bool {
     TcpListener::bind((host, port)).is_ok()
+}
+
+/// Can a node listen on this port now? Says why not: taken, or refused
+/// (a privileged port, say).
+pub fn check_port(host: &str, port: u16) -> Result<(), LaunchError> {
+    match TcpListener::bind((host, port)) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(LaunchError::PortInUse(port)),
+        Err(source) => Err(LaunchError::PortUnusable { port, source }),
+    }
 }
 
 /// Waits (briefly) for a port to be free: the process that held it may have

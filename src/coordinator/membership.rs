@@ -28,10 +28,13 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long `/catchup` waits for a follower to hold the whole log.
 const CATCHUP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Background duties: the per-second event summary, and re-telling the leader
-/// its followers every 2 s (so a push that failed is repaired).
+/// Background duties: the per-second event summary, re-telling the leader
+/// its followers every 2 s (so a push that failed is repaired), and the
+/// liveness reconciliation (see [`super::liveness`]). One task: aborting it
+/// stops them all.
 pub fn start_background(c: Arc<Coordinator>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+    let reconciler = super::liveness::run(c.clone());
+    let duties = async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut n: u64 = 0;
         loop {
@@ -43,6 +46,9 @@ pub fn start_background(c: Arc<Coordinator>) -> tokio::task::JoinHandle<()> {
                 c.push_peers(&c.snapshot()).await;
             }
         }
+    };
+    tokio::spawn(async move {
+        tokio::join!(duties, reconciler);
     })
 }
 
@@ -98,7 +104,34 @@ impl Coordinator {
                 c.can_read(cfg.r)
             ),
         );
+        let roles: Vec<String> = std::iter::once(&c.leader)
+            .chain(c.followers.iter())
+            .map(|slot| format!("{} [{}]", slot.node_id, self.role_tag(&c, slot)))
+            .collect();
+        self.events
+            .info("roles", None, format!("🧭 roles: {}", roles.join(", ")));
         Ok(())
+    }
+
+    /// `LEADER`, or a follower's sets in capitals (`SYNC+READ`), `-` for
+    /// none (a dead follower).
+    fn role_tag(&self, cluster: &Cluster, slot: &Slot) -> String {
+        if slot.role == Role::Leader {
+            return "LEADER".into();
+        }
+        let sets = cluster.sets(self.config.w, self.config.r);
+        let tag = cluster
+            .view(slot, &sets)
+            .sets
+            .iter()
+            .map(|s| s.to_uppercase())
+            .collect::<Vec<_>>()
+            .join("+");
+        if tag.is_empty() {
+            "-".into()
+        } else {
+            tag
+        }
     }
 
     /// Says where the nodes keep their data, wiping it first with `--fresh`.
@@ -316,27 +349,20 @@ impl Coordinator {
     ) {
         let (w, r) = (self.config.w, self.config.r);
         let slot = after.slot(node_id).expect("slot exists");
-        let sets = after.sets(w, r);
-        let tag = after
-            .view(slot, &sets)
-            .sets
-            .iter()
-            .map(|s| s.to_uppercase())
-            .collect::<Vec<_>>()
-            .join("+");
-        let tag = if slot.role == Role::Leader {
-            "LEADER".to_string()
-        } else if tag.is_empty() {
-            "-".into()
+        // While the cluster starts, the sets change with every node that
+        // comes up, so a tag would be wrong; `start` prints the real ones
+        // once everyone is up.
+        let tag = if self.ready.load(std::sync::atomic::Ordering::Relaxed) {
+            format!(" [{}]", self.role_tag(after, slot))
         } else {
-            tag
+            String::new()
         };
         match status {
             NodeStatus::Alive => self.events.good(
                 "node_up",
                 Some(node_id),
                 format!(
-                    "🟢 {node_id} is up on :{} [{tag}] (incarnation {}, {why})",
+                    "🟢 {node_id} is up on :{}{tag} (incarnation {}, {why})",
                     slot.port, slot.incarnation
                 ),
             ),
@@ -455,6 +481,18 @@ impl Coordinator {
         while tokio::time::Instant::now() < deadline && pids.iter().any(|&p| process_exists(p)) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        let stubborn: Vec<u32> = pids
+            .iter()
+            .copied()
+            .filter(|&p| process_exists(p))
+            .collect();
+        if !stubborn.is_empty() {
+            self.events.warn(
+                "stop_forced",
+                None,
+                format!("🔨 nodes {stubborn:?} ignored SIGTERM for 2 s: SIGKILL"),
+            );
+        }
         for &pid in &pids {
             launcher::signal(pid, libc::SIGKILL);
         }
@@ -488,10 +526,18 @@ impl Coordinator {
             Role::Leader
         } else {
             if reused {
+                let why = match self.snapshot().slot(&node_id) {
+                    Some(s) if s.status != NodeStatus::Dead => {
+                        ": its process has exited, though its heartbeat timeout has not run out yet"
+                    }
+                    _ => "",
+                };
                 self.events.info(
                     "slot_reused",
                     Some(&node_id),
-                    format!("♻️  reusing the slot of {node_id} (port {port}) for a new process"),
+                    format!(
+                        "♻️  reusing the slot of {node_id} (port {port}) for a new process{why}"
+                    ),
                 );
             }
             Role::Follower
@@ -511,11 +557,20 @@ impl Coordinator {
                 })
             }
             Err(e) => {
+                if !reused {
+                    // A slot that never served is dropped, so that later
+                    // spawns do not take it for a dead follower to reuse.
+                    self.cluster
+                        .lock()
+                        .unwrap()
+                        .followers
+                        .retain(|s| s.node_id != node_id);
+                }
                 self.events
                     .bad("spawn_failed", Some(&node_id), format!("❌ {e:#}"));
-                Err(ApiError::internal(
-                    json!({"error": "spawn failed", "node_id": node_id, "reason": format!("{e:#}")}),
-                ))
+                Err(ApiError::internal(json!({
+                    "error": "spawn failed", "node_id": node_id, "reason": format!("{e:#}"),
+                    "slot_kept": reused})))
             }
         }
     }
@@ -531,11 +586,8 @@ impl Coordinator {
                     "the leader cannot be respawned in an --in-memory cluster: a new, empty leader would lose the log; run the cluster with a data directory (the default) to restart the leader on it",
                 ));
             }
-            // A process that is gone counts as dead even before the
-            // registry notices its silence (a crash kill, say).
-            let gone = |s: &Slot| s.pid.is_some_and(|p| !process_exists(p));
             return match c.slot(id) {
-                Some(s) if s.status != NodeStatus::Dead && !gone(s) => {
+                Some(s) if s.status != NodeStatus::Dead && !has_exited(s) => {
                     Err(ApiError::conflict(json!({
                     "error": "node is not dead", "node_id": id, "status": s.status.as_str(),
                     "hint": "kill it first, or POST /spawn without a node_id for a new follower"})))
@@ -550,26 +602,74 @@ impl Coordinator {
                     Ok((id.clone(), s.port, true))
                 }
                 None => {
-                    let port = req
-                        .port
-                        .map_or_else(|| free_port_after(&c, &self.config), Ok)?;
-                    Ok((id.clone(), port, false))
+                    self.check_growth(&c, id, req.grow)?;
+                    Ok((id.clone(), self.port_for_new_slot(&c, req.port)?, false))
                 }
             };
         }
-        if let Some(dead) = c.first_dead_follower() {
-            return Ok((dead.node_id.clone(), dead.port, true));
+        // A dead slot first; else one whose process is known to have exited
+        // although the registry has not noticed its silence yet (a crash a
+        // moment ago). Reusing it keeps N as it is.
+        let reusable = c
+            .followers
+            .iter()
+            .find(|s| s.status == NodeStatus::Dead)
+            .or_else(|| c.followers.iter().find(|s| has_exited(s)));
+        if let Some(slot) = reusable {
+            return Ok((slot.node_id.clone(), slot.port, true));
         }
         let id = format!("follower-{}", c.next_follower_number());
-        let port = match req.port {
-            Some(p) => p,
-            None => free_port_after(&c, &self.config)?,
-        };
+        self.check_growth(&c, &id, req.grow)?;
+        let port = self.port_for_new_slot(&c, req.port)?;
         Ok((id, port, false))
     }
 
+    /// Refuses a new slot that would make W + R <= N, unless asked (`grow`).
+    /// With W + R > N every read set meets every sync set; one more follower
+    /// can end that silently, and reads would then miss acknowledged writes.
+    fn check_growth(&self, c: &Cluster, id: &str, grow: bool) -> Result<(), ApiError> {
+        let (w, r, n) = (self.config.w, self.config.r, c.followers.len() + 1);
+        if grow || w + r > n {
+            return Ok(());
+        }
+        Err(ApiError::conflict(json!({
+            "error": "spawn would break the quorum rule",
+            "node_id": id,
+            "reason": format!(
+                "adding {id} makes N={n} with W={w} and R={r}: W + R = {} is not greater \
+                 than N, so a read's {r} followers could all miss a write's {w} sync \
+                 followers, and reads could return stale data",
+                w + r
+            ),
+            "hint": "respawn a dead follower instead (POST /spawn {\"node_id\": ...}), \
+                     or send {\"grow\": true} to grow N anyway"
+        })))
+    }
+
+    /// The port of a new slot: the one asked for if a node can listen on
+    /// it, else the next free one.
+    fn port_for_new_slot(&self, c: &Cluster, asked: Option<u16>) -> Result<u16, ApiError> {
+        let port = match asked {
+            None => return free_port_after(c, &self.config),
+            Some(0) => {
+                return Err(ApiError::bad_request(json!({"error": "invalid port",
+                    "reason": "port 0 would let the system pick one; name a port, or leave \"port\" out"})))
+            }
+            Some(p) => p,
+        };
+        launcher::check_port(&self.config.launch.host, port).map_err(|e| {
+            ApiError::conflict(json!({
+                "error": "port unusable",
+                "port": port,
+                "reason": format!("{e}: nothing was started and no slot was added"),
+                "hint": "pick another port, or leave \"port\" out to get a free one"
+            }))
+        })?;
+        Ok(port)
+    }
+
     /// After a (re)spawn, narrates when the follower holds the whole log.
-    fn report_catchup(self: &Arc<Self>, slot: Slot) {
+    pub(super) fn report_catchup(self: &Arc<Self>, slot: Slot) {
         let c = self.clone();
         tokio::spawn(async move {
             match c.wait_caught_up(&slot).await {
@@ -615,9 +715,16 @@ impl Coordinator {
     }
 }
 
+/// The slot's process is known to have exited: it counts as dead even
+/// before the registry notices its silence (a crash kill, say). A slot still
+/// starting is its starter's business.
+fn has_exited(s: &Slot) -> bool {
+    s.status != NodeStatus::Starting && s.pid.is_some_and(|p| !process_exists(p))
+}
+
 /// True while the process runs. A zombie (exited, not yet reaped) counts as
 /// gone: it holds no port and serves nothing.
-fn process_exists(pid: u32) -> bool {
+pub(super) fn process_exists(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the command name, which is in parentheses.
         Ok(stat) => stat
@@ -805,6 +912,14 @@ pub async fn catchup(
             "No leader available to catch up from",
         ));
     }
+    if has_exited(&slot) {
+        // A stopped node's last heartbeat can reach the registry after it
+        // deregistered: that must not bring the slot back.
+        return Err(ApiError::conflict(
+            json!({"error": "its process has exited",
+            "node_id": slot.node_id, "hint": "POST /spawn to start it again"}),
+        ));
+    }
     if slot.status != NodeStatus::Alive {
         c.transition(
             &slot.node_id,
@@ -836,26 +951,30 @@ pub async fn catchup(
     }
 }
 
-/// `POST /node-died`: the registry stopped hearing from a node.
+/// `POST /node-died`: the registry stopped hearing from a node. A hint,
+/// checked against the registry's current view (see [`super::liveness`]).
 pub async fn node_died(
     State(c): Shared,
     ApiJson(req): ApiJson<NodeDiedRequest>,
-) -> Result<Json<StatusOnly>, ApiError> {
+) -> Result<Json<NoticeAnswer>, ApiError> {
     if c.snapshot().slot(&req.node_id).is_none() {
         return Err(ApiError::not_found(format!(
             "Node '{}' not found",
             req.node_id
         )));
     }
-    c.transition(
-        &req.node_id,
-        req.incarnation,
-        NodeStatus::Dead,
-        "no heartbeat: declared dead by the registry",
-    )
-    .await;
-    Ok(Json(StatusOnly {
+    let outcome = c
+        .notice_death(
+            &req.node_id,
+            req.incarnation,
+            req.registry_epoch,
+            req.view_version,
+        )
+        .await;
+    Ok(Json(NoticeAnswer {
         status: "acknowledged".into(),
+        applied: outcome.applied,
+        reason: outcome.reason,
     }))
 }
 
@@ -863,7 +982,7 @@ pub async fn node_died(
 pub async fn node_revived(
     State(c): Shared,
     ApiJson(req): ApiJson<NodeRevivedRequest>,
-) -> Result<Json<StatusOnly>, ApiError> {
+) -> Result<Json<NoticeAnswer>, ApiError> {
     let Some(slot) = c.snapshot().slot(&req.node_id).cloned() else {
         return Err(ApiError::not_found(format!(
             "Node '{}' not found",
@@ -876,18 +995,12 @@ pub async fn node_revived(
             "node_id": req.node_id, "current": slot.incarnation}),
         ));
     }
-    if c.transition(
-        &req.node_id,
-        req.incarnation,
-        NodeStatus::Alive,
-        "heartbeats resumed",
-    )
-    .await
-        && slot.role == Role::Follower
-    {
-        c.report_catchup(slot);
-    }
-    Ok(Json(StatusOnly {
+    let outcome = c
+        .notice_revival(&req.node_id, req.registry_epoch, req.view_version)
+        .await;
+    Ok(Json(NoticeAnswer {
         status: "acknowledged".into(),
+        applied: outcome.applied,
+        reason: outcome.reason,
     }))
 }

@@ -4,8 +4,10 @@
 //! [`launcher`]), keeps the table of who is alive (see [`cluster`]), tells the
 //! leader which followers to replicate to and which are in the sync set, and
 //! runs the client-facing write and read paths with the lab's quorum rules
-//! (see [`requests`]). The registry tells it when nodes die or come back; it
-//! narrates everything on its console (see [`crate::events`]).
+//! (see [`requests`]). Who is alive follows the registry's current view,
+//! pulled every second, or direct probes of the nodes when the registry is
+//! gone (see [`liveness`]); it narrates everything on its console (see
+//! [`crate::events`]).
 //!
 //! Invariants:
 //! - membership changes are serialized (one at a time), and the leader is told
@@ -18,6 +20,7 @@ mod batch;
 pub mod cluster;
 mod failover;
 pub mod launcher;
+mod liveness;
 mod membership;
 mod requests;
 
@@ -43,6 +46,7 @@ use launcher::{LaunchSettings, NodeStorage};
 /// Flags of `kvlab coordinator` (and the matching ones of `kvlab up`).
 #[derive(Debug, Clone, Parser)]
 pub struct Args {
+    /// Port to listen on.
     #[arg(long, default_value_t = ports::COORDINATOR)]
     pub port: u16,
     /// Address to listen on (and to start nodes on).
@@ -287,6 +291,8 @@ pub struct Coordinator {
     reads: Mutex<HashMap<String, (u64, requests::ReadBatcher)>>,
     /// Leader election and failover (see [`failover`]).
     failover: failover::Failover,
+    /// Where liveness comes from, and the last registry view applied.
+    liveness: liveness::Liveness,
 }
 
 impl Coordinator {
@@ -309,6 +315,7 @@ impl Coordinator {
             writes: std::sync::OnceLock::new(),
             reads: Mutex::new(HashMap::new()),
             failover: failover::Failover::new(config.unclean_failover),
+            liveness: liveness::Liveness::default(),
             config,
         })
     }
@@ -327,12 +334,14 @@ impl Coordinator {
             quorum: QuorumView {
                 w: self.config.w,
                 r: self.config.r,
-                total_alive: c.alive_followers(),
+                total_alive: c.alive_followers() + usize::from(c.leader.is_alive()),
+                alive_followers: c.alive_followers(),
                 can_write: c.can_write(self.config.w),
                 can_read: c.can_read(self.config.r),
             },
             term: c.term,
             failover: self.failover.view(c.leader.is_alive()),
+            liveness: self.liveness.source().as_str().into(),
         }
     }
 }
@@ -398,7 +407,8 @@ async fn info(State(c): Shared) -> Json<CoordinatorInfo> {
     let cl = c.cluster.lock().unwrap();
     Json(CoordinatorInfo {
         service: "coordinator".into(),
-        leader: cl.leader.is_alive().then(|| cl.leader.url.clone()),
+        leader: cl.leader.is_alive().then(|| cl.leader.node_id.clone()),
+        leader_url: cl.leader.is_alive().then(|| cl.leader.url.clone()),
         follower_count: cl.followers.len(),
         can_write: cl.can_write(c.config.w),
         can_read: cl.can_read(c.config.r),

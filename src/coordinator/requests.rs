@@ -400,7 +400,7 @@ impl Coordinator {
         let answers = join_all(asked.iter().map(|s| self.ask(s, &key))).await;
         let outcome = ReadOutcome::of(&asked, answers);
         if narrate {
-            self.narrate_read(&key, &outcome);
+            self.narrate_read(&key, &outcome, r);
         }
         outcome.into_result(key, r)
     }
@@ -435,7 +435,7 @@ impl Coordinator {
         batcher
     }
 
-    fn narrate_read(&self, key: &str, o: &ReadOutcome) {
+    fn narrate_read(&self, key: &str, o: &ReadOutcome, r: usize) {
         let asked: Vec<&str> = o.answers.iter().map(|(id, _)| id.as_str()).collect();
         let best = o.best().map(|(_, _, v)| v);
         let parts: Vec<String> = o
@@ -450,14 +450,11 @@ impl Coordinator {
                 Answer::Failed(e) => format!("{id} ✗ {e}"),
             })
             .collect();
-        let verdict = match o.best() {
-            Some((id, _, v)) => format!("v{v} wins, served by {id}"),
-            None => "not found".into(),
-        };
+        let (verdict, tone) = o.verdict(r);
         let conflict = o.versions_differ();
         self.events.emit(
             "read",
-            if conflict { Tone::Warn } else { Tone::Request },
+            tone,
             None,
             format!(
                 "🔎 READ {key} ← asked [{}]: {} → {verdict}{}",
@@ -594,6 +591,26 @@ impl ReadOutcome {
             .count()
     }
 
+    /// What the console says the read came to, and in which tone: the
+    /// answer the client gets. Too few answers is a 503 even when one of
+    /// them found the key, so it is never narrated as served.
+    fn verdict(&self, r: usize) -> (String, Tone) {
+        let responses = self.responses();
+        if responses < r {
+            let text = format!("READ QUORUM NOT MET: {responses} of R={r} answered → 503");
+            return (text, Tone::Bad);
+        }
+        let tone = if self.versions_differ() {
+            Tone::Warn
+        } else {
+            Tone::Request
+        };
+        match self.best() {
+            Some((id, _, v)) => (format!("v{v} wins, served by {id}"), tone),
+            None => ("not found → 404".into(), tone),
+        }
+    }
+
     fn versions_differ(&self) -> bool {
         let mut versions = self.answers.iter().filter_map(|(_, a)| match a {
             Answer::Found { version, .. } => Some(Some(*version)),
@@ -630,5 +647,38 @@ impl ReadOutcome {
                 "Key '{key}' not found in quorum"
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(answers: Vec<Answer>) -> ReadOutcome {
+        ReadOutcome {
+            answers: answers
+                .into_iter()
+                .enumerate()
+                .map(|(i, a)| (format!("follower-{}", i + 1), a))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_read_short_of_its_quorum_is_never_narrated_as_served() {
+        let found = || Answer::Found {
+            value: "v".into(),
+            version: 3,
+        };
+        let o = outcome(vec![found(), Answer::Failed("timed out".into())]);
+        let (text, tone) = o.verdict(2);
+        assert_eq!(text, "READ QUORUM NOT MET: 1 of R=2 answered → 503");
+        assert_eq!(tone, Tone::Bad);
+        assert!(o.into_result("k".into(), 2).is_err());
+        let o = outcome(vec![found(), Answer::NotFound]);
+        assert_eq!(o.verdict(2).0, "v3 wins, served by follower-1");
+        assert_eq!(o.verdict(2).1, Tone::Warn);
+        let o = outcome(vec![Answer::NotFound]);
+        assert_eq!(o.verdict(1).0, "not found → 404");
     }
 }

@@ -65,8 +65,10 @@ pub struct Args {
     /// This node's id: `leader` or `follower-<n>`.
     #[arg(long)]
     pub id: String,
+    /// Port to listen on.
     #[arg(long)]
     pub port: u16,
+    /// Whether this node takes writes (`leader`) or receives them (`follower`).
     #[arg(long, value_enum, default_value = "follower")]
     pub role: RoleArg,
     /// Address to listen on.
@@ -344,7 +346,44 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             _ = stop.shutdown.notified() => {},
         }
     };
-    crate::http::serve(listener, router(node), shutdown).await
+    serve_until_stopped(listener, node, shutdown).await
+}
+
+/// How long a stopping node lets requests in flight finish. Some requests
+/// wait by design (a write for its sync acks, `/replication/wait` for a
+/// follower on the 5 s async link); a stop must not wait for them, or the
+/// coordinator's SIGKILL fallback ends the node instead.
+const STOP_GRACE: Duration = Duration::from_millis(300);
+
+/// Serves until `shutdown`, then gives open requests [`STOP_GRACE`] to end.
+/// Dropping the server closes the connections that are still open; their
+/// clients see a closed connection, which they already handle as "node gone".
+async fn serve_until_stopped(
+    listener: tokio::net::TcpListener,
+    node: Arc<NodeState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (stopping_tx, mut stopping) = watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stopping_tx.send(true);
+    };
+    let open = node.clone();
+    let server = crate::http::serve(listener, router(node), shutdown);
+    let grace_over = async move {
+        let _ = stopping.wait_for(|s| *s).await;
+        tokio::time::sleep(STOP_GRACE).await;
+    };
+    tokio::select! {
+        served = server => served,
+        () = grace_over => {
+            tracing::warn!(
+                open = open.stats.active_requests.load(Ordering::Relaxed),
+                "stopping with requests still open (grace of {STOP_GRACE:?} over)"
+            );
+            Ok(())
+        }
+    }
 }
 
 /// The body limit of the batch routes (writes and reads gathered by the
@@ -468,7 +507,8 @@ async fn stats(State(node): Shared) -> Json<NodeStats> {
         replications_sent: s.replications_sent.load(Ordering::Relaxed),
         replications_received: s.replications_received.load(Ordering::Relaxed),
         data_count,
-        followers,
+        followers: followers.iter().map(|f| f.url.clone()).collect(),
+        follower_progress: followers,
         applied_seq,
         incarnation: node.incarnation,
         storage: node.durability.as_ref().map(|d| d.stats()),

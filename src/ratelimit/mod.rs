@@ -47,26 +47,31 @@ pub const DEFAULT_MAX_CLIENTS: usize = 100_000;
 /// rarely wait on each other; requests from one client always share a lock.
 const SHARDS: usize = 16;
 
-/// Which algorithm decides (`--rate-limit-strategy`).
+/// Which algorithm decides (`--rate-limit-strategy`). Its name is written
+/// with an underscore (`fixed_window`), as the original's `/stats` spells
+/// it; the flag takes either spelling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "snake_case")]
 pub enum Strategy {
     /// A new window of `window` seconds opens with the first request after the
     /// previous one expired, and admits `max` requests (the course's).
     #[default]
+    #[value(name = "fixed_window", alias = "fixed-window")]
     FixedWindow,
     /// At most `max` requests in any span of `window` seconds (a sliding log).
+    #[value(name = "sliding_window", alias = "sliding-window")]
     SlidingWindow,
     /// A bucket of `max` tokens refilled at `max / window` tokens per second.
+    #[value(name = "token_bucket", alias = "token-bucket")]
     TokenBucket,
 }
 
 impl Strategy {
     pub fn as_str(self) -> &'static str {
         match self {
-            Strategy::FixedWindow => "fixed-window",
-            Strategy::SlidingWindow => "sliding-window",
-            Strategy::TokenBucket => "token-bucket",
+            Strategy::FixedWindow => "fixed_window",
+            Strategy::SlidingWindow => "sliding_window",
+            Strategy::TokenBucket => "token_bucket",
         }
     }
 }
@@ -424,6 +429,7 @@ impl RateLimiter {
             window_seconds: self.limits.window.as_secs_f64(),
             allowed_requests: self.allowed.load(Ordering::Relaxed),
             rejected_requests: self.rejected.load(Ordering::Relaxed),
+            clients: self.tracked_clients(),
             tracked_clients: self.tracked_clients(),
             max_tracked_clients: self.capacity(),
             evicted_clients: self.evicted.load(Ordering::Relaxed),
@@ -505,7 +511,7 @@ mod tests {
         burst(&l, ALICE, 5);
         let s = l.stats();
         assert_eq!((s.allowed_requests, s.rejected_requests), (2, 3));
-        assert_eq!(s.strategy, "fixed-window");
+        assert_eq!(s.strategy, "fixed_window");
         assert_eq!(s.max_requests, 2);
         assert_eq!(s.window_seconds, 60.0);
         assert_eq!(s.tracked_clients, 1);

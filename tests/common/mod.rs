@@ -1,13 +1,19 @@
 //! Test harness: real `kvlab up` clusters on loopback.
 //!
 //! Each cluster gets its own block of ports (checked free, and spread by
-//! process id and a counter so parallel tests do not collide), is waited on
+//! process id and a counter so parallel tests do not collide), all below
+//! Linux's ephemeral range: a port in that range can be handed to some
+//! outgoing connection as its source port (a readiness probe connecting to
+//! a server that does not listen yet can even connect to itself), and the
+//! server then cannot bind it. A cluster is waited on
 //! through its HTTP endpoints and event log (never fixed sleeps), and is
 //! stopped when the handle drops; its nodes die with it (parent-death signal).
 //! Clusters are durable (the default) with a fresh data directory each,
 //! deleted with the handle, unless the test asks for `--in-memory`.
 
 #![allow(dead_code)]
+
+pub mod tty;
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -22,16 +28,48 @@ const BLOCK: u16 = 40;
 pub const GATEWAY_OFFSET: u16 = BLOCK - 1;
 static NEXT_BLOCK: AtomicU16 = AtomicU16::new(0);
 
-/// A block of ports nobody is listening on.
+/// Where test port blocks start: above the well-known and most registered
+/// service ports.
+const FIRST_PORT: u16 = 10_000;
+
+/// The first port of the kernel's ephemeral range (Linux's default 32768
+/// when it cannot be read).
+pub fn ephemeral_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
+}
+
+/// A block of ports nobody is listening on, below the ephemeral range.
 pub fn free_port_block() -> u16 {
+    let blocks = (ephemeral_start().saturating_sub(FIRST_PORT) / BLOCK).max(1);
     let spread = (std::process::id() % 200) as u16;
     loop {
         let n = NEXT_BLOCK.fetch_add(1, Ordering::SeqCst);
-        let base = 20_000 + ((spread * 7 + n) % 1000) * BLOCK;
+        let base = FIRST_PORT + ((spread * 7 + n) % blocks) * BLOCK;
         if (base..base + BLOCK).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
             return base;
         }
     }
+}
+
+/// A private temporary directory for the kvlab processes a test starts
+/// itself: with [`kvlab_in`], their default directories
+/// (`$TMPDIR/kvlab-<port>`, `kvlab-assess-<port>`) land inside it, and it is
+/// deleted when the test drops it.
+pub fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("kvlab-scratch-")
+        .tempdir()
+        .unwrap()
+}
+
+/// `kvlab` with its temporary directory inside `scratch`.
+pub fn kvlab_in(scratch: &tempfile::TempDir) -> Command {
+    let mut cmd = kvlab();
+    cmd.env("TMPDIR", scratch.path());
+    cmd
 }
 
 pub struct Cluster {
@@ -43,6 +81,8 @@ pub struct Cluster {
     pub http: reqwest::blocking::Client,
     /// The nodes' data (`<dir>/<node-id>`); `None` for `--in-memory`.
     pub data_dir: Option<tempfile::TempDir>,
+    /// The nodes' log files, deleted with the handle.
+    pub log_dir: tempfile::TempDir,
 }
 
 pub fn kvlab() -> Command {
@@ -72,7 +112,10 @@ impl Cluster {
 
     fn launch(data_dir: Option<&std::path::Path>, extra: &[&str]) -> Cluster {
         let base = free_port_block();
-        let log_dir = std::env::temp_dir().join(format!("kvlab-test-{base}"));
+        let log_dir = tempfile::Builder::new()
+            .prefix("kvlab-test-logs-")
+            .tempdir()
+            .unwrap();
         let mut cmd = kvlab();
         cmd.arg("up");
         if let Some(dir) = data_dir {
@@ -83,7 +126,8 @@ impl Cluster {
             .args(["--registry-port", &(base + 1).to_string()])
             .args(["--node-base-port", &(base + 2).to_string()])
             .args(["--gateway-port", &(base + GATEWAY_OFFSET).to_string()])
-            .args(["--log-dir", log_dir.to_str().unwrap()])
+            .arg("--log-dir")
+            .arg(log_dir.path())
             .arg("--quiet")
             .args(extra)
             .stdout(Stdio::null())
@@ -102,6 +146,7 @@ impl Cluster {
                 .build()
                 .unwrap(),
             data_dir: None,
+            log_dir,
         };
         cluster.wait_for_event("cluster_ready", None, Duration::from_secs(30));
         cluster
