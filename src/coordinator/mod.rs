@@ -18,6 +18,7 @@
 
 mod batch;
 pub mod cluster;
+mod failover;
 pub mod launcher;
 mod liveness;
 mod membership;
@@ -96,6 +97,12 @@ pub struct ClusterArgs {
     /// a follower further behind gets a snapshot.
     #[arg(long, default_value_t = 100_000)]
     pub log_retain: usize,
+    /// When the leader dies and no alive follower holds every acknowledged
+    /// write, promote the most advanced one anyway (and name the seqs that
+    /// may be lost). Without it such a failover is refused and writes stay
+    /// unavailable (Kafka's unclean.leader.election.enable).
+    #[arg(long)]
+    pub unclean_failover: bool,
     #[command(flatten)]
     pub storage: StorageArgs,
 }
@@ -228,6 +235,8 @@ pub struct Config {
     pub ack_timeout: Duration,
     /// How long a read waits for each follower.
     pub read_timeout: Duration,
+    /// See `ClusterArgs::unclean_failover`.
+    pub unclean_failover: bool,
 }
 
 impl Config {
@@ -259,6 +268,7 @@ impl Config {
             print_events: !args.quiet,
             ack_timeout: Duration::from_secs_f64(sync_delay + 2.5),
             read_timeout: Duration::from_secs(2),
+            unclean_failover: args.cluster.unclean_failover,
         })
     }
 
@@ -280,6 +290,8 @@ pub struct Coordinator {
     writes: std::sync::OnceLock<batch::Batcher<KeyValue, requests::WriteOutcome>>,
     /// Client reads, gathered per follower: node id -> (incarnation, batcher).
     reads: Mutex<HashMap<String, (u64, reads::ReadBatcher)>>,
+    /// Leader election and failover (see [`failover`]).
+    failover: failover::Failover,
     /// Where liveness comes from, and the last registry view applied.
     liveness: liveness::Liveness,
     /// The highest seq known to be held by W followers (see [`reads`]).
@@ -307,6 +319,7 @@ impl Coordinator {
             ready: std::sync::atomic::AtomicBool::new(false),
             writes: std::sync::OnceLock::new(),
             reads: Mutex::new(HashMap::new()),
+            failover: failover::Failover::new(config.unclean_failover),
             liveness: liveness::Liveness::default(),
             commit: reads::CommitPoint::default(),
             suspects: reads::Suspects::default(),
@@ -333,6 +346,8 @@ impl Coordinator {
                 can_write: c.can_write(self.config.w),
                 can_read: c.can_read(self.config.r),
             },
+            term: c.term,
+            failover: self.failover.view(c.leader.is_alive()),
             liveness: self.liveness.source().as_str().into(),
         }
     }
@@ -358,6 +373,7 @@ pub async fn serve(
         shutdown,
     ));
     let background = membership::start_background(coordinator.clone());
+    let failover = failover::start(coordinator.clone());
     let started = coordinator.start_cluster().await;
     if let Err(e) = &started {
         coordinator
@@ -371,6 +387,7 @@ pub async fn serve(
         Ok(())
     };
     background.abort();
+    failover.abort();
     coordinator.stop_all().await;
     started?;
     served

@@ -47,6 +47,8 @@ pub(super) struct WritePlan {
     leader: Slot,
     sync: Vec<Slot>,
     asynchronous: Vec<Slot>,
+    /// The term of that leader: an answer from another term does not count.
+    term: u64,
 }
 
 impl Coordinator {
@@ -58,8 +60,7 @@ impl Coordinator {
             return Err(ApiError::unavailable(json!({
                 "error": "Write quorum not available",
                 "alive_followers": alive, "required": w,
-                "cause": format!("the leader ({}) is {}: writes need a leader",
-                    cluster.leader.url, cluster.leader.status.as_str()),
+                "cause": self.failover.leader_down_cause(&cluster.leader),
             })));
         }
         if alive < w {
@@ -75,6 +76,7 @@ impl Coordinator {
             sync: pick(&sets.sync),
             asynchronous: pick(&sets.asynchronous),
             leader: cluster.leader.clone(),
+            term: cluster.term,
         })
     }
 
@@ -84,6 +86,7 @@ impl Coordinator {
         narrate: bool,
     ) -> Result<WriteResponse, ApiError> {
         let started = Instant::now();
+        self.wait_for_election().await;
         // Refuse at once (and say why) when there is nothing to write to; the
         // batch re-plans when it leaves, in case membership changed meanwhile.
         if let Err(e) = self.plan_write() {
@@ -113,6 +116,16 @@ impl Coordinator {
         let w = self.config.w;
         if narrate {
             self.narrate_write(&req.key, &plan, &answer, ms);
+        }
+        if answer.acked_by.len() >= w && !self.record_ack(plan.term, answer.seq) {
+            return Err(ApiError::unavailable(json!({
+                "error": "Write quorum not met",
+                "sync_acks": answer.acked_by.len(), "required": w,
+                "version": answer.version,
+                "cause": format!("the leader of term {} answered after a failover began: \
+                    its acks no longer count", plan.term),
+                "note": "the write may or may not survive the failover; its outcome is unknown to you",
+            })));
         }
         if answer.acked_by.len() < w {
             return Err(ApiError::unavailable(json!({
@@ -192,7 +205,7 @@ impl Coordinator {
             sync: plan.sync.iter().map(Slot::peer_ref).collect(),
             ack_timeout_ms: Some(self.config.ack_timeout.as_millis() as u64),
         };
-        match self.send_to_leader(&plan.leader, &body).await {
+        match self.send_to_leader(&plan.leader, plan.term, &body).await {
             Ok(answer) if answer.results.len() == n => answer
                 .results
                 .into_iter()
@@ -209,12 +222,13 @@ impl Coordinator {
     async fn send_to_leader(
         &self,
         leader: &Slot,
+        term: u64,
         body: &LeaderBatchRequest,
     ) -> Result<LeaderBatchResponse, ApiError> {
         let unreachable = |why: String| {
             self.events.bad(
                 "leader_unreachable",
-                Some(LEADER_ID),
+                Some(&leader.node_id),
                 format!("⛔ leader unreachable: {why}"),
             );
             ApiError::unavailable(format!("Leader unreachable: {why}"))
@@ -222,11 +236,24 @@ impl Coordinator {
         let resp = self
             .http
             .post(format!("{}/batch/write", leader.url))
+            .header(HEADER_TERM, term)
             .timeout(self.config.ack_timeout + std::time::Duration::from_secs(2))
             .json(body)
             .send()
             .await
             .map_err(|e| unreachable(describe_reqwest_error(&e)))?;
+        // A deposed leader's answer never counts (see `failover`).
+        let answered_in = resp
+            .headers()
+            .get(HEADER_TERM)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if answered_in != Some(term) {
+            return Err(unreachable(format!(
+                "{} answered in term {answered_in:?}, not the current term {term}",
+                leader.node_id
+            )));
+        }
         let status = resp.status();
         if !status.is_success() {
             let detail = error_detail(resp).await;

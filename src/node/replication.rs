@@ -20,7 +20,14 @@
 //!   [`Peer::due`]);
 //! - only entries the leader's own log has completed are sent (its
 //!   persisted seq, see `node::durable`), so no follower ever holds an entry
-//!   a leader crash could erase, and a restarted leader is never behind.
+//!   a leader crash could erase;
+//! - a stream belongs to one term: every request carries it, a follower of
+//!   a newer term refuses it (409 `stale term`), and then this node steps
+//!   down and the stream ends (see `node::leadership`);
+//! - the handshake compares the follower's term history with ours: where
+//!   they part, the follower is told to cut its log (`POST
+//!   /replicate/truncate`) before anything is sent, so a deposed leader's
+//!   unacknowledged tail is replaced by this term's entries.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,9 +37,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::log::Next;
-use super::{NodeState, BATCH_PAYLOAD_BYTES};
+use super::term::{common_prefix, TermHistory};
+use super::{leadership, NodeState, BATCH_PAYLOAD_BYTES};
 use crate::api::{
     AppendRequest, AppendResponse, Entry, FollowerProgress, InstallSnapshot, PeerConfig,
+    TruncateRequest, HEADER_TERM,
 };
 use crate::http::{describe_reqwest_error, error_detail};
 
@@ -56,6 +65,8 @@ pub struct Progress {
 /// A follower the leader replicates to.
 pub struct Peer {
     pub config: PeerConfig,
+    /// The term this stream replicates for.
+    term: u64,
     /// Whether it is in the sync set now (decides its delay). Can change
     /// without restarting the stream.
     sync: AtomicBool,
@@ -76,6 +87,7 @@ pub struct Peer {
 impl Peer {
     pub fn start(node: Arc<NodeState>, config: PeerConfig) -> Arc<Peer> {
         let peer = Arc::new(Peer {
+            term: node.term(),
             sync: AtomicBool::new(config.sync),
             promoted_at: std::sync::Mutex::new(None),
             waited_through: AtomicU64::new(0),
@@ -207,6 +219,9 @@ async fn stream(node: Arc<NodeState>, peer: Arc<Peer>) {
     let mut next: Option<u64> = None;
     let mut backoff = MIN_BACKOFF;
     loop {
+        if node.term() != peer.term || !node.is_leader() {
+            return; // stepped down: another term's leader streams now
+        }
         let from = match next {
             Some(seq) => seq,
             None => match handshake(&node, &peer).await {
@@ -295,28 +310,45 @@ fn plan(node: &NodeState, peer: &Peer, from: u64) -> Plan {
     }
 }
 
-/// Asks the follower which seq it holds, and checks it is the right process.
+/// Asks the follower where it stands and checks it is the right process.
+/// If its log parts from ours, cuts it back to what we share. Returns the
+/// seq from which the follower's log is ours.
 async fn handshake(node: &NodeState, peer: &Peer) -> Result<u64, String> {
     let url = format!("{}/replicate", peer.config.url);
     let resp = node
         .http
         .get(&url)
+        .header(HEADER_TERM, peer.term)
         .send()
         .await
         .map_err(|e| describe_reqwest_error(&e))?;
-    let answer = parse_answer(resp).await?;
+    let answer = parse_answer(node, resp).await?;
     check_incarnation(peer, &answer)?;
-    let ours = node.persisted_seq();
-    if answer.acked_seq > ours {
-        // Cannot happen within one history (see the invariants above): the
-        // follower's data directory must come from another cluster.
-        return Err(format!(
-            "{} holds entries up to seq {} but the leader's log ends at {ours}: its data \
-             comes from another history; wipe its data directory and respawn it",
-            peer.config.node_id, answer.acked_seq
-        ));
+    let shared = {
+        let core = node.core.lock().unwrap();
+        let theirs = TermHistory(answer.history.clone());
+        common_prefix(
+            &core.terms.history,
+            core.log.last_seq(),
+            &theirs,
+            answer.acked_seq,
+        )
+    };
+    if shared >= answer.acked_seq {
+        return Ok(answer.acked_seq);
     }
-    Ok(answer.acked_seq)
+    tracing::warn!(
+        follower = %peer.config.node_id,
+        holds = answer.acked_seq,
+        shared,
+        "follower's log parts from ours: asking it to truncate"
+    );
+    let body = TruncateRequest {
+        term: peer.term,
+        to_incarnation: peer.config.incarnation,
+        after_seq: shared,
+    };
+    post(node, peer, "replicate/truncate", &body).await
 }
 
 async fn send_entries(
@@ -326,7 +358,7 @@ async fn send_entries(
 ) -> Result<u64, String> {
     let count = batch.len() as u64;
     let body = AppendRequest {
-        term: node.term,
+        term: peer.term,
         to_incarnation: peer.config.incarnation,
         entries: batch.iter().map(|e| Entry::clone(e)).collect(),
     };
@@ -338,9 +370,10 @@ async fn send_entries(
 }
 
 async fn send_snapshot(node: &NodeState, peer: &Peer) -> Result<u64, String> {
-    let (seq, data) = {
+    let (seq, data, history) = {
         let core = node.core.lock().unwrap();
-        (core.store.applied_seq(), core.store.to_map())
+        let history = core.terms.history.0.clone();
+        (core.store.applied_seq(), core.store.to_map(), history)
     };
     // The state may include writes still on their way to our disk.
     let _ = node
@@ -354,10 +387,11 @@ async fn send_snapshot(node: &NodeState, peer: &Peer) -> Result<u64, String> {
         "follower lacks entries the log no longer holds: sending a snapshot"
     );
     let body = InstallSnapshot {
-        term: node.term,
+        term: peer.term,
         to_incarnation: peer.config.incarnation,
         seq,
         data,
+        history,
     };
     post(node, peer, "replicate/snapshot", &body).await
 }
@@ -373,19 +407,25 @@ async fn post(
     let resp = node
         .http
         .post(format!("{}/{path}", peer.config.url))
+        .header(HEADER_TERM, peer.term)
         .json(body)
         .send()
         .await
         .map_err(|e| describe_reqwest_error(&e))?;
-    let answer = parse_answer(resp).await?;
+    let answer = parse_answer(node, resp).await?;
     check_incarnation(peer, &answer)?;
     Ok(answer.acked_seq)
 }
 
-async fn parse_answer(resp: reqwest::Response) -> Result<AppendResponse, String> {
+/// The follower's answer, or why there is none. A `stale term` refusal
+/// means a newer leader exists: this node steps down on the spot.
+async fn parse_answer(node: &NodeState, resp: reqwest::Response) -> Result<AppendResponse, String> {
     if !resp.status().is_success() {
         let status = resp.status();
         let detail = error_detail(resp).await;
+        if let Some(term) = leadership::stale_term_in(&detail) {
+            leadership::adopt(node, term);
+        }
         return Err(format!("HTTP {status}: {detail}"));
     }
     resp.json::<AppendResponse>()

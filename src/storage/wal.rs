@@ -55,6 +55,11 @@ enum Command {
         seq: u64,
         done: oneshot::Sender<Result<CompactReport>>,
     },
+    /// Cut the log after `seq` and recover what remains.
+    Truncate {
+        seq: u64,
+        done: oneshot::Sender<Result<Recovered>>,
+    },
     /// Fsync now, whatever the policy; answers the durable seq.
     Sync { done: oneshot::Sender<Result<u64>> },
 }
@@ -270,6 +275,16 @@ impl Wal {
         self.request(Command::Reset { seq, done }, rx).await
     }
 
+    /// Cuts the log after `seq` and returns the state it now holds (see
+    /// `Log::truncate_after`): a follower whose tail diverged from the
+    /// leader's history. Appends queued before this call are written first,
+    /// then cut with the rest.
+    pub async fn truncate_after(&self, seq: u64) -> Result<Recovered> {
+        let _guard = self.snapshot_lock.lock().await;
+        let (done, rx) = oneshot::channel();
+        self.request(Command::Truncate { seq, done }, rx).await
+    }
+
     /// Writes the snapshot file on the blocking pool (it can take a while for
     /// a big state) so appends keep flowing meanwhile.
     async fn write_snapshot(&self, snapshot: Snapshot) -> Result<u64> {
@@ -413,6 +428,22 @@ impl Writer {
                 }
                 let _ = done.send(result);
             }
+            Command::Truncate { seq, done } => {
+                self.commit()?;
+                match self.log.truncate_after(seq) {
+                    Ok((log, recovered)) => {
+                        self.log = log;
+                        self.publish_truncation(&recovered);
+                        let _ = done.send(Ok(recovered));
+                    }
+                    // The files are in an unknown state: stop, as after
+                    // any other I/O error, and let a restart recover.
+                    Err(e) => {
+                        let _ = done.send(Err(StorageError::Stopped(e.to_string())));
+                        return Err(e);
+                    }
+                }
+            }
             Command::Reset { seq, done } => {
                 self.commit()?;
                 let result = self.log.reset(seq);
@@ -485,6 +516,17 @@ impl Writer {
         s.last_seq.store(seq, Ordering::Release);
         s.durable_seq.store(seq, Ordering::Release);
         s.snapshot_seq.store(seq, Ordering::Release);
+    }
+
+    /// After a truncation the log ends where recovery found it, durably.
+    fn publish_truncation(&mut self, recovered: &Recovered) {
+        self.dirty = false;
+        let s = &self.shared;
+        let last = self.log.last_seq();
+        s.last_seq.store(last, Ordering::Release);
+        s.durable_seq.store(last, Ordering::Release);
+        s.snapshot_seq
+            .store(recovered.report.snapshot_seq, Ordering::Release);
     }
 
     /// Records why the writer stops and fails everything in flight. Commands
