@@ -6,6 +6,7 @@
 pub mod api;
 pub mod assess;
 pub mod bench;
+pub mod check;
 pub mod client;
 pub mod coordinator;
 pub mod events;

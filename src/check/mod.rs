@@ -1,0 +1,5 @@
+//! `kvlab check`: a Jepsen-style checker of a real cluster.
+pub mod history;
+pub mod linearizability;
+pub mod model;
+pub mod verdict;
