@@ -1,5 +1,6 @@
 //! `kvlab check`: a Jepsen-style checker of a real cluster.
 pub mod history;
+pub mod workload;
 pub mod linearizability;
 pub mod model;
 pub mod verdict;
