@@ -8,8 +8,14 @@
 //!
 //! An acknowledged write reports its version, which the model holds it to;
 //! a write of unknown outcome takes whatever version comes next.
+//!
+//! One pruning rule keeps unknown writes from blowing up the search: an
+//! unknown write may not take the key past the highest version any known
+//! operation reported. Past it, no known operation could follow (versions
+//! only grow), so such a write can only be one that never took effect,
+//! and the search already allows for those (see `linearizability`).
 
-use super::linearizability::Model;
+use super::linearizability::{Model, Operation};
 
 /// An interned value (its index in the history's value table).
 pub type ValueId = u32;
@@ -34,8 +40,31 @@ pub enum Output {
 }
 
 /// The versioned register.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct VersionedRegister;
+#[derive(Debug, Clone, Copy)]
+pub struct VersionedRegister {
+    /// The highest version an operation with a known outcome reported.
+    pub max_version: u64,
+}
+
+impl VersionedRegister {
+    /// Without the pruning bound (for tests that compare against it).
+    pub const UNBOUNDED: VersionedRegister = VersionedRegister {
+        max_version: u64::MAX,
+    };
+
+    /// The register for one key's history, with its pruning bound.
+    pub fn for_ops(ops: &[Operation<Input, Output>]) -> VersionedRegister {
+        let max_version = ops
+            .iter()
+            .filter_map(|op| match op.output {
+                Output::Written(v) | Output::Found(_, v) => Some(v),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        VersionedRegister { max_version }
+    }
+}
 
 impl Model for VersionedRegister {
     type State = RegisterState;
@@ -52,7 +81,9 @@ impl Model for VersionedRegister {
             (Input::Write(value), Output::Written(v)) if *v == version + 1 => {
                 Some(Some((*value, *v)))
             }
-            (Input::Write(value), Output::WriteUnknown) => Some(Some((*value, version + 1))),
+            (Input::Write(value), Output::WriteUnknown) if version < self.max_version => {
+                Some(Some((*value, version + 1)))
+            }
             (Input::Read, Output::Found(value, v)) if *state == Some((*value, *v)) => Some(*state),
             (Input::Read, Output::NotFound) if state.is_none() => Some(None),
             _ => None,
@@ -66,7 +97,7 @@ mod tests {
 
     #[test]
     fn writes_take_the_next_version_and_reads_see_them() {
-        let m = VersionedRegister;
+        let m = VersionedRegister { max_version: 2 };
         let s = m.init();
         assert_eq!(m.step(&s, &Input::Read, &Output::NotFound), Some(None));
         assert_eq!(m.step(&s, &Input::Write(7), &Output::Written(2)), None);
@@ -77,5 +108,7 @@ mod tests {
         assert!(m.step(&s, &Input::Read, &Output::NotFound).is_none());
         let s = m.step(&s, &Input::Write(8), &Output::WriteUnknown).unwrap();
         assert_eq!(s, Some((8, 2)));
+        // Past the highest version anyone saw, an unknown write never fits.
+        assert_eq!(m.step(&s, &Input::Write(9), &Output::WriteUnknown), None);
     }
 }

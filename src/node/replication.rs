@@ -268,6 +268,7 @@ fn plan(node: &NodeState, peer: &Peer, from: u64) -> Plan {
 /// Asks the follower which seq it holds, and checks it is the right process.
 async fn handshake(node: &NodeState, peer: &Peer) -> Result<u64, String> {
     let url = format!("{}/replicate", peer.config.url);
+    super::faults::outbound(&peer.config.node_id).await?;
     let resp = node
         .http
         .get(&url)
@@ -340,6 +341,7 @@ async fn post(
     path: &str,
     body: &impl serde::Serialize,
 ) -> Result<u64, String> {
+    super::faults::outbound(&peer.config.node_id).await?;
     let resp = node
         .http
         .post(format!("{}/{path}", peer.config.url))
