@@ -86,7 +86,10 @@ fn stale_story(read: &Op, witness: &Op, version: u64, shape: &Shape, obs: &Obser
         Outcome::Found { version, served_by, .. } => {
             format!("version {version} from {}", who(served_by, read.call_s(), shape, obs))
         }
-        _ => "not found (version 0)".to_string(),
+        _ => match read_set(read.call_s(), shape, obs) {
+            Some(set) => format!("not found (version 0) from the read set: {set}"),
+            None => "not found (version 0)".to_string(),
+        },
     };
     let before = match &witness.output {
         Outcome::Written { .. } => format!(
@@ -137,6 +140,18 @@ fn who(node: &str, t: f64, shape: &Shape, obs: &Observations) -> String {
     } else {
         format!("{node} ({})", parts.join(", "))
     }
+}
+
+/// The read set at `t`, each member told with [`who`].
+fn read_set(t: f64, shape: &Shape, obs: &Observations) -> Option<String> {
+    let sample = obs.at(t)?;
+    let members: Vec<String> = sample
+        .nodes
+        .iter()
+        .filter(|n| n.sets.iter().any(|s| s == "read"))
+        .map(|n| who(&n.id, t, shape, obs))
+        .collect();
+    (!members.is_empty()).then(|| members.join(", "))
 }
 
 /// A read of a value at a version its write never had (or of a value
