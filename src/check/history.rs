@@ -126,8 +126,16 @@ pub struct KeyHistory {
 /// Splits a history by key (keys are independent registers, so each is
 /// checked alone: far smaller searches), keeping only the operations that
 /// count. Values are interned per key; a read of a value nobody wrote gets
-/// an id of its own, which no write matches.
+/// an id of its own, which no write matches; an unknown write whose value
+/// nobody read gets [`model::UNREAD`].
 pub fn by_key(history: &[Op]) -> BTreeMap<String, KeyHistory> {
+    let read: std::collections::HashSet<(&str, &str)> = history
+        .iter()
+        .filter_map(|op| match &op.output {
+            Outcome::Found { value, .. } => Some((op.key(), value.as_str())),
+            _ => None,
+        })
+        .collect();
     let mut values: BTreeMap<String, BTreeMap<String, ValueId>> = BTreeMap::new();
     let mut keys: BTreeMap<String, KeyHistory> = BTreeMap::new();
     for op in history.iter().filter(|op| op.output.counts()) {
@@ -140,6 +148,9 @@ pub fn by_key(history: &[Op]) -> BTreeMap<String, KeyHistory> {
         let (input, output) = match (&op.input, &op.output) {
             (Input::Write { value, .. }, Outcome::Written { version }) => {
                 (model::Input::Write(intern(value)), model::Output::Written(*version))
+            }
+            (Input::Write { key, value }, _) if !read.contains(&(key.as_str(), value.as_str())) => {
+                (model::Input::Write(model::UNREAD), model::Output::WriteUnknown)
             }
             (Input::Write { value, .. }, _) => {
                 (model::Input::Write(intern(value)), model::Output::WriteUnknown)

@@ -113,6 +113,10 @@ pub struct Args {
     /// Seconds the checker may search before answering "unknown".
     #[arg(long, default_value_t = 30.0, value_name = "S")]
     pub check_budget: f64,
+    /// Check a saved history.jsonl again (no cluster, no workload): prints
+    /// each key's verdict and the stories.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["no_start_cluster", "repeat"])]
+    pub history: Option<PathBuf>,
     /// Seconds a request may take before its outcome counts as unknown.
     #[arg(long, default_value_t = 10.0, value_name = "S")]
     pub request_timeout: f64,
@@ -188,6 +192,9 @@ fn up_args(args: &Args) -> crate::up::Args {
 
 /// The command line's entry: returns the exit code.
 pub async fn run(args: Args) -> anyhow::Result<i32> {
+    if let Some(path) = &args.history {
+        return recheck(path, &args).await;
+    }
     let plan = prepare(&args)?;
     let mut reports = Vec::new();
     for i in 0..args.repeat {
@@ -219,6 +226,41 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
     }
     let worst = reports.iter().fold(Verdict::Valid, |v, r| v.and(r.verdict));
     Ok(worst.exit_code())
+}
+
+/// `--history FILE`: checks a saved history again.
+async fn recheck(path: &Path, args: &Args) -> anyhow::Result<i32> {
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let history = history::parse_jsonl(&text)
+        .with_context(|| format!("{} is not a kvlab check history (one operation a line)", path.display()))?;
+    let budget = Duration::from_secs_f64(args.check_budget);
+    let started = Instant::now();
+    let keys = tokio::task::spawn_blocking({
+        let history = history.clone();
+        move || verdict::check_keys(&history, budget)
+    })
+    .await?;
+    let millis = started.elapsed().as_secs_f64() * 1e3;
+    let shape = Shape { followers: args.followers, w: args.write_quorum, r: args.read_quorum, sync_delay: None, async_delay: None };
+    let stories = explain::explain(&history, &keys, &shape, &Default::default());
+    let verdict = keys.iter().fold(Verdict::Valid, |v, k| v.and(k.verdict));
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&serde_json::json!({
+            "verdict": verdict, "keys": keys, "stories": stories, "checker_millis": millis,
+        }))?),
+        Format::Terminal => {
+            for k in &keys {
+                println!("{:<12} {:<10} {:>7} ops {:>9.1} ms", k.key, k.verdict.as_str(), k.ops, k.millis);
+            }
+            for s in &stories {
+                println!("✗ {}", s.text);
+            }
+            println!("verdict: {} ({} operations in {millis:.0} ms)", verdict.as_str(), history.len());
+        }
+    }
+    Ok(verdict.exit_code())
 }
 
 /// Where the cluster under test answers.

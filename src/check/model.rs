@@ -20,6 +20,11 @@ use super::linearizability::{Model, Operation};
 /// An interned value (its index in the history's value table).
 pub type ValueId = u32;
 
+/// The value of every unknown write whose value no read returned. Such
+/// writes matter only by the version they may take, so they are
+/// interchangeable (see [`Model::interchangeable`]).
+pub const UNREAD: ValueId = ValueId::MAX;
+
 /// The state of one key: absent, or a value at a version.
 pub type RegisterState = Option<(ValueId, u64)>;
 
@@ -84,10 +89,16 @@ impl Model for VersionedRegister {
             (Input::Write(value), Output::WriteUnknown) if version < self.max_version => {
                 Some(Some((*value, version + 1)))
             }
-            (Input::Read, Output::Found(value, v)) if *state == Some((*value, *v)) => Some(*state),
+            (Input::Read, Output::Found(value, v)) if *value != UNREAD && *state == Some((*value, *v)) => {
+                Some(*state)
+            }
             (Input::Read, Output::NotFound) if state.is_none() => Some(None),
             _ => None,
         }
+    }
+
+    fn interchangeable(&self, input: &Input, output: &Output) -> bool {
+        *input == Input::Write(UNREAD) && *output == Output::WriteUnknown
     }
 }
 

@@ -9,8 +9,9 @@
 //!
 //! What a write's answer means (the part that is easy to get wrong):
 //! - 200: acknowledged, at the version it reports;
-//! - 503 "Write quorum not available", 429, or a connection that was never
-//!   made: refused before the leader saw it, so it certainly did not happen;
+//! - 503 "Write quorum not available", kvlab's "Leader unreachable: cannot
+//!   connect", 429, another 4xx, or a connection that was never made:
+//!   refused before the leader saw it, so it certainly did not happen;
 //! - anything else (503 "Write quorum not met", "Leader unreachable", a
 //!   timeout, a reset): the write may have happened, or may yet. Unknown.
 
@@ -188,7 +189,10 @@ pub fn write_outcome(status: u16, body: &Value) -> Outcome {
     let detail = &body["detail"];
     let error = detail["error"].as_str().or(detail.as_str()).unwrap_or("");
     let reason = format!("HTTP {status}: {}", short(detail));
-    let certain = (status == 503 && error == "Write quorum not available")
+    // kvlab's coordinator says "Leader unreachable: cannot connect" when its
+    // connection to the leader was never made: the leader never saw it.
+    let never_sent = error.starts_with("Leader unreachable: cannot connect");
+    let certain = (status == 503 && (error == "Write quorum not available" || never_sent))
         || status == 429
         || (400..500).contains(&status);
     if certain {
@@ -299,6 +303,8 @@ mod tests {
         assert!(matches!(write_outcome(503, &not_met), Outcome::Unknown { .. }));
         let unreachable = json!({"detail": "Leader unreachable: timed out"});
         assert!(matches!(write_outcome(503, &unreachable), Outcome::Unknown { .. }));
+        let refused = json!({"detail": "Leader unreachable: cannot connect: Connection refused (os error 111)"});
+        assert!(matches!(write_outcome(503, &refused), Outcome::Refused { .. }));
         assert!(matches!(write_outcome(429, &json!({})), Outcome::Refused { .. }));
         assert!(matches!(write_outcome(200, &json!({})), Outcome::Unknown { .. }));
     }
