@@ -17,7 +17,7 @@ pub const TIMELINE_JS: &str = include_str!("timeline.js");
 const STYLE: &str = r#"
 body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; }
 h1 { font-size: 20px; } h2 { font-size: 17px; margin-top: 28px; } h3 { font-size: 14px; margin: 14px 0 4px; }
-pre.card { background: #f6f6f4; padding: 12px; border-radius: 6px; overflow-x: auto; }
+pre.card { white-space: pre-wrap; background: #f6f6f4; padding: 12px; border-radius: 6px; overflow-x: auto; }
 .verdict { display: inline-block; padding: 3px 10px; border-radius: 4px; color: #fff; font-weight: 600; }
 .verdict.valid { background: #2e7d32; } .verdict.violation { background: #c62828; } .verdict.unknown { background: #8d6e00; }
 ul.stories li { margin: 6px 0; color: #8b1a1a; }
@@ -27,8 +27,9 @@ svg .grid { stroke: #eee; }
 svg .fault { fill: #ff9800; opacity: 0.16; }
 svg rect.op.op-write.ok { fill: #1e88e5; } svg rect.op.op-read.ok { fill: #43a047; }
 svg rect.op.unknown { fill: #fbc02d; } svg rect.op.refused, svg rect.op.failed { fill: #bdbdbd; }
-svg rect.op.violation { fill: #d50000; stroke: #000; stroke-width: 1.5; }
-svg rect.op.witness { fill: #6a1b9a; stroke: #000; stroke-width: 1.5; }
+svg rect.op.violation { fill: #d50000 !important; stroke: #000; stroke-width: 1.5; }
+svg rect.op.witness { fill: #6a1b9a !important; stroke: #000; stroke-width: 1.5; }
+svg .marker.violation { fill: #d50000; } svg .marker.witness { fill: #6a1b9a; }
 svg .open-end { stroke: #fbc02d; stroke-dasharray: 3 3; }
 svg circle.dot.op-write.ok { fill: #1e88e5; } svg circle.dot.op-read.ok { fill: #43a047; }
 svg circle.dot.unknown { fill: #fbc02d; } svg circle.dot.refused, svg circle.dot.failed { fill: #9e9e9e; }

@@ -9,7 +9,7 @@
 (function (global) {
   "use strict";
   var NS = "http://www.w3.org/2000/svg";
-  var WIDTH = 1100, LANE = 16, LEFT = 70, TOP = 22;
+  var WIDTH = 1100, LANE = 16, LEFT = 70, TOP = 28;
 
   function el(name, attrs, parent) {
     var e = document.createElementNS(NS, name);
@@ -94,9 +94,17 @@
       var cls = "op " + (op.input.f === "write" ? "op-write " : "op-read ") + outcomeClass(op);
       if (bad.indexOf(op.id) >= 0) cls += " violation";
       if (wit.indexOf(op.id) >= 0) cls += " witness";
-      var r = el("rect", { x: x0, y: TOP + lane * LANE + 2, width: Math.max(2, x1 - x0),
+      var r = el("rect", { x: x0, y: TOP + lane * LANE + 2, width: Math.max(3, x1 - x0),
         height: LANE - 4, rx: 2, "class": cls, "data-op": op.id }, svg);
       el("title", {}, r).textContent = describe(op);
+      // A short operation is a sliver: point at the ones that matter.
+      var mark = bad.indexOf(op.id) >= 0 ? "violation" : wit.indexOf(op.id) >= 0 ? "witness" : null;
+      if (mark) {
+        var cx = (x0 + Math.max(x0 + 3, x1)) / 2, cy = TOP + lane * LANE + 2;
+        var m = el("path", { d: "M" + (cx - 5) + " " + (cy - 7) + " L" + (cx + 5) + " " + (cy - 7) +
+          " L" + cx + " " + cy + " Z", "class": "marker " + mark }, svg);
+        el("title", {}, m).textContent = mark + ": " + describe(op);
+      }
       if (op.output.type === "unknown") {
         // It may take effect any time after its call: an open end.
         el("line", { x1: x1, x2: x(total), y1: TOP + lane * LANE + LANE / 2,
