@@ -28,12 +28,26 @@ fn history(n: usize, clients: usize, keys: usize, seed: u64) -> Vec<Op> {
             free_at[client] = end;
             let key = format!("k{}", rng.random_range(0..keys));
             let input = if rng.random_range(0..3) == 0 {
-                Input::Write { key, value: format!("c{client}-{id}") }
+                Input::Write {
+                    key,
+                    value: format!("c{client}-{id}"),
+                }
             } else {
                 Input::Read { key }
             };
             let point = rng.random_range(call..=end);
-            (point, Op { id, client_id: client, input, call, output: Outcome::NotFound, ret: Some(end), end })
+            (
+                point,
+                Op {
+                    id,
+                    client_id: client,
+                    input,
+                    call,
+                    output: Outcome::NotFound,
+                    ret: Some(end),
+                    end,
+                },
+            )
         })
         .collect();
     ops.sort_by_key(|(point, _)| *point);
@@ -44,7 +58,9 @@ fn history(n: usize, clients: usize, keys: usize, seed: u64) -> Vec<Op> {
                 let unknown = rng.random_range(0..50) == 0;
                 if unknown {
                     op.ret = None;
-                    op.output = Outcome::Unknown { reason: "timeout".into() };
+                    op.output = Outcome::Unknown {
+                        reason: "timeout".into(),
+                    };
                     if rng.random_range(0..2) == 0 {
                         continue;
                     }

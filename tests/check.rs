@@ -18,7 +18,11 @@ use serde_json::{json, Value};
 
 fn check(args: &[&str]) -> (Output, Duration) {
     let started = Instant::now();
-    let out = kvlab().arg("check").args(args).output().expect("run kvlab check");
+    let out = kvlab()
+        .arg("check")
+        .args(args)
+        .output()
+        .expect("run kvlab check");
     (out, started.elapsed())
 }
 
@@ -40,18 +44,38 @@ fn a_stale_read_is_found_and_explained_when_w_plus_r_is_at_most_n() {
     let base = free_port_block().to_string();
     let out_dir = dir.path().to_str().unwrap();
     let (out, took) = check(&[
-        "--followers", "5", "-W", "4", "-R", "1", "--time-limit", "4", "--seed", "1",
-        "--base-port", &base, "--out", out_dir,
+        "--followers",
+        "5",
+        "-W",
+        "4",
+        "-R",
+        "1",
+        "--time-limit",
+        "4",
+        "--seed",
+        "1",
+        "--base-port",
+        &base,
+        "--out",
+        out_dir,
     ]);
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");
-    assert!(all.contains("W + R = 4 + 1 <= N = 5: the sets do not overlap"), "{all}");
+    assert!(
+        all.contains("W + R = 4 + 1 <= N = 5: the sets do not overlap"),
+        "{all}"
+    );
     assert!(all.contains("seed 1"), "{all}");
     eprintln!("stale read found and explained in {took:?} (cluster start included)");
     let r = results(dir.path());
     assert_eq!(r["verdict"], "violation");
     assert_eq!(r["stories"][0]["kind"], "stale-read");
-    for f in ["history.jsonl", "faults.json", "report.html", "nodes/leader.log"] {
+    for f in [
+        "history.jsonl",
+        "faults.json",
+        "report.html",
+        "nodes/leader.log",
+    ] {
         assert!(dir.path().join(f).exists(), "{f} missing");
     }
     // The history reads back, in Porcupine's shape.
@@ -68,24 +92,64 @@ fn overlapping_quorums_stay_linearizable_under_kill_crash_and_pause() {
     let dir = tempfile::tempdir().unwrap();
     let base = free_port_block().to_string();
     let (out, _) = check(&[
-        "--followers", "3", "-W", "2", "-R", "2", "--no-delay", "--nemesis", "kill,crash,pause",
-        "--time-limit", "15", "--seed", "3", "--base-port", &base,
-        "--out", dir.path().to_str().unwrap(),
+        "--followers",
+        "3",
+        "-W",
+        "2",
+        "-R",
+        "2",
+        "--no-delay",
+        "--nemesis",
+        "kill,crash,pause",
+        "--time-limit",
+        "15",
+        "--seed",
+        "3",
+        "--base-port",
+        &base,
+        "--out",
+        dir.path().to_str().unwrap(),
     ]);
     let all = text(&out);
     assert_eq!(out.status.code(), Some(0), "{all}");
     let r = results(dir.path());
-    assert!(!r["faults"].as_array().unwrap().is_empty(), "no fault ran: {all}");
-    assert!(r["faults"].as_array().unwrap().iter().all(|f| f.get("error").is_none()), "{all}");
+    assert!(
+        !r["faults"].as_array().unwrap().is_empty(),
+        "no fault ran: {all}"
+    );
+    assert!(
+        r["faults"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f.get("error").is_none()),
+        "{all}"
+    );
     render_in_chromium(dir.path(), &["fault fault-"]);
 }
 
 #[test]
 fn a_running_cluster_can_be_checked_through_its_gateway() {
-    let cluster = Cluster::start(&["--followers", "3", "--write-quorum", "2", "--read-quorum", "2", "--no-delay", "--in-memory"]);
+    let cluster = Cluster::start(&[
+        "--followers",
+        "3",
+        "--write-quorum",
+        "2",
+        "--read-quorum",
+        "2",
+        "--no-delay",
+        "--in-memory",
+    ]);
     let (out, _) = check(&[
-        "--no-start-cluster", "--gateway", &cluster.gateway, "--time-limit", "2",
-        "--format", "json", "--seed", "9",
+        "--no-start-cluster",
+        "--gateway",
+        &cluster.gateway,
+        "--time-limit",
+        "2",
+        "--format",
+        "json",
+        "--seed",
+        "9",
     ]);
     let all = text(&out);
     assert_eq!(out.status.code(), Some(0), "{all}");
@@ -98,39 +162,85 @@ fn a_running_cluster_can_be_checked_through_its_gateway() {
 fn bad_flags_are_refused_with_a_reason() {
     let (out, _) = check(&["--nemesis", "chaos"]);
     assert_ne!(out.status.code(), Some(0));
-    assert!(text(&out).contains("unknown nemesis `chaos`"), "{}", text(&out));
+    assert!(
+        text(&out).contains("unknown nemesis `chaos`"),
+        "{}",
+        text(&out)
+    );
     let (out, _) = check(&["--followers", "2", "-W", "3"]);
-    assert!(text(&out).contains("larger than the number of followers"), "{}", text(&out));
+    assert!(
+        text(&out).contains("larger than the number of followers"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
 fn a_partitioned_follower_hangs_its_traffic_until_healed() {
-    let cluster = Cluster::start(&["--followers", "2", "--write-quorum", "1", "--read-quorum", "2", "--no-delay", "--in-memory"]);
-    let http = reqwest::blocking::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build().unwrap();
+    let cluster = Cluster::start(&[
+        "--followers",
+        "2",
+        "--write-quorum",
+        "1",
+        "--read-quorum",
+        "2",
+        "--no-delay",
+        "--in-memory",
+    ]);
+    let http = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
     let f2 = cluster.node_url(2);
     let post = |url: &str, body: Value| {
         let resp = http.post(url).json(&body).send().unwrap();
-        (resp.status().as_u16(), resp.json::<Value>().unwrap_or(Value::Null))
+        (
+            resp.status().as_u16(),
+            resp.json::<Value>().unwrap_or(Value::Null),
+        )
     };
     // Bad input is refused.
-    let (s, body) = post(&format!("{f2}/admin/partition"), json!({"peers": ["leader"], "seconds": -1}));
+    let (s, body) = post(
+        &format!("{f2}/admin/partition"),
+        json!({"peers": ["leader"], "seconds": -1}),
+    );
     assert_eq!(s, 400, "{body}");
-    let (s, _) = post(&format!("{f2}/admin/slow-disk"), json!({"ms": 100_000, "seconds": 1}));
+    let (s, _) = post(
+        &format!("{f2}/admin/slow-disk"),
+        json!({"ms": 100_000, "seconds": 1}),
+    );
     assert_eq!(s, 400);
     assert_eq!(cluster.write("k", "v1").0, 200);
     // Cut follower-2 off from the coordinator: a read (R=2 asks it) hangs
     // rather than failing fast.
-    let (s, _) = post(&format!("{f2}/admin/partition"), json!({"peers": ["coordinator"], "seconds": 60}));
+    let (s, _) = post(
+        &format!("{f2}/admin/partition"),
+        json!({"peers": ["coordinator"], "seconds": 60}),
+    );
     assert_eq!(s, 200);
-    let quick = reqwest::blocking::Client::builder().no_proxy().timeout(Duration::from_millis(800)).build().unwrap();
+    let quick = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(800))
+        .build()
+        .unwrap();
     let read = quick.get(format!("{}/data/k", f2)).send();
-    assert!(read.is_err_and(|e| e.is_timeout()), "a request from the coordinator's side must hang");
+    assert!(
+        read.is_err_and(|e| e.is_timeout()),
+        "a request from the coordinator's side must hang"
+    );
     // The admin channel still answers, and heals it.
-    let (s, body) = post(&format!("{f2}/admin/partition"), json!({"peers": [], "seconds": 0}));
+    let (s, body) = post(
+        &format!("{f2}/admin/partition"),
+        json!({"peers": [], "seconds": 0}),
+    );
     assert_eq!((s, body["status"].as_str()), (200, Some("healed")));
     let (s, body) = cluster.read("k");
     assert_eq!((s, body["value"].as_str()), (200, Some("v1")), "{body}");
-    let (s, _) = post(&format!("{f2}/admin/slow-disk"), json!({"ms": 50, "seconds": 1}));
+    let (s, _) = post(
+        &format!("{f2}/admin/slow-disk"),
+        json!({"ms": 50, "seconds": 1}),
+    );
     assert_eq!(s, 200);
 }
 
@@ -139,9 +249,17 @@ fn a_partitioned_follower_hangs_its_traffic_until_healed() {
 fn render_in_chromium(dir: &Path, expected: &[&str]) {
     let Some(chromium) = ["chromium", "chromium-browser", "google-chrome"]
         .into_iter()
-        .find(|b| std::process::Command::new(b).arg("--version").output().is_ok_and(|o| o.status.success()))
+        .find(|b| {
+            std::process::Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
     else {
-        assert!(std::env::var_os("KVLAB_REQUIRE_CHROMIUM").is_none(), "chromium is required (KVLAB_REQUIRE_CHROMIUM)");
+        assert!(
+            std::env::var_os("KVLAB_REQUIRE_CHROMIUM").is_none(),
+            "chromium is required (KVLAB_REQUIRE_CHROMIUM)"
+        );
         eprintln!("skipping the Chromium rendering: no chromium on this machine");
         return;
     };
@@ -149,7 +267,12 @@ fn render_in_chromium(dir: &Path, expected: &[&str]) {
     let profile = tempfile::tempdir().unwrap();
     let headless = |extra: &[String]| {
         std::process::Command::new(chromium)
-            .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+            ])
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .args(extra)
             .arg(&page)
@@ -157,14 +280,23 @@ fn render_in_chromium(dir: &Path, expected: &[&str]) {
             .expect("run chromium")
     };
     let dom = String::from_utf8_lossy(&headless(&["--dump-dom".into()]).stdout).to_string();
-    for needle in ["id=\"timeline-k0\"", "class=\"op op-write ok", "class=\"op op-read", "class=\"dot", "id=\"summary\""]
-        .iter()
-        .chain(expected)
+    for needle in [
+        "id=\"timeline-k0\"",
+        "class=\"op op-write ok",
+        "class=\"op op-read",
+        "class=\"dot",
+        "id=\"summary\"",
+    ]
+    .iter()
+    .chain(expected)
     {
         assert!(dom.contains(needle), "the rendered report lacks `{needle}`");
     }
     let png = dir.join("report.png");
-    headless(&[format!("--screenshot={}", png.display()), "--window-size=1280,1600".into()]);
+    headless(&[
+        format!("--screenshot={}", png.display()),
+        "--window-size=1280,1600".into(),
+    ]);
     let size = std::fs::metadata(&png).map(|m| m.len()).unwrap_or(0);
     assert!(size > 10_000, "screenshot of {size} bytes");
 }

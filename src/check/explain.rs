@@ -43,12 +43,20 @@ pub struct Story {
 }
 
 /// A story for every key the checker rejected.
-pub fn explain(history: &[Op], results: &[KeyResult], shape: &Shape, obs: &Observations) -> Vec<Story> {
+pub fn explain(
+    history: &[Op],
+    results: &[KeyResult],
+    shape: &Shape,
+    obs: &Observations,
+) -> Vec<Story> {
     results
         .iter()
         .filter(|r| r.verdict == Verdict::Violation)
         .map(|r| {
-            let ops: Vec<&Op> = history.iter().filter(|op| op.key() == r.key && op.output.counts()).collect();
+            let ops: Vec<&Op> = history
+                .iter()
+                .filter(|op| op.key() == r.key && op.output.counts())
+                .collect();
             stale_read(&ops, shape, obs)
                 .or_else(|| wrong_value(&ops))
                 .unwrap_or_else(|| unplaced(&r.key, history, r))
@@ -60,7 +68,9 @@ pub fn explain(history: &[Op], results: &[KeyResult], shape: &Shape, obs: &Obser
 /// already returned before it was sent.
 fn stale_read(ops: &[&Op], shape: &Shape, obs: &Observations) -> Option<Story> {
     for read in ops.iter().filter(|op| !op.is_write()) {
-        let Some(seen) = read.output.version() else { continue };
+        let Some(seen) = read.output.version() else {
+            continue;
+        };
         let newer = ops
             .iter()
             .filter(|o| o.ret.is_some_and(|ret| ret < read.call))
@@ -83,8 +93,13 @@ fn stale_read(ops: &[&Op], shape: &Shape, obs: &Observations) -> Option<Story> {
 
 fn stale_story(read: &Op, witness: &Op, version: u64, shape: &Shape, obs: &Observations) -> String {
     let got = match &read.output {
-        Outcome::Found { version, served_by, .. } => {
-            format!("version {version} from {}", who(served_by, read.call_s(), shape, obs))
+        Outcome::Found {
+            version, served_by, ..
+        } => {
+            format!(
+                "version {version} from {}",
+                who(served_by, read.call_s(), shape, obs)
+            )
         }
         _ => match read_set(read.call_s(), shape, obs) {
             Some(set) => format!("not found (version 0) from the read set: {set}"),
@@ -97,7 +112,10 @@ fn stale_story(read: &Op, witness: &Op, version: u64, shape: &Shape, obs: &Obser
             witness.written_value().unwrap_or("?"),
             witness.end_s()
         ),
-        _ => format!("another read had returned version {version} at {:.3} s", witness.end_s()),
+        _ => format!(
+            "another read had returned version {version} at {:.3} s",
+            witness.end_s()
+        ),
     };
     let (w, r, n) = (shape.w, shape.r, shape.followers);
     let why = if w + r <= n {
@@ -115,8 +133,12 @@ fn stale_story(read: &Op, witness: &Op, version: u64, shape: &Shape, obs: &Obser
 /// "follower-5 (in the read set, async, 5 s behind)", from the sample
 /// closest to `t`.
 fn who(node: &str, t: f64, shape: &Shape, obs: &Observations) -> String {
-    let Some(sample) = obs.at(t) else { return node.to_string() };
-    let Some(n) = sample.nodes.iter().find(|n| n.id == node) else { return node.to_string() };
+    let Some(sample) = obs.at(t) else {
+        return node.to_string();
+    };
+    let Some(n) = sample.nodes.iter().find(|n| n.id == node) else {
+        return node.to_string();
+    };
     let mut parts = Vec::new();
     if n.sets.iter().any(|s| s == "read") {
         parts.push("in the read set".to_string());
@@ -158,8 +180,17 @@ fn read_set(t: f64, shape: &Shape, obs: &Observations) -> Option<String> {
 /// nobody wrote).
 fn wrong_value(ops: &[&Op]) -> Option<Story> {
     for read in ops.iter().filter(|op| !op.is_write()) {
-        let Outcome::Found { value, version, served_by } = &read.output else { continue };
-        let write = ops.iter().find(|o| o.written_value() == Some(value.as_str()));
+        let Outcome::Found {
+            value,
+            version,
+            served_by,
+        } = &read.output
+        else {
+            continue;
+        };
+        let write = ops
+            .iter()
+            .find(|o| o.written_value() == Some(value.as_str()));
         let text = match write.map(|w| (w, &w.output)) {
             None => format!(
                 "read of `{}` at {:.3} s returned `{value}` (version {version}) from {served_by}, a value no client wrote",
@@ -189,14 +220,27 @@ fn wrong_value(ops: &[&Op]) -> Option<Story> {
 fn unplaced(key: &str, history: &[Op], r: &KeyResult) -> Story {
     let describe = |id: usize| {
         history.get(id).map_or(format!("#{id}"), |op| {
-            format!("#{id} (client {}, {} at {:.3} s → {})", op.client_id, match op.is_write() {
-                true => "write",
-                false => "read",
-            }, op.call_s(), short_outcome(&op.output))
+            format!(
+                "#{id} (client {}, {} at {:.3} s → {})",
+                op.client_id,
+                match op.is_write() {
+                    true => "write",
+                    false => "read",
+                },
+                op.call_s(),
+                short_outcome(&op.output)
+            )
         })
     };
     let stuck: Vec<String> = r.stuck.iter().map(|&i| describe(i)).collect();
-    let last: Vec<String> = r.longest.iter().rev().take(3).rev().map(|&i| describe(i)).collect();
+    let last: Vec<String> = r
+        .longest
+        .iter()
+        .rev()
+        .take(3)
+        .rev()
+        .map(|&i| describe(i))
+        .collect();
     Story {
         key: key.to_string(),
         kind: "not-linearizable".into(),
@@ -217,7 +261,11 @@ pub fn short_outcome(o: &Outcome) -> String {
         Outcome::Written { version } => format!("ok v{version}"),
         Outcome::Refused { .. } => "refused".into(),
         Outcome::Unknown { .. } => "unknown".into(),
-        Outcome::Found { value, version, served_by } => format!("`{value}` v{version} from {served_by}"),
+        Outcome::Found {
+            value,
+            version,
+            served_by,
+        } => format!("`{value}` v{version} from {served_by}"),
         Outcome::NotFound => "not found".into(),
         Outcome::ReadFailed { .. } => "failed".into(),
     }
@@ -263,7 +311,15 @@ mod tests {
     use crate::check::verdict::check_keys;
 
     fn op(id: usize, client: usize, input: Input, call: u64, end: u64, output: Outcome) -> Op {
-        Op { id, client_id: client, input, call, ret: Some(end), end, output }
+        Op {
+            id,
+            client_id: client,
+            input,
+            call,
+            ret: Some(end),
+            end,
+            output,
+        }
     }
 
     #[test]
@@ -271,19 +327,60 @@ mod tests {
         let k = || "cart".to_string();
         let s = 1_000_000_000;
         let history = vec![
-            op(0, 0, Input::Write { key: k(), value: "c0-1".into() }, 0, s, Outcome::Written { version: 1 }),
-            op(1, 0, Input::Write { key: k(), value: "c0-2".into() }, 2 * s, 12_110_000_000, Outcome::Written { version: 2 }),
-            op(2, 1, Input::Read { key: k() }, 12_301_000_000, 12_400_000_000,
-               Outcome::Found { value: "c0-1".into(), version: 1, served_by: "follower-5".into() }),
+            op(
+                0,
+                0,
+                Input::Write {
+                    key: k(),
+                    value: "c0-1".into(),
+                },
+                0,
+                s,
+                Outcome::Written { version: 1 },
+            ),
+            op(
+                1,
+                0,
+                Input::Write {
+                    key: k(),
+                    value: "c0-2".into(),
+                },
+                2 * s,
+                12_110_000_000,
+                Outcome::Written { version: 2 },
+            ),
+            op(
+                2,
+                1,
+                Input::Read { key: k() },
+                12_301_000_000,
+                12_400_000_000,
+                Outcome::Found {
+                    value: "c0-1".into(),
+                    version: 1,
+                    served_by: "follower-5".into(),
+                },
+            ),
         ];
         let results = check_keys(&history, std::time::Duration::from_secs(5));
         assert_eq!(results[0].verdict, Verdict::Violation);
-        let shape = Shape { followers: 5, w: 4, r: 1, sync_delay: Some(0.5), async_delay: Some(5.0) };
+        let shape = Shape {
+            followers: 5,
+            w: 4,
+            r: 1,
+            sync_delay: Some(0.5),
+            async_delay: Some(5.0),
+        };
         let obs = Observations {
-            samples: vec![Sample { t: 12.0, nodes: vec![NodeSample {
-                id: "follower-5".into(), status: "alive".into(), incarnation: 1,
-                sets: vec!["async".into(), "read".into()],
-            }] }],
+            samples: vec![Sample {
+                t: 12.0,
+                nodes: vec![NodeSample {
+                    id: "follower-5".into(),
+                    status: "alive".into(),
+                    incarnation: 1,
+                    sets: vec!["async".into(), "read".into()],
+                }],
+            }],
             overlaps: vec![],
         };
         let stories = explain(&history, &results, &shape, &obs);
@@ -291,12 +388,25 @@ mod tests {
         assert_eq!(stories[0].text,
             "read of `cart` at 12.301 s returned version 1 from follower-5 (in the read set, async, 5 s behind) \
              after write version 2 (`c0-2`) had been acknowledged at 12.110 s; W + R = 4 + 1 <= N = 5: the sets do not overlap");
-        assert_eq!((stories[0].ops.clone(), stories[0].witnesses.clone()), (vec![2], vec![1]));
+        assert_eq!(
+            (stories[0].ops.clone(), stories[0].witnesses.clone()),
+            (vec![2], vec![1])
+        );
     }
 
     #[test]
     fn a_missing_acknowledged_write_is_a_lost_write() {
-        let history = vec![op(0, 0, Input::Write { key: "k2".into(), value: "v17".into() }, 0, 1, Outcome::Written { version: 9 })];
+        let history = vec![op(
+            0,
+            0,
+            Input::Write {
+                key: "k2".into(),
+                value: "v17".into(),
+            },
+            0,
+            1,
+            Outcome::Written { version: 9 },
+        )];
         let stories = lost_writes(&history, &[("k2".into(), 8, Some("v16".into()))]);
         assert_eq!(stories[0].text, "acknowledged write `k2` = v17 (version 9) is missing after recovery: the leader holds version 8");
         assert!(lost_writes(&history, &[("k2".into(), 9, None)]).is_empty());

@@ -52,12 +52,18 @@ impl Input {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Outcome {
     /// The write was acknowledged at this version.
-    Written { version: u64 },
+    Written {
+        version: u64,
+    },
     /// The write was refused before the leader saw it: it did not happen.
-    Refused { reason: String },
+    Refused {
+        reason: String,
+    },
     /// The write may or may not have happened (quorum not met, timeout,
     /// connection reset).
-    Unknown { reason: String },
+    Unknown {
+        reason: String,
+    },
     Found {
         value: String,
         version: u64,
@@ -65,7 +71,9 @@ pub enum Outcome {
     },
     NotFound,
     /// A read that got no answer: it tells nothing about the state.
-    ReadFailed { reason: String },
+    ReadFailed {
+        reason: String,
+    },
 }
 
 impl Outcome {
@@ -146,18 +154,24 @@ pub fn by_key(history: &[Op]) -> BTreeMap<String, KeyHistory> {
             *table.entry(v.to_string()).or_insert(next)
         };
         let (input, output) = match (&op.input, &op.output) {
-            (Input::Write { value, .. }, Outcome::Written { version }) => {
-                (model::Input::Write(intern(value)), model::Output::Written(*version))
-            }
+            (Input::Write { value, .. }, Outcome::Written { version }) => (
+                model::Input::Write(intern(value)),
+                model::Output::Written(*version),
+            ),
             (Input::Write { key, value }, _) if !read.contains(&(key.as_str(), value.as_str())) => {
-                (model::Input::Write(model::UNREAD), model::Output::WriteUnknown)
+                (
+                    model::Input::Write(model::UNREAD),
+                    model::Output::WriteUnknown,
+                )
             }
-            (Input::Write { value, .. }, _) => {
-                (model::Input::Write(intern(value)), model::Output::WriteUnknown)
-            }
-            (Input::Read { .. }, Outcome::Found { value, version, .. }) => {
-                (model::Input::Read, model::Output::Found(intern(value), *version))
-            }
+            (Input::Write { value, .. }, _) => (
+                model::Input::Write(intern(value)),
+                model::Output::WriteUnknown,
+            ),
+            (Input::Read { .. }, Outcome::Found { value, version, .. }) => (
+                model::Input::Read,
+                model::Output::Found(intern(value), *version),
+            ),
             (Input::Read { .. }, _) => (model::Input::Read, model::Output::NotFound),
         };
         let entry = keys.entry(key.clone()).or_insert_with(|| KeyHistory {

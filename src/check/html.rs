@@ -38,8 +38,16 @@ svg circle.dot.unknown { fill: #fbc02d; } svg circle.dot.refused, svg circle.dot
 
 /// Renders the page.
 pub fn render(report: &RunReport, history: &[Op]) -> String {
-    let bad: Vec<usize> = report.stories.iter().flat_map(|s| s.ops.iter().copied()).collect();
-    let witnesses: Vec<usize> = report.stories.iter().flat_map(|s| s.witnesses.iter().copied()).collect();
+    let bad: Vec<usize> = report
+        .stories
+        .iter()
+        .flat_map(|s| s.ops.iter().copied())
+        .collect();
+    let witnesses: Vec<usize> = report
+        .stories
+        .iter()
+        .flat_map(|s| s.witnesses.iter().copied())
+        .collect();
     let data = json!({
         "history": history,
         "faults": report.faults,
@@ -86,5 +94,7 @@ KvlabTimeline.renderLatency(document.getElementById("latency"), data);
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }

@@ -40,8 +40,12 @@ pub trait Model {
     fn init(&self) -> Self::State;
     /// The state after `input` answered `output`, or `None` if the model
     /// cannot answer that from `state`.
-    fn step(&self, state: &Self::State, input: &Self::Input, output: &Self::Output)
-        -> Option<Self::State>;
+    fn step(
+        &self,
+        state: &Self::State,
+        input: &Self::Input,
+        output: &Self::Output,
+    ) -> Option<Self::State>;
     /// Operations for which this is true must be interchangeable: same
     /// input, same output, unknown outcome (no return). The search then
     /// tries only the earliest one that is pending at each point; trying
@@ -70,7 +74,10 @@ pub enum Outcome {
     /// search built (operation indices, in order); `stuck` holds the
     /// operations whose return was reached, at that deepest point, without
     /// any way to linearize them: the ones to look at first.
-    Violation { longest: Vec<usize>, stuck: Vec<usize> },
+    Violation {
+        longest: Vec<usize>,
+        stuck: Vec<usize>,
+    },
     /// The deadline passed first.
     Unknown,
 }
@@ -102,7 +109,7 @@ pub fn check<M: Model>(
             return Outcome::Linearizable;
         }
         steps += 1;
-        if steps % CLOCK_EVERY == 0 && Instant::now() > deadline {
+        if steps.is_multiple_of(CLOCK_EVERY) && Instant::now() > deadline {
             return Outcome::Unknown;
         }
         let op = list.entries[entry].op;
@@ -118,7 +125,11 @@ pub fn check<M: Model>(
                 with.set(op);
                 if !cache.contains(&(with.clone(), next_state.clone())) {
                     cache.insert((with.clone(), next_state.clone()));
-                    stack.push((entry, std::mem::replace(&mut state, next_state), tried_alike));
+                    stack.push((
+                        entry,
+                        std::mem::replace(&mut state, next_state),
+                        tried_alike,
+                    ));
                     linearized = with;
                     known_left -= usize::from(ops[op].ret.is_some());
                     list.lift(entry);
@@ -136,7 +147,8 @@ pub fn check<M: Model>(
                 return deepest.violation(&list);
             };
             let undone = list.entries[call].op;
-            tried_alike = alike_before || model.interchangeable(&ops[undone].input, &ops[undone].output);
+            tried_alike =
+                alike_before || model.interchangeable(&ops[undone].input, &ops[undone].output);
             state = previous;
             linearized.clear(undone);
             known_left += usize::from(ops[undone].ret.is_some());
@@ -309,7 +321,9 @@ mod tests {
                 if forced_before {
                     continue;
                 }
-                if let Some(next) = VersionedRegister::UNBOUNDED.step(&state, &ops[i].input, &ops[i].output) {
+                if let Some(next) =
+                    VersionedRegister::UNBOUNDED.step(&state, &ops[i].input, &ops[i].output)
+                {
                     placed[i] = true;
                     if go(ops, placed, next) {
                         return true;
@@ -337,7 +351,12 @@ mod tests {
                 } else {
                     Input::Read
                 };
-                let op = Op { call, ret: Some(ret), input, output: Output::NotFound };
+                let op = Op {
+                    call,
+                    ret: Some(ret),
+                    input,
+                    output: Output::NotFound,
+                };
                 (op, point)
             })
             .collect();
@@ -357,7 +376,11 @@ mod tests {
                     }
                     let version = state.map_or(0, |s| s.1) + 1;
                     state = Some((v, version));
-                    op.output = if unknown { Output::WriteUnknown } else { Output::Written(version) };
+                    op.output = if unknown {
+                        Output::WriteUnknown
+                    } else {
+                        Output::Written(version)
+                    };
                     if unknown {
                         op.ret = None;
                     }
@@ -374,9 +397,13 @@ mod tests {
         if rng.random_range(0..2) == 0 {
             let i = rng.random_range(0..n);
             ops[i].output = match ops[i].output {
-                Output::Found(v, ver) if rng.random_range(0..2) == 0 => Output::Found(v, ver.saturating_sub(1)),
+                Output::Found(v, ver) if rng.random_range(0..2) == 0 => {
+                    Output::Found(v, ver.saturating_sub(1))
+                }
                 Output::Found(..) => Output::NotFound,
-                Output::NotFound => Output::Found(rng.random_range(0..n as u32), rng.random_range(1..3)),
+                Output::NotFound => {
+                    Output::Found(rng.random_range(0..n as u32), rng.random_range(1..3))
+                }
                 Output::Written(ver) => Output::Written(ver + 1),
                 Output::WriteUnknown => Output::WriteUnknown,
             };
@@ -387,10 +414,16 @@ mod tests {
     /// What `history::by_key` does: unknown writes nobody read become one
     /// interchangeable kind. The oracle keeps the real values.
     fn unread_as_one(ops: &[Op]) -> Vec<Op> {
-        let read = |v: u32| ops.iter().any(|o| matches!(o.output, Output::Found(x, _) if x == v));
+        let read = |v: u32| {
+            ops.iter()
+                .any(|o| matches!(o.output, Output::Found(x, _) if x == v))
+        };
         ops.iter()
             .map(|op| match (op.input, op.output) {
-                (Input::Write(v), Output::WriteUnknown) if !read(v) => Op { input: Input::Write(crate::check::model::UNREAD), ..op.clone() },
+                (Input::Write(v), Output::WriteUnknown) if !read(v) => Op {
+                    input: Input::Write(crate::check::model::UNREAD),
+                    ..op.clone()
+                },
                 _ => op.clone(),
             })
             .collect()
@@ -400,7 +433,12 @@ mod tests {
     fn many_unread_unknown_writes_do_not_explode_the_search() {
         // A leader down for a while: 300 writes time out, then life goes on.
         let mut ops: Vec<Op> = (0..300)
-            .map(|i| Op { call: i as f64, ret: None, input: Input::Write(crate::check::model::UNREAD), output: Output::WriteUnknown })
+            .map(|i| Op {
+                call: i as f64,
+                ret: None,
+                input: Input::Write(crate::check::model::UNREAD),
+                output: Output::WriteUnknown,
+            })
             .collect();
         for i in 0..200u32 {
             let t = 1000.0 + 2.0 * i as f64;
@@ -408,8 +446,15 @@ mod tests {
         }
         let started = Instant::now();
         // Two of the timed-out writes happened (versions 1 and 2).
-        assert_eq!(check(&VersionedRegister::for_ops(&ops), &ops, far()), Outcome::Linearizable);
-        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
+        assert_eq!(
+            check(&VersionedRegister::for_ops(&ops), &ops, far()),
+            Outcome::Linearizable
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]
@@ -425,17 +470,34 @@ mod tests {
                 (got == Outcome::Linearizable) == expected,
                 "round {round}: checker says {got:?}, oracle says {expected}, history {ops:#?}"
             );
-            if expected { valid += 1 } else { invalid += 1 }
+            if expected {
+                valid += 1
+            } else {
+                invalid += 1
+            }
         }
         // Both kinds of history were exercised.
-        assert!(valid > 1000 && invalid > 1000, "valid {valid}, invalid {invalid}");
+        assert!(
+            valid > 1000 && invalid > 1000,
+            "valid {valid}, invalid {invalid}"
+        );
     }
 
     fn w(call: f64, ret: f64, v: u32, ver: u64) -> Op {
-        Op { call, ret: Some(ret), input: Input::Write(v), output: Output::Written(ver) }
+        Op {
+            call,
+            ret: Some(ret),
+            input: Input::Write(v),
+            output: Output::Written(ver),
+        }
     }
     fn r(call: f64, ret: f64, v: u32, ver: u64) -> Op {
-        Op { call, ret: Some(ret), input: Input::Read, output: Output::Found(v, ver) }
+        Op {
+            call,
+            ret: Some(ret),
+            input: Input::Read,
+            output: Output::Found(v, ver),
+        }
     }
 
     #[test]
@@ -451,22 +513,52 @@ mod tests {
         }
         // Overlapping the write, the same read is fine.
         let ops = vec![w(0.0, 1.0, 1, 1), w(2.0, 5.0, 2, 2), r(4.0, 5.0, 1, 1)];
-        assert_eq!(check(&VersionedRegister::UNBOUNDED, &ops, far()), Outcome::Linearizable);
+        assert_eq!(
+            check(&VersionedRegister::UNBOUNDED, &ops, far()),
+            Outcome::Linearizable
+        );
     }
 
     #[test]
     fn an_unknown_write_may_show_up_late_or_never() {
-        let unknown = Op { call: 0.0, ret: None, input: Input::Write(1), output: Output::WriteUnknown };
-        let never = vec![unknown.clone(), Op { call: 5.0, ret: Some(6.0), input: Input::Read, output: Output::NotFound }];
-        assert_eq!(check(&VersionedRegister::UNBOUNDED, &never, far()), Outcome::Linearizable);
+        let unknown = Op {
+            call: 0.0,
+            ret: None,
+            input: Input::Write(1),
+            output: Output::WriteUnknown,
+        };
+        let never = vec![
+            unknown.clone(),
+            Op {
+                call: 5.0,
+                ret: Some(6.0),
+                input: Input::Read,
+                output: Output::NotFound,
+            },
+        ];
+        assert_eq!(
+            check(&VersionedRegister::UNBOUNDED, &never, far()),
+            Outcome::Linearizable
+        );
         let late = vec![unknown, r(100.0, 101.0, 1, 1)];
-        assert_eq!(check(&VersionedRegister::UNBOUNDED, &late, far()), Outcome::Linearizable);
+        assert_eq!(
+            check(&VersionedRegister::UNBOUNDED, &late, far()),
+            Outcome::Linearizable
+        );
     }
 
     #[test]
     fn the_deadline_gives_unknown() {
-        let ops: Vec<Op> = (0..20_000).map(|i| w(i as f64, i as f64 + 0.5, i, i as u64 + 1)).collect();
-        assert_eq!(check(&VersionedRegister::UNBOUNDED, &ops, Instant::now()), Outcome::Unknown);
-        assert_eq!(check(&VersionedRegister::UNBOUNDED, &ops, far()), Outcome::Linearizable);
+        let ops: Vec<Op> = (0..20_000)
+            .map(|i| w(i as f64, i as f64 + 0.5, i, i as u64 + 1))
+            .collect();
+        assert_eq!(
+            check(&VersionedRegister::UNBOUNDED, &ops, Instant::now()),
+            Outcome::Unknown
+        );
+        assert_eq!(
+            check(&VersionedRegister::UNBOUNDED, &ops, far()),
+            Outcome::Linearizable
+        );
     }
 }

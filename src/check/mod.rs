@@ -131,14 +131,31 @@ struct Plan {
 
 fn prepare(args: &Args) -> anyhow::Result<Plan> {
     let kinds = nemesis::parse_list(&args.nemesis).map_err(anyhow::Error::msg)?;
-    for (name, v) in [("--time-limit", args.time_limit), ("--check-budget", args.check_budget), ("--request-timeout", args.request_timeout)] {
-        anyhow::ensure!(v.is_finite() && v > 0.0 && v <= 86_400.0, "{name} must be a number of seconds above 0, got {v}");
+    for (name, v) in [
+        ("--time-limit", args.time_limit),
+        ("--check-budget", args.check_budget),
+        ("--request-timeout", args.request_timeout),
+    ] {
+        anyhow::ensure!(
+            v.is_finite() && v > 0.0 && v <= 86_400.0,
+            "{name} must be a number of seconds above 0, got {v}"
+        );
     }
-    anyhow::ensure!(args.clients >= 1 && args.clients <= 1000, "--clients must be between 1 and 1000");
-    anyhow::ensure!(args.keys >= 1 && args.keys <= 10_000, "--keys must be between 1 and 10000");
+    anyhow::ensure!(
+        args.clients >= 1 && args.clients <= 1000,
+        "--clients must be between 1 and 1000"
+    );
+    anyhow::ensure!(
+        args.keys >= 1 && args.keys <= 10_000,
+        "--keys must be between 1 and 10000"
+    );
     anyhow::ensure!(args.repeat >= 1, "--repeat must be at least 1");
     if args.no_start_cluster && !kinds.is_empty() {
-        anyhow::ensure!(args.coordinator.is_some(), "--nemesis {} needs --coordinator URL with --no-start-cluster (faults go through it)", args.nemesis);
+        anyhow::ensure!(
+            args.coordinator.is_some(),
+            "--nemesis {} needs --coordinator URL with --no-start-cluster (faults go through it)",
+            args.nemesis
+        );
     }
     if !args.no_start_cluster {
         let cluster = up_args(args);
@@ -151,7 +168,11 @@ fn prepare(args: &Args) -> anyhow::Result<Plan> {
             .with_context(|| format!("--base-port {p} leaves no room for the cluster's ports"))?,
     };
     let first_seed = args.seed.unwrap_or_else(random_seed);
-    Ok(Plan { kinds, ports, first_seed })
+    Ok(Plan {
+        kinds,
+        ports,
+        first_seed,
+    })
 }
 
 /// A seed from the clock and the pid (small, so it is easy to type back).
@@ -213,7 +234,9 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
         };
         match args.format {
             Format::Terminal => print!("{}", report::card(&report)),
-            Format::Json if args.repeat == 1 => println!("{}", serde_json::to_string_pretty(&report)?),
+            Format::Json if args.repeat == 1 => {
+                println!("{}", serde_json::to_string_pretty(&report)?)
+            }
             Format::Json => {}
         }
         reports.push(report);
@@ -233,8 +256,12 @@ async fn recheck(path: &Path, args: &Args) -> anyhow::Result<i32> {
     let text = tokio::fs::read_to_string(path)
         .await
         .with_context(|| format!("cannot read {}", path.display()))?;
-    let history = history::parse_jsonl(&text)
-        .with_context(|| format!("{} is not a kvlab check history (one operation a line)", path.display()))?;
+    let history = history::parse_jsonl(&text).with_context(|| {
+        format!(
+            "{} is not a kvlab check history (one operation a line)",
+            path.display()
+        )
+    })?;
     let budget = Duration::from_secs_f64(args.check_budget);
     let started = Instant::now();
     let keys = tokio::task::spawn_blocking({
@@ -243,21 +270,40 @@ async fn recheck(path: &Path, args: &Args) -> anyhow::Result<i32> {
     })
     .await?;
     let millis = started.elapsed().as_secs_f64() * 1e3;
-    let shape = Shape { followers: args.followers, w: args.write_quorum, r: args.read_quorum, sync_delay: None, async_delay: None };
+    let shape = Shape {
+        followers: args.followers,
+        w: args.write_quorum,
+        r: args.read_quorum,
+        sync_delay: None,
+        async_delay: None,
+    };
     let stories = explain::explain(&history, &keys, &shape, &Default::default());
     let verdict = keys.iter().fold(Verdict::Valid, |v, k| v.and(k.verdict));
     match args.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&serde_json::json!({
-            "verdict": verdict, "keys": keys, "stories": stories, "checker_millis": millis,
-        }))?),
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "verdict": verdict, "keys": keys, "stories": stories, "checker_millis": millis,
+            }))?
+        ),
         Format::Terminal => {
             for k in &keys {
-                println!("{:<12} {:<10} {:>7} ops {:>9.1} ms", k.key, k.verdict.as_str(), k.ops, k.millis);
+                println!(
+                    "{:<12} {:<10} {:>7} ops {:>9.1} ms",
+                    k.key,
+                    k.verdict.as_str(),
+                    k.ops,
+                    k.millis
+                );
             }
             for s in &stories {
                 println!("✗ {}", s.text);
             }
-            println!("verdict: {} ({} operations in {millis:.0} ms)", verdict.as_str(), history.len());
+            println!(
+                "verdict: {} ({} operations in {millis:.0} ms)",
+                verdict.as_str(),
+                history.len()
+            );
         }
     }
     Ok(verdict.exit_code())
@@ -278,12 +324,20 @@ async fn start(args: &Args, plan: &Plan) -> anyhow::Result<Target> {
             http: http.clone(),
             coordinator: coordinator.trim_end_matches('/').to_string(),
         });
-        return Ok(Target { gateway, control, cluster: None });
+        return Ok(Target {
+            gateway,
+            control,
+            cluster: None,
+        });
     }
-    let cluster = ClusterProcess::start(&up_flags(args), args.followers, &plan.ports, "check", false).await?;
+    let cluster =
+        ClusterProcess::start(&up_flags(args), args.followers, &plan.ports, "check", false).await?;
     Ok(Target {
         gateway: Ports::url(plan.ports.gateway),
-        control: Some(Control { http, coordinator: Ports::url(plan.ports.coordinator) }),
+        control: Some(Control {
+            http,
+            coordinator: Ports::url(plan.ports.coordinator),
+        }),
         cluster: Some(cluster),
     })
 }
@@ -310,7 +364,12 @@ async fn shape(args: &Args, control: Option<&Control>) -> Shape {
     }
 }
 
-async fn run_once(args: &Args, plan: &Plan, seed: u64, out: Option<&Path>) -> anyhow::Result<RunReport> {
+async fn run_once(
+    args: &Args,
+    plan: &Plan,
+    seed: u64,
+    out: Option<&Path>,
+) -> anyhow::Result<RunReport> {
     let began = Instant::now();
     eprintln!(
         "kvlab check: seed {seed} · N={} W={} R={} · nemesis {} · {} s",
@@ -331,7 +390,11 @@ async fn run_once(args: &Args, plan: &Plan, seed: u64, out: Option<&Path>) -> an
         keys: args.keys,
         seed,
         request_timeout: Duration::from_secs_f64(args.request_timeout),
-        max_think: Duration::from_millis(if shape.sync_delay.unwrap_or(0.0) > 0.0 { 100 } else { 20 }),
+        max_think: Duration::from_millis(if shape.sync_delay.unwrap_or(0.0) > 0.0 {
+            100
+        } else {
+            20
+        }),
     };
     let observer = target
         .control
@@ -347,7 +410,11 @@ async fn run_once(args: &Args, plan: &Plan, seed: u64, out: Option<&Path>) -> an
             let (schedule, stop, current) = (schedule.clone(), stop_rx.clone(), current.clone());
             Some(tokio::spawn(async move {
                 nemesis::run(&control, &schedule, epoch, stop, |p, on| {
-                    *current.lock().unwrap() = if on { format!("{} {}", p.kind.name(), p.node) } else { String::new() };
+                    *current.lock().unwrap() = if on {
+                        format!("{} {}", p.kind.name(), p.node)
+                    } else {
+                        String::new()
+                    };
                 })
                 .await
             }))
@@ -357,7 +424,11 @@ async fn run_once(args: &Args, plan: &Plan, seed: u64, out: Option<&Path>) -> an
     let progress = Progress::new(args.time_limit);
     while epoch.elapsed().as_secs_f64() < args.time_limit {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        progress.show(epoch.elapsed().as_secs_f64(), &counters, &current.lock().unwrap());
+        progress.show(
+            epoch.elapsed().as_secs_f64(),
+            &counters,
+            &current.lock().unwrap(),
+        );
     }
     let _ = stop_tx.send(true);
     let fault_records = match faults {
@@ -374,9 +445,20 @@ async fn run_once(args: &Args, plan: &Plan, seed: u64, out: Option<&Path>) -> an
             notes.push(format!("healing: {e}"));
         }
     }
-    let final_client = workload::Client::new(args.clients, &target.gateway, Duration::from_secs_f64(args.request_timeout), epoch);
+    let final_client = workload::Client::new(
+        args.clients,
+        &target.gateway,
+        Duration::from_secs_f64(args.request_timeout),
+        epoch,
+    );
     for k in 0..args.keys {
-        history.push(final_client.run(Input::Read { key: workload::key_name(k) }).await);
+        history.push(
+            final_client
+                .run(Input::Read {
+                    key: workload::key_name(k),
+                })
+                .await,
+        );
     }
     if let Some(control) = &target.control {
         finals = leader_state(control, args.keys).await.unwrap_or_else(|e| {
@@ -451,7 +533,10 @@ async fn run_once(args: &Args, plan: &Plan, seed: u64, out: Option<&Path>) -> an
 
 /// Each key's state on the leader, which holds every write (a follower may
 /// still be behind): (key, version, value), version 0 when absent.
-async fn leader_state(control: &Control, keys: usize) -> Result<Vec<(String, u64, Option<String>)>, String> {
+async fn leader_state(
+    control: &Control,
+    keys: usize,
+) -> Result<Vec<(String, u64, Option<String>)>, String> {
     let status = control.status().await?;
     let leader = status.leader.ok_or("no leader in /status")?;
     let mut state = Vec::new();
@@ -468,7 +553,10 @@ async fn leader_state(control: &Control, keys: usize) -> Result<Vec<(String, u64
             404 => (0, None),
             200 => {
                 let v: serde_json::Value = resp.json().await.map_err(|e| e.to_string())?;
-                (v["version"].as_u64().unwrap_or(0), v["value"].as_str().map(String::from))
+                (
+                    v["version"].as_u64().unwrap_or(0),
+                    v["value"].as_str().map(String::from),
+                )
             }
             s => return Err(format!("leader answered HTTP {s} for {key}")),
         };
@@ -477,16 +565,39 @@ async fn leader_state(control: &Control, keys: usize) -> Result<Vec<(String, u64
     Ok(state)
 }
 
-async fn write_artifacts(dir: &Path, report: &RunReport, history: &[Op], node_logs: Option<&Path>) -> anyhow::Result<()> {
+async fn write_artifacts(
+    dir: &Path,
+    report: &RunReport,
+    history: &[Op],
+    node_logs: Option<&Path>,
+) -> anyhow::Result<()> {
     let ctx = |what: &str| format!("cannot write {what} in {}", dir.display());
-    tokio::fs::create_dir_all(dir).await.with_context(|| ctx("the directory"))?;
-    tokio::fs::write(dir.join("history.jsonl"), history::to_jsonl(history)).await.with_context(|| ctx("history.jsonl"))?;
-    tokio::fs::write(dir.join("faults.json"), serde_json::to_string_pretty(&report.faults)?).await.with_context(|| ctx("faults.json"))?;
-    tokio::fs::write(dir.join("results.json"), serde_json::to_string_pretty(report)?).await.with_context(|| ctx("results.json"))?;
-    tokio::fs::write(dir.join("report.html"), html::render(report, history)).await.with_context(|| ctx("report.html"))?;
+    tokio::fs::create_dir_all(dir)
+        .await
+        .with_context(|| ctx("the directory"))?;
+    tokio::fs::write(dir.join("history.jsonl"), history::to_jsonl(history))
+        .await
+        .with_context(|| ctx("history.jsonl"))?;
+    tokio::fs::write(
+        dir.join("faults.json"),
+        serde_json::to_string_pretty(&report.faults)?,
+    )
+    .await
+    .with_context(|| ctx("faults.json"))?;
+    tokio::fs::write(
+        dir.join("results.json"),
+        serde_json::to_string_pretty(report)?,
+    )
+    .await
+    .with_context(|| ctx("results.json"))?;
+    tokio::fs::write(dir.join("report.html"), html::render(report, history))
+        .await
+        .with_context(|| ctx("report.html"))?;
     if let Some(logs) = node_logs {
         let into = dir.join("nodes");
-        tokio::fs::create_dir_all(&into).await.with_context(|| ctx("nodes/"))?;
+        tokio::fs::create_dir_all(&into)
+            .await
+            .with_context(|| ctx("nodes/"))?;
         if let Ok(mut entries) = tokio::fs::read_dir(logs).await {
             while let Ok(Some(e)) = entries.next_entry().await {
                 let _ = tokio::fs::copy(e.path(), into.join(e.file_name())).await;
@@ -509,7 +620,11 @@ struct Progress {
 
 impl Progress {
     fn new(total: f64) -> Progress {
-        Progress { tty: std::io::stderr().is_terminal(), total, last: std::sync::Mutex::new(0.0) }
+        Progress {
+            tty: std::io::stderr().is_terminal(),
+            total,
+            last: std::sync::Mutex::new(0.0),
+        }
     }
 
     fn show(&self, t: f64, c: &workload::Counters, fault: &str) {
@@ -522,7 +637,11 @@ impl Progress {
             c.unknown.load(Relaxed),
             c.refused.load(Relaxed),
             c.read_failed.load(Relaxed),
-            if fault.is_empty() { String::new() } else { format!(" · fault: {fault}") }
+            if fault.is_empty() {
+                String::new()
+            } else {
+                format!(" · fault: {fault}")
+            }
         );
         if self.tty {
             eprint!("\r\x1b[2K{line}");
@@ -554,21 +673,47 @@ mod tests {
 
     #[test]
     fn bad_settings_are_refused_before_anything_starts() {
-        let e = prepare(&args(&["--followers", "2", "-W", "3"])).err().unwrap();
-        assert!(e.to_string().contains("larger than the number of followers"), "{e}");
+        let e = prepare(&args(&["--followers", "2", "-W", "3"]))
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string()
+                .contains("larger than the number of followers"),
+            "{e}"
+        );
         let e = prepare(&args(&["--nemesis", "chaos"])).err().unwrap();
         assert!(e.to_string().contains("unknown nemesis `chaos`"), "{e}");
         let e = prepare(&args(&["--time-limit", "0"])).err().unwrap();
         assert!(e.to_string().contains("--time-limit"), "{e}");
-        let e = prepare(&args(&["--no-start-cluster", "--gateway", "http://x", "--nemesis", "kill"])).err().unwrap();
+        let e = prepare(&args(&[
+            "--no-start-cluster",
+            "--gateway",
+            "http://x",
+            "--nemesis",
+            "kill",
+        ]))
+        .err()
+        .unwrap();
         assert!(e.to_string().contains("--coordinator"), "{e}");
         assert!(prepare(&args(&["--seed", "5"])).is_ok());
     }
 
     #[test]
     fn the_cluster_gets_the_asked_shape_and_delays() {
-        let f = up_flags(&args(&["--followers", "5", "-W", "4", "-R", "1", "--no-delay"])).join(" ");
-        assert_eq!(f, "--followers 5 --write-quorum 4 --read-quorum 1 --no-delay");
+        let f = up_flags(&args(&[
+            "--followers",
+            "5",
+            "-W",
+            "4",
+            "-R",
+            "1",
+            "--no-delay",
+        ]))
+        .join(" ");
+        assert_eq!(
+            f,
+            "--followers 5 --write-quorum 4 --read-quorum 1 --no-delay"
+        );
         let f = up_flags(&args(&["--sync-delay", "0.1"])).join(" ");
         assert!(f.ends_with("--sync-delay 0.1"));
     }

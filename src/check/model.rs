@@ -89,7 +89,9 @@ impl Model for VersionedRegister {
             (Input::Write(value), Output::WriteUnknown) if version < self.max_version => {
                 Some(Some((*value, version + 1)))
             }
-            (Input::Read, Output::Found(value, v)) if *value != UNREAD && *state == Some((*value, *v)) => {
+            (Input::Read, Output::Found(value, v))
+                if *value != UNREAD && *state == Some((*value, *v)) =>
+            {
                 Some(*state)
             }
             (Input::Read, Output::NotFound) if state.is_none() => Some(None),

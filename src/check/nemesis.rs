@@ -104,7 +104,7 @@ pub struct Planned {
 /// Draws the schedule: faults back to back with a pause of 1-3 s between
 /// them, from 1 s after the start to `heal_by`.
 pub fn schedule(kinds: &[FaultKind], seed: u64, followers: usize, heal_by: f64) -> Vec<Planned> {
-    let mut rng = SmallRng::seed_from_u64(seed ^ 0x6e65_6d65_7369_73);
+    let mut rng = SmallRng::seed_from_u64(seed ^ 0x006e_656d_6573_6973);
     let mut plan = Vec::new();
     let mut t = 1.0;
     if kinds.is_empty() || followers == 0 {
@@ -124,7 +124,11 @@ pub fn schedule(kinds: &[FaultKind], seed: u64, followers: usize, heal_by: f64) 
         let follower = format!("follower-{}", rng.random_range(1..=followers));
         let (node, how) = match kind {
             FaultKind::Leader => {
-                let how = if rng.random_range(0..2) == 0 { "crash" } else { "pause" };
+                let how = if rng.random_range(0..2) == 0 {
+                    "crash"
+                } else {
+                    "pause"
+                };
                 (LEADER_ID.to_string(), vec![how.to_string()])
             }
             FaultKind::Partition => {
@@ -138,7 +142,13 @@ pub fn schedule(kinds: &[FaultKind], seed: u64, followers: usize, heal_by: f64) 
             FaultKind::SlowDisk => (follower, vec![format!("{} ms", rng.random_range(20..300))]),
             _ => (follower, vec![]),
         };
-        plan.push(Planned { kind, at: round(t), seconds: round(seconds), node, how });
+        plan.push(Planned {
+            kind,
+            at: round(t),
+            seconds: round(seconds),
+            node,
+            how,
+        });
         t += seconds + rng.random_range(1.0..3.0);
     }
     plan
@@ -178,7 +188,9 @@ impl Control {
             .send()
             .await
             .map_err(|e| crate::http::describe_reqwest_error(&e))?;
-        resp.json().await.map_err(|e| format!("unreadable /status: {e}"))
+        resp.json()
+            .await
+            .map_err(|e| format!("unreadable /status: {e}"))
     }
 
     async fn post(&self, url: String, body: serde_json::Value) -> Result<(), String> {
@@ -194,7 +206,10 @@ impl Control {
             Ok(())
         } else {
             let status = resp.status();
-            Err(format!("{url}: HTTP {status}: {}", crate::http::error_detail(resp).await))
+            Err(format!(
+                "{url}: HTTP {status}: {}",
+                crate::http::error_detail(resp).await
+            ))
         }
     }
 
@@ -211,19 +226,28 @@ impl Control {
 
     async fn kill(&self, id: &str, crash: bool) -> Result<(), String> {
         let mode = if crash { "?mode=crash" } else { "" };
-        self.post(format!("{}/kill/{id}{mode}", self.coordinator), json!({})).await
+        self.post(format!("{}/kill/{id}{mode}", self.coordinator), json!({}))
+            .await
     }
 
     async fn spawn(&self, id: &str) -> Result<(), String> {
-        self.post(format!("{}/spawn", self.coordinator), json!({"node_id": id})).await
+        self.post(
+            format!("{}/spawn", self.coordinator),
+            json!({"node_id": id}),
+        )
+        .await
     }
 
     async fn signal(&self, id: &str, sig: libc::c_int) -> Result<(), String> {
         let (_, pid) = self.node(id).await?;
-        let pid = pid.ok_or_else(|| format!("{id} has no pid in /status (not a local cluster?)"))?;
+        let pid =
+            pid.ok_or_else(|| format!("{id} has no pid in /status (not a local cluster?)"))?;
         // SAFETY: a plain syscall on a pid the coordinator reported.
         if unsafe { libc::kill(pid as libc::pid_t, sig) } != 0 {
-            return Err(format!("signal to {id} (pid {pid}): {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "signal to {id} (pid {pid}): {}",
+                std::io::Error::last_os_error()
+            ));
         }
         Ok(())
     }
@@ -241,13 +265,26 @@ async fn inject(c: &Control, p: &Planned) -> Result<(), String> {
         FaultKind::Kill => c.kill(node, false).await,
         FaultKind::Crash => c.kill(node, true).await,
         FaultKind::Pause => c.signal(node, libc::SIGSTOP).await,
-        FaultKind::Heartbeats => c.admin(node, "pause-heartbeats", json!({"seconds": p.seconds})).await,
+        FaultKind::Heartbeats => {
+            c.admin(node, "pause-heartbeats", json!({"seconds": p.seconds}))
+                .await
+        }
         FaultKind::Partition => {
-            c.admin(node, "partition", json!({"peers": p.how, "seconds": p.seconds + 1.0})).await
+            c.admin(
+                node,
+                "partition",
+                json!({"peers": p.how, "seconds": p.seconds + 1.0}),
+            )
+            .await
         }
         FaultKind::SlowDisk => {
             let ms: u64 = p.how[0].trim_end_matches(" ms").parse().unwrap_or(100);
-            c.admin(node, "slow-disk", json!({"ms": ms, "seconds": p.seconds + 1.0})).await
+            c.admin(
+                node,
+                "slow-disk",
+                json!({"ms": ms, "seconds": p.seconds + 1.0}),
+            )
+            .await
         }
         FaultKind::Leader if p.how[0] == "crash" => c.kill(node, true).await,
         FaultKind::Leader => c.signal(node, libc::SIGSTOP).await,
@@ -260,9 +297,18 @@ async fn heal(c: &Control, p: &Planned) -> Result<(), String> {
     match p.kind {
         FaultKind::Kill | FaultKind::Crash => c.spawn(node).await,
         FaultKind::Pause => c.signal(node, libc::SIGCONT).await,
-        FaultKind::Heartbeats => c.admin(node, "pause-heartbeats", json!({"seconds": 0})).await,
-        FaultKind::Partition => c.admin(node, "partition", json!({"peers": [], "seconds": 0})).await,
-        FaultKind::SlowDisk => c.admin(node, "slow-disk", json!({"ms": 0, "seconds": 0})).await,
+        FaultKind::Heartbeats => {
+            c.admin(node, "pause-heartbeats", json!({"seconds": 0}))
+                .await
+        }
+        FaultKind::Partition => {
+            c.admin(node, "partition", json!({"peers": [], "seconds": 0}))
+                .await
+        }
+        FaultKind::SlowDisk => {
+            c.admin(node, "slow-disk", json!({"ms": 0, "seconds": 0}))
+                .await
+        }
         FaultKind::Leader if p.how[0] == "crash" => c.spawn(node).await,
         FaultKind::Leader => c.signal(node, libc::SIGCONT).await,
     }
@@ -281,14 +327,18 @@ pub async fn run(
     let mut records = Vec::new();
     for p in plan {
         let wait = Duration::from_secs_f64((p.at - now()).max(0.0));
-        if tokio::time::timeout(wait, stop.wait_for(|s| *s)).await.is_ok() {
+        if tokio::time::timeout(wait, stop.wait_for(|s| *s))
+            .await
+            .is_ok()
+        {
             break;
         }
         on_fault(p, true);
         let start = now();
         let injected = inject(control, p).await;
         if injected.is_ok() {
-            let _ = tokio::time::timeout(Duration::from_secs_f64(p.seconds), stop.wait_for(|s| *s)).await;
+            let _ = tokio::time::timeout(Duration::from_secs_f64(p.seconds), stop.wait_for(|s| *s))
+                .await;
         }
         let healed = heal(control, p).await;
         on_fault(p, false);
@@ -308,16 +358,36 @@ pub async fn run(
 /// the dead, and wait (up to `timeout`) until every node is alive.
 pub async fn heal_everything(c: &Control, timeout: Duration) -> Result<(), String> {
     let status = c.status().await?;
-    let nodes: Vec<_> = status.leader.iter().chain(status.followers.iter()).cloned().collect();
+    let nodes: Vec<_> = status
+        .leader
+        .iter()
+        .chain(status.followers.iter())
+        .cloned()
+        .collect();
     for n in &nodes {
         if let Some(pid) = n.pid {
             // SAFETY: a plain syscall; SIGCONT to a running process is a no-op.
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
         }
         if n.status != NodeStatus::Dead {
-            let _ = c.post(format!("{}/admin/partition", n.url), json!({"peers": [], "seconds": 0})).await;
-            let _ = c.post(format!("{}/admin/slow-disk", n.url), json!({"ms": 0, "seconds": 0})).await;
-            let _ = c.post(format!("{}/admin/pause-heartbeats", n.url), json!({"seconds": 0})).await;
+            let _ = c
+                .post(
+                    format!("{}/admin/partition", n.url),
+                    json!({"peers": [], "seconds": 0}),
+                )
+                .await;
+            let _ = c
+                .post(
+                    format!("{}/admin/slow-disk", n.url),
+                    json!({"ms": 0, "seconds": 0}),
+                )
+                .await;
+            let _ = c
+                .post(
+                    format!("{}/admin/pause-heartbeats", n.url),
+                    json!({"seconds": 0}),
+                )
+                .await;
         }
     }
     let deadline = Instant::now() + timeout;
@@ -330,12 +400,19 @@ pub async fn heal_everything(c: &Control, timeout: Duration) -> Result<(), Strin
             .filter(|n| n.status == NodeStatus::Dead)
             .map(|n| n.node_id.clone())
             .collect();
-        let starting = status.leader.iter().chain(status.followers.iter()).any(|n| n.status != NodeStatus::Alive);
+        let starting = status
+            .leader
+            .iter()
+            .chain(status.followers.iter())
+            .any(|n| n.status != NodeStatus::Alive);
         if dead.is_empty() && !starting {
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(format!("not every node is alive after healing (dead: {})", dead.join(", ")));
+            return Err(format!(
+                "not every node is alive after healing (dead: {})",
+                dead.join(", ")
+            ));
         }
         for id in &dead {
             let _ = c.spawn(id).await;
@@ -352,8 +429,13 @@ mod tests {
     fn lists_parse_and_bad_names_are_refused() {
         assert_eq!(parse_list("none").unwrap(), vec![]);
         assert_eq!(parse_list("all").unwrap().len(), 6);
-        assert_eq!(parse_list("kill,slow-disk").unwrap(), vec![FaultKind::Kill, FaultKind::SlowDisk]);
-        assert!(parse_list("kil").unwrap_err().contains("unknown nemesis `kil`"));
+        assert_eq!(
+            parse_list("kill,slow-disk").unwrap(),
+            vec![FaultKind::Kill, FaultKind::SlowDisk]
+        );
+        assert!(parse_list("kil")
+            .unwrap_err()
+            .contains("unknown nemesis `kil`"));
     }
 
     #[test]
@@ -365,6 +447,9 @@ mod tests {
         assert!(!a.is_empty());
         assert!(a.iter().all(|p| p.at >= 1.0 && p.at + p.seconds <= 30.0));
         assert!(a.windows(2).all(|w| w[0].at + w[0].seconds < w[1].at));
-        assert_ne!(format!("{a:?}"), format!("{:?}", schedule(&kinds, 8, 3, 30.0)));
+        assert_ne!(
+            format!("{a:?}"),
+            format!("{:?}", schedule(&kinds, 8, 3, 30.0))
+        );
     }
 }

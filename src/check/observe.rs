@@ -54,7 +54,11 @@ pub struct Observations {
 impl Observations {
     /// The sample closest before `t` (seconds), if any.
     pub fn at(&self, t: f64) -> Option<&Sample> {
-        self.samples.iter().rev().find(|s| s.t <= t).or(self.samples.first())
+        self.samples
+            .iter()
+            .rev()
+            .find(|s| s.t <= t)
+            .or(self.samples.first())
     }
 }
 
@@ -127,6 +131,9 @@ fn running(pid: u32, node_id: &str) -> bool {
         return false;
     };
     // The state follows the command name, which is in parentheses.
-    let state = stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().next());
+    let state = stat
+        .rsplit(')')
+        .next()
+        .and_then(|rest| rest.split_whitespace().next());
     !matches!(state, Some("T" | "t" | "Z" | "X") | None)
 }

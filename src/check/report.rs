@@ -43,7 +43,10 @@ pub struct Counts {
 
 impl Counts {
     pub fn of(history: &[Op]) -> Counts {
-        let mut c = Counts { total: history.len(), ..Counts::default() };
+        let mut c = Counts {
+            total: history.len(),
+            ..Counts::default()
+        };
         for op in history {
             if op.is_write() {
                 c.writes += 1;
@@ -88,14 +91,32 @@ pub fn card(r: &RunReport) -> String {
     let c = &r.config;
     let mut s = String::new();
     let delays = match (c.sync_delay, c.async_delay) {
-        (Some(sd), Some(ad)) if sd > 0.0 || ad > 0.0 => format!("delays sync {sd} s / async {ad} s"),
+        (Some(sd), Some(ad)) if sd > 0.0 || ad > 0.0 => {
+            format!("delays sync {sd} s / async {ad} s")
+        }
         (Some(_), Some(_)) => "no delays".to_string(),
         _ => "delays unknown".to_string(),
     };
-    let nemesis = if c.nemesis.is_empty() { "none".to_string() } else { c.nemesis.join(",") };
-    let _ = writeln!(s, "┌─ kvlab check ─ seed {} ─────────────────────────────", r.seed);
-    let _ = writeln!(s, "│ cluster     N={} W={} R={} · {delays}", c.followers, c.w, c.r);
-    let _ = writeln!(s, "│ workload    {} clients, {} keys, {} s → {}", c.clients, c.keys, c.time_limit, c.target);
+    let nemesis = if c.nemesis.is_empty() {
+        "none".to_string()
+    } else {
+        c.nemesis.join(",")
+    };
+    let _ = writeln!(
+        s,
+        "┌─ kvlab check ─ seed {} ─────────────────────────────",
+        r.seed
+    );
+    let _ = writeln!(
+        s,
+        "│ cluster     N={} W={} R={} · {delays}",
+        c.followers, c.w, c.r
+    );
+    let _ = writeln!(
+        s,
+        "│ workload    {} clients, {} keys, {} s → {}",
+        c.clients, c.keys, c.time_limit, c.target
+    );
     let o = &r.ops;
     let _ = writeln!(
         s,
@@ -104,12 +125,32 @@ pub fn card(r: &RunReport) -> String {
     );
     let _ = writeln!(s, "│ nemesis     {nemesis}: {} faults", r.faults.len());
     for f in &r.faults {
-        let how = if f.how.is_empty() { String::new() } else { format!(" ({})", f.how.join(", ")) };
-        let err = f.error.as_deref().map(|e| format!("  ⚠ {e}")).unwrap_or_default();
-        let _ = writeln!(s, "│   {:>7.3}-{:<7.3} {} {}{how}{err}", f.start, f.end, f.kind.name(), f.node);
+        let how = if f.how.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", f.how.join(", "))
+        };
+        let err = f
+            .error
+            .as_deref()
+            .map(|e| format!("  ⚠ {e}"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "│   {:>7.3}-{:<7.3} {} {}{how}{err}",
+            f.start,
+            f.end,
+            f.kind.name(),
+            f.node
+        );
     }
     let ops: usize = r.keys.iter().map(|k| k.ops).sum();
-    let _ = writeln!(s, "│ checker     {} keys, {ops} operations in {:.0} ms", r.keys.len(), r.checker_millis);
+    let _ = writeln!(
+        s,
+        "│ checker     {} keys, {ops} operations in {:.0} ms",
+        r.keys.len(),
+        r.checker_millis
+    );
     for note in &r.notes {
         let _ = writeln!(s, "│ note        {note}");
     }

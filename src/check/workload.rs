@@ -257,7 +257,8 @@ async fn client_loop(
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Vec<Op> {
     let client = Client::new(id, &config.target, config.request_timeout, epoch);
-    let mut rng = SmallRng::seed_from_u64(config.seed ^ (id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut rng =
+        SmallRng::seed_from_u64(config.seed ^ (id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let mut ops = Vec::new();
     let mut writes = 0;
     while !*stop.borrow() {
@@ -296,17 +297,38 @@ mod tests {
 
     #[test]
     fn write_answers_are_classified_by_what_they_prove() {
-        assert_eq!(write_outcome(200, &json!({"version": 3})), Outcome::Written { version: 3 });
+        assert_eq!(
+            write_outcome(200, &json!({"version": 3})),
+            Outcome::Written { version: 3 }
+        );
         let refused = json!({"detail": {"error": "Write quorum not available"}});
-        assert!(matches!(write_outcome(503, &refused), Outcome::Refused { .. }));
+        assert!(matches!(
+            write_outcome(503, &refused),
+            Outcome::Refused { .. }
+        ));
         let not_met = json!({"detail": {"error": "Write quorum not met", "sync_acks": 1}});
-        assert!(matches!(write_outcome(503, &not_met), Outcome::Unknown { .. }));
+        assert!(matches!(
+            write_outcome(503, &not_met),
+            Outcome::Unknown { .. }
+        ));
         let unreachable = json!({"detail": "Leader unreachable: timed out"});
-        assert!(matches!(write_outcome(503, &unreachable), Outcome::Unknown { .. }));
+        assert!(matches!(
+            write_outcome(503, &unreachable),
+            Outcome::Unknown { .. }
+        ));
         let refused = json!({"detail": "Leader unreachable: cannot connect: Connection refused (os error 111)"});
-        assert!(matches!(write_outcome(503, &refused), Outcome::Refused { .. }));
-        assert!(matches!(write_outcome(429, &json!({})), Outcome::Refused { .. }));
-        assert!(matches!(write_outcome(200, &json!({})), Outcome::Unknown { .. }));
+        assert!(matches!(
+            write_outcome(503, &refused),
+            Outcome::Refused { .. }
+        ));
+        assert!(matches!(
+            write_outcome(429, &json!({})),
+            Outcome::Refused { .. }
+        ));
+        assert!(matches!(
+            write_outcome(200, &json!({})),
+            Outcome::Unknown { .. }
+        ));
     }
 
     #[test]
@@ -314,9 +336,19 @@ mod tests {
         let found = json!({"value": "c1-2", "version": 2, "served_by": "follower-3"});
         assert_eq!(
             read_outcome(200, &found),
-            Outcome::Found { value: "c1-2".into(), version: 2, served_by: "follower-3".into() }
+            Outcome::Found {
+                value: "c1-2".into(),
+                version: 2,
+                served_by: "follower-3".into()
+            }
         );
-        assert_eq!(read_outcome(404, &json!({"detail": "Key 'k' not found"})), Outcome::NotFound);
-        assert!(matches!(read_outcome(503, &json!({"detail": "Read quorum not available"})), Outcome::ReadFailed { .. }));
+        assert_eq!(
+            read_outcome(404, &json!({"detail": "Key 'k' not found"})),
+            Outcome::NotFound
+        );
+        assert!(matches!(
+            read_outcome(503, &json!({"detail": "Read quorum not available"})),
+            Outcome::ReadFailed { .. }
+        ));
     }
 }

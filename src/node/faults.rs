@@ -149,9 +149,15 @@ pub async fn partition(
         tracing::warn!("partition healed (fault injection)");
         return Ok(Json(json!({"status": "healed"})));
     }
-    tracing::warn!(?peers, seconds = req.seconds, "partitioned (fault injection)");
+    tracing::warn!(
+        ?peers,
+        seconds = req.seconds,
+        "partitioned (fault injection)"
+    );
     *PARTITION.lock().unwrap() = Some(Partition { peers, until });
-    Ok(Json(json!({"status": "partitioned", "peers": req.peers, "seconds": req.seconds})))
+    Ok(Json(
+        json!({"status": "partitioned", "peers": req.peers, "seconds": req.seconds}),
+    ))
 }
 
 /// `POST /admin/slow-disk`.
@@ -163,6 +169,12 @@ pub async fn slow_disk(
         return Err(ApiError::bad_request("ms must be at most 60000"));
     }
     crate::storage::wal::slow_down_fsyncs(Duration::from_millis(req.ms), length);
-    tracing::warn!(ms = req.ms, seconds = req.seconds, "slow disk (fault injection)");
-    Ok(Json(json!({"status": "slow", "ms": req.ms, "seconds": req.seconds})))
+    tracing::warn!(
+        ms = req.ms,
+        seconds = req.seconds,
+        "slow disk (fault injection)"
+    );
+    Ok(Json(
+        json!({"status": "slow", "ms": req.ms, "seconds": req.seconds}),
+    ))
 }
