@@ -92,21 +92,16 @@ pub async fn outbound(peer: &str) -> Result<(), String> {
 }
 
 /// Who sent this request (see the module's notes).
-fn sender(req: &Request) -> &'static str {
+fn sender(req: &Request) -> String {
     if let Some(from) = req.headers().get(HEADER_FROM).and_then(|v| v.to_str().ok()) {
-        // Leak-free: the few peer names are matched against the cut set below.
-        return match from {
-            "leader" => "leader",
-            "registry" => "registry",
-            "coordinator" => "coordinator",
-            _ => "other",
-        };
+        return from.to_string();
     }
-    if req.uri().path().starts_with("/replicate") {
+    let from = if req.uri().path().starts_with("/replicate") {
         "leader"
     } else {
         "coordinator"
-    }
+    };
+    from.to_string()
 }
 
 /// Middleware: holds, then drops, requests from cut-off peers.
@@ -115,7 +110,7 @@ pub async fn drop_partitioned(req: Request, next: Next) -> Response {
         return next.run(req).await;
     }
     let from = sender(&req);
-    if hold_while_cut_off(from).await {
+    if hold_while_cut_off(&from).await {
         return ApiError::unavailable(format!("dropped: this node was partitioned from {from}"))
             .into_response();
     }
