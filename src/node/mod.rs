@@ -23,6 +23,7 @@
 //! 409: that is how a replaced process is fenced out.
 
 pub mod durable;
+pub mod faults;
 mod follower;
 mod heartbeat;
 pub mod leadership;
@@ -430,6 +431,9 @@ pub fn router(node: Arc<NodeState>) -> Router {
         .route("/replication/wait", post(wait_for_peer))
         .route("/admin/pause-heartbeats", post(pause_heartbeats))
         .route("/admin/shutdown", post(admin_shutdown))
+        .route("/admin/partition", post(faults::partition))
+        .route("/admin/slow-disk", post(faults::slow_disk))
+        .layer(middleware::from_fn(faults::drop_partitioned))
         .layer(middleware::from_fn_with_state(node.clone(), tag_response))
         .with_state(node)
 }

@@ -315,6 +315,7 @@ fn plan(node: &NodeState, peer: &Peer, from: u64) -> Plan {
 /// seq from which the follower's log is ours.
 async fn handshake(node: &NodeState, peer: &Peer) -> Result<u64, String> {
     let url = format!("{}/replicate", peer.config.url);
+    super::faults::outbound(&peer.config.node_id).await?;
     let resp = node
         .http
         .get(&url)
@@ -404,6 +405,7 @@ async fn post(
     path: &str,
     body: &impl serde::Serialize,
 ) -> Result<u64, String> {
+    super::faults::outbound(&peer.config.node_id).await?;
     let resp = node
         .http
         .post(format!("{}/{path}", peer.config.url))

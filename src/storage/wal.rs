@@ -27,7 +27,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -490,6 +490,7 @@ impl Writer {
         if !self.dirty {
             return Ok(());
         }
+        slow_fsync_pause();
         self.log.sync()?;
         self.dirty = false;
         self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
@@ -536,6 +537,25 @@ impl Writer {
         *self.shared.stopped.lock().unwrap() = Some(why.clone());
         for (_, done) in self.waiting.drain(..) {
             let _ = done.send(Err(StorageError::Stopped(why.clone())));
+        }
+    }
+}
+
+/// Fault injection (`/admin/slow-disk`, see `node::faults`): until when, and
+/// by how much, every fsync is slowed. Process-wide: a node has one disk.
+static SLOW_FSYNCS: std::sync::Mutex<Option<(Duration, Instant)>> = std::sync::Mutex::new(None);
+
+/// Makes every fsync take `extra` longer for `length` (zero ends it).
+pub fn slow_down_fsyncs(extra: Duration, length: Duration) {
+    *SLOW_FSYNCS.lock().unwrap() = Some((extra, Instant::now() + length));
+}
+
+/// On the writer thread, before an fsync: the injected delay, if any.
+fn slow_fsync_pause() {
+    let slow = *SLOW_FSYNCS.lock().unwrap();
+    if let Some((extra, until)) = slow {
+        if Instant::now() < until {
+            thread::sleep(extra);
         }
     }
 }
