@@ -33,6 +33,12 @@ pub const HEADER_NODE_ID: &str = "x-node-id";
 pub const HEADER_NODE_ROLE: &str = "x-node-role";
 /// kvlab's addition: which incarnation of the node answered (see fencing).
 pub const HEADER_NODE_INCARNATION: &str = "x-node-incarnation";
+/// kvlab's addition: the sender's term, on every request between nodes and
+/// from the coordinator to a node, and the node's term on every answer. A
+/// node refuses a request with a lower term (409 `stale term`) and adopts a
+/// higher one (a leader steps down). Requests without it (a person's curl)
+/// are not checked.
+pub const HEADER_TERM: &str = "x-kvlab-term";
 
 /// `{"detail": ...}`: the error body of every component.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -116,7 +122,37 @@ pub struct ReadResponse {
     pub value: String,
     pub version: u64,
     pub served_by: String,
+    /// How many followers answered (always at least R).
     pub quorum_responses: usize,
+    /// kvlab's addition: the log position of the write that made `version`
+    /// (an upper bound if the serving follower restored it from a snapshot).
+    #[serde(default)]
+    pub seq: u64,
+    /// kvlab's addition: the followers whose answers were counted: the read
+    /// set, or substitutes for its unreachable members (see `substitutes`).
+    #[serde(default)]
+    pub answered_by: Vec<String>,
+    /// kvlab's addition: each read set member that failed or was too slow to
+    /// answer, and the follower asked instead. Absent when there were none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub substitutes: Vec<ReadSubstitute>,
+    /// kvlab's addition: what this read guarantees. `linearizable` when
+    /// W + R > N (it returns only committed versions, waiting if needed);
+    /// `may_be_stale` when W + R <= N (the lab's stale reads).
+    #[serde(default)]
+    pub consistency: String,
+    /// kvlab's addition: how long the read waited for the version it saw to
+    /// be committed (held by W followers). Absent when it did not wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waited_for_commit_ms: Option<u64>,
+}
+
+/// A read set member that did not answer in time, and who answered instead.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReadSubstitute {
+    pub node_id: String,
+    pub reason: String,
+    pub asked_instead: String,
 }
 
 // ---------------------------------------------------------------------------
@@ -220,6 +256,9 @@ pub struct NodeView {
     /// `sync`, `async` or `read` membership of a follower (empty for the leader).
     #[serde(default)]
     pub sets: Vec<String>,
+    /// kvlab's addition: `leader` or `follower` (roles change on failover).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -249,6 +288,38 @@ pub struct StatusResponse {
     /// `unknown` (no answer from either yet).
     #[serde(default)]
     pub liveness: String,
+    /// kvlab's addition: the current leadership term.
+    #[serde(default)]
+    pub term: u64,
+    /// kvlab's addition: the state of leader failover (see [`FailoverView`]).
+    #[serde(default)]
+    pub failover: FailoverView,
+}
+
+/// kvlab's addition to `/status`: where leader failover stands.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FailoverView {
+    /// `none` (the leader is alive), `in_progress`, or `refused` (no alive
+    /// follower holds every acknowledged write).
+    pub state: String,
+    /// The highest seq acknowledged to a client so far.
+    pub acked_seq: u64,
+    /// Whether `--unclean-failover` allows promoting a follower that lacks
+    /// acknowledged writes.
+    pub unclean_allowed: bool,
+    /// When refused: the acknowledged seqs no alive follower holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_risk: Option<SeqRange>,
+    /// When refused: why, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
+}
+
+/// An inclusive range of log positions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeqRange {
+    pub from: u64,
+    pub to: u64,
 }
 
 /// `GET /` on the coordinator.
@@ -455,6 +526,9 @@ pub struct NodeHealth {
     pub role: Role,
     #[serde(default)]
     pub incarnation: u64,
+    /// kvlab's addition: the highest term the node has seen.
+    #[serde(default)]
+    pub term: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -469,6 +543,12 @@ pub struct NodeInfo {
 pub struct NodeStats {
     pub node_id: String,
     pub role: Role,
+    /// kvlab's additions: the node's term and its term history,
+    /// `[[term, first seq], ...]`.
+    #[serde(default)]
+    pub term: u64,
+    #[serde(default)]
+    pub term_history: Vec<(u64, u64)>,
     pub active_requests: u64,
     pub total_writes: u64,
     pub total_reads: u64,
@@ -549,7 +629,7 @@ pub struct NodeSnapshot {
 pub struct Entry {
     /// Cluster-wide position in the log, starting at 1, without gaps.
     pub seq: u64,
-    /// The leadership term that wrote it (for failover; constant for now).
+    /// The leadership term that wrote it (see `node::term`).
     pub term: u64,
     pub key: String,
     pub value: String,
@@ -635,6 +715,12 @@ pub struct ReadBatchRequest {
 pub struct ReadBatchResponse {
     pub node_id: String,
     pub values: Vec<Option<Versioned>>,
+    /// For each key, the seq of the log entry that wrote the value (0 where
+    /// the key is absent); an upper bound for keys restored from a snapshot.
+    /// The coordinator compares it with the commit point (see
+    /// `coordinator::reads`).
+    #[serde(default)]
+    pub seqs: Vec<u64>,
 }
 
 /// The leader's `PUT /replication/peers`: the full set of followers to
@@ -715,6 +801,9 @@ pub struct InstallSnapshot {
     pub to_incarnation: u64,
     pub seq: u64,
     pub data: BTreeMap<String, Versioned>,
+    /// The leader's term history; the follower keeps the part up to `seq`.
+    #[serde(default)]
+    pub history: Vec<(u64, u64)>,
 }
 
 /// A follower's answer to `/replicate` and `/replicate/snapshot`, and `GET /replicate`.
@@ -724,6 +813,47 @@ pub struct AppendResponse {
     pub incarnation: u64,
     /// Highest sequence number held contiguously after this request.
     pub acked_seq: u64,
+    /// The node's term, and the term of its entry at `acked_seq` (0: none).
+    #[serde(default)]
+    pub term: u64,
+    #[serde(default)]
+    pub last_term: u64,
+    /// The node's term history, `[[term, first seq], ...]`: the leader
+    /// compares it with its own to find where the logs part.
+    #[serde(default)]
+    pub history: Vec<(u64, u64)>,
+    /// The node's role (a leader of the same term refuses entries).
+    #[serde(default = "follower_role")]
+    pub role: Role,
+}
+
+fn follower_role() -> Role {
+    Role::Follower
+}
+
+/// A follower's `POST /replicate/truncate` body: the leader found that the
+/// follower's log parts from its own after `after_seq`; the follower drops
+/// everything after it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TruncateRequest {
+    pub term: u64,
+    pub to_incarnation: u64,
+    pub after_seq: u64,
+}
+
+/// A node's `POST /admin/promote` body (from the coordinator): become the
+/// leader of `term`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PromoteRequest {
+    pub term: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PromoteResponse {
+    pub node_id: String,
+    pub term: u64,
+    /// The last seq of the log the new leader starts from.
+    pub last_seq: u64,
 }
 
 /// `POST /admin/pause-heartbeats`: the fault hook for network blips.

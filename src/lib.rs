@@ -6,6 +6,8 @@
 pub mod api;
 pub mod assess;
 pub mod bench;
+pub mod check;
+pub mod child_cluster;
 pub mod client;
 pub mod coordinator;
 pub mod events;

@@ -2,7 +2,7 @@
 //! library; this file only parses flags and picks what to run.
 
 use clap::{Parser, Subcommand};
-use kvlab::{assess, bench, client, coordinator, gateway, lab, node, registry, up};
+use kvlab::{assess, bench, check, client, coordinator, gateway, lab, node, registry, up};
 
 #[derive(Parser)]
 #[command(
@@ -35,6 +35,8 @@ enum Command {
     Bench(bench::Args),
     /// The CloudCart exercise's files: `kvlab lab export DIR` writes the student handout.
     Lab(lab::Args),
+    /// Check a cluster for linearizability under faults (Jepsen-style).
+    Check(check::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -60,6 +62,8 @@ fn main() -> std::process::ExitCode {
             Command::Client(args) => return client::run(args).await,
             // So does the autograder's (2 below --min-score, 130 interrupted).
             Command::Assess(args) => return assess::run(args).await,
+            // 0 valid, 1 a violation, 2 unknown.
+            Command::Check(args) => return check::run(args).await,
         };
         done.map(|()| 0)
     });

@@ -4,8 +4,9 @@
 //! (5 s) is declared dead and the coordinator is told (`/node-died`). A
 //! follower seen for the first time (per incarnation) is caught up: the
 //! registry asks the coordinator's `/catchup`, retrying while it is
-//! unreachable. With `--auto-spawn`, a dead or deregistered follower is
-//! replaced after `--spawn-delay` seconds, but only if it is *still* dead
+//! unreachable. With `--auto-spawn`, a dead or deregistered node is
+//! replaced after `--spawn-delay` seconds (a dead leader too: by then a
+//! follower leads and its slot is a follower slot), but only if it is *still* dead
 //! then: a node whose heartbeats came back in time is left alone.
 //!
 //! Fencing: the registry remembers the newest incarnation of each node id. A
@@ -269,9 +270,9 @@ async fn deregister(
     };
     if let Some(record) = removed {
         tracing::info!(node = %req.node_id, "deregistered");
-        if record.role == Role::Follower {
-            schedule_respawn(reg.clone(), req.node_id.clone(), record.incarnation);
-        }
+        // Any node, the leader too: after a failover its slot is a
+        // follower slot, and N stays N.
+        schedule_respawn(reg.clone(), req.node_id.clone(), record.incarnation);
     }
     Ok(Json(StatusOnly {
         status: "ok".into(),
@@ -379,9 +380,7 @@ async fn check_loop(reg: Arc<Registry>) {
             let body = json!({"node_id": node_id, "incarnation": record.incarnation,
                 "view_version": version, "registry_epoch": reg.epoch});
             tokio::spawn(tell_coordinator(reg.clone(), "node-died", body));
-            if record.role == Role::Follower {
-                schedule_respawn(reg.clone(), node_id, record.incarnation);
-            }
+            schedule_respawn(reg.clone(), node_id, record.incarnation);
         }
     }
 }

@@ -46,6 +46,11 @@ pub struct Args {
     /// Seconds to wait before replacing a dead follower.
     #[arg(long, default_value_t = 5.0)]
     pub spawn_delay: f64,
+    /// Seconds of heartbeat silence after which the registry declares a
+    /// node dead (and, for the leader, failover begins). Nodes heartbeat at
+    /// least three times per timeout.
+    #[arg(long, default_value_t = 5.0, value_name = "S")]
+    pub failure_timeout: f64,
     /// Where node log files go.
     #[arg(long)]
     pub log_dir: Option<PathBuf>,
@@ -104,6 +109,16 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
         );
     }
     args.cluster.validate()?;
+    if !args.failure_timeout.is_finite() || !(0.1..=3600.0).contains(&args.failure_timeout) {
+        anyhow::bail!(
+            "--failure-timeout must be between 0.1 and 3600 seconds, got {}",
+            args.failure_timeout
+        );
+    }
+    let beats = args.failure_timeout / 3.0;
+    if args.cluster.heartbeat_interval > beats {
+        args.cluster.heartbeat_interval = beats;
+    }
     if let Some(warning) =
         ephemeral_range().and_then(|range| ephemeral_warning(&args.ports(), range))
     {
@@ -117,7 +132,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
         coordinator: coordinator_url.clone(),
         auto_spawn: args.auto_spawn,
         spawn_delay: args.spawn_delay,
-        timeout: 5.0,
+        timeout: args.failure_timeout,
     };
     let coordinator_args = coordinator::Args {
         port: args.coordinator_port,

@@ -644,3 +644,103 @@ async fn interrupted_compaction_is_finished_by_recovery() {
     assert_eq!(rec.report.entries_replayed, 10);
     assert_eq!(rec.state.data, expected_state(40));
 }
+
+// ---------------------------------------------------------------------------
+// Truncation after a divergence (failover)
+// ---------------------------------------------------------------------------
+
+/// A diverged tail is cut across segments; the log continues right after the
+/// cut, with new entries (another term) at the same seqs, and a restart sees
+/// exactly that.
+#[tokio::test]
+async fn truncate_after_cuts_across_segments_and_appends_continue() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.segment_bytes = 300;
+    let (wal, _) = Wal::open(cfg.clone()).await.unwrap();
+    for seq in 1..=40 {
+        wal.append(entries(seq..=seq)).await.unwrap();
+    }
+    let before = segments(dir.path()).len();
+    assert!(before > 3);
+
+    let rec = wal.truncate_after(17).await.unwrap();
+    assert_eq!(rec.state.seq, 17);
+    assert_eq!(rec.state.data, expected_state(17));
+    assert_eq!(rec.tail, entries(1..=17));
+    assert_eq!(wal.last_seq(), 17);
+    assert_eq!(wal.durable_seq(), 17);
+    assert!(segments(dir.path()).len() < before);
+
+    let other_term = |seq| Entry {
+        term: 2,
+        ..entry(seq)
+    };
+    wal.append((18..=20).map(other_term).collect())
+        .await
+        .unwrap();
+    wal.close().await;
+    let (_wal, rec) = Wal::open(cfg).await.unwrap();
+    assert_eq!(rec.state.seq, 20);
+    assert_eq!(
+        rec.tail[17..],
+        (18..=20).map(other_term).collect::<Vec<_>>()
+    );
+}
+
+/// Cutting after the last seq changes nothing; cutting at a segment boundary
+/// leaves the previous segment as the active one.
+#[tokio::test]
+async fn truncate_after_the_end_or_at_a_boundary() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = open(dir.path()).await;
+    wal.append(entries(1..=10)).await.unwrap();
+    let rec = wal.truncate_after(10).await.unwrap();
+    assert_eq!(rec.state.seq, 10);
+    let rec = wal.truncate_after(0).await.unwrap();
+    assert_eq!(rec.state.seq, 0);
+    assert!(rec.state.data.is_empty());
+    wal.append(entries(1..=3)).await.unwrap();
+    assert_eq!(wal.last_seq(), 3);
+    wal.close().await;
+    let (_wal, rec) = open(dir.path()).await;
+    assert_eq!(rec.state.data, expected_state(3));
+}
+
+/// Below the snapshot the entries cannot be rebuilt: the node starts empty
+/// (the leader then sends a snapshot).
+#[tokio::test]
+async fn truncate_below_the_snapshot_empties_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = open(dir.path()).await;
+    wal.append(entries(1..=20)).await.unwrap();
+    let snap = Snapshot {
+        seq: 15,
+        term: 1,
+        data: expected_state(15),
+    };
+    wal.compact(snap).await.unwrap();
+    let rec = wal.truncate_after(12).await.unwrap();
+    assert_eq!(rec.state.seq, 0);
+    assert_eq!(wal.snapshot_seq(), 0);
+    assert!(files_with_ext(dir.path(), "snap").is_empty());
+    wal.append(entries(1..=2)).await.unwrap();
+    wal.close().await;
+    let (_wal, rec) = open(dir.path()).await;
+    assert_eq!(rec.state.data, expected_state(2));
+
+    // Above the snapshot, the snapshot stays and the tail is cut.
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = open(dir.path()).await;
+    wal.append(entries(1..=20)).await.unwrap();
+    let snap = Snapshot {
+        seq: 15,
+        term: 1,
+        data: expected_state(15),
+    };
+    wal.compact(snap).await.unwrap();
+    let rec = wal.truncate_after(17).await.unwrap();
+    assert_eq!(rec.state.seq, 17);
+    assert_eq!(rec.state.data, expected_state(17));
+    assert_eq!(rec.report.snapshot_seq, 15);
+}

@@ -23,7 +23,7 @@
 //! completed run.
 
 pub mod checks;
-pub mod cluster;
+pub use crate::child_cluster as cluster;
 pub mod grade;
 pub mod render;
 pub mod report;
@@ -225,7 +225,15 @@ async fn start_cluster(prep: &Prepared, args: &Args) -> anyhow::Result<Option<Cl
         prep.settings.read_quorum,
         prep.ports.coordinator
     );
-    let c = ClusterProcess::start(&prep.settings, &prep.ports, args.no_stop_cluster).await?;
+    let flags = prep.settings.up_flags();
+    let c = ClusterProcess::start(
+        &flags,
+        prep.settings.followers,
+        &prep.ports,
+        "assess",
+        args.no_stop_cluster,
+    )
+    .await?;
     Ok(Some(c))
 }
 

@@ -7,7 +7,7 @@
 
 use serde::Serialize;
 
-use crate::api::ports;
+pub use crate::child_cluster::Ports;
 use crate::coordinator::ConfigError;
 use crate::labconfig::StudentConfig;
 
@@ -74,58 +74,6 @@ fn default_up_args() -> crate::up::Args {
     crate::up::Args::parse_from(["up"])
 }
 
-/// Every port of the cluster under test.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Ports {
-    pub coordinator: u16,
-    pub registry: u16,
-    pub gateway: u16,
-    /// The leader's; follower-i listens on `leader + i`.
-    pub leader: u16,
-}
-
-impl Ports {
-    /// The lab's default ports (docs/api.md).
-    pub const DEFAULT: Ports = Ports {
-        coordinator: ports::COORDINATOR,
-        registry: ports::REGISTRY,
-        gateway: ports::GATEWAY,
-        leader: ports::LEADER,
-    };
-
-    /// `--base-port P`: one contiguous block, so that several assessments
-    /// (or tests) can run side by side: coordinator P, registry P+1,
-    /// gateway P+2, leader P+3, follower-i P+3+i.
-    pub fn from_base(base: u16) -> Option<Ports> {
-        Some(Ports {
-            coordinator: base,
-            registry: base.checked_add(1)?,
-            gateway: base.checked_add(2)?,
-            leader: base.checked_add(3)?,
-        })
-    }
-
-    /// Every port a cluster of `followers` needs, each with what it is for.
-    pub fn all(&self, followers: usize) -> Vec<(u16, String)> {
-        let mut all = vec![
-            (self.coordinator, "the coordinator".to_string()),
-            (self.registry, "the registry".to_string()),
-            (self.gateway, "the gateway".to_string()),
-            (self.leader, "the leader".to_string()),
-        ];
-        for i in 1..=followers {
-            if let Some(p) = self.leader.checked_add(i as u16) {
-                all.push((p, format!("follower-{i}")));
-            }
-        }
-        all
-    }
-
-    pub fn url(port: u16) -> String {
-        format!("http://127.0.0.1:{port}")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,17 +113,5 @@ mod tests {
         ))
         .unwrap_err();
         assert_eq!(r, ConfigError::ReadQuorumTooLarge { r: 4, n: 3 });
-    }
-
-    #[test]
-    fn a_base_port_moves_the_whole_cluster() {
-        let p = Ports::from_base(20_000).unwrap();
-        assert_eq!(
-            (p.coordinator, p.registry, p.gateway, p.leader),
-            (20_000, 20_001, 20_002, 20_003)
-        );
-        let all = p.all(2);
-        assert_eq!(all.last().unwrap(), &(20_005, "follower-2".to_string()));
-        assert!(Ports::from_base(u16::MAX).is_none());
     }
 }

@@ -76,11 +76,17 @@ impl QuorumSets {
 }
 
 /// All slots: the leader and the followers, sorted by port.
+///
+/// Which slot leads changes on failover ([`Cluster::promote`]); node ids do
+/// not: a promoted `follower-2` keeps its id, and the node `leader` may be a
+/// follower. The id `leader` in the API is an alias ([`Cluster::resolve`]).
 #[derive(Debug, Clone)]
 pub struct Cluster {
     pub leader: Slot,
     pub followers: Vec<Slot>,
     next_incarnation: u64,
+    /// The current leadership term (0 before the first promotion).
+    pub term: u64,
 }
 
 impl Cluster {
@@ -89,7 +95,36 @@ impl Cluster {
             leader,
             followers: vec![],
             next_incarnation: 1,
+            term: 0,
         }
+    }
+
+    /// The node id an API caller means: `leader` names the current leader,
+    /// unless `prefer_dead` and the current leader is alive while the node
+    /// *called* `leader` is a dead follower (a respawn of the old leader).
+    pub fn resolve(&self, id: &str, prefer_dead: bool) -> String {
+        if id != crate::api::LEADER_ID {
+            return id.to_string();
+        }
+        let named = self.followers.iter().find(|s| s.node_id == id);
+        match named {
+            Some(s) if prefer_dead && self.leader.is_alive() && !s.is_alive() => id.to_string(),
+            _ => self.leader.node_id.clone(),
+        }
+    }
+
+    /// Makes the follower `node_id` the leader: the old leader's slot
+    /// becomes a follower slot (ids and ports stay), kept sorted by port.
+    /// Does nothing if `node_id` leads already or is unknown.
+    pub fn promote(&mut self, node_id: &str) {
+        let Some(i) = self.followers.iter().position(|s| s.node_id == node_id) else {
+            return;
+        };
+        let mut new_leader = self.followers.remove(i);
+        new_leader.role = Role::Leader;
+        let mut old = std::mem::replace(&mut self.leader, new_leader);
+        old.role = Role::Follower;
+        self.add_follower(old);
     }
 
     /// A number no process of this coordinator has had.
@@ -99,6 +134,7 @@ impl Cluster {
         n
     }
 
+    /// The slot of this exact node id (no alias; see [`Cluster::resolve`]).
     pub fn slot(&self, node_id: &str) -> Option<&Slot> {
         if node_id == self.leader.node_id {
             return Some(&self.leader);
@@ -111,6 +147,10 @@ impl Cluster {
             return Some(&mut self.leader);
         }
         self.followers.iter_mut().find(|s| s.node_id == node_id)
+    }
+
+    pub fn is_leader(&self, node_id: &str) -> bool {
+        self.leader.node_id == node_id
     }
 
     pub fn add_follower(&mut self, slot: Slot) {
@@ -175,6 +215,7 @@ impl Cluster {
             incarnation: slot.incarnation,
             pid: slot.pid,
             sets: tags,
+            role: Some(slot.role),
         }
     }
 }
@@ -242,5 +283,30 @@ mod tests {
         c.add_follower(follower(4, false));
         assert_eq!(c.next_follower_number(), 5);
         assert_eq!(c.first_dead_follower().unwrap().node_id, "follower-4");
+    }
+
+    #[test]
+    fn promotion_swaps_slots_and_keeps_ids() {
+        let mut leader = follower(0, false);
+        leader.node_id = "leader".into();
+        leader.role = Role::Leader;
+        let mut c = Cluster::new(leader);
+        for i in 1..=3 {
+            c.add_follower(follower(i, true));
+        }
+        assert_eq!(c.resolve("leader", false), "leader");
+        c.promote("follower-2");
+        assert_eq!(c.leader.node_id, "follower-2");
+        assert_eq!(c.leader.role, Role::Leader);
+        let ids: Vec<&str> = c.followers.iter().map(|s| s.node_id.as_str()).collect();
+        assert_eq!(ids, ["leader", "follower-1", "follower-3"]);
+        assert_eq!(c.followers[0].role, Role::Follower);
+        // `leader` names the current leader; a respawn may mean the dead
+        // node called `leader`.
+        assert_eq!(c.resolve("leader", false), "follower-2");
+        assert_eq!(c.resolve("leader", true), "leader");
+        assert_eq!(c.resolve("follower-1", true), "follower-1");
+        c.promote("nobody");
+        assert_eq!(c.leader.node_id, "follower-2");
     }
 }

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::cluster::{Cluster, Slot};
+use super::failover;
 use super::launcher::{self, NodeSpec};
 use super::{Coordinator, Shared};
 use crate::api::*;
@@ -78,6 +79,18 @@ impl Coordinator {
         }
         for result in futures::future::join_all(starts).await {
             result?;
+        }
+        // Every leader start is an election: the most advanced node leads
+        // (on a fresh cluster, every log is empty and `leader` keeps it).
+        let mut elected = false;
+        for _ in 0..3 {
+            elected = self.elect(failover::Reason::Start).await;
+            if elected {
+                break;
+            }
+        }
+        if !elected {
+            anyhow::bail!("no node could be made the leader (see the events above)");
         }
         let c = self.snapshot();
         self.ready.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -178,6 +191,9 @@ impl Coordinator {
             }
             let incarnation = c.new_incarnation();
             let url = self.config.node_url(port);
+            // A slot keeps its role; the process always starts as a
+            // follower, and leads only once an election promotes it.
+            let role = c.slot(&node_id).map_or(role, |s| s.role);
             let slot = Slot {
                 node_id: node_id.clone(),
                 role,
@@ -193,7 +209,7 @@ impl Coordinator {
             }
             NodeSpec {
                 node_id: node_id.clone(),
-                role,
+                role: Role::Follower,
                 port,
                 incarnation,
             }
@@ -319,11 +335,15 @@ impl Coordinator {
         after.slot_mut(node_id).expect("slot exists").status = status;
         // Tell the leader first, so a write never waits on a follower the
         // leader does not stream to yet.
-        if status == NodeStatus::Alive || node_id != LEADER_ID {
+        let is_leader = after.is_leader(node_id);
+        if status == NodeStatus::Alive || !is_leader {
             self.push_peers(&after).await;
         }
         *self.cluster.lock().unwrap() = after.clone();
         self.narrate_transition(&before, &after, node_id, status, why);
+        if is_leader && status == NodeStatus::Dead {
+            self.failover.wake.notify_one();
+        }
         true
     }
 
@@ -361,11 +381,15 @@ impl Coordinator {
             ),
             NodeStatus::Starting => {}
         }
-        if node_id == LEADER_ID && status == NodeStatus::Dead {
+        if after.is_leader(node_id) && status == NodeStatus::Dead {
             self.events.bad(
                 "leader_dead",
                 Some(node_id),
-                "👑 the LEADER is down: writes will fail until it is back; reads still work",
+                format!(
+                    "👑 the LEADER ({node_id}, term {}) is down: writes wait for a failover \
+                     to a follower; reads still work",
+                    after.term
+                ),
             );
         }
         if !self.ready.load(std::sync::atomic::Ordering::Relaxed) {
@@ -439,6 +463,7 @@ impl Coordinator {
         let sent = self
             .http
             .put(&url)
+            .header(HEADER_TERM, cluster.term)
             .timeout(Duration::from_secs(2))
             .json(&PeerSet { peers })
             .send()
@@ -497,12 +522,14 @@ impl Coordinator {
                 wait_gone(pid).await;
             }
         }
-        let role = if node_id == LEADER_ID {
+        let role = if self.snapshot().is_leader(&node_id) {
             self.events.info(
                 "leader_restart",
                 Some(&node_id),
-                "♻️  restarting the LEADER on its data directory: it recovers its log, \
-                 then streams to each follower what that follower lacks",
+                format!(
+                    "♻️  restarting the LEADER ({node_id}) on its data directory: it recovers \
+                     its log, then an election makes the most advanced node the leader"
+                ),
             );
             Role::Leader
         } else {
@@ -527,6 +554,8 @@ impl Coordinator {
             Ok(slot) => {
                 if role == Role::Follower {
                     self.report_catchup(slot.clone());
+                } else {
+                    self.elect(failover::Reason::LeaderRestart).await;
                 }
                 Ok(SpawnResponse {
                     status: "spawned".into(),
@@ -559,7 +588,8 @@ impl Coordinator {
         let c = self.cluster.lock().unwrap();
         if let Some(id) = &req.node_id {
             validate_node_id(id)?;
-            if id == LEADER_ID && self.config.launch.storage.is_none() {
+            let id = &c.resolve(id, true);
+            if c.is_leader(id) && self.config.launch.storage.is_none() {
                 return Err(ApiError::conflict(
                     "the leader cannot be respawned in an --in-memory cluster: a new, empty leader would lose the log; run the cluster with a data directory (the default) to restart the leader on it",
                 ));
@@ -657,8 +687,10 @@ impl Coordinator {
                         "caught_up",
                         Some(&slot.node_id),
                         format!(
-                            "📦 {} caught up from the leader: holds the log up to seq {}",
-                            slot.node_id, p.acked_seq
+                            "📦 {} caught up from the leader ({}): holds the log up to seq {}",
+                            slot.node_id,
+                            c.snapshot().leader.node_id,
+                            p.acked_seq
                         ),
                     )
                 }
@@ -679,6 +711,7 @@ impl Coordinator {
         let resp = self
             .http
             .post(format!("{}/replication/wait", leader.url))
+            .header(HEADER_TERM, self.snapshot().term)
             .timeout(CATCHUP_TIMEOUT + Duration::from_secs(1))
             .json(
                 &json!({"node_id": slot.node_id, "timeout_ms": CATCHUP_TIMEOUT.as_millis() as u64}),
@@ -786,6 +819,7 @@ pub async fn kill(
         ApiError::bad_request(json!({"error": "invalid query",
         "reason": e.body_text(), "hint": "mode is graceful (default) or crash"}))
     })?;
+    let node_id = c.snapshot().resolve(&node_id, false);
     let Some(slot) = c.snapshot().slot(&node_id).cloned() else {
         return Err(ApiError::not_found(format!("Node '{node_id}' not found")));
     };

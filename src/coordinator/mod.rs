@@ -4,7 +4,7 @@
 //! [`launcher`]), keeps the table of who is alive (see [`cluster`]), tells the
 //! leader which followers to replicate to and which are in the sync set, and
 //! runs the client-facing write and read paths with the lab's quorum rules
-//! (see [`requests`]). Who is alive follows the registry's current view,
+//! (see [`requests`] and [`reads`]). Who is alive follows the registry's current view,
 //! pulled every second, or direct probes of the nodes when the registry is
 //! gone (see [`liveness`]); it narrates everything on its console (see
 //! [`crate::events`]).
@@ -18,9 +18,11 @@
 
 mod batch;
 pub mod cluster;
+mod failover;
 pub mod launcher;
 mod liveness;
 mod membership;
+mod reads;
 mod requests;
 
 use std::collections::HashMap;
@@ -95,6 +97,12 @@ pub struct ClusterArgs {
     /// a follower further behind gets a snapshot.
     #[arg(long, default_value_t = 100_000)]
     pub log_retain: usize,
+    /// When the leader dies and no alive follower holds every acknowledged
+    /// write, promote the most advanced one anyway (and name the seqs that
+    /// may be lost). Without it such a failover is refused and writes stay
+    /// unavailable (Kafka's unclean.leader.election.enable).
+    #[arg(long)]
+    pub unclean_failover: bool,
     #[command(flatten)]
     pub storage: StorageArgs,
 }
@@ -227,6 +235,8 @@ pub struct Config {
     pub ack_timeout: Duration,
     /// How long a read waits for each follower.
     pub read_timeout: Duration,
+    /// See `ClusterArgs::unclean_failover`.
+    pub unclean_failover: bool,
 }
 
 impl Config {
@@ -258,6 +268,7 @@ impl Config {
             print_events: !args.quiet,
             ack_timeout: Duration::from_secs_f64(sync_delay + 2.5),
             read_timeout: Duration::from_secs(2),
+            unclean_failover: args.cluster.unclean_failover,
         })
     }
 
@@ -278,13 +289,19 @@ pub struct Coordinator {
     /// Client writes, gathered into batches for the leader (see [`batch`]).
     writes: std::sync::OnceLock<batch::Batcher<KeyValue, requests::WriteOutcome>>,
     /// Client reads, gathered per follower: node id -> (incarnation, batcher).
-    reads: Mutex<HashMap<String, (u64, requests::ReadBatcher)>>,
+    reads: Mutex<HashMap<String, (u64, reads::ReadBatcher)>>,
+    /// Leader election and failover (see [`failover`]).
+    failover: failover::Failover,
     /// Where liveness comes from, and the last registry view applied.
     liveness: liveness::Liveness,
     /// Served at `/metrics` (see [`crate::metrics::coordinator`]).
     pub metrics: crate::metrics::coordinator::CoordinatorMetrics,
     /// What the live view keeps (see [`crate::ui`]).
     pub ui: crate::ui::UiState,
+    /// The highest seq known to be held by W followers (see [`reads`]).
+    commit: reads::CommitPoint,
+    /// Followers that failed a read a moment ago (see [`reads`]).
+    suspects: reads::Suspects,
 }
 
 impl Coordinator {
@@ -306,9 +323,12 @@ impl Coordinator {
             ready: std::sync::atomic::AtomicBool::new(false),
             writes: std::sync::OnceLock::new(),
             reads: Mutex::new(HashMap::new()),
+            failover: failover::Failover::new(config.unclean_failover),
             liveness: liveness::Liveness::default(),
             metrics: crate::metrics::coordinator::CoordinatorMetrics::new(config.w, config.r),
             ui: crate::ui::UiState::default(),
+            commit: reads::CommitPoint::default(),
+            suspects: reads::Suspects::default(),
             config,
         })
     }
@@ -332,6 +352,8 @@ impl Coordinator {
                 can_write: c.can_write(self.config.w),
                 can_read: c.can_read(self.config.r),
             },
+            term: c.term,
+            failover: self.failover.view(c.leader.is_alive()),
             liveness: self.liveness.source().as_str().into(),
         }
     }
@@ -364,6 +386,7 @@ pub async fn serve(
         shutdown,
     ));
     let background = membership::start_background(coordinator.clone());
+    let failover = failover::start(coordinator.clone());
     let started = coordinator.start_cluster().await;
     if let Err(e) = &started {
         coordinator
@@ -377,6 +400,7 @@ pub async fn serve(
         Ok(())
     };
     background.abort();
+    failover.abort();
     coordinator.stop_all().await;
     started?;
     served
@@ -387,7 +411,7 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
         .route("/", get(info))
         .route("/status", get(status))
         .route("/write", post(requests::write))
-        .route("/read/{*key}", get(requests::read))
+        .route("/read/{*key}", get(reads::read))
         .route("/spawn", post(membership::spawn))
         .route("/kill/{node_id}", post(membership::kill))
         .route("/catchup", post(membership::catchup))

@@ -1,15 +1,15 @@
-//! The client-facing write and read paths, with the lab's quorum rules.
+//! The client-facing write path, with the lab's quorum rule (reads are in
+//! [`super::reads`]).
 //!
 //! Write: check there is a leader and at least W alive followers, pick the
 //! sync set (W alive followers, lowest ports), hand the write to the leader
-//! with that set, and succeed only if every one of them acknowledged.
+//! with that set, and succeed only if every one of them acknowledged. A
+//! success moves the commit point that reads rely on (see
+//! [`super::reads::CommitPoint`]) before the client hears of it.
 //!
-//! Read: ask the read set (R alive followers, highest ports; never the
-//! leader) at once, and answer with the highest version among them.
-//!
-//! Both go through batchers (see [`super::batch`]): concurrent writes leave
-//! for the leader together, and concurrent reads for one follower together.
-//! Each request is still checked, narrated and answered on its own.
+//! Writes go through a batcher (see [`super::batch`]): concurrent writes
+//! leave for the leader together. Each is still checked, narrated and
+//! answered on its own.
 //!
 //! A write that fails its quorum (503 "Write quorum not met") is *not* undone:
 //! it is in the leader's log, so it reaches every follower eventually. The
@@ -19,9 +19,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
-use futures::future::join_all;
 use serde_json::json;
 
 use super::batch::{Batcher, Limits};
@@ -50,31 +49,13 @@ pub async fn write(
     result.map(Json)
 }
 
-/// `GET /read/{key}`.
-pub async fn read(
-    State(c): Shared,
-    Path(key): Path<String>,
-) -> Result<Json<ReadResponse>, ApiError> {
-    validate_key_value(&key, None)?;
-    let narrate = c.events.narrate_request();
-    let started = Instant::now();
-    let result = c.read(key, narrate).await;
-    c.metrics.read_seconds.observe(started.elapsed());
-    let counter = match &result {
-        Ok(_) => &c.metrics.reads_ok,
-        Err(e) if e.status == axum::http::StatusCode::NOT_FOUND => &c.metrics.reads_not_found,
-        Err(_) => &c.metrics.reads_failed,
-    };
-    counter.inc();
-    c.events.count_read(result.is_ok());
-    result.map(Json)
-}
-
 /// Who a write goes to, decided from one consistent view of the table.
 pub(super) struct WritePlan {
     leader: Slot,
     sync: Vec<Slot>,
     asynchronous: Vec<Slot>,
+    /// The term of that leader: an answer from another term does not count.
+    term: u64,
 }
 
 impl Coordinator {
@@ -86,8 +67,7 @@ impl Coordinator {
             return Err(ApiError::unavailable(json!({
                 "error": "Write quorum not available",
                 "alive_followers": alive, "required": w,
-                "cause": format!("the leader ({}) is {}: writes need a leader",
-                    cluster.leader.url, cluster.leader.status.as_str()),
+                "cause": self.failover.leader_down_cause(&cluster.leader),
             })));
         }
         if alive < w {
@@ -103,6 +83,7 @@ impl Coordinator {
             sync: pick(&sets.sync),
             asynchronous: pick(&sets.asynchronous),
             leader: cluster.leader.clone(),
+            term: cluster.term,
         })
     }
 
@@ -112,6 +93,7 @@ impl Coordinator {
         narrate: bool,
     ) -> Result<WriteResponse, ApiError> {
         let started = Instant::now();
+        self.wait_for_election().await;
         // Refuse at once (and say why) when there is nothing to write to; the
         // batch re-plans when it leaves, in case membership changed meanwhile.
         if let Err(e) = self.plan_write() {
@@ -145,6 +127,16 @@ impl Coordinator {
         if narrate {
             self.narrate_write(&req.key, &plan, &answer, ms);
         }
+        if answer.acked_by.len() >= w && !self.record_ack(plan.term, answer.seq) {
+            return Err(ApiError::unavailable(json!({
+                "error": "Write quorum not met",
+                "sync_acks": answer.acked_by.len(), "required": w,
+                "version": answer.version,
+                "cause": format!("the leader of term {} answered after a failover began: \
+                    its acks no longer count", plan.term),
+                "note": "the write may or may not survive the failover; its outcome is unknown to you",
+            })));
+        }
         if answer.acked_by.len() < w {
             return Err(ApiError::unavailable(json!({
                 "error": "Write quorum not met",
@@ -154,6 +146,9 @@ impl Coordinator {
                 "note": "the write is in the leader's log and will still reach the followers; its outcome is unknown to you",
             })));
         }
+        // Committed: W followers hold it. Reads rely on this point, so it
+        // moves before the client can learn of the write.
+        self.commit.advance(answer.seq);
         let url_of = |id: &String| {
             plan.sync
                 .iter()
@@ -220,7 +215,7 @@ impl Coordinator {
             sync: plan.sync.iter().map(Slot::peer_ref).collect(),
             ack_timeout_ms: Some(self.config.ack_timeout.as_millis() as u64),
         };
-        match self.send_to_leader(&plan.leader, &body).await {
+        match self.send_to_leader(&plan.leader, plan.term, &body).await {
             Ok(answer) if answer.results.len() == n => answer
                 .results
                 .into_iter()
@@ -237,12 +232,13 @@ impl Coordinator {
     async fn send_to_leader(
         &self,
         leader: &Slot,
+        term: u64,
         body: &LeaderBatchRequest,
     ) -> Result<LeaderBatchResponse, ApiError> {
         let unreachable = |why: String| {
             self.events.bad(
                 "leader_unreachable",
-                Some(LEADER_ID),
+                Some(&leader.node_id),
                 format!("⛔ leader unreachable: {why}"),
             );
             ApiError::unavailable(format!("Leader unreachable: {why}"))
@@ -250,11 +246,24 @@ impl Coordinator {
         let resp = self
             .http
             .post(format!("{}/batch/write", leader.url))
+            .header(HEADER_TERM, term)
             .timeout(self.config.ack_timeout + std::time::Duration::from_secs(2))
             .json(body)
             .send()
             .await
             .map_err(|e| unreachable(describe_reqwest_error(&e)))?;
+        // A deposed leader's answer never counts (see `failover`).
+        let answered_in = resp
+            .headers()
+            .get(HEADER_TERM)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if answered_in != Some(term) {
+            return Err(unreachable(format!(
+                "{} answered in term {answered_in:?}, not the current term {term}",
+                leader.node_id
+            )));
+        }
         let status = resp.status();
         if !status.is_success() {
             let detail = error_detail(resp).await;
@@ -364,148 +373,6 @@ impl Coordinator {
             }
         });
     }
-
-    pub async fn read(&self, key: String, narrate: bool) -> Result<ReadResponse, ApiError> {
-        let cluster = self.snapshot();
-        let r = self.config.r;
-        let sets = cluster.sets(self.config.w, r);
-        if sets.read.is_empty() {
-            if narrate {
-                self.events.emit(
-                    "read_refused",
-                    Tone::Bad,
-                    None,
-                    format!(
-                        "⛔ READ {key} refused: {} alive followers, R={r}",
-                        cluster.alive_followers()
-                    ),
-                );
-            }
-            return Err(ApiError::unavailable("Read quorum not available"));
-        }
-        let asked: Vec<Slot> = sets
-            .read
-            .iter()
-            .map(|&i| cluster.followers[i].clone())
-            .collect();
-        let answers = join_all(asked.iter().map(|s| self.ask(s, &key))).await;
-        let outcome = ReadOutcome::of(&asked, answers);
-        if narrate {
-            self.narrate_read(&key, &outcome, r);
-        }
-        outcome.into_result(key, r)
-    }
-
-    /// Asks one follower for a key, through that process's read batcher.
-    async fn ask(&self, slot: &Slot, key: &str) -> Answer {
-        let batcher = self.read_batcher(slot);
-        batcher
-            .call(key.to_string())
-            .await
-            .unwrap_or_else(|| Answer::Failed("the coordinator is shutting down".into()))
-    }
-
-    /// The read batcher of the process serving `slot`, started on first use.
-    /// One per incarnation: a respawned follower gets a new one, and the old
-    /// one's task ends once its last batch is answered.
-    fn read_batcher(&self, slot: &Slot) -> ReadBatcher {
-        let mut readers = self.reads.lock().unwrap();
-        if let Some(b) = readers
-            .get(&slot.node_id)
-            .filter(|b| b.0 == slot.incarnation)
-        {
-            return b.1.clone();
-        }
-        let (http, timeout, target) = (self.http.clone(), self.config.read_timeout, slot.clone());
-        let batcher = Arc::new(Batcher::spawn(
-            READ_BATCHES,
-            |k: &String| k.len(),
-            move |keys| ask_batch(http.clone(), target.clone(), timeout, keys),
-        ));
-        readers.insert(slot.node_id.clone(), (slot.incarnation, batcher.clone()));
-        batcher
-    }
-
-    fn narrate_read(&self, key: &str, o: &ReadOutcome, r: usize) {
-        let asked: Vec<&str> = o.answers.iter().map(|(id, _)| id.as_str()).collect();
-        let best = o.best().map(|(_, _, v)| v);
-        let parts: Vec<String> = o
-            .answers
-            .iter()
-            .map(|(id, a)| match a {
-                Answer::Found { version, .. } if Some(*version) < best => {
-                    format!("{id} v{version} (STALE)")
-                }
-                Answer::Found { version, .. } => format!("{id} v{version}"),
-                Answer::NotFound => format!("{id} not found"),
-                Answer::Failed(e) => format!("{id} ✗ {e}"),
-            })
-            .collect();
-        let (verdict, tone) = o.verdict(r);
-        let conflict = o.versions_differ();
-        self.events.emit(
-            "read",
-            tone,
-            None,
-            format!(
-                "🔎 READ {key} ← asked [{}]: {} → {verdict}{}",
-                asked.join(", "),
-                parts.join("; "),
-                if conflict { " (versions differed)" } else { "" }
-            ),
-        );
-    }
-}
-
-/// One `POST /batch/read` to a follower: an answer per key, in order. The
-/// answer counts only if it came from the process we meant (fencing).
-async fn ask_batch(
-    http: reqwest::Client,
-    slot: Slot,
-    timeout: std::time::Duration,
-    keys: Vec<String>,
-) -> Vec<Answer> {
-    let n = keys.len();
-    let all = |why: String| vec![Answer::Failed(why); n];
-    let resp = match http
-        .post(format!("{}/batch/read", slot.url))
-        .timeout(timeout)
-        .json(&ReadBatchRequest { keys })
-        .send()
-        .await
-    {
-        Ok(r) => r,
-        Err(e) => return all(describe_reqwest_error(&e)),
-    };
-    let incarnation = resp
-        .headers()
-        .get(HEADER_NODE_INCARNATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if incarnation != Some(slot.incarnation) {
-        return all(format!(
-            "answered by incarnation {incarnation:?}, expected {} (fenced)",
-            slot.incarnation
-        ));
-    }
-    if !resp.status().is_success() {
-        return all(format!("HTTP {}", resp.status()));
-    }
-    match resp.json::<ReadBatchResponse>().await {
-        Ok(answer) if answer.values.len() == n => answer
-            .values
-            .into_iter()
-            .map(|v| match v {
-                Some(v) => Answer::Found {
-                    value: v.value,
-                    version: v.version,
-                },
-                None => Answer::NotFound,
-            })
-            .collect(),
-        Ok(answer) => all(format!("{} answers to {n} keys", answer.values.len())),
-        Err(e) => all(format!("unreadable answer: {e}")),
-    }
 }
 
 /// How writes to the leader are batched: one batch at a time. Each batch
@@ -522,154 +389,10 @@ const WRITE_BATCHES: Limits = Limits {
 /// Batches in flight when the lab's sync delay holds each one for a while.
 const WRITE_BATCHES_WITH_DELAYS: usize = 1024;
 
-/// How reads to one follower are batched.
-const READ_BATCHES: Limits = Limits {
-    max_in_flight: 2,
-    max_items: 1024,
-    max_bytes: crate::node::BATCH_PAYLOAD_BYTES,
-};
-
 fn weigh_write(w: &KeyValue) -> usize {
     w.key.len() + w.value.len()
 }
 
 /// What the leader said about one write of a batch, with the plan (leader,
 /// sync set) the batch was sent under.
-/// The read batcher of one follower process.
-pub(super) type ReadBatcher = Arc<Batcher<String, Answer>>;
-
 pub(super) type WriteOutcome = Result<(Arc<WritePlan>, LeaderWriteResponse), ApiError>;
-
-/// One follower's answer to a read.
-#[derive(Debug, Clone)]
-pub(super) enum Answer {
-    Found { value: String, version: u64 },
-    NotFound,
-    Failed(String),
-}
-
-/// All answers of a read, and the decision they lead to.
-struct ReadOutcome {
-    answers: Vec<(String, Answer)>,
-}
-
-impl ReadOutcome {
-    fn of(asked: &[Slot], answers: Vec<Answer>) -> Self {
-        ReadOutcome {
-            answers: asked
-                .iter()
-                .map(|s| s.node_id.clone())
-                .zip(answers)
-                .collect(),
-        }
-    }
-
-    /// The answer with the highest version: (node, value, version).
-    fn best(&self) -> Option<(&str, &str, u64)> {
-        self.answers
-            .iter()
-            .filter_map(|(id, a)| match a {
-                Answer::Found { value, version } => Some((id.as_str(), value.as_str(), *version)),
-                _ => None,
-            })
-            .max_by_key(|(_, _, v)| *v)
-    }
-
-    fn responses(&self) -> usize {
-        self.answers
-            .iter()
-            .filter(|(_, a)| !matches!(a, Answer::Failed(_)))
-            .count()
-    }
-
-    /// What the console says the read came to, and in which tone: the
-    /// answer the client gets. Too few answers is a 503 even when one of
-    /// them found the key, so it is never narrated as served.
-    fn verdict(&self, r: usize) -> (String, Tone) {
-        let responses = self.responses();
-        if responses < r {
-            let text = format!("READ QUORUM NOT MET: {responses} of R={r} answered → 503");
-            return (text, Tone::Bad);
-        }
-        let tone = if self.versions_differ() {
-            Tone::Warn
-        } else {
-            Tone::Request
-        };
-        match self.best() {
-            Some((id, _, v)) => (format!("v{v} wins, served by {id}"), tone),
-            None => ("not found → 404".into(), tone),
-        }
-    }
-
-    fn versions_differ(&self) -> bool {
-        let mut versions = self.answers.iter().filter_map(|(_, a)| match a {
-            Answer::Found { version, .. } => Some(Some(*version)),
-            Answer::NotFound => Some(None),
-            Answer::Failed(_) => None,
-        });
-        let first = versions.next();
-        versions.any(|v| Some(v) != first)
-    }
-
-    fn into_result(self, key: String, r: usize) -> Result<ReadResponse, ApiError> {
-        let responses = self.responses();
-        if responses < r {
-            let failures: Vec<_> = self
-                .answers
-                .iter()
-                .filter_map(|(id, a)| match a {
-                    Answer::Failed(e) => Some(json!({"node_id": id, "reason": e})),
-                    _ => None,
-                })
-                .collect();
-            return Err(ApiError::unavailable(json!({
-                "error": "Read quorum not met", "responses": responses, "required": r, "failures": failures})));
-        }
-        match self.best() {
-            Some((id, value, version)) => Ok(ReadResponse {
-                key,
-                value: value.to_string(),
-                version,
-                served_by: id.to_string(),
-                quorum_responses: responses,
-            }),
-            None => Err(ApiError::not_found(format!(
-                "Key '{key}' not found in quorum"
-            ))),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn outcome(answers: Vec<Answer>) -> ReadOutcome {
-        ReadOutcome {
-            answers: answers
-                .into_iter()
-                .enumerate()
-                .map(|(i, a)| (format!("follower-{}", i + 1), a))
-                .collect(),
-        }
-    }
-
-    #[test]
-    fn a_read_short_of_its_quorum_is_never_narrated_as_served() {
-        let found = || Answer::Found {
-            value: "v".into(),
-            version: 3,
-        };
-        let o = outcome(vec![found(), Answer::Failed("timed out".into())]);
-        let (text, tone) = o.verdict(2);
-        assert_eq!(text, "READ QUORUM NOT MET: 1 of R=2 answered → 503");
-        assert_eq!(tone, Tone::Bad);
-        assert!(o.into_result("k".into(), 2).is_err());
-        let o = outcome(vec![found(), Answer::NotFound]);
-        assert_eq!(o.verdict(2).0, "v3 wins, served by follower-1");
-        assert_eq!(o.verdict(2).1, Tone::Warn);
-        let o = outcome(vec![Answer::NotFound]);
-        assert_eq!(o.verdict(1).0, "not found → 404");
-    }
-}

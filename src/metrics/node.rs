@@ -60,7 +60,7 @@ pub fn render(node: &NodeState) -> Response {
     reg.register(
         "term",
         "The leadership term this node knows",
-        ConstGauge::new(node.term as i64),
+        ConstGauge::new(node.term() as i64),
     );
     if let Some(d) = &node.durability {
         let wal = d.wal.stats();

@@ -11,9 +11,11 @@
 //!   A quorum write is therefore on the disks of the leader and of W sync
 //!   followers before the client hears "ok".
 //! - **Followers never run ahead of the leader's disk.** The leader streams
-//!   only entries its own log has completed (the "persisted seq"). A leader
-//!   restarted on its directory thus finds every follower at or behind it,
-//!   and can continue the same history without rewriting anybody's.
+//!   only entries its own log has completed (the "persisted seq"), so a
+//!   leader crash never leaves a follower holding an entry nobody
+//!   acknowledged on the leader's side. (A node can still come back behind
+//!   its followers, e.g. after a damaged last record: elections then make
+//!   the most advanced node lead; see `coordinator::failover`.)
 //! - **Bounded growth.** Every `--snapshot-every` entries the node writes a
 //!   snapshot of its state and the log before it is deleted; recovery reads
 //!   one snapshot plus a short log.
@@ -163,18 +165,16 @@ async fn take_snapshot(node: &Arc<NodeState>) -> anyhow::Result<crate::storage::
     let d = node.durability.as_ref().expect("only called when durable");
     // Copying a big state takes a while: do it off the async threads.
     let copier = node.clone();
-    let (seq, data) = tokio::task::spawn_blocking(move || {
+    let (seq, term, data) = tokio::task::spawn_blocking(move || {
         let core = copier.core.lock().unwrap();
-        (core.store.applied_seq(), core.store.to_map())
+        let seq = core.store.applied_seq();
+        let term = core.terms.history.term_at(seq).unwrap_or(0);
+        (seq, term, core.store.to_map())
     })
     .await?;
     // Everything up to `seq` was submitted to the log before we copied the
     // state; make sure it is written before the snapshot replaces it.
     d.wal.sync().await?;
-    let snapshot = Snapshot {
-        seq,
-        term: node.term,
-        data,
-    };
+    let snapshot = Snapshot { seq, term, data };
     Ok(d.wal.compact(snapshot).await?)
 }

@@ -69,7 +69,7 @@ async fn beat(node: &NodeState, registry: &str) -> Result<(), Beat> {
         node_id: node.id.clone(),
         port: node.port,
         url: node.url.clone(),
-        role: node.role,
+        role: node.role(),
         incarnation: Some(node.incarnation),
     };
     let resp = node

@@ -10,17 +10,27 @@
 //!   `POST /batch/read` for several).
 //!
 //! Both heartbeat to the registry (see [`heartbeat`]) and tag every answer
-//! with `X-Node-ID`, `X-Node-Role` and `X-Node-Incarnation`.
+//! with `X-Node-ID`, `X-Node-Role`, `X-Node-Incarnation` and `X-Kvlab-Term`.
+//!
+//! The role is not fixed: the coordinator promotes a follower to leader with
+//! a new term (`POST /admin/promote`), and a leader that hears of a higher
+//! term steps down at once (see [`leadership`] and [`term`]). The follower's
+//! side of replication, including the truncation of a diverged log, is in
+//! [`follower`].
 //!
 //! The incarnation is a number the coordinator gives each process it starts.
 //! A request meant for another incarnation of this node id is refused with
 //! 409: that is how a replaced process is fenced out.
 
 pub mod durable;
+pub mod faults;
+mod follower;
 mod heartbeat;
+pub mod leadership;
 pub mod log;
 mod replication;
 pub mod store;
+pub mod term;
 mod writes;
 
 use std::collections::HashMap;
@@ -43,11 +53,12 @@ use tokio::sync::watch;
 
 use crate::api::{self, *};
 use crate::http::{validate_key_value, ApiError, ApiJson};
-use crate::storage::{AppendTicket, FsyncPolicy, Recovered, Snapshot};
+use crate::storage::{FsyncPolicy, Recovered};
 use durable::Durability;
 use log::ReplicationLog;
 use replication::Peer;
 use store::Store;
+use term::{TermFile, TermHistory};
 
 /// `kvlab node`: normally started by the coordinator, not by hand.
 #[derive(Debug, Clone, Parser)]
@@ -126,23 +137,36 @@ pub struct Stats {
     pub snapshots_sent: AtomicU64,
 }
 
-/// The data a node holds: its state and (on the leader) the log. One lock
-/// guards both so that a write's log position and its effect on the state are
-/// taken atomically; it is never held across an await.
+/// The data a node holds: its state, its log and its leadership. One lock
+/// guards them so that a write's log position, its term and its effect on
+/// the state are taken atomically (a leader that steps down appends nothing
+/// after); it is never held across an await. Followers keep the log too, so
+/// that a promoted follower can stream from it.
 pub struct Core {
     pub store: Store,
     pub log: ReplicationLog,
+    pub terms: Terms,
+}
+
+/// The node's role and terms (see [`term`]).
+#[derive(Debug, Clone)]
+pub struct Terms {
+    pub role: Role,
+    /// The highest term this node has seen.
+    pub term: u64,
+    /// Which term wrote which part of the log.
+    pub history: TermHistory,
 }
 
 pub struct NodeState {
     pub id: String,
-    pub role: Role,
     pub incarnation: u64,
     pub url: String,
     pub port: u16,
-    /// The leadership term stamped on entries (constant until failover exists).
-    pub term: u64,
     pub core: Mutex<Core>,
+    log_retain: usize,
+    /// Writers of the term file take turns (see `leadership`).
+    term_file_lock: Mutex<()>,
     pub stats: Stats,
     pub http: reqwest::Client,
     sync_delay: Duration,
@@ -165,34 +189,50 @@ pub struct NodeState {
 }
 
 impl NodeState {
-    /// A node holding what recovery found (`storage`), or empty when in-memory.
-    pub fn new(args: &Args, storage: Option<(Durability, Recovered)>) -> Arc<NodeState> {
-        let (durability, core) = match storage {
+    /// A node holding what recovery found (`storage`, with the term file),
+    /// or empty when in-memory.
+    pub fn new(
+        args: &Args,
+        storage: Option<(Durability, Recovered)>,
+        term_file: TermFile,
+    ) -> Arc<NodeState> {
+        let (durability, store, log, tail) = match storage {
             None => (
                 None,
-                Core {
-                    store: Store::default(),
-                    log: ReplicationLog::new(args.log_retain),
-                },
+                Store::default(),
+                ReplicationLog::new(args.log_retain),
+                vec![],
             ),
             Some((d, recovered)) => {
                 let seq = recovered.state.seq;
-                let core = Core {
-                    store: Store::recovered(seq, recovered.state.data),
-                    log: ReplicationLog::recovered(recovered.tail, seq, args.log_retain),
-                };
-                (Some(d), core)
+                let term = recovered.state.term;
+                let tail = recovered.tail;
+                let store = Store::recovered(seq, recovered.state.data);
+                let log = ReplicationLog::recovered(tail.clone(), seq, args.log_retain);
+                (Some(d), store, log, vec![(seq, term, tail)])
             }
         };
-        let persisted = core.store.applied_seq();
+        let mut terms = Terms {
+            role: args.role.into(),
+            term: term_file.term,
+            history: term_file.history,
+        };
+        for (seq, term, tail) in tail {
+            leadership::recover_history(&mut terms, seq, term, &tail);
+        }
+        if terms.role == Role::Leader {
+            // A leader started by hand (no coordinator to promote it).
+            leadership::start_as_leader(&mut terms, store.applied_seq());
+        }
+        let persisted = store.applied_seq();
         Arc::new(NodeState {
             id: args.id.clone(),
-            role: args.role.into(),
             incarnation: args.incarnation,
             url: format!("http://{}:{}", args.host, args.port),
             port: args.port,
-            term: 1,
-            core: Mutex::new(core),
+            core: Mutex::new(Core { store, log, terms }),
+            log_retain: args.log_retain,
+            term_file_lock: Mutex::new(()),
             stats: Stats::default(),
             http: crate::http::client(),
             sync_delay: secs(args.sync_delay),
@@ -237,7 +277,23 @@ impl NodeState {
     }
 
     fn is_leader(&self) -> bool {
-        self.role == Role::Leader
+        self.role() == Role::Leader
+    }
+
+    /// The role the node plays now.
+    pub fn role(&self) -> Role {
+        self.core.lock().unwrap().terms.role
+    }
+
+    /// The highest term the node has seen.
+    pub fn term(&self) -> u64 {
+        self.core.lock().unwrap().terms.term
+    }
+
+    /// Sets the persisted seq, down as well as up: after a truncation the
+    /// log really is shorter.
+    fn reset_persisted(&self, seq: u64) {
+        self.last_seq.send_replace(seq);
     }
 
     /// Every follower's replication progress, sorted by id.
@@ -315,9 +371,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Some(config) => Some(durable::open(config).await?),
         None => None,
     };
+    let term_file = match &args.data_dir {
+        Some(dir) => term::load(dir)
+            .map_err(|e| anyhow::anyhow!("refusing to serve: cannot read the term file: {e}"))?,
+        None => TermFile::default(),
+    };
     let listener = crate::http::bind(addr).await?;
-    let node = NodeState::new(&args, storage);
-    tracing::info!(id = %node.id, role = %node.role, incarnation = node.incarnation, %addr, "node listening");
+    let node = NodeState::new(&args, storage, term_file);
+    tracing::info!(id = %node.id, role = %node.role(), term = node.term(), incarnation = node.incarnation, %addr, "node listening");
     if let Some(registry) = args.registry.clone() {
         tokio::spawn(heartbeat::run(
             node.clone(),
@@ -400,39 +461,53 @@ pub fn router(node: Arc<NodeState>) -> Router {
         .route("/snapshot", get(snapshot))
         .route(
             "/replicate",
-            get(replicate_state)
-                .post(replicate_append)
+            get(follower::replicate_state)
+                .post(follower::replicate_append)
                 .layer(DefaultBodyLimit::max(BATCH_BODY_BYTES)),
         )
         // A snapshot is the whole state, as big as the store: it comes only
         // from the leader, so it is not capped.
         .route(
             "/replicate/snapshot",
-            post(replicate_snapshot).layer(DefaultBodyLimit::disable()),
+            post(follower::replicate_snapshot).layer(DefaultBodyLimit::disable()),
         )
+        .route("/replicate/truncate", post(follower::replicate_truncate))
+        .route("/admin/promote", post(leadership::promote))
         .route("/replication/peers", put(set_peers).get(get_peers))
         .route("/replication/wait", post(wait_for_peer))
         .route("/replication/links", get(get_links))
         .route("/metrics", get(metrics))
         .route("/admin/pause-heartbeats", post(pause_heartbeats))
         .route("/admin/shutdown", post(admin_shutdown))
+        .route("/admin/partition", post(faults::partition))
+        .route("/admin/slow-disk", post(faults::slow_disk))
+        .layer(middleware::from_fn(faults::drop_partitioned))
         .layer(middleware::from_fn_with_state(node.clone(), tag_response))
         .with_state(node)
 }
 
-/// Adds the identity headers and counts requests in flight.
+/// Checks the sender's term (see [`leadership::check_term`]), adds the
+/// identity headers and counts requests in flight.
 async fn tag_response(State(node): State<Arc<NodeState>>, req: Request, next: Next) -> Response {
     node.stats.active_requests.fetch_add(1, Ordering::Relaxed);
-    let mut resp = next.run(req).await;
+    let mut resp = match leadership::check_request_term(&node, req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(refused) => refused.into_response(),
+    };
     node.stats.active_requests.fetch_sub(1, Ordering::Relaxed);
+    let (role, term) = {
+        let core = node.core.lock().unwrap();
+        (core.terms.role, core.terms.term)
+    };
     let headers = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&node.id) {
         headers.insert(api::HEADER_NODE_ID, v);
     }
     headers.insert(
         api::HEADER_NODE_ROLE,
-        HeaderValue::from_static(node.role.as_str()),
+        HeaderValue::from_static(role.as_str()),
     );
+    headers.insert(api::HEADER_TERM, HeaderValue::from(term));
     headers.insert(
         api::HEADER_NODE_INCARNATION,
         HeaderValue::from(node.incarnation),
@@ -446,8 +521,9 @@ async fn health(State(node): Shared) -> Json<NodeHealth> {
     Json(NodeHealth {
         status: "ok".into(),
         node_id: node.id.clone(),
-        role: node.role,
+        role: node.role(),
         incarnation: node.incarnation,
+        term: node.term(),
     })
 }
 
@@ -455,22 +531,28 @@ async fn info(State(node): Shared) -> Json<NodeInfo> {
     let data_count = node.core.lock().unwrap().store.len();
     Json(NodeInfo {
         node_id: node.id.clone(),
-        role: node.role,
+        role: node.role(),
         status: "running".into(),
         data_count,
     })
 }
 
 async fn stats(State(node): Shared) -> Json<NodeStats> {
-    let (data_count, applied_seq) = {
+    let (data_count, applied_seq, terms) = {
         let core = node.core.lock().unwrap();
-        (core.store.len(), core.store.applied_seq())
+        (
+            core.store.len(),
+            core.store.applied_seq(),
+            core.terms.clone(),
+        )
     };
     let followers = node.progress_of_peers();
     let s = &node.stats;
     Json(NodeStats {
         node_id: node.id.clone(),
-        role: node.role,
+        role: terms.role,
+        term: terms.term,
+        term_history: terms.history.0,
         active_requests: s.active_requests.load(Ordering::Relaxed),
         total_writes: s.total_writes.load(Ordering::Relaxed),
         total_reads: s.total_reads.load(Ordering::Relaxed),
@@ -530,16 +612,20 @@ async fn read_batch(
     node.stats
         .total_reads
         .fetch_add(req.keys.len() as u64, Ordering::Relaxed);
-    let values = {
+    let (values, seqs) = {
         let core = node.core.lock().unwrap();
         req.keys
             .iter()
-            .map(|k| core.store.get(k).cloned())
-            .collect()
+            .map(|k| match core.store.get_with_seq(k) {
+                Some((v, seq)) => (Some(v.clone()), seq),
+                None => (None, 0),
+            })
+            .unzip()
     };
     Ok(Json(ReadBatchResponse {
         node_id: node.id.clone(),
         values,
+        seqs,
     }))
 }
 
@@ -656,112 +742,6 @@ async fn wait_for_peer(
                    "last_error": peer.progress().last_error}),
         ))
     }
-}
-
-// ---------------------------------------------------------------------------
-// The follower's side of replication
-// ---------------------------------------------------------------------------
-
-fn check_addressed_to_me(node: &NodeState, to_incarnation: u64) -> Result<(), ApiError> {
-    if to_incarnation != node.incarnation {
-        return Err(ApiError::conflict(format!(
-            "fenced: this is incarnation {} of {}, the leader addressed incarnation {}",
-            node.incarnation, node.id, to_incarnation
-        )));
-    }
-    Ok(())
-}
-
-/// What a follower tells the leader it holds: only what its log has
-/// completed, since the leader counts this as the follower's ack.
-fn append_answer(node: &NodeState) -> AppendResponse {
-    AppendResponse {
-        node_id: node.id.clone(),
-        incarnation: node.incarnation,
-        acked_seq: node.persisted_seq(),
-    }
-}
-
-async fn replicate_state(State(node): Shared) -> Json<AppendResponse> {
-    Json(append_answer(&node))
-}
-
-async fn replicate_append(
-    State(node): Shared,
-    ApiJson(req): ApiJson<AppendRequest>,
-) -> Result<Json<AppendResponse>, ApiError> {
-    check_addressed_to_me(&node, req.to_incarnation)?;
-    let _one_at_a_time = node.replicate_lock.lock().await;
-    let (applied_seq, fresh) = apply_batch(&node, &req.entries);
-    node.stats
-        .replications_received
-        .fetch_add(fresh.count, Ordering::Relaxed);
-    if let Some(ticket) = fresh.ticket {
-        durable::wait_persisted(&node, ticket).await?;
-    }
-    node.publish_persisted(applied_seq);
-    durable::snapshot_if_due(&node, applied_seq);
-    Ok(Json(append_answer(&node)))
-}
-
-/// The entries of a batch that were new to this follower.
-struct Fresh {
-    count: u64,
-    /// Their append to the durable log, if the node has one.
-    ticket: Option<AppendTicket>,
-}
-
-/// Applies the entries that continue our state, in order, and submits them
-/// to the durable log under the same lock. Returns the applied seq.
-fn apply_batch(node: &NodeState, entries: &[Entry]) -> (u64, Fresh) {
-    let mut core = node.core.lock().unwrap();
-    let mut new = Vec::new();
-    for entry in entries {
-        match core.store.apply(entry) {
-            store::Applied::Applied => new.push(entry),
-            store::Applied::Duplicate => {}
-            // The leader will resend from our acked seq.
-            store::Applied::Gap => break,
-        }
-    }
-    let count = new.len() as u64;
-    let ticket = match &node.durability {
-        Some(d) if !new.is_empty() => Some(d.wal.submit(new.into_iter().cloned().collect())),
-        _ => None,
-    };
-    (core.store.applied_seq(), Fresh { count, ticket })
-}
-
-async fn replicate_snapshot(
-    State(node): Shared,
-    ApiJson(req): ApiJson<InstallSnapshot>,
-) -> Result<Json<AppendResponse>, ApiError> {
-    check_addressed_to_me(&node, req.to_incarnation)?;
-    let _one_at_a_time = node.replicate_lock.lock().await;
-    // A snapshot never takes a node back in time (see `Store`).
-    if req.seq <= node.core.lock().unwrap().store.applied_seq() {
-        return Ok(Json(append_answer(&node)));
-    }
-    let keys = req.data.len();
-    // Disk first: once the snapshot is durable the old log is obsolete.
-    if let Some(d) = &node.durability {
-        let snapshot = Snapshot {
-            seq: req.seq,
-            term: req.term,
-            data: req.data.clone(),
-        };
-        if let Err(e) = d.wal.install_snapshot(snapshot).await {
-            return Err(durable::storage_failed(&node, e));
-        }
-    }
-    node.core
-        .lock()
-        .unwrap()
-        .store
-        .install_snapshot(req.seq, req.data);
-    node.publish_persisted(req.seq);
-    tracing::info!(seq = req.seq, keys, "installed a snapshot from the leader");
-    Ok(Json(append_answer(&node)))
 }
 
 // ---------------------------------------------------------------------------

@@ -14,11 +14,22 @@
 //!   a replaced process (same id, older incarnation) is fenced out;
 //! - the lab's delay is applied per entry, from its append time, so a 5 s
 //!   delay delays every entry by 5 s but never caps throughput (pipelining);
+//! - an entry keeps the link it was sent on: once a write has waited for a
+//!   follower's ack of an entry, that entry travels on the sync link to that
+//!   follower even if the follower is moved to the async set meanwhile (see
+//!   [`Peer::due`]);
 //! - only entries the leader's own log has completed are sent (its
 //!   persisted seq, see `node::durable`), so no follower ever holds an entry
-//!   a leader crash could erase, and a restarted leader is never behind.
+//!   a leader crash could erase;
+//! - a stream belongs to one term: every request carries it, a follower of
+//!   a newer term refuses it (409 `stale term`), and then this node steps
+//!   down and the stream ends (see `node::leadership`);
+//! - the handshake compares the follower's term history with ours: where
+//!   they part, the follower is told to cut its log (`POST
+//!   /replicate/truncate`) before anything is sent, so a deposed leader's
+//!   unacknowledged tail is replaced by this term's entries.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,9 +37,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::log::Next;
-use super::{NodeState, BATCH_PAYLOAD_BYTES};
+use super::term::{common_prefix, TermHistory};
+use super::{leadership, NodeState, BATCH_PAYLOAD_BYTES};
 use crate::api::{
     AppendRequest, AppendResponse, Entry, FollowerProgress, InstallSnapshot, PeerConfig,
+    TruncateRequest, HEADER_TERM,
 };
 use crate::http::{describe_reqwest_error, error_detail};
 
@@ -52,12 +65,18 @@ pub struct Progress {
 /// A follower the leader replicates to.
 pub struct Peer {
     pub config: PeerConfig,
+    /// The term this stream replicates for.
+    term: u64,
     /// Whether it is in the sync set now (decides its delay). Can change
     /// without restarting the stream.
     sync: AtomicBool,
     /// When it last moved from async to sync (`None` while async, or if it
     /// was sync from the start). See [`Peer::due`].
     promoted_at: std::sync::Mutex<Option<Instant>>,
+    /// The highest seq a write has waited on this follower for. Those
+    /// entries went out on the sync link, so they keep the sync delay after
+    /// a demotion. See [`Peer::due`].
+    waited_through: AtomicU64,
     /// Wakes the stream when its delay class changes, so entries waiting on
     /// the async delay are re-planned at once.
     wake: tokio::sync::Notify,
@@ -68,8 +87,10 @@ pub struct Peer {
 impl Peer {
     pub fn start(node: Arc<NodeState>, config: PeerConfig) -> Arc<Peer> {
         let peer = Arc::new(Peer {
+            term: node.term(),
             sync: AtomicBool::new(config.sync),
             promoted_at: std::sync::Mutex::new(None),
+            waited_through: AtomicU64::new(0),
             wake: tokio::sync::Notify::new(),
             config,
             progress: watch::Sender::new(Progress::default()),
@@ -90,21 +111,42 @@ impl Peer {
         }
     }
 
-    /// When an entry appended at `appended_at` reaches this follower, under
-    /// the lab's delays, which model link latency:
-    /// - async: `async_delay` after its append;
+    /// Records that a write waits for this follower's ack of every entry up
+    /// to `seq`. Call it before the write publishes its entries to the
+    /// streams.
+    pub fn write_waits_for(&self, seq: u64) {
+        let before = self.waited_through.fetch_max(seq, Ordering::Relaxed);
+        // A concurrent batch may have published these entries already, and
+        // the stream planned them on the slow link: have it plan again.
+        if seq > before && !self.is_sync() {
+            self.wake.notify_one();
+        }
+    }
+
+    /// When the entry at `seq`, appended at `appended_at`, reaches this
+    /// follower, under the lab's delays, which model link latency:
     /// - sync: `sync_delay` after its append;
     /// - promoted from async to sync after the append: the entry was already
     ///   on the slow link, so it arrives when that copy would, or `sync_delay`
     ///   after the promotion (sent again on the fast link), whichever is
     ///   first. Not earlier: the leader cannot have sent it fast before it
-    ///   knew the follower was sync.
-    fn due(&self, node: &NodeState, appended_at: Instant) -> Instant {
+    ///   knew the follower was sync;
+    /// - async, but a write waited for it here (the follower was demoted
+    ///   while the write was in flight, typically because a lower-port
+    ///   follower rejoined): it was sent on the fast link, and a copy already
+    ///   sent does not move to the slow one, so `sync_delay` after its append.
+    ///   Without this the write, planned with this follower in its sync set,
+    ///   would wait out the async delay and fail its quorum;
+    /// - async: `async_delay` after its append.
+    fn due(&self, node: &NodeState, seq: u64, appended_at: Instant) -> Instant {
         let by_async = appended_at + node.delay_for(false);
+        let sync_delay = node.delay_for(true);
         if !self.is_sync() {
+            if seq <= self.waited_through.load(Ordering::Relaxed) {
+                return appended_at + sync_delay;
+            }
             return by_async;
         }
-        let sync_delay = node.delay_for(true);
         match *self.promoted_at.lock().unwrap() {
             Some(promoted) if appended_at < promoted => by_async.min(promoted + sync_delay),
             _ => appended_at + sync_delay,
@@ -177,6 +219,9 @@ async fn stream(node: Arc<NodeState>, peer: Arc<Peer>) {
     let mut next: Option<u64> = None;
     let mut backoff = MIN_BACKOFF;
     loop {
+        if node.term() != peer.term || !node.is_leader() {
+            return; // stepped down: another term's leader streams now
+        }
         let from = match next {
             Some(seq) => seq,
             None => match handshake(&node, &peer).await {
@@ -242,15 +287,15 @@ fn plan(node: &NodeState, peer: &Peer, from: u64) -> Plan {
         Next::Truncated => Plan::SendSnapshot,
         Next::Entries(entries) => {
             let now = Instant::now();
-            // `due` grows with the append time, so the ready ones are a prefix.
-            let first_ready = peer.due(node, entries[0].appended_at);
+            // `due` grows with the seq, so the ready ones are a prefix.
+            let first_ready = peer.due(node, entries[0].entry.seq, entries[0].appended_at);
             if first_ready > now {
                 return Plan::SleepUntil(first_ready);
             }
             let mut bytes = 0;
             let batch = entries
                 .into_iter()
-                .take_while(|e| peer.due(node, e.appended_at) <= now)
+                .take_while(|e| peer.due(node, e.entry.seq, e.appended_at) <= now)
                 // Bounded in bytes too, so big values never exceed the
                 // follower's body limit (the first entry always goes).
                 .take_while(|e| {
@@ -265,28 +310,46 @@ fn plan(node: &NodeState, peer: &Peer, from: u64) -> Plan {
     }
 }
 
-/// Asks the follower which seq it holds, and checks it is the right process.
+/// Asks the follower where it stands and checks it is the right process.
+/// If its log parts from ours, cuts it back to what we share. Returns the
+/// seq from which the follower's log is ours.
 async fn handshake(node: &NodeState, peer: &Peer) -> Result<u64, String> {
     let url = format!("{}/replicate", peer.config.url);
+    super::faults::outbound(&peer.config.node_id).await?;
     let resp = node
         .http
         .get(&url)
+        .header(HEADER_TERM, peer.term)
         .send()
         .await
         .map_err(|e| describe_reqwest_error(&e))?;
-    let answer = parse_answer(resp).await?;
+    let answer = parse_answer(node, resp).await?;
     check_incarnation(peer, &answer)?;
-    let ours = node.persisted_seq();
-    if answer.acked_seq > ours {
-        // Cannot happen within one history (see the invariants above): the
-        // follower's data directory must come from another cluster.
-        return Err(format!(
-            "{} holds entries up to seq {} but the leader's log ends at {ours}: its data \
-             comes from another history; wipe its data directory and respawn it",
-            peer.config.node_id, answer.acked_seq
-        ));
+    let shared = {
+        let core = node.core.lock().unwrap();
+        let theirs = TermHistory(answer.history.clone());
+        common_prefix(
+            &core.terms.history,
+            core.log.last_seq(),
+            &theirs,
+            answer.acked_seq,
+        )
+    };
+    if shared >= answer.acked_seq {
+        return Ok(answer.acked_seq);
     }
-    Ok(answer.acked_seq)
+    tracing::warn!(
+        follower = %peer.config.node_id,
+        holds = answer.acked_seq,
+        shared,
+        "follower's log parts from ours: asking it to truncate"
+    );
+    let body = TruncateRequest {
+        term: peer.term,
+        to_incarnation: peer.config.incarnation,
+        after_seq: shared,
+    };
+    post(node, peer, "replicate/truncate", &body).await
 }
 
 async fn send_entries(
@@ -296,7 +359,7 @@ async fn send_entries(
 ) -> Result<u64, String> {
     let count = batch.len() as u64;
     let body = AppendRequest {
-        term: node.term,
+        term: peer.term,
         to_incarnation: peer.config.incarnation,
         entries: batch.iter().map(|e| Entry::clone(e)).collect(),
     };
@@ -308,9 +371,10 @@ async fn send_entries(
 }
 
 async fn send_snapshot(node: &NodeState, peer: &Peer) -> Result<u64, String> {
-    let (seq, data) = {
+    let (seq, data, history) = {
         let core = node.core.lock().unwrap();
-        (core.store.applied_seq(), core.store.to_map())
+        let history = core.terms.history.0.clone();
+        (core.store.applied_seq(), core.store.to_map(), history)
     };
     // The state may include writes still on their way to our disk.
     let _ = node
@@ -324,10 +388,11 @@ async fn send_snapshot(node: &NodeState, peer: &Peer) -> Result<u64, String> {
         "follower lacks entries the log no longer holds: sending a snapshot"
     );
     let body = InstallSnapshot {
-        term: node.term,
+        term: peer.term,
         to_incarnation: peer.config.incarnation,
         seq,
         data,
+        history,
     };
     let acked = post(node, peer, "replicate/snapshot", &body).await?;
     node.stats.snapshots_sent.fetch_add(1, Ordering::Relaxed);
@@ -342,22 +407,29 @@ async fn post(
     path: &str,
     body: &impl serde::Serialize,
 ) -> Result<u64, String> {
+    super::faults::outbound(&peer.config.node_id).await?;
     let resp = node
         .http
         .post(format!("{}/{path}", peer.config.url))
+        .header(HEADER_TERM, peer.term)
         .json(body)
         .send()
         .await
         .map_err(|e| describe_reqwest_error(&e))?;
-    let answer = parse_answer(resp).await?;
+    let answer = parse_answer(node, resp).await?;
     check_incarnation(peer, &answer)?;
     Ok(answer.acked_seq)
 }
 
-async fn parse_answer(resp: reqwest::Response) -> Result<AppendResponse, String> {
+/// The follower's answer, or why there is none. A `stale term` refusal
+/// means a newer leader exists: this node steps down on the spot.
+async fn parse_answer(node: &NodeState, resp: reqwest::Response) -> Result<AppendResponse, String> {
     if !resp.status().is_success() {
         let status = resp.status();
         let detail = error_detail(resp).await;
+        if let Some(term) = leadership::stale_term_in(&detail) {
+            leadership::adopt(node, term);
+        }
         return Err(format!("HTTP {status}: {detail}"));
     }
     resp.json::<AppendResponse>()

@@ -5,6 +5,11 @@
 //! once; applying is the only way state changes (plus installing a snapshot
 //! that is *ahead* of us), so two nodes at the same `applied_seq` hold the same
 //! data.
+//!
+//! Each key also remembers the seq of the entry that wrote its value, so that
+//! a read can tell whether what it saw is committed (see
+//! `coordinator::reads`). A key restored from a snapshot or a recovery gets
+//! the snapshot's seq instead: an upper bound, which is all a read needs.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -12,8 +17,22 @@ use crate::api::{Entry, Versioned};
 
 #[derive(Debug, Default)]
 pub struct Store {
-    data: HashMap<String, Versioned>,
+    data: HashMap<String, Held>,
     applied_seq: u64,
+}
+
+/// A key's value, and the seq of the entry that wrote it (at most).
+#[derive(Debug, Clone)]
+struct Held {
+    value: Versioned,
+    seq: u64,
+}
+
+/// Pairs each value of a snapshot with the snapshot's seq.
+fn held_at(seq: u64, data: BTreeMap<String, Versioned>) -> HashMap<String, Held> {
+    data.into_iter()
+        .map(|(k, value)| (k, Held { value, seq }))
+        .collect()
 }
 
 /// What happened to an entry offered to [`Store::apply`].
@@ -31,7 +50,7 @@ impl Store {
     /// The state recovered from disk: `data` as of log position `seq`.
     pub fn recovered(seq: u64, data: BTreeMap<String, Versioned>) -> Self {
         Store {
-            data: data.into_iter().collect(),
+            data: held_at(seq, data),
             applied_seq: seq,
         }
     }
@@ -49,12 +68,17 @@ impl Store {
     }
 
     pub fn get(&self, key: &str) -> Option<&Versioned> {
-        self.data.get(key)
+        self.data.get(key).map(|h| &h.value)
+    }
+
+    /// The key's value and the seq that wrote it (see the module's doc).
+    pub fn get_with_seq(&self, key: &str) -> Option<(&Versioned, u64)> {
+        self.data.get(key).map(|h| (&h.value, h.seq))
     }
 
     /// The version the next write of `key` gets: per-key, starting at 1.
     pub fn next_version(&self, key: &str) -> u64 {
-        self.data.get(key).map_or(1, |v| v.version + 1)
+        self.data.get(key).map_or(1, |h| h.value.version + 1)
     }
 
     /// Applies the entry if it is the next one in the log.
@@ -67,9 +91,12 @@ impl Store {
         }
         self.data.insert(
             entry.key.clone(),
-            Versioned {
-                value: entry.value.clone(),
-                version: entry.version,
+            Held {
+                value: Versioned {
+                    value: entry.value.clone(),
+                    version: entry.version,
+                },
+                seq: entry.seq,
             },
         );
         self.applied_seq = entry.seq;
@@ -83,7 +110,7 @@ impl Store {
         if seq <= self.applied_seq {
             return false;
         }
-        self.data = data.into_iter().collect();
+        self.data = held_at(seq, data);
         self.applied_seq = seq;
         true
     }
@@ -92,7 +119,7 @@ impl Store {
     pub fn to_map(&self) -> BTreeMap<String, Versioned> {
         self.data
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, h)| (k.clone(), h.value.clone()))
             .collect()
     }
 }
@@ -120,6 +147,7 @@ mod tests {
         assert_eq!(s.apply(&entry(2, "a", 2)), Applied::Applied);
         assert_eq!(s.applied_seq(), 2);
         assert_eq!(s.get("a").unwrap().version, 2);
+        assert_eq!(s.get_with_seq("a").unwrap().1, 2);
         assert_eq!(s.next_version("a"), 3);
         assert_eq!(s.next_version("b"), 1);
     }
@@ -141,6 +169,8 @@ mod tests {
         );
         assert!(s.install_snapshot(5, snap));
         assert_eq!(s.applied_seq(), 5);
+        // What a snapshot brings was written at its seq or before.
+        assert_eq!(s.get_with_seq("a").unwrap().1, 5);
         assert_eq!(s.len(), 3);
     }
 }

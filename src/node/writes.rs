@@ -12,6 +12,8 @@
 //! - **Nothing is streamed to followers before the leader has persisted it**
 //!   ([`NodeState::publish_persisted`] runs only after the WAL ticket), so a
 //!   follower never holds an entry a restarted leader would not have.
+//! - **Only the leader of the current term appends**: the role is checked
+//!   under the lock that appends, and every entry carries that term.
 //! - **A write's answer says which sync followers acknowledged it**. Acks are
 //!   cumulative (a follower acks "everything up to seq N"), so one wait for
 //!   the batch's last seq covers every write in it. If that wait fails, every
@@ -69,10 +71,7 @@ async fn write_batch(
     ack_timeout_ms: Option<u64>,
 ) -> Result<Vec<LeaderWriteResponse>, ApiError> {
     if !node.is_leader() {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!("{} is a follower: writes go to the leader", node.id),
-        ));
+        return Err(not_leader(node));
     }
     // All or nothing: a bad write refuses the batch before any is appended.
     for w in &writes {
@@ -81,11 +80,18 @@ async fn write_batch(
     node.stats
         .total_writes
         .fetch_add(writes.len() as u64, std::sync::atomic::Ordering::Relaxed);
-    let (entries, ticket) = append(node, writes);
+    let (entries, ticket) = append(node, writes)?;
     if let Some(ticket) = ticket {
         durable::wait_persisted(node, ticket).await?;
     }
     let last = entries.last().expect("a batch is never empty").seq;
+    // Before the streams see the entries: they go out on the sync link to
+    // every follower this batch waits for, whatever happens to the sets.
+    for p in sync {
+        if let Some(peer) = node.peer(&p.node_id) {
+            peer.write_waits_for(last);
+        }
+    }
     node.publish_persisted(last);
     durable::snapshot_if_due(node, last);
 
@@ -127,14 +133,23 @@ fn answer(entry: &Entry, sync: &[PeerRef], acks: &[Result<(), String>]) -> Leade
 /// the durable log (if any) under the same lock, so the disk gets the entries
 /// in seq order. The caller awaits the ticket, then publishes the entries to
 /// the streams.
-fn append(node: &NodeState, writes: Vec<KeyValue>) -> (Vec<Arc<Entry>>, Option<AppendTicket>) {
+fn append(
+    node: &NodeState,
+    writes: Vec<KeyValue>,
+) -> Result<(Vec<Arc<Entry>>, Option<AppendTicket>), ApiError> {
     let mut core = node.core.lock().unwrap();
+    // Checked under the lock that appends: a leader that stepped down a
+    // moment ago appends nothing in its old term.
+    if core.terms.role != Role::Leader {
+        return Err(not_leader(node));
+    }
+    let term = core.terms.term;
     let now = Instant::now();
     let mut entries = Vec::with_capacity(writes.len());
     for KeyValue { key, value } in writes {
         let entry = Arc::new(Entry {
             seq: core.log.last_seq() + 1,
-            term: node.term,
+            term,
             version: core.store.next_version(&key),
             key,
             value,
@@ -148,7 +163,14 @@ fn append(node: &NodeState, writes: Vec<KeyValue>) -> (Vec<Arc<Entry>>, Option<A
         d.wal
             .submit(entries.iter().map(|e| Entry::clone(e)).collect())
     });
-    (entries, ticket)
+    Ok((entries, ticket))
+}
+
+fn not_leader(node: &NodeState) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        format!("{} is a follower: writes go to the leader", node.id),
+    )
 }
 
 /// Waits until `peer` acknowledges `seq`; gives up at the deadline or as soon

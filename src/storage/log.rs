@@ -312,9 +312,55 @@ impl Log {
         self.compact(snapshot_seq)
     }
 
+    /// Cuts the log after `seq` (a follower whose tail diverged from the
+    /// new leader's history) and recovers the state it now holds. If a
+    /// snapshot is beyond `seq`, the entries between cannot be rebuilt: the
+    /// directory is emptied and the state starts again from nothing (the
+    /// leader then sends a snapshot or the whole log).
+    pub fn truncate_after(&self, seq: u64) -> Result<(Log, Recovered)> {
+        cut_after(&self.dir, seq)?;
+        Log::recover(&self.dir, self.segment_bytes)
+    }
+
     fn active_path(&self) -> PathBuf {
         segment::segment_path(&self.dir, *self.segments.last().expect("never empty"))
     }
+}
+
+/// Removes every seq above `seq` from the files of `dir`. Later segments go
+/// first, last one first, and the segment holding `seq` is cut last: a crash
+/// in between leaves a shorter but contiguous log, never a hole.
+fn cut_after(dir: &Path, seq: u64) -> Result<()> {
+    let snapshots = snapshot::list(dir)?;
+    let mut segments = list_segments(dir)?;
+    if snapshots.iter().any(|&s| s > seq) {
+        // Segments first: a snapshot left alone by a crash is still a valid
+        // (if diverged) state, which the next handshake cuts again.
+        for base in segments.iter().rev() {
+            remove(&segment::segment_path(dir, *base))?;
+        }
+        for s in snapshots {
+            remove(&snapshot::snapshot_path(dir, s))?;
+        }
+        return sync_dir(dir);
+    }
+    while let Some(&base) = segments.last() {
+        if base <= seq {
+            break;
+        }
+        remove(&segment::segment_path(dir, base))?;
+        segments.pop();
+    }
+    if let Some(&base) = segments.last() {
+        let path = segment::segment_path(dir, base);
+        let len = segment::offset_of(&path, base, seq + 1)?;
+        segment::truncate(&path, len)?;
+    }
+    sync_dir(dir)
+}
+
+fn remove(path: &Path) -> Result<()> {
+    fs::remove_file(path).map_err(|e| StorageError::io(path, e))
 }
 
 /// How far to preallocate the active segment for records up to `end`: to the

@@ -34,7 +34,7 @@ pub mod codec;
 mod log;
 pub mod segment;
 pub mod snapshot;
-mod wal;
+pub mod wal;
 
 use std::fmt;
 use std::fs::File;

@@ -295,6 +295,33 @@ fn find_valid_record(buf: &[u8], from: usize, end: usize) -> Option<usize> {
     })
 }
 
+/// The offset in the segment at `path` (first record `base_seq`) where the
+/// record of `seq` starts, or where it would start if `seq` is one past the
+/// segment's last record: the length to cut the segment to so that it ends
+/// right before `seq`. Used to truncate a log after a divergence.
+pub fn offset_of(path: &Path, base_seq: u64, seq: u64) -> Result<u64, StorageError> {
+    let buf = fs::read(path).map_err(|e| StorageError::io(path, e))?;
+    let corrupt = |offset: usize, reason: String| StorageError::Corrupt {
+        segment: path.to_path_buf(),
+        offset: offset as u64,
+        reason,
+    };
+    check_header(&buf, base_seq).map_err(|r| corrupt(0, r.into()))?;
+    let mut offset = HEADER_LEN;
+    for _ in base_seq..seq {
+        match codec::parse_record(&buf, offset) {
+            Frame::Valid { next, .. } => offset = next,
+            _ => {
+                return Err(corrupt(
+                    offset,
+                    format!("no record before seq {seq} to cut after"),
+                ))
+            }
+        }
+    }
+    Ok(offset as u64)
+}
+
 /// Cuts the file at `path` to `len` bytes and makes the cut durable.
 pub fn truncate(path: &Path, len: u64) -> Result<(), StorageError> {
     let io = |e| StorageError::io(path, e);

@@ -27,7 +27,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -54,6 +54,11 @@ enum Command {
     Reset {
         seq: u64,
         done: oneshot::Sender<Result<CompactReport>>,
+    },
+    /// Cut the log after `seq` and recover what remains.
+    Truncate {
+        seq: u64,
+        done: oneshot::Sender<Result<Recovered>>,
     },
     /// Fsync now, whatever the policy; answers the durable seq.
     Sync { done: oneshot::Sender<Result<u64>> },
@@ -296,6 +301,16 @@ impl Wal {
         self.request(Command::Reset { seq, done }, rx).await
     }
 
+    /// Cuts the log after `seq` and returns the state it now holds (see
+    /// `Log::truncate_after`): a follower whose tail diverged from the
+    /// leader's history. Appends queued before this call are written first,
+    /// then cut with the rest.
+    pub async fn truncate_after(&self, seq: u64) -> Result<Recovered> {
+        let _guard = self.snapshot_lock.lock().await;
+        let (done, rx) = oneshot::channel();
+        self.request(Command::Truncate { seq, done }, rx).await
+    }
+
     /// Writes the snapshot file on the blocking pool (it can take a while for
     /// a big state) so appends keep flowing meanwhile.
     async fn write_snapshot(&self, snapshot: Snapshot) -> Result<u64> {
@@ -439,6 +454,22 @@ impl Writer {
                 }
                 let _ = done.send(result);
             }
+            Command::Truncate { seq, done } => {
+                self.commit()?;
+                match self.log.truncate_after(seq) {
+                    Ok((log, recovered)) => {
+                        self.log = log;
+                        self.publish_truncation(&recovered);
+                        let _ = done.send(Ok(recovered));
+                    }
+                    // The files are in an unknown state: stop, as after
+                    // any other I/O error, and let a restart recover.
+                    Err(e) => {
+                        let _ = done.send(Err(StorageError::Stopped(e.to_string())));
+                        return Err(e);
+                    }
+                }
+            }
             Command::Reset { seq, done } => {
                 self.commit()?;
                 let result = self.log.reset(seq);
@@ -487,6 +518,7 @@ impl Writer {
             return Ok(());
         }
         let started = std::time::Instant::now();
+        slow_fsync_pause();
         self.log.sync()?;
         self.shared.fsync_seconds.observe(started.elapsed());
         self.dirty = false;
@@ -516,6 +548,17 @@ impl Writer {
         s.snapshot_seq.store(seq, Ordering::Release);
     }
 
+    /// After a truncation the log ends where recovery found it, durably.
+    fn publish_truncation(&mut self, recovered: &Recovered) {
+        self.dirty = false;
+        let s = &self.shared;
+        let last = self.log.last_seq();
+        s.last_seq.store(last, Ordering::Release);
+        s.durable_seq.store(last, Ordering::Release);
+        s.snapshot_seq
+            .store(recovered.report.snapshot_seq, Ordering::Release);
+    }
+
     /// Records why the writer stops and fails everything in flight. Commands
     /// still in the channel are dropped with it, which fails them too.
     fn stop(mut self, error: StorageError) {
@@ -523,6 +566,25 @@ impl Writer {
         *self.shared.stopped.lock().unwrap() = Some(why.clone());
         for (_, done) in self.waiting.drain(..) {
             let _ = done.send(Err(StorageError::Stopped(why.clone())));
+        }
+    }
+}
+
+/// Fault injection (`/admin/slow-disk`, see `node::faults`): until when, and
+/// by how much, every fsync is slowed. Process-wide: a node has one disk.
+static SLOW_FSYNCS: std::sync::Mutex<Option<(Duration, Instant)>> = std::sync::Mutex::new(None);
+
+/// Makes every fsync take `extra` longer for `length` (zero ends it).
+pub fn slow_down_fsyncs(extra: Duration, length: Duration) {
+    *SLOW_FSYNCS.lock().unwrap() = Some((extra, Instant::now() + length));
+}
+
+/// On the writer thread, before an fsync: the injected delay, if any.
+fn slow_fsync_pause() {
+    let slow = *SLOW_FSYNCS.lock().unwrap();
+    if let Some((extra, until)) = slow {
+        if Instant::now() < until {
+            thread::sleep(extra);
         }
     }
 }

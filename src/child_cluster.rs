@@ -1,14 +1,15 @@
-//! The cluster under assessment: `kvlab up` as a child process, and its end.
+//! A cluster under test: `kvlab up` as a child process, its ports, its end.
 //!
-//! The autograder runs its own binary again (`current_exe() up ...`) with
-//! the student's settings, in a process group of its own, and waits for it
-//! over HTTP (never a fixed sleep). Invariants:
+//! The autograder (`kvlab assess`) and the checker (`kvlab check`) run their
+//! own binary again (`current_exe() up ...`) with the flags they need, in a
+//! process group of its own, and wait for it over HTTP (never a fixed
+//! sleep). Invariants:
 //! - **Every port is checked first.** A taken port is named (and what it was
 //!   for) before anything starts, so the run fails in milliseconds rather
 //!   than hanging on a cluster that half started.
-//! - **Nothing outlives the assessment.** `stop` sends SIGTERM to the
+//! - **Nothing outlives the run.** `stop` sends SIGTERM to the
 //!   group (so `up` stops its nodes in order), then SIGKILL after a grace
-//!   period. If the assessment itself dies, `up` gets SIGKILL from the kernel
+//!   period. If the run itself dies, `up` gets SIGKILL from the kernel
 //!   (parent-death signal), and its nodes get theirs the same way. The
 //!   guard's `Drop` kills the group too, for early returns and panics.
 //! - Output goes to a log file, never a pipe nobody reads.
@@ -21,8 +22,9 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
-use super::settings::{Ports, Settings};
-use crate::api::{NodeStatus, StatusResponse};
+use serde::Serialize;
+
+use crate::api::{ports, NodeStatus, StatusResponse};
 
 /// How long a cluster may take to come up.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -54,6 +56,58 @@ pub enum ClusterError {
     NotReady(Duration, PathBuf),
 }
 
+/// Every port of the cluster under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Ports {
+    pub coordinator: u16,
+    pub registry: u16,
+    pub gateway: u16,
+    /// The leader's; follower-i listens on `leader + i`.
+    pub leader: u16,
+}
+
+impl Ports {
+    /// The lab's default ports (docs/api.md).
+    pub const DEFAULT: Ports = Ports {
+        coordinator: ports::COORDINATOR,
+        registry: ports::REGISTRY,
+        gateway: ports::GATEWAY,
+        leader: ports::LEADER,
+    };
+
+    /// `--base-port P`: one contiguous block, so that several assessments
+    /// (or tests) can run side by side: coordinator P, registry P+1,
+    /// gateway P+2, leader P+3, follower-i P+3+i.
+    pub fn from_base(base: u16) -> Option<Ports> {
+        Some(Ports {
+            coordinator: base,
+            registry: base.checked_add(1)?,
+            gateway: base.checked_add(2)?,
+            leader: base.checked_add(3)?,
+        })
+    }
+
+    /// Every port a cluster of `followers` needs, each with what it is for.
+    pub fn all(&self, followers: usize) -> Vec<(u16, String)> {
+        let mut all = vec![
+            (self.coordinator, "the coordinator".to_string()),
+            (self.registry, "the registry".to_string()),
+            (self.gateway, "the gateway".to_string()),
+            (self.leader, "the leader".to_string()),
+        ];
+        for i in 1..=followers {
+            if let Some(p) = self.leader.checked_add(i as u16) {
+                all.push((p, format!("follower-{i}")));
+            }
+        }
+        all
+    }
+
+    pub fn url(port: u16) -> String {
+        format!("http://127.0.0.1:{port}")
+    }
+}
+
 /// Fails fast, naming the first port that is taken.
 pub fn check_ports(ports: &Ports, followers: usize) -> Result<(), ClusterError> {
     for (port, what) in ports.all(followers) {
@@ -78,15 +132,19 @@ pub struct ClusterProcess {
 }
 
 impl ClusterProcess {
-    /// Starts `kvlab up` with these settings and ports, and waits until the
-    /// leader and every follower are alive and the gateway listens.
+    /// Starts `kvlab up` with these flags (`followers` of them among its
+    /// flags) and ports, and waits until the leader and every follower are
+    /// alive and the gateway listens. Its logs go to
+    /// `<temp dir>/kvlab-<purpose>-<coordinator port>`.
     pub async fn start(
-        settings: &Settings,
+        up_flags: &[String],
+        followers: usize,
         ports: &Ports,
+        purpose: &str,
         keep: bool,
     ) -> Result<ClusterProcess, ClusterError> {
-        check_ports(ports, settings.followers)?;
-        let dir = std::env::temp_dir().join(format!("kvlab-assess-{}", ports.coordinator));
+        check_ports(ports, followers)?;
+        let dir = std::env::temp_dir().join(format!("kvlab-{purpose}-{}", ports.coordinator));
         tokio::fs::create_dir_all(&dir)
             .await
             .map_err(|source| ClusterError::LogDir {
@@ -103,7 +161,7 @@ impl ClusterProcess {
             .into_std()
             .await;
         let data = dir.join("data");
-        let child = spawn_up(settings, ports, &dir, &data, out, keep)?;
+        let child = spawn_up(up_flags, ports, &dir, &data, out, keep)?;
         let pid = child.id().unwrap_or_default();
         let mut cluster = ClusterProcess {
             child,
@@ -113,8 +171,13 @@ impl ClusterProcess {
             keep,
             stopped: false,
         };
-        cluster.wait_ready(ports, settings.followers).await?;
+        cluster.wait_ready(ports, followers).await?;
         Ok(cluster)
+    }
+
+    /// Where the nodes write their logs.
+    pub fn node_log_dir(&self) -> PathBuf {
+        self.log.with_file_name("nodes")
     }
 
     pub fn pid(&self) -> u32 {
@@ -182,7 +245,7 @@ impl Drop for ClusterProcess {
 }
 
 fn spawn_up(
-    settings: &Settings,
+    up_flags: &[String],
     ports: &Ports,
     dir: &Path,
     data: &Path,
@@ -197,7 +260,7 @@ fn spawn_up(
     let err = out.try_clone().map_err(spawn_err)?;
     let mut cmd = Command::new(&binary);
     cmd.arg("up")
-        .args(settings.up_flags())
+        .args(up_flags)
         .args(["--coordinator-port", &ports.coordinator.to_string()])
         .args(["--registry-port", &ports.registry.to_string()])
         .args(["--gateway-port", &ports.gateway.to_string()])
@@ -205,7 +268,7 @@ fn spawn_up(
         .arg("--log-dir")
         .arg(dir.join("nodes"))
         // Durable, as `kvlab up` runs by default, but empty at every start:
-        // a grade must never depend on what an earlier run left on disk.
+        // a grade or a verdict must never depend on what an earlier run left.
         .arg("--data-dir")
         .arg(data)
         .arg("--fresh")
@@ -277,4 +340,21 @@ async fn listening(port: u16) -> bool {
     )
     .await
     .is_ok_and(|r| r.is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_base_port_moves_the_whole_cluster() {
+        let p = Ports::from_base(20_000).unwrap();
+        assert_eq!(
+            (p.coordinator, p.registry, p.gateway, p.leader),
+            (20_000, 20_001, 20_002, 20_003)
+        );
+        let all = p.all(2);
+        assert_eq!(all.last().unwrap(), &(20_005, "follower-2".to_string()));
+        assert!(Ports::from_base(u16::MAX).is_none());
+    }
 }

@@ -1,0 +1,720 @@
+//! `kvlab check`: a Jepsen-style checker of a real cluster.
+//!
+//! It starts a cluster (`kvlab up` as a child, like `assess`) or uses a
+//! running one (`--no-start-cluster --gateway URL`), runs concurrent clients
+//! against it while a nemesis injects faults on a seeded schedule, heals
+//! everything, reads every key once more, and checks the whole history for
+//! linearizability; it then tells what it found and writes the artifacts.
+//!
+//! The pieces, in the order a run uses them:
+//! - [`workload`]: the clients and what each answer means;
+//! - [`nemesis`]: the fault schedule and the hooks that inject and heal;
+//! - [`observe`]: `/status` samples (for the stories, and the check that
+//!   no two processes of one node id run at once);
+//! - [`history`]: the operation records; [`model`]: the versioned register;
+//! - [`linearizability`]: the checker; [`verdict`]: the run's checks;
+//! - [`explain`]: violations as stories; [`report`]: results and the
+//!   summary card; [`html`]: `report.html` (with `timeline.js`).
+//!
+//! Exit codes: 0 valid, 1 a violation, 2 unknown (the checker gave up).
+//! Invariant: a cluster this started is stopped before it returns.
+
+pub mod explain;
+pub mod history;
+pub mod html;
+pub mod linearizability;
+pub mod model;
+pub mod nemesis;
+pub mod observe;
+pub mod report;
+pub mod verdict;
+pub mod workload;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+
+use crate::child_cluster::{ClusterProcess, Ports};
+use explain::Shape;
+use history::{Input, Op};
+use nemesis::{Control, FaultKind};
+use report::{Counts, RunConfig, RunReport};
+use verdict::Verdict;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Terminal,
+    Json,
+}
+
+#[derive(Debug, Clone, Parser)]
+pub struct Args {
+    /// Number of followers, N.
+    #[arg(long, default_value_t = 3)]
+    pub followers: usize,
+    /// Write quorum W.
+    #[arg(short = 'W', long = "write-quorum", default_value_t = 2)]
+    pub write_quorum: usize,
+    /// Read quorum R.
+    #[arg(short = 'R', long = "read-quorum", default_value_t = 2)]
+    pub read_quorum: usize,
+    /// Replication delay to sync followers, seconds (default: `up`'s, 0.5).
+    #[arg(long)]
+    pub sync_delay: Option<f64>,
+    /// Replication delay to async followers, seconds (default: `up`'s, 5).
+    #[arg(long)]
+    pub async_delay: Option<f64>,
+    /// No replication delays.
+    #[arg(long, conflicts_with_all = ["sync_delay", "async_delay"])]
+    pub no_delay: bool,
+    /// Faults: a comma-separated list of kill, crash, pause, heartbeats,
+    /// partition, slow-disk, leader; `all` (every one but leader) or `none`.
+    #[arg(long, default_value = "none", value_name = "LIST")]
+    pub nemesis: String,
+    /// How long the clients run, in seconds.
+    #[arg(long, default_value_t = 20.0, value_name = "S")]
+    pub time_limit: f64,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 5, value_name = "C")]
+    pub clients: usize,
+    /// Keys the clients share (`k0`, `k1`, ...).
+    #[arg(long, default_value_t = 3, value_name = "K")]
+    pub keys: usize,
+    /// The seed of the workload's choices and the fault schedule (default: random).
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// Move the cluster to one block of ports: coordinator P, registry P+1,
+    /// gateway P+2, leader P+3, follower-i P+3+i.
+    #[arg(long, value_name = "P")]
+    pub base_port: Option<u16>,
+    /// Write history.jsonl, faults.json, results.json, the nodes' logs and
+    /// report.html here.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Format::Terminal)]
+    pub format: Format,
+    /// Run N times with seeds seed, seed+1, ...; keep the artifacts of
+    /// failing runs only.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub repeat: u32,
+    /// Check a cluster that is already running (needs --gateway).
+    #[arg(long, requires = "gateway")]
+    pub no_start_cluster: bool,
+    /// The running cluster's entry point (gateway or coordinator).
+    #[arg(long, value_name = "URL")]
+    pub gateway: Option<String>,
+    /// The running cluster's coordinator (for faults and `/status`).
+    #[arg(long, value_name = "URL")]
+    pub coordinator: Option<String>,
+    /// Seconds the checker may search before answering "unknown".
+    #[arg(long, default_value_t = 30.0, value_name = "S")]
+    pub check_budget: f64,
+    /// Check a saved history.jsonl again (no cluster, no workload): prints
+    /// each key's verdict and the stories.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["no_start_cluster", "repeat"])]
+    pub history: Option<PathBuf>,
+    /// Seconds a request may take before its outcome counts as unknown.
+    #[arg(long, default_value_t = 10.0, value_name = "S")]
+    pub request_timeout: f64,
+}
+
+/// Everything checked before anything starts.
+struct Plan {
+    kinds: Vec<FaultKind>,
+    ports: Ports,
+    first_seed: u64,
+}
+
+fn prepare(args: &Args) -> anyhow::Result<Plan> {
+    let kinds = nemesis::parse_list(&args.nemesis).map_err(anyhow::Error::msg)?;
+    for (name, v) in [
+        ("--time-limit", args.time_limit),
+        ("--check-budget", args.check_budget),
+        ("--request-timeout", args.request_timeout),
+    ] {
+        anyhow::ensure!(
+            v.is_finite() && v > 0.0 && v <= 86_400.0,
+            "{name} must be a number of seconds above 0, got {v}"
+        );
+    }
+    anyhow::ensure!(
+        args.clients >= 1 && args.clients <= 1000,
+        "--clients must be between 1 and 1000"
+    );
+    anyhow::ensure!(
+        args.keys >= 1 && args.keys <= 10_000,
+        "--keys must be between 1 and 10000"
+    );
+    anyhow::ensure!(args.repeat >= 1, "--repeat must be at least 1");
+    if args.no_start_cluster && !kinds.is_empty() {
+        anyhow::ensure!(
+            args.coordinator.is_some(),
+            "--nemesis {} needs --coordinator URL with --no-start-cluster (faults go through it)",
+            args.nemesis
+        );
+    }
+    if !args.no_start_cluster {
+        let cluster = up_args(args);
+        cluster.cluster.validate()?;
+    }
+    let ports = match args.base_port {
+        None => Ports::DEFAULT,
+        Some(p) => Ports::from_base(p)
+            .filter(|ports| ports.leader as usize + args.followers <= u16::MAX as usize)
+            .with_context(|| format!("--base-port {p} leaves no room for the cluster's ports"))?,
+    };
+    let first_seed = args.seed.unwrap_or_else(random_seed);
+    Ok(Plan {
+        kinds,
+        ports,
+        first_seed,
+    })
+}
+
+/// A seed from the clock and the pid (small, so it is easy to type back).
+fn random_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    (nanos ^ (std::process::id() as u64) << 7) % 1_000_000
+}
+
+/// The `kvlab up` flags of the cluster under test.
+fn up_flags(args: &Args) -> Vec<String> {
+    let mut flags = vec![
+        "--followers".to_string(),
+        args.followers.to_string(),
+        "--write-quorum".into(),
+        args.write_quorum.to_string(),
+        "--read-quorum".into(),
+        args.read_quorum.to_string(),
+    ];
+    if args.no_delay {
+        flags.push("--no-delay".into());
+    }
+    if let Some(d) = args.sync_delay {
+        flags.extend(["--sync-delay".into(), d.to_string()]);
+    }
+    if let Some(d) = args.async_delay {
+        flags.extend(["--async-delay".into(), d.to_string()]);
+    }
+    flags
+}
+
+fn up_args(args: &Args) -> crate::up::Args {
+    let mut all = vec!["up".to_string()];
+    all.extend(up_flags(args));
+    crate::up::Args::parse_from(all)
+}
+
+/// The command line's entry: returns the exit code.
+pub async fn run(args: Args) -> anyhow::Result<i32> {
+    if let Some(path) = &args.history {
+        return recheck(path, &args).await;
+    }
+    let plan = prepare(&args)?;
+    let mut reports = Vec::new();
+    for i in 0..args.repeat {
+        let seed = plan.first_seed.wrapping_add(i as u64);
+        let out = args.out.as_ref().map(|dir| match args.repeat {
+            1 => dir.clone(),
+            _ => dir.join(format!("seed-{seed}")),
+        });
+        let interrupted = crate::http::shutdown_signal();
+        let report = tokio::select! {
+            r = run_once(&args, &plan, seed, out.as_deref()) => r?,
+            _ = interrupted => {
+                eprintln!("kvlab check: interrupted; the cluster was stopped");
+                return Ok(crate::assess::EXIT_INTERRUPTED);
+            }
+        };
+        match args.format {
+            Format::Terminal => print!("{}", report::card(&report)),
+            Format::Json if args.repeat == 1 => {
+                println!("{}", serde_json::to_string_pretty(&report)?)
+            }
+            Format::Json => {}
+        }
+        reports.push(report);
+    }
+    if args.repeat > 1 {
+        match args.format {
+            Format::Terminal => print!("{}", report::table(&reports)),
+            Format::Json => println!("{}", serde_json::to_string_pretty(&reports)?),
+        }
+    }
+    let worst = reports.iter().fold(Verdict::Valid, |v, r| v.and(r.verdict));
+    Ok(worst.exit_code())
+}
+
+/// `--history FILE`: checks a saved history again.
+async fn recheck(path: &Path, args: &Args) -> anyhow::Result<i32> {
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let history = history::parse_jsonl(&text).with_context(|| {
+        format!(
+            "{} is not a kvlab check history (one operation a line)",
+            path.display()
+        )
+    })?;
+    let budget = Duration::from_secs_f64(args.check_budget);
+    let started = Instant::now();
+    let keys = tokio::task::spawn_blocking({
+        let history = history.clone();
+        move || verdict::check_keys(&history, budget)
+    })
+    .await?;
+    let millis = started.elapsed().as_secs_f64() * 1e3;
+    let shape = Shape {
+        followers: args.followers,
+        w: args.write_quorum,
+        r: args.read_quorum,
+        sync_delay: None,
+        async_delay: None,
+    };
+    let stories = explain::explain(&history, &keys, &shape, &Default::default());
+    let verdict = keys.iter().fold(Verdict::Valid, |v, k| v.and(k.verdict));
+    match args.format {
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "verdict": verdict, "keys": keys, "stories": stories, "checker_millis": millis,
+            }))?
+        ),
+        Format::Terminal => {
+            for k in &keys {
+                println!(
+                    "{:<12} {:<10} {:>7} ops {:>9.1} ms",
+                    k.key,
+                    k.verdict.as_str(),
+                    k.ops,
+                    k.millis
+                );
+            }
+            for s in &stories {
+                println!("✗ {}", s.text);
+            }
+            println!(
+                "verdict: {} ({} operations in {millis:.0} ms)",
+                verdict.as_str(),
+                history.len()
+            );
+        }
+    }
+    Ok(verdict.exit_code())
+}
+
+/// Where the cluster under test answers.
+struct Target {
+    gateway: String,
+    control: Option<Control>,
+    cluster: Option<ClusterProcess>,
+}
+
+async fn start(args: &Args, plan: &Plan) -> anyhow::Result<Target> {
+    let http = crate::http::client();
+    if args.no_start_cluster {
+        let gateway = args.gateway.clone().unwrap_or_default();
+        let control = args.coordinator.clone().map(|coordinator| Control {
+            http: http.clone(),
+            coordinator: coordinator.trim_end_matches('/').to_string(),
+        });
+        return Ok(Target {
+            gateway,
+            control,
+            cluster: None,
+        });
+    }
+    let cluster =
+        ClusterProcess::start(&up_flags(args), args.followers, &plan.ports, "check", false).await?;
+    Ok(Target {
+        gateway: Ports::url(plan.ports.gateway),
+        control: Some(Control {
+            http,
+            coordinator: Ports::url(plan.ports.coordinator),
+        }),
+        cluster: Some(cluster),
+    })
+}
+
+/// The cluster's shape: from `/status` when there is a coordinator, from
+/// the flags otherwise.
+async fn shape(args: &Args, control: Option<&Control>) -> Shape {
+    let (mut followers, mut w, mut r) = (args.followers, args.write_quorum, args.read_quorum);
+    if let Some(Ok(status)) = match control {
+        Some(c) => Some(c.status().await),
+        None => None,
+    } {
+        (followers, w, r) = (status.followers.len(), status.quorum.w, status.quorum.r);
+    }
+    let defaults = up_args(args).cluster;
+    let started = !args.no_start_cluster;
+    let delay = |d: f64| started.then_some(if defaults.no_delay { 0.0 } else { d });
+    Shape {
+        followers,
+        w,
+        r,
+        sync_delay: delay(defaults.sync_delay),
+        async_delay: delay(defaults.async_delay),
+    }
+}
+
+async fn run_once(
+    args: &Args,
+    plan: &Plan,
+    seed: u64,
+    out: Option<&Path>,
+) -> anyhow::Result<RunReport> {
+    let began = Instant::now();
+    eprintln!(
+        "kvlab check: seed {seed} · N={} W={} R={} · nemesis {} · {} s",
+        args.followers, args.write_quorum, args.read_quorum, args.nemesis, args.time_limit
+    );
+    let mut target = start(args, plan).await?;
+    let shape = shape(args, target.control.as_ref()).await;
+    let mut notes = Vec::new();
+    let heal_by = (args.time_limit - 0.5).max(0.0);
+    let schedule = nemesis::schedule(&plan.kinds, seed, shape.followers, heal_by);
+
+    let epoch = Instant::now();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let counters = Arc::new(workload::Counters::default());
+    let config = workload::WorkloadConfig {
+        target: target.gateway.clone(),
+        clients: args.clients,
+        keys: args.keys,
+        seed,
+        request_timeout: Duration::from_secs_f64(args.request_timeout),
+        max_think: Duration::from_millis(if shape.sync_delay.unwrap_or(0.0) > 0.0 {
+            100
+        } else {
+            20
+        }),
+    };
+    let observer = target
+        .control
+        .clone()
+        .map(|c| tokio::spawn(observe::watch(c, epoch, stop_rx.clone())));
+    let clients = {
+        let (config, counters, stop) = (config.clone(), counters.clone(), stop_rx.clone());
+        tokio::spawn(async move { workload::run(&config, epoch, counters, stop).await })
+    };
+    let current = Arc::new(std::sync::Mutex::new(String::new()));
+    let faults = match target.control.clone() {
+        Some(control) => {
+            let (schedule, stop, current) = (schedule.clone(), stop_rx.clone(), current.clone());
+            Some(tokio::spawn(async move {
+                nemesis::run(&control, &schedule, epoch, stop, |p, on| {
+                    *current.lock().unwrap() = if on {
+                        format!("{} {}", p.kind.name(), p.node)
+                    } else {
+                        String::new()
+                    };
+                })
+                .await
+            }))
+        }
+        None => None,
+    };
+    let progress = Progress::new(args.time_limit);
+    while epoch.elapsed().as_secs_f64() < args.time_limit {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        progress.show(
+            epoch.elapsed().as_secs_f64(),
+            &counters,
+            &current.lock().unwrap(),
+        );
+    }
+    let _ = stop_tx.send(true);
+    let fault_records = match faults {
+        Some(f) => f.await.unwrap_or_default(),
+        None => vec![],
+    };
+    let mut history = clients.await.unwrap_or_default();
+    progress.done();
+
+    // Heal, then read every key once more (those reads are checked too).
+    let mut finals = Vec::new();
+    if let Some(control) = &target.control {
+        if let Err(e) = nemesis::heal_everything(control, Duration::from_secs(30)).await {
+            notes.push(format!("healing: {e}"));
+        }
+    }
+    let final_client = workload::Client::new(
+        args.clients,
+        &target.gateway,
+        Duration::from_secs_f64(args.request_timeout),
+        epoch,
+    );
+    for k in 0..args.keys {
+        history.push(
+            final_client
+                .run(Input::Read {
+                    key: workload::key_name(k),
+                })
+                .await,
+        );
+    }
+    if let Some(control) = &target.control {
+        finals = leader_state(control, args.keys).await.unwrap_or_else(|e| {
+            notes.push(format!("could not read the leader's state: {e}"));
+            vec![]
+        });
+    }
+    let observations = match observer {
+        Some(o) => o.await.unwrap_or_default(),
+        None => Default::default(),
+    };
+    let history = workload::number(history);
+
+    // Check.
+    let checked = Instant::now();
+    let budget = Duration::from_secs_f64(args.check_budget);
+    let keys = tokio::task::spawn_blocking({
+        let history = history.clone();
+        move || verdict::check_keys(&history, budget)
+    })
+    .await?;
+    let checker_millis = checked.elapsed().as_secs_f64() * 1e3;
+    let mut stories = explain::explain(&history, &keys, &shape, &observations);
+    let lost = explain::lost_writes(&history, &finals);
+    let mut verdict = keys.iter().fold(Verdict::Valid, |v, k| v.and(k.verdict));
+    if !lost.is_empty() || !observations.overlaps.is_empty() {
+        verdict = Verdict::Violation;
+    }
+    stories.extend(lost);
+
+    let cluster = target.cluster.take();
+    let node_logs = cluster.as_ref().map(|c| c.node_log_dir());
+    let mut report = RunReport {
+        seed,
+        verdict,
+        exit_code: verdict.exit_code(),
+        config: RunConfig {
+            followers: shape.followers,
+            w: shape.w,
+            r: shape.r,
+            sync_delay: shape.sync_delay,
+            async_delay: shape.async_delay,
+            nemesis: plan.kinds.iter().map(|k| k.name().to_string()).collect(),
+            time_limit: args.time_limit,
+            clients: args.clients,
+            keys: args.keys,
+            target: target.gateway.clone(),
+        },
+        ops: Counts::of(&history),
+        keys,
+        stories,
+        faults: fault_records,
+        overlaps: observations.overlaps.clone(),
+        notes,
+        checker_millis,
+        duration_s: 0.0,
+        artifacts: None,
+    };
+    // Keep the artifacts of every single run, and of failing runs in --repeat.
+    let keep = args.repeat == 1 || verdict != Verdict::Valid;
+    if let (Some(dir), true) = (out, keep) {
+        report.artifacts = Some(dir.display().to_string());
+        report.duration_s = began.elapsed().as_secs_f64();
+        write_artifacts(dir, &report, &history, node_logs.as_deref()).await?;
+    }
+    if let Some(c) = cluster {
+        c.stop().await;
+    }
+    report.duration_s = began.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Each key's state on the leader, which holds every write (a follower may
+/// still be behind): (key, version, value), version 0 when absent.
+async fn leader_state(
+    control: &Control,
+    keys: usize,
+) -> Result<Vec<(String, u64, Option<String>)>, String> {
+    let status = control.status().await?;
+    let leader = status.leader.ok_or("no leader in /status")?;
+    let mut state = Vec::new();
+    for k in 0..keys {
+        let key = workload::key_name(k);
+        let resp = control
+            .http
+            .get(format!("{}/data/{key}", leader.url))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .map_err(|e| crate::http::describe_reqwest_error(&e))?;
+        let found = match resp.status().as_u16() {
+            404 => (0, None),
+            200 => {
+                let v: serde_json::Value = resp.json().await.map_err(|e| e.to_string())?;
+                (
+                    v["version"].as_u64().unwrap_or(0),
+                    v["value"].as_str().map(String::from),
+                )
+            }
+            s => return Err(format!("leader answered HTTP {s} for {key}")),
+        };
+        state.push((key, found.0, found.1));
+    }
+    Ok(state)
+}
+
+async fn write_artifacts(
+    dir: &Path,
+    report: &RunReport,
+    history: &[Op],
+    node_logs: Option<&Path>,
+) -> anyhow::Result<()> {
+    let ctx = |what: &str| format!("cannot write {what} in {}", dir.display());
+    tokio::fs::create_dir_all(dir)
+        .await
+        .with_context(|| ctx("the directory"))?;
+    tokio::fs::write(dir.join("history.jsonl"), history::to_jsonl(history))
+        .await
+        .with_context(|| ctx("history.jsonl"))?;
+    tokio::fs::write(
+        dir.join("faults.json"),
+        serde_json::to_string_pretty(&report.faults)?,
+    )
+    .await
+    .with_context(|| ctx("faults.json"))?;
+    tokio::fs::write(
+        dir.join("results.json"),
+        serde_json::to_string_pretty(report)?,
+    )
+    .await
+    .with_context(|| ctx("results.json"))?;
+    tokio::fs::write(dir.join("report.html"), html::render(report, history))
+        .await
+        .with_context(|| ctx("report.html"))?;
+    if let Some(logs) = node_logs {
+        let into = dir.join("nodes");
+        tokio::fs::create_dir_all(&into)
+            .await
+            .with_context(|| ctx("nodes/"))?;
+        if let Ok(mut entries) = tokio::fs::read_dir(logs).await {
+            while let Ok(Some(e)) = entries.next_entry().await {
+                let _ = tokio::fs::copy(e.path(), into.join(e.file_name())).await;
+            }
+        }
+        if let Some(up_log) = logs.parent().map(|p| p.join("up.log")) {
+            let _ = tokio::fs::copy(up_log, into.join("up.log")).await;
+        }
+    }
+    Ok(())
+}
+
+/// The progress line: on a terminal, rewritten in place; otherwise one
+/// line every 5 s.
+struct Progress {
+    tty: bool,
+    total: f64,
+    last: std::sync::Mutex<f64>,
+}
+
+impl Progress {
+    fn new(total: f64) -> Progress {
+        Progress {
+            tty: std::io::stderr().is_terminal(),
+            total,
+            last: std::sync::Mutex::new(0.0),
+        }
+    }
+
+    fn show(&self, t: f64, c: &workload::Counters, fault: &str) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let line = format!(
+            "[{t:5.1}/{:.0} s] {} ops: ok {}, unknown {}, refused {}, read failed {}{}",
+            self.total,
+            c.total(),
+            c.ok.load(Relaxed),
+            c.unknown.load(Relaxed),
+            c.refused.load(Relaxed),
+            c.read_failed.load(Relaxed),
+            if fault.is_empty() {
+                String::new()
+            } else {
+                format!(" · fault: {fault}")
+            }
+        );
+        if self.tty {
+            eprint!("\r\x1b[2K{line}");
+        } else {
+            let mut last = self.last.lock().unwrap();
+            if t - *last >= 5.0 {
+                *last = t;
+                eprintln!("{line}");
+            }
+        }
+    }
+
+    fn done(&self) {
+        if self.tty {
+            eprintln!();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut all = vec!["check"];
+        all.extend(extra);
+        Args::parse_from(all)
+    }
+
+    #[test]
+    fn bad_settings_are_refused_before_anything_starts() {
+        let e = prepare(&args(&["--followers", "2", "-W", "3"]))
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string()
+                .contains("larger than the number of followers"),
+            "{e}"
+        );
+        let e = prepare(&args(&["--nemesis", "chaos"])).err().unwrap();
+        assert!(e.to_string().contains("unknown nemesis `chaos`"), "{e}");
+        let e = prepare(&args(&["--time-limit", "0"])).err().unwrap();
+        assert!(e.to_string().contains("--time-limit"), "{e}");
+        let e = prepare(&args(&[
+            "--no-start-cluster",
+            "--gateway",
+            "http://x",
+            "--nemesis",
+            "kill",
+        ]))
+        .err()
+        .unwrap();
+        assert!(e.to_string().contains("--coordinator"), "{e}");
+        assert!(prepare(&args(&["--seed", "5"])).is_ok());
+    }
+
+    #[test]
+    fn the_cluster_gets_the_asked_shape_and_delays() {
+        let f = up_flags(&args(&[
+            "--followers",
+            "5",
+            "-W",
+            "4",
+            "-R",
+            "1",
+            "--no-delay",
+        ]))
+        .join(" ");
+        assert_eq!(
+            f,
+            "--followers 5 --write-quorum 4 --read-quorum 1 --no-delay"
+        );
+        let f = up_flags(&args(&["--sync-delay", "0.1"])).join(" ");
+        assert!(f.ends_with("--sync-delay 0.1"));
+    }
+}

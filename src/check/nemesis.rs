@@ -1,0 +1,455 @@
+//! The nemesis: faults on a seeded schedule, each healed before the next.
+//!
+//! The schedule is drawn up front from the seed (which fault, when, for how
+//! long, on which follower), so `--seed` replays it. Faults go one at a
+//! time, through the cluster's own hooks:
+//!
+//! | fault | inject | heal |
+//! |---|---|---|
+//! | `kill` | coordinator `POST /kill/{id}` (graceful) | `POST /spawn {"node_id"}` |
+//! | `crash` | `POST /kill/{id}?mode=crash` (SIGKILL) | `POST /spawn` on its data directory |
+//! | `pause` | SIGSTOP to the node's pid (from `/status`) | SIGCONT |
+//! | `heartbeats` | node `POST /admin/pause-heartbeats` | expires (and is cleared) |
+//! | `partition` | node `POST /admin/partition` | `seconds: 0` |
+//! | `slow-disk` | node `POST /admin/slow-disk` | `ms: 0` |
+//! | `leader` | crash or pause the leader | as above |
+//!
+//! Every fault is healed before the run's final reads ([`heal_everything`]
+//! goes over the whole cluster once more, whatever happened).
+
+use std::time::{Duration, Instant};
+
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::api::{NodeStatus, StatusResponse, LEADER_ID};
+
+/// A kind of fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultKind {
+    Kill,
+    Crash,
+    Pause,
+    Heartbeats,
+    Partition,
+    SlowDisk,
+    Leader,
+}
+
+impl FaultKind {
+    /// What `all` means: every fault that a cluster without failover
+    /// should survive (`leader` needs failover, so it is asked for by name).
+    pub const ALL: [FaultKind; 6] = [
+        FaultKind::Kill,
+        FaultKind::Crash,
+        FaultKind::Pause,
+        FaultKind::Heartbeats,
+        FaultKind::Partition,
+        FaultKind::SlowDisk,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::Kill => "kill",
+            FaultKind::Crash => "crash",
+            FaultKind::Pause => "pause",
+            FaultKind::Heartbeats => "heartbeats",
+            FaultKind::Partition => "partition",
+            FaultKind::SlowDisk => "slow-disk",
+            FaultKind::Leader => "leader",
+        }
+    }
+
+    fn parse(word: &str) -> Option<FaultKind> {
+        [FaultKind::Leader]
+            .into_iter()
+            .chain(FaultKind::ALL)
+            .find(|k| k.name() == word)
+    }
+}
+
+/// `--nemesis LIST`: comma-separated kinds, `all`, or `none`.
+pub fn parse_list(list: &str) -> Result<Vec<FaultKind>, String> {
+    let mut kinds = Vec::new();
+    for word in list.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+        match word {
+            "none" => {}
+            "all" => kinds.extend(FaultKind::ALL),
+            _ => kinds.push(FaultKind::parse(word).ok_or_else(|| {
+                format!("unknown nemesis `{word}`: use kill, crash, pause, heartbeats, partition, slow-disk, leader, all or none")
+            })?),
+        }
+    }
+    kinds.dedup();
+    Ok(kinds)
+}
+
+/// One fault of the schedule.
+#[derive(Debug, Clone, Serialize)]
+pub struct Planned {
+    pub kind: FaultKind,
+    /// Seconds after the start of the run.
+    pub at: f64,
+    pub seconds: f64,
+    /// The node: `leader` or `follower-<n>`.
+    pub node: String,
+    /// Partitions: whom the node is cut off from. Slow disk: `<ms> ms`.
+    /// Leader: `crash` or `pause`.
+    pub how: Vec<String>,
+}
+
+/// Draws the schedule: faults back to back with a pause of 1-3 s between
+/// them, from 1 s after the start to `heal_by`.
+pub fn schedule(kinds: &[FaultKind], seed: u64, followers: usize, heal_by: f64) -> Vec<Planned> {
+    let mut rng = SmallRng::seed_from_u64(seed ^ 0x006e_656d_6573_6973);
+    let mut plan = Vec::new();
+    let mut t = 1.0;
+    if kinds.is_empty() || followers == 0 {
+        return plan;
+    }
+    loop {
+        let kind = kinds[rng.random_range(0..kinds.len())];
+        let (low, high) = match kind {
+            FaultKind::Heartbeats => (3.0, 8.0),
+            FaultKind::Pause => (1.0, 7.0),
+            _ => (1.0, 5.0),
+        };
+        let seconds: f64 = rng.random_range(low..high);
+        if t + seconds > heal_by {
+            break;
+        }
+        let follower = format!("follower-{}", rng.random_range(1..=followers));
+        let (node, how) = match kind {
+            FaultKind::Leader => {
+                let how = if rng.random_range(0..2) == 0 {
+                    "crash"
+                } else {
+                    "pause"
+                };
+                (LEADER_ID.to_string(), vec![how.to_string()])
+            }
+            FaultKind::Partition => {
+                let from: &[&str] = match rng.random_range(0..3) {
+                    0 => &["coordinator", "leader", "registry"],
+                    1 => &["leader"],
+                    _ => &["coordinator"],
+                };
+                (follower, from.iter().map(|s| s.to_string()).collect())
+            }
+            FaultKind::SlowDisk => (follower, vec![format!("{} ms", rng.random_range(20..300))]),
+            _ => (follower, vec![]),
+        };
+        plan.push(Planned {
+            kind,
+            at: round(t),
+            seconds: round(seconds),
+            node,
+            how,
+        });
+        t += seconds + rng.random_range(1.0..3.0);
+    }
+    plan
+}
+
+fn round(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// What happened: one line of `faults.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultRecord {
+    pub kind: FaultKind,
+    pub node: String,
+    pub how: Vec<String>,
+    /// Seconds since the start of the run: injected, and healed.
+    pub start: f64,
+    pub end: f64,
+    /// A hook that failed (the fault may not have happened).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The cluster's control endpoints.
+#[derive(Clone)]
+pub struct Control {
+    pub http: reqwest::Client,
+    pub coordinator: String,
+}
+
+impl Control {
+    pub async fn status(&self) -> Result<StatusResponse, String> {
+        let resp = self
+            .http
+            .get(format!("{}/status", self.coordinator))
+            .timeout(Duration::from_secs(3))
+            .send()
+            .await
+            .map_err(|e| crate::http::describe_reqwest_error(&e))?;
+        resp.json()
+            .await
+            .map_err(|e| format!("unreadable /status: {e}"))
+    }
+
+    async fn post(&self, url: String, body: serde_json::Value) -> Result<(), String> {
+        let resp = self
+            .http
+            .post(&url)
+            .timeout(Duration::from_secs(30))
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| format!("{url}: {}", crate::http::describe_reqwest_error(&e)))?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            let status = resp.status();
+            Err(format!(
+                "{url}: HTTP {status}: {}",
+                crate::http::error_detail(resp).await
+            ))
+        }
+    }
+
+    async fn node(&self, id: &str) -> Result<(String, Option<u32>), String> {
+        let status = self.status().await?;
+        let node = status
+            .leader
+            .iter()
+            .chain(status.followers.iter())
+            .find(|n| n.node_id == id)
+            .ok_or_else(|| format!("{id} is not in /status"))?;
+        Ok((node.url.clone(), node.pid))
+    }
+
+    async fn kill(&self, id: &str, crash: bool) -> Result<(), String> {
+        let mode = if crash { "?mode=crash" } else { "" };
+        self.post(format!("{}/kill/{id}{mode}", self.coordinator), json!({}))
+            .await
+    }
+
+    async fn spawn(&self, id: &str) -> Result<(), String> {
+        self.post(
+            format!("{}/spawn", self.coordinator),
+            json!({"node_id": id}),
+        )
+        .await
+    }
+
+    async fn signal(&self, id: &str, sig: libc::c_int) -> Result<(), String> {
+        let (_, pid) = self.node(id).await?;
+        let pid =
+            pid.ok_or_else(|| format!("{id} has no pid in /status (not a local cluster?)"))?;
+        // SAFETY: a plain syscall on a pid the coordinator reported.
+        if unsafe { libc::kill(pid as libc::pid_t, sig) } != 0 {
+            return Err(format!(
+                "signal to {id} (pid {pid}): {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(())
+    }
+
+    async fn admin(&self, id: &str, hook: &str, body: serde_json::Value) -> Result<(), String> {
+        let (url, _) = self.node(id).await?;
+        self.post(format!("{url}/admin/{hook}"), body).await
+    }
+}
+
+/// Starts a fault.
+async fn inject(c: &Control, p: &Planned) -> Result<(), String> {
+    let node = p.node.as_str();
+    match p.kind {
+        FaultKind::Kill => c.kill(node, false).await,
+        FaultKind::Crash => c.kill(node, true).await,
+        FaultKind::Pause => c.signal(node, libc::SIGSTOP).await,
+        FaultKind::Heartbeats => {
+            c.admin(node, "pause-heartbeats", json!({"seconds": p.seconds}))
+                .await
+        }
+        FaultKind::Partition => {
+            c.admin(
+                node,
+                "partition",
+                json!({"peers": p.how, "seconds": p.seconds + 1.0}),
+            )
+            .await
+        }
+        FaultKind::SlowDisk => {
+            let ms: u64 = p.how[0].trim_end_matches(" ms").parse().unwrap_or(100);
+            c.admin(
+                node,
+                "slow-disk",
+                json!({"ms": ms, "seconds": p.seconds + 1.0}),
+            )
+            .await
+        }
+        FaultKind::Leader if p.how[0] == "crash" => c.kill(node, true).await,
+        FaultKind::Leader => c.signal(node, libc::SIGSTOP).await,
+    }
+}
+
+/// Ends a fault.
+async fn heal(c: &Control, p: &Planned) -> Result<(), String> {
+    let node = p.node.as_str();
+    match p.kind {
+        FaultKind::Kill | FaultKind::Crash => c.spawn(node).await,
+        FaultKind::Pause => c.signal(node, libc::SIGCONT).await,
+        FaultKind::Heartbeats => {
+            c.admin(node, "pause-heartbeats", json!({"seconds": 0}))
+                .await
+        }
+        FaultKind::Partition => {
+            c.admin(node, "partition", json!({"peers": [], "seconds": 0}))
+                .await
+        }
+        FaultKind::SlowDisk => {
+            c.admin(node, "slow-disk", json!({"ms": 0, "seconds": 0}))
+                .await
+        }
+        FaultKind::Leader if p.how[0] == "crash" => c.spawn(node).await,
+        FaultKind::Leader => c.signal(node, libc::SIGCONT).await,
+    }
+}
+
+/// Runs the schedule; returns what happened. Stops early (healing the
+/// current fault) when `stop` fires.
+pub async fn run(
+    control: &Control,
+    plan: &[Planned],
+    epoch: Instant,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    on_fault: impl Fn(&Planned, bool),
+) -> Vec<FaultRecord> {
+    let now = || epoch.elapsed().as_secs_f64();
+    let mut records = Vec::new();
+    for p in plan {
+        let wait = Duration::from_secs_f64((p.at - now()).max(0.0));
+        if tokio::time::timeout(wait, stop.wait_for(|s| *s))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        on_fault(p, true);
+        let start = now();
+        let injected = inject(control, p).await;
+        if injected.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs_f64(p.seconds), stop.wait_for(|s| *s))
+                .await;
+        }
+        let healed = heal(control, p).await;
+        on_fault(p, false);
+        records.push(FaultRecord {
+            kind: p.kind,
+            node: p.node.clone(),
+            how: p.how.clone(),
+            start: round(start),
+            end: round(now()),
+            error: injected.err().or(healed.err()),
+        });
+    }
+    records
+}
+
+/// After the run: resume paused processes, heal every node's hooks, restart
+/// the dead, and wait (up to `timeout`) until every node is alive.
+pub async fn heal_everything(c: &Control, timeout: Duration) -> Result<(), String> {
+    let status = c.status().await?;
+    let nodes: Vec<_> = status
+        .leader
+        .iter()
+        .chain(status.followers.iter())
+        .cloned()
+        .collect();
+    for n in &nodes {
+        if let Some(pid) = n.pid {
+            // SAFETY: a plain syscall; SIGCONT to a running process is a no-op.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
+        }
+        if n.status != NodeStatus::Dead {
+            let _ = c
+                .post(
+                    format!("{}/admin/partition", n.url),
+                    json!({"peers": [], "seconds": 0}),
+                )
+                .await;
+            let _ = c
+                .post(
+                    format!("{}/admin/slow-disk", n.url),
+                    json!({"ms": 0, "seconds": 0}),
+                )
+                .await;
+            let _ = c
+                .post(
+                    format!("{}/admin/pause-heartbeats", n.url),
+                    json!({"seconds": 0}),
+                )
+                .await;
+        }
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        let status = c.status().await?;
+        let dead: Vec<String> = status
+            .leader
+            .iter()
+            .chain(status.followers.iter())
+            .filter(|n| n.status == NodeStatus::Dead)
+            .map(|n| n.node_id.clone())
+            .collect();
+        let starting = status
+            .leader
+            .iter()
+            .chain(status.followers.iter())
+            .any(|n| n.status != NodeStatus::Alive);
+        if dead.is_empty() && !starting {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "not every node is alive after healing (dead: {})",
+                dead.join(", ")
+            ));
+        }
+        for id in &dead {
+            let _ = c.spawn(id).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_parse_and_bad_names_are_refused() {
+        assert_eq!(parse_list("none").unwrap(), vec![]);
+        assert_eq!(parse_list("all").unwrap().len(), 6);
+        assert_eq!(
+            parse_list("kill,slow-disk").unwrap(),
+            vec![FaultKind::Kill, FaultKind::SlowDisk]
+        );
+        assert!(parse_list("kil")
+            .unwrap_err()
+            .contains("unknown nemesis `kil`"));
+    }
+
+    #[test]
+    fn a_seed_gives_one_schedule_within_the_time() {
+        let kinds = FaultKind::ALL;
+        let a = schedule(&kinds, 7, 3, 30.0);
+        let b = schedule(&kinds, 7, 3, 30.0);
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+        assert!(!a.is_empty());
+        assert!(a.iter().all(|p| p.at >= 1.0 && p.at + p.seconds <= 30.0));
+        assert!(a.windows(2).all(|w| w[0].at + w[0].seconds < w[1].at));
+        assert_ne!(
+            format!("{a:?}"),
+            format!("{:?}", schedule(&kinds, 8, 3, 30.0))
+        );
+    }
+}

@@ -1,0 +1,197 @@
+//! The result of one run (`results.json`), and its summary card.
+//!
+//! [`RunReport`] is plain data: everything the terminal card, the JSON
+//! output and the HTML report show comes from it, so the three agree.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::explain::Story;
+use super::history::{Op, Outcome};
+use super::nemesis::FaultRecord;
+use super::observe::Overlap;
+use super::verdict::{KeyResult, Verdict};
+
+/// What was run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunConfig {
+    pub followers: usize,
+    pub w: usize,
+    pub r: usize,
+    pub sync_delay: Option<f64>,
+    pub async_delay: Option<f64>,
+    pub nemesis: Vec<String>,
+    pub time_limit: f64,
+    pub clients: usize,
+    pub keys: usize,
+    /// The URL the clients used.
+    pub target: String,
+}
+
+/// How the operations ended.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Counts {
+    pub total: usize,
+    pub writes: usize,
+    pub reads: usize,
+    pub ok: usize,
+    pub refused: usize,
+    pub unknown: usize,
+    pub read_failed: usize,
+}
+
+impl Counts {
+    pub fn of(history: &[Op]) -> Counts {
+        let mut c = Counts {
+            total: history.len(),
+            ..Counts::default()
+        };
+        for op in history {
+            if op.is_write() {
+                c.writes += 1;
+            } else {
+                c.reads += 1;
+            }
+            match op.output {
+                Outcome::Written { .. } | Outcome::Found { .. } | Outcome::NotFound => c.ok += 1,
+                Outcome::Refused { .. } => c.refused += 1,
+                Outcome::Unknown { .. } => c.unknown += 1,
+                Outcome::ReadFailed { .. } => c.read_failed += 1,
+            }
+        }
+        c
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub seed: u64,
+    pub verdict: Verdict,
+    pub exit_code: i32,
+    pub config: RunConfig,
+    pub ops: Counts,
+    pub keys: Vec<KeyResult>,
+    /// Violations as stories (linearizability and lost writes).
+    pub stories: Vec<Story>,
+    pub faults: Vec<FaultRecord>,
+    /// Two processes of one node id running at once.
+    pub overlaps: Vec<Overlap>,
+    /// Things that went wrong around the check (a fault hook that failed,
+    /// a node that did not come back): they do not change the verdict.
+    pub notes: Vec<String>,
+    pub checker_millis: f64,
+    pub duration_s: f64,
+    /// Where the artifacts went (`--out`).
+    pub artifacts: Option<String>,
+}
+
+/// The terminal's summary card.
+pub fn card(r: &RunReport) -> String {
+    let c = &r.config;
+    let mut s = String::new();
+    let delays = match (c.sync_delay, c.async_delay) {
+        (Some(sd), Some(ad)) if sd > 0.0 || ad > 0.0 => {
+            format!("delays sync {sd} s / async {ad} s")
+        }
+        (Some(_), Some(_)) => "no delays".to_string(),
+        _ => "delays unknown".to_string(),
+    };
+    let nemesis = if c.nemesis.is_empty() {
+        "none".to_string()
+    } else {
+        c.nemesis.join(",")
+    };
+    let _ = writeln!(
+        s,
+        "┌─ kvlab check ─ seed {} ─────────────────────────────",
+        r.seed
+    );
+    let _ = writeln!(
+        s,
+        "│ cluster     N={} W={} R={} · {delays}",
+        c.followers, c.w, c.r
+    );
+    let _ = writeln!(
+        s,
+        "│ workload    {} clients, {} keys, {} s → {}",
+        c.clients, c.keys, c.time_limit, c.target
+    );
+    let o = &r.ops;
+    let _ = writeln!(
+        s,
+        "│ operations  {} ({} writes, {} reads): ok {}, unknown {}, refused {}, read failed {}",
+        o.total, o.writes, o.reads, o.ok, o.unknown, o.refused, o.read_failed
+    );
+    let _ = writeln!(s, "│ nemesis     {nemesis}: {} faults", r.faults.len());
+    for f in &r.faults {
+        let how = if f.how.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", f.how.join(", "))
+        };
+        let err = f
+            .error
+            .as_deref()
+            .map(|e| format!("  ⚠ {e}"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "│   {:>7.3}-{:<7.3} {} {}{how}{err}",
+            f.start,
+            f.end,
+            f.kind.name(),
+            f.node
+        );
+    }
+    let ops: usize = r.keys.iter().map(|k| k.ops).sum();
+    let _ = writeln!(
+        s,
+        "│ checker     {} keys, {ops} operations in {:.0} ms",
+        r.keys.len(),
+        r.checker_millis
+    );
+    for note in &r.notes {
+        let _ = writeln!(s, "│ note        {note}");
+    }
+    for o in &r.overlaps {
+        let _ = writeln!(
+            s,
+            "│ ✗ two processes of {} at {:.3} s: incarnation {} (pid {}) still ran after incarnation {} started",
+            o.node_id, o.t, o.old_incarnation, o.old_pid, o.new_incarnation
+        );
+    }
+    let verdict = match r.verdict {
+        Verdict::Valid => "✓ VALID: every operation fits one order (linearizable)",
+        Verdict::Violation => "✗ VIOLATION: not linearizable",
+        Verdict::Unknown => "? UNKNOWN: the checker ran out of time",
+    };
+    let _ = writeln!(s, "│ verdict     {verdict} (exit {})", r.exit_code);
+    for story in &r.stories {
+        let _ = writeln!(s, "│ ✗ {}", story.text);
+    }
+    if let Some(dir) = &r.artifacts {
+        let _ = writeln!(s, "│ artifacts   {dir}/report.html");
+    }
+    let _ = writeln!(s, "│ replay      kvlab check ... --seed {}", r.seed);
+    let _ = writeln!(s, "└──────────────────────────────────────────────────────");
+    s
+}
+
+/// `--repeat`: one line per seed.
+pub fn table(reports: &[RunReport]) -> String {
+    let mut s = String::from("seed        verdict    ops     unknown  faults  artifacts\n");
+    for r in reports {
+        let _ = writeln!(
+            s,
+            "{:<11} {:<10} {:<7} {:<8} {:<7} {}",
+            r.seed,
+            r.verdict.as_str(),
+            r.ops.total,
+            r.ops.unknown,
+            r.faults.len(),
+            r.artifacts.as_deref().unwrap_or("-")
+        );
+    }
+    s
+}

@@ -1,0 +1,175 @@
+//! Fault hooks for `kvlab check`'s nemesis: network partitions and a slow disk.
+//!
+//! - `POST /admin/partition {"peers": [...], "seconds": S}`: for S seconds
+//!   this node drops all traffic to and from the named peers (`coordinator`,
+//!   `leader`, `registry`, `follower-<n>`). Dropped traffic *hangs*, as
+//!   lost packets do: an incoming request from a cut-off peer is held
+//!   until the partition ends (its sender times out first, as a rule) and
+//!   is then refused unprocessed; an outgoing request to one is held, then
+//!   fails. Cutting the registry off stops heartbeats (the node's only
+//!   traffic to it). `seconds: 0` (or an empty list) heals at once.
+//! - `POST /admin/slow-disk {"ms": D, "seconds": S}`: every fsync of the
+//!   node's log takes D ms longer for S seconds (see
+//!   [`crate::storage::wal::slow_down_fsyncs`]).
+//!
+//! Both expire on their own, so a checker that dies cannot leave a node
+//! broken. The state is process-wide: one node process is one node, one
+//! network interface, one disk.
+//!
+//! Who sent an incoming request? A sender may say so in `X-Kvlab-From`;
+//! otherwise the path tells: only the leader replicates (`/replicate...`),
+//! and everything else a node serves comes from the coordinator. `/admin/`
+//! routes are the nemesis's own control channel and are never dropped
+//! (otherwise a partition could not be healed early).
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::NodeState;
+use crate::http::{ApiError, ApiJson};
+
+/// The header a sender may use to say who it is.
+pub const HEADER_FROM: &str = "x-kvlab-from";
+/// The longest fault a hook accepts, in seconds.
+const MAX_SECONDS: f64 = 3600.0;
+/// How often a held request looks whether the partition has healed.
+const POLL: Duration = Duration::from_millis(20);
+
+/// `POST /admin/partition` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartitionRequest {
+    pub peers: Vec<String>,
+    pub seconds: f64,
+}
+
+/// `POST /admin/slow-disk` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SlowDiskRequest {
+    pub ms: u64,
+    pub seconds: f64,
+}
+
+struct Partition {
+    peers: BTreeSet<String>,
+    until: Instant,
+}
+
+static PARTITION: Mutex<Option<Partition>> = Mutex::new(None);
+
+/// Is traffic with `peer` being dropped right now?
+pub fn cut_off(peer: &str) -> bool {
+    match &*PARTITION.lock().unwrap() {
+        Some(p) => Instant::now() < p.until && p.peers.contains(peer),
+        None => false,
+    }
+}
+
+/// Holds the caller while traffic with `peer` is dropped, then says whether
+/// the traffic was dropped (the request must then fail, unprocessed).
+async fn hold_while_cut_off(peer: &str) -> bool {
+    let mut held = false;
+    while cut_off(peer) {
+        held = true;
+        tokio::time::sleep(POLL).await;
+    }
+    held
+}
+
+/// For outgoing requests: call before sending to `peer`.
+pub async fn outbound(peer: &str) -> Result<(), String> {
+    if hold_while_cut_off(peer).await {
+        return Err(format!("dropped: this node was partitioned from {peer}"));
+    }
+    Ok(())
+}
+
+/// Who sent this request (see the module's notes).
+fn sender(req: &Request) -> String {
+    if let Some(from) = req.headers().get(HEADER_FROM).and_then(|v| v.to_str().ok()) {
+        return from.to_string();
+    }
+    let from = if req.uri().path().starts_with("/replicate") {
+        "leader"
+    } else {
+        "coordinator"
+    };
+    from.to_string()
+}
+
+/// Middleware: holds, then drops, requests from cut-off peers.
+pub async fn drop_partitioned(req: Request, next: Next) -> Response {
+    if req.uri().path().starts_with("/admin/") {
+        return next.run(req).await;
+    }
+    let from = sender(&req);
+    if hold_while_cut_off(&from).await {
+        return ApiError::unavailable(format!("dropped: this node was partitioned from {from}"))
+            .into_response();
+    }
+    next.run(req).await
+}
+
+fn check_seconds(seconds: f64) -> Result<Duration, ApiError> {
+    if !seconds.is_finite() || !(0.0..=MAX_SECONDS).contains(&seconds) {
+        return Err(ApiError::bad_request(format!(
+            "seconds must be a number between 0 and {MAX_SECONDS}"
+        )));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// `POST /admin/partition`.
+pub async fn partition(
+    State(node): State<Arc<NodeState>>,
+    ApiJson(req): ApiJson<PartitionRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let length = check_seconds(req.seconds)?;
+    let until = Instant::now() + length;
+    let peers: BTreeSet<String> = req.peers.iter().cloned().collect();
+    if peers.contains("registry") && !length.is_zero() {
+        // Heartbeats are the node's traffic to the registry.
+        let mut paused = node.heartbeats_paused_until.lock().unwrap();
+        *paused = Some(paused.map_or(until, |p| p.max(until)));
+    }
+    if length.is_zero() || peers.is_empty() {
+        *PARTITION.lock().unwrap() = None;
+        tracing::warn!("partition healed (fault injection)");
+        return Ok(Json(json!({"status": "healed"})));
+    }
+    tracing::warn!(
+        ?peers,
+        seconds = req.seconds,
+        "partitioned (fault injection)"
+    );
+    *PARTITION.lock().unwrap() = Some(Partition { peers, until });
+    Ok(Json(
+        json!({"status": "partitioned", "peers": req.peers, "seconds": req.seconds}),
+    ))
+}
+
+/// `POST /admin/slow-disk`.
+pub async fn slow_disk(
+    ApiJson(req): ApiJson<SlowDiskRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let length = check_seconds(req.seconds)?;
+    if req.ms > 60_000 {
+        return Err(ApiError::bad_request("ms must be at most 60000"));
+    }
+    crate::storage::wal::slow_down_fsyncs(Duration::from_millis(req.ms), length);
+    tracing::warn!(
+        ms = req.ms,
+        seconds = req.seconds,
+        "slow disk (fault injection)"
+    );
+    Ok(Json(
+        json!({"status": "slow", "ms": req.ms, "seconds": req.seconds}),
+    ))
+}

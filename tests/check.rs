@@ -1,0 +1,302 @@
+//! `kvlab check` end to end: real clusters, real faults, the verdicts.
+//!
+//! - With the lab's delays, N=5, W=4, R=1 and no faults, a stale read is
+//!   found and explained (exit 1).
+//! - With W + R > N and kill/crash/pause faults, the history is valid (exit 0).
+//! - Against a running cluster (`--no-start-cluster --gateway`).
+//! - The node hooks of the partition and slow-disk faults, bad input included.
+//! - report.html renders in headless Chromium with its timeline's elements.
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use common::{free_port_block, kvlab, Cluster};
+use serde_json::{json, Value};
+
+fn check(args: &[&str]) -> (Output, Duration) {
+    let started = Instant::now();
+    let out = kvlab()
+        .arg("check")
+        .args(args)
+        .output()
+        .expect("run kvlab check");
+    (out, started.elapsed())
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}\n--- stderr ---\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn results(dir: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn a_stale_read_is_found_and_explained_when_w_plus_r_is_at_most_n() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_port_block().to_string();
+    let out_dir = dir.path().to_str().unwrap();
+    let (out, took) = check(&[
+        "--followers",
+        "5",
+        "-W",
+        "4",
+        "-R",
+        "1",
+        "--time-limit",
+        "4",
+        "--seed",
+        "1",
+        "--base-port",
+        &base,
+        "--out",
+        out_dir,
+    ]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("W + R = 4 + 1 <= N = 5: the sets do not overlap"),
+        "{all}"
+    );
+    assert!(all.contains("seed 1"), "{all}");
+    eprintln!("stale read found and explained in {took:?} (cluster start included)");
+    let r = results(dir.path());
+    assert_eq!(r["verdict"], "violation");
+    assert_eq!(r["stories"][0]["kind"], "stale-read");
+    for f in [
+        "history.jsonl",
+        "faults.json",
+        "report.html",
+        "nodes/leader.log",
+    ] {
+        assert!(dir.path().join(f).exists(), "{f} missing");
+    }
+    // The history reads back, in Porcupine's shape.
+    let history = std::fs::read_to_string(dir.path().join("history.jsonl")).unwrap();
+    let first: Value = serde_json::from_str(history.lines().next().unwrap()).unwrap();
+    for field in ["client_id", "input", "call", "output", "return"] {
+        assert!(first.get(field).is_some(), "{field} missing in {first}");
+    }
+    render_in_chromium(dir.path(), &["violation", "witness"]);
+}
+
+#[test]
+fn overlapping_quorums_stay_linearizable_under_kill_crash_and_pause() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_port_block().to_string();
+    let (out, _) = check(&[
+        "--followers",
+        "3",
+        "-W",
+        "2",
+        "-R",
+        "2",
+        "--no-delay",
+        "--nemesis",
+        "kill,crash,pause",
+        "--time-limit",
+        "15",
+        "--seed",
+        "3",
+        "--base-port",
+        &base,
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    let r = results(dir.path());
+    assert!(
+        !r["faults"].as_array().unwrap().is_empty(),
+        "no fault ran: {all}"
+    );
+    assert!(
+        r["faults"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f.get("error").is_none()),
+        "{all}"
+    );
+    render_in_chromium(dir.path(), &["fault fault-"]);
+}
+
+#[test]
+fn a_running_cluster_can_be_checked_through_its_gateway() {
+    let cluster = Cluster::start(&[
+        "--followers",
+        "3",
+        "--write-quorum",
+        "2",
+        "--read-quorum",
+        "2",
+        "--no-delay",
+        "--in-memory",
+    ]);
+    let (out, _) = check(&[
+        "--no-start-cluster",
+        "--gateway",
+        &cluster.gateway,
+        "--time-limit",
+        "2",
+        "--format",
+        "json",
+        "--seed",
+        "9",
+    ]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["verdict"], "valid");
+    assert!(r["ops"]["total"].as_u64().unwrap() > 10, "{all}");
+}
+
+#[test]
+fn bad_flags_are_refused_with_a_reason() {
+    let (out, _) = check(&["--nemesis", "chaos"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out).contains("unknown nemesis `chaos`"),
+        "{}",
+        text(&out)
+    );
+    let (out, _) = check(&["--followers", "2", "-W", "3"]);
+    assert!(
+        text(&out).contains("larger than the number of followers"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn a_partitioned_follower_hangs_its_traffic_until_healed() {
+    let cluster = Cluster::start(&[
+        "--followers",
+        "2",
+        "--write-quorum",
+        "1",
+        "--read-quorum",
+        "2",
+        "--no-delay",
+        "--in-memory",
+    ]);
+    let http = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let f2 = cluster.node_url(2);
+    let post = |url: &str, body: Value| {
+        let resp = http.post(url).json(&body).send().unwrap();
+        (
+            resp.status().as_u16(),
+            resp.json::<Value>().unwrap_or(Value::Null),
+        )
+    };
+    // Bad input is refused.
+    let (s, body) = post(
+        &format!("{f2}/admin/partition"),
+        json!({"peers": ["leader"], "seconds": -1}),
+    );
+    assert_eq!(s, 400, "{body}");
+    let (s, _) = post(
+        &format!("{f2}/admin/slow-disk"),
+        json!({"ms": 100_000, "seconds": 1}),
+    );
+    assert_eq!(s, 400);
+    assert_eq!(cluster.write("k", "v1").0, 200);
+    // Cut follower-2 off from the coordinator: a read (R=2 asks it) hangs
+    // rather than failing fast.
+    let (s, _) = post(
+        &format!("{f2}/admin/partition"),
+        json!({"peers": ["coordinator"], "seconds": 60}),
+    );
+    assert_eq!(s, 200);
+    let quick = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(800))
+        .build()
+        .unwrap();
+    let read = quick.get(format!("{}/data/k", f2)).send();
+    assert!(
+        read.is_err_and(|e| e.is_timeout()),
+        "a request from the coordinator's side must hang"
+    );
+    // The admin channel still answers, and heals it.
+    let (s, body) = post(
+        &format!("{f2}/admin/partition"),
+        json!({"peers": [], "seconds": 0}),
+    );
+    assert_eq!((s, body["status"].as_str()), (200, Some("healed")));
+    let (s, body) = cluster.read("k");
+    assert_eq!((s, body["value"].as_str()), (200, Some("v1")), "{body}");
+    let (s, _) = post(
+        &format!("{f2}/admin/slow-disk"),
+        json!({"ms": 50, "seconds": 1}),
+    );
+    assert_eq!(s, 200);
+}
+
+/// Renders report.html in headless Chromium: the DOM must hold the
+/// timeline's elements, and a screenshot must come out.
+fn render_in_chromium(dir: &Path, expected: &[&str]) {
+    let Some(chromium) = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| {
+            std::process::Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+    else {
+        assert!(
+            std::env::var_os("KVLAB_REQUIRE_CHROMIUM").is_none(),
+            "chromium is required (KVLAB_REQUIRE_CHROMIUM)"
+        );
+        eprintln!("skipping the Chromium rendering: no chromium on this machine");
+        return;
+    };
+    let page = format!("file://{}", dir.join("report.html").display());
+    let profile = tempfile::tempdir().unwrap();
+    let headless = |extra: &[String]| {
+        std::process::Command::new(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(extra)
+            .arg(&page)
+            .output()
+            .expect("run chromium")
+    };
+    let dom = String::from_utf8_lossy(&headless(&["--dump-dom".into()]).stdout).to_string();
+    for needle in [
+        "id=\"timeline-k0\"",
+        "class=\"op op-write ok",
+        "class=\"op op-read",
+        "class=\"dot",
+        "id=\"summary\"",
+    ]
+    .iter()
+    .chain(expected)
+    {
+        assert!(dom.contains(needle), "the rendered report lacks `{needle}`");
+    }
+    let png = dir.join("report.png");
+    headless(&[
+        format!("--screenshot={}", png.display()),
+        "--window-size=1280,1600".into(),
+    ]);
+    let size = std::fs::metadata(&png).map(|m| m.len()).unwrap_or(0);
+    assert!(size > 10_000, "screenshot of {size} bytes");
+}
