@@ -98,7 +98,9 @@ function nodeCard(n, isLeader, t, link) {
   const applied = stats ? stats.applied_seq : "–";
   const durable = stats && stats.storage ? stats.storage.durable_seq : "–";
   const lag = link ? `lag ${link.lag_entries} entries, ${link.lag_seconds.toFixed(1)} s` : "";
-  const term = n.term !== undefined ? ` · term ${n.term}` : "";
+  // The term is the cluster's (/status), once failover exists.
+  const t2 = n.term !== undefined ? n.term : s.status.term;
+  const term = t2 !== undefined ? ` · term ${t2}` : "";
   const role = n.role ? ` · ${esc(n.role)}` : "";
   const id = esc(n.node_id);
   const btns = [
