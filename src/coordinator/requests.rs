@@ -284,12 +284,17 @@ impl Coordinator {
     ) {
         let w = self.config.w;
         let sync_ids: Vec<&str> = plan.sync.iter().map(|s| s.node_id.as_str()).collect();
+        // After a failover the leader is a former follower: name it.
+        let leader = match plan.leader.node_id.as_str() {
+            LEADER_ID => LEADER_ID.to_string(),
+            id => format!("{id} (the leader)"),
+        };
         self.events.emit(
             "write",
             Tone::Request,
             None,
             format!(
-                "✍️  WRITE {key} → leader: version {} (log seq {}), sync set [{}]",
+                "✍️  WRITE {key} → {leader}: version {} (log seq {}), sync set [{}]",
                 answer.version,
                 answer.seq,
                 sync_ids.join(", ")
