@@ -251,6 +251,15 @@ pub fn describe_reqwest_error(e: &reqwest::Error) -> String {
     e.to_string()
 }
 
+/// The incarnation a node's answer says it came from (`X-Node-Incarnation`),
+/// so a caller can refuse an answer from a process other than the one it meant.
+pub fn answering_incarnation(resp: &reqwest::Response) -> Option<u64> {
+    resp.headers()
+        .get(crate::api::HEADER_NODE_INCARNATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

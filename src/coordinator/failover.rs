@@ -510,11 +510,7 @@ impl Coordinator {
             .send()
             .await
             .map_err(|e| describe_reqwest_error(&e))?;
-        let incarnation = resp
-            .headers()
-            .get(HEADER_NODE_INCARNATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let incarnation = crate::http::answering_incarnation(&resp);
         if incarnation != Some(slot.incarnation) {
             return Err(format!(
                 "answered by incarnation {incarnation:?}, expected {}",

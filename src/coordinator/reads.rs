@@ -621,11 +621,7 @@ async fn ask_batch(
         Ok(r) => r,
         Err(e) => return all(describe_reqwest_error(&e)),
     };
-    let incarnation = resp
-        .headers()
-        .get(HEADER_NODE_INCARNATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let incarnation = crate::http::answering_incarnation(&resp);
     if incarnation != Some(slot.incarnation) {
         return all(format!(
             "answered by incarnation {incarnation:?}, expected {} (fenced)",
