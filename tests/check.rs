@@ -13,12 +13,15 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::{free_port_block, kvlab, Cluster};
+use common::{free_port_block, kvlab_in, scratch, Cluster};
 use serde_json::{json, Value};
 
+/// Runs `kvlab check` with its temporary directory (the cluster's
+/// `kvlab-check-<port>/` scratch) in a directory deleted afterwards.
 fn check(args: &[&str]) -> (Output, Duration) {
     let started = Instant::now();
-    let out = kvlab()
+    let scratch = scratch();
+    let out = kvlab_in(&scratch)
         .arg("check")
         .args(args)
         .output()

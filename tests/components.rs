@@ -35,11 +35,14 @@ fn wait_ok(http: &reqwest::blocking::Client, url: &str) {
 #[test]
 fn demos_against_separate_components() {
     let base = common::free_port_block();
+    // The coordinator's default data and log directories land in here, and
+    // go with it (declared first, so the processes stop before it goes).
+    let scratch = common::scratch();
     let (coord, reg) = (base, base + 1);
     let coordinator = format!("http://127.0.0.1:{coord}");
     let registry = format!("http://127.0.0.1:{reg}");
     let _registry = Killed(
-        common::kvlab()
+        common::kvlab_in(&scratch)
             .args([
                 "registry",
                 "--port",
@@ -52,7 +55,7 @@ fn demos_against_separate_components() {
             .unwrap(),
     );
     let _coordinator = Killed(
-        common::kvlab()
+        common::kvlab_in(&scratch)
             .args([
                 "coordinator",
                 "--port",
