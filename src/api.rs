@@ -721,6 +721,12 @@ pub struct ReadBatchResponse {
     /// `coordinator::reads`).
     #[serde(default)]
     pub seqs: Vec<u64>,
+    /// The term of the leader that last reconciled the follower's log with
+    /// its own (0: none yet). Only a follower reconciled in the current term
+    /// is known to hold no entry that term's leader will cut, so the
+    /// coordinator counts only its answers when reads must be linearizable.
+    #[serde(default)]
+    pub term: u64,
 }
 
 /// The leader's `PUT /replication/peers`: the full set of followers to

@@ -146,14 +146,30 @@ pub fn validate_key_value(key: &str, value: Option<&str>) -> Result<(), ApiError
 /// proxy (everything is on the cluster's own network), a connect timeout so a
 /// dead peer is noticed quickly.
 pub fn client() -> reqwest::Client {
+    builder().build().expect("building the HTTP client")
+}
+
+/// The client of a node: as [`client`], and every request names the node
+/// in `X-Kvlab-From`, so that a peer's fault hooks can tell who sent it
+/// (see `node::faults`).
+pub fn client_from(node_id: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Ok(id) = reqwest::header::HeaderValue::from_str(node_id) {
+        headers.insert(crate::node::faults::HEADER_FROM, id);
+    }
+    builder()
+        .default_headers(headers)
+        .build()
+        .expect("building the HTTP client")
+}
+
+fn builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .no_proxy()
         .connect_timeout(Duration::from_secs(2))
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(256)
         .tcp_nodelay(true)
-        .build()
-        .expect("building the HTTP client")
 }
 
 /// Binds a listener, with an error that says which address was taken.

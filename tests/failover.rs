@@ -436,3 +436,126 @@ fn a_leader_restarted_behind_its_followers_does_not_reuse_a_seq() {
     let data = wait_converged(&c);
     assert_eq!(data.len(), 11);
 }
+
+/// The gap closed by reconciled terms: a deposed leader comes back holding
+/// entries the new leader will cut (here written straight to it while it
+/// was cut off from its followers), at seqs the new term has since reused
+/// and committed. Until the new leader has reconciled its log, its answers
+/// must not count: before the fix a read returned such an entry, and a
+/// later read the committed, older version.
+#[test]
+fn a_returning_leader_serves_no_read_before_the_new_leader_reconciles_it() {
+    let c = Cluster::start(&[
+        "--followers",
+        "3",
+        "-W",
+        "2",
+        "-R",
+        "2",
+        "--no-delay",
+        "--failure-timeout",
+        "1",
+    ]);
+    assert_eq!(c.write("cart", "v1").0, 200);
+    let zombie = c.status()["leader"].clone();
+    let pid = zombie["pid"].as_u64().unwrap() as i32;
+    let zombie_url = zombie["url"].as_str().unwrap().to_string();
+    // Cut the leader off from every follower for long enough, then write
+    // to it directly: the entries stay in its log alone.
+    let cut = c
+        .http
+        .post(format!("{zombie_url}/admin/partition"))
+        .json(&json!({"peers": ["follower-1", "follower-2", "follower-3"], "seconds": 120}))
+        .send()
+        .unwrap();
+    assert!(
+        cut.status().is_success(),
+        "partition refused: {}",
+        cut.status()
+    );
+    for ghost in ["ghost-1", "ghost-2", "ghost-3"] {
+        let resp = c
+            .http
+            .post(format!("{zombie_url}/data"))
+            .json(&json!({"key": "cart", "value": ghost, "sync": []}))
+            .send()
+            .unwrap();
+        assert!(
+            resp.status().is_success(),
+            "direct write: {}",
+            resp.status()
+        );
+    }
+    // The leader goes silent; a follower is promoted and the new term
+    // reuses (and commits) the seqs the ghosts hold on the old leader.
+    let since = c.last_event_id();
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    c.wait_for_event_after(since, "leader_promoted", None, Duration::from_secs(15));
+    assert_eq!(c.write("cart", "v2").0, 200);
+    for i in 0..5 {
+        assert_eq!(c.write(&format!("other-{i}"), "x").0, 200);
+    }
+    // The old leader wakes up, still cut off from the new leader, and is
+    // taken back as a follower. Leave it and one other follower alive, so
+    // that with R=2 every read must ask it.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    c.wait_status(
+        "the old leader back as a follower",
+        Duration::from_secs(15),
+        |s| {
+            s["followers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["node_id"] == "leader" && f["status"] == "alive")
+        },
+    );
+    let status = c.status();
+    let mut others: Vec<(u64, String)> = status["followers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["node_id"] != "leader" && f["status"] == "alive")
+        .map(|f| {
+            let port = f["url"].as_str().unwrap().rsplit(':').next().unwrap();
+            (
+                port.parse().unwrap(),
+                f["node_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    others.sort();
+    let (_, highest) = others.pop().unwrap();
+    assert_eq!(
+        c.post(&format!("/kill/{highest}?mode=crash"), json!({})).0,
+        200
+    );
+    for _ in 0..20 {
+        let (code, body) = c.read("cart");
+        assert!(
+            !body["value"].as_str().unwrap_or("").starts_with("ghost"),
+            "a read returned an entry the new leader will cut: {code} {body}"
+        );
+    }
+    // Healed, the old leader is reconciled (its ghosts cut) and reads work.
+    let heal = c
+        .http
+        .post(format!("{zombie_url}/admin/partition"))
+        .json(&json!({"peers": [], "seconds": 0}))
+        .send()
+        .unwrap();
+    assert!(heal.status().is_success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (code, body) = c.read("cart");
+        if code == 200 {
+            assert_eq!(body["value"], "v2", "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "reads never recovered: {code} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -24,6 +24,16 @@
 //!    write's ack timeout) until a write or the leader's progress moves the
 //!    commit point past it. That makes reads linearizable when W + R > N.
 //!
+//! 3. **Only reconciled followers** (when W + R > N). After a failover a
+//!    follower may hold entries the new leader will cut: a deposed leader's
+//!    unacknowledged tail, say, at seqs the new term reuses. Compared by
+//!    seq alone, such an entry could pass for committed. So a follower's
+//!    answer counts only once the current term's leader has checked its log
+//!    against its own (the follower's *reconciled term*, carried by every
+//!    read answer; see `node::follower`); any other answer is a failed
+//!    member and is replaced. A read that waited across a change of term
+//!    fails rather than return what it can no longer vouch for.
+//!
 //! When W + R <= N none of this guarantee exists (that is the lab's lesson):
 //! reads still get substitutes but return what they see, stale or not.
 
@@ -221,15 +231,20 @@ impl Coordinator {
             }
             return Err(ApiError::unavailable("Read quorum not available"));
         }
-        let outcome = self.gather(&candidates, skipped, &key, r).await;
-        for sub in &outcome.substitutes {
-            self.narrate_substitute(sub);
-        }
         // N counts every follower slot, dead or alive: a read set is drawn
         // from them, and so was the sync set of every write.
         let linearizable = self.config.w + r > cluster.followers.len();
+        // Only answers from followers the current leader has reconciled
+        // count (repair 3); a term of 0 means no leader was promoted yet.
+        let term = (linearizable && cluster.term > 0).then_some(cluster.term);
+        let outcome = self.gather(&candidates, skipped, &key, r, term).await;
+        for sub in &outcome.substitutes {
+            self.narrate_substitute(sub);
+        }
         let confirmed = if linearizable {
-            self.confirm(&outcome).await
+            self.confirm(&outcome)
+                .await
+                .and_then(|waited| self.check_same_term(term).map(|()| waited))
         } else {
             Ok(None)
         };
@@ -268,10 +283,11 @@ impl Coordinator {
         skipped: Vec<(String, String)>,
         key: &str,
         r: usize,
+        term: Option<u64>,
     ) -> ReadOutcome {
         let ask = |i: usize| {
             let slot = candidates[i];
-            async move { (i, self.ask(slot, key).await) }
+            async move { (i, self.ask(slot, key, term).await) }
         };
         let mut pending = FuturesUnordered::new();
         let mut asked: Vec<Asked> = Vec::with_capacity(r);
@@ -448,12 +464,44 @@ impl Coordinator {
     }
 
     /// Asks one follower for a key, through that process's read batcher.
-    async fn ask(&self, slot: &Slot, key: &str) -> Answer {
+    /// With `term`, an answer counts only from a follower whose log the
+    /// leader of that term has reconciled; any other is a failed member.
+    async fn ask(&self, slot: &Slot, key: &str, term: Option<u64>) -> Answer {
         let batcher = self.read_batcher(slot);
-        batcher
-            .call(key.to_string())
-            .await
-            .unwrap_or_else(|| Answer::Failed("the coordinator is shutting down".into()))
+        let Some((reconciled, answer)) = batcher.call(key.to_string()).await else {
+            return Answer::Failed("the coordinator is shutting down".into());
+        };
+        match term {
+            Some(term) if reconciled != term && !matches!(answer, Answer::Failed(_)) => {
+                let last = match reconciled {
+                    0 => "no leader has checked its log since it started".to_string(),
+                    t => format!("its log was last checked by the leader of term {t}"),
+                };
+                Answer::Failed(format!(
+                    "not yet reconciled with the leader of term {term} ({last})"
+                ))
+            }
+            _ => answer,
+        }
+    }
+
+    /// A read that had to wait may have seen a leadership change meanwhile;
+    /// its answers were checked against the term it started in, and the
+    /// commit point may have moved with entries of the new term at the same
+    /// seqs. Such a read fails rather than return what it cannot vouch for.
+    fn check_same_term(&self, term: Option<u64>) -> Result<(), ApiError> {
+        let Some(started_in) = term else {
+            return Ok(());
+        };
+        let now = self.snapshot().term;
+        if now == started_in {
+            return Ok(());
+        }
+        Err(ApiError::unavailable(json!({
+            "error": "Read not confirmed",
+            "cause": format!("the leadership changed during the read (term {started_in} -> {now}); \
+                retry it"),
+        })))
     }
 
     /// The read batcher of the process serving `slot`, started on first use.
@@ -608,9 +656,9 @@ async fn ask_batch(
     slot: Slot,
     timeout: Duration,
     keys: Vec<String>,
-) -> Vec<Answer> {
+) -> Vec<(u64, Answer)> {
     let n = keys.len();
-    let all = |why: String| vec![Answer::Failed(why); n];
+    let all = |why: String| vec![(0, Answer::Failed(why)); n];
     let resp = match http
         .post(format!("{}/batch/read", slot.url))
         .timeout(timeout)
@@ -636,6 +684,7 @@ async fn ask_batch(
             // A node without per-key seqs (an older binary) gets u64::MAX:
             // its versions are never taken as committed without a check.
             let seqs = answer.seqs.into_iter().chain(std::iter::repeat(u64::MAX));
+            let term = answer.term;
             answer
                 .values
                 .into_iter()
@@ -648,6 +697,7 @@ async fn ask_batch(
                     },
                     None => Answer::NotFound,
                 })
+                .map(|a| (term, a))
                 .collect()
         }
         Ok(answer) => all(format!("{} answers to {n} keys", answer.values.len())),
@@ -662,8 +712,9 @@ const READ_BATCHES: Limits = Limits {
     max_bytes: crate::node::BATCH_PAYLOAD_BYTES,
 };
 
-/// The read batcher of one follower process.
-pub(super) type ReadBatcher = Arc<Batcher<String, Answer>>;
+/// The read batcher of one follower process. Each answer comes with the
+/// follower's reconciled term (see [`ReadBatchResponse::term`]).
+pub(super) type ReadBatcher = Arc<Batcher<String, (u64, Answer)>>;
 
 /// One follower's answer to a read.
 #[derive(Debug, Clone)]

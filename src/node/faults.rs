@@ -16,9 +16,12 @@
 //! broken. The state is process-wide: one node process is one node, one
 //! network interface, one disk.
 //!
-//! Who sent an incoming request? A sender may say so in `X-Kvlab-From`;
-//! otherwise the path tells: only the leader replicates (`/replicate...`),
-//! and everything else a node serves comes from the coordinator. `/admin/`
+//! Who sent an incoming request? Nodes say so in `X-Kvlab-From` (their
+//! node id), and the path tells the role: only the leader replicates
+//! (`/replicate...`), and everything else a node serves without the header
+//! comes from the coordinator. A partition from `leader` therefore means
+//! "from whoever leads now", and from `follower-2` means from that node,
+//! whatever its role after a failover. `/admin/`
 //! routes are the nemesis's own control channel and are never dropped
 //! (otherwise a partition could not be healed early).
 
@@ -91,17 +94,25 @@ pub async fn outbound(peer: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Who sent this request (see the module's notes).
-fn sender(req: &Request) -> String {
-    if let Some(from) = req.headers().get(HEADER_FROM).and_then(|v| v.to_str().ok()) {
-        return from.to_string();
-    }
-    let from = if req.uri().path().starts_with("/replicate") {
-        "leader"
+/// The names a request's sender goes by (see the module's notes): the node
+/// id it gives in `X-Kvlab-From`, and its role, told by the path. A
+/// replication request comes from whoever leads now, so a partition from
+/// `leader` cuts this node off from the current leader even after a
+/// failover has made a former follower lead.
+fn sender(req: &Request) -> Vec<String> {
+    let named = req
+        .headers()
+        .get(HEADER_FROM)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let role = if req.uri().path().starts_with("/replicate") {
+        Some("leader")
+    } else if named.is_none() {
+        Some("coordinator")
     } else {
-        "coordinator"
+        None
     };
-    from.to_string()
+    named.into_iter().chain(role.map(str::to_string)).collect()
 }
 
 /// Middleware: holds, then drops, requests from cut-off peers.
@@ -109,10 +120,13 @@ pub async fn drop_partitioned(req: Request, next: Next) -> Response {
     if req.uri().path().starts_with("/admin/") {
         return next.run(req).await;
     }
-    let from = sender(&req);
-    if hold_while_cut_off(&from).await {
-        return ApiError::unavailable(format!("dropped: this node was partitioned from {from}"))
+    for from in sender(&req) {
+        if hold_while_cut_off(&from).await {
+            return ApiError::unavailable(format!(
+                "dropped: this node was partitioned from {from}"
+            ))
             .into_response();
+        }
     }
     next.run(req).await
 }

@@ -15,6 +15,11 @@
 //!   and only from a leader whose term is not older than ours
 //!   ([`super::leadership`]), checked again once the request holds the lock:
 //!   after a newer term was seen, no older append is applied;
+//! - once a request of the leader of term T has succeeded (an append, even
+//!   an empty one, a truncation or a snapshot), our log is a prefix of that
+//!   leader's: it handshook first and cut what we held beyond what it
+//!   shares. We record T as our *reconciled term*, and reads carry it, so
+//!   that the coordinator never counts entries a new leader is about to cut;
 //! - the work of a request runs in its own task: a leader that crashes
 //!   mid-request drops its connection, and that must not cancel an append
 //!   between applying it and publishing the seq it reached.
@@ -126,6 +131,7 @@ async fn append(
     }
     node.publish_persisted(applied_seq);
     durable::snapshot_if_due(&node, applied_seq);
+    node.mark_reconciled(req.term);
     Ok(Json(append_answer(&node)))
 }
 
@@ -218,6 +224,7 @@ async fn install(
     check_request(&node, req.to_incarnation, req.term)?;
     // A snapshot never takes a node back in time (see `Store`).
     if req.seq <= node.core.lock().unwrap().store.applied_seq() {
+        node.mark_reconciled(req.term);
         return Ok(Json(append_answer(&node)));
     }
     let keys = req.data.len();
@@ -246,6 +253,7 @@ async fn install(
     leadership::persist(&node).await;
     node.publish_persisted(req.seq);
     tracing::info!(seq = req.seq, keys, "installed a snapshot from the leader");
+    node.mark_reconciled(req.term);
     Ok(Json(append_answer(&node)))
 }
 
@@ -270,6 +278,7 @@ async fn truncate(
     check_request(&node, req.to_incarnation, req.term)?;
     let before = node.core.lock().unwrap().store.applied_seq();
     if req.after_seq >= before {
+        node.mark_reconciled(req.term);
         return Ok(Json(append_answer(&node)));
     }
     let now = match &node.durability {
@@ -304,5 +313,6 @@ async fn truncate(
         asked = req.after_seq,
         "log diverged from the leader's: truncated"
     );
+    node.mark_reconciled(req.term);
     Ok(Json(append_answer(&node)))
 }

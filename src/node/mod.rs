@@ -180,6 +180,13 @@ pub struct NodeState {
     /// A follower applies and persists one replication request at a time,
     /// so that when it answers "I hold up to seq S", S is on its disk.
     replicate_lock: tokio::sync::Mutex<()>,
+    /// The highest term whose leader has checked this follower's log against
+    /// its own (a handshake, then an append, a truncation or a snapshot), so
+    /// that the log is a prefix of that leader's. 0 until then. Reads carry
+    /// it: a follower that came back holding entries the current leader will
+    /// cut must not have them counted before it is reconciled (see
+    /// `coordinator::reads`).
+    reconciled_term: AtomicU64,
     peers: Mutex<HashMap<String, Arc<Peer>>>,
     /// Heartbeats are skipped until then (the network-blip fault hook).
     pub heartbeats_paused_until: Mutex<Option<Instant>>,
@@ -234,12 +241,13 @@ impl NodeState {
             log_retain: args.log_retain,
             term_file_lock: Mutex::new(()),
             stats: Stats::default(),
-            http: crate::http::client(),
+            http: crate::http::client_from(&args.id),
             sync_delay: secs(args.sync_delay),
             async_delay: secs(args.async_delay),
             last_seq: watch::Sender::new(persisted),
             durability,
             replicate_lock: tokio::sync::Mutex::new(()),
+            reconciled_term: AtomicU64::new(0),
             peers: Mutex::new(HashMap::new()),
             heartbeats_paused_until: Mutex::new(None),
             shutdown: tokio::sync::Notify::new(),
@@ -254,6 +262,18 @@ impl NodeState {
     /// The highest seq the node's log has completed (see `last_seq`).
     pub fn persisted_seq(&self) -> u64 {
         *self.last_seq.borrow()
+    }
+
+    /// The term of the last leader that reconciled our log (see the field).
+    pub fn reconciled_term(&self) -> u64 {
+        self.reconciled_term.load(Ordering::Acquire)
+    }
+
+    /// Records that the leader of `term` has reconciled our log with its
+    /// own. Terms only grow here: a late answer to an older leader must not
+    /// hide a newer leader's reconciliation.
+    fn mark_reconciled(&self, term: u64) {
+        self.reconciled_term.fetch_max(term, Ordering::AcqRel);
     }
 
     /// Records that the log has completed everything up to `seq`. Appends
@@ -626,6 +646,7 @@ async fn read_batch(
         node_id: node.id.clone(),
         values,
         seqs,
+        term: node.reconciled_term(),
     }))
 }
 

@@ -27,7 +27,10 @@
 //! - the handshake compares the follower's term history with ours: where
 //!   they part, the follower is told to cut its log (`POST
 //!   /replicate/truncate`) before anything is sent, so a deposed leader's
-//!   unacknowledged tail is replaced by this term's entries.
+//!   unacknowledged tail is replaced by this term's entries. Either way
+//!   the handshake ends with a request the follower must accept (the cut,
+//!   or an empty append), which makes it record our term as the one that
+//!   reconciled its log (see `node::follower`).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -336,7 +339,14 @@ async fn handshake(node: &NodeState, peer: &Peer) -> Result<u64, String> {
         )
     };
     if shared >= answer.acked_seq {
-        return Ok(answer.acked_seq);
+        // Nothing to cut. An empty append still tells the follower that its
+        // log is a prefix of ours, so it may serve reads in our term.
+        let empty = AppendRequest {
+            term: peer.term,
+            to_incarnation: peer.config.incarnation,
+            entries: Vec::new(),
+        };
+        return post(node, peer, "replicate", &empty).await;
     }
     tracing::warn!(
         follower = %peer.config.node_id,
