@@ -41,7 +41,9 @@ use crate::http::ApiError;
 const INDEX_HTML: &str = include_str!("index.html");
 const APP_JS: &str = include_str!("app.js");
 const STYLE_CSS: &str = include_str!("style.css");
-const TIMELINE_JS: &str = include_str!("timeline.js");
+/// kvlab's one timeline renderer: the live view serves it, and `kvlab
+/// check` embeds it in report.html (see the script's opening comment).
+pub const TIMELINE_JS: &str = include_str!("timeline.js");
 
 /// How long `/ui/state` waits for each component.
 const ASK_TIMEOUT: Duration = Duration::from_millis(400);
