@@ -7,13 +7,17 @@
 //! only to the coordinator that served it (same origin):
 //! - `GET /ui/state`: one JSON snapshot, aggregated here from `/status`, the
 //!   leader's `/replication/links`, each node's `/stats`, the registry's
-//!   `/nodes` (heartbeat ages) and the gateway's `/stats`. Each is asked with
-//!   a short timeout; a part that does not answer is left out, so a dead
-//!   component never stalls the page;
+//!   `/nodes` (heartbeat ages) and the gateway's `/stats`, plus the faults
+//!   injected through the coordinator that are in effect. Each component is
+//!   asked with a short timeout; a part that does not answer is left out, so
+//!   a dead component never stalls the page;
 //! - `GET /ui/events`: the event log as server-sent events;
 //! - `GET /ui/read/{key}`, `POST /ui/pause/{node}`: the two actions the
 //!   coordinator's API does not have; the others (write, kill, crash,
-//!   spawn) use the coordinator's own endpoints.
+//!   spawn, partition, slow disk) use the coordinator's own endpoints.
+//!
+//! `timeline.js` is kvlab's one timeline renderer: this page draws its
+//! events with it, and `kvlab check` embeds it in report.html.
 //!
 //! Nothing here is on a request path: the view costs nothing when no
 //! browser has it open.
