@@ -133,7 +133,10 @@ fn partition_and_slow_disk_go_through_the_coordinator_by_node_id() {
     let wait_seq = |i: u16, want: u64| {
         let deadline = Instant::now() + Duration::from_secs(15);
         while seq(i) != Some(want) {
-            assert!(Instant::now() < deadline, "node {i} never reached seq {want}");
+            assert!(
+                Instant::now() < deadline,
+                "node {i} never reached seq {want}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     };
@@ -162,7 +165,11 @@ fn partition_and_slow_disk_go_through_the_coordinator_by_node_id() {
         json!({"peers": [], "seconds": 0}),
     );
     assert_eq!((code, body["status"].as_str()), (200, Some("healed")));
-    c.wait_for_event("partition_healed", Some("follower-2"), Duration::from_secs(5));
+    c.wait_for_event(
+        "partition_healed",
+        Some("follower-2"),
+        Duration::from_secs(5),
+    );
     wait_seq(2, 2);
     assert!(c.get("/ui/state").1["faults"].get("follower-2").is_none());
 
@@ -175,12 +182,42 @@ fn partition_and_slow_disk_go_through_the_coordinator_by_node_id() {
 
     // Refused, with the reason: nothing reaches a node.
     for (path, body, code, says) in [
-        ("/admin/partition/nobody", json!({"peers": ["leader"], "seconds": 5}), 404, "not found"),
-        ("/admin/partition/follower-1", json!({"peers": ["leadr"], "seconds": 5}), 400, "unknown peers: leadr"),
-        ("/admin/partition/follower-1", json!({"peers": ["leader"], "seconds": -1}), 400, "seconds must be"),
-        ("/admin/partition/follower-1", json!({"seconds": 5}), 422, "expected fields"),
-        ("/admin/slow-disk/follower-1", json!({"ms": 999_999, "seconds": 5}), 400, "ms must be at most"),
-        ("/admin/slow-disk/follower-1", json!({"ms": "slow", "seconds": 5}), 422, "expected fields"),
+        (
+            "/admin/partition/nobody",
+            json!({"peers": ["leader"], "seconds": 5}),
+            404,
+            "not found",
+        ),
+        (
+            "/admin/partition/follower-1",
+            json!({"peers": ["leadr"], "seconds": 5}),
+            400,
+            "unknown peers: leadr",
+        ),
+        (
+            "/admin/partition/follower-1",
+            json!({"peers": ["leader"], "seconds": -1}),
+            400,
+            "seconds must be",
+        ),
+        (
+            "/admin/partition/follower-1",
+            json!({"seconds": 5}),
+            422,
+            "expected fields",
+        ),
+        (
+            "/admin/slow-disk/follower-1",
+            json!({"ms": 999_999, "seconds": 5}),
+            400,
+            "ms must be at most",
+        ),
+        (
+            "/admin/slow-disk/follower-1",
+            json!({"ms": "slow", "seconds": 5}),
+            422,
+            "expected fields",
+        ),
     ] {
         let (got, answer) = c.post(path, body.clone());
         assert_eq!(got, code, "{path} {body}: {answer}");
@@ -195,8 +232,14 @@ fn partition_and_slow_disk_go_through_the_coordinator_by_node_id() {
         .unwrap();
     assert_eq!(resp.status(), 400);
     assert_eq!(c.post("/kill/follower-2", json!({})).0, 200);
-    let (code, answer) = c.post("/admin/slow-disk/follower-2", json!({"ms": 5, "seconds": 5}));
-    assert_eq!(code, 409, "a dead node has no process to slow down: {answer}");
+    let (code, answer) = c.post(
+        "/admin/slow-disk/follower-2",
+        json!({"ms": 5, "seconds": 5}),
+    );
+    assert_eq!(
+        code, 409,
+        "a dead node has no process to slow down: {answer}"
+    );
 }
 
 /// Every component's `/metrics` passes `promtool check metrics`, and a real

@@ -219,11 +219,14 @@ impl Faults {
         let mut by_node: HashMap<String, Vec<FaultView>> = HashMap::new();
         for a in self.active.lock().unwrap().iter() {
             if a.until > now && current(&a.node_id) == Some(a.incarnation) {
-                by_node.entry(a.node_id.clone()).or_default().push(FaultView {
-                    kind: a.kind,
-                    detail: a.detail.clone(),
-                    seconds_left: (a.until - now).as_secs_f64(),
-                });
+                by_node
+                    .entry(a.node_id.clone())
+                    .or_default()
+                    .push(FaultView {
+                        kind: a.kind,
+                        detail: a.detail.clone(),
+                        seconds_left: (a.until - now).as_secs_f64(),
+                    });
             }
         }
         by_node
@@ -250,7 +253,8 @@ impl Faults {
     fn forget(&self, node_id: &str, kind: &str, incarnation: u64) -> bool {
         let mut active = self.active.lock().unwrap();
         let before = active.len();
-        active.retain(|a| !(a.node_id == node_id && a.kind == kind && a.incarnation == incarnation));
+        active
+            .retain(|a| !(a.node_id == node_id && a.kind == kind && a.incarnation == incarnation));
         active.len() < before
     }
 
@@ -325,7 +329,10 @@ impl Coordinator {
             .map_err(|e| {
                 ApiError::new(
                     StatusCode::BAD_GATEWAY,
-                    format!("{node_id} did not answer {url}: {}", describe_reqwest_error(&e)),
+                    format!(
+                        "{node_id} did not answer {url}: {}",
+                        describe_reqwest_error(&e)
+                    ),
                 )
             })?;
         if resp.status().is_success() {
