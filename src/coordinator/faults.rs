@@ -387,3 +387,64 @@ pub async fn slow_disk(
 ) -> Result<Json<Value>, ApiError> {
     c.inject_fault(&node_id, Fault::SlowDisk(req)).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::Role;
+
+    fn slot(node_id: &str, incarnation: u64) -> Slot {
+        Slot {
+            node_id: node_id.into(),
+            role: Role::Follower,
+            port: 1,
+            url: "http://127.0.0.1:1".into(),
+            status: NodeStatus::Alive,
+            incarnation,
+            pid: None,
+        }
+    }
+
+    fn partition(peers: &[&str], seconds: f64) -> Fault {
+        Fault::Partition(PartitionRequest {
+            peers: peers.iter().map(|p| p.to_string()).collect(),
+            seconds,
+        })
+    }
+
+    #[test]
+    fn the_mirror_keeps_one_fault_per_kind_and_forgets_past_processes() {
+        let faults = Faults::default();
+        faults.record(&slot("follower-1", 2), &partition(&["leader"], 30.0));
+        faults.record(&slot("follower-1", 2), &partition(&["registry"], 30.0));
+        let view = faults.view(|_| Some(2));
+        assert_eq!(
+            view["follower-1"].len(),
+            1,
+            "a new partition replaces the old"
+        );
+        assert_eq!(view["follower-1"][0].detail, "cut off from registry");
+        // A new process of follower-1 starts without the fault.
+        assert!(faults.view(|_| Some(3)).is_empty());
+        assert!(!faults.forget("follower-1", "partition", 3));
+        assert!(faults.forget("follower-1", "partition", 2));
+        assert!(faults.view(|_| Some(2)).is_empty());
+    }
+
+    #[test]
+    fn requests_are_checked_before_they_are_sent() {
+        let known = vec!["leader".to_string(), "follower-1".to_string()];
+        assert!(partition(&["leader", "follower-1", "registry"], 5.0)
+            .validate(&known)
+            .is_ok());
+        let e = partition(&["follower-7"], 5.0)
+            .validate(&known)
+            .unwrap_err();
+        assert!(e.detail.to_string().contains("unknown peers: follower-7"));
+        assert!(partition(&["leader"], -1.0).validate(&known).is_err());
+        assert!(partition(&[], 5.0).heals());
+        let slow = |ms, seconds| Fault::SlowDisk(SlowDiskRequest { ms, seconds });
+        assert!(slow(60_001, 5.0).validate(&known).is_err());
+        assert!(slow(0, 5.0).heals() && !slow(10, 5.0).heals());
+    }
+}
