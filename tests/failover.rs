@@ -100,9 +100,12 @@ fn graceful_leader_kill_promotes_a_follower_and_the_old_leader_rejoins() {
     for i in 0..20 {
         assert_eq!(c.write(&format!("k{i}"), &format!("v{i}")).0, 200);
     }
+    // The cluster's first election is not a leader change.
+    assert_eq!(leader_changes(&c), 0.0);
     let (code, body) = c.post("/kill/leader", json!({}));
     assert_eq!(code, 200, "{body}");
     let took = first_write_after(&c, "after-kill", Duration::from_secs(5));
+    assert_eq!(leader_changes(&c), 1.0, "the failover is a leader change");
     eprintln!("first write after a graceful leader kill succeeded in {took:?}");
     assert!(took < Duration::from_millis(500), "took {took:?}");
 
@@ -152,6 +155,20 @@ fn graceful_leader_kill_promotes_a_follower_and_the_old_leader_rejoins() {
         (Some("follower"), Some(2))
     );
     assert_eq!(c.status()["leader"]["node_id"], "follower-1");
+    // The old leader came back as a follower: no new leader.
+    assert_eq!(leader_changes(&c), 1.0);
+}
+
+/// The coordinator's `kvlab_leader_changes_total`, from its `/metrics`.
+fn leader_changes(c: &Cluster) -> f64 {
+    let url = format!("{}/metrics", c.coordinator);
+    let text = c.http.get(&url).send().unwrap().text().unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("kvlab_leader_changes_total "))
+        .unwrap_or_else(|| panic!("no kvlab_leader_changes_total in {url}:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 /// A write the cluster acknowledged.

@@ -93,16 +93,153 @@ fn live_view_kills_a_follower_and_writes_in_headless_chromium() {
             {"wait": "!!document.querySelector('#node-follower-1[data-state=dead]')", "timeout": 20},
             {"eval": format!("{}.click()", el("read-btn"))},
             {"wait": format!("!!{}", el("served-by")), "timeout": 20},
+            // Partition the other follower from the leader (Fault settings'
+            // default), long enough to outlast the screenshot: its card, the
+            // event log and the timeline's lane show it.
+            {"eval": format!("{}.value = '60'", el("fault-seconds"))},
+            {"eval": format!("{}.click()", el("partition-follower-2"))},
+            {"wait": "!!document.querySelector('#node-follower-2[data-faults~=partition][data-state=alive] .tag.fault-partition')", "timeout": 20},
+            {"wait": "document.querySelector('#node-follower-2 .tag.fault-partition').textContent.startsWith('partitioned')", "timeout": 5},
+            {"wait": "!!document.querySelector('#events li[data-kind=partitioned]')", "timeout": 20},
+            {"wait": "!!document.querySelector('#timeline rect.fault-partition')", "timeout": 20},
+            {"wait": "!!document.querySelector('#timeline rect.fault-dead')", "timeout": 20},
+            {"wait": format!("!!{}", el("heal-partition-follower-2")), "timeout": 5},
             {"screenshot": shot.display().to_string()},
         ]),
     );
-    // The page's "dead" is the coordinator's.
+    // The page's "dead" is the coordinator's, and so is its "partitioned".
     assert_eq!(cluster.follower("follower-1")["status"], "dead");
+    let (_, ui) = cluster.get("/ui/state");
+    assert_eq!(ui["faults"]["follower-2"][0]["kind"], "partition", "{ui}");
+    assert_eq!(
+        ui["faults"]["follower-2"][0]["detail"],
+        "cut off from leader"
+    );
     let png = std::fs::read(&shot).expect("the screenshot was saved");
     assert!(png.starts_with(b"\x89PNG"), "not a PNG");
     if let Some(keep) = std::env::var_os("KVLAB_SCREENSHOT") {
         std::fs::copy(&shot, keep).expect("copy the screenshot");
     }
+}
+
+/// The coordinator's fault hooks by node id: a partition and a slow disk
+/// reach the node, show in `/ui/state`, are narrated, and heal; bad
+/// requests are refused with the reason, never forwarded.
+#[test]
+fn partition_and_slow_disk_go_through_the_coordinator_by_node_id() {
+    // W=1: follower-1 is the sync follower, follower-2 the async one.
+    let c = Cluster::start(&["--in-memory", "--no-delay", "-W", "1", "-R", "1"]);
+    let seq = |i: u16| c.get_json(&format!("{}/stats", c.node_url(i)))["applied_seq"].as_u64();
+    let wait_seq = |i: u16, want: u64| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while seq(i) != Some(want) {
+            assert!(
+                Instant::now() < deadline,
+                "node {i} never reached seq {want}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert_eq!(c.write("before", "v").0, 200);
+    wait_seq(2, 1);
+    let (code, body) = c.post(
+        "/admin/partition/follower-2",
+        json!({"peers": ["leader"], "seconds": 60}),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        (body["status"].as_str(), body["fault"].as_str()),
+        (Some("injected"), Some("partition"))
+    );
+    c.wait_for_event("partitioned", Some("follower-2"), Duration::from_secs(5));
+    // follower-1 acks; follower-2 hears nothing from the leader.
+    assert_eq!(c.write("during", "v").0, 200);
+    assert_eq!(seq(1), Some(2));
+    assert_eq!(seq(2), Some(1), "follower-2 is cut off from the leader");
+    let (_, ui) = c.get("/ui/state");
+    assert_eq!(ui["faults"]["follower-2"][0]["kind"], "partition", "{ui}");
+
+    // Healing: seconds 0. The entry flows again.
+    let (code, body) = c.post(
+        "/admin/partition/follower-2",
+        json!({"peers": [], "seconds": 0}),
+    );
+    assert_eq!((code, body["status"].as_str()), (200, Some("healed")));
+    c.wait_for_event(
+        "partition_healed",
+        Some("follower-2"),
+        Duration::from_secs(5),
+    );
+    wait_seq(2, 2);
+    assert!(c.get("/ui/state").1["faults"].get("follower-2").is_none());
+
+    // A slow disk, on the current leader by its alias; it expires by itself.
+    let (code, body) = c.post("/admin/slow-disk/leader", json!({"ms": 20, "seconds": 1}));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["node_id"], "leader");
+    c.wait_for_event("slow_disk", Some("leader"), Duration::from_secs(5));
+    c.wait_for_event("slow_disk_healed", Some("leader"), Duration::from_secs(5));
+
+    // Refused, with the reason: nothing reaches a node.
+    for (path, body, code, says) in [
+        (
+            "/admin/partition/nobody",
+            json!({"peers": ["leader"], "seconds": 5}),
+            404,
+            "not found",
+        ),
+        (
+            "/admin/partition/follower-1",
+            json!({"peers": ["leadr"], "seconds": 5}),
+            400,
+            "unknown peers: leadr",
+        ),
+        (
+            "/admin/partition/follower-1",
+            json!({"peers": ["leader"], "seconds": -1}),
+            400,
+            "seconds must be",
+        ),
+        (
+            "/admin/partition/follower-1",
+            json!({"seconds": 5}),
+            422,
+            "expected fields",
+        ),
+        (
+            "/admin/slow-disk/follower-1",
+            json!({"ms": 999_999, "seconds": 5}),
+            400,
+            "ms must be at most",
+        ),
+        (
+            "/admin/slow-disk/follower-1",
+            json!({"ms": "slow", "seconds": 5}),
+            422,
+            "expected fields",
+        ),
+    ] {
+        let (got, answer) = c.post(path, body.clone());
+        assert_eq!(got, code, "{path} {body}: {answer}");
+        assert!(answer.to_string().contains(says), "{path} {body}: {answer}");
+    }
+    let resp = c
+        .http
+        .post(format!("{}/admin/slow-disk/follower-1", c.coordinator))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(c.post("/kill/follower-2", json!({})).0, 200);
+    let (code, answer) = c.post(
+        "/admin/slow-disk/follower-2",
+        json!({"ms": 5, "seconds": 5}),
+    );
+    assert_eq!(
+        code, 409,
+        "a dead node has no process to slow down: {answer}"
+    );
 }
 
 /// Every component's `/metrics` passes `promtool check metrics`, and a real

@@ -14,7 +14,8 @@
 //! - [`history`]: the operation records; [`model`]: the versioned register;
 //! - [`linearizability`]: the checker; [`verdict`]: the run's checks;
 //! - [`explain`]: violations as stories; [`report`]: results and the
-//!   summary card; [`html`]: `report.html` (with `timeline.js`).
+//!   summary card; [`html`]: `report.html` (with the shared timeline
+//!   renderer, `src/ui/timeline.js`).
 //!
 //! Exit codes: 0 valid, 1 a violation, 2 unknown (the checker gave up).
 //! Invariant: a cluster this started is stopped before it returns.

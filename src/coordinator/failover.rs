@@ -348,6 +348,13 @@ impl Coordinator {
             );
             return false;
         }
+        // Every promotion but the cluster's first is a leader change: a
+        // failover to a follower, or the leader slot's restarted process.
+        // Counted before the table changes, so no write sees the new
+        // leader ahead of the metric.
+        if reason != Reason::Start {
+            self.metrics.leader_changes.inc();
+        }
         let mut after = self.snapshot();
         after.promote(&id);
         after.term = term;

@@ -181,13 +181,10 @@ impl Coordinator {
     ) -> anyhow::Result<Slot> {
         let spec = {
             let mut c = self.cluster.lock().unwrap();
-            // A slot that already had a process is a respawn; a new
-            // leader process is a leader change.
+            // A slot that already had a process is a respawn. (A leader
+            // change is counted when the election promotes someone.)
             if c.slot(&node_id).is_some_and(|s| s.incarnation > 0) {
                 self.metrics.respawns.inc();
-                if role == Role::Leader {
-                    self.metrics.leader_changes.inc();
-                }
             }
             let incarnation = c.new_incarnation();
             let url = self.config.node_url(port);

@@ -19,6 +19,7 @@
 mod batch;
 pub mod cluster;
 mod failover;
+pub(crate) mod faults;
 pub mod launcher;
 mod liveness;
 mod membership;
@@ -298,6 +299,8 @@ pub struct Coordinator {
     pub metrics: crate::metrics::coordinator::CoordinatorMetrics,
     /// What the live view keeps (see [`crate::ui`]).
     pub ui: crate::ui::UiState,
+    /// The faults injected through the coordinator, in effect now (see [`faults`]).
+    pub(crate) faults: faults::Faults,
     /// The highest seq known to be held by W followers (see [`reads`]).
     commit: reads::CommitPoint,
     /// Followers that failed a read a moment ago (see [`reads`]).
@@ -327,6 +330,7 @@ impl Coordinator {
             liveness: liveness::Liveness::default(),
             metrics: crate::metrics::coordinator::CoordinatorMetrics::new(config.w, config.r),
             ui: crate::ui::UiState::default(),
+            faults: faults::Faults::default(),
             commit: reads::CommitPoint::default(),
             suspects: reads::Suspects::default(),
             config,
@@ -417,6 +421,8 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
         .route("/catchup", post(membership::catchup))
         .route("/node-died", post(membership::node_died))
         .route("/node-revived", post(membership::node_revived))
+        .route("/admin/partition/{node_id}", post(faults::partition))
+        .route("/admin/slow-disk/{node_id}", post(faults::slow_disk))
         .route("/events", get(events))
         .route("/metrics", get(metrics))
         .route("/metrics/targets", get(metrics_targets))

@@ -102,7 +102,7 @@ impl CoordinatorMetrics {
         );
         reg.register(
             "leader_changes",
-            "Times a new leader process took over",
+            "Leader changes: promotions after the first (failovers and restarts of the leader)",
             m.leader_changes.clone(),
         );
         reg.register(

@@ -43,6 +43,8 @@ use crate::http::{ApiError, ApiJson};
 pub const HEADER_FROM: &str = "x-kvlab-from";
 /// The longest fault a hook accepts, in seconds.
 const MAX_SECONDS: f64 = 3600.0;
+/// The longest extra fsync delay the slow-disk hook accepts, in ms.
+const MAX_SLOW_DISK_MS: u64 = 60_000;
 /// How often a held request looks whether the partition has healed.
 const POLL: Duration = Duration::from_millis(20);
 
@@ -131,7 +133,8 @@ pub async fn drop_partitioned(req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
-fn check_seconds(seconds: f64) -> Result<Duration, ApiError> {
+/// A fault's length, checked as every hook checks it (0 heals at once).
+pub fn check_seconds(seconds: f64) -> Result<Duration, ApiError> {
     if !seconds.is_finite() || !(0.0..=MAX_SECONDS).contains(&seconds) {
         return Err(ApiError::bad_request(format!(
             "seconds must be a number between 0 and {MAX_SECONDS}"
@@ -140,12 +143,41 @@ fn check_seconds(seconds: f64) -> Result<Duration, ApiError> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
+impl PartitionRequest {
+    /// How long the partition lasts, or why the request is refused.
+    pub fn validate(&self) -> Result<Duration, ApiError> {
+        check_seconds(self.seconds)
+    }
+
+    /// Does this request heal rather than cut?
+    pub fn heals(&self) -> bool {
+        self.seconds == 0.0 || self.peers.is_empty()
+    }
+}
+
+impl SlowDiskRequest {
+    /// How long the slow disk lasts, or why the request is refused.
+    pub fn validate(&self) -> Result<Duration, ApiError> {
+        if self.ms > MAX_SLOW_DISK_MS {
+            return Err(ApiError::bad_request(format!(
+                "ms must be at most {MAX_SLOW_DISK_MS}"
+            )));
+        }
+        check_seconds(self.seconds)
+    }
+
+    /// Does this request heal rather than slow down?
+    pub fn heals(&self) -> bool {
+        self.seconds == 0.0 || self.ms == 0
+    }
+}
+
 /// `POST /admin/partition`.
 pub async fn partition(
     State(node): State<Arc<NodeState>>,
     ApiJson(req): ApiJson<PartitionRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let length = check_seconds(req.seconds)?;
+    let length = req.validate()?;
     let until = Instant::now() + length;
     let peers: BTreeSet<String> = req.peers.iter().cloned().collect();
     if peers.contains("registry") && !length.is_zero() {
@@ -173,10 +205,7 @@ pub async fn partition(
 pub async fn slow_disk(
     ApiJson(req): ApiJson<SlowDiskRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let length = check_seconds(req.seconds)?;
-    if req.ms > 60_000 {
-        return Err(ApiError::bad_request("ms must be at most 60000"));
-    }
+    let length = req.validate()?;
     crate::storage::wal::slow_down_fsyncs(Duration::from_millis(req.ms), length);
     tracing::warn!(
         ms = req.ms,

@@ -1,7 +1,9 @@
 // kvlab live view. Polls /ui/state every half second, streams the event log
 // from /ui/events (server-sent events), and animates the entries in flight
 // on each replication link between polls. Buttons call the coordinator's
-// API (/write, /kill, /spawn) or the view's own (/ui/read, /ui/pause).
+// API (/write, /kill, /spawn, /admin/partition/{id}, /admin/slow-disk/{id})
+// or the view's own (/ui/read, /ui/pause). The events timeline is drawn by
+// kvlab's shared renderer (timeline.js, report.html's too).
 //
 // For scripted use (the tests, a demo), the URL fragment can fill the inputs
 // and click buttons once the first state has been drawn:
@@ -46,6 +48,43 @@ function replayTime() {
   return from + ((now - from) * v) / 1000;
 }
 
+// ---- faults, from the events ------------------------------------------------
+
+// Which events start and end each kind of fault interval on a node.
+const FAULT_STARTS = { crash: "dead", kill: "dead", node_dead: "dead", leader_dead: "dead",
+  process_exit: "dead", heartbeats_paused: "pause", partitioned: "partition", slow_disk: "slow-disk" };
+const FAULT_ENDS = { node_up: ["dead"], caught_up: ["dead"], leader_restart: ["dead"],
+  heartbeats_resumed: ["pause"], partition_healed: ["partition"], slow_disk_healed: ["slow-disk"],
+  // A process that ends takes its injected faults with it.
+  crash: ["pause", "partition", "slow-disk"], kill: ["pause", "partition", "slow-disk"],
+  process_exit: ["pause", "partition", "slow-disk"] };
+const FAULT_NAMES = { dead: "dead", pause: "heartbeats paused", partition: "partitioned", "slow-disk": "slow disk" };
+
+// Every fault interval the events tell of: [{node, kind, start, end, open}],
+// an interval not over yet ending at `now`.
+function faultIntervals(now) {
+  const open = {}, done = [];
+  for (const e of events) {
+    if (!e.node_id) continue;
+    for (const kind of FAULT_ENDS[e.kind] || []) {
+      const k = e.node_id + " " + kind;
+      if (open[k]) { done.push({ ...open[k], end: e.unix_ms, open: false }); delete open[k]; }
+    }
+    const kind = FAULT_STARTS[e.kind];
+    if (kind && !open[e.node_id + " " + kind]) open[e.node_id + " " + kind] = { node: e.node_id, kind, start: e.unix_ms };
+  }
+  for (const f of Object.values(open)) done.push({ ...f, end: now, open: true });
+  return done;
+}
+
+// A node's injected faults (pause, partition, slow disk): live from
+// /ui/state, or as the events tell it at the replay time `t`.
+function nodeFaults(nodeId, t) {
+  if (t === null) return (state.faults[nodeId] || []);
+  return faultIntervals(t).filter((f) => f.node === nodeId && f.kind !== "dead" && f.start <= t && f.end >= t)
+    .map((f) => ({ kind: f.kind, detail: "replayed", seconds_left: null }));
+}
+
 // A node's state in the past, from the events up to `t`.
 function replayedState(nodeId, t) {
   let s = null;
@@ -61,7 +100,7 @@ function replayedState(nodeId, t) {
 
 function nodeState(n, t) {
   if (t !== null) return replayedState(n.node_id, t) || n.status;
-  if (n.status === "alive" && state.paused[n.node_id] !== undefined) return "paused";
+  if (n.status === "alive" && nodeFaults(n.node_id, null).some((f) => f.kind === "pause")) return "paused";
   return n.status;
 }
 
@@ -87,6 +126,7 @@ function render() {
     nodeCard(f, false, t, links[f.node_id]) + "</div>").join("");
   renderGateway();
   drawLinks();
+  drawTimeline(viewNow(), t); // the time axis moves on between events
 }
 
 function nodeCard(n, isLeader, t, link) {
@@ -103,14 +143,27 @@ function nodeCard(n, isLeader, t, link) {
   const term = t2 !== undefined ? ` · term ${t2}` : "";
   const role = n.role ? ` · ${esc(n.role)}` : "";
   const id = esc(n.node_id);
+  const faults = nodeFaults(n.node_id, t);
+  const has = (kind) => faults.some((f) => f.kind === kind);
   const btns = [
     `<button id="kill-${id}" data-act="kill" data-node="${id}" title="graceful stop: it deregisters">kill</button>`,
     `<button id="crash-${id}" data-act="crash" data-node="${id}" title="SIGKILL: the registry notices after 5 s">crash</button>`,
     `<button id="pause-${id}" data-act="pause" data-node="${id}" title="no heartbeats for 8 s">pause heartbeats</button>`,
+    has("partition")
+      ? `<button id="heal-partition-${id}" data-act="heal-partition" data-node="${id}" title="end the partition now">heal partition</button>`
+      : `<button id="partition-${id}" data-act="partition" data-node="${id}" title="cut it off from the peers chosen under Fault settings">partition</button>`,
+    has("slow-disk")
+      ? `<button id="heal-disk-${id}" data-act="heal-disk" data-node="${id}" title="fsyncs at full speed again">heal disk</button>`
+      : `<button id="slow-disk-${id}" data-act="slow-disk" data-node="${id}" title="every fsync slower, as set under Fault settings">slow disk</button>`,
   ];
   if (!isLeader) btns.push(`<button id="spawn-${id}" data-act="spawn" data-node="${id}" title="start this slot again">spawn</button>`);
-  return `<div class="node" id="node-${id}" data-state="${esc(st)}">` + arc(age, s.heartbeat_timeout_s) +
-    `<div><div class="title">${id}${tags.join("")} <span class="tag state">${esc(st)}</span></div>` +
+  // Partition and slow disk are not states: a node is alive *and* cut off.
+  const faultTags = faults.filter((f) => f.kind !== "pause").map((f) =>
+    `<span class="tag fault fault-${esc(f.kind)}" title="${esc(f.detail)}">${FAULT_NAMES[f.kind]}` +
+    (f.seconds_left ? ` ${Math.ceil(f.seconds_left)} s` : "") + "</span>");
+  return `<div class="node" id="node-${id}" data-state="${esc(st)}" data-faults="${faults.map((f) => esc(f.kind)).join(" ")}">` +
+    arc(age, s.heartbeat_timeout_s) +
+    `<div><div class="title">${id}${tags.join("")} <span class="tag state">${esc(st)}</span>${faultTags.join("")}</div>` +
     `<div class="meta">incarnation ${n.incarnation}${term}${role} · applied ${applied} · durable ${durable}</div>` +
     `<div class="meta">${lag}</div><div class="btns">${btns.join("")}</div></div></div>`;
 }
@@ -170,13 +223,39 @@ function listen() {
   };
 }
 
+// The coordinator's clock at the last poll, or the newest event if later.
+function viewNow() {
+  const polled = state ? state.now_ms : Date.now();
+  return Math.max(polled, events.length ? events[events.length - 1].unix_ms : 0);
+}
+
 function renderEvents() {
-  const t = replayTime(), now = state ? state.now_ms : Date.now();
+  const t = replayTime(), now = viewNow();
   const shown = events.filter((e) => t === null || e.unix_ms <= t).slice(-300).reverse();
   $("events").innerHTML = shown.map((e) =>
     `<li class="${esc(e.tone)}" data-kind="${esc(e.kind)}"><span class="t">${fmtTime(e.unix_ms)}</span>${esc(e.message)}</li>`).join("");
-  const from = Math.max(now - REPLAY_MS, events.length ? events[0].unix_ms : now);
-  kvlabTimeline.draw($("timeline"), events, { from, to: now, cursor: t === null ? undefined : t });
+  drawTimeline(now, t);
+}
+
+// The events timeline, by kvlab's shared renderer: a lane per node (and one
+// for the cluster), each event a tick on its node's lane, each fault the
+// events tell of shaded on its lane, the replay position as the cursor.
+function drawTimeline(now, t) {
+  const svg = $("timeline");
+  const from = Math.max(now - REPLAY_MS, events.length ? events[0].unix_ms : now - 60000);
+  const nodes = state ? [state.status.leader, ...state.status.followers].filter(Boolean).map((n) => n.node_id) : [];
+  for (const e of events) if (e.node_id && !nodes.includes(e.node_id)) nodes.push(e.node_id);
+  const lane = (id) => (id && nodes.includes(id) ? nodes.indexOf(id) + 1 : 0);
+  KvlabTimeline.lanes(svg, {
+    from, to: now, unit: 1000, origin: now, maxTicks: 5,
+    width: Math.max(120, svg.parentElement.clientWidth - 20 - 70 - 10), left: 70, top: 14, lane: 12,
+    lanes: ["cluster", ...nodes],
+    faults: faultIntervals(now).map((f) => ({ lane: lane(f.node), start: f.start, end: f.end, kind: f.kind,
+      title: `${f.node} ${FAULT_NAMES[f.kind]} ${fmtTime(f.start)}–${f.open ? "now" : fmtTime(f.end)}` })),
+    ticks: events.map((e) => ({ lane: lane(e.node_id), t: e.unix_ms, cls: "mark " + e.tone,
+      title: fmtTime(e.unix_ms) + " " + e.message })),
+    cursor: t,
+  });
 }
 
 // ---- actions -------------------------------------------------------------
@@ -216,13 +295,37 @@ async function read() {
   else show(`❌ HTTP ${res.status}\n${esc(JSON.stringify(res.detail))}\nread set answers:\n${lines.join("\n")}`);
 }
 
+// Whom a partition cuts `node` off from, as set under Fault settings. "The
+// leader link" is the leader for a follower, and every follower for the
+// leader (the node ids its replication goes to).
+function partitionPeers(node) {
+  const peers = [];
+  if ($("cut-leader").checked) {
+    const leader = state.status.leader;
+    if (leader && leader.node_id === node) peers.push(...state.status.followers.map((f) => f.node_id));
+    else peers.push("leader");
+  }
+  if ($("cut-coordinator").checked) peers.push("coordinator");
+  if ($("cut-registry").checked) peers.push("registry");
+  return peers;
+}
+
 async function act(kind, node) {
+  const id = encodeURIComponent(node), seconds = Number($("fault-seconds").value);
   const urls = {
-    kill: ["POST", `/kill/${encodeURIComponent(node)}`],
-    crash: ["POST", `/kill/${encodeURIComponent(node)}?mode=crash`],
-    pause: ["POST", `/ui/pause/${encodeURIComponent(node)}`],
+    kill: ["POST", `/kill/${id}`],
+    crash: ["POST", `/kill/${id}?mode=crash`],
+    pause: ["POST", `/ui/pause/${id}`],
     spawn: ["POST", "/spawn", node ? { node_id: node } : {}],
+    partition: ["POST", `/admin/partition/${id}`, { peers: partitionPeers(node), seconds }],
+    "heal-partition": ["POST", `/admin/partition/${id}`, { peers: [], seconds: 0 }],
+    "slow-disk": ["POST", `/admin/slow-disk/${id}`, { ms: Number($("slow-ms").value), seconds }],
+    "heal-disk": ["POST", `/admin/slow-disk/${id}`, { ms: 0, seconds: 0 }],
   }[kind];
+  if (kind === "partition" && urls[2].peers.length === 0) {
+    show("partition: choose whom to cut it off from, under Fault settings");
+    return;
+  }
   const r = await call(...urls);
   show(`${kind} ${esc(node || "")}: HTTP ${r.status}\n${esc(JSON.stringify(r.data))}`);
   poll.now && poll.now();

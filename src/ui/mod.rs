@@ -7,21 +7,25 @@
 //! only to the coordinator that served it (same origin):
 //! - `GET /ui/state`: one JSON snapshot, aggregated here from `/status`, the
 //!   leader's `/replication/links`, each node's `/stats`, the registry's
-//!   `/nodes` (heartbeat ages) and the gateway's `/stats`. Each is asked with
-//!   a short timeout; a part that does not answer is left out, so a dead
-//!   component never stalls the page;
+//!   `/nodes` (heartbeat ages) and the gateway's `/stats`, plus the faults
+//!   injected through the coordinator that are in effect. Each component is
+//!   asked with a short timeout; a part that does not answer is left out, so
+//!   a dead component never stalls the page;
 //! - `GET /ui/events`: the event log as server-sent events;
 //! - `GET /ui/read/{key}`, `POST /ui/pause/{node}`: the two actions the
 //!   coordinator's API does not have; the others (write, kill, crash,
-//!   spawn) use the coordinator's own endpoints.
+//!   spawn, partition, slow disk) use the coordinator's own endpoints.
+//!
+//! `timeline.js` is kvlab's one timeline renderer: this page draws its
+//! events with it, and `kvlab check` embeds it in report.html.
 //!
 //! Nothing here is on a request path: the view costs nothing when no
 //! browser has it open.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::header::CONTENT_TYPE;
@@ -34,13 +38,16 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::api::{LinkView, NodeStats, RegistryNodes, StatusResponse};
+use crate::coordinator::faults::{Fault, FaultView};
 use crate::coordinator::Coordinator;
 use crate::http::ApiError;
 
 const INDEX_HTML: &str = include_str!("index.html");
 const APP_JS: &str = include_str!("app.js");
 const STYLE_CSS: &str = include_str!("style.css");
-const TIMELINE_JS: &str = include_str!("timeline.js");
+/// kvlab's one timeline renderer: the live view serves it, and `kvlab
+/// check` embeds it in report.html (see the script's opening comment).
+pub const TIMELINE_JS: &str = include_str!("timeline.js");
 
 /// How long `/ui/state` waits for each component.
 const ASK_TIMEOUT: Duration = Duration::from_millis(400);
@@ -51,8 +58,6 @@ const EVENT_POLL: Duration = Duration::from_millis(200);
 pub struct UiState {
     /// The gateway's URL, when the coordinator runs inside `kvlab up`.
     pub gateway: OnceLock<String>,
-    /// Nodes whose heartbeats the view paused, until when.
-    paused: Mutex<HashMap<String, Instant>>,
     /// Set when the coordinator stops: open event streams end, so the
     /// server's graceful shutdown does not wait for browsers forever.
     closing: tokio::sync::watch::Sender<bool>,
@@ -62,7 +67,6 @@ impl Default for UiState {
     fn default() -> Self {
         UiState {
             gateway: OnceLock::new(),
-            paused: Mutex::new(HashMap::new()),
             closing: tokio::sync::watch::Sender::new(false),
         }
     }
@@ -109,8 +113,9 @@ struct UiSnapshot {
     /// node id → seconds since its last heartbeat, as the registry sees it.
     heartbeat_age: HashMap<String, f64>,
     heartbeat_timeout_s: f64,
-    /// node id → seconds its heartbeats stay paused.
-    paused: HashMap<String, f64>,
+    /// node id → the faults in effect on it (heartbeats paused,
+    /// partitioned, slow disk), injected through the coordinator.
+    faults: HashMap<String, Vec<FaultView>>,
     gateway: Option<Value>,
 }
 
@@ -174,15 +179,13 @@ async fn state(State(c): Shared) -> Json<UiSnapshot> {
                 .collect()
         })
         .unwrap_or_default();
-    let now = Instant::now();
-    let paused =
-        c.ui.paused
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(_, until)| **until > now)
-            .map(|(id, until)| (id.clone(), (*until - now).as_secs_f64()))
-            .collect();
+    let incarnations: HashMap<&str, u64> = status
+        .leader
+        .iter()
+        .chain(&status.followers)
+        .map(|n| (n.node_id.as_str(), n.incarnation))
+        .collect();
+    let faults = c.faults.view(|id| incarnations.get(id).copied());
     Json(UiSnapshot {
         now_ms: chrono::Utc::now().timestamp_millis(),
         status,
@@ -192,7 +195,7 @@ async fn state(State(c): Shared) -> Json<UiSnapshot> {
         stats,
         heartbeat_age,
         heartbeat_timeout_s: 5.0,
-        paused,
+        faults,
         gateway,
     })
 }
@@ -270,53 +273,10 @@ fn encode_path(key: &str) -> String {
 }
 
 /// `POST /ui/pause/{node}`: pauses that node's heartbeats for 8 s (longer
-/// than the registry's 5 s timeout): the "network blip" fault.
+/// than the registry's 5 s timeout): the "network blip" fault. It goes the
+/// way of every fault hook (see [`crate::coordinator::faults`]).
 async fn pause(State(c): Shared, Path(node_id): Path<String>) -> Result<Json<Value>, ApiError> {
     const SECONDS: f64 = 8.0;
-    let url = {
-        let status = c.status();
-        status
-            .leader
-            .iter()
-            .chain(&status.followers)
-            .find(|n| n.node_id == node_id)
-            .map(|n| n.url.clone())
-    };
-    let Some(url) = url else {
-        return Err(ApiError::not_found(format!("Node '{node_id}' not found")));
-    };
-    let resp = c
-        .http
-        .post(format!("{url}/admin/pause-heartbeats"))
-        .json(&json!({"seconds": SECONDS}))
-        .timeout(ASK_TIMEOUT)
-        .send()
-        .await;
-    match resp {
-        Ok(r) if r.status().is_success() => {
-            c.ui.paused.lock().unwrap().insert(
-                node_id.clone(),
-                Instant::now() + Duration::from_secs_f64(SECONDS),
-            );
-            c.events.warn(
-                "heartbeats_paused",
-                Some(&node_id),
-                format!("⏸️ {node_id}: heartbeats paused for {SECONDS} s from the live view"),
-            );
-            Ok(Json(
-                json!({"status": "paused", "node_id": node_id, "seconds": SECONDS}),
-            ))
-        }
-        Ok(r) => Err(ApiError::new(
-            axum::http::StatusCode::BAD_GATEWAY,
-            format!("{node_id} answered HTTP {}", r.status()),
-        )),
-        Err(e) => Err(ApiError::new(
-            axum::http::StatusCode::BAD_GATEWAY,
-            format!(
-                "{node_id} did not answer: {}",
-                crate::http::describe_reqwest_error(&e)
-            ),
-        )),
-    }
+    c.inject_fault(&node_id, Fault::PauseHeartbeats { seconds: SECONDS })
+        .await
 }
