@@ -22,6 +22,7 @@
 #   ONLY=both|etcd|kvlab                             measure one side only
 #   KVLAB_UP_FLAGS="--fsync always"                  extra flags for `kvlab up`
 #   OUT_DIR=dir                                      keep every run's JSON report there
+#   BUILD=0                                          measure target/release/kvlab as it is
 #   ETCD_PORT_BASE=23000  KVLAB_PORT_BASE=24000      where the two clusters listen
 
 set -euo pipefail
@@ -125,6 +126,10 @@ install_tools() {
 }
 
 build_kvlab() {
+  if [ "${BUILD:-1}" = 0 ] && [ -x "$KVLAB" ]; then
+    log "using the existing $KVLAB (BUILD=0)"
+    return
+  fi
   log "building kvlab (release)"
   (cd "$REPO" && cargo build --release --quiet)
 }

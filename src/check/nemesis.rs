@@ -333,6 +333,8 @@ pub async fn run(
         {
             break;
         }
+        let target = aim(control, p).await;
+        let p = &target;
         on_fault(p, true);
         let start = now();
         let injected = inject(control, p).await;
@@ -352,6 +354,22 @@ pub async fn run(
         });
     }
     records
+}
+
+/// A `leader` fault is planned against "the leader", which after a
+/// failover is another node than the one whose id is `leader`: it is aimed
+/// at whoever leads when it starts, and healed on that same node (a paused
+/// or crashed leader comes back as a follower, under its own id).
+async fn aim(c: &Control, p: &Planned) -> Planned {
+    let mut aimed = p.clone();
+    if p.kind == FaultKind::Leader {
+        if let Ok(status) = c.status().await {
+            if let Some(leader) = status.leader {
+                aimed.node = leader.node_id;
+            }
+        }
+    }
+    aimed
 }
 
 /// After the run: resume paused processes, heal every node's hooks, restart
