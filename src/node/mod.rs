@@ -174,7 +174,9 @@ pub struct NodeState {
     /// The persisted seq: the highest seq the node's own log has completed
     /// (every seq, when in-memory). The leader streams only up to it, so
     /// no follower ever holds an entry the leader could lose in a crash.
-    last_seq: watch::Sender<u64>,
+    /// Not to be confused with the log's `appended_seq` (appended, maybe
+    /// not yet on disk), which can be ahead of it.
+    persisted_seq: watch::Sender<u64>,
     /// The durable log, unless the node runs in memory.
     pub durability: Option<Durability>,
     /// A follower applies and persists one replication request at a time,
@@ -237,7 +239,7 @@ impl NodeState {
             http: crate::http::client(),
             sync_delay: secs(args.sync_delay),
             async_delay: secs(args.async_delay),
-            last_seq: watch::Sender::new(persisted),
+            persisted_seq: watch::Sender::new(persisted),
             durability,
             replicate_lock: tokio::sync::Mutex::new(()),
             peers: Mutex::new(HashMap::new()),
@@ -247,19 +249,20 @@ impl NodeState {
         })
     }
 
-    pub fn last_seq_watch(&self) -> watch::Receiver<u64> {
-        self.last_seq.subscribe()
+    /// Watches the persisted seq (see the field): streams wait on it.
+    pub fn persisted_seq_watch(&self) -> watch::Receiver<u64> {
+        self.persisted_seq.subscribe()
     }
 
-    /// The highest seq the node's log has completed (see `last_seq`).
+    /// The highest seq the node's log has completed (see the field).
     pub fn persisted_seq(&self) -> u64 {
-        *self.last_seq.borrow()
+        *self.persisted_seq.borrow()
     }
 
     /// Records that the log has completed everything up to `seq`. Appends
     /// complete in order, but the tasks that learn it may run in any order.
     fn publish_persisted(&self, seq: u64) {
-        self.last_seq.send_if_modified(|persisted| {
+        self.persisted_seq.send_if_modified(|persisted| {
             let grew = seq > *persisted;
             if grew {
                 *persisted = seq;
@@ -293,7 +296,7 @@ impl NodeState {
     /// Sets the persisted seq, down as well as up: after a truncation the
     /// log really is shorter.
     fn reset_persisted(&self, seq: u64) {
-        self.last_seq.send_replace(seq);
+        self.persisted_seq.send_replace(seq);
     }
 
     /// Every follower's replication progress, sorted by id.
@@ -725,7 +728,7 @@ async fn wait_for_peer(
             req.node_id
         )));
     };
-    let target = req.seq.unwrap_or_else(|| *node.last_seq.borrow());
+    let target = req.seq.unwrap_or_else(|| node.persisted_seq());
     let timeout = Duration::from_millis(req.timeout_ms.unwrap_or(10_000));
     let mut rx = peer.subscribe();
     let caught_up = tokio::time::timeout(timeout, rx.wait_for(|p| p.acked_seq >= target))

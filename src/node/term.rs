@@ -80,8 +80,8 @@ impl TermHistory {
     }
 
     /// `(term, first, last)` for each term holding entries of a log that
-    /// ends at `last_seq`.
-    fn spans(&self, last_seq: u64) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
+    /// ends at `log_end`.
+    fn spans(&self, log_end: u64) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
         self.0
             .iter()
             .enumerate()
@@ -89,8 +89,8 @@ impl TermHistory {
                 let end = self
                     .0
                     .get(i + 1)
-                    .map_or(last_seq, |&(_, next)| next - 1)
-                    .min(last_seq);
+                    .map_or(log_end, |&(_, next)| next - 1)
+                    .min(log_end);
                 (start <= end).then_some((t, start, end))
             })
     }

@@ -148,7 +148,7 @@ fn append(
     let mut entries = Vec::with_capacity(writes.len());
     for KeyValue { key, value } in writes {
         let entry = Arc::new(Entry {
-            seq: core.log.last_seq() + 1,
+            seq: core.log.appended_seq() + 1,
             term,
             version: core.store.next_version(&key),
             key,
