@@ -79,7 +79,10 @@ impl ReplicationLog {
         for entry in tail {
             log.push(Arc::new(entry), long_ago);
         }
-        debug_assert_eq!(log.appended_seq, appended_seq);
+        assert_eq!(
+            log.appended_seq, appended_seq,
+            "recovery's tail must end at the recovered seq"
+        );
         log
     }
 
@@ -102,7 +105,13 @@ impl ReplicationLog {
 
     /// Appends the next entry. The caller gives it `appended_seq() + 1`.
     pub fn push(&mut self, entry: Arc<Entry>, now: Instant) {
-        debug_assert_eq!(entry.seq, self.appended_seq + 1, "log must stay contiguous");
+        // On in release builds: a gap or a repeat would make two nodes at the
+        // same seq hold different data, and one compare per entry is free.
+        assert_eq!(
+            entry.seq,
+            self.appended_seq + 1,
+            "the replication log must stay contiguous"
+        );
         self.appended_seq = entry.seq;
         self.entries.push_back(LoggedEntry {
             entry,

@@ -74,7 +74,13 @@ impl TermHistory {
     /// Starts `term` at `first_seq` (a promotion: nothing is written in it
     /// yet). Terms only grow.
     pub fn begin(&mut self, term: u64, first_seq: u64) {
-        debug_assert!(term > self.last_term());
+        // On in release builds: a term that did not grow would let two
+        // leaders write in one term. Promotions are rare, so it costs nothing.
+        assert!(
+            term > self.last_term(),
+            "terms only grow: term {term} begun after term {}",
+            self.last_term()
+        );
         self.truncate_after(first_seq - 1);
         self.0.push((term, first_seq));
     }

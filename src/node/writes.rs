@@ -155,7 +155,13 @@ fn append(
             value,
         });
         let applied = core.store.apply(&entry);
-        debug_assert_eq!(applied, store::Applied::Applied);
+        // The entry was numbered from the log under this lock, so the store
+        // must take it: otherwise log order and state would disagree.
+        assert_eq!(
+            applied,
+            store::Applied::Applied,
+            "the leader's store and log must agree"
+        );
         core.log.push(entry.clone(), now);
         entries.push(entry);
     }
