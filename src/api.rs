@@ -752,6 +752,20 @@ pub struct FollowerProgress {
     pub error: Option<String>,
 }
 
+/// The leader's `POST /replication/wait` body: answer once the follower
+/// `node_id` has acknowledged `seq` (by default, everything the leader has
+/// persisted so far), or 504 after `timeout_ms` (default 10 s). The answer is
+/// the follower's [`FollowerProgress`]. The coordinator uses it to narrate
+/// async replication and to wait for a catch-up; tests use it too.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WaitRequest {
+    pub node_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
 /// One replication link as the leader sees it (`GET /replication/links`):
 /// what the follower acknowledged, and the entries on their way to it, so
 /// the live view can draw them travelling.

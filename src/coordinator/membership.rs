@@ -713,9 +713,11 @@ impl Coordinator {
             .post(format!("{}/replication/wait", leader.url))
             .header(HEADER_TERM, self.snapshot().term)
             .timeout(CATCHUP_TIMEOUT + Duration::from_secs(1))
-            .json(
-                &json!({"node_id": slot.node_id, "timeout_ms": CATCHUP_TIMEOUT.as_millis() as u64}),
-            )
+            .json(&WaitRequest {
+                node_id: slot.node_id.clone(),
+                seq: None,
+                timeout_ms: Some(CATCHUP_TIMEOUT.as_millis() as u64),
+            })
             .send()
             .await
             .map_err(|e| format!("leader unreachable: {}", describe_reqwest_error(&e)))?;

@@ -363,7 +363,11 @@ impl Coordinator {
             let resp = c
                 .http
                 .post(format!("{}/replication/wait", leader.url))
-                .json(&json!({"node_id": follower.node_id, "seq": seq, "timeout_ms": timeout_ms}))
+                .json(&WaitRequest {
+                    node_id: follower.node_id.clone(),
+                    seq: Some(seq),
+                    timeout_ms: Some(timeout_ms),
+                })
                 .send()
                 .await;
             if resp.is_ok_and(|r| r.status().is_success()) {

@@ -47,7 +47,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use clap::Parser;
-use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -707,17 +706,8 @@ async fn get_peers(State(node): Shared) -> Json<Vec<FollowerProgress>> {
     Json(node.progress_of_peers())
 }
 
-/// `POST /replication/wait` body: wait until a follower holds `seq` (by
-/// default, everything logged so far).
-#[derive(Debug, Deserialize)]
-struct WaitRequest {
-    node_id: String,
-    #[serde(default)]
-    seq: Option<u64>,
-    #[serde(default)]
-    timeout_ms: Option<u64>,
-}
-
+/// `POST /replication/wait`: answers once a follower holds a seq (see
+/// [`WaitRequest`]).
 async fn wait_for_peer(
     State(node): Shared,
     ApiJson(req): ApiJson<WaitRequest>,
