@@ -38,7 +38,7 @@ use clap::Parser;
 use serde::Deserialize;
 
 use crate::api::*;
-use crate::events::{Event, EventLog};
+use crate::events::{Event, EventKind, EventLog};
 use crate::http::ApiError;
 use crate::storage::FsyncPolicy;
 use cluster::{Cluster, Slot};
@@ -391,7 +391,7 @@ pub async fn serve(
     if let Err(e) = &started {
         coordinator
             .events
-            .bad("start_failed", None, format!("❌ {e:#}"));
+            .bad(EventKind::StartFailed, None, format!("❌ {e:#}"));
         server.abort();
     }
     let served = if started.is_ok() {

@@ -41,7 +41,7 @@ use super::batch::{Batcher, Limits};
 use super::cluster::{Cluster, Slot};
 use super::{Coordinator, Shared};
 use crate::api::*;
-use crate::events::Tone;
+use crate::events::{EventKind, Tone};
 use crate::http::{describe_reqwest_error, validate_key_value, ApiError};
 
 /// How long a follower may take to answer before the read asks another one
@@ -210,7 +210,7 @@ impl Coordinator {
         if candidates.len() < r {
             if narrate {
                 self.events.emit(
-                    "read_refused",
+                    EventKind::ReadRefused,
                     Tone::Bad,
                     None,
                     format!(
@@ -487,7 +487,7 @@ impl Coordinator {
             String::new()
         };
         self.events.emit(
-            "read_substitute",
+            EventKind::ReadSubstitute,
             Tone::Warn,
             Some(&sub.node_id),
             format!(
@@ -520,7 +520,7 @@ impl Coordinator {
         };
         let conflict = o.versions_differ();
         self.events.emit(
-            "read",
+            EventKind::Read,
             if confirmed.is_err() && tone != Tone::Bad {
                 Tone::Warn
             } else {

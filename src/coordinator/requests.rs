@@ -27,7 +27,7 @@ use super::batch::{Batcher, Limits};
 use super::cluster::Slot;
 use super::{Coordinator, Shared};
 use crate::api::*;
-use crate::events::Tone;
+use crate::events::{EventKind, Tone};
 use crate::http::{describe_reqwest_error, error_detail, validate_key_value, ApiError, ApiJson};
 
 /// `POST /write`.
@@ -99,7 +99,7 @@ impl Coordinator {
         if let Err(e) = self.plan_write() {
             if narrate {
                 self.events.emit(
-                    "write_refused",
+                    EventKind::WriteRefused,
                     Tone::Bad,
                     None,
                     format!(
@@ -237,7 +237,7 @@ impl Coordinator {
     ) -> Result<LeaderBatchResponse, ApiError> {
         let unreachable = |why: String| {
             self.events.bad(
-                "leader_unreachable",
+                EventKind::LeaderUnreachable,
                 Some(&leader.node_id),
                 format!("⛔ leader unreachable: {why}"),
             );
@@ -290,7 +290,7 @@ impl Coordinator {
             id => format!("{id} (the leader)"),
         };
         self.events.emit(
-            "write",
+            EventKind::Write,
             Tone::Request,
             None,
             format!(
@@ -309,7 +309,7 @@ impl Coordinator {
         );
         if answer.acked_by.len() >= w {
             self.events.emit(
-                "quorum_met",
+                EventKind::QuorumMet,
                 Tone::Good,
                 None,
                 format!(
@@ -320,7 +320,7 @@ impl Coordinator {
             );
         } else {
             self.events.emit(
-                "quorum_failed",
+                EventKind::QuorumFailed,
                 Tone::Bad,
                 None,
                 format!(
@@ -339,7 +339,7 @@ impl Coordinator {
             .map(|s| s.node_id.as_str())
             .collect();
         self.events.emit(
-            "async_queued",
+            EventKind::AsyncQueued,
             Tone::Request,
             None,
             format!(
@@ -372,7 +372,7 @@ impl Coordinator {
                 .await;
             if resp.is_ok_and(|r| r.status().is_success()) {
                 c.events.emit(
-                    "async_done",
+                    EventKind::AsyncDone,
                     Tone::Request,
                     Some(&follower.node_id),
                     format!(

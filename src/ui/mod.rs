@@ -35,6 +35,7 @@ use serde_json::{json, Value};
 
 use crate::api::{LinkView, NodeStats, RegistryNodes, StatusResponse};
 use crate::coordinator::Coordinator;
+use crate::events::EventKind;
 use crate::http::ApiError;
 
 const INDEX_HTML: &str = include_str!("index.html");
@@ -299,7 +300,7 @@ async fn pause(State(c): Shared, Path(node_id): Path<String>) -> Result<Json<Val
                 Instant::now() + Duration::from_secs_f64(SECONDS),
             );
             c.events.warn(
-                "heartbeats_paused",
+                EventKind::HeartbeatsPaused,
                 Some(&node_id),
                 format!("⏸️ {node_id}: heartbeats paused for {SECONDS} s from the live view"),
             );
