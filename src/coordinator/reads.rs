@@ -34,7 +34,6 @@ use std::time::{Duration, Instant};
 use axum::extract::{Path, State};
 use axum::Json;
 use futures::stream::{FuturesUnordered, StreamExt};
-use serde_json::json;
 use tokio::sync::watch;
 
 use super::batch::{Batcher, Limits};
@@ -383,13 +382,18 @@ impl Coordinator {
         if self.commit_reaches(seq, deadline).await {
             return Ok(Some(started.elapsed().as_millis() as u64));
         }
-        Err(ApiError::unavailable(json!({
-            "error": "Read not confirmed",
-            "version": version, "seq": seq, "commit_seq": self.commit.get(),
-            "cause": format!("version {version} (log seq {seq}) is not yet held by W={} followers, \
+        Err(ApiError::unavailable(ReadNotConfirmed {
+            error: READ_NOT_CONFIRMED.into(),
+            version,
+            seq,
+            commit_seq: self.commit.get(),
+            cause: format!(
+                "version {version} (log seq {seq}) is not yet held by W={} followers, \
                 and returning it could let a later read return an older version; \
-                its write is still in flight or failed its quorum", self.config.w),
-        })))
+                its write is still in flight or failed its quorum",
+                self.config.w
+            ),
+        }))
     }
 
     /// Waits until the commit point reaches `seq`, asking the leader when
@@ -766,12 +770,19 @@ impl ReadOutcome {
                 .answers
                 .iter()
                 .filter_map(|(id, a)| match a {
-                    Answer::Failed(e) => Some(json!({"node_id": id, "reason": e})),
+                    Answer::Failed(e) => Some(ReadFailure {
+                        node_id: id.clone(),
+                        reason: e.clone(),
+                    }),
                     _ => None,
                 })
                 .collect();
-            return Err(ApiError::unavailable(json!({
-                "error": "Read quorum not met", "responses": responses, "required": r, "failures": failures})));
+            return Err(ApiError::unavailable(ReadQuorumNotMet {
+                error: READ_QUORUM_NOT_MET.into(),
+                responses,
+                required: r,
+                failures,
+            }));
         }
         let answered_by = self
             .answers

@@ -21,7 +21,6 @@ use std::time::Instant;
 
 use axum::extract::State;
 use axum::Json;
-use serde_json::json;
 
 use super::batch::{Batcher, Limits};
 use super::cluster::Slot;
@@ -64,18 +63,20 @@ impl Coordinator {
         let w = self.config.w;
         let alive = cluster.alive_followers();
         if !cluster.leader.is_alive() {
-            return Err(ApiError::unavailable(json!({
-                "error": "Write quorum not available",
-                "alive_followers": alive, "required": w,
-                "cause": self.failover.leader_down_cause(&cluster.leader),
-            })));
+            return Err(ApiError::unavailable(WriteQuorumNotAvailable::new(
+                alive,
+                w,
+                self.failover.leader_down_cause(&cluster.leader),
+            )));
         }
         if alive < w {
-            return Err(ApiError::unavailable(json!({
-                "error": "Write quorum not available",
-                "alive_followers": alive, "required": w,
-                "cause": format!("only {alive} of the followers are alive; W={w} must acknowledge each write"),
-            })));
+            return Err(ApiError::unavailable(WriteQuorumNotAvailable::new(
+                alive,
+                w,
+                format!(
+                    "only {alive} of the followers are alive; W={w} must acknowledge each write"
+                ),
+            )));
         }
         let sets = cluster.sets(w, self.config.r);
         let pick = |idx: &[usize]| idx.iter().map(|&i| cluster.followers[i].clone()).collect();
@@ -128,23 +129,34 @@ impl Coordinator {
             self.narrate_write(&req.key, &plan, &answer, ms);
         }
         if answer.acked_by.len() >= w && !self.record_ack(plan.term, answer.seq) {
-            return Err(ApiError::unavailable(json!({
-                "error": "Write quorum not met",
-                "sync_acks": answer.acked_by.len(), "required": w,
-                "version": answer.version,
-                "cause": format!("the leader of term {} answered after a failover began: \
-                    its acks no longer count", plan.term),
-                "note": "the write may or may not survive the failover; its outcome is unknown to you",
-            })));
+            return Err(ApiError::unavailable(WriteQuorumNotMet {
+                error: WRITE_QUORUM_NOT_MET.into(),
+                sync_acks: answer.acked_by.len(),
+                required: w,
+                version: answer.version,
+                missing: None,
+                cause: Some(format!(
+                    "the leader of term {} answered after a failover began: \
+                    its acks no longer count",
+                    plan.term
+                )),
+                note:
+                    "the write may or may not survive the failover; its outcome is unknown to you"
+                        .into(),
+            }));
         }
         if answer.acked_by.len() < w {
-            return Err(ApiError::unavailable(json!({
-                "error": "Write quorum not met",
-                "sync_acks": answer.acked_by.len(), "required": w,
-                "version": answer.version,
-                "missing": answer.missing,
-                "note": "the write is in the leader's log and will still reach the followers; its outcome is unknown to you",
-            })));
+            return Err(ApiError::unavailable(WriteQuorumNotMet {
+                error: WRITE_QUORUM_NOT_MET.into(),
+                sync_acks: answer.acked_by.len(),
+                required: w,
+                version: answer.version,
+                missing: Some(answer.missing),
+                cause: None,
+                note: "the write is in the leader's log and will still reach the followers; \
+                    its outcome is unknown to you"
+                    .into(),
+            }));
         }
         // Committed: W followers hold it. Reads rely on this point, so it
         // moves before the client can learn of the write.
