@@ -22,6 +22,7 @@ mod failover;
 pub mod launcher;
 mod liveness;
 mod membership;
+mod narration;
 mod reads;
 mod requests;
 

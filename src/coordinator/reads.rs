@@ -185,7 +185,7 @@ impl Suspects {
 
     /// Whether to narrate a substitution for `node_id` now; if so, also how
     /// many went unnarrated since the last line.
-    fn narrate_now(&self, node_id: &str) -> Option<u64> {
+    pub(super) fn narrate_now(&self, node_id: &str) -> Option<u64> {
         let mut map = self.0.lock().unwrap();
         let s = map.get_mut(node_id)?;
         let due = s
@@ -480,65 +480,6 @@ impl Coordinator {
         readers.insert(slot.node_id.clone(), (slot.incarnation, batcher.clone()));
         batcher
     }
-
-    fn narrate_substitute(&self, sub: &ReadSubstitute) {
-        let Some(unnarrated) = self.suspects.narrate_now(&sub.node_id) else {
-            return;
-        };
-        let more = if unnarrated > 0 {
-            format!(" ({unnarrated} more reads did the same since the last line)")
-        } else {
-            String::new()
-        };
-        self.events.emit(
-            EventKind::ReadSubstitute,
-            Tone::Warn,
-            Some(&sub.node_id),
-            format!(
-                "🔀 read set member {} unreachable ({}): asked {} instead, still R answers{more}",
-                sub.node_id, sub.reason, sub.asked_instead
-            ),
-        );
-    }
-
-    fn narrate_read(&self, key: &str, o: &ReadOutcome, confirmed: &Result<Option<u64>, ApiError>) {
-        let asked: Vec<&str> = o.answers.iter().map(|(id, _)| id.as_str()).collect();
-        let best = o.best().map(|(_, _, v, _)| v);
-        let parts: Vec<String> = o
-            .answers
-            .iter()
-            .map(|(id, a)| match a {
-                Answer::Found { version, .. } if Some(*version) < best => {
-                    format!("{id} v{version} (STALE)")
-                }
-                Answer::Found { version, .. } => format!("{id} v{version}"),
-                Answer::NotFound => format!("{id} not found"),
-                Answer::Failed(e) => format!("{id} ✗ {e}"),
-            })
-            .collect();
-        let (verdict, tone) = o.verdict(self.config.r);
-        let commit = match confirmed {
-            Ok(Some(ms)) => format!(" (waited {ms} ms until it was committed)"),
-            Ok(None) => String::new(),
-            Err(_) => " but it is not committed yet: read refused".into(),
-        };
-        let conflict = o.versions_differ();
-        self.events.emit(
-            EventKind::Read,
-            if confirmed.is_err() && tone != Tone::Bad {
-                Tone::Warn
-            } else {
-                tone
-            },
-            None,
-            format!(
-                "🔎 READ {key} ← asked [{}]: {} → {verdict}{commit}{}",
-                asked.join(", "),
-                parts.join("; "),
-                if conflict { " (versions differed)" } else { "" }
-            ),
-        );
-    }
 }
 
 /// The highest seq held by at least `w` followers, given each one's
@@ -683,9 +624,9 @@ pub(super) enum Answer {
 }
 
 /// All answers of a read, and the decision they lead to.
-struct ReadOutcome {
+pub(super) struct ReadOutcome {
     /// Every follower asked, in the order asked, with its answer.
-    answers: Vec<(String, Answer)>,
+    pub(super) answers: Vec<(String, Answer)>,
     substitutes: Vec<ReadSubstitute>,
 }
 
@@ -693,7 +634,7 @@ impl ReadOutcome {
     /// The answer with the highest version: (node, value, version, seq).
     /// Among equal versions, the lowest seq: a seq is exact or an upper
     /// bound (see `Store`), so the lowest is the tightest.
-    fn best(&self) -> Option<(&str, &str, u64, u64)> {
+    pub(super) fn best(&self) -> Option<(&str, &str, u64, u64)> {
         self.found()
             .max_by_key(|&(_, _, version, seq)| (version, std::cmp::Reverse(seq)))
     }
@@ -730,7 +671,7 @@ impl ReadOutcome {
     /// What the console says the read came to, and in which tone: the
     /// answer the client gets. Too few answers is a 503 even when one of
     /// them found the key, so it is never narrated as served.
-    fn verdict(&self, r: usize) -> (String, Tone) {
+    pub(super) fn verdict(&self, r: usize) -> (String, Tone) {
         let responses = self.responses();
         if responses < r {
             let text = format!("READ QUORUM NOT MET: {responses} of R={r} answered → 503");
@@ -747,7 +688,7 @@ impl ReadOutcome {
         }
     }
 
-    fn versions_differ(&self) -> bool {
+    pub(super) fn versions_differ(&self) -> bool {
         let mut versions = self.answers.iter().filter_map(|(_, a)| match a {
             Answer::Found { version, .. } => Some(Some(*version)),
             Answer::NotFound => Some(None),

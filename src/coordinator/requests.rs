@@ -8,8 +8,8 @@
 //! [`super::reads::CommitPoint`]) before the client hears of it.
 //!
 //! Writes go through a batcher (see [`super::batch`]): concurrent writes
-//! leave for the leader together. Each is still checked, narrated and
-//! answered on its own.
+//! leave for the leader together. Each is still checked, narrated (see
+//! [`super::narration`]) and answered on its own.
 //!
 //! A write that fails its quorum (503 "Write quorum not met") is *not* undone:
 //! it is in the leader's log, so it reaches every follower eventually. The
@@ -26,7 +26,7 @@ use super::batch::{Batcher, Limits};
 use super::cluster::Slot;
 use super::{Coordinator, Shared};
 use crate::api::*;
-use crate::events::{EventKind, Tone};
+use crate::events::EventKind;
 use crate::http::{describe_reqwest_error, error_detail, validate_key_value, ApiError, ApiJson};
 
 /// `POST /write`.
@@ -50,11 +50,11 @@ pub async fn write(
 
 /// Who a write goes to, decided from one consistent view of the table.
 pub(super) struct WritePlan {
-    leader: Slot,
-    sync: Vec<Slot>,
-    asynchronous: Vec<Slot>,
+    pub(super) leader: Slot,
+    pub(super) sync: Vec<Slot>,
+    pub(super) asynchronous: Vec<Slot>,
     /// The term of that leader: an answer from another term does not count.
-    term: u64,
+    pub(super) term: u64,
 }
 
 impl Coordinator {
@@ -99,16 +99,7 @@ impl Coordinator {
         // batch re-plans when it leaves, in case membership changed meanwhile.
         if let Err(e) = self.plan_write() {
             if narrate {
-                self.events.emit(
-                    EventKind::WriteRefused,
-                    Tone::Bad,
-                    None,
-                    format!(
-                        "⛔ WRITE {} refused: {}",
-                        req.key,
-                        e.detail["cause"].as_str().unwrap_or("no quorum")
-                    ),
-                );
+                self.narrate_write_refused(&req.key, &e);
             }
             return Err(e);
         }
@@ -285,114 +276,6 @@ impl Coordinator {
         resp.json()
             .await
             .map_err(|e| unreachable(format!("unreadable answer: {e}")))
-    }
-
-    fn narrate_write(
-        self: &Arc<Self>,
-        key: &str,
-        plan: &WritePlan,
-        answer: &LeaderWriteResponse,
-        ms: u128,
-    ) {
-        let w = self.config.w;
-        let sync_ids: Vec<&str> = plan.sync.iter().map(|s| s.node_id.as_str()).collect();
-        // After a failover the leader is a former follower: name it.
-        let leader = match plan.leader.node_id.as_str() {
-            LEADER_ID => LEADER_ID.to_string(),
-            id => format!("{id} (the leader)"),
-        };
-        self.events.emit(
-            EventKind::Write,
-            Tone::Request,
-            None,
-            format!(
-                "✍️  WRITE {key} → {leader}: version {} (log seq {}), sync set [{}]",
-                answer.version,
-                answer.seq,
-                sync_ids.join(", ")
-            ),
-        );
-        let mut acks: Vec<String> = answer.acked_by.iter().map(|id| format!("{id} ✓")).collect();
-        acks.extend(
-            answer
-                .missing
-                .iter()
-                .map(|m| format!("{} ✗ ({})", m.node_id, m.reason)),
-        );
-        if answer.acked_by.len() >= w {
-            self.events.emit(
-                EventKind::QuorumMet,
-                Tone::Good,
-                None,
-                format!(
-                    "   ✅ sync acks {}/{w}: {} → quorum met in {ms} ms",
-                    answer.acked_by.len(),
-                    acks.join(", ")
-                ),
-            );
-        } else {
-            self.events.emit(
-                EventKind::QuorumFailed,
-                Tone::Bad,
-                None,
-                format!(
-                    "   ❌ sync acks {}/{w}: {} → quorum NOT met ({ms} ms)",
-                    answer.acked_by.len(),
-                    acks.join(", ")
-                ),
-            );
-        }
-        if plan.asynchronous.is_empty() {
-            return;
-        }
-        let names: Vec<&str> = plan
-            .asynchronous
-            .iter()
-            .map(|s| s.node_id.as_str())
-            .collect();
-        self.events.emit(
-            EventKind::AsyncQueued,
-            Tone::Request,
-            None,
-            format!(
-                "   📨 async replication queued to [{}] ({} s delay)",
-                names.join(", "),
-                self.config.launch.async_delay
-            ),
-        );
-        for follower in plan.asynchronous.clone() {
-            self.narrate_async_completion(follower, answer.seq);
-        }
-    }
-
-    /// Narrates when an async follower receives a narrated write.
-    fn narrate_async_completion(self: &Arc<Self>, follower: Slot, seq: u64) {
-        let c = self.clone();
-        let started = Instant::now();
-        let timeout_ms = (c.config.launch.async_delay * 1000.0) as u64 + 10_000;
-        tokio::spawn(async move {
-            let leader = c.snapshot().leader;
-            let resp = c
-                .http
-                .post(format!("{}/replication/wait", leader.url))
-                .json(&WaitRequest {
-                    node_id: follower.node_id.clone(),
-                    seq: Some(seq),
-                    timeout_ms: Some(timeout_ms),
-                })
-                .send()
-                .await;
-            if resp.is_ok_and(|r| r.status().is_success()) {
-                c.events.emit(
-                    EventKind::AsyncDone,
-                    Tone::Request,
-                    Some(&follower.node_id),
-                    format!(
-                    "   📬 async replication of seq {seq} to {} complete ({:.1} s after the write)",
-                    follower.node_id, started.elapsed().as_secs_f64()),
-                );
-            }
-        });
     }
 }
 
