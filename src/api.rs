@@ -156,6 +156,123 @@ pub struct ReadSubstitute {
 }
 
 // ---------------------------------------------------------------------------
+// The coordinator's quorum errors: the `detail` of its 503 answers
+// ---------------------------------------------------------------------------
+
+/// The `error` of a write refused before the leader saw it (the leader is
+/// down, or fewer than W followers are alive): the write did not happen.
+pub const WRITE_QUORUM_NOT_AVAILABLE: &str = "Write quorum not available";
+/// The `error` of a write the leader logged but fewer than W sync followers
+/// acknowledged in time: its outcome is unknown.
+pub const WRITE_QUORUM_NOT_MET: &str = "Write quorum not met";
+/// The whole `detail` (a string, not an object: the lab's shape) of a read
+/// refused because fewer than R followers are alive.
+pub const READ_QUORUM_NOT_AVAILABLE: &str = "Read quorum not available";
+/// The `error` of a read that got fewer than R answers.
+pub const READ_QUORUM_NOT_MET: &str = "Read quorum not met";
+/// kvlab's: the `error` of a read whose version is not yet committed
+/// (W + R > N only; see `coordinator::reads`).
+pub const READ_NOT_CONFIRMED: &str = "Read not confirmed";
+
+/// 503 `Write quorum not available`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WriteQuorumNotAvailable {
+    /// Always [`WRITE_QUORUM_NOT_AVAILABLE`].
+    pub error: String,
+    pub alive_followers: usize,
+    pub required: usize,
+    /// kvlab's addition: why, in words.
+    #[serde(default)]
+    pub cause: String,
+}
+
+impl WriteQuorumNotAvailable {
+    pub fn new(alive_followers: usize, required: usize, cause: String) -> Self {
+        WriteQuorumNotAvailable {
+            error: WRITE_QUORUM_NOT_AVAILABLE.into(),
+            alive_followers,
+            required,
+            cause,
+        }
+    }
+}
+
+/// 503 `Write quorum not met`. The write is in the leader's log and may
+/// still reach every follower, so the client cannot know its outcome.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WriteQuorumNotMet {
+    /// Always [`WRITE_QUORUM_NOT_MET`].
+    pub error: String,
+    /// How many sync followers acknowledged (fewer than W, or too late).
+    pub sync_acks: usize,
+    /// kvlab's additions: W, and the version the write got.
+    #[serde(default)]
+    pub required: usize,
+    #[serde(default)]
+    pub version: u64,
+    /// The sync followers that did not acknowledge in time, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing: Option<Vec<MissingAck>>,
+    /// Why the acks did not count, when they came from a deposed term.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
+    /// What the client can conclude, in words.
+    #[serde(default)]
+    pub note: String,
+}
+
+/// 503 `Read quorum not met`: fewer than R followers answered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReadQuorumNotMet {
+    /// Always [`READ_QUORUM_NOT_MET`].
+    pub error: String,
+    pub responses: usize,
+    pub required: usize,
+    /// kvlab's addition: each follower asked that failed, and why.
+    #[serde(default)]
+    pub failures: Vec<ReadFailure>,
+}
+
+/// A follower a read asked that did not answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadFailure {
+    pub node_id: String,
+    pub reason: String,
+}
+
+/// kvlab's 503 `Read not confirmed`: the read saw `version`, but it was not
+/// held by W followers before the deadline, so returning it could let a
+/// later read return an older version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReadNotConfirmed {
+    /// Always [`READ_NOT_CONFIRMED`].
+    pub error: String,
+    pub version: u64,
+    /// The log position of that version, and the commit point it did not reach.
+    pub seq: u64,
+    pub commit_seq: u64,
+    pub cause: String,
+}
+
+/// Each error above is the `detail` of an `http::ApiError`, which holds it
+/// as JSON. A struct of plain fields always serializes, hence the `expect`.
+macro_rules! error_detail {
+    ($($body:ty),*) => {$(
+        impl From<$body> for serde_json::Value {
+            fn from(body: $body) -> Self {
+                serde_json::to_value(body).expect("a struct of plain fields serializes")
+            }
+        }
+    )*};
+}
+error_detail!(
+    WriteQuorumNotAvailable,
+    WriteQuorumNotMet,
+    ReadQuorumNotMet,
+    ReadNotConfirmed
+);
+
+// ---------------------------------------------------------------------------
 // Gateway
 // ---------------------------------------------------------------------------
 
@@ -336,17 +453,28 @@ pub struct CoordinatorInfo {
     pub can_read: bool,
 }
 
-/// Optional body of `POST /spawn`.
+/// Optional body of `POST /spawn`. Fields left at their defaults are not
+/// sent, so `SpawnRequest::of("follower-2")` is `{"node_id": "follower-2"}`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SpawnRequest {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
     /// kvlab's addition: allow a new slot although the larger N would make
     /// W + R <= N (the sync and read sets could then miss each other).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub grow: bool,
+}
+
+impl SpawnRequest {
+    /// Restart (or start) the slot `node_id`: the registry's auto-spawn.
+    pub fn of(node_id: impl Into<String>) -> Self {
+        SpawnRequest {
+            node_id: Some(node_id.into()),
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -672,7 +800,7 @@ pub struct LeaderWriteResponse {
     pub missing: Vec<MissingAck>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MissingAck {
     pub node_id: String,
     pub reason: String,
@@ -756,6 +884,20 @@ pub struct FollowerProgress {
     pub acked_seq: u64,
     /// The last error talking to it, if the last attempt failed.
     pub error: Option<String>,
+}
+
+/// The leader's `POST /replication/wait` body: answer once the follower
+/// `node_id` has acknowledged `seq` (by default, everything the leader has
+/// persisted so far), or 504 after `timeout_ms` (default 10 s). The answer is
+/// the follower's [`FollowerProgress`]. The coordinator uses it to narrate
+/// async replication and to wait for a catch-up; tests use it too.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WaitRequest {
+    pub node_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
 }
 
 /// One replication link as the leader sees it (`GET /replication/links`):
@@ -866,4 +1008,99 @@ pub struct PromoteResponse {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PauseHeartbeats {
     pub seconds: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    //! Course scripts read these bodies: their JSON must stay what it was
+    //! when they were written by hand.
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    #[test]
+    fn quorum_errors_keep_their_shapes() {
+        let v = Value::from(WriteQuorumNotAvailable::new(1, 2, "why".into()));
+        assert_eq!(
+            v,
+            json!({"error": "Write quorum not available", "alive_followers": 1,
+                   "required": 2, "cause": "why"})
+        );
+        let missing = vec![MissingAck {
+            node_id: "follower-1".into(),
+            reason: "timeout".into(),
+        }];
+        let v = Value::from(WriteQuorumNotMet {
+            error: WRITE_QUORUM_NOT_MET.into(),
+            sync_acks: 1,
+            required: 2,
+            version: 7,
+            missing: Some(missing),
+            cause: None,
+            note: "n".into(),
+        });
+        assert_eq!(
+            v,
+            json!({"error": "Write quorum not met", "sync_acks": 1, "required": 2,
+                   "version": 7, "note": "n",
+                   "missing": [{"node_id": "follower-1", "reason": "timeout"}]})
+        );
+        let v = Value::from(ReadQuorumNotMet {
+            error: READ_QUORUM_NOT_MET.into(),
+            responses: 1,
+            required: 2,
+            failures: vec![ReadFailure {
+                node_id: "follower-3".into(),
+                reason: "refused".into(),
+            }],
+        });
+        assert_eq!(
+            v,
+            json!({"error": "Read quorum not met", "responses": 1, "required": 2,
+                   "failures": [{"node_id": "follower-3", "reason": "refused"}]})
+        );
+        let v = Value::from(ReadNotConfirmed {
+            error: READ_NOT_CONFIRMED.into(),
+            version: 3,
+            seq: 9,
+            commit_seq: 8,
+            cause: "c".into(),
+        });
+        assert_eq!(
+            v,
+            json!({"error": "Read not confirmed", "version": 3, "seq": 9,
+                   "commit_seq": 8, "cause": "c"})
+        );
+    }
+
+    #[test]
+    fn registry_and_wait_requests_send_only_what_they_set() {
+        let spawn = serde_json::to_value(SpawnRequest::of("follower-2")).unwrap();
+        assert_eq!(spawn, json!({"node_id": "follower-2"}));
+        let grow = SpawnRequest {
+            grow: true,
+            ..Default::default()
+        };
+        assert_eq!(serde_json::to_value(grow).unwrap(), json!({"grow": true}));
+        let wait = WaitRequest {
+            node_id: "follower-1".into(),
+            seq: None,
+            timeout_ms: Some(20_000),
+        };
+        assert_eq!(
+            serde_json::to_value(wait).unwrap(),
+            json!({"node_id": "follower-1", "timeout_ms": 20_000})
+        );
+        let died = NodeDiedRequest {
+            node_id: "follower-1".into(),
+            incarnation: Some(4),
+            view_version: Some(12),
+            registry_epoch: Some(99),
+        };
+        assert_eq!(
+            serde_json::to_value(died).unwrap(),
+            json!({"node_id": "follower-1", "incarnation": 4, "view_version": 12,
+                   "registry_epoch": 99})
+        );
+    }
 }

@@ -281,15 +281,7 @@ fn spawn_up(
         .process_group(0)
         .kill_on_drop(!keep);
     if !keep {
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        crate::coordinator::launcher::die_with_parent(&mut cmd);
     }
     cmd.spawn().map_err(spawn_err)
 }

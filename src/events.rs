@@ -35,13 +35,126 @@ pub enum Tone {
     Request,
 }
 
+/// What an event is about: its `kind` in `GET /events`, the live view and
+/// the console's journal. Serialized as the snake_case name (`node_up`,
+/// `read_refused`, ...), which the UI (`ui/app.js`), the tests and scripts
+/// match on: add kinds freely, never rename one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    // The cluster's life.
+    /// `cluster_starting`: the coordinator starts the nodes.
+    ClusterStarting,
+    /// `cluster_ready`: every node answers; the cluster takes requests.
+    ClusterReady,
+    /// `roles`: each node's real sets, once the cluster is ready.
+    Roles,
+    /// `cluster_stopped`: the coordinator stopped its nodes.
+    ClusterStopped,
+    /// `stop_forced`: a node did not stop in time and was killed.
+    StopForced,
+    /// `start_failed`: the coordinator could not start the cluster.
+    StartFailed,
+    /// `storage`: where and how nodes persist their logs (or that they do not).
+    Storage,
+    // Nodes coming and going.
+    /// `node_up`: a node answers (started, respawned or revived).
+    NodeUp,
+    /// `node_dead`: a node was marked dead (the message says why).
+    NodeDead,
+    /// `leader_dead`: the leader was marked dead: writes wait for a failover.
+    LeaderDead,
+    /// `leader_restart`: the leader's slot was started again.
+    LeaderRestart,
+    /// `kill`: a graceful `/kill` stops a node (it deregisters).
+    Kill,
+    /// `crash`: a `/kill` crashed a node (SIGKILL, nobody tells the registry).
+    Crash,
+    /// `process_exit`: a node's process exited.
+    ProcessExit,
+    /// `slot_reused`: a `/spawn` reused the slot of a node whose process exited.
+    SlotReused,
+    /// `spawn_failed`: a `/spawn` could not start its node.
+    SpawnFailed,
+    /// `caught_up`: a follower holds the leader's log after a catch-up.
+    CaughtUp,
+    /// `catchup_slow`: a follower is not caught up yet.
+    CatchupSlow,
+    /// `heartbeats_paused`: the live view paused a node's heartbeats (a network blip).
+    HeartbeatsPaused,
+    /// `heartbeats_resumed`: a heartbeat pause ended (healed or expired).
+    HeartbeatsResumed,
+    /// `partitioned`: a node was cut off from some peers (a fault hook).
+    Partitioned,
+    /// `partition_healed`: that partition ended.
+    PartitionHealed,
+    /// `slow_disk`: a node's fsyncs were slowed down (a fault hook).
+    SlowDisk,
+    /// `slow_disk_healed`: that slow disk ended.
+    SlowDiskHealed,
+    // Quorums.
+    /// `write_quorum_lost`: fewer than W followers are alive: writes are refused.
+    WriteQuorumLost,
+    /// `write_quorum_back`: writes can succeed again.
+    WriteQuorumBack,
+    /// `read_quorum_lost`: fewer than R followers are alive: reads are refused.
+    ReadQuorumLost,
+    /// `read_quorum_back`: reads can succeed again.
+    ReadQuorumBack,
+    // Failover.
+    /// `failover_candidates`: what each alive node's log holds, for an election.
+    FailoverCandidates,
+    /// `failover_chosen`: the node an election promotes.
+    FailoverChosen,
+    /// `failover_refused`: no alive node holds every acknowledged write.
+    FailoverRefused,
+    /// `failover_unclean`: `--unclean-failover` promoted a node that may lack acknowledged writes.
+    FailoverUnclean,
+    /// `leader_promoted`: a node leads a new term.
+    LeaderPromoted,
+    /// `promote_failed`: the chosen node did not take the lead.
+    PromoteFailed,
+    /// `old_leader_fenced`: the new term fences the previous leader's incarnation.
+    OldLeaderFenced,
+    // Liveness.
+    /// `liveness_registry`: the coordinator follows the registry's view (again).
+    LivenessRegistry,
+    /// `liveness_direct_probe`: the registry does not answer: the coordinator probes nodes itself.
+    LivenessDirectProbe,
+    /// `notice_ignored`: a `/node-died` or `/node-revived` notice did not change the table.
+    NoticeIgnored,
+    // Requests (narrated up to NARRATED_PER_SECOND a second).
+    /// `write`: a write's path through the cluster.
+    Write,
+    /// `write_refused`: a write refused before reaching the leader.
+    WriteRefused,
+    /// `leader_unreachable`: the coordinator could not reach the leader.
+    LeaderUnreachable,
+    /// `quorum_met`: every sync follower acknowledged a write.
+    QuorumMet,
+    /// `quorum_failed`: a write missed sync acks.
+    QuorumFailed,
+    /// `async_queued`: a write is on its way to the async followers.
+    AsyncQueued,
+    /// `async_done`: an async follower received a narrated write.
+    AsyncDone,
+    /// `read`: a read's answers and the version returned.
+    Read,
+    /// `read_refused`: a read refused: fewer than R alive followers.
+    ReadRefused,
+    /// `read_substitute`: a read asked another follower in place of a read set member.
+    ReadSubstitute,
+    /// `summary`: one second of requests that were not narrated one by one.
+    Summary,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
     pub id: u64,
     /// Milliseconds since the Unix epoch.
     pub unix_ms: i64,
-    /// A short machine-readable name: `node_up`, `node_dead`, `write`, ...
-    pub kind: &'static str,
+    /// What it is about (serialized as `node_up`, `node_dead`, `write`, ...).
+    pub kind: EventKind,
     pub tone: Tone,
     pub node_id: Option<String>,
     pub message: String,
@@ -84,7 +197,7 @@ impl EventLog {
     }
 
     /// Records (and prints) one event.
-    pub fn emit(&self, kind: &'static str, tone: Tone, node_id: Option<&str>, message: String) {
+    pub fn emit(&self, kind: EventKind, tone: Tone, node_id: Option<&str>, message: String) {
         let event = {
             let mut ring = self.ring.lock().unwrap();
             ring.0 += 1;
@@ -108,16 +221,16 @@ impl EventLog {
     }
 
     /// Shorthand for the common cluster events.
-    pub fn info(&self, kind: &'static str, node: Option<&str>, message: impl Into<String>) {
+    pub fn info(&self, kind: EventKind, node: Option<&str>, message: impl Into<String>) {
         self.emit(kind, Tone::Info, node, message.into());
     }
-    pub fn good(&self, kind: &'static str, node: Option<&str>, message: impl Into<String>) {
+    pub fn good(&self, kind: EventKind, node: Option<&str>, message: impl Into<String>) {
         self.emit(kind, Tone::Good, node, message.into());
     }
-    pub fn warn(&self, kind: &'static str, node: Option<&str>, message: impl Into<String>) {
+    pub fn warn(&self, kind: EventKind, node: Option<&str>, message: impl Into<String>) {
         self.emit(kind, Tone::Warn, node, message.into());
     }
-    pub fn bad(&self, kind: &'static str, node: Option<&str>, message: impl Into<String>) {
+    pub fn bad(&self, kind: EventKind, node: Option<&str>, message: impl Into<String>) {
         self.emit(kind, Tone::Bad, node, message.into());
     }
 
@@ -171,7 +284,7 @@ impl EventLog {
         );
         if skipped > 0 {
             self.emit(
-                "summary",
+                EventKind::Summary,
                 Tone::Info,
                 None,
                 format!(
@@ -244,12 +357,23 @@ mod tests {
     fn ring_is_bounded_and_ordered() {
         let log = EventLog::new(false);
         for i in 0..(RING_CAPACITY + 10) {
-            log.info("test", None, format!("event {i}"));
+            log.info(EventKind::NodeUp, None, format!("event {i}"));
         }
         let all = log.since(0, usize::MAX);
         assert_eq!(all.len(), RING_CAPACITY);
         assert!(all.windows(2).all(|w| w[0].id < w[1].id));
         assert_eq!(log.since(all.last().unwrap().id, 10).len(), 0);
+    }
+
+    #[test]
+    fn kinds_serialize_to_their_journal_names() {
+        let name = |k: EventKind| serde_json::to_value(k).unwrap();
+        assert_eq!(name(EventKind::ReadRefused), "read_refused");
+        assert_eq!(
+            name(EventKind::LivenessDirectProbe),
+            "liveness_direct_probe"
+        );
+        assert_eq!(name(EventKind::Crash), "crash");
     }
 
     #[test]

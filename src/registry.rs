@@ -35,7 +35,7 @@ use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use clap::Parser;
-use serde_json::json;
+use serde::Serialize;
 
 use crate::api::*;
 use crate::http::{describe_reqwest_error, ApiError, ApiJson};
@@ -234,11 +234,7 @@ async fn heartbeat(
                 view_version: Some(version),
                 registry_epoch: Some(reg.epoch),
             };
-            tokio::spawn(tell_coordinator(
-                reg.clone(),
-                "node-revived",
-                serde_json::to_value(body).unwrap_or_default(),
-            ));
+            tokio::spawn(tell_coordinator(reg.clone(), "node-revived", body));
         }
         Seen::Again => {}
     }
@@ -377,8 +373,12 @@ async fn check_loop(reg: Arc<Registry>) {
         for (node_id, record, version) in newly_dead {
             tracing::warn!(node = %node_id, "no heartbeat: declared dead");
             reg.metrics.declared_dead.inc();
-            let body = json!({"node_id": node_id, "incarnation": record.incarnation,
-                "view_version": version, "registry_epoch": reg.epoch});
+            let body = NodeDiedRequest {
+                node_id: node_id.clone(),
+                incarnation: Some(record.incarnation),
+                view_version: Some(version),
+                registry_epoch: Some(reg.epoch),
+            };
             tokio::spawn(tell_coordinator(reg.clone(), "node-died", body));
             schedule_respawn(reg.clone(), node_id, record.incarnation);
         }
@@ -416,7 +416,7 @@ fn schedule_respawn(reg: Arc<Registry>, node_id: String, incarnation: u64) {
         }
         tracing::warn!(node = %node_id, "still dead after the spawn delay: asking for a replacement");
         reg.metrics.respawn_requests.inc();
-        tell_coordinator(reg, "spawn", json!({"node_id": node_id})).await;
+        tell_coordinator(reg, "spawn", SpawnRequest::of(node_id)).await;
     });
 }
 
@@ -427,16 +427,11 @@ async fn ask_catchup(reg: Arc<Registry>, hb: Heartbeat) {
         url: Some(hb.url),
         incarnation: hb.incarnation,
     };
-    tell_coordinator(
-        reg,
-        "catchup",
-        serde_json::to_value(body).unwrap_or_default(),
-    )
-    .await;
+    tell_coordinator(reg, "catchup", body).await;
 }
 
 /// POSTs to the coordinator, retrying (for a while) only when it cannot be reached.
-async fn tell_coordinator(reg: Arc<Registry>, path: &str, body: serde_json::Value) {
+async fn tell_coordinator(reg: Arc<Registry>, path: &str, body: impl Serialize) {
     let url = format!("{}/{path}", reg.config.coordinator);
     for attempt in 0..30u32 {
         match reg

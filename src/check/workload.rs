@@ -24,6 +24,7 @@ use rand::{RngExt, SeedableRng};
 use serde_json::Value;
 
 use super::history::{Input, Op, Outcome};
+use crate::api;
 
 /// What the clients do.
 #[derive(Debug, Clone)]
@@ -192,7 +193,7 @@ pub fn write_outcome(status: u16, body: &Value) -> Outcome {
     // kvlab's coordinator says "Leader unreachable: cannot connect" when its
     // connection to the leader was never made: the leader never saw it.
     let never_sent = error.starts_with("Leader unreachable: cannot connect");
-    let certain = (status == 503 && (error == "Write quorum not available" || never_sent))
+    let certain = (status == 503 && (error == api::WRITE_QUORUM_NOT_AVAILABLE || never_sent))
         || status == 429
         || (400..500).contains(&status);
     if certain {

@@ -35,6 +35,7 @@ use futures::future::join_all;
 use super::cluster::Slot;
 use super::Coordinator;
 use crate::api::*;
+use crate::events::EventKind;
 use crate::http::{describe_reqwest_error, error_detail};
 use crate::node::leadership::stale_term_in;
 
@@ -312,7 +313,7 @@ impl Coordinator {
                 return false;
             }
             self.events.bad(
-                "failover_unclean",
+                EventKind::FailoverUnclean,
                 Some(&best.slot.node_id),
                 format!(
                     "⚠️  UNCLEAN FAILOVER (--unclean-failover): promoting {} at seq {}; \
@@ -324,7 +325,7 @@ impl Coordinator {
             );
         } else if reason == Reason::LeaderDown {
             self.events.info(
-                "failover_chosen",
+                EventKind::FailoverChosen,
                 Some(&best.slot.node_id),
                 format!(
                     "🎯 {} chosen: the highest (last term, seq) = ({}, {}), and it holds every \
@@ -342,7 +343,7 @@ impl Coordinator {
         self.failover.promoted_in.fetch_max(term, Ordering::AcqRel);
         if let Err(why) = self.ask_promote(&best.slot, term).await {
             self.events.bad(
-                "promote_failed",
+                EventKind::PromoteFailed,
                 Some(&id),
                 format!("❌ promoting {id} to leader of term {term} failed: {why}; will retry"),
             );
@@ -372,7 +373,7 @@ impl Coordinator {
         let (w, alive) = (self.config.w, after.alive_followers());
         if reason != Reason::Start && after.can_write(w) {
             self.events.good(
-                "write_quorum_back",
+                EventKind::WriteQuorumBack,
                 None,
                 format!("✅ write quorum available again: {alive} alive followers, W={w}"),
             );
@@ -380,13 +381,13 @@ impl Coordinator {
         let seq = best.seq;
         match reason {
             Reason::Start => self.events.good(
-                "leader_promoted",
+                EventKind::LeaderPromoted,
                 Some(&id),
                 format!("👑 {id} leads term {term} (log up to seq {seq})"),
             ),
             _ => {
                 self.events.good(
-                    "leader_promoted",
+                    EventKind::LeaderPromoted,
                     Some(&id),
                     format!(
                         "👑 {id} is the LEADER now: term {term}, its log ends at seq {seq}; \
@@ -400,7 +401,7 @@ impl Coordinator {
                 );
                 if id != old.node_id {
                     self.events.info(
-                        "old_leader_fenced",
+                        EventKind::OldLeaderFenced,
                         Some(&old.node_id),
                         format!(
                             "🛡️  {} (incarnation {}) is fenced: every node now runs term {term} \
@@ -432,7 +433,7 @@ impl Coordinator {
             *current = state;
             drop(current);
             self.events.bad(
-                "failover_refused",
+                EventKind::FailoverRefused,
                 None,
                 format!(
                     "⛔ FAILOVER REFUSED: acknowledged seqs {}..={} are held by no alive \
@@ -468,7 +469,8 @@ impl Coordinator {
         if !unreachable.is_empty() {
             message.push_str(&format!("; no answer from {}", unreachable.join(", ")));
         }
-        self.events.info("failover_candidates", None, message);
+        self.events
+            .info(EventKind::FailoverCandidates, None, message);
     }
 
     /// Step 1 for one node: where its log stands, asked with the new term.

@@ -30,6 +30,7 @@ use serde_json::{json, Value};
 use super::cluster::Slot;
 use super::Coordinator;
 use crate::api::NodeStatus;
+use crate::events::EventKind;
 use crate::http::{describe_reqwest_error, error_detail, ApiError, ApiJson};
 use crate::node::faults::{check_seconds, PartitionRequest, SlowDiskRequest};
 
@@ -129,14 +130,14 @@ impl Fault {
         let s = self.seconds();
         match self {
             Fault::PauseHeartbeats { .. } => c.events.warn(
-                "heartbeats_paused",
+                EventKind::HeartbeatsPaused,
                 Some(node_id),
                 format!(
                     "⏸️ {node_id}: heartbeats paused for {s} s (the registry's timeout is 5 s)"
                 ),
             ),
             Fault::Partition(p) => c.events.warn(
-                "partitioned",
+                EventKind::Partitioned,
                 Some(node_id),
                 format!(
                     "✂️ {node_id} is cut off from {} for {s} s: traffic between them hangs, \
@@ -145,7 +146,7 @@ impl Fault {
                 ),
             ),
             Fault::SlowDisk(d) => c.events.warn(
-                "slow_disk",
+                EventKind::SlowDisk,
                 Some(node_id),
                 format!(
                     "🐢 {node_id}'s disk is slow for {s} s: every fsync takes {} ms longer, \
@@ -161,17 +162,17 @@ impl Fault {
 fn narrate_end(c: &Coordinator, kind: &str, node_id: &str, how: &str) {
     match kind {
         "pause" => c.events.info(
-            "heartbeats_resumed",
+            EventKind::HeartbeatsResumed,
             Some(node_id),
             format!("▶️ {node_id}: heartbeats resume ({how})"),
         ),
         "partition" => c.events.info(
-            "partition_healed",
+            EventKind::PartitionHealed,
             Some(node_id),
             format!("🩹 {node_id}: partition healed ({how}), its traffic flows again"),
         ),
         _ => c.events.info(
-            "slow_disk_healed",
+            EventKind::SlowDiskHealed,
             Some(node_id),
             format!("🩹 {node_id}: its disk is back to normal speed ({how})"),
         ),

@@ -153,15 +153,7 @@ pub fn launch(settings: &LaunchSettings, spec: &NodeSpec) -> Result<Launched, La
             ])
             .args(["--snapshot-every", &storage.snapshot_every.to_string()]);
     }
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    die_with_parent(&mut cmd);
     let mut child = cmd.spawn().map_err(|source| LaunchError::Spawn {
         binary: settings.binary.clone(),
         source,
@@ -197,6 +189,21 @@ fn open_log(path: &Path) -> Result<(Stdio, Stdio), LaunchError> {
         .map_err(err)?;
     let copy = file.try_clone().map_err(err)?;
     Ok((Stdio::from(file), Stdio::from(copy)))
+}
+
+/// Asks the kernel to SIGKILL the child when its parent dies
+/// (`PR_SET_PDEATHSIG`), so even a SIGKILLed parent leaves no orphan behind.
+/// Every process kvlab starts for a cluster goes through here.
+pub fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 fn describe_exit(status: std::process::ExitStatus) -> String {

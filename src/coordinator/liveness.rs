@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use super::cluster::Slot;
 use super::Coordinator;
 use crate::api::{NodeHealth, NodeStatus, RegistryNode, RegistryNodes, Role};
+use crate::events::EventKind;
 use crate::http::describe_reqwest_error;
 
 /// Silence after which a node is dead: the registry's timeout, and the
@@ -245,7 +246,7 @@ impl Coordinator {
 
     fn ignored(&self, node_id: &str, what: &str, reason: String) -> NoticeOutcome {
         self.events.info(
-            "notice_ignored",
+            EventKind::NoticeIgnored,
             Some(node_id),
             format!("🤔 \"{node_id} {what}\" not applied: {reason}"),
         );
@@ -282,7 +283,7 @@ impl Coordinator {
         };
         if before == Source::DirectProbe {
             self.events.good(
-                "liveness_registry",
+                EventKind::LivenessRegistry,
                 None,
                 format!(
                     "👂 the registry answers again (view {}, {} nodes known): liveness \
@@ -304,7 +305,7 @@ impl Coordinator {
         };
         if before != Source::DirectProbe {
             self.events.bad(
-                "liveness_direct_probe",
+                EventKind::LivenessDirectProbe,
                 None,
                 format!(
                     "📡 the registry does not answer ({error}): the coordinator now probes \

@@ -19,6 +19,7 @@ use super::failover;
 use super::launcher::{self, NodeSpec};
 use super::{Coordinator, Shared};
 use crate::api::*;
+use crate::events::EventKind;
 use crate::http::{describe_reqwest_error, error_detail, ApiError, ApiJson};
 
 /// How long a started node has to answer its health check.
@@ -58,7 +59,7 @@ impl Coordinator {
         let cfg = &self.config;
         let (sd, ad) = (cfg.launch.sync_delay, cfg.launch.async_delay);
         self.events.info(
-            "cluster_starting",
+            EventKind::ClusterStarting,
             None,
             format!(
                 "🚀 cluster starting: leader + {} followers, W={} R={}, registry {}, \
@@ -95,7 +96,7 @@ impl Coordinator {
         let c = self.snapshot();
         self.ready.store(true, std::sync::atomic::Ordering::Relaxed);
         self.events.good(
-            "cluster_ready",
+            EventKind::ClusterReady,
             None,
             format!(
                 "✅ cluster ready: {} alive followers, can write: {}, can read: {}",
@@ -108,8 +109,11 @@ impl Coordinator {
             .chain(c.followers.iter())
             .map(|slot| format!("{} [{}]", slot.node_id, self.role_tag(&c, slot)))
             .collect();
-        self.events
-            .info("roles", None, format!("🧭 roles: {}", roles.join(", ")));
+        self.events.info(
+            EventKind::Roles,
+            None,
+            format!("🧭 roles: {}", roles.join(", ")),
+        );
         Ok(())
     }
 
@@ -138,7 +142,7 @@ impl Coordinator {
     fn prepare_data_dir(&self) -> anyhow::Result<()> {
         let Some(storage) = &self.config.launch.storage else {
             self.events.info(
-                "storage",
+                EventKind::Storage,
                 None,
                 "💾 in-memory cluster: a node that stops loses its data (--in-memory)",
             );
@@ -155,7 +159,7 @@ impl Coordinator {
         }
         let recovering = dir.exists();
         self.events.info(
-            "storage",
+            EventKind::Storage,
             None,
             format!(
                 "💾 nodes persist to {}/<node-id> with --fsync {}{}",
@@ -303,7 +307,7 @@ impl Coordinator {
             if exited.wait_for(|e| e.is_some()).await.is_ok() {
                 let reason = exited.borrow().clone().unwrap_or_default();
                 c.events.warn(
-                    "process_exit",
+                    EventKind::ProcessExit,
                     Some(&id),
                     format!("⚰️  process of {id} (pid {pid}, incarnation {inc}) {reason}"),
                 );
@@ -364,7 +368,7 @@ impl Coordinator {
         };
         match status {
             NodeStatus::Alive => self.events.good(
-                "node_up",
+                EventKind::NodeUp,
                 Some(node_id),
                 format!(
                     "🟢 {node_id} is up on :{}{tag} (incarnation {}, {why})",
@@ -372,7 +376,7 @@ impl Coordinator {
                 ),
             ),
             NodeStatus::Dead => self.events.bad(
-                "node_dead",
+                EventKind::NodeDead,
                 Some(node_id),
                 format!("🔴 {node_id} is DOWN ({why})"),
             ),
@@ -380,7 +384,7 @@ impl Coordinator {
         }
         if after.is_leader(node_id) && status == NodeStatus::Dead {
             self.events.bad(
-                "leader_dead",
+                EventKind::LeaderDead,
                 Some(node_id),
                 format!(
                     "👑 the LEADER ({node_id}, term {}) is down: writes wait for a failover \
@@ -397,7 +401,7 @@ impl Coordinator {
         let alive = after.alive_followers();
         if could_w && !can_w {
             self.events.bad(
-                "write_quorum_lost",
+                EventKind::WriteQuorumLost,
                 None,
                 format!(
                     "⛔ WRITE QUORUM LOST: leader {}, {alive} alive followers, W={w}",
@@ -410,20 +414,20 @@ impl Coordinator {
             );
         } else if !could_w && can_w {
             self.events.good(
-                "write_quorum_back",
+                EventKind::WriteQuorumBack,
                 None,
                 format!("✅ write quorum available again: {alive} alive followers, W={w}"),
             );
         }
         if could_r && !can_r {
             self.events.bad(
-                "read_quorum_lost",
+                EventKind::ReadQuorumLost,
                 None,
                 format!("⛔ READ QUORUM LOST: {alive} alive followers, R={r}"),
             );
         } else if !could_r && can_r {
             self.events.good(
-                "read_quorum_back",
+                EventKind::ReadQuorumBack,
                 None,
                 format!("✅ read quorum available again: {alive} alive followers, R={r}"),
             );
@@ -493,7 +497,7 @@ impl Coordinator {
             .collect();
         if !stubborn.is_empty() {
             self.events.warn(
-                "stop_forced",
+                EventKind::StopForced,
                 None,
                 format!("🔨 nodes {stubborn:?} ignored SIGTERM for 2 s: SIGKILL"),
             );
@@ -502,7 +506,7 @@ impl Coordinator {
             launcher::signal(pid, libc::SIGKILL);
         }
         self.events.info(
-            "cluster_stopped",
+            EventKind::ClusterStopped,
             None,
             "🛑 cluster stopped: all nodes ended",
         );
@@ -521,7 +525,7 @@ impl Coordinator {
         }
         let role = if self.snapshot().is_leader(&node_id) {
             self.events.info(
-                "leader_restart",
+                EventKind::LeaderRestart,
                 Some(&node_id),
                 format!(
                     "♻️  restarting the LEADER ({node_id}) on its data directory: it recovers \
@@ -538,7 +542,7 @@ impl Coordinator {
                     _ => "",
                 };
                 self.events.info(
-                    "slot_reused",
+                    EventKind::SlotReused,
                     Some(&node_id),
                     format!(
                         "♻️  reusing the slot of {node_id} (port {port}) for a new process{why}"
@@ -572,7 +576,7 @@ impl Coordinator {
                         .retain(|s| s.node_id != node_id);
                 }
                 self.events
-                    .bad("spawn_failed", Some(&node_id), format!("❌ {e:#}"));
+                    .bad(EventKind::SpawnFailed, Some(&node_id), format!("❌ {e:#}"));
                 Err(ApiError::internal(json!({
                     "error": "spawn failed", "node_id": node_id, "reason": format!("{e:#}"),
                     "slot_kept": reused})))
@@ -681,7 +685,7 @@ impl Coordinator {
                 Ok(p) => {
                     c.metrics.catchups.inc();
                     c.events.good(
-                        "caught_up",
+                        EventKind::CaughtUp,
                         Some(&slot.node_id),
                         format!(
                             "📦 {} caught up from the leader ({}): holds the log up to seq {}",
@@ -692,7 +696,7 @@ impl Coordinator {
                     )
                 }
                 Err(e) => c.events.warn(
-                    "catchup_slow",
+                    EventKind::CatchupSlow,
                     Some(&slot.node_id),
                     format!("⏳ {} not caught up yet: {e}", slot.node_id),
                 ),
@@ -710,9 +714,11 @@ impl Coordinator {
             .post(format!("{}/replication/wait", leader.url))
             .header(HEADER_TERM, self.snapshot().term)
             .timeout(CATCHUP_TIMEOUT + Duration::from_secs(1))
-            .json(
-                &json!({"node_id": slot.node_id, "timeout_ms": CATCHUP_TIMEOUT.as_millis() as u64}),
-            )
+            .json(&WaitRequest {
+                node_id: slot.node_id.clone(),
+                seq: None,
+                timeout_ms: Some(CATCHUP_TIMEOUT.as_millis() as u64),
+            })
             .send()
             .await
             .map_err(|e| format!("leader unreachable: {}", describe_reqwest_error(&e)))?;
@@ -828,7 +834,7 @@ pub async fn kill(
     let status = match q.mode {
         KillMode::Graceful => {
             c.events.warn(
-                "kill",
+                EventKind::Kill,
                 Some(&node_id),
                 format!("🛑 stopping {node_id} (graceful: it deregisters)"),
             );
@@ -849,7 +855,7 @@ pub async fn kill(
                 // after finds the slot's process dead.
                 wait_gone(pid).await;
             }
-            c.events.warn("crash", Some(&node_id), format!(
+            c.events.warn(EventKind::Crash, Some(&node_id), format!(
                 "💥 {node_id} CRASHED (SIGKILL): nobody tells the registry; it will notice when heartbeats stop (5 s)"));
             if c.config.launch.registry.is_none() {
                 c.transition(
@@ -940,7 +946,7 @@ pub async fn catchup(
     match c.wait_caught_up(&slot).await {
         Ok(p) => {
             c.events.good(
-                "caught_up",
+                EventKind::CaughtUp,
                 Some(&slot.node_id),
                 format!(
                     "📦 catch-up of {}: holds the log up to seq {}",

@@ -23,6 +23,7 @@ pub(crate) mod faults;
 pub mod launcher;
 mod liveness;
 mod membership;
+mod narration;
 mod reads;
 mod requests;
 
@@ -39,7 +40,7 @@ use clap::Parser;
 use serde::Deserialize;
 
 use crate::api::*;
-use crate::events::{Event, EventLog};
+use crate::events::{Event, EventKind, EventLog};
 use crate::http::ApiError;
 use crate::storage::FsyncPolicy;
 use cluster::{Cluster, Slot};
@@ -395,7 +396,7 @@ pub async fn serve(
     if let Err(e) = &started {
         coordinator
             .events
-            .bad("start_failed", None, format!("❌ {e:#}"));
+            .bad(EventKind::StartFailed, None, format!("❌ {e:#}"));
         server.abort();
     }
     let served = if started.is_ok() {

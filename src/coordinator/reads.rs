@@ -44,14 +44,13 @@ use std::time::{Duration, Instant};
 use axum::extract::{Path, State};
 use axum::Json;
 use futures::stream::{FuturesUnordered, StreamExt};
-use serde_json::json;
 use tokio::sync::watch;
 
 use super::batch::{Batcher, Limits};
 use super::cluster::{Cluster, Slot};
 use super::{Coordinator, Shared};
 use crate::api::*;
-use crate::events::Tone;
+use crate::events::{EventKind, Tone};
 use crate::http::{describe_reqwest_error, validate_key_value, ApiError};
 
 /// How long a follower may take to answer before the read asks another one
@@ -196,7 +195,7 @@ impl Suspects {
 
     /// Whether to narrate a substitution for `node_id` now; if so, also how
     /// many went unnarrated since the last line.
-    fn narrate_now(&self, node_id: &str) -> Option<u64> {
+    pub(super) fn narrate_now(&self, node_id: &str) -> Option<u64> {
         let mut map = self.0.lock().unwrap();
         let s = map.get_mut(node_id)?;
         let due = s
@@ -220,7 +219,7 @@ impl Coordinator {
         if candidates.len() < r {
             if narrate {
                 self.events.emit(
-                    "read_refused",
+                    EventKind::ReadRefused,
                     Tone::Bad,
                     None,
                     format!(
@@ -244,7 +243,7 @@ impl Coordinator {
         let confirmed = if linearizable {
             self.confirm(&outcome)
                 .await
-                .and_then(|waited| self.check_same_term(term).map(|()| waited))
+                .and_then(|waited| self.check_same_term(term, &outcome).map(|()| waited))
         } else {
             Ok(None)
         };
@@ -399,13 +398,18 @@ impl Coordinator {
         if self.commit_reaches(seq, deadline).await {
             return Ok(Some(started.elapsed().as_millis() as u64));
         }
-        Err(ApiError::unavailable(json!({
-            "error": "Read not confirmed",
-            "version": version, "seq": seq, "commit_seq": self.commit.get(),
-            "cause": format!("version {version} (log seq {seq}) is not yet held by W={} followers, \
+        Err(ApiError::unavailable(ReadNotConfirmed {
+            error: READ_NOT_CONFIRMED.into(),
+            version,
+            seq,
+            commit_seq: self.commit.get(),
+            cause: format!(
+                "version {version} (log seq {seq}) is not yet held by W={} followers, \
                 and returning it could let a later read return an older version; \
-                its write is still in flight or failed its quorum", self.config.w),
-        })))
+                its write is still in flight or failed its quorum",
+                self.config.w
+            ),
+        }))
     }
 
     /// Waits until the commit point reaches `seq`, asking the leader when
@@ -489,7 +493,7 @@ impl Coordinator {
     /// its answers were checked against the term it started in, and the
     /// commit point may have moved with entries of the new term at the same
     /// seqs. Such a read fails rather than return what it cannot vouch for.
-    fn check_same_term(&self, term: Option<u64>) -> Result<(), ApiError> {
+    fn check_same_term(&self, term: Option<u64>, outcome: &ReadOutcome) -> Result<(), ApiError> {
         let Some(started_in) = term else {
             return Ok(());
         };
@@ -497,11 +501,17 @@ impl Coordinator {
         if now == started_in {
             return Ok(());
         }
-        Err(ApiError::unavailable(json!({
-            "error": "Read not confirmed",
-            "cause": format!("the leadership changed during the read (term {started_in} -> {now}); \
-                retry it"),
-        })))
+        let (version, seq) = outcome.best().map_or((0, 0), |(_, _, v, s)| (v, s));
+        Err(ApiError::unavailable(ReadNotConfirmed {
+            error: READ_NOT_CONFIRMED.into(),
+            version,
+            seq,
+            commit_seq: self.commit.get(),
+            cause: format!(
+                "the leadership changed during the read (term {started_in} -> {now}), \
+                so its answers can no longer be vouched for; retry it"
+            ),
+        }))
     }
 
     /// The read batcher of the process serving `slot`, started on first use.
@@ -523,65 +533,6 @@ impl Coordinator {
         ));
         readers.insert(slot.node_id.clone(), (slot.incarnation, batcher.clone()));
         batcher
-    }
-
-    fn narrate_substitute(&self, sub: &ReadSubstitute) {
-        let Some(unnarrated) = self.suspects.narrate_now(&sub.node_id) else {
-            return;
-        };
-        let more = if unnarrated > 0 {
-            format!(" ({unnarrated} more reads did the same since the last line)")
-        } else {
-            String::new()
-        };
-        self.events.emit(
-            "read_substitute",
-            Tone::Warn,
-            Some(&sub.node_id),
-            format!(
-                "🔀 read set member {} unreachable ({}): asked {} instead, still R answers{more}",
-                sub.node_id, sub.reason, sub.asked_instead
-            ),
-        );
-    }
-
-    fn narrate_read(&self, key: &str, o: &ReadOutcome, confirmed: &Result<Option<u64>, ApiError>) {
-        let asked: Vec<&str> = o.answers.iter().map(|(id, _)| id.as_str()).collect();
-        let best = o.best().map(|(_, _, v, _)| v);
-        let parts: Vec<String> = o
-            .answers
-            .iter()
-            .map(|(id, a)| match a {
-                Answer::Found { version, .. } if Some(*version) < best => {
-                    format!("{id} v{version} (STALE)")
-                }
-                Answer::Found { version, .. } => format!("{id} v{version}"),
-                Answer::NotFound => format!("{id} not found"),
-                Answer::Failed(e) => format!("{id} ✗ {e}"),
-            })
-            .collect();
-        let (verdict, tone) = o.verdict(self.config.r);
-        let commit = match confirmed {
-            Ok(Some(ms)) => format!(" (waited {ms} ms until it was committed)"),
-            Ok(None) => String::new(),
-            Err(_) => " but it is not committed yet: read refused".into(),
-        };
-        let conflict = o.versions_differ();
-        self.events.emit(
-            "read",
-            if confirmed.is_err() && tone != Tone::Bad {
-                Tone::Warn
-            } else {
-                tone
-            },
-            None,
-            format!(
-                "🔎 READ {key} ← asked [{}]: {} → {verdict}{commit}{}",
-                asked.join(", "),
-                parts.join("; "),
-                if conflict { " (versions differed)" } else { "" }
-            ),
-        );
     }
 }
 
@@ -730,9 +681,9 @@ pub(super) enum Answer {
 }
 
 /// All answers of a read, and the decision they lead to.
-struct ReadOutcome {
+pub(super) struct ReadOutcome {
     /// Every follower asked, in the order asked, with its answer.
-    answers: Vec<(String, Answer)>,
+    pub(super) answers: Vec<(String, Answer)>,
     substitutes: Vec<ReadSubstitute>,
 }
 
@@ -740,7 +691,7 @@ impl ReadOutcome {
     /// The answer with the highest version: (node, value, version, seq).
     /// Among equal versions, the lowest seq: a seq is exact or an upper
     /// bound (see `Store`), so the lowest is the tightest.
-    fn best(&self) -> Option<(&str, &str, u64, u64)> {
+    pub(super) fn best(&self) -> Option<(&str, &str, u64, u64)> {
         self.found()
             .max_by_key(|&(_, _, version, seq)| (version, std::cmp::Reverse(seq)))
     }
@@ -777,7 +728,7 @@ impl ReadOutcome {
     /// What the console says the read came to, and in which tone: the
     /// answer the client gets. Too few answers is a 503 even when one of
     /// them found the key, so it is never narrated as served.
-    fn verdict(&self, r: usize) -> (String, Tone) {
+    pub(super) fn verdict(&self, r: usize) -> (String, Tone) {
         let responses = self.responses();
         if responses < r {
             let text = format!("READ QUORUM NOT MET: {responses} of R={r} answered → 503");
@@ -794,7 +745,7 @@ impl ReadOutcome {
         }
     }
 
-    fn versions_differ(&self) -> bool {
+    pub(super) fn versions_differ(&self) -> bool {
         let mut versions = self.answers.iter().filter_map(|(_, a)| match a {
             Answer::Found { version, .. } => Some(Some(*version)),
             Answer::NotFound => Some(None),
@@ -817,12 +768,19 @@ impl ReadOutcome {
                 .answers
                 .iter()
                 .filter_map(|(id, a)| match a {
-                    Answer::Failed(e) => Some(json!({"node_id": id, "reason": e})),
+                    Answer::Failed(e) => Some(ReadFailure {
+                        node_id: id.clone(),
+                        reason: e.clone(),
+                    }),
                     _ => None,
                 })
                 .collect();
-            return Err(ApiError::unavailable(json!({
-                "error": "Read quorum not met", "responses": responses, "required": r, "failures": failures})));
+            return Err(ApiError::unavailable(ReadQuorumNotMet {
+                error: READ_QUORUM_NOT_MET.into(),
+                responses,
+                required: r,
+                failures,
+            }));
         }
         let answered_by = self
             .answers

@@ -8,8 +8,8 @@
 //! [`super::reads::CommitPoint`]) before the client hears of it.
 //!
 //! Writes go through a batcher (see [`super::batch`]): concurrent writes
-//! leave for the leader together. Each is still checked, narrated and
-//! answered on its own.
+//! leave for the leader together. Each is still checked, narrated (see
+//! [`super::narration`]) and answered on its own.
 //!
 //! A write that fails its quorum (503 "Write quorum not met") is *not* undone:
 //! it is in the leader's log, so it reaches every follower eventually. The
@@ -21,13 +21,12 @@ use std::time::Instant;
 
 use axum::extract::State;
 use axum::Json;
-use serde_json::json;
 
 use super::batch::{Batcher, Limits};
 use super::cluster::Slot;
 use super::{Coordinator, Shared};
 use crate::api::*;
-use crate::events::Tone;
+use crate::events::EventKind;
 use crate::http::{describe_reqwest_error, error_detail, validate_key_value, ApiError, ApiJson};
 
 /// `POST /write`.
@@ -51,11 +50,11 @@ pub async fn write(
 
 /// Who a write goes to, decided from one consistent view of the table.
 pub(super) struct WritePlan {
-    leader: Slot,
-    sync: Vec<Slot>,
-    asynchronous: Vec<Slot>,
+    pub(super) leader: Slot,
+    pub(super) sync: Vec<Slot>,
+    pub(super) asynchronous: Vec<Slot>,
     /// The term of that leader: an answer from another term does not count.
-    term: u64,
+    pub(super) term: u64,
 }
 
 impl Coordinator {
@@ -64,18 +63,20 @@ impl Coordinator {
         let w = self.config.w;
         let alive = cluster.alive_followers();
         if !cluster.leader.is_alive() {
-            return Err(ApiError::unavailable(json!({
-                "error": "Write quorum not available",
-                "alive_followers": alive, "required": w,
-                "cause": self.failover.leader_down_cause(&cluster.leader),
-            })));
+            return Err(ApiError::unavailable(WriteQuorumNotAvailable::new(
+                alive,
+                w,
+                self.failover.leader_down_cause(&cluster.leader),
+            )));
         }
         if alive < w {
-            return Err(ApiError::unavailable(json!({
-                "error": "Write quorum not available",
-                "alive_followers": alive, "required": w,
-                "cause": format!("only {alive} of the followers are alive; W={w} must acknowledge each write"),
-            })));
+            return Err(ApiError::unavailable(WriteQuorumNotAvailable::new(
+                alive,
+                w,
+                format!(
+                    "only {alive} of the followers are alive; W={w} must acknowledge each write"
+                ),
+            )));
         }
         let sets = cluster.sets(w, self.config.r);
         let pick = |idx: &[usize]| idx.iter().map(|&i| cluster.followers[i].clone()).collect();
@@ -98,16 +99,7 @@ impl Coordinator {
         // batch re-plans when it leaves, in case membership changed meanwhile.
         if let Err(e) = self.plan_write() {
             if narrate {
-                self.events.emit(
-                    "write_refused",
-                    Tone::Bad,
-                    None,
-                    format!(
-                        "⛔ WRITE {} refused: {}",
-                        req.key,
-                        e.detail["cause"].as_str().unwrap_or("no quorum")
-                    ),
-                );
+                self.narrate_write_refused(&req.key, &e);
             }
             return Err(e);
         }
@@ -128,23 +120,34 @@ impl Coordinator {
             self.narrate_write(&req.key, &plan, &answer, ms);
         }
         if answer.acked_by.len() >= w && !self.record_ack(plan.term, answer.seq) {
-            return Err(ApiError::unavailable(json!({
-                "error": "Write quorum not met",
-                "sync_acks": answer.acked_by.len(), "required": w,
-                "version": answer.version,
-                "cause": format!("the leader of term {} answered after a failover began: \
-                    its acks no longer count", plan.term),
-                "note": "the write may or may not survive the failover; its outcome is unknown to you",
-            })));
+            return Err(ApiError::unavailable(WriteQuorumNotMet {
+                error: WRITE_QUORUM_NOT_MET.into(),
+                sync_acks: answer.acked_by.len(),
+                required: w,
+                version: answer.version,
+                missing: None,
+                cause: Some(format!(
+                    "the leader of term {} answered after a failover began: \
+                    its acks no longer count",
+                    plan.term
+                )),
+                note:
+                    "the write may or may not survive the failover; its outcome is unknown to you"
+                        .into(),
+            }));
         }
         if answer.acked_by.len() < w {
-            return Err(ApiError::unavailable(json!({
-                "error": "Write quorum not met",
-                "sync_acks": answer.acked_by.len(), "required": w,
-                "version": answer.version,
-                "missing": answer.missing,
-                "note": "the write is in the leader's log and will still reach the followers; its outcome is unknown to you",
-            })));
+            return Err(ApiError::unavailable(WriteQuorumNotMet {
+                error: WRITE_QUORUM_NOT_MET.into(),
+                sync_acks: answer.acked_by.len(),
+                required: w,
+                version: answer.version,
+                missing: Some(answer.missing),
+                cause: None,
+                note: "the write is in the leader's log and will still reach the followers; \
+                    its outcome is unknown to you"
+                    .into(),
+            }));
         }
         // Committed: W followers hold it. Reads rely on this point, so it
         // moves before the client can learn of the write.
@@ -237,7 +240,7 @@ impl Coordinator {
     ) -> Result<LeaderBatchResponse, ApiError> {
         let unreachable = |why: String| {
             self.events.bad(
-                "leader_unreachable",
+                EventKind::LeaderUnreachable,
                 Some(&leader.node_id),
                 format!("⛔ leader unreachable: {why}"),
             );
@@ -273,110 +276,6 @@ impl Coordinator {
         resp.json()
             .await
             .map_err(|e| unreachable(format!("unreadable answer: {e}")))
-    }
-
-    fn narrate_write(
-        self: &Arc<Self>,
-        key: &str,
-        plan: &WritePlan,
-        answer: &LeaderWriteResponse,
-        ms: u128,
-    ) {
-        let w = self.config.w;
-        let sync_ids: Vec<&str> = plan.sync.iter().map(|s| s.node_id.as_str()).collect();
-        // After a failover the leader is a former follower: name it.
-        let leader = match plan.leader.node_id.as_str() {
-            LEADER_ID => LEADER_ID.to_string(),
-            id => format!("{id} (the leader)"),
-        };
-        self.events.emit(
-            "write",
-            Tone::Request,
-            None,
-            format!(
-                "✍️  WRITE {key} → {leader}: version {} (log seq {}), sync set [{}]",
-                answer.version,
-                answer.seq,
-                sync_ids.join(", ")
-            ),
-        );
-        let mut acks: Vec<String> = answer.acked_by.iter().map(|id| format!("{id} ✓")).collect();
-        acks.extend(
-            answer
-                .missing
-                .iter()
-                .map(|m| format!("{} ✗ ({})", m.node_id, m.reason)),
-        );
-        if answer.acked_by.len() >= w {
-            self.events.emit(
-                "quorum_met",
-                Tone::Good,
-                None,
-                format!(
-                    "   ✅ sync acks {}/{w}: {} → quorum met in {ms} ms",
-                    answer.acked_by.len(),
-                    acks.join(", ")
-                ),
-            );
-        } else {
-            self.events.emit(
-                "quorum_failed",
-                Tone::Bad,
-                None,
-                format!(
-                    "   ❌ sync acks {}/{w}: {} → quorum NOT met ({ms} ms)",
-                    answer.acked_by.len(),
-                    acks.join(", ")
-                ),
-            );
-        }
-        if plan.asynchronous.is_empty() {
-            return;
-        }
-        let names: Vec<&str> = plan
-            .asynchronous
-            .iter()
-            .map(|s| s.node_id.as_str())
-            .collect();
-        self.events.emit(
-            "async_queued",
-            Tone::Request,
-            None,
-            format!(
-                "   📨 async replication queued to [{}] ({} s delay)",
-                names.join(", "),
-                self.config.launch.async_delay
-            ),
-        );
-        for follower in plan.asynchronous.clone() {
-            self.narrate_async_completion(follower, answer.seq);
-        }
-    }
-
-    /// Narrates when an async follower receives a narrated write.
-    fn narrate_async_completion(self: &Arc<Self>, follower: Slot, seq: u64) {
-        let c = self.clone();
-        let started = Instant::now();
-        let timeout_ms = (c.config.launch.async_delay * 1000.0) as u64 + 10_000;
-        tokio::spawn(async move {
-            let leader = c.snapshot().leader;
-            let resp = c
-                .http
-                .post(format!("{}/replication/wait", leader.url))
-                .json(&json!({"node_id": follower.node_id, "seq": seq, "timeout_ms": timeout_ms}))
-                .send()
-                .await;
-            if resp.is_ok_and(|r| r.status().is_success()) {
-                c.events.emit(
-                    "async_done",
-                    Tone::Request,
-                    Some(&follower.node_id),
-                    format!(
-                    "   📬 async replication of seq {seq} to {} complete ({:.1} s after the write)",
-                    follower.node_id, started.elapsed().as_secs_f64()),
-                );
-            }
-        });
     }
 }
 

@@ -137,13 +137,13 @@ pub async fn promote(
 ) -> Result<Json<PromoteResponse>, ApiError> {
     // No replication request runs meanwhile: the log is what it is.
     let _one_at_a_time = node.replicate_lock.lock().await;
-    let last_seq = {
+    let appended_seq = {
         let mut core = node.core.lock().unwrap();
         let t = &mut core.terms;
         if req.term < t.term || (req.term == t.term && t.history.last_term() >= req.term) {
             if t.role == Role::Leader && t.term == req.term {
-                let last_seq = core.log.last_seq();
-                return Ok(Json(answer(&node, req.term, last_seq)));
+                let appended_seq = core.log.appended_seq();
+                return Ok(Json(answer(&node, req.term, appended_seq)));
             }
             let current = t.term;
             drop(core);
@@ -151,9 +151,9 @@ pub async fn promote(
         }
         t.term = req.term;
         t.role = Role::Follower;
-        let last_seq = core.log.last_seq();
-        core.terms.history.begin(req.term, last_seq + 1);
-        last_seq
+        let appended_seq = core.log.appended_seq();
+        core.terms.history.begin(req.term, appended_seq + 1);
+        appended_seq
     };
     node.peers.lock().unwrap().clear();
     // Durable before the first write of the term.
@@ -174,31 +174,31 @@ pub async fn promote(
     }
     tracing::warn!(
         term = req.term,
-        last_seq,
+        appended_seq,
         "promoted: leading term {} from seq {}",
         req.term,
-        last_seq + 1
+        appended_seq + 1
     );
-    Ok(Json(answer(&node, req.term, last_seq)))
+    Ok(Json(answer(&node, req.term, appended_seq)))
 }
 
-fn answer(node: &Arc<NodeState>, term: u64, last_seq: u64) -> PromoteResponse {
+fn answer(node: &Arc<NodeState>, term: u64, appended_seq: u64) -> PromoteResponse {
     PromoteResponse {
         node_id: node.id.clone(),
         term,
-        last_seq,
+        last_seq: appended_seq,
     }
 }
 
 /// Rebuilds the history of a recovered log: the term file's history up to
 /// the last seq, completed from the entries recovery replayed (the file is
 /// written only when a term begins, the entries always).
-pub fn recover_history(terms: &mut Terms, last_seq: u64, last_term: u64, tail: &[Entry]) {
-    terms.history.truncate_after(last_seq);
+pub fn recover_history(terms: &mut Terms, recovered_seq: u64, last_term: u64, tail: &[Entry]) {
+    terms.history.truncate_after(recovered_seq);
     for e in tail {
         terms.history.record(e.seq, e.term);
     }
-    if terms.history.0.is_empty() && last_seq > 0 {
+    if terms.history.0.is_empty() && recovered_seq > 0 {
         // A state without a term file (a snapshot only): all we know is the
         // term of its last entry.
         terms.history.0.push((last_term.max(1), 1));
@@ -208,9 +208,9 @@ pub fn recover_history(terms: &mut Terms, last_seq: u64, last_term: u64, tail: &
 
 /// A node started by hand as `--role leader` leads its term (at least 1)
 /// from its log's end.
-pub fn start_as_leader(terms: &mut Terms, last_seq: u64) {
+pub fn start_as_leader(terms: &mut Terms, appended_seq: u64) {
     terms.term = terms.term.max(1);
     if terms.history.last_term() < terms.term {
-        terms.history.begin(terms.term, last_seq + 1);
+        terms.history.begin(terms.term, appended_seq + 1);
     }
 }

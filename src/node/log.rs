@@ -2,7 +2,11 @@
 //!
 //! Invariants:
 //! - sequence numbers are contiguous: the retained entries are exactly
-//!   `first_seq ..= last_seq`;
+//!   `first_seq ..= appended_seq`;
+//! - `appended_seq` is the newest entry *appended* to this log. It can be
+//!   ahead of the node's *persisted* seq (`NodeState::persisted_seq`: what
+//!   the node's WAL has completed), which is what a leader streams and acks;
+//!   the two names are kept apart on purpose.
 //! - at most `retain` entries are kept, so memory is bounded; a follower that
 //!   needs an entry older than `first_seq` gets a snapshot instead.
 //!
@@ -25,9 +29,11 @@ pub struct LoggedEntry {
 #[derive(Debug)]
 pub struct ReplicationLog {
     entries: VecDeque<LoggedEntry>,
-    /// Sequence number of `entries[0]`, or `last_seq + 1` when empty.
+    /// Sequence number of `entries[0]`, or `appended_seq + 1` when empty.
     first_seq: u64,
-    last_seq: u64,
+    /// The seq of the newest entry appended (0: none yet). Not necessarily
+    /// on disk: see the module's notes.
+    appended_seq: u64,
     retain: usize,
 }
 
@@ -47,38 +53,42 @@ impl ReplicationLog {
         ReplicationLog {
             entries: VecDeque::new(),
             first_seq: 1,
-            last_seq: 0,
+            appended_seq: 0,
             retain: retain.max(1),
         }
     }
 
     /// Starts an empty log after a given position (a recovered leader).
-    pub fn starting_after(last_seq: u64, retain: usize) -> Self {
+    pub fn starting_after(appended_seq: u64, retain: usize) -> Self {
         ReplicationLog {
-            first_seq: last_seq + 1,
-            last_seq,
+            first_seq: appended_seq + 1,
+            appended_seq,
             ..Self::new(retain)
         }
     }
 
     /// The log of a leader restarted on its data directory: the entries
     /// recovery found after the last snapshot (contiguous, ending at
-    /// `last_seq`). They count as appended long ago, so the lab's delays do
+    /// `appended_seq`). They count as appended long ago, so the lab's delays do
     /// not hold them back a second time.
-    pub fn recovered(tail: Vec<Entry>, last_seq: u64, retain: usize) -> Self {
-        let first = tail.first().map_or(last_seq + 1, |e| e.seq);
+    pub fn recovered(tail: Vec<Entry>, appended_seq: u64, retain: usize) -> Self {
+        let first = tail.first().map_or(appended_seq + 1, |e| e.seq);
         let mut log = Self::starting_after(first - 1, retain);
         let now = Instant::now();
         let long_ago = now.checked_sub(Duration::from_secs(3600)).unwrap_or(now);
         for entry in tail {
             log.push(Arc::new(entry), long_ago);
         }
-        debug_assert_eq!(log.last_seq, last_seq);
+        assert_eq!(
+            log.appended_seq, appended_seq,
+            "recovery's tail must end at the recovered seq"
+        );
         log
     }
 
-    pub fn last_seq(&self) -> u64 {
-        self.last_seq
+    /// The seq of the newest entry appended, persisted or not.
+    pub fn appended_seq(&self) -> u64 {
+        self.appended_seq
     }
 
     pub fn first_seq(&self) -> u64 {
@@ -93,10 +103,16 @@ impl ReplicationLog {
         self.entries.is_empty()
     }
 
-    /// Appends the next entry. The caller gives it `last_seq() + 1`.
+    /// Appends the next entry. The caller gives it `appended_seq() + 1`.
     pub fn push(&mut self, entry: Arc<Entry>, now: Instant) {
-        debug_assert_eq!(entry.seq, self.last_seq + 1, "log must stay contiguous");
-        self.last_seq = entry.seq;
+        // On in release builds: a gap or a repeat would make two nodes at the
+        // same seq hold different data, and one compare per entry is free.
+        assert_eq!(
+            entry.seq,
+            self.appended_seq + 1,
+            "the replication log must stay contiguous"
+        );
+        self.appended_seq = entry.seq;
         self.entries.push_back(LoggedEntry {
             entry,
             appended_at: now,
@@ -109,7 +125,7 @@ impl ReplicationLog {
 
     /// Up to `max` entries starting at `from`.
     pub fn read_from(&self, from: u64, max: usize) -> Next {
-        if from > self.last_seq {
+        if from > self.appended_seq {
             return Next::UpToDate;
         }
         if from < self.first_seq {
@@ -121,7 +137,7 @@ impl ReplicationLog {
 
     /// When the entry at `seq` was appended, if it is retained.
     pub fn appended_at(&self, seq: u64) -> Option<Instant> {
-        if seq < self.first_seq || seq > self.last_seq {
+        if seq < self.first_seq || seq > self.appended_seq {
             return None;
         }
         self.entries
@@ -153,7 +169,7 @@ mod tests {
             log.push(e(seq), now);
         }
         assert_eq!(log.first_seq(), 3);
-        assert_eq!(log.last_seq(), 5);
+        assert_eq!(log.appended_seq(), 5);
         assert!(matches!(log.read_from(2, 10), Next::Truncated));
         match log.read_from(4, 10) {
             Next::Entries(v) => {
@@ -172,10 +188,10 @@ mod tests {
     fn recovered_log_continues_where_the_disk_ended() {
         let tail = (8..=10).map(|s| Entry::clone(&e(s))).collect();
         let log = ReplicationLog::recovered(tail, 10, 100);
-        assert_eq!((log.first_seq(), log.last_seq()), (8, 10));
+        assert_eq!((log.first_seq(), log.appended_seq()), (8, 10));
         assert!(matches!(log.read_from(7, 10), Next::Truncated));
         let empty = ReplicationLog::recovered(vec![], 10, 100);
-        assert_eq!((empty.first_seq(), empty.last_seq()), (11, 10));
+        assert_eq!((empty.first_seq(), empty.appended_seq()), (11, 10));
         assert!(matches!(empty.read_from(5, 10), Next::Truncated));
     }
 }

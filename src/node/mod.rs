@@ -47,7 +47,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use clap::Parser;
-use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -174,7 +173,9 @@ pub struct NodeState {
     /// The persisted seq: the highest seq the node's own log has completed
     /// (every seq, when in-memory). The leader streams only up to it, so
     /// no follower ever holds an entry the leader could lose in a crash.
-    last_seq: watch::Sender<u64>,
+    /// Not to be confused with the log's `appended_seq` (appended, maybe
+    /// not yet on disk), which can be ahead of it.
+    persisted_seq: watch::Sender<u64>,
     /// The durable log, unless the node runs in memory.
     pub durability: Option<Durability>,
     /// A follower applies and persists one replication request at a time,
@@ -244,7 +245,7 @@ impl NodeState {
             http: crate::http::client_from(&args.id),
             sync_delay: secs(args.sync_delay),
             async_delay: secs(args.async_delay),
-            last_seq: watch::Sender::new(persisted),
+            persisted_seq: watch::Sender::new(persisted),
             durability,
             replicate_lock: tokio::sync::Mutex::new(()),
             reconciled_term: AtomicU64::new(0),
@@ -255,13 +256,14 @@ impl NodeState {
         })
     }
 
-    pub fn last_seq_watch(&self) -> watch::Receiver<u64> {
-        self.last_seq.subscribe()
+    /// Watches the persisted seq (see the field): streams wait on it.
+    pub fn persisted_seq_watch(&self) -> watch::Receiver<u64> {
+        self.persisted_seq.subscribe()
     }
 
-    /// The highest seq the node's log has completed (see `last_seq`).
+    /// The highest seq the node's log has completed (see the field).
     pub fn persisted_seq(&self) -> u64 {
-        *self.last_seq.borrow()
+        *self.persisted_seq.borrow()
     }
 
     /// The term of the last leader that reconciled our log (see the field).
@@ -279,7 +281,7 @@ impl NodeState {
     /// Records that the log has completed everything up to `seq`. Appends
     /// complete in order, but the tasks that learn it may run in any order.
     fn publish_persisted(&self, seq: u64) {
-        self.last_seq.send_if_modified(|persisted| {
+        self.persisted_seq.send_if_modified(|persisted| {
             let grew = seq > *persisted;
             if grew {
                 *persisted = seq;
@@ -313,7 +315,7 @@ impl NodeState {
     /// Sets the persisted seq, down as well as up: after a truncation the
     /// log really is shorter.
     fn reset_persisted(&self, seq: u64) {
-        self.last_seq.send_replace(seq);
+        self.persisted_seq.send_replace(seq);
     }
 
     /// Every follower's replication progress, sorted by id.
@@ -725,17 +727,8 @@ async fn get_peers(State(node): Shared) -> Json<Vec<FollowerProgress>> {
     Json(node.progress_of_peers())
 }
 
-/// `POST /replication/wait` body: wait until a follower holds `seq` (by
-/// default, everything logged so far).
-#[derive(Debug, Deserialize)]
-struct WaitRequest {
-    node_id: String,
-    #[serde(default)]
-    seq: Option<u64>,
-    #[serde(default)]
-    timeout_ms: Option<u64>,
-}
-
+/// `POST /replication/wait`: answers once a follower holds a seq (see
+/// [`WaitRequest`]).
 async fn wait_for_peer(
     State(node): Shared,
     ApiJson(req): ApiJson<WaitRequest>,
@@ -746,7 +739,7 @@ async fn wait_for_peer(
             req.node_id
         )));
     };
-    let target = req.seq.unwrap_or_else(|| *node.last_seq.borrow());
+    let target = req.seq.unwrap_or_else(|| node.persisted_seq());
     let timeout = Duration::from_millis(req.timeout_ms.unwrap_or(10_000));
     let mut rx = peer.subscribe();
     let caught_up = tokio::time::timeout(timeout, rx.wait_for(|p| p.acked_seq >= target))

@@ -218,7 +218,7 @@ enum Plan {
 
 /// The stream task: handshake, then ship entries as they become deliverable.
 async fn stream(node: Arc<NodeState>, peer: Arc<Peer>) {
-    let mut last_seq_rx = node.last_seq_watch();
+    let mut persisted_rx = node.persisted_seq_watch();
     let mut next: Option<u64> = None;
     let mut backoff = MIN_BACKOFF;
     loop {
@@ -245,7 +245,7 @@ async fn stream(node: Arc<NodeState>, peer: Arc<Peer>) {
             Plan::Wait => {
                 // Wake when the log grows past what we've seen.
                 tokio::select! {
-                    _ = last_seq_rx.wait_for(|&last| last >= from) => {},
+                    _ = persisted_rx.wait_for(|&last| last >= from) => {},
                     _ = peer.wake.notified() => {},
                 }
                 continue;
@@ -333,7 +333,7 @@ async fn handshake(node: &NodeState, peer: &Peer) -> Result<u64, String> {
         let theirs = TermHistory(answer.history.clone());
         common_prefix(
             &core.terms.history,
-            core.log.last_seq(),
+            core.log.appended_seq(),
             &theirs,
             answer.acked_seq,
         )
@@ -388,7 +388,7 @@ async fn send_snapshot(node: &NodeState, peer: &Peer) -> Result<u64, String> {
     };
     // The state may include writes still on their way to our disk.
     let _ = node
-        .last_seq_watch()
+        .persisted_seq_watch()
         .wait_for(|&persisted| persisted >= seq)
         .await;
     tracing::info!(

@@ -74,14 +74,20 @@ impl TermHistory {
     /// Starts `term` at `first_seq` (a promotion: nothing is written in it
     /// yet). Terms only grow.
     pub fn begin(&mut self, term: u64, first_seq: u64) {
-        debug_assert!(term > self.last_term());
+        // On in release builds: a term that did not grow would let two
+        // leaders write in one term. Promotions are rare, so it costs nothing.
+        assert!(
+            term > self.last_term(),
+            "terms only grow: term {term} begun after term {}",
+            self.last_term()
+        );
         self.truncate_after(first_seq - 1);
         self.0.push((term, first_seq));
     }
 
     /// `(term, first, last)` for each term holding entries of a log that
-    /// ends at `last_seq`.
-    fn spans(&self, last_seq: u64) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
+    /// ends at `log_end`.
+    fn spans(&self, log_end: u64) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
         self.0
             .iter()
             .enumerate()
@@ -89,8 +95,8 @@ impl TermHistory {
                 let end = self
                     .0
                     .get(i + 1)
-                    .map_or(last_seq, |&(_, next)| next - 1)
-                    .min(last_seq);
+                    .map_or(log_end, |&(_, next)| next - 1)
+                    .min(log_end);
                 (start <= end).then_some((t, start, end))
             })
     }

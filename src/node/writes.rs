@@ -148,14 +148,20 @@ fn append(
     let mut entries = Vec::with_capacity(writes.len());
     for KeyValue { key, value } in writes {
         let entry = Arc::new(Entry {
-            seq: core.log.last_seq() + 1,
+            seq: core.log.appended_seq() + 1,
             term,
             version: core.store.next_version(&key),
             key,
             value,
         });
         let applied = core.store.apply(&entry);
-        debug_assert_eq!(applied, store::Applied::Applied);
+        // The entry was numbered from the log under this lock, so the store
+        // must take it: otherwise log order and state would disagree.
+        assert_eq!(
+            applied,
+            store::Applied::Applied,
+            "the leader's store and log must agree"
+        );
         core.log.push(entry.clone(), now);
         entries.push(entry);
     }

@@ -290,7 +290,11 @@ impl Cluster {
         let resp = self
             .http
             .post(format!("{}/replication/wait", self.node_url(0)))
-            .json(&json!({"node_id": node_id, "timeout_ms": 20_000}))
+            .json(&kvlab::api::WaitRequest {
+                node_id: node_id.into(),
+                seq: None,
+                timeout_ms: Some(20_000),
+            })
             .send()
             .unwrap();
         (resp.status().as_u16(), resp.json().unwrap_or(Value::Null))
