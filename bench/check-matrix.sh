@@ -10,7 +10,7 @@
 # Knobs, from the environment:
 #   SEEDS="1 2 3 4 5"  TIME_LIMIT=60  CLIENTS=5  KEYS=3
 #   SHAPES="3:2:2 5:3:3"   (N:W:R)
-#   NEMESES="kill crash pause heartbeats partition slow-disk all"
+#   NEMESES="kill crash pause heartbeats partition slow-disk leader all"
 #   DELAYS="--no-delay"    (or "" for the lab's delays)
 #   BASE_PORT=32000  OUT_DIR=target/check-matrix  KVLAB=target/release/kvlab
 
@@ -22,7 +22,7 @@ TIME_LIMIT=${TIME_LIMIT:-60}
 CLIENTS=${CLIENTS:-5}
 KEYS=${KEYS:-3}
 SHAPES=${SHAPES:-"3:2:2 5:3:3"}
-NEMESES=${NEMESES:-"kill crash pause heartbeats partition slow-disk all"}
+NEMESES=${NEMESES:-"kill crash pause heartbeats partition slow-disk leader all"}
 DELAYS=${DELAYS---no-delay}
 BASE_PORT=${BASE_PORT:-32000}
 OUT_DIR=${OUT_DIR:-target/check-matrix}
