@@ -247,10 +247,11 @@ impl<'a, M: Model> Search<'a, M> {
     /// if it cannot, the walk moves on.
     fn try_call(&mut self, entry: usize) {
         let op = &self.ops[self.list.entries[entry].op];
-        // Not accepted here: `enabled_read` would have forced it.
-        let read = self.model.read_only(&op.input);
         let alike = self.model.interchangeable(&op.input, &op.output);
-        if !read && !(alike && self.tried_alike) {
+        // A read is not accepted here (`enabled_read` would have forced
+        // it); an interchangeable op is tried once a pass.
+        let skip = self.model.read_only(&op.input) || (alike && self.tried_alike);
+        if !skip {
             if let Some(next) = self.model.step(&self.state, &op.input, &op.output) {
                 if self.linearize(entry, next, false) {
                     return;
@@ -295,8 +296,8 @@ impl<'a, M: Model> Search<'a, M> {
             self.list.unlift(choice.call);
             if !choice.forced {
                 let undone = &self.ops[op];
-                self.tried_alike = choice.tried_alike
-                    || self.model.interchangeable(&undone.input, &undone.output);
+                self.tried_alike =
+                    choice.tried_alike || self.model.interchangeable(&undone.input, &undone.output);
                 self.cursor = self.list.entries[choice.call].next;
                 return true;
             }
@@ -349,7 +350,7 @@ impl<S: Clone + Eq + Hash> Memo<S> {
     /// Records (set, state); `false` if it was there already.
     fn insert(&mut self, set: &Bitset, state: &S) -> bool {
         let bucket = self.seen.entry((set.hash, state.clone())).or_default();
-        if bucket.iter().any(|bits| *bits == set.words) {
+        if bucket.contains(&set.words) {
             return false;
         }
         bucket.push(set.words.clone());
@@ -476,7 +477,9 @@ impl Bitset {
 /// A fixed pseudo-random number for operation `i` (SplitMix64's mixer):
 /// sets that differ get different hashes but for a 2^-64 chance.
 fn zobrist(i: usize) -> u64 {
-    let mut z = (i as u64).wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let mut z = (i as u64)
+        .wrapping_add(1)
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)

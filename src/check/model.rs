@@ -226,7 +226,10 @@ mod tests {
         assert_eq!(m.step(&v3, &three.0, &three.1), Some(Some((3, 4))));
         // Without the rules, every write takes the next version.
         let free = VersionedRegister::unbounded();
-        assert_eq!(free.step(&v1, &unread.0, &unread.1), Some(Some((UNREAD, 2))));
+        assert_eq!(
+            free.step(&v1, &unread.0, &unread.1),
+            Some(Some((UNREAD, 2)))
+        );
         assert_eq!(free.step(&None, &three.0, &three.1), Some(Some((3, 1))));
     }
 }
