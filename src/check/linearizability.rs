@@ -15,8 +15,9 @@
 //!   operation should have been linearized already: undo the last choice
 //!   (pop, put the entries back) and try the next candidate.
 //! - Lowe's memoisation: the pair (set of linearized operations, model state)
-//!   fully describes where the search stands, so a pair seen before is never
-//!   explored twice. The set is a bitset over the operations.
+//!   fully describes where the search stands (a *configuration*), so a pair
+//!   seen before is never explored twice. The set is a bitset over the
+//!   operations.
 //!
 //! Operations with an unknown outcome (a write that timed out: it may have
 //! taken effect at any time after its call, or never) get a return time of
@@ -25,10 +26,37 @@
 //! success: the unknown ones left over are those that never took effect
 //! (Porcupine would linearize them at the very end, to the same effect).
 //!
+//! Three additions keep the search fast on a busy key. None of them changes
+//! the answer: each skips only configurations from which no order exists.
+//!
+//! - *Reads first.* When an operation that the model calls read-only (it
+//!   never changes the state) is pending and accepted from the current
+//!   state, the search linearizes it at once and tries nothing else there;
+//!   if the search fails after it, the configuration before it fails too.
+//!   Why: take any order that works from here; the read sits somewhere
+//!   later in it. Move it to the front. Real time still holds: moving an
+//!   operation earlier can only break "`q` returned before the read was
+//!   called", and every such `q` is linearized already (else the walk would
+//!   have met `q`'s return before the read's call). The model still accepts
+//!   the order: the read is accepted now, and since it changes nothing,
+//!   every operation it jumps over sees the same states as before. Without
+//!   this rule, `k` reads pending on one state would have their `2^k`
+//!   subsets tried in turn each time a later step failed.
+//! - *Interchangeable operations* (see [`Model::interchangeable`]): only
+//!   the earliest pending one is tried at each point.
+//! - *Memo keys without copies.* The set of linearized operations keeps a
+//!   hash of itself up to date as bits are set and cleared (Zobrist
+//!   hashing: the XOR of one fixed random number per operation in the set).
+//!   Looking a configuration up costs neither a copy of the set nor a pass
+//!   over it; the bits are compared in full only when the hashes match, and
+//!   copied only when a new configuration is stored.
+//!
+//! The model can prune too: see `model` for the versioned register's rules.
+//!
 //! The search is exponential in the worst case, so it runs against a
 //! deadline; past it, the verdict is [`Outcome::Unknown`].
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::hash::Hash;
 use std::time::Instant;
 
@@ -53,6 +81,12 @@ pub trait Model {
     /// that uses the later one). This is what keeps hundreds of timed-out
     /// writes nobody ever read from exploding the search.
     fn interchangeable(&self, _input: &Self::Input, _output: &Self::Output) -> bool {
+        false
+    }
+    /// True if `step` never changes the state for this input (a read): it
+    /// returns the same state or `None`. Such operations are linearized as
+    /// soon as they are accepted ("reads first" in the module doc).
+    fn read_only(&self, _input: &Self::Input) -> bool {
         false
     }
 }
@@ -91,73 +125,185 @@ pub fn check<M: Model>(
     ops: &[Operation<M::Input, M::Output>],
     deadline: Instant,
 ) -> Outcome {
-    let mut list = EntryList::new(ops);
-    let mut state = model.init();
-    let mut linearized = Bitset::new(ops.len());
-    let mut cache: HashSet<(Bitset, M::State)> = HashSet::new();
-    // (the call entry lifted, the state before it, `tried_alike` then)
-    let mut stack: Vec<(usize, M::State, bool)> = Vec::new();
-    // Whether this pass over the list already tried an interchangeable op.
-    let mut tried_alike = false;
-    let mut deepest = Deepest::default();
-    let mut steps = 0u64;
-    // Operations with a known outcome not linearized yet: at 0, done.
-    let mut known_left = ops.iter().filter(|op| op.ret.is_some()).count();
-    let mut cursor = list.first();
-    while let Some(entry) = cursor {
-        if known_left == 0 {
-            return Outcome::Linearizable;
+    Search::new(model, ops).run(deadline)
+}
+
+/// One linearization on the stack: what is needed to undo it.
+struct Choice<S> {
+    /// The call entry lifted out of the list.
+    call: usize,
+    /// The state before it.
+    before: S,
+    /// Whether the pass had tried an interchangeable operation before it.
+    tried_alike: bool,
+    /// Taken by "reads first", without alternatives: if the search fails
+    /// after it, it fails before it too.
+    forced: bool,
+}
+
+/// Where the search stands.
+struct Search<'a, M: Model> {
+    model: &'a M,
+    ops: &'a [Operation<M::Input, M::Output>],
+    list: EntryList,
+    state: M::State,
+    linearized: Bitset,
+    memo: Memo<M::State>,
+    stack: Vec<Choice<M::State>>,
+    /// The next entry the walk looks at.
+    cursor: Option<usize>,
+    /// Just linearized something: a new configuration, where the walk
+    /// starts over from the head (after looking for a read to force).
+    fresh: bool,
+    /// Whether this pass over the list already tried an interchangeable op.
+    tried_alike: bool,
+    /// Operations with a known outcome not linearized yet: at 0, done.
+    known_left: usize,
+    deepest: Deepest,
+}
+
+impl<'a, M: Model> Search<'a, M> {
+    fn new(model: &'a M, ops: &'a [Operation<M::Input, M::Output>]) -> Self {
+        let list = EntryList::new(ops);
+        Search {
+            model,
+            ops,
+            cursor: list.first(),
+            list,
+            state: model.init(),
+            linearized: Bitset::new(ops.len()),
+            memo: Memo::default(),
+            stack: Vec::new(),
+            fresh: true,
+            tried_alike: false,
+            known_left: ops.iter().filter(|op| op.ret.is_some()).count(),
+            deepest: Deepest::default(),
         }
-        steps += 1;
-        if steps.is_multiple_of(CLOCK_EVERY) && Instant::now() > deadline {
-            return Outcome::Unknown;
-        }
-        let op = list.entries[entry].op;
-        if list.entries[entry].is_call {
-            let alike = model.interchangeable(&ops[op].input, &ops[op].output);
-            if alike && tried_alike {
-                cursor = list.entries[entry].next;
-                continue;
+    }
+
+    fn run(mut self, deadline: Instant) -> Outcome {
+        let mut steps = 0u64;
+        loop {
+            if self.known_left == 0 {
+                return Outcome::Linearizable;
             }
-            let next_state = model.step(&state, &ops[op].input, &ops[op].output);
-            if let Some(next_state) = next_state {
-                let mut with = linearized.clone();
-                with.set(op);
-                if !cache.contains(&(with.clone(), next_state.clone())) {
-                    cache.insert((with.clone(), next_state.clone()));
-                    stack.push((
-                        entry,
-                        std::mem::replace(&mut state, next_state),
-                        tried_alike,
-                    ));
-                    linearized = with;
-                    known_left -= usize::from(ops[op].ret.is_some());
-                    list.lift(entry);
-                    cursor = list.first();
-                    tried_alike = false;
+            steps += 1;
+            if steps.is_multiple_of(CLOCK_EVERY) && Instant::now() > deadline {
+                return Outcome::Unknown;
+            }
+            if self.fresh {
+                self.fresh = false;
+                self.cursor = self.list.first();
+                if let Some((call, next)) = self.enabled_read() {
+                    // Seen before, this read's configuration failed: by the
+                    // reads-first argument, so does this one.
+                    if !self.linearize(call, next, true) && !self.backtrack() {
+                        return self.deepest.violation();
+                    }
                     continue;
                 }
             }
-            tried_alike |= alike;
-            cursor = list.entries[entry].next;
-        } else {
-            // The return of an operation not linearized yet: back up.
-            deepest.note(&stack, &list, op);
-            let Some((call, previous, alike_before)) = stack.pop() else {
-                return deepest.violation(&list);
+            // Only `None` for an empty history: the returns of unknown
+            // operations come last, and reaching one means every known
+            // operation is linearized.
+            let Some(entry) = self.cursor else {
+                return Outcome::Linearizable;
             };
-            let undone = list.entries[call].op;
-            tried_alike =
-                alike_before || model.interchangeable(&ops[undone].input, &ops[undone].output);
-            state = previous;
-            linearized.clear(undone);
-            known_left += usize::from(ops[undone].ret.is_some());
-            list.unlift(call);
-            cursor = list.entries[call].next;
+            let op = self.list.entries[entry].op;
+            if self.list.entries[entry].is_call {
+                self.try_call(entry);
+            } else {
+                // The return of an operation not linearized yet: back up.
+                self.deepest.note(&self.stack, &self.list, op);
+                if !self.backtrack() {
+                    return self.deepest.violation();
+                }
+            }
         }
     }
-    // Only reached for an empty history.
-    Outcome::Linearizable
+
+    /// A pending read-only operation the model accepts from here, with the
+    /// state after it (the same state, for a read).
+    fn enabled_read(&self) -> Option<(usize, M::State)> {
+        let mut cursor = self.list.first();
+        while let Some(entry) = cursor {
+            let Entry { op, is_call, .. } = self.list.entries[entry];
+            if !is_call {
+                // Past the first return, nothing is pending yet.
+                return None;
+            }
+            let op = &self.ops[op];
+            if self.model.read_only(&op.input) {
+                if let Some(next) = self.model.step(&self.state, &op.input, &op.output) {
+                    return Some((entry, next));
+                }
+            }
+            cursor = self.list.entries[entry].next;
+        }
+        None
+    }
+
+    /// Tries to linearize the operation whose call `entry` the walk reached;
+    /// if it cannot, the walk moves on.
+    fn try_call(&mut self, entry: usize) {
+        let op = &self.ops[self.list.entries[entry].op];
+        let alike = self.model.interchangeable(&op.input, &op.output);
+        // A read is not accepted here (`enabled_read` would have forced
+        // it); an interchangeable op is tried once a pass.
+        let skip = self.model.read_only(&op.input) || (alike && self.tried_alike);
+        if !skip {
+            if let Some(next) = self.model.step(&self.state, &op.input, &op.output) {
+                if self.linearize(entry, next, false) {
+                    return;
+                }
+            }
+            self.tried_alike |= alike;
+        }
+        self.cursor = self.list.entries[entry].next;
+    }
+
+    /// Linearizes the operation of call entry `call`, reaching `next`,
+    /// unless that configuration was seen before (then `false`).
+    fn linearize(&mut self, call: usize, next: M::State, forced: bool) -> bool {
+        let op = self.list.entries[call].op;
+        self.linearized.set(op);
+        if !self.memo.insert(&self.linearized, &next) {
+            self.linearized.clear(op);
+            return false;
+        }
+        self.stack.push(Choice {
+            call,
+            before: std::mem::replace(&mut self.state, next),
+            tried_alike: self.tried_alike,
+            forced,
+        });
+        self.known_left -= usize::from(self.ops[op].ret.is_some());
+        self.list.lift(call);
+        self.tried_alike = false;
+        self.fresh = true;
+        true
+    }
+
+    /// Undoes the last choice (and the forced reads on top of it), and sets
+    /// the walk to go on after it. `false` if there was none left: no order
+    /// exists.
+    fn backtrack(&mut self) -> bool {
+        while let Some(choice) = self.stack.pop() {
+            let op = self.list.entries[choice.call].op;
+            self.state = choice.before;
+            self.linearized.clear(op);
+            self.known_left += usize::from(self.ops[op].ret.is_some());
+            self.list.unlift(choice.call);
+            if !choice.forced {
+                let undone = &self.ops[op];
+                self.tried_alike =
+                    choice.tried_alike || self.model.interchangeable(&undone.input, &undone.output);
+                self.cursor = self.list.entries[choice.call].next;
+                return true;
+            }
+        }
+        false
+    }
 }
 
 /// The deepest point the search reached, for the counterexample.
@@ -168,20 +314,47 @@ struct Deepest {
 }
 
 impl Deepest {
-    fn note<S>(&mut self, stack: &[(usize, S, bool)], list: &EntryList, stuck_op: usize) {
+    fn note<S>(&mut self, stack: &[Choice<S>], list: &EntryList, stuck_op: usize) {
         if stack.len() > self.longest.len() || self.longest.is_empty() {
-            self.longest = stack.iter().map(|(e, _, _)| list.entries[*e].op).collect();
+            self.longest = stack.iter().map(|c| list.entries[c.call].op).collect();
             self.stuck = vec![stuck_op];
         } else if stack.len() == self.longest.len() && !self.stuck.contains(&stuck_op) {
             self.stuck.push(stuck_op);
         }
     }
 
-    fn violation(self, _list: &EntryList) -> Outcome {
+    fn violation(self) -> Outcome {
         Outcome::Violation {
             longest: self.longest,
             stuck: self.stuck,
         }
+    }
+}
+
+/// The configurations seen: by (hash of the set, state), the sets' bits.
+/// Two sets with one hash both fit in the bucket, so a collision costs a
+/// comparison, never a wrong answer.
+struct Memo<S> {
+    seen: HashMap<(u64, S), Vec<Box<[u64]>>>,
+}
+
+impl<S> Default for Memo<S> {
+    fn default() -> Self {
+        Memo {
+            seen: HashMap::new(),
+        }
+    }
+}
+
+impl<S: Clone + Eq + Hash> Memo<S> {
+    /// Records (set, state); `false` if it was there already.
+    fn insert(&mut self, set: &Bitset, state: &S) -> bool {
+        let bucket = self.seen.entry((set.hash, state.clone())).or_default();
+        if bucket.contains(&set.words) {
+            return false;
+        }
+        bucket.push(set.words.clone());
+        true
     }
 }
 
@@ -274,20 +447,42 @@ impl EntryList {
     }
 }
 
-/// A set of operation indices, as bits.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Bitset(Box<[u64]>);
+/// A set of operation indices, as bits, with its Zobrist hash.
+#[derive(Debug, Clone)]
+struct Bitset {
+    words: Box<[u64]>,
+    /// The XOR of [`zobrist`]`(i)` over the members `i`.
+    hash: u64,
+}
 
 impl Bitset {
     fn new(n: usize) -> Bitset {
-        Bitset(vec![0; n.div_ceil(64)].into_boxed_slice())
+        Bitset {
+            words: vec![0; n.div_ceil(64)].into_boxed_slice(),
+            hash: 0,
+        }
     }
+    /// Adds `i` (not a member yet).
     fn set(&mut self, i: usize) {
-        self.0[i / 64] |= 1 << (i % 64);
+        self.words[i / 64] |= 1 << (i % 64);
+        self.hash ^= zobrist(i);
     }
+    /// Removes `i` (a member).
     fn clear(&mut self, i: usize) {
-        self.0[i / 64] &= !(1 << (i % 64));
+        self.words[i / 64] &= !(1 << (i % 64));
+        self.hash ^= zobrist(i);
     }
+}
+
+/// A fixed pseudo-random number for operation `i` (SplitMix64's mixer):
+/// sets that differ get different hashes but for a 2^-64 chance.
+fn zobrist(i: usize) -> u64 {
+    let mut z = (i as u64)
+        .wrapping_add(1)
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 #[cfg(test)]
@@ -298,6 +493,7 @@ mod tests {
     use crate::check::model::{Input, Output, VersionedRegister};
     use rand::rngs::SmallRng;
     use rand::{RngExt, SeedableRng};
+    use std::collections::HashSet;
 
     type Op = Operation<Input, Output>;
 
@@ -305,35 +501,51 @@ mod tests {
         Instant::now() + std::time::Duration::from_secs(60)
     }
 
-    /// Is there an order of all `ops` that respects real time and the model?
+    /// A plain versioned register, written apart from the model under test
+    /// (which prunes): a write takes the next version, a read sees the state.
+    fn register(state: Option<(u32, u64)>, op: &Op) -> Option<Option<(u32, u64)>> {
+        let next = state.map_or(0, |s| s.1) + 1;
+        match (op.input, op.output) {
+            (Input::Write(v), Output::Written(ver)) => (ver == next).then_some(Some((v, ver))),
+            (Input::Write(v), Output::WriteUnknown) => Some(Some((v, next))),
+            (Input::Read, Output::Found(v, ver)) => (state == Some((v, ver))).then_some(state),
+            (Input::Read, Output::NotFound) => state.is_none().then_some(state),
+            _ => None,
+        }
+    }
+
+    /// Is there an order of all `ops` that respects real time and the
+    /// plain register? Every order is tried, one by one; the only shortcut
+    /// is to remember the (placed, state) pairs that led nowhere.
     fn oracle(ops: &[Op]) -> bool {
-        fn go(ops: &[Op], placed: &mut Vec<bool>, state: Option<(u32, u64)>) -> bool {
-            if placed.iter().all(|p| *p) {
+        type Failed = HashSet<(u32, Option<(u32, u64)>)>;
+        fn go(ops: &[Op], placed: u32, state: Option<(u32, u64)>, failed: &mut Failed) -> bool {
+            let all = (1u32 << ops.len()) - 1;
+            if placed == all {
                 return true;
             }
-            for i in 0..ops.len() {
-                if placed[i] {
-                    continue;
-                }
+            if failed.contains(&(placed, state)) {
+                return false;
+            }
+            let unplaced = |j: usize| placed & (1 << j) == 0;
+            for i in (0..ops.len()).filter(|&i| unplaced(i)) {
                 // Some unplaced op returned before i was called: it goes first.
                 let forced_before = (0..ops.len())
-                    .any(|j| !placed[j] && j != i && ops[j].ret.is_some_and(|r| r < ops[i].call));
+                    .any(|j| unplaced(j) && j != i && ops[j].ret.is_some_and(|r| r < ops[i].call));
                 if forced_before {
                     continue;
                 }
-                if let Some(next) =
-                    VersionedRegister::UNBOUNDED.step(&state, &ops[i].input, &ops[i].output)
-                {
-                    placed[i] = true;
-                    if go(ops, placed, next) {
+                if let Some(next) = register(state, &ops[i]) {
+                    if go(ops, placed | (1 << i), next, failed) {
                         return true;
                     }
-                    placed[i] = false;
                 }
             }
+            failed.insert((placed, state));
             false
         }
-        go(ops, &mut vec![false; ops.len()], None)
+        assert!(ops.len() < 32);
+        go(ops, 0, None, &mut HashSet::new())
     }
 
     /// A random history of a few concurrent operations on one register:
@@ -457,12 +669,130 @@ mod tests {
         );
     }
 
-    #[test]
-    fn agrees_with_the_brute_force_oracle_on_random_histories() {
-        let mut rng = SmallRng::seed_from_u64(11);
+    /// A busier history, aimed at the pruning rules: 2 to 4 clients with
+    /// up to 12 operations back to back, so most of them overlap; several
+    /// reads of one state; unknown writes that are read later, or never
+    /// (the versions they take are gaps nobody claims), or never happen;
+    /// now and then two writes of one value. Then, half the time, damage.
+    fn busy_history(rng: &mut SmallRng) -> Vec<Op> {
+        let clients = rng.random_range(2..=4);
+        let mut free_at = vec![0u32; clients];
+        let n = rng.random_range(2..=12);
+        // (the op, the moment it takes effect, or None if it never does)
+        let mut ops: Vec<(Op, Option<f64>)> = (0..n)
+            .map(|i| {
+                let client = rng.random_range(0..clients);
+                let call = free_at[client] + rng.random_range(0..3);
+                let ret = call + rng.random_range(0..6);
+                free_at[client] = ret + 1;
+                let (call, ret) = (call as f64, ret as f64);
+                let mut point = call + rng.random_range(0.0..=1.0) * (ret - call);
+                let (input, output, ret) = if rng.random_range(0..2) == 0 {
+                    (Input::Read, Output::NotFound, Some(ret))
+                } else {
+                    // Mostly a value of its own, sometimes an earlier one.
+                    let value = if i > 0 && rng.random_range(0..8) == 0 {
+                        rng.random_range(0..i as u32)
+                    } else {
+                        i as u32
+                    };
+                    match rng.random_range(0..20) {
+                        0..12 => (Input::Write(value), Output::Written(0), Some(ret)),
+                        outcome => {
+                            // Unknown: it may take effect well after the call.
+                            point = call + rng.random_range(0.0..10.0);
+                            if outcome >= 17 {
+                                let op = Op {
+                                    call,
+                                    ret: None,
+                                    input: Input::Write(value),
+                                    output: Output::WriteUnknown,
+                                };
+                                return (op, None);
+                            }
+                            (Input::Write(value), Output::WriteUnknown, None)
+                        }
+                    }
+                };
+                let op = Op {
+                    call,
+                    ret,
+                    input,
+                    output,
+                };
+                (op, Some(point))
+            })
+            .collect();
+        let mut order: Vec<usize> = (0..n).filter(|&i| ops[i].1.is_some()).collect();
+        order.sort_by(|&a, &b| ops[a].1.unwrap().total_cmp(&ops[b].1.unwrap()));
+        let mut state: Option<(u32, u64)> = None;
+        for &i in &order {
+            let op = &mut ops[i].0;
+            match (op.input, op.output) {
+                (Input::Write(v), output) => {
+                    let version = state.map_or(0, |s| s.1) + 1;
+                    state = Some((v, version));
+                    if output != Output::WriteUnknown {
+                        op.output = Output::Written(version);
+                    }
+                }
+                (Input::Read, _) => {
+                    op.output = match state {
+                        Some((v, ver)) => Output::Found(v, ver),
+                        None => Output::NotFound,
+                    };
+                }
+            }
+        }
+        let mut ops: Vec<Op> = ops.into_iter().map(|(op, _)| op).collect();
+        if rng.random_range(0..2) == 0 {
+            damage(rng, &mut ops);
+        }
+        ops
+    }
+
+    /// One wrong answer, of a kind that the pruning rules look at.
+    fn damage(rng: &mut SmallRng, ops: &mut [Op]) {
+        let n = ops.len();
+        let i = rng.random_range(0..n);
+        let j = rng.random_range(0..n);
+        let other_value = match ops[j].input {
+            Input::Write(v) => v,
+            Input::Read => n as u32,
+        };
+        let top = ops
+            .iter()
+            .filter_map(|op| match op.output {
+                Output::Written(v) | Output::Found(_, v) => Some(v),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        ops[i].output = match (ops[i].output, rng.random_range(0..4)) {
+            // A stale read, or one a version ahead.
+            (Output::Found(v, ver), 0) => Output::Found(v, ver - 1),
+            (Output::Found(v, ver), 1) => Output::Found(v, ver + 1),
+            // Another write's value (maybe one that never happened), at a
+            // version someone else may claim.
+            (Output::Found(..) | Output::NotFound, _) => {
+                Output::Found(other_value, rng.random_range(1..=top + 1))
+            }
+            (Output::Written(ver), 0) => Output::Written(ver + 1),
+            (Output::Written(ver), _) => Output::Written(ver.max(2) - 1),
+            (Output::WriteUnknown, _) => Output::Written(rng.random_range(1..=top + 1)),
+        };
+        if ops[i].ret.is_none() {
+            ops[i].ret = Some(ops[i].call + 1.0);
+        }
+    }
+
+    /// Runs `rounds` histories from `generate` through the checker and the
+    /// oracle; returns how many were valid and invalid.
+    fn compare(generate: fn(&mut SmallRng) -> Vec<Op>, seed: u64, rounds: usize) -> (usize, usize) {
+        let mut rng = SmallRng::seed_from_u64(seed);
         let (mut valid, mut invalid) = (0, 0);
-        for round in 0..5000 {
-            let ops = random_history(&mut rng);
+        for round in 0..rounds {
+            let ops = generate(&mut rng);
             let expected = oracle(&ops);
             let canonical = unread_as_one(&ops);
             let got = check(&VersionedRegister::for_ops(&canonical), &canonical, far());
@@ -476,9 +806,24 @@ mod tests {
                 invalid += 1
             }
         }
+        (valid, invalid)
+    }
+
+    #[test]
+    fn agrees_with_the_brute_force_oracle_on_random_histories() {
+        let (valid, invalid) = compare(random_history, 11, 5000);
         // Both kinds of history were exercised.
         assert!(
             valid > 1000 && invalid > 1000,
+            "valid {valid}, invalid {invalid}"
+        );
+    }
+
+    #[test]
+    fn agrees_with_the_oracle_on_busy_histories() {
+        let (valid, invalid) = compare(busy_history, 12, 20_000);
+        assert!(
+            valid > 5000 && invalid > 5000,
             "valid {valid}, invalid {invalid}"
         );
     }
@@ -504,7 +849,7 @@ mod tests {
     fn a_stale_read_is_a_violation_and_names_the_read() {
         // w(1)@v1, then w(2)@v2 acknowledged, then a read returning v1.
         let ops = vec![w(0.0, 1.0, 1, 1), w(2.0, 3.0, 2, 2), r(4.0, 5.0, 1, 1)];
-        match check(&VersionedRegister::UNBOUNDED, &ops, far()) {
+        match check(&VersionedRegister::unbounded(), &ops, far()) {
             Outcome::Violation { stuck, longest } => {
                 assert_eq!(longest, vec![0, 1]);
                 assert!(stuck.contains(&2), "stuck {stuck:?}");
@@ -514,7 +859,7 @@ mod tests {
         // Overlapping the write, the same read is fine.
         let ops = vec![w(0.0, 1.0, 1, 1), w(2.0, 5.0, 2, 2), r(4.0, 5.0, 1, 1)];
         assert_eq!(
-            check(&VersionedRegister::UNBOUNDED, &ops, far()),
+            check(&VersionedRegister::unbounded(), &ops, far()),
             Outcome::Linearizable
         );
     }
@@ -537,12 +882,12 @@ mod tests {
             },
         ];
         assert_eq!(
-            check(&VersionedRegister::UNBOUNDED, &never, far()),
+            check(&VersionedRegister::unbounded(), &never, far()),
             Outcome::Linearizable
         );
         let late = vec![unknown, r(100.0, 101.0, 1, 1)];
         assert_eq!(
-            check(&VersionedRegister::UNBOUNDED, &late, far()),
+            check(&VersionedRegister::unbounded(), &late, far()),
             Outcome::Linearizable
         );
     }
@@ -553,11 +898,11 @@ mod tests {
             .map(|i| w(i as f64, i as f64 + 0.5, i, i as u64 + 1))
             .collect();
         assert_eq!(
-            check(&VersionedRegister::UNBOUNDED, &ops, Instant::now()),
+            check(&VersionedRegister::unbounded(), &ops, Instant::now()),
             Outcome::Unknown
         );
         assert_eq!(
-            check(&VersionedRegister::UNBOUNDED, &ops, far()),
+            check(&VersionedRegister::unbounded(), &ops, far()),
             Outcome::Linearizable
         );
     }

@@ -73,7 +73,8 @@ pub struct Args {
     #[arg(long, conflicts_with_all = ["sync_delay", "async_delay"])]
     pub no_delay: bool,
     /// Faults: a comma-separated list of kill, crash, pause, heartbeats,
-    /// partition, slow-disk, leader; `all` (every one but leader) or `none`.
+    /// partition, slow-disk, leader; `all` (a random mix of all seven,
+    /// leader included) or `none`.
     #[arg(long, default_value = "none", value_name = "LIST")]
     pub nemesis: String,
     /// How long the clients run, in seconds.

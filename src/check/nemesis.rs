@@ -40,15 +40,16 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    /// What `all` means: every fault that a cluster without failover
-    /// should survive (`leader` needs failover, so it is asked for by name).
-    pub const ALL: [FaultKind; 6] = [
+    /// What `all` means: a random mix of every fault, `leader` included
+    /// (the cluster fails over to a follower while its leader is down).
+    pub const ALL: [FaultKind; 7] = [
         FaultKind::Kill,
         FaultKind::Crash,
         FaultKind::Pause,
         FaultKind::Heartbeats,
         FaultKind::Partition,
         FaultKind::SlowDisk,
+        FaultKind::Leader,
     ];
 
     pub fn name(self) -> &'static str {
@@ -64,10 +65,7 @@ impl FaultKind {
     }
 
     fn parse(word: &str) -> Option<FaultKind> {
-        [FaultKind::Leader]
-            .into_iter()
-            .chain(FaultKind::ALL)
-            .find(|k| k.name() == word)
+        FaultKind::ALL.into_iter().find(|k| k.name() == word)
     }
 }
 
@@ -83,7 +81,13 @@ pub fn parse_list(list: &str) -> Result<Vec<FaultKind>, String> {
             })?),
         }
     }
-    kinds.dedup();
+    // Each kind once, so that `leader,all` does not draw leader twice as often.
+    let mut seen = Vec::new();
+    kinds.retain(|k| {
+        let first = !seen.contains(k);
+        seen.push(*k);
+        first
+    });
     Ok(kinds)
 }
 
@@ -446,7 +450,10 @@ mod tests {
     #[test]
     fn lists_parse_and_bad_names_are_refused() {
         assert_eq!(parse_list("none").unwrap(), vec![]);
-        assert_eq!(parse_list("all").unwrap().len(), 6);
+        let all = parse_list("all").unwrap();
+        assert_eq!(all.len(), 7);
+        assert!(all.contains(&FaultKind::Leader));
+        assert_eq!(parse_list("leader,all,kill").unwrap().len(), 7);
         assert_eq!(
             parse_list("kill,slow-disk").unwrap(),
             vec![FaultKind::Kill, FaultKind::SlowDisk]
