@@ -5,7 +5,7 @@
 //! about a third of them writes, 2% of writes with an unknown outcome (half
 //! of those never happened). Then the same on one key: ten clients on one
 //! register overlap all the time, the hard case for the search. Target:
-//! well under 1 s for each (on 2 cores: 17 ms and 30 ms).
+//! well under 1 s for each (on 2 cores: 11 ms and 30 ms).
 //!
 //! Run: `cargo bench --bench checker -- --quick`
 
