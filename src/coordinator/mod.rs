@@ -343,6 +343,11 @@ impl Coordinator {
         self.cluster.lock().unwrap().clone()
     }
 
+    /// The current leadership term, without copying the whole table.
+    fn term(&self) -> u64 {
+        self.cluster.lock().unwrap().term
+    }
+
     pub fn status(&self) -> StatusResponse {
         let c = self.cluster.lock().unwrap();
         let sets = c.sets(self.config.w, self.config.r);

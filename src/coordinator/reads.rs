@@ -497,7 +497,7 @@ impl Coordinator {
         let Some(started_in) = term else {
             return Ok(());
         };
-        let now = self.snapshot().term;
+        let now = self.term();
         if now == started_in {
             return Ok(());
         }
