@@ -123,6 +123,21 @@ pub fn validate_key_value(key: &str, value: Option<&str>) -> Result<(), ApiError
             json!({"error": "invalid key", "reason": "the key is empty"}),
         ));
     }
+    if key
+        .split('/')
+        .any(|segment| segment == "." || segment == "..")
+    {
+        // HTTP clients resolve dot segments before sending (RFC 3986,
+        // 5.2.4): `GET /read/a/../b` asks for `b`, and `/read/.` for nothing.
+        // Such a key could be written but never read back, so it is refused.
+        return Err(ApiError::bad_request(json!({
+            "error": "invalid key",
+            "reason": format!(
+                "the key {key:?} has a `.` or `..` path segment, which HTTP clients \
+                 resolve away in a URL, so it could never be read back; choose another key"
+            ),
+        })));
+    }
     if key.len() > MAX_KEY_BYTES {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -279,6 +294,17 @@ pub fn answering_incarnation(resp: &reqwest::Response) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_with_dot_segments_are_refused_and_dots_elsewhere_are_fine() {
+        for key in [".", "..", "a/../b", "./x", "x/.", "a//./b"] {
+            let e = validate_key_value(key, Some("v")).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{key}");
+        }
+        for key in ["a.b", "...", ".hidden", "a/.b/c", "a/b."] {
+            assert!(validate_key_value(key, Some("v")).is_ok(), "{key}");
+        }
+    }
 
     #[test]
     fn detail_of_takes_the_detail_else_the_body_else_the_status() {

@@ -484,8 +484,25 @@ fn bad_input_is_refused_clearly() {
     assert_eq!(c.post("/node-died", json!({})).0, 422);
     assert_eq!(c.post("/spawn", json!({"node_id": "bad id!"})).0, 400);
     assert_eq!(c.post("/spawn", json!({"node_id": "leader"})).0, 409);
-    // Keys with slashes and unicode round-trip.
-    for key in ["a/b/c", "ключ", "emoji 🎉", "sp ace", "%2F"] {
+    // Keys with a `.` or `..` segment could be written but never read back
+    // (clients resolve them in the URL): refused at write time, with why.
+    for key in [".", "..", "a/../b", "./x", "x/."] {
+        let (code, e) = c.write(key, "v");
+        assert_eq!(code, 400, "{key}: {e}");
+        assert_eq!(e["detail"]["error"], "invalid key", "{key}: {e}");
+        assert!(as_text(&e).contains("read back"), "{key}: {e}");
+    }
+    // Keys with slashes, dots inside a segment and unicode round-trip.
+    for key in [
+        "a/b/c",
+        "ключ",
+        "emoji 🎉",
+        "sp ace",
+        "%2F",
+        "a.b",
+        "...",
+        ".hidden",
+    ] {
         let (code, w) = c.write(key, "v");
         assert_eq!(code, 200, "{key}: {w}");
         let (code, r) = c.read(key);
