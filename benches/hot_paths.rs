@@ -8,6 +8,11 @@
 //!   decoding it on the follower's side.
 //! - `ratelimit/check/<strategy>`: the gateway limiter's decision for one
 //!   request, over 1,000 client addresses.
+//! - `metrics/per_read`: what the metrics cost one client read in the `up`
+//!   process: the gateway's count by status code, the coordinator's read
+//!   counter and latency histogram (`one_thread`), and the same from two
+//!   threads at once, as tokio's two workers run them (`two_threads`, per
+//!   read: the atomics' cache lines bounce between the cores).
 //!
 //! Run: `cargo bench --bench hot_paths -- --quick`
 
@@ -107,11 +112,42 @@ fn ratelimit_check(c: &mut Criterion) {
     group.finish();
 }
 
+fn metrics_per_read(c: &mut Criterion) {
+    use kvlab::metrics::{gateway::ByCode, Histogram, LATENCY_BUCKETS};
+    use prometheus_client::metrics::counter::Counter;
+    use std::time::Duration;
+    let codes = ByCode::default();
+    let reads_ok = Counter::<u64>::default();
+    let read_seconds = Histogram::new(LATENCY_BUCKETS);
+    let one_read = || {
+        codes.count(axum::http::StatusCode::OK);
+        reads_ok.inc();
+        read_seconds.observe(Duration::from_micros(2500));
+    };
+    let mut group = c.benchmark_group("metrics");
+    group.bench_function("per_read/one_thread", |b| b.iter(one_read));
+    group.bench_function("per_read/two_threads", |b| {
+        b.iter_custom(|iters| {
+            let started = Instant::now();
+            std::thread::scope(|s| {
+                for _ in 0..2 {
+                    s.spawn(|| (0..iters / 2).for_each(|_| one_read()));
+                }
+            });
+            // Two threads did `iters` reads together: the cost of one read
+            // is the wall time spread over them, times the two cores used.
+            started.elapsed() * 2
+        })
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     store_apply,
     log_push_and_read,
     wire_batch,
-    ratelimit_check
+    ratelimit_check,
+    metrics_per_read
 );
 criterion_main!(benches);
