@@ -129,8 +129,14 @@ async fn append(
     if fresh.new_term {
         leadership::persist(&node).await;
     }
-    node.publish_persisted(applied_seq);
-    durable::snapshot_if_due(&node, applied_seq);
+    // An empty append (the leader's reconciliation after a handshake)
+    // persisted nothing: publishing the applied seq would vouch for entries
+    // this request never saw, such as a deposed leader's own last write
+    // still on its way to disk.
+    if !req.entries.is_empty() {
+        node.publish_persisted(applied_seq);
+        durable::snapshot_if_due(&node, applied_seq);
+    }
     node.mark_reconciled(req.term);
     Ok(Json(append_answer(&node)))
 }

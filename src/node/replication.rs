@@ -340,13 +340,17 @@ async fn handshake(node: &NodeState, peer: &Peer) -> Result<u64, String> {
     };
     if shared >= answer.acked_seq {
         // Nothing to cut. An empty append still tells the follower that its
-        // log is a prefix of ours, so it may serve reads in our term.
+        // log is a prefix of ours, so it may serve reads in our term. Only
+        // what the handshake checked counts as held: the follower may have
+        // more by now (a deposed leader's last write reaching its disk), and
+        // that is not ours.
         let empty = AppendRequest {
             term: peer.term,
             to_incarnation: peer.config.incarnation,
             entries: Vec::new(),
         };
-        return post(node, peer, "replicate", &empty).await;
+        post(node, peer, "replicate", &empty).await?;
+        return Ok(answer.acked_seq);
     }
     tracing::warn!(
         follower = %peer.config.node_id,
@@ -359,7 +363,8 @@ async fn handshake(node: &NodeState, peer: &Peer) -> Result<u64, String> {
         to_incarnation: peer.config.incarnation,
         after_seq: shared,
     };
-    post(node, peer, "replicate/truncate", &body).await
+    let acked = post(node, peer, "replicate/truncate", &body).await?;
+    Ok(acked.min(shared))
 }
 
 async fn send_entries(
@@ -373,11 +378,14 @@ async fn send_entries(
         to_incarnation: peer.config.incarnation,
         entries: batch.iter().map(|e| Entry::clone(e)).collect(),
     };
+    let last_sent = batch.last().map_or(0, |e| e.seq);
     let acked = post(node, peer, "replicate", &body).await?;
     node.stats
         .replications_sent
         .fetch_add(count, Ordering::Relaxed);
-    Ok(acked)
+    // A follower is credited only with entries we sent or checked: what it
+    // holds beyond them is not known to be ours.
+    Ok(acked.min(last_sent))
 }
 
 async fn send_snapshot(node: &NodeState, peer: &Peer) -> Result<u64, String> {
@@ -406,7 +414,7 @@ async fn send_snapshot(node: &NodeState, peer: &Peer) -> Result<u64, String> {
     };
     let acked = post(node, peer, "replicate/snapshot", &body).await?;
     node.stats.snapshots_sent.fetch_add(1, Ordering::Relaxed);
-    Ok(acked)
+    Ok(acked.min(seq))
 }
 
 /// Sends one replication request and returns the seq the follower now holds,
