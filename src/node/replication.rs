@@ -12,6 +12,10 @@
 //!   when the log no longer retains those entries;
 //! - an ack counts only if it comes from the incarnation the coordinator named:
 //!   a replaced process (same id, older incarnation) is fenced out;
+//! - a follower is credited with at most the entries we sent it, checked at
+//!   the handshake, cut it to or snapshotted: what it holds beyond them (a
+//!   deposed leader's own last write reaching its disk) is not known to be
+//!   ours, whatever seq it reports;
 //! - the lab's delay is applied per entry, from its append time, so a 5 s
 //!   delay delays every entry by 5 s but never caps throughput (pipelining);
 //! - an entry keeps the link it was sent on: once a write has waited for a
