@@ -62,6 +62,12 @@ const SUSPECT_FOR: Duration = Duration::from_secs(1);
 /// A waiting read asks the leader for the commit point this often, in case
 /// no write moves it (a write that failed its quorum, say).
 const COMMIT_POLL: Duration = Duration::from_millis(50);
+/// How long a read waits for the current leader to reconcile followers
+/// (after a start or a failover) before it fails, and how often it looks.
+const RECONCILE_PATIENCE: Duration = Duration::from_secs(2);
+const RECONCILE_POLL: Duration = Duration::from_millis(20);
+/// The start of the reason given for a follower not reconciled in this term.
+const NOT_RECONCILED: &str = "not yet reconciled";
 /// Substitutions are narrated at most once a second per unreachable member.
 const NARRATE_SUBSTITUTES_EVERY: Duration = Duration::from_secs(1);
 
@@ -236,7 +242,18 @@ impl Coordinator {
         // Only answers from followers the current leader has reconciled
         // count (repair 3); a term of 0 means no leader was promoted yet.
         let term = (linearizable && cluster.term > 0).then_some(cluster.term);
-        let outcome = self.gather(&candidates, skipped, &key, r, term).await;
+        let mut outcome = self.gather(&candidates, skipped, &key, r, term).await;
+        // Right after a start or a failover the new leader reconciles each
+        // follower within milliseconds: a read that came first waits for
+        // that rather than fail (bounded, then it fails as usual).
+        let patience_ends = Instant::now() + RECONCILE_PATIENCE;
+        while outcome.responses() < r && outcome.waits_for_reconciliation() {
+            if Instant::now() >= patience_ends {
+                break;
+            }
+            tokio::time::sleep(RECONCILE_POLL).await;
+            outcome = self.gather(&candidates, vec![], &key, r, term).await;
+        }
         for sub in &outcome.substitutes {
             self.narrate_substitute(sub);
         }
@@ -482,7 +499,7 @@ impl Coordinator {
                     t => format!("its log was last checked by the leader of term {t}"),
                 };
                 Answer::Failed(format!(
-                    "not yet reconciled with the leader of term {term} ({last})"
+                    "{NOT_RECONCILED} with the leader of term {term} ({last})"
                 ))
             }
             _ => answer,
@@ -716,6 +733,14 @@ impl ReadOutcome {
             .fold((0, u64::MAX), |(n, low), (_, _, _, seq)| {
                 (n + 1, low.min(seq))
             })
+    }
+
+    /// Whether some follower failed only because the current leader has
+    /// not reconciled it yet.
+    fn waits_for_reconciliation(&self) -> bool {
+        self.answers
+            .iter()
+            .any(|(_, a)| matches!(a, Answer::Failed(why) if why.starts_with(NOT_RECONCILED)))
     }
 
     fn responses(&self) -> usize {
