@@ -31,8 +31,10 @@
 //!    answer counts only once the current term's leader has checked its log
 //!    against its own (the follower's *reconciled term*, carried by every
 //!    read answer; see `node::follower`); any other answer is a failed
-//!    member and is replaced. A read that waited across a change of term
-//!    fails rather than return what it can no longer vouch for.
+//!    member and is replaced. Right after a start or a failover, when no
+//!    follower is reconciled yet, a read waits for that (at most
+//!    [`RECONCILE_PATIENCE`]) rather than fail. A read that waited across a
+//!    change of term fails rather than return what it can no longer vouch for.
 //!
 //! When W + R <= N none of this guarantee exists (that is the lab's lesson):
 //! reads still get substitutes but return what they see, stale or not.
