@@ -7,7 +7,9 @@
 //! - [`client`]: the one pooled keep-alive HTTP client a component uses to talk
 //!   to the others.
 //! - [`bind`] and [`serve`]: listening with an error that names the port;
-//!   [`limited`]: the input limits a served router gets.
+//!   [`limited`]: the input limits a served router gets; [`serve`] also
+//!   times out connections that send nothing and caps how many a listener
+//!   serves at once, and [`raise_open_file_limit`] lifts the soft file limit.
 //! - [`error_detail`] and [`detail_of`]: the `detail` of another component's
 //!   error answer, whatever shape its body has.
 
@@ -178,11 +180,16 @@ pub fn client_from(node_id: &str) -> reqwest::Client {
         .expect("building the HTTP client")
 }
 
+/// How long a pooled connection may sit idle before the client drops it:
+/// below the servers' [`HEADER_READ_TIMEOUT`], so a request never goes out on
+/// a connection the server is closing at that very moment.
+pub const CLIENT_POOL_IDLE: Duration = Duration::from_secs(5);
+
 fn builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .no_proxy()
         .connect_timeout(Duration::from_secs(2))
-        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_idle_timeout(CLIENT_POOL_IDLE)
         .pool_max_idle_per_host(256)
         .tcp_nodelay(true)
 }
@@ -202,19 +209,134 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     })
 }
 
-/// Serves a router until `shutdown` resolves.
+/// How long a connection may take to send a request's headers, counted from
+/// the moment the server starts waiting for them. hyper starts that wait on
+/// a new connection *and* after every answer on a kept-alive one, so this is
+/// also the idle (keep-alive) timeout: a connection that sends nothing for
+/// this long is closed. Our own clients drop pooled connections sooner
+/// ([`CLIENT_POOL_IDLE`]), so they never reuse one the server is closing.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections one listener serves at once, whatever the open-file limit:
+/// far more than a lab cluster ever opens.
+const MAX_CONNECTIONS: usize = 16_384;
+
+/// Serves a router until `shutdown` resolves, with the limits every listener
+/// has: the body limit ([`limited`]), the header-read and idle timeout
+/// ([`HEADER_READ_TIMEOUT`]), and a cap on connections served at once
+/// ([`connection_cap`]). Past the cap, new connections wait in the kernel's
+/// accept queue until a served one closes (or times out), so idle or slow
+/// clients can hold a listener's slots for at most the timeout, and never
+/// take the process's last file descriptors.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    axum::serve(
-        listener,
-        limited(router).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await?;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+
+    let router = limited(router);
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(connection_cap()));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    tokio::pin!(shutdown);
+    loop {
+        // A slot first, then a connection: past the cap, clients wait.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    accept_failed(e).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // Handlers see the peer's address as axum's `ConnectInfo` (the
+        // gateway's rate limiter keys clients by it).
+        let service = router
+            .clone()
+            .map_request(move |mut req: axum::extract::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                req
+            });
+        let service = hyper_util::service::TowerToHyperService::new(service);
+        let conn = graceful.watch(http1.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            // An error here is the client's (gone, timed out, malformed).
+            let _ = conn.await;
+            drop(slot);
+        });
+    }
+    graceful.shutdown().await;
     Ok(())
+}
+
+/// An `accept` that failed. A connection reset before it was accepted is
+/// the client's business; anything else (out of file descriptors) is
+/// logged, and the listener retries shortly instead of spinning.
+async fn accept_failed(e: std::io::Error) {
+    use std::io::ErrorKind::*;
+    if matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionReset | ConnectionRefused
+    ) {
+        return;
+    }
+    tracing::warn!(error = %e, "cannot accept a connection; retrying in 50 ms");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+/// Connections each listener serves at once: a quarter of the open-file
+/// limit (a process may have several listeners, plus its own outgoing
+/// connections, log and data files), at least 32, at most [`MAX_CONNECTIONS`].
+pub fn connection_cap() -> usize {
+    let (soft, _) = open_file_limit();
+    ((soft / 4) as usize).clamp(32, MAX_CONNECTIONS)
+}
+
+/// The open-file limit: (soft, hard).
+fn open_file_limit() -> (u64, u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return (1024, 1024);
+    }
+    (lim.rlim_cur as u64, lim.rlim_max as u64)
+}
+
+/// Raises the soft open-file limit to the hard one, for every subcommand at
+/// start. The soft limit is often 1,024, which a thousand idle connections
+/// exhaust; the hard limit is what the administrator allows. Capped at
+/// 1,048,576 (Linux refuses an unlimited one). Returns the soft limit now in
+/// force.
+pub fn raise_open_file_limit() -> u64 {
+    let (soft, hard) = open_file_limit();
+    let target = hard.min(1 << 20);
+    if soft >= target {
+        return soft;
+    }
+    let lim = libc::rlimit {
+        rlim_cur: target as libc::rlim_t,
+        rlim_max: hard as libc::rlim_t,
+    };
+    // SAFETY: setrlimit only reads the struct we pass.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        return soft;
+    }
+    target
 }
 
 /// A router with the input limits every component applies to its requests

@@ -42,6 +42,8 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.command);
+    // Every subcommand: listeners and clients alike need descriptors.
+    kvlab::http::raise_open_file_limit();
     let runtime = match build_runtime(&cli.command) {
         Ok(rt) => rt,
         Err(e) => {
