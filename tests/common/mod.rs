@@ -110,7 +110,27 @@ impl Cluster {
         Cluster::launch(Some(data_dir), extra)
     }
 
+    /// Starts `kvlab up` as [`Cluster::start`] does, letting the caller
+    /// adjust the command first (its environment, its limits).
+    pub fn start_with(extra: &[&str], prepare: impl FnOnce(&mut Command)) -> Cluster {
+        let data_dir = tempfile::Builder::new()
+            .prefix("kvlab-data-")
+            .tempdir()
+            .unwrap();
+        let mut cluster = Cluster::launch_with(Some(data_dir.path()), extra, prepare);
+        cluster.data_dir = Some(data_dir);
+        cluster
+    }
+
     fn launch(data_dir: Option<&std::path::Path>, extra: &[&str]) -> Cluster {
+        Cluster::launch_with(data_dir, extra, |_| {})
+    }
+
+    fn launch_with(
+        data_dir: Option<&std::path::Path>,
+        extra: &[&str],
+        prepare: impl FnOnce(&mut Command),
+    ) -> Cluster {
         let base = free_port_block();
         let log_dir = tempfile::Builder::new()
             .prefix("kvlab-test-logs-")
@@ -121,8 +141,7 @@ impl Cluster {
         if let Some(dir) = data_dir {
             cmd.arg("--data-dir").arg(dir);
         }
-        let child = cmd
-            .args(["--coordinator-port", &base.to_string()])
+        cmd.args(["--coordinator-port", &base.to_string()])
             .args(["--registry-port", &(base + 1).to_string()])
             .args(["--node-base-port", &(base + 2).to_string()])
             .args(["--gateway-port", &(base + GATEWAY_OFFSET).to_string()])
@@ -131,9 +150,9 @@ impl Cluster {
             .arg("--quiet")
             .args(extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start kvlab up");
+            .stderr(Stdio::inherit());
+        prepare(&mut cmd);
+        let child = cmd.spawn().expect("start kvlab up");
         let cluster = Cluster {
             child,
             coordinator: format!("http://127.0.0.1:{base}"),
