@@ -941,17 +941,31 @@ pub struct AppendRequest {
     pub entries: Vec<Entry>,
 }
 
-/// A follower's `POST /replicate/snapshot` body: the whole state at `seq`,
-/// used only when the leader no longer retains the entries the follower lacks.
+/// A follower's `POST /replicate/snapshot` body: one chunk of the whole
+/// state at `seq`, used only when the leader no longer retains the entries
+/// the follower lacks. The state is sent in chunks (`chunk` 0, 1, 2...,
+/// each under the route's body limit, whatever the store's size); the
+/// follower installs it once the `last` one is in.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InstallSnapshot {
     pub term: u64,
     pub to_incarnation: u64,
     pub seq: u64,
+    /// This chunk's keys (the chunks of a snapshot hold distinct keys).
     pub data: BTreeMap<String, Versioned>,
     /// The leader's term history; the follower keeps the part up to `seq`.
     #[serde(default)]
     pub history: Vec<(u64, u64)>,
+    /// Which chunk this is, from 0.
+    #[serde(default)]
+    pub chunk: u64,
+    /// Whether it is the last chunk (a snapshot in one body is chunk 0, last).
+    #[serde(default = "yes")]
+    pub last: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A follower's answer to `/replicate` and `/replicate/snapshot`, and `GET /replicate`.

@@ -76,6 +76,9 @@ pub enum EventKind {
     SlotReused,
     /// `spawn_failed`: a `/spawn` could not start its node.
     SpawnFailed,
+    /// `corrupt_log_set_aside`: a follower refused to serve a corrupt log;
+    /// its directory was moved aside and it starts empty, to be rebuilt.
+    CorruptLogSetAside,
     /// `caught_up`: a follower holds the leader's log after a catch-up.
     CaughtUp,
     /// `catchup_slow`: a follower is not caught up yet.

@@ -107,7 +107,12 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
         status
     };
     let reason = if status == StatusCode::PAYLOAD_TOO_LARGE {
-        format!("request body is larger than {MAX_BODY_BYTES} bytes")
+        // The limit depends on the route: say both.
+        format!(
+            "the request body is larger than this route accepts ({MAX_BODY_BYTES} bytes \
+             for a client's request; {} for a batch or a snapshot chunk between components)",
+            crate::node::BATCH_BODY_BYTES
+        )
     } else {
         rejection.body_text()
     };
@@ -343,7 +348,30 @@ pub fn raise_open_file_limit() -> u64 {
 /// ([`MAX_BODY_BYTES`]), whether they come over TCP ([`serve`]) or are handed
 /// to it in-process (the gateway of `kvlab up`).
 pub fn limited(router: Router) -> Router {
-    router.layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+    router
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(refuse_announced_oversize))
+}
+
+/// A body that announces (`Content-Length`) more than any route accepts is
+/// refused with 413 before a byte of it is read. (The per-route limits
+/// still apply to bodies of unannounced length, as they are read.)
+async fn refuse_announced_oversize(req: Request, next: axum::middleware::Next) -> Response {
+    let largest = crate::node::BATCH_BODY_BYTES as u64;
+    let announced = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    match announced {
+        Some(n) if n > largest => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            json!({"error": "request body too large", "reason": format!(
+                "the request body announces {n} bytes; no route accepts more than {largest}"
+            )}),
+        )
+        .into_response(),
+        _ => next.run(req).await,
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM: the signals that mean "stop cleanly".

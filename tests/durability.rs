@@ -488,6 +488,8 @@ fn corruption_in_the_middle_makes_the_node_refuse_to_serve() {
     };
     assert!(err.contains("refusing to serve"), "{err}");
     assert!(err.contains("corrupt"), "{err}");
+    // A distinctive exit code, so a supervisor can tell and repair it.
+    assert!(err.starts_with("exited with exit status: 65"), "{err}");
 }
 
 #[test]
@@ -540,4 +542,54 @@ fn snapshots_bound_the_log_and_recovery_uses_them() {
     assert!(!recovery.contains("snapshot at 0"), "{recovery}");
     let (_, v) = node.get("/data/k29");
     assert_eq!(v["value"], "v229");
+}
+
+/// A follower whose log is corrupt in the middle no longer stops `kvlab up`:
+/// it refuses to serve (exit code 65), the coordinator moves its directory
+/// aside (`follower-1.corrupt-<unix time>`, kept), starts it empty, and the
+/// leader rebuilds it by a full catch-up. The event log says so.
+#[test]
+fn a_corrupt_follower_is_set_aside_and_rebuilt_from_the_leader() {
+    let data = tempfile::tempdir().unwrap();
+    let flags = ["--followers", "2", "-W", "2", "-R", "1", "--no-delay"];
+    {
+        let c = Cluster::start_on(data.path(), &flags);
+        for i in 0..40 {
+            assert_eq!(c.write(&format!("k{i}"), &format!("v{i}")).0, 200);
+        }
+    } // stopped cleanly
+    let follower = data.path().join("follower-1");
+    let seg = only_segment(&follower);
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let middle = records_end(&seg) as usize / 2;
+    bytes[middle] ^= 0x5a;
+    std::fs::write(&seg, &bytes).unwrap();
+
+    let c = Cluster::start_on(data.path(), &flags);
+    let event = c.wait_for_event(
+        "corrupt_log_set_aside",
+        Some("follower-1"),
+        Duration::from_secs(5),
+    );
+    let message = event["message"].as_str().unwrap_or_default();
+    assert!(message.contains("corrupt"), "{event}");
+    assert!(message.contains("full catch-up"), "{event}");
+    let aside: Vec<PathBuf> = std::fs::read_dir(data.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("follower-1.corrupt-"))
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert!(message.contains(&*aside[0].to_string_lossy()), "{event}");
+    // Kept as it was, for inspection.
+    assert_eq!(std::fs::read(only_segment(&aside[0])).unwrap(), bytes);
+    assert_eq!(c.wait_caught_up("follower-1").0, 200);
+    let held = c.node_data(&c.node_url(1));
+    for i in 0..40 {
+        assert_eq!(held[format!("k{i}")]["value"], format!("v{i}"), "k{i}");
+    }
+    assert_eq!(c.write("after", "repair").0, 200);
 }

@@ -227,3 +227,147 @@ fn idle_connections_time_out_and_the_cap_bounds_descriptors() {
     assert_eq!(resp.status(), 200);
     drop(waiting);
 }
+
+// ---------------------------------------------------------------------------
+// Bodies and snapshots
+// ---------------------------------------------------------------------------
+
+/// Sends a request with a body of `total` bytes of spaces, in chunked
+/// encoding 1 MiB at a time (the test's own memory stays small), and
+/// returns the server's answer: read by a second thread all along, since
+/// the server may answer, and close, before the body is all sent.
+fn post_streamed(addr: &str, path: &str, total: usize) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .write_all(
+            format!(
+                "POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
+                 Transfer-Encoding: chunked\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    // Never stuck on a server that stopped reading without closing.
+    stream
+        .set_write_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut answer = stream.try_clone().unwrap();
+    answer
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        // Until the server closes (or resets) the connection.
+        while let Ok(n @ 1..) = answer.read(&mut buf) {
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    });
+    let chunk = vec![b' '; 1024 * 1024];
+    let mut sent = 0;
+    while sent < total {
+        let wrote = stream
+            .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+            .and_then(|()| stream.write_all(&chunk))
+            .and_then(|()| stream.write_all(b"\r\n"));
+        if wrote.is_err() {
+            break; // the server stopped reading: its answer tells why
+        }
+        sent += chunk.len();
+    }
+    let _ = stream.write_all(b"0\r\n\r\n");
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    reader.join().unwrap()
+}
+
+/// The peak resident memory of a process (VmHWM), in MiB.
+fn peak_rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib / 1024
+}
+
+/// The issue's case: a 2 GiB `/replicate/snapshot` body took a follower to
+/// 4.7 GiB of memory. Now the route has the batch limit (64 MiB; snapshots
+/// travel in chunks under it): a 200 MiB body, streamed without a length,
+/// gets a clear 413, and the follower stays small, up and serving.
+#[test]
+fn an_oversized_snapshot_body_is_refused_with_413_and_the_node_serves_on() {
+    let c = Cluster::start(&["--followers", "1", "-W", "1", "-R", "1", "--no-delay"]);
+    let follower = c.node_url(1);
+    let pid = c.follower("follower-1")["pid"].as_u64().unwrap() as u32;
+    let addr = follower.trim_start_matches("http://");
+    let answer = post_streamed(addr, "/replicate/snapshot", 200 * 1024 * 1024);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("larger than this route accepts"), "{answer}");
+    // A body announced as too big is refused before it is read.
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .write_all(
+            b"POST /replicate/snapshot HTTP/1.1\r\nHost: test\r\n\
+              Content-Type: application/json\r\nContent-Length: 104857600\r\n\r\n",
+        )
+        .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut answer = [0u8; 64];
+    let n = stream.read(&mut answer).expect("a 413 without waiting for the body");
+    assert!(answer[..n].starts_with(b"HTTP/1.1 413"));
+    let peak = peak_rss_mib(pid);
+    assert!(peak < 150, "the follower peaked at {peak} MiB");
+    // Still the same process, and it still replicates and serves.
+    assert_eq!(c.follower("follower-1")["pid"].as_u64(), Some(pid as u64));
+    let (code, w) = c.write("after", "413");
+    assert_eq!(code, 200, "{w}");
+    assert_eq!(c.wait_caught_up("follower-1").0, 200);
+    assert_eq!(c.node_data(&follower)["after"]["value"], "413");
+}
+
+/// A follower further behind than the leader's log gets a snapshot, sent in
+/// chunks of about 8 MiB: a 12 MiB store goes in two, and the follower
+/// ends up with every key.
+#[test]
+fn a_snapshot_larger_than_a_chunk_catches_a_follower_up() {
+    let c = Cluster::start(&[
+        "--followers",
+        "2",
+        "-W",
+        "1",
+        "-R",
+        "1",
+        "--no-delay",
+        "--log-retain",
+        "5",
+    ]);
+    c.post("/kill/follower-2", json!({}));
+    let big = "v".repeat(1_000_000);
+    for i in 0..12 {
+        let (code, w) = c.write(&format!("big-{i}"), &big);
+        assert_eq!(code, 200, "{w}");
+    }
+    for i in 0..20 {
+        assert_eq!(c.write(&format!("small-{i}"), &format!("s{i}")).0, 200);
+    }
+    let (code, s) = c.post("/spawn", json!({"node_id": "follower-2"}));
+    assert_eq!(code, 200, "{s}");
+    assert_eq!(c.wait_caught_up("follower-2").0, 200);
+    let data = c.node_data(&c.node_url(2));
+    for i in 0..12 {
+        assert_eq!(data[format!("big-{i}")]["value"].as_str().map(str::len), Some(1_000_000));
+    }
+    for i in 0..20 {
+        assert_eq!(data[format!("small-{i}")]["value"], format!("s{i}"));
+    }
+    let log = std::fs::read_to_string(c.log_dir.path().join("follower-2.log")).unwrap();
+    let installed = log
+        .lines()
+        .find(|l| l.contains("installed a snapshot from the leader"))
+        .expect("follower-2 caught up by a snapshot");
+    assert!(installed.contains("chunks=2"), "{installed}");
+}

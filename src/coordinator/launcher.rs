@@ -206,11 +206,15 @@ pub fn die_with_parent(cmd: &mut Command) {
     }
 }
 
+/// How [`Launched::exited`] says a node refused to serve a corrupt log.
+pub const EXITED_CORRUPT_LOG: &str = "exited: its log on disk is corrupt, so it refused to serve";
+
 fn describe_exit(status: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
         (Some(0), _) => "exited normally".into(),
         (Some(3), _) => "exited: it learned it was replaced (fenced)".into(),
+        (Some(crate::node::durable::EXIT_CORRUPT_LOG), _) => EXITED_CORRUPT_LOG.into(),
         (Some(code), _) => format!("exited with code {code}"),
         (None, Some(libc::SIGKILL)) => "killed by SIGKILL".into(),
         (None, Some(sig)) => format!("killed by signal {sig}"),

@@ -22,6 +22,19 @@ use crate::api::*;
 use crate::events::EventKind;
 use crate::http::{describe_reqwest_error, error_detail, ApiError, ApiJson};
 
+/// A node exited at start because its log is corrupt (it refused to serve).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{node_id} refused to serve: its log on disk is corrupt ({reason}); see {}",
+    log_file.display()
+)]
+struct CorruptLogRefused {
+    node_id: String,
+    /// What recovery found: the segment and the offset of the damage.
+    reason: String,
+    log_file: std::path::PathBuf,
+}
+
 /// How long a started node has to answer its health check.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a graceful stop may take before the process is killed.
@@ -177,7 +190,72 @@ impl Coordinator {
 
     /// Launches a fresh process for a slot (new or reused) and waits until it
     /// is healthy; then it is alive and, for a follower, in the leader's peers.
+    /// A follower that refuses to serve because its log is corrupt is
+    /// repaired: its directory is set aside and it starts again empty, to be
+    /// rebuilt from the leader by a full catch-up. (A corrupt leader is not:
+    /// rebuilding it would need a failover first.)
     async fn start_slot(
+        self: &Arc<Self>,
+        node_id: String,
+        role: Role,
+        port: u16,
+    ) -> anyhow::Result<Slot> {
+        match self.start_slot_once(node_id.clone(), role, port).await {
+            Err(e) if e.is::<CorruptLogRefused>() && self.rebuildable(&node_id) => {
+                self.set_aside_corrupt(&node_id, &e)?;
+                self.start_slot_once(node_id, role, port).await
+            }
+            started => started,
+        }
+    }
+
+    /// A follower slot of a cluster on disk: it can start empty and be
+    /// rebuilt from the leader.
+    fn rebuildable(&self, node_id: &str) -> bool {
+        let c = self.cluster.lock().unwrap();
+        self.config.launch.storage.is_some()
+            && !c.is_leader(node_id)
+            && c.slot(node_id).is_some_and(|s| s.role == Role::Follower)
+    }
+
+    /// Moves a corrupt follower's directory to `<dir>.corrupt-<unix time>`
+    /// (kept for inspection), and says so in words a student can act on.
+    fn set_aside_corrupt(&self, node_id: &str, refused: &anyhow::Error) -> anyhow::Result<()> {
+        let storage = self.config.launch.storage.as_ref().expect("rebuildable");
+        let dir = storage.dir_of(node_id);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let aside = (0..)
+            .map(|n| match n {
+                0 => dir.with_file_name(format!("{node_id}.corrupt-{now}")),
+                n => dir.with_file_name(format!("{node_id}.corrupt-{now}-{n}")),
+            })
+            .find(|p| !p.exists())
+            .expect("some name is free");
+        std::fs::rename(&dir, &aside).map_err(|e| {
+            anyhow::anyhow!(
+                "{refused:#}\n  and its data directory {} could not be moved aside: {e}",
+                dir.display()
+            )
+        })?;
+        let why = refused
+            .downcast_ref::<CorruptLogRefused>()
+            .map_or_else(String::new, |r| format!(" ({})", r.reason));
+        self.events.warn(
+            EventKind::CorruptLogSetAside,
+            Some(node_id),
+            format!(
+                "🩹 {node_id} refused to serve: its log on disk is corrupt{why}. Its data \
+                 directory was moved to {} (kept for you to inspect), and {node_id} starts \
+                 again empty: the leader will send it everything (a full catch-up)",
+                aside.display()
+            ),
+        );
+        Ok(())
+    }
+
+    async fn start_slot_once(
         self: &Arc<Self>,
         node_id: String,
         role: Role,
@@ -233,6 +311,22 @@ impl Coordinator {
             launcher::signal(launched.pid, libc::SIGKILL);
             self.mark(&node_id, spec.incarnation, NodeStatus::Dead);
             let tail = launcher::log_tail(&launched.log_file, 5);
+            if reason.contains(launcher::EXITED_CORRUPT_LOG) {
+                let reason = tail
+                    .lines()
+                    .rev()
+                    .find_map(|l| l.split_once("corrupt log segment"))
+                    .map_or_else(
+                        || "a damaged record".to_string(),
+                        |(_, rest)| format!("corrupt log segment{rest}"),
+                    );
+                return Err(CorruptLogRefused {
+                    node_id,
+                    reason,
+                    log_file: launched.log_file,
+                }
+                .into());
+            }
             anyhow::bail!(
                 "{node_id} did not start: {reason}\n  last lines of {}:\n{tail}",
                 launched.log_file.display()

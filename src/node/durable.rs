@@ -75,19 +75,37 @@ pub fn config(args: &Args) -> Option<StorageConfig> {
     Some(config)
 }
 
+/// Marks the error of a start whose log is damaged in the middle (or has a
+/// gap): not a passing failure but data the node cannot serve. The node
+/// exits with [`EXIT_CORRUPT_LOG`], so its supervisor can tell this case
+/// apart and repair it (the coordinator rebuilds a follower from the leader).
+#[derive(Debug, thiserror::Error)]
+#[error("the node's log is corrupt")]
+pub struct CorruptLog;
+
+/// The exit code of a node that refused to serve a corrupt log (65, the
+/// BSD `EX_DATAERR`: the input data was incorrect).
+pub const EXIT_CORRUPT_LOG: i32 = 65;
+
 /// Opens the data directory and recovers what it holds. A damaged log is an
-/// error: the node must refuse to serve rather than serve a state with a hole
-/// in it. A torn tail (the last record half-written by a crash) is normal: it
+/// error (marked [`CorruptLog`]): the node must refuse to serve rather than
+/// serve a state with a hole in it. A torn tail (the last record half-written by a crash) is normal: it
 /// is cut off and reported.
 pub async fn open(config: StorageConfig) -> anyhow::Result<(Durability, Recovered)> {
     let started = Instant::now();
     let dir = config.dir.clone();
     let fsync = config.fsync;
     let (wal, recovered) = Wal::open(config).await.map_err(|e| {
-        anyhow::anyhow!(
+        let corrupt = matches!(e, StorageError::Corrupt { .. } | StorageError::Gap { .. });
+        let error = anyhow::anyhow!(
             "refusing to serve: cannot recover the data directory {}: {e}",
             dir.display()
-        )
+        );
+        if corrupt {
+            error.context(CorruptLog)
+        } else {
+            error
+        }
     })?;
     let report = &recovered.report;
     if let Some(torn) = &report.torn_tail {

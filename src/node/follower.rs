@@ -22,8 +22,14 @@
 //!   that the coordinator never counts entries a new leader is about to cut;
 //! - the work of a request runs in its own task: a leader that crashes
 //!   mid-request drops its connection, and that must not cancel an append
-//!   between applying it and publishing the seq it reached.
+//!   between applying it and publishing the seq it reached;
+//! - a snapshot arrives in chunks, in order (chunk 0 starts one, each next
+//!   one continues it); it is installed only once its last chunk is in, so
+//!   a leader that stops half-way leaves the state untouched. The chunks
+//!   received so far live under `replicate_lock`, and any other replication
+//!   request drops them: at most one snapshot is ever pending.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -117,8 +123,10 @@ async fn append(
     node: Arc<NodeState>,
     req: AppendRequest,
 ) -> Result<Json<AppendResponse>, ApiError> {
-    let _one_at_a_time = node.replicate_lock.lock().await;
+    let mut receiving = node.replicate_lock.lock().await;
     check_request(&node, req.to_incarnation, req.term)?;
+    // A snapshot half received was abandoned: the leader streams entries.
+    *receiving = None;
     let (applied_seq, fresh) = apply_batch(&node, &req.entries)?;
     node.stats
         .replications_received
@@ -222,17 +230,72 @@ pub async fn replicate_snapshot(
     uncancellable(install(node, req)).await
 }
 
+/// What the replication lock holds: the snapshot being received, if any.
+pub type Receiving = Option<PendingSnapshot>;
+
+/// The chunks of a snapshot received so far.
+#[derive(Debug)]
+pub struct PendingSnapshot {
+    term: u64,
+    seq: u64,
+    next_chunk: u64,
+    data: BTreeMap<String, Versioned>,
+}
+
+/// Adds a chunk to the snapshot being received. Returns the whole state
+/// once the last chunk is in, `None` while more are to come.
+fn receive_chunk(
+    receiving: &mut Receiving,
+    req: &mut InstallSnapshot,
+) -> Result<Option<BTreeMap<String, Versioned>>, ApiError> {
+    if req.chunk == 0 {
+        *receiving = Some(PendingSnapshot {
+            term: req.term,
+            seq: req.seq,
+            next_chunk: 0,
+            data: BTreeMap::new(),
+        });
+    }
+    let continues = |p: &PendingSnapshot| {
+        p.term == req.term && p.seq == req.seq && p.next_chunk == req.chunk
+    };
+    let Some(pending) = receiving.as_mut().filter(|p| continues(p)) else {
+        let expected = receiving.take().map(|p| (p.term, p.seq, p.next_chunk));
+        return Err(ApiError::conflict(json!({
+            "error": "snapshot chunk out of order",
+            "reason": "a snapshot's chunks must arrive in order, from chunk 0; \
+                       start again from chunk 0",
+            "got": {"term": req.term, "seq": req.seq, "chunk": req.chunk},
+            "expected": expected.map(|(term, seq, chunk)|
+                json!({"term": term, "seq": seq, "chunk": chunk})),
+        })));
+    };
+    pending.data.append(&mut req.data);
+    pending.next_chunk += 1;
+    if !req.last {
+        return Ok(None);
+    }
+    Ok(receiving.take().map(|p| p.data))
+}
+
 async fn install(
     node: Arc<NodeState>,
-    req: InstallSnapshot,
+    mut req: InstallSnapshot,
 ) -> Result<Json<AppendResponse>, ApiError> {
-    let _one_at_a_time = node.replicate_lock.lock().await;
+    let mut receiving = node.replicate_lock.lock().await;
     check_request(&node, req.to_incarnation, req.term)?;
     // A snapshot never takes a node back in time (see `Store`).
     if req.seq <= node.core.lock().unwrap().store.applied_seq() {
+        *receiving = None;
         node.mark_reconciled(req.term);
         return Ok(Json(append_answer(&node)));
     }
+    let chunks = req.chunk + 1;
+    req.data = match receive_chunk(&mut receiving, &mut req)? {
+        Some(data) => data,
+        // More chunks to come: the state is untouched until the last.
+        None => return Ok(Json(append_answer(&node))),
+    };
     let keys = req.data.len();
     let mut history = TermHistory(req.history);
     history.truncate_after(req.seq);
@@ -258,7 +321,12 @@ async fn install(
     }
     leadership::persist(&node).await;
     node.publish_persisted(req.seq);
-    tracing::info!(seq = req.seq, keys, "installed a snapshot from the leader");
+    tracing::info!(
+        seq = req.seq,
+        keys,
+        chunks,
+        "installed a snapshot from the leader"
+    );
     node.mark_reconciled(req.term);
     Ok(Json(append_answer(&node)))
 }
@@ -280,8 +348,9 @@ async fn truncate(
     node: Arc<NodeState>,
     req: TruncateRequest,
 ) -> Result<Json<AppendResponse>, ApiError> {
-    let _one_at_a_time = node.replicate_lock.lock().await;
+    let mut receiving = node.replicate_lock.lock().await;
     check_request(&node, req.to_incarnation, req.term)?;
+    *receiving = None;
     let before = node.core.lock().unwrap().store.applied_seq();
     if req.after_seq >= before {
         node.mark_reconciled(req.term);

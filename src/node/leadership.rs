@@ -135,8 +135,10 @@ pub async fn promote(
     State(node): Shared,
     ApiJson(req): ApiJson<PromoteRequest>,
 ) -> Result<Json<PromoteResponse>, ApiError> {
-    // No replication request runs meanwhile: the log is what it is.
-    let _one_at_a_time = node.replicate_lock.lock().await;
+    // No replication request runs meanwhile: the log is what it is. A
+    // snapshot half received is dropped: a leader receives none.
+    let mut receiving = node.replicate_lock.lock().await;
+    *receiving = None;
     let appended_seq = {
         let mut core = node.core.lock().unwrap();
         let t = &mut core.terms;

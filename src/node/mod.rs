@@ -179,8 +179,9 @@ pub struct NodeState {
     /// The durable log, unless the node runs in memory.
     pub durability: Option<Durability>,
     /// A follower applies and persists one replication request at a time,
-    /// so that when it answers "I hold up to seq S", S is on its disk.
-    replicate_lock: tokio::sync::Mutex<()>,
+    /// so that when it answers "I hold up to seq S", S is on its disk. The
+    /// lock also holds the chunks of a snapshot being received.
+    replicate_lock: tokio::sync::Mutex<follower::Receiving>,
     /// The highest term whose leader has checked this follower's log against
     /// its own (a handshake, then an append, a truncation or a snapshot), so
     /// that the log is a prefix of that leader's. 0 until then. Reads carry
@@ -247,7 +248,7 @@ impl NodeState {
             async_delay: secs(args.async_delay),
             persisted_seq: watch::Sender::new(persisted),
             durability,
-            replicate_lock: tokio::sync::Mutex::new(()),
+            replicate_lock: tokio::sync::Mutex::new(None),
             reconciled_term: AtomicU64::new(0),
             peers: Mutex::new(HashMap::new()),
             heartbeats_paused_until: Mutex::new(None),
@@ -390,7 +391,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let addr = SocketAddr::new(args.host, args.port);
     // Recover before listening: a node that answers must hold its data.
     let storage = match durable::config(&args) {
-        Some(config) => Some(durable::open(config).await?),
+        Some(config) => match durable::open(config).await {
+            Ok(opened) => Some(opened),
+            Err(e) if e.is::<durable::CorruptLog>() => {
+                // `{:#}` names the damaged segment and offset.
+                tracing::error!("{e:#}");
+                eprintln!("kvlab: error: {e:#}");
+                std::process::exit(durable::EXIT_CORRUPT_LOG);
+            }
+            Err(e) => return Err(e),
+        },
         None => None,
     };
     let term_file = match &args.data_dir {
@@ -456,7 +466,7 @@ async fn serve_until_stopped(
 }
 
 /// The body limit of the batch routes (writes and reads gathered by the
-/// coordinator, entries streamed by the leader). The senders cap their
+/// coordinator, entries streamed by the leader, snapshot chunks). The senders cap their
 /// batches well below it ([`BATCH_PAYLOAD_BYTES`]); client-shaped routes keep
 /// the 2 MiB limit of [`crate::http::MAX_BODY_BYTES`].
 pub const BATCH_BODY_BYTES: usize = 64 * 1024 * 1024;
@@ -487,11 +497,11 @@ pub fn router(node: Arc<NodeState>) -> Router {
                 .post(follower::replicate_append)
                 .layer(DefaultBodyLimit::max(BATCH_BODY_BYTES)),
         )
-        // A snapshot is the whole state, as big as the store: it comes only
-        // from the leader, so it is not capped.
+        // A snapshot is the whole state, as big as the store: it comes in
+        // chunks, each under the batch limit, so no body is unbounded.
         .route(
             "/replicate/snapshot",
-            post(follower::replicate_snapshot).layer(DefaultBodyLimit::disable()),
+            post(follower::replicate_snapshot).layer(DefaultBodyLimit::max(BATCH_BODY_BYTES)),
         )
         .route("/replicate/truncate", post(follower::replicate_truncate))
         .route("/admin/promote", post(leadership::promote))

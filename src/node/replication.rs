@@ -37,6 +37,7 @@
 //!   reconciled its log (see `node::follower`).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,7 +49,7 @@ use super::term::{common_prefix, TermHistory};
 use super::{leadership, NodeState, BATCH_PAYLOAD_BYTES};
 use crate::api::{
     AppendRequest, AppendResponse, Entry, FollowerProgress, InstallSnapshot, PeerConfig,
-    TruncateRequest, HEADER_TERM,
+    TruncateRequest, Versioned, HEADER_TERM,
 };
 use crate::http::{describe_reqwest_error, error_detail};
 
@@ -392,6 +393,9 @@ async fn send_entries(
     Ok(acked.min(last_sent))
 }
 
+/// Sends the whole state in chunks of about [`BATCH_PAYLOAD_BYTES`] of keys
+/// and values (each far under the follower's body limit, whatever the
+/// store's size). The follower installs it once the last chunk is in.
 async fn send_snapshot(node: &NodeState, peer: &Peer) -> Result<u64, String> {
     let (seq, data, history) = {
         let core = node.core.lock().unwrap();
@@ -403,22 +407,51 @@ async fn send_snapshot(node: &NodeState, peer: &Peer) -> Result<u64, String> {
         .persisted_seq_watch()
         .wait_for(|&persisted| persisted >= seq)
         .await;
+    let chunks = snapshot_chunks(data, BATCH_PAYLOAD_BYTES);
     tracing::info!(
         follower = %peer.config.node_id,
         seq,
-        keys = data.len(),
+        chunks = chunks.len(),
         "follower lacks entries the log no longer holds: sending a snapshot"
     );
-    let body = InstallSnapshot {
-        term: peer.term,
-        to_incarnation: peer.config.incarnation,
-        seq,
-        data,
-        history,
-    };
-    let acked = post(node, peer, "replicate/snapshot", &body).await?;
+    let last = chunks.len() as u64 - 1;
+    let mut acked = 0;
+    for (chunk, data) in (0..).zip(chunks) {
+        let body = InstallSnapshot {
+            term: peer.term,
+            to_incarnation: peer.config.incarnation,
+            seq,
+            data,
+            history: history.clone(),
+            chunk,
+            last: chunk == last,
+        };
+        acked = post(node, peer, "replicate/snapshot", &body).await?;
+        if acked >= seq {
+            break; // it holds that state already
+        }
+    }
     node.stats.snapshots_sent.fetch_add(1, Ordering::Relaxed);
     Ok(acked.min(seq))
+}
+
+/// Splits a state into chunks of at least one key, each closed once it
+/// holds `max_bytes` of keys and values. An empty state is one empty chunk.
+fn snapshot_chunks(
+    data: BTreeMap<String, Versioned>,
+    max_bytes: usize,
+) -> Vec<BTreeMap<String, Versioned>> {
+    let mut chunks = vec![BTreeMap::new()];
+    let mut bytes = 0;
+    for (key, value) in data {
+        if bytes >= max_bytes {
+            chunks.push(BTreeMap::new());
+            bytes = 0;
+        }
+        bytes += key.len() + value.value.len();
+        chunks.last_mut().expect("never empty").insert(key, value);
+    }
+    chunks
 }
 
 /// Sends one replication request and returns the seq the follower now holds,
@@ -467,4 +500,38 @@ fn check_incarnation(peer: &Peer, answer: &AppendResponse) -> Result<(), String>
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(sizes: &[usize]) -> BTreeMap<String, Versioned> {
+        (0..)
+            .zip(sizes)
+            .map(|(i, &n)| {
+                let value = "x".repeat(n);
+                (format!("k{i:03}"), Versioned { value, version: 1 })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn snapshot_chunks_cover_every_key_once_and_stay_near_the_bound() {
+        // Keys are 4 bytes: chunks close at 100 bytes of keys and values.
+        let data = state(&[40; 10]);
+        let chunks = snapshot_chunks(data.clone(), 100);
+        let sizes: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, [3, 3, 3, 1]);
+        let joined: BTreeMap<_, _> = chunks.into_iter().flatten().collect();
+        assert_eq!(joined, data);
+        // A value larger than the bound still travels, alone.
+        let sizes: Vec<usize> = snapshot_chunks(state(&[500, 10, 500]), 100)
+            .iter()
+            .map(|c| c.len())
+            .collect();
+        assert_eq!(sizes, [1, 2]);
+        // An empty state is one empty chunk, so the follower still installs it.
+        assert_eq!(snapshot_chunks(BTreeMap::new(), 100).len(), 1);
+    }
 }
