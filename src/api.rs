@@ -941,6 +941,20 @@ pub struct AppendRequest {
     pub entries: Vec<Entry>,
 }
 
+/// The coordinator's `POST /forget` to the registry: node ids that are not
+/// members of its cluster (removed, or never its own). The registry drops
+/// their records, so its table holds the cluster and little else.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForgetRequest {
+    pub node_ids: Vec<String>,
+}
+
+/// The registry's answer to `POST /forget`: the ids it held and dropped.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForgetResponse {
+    pub forgotten: Vec<String>,
+}
+
 /// A follower's `POST /replicate/snapshot` body: one chunk of the whole
 /// state at `seq`, used only when the leader no longer retains the entries
 /// the follower lacks. The state is sent in chunks (`chunk` 0, 1, 2...,

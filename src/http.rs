@@ -267,13 +267,13 @@ pub async fn serve(
         };
         // Handlers see the peer's address as axum's `ConnectInfo` (the
         // gateway's rate limiter keys clients by it).
-        let service = router
-            .clone()
-            .map_request(move |mut req: axum::extract::Request<hyper::body::Incoming>| {
+        let service = router.clone().map_request(
+            move |mut req: axum::extract::Request<hyper::body::Incoming>| {
                 req.extensions_mut()
                     .insert(axum::extract::ConnectInfo(peer));
                 req
-            });
+            },
+        );
         let service = hyper_util::service::TowerToHyperService::new(service);
         let conn = graceful.watch(http1.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {

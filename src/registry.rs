@@ -21,6 +21,12 @@
 //! `registry_epoch`, and rebuilds its view from the heartbeats, which nodes
 //! keep sending while it is away.
 //!
+//! The table is bounded: at most [`MAX_NODES`] records. A new id past the
+//! bound takes the place of the longest-dead record, or is refused (503)
+//! when every record is alive. The coordinator's every-second pull also
+//! names the ids that are not its members, and they are forgotten
+//! (`POST /forget`): a removed slot or a made-up name does not stay forever.
+//!
 //! A registry that was itself paused (a SIGSTOP, a swapped-out laptop) does
 //! not blame the nodes for the silence it did not listen to: the length of
 //! its own pause is not counted against anyone.
@@ -36,6 +42,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use clap::Parser;
 use serde::Serialize;
+use serde_json::json;
 
 use crate::api::*;
 use crate::http::{describe_reqwest_error, ApiError, ApiJson};
@@ -88,6 +95,9 @@ impl Config {
         })
     }
 }
+
+/// Most records the registry keeps: far more than a lab cluster has nodes.
+pub const MAX_NODES: usize = 256;
 
 #[derive(Debug, Clone)]
 struct Record {
@@ -159,6 +169,7 @@ pub fn router(registry: Arc<Registry>) -> Router {
         .route("/", get(info))
         .route("/heartbeat", post(heartbeat))
         .route("/deregister", post(deregister))
+        .route("/forget", post(forget))
         .route("/nodes", get(nodes))
         .route("/alive", get(alive))
         .route("/metrics", get(metrics))
@@ -196,6 +207,14 @@ async fn heartbeat(
                     hb.node_id, p.incarnation
                 )));
             }
+        }
+        if previous.is_none() && !make_room(&mut nodes) {
+            return Err(ApiError::unavailable(json!({
+                "error": "registry full",
+                "reason": format!(
+                    "the registry keeps at most {MAX_NODES} nodes and all of them are alive"
+                ),
+            })));
         }
         let seen = match &previous {
             Some(p) if p.incarnation == incarnation && p.alive => Seen::Again,
@@ -273,6 +292,47 @@ async fn deregister(
     Ok(Json(StatusOnly {
         status: "ok".into(),
     }))
+}
+
+/// Room for one more record: true if there is, or if the longest-dead
+/// record was dropped to make it.
+fn make_room(nodes: &mut HashMap<String, Record>) -> bool {
+    if nodes.len() < MAX_NODES {
+        return true;
+    }
+    let oldest_dead = nodes
+        .iter()
+        .filter(|(_, r)| !r.alive)
+        .min_by_key(|(_, r)| r.last_seen)
+        .map(|(id, _)| id.clone());
+    match oldest_dead {
+        Some(id) => {
+            tracing::info!(node = %id, "table full: forgot the longest-dead node");
+            nodes.remove(&id);
+            true
+        }
+        None => false,
+    }
+}
+
+/// `POST /forget`: the coordinator names ids that are not its members.
+async fn forget(State(reg): Shared, ApiJson(req): ApiJson<ForgetRequest>) -> Json<ForgetResponse> {
+    let forgotten: Vec<String> = {
+        let mut nodes = reg.nodes.lock().unwrap();
+        let forgotten: Vec<String> = req
+            .node_ids
+            .into_iter()
+            .filter(|id| nodes.remove(id).is_some())
+            .collect();
+        if !forgotten.is_empty() {
+            reg.bump();
+        }
+        forgotten
+    };
+    for id in &forgotten {
+        tracing::info!(node = %id, "forgotten: not a member of the coordinator's cluster");
+    }
+    Json(ForgetResponse { forgotten })
 }
 
 fn alive_list(reg: &Registry) -> Vec<NodeRef> {

@@ -304,7 +304,10 @@ fn an_oversized_snapshot_body_is_refused_with_413_and_the_node_serves_on() {
     let addr = follower.trim_start_matches("http://");
     let answer = post_streamed(addr, "/replicate/snapshot", 200 * 1024 * 1024);
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
-    assert!(answer.contains("larger than this route accepts"), "{answer}");
+    assert!(
+        answer.contains("larger than this route accepts"),
+        "{answer}"
+    );
     // A body announced as too big is refused before it is read.
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
@@ -317,7 +320,9 @@ fn an_oversized_snapshot_body_is_refused_with_413_and_the_node_serves_on() {
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
     let mut answer = [0u8; 64];
-    let n = stream.read(&mut answer).expect("a 413 without waiting for the body");
+    let n = stream
+        .read(&mut answer)
+        .expect("a 413 without waiting for the body");
     assert!(answer[..n].starts_with(b"HTTP/1.1 413"));
     let peak = peak_rss_mib(pid);
     assert!(peak < 150, "the follower peaked at {peak} MiB");
@@ -359,7 +364,10 @@ fn a_snapshot_larger_than_a_chunk_catches_a_follower_up() {
     assert_eq!(c.wait_caught_up("follower-2").0, 200);
     let data = c.node_data(&c.node_url(2));
     for i in 0..12 {
-        assert_eq!(data[format!("big-{i}")]["value"].as_str().map(str::len), Some(1_000_000));
+        assert_eq!(
+            data[format!("big-{i}")]["value"].as_str().map(str::len),
+            Some(1_000_000)
+        );
     }
     for i in 0..20 {
         assert_eq!(data[format!("small-{i}")]["value"], format!("s{i}"));
@@ -370,4 +378,74 @@ fn a_snapshot_larger_than_a_chunk_catches_a_follower_up() {
         .find(|l| l.contains("installed a snapshot from the leader"))
         .expect("follower-2 caught up by a snapshot");
     assert!(installed.contains("chunks=2"), "{installed}");
+}
+
+// ---------------------------------------------------------------------------
+// The registry's table
+// ---------------------------------------------------------------------------
+
+/// A heartbeat as a node sends it. (Once cluster traffic is authenticated,
+/// this is the one place that must add the cluster's secret.)
+fn heartbeat(http: &reqwest::blocking::Client, registry: &str, node_id: &str) -> u16 {
+    http.post(format!("{registry}/heartbeat"))
+        .json(&json!({
+            "node_id": node_id, "port": 1, "url": "http://127.0.0.1:1", "role": "leader",
+        }))
+        .send()
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// The registry kept every id it ever heard, forever. Now it keeps at most
+/// 256: past that a new id takes the place of the longest-dead one, or is
+/// refused with 503 while all are alive.
+#[test]
+fn the_registry_table_is_bounded() {
+    // Silent for 5 s: dead (registering 256 takes well under that).
+    let registry = Registry::start(None, &["--timeout", "5"]);
+    let http = reqwest::blocking::Client::new();
+    for i in 0..256 {
+        assert_eq!(heartbeat(&http, &registry.url, &format!("n{i}")), 200);
+    }
+    assert_eq!(heartbeat(&http, &registry.url, "one-too-many"), 503);
+    let info = |http: &reqwest::blocking::Client| -> serde_json::Value {
+        http.get(&registry.url).send().unwrap().json().unwrap()
+    };
+    wait_until("every node declared dead", Duration::from_secs(15), || {
+        info(&http)["dead_nodes"] == 256
+    });
+    for i in 0..10 {
+        assert_eq!(heartbeat(&http, &registry.url, &format!("new-{i}")), 200);
+    }
+    let info = info(&http);
+    assert_eq!(info["total_nodes"], 256, "{info}");
+    assert_eq!(info["alive_nodes"], 10, "{info}");
+}
+
+/// The coordinator tells the registry to forget the ids that are not its
+/// members: a made-up name is gone within a couple of pulls (1 s each).
+#[test]
+fn the_registry_forgets_nodes_the_coordinator_does_not_own() {
+    let c = Cluster::start(&["--followers", "1", "-W", "1", "-R", "1", "--no-delay"]);
+    let http = reqwest::blocking::Client::new();
+    assert_eq!(heartbeat(&http, &c.registry, "ghost"), 200);
+    let ids = || -> Vec<String> {
+        let view: serde_json::Value = http
+            .get(format!("{}/nodes", c.registry))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        view["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["node_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    wait_until("the ghost to be forgotten", Duration::from_secs(5), || {
+        !ids().contains(&"ghost".to_string())
+    });
+    assert_eq!(ids(), ["follower-1", "leader"]);
 }

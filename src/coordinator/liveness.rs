@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use super::cluster::Slot;
 use super::Coordinator;
-use crate::api::{NodeHealth, NodeStatus, RegistryNode, RegistryNodes, Role};
+use crate::api::{ForgetRequest, NodeHealth, NodeStatus, RegistryNode, RegistryNodes, Role};
 use crate::events::EventKind;
 use crate::http::describe_reqwest_error;
 
@@ -134,6 +134,7 @@ impl Coordinator {
             Ok(view) => {
                 self.set_source(Source::Registry, &view);
                 self.apply_view(&view).await;
+                self.forget_strangers(&view).await;
             }
             Err(e) => {
                 self.start_probing(&e);
@@ -314,6 +315,36 @@ impl Coordinator {
                 ),
             );
         }
+    }
+
+    /// Asks the registry to drop the records of ids that are not slots of
+    /// this cluster (a removed slot, another cluster's node, a made-up
+    /// name), so that its table stays the cluster's size. A failure is
+    /// harmless: the next pull asks again.
+    async fn forget_strangers(&self, view: &RegistryNodes) {
+        let strangers: Vec<String> = {
+            let c = self.cluster.lock().unwrap();
+            view.nodes
+                .iter()
+                .filter(|n| c.slot(&n.node_id).is_none())
+                .map(|n| n.node_id.clone())
+                .collect()
+        };
+        let Some(registry) = &self.config.launch.registry else {
+            return;
+        };
+        if strangers.is_empty() {
+            return;
+        }
+        let _ = self
+            .http
+            .post(format!("{registry}/forget"))
+            .json(&ForgetRequest {
+                node_ids: strangers,
+            })
+            .timeout(ASK_TIMEOUT)
+            .send()
+            .await;
     }
 
     /// Applies the registry's view to every settled slot.

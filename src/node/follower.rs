@@ -256,9 +256,8 @@ fn receive_chunk(
             data: BTreeMap::new(),
         });
     }
-    let continues = |p: &PendingSnapshot| {
-        p.term == req.term && p.seq == req.seq && p.next_chunk == req.chunk
-    };
+    let continues =
+        |p: &PendingSnapshot| p.term == req.term && p.seq == req.seq && p.next_chunk == req.chunk;
     let Some(pending) = receiving.as_mut().filter(|p| continues(p)) else {
         let expected = receiving.take().map(|p| (p.term, p.seq, p.next_chunk));
         return Err(ApiError::conflict(json!({

@@ -36,8 +36,8 @@
 //!   or an empty append), which makes it record our term as the one that
 //!   reconciled its log (see `node::follower`).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
