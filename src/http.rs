@@ -310,7 +310,7 @@ pub fn connection_cap() -> usize {
 }
 
 /// The open-file limit: (soft, hard).
-fn open_file_limit() -> (u64, u64) {
+fn open_file_limit() -> (libc::rlim_t, libc::rlim_t) {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -319,7 +319,7 @@ fn open_file_limit() -> (u64, u64) {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return (1024, 1024);
     }
-    (lim.rlim_cur as u64, lim.rlim_max as u64)
+    (lim.rlim_cur, lim.rlim_max)
 }
 
 /// Raises the soft open-file limit to the hard one, for every subcommand at
@@ -327,15 +327,15 @@ fn open_file_limit() -> (u64, u64) {
 /// exhaust; the hard limit is what the administrator allows. Capped at
 /// 1,048,576 (Linux refuses an unlimited one). Returns the soft limit now in
 /// force.
-pub fn raise_open_file_limit() -> u64 {
+pub fn raise_open_file_limit() -> libc::rlim_t {
     let (soft, hard) = open_file_limit();
     let target = hard.min(1 << 20);
     if soft >= target {
         return soft;
     }
     let lim = libc::rlimit {
-        rlim_cur: target as libc::rlim_t,
-        rlim_max: hard as libc::rlim_t,
+        rlim_cur: target,
+        rlim_max: hard,
     };
     // SAFETY: setrlimit only reads the struct we pass.
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {

@@ -35,9 +35,9 @@ fn with_file_limit(cmd: &mut Command, soft: u64, hard: Option<u64>) {
                 rlim_max: 0,
             };
             libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-            lim.rlim_cur = soft as libc::rlim_t;
+            lim.rlim_cur = soft;
             if let Some(hard) = hard {
-                lim.rlim_max = hard as libc::rlim_t;
+                lim.rlim_max = hard;
             }
             if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
                 return Err(std::io::Error::last_os_error());
@@ -57,12 +57,12 @@ fn raise_own_file_limit(at_least: u64) {
     unsafe {
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
         assert!(
-            lim.rlim_max as u64 >= at_least,
+            lim.rlim_max >= at_least,
             "this test needs a hard open-file limit of at least {at_least} (it is {})",
             lim.rlim_max
         );
-        if (lim.rlim_cur as u64) < at_least {
-            lim.rlim_cur = at_least as libc::rlim_t;
+        if lim.rlim_cur < at_least {
+            lim.rlim_cur = at_least;
             assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
         }
     }
