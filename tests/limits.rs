@@ -144,8 +144,13 @@ fn a_thousand_idle_connections_do_not_stop_a_write() {
     let up = c.child.id();
     let mut idle = Vec::new();
     for port in [c.base + GATEWAY_OFFSET, c.base, c.base + 1] {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         for _ in 0..IDLE {
-            idle.push(TcpStream::connect(("127.0.0.1", port)).unwrap());
+            // A listener that stopped accepting fills its queue, and then
+            // a connect hangs: fail instead.
+            let conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+                .unwrap_or_else(|e| panic!("port {port} no longer takes connections: {e}"));
+            idle.push(conn);
         }
     }
     // The process has taken them (or as many as it could).
