@@ -610,6 +610,9 @@ impl Coordinator {
                     }
                     Ok((id.clone(), s.port, true))
                 }
+                None if req.existing_only => Err(ApiError::not_found(json!({
+                    "error": "no such slot", "node_id": id,
+                    "reason": "existing_only: only a slot this coordinator already has is restarted"}))),
                 None => {
                     self.check_growth(&c, id, req.grow)?;
                     Ok((id.clone(), self.port_for_new_slot(&c, req.port)?, false))
