@@ -249,7 +249,10 @@ fn check_private(path: &Path, is_dir: bool) -> Result<(), AuthError> {
         return Err(refuse("it is not a plain file or folder".into()));
     }
     if meta.uid() != uid {
-        return Err(refuse(format!("it belongs to uid {}, not to you", meta.uid())));
+        return Err(refuse(format!(
+            "it belongs to uid {}, not to you",
+            meta.uid()
+        )));
     }
     if meta.mode() & 0o077 != 0 {
         return Err(refuse(format!(
@@ -431,7 +434,12 @@ mod tests {
     fn secrets_compare_whole_and_refuse_short_or_odd_values() {
         let s = Secret::parse("  0123456789abcdef\n", "test").unwrap();
         assert!(s.matches(b"0123456789abcdef"));
-        for wrong in [&b"0123456789abcdeF"[..], b"0123456789abcde", b"", b"0123456789abcdef0"] {
+        for wrong in [
+            &b"0123456789abcdeF"[..],
+            b"0123456789abcde",
+            b"",
+            b"0123456789abcdef0",
+        ] {
             assert!(!s.matches(wrong), "{wrong:?}");
         }
         assert!(matches!(
@@ -451,7 +459,14 @@ mod tests {
     #[test]
     fn routes_are_sorted_into_open_internal_and_admin() {
         let get = Method::GET;
-        for route in ["/data/{*key}", "/data", "/health", "/stats", "/", "/snapshot"] {
+        for route in [
+            "/data/{*key}",
+            "/data",
+            "/health",
+            "/stats",
+            "/",
+            "/snapshot",
+        ] {
             assert_eq!(node_access(&get, route), Access::Open, "{route}");
         }
         for route in [
@@ -493,8 +508,14 @@ mod tests {
     #[test]
     fn loopback_needs_no_admin_token_and_other_addresses_get_one() {
         let none = AdminArgs::default();
-        assert_eq!(admin_token("127.0.0.1".parse().unwrap(), &none).unwrap(), None);
-        assert_eq!(admin_token("127.3.4.5".parse().unwrap(), &none).unwrap(), None);
+        assert_eq!(
+            admin_token("127.0.0.1".parse().unwrap(), &none).unwrap(),
+            None
+        );
+        assert_eq!(
+            admin_token("127.3.4.5".parse().unwrap(), &none).unwrap(),
+            None
+        );
         assert!(admin_token("0.0.0.0".parse().unwrap(), &none)
             .unwrap()
             .is_some());

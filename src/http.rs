@@ -174,9 +174,7 @@ pub fn client_from(node_id: &str) -> reqwest::Client {
     if let Ok(id) = reqwest::header::HeaderValue::from_str(node_id) {
         headers.insert(crate::node::faults::HEADER_FROM, id);
     }
-    builder(headers)
-        .build()
-        .expect("building the HTTP client")
+    builder(headers).build().expect("building the HTTP client")
 }
 
 /// Every request of kvlab's own clients carries the cluster secret, when

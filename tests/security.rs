@@ -87,7 +87,10 @@ fn a_forged_heartbeat_is_refused_and_the_node_keeps_running() {
     for id in ["follower-1", "leader"] {
         let (was, is) = (node(&before, id), node(&after, id));
         assert_eq!(is["status"], "alive", "{after}");
-        assert_eq!((&is["pid"], &is["incarnation"]), (&was["pid"], &was["incarnation"]));
+        assert_eq!(
+            (&is["pid"], &is["incarnation"]),
+            (&was["pid"], &was["incarnation"])
+        );
         assert!(common::process_alive(is["pid"].as_u64().unwrap() as u32));
     }
     assert_eq!(c.write("k", "v").0, 200);
@@ -152,7 +155,12 @@ fn forged_node_names_with_auto_spawn_start_nothing() {
     // it is back, any ghost's respawn has been asked for already.
     let since = c.last_event_id();
     assert_eq!(c.post("/kill/follower-1", json!({})).0, 200);
-    c.wait_for_event_after(since, "slot_reused", Some("follower-1"), Duration::from_secs(20));
+    c.wait_for_event_after(
+        since,
+        "slot_reused",
+        Some("follower-1"),
+        Duration::from_secs(20),
+    );
     let s = c.wait_status("follower-1 back", Duration::from_secs(20), |s| {
         node(s, "follower-1")["status"] == "alive"
     });
@@ -213,7 +221,10 @@ fn every_internal_route_needs_the_secret() {
     }
     // A term in a header counts only with the secret: anyone else's would
     // make the leader step down.
-    let (code, _) = send(bare.get(format!("{leader}/health")).header("x-kvlab-term", "999"));
+    let (code, _) = send(
+        bare.get(format!("{leader}/health"))
+            .header("x-kvlab-term", "999"),
+    );
     assert_eq!(code, 200);
     assert_eq!(c.write("k", "v").0, 200);
     let s = c.status();
@@ -247,8 +258,18 @@ fn lab_routes_on_loopback_need_nothing() {
     for path in ["/cluster-status", "/stats", "/health", "/"] {
         ok(bare.get(format!("{gw}{path}")), path);
     }
-    ok(bare.post(format!("{co}/write")).json(&kv), "coordinator write");
-    for path in ["/status", "/read/name", "/", "/events?since=0", "/ui", "/metrics"] {
+    ok(
+        bare.post(format!("{co}/write")).json(&kv),
+        "coordinator write",
+    );
+    for path in [
+        "/status",
+        "/read/name",
+        "/",
+        "/events?since=0",
+        "/ui",
+        "/metrics",
+    ] {
         ok(bare.get(format!("{co}{path}")), path);
     }
     for url in [&leader, &f1] {
@@ -363,22 +384,29 @@ fn off_loopback_admin_needs_the_printed_token() {
     );
     // The secret is this cluster's own: the test's does not open anything.
     assert_unauthorized(
-        send(
-            common::internal_http().post(format!("http://127.0.0.1:{}/admin/shutdown", base + 2)),
-        ),
+        send(common::internal_http().post(format!("http://127.0.0.1:{}/admin/shutdown", base + 2))),
         "a node hook with another cluster's secret",
     );
     let (code, body) = send(kill().bearer_auth(&token));
     assert_eq!(code, 200, "{body}");
     let (code, body) = send(bare.post(format!("{co}/spawn")).bearer_auth(&token));
-    assert_eq!((code, body["node_id"].as_str()), (200, Some("follower-1")), "{body}");
+    assert_eq!(
+        (code, body["node_id"].as_str()),
+        (200, Some("follower-1")),
+        "{body}"
+    );
     // The rest stays open, and the gateway has no admin route to forward.
     let (code, _) = send(bare.get(format!("{co}/status")));
     assert_eq!(code, 200);
     let kv = json!({"key": "k", "value": "v"});
     let (code, body) = send(bare.post(format!("{gw}/write")).json(&kv));
     assert_eq!(code, 200, "{body}");
-    for path in ["/kill/follower-2", "/spawn", "/admin/partition/follower-2", "/catchup"] {
+    for path in [
+        "/kill/follower-2",
+        "/spawn",
+        "/admin/partition/follower-2",
+        "/catchup",
+    ] {
         let (code, _) = send(bare.post(format!("{gw}{path}")).bearer_auth(&token));
         assert_eq!(code, 404, "the gateway answered {path}");
     }
@@ -442,7 +470,10 @@ fn components_started_by_hand_share_the_users_secret_file() {
     assert_eq!(mode & 0o777, 0o600);
     let secret = std::fs::read_to_string(&file).unwrap();
     let links = format!("http://127.0.0.1:{}/replication/links", base + 2);
-    let (code, _) = send(bare.get(&links).header(kvlab::auth::HEADER_SECRET, secret.trim()));
+    let (code, _) = send(
+        bare.get(&links)
+            .header(kvlab::auth::HEADER_SECRET, secret.trim()),
+    );
     assert_eq!(code, 200);
     assert_unauthorized(send(bare.get(&links)), "links without the secret");
 }

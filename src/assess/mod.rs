@@ -161,10 +161,7 @@ fn prepare_run(args: &Args, config: StudentConfig, settings: Settings) -> anyhow
 pub async fn run(args: Args) -> anyhow::Result<i32> {
     let started = Instant::now();
     // Scenarios pause a node's heartbeats through its internal hooks.
-    crate::auth::load_and_install(
-        &args.secret,
-        crate::check::fallback(args.no_start_cluster),
-    )?;
+    crate::auth::load_and_install(&args.secret, crate::check::fallback(args.no_start_cluster))?;
     let prep = match prepare(&args) {
         Ok(p) => p,
         Err(Refusal::Other(e)) => return Err(e),

@@ -182,7 +182,7 @@ pub enum ConfigError {
     #[error("delays must be finite numbers of seconds between 0 and 3600, got {0}")]
     BadDelay(f64),
     #[error("admin token: {0}")]
-    AdminToken(#[from] crate::auth::AuthError),
+    AdminToken(String),
 }
 
 impl ClusterArgs {
@@ -280,7 +280,8 @@ impl Config {
             ack_timeout: Duration::from_secs_f64(sync_delay + 2.5),
             read_timeout: Duration::from_secs(2),
             unclean_failover: args.cluster.unclean_failover,
-            admin_token: crate::auth::admin_token(args.host, &args.admin)?,
+            admin_token: crate::auth::admin_token(args.host, &args.admin)
+                .map_err(|e| ConfigError::AdminToken(e.to_string()))?,
         })
     }
 
