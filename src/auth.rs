@@ -205,6 +205,8 @@ fn user_secret(path: &Path) -> Result<Secret, AuthError> {
     }
     let secret = Secret::random()?;
     let aside = dir.join(format!(".cluster-secret-{}", std::process::id()));
+    // Left behind by an earlier process with our pid that died right here.
+    let _ = std::fs::remove_file(&aside);
     let create_err = |source| AuthError::Create {
         path: path.into(),
         source,

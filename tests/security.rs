@@ -477,3 +477,83 @@ fn components_started_by_hand_share_the_users_secret_file() {
     assert_eq!(code, 200);
     assert_unauthorized(send(bare.get(&links)), "links without the secret");
 }
+
+/// A bad secret or token file is refused at start, saying what is wrong.
+#[test]
+fn bad_secrets_and_token_files_are_refused_with_the_reason() {
+    let scratch = common::scratch();
+    let short = scratch.path().join("short");
+    std::fs::write(&short, "abc\n").unwrap();
+    let missing = scratch.path().join("missing");
+    let cases: Vec<(Vec<&std::ffi::OsStr>, Option<&str>, &str)> = vec![
+        (
+            vec![
+                "up".as_ref(),
+                "--cluster-secret-file".as_ref(),
+                short.as_os_str(),
+            ],
+            None,
+            "at least 16",
+        ),
+        (
+            vec![
+                "registry".as_ref(),
+                "--cluster-secret-file".as_ref(),
+                missing.as_os_str(),
+            ],
+            None,
+            "cannot read",
+        ),
+        (
+            vec![
+                "node".as_ref(),
+                "--id".as_ref(),
+                "leader".as_ref(),
+                "--port".as_ref(),
+                "1".as_ref(),
+            ],
+            Some("has space 0123456789"),
+            "printable ASCII",
+        ),
+        (
+            vec![
+                "coordinator".as_ref(),
+                "--admin-token-file".as_ref(),
+                missing.as_os_str(),
+            ],
+            None,
+            "admin token: cannot read",
+        ),
+    ];
+    for (args, env, expected) in cases {
+        let mut cmd = common::kvlab_in(&scratch);
+        if let Some(value) = env {
+            cmd.env(kvlab::auth::ENV_SECRET, value);
+        }
+        let out = cmd.args(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} started");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
+
+/// `--admin-token-file` turns the token on even on loopback.
+#[test]
+fn an_admin_token_file_is_required_on_loopback_too() {
+    let scratch = common::scratch();
+    let file = scratch.path().join("token");
+    std::fs::write(&file, "a-token-of-the-instructor-42\n").unwrap();
+    let c = Cluster::start(&[
+        "--followers",
+        "2",
+        "--in-memory",
+        "--no-delay",
+        "--admin-token-file",
+        file.to_str().unwrap(),
+    ]);
+    let bare = common::bare_http();
+    let kill = || bare.post(format!("{}/kill/follower-2", c.coordinator));
+    assert_unauthorized(send(kill()), "kill without the token");
+    let (code, body) = send(kill().bearer_auth("a-token-of-the-instructor-42"));
+    assert_eq!(code, 200, "{body}");
+}
