@@ -168,7 +168,7 @@ pub fn user_secret_file() -> PathBuf {
         .join("cluster-secret")
 }
 
-/// Loads `path` and installs it: `load`, then [`install`].
+/// [`load`], then [`install`]: what each component does first thing.
 pub fn load_and_install(args: &SecretArgs, fallback: Fallback) -> Result<(), AuthError> {
     install(load(args, fallback)?);
     Ok(())
