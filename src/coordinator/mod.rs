@@ -292,7 +292,11 @@ impl Config {
 
 pub struct Coordinator {
     pub config: Config,
-    cluster: Mutex<Cluster>,
+    /// Copy-on-write: readers take the `Arc` (a read does, on every client
+    /// read), writers change it through [`Coordinator::update`], which copies
+    /// the table only if some reader still holds the old one. Membership
+    /// changes are rare and reads are not, so reads must not copy.
+    cluster: Mutex<Arc<Cluster>>,
     /// Serializes membership changes and the pushes to the leader that follow.
     membership: tokio::sync::Mutex<()>,
     pub events: Arc<EventLog>,
@@ -332,7 +336,7 @@ impl Coordinator {
         };
         Arc::new(Coordinator {
             events: Arc::new(EventLog::new(config.print_events)),
-            cluster: Mutex::new(Cluster::new(leader)),
+            cluster: Mutex::new(Arc::new(Cluster::new(leader))),
             membership: tokio::sync::Mutex::new(()),
             http: crate::http::client(),
             ready: std::sync::atomic::AtomicBool::new(false),
@@ -349,9 +353,16 @@ impl Coordinator {
         })
     }
 
-    /// A copy of the table, for decisions made without holding the lock.
-    fn snapshot(&self) -> Cluster {
+    /// The table as it is now, for decisions made without holding the lock.
+    /// Cheap (one `Arc` clone): later changes do not show in it.
+    fn snapshot(&self) -> Arc<Cluster> {
         self.cluster.lock().unwrap().clone()
+    }
+
+    /// Changes the table under its lock.
+    fn update<T>(&self, change: impl FnOnce(&mut Cluster) -> T) -> T {
+        let mut table = self.cluster.lock().unwrap();
+        change(Arc::make_mut(&mut table))
     }
 
     /// The current leadership term, without copying the whole table.
