@@ -17,7 +17,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port_block, kvlab, Cluster, GATEWAY_OFFSET};
+use common::{cluster_secret, free_port_block, internal_http, kvlab, Cluster, GATEWAY_OFFSET};
 use serde_json::json;
 
 // ---------------------------------------------------------------------------
@@ -247,7 +247,8 @@ fn post_streamed(addr: &str, path: &str, total: usize) -> String {
         .write_all(
             format!(
                 "POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
-                 Transfer-Encoding: chunked\r\n\r\n"
+                 X-Kvlab-Secret: {}\r\nTransfer-Encoding: chunked\r\n\r\n",
+                cluster_secret()
             )
             .as_bytes(),
         )
@@ -317,8 +318,12 @@ fn an_oversized_snapshot_body_is_refused_with_413_and_the_node_serves_on() {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
         .write_all(
-            b"POST /replicate/snapshot HTTP/1.1\r\nHost: test\r\n\
-              Content-Type: application/json\r\nContent-Length: 104857600\r\n\r\n",
+            format!(
+                "POST /replicate/snapshot HTTP/1.1\r\nHost: test\r\nX-Kvlab-Secret: {}\r\n\
+                 Content-Type: application/json\r\nContent-Length: 104857600\r\n\r\n",
+                cluster_secret()
+            )
+            .as_bytes(),
         )
         .unwrap();
     stream
@@ -389,8 +394,7 @@ fn a_snapshot_larger_than_a_chunk_catches_a_follower_up() {
 // The registry's table
 // ---------------------------------------------------------------------------
 
-/// A heartbeat as a node sends it. (Once cluster traffic is authenticated,
-/// this is the one place that must add the cluster's secret.)
+/// A heartbeat as a node sends it, with the cluster secret.
 fn heartbeat(http: &reqwest::blocking::Client, registry: &str, node_id: &str) -> u16 {
     http.post(format!("{registry}/heartbeat"))
         .json(&json!({
@@ -409,7 +413,7 @@ fn heartbeat(http: &reqwest::blocking::Client, registry: &str, node_id: &str) ->
 fn the_registry_table_is_bounded() {
     // Silent for 5 s: dead (registering 256 takes well under that).
     let registry = Registry::start(None, &["--timeout", "5"]);
-    let http = reqwest::blocking::Client::new();
+    let http = internal_http();
     for i in 0..256 {
         assert_eq!(heartbeat(&http, &registry.url, &format!("n{i}")), 200);
     }
@@ -433,7 +437,7 @@ fn the_registry_table_is_bounded() {
 #[test]
 fn the_registry_forgets_nodes_the_coordinator_does_not_own() {
     let c = Cluster::start(&["--followers", "1", "-W", "1", "-R", "1", "--no-delay"]);
-    let http = reqwest::blocking::Client::new();
+    let http = internal_http();
     assert_eq!(heartbeat(&http, &c.registry, "ghost"), 200);
     let ids = || -> Vec<String> {
         let view: serde_json::Value = http

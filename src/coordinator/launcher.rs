@@ -143,6 +143,12 @@ pub fn launch(settings: &LaunchSettings, spec: &NodeSpec) -> Result<Launched, La
     if let Some(registry) = &settings.registry {
         cmd.args(["--registry", registry]);
     }
+    // The cluster secret goes in the environment: a command line is
+    // readable by every user of the machine (`ps`), the environment only by
+    // the same user.
+    if let Some(secret) = crate::auth::installed() {
+        cmd.env(crate::auth::ENV_SECRET, secret.expose());
+    }
     if let Some(storage) = &settings.storage {
         cmd.arg("--data-dir")
             .arg(storage.dir_of(&spec.node_id))

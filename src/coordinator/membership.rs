@@ -262,7 +262,8 @@ impl Coordinator {
         port: u16,
     ) -> anyhow::Result<Slot> {
         let spec = {
-            let mut c = self.cluster.lock().unwrap();
+            let mut table = self.cluster.lock().unwrap();
+            let c = Arc::make_mut(&mut table);
             // A slot that already had a process is a respawn. (A leader
             // change is counted when the election promotes someone.)
             if c.slot(&node_id).is_some_and(|s| s.incarnation > 0) {
@@ -303,9 +304,11 @@ impl Coordinator {
                 return Err(anyhow::anyhow!("cannot start {node_id}: {e}"));
             }
         };
-        if let Some(s) = self.cluster.lock().unwrap().slot_mut(&node_id) {
-            s.pid = Some(launched.pid);
-        }
+        self.update(|c| {
+            if let Some(s) = c.slot_mut(&node_id) {
+                s.pid = Some(launched.pid);
+            }
+        });
         self.watch_exit(&spec, launched.pid, launched.exited.clone());
         if let Err(reason) = self.wait_healthy(&spec, launched.exited.clone()).await {
             launcher::signal(launched.pid, libc::SIGKILL);
@@ -344,7 +347,8 @@ impl Coordinator {
     }
 
     fn mark(&self, node_id: &str, incarnation: u64, status: NodeStatus) {
-        let mut c = self.cluster.lock().unwrap();
+        let mut table = self.cluster.lock().unwrap();
+        let c = Arc::make_mut(&mut table);
         if let Some(s) = c.slot_mut(node_id) {
             if s.incarnation == incarnation {
                 s.status = status;
@@ -426,7 +430,7 @@ impl Coordinator {
         if incarnation.is_some_and(|i| i != slot.incarnation) || slot.status == status {
             return false;
         }
-        let mut after = before.clone();
+        let mut after = Cluster::clone(&before);
         after.slot_mut(node_id).expect("slot exists").status = status;
         // Tell the leader first, so a write never waits on a follower the
         // leader does not stream to yet.
@@ -434,7 +438,7 @@ impl Coordinator {
         if status == NodeStatus::Alive || !is_leader {
             self.push_peers(&after).await;
         }
-        *self.cluster.lock().unwrap() = after.clone();
+        *self.cluster.lock().unwrap() = Arc::new(after.clone());
         self.narrate_transition(&before, &after, node_id, status, why);
         if is_leader && status == NodeStatus::Dead {
             self.failover.wake.notify_one();
@@ -663,11 +667,7 @@ impl Coordinator {
                 if !reused {
                     // A slot that never served is dropped, so that later
                     // spawns do not take it for a dead follower to reuse.
-                    self.cluster
-                        .lock()
-                        .unwrap()
-                        .followers
-                        .retain(|s| s.node_id != node_id);
+                    self.update(|c| c.followers.retain(|s| s.node_id != node_id));
                 }
                 self.events
                     .bad(EventKind::SpawnFailed, Some(&node_id), format!("❌ {e:#}"));
@@ -704,6 +704,9 @@ impl Coordinator {
                     }
                     Ok((id.clone(), s.port, true))
                 }
+                None if req.existing_only => Err(ApiError::not_found(json!({
+                    "error": "no such slot", "node_id": id,
+                    "reason": "existing_only: only a slot this coordinator already has is restarted"}))),
                 None => {
                     self.check_growth(&c, id, req.grow)?;
                     Ok((id.clone(), self.port_for_new_slot(&c, req.port)?, false))
@@ -799,7 +802,7 @@ impl Coordinator {
     }
 
     async fn wait_caught_up(&self, slot: &Slot) -> Result<FollowerProgress, String> {
-        let leader = self.snapshot().leader;
+        let leader = self.snapshot().leader.clone();
         if !leader.is_alive() {
             return Err("the leader is down".into());
         }
