@@ -1,0 +1,912 @@
+//! Network-namespace hosts: each node on its own network stack and address,
+//! so that partitions and slow links are real packets dropped or delayed by
+//! the kernel, not hooks inside the node.
+//!
+//! Layout for a cluster whose coordinator listens on port P (`kvlab up
+//! --hosts netns`):
+//! - a bridge `kvl<P>br` on the host side, with address `10.A.B.1/24`
+//!   (A.B derived from P, see [`subnet_for`]); the coordinator and the
+//!   registry are reached there;
+//! - per node slot `i` (its port minus the leader's port), a namespace
+//!   `kvl<P>n<i>` holding `eth0` at `10.A.B.(10+i)`, the other end of a veth
+//!   pair whose host end `kvl<P>v<i>` is enslaved to the bridge.
+//!
+//! Invariants:
+//! - **Every name carries the prefix and P**, so [`remove_leftovers`] can find
+//!   what an earlier run left behind (even one killed with SIGKILL) and
+//!   delete it before a new run, without touching anyone else's devices.
+//!   A run also records its pid; a later start on any port removes the
+//!   devices of runs whose process is gone.
+//! - **A slot keeps its namespace** across process restarts: a respawned
+//!   node gets the same address, as a restarted machine would.
+//! - **Faults belong to the network, not the process**: they stay until
+//!   they expire or are healed, whatever happens to the node.
+//! - Partitions are iptables rules in the node's own chain `KVLAB-CUT`
+//!   (jumped to from INPUT and OUTPUT); links are `tc netem` qdiscs under an
+//!   HTB class per peer on the sending side's interface. Nothing here
+//!   changes the host's own rules except one FORWARD accept for the bridge
+//!   (hosts that run Docker drop forwarded bridge traffic by default).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+/// Every device, namespace and rule kvlab makes starts with this.
+const PREFIX: &str = "kvl";
+/// The host-side address is `.1`; node slot `i` is at `.(FIRST_NODE + i)`.
+const FIRST_NODE: usize = 10;
+/// Node slots per cluster (addresses .10 to .253).
+pub const MAX_NODES: usize = 244;
+/// Where runs record their pid, so a later start knows which are gone.
+const PID_DIR: &str = "/run/kvlab-netns";
+/// The iptables chain that holds a node's partition rules.
+const CHAIN: &str = "KVLAB-CUT";
+/// Netem's queue, in packets: a 5 s delay under load holds many.
+const NETEM_LIMIT: u32 = 100_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    #[error(
+        "--hosts netns needs root: it creates network namespaces, veth pairs and a bridge \
+         (run it as root, e.g. with sudo, or leave out --hosts to run nodes as plain processes)"
+    )]
+    NotRoot,
+    #[error("`{command}` failed: {detail}")]
+    Command { command: String, detail: String },
+    #[error(
+        "the subnet {subnet} that --hosts netns derives from coordinator port {port} is already \
+         routed on this machine ({route}); pick another --coordinator-port"
+    )]
+    SubnetTaken {
+        subnet: String,
+        port: u16,
+        route: String,
+    },
+    #[error("node port {port} is outside the netns hosts' range (the leader's port {base} to {max})")]
+    PortOutOfRange { port: u16, base: u16, max: usize },
+    #[error("cannot open the namespace {name}: {source}")]
+    OpenNamespace {
+        name: String,
+        source: std::io::Error,
+    },
+}
+
+/// Is this process root? Namespaces, veths and iptables need it.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The /24 of a cluster whose coordinator listens on `port`: `10.A.B.0`,
+/// A = 64 + bits 8-13 of the port, B = its low byte. Clusters whose ports
+/// differ by less than 16384 never share a subnet.
+pub fn subnet_for(port: u16) -> [u8; 3] {
+    [10, 64 + ((port >> 8) & 63) as u8, (port & 0xff) as u8]
+}
+
+/// Who a node is cut off from, or has a slow link to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Peer {
+    /// Another node slot.
+    Node(usize),
+    Coordinator,
+    Registry,
+}
+
+/// Which traffic a fault touches, seen from the faulted node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Both ways.
+    #[default]
+    Both,
+    /// Only what the peers send to the node.
+    In,
+    /// Only what the node sends to the peers.
+    Out,
+}
+
+impl Direction {
+    fn inbound(self) -> bool {
+        self != Direction::Out
+    }
+    fn outbound(self) -> bool {
+        self != Direction::In
+    }
+}
+
+/// What netem does to a link's packets.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Netem {
+    #[serde(default)]
+    pub delay_ms: f64,
+    #[serde(default)]
+    pub jitter_ms: f64,
+    #[serde(default)]
+    pub loss_percent: f64,
+}
+
+impl Netem {
+    fn is_none(&self) -> bool {
+        self.delay_ms == 0.0 && self.jitter_ms == 0.0 && self.loss_percent == 0.0
+    }
+
+    /// `tc` arguments after `netem`.
+    fn args(&self) -> Vec<String> {
+        let mut a = vec!["limit".into(), NETEM_LIMIT.to_string()];
+        if self.delay_ms > 0.0 || self.jitter_ms > 0.0 {
+            a.extend(["delay".into(), format!("{}ms", self.delay_ms)]);
+            if self.jitter_ms > 0.0 {
+                a.push(format!("{}ms", self.jitter_ms));
+            }
+        }
+        if self.loss_percent > 0.0 {
+            a.extend(["loss".into(), format!("{}%", self.loss_percent)]);
+        }
+        a
+    }
+
+    /// Refuses what netem would refuse, in the API's words.
+    pub fn validate(&self) -> Result<(), String> {
+        let ok = |x: f64, max: f64| x.is_finite() && (0.0..=max).contains(&x);
+        if !ok(self.delay_ms, 60_000.0) || !ok(self.jitter_ms, 60_000.0) {
+            return Err("delay_ms and jitter_ms must be between 0 and 60000".into());
+        }
+        if !ok(self.loss_percent, 100.0) {
+            return Err("loss_percent must be between 0 and 100".into());
+        }
+        Ok(())
+    }
+}
+
+/// One interface whose outgoing packets can be shaped: a node's `eth0`
+/// (in its namespace) or the host end of a node's veth.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Dev {
+    ns: Option<String>,
+    name: String,
+}
+
+/// Which of a device's packets one HTB class takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Class {
+    /// From a node's eth0 to this peer.
+    To(Peer),
+    /// From the host end of the veth: what the host side sends the node.
+    FromHost(Peer),
+}
+
+/// Where a shaped link's netem comes from: the lab's delays, or a fault
+/// (which wins while it lasts).
+#[derive(Debug, Default)]
+struct Shape {
+    lab: Option<Netem>,
+    fault: Option<(Netem, u64)>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Node slots whose namespace exists.
+    hosts: BTreeSet<usize>,
+    /// Devices with the HTB root in place, and their classes.
+    classes: BTreeMap<Dev, BTreeSet<Class>>,
+    shapes: BTreeMap<(Dev, Class), Shape>,
+    /// Per node slot: the generation of its partition (0: none).
+    partitions: BTreeMap<usize, u64>,
+    next_generation: u64,
+    /// The slot whose eth0 carries the lab's delays (the leader's).
+    lab_leader: Option<usize>,
+    cleaned: bool,
+}
+
+/// The namespaces, veths and bridge of one cluster, and the faults on them.
+#[derive(Debug)]
+pub struct NetnsHosts {
+    /// The coordinator's port: part of every name.
+    port: u16,
+    registry_port: u16,
+    /// The leader's port; slot `i` listens on `node_base_port + i`.
+    node_base_port: u16,
+    subnet: [u8; 3],
+    /// `Some((sync, async))`: the lab's delays as netem on the leader's links.
+    lab_delays: Option<(Duration, Duration)>,
+    state: Mutex<State>,
+    /// For the expiry timers.
+    me: Weak<NetnsHosts>,
+}
+
+impl NetnsHosts {
+    /// Removes what earlier runs left behind, then creates the bridge.
+    /// `lab_delays`: `Some((sync, async))` with `--lab-delays netem`.
+    pub fn create(
+        coordinator_port: u16,
+        registry_port: u16,
+        node_base_port: u16,
+        lab_delays: Option<(Duration, Duration)>,
+    ) -> Result<Arc<NetnsHosts>, NetnsError> {
+        if !is_root() {
+            return Err(NetnsError::NotRoot);
+        }
+        remove_stale_runs();
+        remove_leftovers(coordinator_port);
+        let hosts = Arc::new_cyclic(|me| NetnsHosts {
+            port: coordinator_port,
+            registry_port,
+            node_base_port,
+            subnet: subnet_for(coordinator_port),
+            lab_delays,
+            state: Mutex::new(State::default()),
+            me: me.clone(),
+        });
+        hosts.check_subnet_free()?;
+        hosts.create_bridge().inspect_err(|_| hosts.cleanup())?;
+        let _ = std::fs::create_dir_all(PID_DIR);
+        let _ = std::fs::write(pid_file(coordinator_port), std::process::id().to_string());
+        Ok(hosts)
+    }
+
+    fn bridge(&self) -> String {
+        format!("{PREFIX}{}br", self.port)
+    }
+    fn namespace(&self, slot: usize) -> String {
+        format!("{PREFIX}{}n{slot}", self.port)
+    }
+    fn veth(&self, slot: usize) -> String {
+        format!("{PREFIX}{}v{slot}", self.port)
+    }
+    fn subnet_text(&self) -> String {
+        let [a, b, c] = self.subnet;
+        format!("{a}.{b}.{c}.0/24")
+    }
+
+    /// The host side's address on the bridge: the coordinator and the
+    /// registry, as the nodes reach them.
+    pub fn host_ip(&self) -> Ipv4Addr {
+        let [a, b, c] = self.subnet;
+        Ipv4Addr::new(a, b, c, 1)
+    }
+
+    /// The address of node slot `slot`.
+    pub fn node_ip(&self, slot: usize) -> Ipv4Addr {
+        let [a, b, c] = self.subnet;
+        Ipv4Addr::new(a, b, c, (FIRST_NODE + slot.min(MAX_NODES - 1)) as u8)
+    }
+
+    /// The node slot that listens on `port`.
+    pub fn slot_of(&self, port: u16) -> Result<usize, NetnsError> {
+        match port.checked_sub(self.node_base_port) {
+            Some(i) if (i as usize) < MAX_NODES => Ok(i as usize),
+            _ => Err(NetnsError::PortOutOfRange {
+                port,
+                base: self.node_base_port,
+                max: self.node_base_port as usize + MAX_NODES - 1,
+            }),
+        }
+    }
+
+    /// The registry, as the nodes reach it (on the bridge).
+    pub fn registry_url(&self) -> String {
+        format!("http://{}:{}", self.host_ip(), self.registry_port)
+    }
+
+    /// Do the links carry the lab's delays (`--lab-delays netem`)?
+    pub fn lab_delays_are_netem(&self) -> bool {
+        self.lab_delays.is_some()
+    }
+
+    /// Where the node on `port` is reached.
+    pub fn node_url(&self, port: u16) -> String {
+        let ip = self
+            .slot_of(port)
+            .map(|s| self.node_ip(s))
+            .unwrap_or(Ipv4Addr::LOCALHOST);
+        format!("http://{ip}:{port}")
+    }
+
+    fn check_subnet_free(&self) -> Result<(), NetnsError> {
+        let subnet = self.subnet_text();
+        // `root`: routes on our /24 or inside it (a wider one, such as a
+        // default route, is no clash: ours is more specific).
+        let routes = run("ip", &["-4", "route", "show", "root", &subnet])?;
+        match routes.lines().find(|l| !l.trim().is_empty()) {
+            Some(route) => Err(NetnsError::SubnetTaken {
+                subnet,
+                port: self.port,
+                route: route.trim().to_string(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn create_bridge(&self) -> Result<(), NetnsError> {
+        let br = self.bridge();
+        run("ip", &["link", "add", &br, "type", "bridge"])?;
+        run(
+            "ip",
+            &["addr", "add", &format!("{}/24", self.host_ip()), "dev", &br],
+        )?;
+        run("ip", &["link", "set", &br, "up"])?;
+        // Docker sets FORWARD's policy to DROP, and bridged packets pass
+        // FORWARD when br_netfilter is loaded: let ours through.
+        run("iptables", &forward_rule("-I", &br))?;
+        Ok(())
+    }
+
+    /// Makes sure node slot `slot` has its namespace, veth and address.
+    /// Returns its address.
+    pub fn ensure_host(&self, slot: usize) -> Result<Ipv4Addr, NetnsError> {
+        let mut state = self.state.lock().unwrap();
+        if !state.hosts.contains(&slot) {
+            self.create_host(slot)?;
+            state.hosts.insert(slot);
+        }
+        Ok(self.node_ip(slot))
+    }
+
+    fn create_host(&self, slot: usize) -> Result<(), NetnsError> {
+        let (ns, veth) = (self.namespace(slot), self.veth(slot));
+        run("ip", &["netns", "add", &ns])?;
+        run(
+            "ip",
+            &[
+                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ],
+        )?;
+        run("ip", &["link", "set", &veth, "master", &self.bridge(), "up"])?;
+        let addr = format!("{}/24", self.node_ip(slot));
+        run("ip", &["-n", &ns, "addr", "add", &addr, "dev", "eth0"])?;
+        run("ip", &["-n", &ns, "link", "set", "eth0", "up"])?;
+        run("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
+        iptables_restore(
+            &ns,
+            &format!(
+                "*filter\n:{CHAIN} - [0:0]\n-A INPUT -j {CHAIN}\n-A OUTPUT -j {CHAIN}\nCOMMIT\n"
+            ),
+        )
+    }
+
+    /// Makes `cmd` start inside node slot `slot`'s namespace (after
+    /// [`ensure_host`](Self::ensure_host)). The process is otherwise
+    /// unchanged: same pid, same files, same parent-death signal.
+    pub fn enter(&self, cmd: &mut tokio::process::Command, slot: usize) -> Result<(), NetnsError> {
+        let name = self.namespace(slot);
+        let path = format!("/run/netns/{name}");
+        let file = std::fs::File::open(&path)
+            .map_err(|source| NetnsError::OpenNamespace { name, source })?;
+        // SAFETY: setns is async-signal-safe; the closure owns the file, so
+        // the descriptor stays open until the command is dropped (it is
+        // close-on-exec, so the node does not inherit it).
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------------
+    // Partitions
+    // ---------------------------------------------------------------------
+
+    /// Drops the packets between node slot `slot` and `peers` (in the
+    /// `direction` given), for `seconds` (then heals on its own). Replaces
+    /// the slot's previous partition. Empty `peers` heals at once.
+    pub fn partition(
+        &self,
+        slot: usize,
+        peers: &[Peer],
+        direction: Direction,
+        seconds: f64,
+    ) -> Result<(), NetnsError> {
+        let generation = {
+            let mut state = self.state.lock().unwrap();
+            state.next_generation += 1;
+            let g = state.next_generation;
+            state.partitions.insert(slot, if peers.is_empty() { 0 } else { g });
+            g
+        };
+        let rules = self.cut_rules(slot, peers, direction);
+        let mut script = format!("*filter\n-F {CHAIN}\n");
+        for r in &rules {
+            script.push_str(&format!("-A {CHAIN} {r} -j DROP\n"));
+        }
+        script.push_str("COMMIT\n");
+        iptables_restore(&self.namespace(slot), &script)?;
+        if !peers.is_empty() {
+            self.after(seconds, move |hosts| {
+                let current = hosts.state.lock().unwrap().partitions.get(&slot) == Some(&generation);
+                if current {
+                    let _ = hosts.partition(slot, &[], Direction::Both, 0.0);
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// The iptables matches (one per rule) that cut `slot` off from `peers`.
+    fn cut_rules(&self, slot: usize, peers: &[Peer], direction: Direction) -> Vec<String> {
+        let me = self.node_port(slot);
+        let host = self.host_ip();
+        let mut rules = Vec::new();
+        for peer in peers {
+            // (what comes in, what goes out), as iptables matches.
+            let (inbound, outbound) = match *peer {
+                Peer::Node(other) => {
+                    let ip = self.node_ip(other);
+                    (format!("-s {ip}"), format!("-d {ip}"))
+                }
+                // The coordinator calls the node's port.
+                Peer::Coordinator => (
+                    format!("-s {host} -p tcp --dport {me}"),
+                    format!("-d {host} -p tcp --sport {me}"),
+                ),
+                // The node calls the registry's port (heartbeats).
+                Peer::Registry => (
+                    format!("-s {host} -p tcp --sport {}", self.registry_port),
+                    format!("-d {host} -p tcp --dport {}", self.registry_port),
+                ),
+            };
+            if direction.inbound() {
+                rules.push(inbound);
+            }
+            if direction.outbound() {
+                rules.push(outbound);
+            }
+        }
+        rules
+    }
+
+    fn node_port(&self, slot: usize) -> u16 {
+        self.node_base_port.saturating_add(slot as u16)
+    }
+
+    /// The partitions in effect: slot → whether one is.
+    pub fn partitioned(&self, slot: usize) -> bool {
+        self.state
+            .lock()
+            .unwrap()
+            .partitions
+            .get(&slot)
+            .is_some_and(|g| *g != 0)
+    }
+
+    // ---------------------------------------------------------------------
+    // Links (tc netem)
+    // ---------------------------------------------------------------------
+
+    /// Slows the link between node slot `slot` and `peer` (in `direction`)
+    /// for `seconds`; a `Netem` of zeros heals it. Replaces the link's
+    /// previous fault; the lab's delay on it (if any) comes back after.
+    pub fn shape_link(
+        &self,
+        slot: usize,
+        peer: Peer,
+        direction: Direction,
+        netem: Netem,
+        seconds: f64,
+    ) -> Result<(), NetnsError> {
+        let mut targets = Vec::new();
+        if direction.outbound() {
+            targets.push((self.eth0(slot), Class::To(peer)));
+        }
+        if direction.inbound() {
+            targets.push(match peer {
+                Peer::Node(other) => (self.eth0(other), Class::To(Peer::Node(slot))),
+                host => (self.host_end(slot), Class::FromHost(host)),
+            });
+        }
+        let mut state = self.state.lock().unwrap();
+        state.next_generation += 1;
+        let generation = state.next_generation;
+        for (dev, class) in &targets {
+            let shape = state.shapes.entry((dev.clone(), *class)).or_default();
+            shape.fault = (!netem.is_none()).then_some((netem, generation));
+            self.apply(&mut state, dev, *class)?;
+        }
+        drop(state);
+        if !netem.is_none() {
+            self.after(seconds, move |hosts| {
+                let mut state = hosts.state.lock().unwrap();
+                for (dev, class) in &targets {
+                    let key = (dev.clone(), *class);
+                    let ours = state
+                        .shapes
+                        .get(&key)
+                        .and_then(|s| s.fault)
+                        .is_some_and(|(_, g)| g == generation);
+                    if ours {
+                        state.shapes.get_mut(&key).unwrap().fault = None;
+                        let _ = hosts.apply(&mut state, dev, *class);
+                    }
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// The lab's replication delays as link latency: the leader (slot
+    /// `leader`) sends to each follower slot with the sync or the async
+    /// delay. Called whenever the coordinator tells the leader its
+    /// followers; a former leader's delays are removed. No-op unless the
+    /// cluster runs `--lab-delays netem`.
+    /// Nodes are named by their ports: `(port, is_sync)` per follower.
+    pub fn set_lab_delays(&self, leader_port: u16, followers: &[(u16, bool)]) {
+        let Some((sync, asynchronous)) = self.lab_delays else {
+            return;
+        };
+        let Ok(leader) = self.slot_of(leader_port) else {
+            return;
+        };
+        let followers: Vec<(usize, bool)> = followers
+            .iter()
+            .filter_map(|&(port, sync)| Some((self.slot_of(port).ok()?, sync)))
+            .collect();
+        let mut state = self.state.lock().unwrap();
+        let eth0 = self.eth0(leader);
+        let wanted: BTreeMap<Class, Option<Netem>> = followers
+            .iter()
+            .map(|&(f, is_sync)| {
+                let d = if is_sync { sync } else { asynchronous };
+                let netem = Netem {
+                    delay_ms: d.as_secs_f64() * 1000.0,
+                    ..Netem::default()
+                };
+                (Class::To(Peer::Node(f)), Some(netem))
+            })
+            .collect();
+        // Everything that carried lab delays before, and is not wanted now.
+        let stale: Vec<(Dev, Class)> = state
+            .shapes
+            .iter()
+            .filter(|((dev, class), s)| {
+                s.lab.is_some() && (*dev != eth0 || !wanted.contains_key(class))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for (dev, class) in stale {
+            state.shapes.get_mut(&(dev.clone(), class)).unwrap().lab = None;
+            let _ = self.apply(&mut state, &dev, class);
+        }
+        for (class, netem) in wanted {
+            let key = (eth0.clone(), class);
+            let changed = state.shapes.get(&key).map(|s| s.lab) != Some(netem);
+            if changed {
+                state.shapes.entry(key).or_default().lab = netem;
+                if let Err(e) = self.apply(&mut state, &eth0, class) {
+                    tracing::warn!(error = %e, "could not set the lab's delay as netem");
+                }
+            }
+        }
+        state.lab_leader = Some(leader);
+    }
+
+    fn eth0(&self, slot: usize) -> Dev {
+        Dev {
+            ns: Some(self.namespace(slot)),
+            name: "eth0".into(),
+        }
+    }
+
+    fn host_end(&self, slot: usize) -> Dev {
+        Dev {
+            ns: None,
+            name: self.veth(slot),
+        }
+    }
+
+    /// Puts the effective netem of (`dev`, `class`) in place.
+    fn apply(&self, state: &mut State, dev: &Dev, class: Class) -> Result<(), NetnsError> {
+        let owner = self.owner_of(dev);
+        let netem = state
+            .shapes
+            .get(&(dev.clone(), class))
+            .and_then(|s| s.fault.map(|(n, _)| n).or(s.lab))
+            .unwrap_or_default();
+        let classes = state.classes.entry(dev.clone()).or_default();
+        if classes.is_empty() {
+            tc(dev, &["qdisc", "replace", "dev", &dev.name, "root", "handle", "1:", "htb", "default", "1"])?;
+            tc(dev, &["class", "replace", "dev", &dev.name, "parent", "1:", "classid", "1:1", "htb", "rate", "10gbit"])?;
+        }
+        let id = self.class_id(class);
+        if classes.insert(class) {
+            let classid = format!("1:{id:x}");
+            tc(dev, &["class", "replace", "dev", &dev.name, "parent", "1:", "classid", &classid, "htb", "rate", "10gbit"])?;
+            let mut filter: Vec<String> = ["filter", "add", "dev", &dev.name, "parent", "1:", "protocol", "ip", "prio", "1", "u32"]
+                .map(String::from)
+                .to_vec();
+            filter.extend(self.class_match(class, owner));
+            filter.extend(["flowid".into(), classid]);
+            let args: Vec<&str> = filter.iter().map(String::as_str).collect();
+            tc(dev, &args)?;
+        }
+        let parent = format!("1:{id:x}");
+        let handle = format!("{id:x}:");
+        let mut args: Vec<String> = ["qdisc", "replace", "dev", &dev.name, "parent", &parent, "handle", &handle, "netem"]
+            .map(String::from)
+            .to_vec();
+        args.extend(netem.args());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        tc(dev, &args)
+    }
+
+    /// The node slot a device belongs to.
+    fn owner_of(&self, dev: &Dev) -> usize {
+        let digits = |s: &str, tag: char| -> usize {
+            s.rsplit(tag).next().and_then(|d| d.parse().ok()).unwrap_or(0)
+        };
+        match &dev.ns {
+            Some(ns) => digits(ns, 'n'),
+            None => digits(&dev.name, 'v'),
+        }
+    }
+
+    /// HTB class minor of a class (hex in tc): 0x10-0x11 for the host's
+    /// services, 0x100 + slot for nodes; the same numbers on either device.
+    fn class_id(&self, class: Class) -> u32 {
+        match class {
+            Class::To(p) | Class::FromHost(p) => match p {
+                Peer::Coordinator => 0x10,
+                Peer::Registry => 0x11,
+                Peer::Node(s) => 0x100 + s as u32,
+            },
+        }
+    }
+
+    /// u32 matches for a class on a device of node slot `owner`.
+    fn class_match(&self, class: Class, owner: usize) -> Vec<String> {
+        let host = format!("{}/32", self.host_ip());
+        let me = self.node_port(owner).to_string();
+        let reg = self.registry_port.to_string();
+        let m = |parts: &[&str]| parts.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        match class {
+            Class::To(Peer::Node(s)) => m(&["match", "ip", "dst", &format!("{}/32", self.node_ip(s))]),
+            Class::To(Peer::Coordinator) => {
+                m(&["match", "ip", "dst", &host, "match", "ip", "sport", &me, "0xffff"])
+            }
+            Class::To(Peer::Registry) => {
+                m(&["match", "ip", "dst", &host, "match", "ip", "dport", &reg, "0xffff"])
+            }
+            Class::FromHost(Peer::Coordinator) => {
+                m(&["match", "ip", "src", &host, "match", "ip", "dport", &me, "0xffff"])
+            }
+            Class::FromHost(Peer::Registry) => {
+                m(&["match", "ip", "src", &host, "match", "ip", "sport", &reg, "0xffff"])
+            }
+            Class::FromHost(Peer::Node(s)) => {
+                m(&["match", "ip", "src", &format!("{}/32", self.node_ip(s))])
+            }
+        }
+    }
+
+    /// Runs `f` after `seconds`, if these hosts still exist.
+    fn after(&self, seconds: f64, f: impl FnOnce(&NetnsHosts) + Send + 'static) {
+        let me = self.me.clone();
+        let length = Duration::from_secs_f64(seconds.clamp(0.0, 3600.0));
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            tokio::time::sleep(length).await;
+            if let Some(hosts) = me.upgrade() {
+                let _ = tokio::task::spawn_blocking(move || {
+                    if !hosts.state.lock().unwrap().cleaned {
+                        f(&hosts)
+                    }
+                })
+                .await;
+            }
+        });
+    }
+
+    /// Deletes every namespace, veth and the bridge, and the FORWARD rule.
+    /// Safe to call more than once; stop the nodes first.
+    pub fn cleanup(&self) {
+        let mut state = self.state.lock().unwrap();
+        if state.cleaned {
+            return;
+        }
+        state.cleaned = true;
+        remove_leftovers(self.port);
+    }
+}
+
+impl Drop for NetnsHosts {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+fn pid_file(port: u16) -> String {
+    format!("{PID_DIR}/{port}.pid")
+}
+
+fn forward_rule<'a>(op: &'a str, bridge: &'a str) -> [&'a str; 7] {
+    [op, "FORWARD", "-i", bridge, "-o", bridge, "-j"]
+}
+
+/// Deletes whatever a run on coordinator port `port` made: its
+/// namespaces, veths, bridge, FORWARD rule and pid file. Harmless when
+/// there is nothing.
+pub fn remove_leftovers(port: u16) {
+    let tag = format!("{PREFIX}{port}");
+    if let Ok(list) = run("ip", &["netns", "list"]) {
+        for ns in list.lines().filter_map(|l| l.split_whitespace().next()) {
+            if ns.strip_prefix(&tag).is_some_and(is_slot_suffix('n')) {
+                let _ = run("ip", &["netns", "del", ns]);
+            }
+        }
+    }
+    for dev in link_names() {
+        if dev.strip_prefix(&tag).is_some_and(is_slot_suffix('v')) {
+            let _ = run("ip", &["link", "del", &dev]);
+        }
+    }
+    let bridge = format!("{tag}br");
+    let mut rule: Vec<&str> = forward_rule("-D", &bridge).to_vec();
+    rule.push("ACCEPT");
+    // An earlier run may have left it twice (a crash between two starts).
+    for _ in 0..8 {
+        if run("iptables", &rule).is_err() {
+            break;
+        }
+    }
+    if link_names().contains(&bridge) {
+        let _ = run("ip", &["link", "del", &bridge]);
+    }
+    let _ = std::fs::remove_file(pid_file(port));
+}
+
+/// Removes the devices of runs (on any port) whose process is gone: a
+/// `kvlab up` killed outright cannot clean up, so the next start does.
+pub fn remove_stale_runs() {
+    for dev in link_names() {
+        let Some(port) = dev
+            .strip_prefix(PREFIX)
+            .and_then(|d| d.strip_suffix("br"))
+            .and_then(|p| p.parse::<u16>().ok())
+        else {
+            continue;
+        };
+        let owner = std::fs::read_to_string(pid_file(port))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok());
+        // SAFETY: kill with signal 0 only asks whether the pid exists.
+        let alive = owner.is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0);
+        if !alive {
+            remove_leftovers(port);
+        }
+    }
+}
+
+/// `n12` after the tag: a slot number (so port 7000's `kvl7000n1` is
+/// never mistaken for port 70001's names, whose tag differs).
+fn is_slot_suffix(tag: char) -> impl Fn(&str) -> bool {
+    move |rest| {
+        rest.strip_prefix(tag)
+            .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+    }
+}
+
+fn link_names() -> Vec<String> {
+    run("ip", &["-o", "link", "show"])
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let name = l.split(':').nth(1)?.trim();
+            // A veth shows as `name@peer`.
+            Some(name.split('@').next()?.to_string())
+        })
+        .collect()
+}
+
+/// Runs a command to completion; its stdout, or why it failed.
+fn run(program: &str, args: &[&str]) -> Result<String, NetnsError> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| NetnsError::Command {
+            command: format!("{program} {}", args.join(" ")),
+            detail: e.to_string(),
+        })?;
+    if out.status.success() {
+        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    Err(NetnsError::Command {
+        command: format!("{program} {}", args.join(" ")),
+        detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    })
+}
+
+/// `tc` on a device, in its namespace if it has one.
+fn tc(dev: &Dev, args: &[&str]) -> Result<(), NetnsError> {
+    let mut all: Vec<&str> = Vec::new();
+    if let Some(ns) = &dev.ns {
+        all.extend(["-n", ns.as_str()]);
+    }
+    all.extend(args);
+    run("tc", &all).map(drop)
+}
+
+/// Feeds an `iptables-restore --noflush` script to a namespace: every rule
+/// of a change in one go, so a partition starts (and heals) at once.
+fn iptables_restore(ns: &str, script: &str) -> Result<(), NetnsError> {
+    let command = format!("ip netns exec {ns} iptables-restore --noflush");
+    let fail = |detail: String| NetnsError::Command {
+        command: command.clone(),
+        detail,
+    };
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "iptables-restore", "--noflush"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(e.to_string()))?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(script.as_bytes())
+        .map_err(|e| fail(e.to_string()))?;
+    let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(fail(String::from_utf8_lossy(&out.stderr).trim().to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnets_follow_the_coordinator_port() {
+        assert_eq!(subnet_for(7000), [10, 64 + 27, 88]);
+        assert_ne!(subnet_for(10_000), subnet_for(10_020));
+        // Ports less than 16384 apart never share a subnet.
+        assert_ne!(subnet_for(10_000), subnet_for(10_000 + 256));
+        assert_eq!(subnet_for(10_000), subnet_for(10_000 + 16_384));
+    }
+
+    #[test]
+    fn slot_suffixes_do_not_match_other_ports() {
+        let is_ns = is_slot_suffix('n');
+        assert!(is_ns("n0") && is_ns("n12"));
+        assert!(!is_ns("n") && !is_ns("0n1") && !is_ns("br"));
+    }
+
+    #[test]
+    fn netem_arguments_and_limits() {
+        let n = Netem {
+            delay_ms: 100.0,
+            jitter_ms: 20.0,
+            loss_percent: 5.0,
+        };
+        assert_eq!(
+            n.args().join(" "),
+            "limit 100000 delay 100ms 20ms loss 5%"
+        );
+        assert!(Netem::default().is_none());
+        assert!(Netem {
+            loss_percent: 101.0,
+            ..Netem::default()
+        }
+        .validate()
+        .is_err());
+        assert!(Netem {
+            delay_ms: f64::NAN,
+            ..Netem::default()
+        }
+        .validate()
+        .is_err());
+    }
+}
