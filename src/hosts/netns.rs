@@ -21,13 +21,18 @@
 //!   node gets the same address, as a restarted machine would.
 //! - **Faults belong to the network, not the process**: they stay until
 //!   they expire or are healed, whatever happens to the node.
-//! - Partitions are iptables rules in the node's own chain `KVLAB-CUT`
-//!   (jumped to from INPUT and OUTPUT); links are `tc netem` qdiscs under an
-//!   HTB class per peer on the sending side's interface. Nothing here
-//!   changes the host's own rules except one FORWARD accept for the bridge
-//!   (hosts that run Docker drop forwarded bridge traffic by default).
+//! - **Everything happens in the node's own namespace**: partitions are
+//!   iptables DROP rules in its chain `KVLAB-CUT`, slow links are rules in
+//!   `KVLAB-LINK` that queue a link's packets (NFQUEUE) to a delayer thread
+//!   with netem's model (see [`super::delayer`]: this kernel has no
+//!   `sch_netem`). Both chains are jumped to from INPUT and OUTPUT, so
+//!   `in` and `out` are the node's own directions. Nothing here changes
+//!   the host's rules except one FORWARD accept for the bridge (hosts that
+//!   run Docker drop forwarded bridge traffic by default).
 
 use std::collections::{BTreeMap, BTreeSet};
+
+use super::delayer::Delayer;
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
@@ -45,8 +50,8 @@ pub const MAX_NODES: usize = 244;
 const PID_DIR: &str = "/run/kvlab-netns";
 /// The iptables chain that holds a node's partition rules.
 const CHAIN: &str = "KVLAB-CUT";
-/// Netem's queue, in packets: a 5 s delay under load holds many.
-const NETEM_LIMIT: u32 = 100_000;
+/// The chain that sends shaped links' packets to the delayer.
+const LINK_CHAIN: &str = "KVLAB-LINK";
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
@@ -131,23 +136,8 @@ pub struct Netem {
 }
 
 impl Netem {
-    fn is_none(&self) -> bool {
+    pub fn is_none(&self) -> bool {
         self.delay_ms == 0.0 && self.jitter_ms == 0.0 && self.loss_percent == 0.0
-    }
-
-    /// `tc` arguments after `netem`.
-    fn args(&self) -> Vec<String> {
-        let mut a = vec!["limit".into(), NETEM_LIMIT.to_string()];
-        if self.delay_ms > 0.0 || self.jitter_ms > 0.0 {
-            a.extend(["delay".into(), format!("{}ms", self.delay_ms)]);
-            if self.jitter_ms > 0.0 {
-                a.push(format!("{}ms", self.jitter_ms));
-            }
-        }
-        if self.loss_percent > 0.0 {
-            a.extend(["loss".into(), format!("{}%", self.loss_percent)]);
-        }
-        a
     }
 
     /// Refuses what netem would refuse, in the API's words.
@@ -163,25 +153,50 @@ impl Netem {
     }
 }
 
-/// One interface whose outgoing packets can be shaped: a node's `eth0`
-/// (in its namespace) or the host end of a node's veth.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct Dev {
-    ns: Option<String>,
-    name: String,
-}
-
-/// Which of a device's packets one HTB class takes.
+/// One direction of the link between a node and a peer, seen from the
+/// node: `out` is what it sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Class {
-    /// From a node's eth0 to this peer.
-    To(Peer),
-    /// From the host end of the veth: what the host side sends the node.
-    FromHost(Peer),
+struct Link {
+    out: bool,
+    peer: Peer,
 }
 
-/// Where a shaped link's netem comes from: the lab's delays, or a fault
-/// (which wins while it lasts).
+impl Link {
+    const MIN: Link = Link {
+        out: false,
+        peer: Peer::Node(0),
+    };
+    const MAX: Link = Link {
+        out: true,
+        peer: Peer::Registry,
+    };
+
+    /// Its NFQUEUE number in the node's namespace.
+    fn queue(self) -> u16 {
+        let base = match self.peer {
+            Peer::Coordinator => 0x10,
+            Peer::Registry => 0x11,
+            Peer::Node(s) => 0x100 + s as u16,
+        };
+        if self.out {
+            base
+        } else {
+            base + 0x1000
+        }
+    }
+
+    /// Every link of `slot` that has (or had) a shape.
+    fn all_of(_hosts: &NetnsHosts, state: &State, slot: usize) -> Vec<Link> {
+        state
+            .shapes
+            .range((slot, Link::MIN)..=(slot, Link::MAX))
+            .map(|((_, l), _)| *l)
+            .collect()
+    }
+}
+
+/// Where a link's shape comes from: the lab's delays, or a fault (which
+/// wins while it lasts).
 #[derive(Debug, Default)]
 struct Shape {
     lab: Option<Netem>,
@@ -192,14 +207,13 @@ struct Shape {
 struct State {
     /// Node slots whose namespace exists.
     hosts: BTreeSet<usize>,
-    /// Devices with the HTB root in place, and their classes.
-    classes: BTreeMap<Dev, BTreeSet<Class>>,
-    shapes: BTreeMap<(Dev, Class), Shape>,
+    /// (node slot, link) → its shape.
+    shapes: BTreeMap<(usize, Link), Shape>,
+    /// The user-space netem of each slot that has shaped links.
+    delayers: BTreeMap<usize, Delayer>,
     /// Per node slot: the generation of its partition (0: none).
     partitions: BTreeMap<usize, u64>,
     next_generation: u64,
-    /// The slot whose eth0 carries the lab's delays (the leader's).
-    lab_leader: Option<usize>,
     cleaned: bool,
 }
 
@@ -364,7 +378,9 @@ impl NetnsHosts {
         iptables_restore(
             &ns,
             &format!(
-                "*filter\n:{CHAIN} - [0:0]\n-A INPUT -j {CHAIN}\n-A OUTPUT -j {CHAIN}\nCOMMIT\n"
+                "*filter\n:{CHAIN} - [0:0]\n:{LINK_CHAIN} - [0:0]\n\
+                 -A INPUT -j {CHAIN}\n-A OUTPUT -j {CHAIN}\n\
+                 -A INPUT -j {LINK_CHAIN}\n-A OUTPUT -j {LINK_CHAIN}\nCOMMIT\n"
             ),
         )
     }
@@ -478,7 +494,7 @@ impl NetnsHosts {
     }
 
     // ---------------------------------------------------------------------
-    // Links (tc netem)
+    // Links (netem's model, see `delayer`)
     // ---------------------------------------------------------------------
 
     /// Slows the link between node slot `slot` and `peer` (in `direction`)
@@ -492,50 +508,46 @@ impl NetnsHosts {
         netem: Netem,
         seconds: f64,
     ) -> Result<(), NetnsError> {
-        let mut targets = Vec::new();
+        let mut links = Vec::new();
         if direction.outbound() {
-            targets.push((self.eth0(slot), Class::To(peer)));
+            links.push(Link { out: true, peer });
         }
         if direction.inbound() {
-            targets.push(match peer {
-                Peer::Node(other) => (self.eth0(other), Class::To(Peer::Node(slot))),
-                host => (self.host_end(slot), Class::FromHost(host)),
-            });
+            links.push(Link { out: false, peer });
         }
         let mut state = self.state.lock().unwrap();
         state.next_generation += 1;
         let generation = state.next_generation;
-        for (dev, class) in &targets {
-            let shape = state.shapes.entry((dev.clone(), *class)).or_default();
+        for link in &links {
+            let shape = state.shapes.entry((slot, *link)).or_default();
             shape.fault = (!netem.is_none()).then_some((netem, generation));
-            self.apply(&mut state, dev, *class)?;
         }
+        self.apply(&mut state, slot)?;
         drop(state);
         if !netem.is_none() {
             self.after(seconds, move |hosts| {
                 let mut state = hosts.state.lock().unwrap();
-                for (dev, class) in &targets {
-                    let key = (dev.clone(), *class);
-                    let ours = state
-                        .shapes
-                        .get(&key)
-                        .and_then(|s| s.fault)
-                        .is_some_and(|(_, g)| g == generation);
-                    if ours {
-                        state.shapes.get_mut(&key).unwrap().fault = None;
-                        let _ = hosts.apply(&mut state, dev, *class);
+                let mut changed = false;
+                for link in &links {
+                    if let Some(shape) = state.shapes.get_mut(&(slot, *link)) {
+                        if shape.fault.is_some_and(|(_, g)| g == generation) {
+                            shape.fault = None;
+                            changed = true;
+                        }
                     }
+                }
+                if changed {
+                    let _ = hosts.apply(&mut state, slot);
                 }
             });
         }
         Ok(())
     }
 
-    /// The lab's replication delays as link latency: the leader (slot
-    /// `leader`) sends to each follower slot with the sync or the async
-    /// delay. Called whenever the coordinator tells the leader its
-    /// followers; a former leader's delays are removed. No-op unless the
-    /// cluster runs `--lab-delays netem`.
+    /// The lab's replication delays as link latency: the leader sends to
+    /// each follower with the sync or the async delay. Called whenever the
+    /// coordinator tells the leader its followers; a former leader's delays
+    /// are removed. No-op unless the cluster runs `--lab-delays netem`.
     /// Nodes are named by their ports: `(port, is_sync)` per follower.
     pub fn set_lab_delays(&self, leader_port: u16, followers: &[(u16, bool)]) {
         let Some((sync, asynchronous)) = self.lab_delays else {
@@ -544,144 +556,101 @@ impl NetnsHosts {
         let Ok(leader) = self.slot_of(leader_port) else {
             return;
         };
-        let followers: Vec<(usize, bool)> = followers
+        let wanted: BTreeMap<Link, Netem> = followers
             .iter()
-            .filter_map(|&(port, sync)| Some((self.slot_of(port).ok()?, sync)))
-            .collect();
-        let mut state = self.state.lock().unwrap();
-        let eth0 = self.eth0(leader);
-        let wanted: BTreeMap<Class, Option<Netem>> = followers
-            .iter()
-            .map(|&(f, is_sync)| {
+            .filter_map(|&(port, is_sync)| {
                 let d = if is_sync { sync } else { asynchronous };
                 let netem = Netem {
                     delay_ms: d.as_secs_f64() * 1000.0,
                     ..Netem::default()
                 };
-                (Class::To(Peer::Node(f)), Some(netem))
+                let link = Link {
+                    out: true,
+                    peer: Peer::Node(self.slot_of(port).ok()?),
+                };
+                Some((link, netem))
             })
             .collect();
-        // Everything that carried lab delays before, and is not wanted now.
-        let stale: Vec<(Dev, Class)> = state
-            .shapes
-            .iter()
-            .filter(|((dev, class), s)| {
-                s.lab.is_some() && (*dev != eth0 || !wanted.contains_key(class))
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        for (dev, class) in stale {
-            state.shapes.get_mut(&(dev.clone(), class)).unwrap().lab = None;
-            let _ = self.apply(&mut state, &dev, class);
+        let mut state = self.state.lock().unwrap();
+        let mut touched = BTreeSet::new();
+        for ((owner, link), shape) in state.shapes.iter_mut() {
+            let now = if *owner == leader {
+                wanted.get(link).copied()
+            } else {
+                None
+            };
+            if shape.lab != now {
+                shape.lab = now;
+                touched.insert(*owner);
+            }
         }
-        for (class, netem) in wanted {
-            let key = (eth0.clone(), class);
-            let changed = state.shapes.get(&key).map(|s| s.lab) != Some(netem);
-            if changed {
-                state.shapes.entry(key).or_default().lab = netem;
-                if let Err(e) = self.apply(&mut state, &eth0, class) {
-                    tracing::warn!(error = %e, "could not set the lab's delay as netem");
+        for (link, netem) in wanted {
+            let shape = state.shapes.entry((leader, link)).or_default();
+            if shape.lab != Some(netem) {
+                shape.lab = Some(netem);
+                touched.insert(leader);
+            }
+        }
+        for owner in touched {
+            if let Err(e) = self.apply(&mut state, owner) {
+                tracing::warn!(error = %e, "could not put the lab's delays on the links");
+            }
+        }
+    }
+
+    /// Puts slot `slot`'s links in effect: the delayer's shapes, then the
+    /// rules that send each shaped link's packets to its queue.
+    fn apply(&self, state: &mut State, slot: usize) -> Result<(), NetnsError> {
+        let effective: Vec<(Link, Netem)> = state
+            .shapes
+            .range((slot, Link::MIN)..=(slot, Link::MAX))
+            .filter_map(|((_, link), s)| {
+                let n = s.fault.map(|(n, _)| n).or(s.lab)?;
+                (!n.is_none()).then_some((*link, n))
+            })
+            .collect();
+        if !state.delayers.contains_key(&slot) {
+            if effective.is_empty() {
+                return Ok(());
+            }
+            let delayer = Delayer::start(&self.namespace(slot)).map_err(|e| {
+                NetnsError::Command {
+                    command: format!("NFQUEUE in {}", self.namespace(slot)),
+                    detail: e.to_string(),
                 }
+            })?;
+            state.delayers.insert(slot, delayer);
+        }
+        let delayer = &state.delayers[&slot];
+        let mut script = format!("*filter\n-F {LINK_CHAIN}\n");
+        for link in Link::all_of(self, state, slot) {
+            let netem = effective.iter().find(|(l, _)| *l == link).map(|(_, n)| *n);
+            // The shape first, so no packet reaches the queue unshaped.
+            delayer.set(link.queue(), netem);
+            if netem.is_some() {
+                script.push_str(&format!(
+                    "-A {LINK_CHAIN} {} -j NFQUEUE --queue-num {} --queue-bypass\n",
+                    self.link_match(slot, link),
+                    link.queue()
+                ));
             }
         }
-        state.lab_leader = Some(leader);
+        script.push_str("COMMIT\n");
+        iptables_restore(&self.namespace(slot), &script)
     }
 
-    fn eth0(&self, slot: usize) -> Dev {
-        Dev {
-            ns: Some(self.namespace(slot)),
-            name: "eth0".into(),
-        }
-    }
-
-    fn host_end(&self, slot: usize) -> Dev {
-        Dev {
-            ns: None,
-            name: self.veth(slot),
-        }
-    }
-
-    /// Puts the effective netem of (`dev`, `class`) in place.
-    fn apply(&self, state: &mut State, dev: &Dev, class: Class) -> Result<(), NetnsError> {
-        let owner = self.owner_of(dev);
-        let netem = state
-            .shapes
-            .get(&(dev.clone(), class))
-            .and_then(|s| s.fault.map(|(n, _)| n).or(s.lab))
-            .unwrap_or_default();
-        let classes = state.classes.entry(dev.clone()).or_default();
-        if classes.is_empty() {
-            tc(dev, &["qdisc", "replace", "dev", &dev.name, "root", "handle", "1:", "htb", "default", "1"])?;
-            tc(dev, &["class", "replace", "dev", &dev.name, "parent", "1:", "classid", "1:1", "htb", "rate", "10gbit"])?;
-        }
-        let id = self.class_id(class);
-        if classes.insert(class) {
-            let classid = format!("1:{id:x}");
-            tc(dev, &["class", "replace", "dev", &dev.name, "parent", "1:", "classid", &classid, "htb", "rate", "10gbit"])?;
-            let mut filter: Vec<String> = ["filter", "add", "dev", &dev.name, "parent", "1:", "protocol", "ip", "prio", "1", "u32"]
-                .map(String::from)
-                .to_vec();
-            filter.extend(self.class_match(class, owner));
-            filter.extend(["flowid".into(), classid]);
-            let args: Vec<&str> = filter.iter().map(String::as_str).collect();
-            tc(dev, &args)?;
-        }
-        let parent = format!("1:{id:x}");
-        let handle = format!("{id:x}:");
-        let mut args: Vec<String> = ["qdisc", "replace", "dev", &dev.name, "parent", &parent, "handle", &handle, "netem"]
-            .map(String::from)
-            .to_vec();
-        args.extend(netem.args());
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        tc(dev, &args)
-    }
-
-    /// The node slot a device belongs to.
-    fn owner_of(&self, dev: &Dev) -> usize {
-        let digits = |s: &str, tag: char| -> usize {
-            s.rsplit(tag).next().and_then(|d| d.parse().ok()).unwrap_or(0)
-        };
-        match &dev.ns {
-            Some(ns) => digits(ns, 'n'),
-            None => digits(&dev.name, 'v'),
-        }
-    }
-
-    /// HTB class minor of a class (hex in tc): 0x10-0x11 for the host's
-    /// services, 0x100 + slot for nodes; the same numbers on either device.
-    fn class_id(&self, class: Class) -> u32 {
-        match class {
-            Class::To(p) | Class::FromHost(p) => match p {
-                Peer::Coordinator => 0x10,
-                Peer::Registry => 0x11,
-                Peer::Node(s) => 0x100 + s as u32,
-            },
-        }
-    }
-
-    /// u32 matches for a class on a device of node slot `owner`.
-    fn class_match(&self, class: Class, owner: usize) -> Vec<String> {
-        let host = format!("{}/32", self.host_ip());
-        let me = self.node_port(owner).to_string();
-        let reg = self.registry_port.to_string();
-        let m = |parts: &[&str]| parts.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        match class {
-            Class::To(Peer::Node(s)) => m(&["match", "ip", "dst", &format!("{}/32", self.node_ip(s))]),
-            Class::To(Peer::Coordinator) => {
-                m(&["match", "ip", "dst", &host, "match", "ip", "sport", &me, "0xffff"])
-            }
-            Class::To(Peer::Registry) => {
-                m(&["match", "ip", "dst", &host, "match", "ip", "dport", &reg, "0xffff"])
-            }
-            Class::FromHost(Peer::Coordinator) => {
-                m(&["match", "ip", "src", &host, "match", "ip", "dport", &me, "0xffff"])
-            }
-            Class::FromHost(Peer::Registry) => {
-                m(&["match", "ip", "src", &host, "match", "ip", "sport", &reg, "0xffff"])
-            }
-            Class::FromHost(Peer::Node(s)) => {
-                m(&["match", "ip", "src", &format!("{}/32", self.node_ip(s))])
-            }
+    /// iptables matches for a link's packets, in node `slot`'s namespace.
+    fn link_match(&self, slot: usize, link: Link) -> String {
+        let me = self.node_port(slot);
+        let host = self.host_ip();
+        let reg = self.registry_port;
+        match (link.peer, link.out) {
+            (Peer::Node(s), true) => format!("-d {}", self.node_ip(s)),
+            (Peer::Node(s), false) => format!("-s {}", self.node_ip(s)),
+            (Peer::Coordinator, true) => format!("-d {host} -p tcp --sport {me}"),
+            (Peer::Coordinator, false) => format!("-s {host} -p tcp --dport {me}"),
+            (Peer::Registry, true) => format!("-d {host} -p tcp --dport {reg}"),
+            (Peer::Registry, false) => format!("-s {host} -p tcp --sport {reg}"),
         }
     }
 
@@ -727,8 +696,8 @@ fn pid_file(port: u16) -> String {
     format!("{PID_DIR}/{port}.pid")
 }
 
-fn forward_rule<'a>(op: &'a str, bridge: &'a str) -> [&'a str; 7] {
-    [op, "FORWARD", "-i", bridge, "-o", bridge, "-j"]
+fn forward_rule<'a>(op: &'a str, bridge: &'a str) -> [&'a str; 8] {
+    [op, "FORWARD", "-i", bridge, "-o", bridge, "-j", "ACCEPT"]
 }
 
 /// Deletes whatever a run on coordinator port `port` made: its
@@ -749,8 +718,7 @@ pub fn remove_leftovers(port: u16) {
         }
     }
     let bridge = format!("{tag}br");
-    let mut rule: Vec<&str> = forward_rule("-D", &bridge).to_vec();
-    rule.push("ACCEPT");
+    let rule = forward_rule("-D", &bridge);
     // An earlier run may have left it twice (a crash between two starts).
     for _ in 0..8 {
         if run("iptables", &rule).is_err() {
@@ -825,16 +793,6 @@ fn run(program: &str, args: &[&str]) -> Result<String, NetnsError> {
     })
 }
 
-/// `tc` on a device, in its namespace if it has one.
-fn tc(dev: &Dev, args: &[&str]) -> Result<(), NetnsError> {
-    let mut all: Vec<&str> = Vec::new();
-    if let Some(ns) = &dev.ns {
-        all.extend(["-n", ns.as_str()]);
-    }
-    all.extend(args);
-    run("tc", &all).map(drop)
-}
-
 /// Feeds an `iptables-restore --noflush` script to a namespace: every rule
 /// of a change in one go, so a partition starts (and heals) at once.
 fn iptables_restore(ns: &str, script: &str) -> Result<(), NetnsError> {
@@ -885,28 +843,32 @@ mod tests {
     }
 
     #[test]
-    fn netem_arguments_and_limits() {
-        let n = Netem {
+    fn netem_limits() {
+        assert!(Netem::default().is_none());
+        let bad = |n: Netem| n.validate().is_err();
+        assert!(bad(Netem {
+            loss_percent: 101.0,
+            ..Netem::default()
+        }));
+        assert!(bad(Netem {
+            delay_ms: f64::NAN,
+            ..Netem::default()
+        }));
+        assert!(!bad(Netem {
             delay_ms: 100.0,
             jitter_ms: 20.0,
             loss_percent: 5.0,
-        };
-        assert_eq!(
-            n.args().join(" "),
-            "limit 100000 delay 100ms 20ms loss 5%"
-        );
-        assert!(Netem::default().is_none());
-        assert!(Netem {
-            loss_percent: 101.0,
-            ..Netem::default()
+        }));
+    }
+
+    #[test]
+    fn each_link_has_its_own_queue() {
+        let mut seen = BTreeSet::new();
+        for out in [true, false] {
+            for peer in [Peer::Coordinator, Peer::Registry, Peer::Node(0), Peer::Node(243)] {
+                assert!(seen.insert(Link { out, peer }.queue()));
+                assert!(Link::MIN <= Link { out, peer } && Link { out, peer } <= Link::MAX);
+            }
         }
-        .validate()
-        .is_err());
-        assert!(Netem {
-            delay_ms: f64::NAN,
-            ..Netem::default()
-        }
-        .validate()
-        .is_err());
     }
 }
