@@ -368,7 +368,11 @@ impl Coordinator {
             )));
         };
         fault.validate(&known)?;
-        if slot.status == NodeStatus::Dead {
+        // A netns host's network outlives its process: it can be healed
+        // while the node is down.
+        let host_fault = self.config.launch.netns.is_some()
+            && matches!(fault, Fault::Partition(_) | Fault::Link(_));
+        if slot.status == NodeStatus::Dead && !(host_fault && fault.heals()) {
             return Err(ApiError::conflict(json!({
                 "error": format!("{node_id} is dead: there is no process to inject a fault into"),
                 "node_id": node_id,

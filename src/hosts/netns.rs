@@ -745,12 +745,24 @@ pub fn remove_stale_runs() {
         let owner = std::fs::read_to_string(pid_file(port))
             .ok()
             .and_then(|p| p.trim().parse::<i32>().ok());
-        // SAFETY: kill with signal 0 only asks whether the pid exists.
-        let alive = owner.is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0);
+        let alive = owner.is_some_and(process_running);
         if !alive {
             remove_leftovers(port);
         }
     }
+}
+
+/// Is `pid` a running process (not gone, not a zombie waiting for its
+/// parent)?
+fn process_running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // The state follows the command name, which is in parentheses.
+            let after = stat.rsplit_once(')')?.1;
+            after.split_whitespace().next().map(|s| s != "Z")
+        })
+        .unwrap_or(false)
 }
 
 /// `n12` after the tag: a slot number (so port 7000's `kvl7000n1` is
