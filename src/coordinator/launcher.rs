@@ -135,13 +135,17 @@ pub fn launch(settings: &LaunchSettings, spec: &NodeSpec) -> Result<Launched, La
     let mut cmd = Command::new(&settings.binary);
     let (mut host, mut registry) = (settings.host.clone(), settings.registry.clone());
     let (mut sync_delay, mut async_delay) = (settings.sync_delay, settings.async_delay);
+    let mut netns_args: Vec<String> = Vec::new();
     if let Some(hosts) = &settings.netns {
         let slot = hosts.slot_of(spec.port)?;
         host = hosts.ensure_host(slot)?.to_string();
         registry = registry.map(|_| hosts.registry_url());
         hosts.enter(&mut cmd, slot)?;
         if hosts.lab_delays_are_netem() {
-            // The links carry the delays; the node must not add its own.
+            // The links carry the delays; the node must not add its own,
+            // and must wait longer than a link's latency for a connection.
+            let slowest = sync_delay.max(async_delay);
+            netns_args = vec!["--connect-timeout".into(), (2.0 + 2.0 * slowest).to_string()];
             (sync_delay, async_delay) = (0.0, 0.0);
         }
     }
@@ -162,6 +166,7 @@ pub fn launch(settings: &LaunchSettings, spec: &NodeSpec) -> Result<Launched, La
         .stdout(stdout)
         .stderr(stderr)
         .process_group(0);
+    cmd.args(&netns_args);
     if let Some(registry) = &registry {
         cmd.args(["--registry", registry]);
     }
