@@ -86,7 +86,12 @@ fn wait_caught_up(c: &Cluster, id: &str) {
         .send()
         .unwrap();
     let status = resp.status().as_u16();
-    assert_eq!(status, 200, "{id} not caught up: {}", resp.text().unwrap_or_default());
+    assert_eq!(
+        status,
+        200,
+        "{id} not caught up: {}",
+        resp.text().unwrap_or_default()
+    );
 }
 
 #[test]
@@ -108,7 +113,10 @@ fn the_seed_demos_pass_on_netns_hosts() {
         let (code, w) = c.write("name", "distributed-systems");
         assert_eq!(code, 200, "{w}");
         let (code, r) = c.read("name");
-        assert_eq!((code, r["value"].as_str()), (200, Some("distributed-systems")));
+        assert_eq!(
+            (code, r["value"].as_str()),
+            (200, Some("distributed-systems"))
+        );
 
         // Demo 3: a follower is stopped; W=2 of 3 still writes.
         let (code, k) = c.post("/kill/follower-1", json!({}));
@@ -142,8 +150,9 @@ fn the_seed_demos_pass_on_netns_hosts() {
 
 #[test]
 fn a_leader_cut_off_from_a_sync_follower_fails_writes_with_503_then_converges() {
-    if !netns_available("a_leader_cut_off_from_a_sync_follower_fails_writes_with_503_then_converges")
-    {
+    if !netns_available(
+        "a_leader_cut_off_from_a_sync_follower_fails_writes_with_503_then_converges",
+    ) {
         return;
     }
     let (_guard, c) = start(&["--followers", "2", "-W", "2", "-R", "1", "--no-delay"]);
@@ -168,6 +177,21 @@ fn a_leader_cut_off_from_a_sync_follower_fails_writes_with_503_then_converges() 
     let status = c.status();
     assert_eq!(status["quorum"]["total_alive"], 3, "{status}");
 
+    // One way only: follower-1 drops what the leader sends it.
+    let (code, p) = c.post(
+        "/admin/partition/follower-1",
+        json!({"peers": ["leader"], "seconds": 60, "direction": "in"}),
+    );
+    assert_eq!(code, 200, "{p}");
+    let (code, w) = c.write("one-way", "2");
+    assert_eq!(code, 503, "{w}");
+    assert!(w.to_string().contains("follower-1"), "{w}");
+    let (code, h) = c.post(
+        "/admin/partition/follower-1",
+        json!({"peers": [], "seconds": 0}),
+    );
+    assert_eq!(code, 200, "{h}");
+
     // Healed: writes work again and every node converges.
     let (code, h) = c.post(
         "/admin/partition/leader",
@@ -180,7 +204,7 @@ fn a_leader_cut_off_from_a_sync_follower_fails_writes_with_503_then_converges() 
     let status = c.status();
     for id in ["leader", "follower-1", "follower-2"] {
         let data = c.get_json(&format!("{}/data", url_of(&status, id)));
-        for key in ["before", "during", "after"] {
+        for key in ["before", "during", "one-way", "after"] {
             assert!(data["data"][key].is_object(), "{id} lacks {key}: {data}");
         }
     }
@@ -210,7 +234,10 @@ fn one_way_partitions_and_slow_links_need_netns_hosts() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--lab-delays netem needs --hosts netns"), "{err}");
+    assert!(
+        err.contains("--lab-delays netem needs --hosts netns"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -240,8 +267,9 @@ fn netns_hosts_refuse_to_start_without_root() {
 
 #[test]
 fn check_with_partitions_on_netns_hosts_is_linearizable_when_w_plus_r_exceeds_n() {
-    if !netns_available("check_with_partitions_on_netns_hosts_is_linearizable_when_w_plus_r_exceeds_n")
-    {
+    if !netns_available(
+        "check_with_partitions_on_netns_hosts_is_linearizable_when_w_plus_r_exceeds_n",
+    ) {
         return;
     }
     let base = free_port_block();

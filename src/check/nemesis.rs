@@ -311,10 +311,7 @@ async fn heal(c: &Control, p: &Planned) -> Result<(), String> {
             c.admin(node, "pause-heartbeats", json!({"seconds": 0}))
                 .await
         }
-        FaultKind::Partition => {
-            c.partition(node, json!({"peers": [], "seconds": 0}))
-                .await
-        }
+        FaultKind::Partition => c.partition(node, json!({"peers": [], "seconds": 0})).await,
         FaultKind::SlowDisk => {
             c.admin(node, "slow-disk", json!({"ms": 0, "seconds": 0}))
                 .await

@@ -40,8 +40,8 @@ use super::cluster::Slot;
 use super::Coordinator;
 use crate::api::NodeStatus;
 use crate::events::EventKind;
+use crate::hosts::netns::{self, Direction, Netem, NetnsHosts, Peer};
 use crate::http::{describe_reqwest_error, error_detail, ApiError, ApiJson};
-use crate::hosts::netns::{self, Direction, NetnsHosts, Netem, Peer};
 use crate::node::faults::{check_seconds, PartitionRequest, SlowDiskRequest};
 
 /// How long a node has to answer a hook.
@@ -52,7 +52,9 @@ const SERVICES: [&str; 3] = ["leader", "coordinator", "registry"];
 /// One fault request, as the coordinator forwards it.
 #[derive(Debug, Clone)]
 pub enum Fault {
-    PauseHeartbeats { seconds: f64 },
+    PauseHeartbeats {
+        seconds: f64,
+    },
     Partition(PartitionRequest),
     SlowDisk(SlowDiskRequest),
     /// Netns hosts only: latency, jitter or loss on one link.
@@ -131,7 +133,12 @@ impl Fault {
                 one_way(p.direction)
             ),
             Fault::SlowDisk(s) => format!("+{} ms per fsync", s.ms),
-            Fault::Link(l) => format!("link to {}: {}{}", l.peer, describe(&l.netem), one_way(l.direction)),
+            Fault::Link(l) => format!(
+                "link to {}: {}{}",
+                l.peer,
+                describe(&l.netem),
+                one_way(l.direction)
+            ),
         }
     }
 
@@ -472,9 +479,8 @@ impl Coordinator {
             }
             Ok(Some(Peer::Node(hosts.slot_of(port)?)))
         };
-        let internal = |e: netns::NetnsError| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-        };
+        let internal =
+            |e: netns::NetnsError| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
         let me = hosts.slot_of(slot.port).map_err(internal)?;
         let fault = fault.clone();
         let result = match &fault {
@@ -487,10 +493,8 @@ impl Coordinator {
                     peers.clear();
                 }
                 let (direction, seconds) = (p.direction, p.seconds);
-                tokio::task::spawn_blocking(move || {
-                    hosts.partition(me, &peers, direction, seconds)
-                })
-                .await
+                tokio::task::spawn_blocking(move || hosts.partition(me, &peers, direction, seconds))
+                    .await
             }
             Fault::Link(l) => {
                 let Some(peer) = peer_of(&l.peer).map_err(internal)? else {
@@ -499,7 +503,11 @@ impl Coordinator {
                         slot.node_id
                     )));
                 };
-                let netem = if fault.heals() { Netem::default() } else { l.netem };
+                let netem = if fault.heals() {
+                    Netem::default()
+                } else {
+                    l.netem
+                };
                 let (direction, seconds) = (l.direction, l.seconds);
                 tokio::task::spawn_blocking(move || {
                     hosts.shape_link(me, peer, direction, netem, seconds)

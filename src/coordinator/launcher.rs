@@ -145,7 +145,10 @@ pub fn launch(settings: &LaunchSettings, spec: &NodeSpec) -> Result<Launched, La
             // The links carry the delays; the node must not add its own,
             // and must wait longer than a link's latency for a connection.
             let slowest = sync_delay.max(async_delay);
-            netns_args = vec!["--connect-timeout".into(), (2.0 + 2.0 * slowest).to_string()];
+            netns_args = vec![
+                "--connect-timeout".into(),
+                (2.0 + 2.0 * slowest).to_string(),
+            ];
             (sync_delay, async_delay) = (0.0, 0.0);
         }
     }

@@ -71,7 +71,9 @@ pub enum NetnsError {
         port: u16,
         route: String,
     },
-    #[error("node port {port} is outside the netns hosts' range (the leader's port {base} to {max})")]
+    #[error(
+        "node port {port} is outside the netns hosts' range (the leader's port {base} to {max})"
+    )]
     PortOutOfRange { port: u16, base: u16, max: usize },
     #[error("cannot open the namespace {name}: {source}")]
     OpenNamespace {
@@ -186,7 +188,7 @@ impl Link {
     }
 
     /// Every link of `slot` that has (or had) a shape.
-    fn all_of(_hosts: &NetnsHosts, state: &State, slot: usize) -> Vec<Link> {
+    fn all_of(state: &State, slot: usize) -> Vec<Link> {
         state
             .shapes
             .range((slot, Link::MIN)..=(slot, Link::MAX))
@@ -370,7 +372,10 @@ impl NetnsHosts {
                 "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
             ],
         )?;
-        run("ip", &["link", "set", &veth, "master", &self.bridge(), "up"])?;
+        run(
+            "ip",
+            &["link", "set", &veth, "master", &self.bridge(), "up"],
+        )?;
         let addr = format!("{}/24", self.node_ip(slot));
         run("ip", &["-n", &ns, "addr", "add", &addr, "dev", "eth0"])?;
         run("ip", &["-n", &ns, "link", "set", "eth0", "up"])?;
@@ -425,7 +430,9 @@ impl NetnsHosts {
             let mut state = self.state.lock().unwrap();
             state.next_generation += 1;
             let g = state.next_generation;
-            state.partitions.insert(slot, if peers.is_empty() { 0 } else { g });
+            state
+                .partitions
+                .insert(slot, if peers.is_empty() { 0 } else { g });
             g
         };
         let rules = self.cut_rules(slot, peers, direction);
@@ -437,7 +444,8 @@ impl NetnsHosts {
         iptables_restore(&self.namespace(slot), &script)?;
         if !peers.is_empty() {
             self.after(seconds, move |hosts| {
-                let current = hosts.state.lock().unwrap().partitions.get(&slot) == Some(&generation);
+                let current =
+                    hosts.state.lock().unwrap().partitions.get(&slot) == Some(&generation);
                 if current {
                     let _ = hosts.partition(slot, &[], Direction::Both, 0.0);
                 }
@@ -609,21 +617,22 @@ impl NetnsHosts {
                 (!n.is_none()).then_some((*link, n))
             })
             .collect();
-        if !state.delayers.contains_key(&slot) {
-            if effective.is_empty() {
-                return Ok(());
+        let links = Link::all_of(state, slot);
+        let delayer = match state.delayers.entry(slot) {
+            std::collections::btree_map::Entry::Occupied(d) => d.into_mut(),
+            // Nothing to shape, and nothing was: no thread needed.
+            std::collections::btree_map::Entry::Vacant(_) if effective.is_empty() => return Ok(()),
+            std::collections::btree_map::Entry::Vacant(v) => {
+                let started =
+                    Delayer::start(&self.namespace(slot)).map_err(|e| NetnsError::Command {
+                        command: format!("NFQUEUE in {}", self.namespace(slot)),
+                        detail: e.to_string(),
+                    })?;
+                v.insert(started)
             }
-            let delayer = Delayer::start(&self.namespace(slot)).map_err(|e| {
-                NetnsError::Command {
-                    command: format!("NFQUEUE in {}", self.namespace(slot)),
-                    detail: e.to_string(),
-                }
-            })?;
-            state.delayers.insert(slot, delayer);
-        }
-        let delayer = &state.delayers[&slot];
+        };
         let mut script = format!("*filter\n-F {LINK_CHAIN}\n");
-        for link in Link::all_of(self, state, slot) {
+        for link in links {
             let netem = effective.iter().find(|(l, _)| *l == link).map(|(_, n)| *n);
             // The shape first, so no packet reaches the queue unshaped.
             delayer.set(link.queue(), netem);
@@ -830,7 +839,9 @@ fn iptables_restore(ns: &str, script: &str) -> Result<(), NetnsError> {
     if out.status.success() {
         Ok(())
     } else {
-        Err(fail(String::from_utf8_lossy(&out.stderr).trim().to_string()))
+        Err(fail(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ))
     }
 }
 
@@ -852,6 +863,44 @@ mod tests {
         let is_ns = is_slot_suffix('n');
         assert!(is_ns("n0") && is_ns("n12"));
         assert!(!is_ns("n") && !is_ns("0n1") && !is_ns("br"));
+    }
+
+    /// Hosts as `create` would make them, without touching the system.
+    fn hosts() -> Arc<NetnsHosts> {
+        Arc::new_cyclic(|me| NetnsHosts {
+            port: 7000,
+            registry_port: 9000,
+            node_base_port: 7001,
+            subnet: subnet_for(7000),
+            lab_delays: None,
+            state: Mutex::new(State {
+                // Nothing to remove when the test drops it.
+                cleaned: true,
+                ..State::default()
+            }),
+            me: me.clone(),
+        })
+    }
+
+    #[test]
+    fn partitions_name_each_peer_by_address_and_port() {
+        let h = hosts();
+        assert_eq!(h.node_ip(2).to_string(), "10.91.88.12");
+        assert_eq!(h.node_url(7003), "http://10.91.88.12:7003");
+        assert!(h.slot_of(7000).is_err());
+        let both = h.cut_rules(0, &[Peer::Node(1)], Direction::Both);
+        assert_eq!(both, ["-s 10.91.88.11", "-d 10.91.88.11"]);
+        // The coordinator calls the node's port; the node calls the registry's.
+        let out = h.cut_rules(0, &[Peer::Coordinator, Peer::Registry], Direction::Out);
+        assert_eq!(
+            out,
+            [
+                "-d 10.91.88.1 -p tcp --sport 7001",
+                "-d 10.91.88.1 -p tcp --dport 9000"
+            ]
+        );
+        let inbound = h.cut_rules(2, &[Peer::Coordinator], Direction::In);
+        assert_eq!(inbound, ["-s 10.91.88.1 -p tcp --dport 7003"]);
     }
 
     #[test]
@@ -877,7 +926,12 @@ mod tests {
     fn each_link_has_its_own_queue() {
         let mut seen = BTreeSet::new();
         for out in [true, false] {
-            for peer in [Peer::Coordinator, Peer::Registry, Peer::Node(0), Peer::Node(243)] {
+            for peer in [
+                Peer::Coordinator,
+                Peer::Registry,
+                Peer::Node(0),
+                Peer::Node(243),
+            ] {
                 assert!(seen.insert(Link { out, peer }.queue()));
                 assert!(Link::MIN <= Link { out, peer } && Link { out, peer } <= Link::MAX);
             }
