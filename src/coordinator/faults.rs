@@ -375,11 +375,10 @@ impl Coordinator {
             )));
         };
         fault.validate(&known)?;
-        // A netns host's network outlives its process: it can be healed
-        // while the node is down.
-        let host_fault = self.config.launch.netns.is_some()
-            && matches!(fault, Fault::Partition(_) | Fault::Link(_));
-        if slot.status == NodeStatus::Dead && !(host_fault && fault.heals()) {
+        // A heal is always tried: a node cut off from the registry is
+        // declared dead while its process still runs (and a netns host's
+        // network outlives its process).
+        if slot.status == NodeStatus::Dead && !fault.heals() {
             return Err(ApiError::conflict(json!({
                 "error": format!("{node_id} is dead: there is no process to inject a fault into"),
                 "node_id": node_id,
