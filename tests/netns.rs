@@ -75,6 +75,28 @@ fn url_of(status: &Value, id: &str) -> String {
         .to_string()
 }
 
+trait DataWait {
+    fn wait_for_data(&self, node_url: &str, key: &str, timeout: Duration);
+}
+
+impl DataWait for Cluster {
+    /// Waits until the node at `node_url` holds `key`.
+    fn wait_for_data(&self, node_url: &str, key: &str, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let resp = self.http.get(format!("{node_url}/data/{key}")).send();
+            if resp.is_ok_and(|r| r.status().is_success()) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{node_url} never got {key}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
 /// Waits until the leader has sent `id` its whole log (the harness's
 /// helper assumes nodes on loopback).
 fn wait_caught_up(c: &Cluster, id: &str) {
@@ -303,4 +325,106 @@ fn check_with_partitions_on_netns_hosts_is_linearizable_when_w_plus_r_exceeds_n(
     );
     drop(_guard);
     assert_eq!(leftovers(base), Vec::<String>::new());
+}
+
+#[test]
+fn netem_lab_delays_and_slow_links_are_real_latency() {
+    if !netns_available("netem_lab_delays_and_slow_links_are_real_latency") {
+        return;
+    }
+    let (_guard, c) = start(&[
+        "--followers",
+        "2",
+        "-W",
+        "1",
+        "-R",
+        "1",
+        "--in-memory",
+        "--lab-delays",
+        "netem",
+        "--sync-delay",
+        "0.3",
+        "--async-delay",
+        "1.5",
+    ]);
+    let status = c.status();
+    let leader = url_of(&status, "leader");
+    // The leader holds nothing back: the links carry the delays.
+    let links = c.get_json(&format!("{leader}/replication/links"));
+    assert!(
+        links.as_array().unwrap().iter().all(|l| l["delay_ms"] == 0),
+        "{links}"
+    );
+    // The first write opens the connections; time the second.
+    assert_eq!(c.write("warm", "1").0, 200);
+    let asynchronous = url_of(&status, "follower-2");
+    c.wait_for_data(&asynchronous, "warm", Duration::from_secs(20));
+    let started = std::time::Instant::now();
+    let (code, w) = c.write("k", "v");
+    let took = started.elapsed();
+    assert_eq!(code, 200, "{w}");
+    assert!(took >= Duration::from_millis(300), "write took {took:?}");
+    // The async follower gets it one async delay after the append.
+    c.wait_for_data(&asynchronous, "k", Duration::from_secs(10));
+    let seen = started.elapsed();
+    assert!(seen >= Duration::from_millis(1500), "seen after {seen:?}");
+
+    // A slow link: 200 ms each way between follower-1 and the coordinator
+    // (the host side): a new connection and one request cross it twice.
+    let follower = url_of(&status, "follower-1");
+    let (code, l) = c.post(
+        "/admin/link/follower-1",
+        json!({"peer": "coordinator", "delay_ms": 200, "seconds": 30}),
+    );
+    assert_eq!(code, 200, "{l}");
+    let fresh = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap();
+    let started = std::time::Instant::now();
+    assert!(fresh
+        .get(format!("{follower}/health"))
+        .send()
+        .unwrap()
+        .status()
+        .is_success());
+    let slow = started.elapsed();
+    assert!(slow >= Duration::from_millis(750), "{slow:?}");
+    let (code, h) = c.post(
+        "/admin/link/follower-1",
+        json!({"peer": "coordinator", "seconds": 0}),
+    );
+    assert_eq!(code, 200, "{h}");
+    let started = std::time::Instant::now();
+    assert!(fresh
+        .get(format!("{follower}/health"))
+        .send()
+        .unwrap()
+        .status()
+        .is_success());
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_killed_up_leaves_nothing_for_long() {
+    if !netns_available("a_killed_up_leaves_nothing_for_long") {
+        return;
+    }
+    let first = Cluster::start(&["--hosts", "netns", "--in-memory", "--no-delay"]);
+    let killed = first.base;
+    let _guard = NetnsGuard(killed);
+    assert!(!leftovers(killed).is_empty());
+    // SIGKILL: `up` cannot clean up, its nodes die with it.
+    let mut first = first;
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    drop(first);
+    assert!(!leftovers(killed).is_empty(), "nothing to clean up?");
+    // The next start (on other ports) removes what the dead run left.
+    let (_g, _second) = start(&["--in-memory", "--no-delay"]);
+    assert_eq!(leftovers(killed), Vec::<String>::new());
 }

@@ -259,9 +259,11 @@ impl NetnsHosts {
             me: me.clone(),
         });
         hosts.check_subnet_free()?;
-        hosts.create_bridge().inspect_err(|_| hosts.cleanup())?;
+        // The pid file first: a run starting meanwhile must not take our
+        // bridge for a dead run's.
         let _ = std::fs::create_dir_all(PID_DIR);
         let _ = std::fs::write(pid_file(coordinator_port), std::process::id().to_string());
+        hosts.create_bridge().inspect_err(|_| hosts.cleanup())?;
         Ok(hosts)
     }
 
