@@ -72,6 +72,11 @@ pub enum NetnsError {
         route: String,
     },
     #[error(
+        "another kvlab up (pid {pid}) runs netns hosts for coordinator port {port}; \
+         stop it or pick another --coordinator-port"
+    )]
+    InUse { port: u16, pid: i32 },
+    #[error(
         "node port {port} is outside the netns hosts' range (the leader's port {base} to {max})"
     )]
     PortOutOfRange { port: u16, base: u16, max: usize },
@@ -246,6 +251,12 @@ impl NetnsHosts {
     ) -> Result<Arc<NetnsHosts>, NetnsError> {
         if !is_root() {
             return Err(NetnsError::NotRoot);
+        }
+        if let Some(pid) = owner_of_port(coordinator_port).filter(|&p| process_running(p)) {
+            return Err(NetnsError::InUse {
+                port: coordinator_port,
+                pid,
+            });
         }
         remove_stale_runs();
         remove_leftovers(coordinator_port);
@@ -753,14 +764,18 @@ pub fn remove_stale_runs() {
         else {
             continue;
         };
-        let owner = std::fs::read_to_string(pid_file(port))
-            .ok()
-            .and_then(|p| p.trim().parse::<i32>().ok());
-        let alive = owner.is_some_and(process_running);
+        let alive = owner_of_port(port).is_some_and(process_running);
         if !alive {
             remove_leftovers(port);
         }
     }
+}
+
+/// The pid recorded by the run on coordinator port `port`.
+fn owner_of_port(port: u16) -> Option<i32> {
+    std::fs::read_to_string(pid_file(port))
+        .ok()
+        .and_then(|p| p.trim().parse().ok())
 }
 
 /// Is `pid` a running process (not gone, not a zombie waiting for its
