@@ -214,6 +214,23 @@ fn a_leader_cut_off_from_a_sync_follower_fails_writes_with_503_then_converges() 
     );
     assert_eq!(code, 200, "{h}");
 
+    // The leader cut off from the coordinator only: it still heartbeats
+    // (so it is not declared dead) but takes no writes.
+    let (code, p) = c.post(
+        "/admin/partition/leader",
+        json!({"peers": ["coordinator"], "seconds": 60}),
+    );
+    assert_eq!(code, 200, "{p}");
+    let (code, w) = c.write("unreachable", "x");
+    assert_eq!(code, 503, "{w}");
+    assert!(w.to_string().contains("Leader unreachable"), "{w}");
+    assert_eq!(c.status()["leader"]["status"], "alive");
+    let (code, h) = c.post(
+        "/admin/partition/leader",
+        json!({"peers": [], "seconds": 0}),
+    );
+    assert_eq!(code, 200, "{h}");
+
     // Healed: writes work again and every node converges.
     let (code, h) = c.post(
         "/admin/partition/leader",

@@ -504,16 +504,6 @@ impl NetnsHosts {
         self.node_base_port.saturating_add(slot as u16)
     }
 
-    /// The partitions in effect: slot → whether one is.
-    pub fn partitioned(&self, slot: usize) -> bool {
-        self.state
-            .lock()
-            .unwrap()
-            .partitions
-            .get(&slot)
-            .is_some_and(|g| *g != 0)
-    }
-
     // ---------------------------------------------------------------------
     // Links (netem's model, see `delayer`)
     // ---------------------------------------------------------------------
