@@ -20,7 +20,7 @@
 //! the coordinator drops the packets itself, in the node's namespace (see
 //! [`crate::hosts::netns`]), and can do it one way only; `POST
 //! /admin/link/{node_id}` adds latency, jitter or loss to one link
-//! (`tc netem`). Peers are resolved when the fault starts: `leader` is the
+//! (netem's model, see [`crate::hosts::netns`]). Peers are resolved when the fault starts: `leader` is the
 //! node that leads then, and stays cut off after a failover, as a real
 //! network would. Such faults belong to the host, not the process: they
 //! outlive a restart of the node until they expire or are healed.
@@ -183,7 +183,7 @@ impl Fault {
                 EventKind::SlowLink,
                 Some(node_id),
                 format!(
-                    "🐌 {node_id}'s link to {} for {s} s: {}{} (tc netem: real packets)",
+                    "🐌 {node_id}'s link to {} for {s} s: {}{} (real packets, delayed or dropped)",
                     l.peer,
                     describe(&l.netem),
                     one_way(l.direction)
@@ -390,7 +390,7 @@ impl Coordinator {
             }
             (None, Fault::Link(_)) => {
                 return Err(ApiError::conflict(
-                    "link faults (tc netem) need netns hosts: start the cluster with \
+                    "link faults (latency, jitter, loss) need netns hosts: start the cluster with \
                      kvlab up --hosts netns",
                 ))
             }
