@@ -95,6 +95,10 @@ pub enum EventKind {
     SlowDisk,
     /// `slow_disk_healed`: that slow disk ended.
     SlowDiskHealed,
+    /// `slow_link`: a link of a netns host got latency, jitter or loss (`tc netem`).
+    SlowLink,
+    /// `slow_link_healed`: that link is back to normal.
+    SlowLinkHealed,
     // Quorums.
     /// `write_quorum_lost`: fewer than W followers are alive: writes are refused.
     WriteQuorumLost,

@@ -175,13 +175,17 @@ pub fn client() -> reqwest::Client {
 
 /// The client of a node: as [`client`], and every request names the node
 /// in `X-Kvlab-From`, so that a peer's fault hooks can tell who sent it
-/// (see `node::faults`).
-pub fn client_from(node_id: &str) -> reqwest::Client {
+/// (see `node::faults`). `connect_timeout`: how long a connection may take
+/// to open (2 s elsewhere).
+pub fn client_from(node_id: &str, connect_timeout: Duration) -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
     if let Ok(id) = reqwest::header::HeaderValue::from_str(node_id) {
         headers.insert(crate::node::faults::HEADER_FROM, id);
     }
-    builder(headers).build().expect("building the HTTP client")
+    builder(headers)
+        .connect_timeout(connect_timeout)
+        .build()
+        .expect("building the HTTP client")
 }
 
 /// How long a pooled connection may sit idle before the client drops it:

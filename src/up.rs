@@ -19,6 +19,7 @@ use clap::Parser;
 use crate::api::ports;
 use crate::coordinator::{self, ClusterArgs, Coordinator};
 use crate::gateway::{self, Gateway, RateLimitArgs};
+use crate::hosts::netns::NetnsHosts;
 use crate::labconfig::StudentConfig;
 use crate::registry::{self, Registry};
 
@@ -70,6 +71,30 @@ pub struct Args {
     pub secret: crate::auth::SecretArgs,
     #[command(flatten)]
     pub admin: crate::auth::AdminArgs,
+    /// Where the nodes run: `processes` (on this address) or `netns` (each
+    /// in its own network namespace and address, joined by a bridge; root
+    /// only). Netns hosts make partitions and slow links real packets.
+    #[arg(long, value_enum, default_value_t = Hosts::Processes)]
+    pub hosts: Hosts,
+    /// How the lab's replication delays happen: `timer` (the leader holds
+    /// each entry) or `netem` (real link latency on the leader's links;
+    /// needs `--hosts netns`).
+    #[arg(long, value_enum, default_value_t = LabDelays::Timer)]
+    pub lab_delays: LabDelays,
+}
+
+/// `kvlab up --hosts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Hosts {
+    Processes,
+    Netns,
+}
+
+/// `kvlab up --lab-delays`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LabDelays {
+    Timer,
+    Netem,
 }
 
 impl Args {
@@ -160,7 +185,10 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
         timeout: 30.0,
     };
     let registry_config = registry::Config::from_args(&registry_args)?;
-    let coordinator_config = coordinator::Config::from_args(&coordinator_args)?;
+    let mut coordinator_config = coordinator::Config::from_args(&coordinator_args)?;
+    // Removes the namespaces, veths and bridge on every way out of here.
+    let netns = netns_hosts(&args)?;
+    coordinator_config.launch.netns = netns.as_ref().map(|g| g.0.clone());
     // Creating the coordinator starts nothing (`serve` does), so it can come
     // first: the gateway needs its router.
     let coordinator = Coordinator::new(coordinator_config);
@@ -178,6 +206,14 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     let coordinator_listener =
         crate::http::bind(SocketAddr::new(args.host, args.coordinator_port)).await?;
     let gateway_listener = crate::http::bind(SocketAddr::new(args.host, args.gateway_port)).await?;
+    // Nodes in namespaces reach the registry on the bridge.
+    let registry_on_bridge = match &netns {
+        Some(g) => {
+            let addr = SocketAddr::new(g.0.host_ip().into(), args.registry_port);
+            Some(crate::http::bind(addr).await?)
+        }
+        None => None,
+    };
     if let Some(file) = &args.prometheus_config {
         let text = crate::metrics::scrape_config(&crate::metrics::ScrapeTargets {
             gateway: format!("{}:{}", args.host, args.gateway_port),
@@ -200,8 +236,13 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
             let _ = rx.wait_for(|s| *s).await;
         }
     };
+    let registry_state = Registry::new(registry_config);
+    let bridge_registry = registry_on_bridge.map(|listener| {
+        let router = registry::router(registry_state.clone());
+        tokio::spawn(crate::http::serve(listener, router, stopped()))
+    });
     let registry = tokio::spawn(registry::serve(
-        Registry::new(registry_config),
+        registry_state,
         registry_listener,
         stopped(),
     ));
@@ -229,7 +270,59 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     };
     registry.abort();
     gateway.abort();
+    if let Some(task) = bridge_registry {
+        task.abort();
+    }
+    drop(netns);
     result
+}
+
+/// Deletes the netns hosts when `up` returns, whichever way (the nodes
+/// are stopped by then).
+struct NetnsGuard(std::sync::Arc<NetnsHosts>);
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        self.0.cleanup();
+    }
+}
+
+/// `--hosts netns`: the bridge (namespaces come with their nodes).
+fn netns_hosts(args: &Args) -> anyhow::Result<Option<NetnsGuard>> {
+    if args.hosts == Hosts::Processes {
+        anyhow::ensure!(
+            args.lab_delays == LabDelays::Timer,
+            "--lab-delays netem needs --hosts netns: the delays become latency on the links \
+             between the nodes' network namespaces"
+        );
+        return Ok(None);
+    }
+    let lab = (args.lab_delays == LabDelays::Netem).then(|| {
+        let (sync, asynchronous) = args.cluster.delays();
+        (
+            std::time::Duration::from_secs_f64(sync),
+            std::time::Duration::from_secs_f64(asynchronous),
+        )
+    });
+    let hosts = NetnsHosts::create(
+        args.coordinator_port,
+        args.registry_port,
+        args.cluster.node_base_port,
+        lab,
+    )?;
+    println!(
+        "kvlab up: netns hosts: bridge {} at {}, node i at {} + i (namespaces kvl{}n<i>){}",
+        format_args!("kvl{}br", args.coordinator_port),
+        hosts.host_ip(),
+        hosts.node_ip(0),
+        args.coordinator_port,
+        if lab.is_some() {
+            ", lab delays as netem link latency"
+        } else {
+            ""
+        }
+    );
+    Ok(Some(NetnsGuard(hosts)))
 }
 
 impl Args {

@@ -124,6 +124,10 @@ pub struct Args {
     pub request_timeout: f64,
     #[command(flatten)]
     pub secret: crate::auth::SecretArgs,
+    /// Where the cluster's nodes run (`kvlab up --hosts`): `netns` makes
+    /// partitions real dropped packets (root only).
+    #[arg(long, value_enum, default_value_t = crate::up::Hosts::Processes)]
+    pub hosts: crate::up::Hosts,
 }
 
 /// Everything checked before anything starts.
@@ -205,6 +209,9 @@ fn up_flags(args: &Args) -> Vec<String> {
     }
     if let Some(d) = args.async_delay {
         flags.extend(["--async-delay".into(), d.to_string()]);
+    }
+    if args.hosts == crate::up::Hosts::Netns {
+        flags.extend(["--hosts".into(), "netns".into()]);
     }
     flags
 }

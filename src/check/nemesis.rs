@@ -10,9 +10,13 @@
 //! | `crash` | `POST /kill/{id}?mode=crash` (SIGKILL) | `POST /spawn` on its data directory |
 //! | `pause` | SIGSTOP to the node's pid (from `/status`) | SIGCONT |
 //! | `heartbeats` | node `POST /admin/pause-heartbeats` | expires (and is cleared) |
-//! | `partition` | node `POST /admin/partition` | `seconds: 0` |
+//! | `partition` | coordinator `POST /admin/partition/{id}` | `seconds: 0` |
 //! | `slow-disk` | node `POST /admin/slow-disk` | `ms: 0` |
 //! | `leader` | crash or pause the leader | as above |
+//!
+//! Partitions go through the coordinator, which forwards them to the
+//! node's hook on process hosts and drops real packets on netns hosts
+//! (`kvlab up --hosts netns`), so the same schedule runs on both.
 //!
 //! Every fault is healed before the run's final reads ([`heal_everything`]
 //! goes over the whole cluster once more, whatever happened).
@@ -256,6 +260,12 @@ impl Control {
         Ok(())
     }
 
+    /// A partition, through the coordinator (see the module's notes).
+    async fn partition(&self, id: &str, body: serde_json::Value) -> Result<(), String> {
+        self.post(format!("{}/admin/partition/{id}", self.coordinator), body)
+            .await
+    }
+
     async fn admin(&self, id: &str, hook: &str, body: serde_json::Value) -> Result<(), String> {
         let (url, _) = self.node(id).await?;
         self.post(format!("{url}/admin/{hook}"), body).await
@@ -274,12 +284,8 @@ async fn inject(c: &Control, p: &Planned) -> Result<(), String> {
                 .await
         }
         FaultKind::Partition => {
-            c.admin(
-                node,
-                "partition",
-                json!({"peers": p.how, "seconds": p.seconds + 1.0}),
-            )
-            .await
+            c.partition(node, json!({"peers": p.how, "seconds": p.seconds + 1.0}))
+                .await
         }
         FaultKind::SlowDisk => {
             let ms: u64 = p.how[0].trim_end_matches(" ms").parse().unwrap_or(100);
@@ -305,10 +311,7 @@ async fn heal(c: &Control, p: &Planned) -> Result<(), String> {
             c.admin(node, "pause-heartbeats", json!({"seconds": 0}))
                 .await
         }
-        FaultKind::Partition => {
-            c.admin(node, "partition", json!({"peers": [], "seconds": 0}))
-                .await
-        }
+        FaultKind::Partition => c.partition(node, json!({"peers": [], "seconds": 0})).await,
         FaultKind::SlowDisk => {
             c.admin(node, "slow-disk", json!({"ms": 0, "seconds": 0}))
                 .await
@@ -393,10 +396,7 @@ pub async fn heal_everything(c: &Control, timeout: Duration) -> Result<(), Strin
         }
         if n.status != NodeStatus::Dead {
             let _ = c
-                .post(
-                    format!("{}/admin/partition", n.url),
-                    json!({"peers": [], "seconds": 0}),
-                )
+                .partition(&n.node_id, json!({"peers": [], "seconds": 0}))
                 .await;
             let _ = c
                 .post(

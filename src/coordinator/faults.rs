@@ -15,6 +15,15 @@
 //!   hooks are process state), so the mirror stops counting it;
 //! - a request is checked here as the node would check it, so a bad body is
 //!   refused (400/422) before anything is sent.
+//!
+//! On netns hosts (`kvlab up --hosts netns`) partitions are not forwarded:
+//! the coordinator drops the packets itself, in the node's namespace (see
+//! [`crate::hosts::netns`]), and can do it one way only; `POST
+//! /admin/link/{node_id}` adds latency, jitter or loss to one link
+//! (netem's model, see [`crate::hosts::netns`]). Peers are resolved when the fault starts: `leader` is the
+//! node that leads then, and stays cut off after a failover, as a real
+//! network would. Such faults belong to the host, not the process: they
+//! outlive a restart of the node until they expire or are healed.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +40,7 @@ use super::cluster::Slot;
 use super::Coordinator;
 use crate::api::NodeStatus;
 use crate::events::EventKind;
+use crate::hosts::netns::{self, Direction, Netem, NetnsHosts, Peer};
 use crate::http::{describe_reqwest_error, error_detail, ApiError, ApiJson};
 use crate::node::faults::{check_seconds, PartitionRequest, SlowDiskRequest};
 
@@ -42,9 +52,27 @@ const SERVICES: [&str; 3] = ["leader", "coordinator", "registry"];
 /// One fault request, as the coordinator forwards it.
 #[derive(Debug, Clone)]
 pub enum Fault {
-    PauseHeartbeats { seconds: f64 },
+    PauseHeartbeats {
+        seconds: f64,
+    },
     Partition(PartitionRequest),
     SlowDisk(SlowDiskRequest),
+    /// Netns hosts only: latency, jitter or loss on one link.
+    Link(LinkRequest),
+}
+
+/// `POST /admin/link/{node_id}` body: the link between the node and `peer`
+/// gets netem's treatment for `seconds` (zeros heal it).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct LinkRequest {
+    /// `coordinator`, `registry`, `leader` or a node id.
+    pub peer: String,
+    #[serde(flatten)]
+    pub netem: Netem,
+    pub seconds: f64,
+    /// `both` (default), `in` (what the peer sends the node) or `out`.
+    #[serde(default)]
+    pub direction: Direction,
 }
 
 impl Fault {
@@ -54,6 +82,7 @@ impl Fault {
             Fault::PauseHeartbeats { .. } => "pause-heartbeats",
             Fault::Partition(_) => "partition",
             Fault::SlowDisk(_) => "slow-disk",
+            Fault::Link(_) => "link",
         }
     }
 
@@ -63,6 +92,7 @@ impl Fault {
             Fault::PauseHeartbeats { .. } => "pause",
             Fault::Partition(_) => "partition",
             Fault::SlowDisk(_) => "slow-disk",
+            Fault::Link(_) => "slow-link",
         }
     }
 
@@ -71,6 +101,7 @@ impl Fault {
             Fault::PauseHeartbeats { seconds } => *seconds,
             Fault::Partition(p) => p.seconds,
             Fault::SlowDisk(s) => s.seconds,
+            Fault::Link(l) => l.seconds,
         }
     }
 
@@ -79,6 +110,7 @@ impl Fault {
             Fault::PauseHeartbeats { seconds } => *seconds == 0.0,
             Fault::Partition(p) => p.heals(),
             Fault::SlowDisk(s) => s.heals(),
+            Fault::Link(l) => l.seconds == 0.0 || l.netem == Netem::default(),
         }
     }
 
@@ -87,6 +119,7 @@ impl Fault {
             Fault::PauseHeartbeats { seconds } => json!({"seconds": seconds}),
             Fault::Partition(p) => json!(p),
             Fault::SlowDisk(s) => json!(s),
+            Fault::Link(l) => json!(l),
         }
     }
 
@@ -94,8 +127,18 @@ impl Fault {
     fn detail(&self) -> String {
         match self {
             Fault::PauseHeartbeats { .. } => "no heartbeats".into(),
-            Fault::Partition(p) => format!("cut off from {}", p.peers.join(", ")),
+            Fault::Partition(p) => format!(
+                "cut off from {}{}",
+                p.peers.join(", "),
+                one_way(p.direction)
+            ),
             Fault::SlowDisk(s) => format!("+{} ms per fsync", s.ms),
+            Fault::Link(l) => format!(
+                "link to {}: {}{}",
+                l.peer,
+                describe(&l.netem),
+                one_way(l.direction)
+            ),
         }
     }
 
@@ -104,23 +147,14 @@ impl Fault {
         match self {
             Fault::PauseHeartbeats { seconds } => check_seconds(*seconds).map(drop),
             Fault::SlowDisk(s) => s.validate().map(drop),
+            Fault::Link(l) => {
+                check_seconds(l.seconds)?;
+                l.netem.validate().map_err(ApiError::bad_request)?;
+                check_peers(std::slice::from_ref(&l.peer), known_nodes)
+            }
             Fault::Partition(p) => {
                 p.validate()?;
-                let unknown: Vec<&String> = p
-                    .peers
-                    .iter()
-                    .filter(|peer| {
-                        !SERVICES.contains(&peer.as_str()) && !known_nodes.contains(peer)
-                    })
-                    .collect();
-                if unknown.is_empty() {
-                    return Ok(());
-                }
-                Err(ApiError::bad_request(json!({
-                    "error": format!("unknown peers: {}", join(&unknown)),
-                    "peers_known": SERVICES.iter().map(|s| s.to_string())
-                        .chain(known_nodes.iter().cloned()).collect::<Vec<_>>(),
-                })))
+                check_peers(&p.peers, known_nodes)
             }
         }
     }
@@ -145,6 +179,16 @@ impl Fault {
                     p.peers.join(", ")
                 ),
             ),
+            Fault::Link(l) => c.events.warn(
+                EventKind::SlowLink,
+                Some(node_id),
+                format!(
+                    "🐌 {node_id}'s link to {} for {s} s: {}{} (real packets, delayed or dropped)",
+                    l.peer,
+                    describe(&l.netem),
+                    one_way(l.direction)
+                ),
+            ),
             Fault::SlowDisk(d) => c.events.warn(
                 EventKind::SlowDisk,
                 Some(node_id),
@@ -156,6 +200,43 @@ impl Fault {
             ),
         }
     }
+}
+
+/// Refuses peer names nobody has.
+fn check_peers(peers: &[String], known_nodes: &[String]) -> Result<(), ApiError> {
+    let unknown: Vec<&String> = peers
+        .iter()
+        .filter(|peer| !SERVICES.contains(&peer.as_str()) && !known_nodes.contains(peer))
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::bad_request(json!({
+        "error": format!("unknown peers: {}", join(&unknown)),
+        "peers_known": SERVICES.iter().map(|s| s.to_string())
+            .chain(known_nodes.iter().cloned()).collect::<Vec<_>>(),
+    })))
+}
+
+/// ` (in only)` / ` (out only)` for one-way faults.
+fn one_way(d: Direction) -> &'static str {
+    match d {
+        Direction::Both => "",
+        Direction::In => " (incoming only)",
+        Direction::Out => " (outgoing only)",
+    }
+}
+
+/// `+100 ms ±20 ms, 5% loss`.
+fn describe(n: &Netem) -> String {
+    let mut parts = Vec::new();
+    if n.delay_ms > 0.0 || n.jitter_ms > 0.0 {
+        parts.push(format!("+{} ms ±{} ms", n.delay_ms, n.jitter_ms));
+    }
+    if n.loss_percent > 0.0 {
+        parts.push(format!("{}% loss", n.loss_percent));
+    }
+    parts.join(", ")
 }
 
 /// The end of a fault, narrated: it expired or was healed by request.
@@ -170,6 +251,11 @@ fn narrate_end(c: &Coordinator, kind: &str, node_id: &str, how: &str) {
             EventKind::PartitionHealed,
             Some(node_id),
             format!("🩹 {node_id}: partition healed ({how}), its traffic flows again"),
+        ),
+        "slow-link" => c.events.info(
+            EventKind::SlowLinkHealed,
+            Some(node_id),
+            format!("🩹 {node_id}: its link is back to normal ({how})"),
         ),
         _ => c.events.info(
             EventKind::SlowDiskHealed,
@@ -289,13 +375,31 @@ impl Coordinator {
             )));
         };
         fault.validate(&known)?;
-        if slot.status == NodeStatus::Dead {
+        // A heal is always tried: a node cut off from the registry is
+        // declared dead while its process still runs (and a netns host's
+        // network outlives its process).
+        if slot.status == NodeStatus::Dead && !fault.heals() {
             return Err(ApiError::conflict(json!({
                 "error": format!("{node_id} is dead: there is no process to inject a fault into"),
                 "node_id": node_id,
             })));
         }
-        self.send_fault(&slot, &fault).await?;
+        match (&self.config.launch.netns, &fault) {
+            (Some(hosts), Fault::Partition(_) | Fault::Link(_)) => {
+                self.netns_fault(hosts.clone(), &slot, &fault).await?
+            }
+            (None, Fault::Link(_)) => {
+                return Err(ApiError::conflict(
+                    "link faults (latency, jitter, loss) need netns hosts: start the cluster with \
+                     kvlab up --hosts netns",
+                ))
+            }
+            (None, Fault::Partition(p)) => {
+                p.check_both_ways()?;
+                self.send_fault(&slot, &fault).await?
+            }
+            _ => self.send_fault(&slot, &fault).await?,
+        }
         if fault.heals() {
             if self.faults.forget(&node_id, fault.kind(), slot.incarnation) {
                 narrate_end(self, fault.kind(), &node_id, "healed on request");
@@ -349,6 +453,73 @@ impl Coordinator {
         ))
     }
 
+    /// A partition or a slow link on netns hosts: packets dropped or
+    /// delayed by the kernel, in the node's namespace.
+    async fn netns_fault(
+        &self,
+        hosts: Arc<NetnsHosts>,
+        slot: &Slot,
+        fault: &Fault,
+    ) -> Result<(), ApiError> {
+        let cluster = self.snapshot();
+        let peer_of = |name: &str| -> Result<Option<Peer>, netns::NetnsError> {
+            let port = match name {
+                "coordinator" => return Ok(Some(Peer::Coordinator)),
+                "registry" => return Ok(Some(Peer::Registry)),
+                "leader" => cluster.leader.port,
+                id => match cluster.slot(id) {
+                    Some(s) => s.port,
+                    None => return Ok(None),
+                },
+            };
+            // Cutting a node off from itself means nothing.
+            if port == slot.port {
+                return Ok(None);
+            }
+            Ok(Some(Peer::Node(hosts.slot_of(port)?)))
+        };
+        let internal =
+            |e: netns::NetnsError| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+        let me = hosts.slot_of(slot.port).map_err(internal)?;
+        let fault = fault.clone();
+        let result = match &fault {
+            Fault::Partition(p) => {
+                let mut peers = Vec::new();
+                for name in &p.peers {
+                    peers.extend(peer_of(name).map_err(internal)?);
+                }
+                if p.heals() {
+                    peers.clear();
+                }
+                let (direction, seconds) = (p.direction, p.seconds);
+                tokio::task::spawn_blocking(move || hosts.partition(me, &peers, direction, seconds))
+                    .await
+            }
+            Fault::Link(l) => {
+                let Some(peer) = peer_of(&l.peer).map_err(internal)? else {
+                    return Err(ApiError::bad_request(format!(
+                        "{} has no link to itself",
+                        slot.node_id
+                    )));
+                };
+                let netem = if fault.heals() {
+                    Netem::default()
+                } else {
+                    l.netem
+                };
+                let (direction, seconds) = (l.direction, l.seconds);
+                tokio::task::spawn_blocking(move || {
+                    hosts.shape_link(me, peer, direction, netem, seconds)
+                })
+                .await
+            }
+            _ => return Ok(()),
+        };
+        result
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(internal)
+    }
+
     /// Narrates the fault's end when the node's hook lets it expire (unless
     /// it was replaced, healed, or its process is gone by then).
     fn narrate_expiry(self: &Arc<Self>, id: u64, seconds: f64) {
@@ -378,6 +549,16 @@ pub async fn partition(
     ApiJson(req): ApiJson<PartitionRequest>,
 ) -> Result<Json<Value>, ApiError> {
     c.inject_fault(&node_id, Fault::Partition(req)).await
+}
+
+/// `POST /admin/link/{node_id}` with `{"peer", "delay_ms"?, "jitter_ms"?,
+/// "loss_percent"?, "seconds", "direction"?}` (netns hosts only).
+pub async fn link(
+    State(c): Shared,
+    Path(node_id): Path<String>,
+    ApiJson(req): ApiJson<LinkRequest>,
+) -> Result<Json<Value>, ApiError> {
+    c.inject_fault(&node_id, Fault::Link(req)).await
 }
 
 /// `POST /admin/slow-disk/{node_id}` with `{"ms": D, "seconds": S}`.
@@ -410,6 +591,7 @@ mod tests {
         Fault::Partition(PartitionRequest {
             peers: peers.iter().map(|p| p.to_string()).collect(),
             seconds,
+            direction: Direction::Both,
         })
     }
 

@@ -10,17 +10,23 @@
 //!   terminal reaches the coordinator, which then stops them in order.
 //! - **Ports are checked first**, so "port taken" is a clear error, not a
 //!   node that silently failed to start.
+//!
+//! With `kvlab up --hosts netns` ([`crate::hosts::netns`]), `launch` puts the
+//! process in its slot's network namespace and has it listen on the slot's
+//! address; nothing else here changes.
 
 use std::fs::OpenOptions;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::process::Command;
 use tokio::sync::watch;
 
 use crate::api::Role;
+use crate::hosts::netns::{NetnsError, NetnsHosts};
 
 /// What the coordinator passes to every node it starts.
 #[derive(Debug, Clone)]
@@ -35,6 +41,8 @@ pub struct LaunchSettings {
     pub log_retain: usize,
     /// `None`: the nodes keep everything in memory.
     pub storage: Option<NodeStorage>,
+    /// `Some`: each node runs in its own network namespace (`--hosts netns`).
+    pub netns: Option<Arc<NetnsHosts>>,
 }
 
 /// How the nodes persist their data.
@@ -83,6 +91,8 @@ pub enum LaunchError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot give the node a network namespace: {0}")]
+    Netns(#[from] NetnsError),
     #[error("cannot start {binary}: {source}")]
     Spawn {
         binary: PathBuf,
@@ -123,14 +133,33 @@ pub fn launch(settings: &LaunchSettings, spec: &NodeSpec) -> Result<Launched, La
     let log_file = settings.log_dir.join(format!("{}.log", spec.node_id));
     let (stdout, stderr) = open_log(&log_file)?;
     let mut cmd = Command::new(&settings.binary);
+    let (mut host, mut registry) = (settings.host.clone(), settings.registry.clone());
+    let (mut sync_delay, mut async_delay) = (settings.sync_delay, settings.async_delay);
+    let mut netns_args: Vec<String> = Vec::new();
+    if let Some(hosts) = &settings.netns {
+        let slot = hosts.slot_of(spec.port)?;
+        host = hosts.ensure_host(slot)?.to_string();
+        registry = registry.map(|_| hosts.registry_url());
+        hosts.enter(&mut cmd, slot)?;
+        if hosts.lab_delays_are_netem() {
+            // The links carry the delays; the node must not add its own,
+            // and must wait longer than a link's latency for a connection.
+            let slowest = sync_delay.max(async_delay);
+            netns_args = vec![
+                "--connect-timeout".into(),
+                (2.0 + 2.0 * slowest).to_string(),
+            ];
+            (sync_delay, async_delay) = (0.0, 0.0);
+        }
+    }
     cmd.arg("node")
         .args(["--id", &spec.node_id])
         .args(["--port", &spec.port.to_string()])
         .args(["--role", spec.role.as_str()])
-        .args(["--host", &settings.host])
+        .args(["--host", &host])
         .args(["--incarnation", &spec.incarnation.to_string()])
-        .args(["--sync-delay", &settings.sync_delay.to_string()])
-        .args(["--async-delay", &settings.async_delay.to_string()])
+        .args(["--sync-delay", &sync_delay.to_string()])
+        .args(["--async-delay", &async_delay.to_string()])
         .args([
             "--heartbeat-interval",
             &settings.heartbeat_interval.to_string(),
@@ -140,7 +169,8 @@ pub fn launch(settings: &LaunchSettings, spec: &NodeSpec) -> Result<Launched, La
         .stdout(stdout)
         .stderr(stderr)
         .process_group(0);
-    if let Some(registry) = &settings.registry {
+    cmd.args(&netns_args);
+    if let Some(registry) = &registry {
         cmd.args(["--registry", registry]);
     }
     // The cluster secret goes in the environment: a command line is

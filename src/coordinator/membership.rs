@@ -557,7 +557,18 @@ impl Coordinator {
                     sync: sets.sync.contains(&i) || (sets.sync.is_empty() && rank < self.config.w),
                 }
             })
-            .collect();
+            .collect::<Vec<PeerConfig>>();
+        if let Some(hosts) = self.config.launch.netns.clone() {
+            // `--lab-delays netem`: the delays go on the links before the
+            // leader streams on them.
+            let links: Vec<(u16, bool)> = alive
+                .iter()
+                .zip(&peers)
+                .map(|(&i, p)| (cluster.followers[i].port, p.sync))
+                .collect();
+            let leader = cluster.leader.port;
+            let _ = tokio::task::spawn_blocking(move || hosts.set_lab_delays(leader, &links)).await;
+        }
         let url = format!("{}/replication/peers", cluster.leader.url);
         let sent = self
             .http

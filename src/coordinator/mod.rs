@@ -275,6 +275,7 @@ impl Config {
                 heartbeat_interval: args.cluster.heartbeat_interval,
                 log_retain: args.cluster.log_retain,
                 storage: args.cluster.storage.resolve(args.port),
+                netns: None,
             },
             print_events: !args.quiet,
             ack_timeout: Duration::from_secs_f64(sync_delay + 2.5),
@@ -286,6 +287,9 @@ impl Config {
     }
 
     pub fn node_url(&self, port: u16) -> String {
+        if let Some(hosts) = &self.launch.netns {
+            return hosts.node_url(port);
+        }
         format!("http://{}:{}", self.launch.host, port)
     }
 }
@@ -457,6 +461,7 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
         .route("/node-revived", post(membership::node_revived))
         .route("/admin/partition/{node_id}", post(faults::partition))
         .route("/admin/slow-disk/{node_id}", post(faults::slow_disk))
+        .route("/admin/link/{node_id}", post(faults::link))
         .route("/events", get(events))
         .route("/metrics", get(metrics))
         .route("/metrics/targets", get(metrics_targets))

@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::NodeState;
+use crate::hosts::netns::Direction;
 use crate::http::{ApiError, ApiJson};
 
 /// The header a sender may use to say who it is.
@@ -53,6 +54,14 @@ const POLL: Duration = Duration::from_millis(20);
 pub struct PartitionRequest {
     pub peers: Vec<String>,
     pub seconds: f64,
+    /// `both` (the default), `in` or `out`: one-way partitions need netns
+    /// hosts (see [`crate::hosts::netns`]); this hook drops both ways.
+    #[serde(default, skip_serializing_if = "is_both")]
+    pub direction: Direction,
+}
+
+fn is_both(d: &Direction) -> bool {
+    *d == Direction::Both
 }
 
 /// `POST /admin/slow-disk` body.
@@ -149,6 +158,19 @@ impl PartitionRequest {
         check_seconds(self.seconds)
     }
 
+    /// Refuses a one-way partition: an in-process hook holds a request
+    /// whichever way it goes. Real packets can be dropped one way only on
+    /// netns hosts (`kvlab up --hosts netns`).
+    pub fn check_both_ways(&self) -> Result<(), ApiError> {
+        if is_both(&self.direction) {
+            return Ok(());
+        }
+        Err(ApiError::bad_request(
+            "one-way partitions (direction in or out) need netns hosts (kvlab up --hosts netns); \
+             process hosts drop both ways",
+        ))
+    }
+
     /// Does this request heal rather than cut?
     pub fn heals(&self) -> bool {
         self.seconds == 0.0 || self.peers.is_empty()
@@ -178,6 +200,7 @@ pub async fn partition(
     ApiJson(req): ApiJson<PartitionRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let length = req.validate()?;
+    req.check_both_ways()?;
     let until = Instant::now() + length;
     let peers: BTreeSet<String> = req.peers.iter().cloned().collect();
     if peers.contains("registry") && !length.is_zero() {

@@ -92,6 +92,11 @@ pub struct Args {
     /// Seconds between heartbeats.
     #[arg(long, default_value_t = 2.0)]
     pub heartbeat_interval: f64,
+    /// Seconds an outgoing connection may take to open. The coordinator
+    /// raises it when links carry the lab's delays as real latency
+    /// (`--lab-delays netem`): a SYN on a 5 s link takes 5 s.
+    #[arg(long, default_value_t = 2.0, hide = true)]
+    pub connect_timeout: f64,
     /// Persist the log and state here (created if missing). Without it the
     /// node keeps everything in memory and loses it when it stops.
     #[arg(long)]
@@ -245,7 +250,7 @@ impl NodeState {
             log_retain: args.log_retain,
             term_file_lock: Mutex::new(()),
             stats: Stats::default(),
-            http: crate::http::client_from(&args.id),
+            http: crate::http::client_from(&args.id, secs(args.connect_timeout)),
             sync_delay: secs(args.sync_delay),
             async_delay: secs(args.async_delay),
             persisted_seq: watch::Sender::new(persisted),

@@ -52,9 +52,11 @@ function replayTime() {
 
 // Which events start and end each kind of fault interval on a node.
 const FAULT_STARTS = { crash: "dead", kill: "dead", node_dead: "dead", leader_dead: "dead",
-  process_exit: "dead", heartbeats_paused: "pause", partitioned: "partition", slow_disk: "slow-disk" };
+  process_exit: "dead", heartbeats_paused: "pause", partitioned: "partition", slow_disk: "slow-disk",
+  slow_link: "slow-link" };
 const FAULT_ENDS = { node_up: ["dead"], caught_up: ["dead"], leader_restart: ["dead"],
   heartbeats_resumed: ["pause"], partition_healed: ["partition"], slow_disk_healed: ["slow-disk"],
+  slow_link_healed: ["slow-link"],
   // A process that ends takes its injected faults with it.
   crash: ["pause", "partition", "slow-disk"], kill: ["pause", "partition", "slow-disk"],
   process_exit: ["pause", "partition", "slow-disk"] };
