@@ -12,6 +12,7 @@ pub mod client;
 pub mod coordinator;
 pub mod events;
 pub mod gateway;
+pub mod hosts;
 pub mod http;
 pub mod lab;
 pub mod labconfig;
