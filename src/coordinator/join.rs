@@ -79,9 +79,7 @@ fn port_of(url: &str) -> Result<u16, ApiError> {
     if parsed.scheme() != "http" || parsed.host().is_none() {
         return Err(bad("use http://HOST:PORT"));
     }
-    parsed
-        .port_or_known_default()
-        .ok_or_else(|| bad("no port"))
+    parsed.port_or_known_default().ok_or_else(|| bad("no port"))
 }
 
 impl Coordinator {
@@ -138,9 +136,7 @@ impl Coordinator {
         tokio::spawn(async move {
             // Nobody here sees an external process end: the watch never fires.
             let (_never, exited) = tokio::sync::watch::channel(None);
-            let healthy = self
-                .wait_healthy(&slot.url, slot.incarnation, exited)
-                .await;
+            let healthy = self.wait_healthy(&slot.url, slot.incarnation, exited).await;
             if let Err(reason) = healthy {
                 self.mark(&slot.node_id, slot.incarnation, NodeStatus::Dead);
                 self.events.bad(
@@ -151,8 +147,13 @@ impl Coordinator {
                 return;
             }
             let why = format!("joined from {}", slot.url);
-            self.transition(&slot.node_id, Some(slot.incarnation), NodeStatus::Alive, &why)
-                .await;
+            self.transition(
+                &slot.node_id,
+                Some(slot.incarnation),
+                NodeStatus::Alive,
+                &why,
+            )
+            .await;
             if !self.ready.load(std::sync::atomic::Ordering::Relaxed) {
                 return;
             }

@@ -69,9 +69,15 @@ impl Coordinator {
                 cfg.launch.log_dir.display()
             ),
         );
-        self.prepare_data_dir()?;
+        let kind = self.runtime.kind();
+        let external = kind == super::runtime::RuntimeKind::External;
+        if kind == super::runtime::RuntimeKind::Process {
+            // Containers keep their data in volumes, external nodes where
+            // their own flags say.
+            self.prepare_data_dir()?;
+        }
         self.prepare_runtime().await?;
-        if self.runtime.kind() == super::runtime::RuntimeKind::External {
+        if external {
             self.wait_for_joins().await;
         } else {
             let mut starts =

@@ -290,7 +290,9 @@ pub async fn network(
     }
     c.set_connected(&node_id, req.connected)
         .await
-        .map_err(|e| ApiError::conflict(serde_json::json!({"error": format!("{e:#}"), "node_id": node_id})))?;
+        .map_err(|e| {
+            ApiError::conflict(serde_json::json!({"error": format!("{e:#}"), "node_id": node_id}))
+        })?;
     if req.connected {
         c.events.good(
             EventKind::PartitionHealed,

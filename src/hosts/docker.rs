@@ -29,8 +29,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use bollard::models::{
-    ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HostConfig, Ipam, IpamConfig,
-    Mount, MountType, NetworkConnectRequest, NetworkCreateRequest, NetworkDisconnectRequest,
+    ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HostConfig, Ipam, IpamConfig, Mount,
+    MountType, NetworkConnectRequest, NetworkCreateRequest, NetworkDisconnectRequest,
     NetworkingConfig, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
@@ -171,7 +171,8 @@ impl DockerHosts {
     async fn docker(&self) -> Result<&Docker, DockerError> {
         self.docker
             .get_or_try_init(|| async {
-                let docker = Docker::connect_with_local_defaults().map_err(DockerError::Unreachable)?;
+                let docker =
+                    Docker::connect_with_local_defaults().map_err(DockerError::Unreachable)?;
                 // The daemon may speak an older API than bollard's default.
                 docker
                     .negotiate_version()
@@ -602,7 +603,10 @@ mod tests {
         let (net, leader) = hosts.place("leader").unwrap();
         assert_eq!(net.gateway(), Ipv4Addr::new(10, 89, 3, 1));
         assert_eq!(leader, Ipv4Addr::new(10, 89, 3, 10));
-        assert_eq!(hosts.place("follower-1").unwrap().1, Ipv4Addr::new(10, 89, 3, 11));
+        assert_eq!(
+            hosts.place("follower-1").unwrap().1,
+            Ipv4Addr::new(10, 89, 3, 11)
+        );
         assert_eq!(hosts.place("leader").unwrap().1, leader, "stable");
     }
 

@@ -31,8 +31,8 @@ pub fn own_url(args: &Args) -> String {
         .unwrap_or_else(|| format!("http://{}:{}", args.host, args.port))
 }
 
-/// Joins the coordinator at `coordinator`, then applies its answer to `args`.
-pub async fn join(args: &mut Args, coordinator: &str) -> anyhow::Result<()> {
+/// Refuses flags a joining node cannot run with (checked before it listens).
+pub fn check(args: &Args) -> anyhow::Result<()> {
     if args.advertise.is_none() && args.host.is_unspecified() {
         anyhow::bail!(
             "--join with --host {} needs --advertise URL: the address others reach this \
@@ -41,6 +41,11 @@ pub async fn join(args: &mut Args, coordinator: &str) -> anyhow::Result<()> {
             args.port
         );
     }
+    Ok(())
+}
+
+/// Joins the coordinator at `coordinator`, then applies its answer to `args`.
+pub async fn join(args: &mut Args, coordinator: &str) -> anyhow::Result<()> {
     let coordinator = coordinator.trim_end_matches('/');
     let request = JoinRequest {
         node_id: args.id.clone(),
@@ -60,7 +65,9 @@ pub async fn join(args: &mut Args, coordinator: &str) -> anyhow::Result<()> {
             Ok(resp) => {
                 let status = resp.status();
                 let detail = error_detail(resp).await;
-                anyhow::bail!("the coordinator {coordinator} refused the join ({status}): {detail}");
+                anyhow::bail!(
+                    "the coordinator {coordinator} refused the join ({status}): {detail}"
+                );
             }
             Err(e) => {
                 if !waiting {
@@ -132,7 +139,13 @@ mod tests {
     fn the_coordinators_settings_win_but_not_a_given_registry() {
         use clap::Parser;
         let mut args = Args::parse_from([
-            "node", "--id", "n1", "--port", "7001", "--registry", "http://r:9000",
+            "node",
+            "--id",
+            "n1",
+            "--port",
+            "7001",
+            "--registry",
+            "http://r:9000",
         ]);
         let answer = JoinResponse {
             node_id: "n1".into(),

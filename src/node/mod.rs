@@ -399,6 +399,9 @@ pub fn secs(s: f64) -> Duration {
 /// Runs a node until it is told to stop.
 pub async fn run(mut args: Args) -> anyhow::Result<()> {
     let addr = SocketAddr::new(args.host, args.port);
+    if args.join.is_some() {
+        join::check(&args)?;
+    }
     // Recover before listening: a node that answers must hold its data.
     let storage = match durable::config(&args) {
         Some(config) => Some(durable::open(config).await?),

@@ -110,8 +110,23 @@ impl Cluster {
         Cluster::launch(Some(data_dir), extra)
     }
 
+    /// Starts `kvlab up` on the port block `base` (from [`free_port_block`]),
+    /// for tests that start something on the block's ports first.
+    pub fn start_at(base: u16, extra: &[&str]) -> Cluster {
+        let data_dir = tempfile::Builder::new()
+            .prefix("kvlab-data-")
+            .tempdir()
+            .unwrap();
+        let mut cluster = Cluster::launch_at(base, Some(data_dir.path()), extra);
+        cluster.data_dir = Some(data_dir);
+        cluster
+    }
+
     fn launch(data_dir: Option<&std::path::Path>, extra: &[&str]) -> Cluster {
-        let base = free_port_block();
+        Cluster::launch_at(free_port_block(), data_dir, extra)
+    }
+
+    fn launch_at(base: u16, data_dir: Option<&std::path::Path>, extra: &[&str]) -> Cluster {
         let log_dir = tempfile::Builder::new()
             .prefix("kvlab-test-logs-")
             .tempdir()
