@@ -15,7 +15,7 @@ RUSTFLAGS='-C target-feature=+crt-static' \
     cargo build --profile docker --target "$target" --bin kvlab
 built=$(date +%s)
 binary="target/$target/docker/kvlab"
-if ldd "$binary" >/dev/null 2>&1; then
+if ldd "$binary" 2>&1 | grep -q '=>'; then
     echo "build-image: $binary is dynamically linked; it would not run FROM scratch" >&2
     exit 1
 fi

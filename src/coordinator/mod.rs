@@ -404,8 +404,10 @@ pub async fn serve(
     // On shutdown, the live view's event streams end first: graceful
     // shutdown waits for open requests, and those never finish by themselves.
     let ui = coordinator.clone();
+    let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
     let shutdown = async move {
         shutdown.await;
+        let _ = stopping_tx.send(true);
         ui.ui.close();
     };
     let server = tokio::spawn(crate::http::serve(
@@ -415,7 +417,12 @@ pub async fn serve(
     ));
     let background = membership::start_background(coordinator.clone());
     let failover = failover::start(coordinator.clone());
-    let started = coordinator.start_cluster().await;
+    // A stop while the cluster is still starting (external nodes that never
+    // join, say) ends the start: the nodes started so far are stopped below.
+    let started = tokio::select! {
+        started = coordinator.start_cluster() => started,
+        _ = stopping.wait_for(|s| *s) => Err(anyhow::anyhow!("stopped before the cluster was ready")),
+    };
     if let Err(e) = &started {
         coordinator
             .events
