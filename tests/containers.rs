@@ -363,9 +363,18 @@ fn compose_runs_a_working_cluster_and_down_removes_it() {
             }
         }
         if Instant::now() > deadline {
+            let coordinator = format!("http://127.0.0.1:{}", compose.base);
+            let get = |path: &str| {
+                http.get(format!("{coordinator}{path}"))
+                    .send()
+                    .and_then(|r| r.text())
+                    .unwrap_or_default()
+            };
             let logs = compose.run(&["logs", "--no-color"]);
             panic!(
-                "the compose cluster never took a write:\n{}",
+                "the compose cluster never took a write:\nstatus {}\nevents {}\n{}",
+                get("/status"),
+                get("/events?since=0&limit=200"),
                 String::from_utf8_lossy(&logs.stdout)
             );
         }
