@@ -23,6 +23,8 @@
 #   KVLAB_UP_FLAGS="--fsync always"                  extra flags for `kvlab up`
 #   OUT_DIR=dir                                      keep every run's JSON report there
 #   BUILD=0                                          measure target/release/kvlab as it is
+#   KVLAB_BIN=path                                   measure this binary (implies BUILD=0),
+#                                                    e.g. an older build for an A/B
 #   ETCD_PORT_BASE=23000  KVLAB_PORT_BASE=24000      where the two clusters listen
 
 set -euo pipefail
@@ -48,7 +50,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WORK=$(mktemp -d -t kvlab-compare.XXXXXX)
 RESULTS=${OUT_DIR:-$WORK/results}
 mkdir -p "$RESULTS"
-KVLAB=$REPO/target/release/kvlab
+KVLAB=${KVLAB_BIN:-$REPO/target/release/kvlab}
 
 ETCD_PIDS=()   # one per etcd member
 KVLAB_SID=""   # session of `kvlab up` and every process it starts
@@ -126,7 +128,7 @@ install_tools() {
 }
 
 build_kvlab() {
-  if [ "${BUILD:-1}" = 0 ] && [ -x "$KVLAB" ]; then
+  if { [ "${BUILD:-1}" = 0 ] || [ -n "${KVLAB_BIN:-}" ]; } && [ -x "$KVLAB" ]; then
     log "using the existing $KVLAB (BUILD=0)"
     return
   fi

@@ -465,6 +465,11 @@ pub struct SpawnRequest {
     /// W + R <= N (the sync and read sets could then miss each other).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub grow: bool,
+    /// kvlab's addition: restart the slot `node_id` only if the coordinator
+    /// has it; never create one (404 otherwise). The registry's auto-spawn
+    /// sends it, so no name it heard of can become a new process.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub existing_only: bool,
 }
 
 impl SpawnRequest {

@@ -283,6 +283,11 @@ fn spawn_up(
     if !keep {
         crate::coordinator::launcher::die_with_parent(&mut cmd);
     }
+    // Our secret becomes the cluster's, so that our own requests (the
+    // nemesis's node hooks, say) are let in. Never on the command line.
+    if let Some(secret) = crate::auth::installed() {
+        cmd.env(crate::auth::ENV_SECRET, secret.expose());
+    }
     cmd.spawn().map_err(spawn_err)
 }
 

@@ -161,7 +161,9 @@ pub fn validate_key_value(key: &str, value: Option<&str>) -> Result<(), ApiError
 /// proxy (everything is on the cluster's own network), a connect timeout so a
 /// dead peer is noticed quickly.
 pub fn client() -> reqwest::Client {
-    builder().build().expect("building the HTTP client")
+    builder(reqwest::header::HeaderMap::new())
+        .build()
+        .expect("building the HTTP client")
 }
 
 /// The client of a node: as [`client`], and every request names the node
@@ -172,14 +174,20 @@ pub fn client_from(node_id: &str) -> reqwest::Client {
     if let Ok(id) = reqwest::header::HeaderValue::from_str(node_id) {
         headers.insert(crate::node::faults::HEADER_FROM, id);
     }
-    builder()
-        .default_headers(headers)
-        .build()
-        .expect("building the HTTP client")
+    builder(headers).build().expect("building the HTTP client")
 }
 
-fn builder() -> reqwest::ClientBuilder {
+/// Every request of kvlab's own clients carries the cluster secret, when
+/// this process has one (see `auth`): no call site can forget it.
+fn builder(mut headers: reqwest::header::HeaderMap) -> reqwest::ClientBuilder {
+    if let Some(secret) = crate::auth::installed() {
+        if let Ok(mut value) = reqwest::header::HeaderValue::from_str(secret.expose()) {
+            value.set_sensitive(true);
+            headers.insert(crate::auth::HEADER_SECRET, value);
+        }
+    }
     reqwest::Client::builder()
+        .default_headers(headers)
         .no_proxy()
         .connect_timeout(Duration::from_secs(2))
         .pool_idle_timeout(Duration::from_secs(60))

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod assess;
+pub mod auth;
 pub mod bench;
 pub mod check;
 pub mod child_cluster;

@@ -60,6 +60,8 @@ pub struct Args {
     /// Seconds of silence after which a node is declared dead.
     #[arg(long, default_value_t = 5.0)]
     pub timeout: f64,
+    #[command(flatten)]
+    pub secret: crate::auth::SecretArgs,
 }
 
 #[derive(Debug, Clone)]
@@ -133,6 +135,7 @@ impl Registry {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    crate::auth::load_and_install(&args.secret, crate::auth::Fallback::UserFile)?;
     let config = Config::from_args(&args)?;
     let listener = crate::http::bind(SocketAddr::new(args.host, args.port)).await?;
     serve(
@@ -155,14 +158,15 @@ pub async fn serve(
 }
 
 pub fn router(registry: Arc<Registry>) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/", get(info))
         .route("/heartbeat", post(heartbeat))
         .route("/deregister", post(deregister))
         .route("/nodes", get(nodes))
         .route("/alive", get(alive))
         .route("/metrics", get(metrics))
-        .with_state(registry)
+        .with_state(registry);
+    crate::auth::guard(router, crate::auth::registry_access, None)
 }
 
 type Shared = State<Arc<Registry>>;
@@ -416,7 +420,13 @@ fn schedule_respawn(reg: Arc<Registry>, node_id: String, incarnation: u64) {
         }
         tracing::warn!(node = %node_id, "still dead after the spawn delay: asking for a replacement");
         reg.metrics.respawn_requests.inc();
-        tell_coordinator(reg, "spawn", SpawnRequest::of(node_id)).await;
+        // Only a slot the coordinator already has: a name the registry
+        // heard of must never become a new process.
+        let restart = SpawnRequest {
+            existing_only: true,
+            ..SpawnRequest::of(node_id)
+        };
+        tell_coordinator(reg, "spawn", restart).await;
     });
 }
 
@@ -443,7 +453,11 @@ async fn tell_coordinator(reg: Arc<Registry>, path: &str, body: impl Serialize) 
             .await
         {
             Ok(resp) => {
-                if !resp.status().is_success() {
+                if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
+                    // Not the coordinator's cluster secret: nothing will get through.
+                    let detail = crate::http::error_detail(resp).await;
+                    tracing::warn!(%url, %detail, "coordinator refused our cluster secret");
+                } else if !resp.status().is_success() {
                     tracing::debug!(%url, status = %resp.status(), "coordinator refused");
                 }
                 return;

@@ -66,6 +66,10 @@ pub struct Args {
     /// coordinator's `/metrics/targets`, so respawned ones are followed).
     #[arg(long, value_name = "FILE")]
     pub prometheus_config: Option<PathBuf>,
+    #[command(flatten)]
+    pub secret: crate::auth::SecretArgs,
+    #[command(flatten)]
+    pub admin: crate::auth::AdminArgs,
 }
 
 impl Args {
@@ -109,6 +113,9 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
         );
     }
     args.cluster.validate()?;
+    // A new secret for every cluster, unless given: `up` starts each of
+    // the cluster's processes itself and hands it down.
+    crate::auth::load_and_install(&args.secret, crate::auth::Fallback::Fresh)?;
     if !args.failure_timeout.is_finite() || !(0.1..=3600.0).contains(&args.failure_timeout) {
         anyhow::bail!(
             "--failure-timeout must be between 0.1 and 3600 seconds, got {}",
@@ -133,6 +140,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
         auto_spawn: args.auto_spawn,
         spawn_delay: args.spawn_delay,
         timeout: args.failure_timeout,
+        secret: args.secret.clone(),
     };
     let coordinator_args = coordinator::Args {
         port: args.coordinator_port,
@@ -141,6 +149,8 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
         registry: registry_url.clone(),
         log_dir: args.log_dir.clone(),
         quiet: args.quiet,
+        secret: args.secret.clone(),
+        admin: args.admin.clone(),
     };
     let gateway_args = gateway::Args {
         port: args.gateway_port,
@@ -201,6 +211,9 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
         "kvlab up: coordinator {coordinator_url}, registry {registry_url}. Ctrl-C stops the cluster."
     );
     println!("kvlab up: live view {coordinator_url}/ui (metrics at /metrics on each component)");
+    if let Some(line) = coordinator::admin_token_notice(&coordinator.config) {
+        println!("kvlab up: {line}");
+    }
     let mut cluster = tokio::spawn(coordinator::serve(
         coordinator,
         coordinator_listener,

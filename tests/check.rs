@@ -190,11 +190,8 @@ fn a_partitioned_follower_hangs_its_traffic_until_healed() {
         "--no-delay",
         "--in-memory",
     ]);
-    let http = reqwest::blocking::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    // The fault hooks are internal routes: this client carries the secret.
+    let http = common::internal_http();
     let f2 = cluster.node_url(2);
     let post = |url: &str, body: Value| {
         let resp = http.post(url).json(&body).send().unwrap();

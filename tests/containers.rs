@@ -200,7 +200,7 @@ fn a_docker_cluster_passes_the_seed_demos() {
         let status = cluster.status();
         let leader_url = status["leader"]["url"].as_str().unwrap().to_string();
         for id in ["follower-1", "follower-2"] {
-            let resp = reqwest::blocking::Client::new()
+            let resp = internal_http()
                 .post(format!("{leader_url}/replication/wait"))
                 .json(&json!({"node_id": id, "timeout_ms": 20_000}))
                 .send()
@@ -307,6 +307,10 @@ impl Compose {
             .args(["-p", &self.project, "-f", file])
             .args(args)
             .env("KVLAB_IMAGE", image())
+            .env(
+                "KVLAB_CLUSTER_SECRET",
+                "compose-test-secret-0123456789abcdef",
+            )
             .env("KVLAB_COORDINATOR_PORT", self.base.to_string())
             .env(
                 "KVLAB_GATEWAY_PORT",

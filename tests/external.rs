@@ -156,6 +156,13 @@ fn a_join_with_a_bad_url_or_id_is_a_clear_400() {
         base,
         &["--runtime", "external", "--followers", "1", "-W", "1"],
     );
+    // Joining makes a member: without the cluster secret, no.
+    let resp = reqwest::blocking::Client::new()
+        .post(format!("{}/join", cluster.coordinator))
+        .json(&json!({"node_id": "intruder", "url": "http://127.0.0.1:1"}))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 401);
     for (body, what) in [
         (json!({"node_id": "n", "url": "not a url"}), "invalid url"),
         (

@@ -67,6 +67,8 @@ pub struct Args {
     /// Leave the cluster running after a completed run (for a look around).
     #[arg(long)]
     pub no_stop_cluster: bool,
+    #[command(flatten)]
+    pub secret: crate::auth::SecretArgs,
     /// Move the whole cluster to one block of ports: coordinator P,
     /// registry P+1, gateway P+2, leader P+3, follower-i P+3+i.
     /// Default: the lab's ports (7000, 9000, 8000, 7001+).
@@ -158,6 +160,8 @@ fn prepare_run(args: &Args, config: StudentConfig, settings: Settings) -> anyhow
 /// The command line's entry: returns the exit code.
 pub async fn run(args: Args) -> anyhow::Result<i32> {
     let started = Instant::now();
+    // Scenarios pause a node's heartbeats through its internal hooks.
+    crate::auth::load_and_install(&args.secret, crate::check::fallback(args.no_start_cluster))?;
     let prep = match prepare(&args) {
         Ok(p) => p,
         Err(Refusal::Other(e)) => return Err(e),

@@ -122,6 +122,8 @@ pub struct Args {
     /// Seconds a request may take before its outcome counts as unknown.
     #[arg(long, default_value_t = 10.0, value_name = "S")]
     pub request_timeout: f64,
+    #[command(flatten)]
+    pub secret: crate::auth::SecretArgs,
 }
 
 /// Everything checked before anything starts.
@@ -219,6 +221,9 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
         return recheck(path, &args).await;
     }
     let plan = prepare(&args)?;
+    // The nemesis calls the nodes' hooks, internal routes: a cluster it
+    // starts gets its secret; a running one's must be given.
+    crate::auth::load_and_install(&args.secret, fallback(args.no_start_cluster))?;
     let mut reports = Vec::new();
     for i in 0..args.repeat {
         let seed = plan.first_seed.wrapping_add(i as u64);
@@ -309,6 +314,16 @@ async fn recheck(path: &Path, args: &Args) -> anyhow::Result<i32> {
         }
     }
     Ok(verdict.exit_code())
+}
+
+/// Where the secret comes from without a flag or `$KVLAB_CLUSTER_SECRET`:
+/// a new one for a cluster we start, the user's file for a running one.
+pub(crate) fn fallback(no_start_cluster: bool) -> crate::auth::Fallback {
+    if no_start_cluster {
+        crate::auth::Fallback::UserFile
+    } else {
+        crate::auth::Fallback::Fresh
+    }
 }
 
 /// Where the cluster under test answers.

@@ -197,7 +197,8 @@ impl Coordinator {
     /// The term of the next election, made the coordinator's term now (so
     /// that answers of the old term stop counting before anyone is asked).
     fn next_term(&self) -> u64 {
-        let mut cluster = self.cluster.lock().unwrap();
+        let mut table = self.cluster.lock().unwrap();
+        let cluster = Arc::make_mut(&mut table);
         let promoted_in = self.failover.promoted_in.load(Ordering::Acquire);
         if cluster.term <= promoted_in {
             cluster.term = promoted_in + 1;
@@ -207,7 +208,8 @@ impl Coordinator {
 
     /// Learns a newer term from a node (after a coordinator restart, say).
     fn learn_term(&self, term: u64) {
-        let mut cluster = self.cluster.lock().unwrap();
+        let mut table = self.cluster.lock().unwrap();
+        let cluster = Arc::make_mut(&mut table);
         cluster.term = cluster.term.max(term);
         self.failover.promoted_in.fetch_max(term, Ordering::AcqRel);
     }
@@ -356,13 +358,14 @@ impl Coordinator {
         if reason != Reason::Start {
             self.metrics.leader_changes.inc();
         }
-        let mut after = self.snapshot();
+        let mut after = super::cluster::Cluster::clone(&self.snapshot());
         after.promote(&id);
         after.term = term;
         // The new leader learns its followers before a write can reach it.
         self.push_peers(&after).await;
         {
-            let mut c = self.cluster.lock().unwrap();
+            let mut table = self.cluster.lock().unwrap();
+            let c = Arc::make_mut(&mut table);
             c.promote(&id);
             c.term = term;
         }
@@ -546,7 +549,7 @@ pub fn start(c: Arc<Coordinator>) -> tokio::task::JoinHandle<()> {
             if !c.ready.load(Ordering::Relaxed) {
                 continue;
             }
-            let leader = c.snapshot().leader;
+            let leader = c.snapshot().leader.clone();
             if leader.status == NodeStatus::Dead {
                 c.elect(Reason::LeaderDown).await;
             }

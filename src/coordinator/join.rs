@@ -86,48 +86,49 @@ impl Coordinator {
     /// Gives a joining node its slot and a new incarnation. Returns the slot
     /// and whether the id had one already (a restart).
     fn admit(&self, node_id: &str, url: &str, port: u16) -> Result<(Slot, bool), ApiError> {
-        let mut c = self.cluster.lock().unwrap();
-        let incarnation = c.new_incarnation();
-        let placeholder = c.leader.incarnation == 0;
-        let rejoin = c.slot(node_id).is_some() && !placeholder;
-        let full = !placeholder && c.followers.len() >= self.config.followers;
-        if !rejoin && full {
-            return Err(ApiError::conflict(json!({
-                "error": "the cluster is full",
-                "node_id": node_id,
-                "reason": format!(
-                    "it has its leader and {} followers (--followers); a new id would \
-                     change N behind the quorum rule's back", self.config.followers),
-                "hint": "join with the id of a slot to replace its node"})));
-        }
-        let slot = Slot {
-            node_id: node_id.to_string(),
-            role: Role::Follower,
-            port,
-            url: url.to_string(),
-            status: NodeStatus::Starting,
-            incarnation,
-            pid: None,
-        };
-        if placeholder {
-            // The first node takes the leader's slot (see the module doc).
-            c.leader = Slot {
-                role: Role::Leader,
-                ..slot
+        self.update(|c| {
+            let incarnation = c.new_incarnation();
+            let placeholder = c.leader.incarnation == 0;
+            let rejoin = c.slot(node_id).is_some() && !placeholder;
+            let full = !placeholder && c.followers.len() >= self.config.followers;
+            if !rejoin && full {
+                return Err(ApiError::conflict(json!({
+                    "error": "the cluster is full",
+                    "node_id": node_id,
+                    "reason": format!(
+                        "it has its leader and {} followers (--followers); a new id would \
+                         change N behind the quorum rule's back", self.config.followers),
+                    "hint": "join with the id of a slot to replace its node"})));
+            }
+            let slot = Slot {
+                node_id: node_id.to_string(),
+                role: Role::Follower,
+                port,
+                url: url.to_string(),
+                status: NodeStatus::Starting,
+                incarnation,
+                pid: None,
             };
-            return Ok((c.leader.clone(), false));
-        }
-        match c.slot_mut(node_id) {
-            Some(existing) => {
-                *existing = Slot {
-                    role: existing.role,
+            if placeholder {
+                // The first node takes the leader's slot (see the module doc).
+                c.leader = Slot {
+                    role: Role::Leader,
                     ..slot
                 };
-                c.followers.sort_by_key(|s| s.port);
+                return Ok((c.leader.clone(), false));
             }
-            None => c.add_follower(slot),
-        }
-        Ok((c.slot(node_id).cloned().expect("just set"), rejoin))
+            match c.slot_mut(node_id) {
+                Some(existing) => {
+                    *existing = Slot {
+                        role: existing.role,
+                        ..slot
+                    };
+                    c.followers.sort_by_key(|s| s.port);
+                }
+                None => c.add_follower(slot),
+            }
+            Ok((c.slot(node_id).cloned().expect("just set"), rejoin))
+        })
     }
 
     /// Once the joined node answers as its incarnation, it is alive; after

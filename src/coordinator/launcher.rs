@@ -183,6 +183,12 @@ pub fn launch(settings: &LaunchSettings, spec: &NodeSpec) -> Result<Launched, La
         .stdout(stdout)
         .stderr(stderr)
         .process_group(0);
+    // The cluster secret goes in the environment: a command line is
+    // readable by every user of the machine (`ps`), the environment only by
+    // the same user.
+    if let Some(secret) = crate::auth::installed() {
+        cmd.env(crate::auth::ENV_SECRET, secret.expose());
+    }
     die_with_parent(&mut cmd);
     let mut child = cmd.spawn().map_err(|source| LaunchError::Spawn {
         binary: settings.binary.clone(),

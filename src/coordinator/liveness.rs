@@ -445,8 +445,8 @@ impl Coordinator {
     /// The slots whose status liveness decides (not those still starting).
     fn settled_slots(&self) -> Vec<Slot> {
         let c = self.snapshot();
-        std::iter::once(c.leader)
-            .chain(c.followers)
+        std::iter::once(c.leader.clone())
+            .chain(c.followers.iter().cloned())
             .filter(|s| s.status != NodeStatus::Starting)
             .collect()
     }

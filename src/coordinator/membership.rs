@@ -193,7 +193,8 @@ impl Coordinator {
         port: u16,
     ) -> anyhow::Result<Slot> {
         let spec = {
-            let mut c = self.cluster.lock().unwrap();
+            let mut table = self.cluster.lock().unwrap();
+            let c = Arc::make_mut(&mut table);
             // A slot that already had a process is a respawn. (A leader
             // change is counted when the election promotes someone.)
             if c.slot(&node_id).is_some_and(|s| s.incarnation > 0) {
@@ -231,13 +232,12 @@ impl Coordinator {
                 return Err(anyhow::anyhow!("cannot start {node_id}: {e:#}"));
             }
         };
-        let slot_now = {
-            let mut c = self.cluster.lock().unwrap();
+        let slot_now = self.update(|c| {
             let s = c.slot_mut(&node_id).expect("slot exists");
             s.pid = launched.pid;
             s.url = launched.url.clone();
             s.clone()
-        };
+        });
         self.watch_exit(&spec, launched.pid, launched.exited.clone());
         let healthy = self
             .wait_healthy(&launched.url, spec.incarnation, launched.exited.clone())
@@ -263,7 +263,8 @@ impl Coordinator {
     }
 
     pub(super) fn mark(&self, node_id: &str, incarnation: u64, status: NodeStatus) {
-        let mut c = self.cluster.lock().unwrap();
+        let mut table = self.cluster.lock().unwrap();
+        let c = Arc::make_mut(&mut table);
         if let Some(s) = c.slot_mut(node_id) {
             if s.incarnation == incarnation {
                 s.status = status;
@@ -349,7 +350,7 @@ impl Coordinator {
         if incarnation.is_some_and(|i| i != slot.incarnation) || slot.status == status {
             return false;
         }
-        let mut after = before.clone();
+        let mut after = Cluster::clone(&before);
         after.slot_mut(node_id).expect("slot exists").status = status;
         // Tell the leader first, so a write never waits on a follower the
         // leader does not stream to yet.
@@ -357,7 +358,7 @@ impl Coordinator {
         if status == NodeStatus::Alive || !is_leader {
             self.push_peers(&after).await;
         }
-        *self.cluster.lock().unwrap() = after.clone();
+        *self.cluster.lock().unwrap() = Arc::new(after.clone());
         self.narrate_transition(&before, &after, node_id, status, why);
         if is_leader && status == NodeStatus::Dead {
             self.failover.wake.notify_one();
@@ -594,11 +595,7 @@ impl Coordinator {
                 if !reused {
                     // A slot that never served is dropped, so that later
                     // spawns do not take it for a dead follower to reuse.
-                    self.cluster
-                        .lock()
-                        .unwrap()
-                        .followers
-                        .retain(|s| s.node_id != node_id);
+                    self.update(|c| c.followers.retain(|s| s.node_id != node_id));
                 }
                 self.events
                     .bad(EventKind::SpawnFailed, Some(&node_id), format!("❌ {e:#}"));
@@ -635,6 +632,9 @@ impl Coordinator {
                     }
                     Ok((id.clone(), s.port, true))
                 }
+                None if req.existing_only => Err(ApiError::not_found(json!({
+                    "error": "no such slot", "node_id": id,
+                    "reason": "existing_only: only a slot this coordinator already has is restarted"}))),
                 None => {
                     self.check_growth(&c, id, req.grow)?;
                     Ok((id.clone(), self.port_for_new_slot(&c, req.port)?, false))
@@ -730,7 +730,7 @@ impl Coordinator {
     }
 
     async fn wait_caught_up(&self, slot: &Slot) -> Result<FollowerProgress, String> {
-        let leader = self.snapshot().leader;
+        let leader = self.snapshot().leader.clone();
         if !leader.is_alive() {
             return Err("the leader is down".into());
         }

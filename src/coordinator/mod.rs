@@ -69,6 +69,10 @@ pub struct Args {
     /// Do not narrate events on the console.
     #[arg(long)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub secret: crate::auth::SecretArgs,
+    #[command(flatten)]
+    pub admin: crate::auth::AdminArgs,
 }
 
 /// The cluster's shape and timing, shared by `coordinator` and `up`.
@@ -182,6 +186,8 @@ pub enum ConfigError {
     PortsOverflow { first: u16, last: usize },
     #[error("delays must be finite numbers of seconds between 0 and 3600, got {0}")]
     BadDelay(f64),
+    #[error("admin token: {0}")]
+    AdminToken(String),
 }
 
 impl ClusterArgs {
@@ -246,6 +252,9 @@ pub struct Config {
     pub unclean_failover: bool,
     /// Who starts the nodes (see [`runtime`]).
     pub runtime: RuntimeArgs,
+    /// Required on `/kill`, `/spawn`, `/catchup` and `/admin/*` when set:
+    /// always off loopback (see [`crate::auth::admin_token`]).
+    pub admin_token: Option<crate::auth::Secret>,
 }
 
 impl Config {
@@ -279,6 +288,8 @@ impl Config {
             read_timeout: Duration::from_secs(2),
             unclean_failover: args.cluster.unclean_failover,
             runtime: args.cluster.runtime.clone(),
+            admin_token: crate::auth::admin_token(args.host, &args.admin)
+                .map_err(|e| ConfigError::AdminToken(e.to_string()))?,
         })
     }
 
@@ -289,7 +300,11 @@ impl Config {
 
 pub struct Coordinator {
     pub config: Config,
-    cluster: Mutex<Cluster>,
+    /// Copy-on-write: readers take the `Arc` (a read does, on every client
+    /// read), writers change it through [`Coordinator::update`], which copies
+    /// the table only if some reader still holds the old one. Membership
+    /// changes are rare and reads are not, so reads must not copy.
+    cluster: Mutex<Arc<Cluster>>,
     /// Serializes membership changes and the pushes to the leader that follow.
     membership: tokio::sync::Mutex<()>,
     pub events: Arc<EventLog>,
@@ -339,7 +354,7 @@ impl Coordinator {
         Arc::new(Coordinator {
             runtime,
             events: Arc::new(EventLog::new(config.print_events)),
-            cluster: Mutex::new(Cluster::new(leader)),
+            cluster: Mutex::new(Arc::new(Cluster::new(leader))),
             membership: tokio::sync::Mutex::new(()),
             http: crate::http::client(),
             ready: std::sync::atomic::AtomicBool::new(false),
@@ -356,9 +371,16 @@ impl Coordinator {
         })
     }
 
-    /// A copy of the table, for decisions made without holding the lock.
-    fn snapshot(&self) -> Cluster {
+    /// The table as it is now, for decisions made without holding the lock.
+    /// Cheap (one `Arc` clone): later changes do not show in it.
+    fn snapshot(&self) -> Arc<Cluster> {
         self.cluster.lock().unwrap().clone()
+    }
+
+    /// Changes the table under its lock.
+    fn update<T>(&self, change: impl FnOnce(&mut Cluster) -> T) -> T {
+        let mut table = self.cluster.lock().unwrap();
+        change(Arc::make_mut(&mut table))
     }
 
     /// The current leadership term, without copying the whole table.
@@ -389,7 +411,13 @@ impl Coordinator {
 
 /// Runs a coordinator (and its nodes) until Ctrl-C or SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    // Run alone, the coordinator shares the user's secret file with a
+    // registry started by hand; its nodes get the secret from it.
+    crate::auth::load_and_install(&args.secret, crate::auth::Fallback::UserFile)?;
     let config = Config::from_args(&args)?;
+    if let Some(line) = admin_token_notice(&config) {
+        println!("kvlab coordinator: {line}");
+    }
     let listener = crate::http::bind(config.addr).await?;
     let coordinator = Coordinator::new(config);
     serve(coordinator, listener, crate::http::shutdown_signal()).await
@@ -442,7 +470,7 @@ pub async fn serve(
 }
 
 pub fn router(coordinator: Arc<Coordinator>) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/", get(info))
         .route("/status", get(status))
         .route("/write", post(requests::write))
@@ -459,8 +487,22 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
         .route("/events", get(events))
         .route("/metrics", get(metrics))
         .route("/metrics/targets", get(metrics_targets))
-        .merge(crate::ui::router())
-        .with_state(coordinator)
+        .merge(crate::ui::router());
+    let admin_token = coordinator.config.admin_token.clone();
+    crate::auth::guard(router, crate::auth::coordinator_access, admin_token).with_state(coordinator)
+}
+
+/// What to print at start when admin routes need a token: the token itself
+/// (the person who started the cluster needs it, and only they see this
+/// console) and how to send it.
+pub fn admin_token_notice(config: &Config) -> Option<String> {
+    let token = config.admin_token.as_ref()?;
+    Some(format!(
+        "listening on {}: /kill, /spawn, /catchup and /admin/* need the admin token \
+         (header `Authorization: Bearer <token>`; the live view: /ui#token=<token>): {}",
+        config.addr.ip(),
+        token.expose()
+    ))
 }
 
 type Shared = State<Arc<Coordinator>>;

@@ -123,7 +123,7 @@ impl Coordinator {
         let started = Instant::now();
         let timeout_ms = (c.config.launch.async_delay * 1000.0) as u64 + 10_000;
         tokio::spawn(async move {
-            let leader = c.snapshot().leader;
+            let leader = c.snapshot().leader.clone();
             let resp = c
                 .http
                 .post(format!("{}/replication/wait", leader.url))

@@ -316,6 +316,12 @@ impl Coordinator {
         let first_stand_in = r.saturating_sub(skipped.len());
         let mut skipped = skipped.into_iter();
         let mut answered = 0;
+        // One timer for the whole read, moved only when the earliest
+        // patience among the hopeful members changes: most reads ask their R
+        // members at once and never move it, so they pay for one timer.
+        let patience = tokio::time::sleep(ANSWER_PATIENCE);
+        tokio::pin!(patience);
+        let mut patience_set_for = None;
         loop {
             // Ask more followers while the answers we have plus those we can
             // still hope for (asked, not failed, not overdue) fall short of R.
@@ -351,7 +357,13 @@ impl Coordinator {
                 .filter(|a| a.hopeful())
                 .map(|a| a.started + ANSWER_PATIENCE)
                 .min();
-            let can_substitute = asked.len() < candidates.len();
+            if patience_ends != patience_set_for {
+                if let Some(at) = patience_ends {
+                    patience.as_mut().reset(at.into());
+                }
+                patience_set_for = patience_ends;
+            }
+            let can_substitute = asked.len() < candidates.len() && patience_ends.is_some();
             tokio::select! {
                 Some((i, answer)) = pending.next() => {
                     let slot = candidates[i];
@@ -365,7 +377,8 @@ impl Coordinator {
                     }
                     asked[i].answer = Some(answer);
                 }
-                _ = sleep_until_or_never(patience_ends), if can_substitute => {
+                _ = &mut patience, if can_substitute => {
+                    patience_set_for = None; // an elapsed timer must be re-armed
                     let now = Instant::now();
                     for a in asked.iter_mut().filter(|a| a.hopeful()) {
                         if now >= a.started + ANSWER_PATIENCE {
@@ -458,7 +471,7 @@ impl Coordinator {
             let _ = self.commit.asking.lock().await;
             return;
         };
-        let leader = self.snapshot().leader;
+        let leader = self.snapshot().leader.clone();
         if !leader.is_alive() {
             return;
         }
@@ -564,15 +577,6 @@ fn held_by(w: usize, acked: impl Iterator<Item = u64>) -> Option<u64> {
     }
     acked.sort_unstable_by(|a, b| b.cmp(a));
     Some(acked[w - 1])
-}
-
-/// Sleeps until `at`, or forever without one (a disabled `select!` branch
-/// still needs a future).
-async fn sleep_until_or_never(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// One follower asked by a read, and how that went.

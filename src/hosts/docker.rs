@@ -376,9 +376,14 @@ impl DockerHosts {
             aliases: Some(vec![spec.node_id.clone()]),
             ..Default::default()
         };
+        // The cluster secret goes in the environment, as for processes (it
+        // shows in `docker inspect`, to those who may use Docker: root's peers).
+        let env = crate::auth::installed()
+            .map(|secret| vec![format!("{}={}", crate::auth::ENV_SECRET, secret.expose())]);
         let body = ContainerCreateBody {
             image: Some(self.settings.image.clone()),
             cmd: Some(cmd),
+            env,
             hostname: Some(spec.node_id.clone()),
             labels: Some(labels(&self.settings.prefix)),
             host_config: Some(HostConfig {

@@ -83,7 +83,11 @@ async fn beat(node: &NodeState, registry: &str) -> Result<(), Beat> {
     match resp.status() {
         s if s.is_success() => Ok(()),
         StatusCode::CONFLICT => Err(Beat::Fenced(error_detail(resp).await.to_string())),
-        s => Err(Beat::Failed(format!("registry answered {s}"))),
+        // A 401 says why (most often: the registry has another cluster secret).
+        s => Err(Beat::Failed(format!(
+            "registry answered {s}: {}",
+            error_detail(resp).await
+        ))),
     }
 }
 

@@ -118,6 +118,8 @@ pub struct Args {
     /// (default `http://<host>:<port>`): needed when `--host` is 0.0.0.0.
     #[arg(long, value_name = "URL")]
     pub advertise: Option<String>,
+    #[command(flatten)]
+    pub secret: crate::auth::SecretArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -398,6 +400,9 @@ pub fn secs(s: f64) -> Duration {
 
 /// Runs a node until it is told to stop.
 pub async fn run(mut args: Args) -> anyhow::Result<()> {
+    // The coordinator hands its secret down in the environment; a node
+    // started by hand finds the user's.
+    crate::auth::load_and_install(&args.secret, crate::auth::Fallback::UserFile)?;
     let addr = SocketAddr::new(args.host, args.port);
     if args.join.is_some() {
         join::check(&args)?;
@@ -484,7 +489,7 @@ pub const BATCH_BODY_BYTES: usize = 64 * 1024 * 1024;
 pub const BATCH_PAYLOAD_BYTES: usize = 8 * 1024 * 1024;
 
 pub fn router(node: Arc<NodeState>) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/", get(info))
         .route("/health", get(health))
         .route("/stats", get(stats))
@@ -520,17 +525,25 @@ pub fn router(node: Arc<NodeState>) -> Router {
         .route("/admin/pause-heartbeats", post(pause_heartbeats))
         .route("/admin/shutdown", post(admin_shutdown))
         .route("/admin/partition", post(faults::partition))
-        .route("/admin/slow-disk", post(faults::slow_disk))
+        .route("/admin/slow-disk", post(faults::slow_disk));
+    crate::auth::guard(router, crate::auth::node_access, None)
         .layer(middleware::from_fn(faults::drop_partitioned))
         .layer(middleware::from_fn_with_state(node.clone(), tag_response))
         .with_state(node)
 }
 
 /// Checks the sender's term (see [`leadership::check_term`]), adds the
-/// identity headers and counts requests in flight.
+/// identity headers and counts requests in flight. Only a request carrying
+/// the cluster secret has its term looked at: a higher term makes a leader
+/// step down, and anyone can put a number in a header.
 async fn tag_response(State(node): State<Arc<NodeState>>, req: Request, next: Next) -> Response {
     node.stats.active_requests.fetch_add(1, Ordering::Relaxed);
-    let mut resp = match leadership::check_request_term(&node, req.headers()) {
+    let term_checked = if crate::auth::carries_secret(req.headers()) {
+        leadership::check_request_term(&node, req.headers())
+    } else {
+        Ok(())
+    };
+    let mut resp = match term_checked {
         Ok(()) => next.run(req).await,
         Err(refused) => refused.into_response(),
     };

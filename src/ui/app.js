@@ -260,8 +260,13 @@ function drawTimeline(now, t) {
 
 // ---- actions -------------------------------------------------------------
 
+// Off loopback the coordinator's admin routes need its admin token; open the
+// view as /ui#token=<token> (a fragment never reaches the server or its logs).
+const adminToken = new URLSearchParams(location.hash.slice(1)).get("token");
+
 async function call(method, url, body) {
   const opts = { method, headers: {} };
+  if (adminToken) opts.headers["authorization"] = "Bearer " + adminToken;
   if (body !== undefined) { opts.headers["content-type"] = "application/json"; opts.body = JSON.stringify(body); }
   const r = await fetch(url, opts);
   let data; try { data = await r.json(); } catch { data = null; }

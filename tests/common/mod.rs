@@ -78,6 +78,7 @@ pub struct Cluster {
     pub registry: String,
     pub gateway: String,
     pub base: u16,
+    /// Carries the cluster secret (see [`internal_http`]).
     pub http: reqwest::blocking::Client,
     /// The nodes' data (`<dir>/<node-id>`); `None` for `--in-memory`.
     pub data_dir: Option<tempfile::TempDir>,
@@ -85,8 +86,44 @@ pub struct Cluster {
     pub log_dir: tempfile::TempDir,
 }
 
+/// `kvlab` with this test process's cluster secret in its environment, so
+/// that the clusters and components a test starts, and the test's own
+/// [`Cluster::http`], share one (see `kvlab::auth`). A test that wants a
+/// process to find its secret elsewhere removes the variable.
 pub fn kvlab() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_kvlab"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvlab"));
+    cmd.env(kvlab::auth::ENV_SECRET, cluster_secret());
+    cmd
+}
+
+/// The cluster secret of every kvlab process this test process starts.
+pub fn cluster_secret() -> &'static str {
+    static SECRET: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SECRET.get_or_init(|| kvlab::auth::Secret::random().unwrap().expose().to_string())
+}
+
+/// A client that carries the cluster secret, as kvlab's own processes do.
+pub fn internal_http() -> reqwest::blocking::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        kvlab::auth::HEADER_SECRET,
+        reqwest::header::HeaderValue::from_static(cluster_secret()),
+    );
+    reqwest::blocking::Client::builder()
+        .no_proxy()
+        .default_headers(headers)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// A client with nothing: what anyone on the machine could send.
+pub fn bare_http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
 }
 
 impl Cluster {
@@ -155,11 +192,8 @@ impl Cluster {
             registry: format!("http://127.0.0.1:{}", base + 1),
             gateway: format!("http://127.0.0.1:{}", base + GATEWAY_OFFSET),
             base,
-            http: reqwest::blocking::Client::builder()
-                .no_proxy()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .unwrap(),
+            // With the secret: tests drive the nodes' hooks directly.
+            http: internal_http(),
             data_dir: None,
             log_dir,
         };
