@@ -270,8 +270,11 @@ impl DockerHosts {
                 .names
                 .and_then(|n| n.first().cloned())
                 .unwrap_or_else(|| id.clone());
+            // `v`: the anonymous volume an --in-memory node gets from the
+            // image's VOLUME goes too (named volumes, the data, stay).
             let force = RemoveContainerOptions {
                 force: true,
+                v: true,
                 ..Default::default()
             };
             ignore_gone(docker.remove_container(&id, Some(force)).await)
@@ -332,6 +335,7 @@ impl DockerHosts {
         // The slot's previous container: it is fenced already; make room.
         let force = RemoveContainerOptions {
             force: true,
+            v: true,
             ..Default::default()
         };
         ignore_gone(docker.remove_container(&name, Some(force)).await)
