@@ -491,6 +491,30 @@ pub struct SpawnResponse {
     pub incarnation: u64,
 }
 
+/// `POST /join` body: a node started by someone else (Compose, systemd,
+/// Kubernetes) asks a coordinator run with `--runtime external` to take it in.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub node_id: String,
+    /// Where the coordinator and the other nodes reach this node.
+    pub url: String,
+}
+
+/// `POST /join` answer: what the node must run with. The coordinator owns
+/// the cluster's timing, so these win over the node's own flags.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinResponse {
+    pub node_id: String,
+    /// This process's number among all that have served `node_id`.
+    pub incarnation: u64,
+    /// The registry to heartbeat to, as the coordinator knows it.
+    pub registry: Option<String>,
+    pub sync_delay: f64,
+    pub async_delay: f64,
+    pub heartbeat_interval: f64,
+    pub log_retain: usize,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KillResponse {
     pub status: String,

@@ -349,7 +349,8 @@ pub fn registry_access(_method: &Method, route: &str) -> Access {
 /// and fault actions a student curls (and the live view's buttons) are admin.
 pub fn coordinator_access(_method: &Method, route: &str) -> Access {
     match route {
-        "/node-died" | "/node-revived" => Access::Internal,
+        // A node that joins becomes a member: it must hold the secret.
+        "/node-died" | "/node-revived" | "/join" => Access::Internal,
         "/spawn" | "/kill/{node_id}" | "/catchup" => Access::Admin,
         r if r.starts_with("/admin/") || r.starts_with("/ui/pause/") => Access::Admin,
         _ => Access::Open,

@@ -202,7 +202,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     )?;
     // Bind all three first, so a taken port is reported before anything starts.
     let registry_listener =
-        crate::http::bind(SocketAddr::new(args.host, args.registry_port)).await?;
+        crate::http::bind(SocketAddr::new(registry_host(&args), args.registry_port)).await?;
     let coordinator_listener =
         crate::http::bind(SocketAddr::new(args.host, args.coordinator_port)).await?;
     let gateway_listener = crate::http::bind(SocketAddr::new(args.host, args.gateway_port)).await?;
@@ -323,6 +323,16 @@ fn netns_hosts(args: &Args) -> anyhow::Result<Option<NetnsGuard>> {
         }
     );
     Ok(Some(NetnsGuard(hosts)))
+}
+
+/// Containers reach the registry through their network's gateway address,
+/// so with `--runtime docker` it listens on every address, not just loopback.
+fn registry_host(args: &Args) -> IpAddr {
+    if args.cluster.runtime.runtime == coordinator::RuntimeKind::Docker && args.host.is_loopback() {
+        IpAddr::from([0, 0, 0, 0])
+    } else {
+        args.host
+    }
 }
 
 impl Args {

@@ -128,13 +128,65 @@ pub async fn wait_port_free(host: &str, port: u16) -> Result<(), LaunchError> {
     Ok(())
 }
 
+/// Where a node runs, as its command line says it: the address it listens
+/// on (and, behind NAT or in a container, the URL it is reached at), the
+/// registry as seen from there, and its data directory there.
+pub struct Placement<'a> {
+    pub host: &'a str,
+    pub advertise: Option<&'a str>,
+    pub registry: Option<&'a str>,
+    pub data_dir: Option<PathBuf>,
+}
+
+/// The `kvlab node ...` arguments (without the binary) for `spec`.
+pub fn node_args(settings: &LaunchSettings, spec: &NodeSpec, at: &Placement) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "node".into(),
+        "--id".into(),
+        spec.node_id.clone(),
+        "--port".into(),
+        spec.port.to_string(),
+        "--role".into(),
+        spec.role.as_str().into(),
+        "--host".into(),
+        at.host.into(),
+        "--incarnation".into(),
+        spec.incarnation.to_string(),
+        "--sync-delay".into(),
+        settings.sync_delay.to_string(),
+        "--async-delay".into(),
+        settings.async_delay.to_string(),
+        "--heartbeat-interval".into(),
+        settings.heartbeat_interval.to_string(),
+        "--log-retain".into(),
+        settings.log_retain.to_string(),
+    ];
+    let mut flag = |name: &str, value: String| args.extend([name.to_string(), value]);
+    if let Some(url) = at.advertise {
+        flag("--advertise", url.into());
+    }
+    if let Some(registry) = at.registry {
+        flag("--registry", registry.into());
+    }
+    if let (Some(storage), Some(dir)) = (&settings.storage, &at.data_dir) {
+        flag("--data-dir", dir.display().to_string());
+        flag("--fsync", storage.fsync.name().into());
+        flag("--fsync-interval-ms", storage.fsync_interval_ms.to_string());
+        flag("--snapshot-every", storage.snapshot_every.to_string());
+    }
+    args
+}
+
 /// Starts a node process. Check the port with [`wait_port_free`] first.
 pub fn launch(settings: &LaunchSettings, spec: &NodeSpec) -> Result<Launched, LaunchError> {
     let log_file = settings.log_dir.join(format!("{}.log", spec.node_id));
     let (stdout, stderr) = open_log(&log_file)?;
     let mut cmd = Command::new(&settings.binary);
     let (mut host, mut registry) = (settings.host.clone(), settings.registry.clone());
-    let (mut sync_delay, mut async_delay) = (settings.sync_delay, settings.async_delay);
+    // On netns hosts with netem lab delays, the links carry the delays: the
+    // node must not add its own, and must wait longer than a link's latency
+    // for a connection.
+    let mut own = std::borrow::Cow::Borrowed(settings);
     let mut netns_args: Vec<String> = Vec::new();
     if let Some(hosts) = &settings.netns {
         let slot = hosts.slot_of(spec.port)?;
@@ -142,52 +194,32 @@ pub fn launch(settings: &LaunchSettings, spec: &NodeSpec) -> Result<Launched, La
         registry = registry.map(|_| hosts.registry_url());
         hosts.enter(&mut cmd, slot)?;
         if hosts.lab_delays_are_netem() {
-            // The links carry the delays; the node must not add its own,
-            // and must wait longer than a link's latency for a connection.
-            let slowest = sync_delay.max(async_delay);
+            let slowest = settings.sync_delay.max(settings.async_delay);
             netns_args = vec![
                 "--connect-timeout".into(),
                 (2.0 + 2.0 * slowest).to_string(),
             ];
-            (sync_delay, async_delay) = (0.0, 0.0);
+            let own = own.to_mut();
+            (own.sync_delay, own.async_delay) = (0.0, 0.0);
         }
     }
-    cmd.arg("node")
-        .args(["--id", &spec.node_id])
-        .args(["--port", &spec.port.to_string()])
-        .args(["--role", spec.role.as_str()])
-        .args(["--host", &host])
-        .args(["--incarnation", &spec.incarnation.to_string()])
-        .args(["--sync-delay", &sync_delay.to_string()])
-        .args(["--async-delay", &async_delay.to_string()])
-        .args([
-            "--heartbeat-interval",
-            &settings.heartbeat_interval.to_string(),
-        ])
-        .args(["--log-retain", &settings.log_retain.to_string()])
+    let here = Placement {
+        host: &host,
+        advertise: None,
+        registry: registry.as_deref(),
+        data_dir: settings.storage.as_ref().map(|s| s.dir_of(&spec.node_id)),
+    };
+    cmd.args(node_args(&own, spec, &here))
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr)
         .process_group(0);
     cmd.args(&netns_args);
-    if let Some(registry) = &registry {
-        cmd.args(["--registry", registry]);
-    }
     // The cluster secret goes in the environment: a command line is
     // readable by every user of the machine (`ps`), the environment only by
     // the same user.
     if let Some(secret) = crate::auth::installed() {
         cmd.env(crate::auth::ENV_SECRET, secret.expose());
-    }
-    if let Some(storage) = &settings.storage {
-        cmd.arg("--data-dir")
-            .arg(storage.dir_of(&spec.node_id))
-            .args(["--fsync", storage.fsync.name()])
-            .args([
-                "--fsync-interval-ms",
-                &storage.fsync_interval_ms.to_string(),
-            ])
-            .args(["--snapshot-every", &storage.snapshot_every.to_string()]);
     }
     die_with_parent(&mut cmd);
     let mut child = cmd.spawn().map_err(|source| LaunchError::Spawn {

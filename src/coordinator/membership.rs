@@ -37,8 +37,6 @@ struct CorruptLogRefused {
 
 /// How long a started node has to answer its health check.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long a graceful stop may take before the process is killed.
-const STOP_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long `/catchup` waits for a follower to hold the whole log.
 const CATCHUP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -84,15 +82,26 @@ impl Coordinator {
                 cfg.launch.log_dir.display()
             ),
         );
-        self.prepare_data_dir()?;
-        let mut starts =
-            vec![self.start_slot(LEADER_ID.to_string(), Role::Leader, cfg.node_base_port)];
-        for i in 1..=cfg.followers {
-            let port = cfg.node_base_port + i as u16;
-            starts.push(self.start_slot(format!("follower-{i}"), Role::Follower, port));
+        let kind = self.runtime.kind();
+        let external = kind == super::runtime::RuntimeKind::External;
+        if kind == super::runtime::RuntimeKind::Process {
+            // Containers keep their data in volumes, external nodes where
+            // their own flags say.
+            self.prepare_data_dir()?;
         }
-        for result in futures::future::join_all(starts).await {
-            result?;
+        self.prepare_runtime().await?;
+        if external {
+            self.wait_for_joins().await;
+        } else {
+            let mut starts =
+                vec![self.start_slot(LEADER_ID.to_string(), Role::Leader, cfg.node_base_port)];
+            for i in 1..=cfg.followers {
+                let port = cfg.node_base_port + i as u16;
+                starts.push(self.start_slot(format!("follower-{i}"), Role::Follower, port));
+            }
+            for result in futures::future::join_all(starts).await {
+                result?;
+            }
         }
         // Every leader start is an election: the most advanced node leads
         // (on a fresh cluster, every log is empty and `leader` keeps it).
@@ -294,24 +303,25 @@ impl Coordinator {
                 incarnation,
             }
         };
-        let launched = launcher::wait_port_free(&self.config.launch.host, port)
-            .await
-            .and_then(|()| launcher::launch(&self.config.launch, &spec));
-        let launched = match launched {
+        let launched = match self.launch_node(&spec).await {
             Ok(l) => l,
             Err(e) => {
                 self.mark(&node_id, spec.incarnation, NodeStatus::Dead);
-                return Err(anyhow::anyhow!("cannot start {node_id}: {e}"));
+                return Err(anyhow::anyhow!("cannot start {node_id}: {e:#}"));
             }
         };
-        self.update(|c| {
-            if let Some(s) = c.slot_mut(&node_id) {
-                s.pid = Some(launched.pid);
-            }
+        let slot_now = self.update(|c| {
+            let s = c.slot_mut(&node_id).expect("slot exists");
+            s.pid = launched.pid;
+            s.url = launched.url.clone();
+            s.clone()
         });
         self.watch_exit(&spec, launched.pid, launched.exited.clone());
-        if let Err(reason) = self.wait_healthy(&spec, launched.exited.clone()).await {
-            launcher::signal(launched.pid, libc::SIGKILL);
+        let healthy = self
+            .wait_healthy(&launched.url, spec.incarnation, launched.exited.clone())
+            .await;
+        if let Err(reason) = healthy {
+            self.crash_node(&slot_now).await;
             self.mark(&node_id, spec.incarnation, NodeStatus::Dead);
             let tail = launcher::log_tail(&launched.log_file, 5);
             if reason.contains(launcher::EXITED_CORRUPT_LOG) {
@@ -346,7 +356,7 @@ impl Coordinator {
         Ok(slot.expect("slot exists"))
     }
 
-    fn mark(&self, node_id: &str, incarnation: u64, status: NodeStatus) {
+    pub(super) fn mark(&self, node_id: &str, incarnation: u64, status: NodeStatus) {
         let mut table = self.cluster.lock().unwrap();
         let c = Arc::make_mut(&mut table);
         if let Some(s) = c.slot_mut(node_id) {
@@ -357,12 +367,13 @@ impl Coordinator {
     }
 
     /// Polls the node's `/health` until it answers as the right incarnation.
-    async fn wait_healthy(
+    pub(super) async fn wait_healthy(
         &self,
-        spec: &NodeSpec,
+        node_url: &str,
+        incarnation: u64,
         mut exited: tokio::sync::watch::Receiver<Option<String>>,
     ) -> Result<(), String> {
-        let url = format!("{}/health", self.config.node_url(spec.port));
+        let url = format!("{node_url}/health");
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         loop {
             if let Some(reason) = exited.borrow_and_update().clone() {
@@ -376,7 +387,7 @@ impl Coordinator {
                 .await
             {
                 if let Ok(h) = resp.json::<NodeHealth>().await {
-                    if h.incarnation == spec.incarnation {
+                    if h.incarnation == incarnation {
                         return Ok(());
                     }
                 }
@@ -396,7 +407,7 @@ impl Coordinator {
     fn watch_exit(
         self: &Arc<Self>,
         spec: &NodeSpec,
-        pid: u32,
+        pid: Option<u32>,
         mut exited: tokio::sync::watch::Receiver<Option<String>>,
     ) {
         let c = self.clone();
@@ -407,7 +418,10 @@ impl Coordinator {
                 c.events.warn(
                     EventKind::ProcessExit,
                     Some(&id),
-                    format!("⚰️  process of {id} (pid {pid}, incarnation {inc}) {reason}"),
+                    format!(
+                        "⚰️  process of {id} ({}incarnation {inc}) {reason}",
+                        pid.map(|p| format!("pid {p}, ")).unwrap_or_default()
+                    ),
                 );
             }
         });
@@ -583,8 +597,13 @@ impl Coordinator {
         }
     }
 
-    /// Stops every node: politely (SIGTERM), then firmly (SIGKILL).
+    /// Stops every node the coordinator started (see [`super::runtime`]).
     pub async fn stop_all(&self) {
+        self.stop_nodes().await;
+    }
+
+    /// Stops every node process: politely (SIGTERM), then firmly (SIGKILL).
+    pub(super) async fn stop_processes(&self) {
         let pids: Vec<u32> = {
             let c = self.cluster.lock().unwrap();
             std::iter::once(&c.leader)
@@ -623,14 +642,17 @@ impl Coordinator {
 
     /// Starts a node per `/spawn`'s rules; see [`spawn`].
     async fn spawn_node(self: &Arc<Self>, req: SpawnRequest) -> Result<SpawnResponse, ApiError> {
+        if self.runtime.kind() == super::runtime::RuntimeKind::External {
+            return Err(ApiError::conflict(json!({
+                "error": "this coordinator does not start nodes (--runtime external)",
+                "hint": "nodes join with `kvlab node --join`; restart a dead one with the \
+                         tool that runs it (docker-compose, systemd, Kubernetes)"})));
+        }
         let (node_id, port, reused) = self.choose_slot(&req)?;
-        if let Some(old) = self.snapshot().slot(&node_id) {
+        if let Some(old) = self.snapshot().slot(&node_id).cloned() {
             // Fence the previous process of this slot, if it still runs, and
             // wait for it to be gone so that its port is free again.
-            if let Some(pid) = old.pid {
-                launcher::signal(pid, libc::SIGKILL);
-                wait_gone(pid).await;
-            }
+            self.crash_node(&old).await;
         }
         let role = if self.snapshot().is_leader(&node_id) {
             self.events.info(
@@ -701,7 +723,7 @@ impl Coordinator {
                 ));
             }
             return match c.slot(id) {
-                Some(s) if s.status != NodeStatus::Dead && !has_exited(s) => {
+                Some(s) if s.status != NodeStatus::Dead && !self.has_exited(s) => {
                     Err(ApiError::conflict(json!({
                     "error": "node is not dead", "node_id": id, "status": s.status.as_str(),
                     "hint": "kill it first, or POST /spawn without a node_id for a new follower"})))
@@ -731,7 +753,7 @@ impl Coordinator {
             .followers
             .iter()
             .find(|s| s.status == NodeStatus::Dead)
-            .or_else(|| c.followers.iter().find(|s| has_exited(s)));
+            .or_else(|| c.followers.iter().find(|s| self.has_exited(s)));
         if let Some(slot) = reusable {
             return Ok((slot.node_id.clone(), slot.port, true));
         }
@@ -837,13 +859,6 @@ impl Coordinator {
     }
 }
 
-/// The slot's process is known to have exited: it counts as dead even
-/// before the registry notices its silence (a crash kill, say). A slot still
-/// starting is its starter's business.
-fn has_exited(s: &Slot) -> bool {
-    s.status != NodeStatus::Starting && s.pid.is_some_and(|p| !process_exists(p))
-}
-
 /// True while the process runs. A zombie (exited, not yet reaped) counts as
 /// gone: it holds no port and serves nothing.
 pub(super) fn process_exists(pid: u32) -> bool {
@@ -857,7 +872,7 @@ pub(super) fn process_exists(pid: u32) -> bool {
 }
 
 /// A node id may be any short name of letters, digits, `-` and `_`.
-fn validate_node_id(id: &str) -> Result<(), ApiError> {
+pub(super) fn validate_node_id(id: &str) -> Result<(), ApiError> {
     let ok = !id.is_empty()
         && id.len() <= 64
         && id
@@ -934,7 +949,7 @@ pub async fn kill(
     let Some(slot) = c.snapshot().slot(&node_id).cloned() else {
         return Err(ApiError::not_found(format!("Node '{node_id}' not found")));
     };
-    if slot.status == NodeStatus::Dead && slot.pid.is_none_or(|p| !process_exists(p)) {
+    if slot.status == NodeStatus::Dead && c.nothing_runs(&slot) {
         return Err(ApiError::conflict(
             json!({"error": "node is already dead", "node_id": node_id}),
         ));
@@ -957,11 +972,13 @@ pub async fn kill(
             "stopped"
         }
         KillMode::Crash => {
-            if let Some(pid) = slot.pid {
-                launcher::signal(pid, libc::SIGKILL);
-                // Answer once it is really gone, so that a /spawn right
-                // after finds the slot's process dead.
-                wait_gone(pid).await;
+            // Answer once it is really gone, so that a /spawn right after
+            // finds the slot's process dead.
+            if !c.crash_node(&slot).await {
+                return Err(ApiError::conflict(json!({
+                    "error": "this coordinator cannot crash a node it did not start (--runtime external)",
+                    "node_id": node_id,
+                    "hint": "stop it gracefully (no ?mode=crash), or kill it with the tool that runs it"})));
             }
             c.events.warn(EventKind::Crash, Some(&node_id), format!(
                 "💥 {node_id} CRASHED (SIGKILL): nobody tells the registry; it will notice when heartbeats stop (5 s)"));
@@ -992,19 +1009,7 @@ async fn graceful_stop(c: &Coordinator, slot: &Slot) {
         .timeout(Duration::from_secs(1))
         .send()
         .await;
-    let Some(pid) = slot.pid else { return };
-    if asked.is_ok() {
-        wait_gone(pid).await;
-    }
-    launcher::signal(pid, libc::SIGKILL);
-}
-
-/// Waits (at most [`STOP_TIMEOUT`]) until the process has exited.
-async fn wait_gone(pid: u32) {
-    let deadline = tokio::time::Instant::now() + STOP_TIMEOUT;
-    while process_exists(pid) && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    c.finish_stop(slot, asked.is_ok()).await;
 }
 
 /// `POST /catchup`: the registry's call when a follower registers.
@@ -1034,7 +1039,7 @@ pub async fn catchup(
             "No leader available to catch up from",
         ));
     }
-    if has_exited(&slot) {
+    if c.has_exited(&slot) {
         // A stopped node's last heartbeat can reach the registry after it
         // deregistered: that must not bring the slot back.
         return Err(ApiError::conflict(

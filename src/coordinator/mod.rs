@@ -20,12 +20,14 @@ mod batch;
 pub mod cluster;
 mod failover;
 pub(crate) mod faults;
+mod join;
 pub mod launcher;
 mod liveness;
 mod membership;
 mod narration;
 mod reads;
 mod requests;
+pub mod runtime;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -45,6 +47,7 @@ use crate::http::ApiError;
 use crate::storage::FsyncPolicy;
 use cluster::{Cluster, Slot};
 use launcher::{LaunchSettings, NodeStorage};
+pub use runtime::{RuntimeArgs, RuntimeKind};
 
 /// Flags of `kvlab coordinator` (and the matching ones of `kvlab up`).
 #[derive(Debug, Clone, Parser)]
@@ -111,6 +114,8 @@ pub struct ClusterArgs {
     pub unclean_failover: bool,
     #[command(flatten)]
     pub storage: StorageArgs,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 /// Where and how the nodes persist their data, shared by `coordinator` and `up`.
@@ -245,6 +250,8 @@ pub struct Config {
     pub read_timeout: Duration,
     /// See `ClusterArgs::unclean_failover`.
     pub unclean_failover: bool,
+    /// Who starts the nodes (see [`runtime`]).
+    pub runtime: RuntimeArgs,
     /// Required on `/kill`, `/spawn`, `/catchup` and `/admin/*` when set:
     /// always off loopback (see [`crate::auth::admin_token`]).
     pub admin_token: Option<crate::auth::Secret>,
@@ -281,6 +288,7 @@ impl Config {
             ack_timeout: Duration::from_secs_f64(sync_delay + 2.5),
             read_timeout: Duration::from_secs(2),
             unclean_failover: args.cluster.unclean_failover,
+            runtime: args.cluster.runtime.clone(),
             admin_token: crate::auth::admin_token(args.host, &args.admin)
                 .map_err(|e| ConfigError::AdminToken(e.to_string()))?,
         })
@@ -321,6 +329,8 @@ pub struct Coordinator {
     pub ui: crate::ui::UiState,
     /// The faults injected through the coordinator, in effect now (see [`faults`]).
     pub(crate) faults: faults::Faults,
+    /// Who starts the nodes, and its state (see [`runtime`]).
+    runtime: runtime::Runtime,
     /// The highest seq known to be held by W followers (see [`reads`]).
     commit: reads::CommitPoint,
     /// Followers that failed a read a moment ago (see [`reads`]).
@@ -338,7 +348,15 @@ impl Coordinator {
             incarnation: 0,
             pid: None,
         };
+        let registry_port = config
+            .launch
+            .registry
+            .as_deref()
+            .and_then(|r| url::Url::parse(r).ok()?.port_or_known_default())
+            .unwrap_or(ports::REGISTRY);
+        let runtime = runtime::Runtime::new(&config.runtime, config.addr.port(), registry_port);
         Arc::new(Coordinator {
+            runtime,
             events: Arc::new(EventLog::new(config.print_events)),
             cluster: Mutex::new(Arc::new(Cluster::new(leader))),
             membership: tokio::sync::Mutex::new(()),
@@ -418,8 +436,10 @@ pub async fn serve(
     // On shutdown, the live view's event streams end first: graceful
     // shutdown waits for open requests, and those never finish by themselves.
     let ui = coordinator.clone();
+    let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
     let shutdown = async move {
         shutdown.await;
+        let _ = stopping_tx.send(true);
         ui.ui.close();
     };
     let server = tokio::spawn(crate::http::serve(
@@ -429,7 +449,12 @@ pub async fn serve(
     ));
     let background = membership::start_background(coordinator.clone());
     let failover = failover::start(coordinator.clone());
-    let started = coordinator.start_cluster().await;
+    // A stop while the cluster is still starting (external nodes that never
+    // join, say) ends the start: the nodes started so far are stopped below.
+    let started = tokio::select! {
+        started = coordinator.start_cluster() => started,
+        _ = stopping.wait_for(|s| *s) => Err(anyhow::anyhow!("stopped before the cluster was ready")),
+    };
     if let Err(e) = &started {
         coordinator
             .events
@@ -456,6 +481,8 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
         .route("/read/{*key}", get(reads::read))
         .route("/spawn", post(membership::spawn))
         .route("/kill/{node_id}", post(membership::kill))
+        .route("/join", post(join::join))
+        .route("/admin/network/{node_id}", post(runtime::network))
         .route("/catchup", post(membership::catchup))
         .route("/node-died", post(membership::node_died))
         .route("/node-revived", post(membership::node_revived))

@@ -26,6 +26,7 @@ pub mod durable;
 pub mod faults;
 mod follower;
 mod heartbeat;
+mod join;
 pub mod leadership;
 pub mod log;
 mod replication;
@@ -112,6 +113,16 @@ pub struct Args {
     /// 0 never does.
     #[arg(long, default_value_t = crate::storage::StorageConfig::DEFAULT_SNAPSHOT_EVERY)]
     pub snapshot_every: u64,
+    /// Join the coordinator at URL (one run with `--runtime external`)
+    /// instead of being started by it: for nodes that Compose, systemd or
+    /// Kubernetes start. The coordinator gives the incarnation, the delays
+    /// and the registry (see [`join`]).
+    #[arg(long, value_name = "URL")]
+    pub join: Option<String>,
+    /// The URL the coordinator and the other nodes reach this node at
+    /// (default `http://<host>:<port>`): needed when `--host` is 0.0.0.0.
+    #[arg(long, value_name = "URL")]
+    pub advertise: Option<String>,
     #[command(flatten)]
     pub secret: crate::auth::SecretArgs,
 }
@@ -244,7 +255,7 @@ impl NodeState {
         Arc::new(NodeState {
             id: args.id.clone(),
             incarnation: args.incarnation,
-            url: format!("http://{}:{}", args.host, args.port),
+            url: join::own_url(args),
             port: args.port,
             core: Mutex::new(Core { store, log, terms }),
             log_retain: args.log_retain,
@@ -394,11 +405,14 @@ pub fn secs(s: f64) -> Duration {
 }
 
 /// Runs a node until it is told to stop.
-pub async fn run(args: Args) -> anyhow::Result<()> {
+pub async fn run(mut args: Args) -> anyhow::Result<()> {
     // The coordinator hands its secret down in the environment; a node
     // started by hand finds the user's.
     crate::auth::load_and_install(&args.secret, crate::auth::Fallback::UserFile)?;
     let addr = SocketAddr::new(args.host, args.port);
+    if args.join.is_some() {
+        join::check(&args)?;
+    }
     // Recover before listening: a node that answers must hold its data.
     let storage = match durable::config(&args) {
         Some(config) => match durable::open(config).await {
@@ -419,6 +433,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         None => TermFile::default(),
     };
     let listener = crate::http::bind(addr).await?;
+    // Listening first: a coordinator that admits us checks our health at once.
+    if let Some(coordinator) = args.join.clone() {
+        join::join(&mut args, &coordinator).await?;
+    }
     let node = NodeState::new(&args, storage, term_file);
     tracing::info!(id = %node.id, role = %node.role(), term = node.term(), incarnation = node.incarnation, %addr, "node listening");
     if let Some(registry) = args.registry.clone() {

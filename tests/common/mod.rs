@@ -150,25 +150,35 @@ impl Cluster {
     /// Starts `kvlab up` as [`Cluster::start`] does, letting the caller
     /// adjust the command first (its environment, its limits).
     pub fn start_with(extra: &[&str], prepare: impl FnOnce(&mut Command)) -> Cluster {
+        Cluster::start_at_with(free_port_block(), extra, prepare)
+    }
+
+    /// Starts `kvlab up` on the port block `base` (from [`free_port_block`]),
+    /// for tests that start something on the block's ports first.
+    pub fn start_at(base: u16, extra: &[&str]) -> Cluster {
+        Cluster::start_at_with(base, extra, |_| {})
+    }
+
+    fn start_at_with(base: u16, extra: &[&str], prepare: impl FnOnce(&mut Command)) -> Cluster {
         let data_dir = tempfile::Builder::new()
             .prefix("kvlab-data-")
             .tempdir()
             .unwrap();
-        let mut cluster = Cluster::launch_with(Some(data_dir.path()), extra, prepare);
+        let mut cluster = Cluster::launch_at(base, Some(data_dir.path()), extra, prepare);
         cluster.data_dir = Some(data_dir);
         cluster
     }
 
     fn launch(data_dir: Option<&std::path::Path>, extra: &[&str]) -> Cluster {
-        Cluster::launch_with(data_dir, extra, |_| {})
+        Cluster::launch_at(free_port_block(), data_dir, extra, |_| {})
     }
 
-    fn launch_with(
+    fn launch_at(
+        base: u16,
         data_dir: Option<&std::path::Path>,
         extra: &[&str],
         prepare: impl FnOnce(&mut Command),
     ) -> Cluster {
-        let base = free_port_block();
         let log_dir = tempfile::Builder::new()
             .prefix("kvlab-test-logs-")
             .tempdir()

@@ -1,0 +1,411 @@
+//! Containers: `kvlab up --runtime docker` (nodes as containers, started
+//! through the Docker Engine API) and `compose.yaml` (the whole cluster as
+//! containers, nodes joining). They need the Docker daemon and the kvlab
+//! image (`docker/build-image.sh`, which CI runs first): without them each
+//! test prints why and passes, unless KVLAB_REQUIRE_DOCKER=1 (CI), where a
+//! missing daemon or image fails. Everything a test makes is named with its
+//! own prefix and removed, and each test checks that nothing is left.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+fn image() -> String {
+    std::env::var("KVLAB_DOCKER_IMAGE").unwrap_or_else(|_| "kvlab".into())
+}
+
+/// True if the Docker tests can run here; otherwise prints why (and fails
+/// when KVLAB_REQUIRE_DOCKER=1).
+fn docker_ready(test: &str, needs_compose: bool) -> bool {
+    let ok = |cmd: &mut Command| {
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let reason = if !ok(Command::new("docker").args(["info"])) {
+        Some("the Docker daemon is not reachable (`docker info` failed)".to_string())
+    } else if !ok(Command::new("docker").args(["image", "inspect", &image()])) {
+        Some(format!(
+            "the image {} is missing: build it with docker/build-image.sh",
+            image()
+        ))
+    } else if needs_compose && !ok(Command::new("docker-compose").arg("version")) {
+        Some("docker-compose is not installed".to_string())
+    } else {
+        None
+    };
+    let Some(reason) = reason else { return true };
+    if std::env::var("KVLAB_REQUIRE_DOCKER").is_ok_and(|v| v == "1") {
+        panic!("KVLAB_REQUIRE_DOCKER=1, but {reason}");
+    }
+    eprintln!("skipping {test}: {reason}");
+    false
+}
+
+/// `docker` output lines (names of containers, networks, volumes).
+fn docker_lines(args: &[&str]) -> Vec<String> {
+    let out = Command::new("docker").args(args).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+fn containers_of(prefix: &str) -> Vec<String> {
+    let filter = format!("label=kvlab.prefix={prefix}");
+    docker_lines(&["ps", "-a", "--filter", &filter, "--format", "{{.Names}}"])
+}
+
+fn networks_of(prefix: &str) -> Vec<String> {
+    let filter = format!("label=kvlab.prefix={prefix}");
+    docker_lines(&[
+        "network",
+        "ls",
+        "--filter",
+        &filter,
+        "--format",
+        "{{.Name}}",
+    ])
+}
+
+fn container_running(name: &str) -> bool {
+    docker_lines(&["inspect", "-f", "{{.State.Running}}", name]) == ["true"]
+}
+
+/// Removes a test's volumes (data, kept by a stop on purpose) at the end.
+struct Volumes(String);
+
+impl Drop for Volumes {
+    fn drop(&mut self) {
+        let filter = format!("label=kvlab.prefix={}", self.0);
+        for v in docker_lines(&["volume", "ls", "-q", "--filter", &filter]) {
+            let _ = Command::new("docker")
+                .args(["volume", "rm", "-f", &v])
+                .stdout(Stdio::null())
+                .status();
+        }
+    }
+}
+
+fn docker_cluster(prefix: &str, extra: &[&str]) -> Cluster {
+    let image = image();
+    let mut args = vec![
+        "--runtime",
+        "docker",
+        "--docker-image",
+        &image,
+        "--docker-prefix",
+        prefix,
+        "--failure-timeout",
+        "2",
+        "--sync-delay",
+        "0.1",
+        "--async-delay",
+        "0.5",
+    ];
+    args.extend_from_slice(extra);
+    Cluster::start(&args)
+}
+
+fn node<'a>(status: &'a Value, id: &str) -> &'a Value {
+    std::iter::once(&status["leader"])
+        .chain(status["followers"].as_array().unwrap())
+        .find(|n| n["node_id"] == id)
+        .unwrap_or_else(|| panic!("{id} not in {status}"))
+}
+
+#[test]
+fn a_docker_cluster_passes_the_seed_demos() {
+    if !docker_ready("a_docker_cluster_passes_the_seed_demos", false) {
+        return;
+    }
+    let prefix = format!("kvlab-t{}-demos", std::process::id());
+    let _volumes = Volumes(prefix.clone());
+    {
+        let cluster = docker_cluster(&prefix, &["--followers", "3", "-W", "2", "-R", "2"]);
+        // Demo 1: every node is a container of the image, on its network.
+        let mut names = containers_of(&prefix);
+        names.sort();
+        let expected: Vec<String> = ["follower-1", "follower-2", "follower-3", "leader"]
+            .iter()
+            .map(|n| format!("{prefix}-{n}"))
+            .collect();
+        assert_eq!(names, expected);
+        assert_eq!(networks_of(&prefix), [format!("{prefix}-net")]);
+        let status = cluster.status();
+        assert!(
+            status["leader"]["url"]
+                .as_str()
+                .unwrap()
+                .starts_with("http://10.89."),
+            "{status}"
+        );
+
+        // Demo 2: write and read through the gateway.
+        let (code, body) = cluster.write("name", "distributed-systems");
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(body["sync_acks"], 2, "{body}");
+        let (code, body) = cluster.read("name");
+        assert_eq!(
+            (code, body["value"].as_str()),
+            (200, Some("distributed-systems"))
+        );
+
+        // Demo 3: a crash is `docker kill`; writes go on with W=2 of 3.
+        let (code, body) = cluster.post("/kill/follower-1?mode=crash", json!({}));
+        assert_eq!(
+            (code, body["status"].as_str()),
+            (200, Some("crashed")),
+            "{body}"
+        );
+        assert!(!container_running(&format!("{prefix}-follower-1")));
+        cluster.wait_status("follower-1 dead", Duration::from_secs(15), |s| {
+            node(s, "follower-1")["status"] == "dead"
+        });
+        let (code, body) = cluster.write("while-one-is-down", "v1");
+        assert_eq!(code, 200, "{body}");
+        // A graceful kill is a stop; with two down, W=2 cannot be met.
+        let (code, body) = cluster.post("/kill/follower-2", json!({}));
+        assert_eq!(
+            (code, body["status"].as_str()),
+            (200, Some("stopped")),
+            "{body}"
+        );
+        assert!(!container_running(&format!("{prefix}-follower-2")));
+        let (code, body) = cluster.write("refused", "x");
+        assert_eq!(code, 503, "{body}");
+        assert!(
+            body.to_string().contains("Write quorum not available"),
+            "{body}"
+        );
+
+        // Demo 4: respawned containers come back on their own volumes and
+        // catch up.
+        for id in ["follower-1", "follower-2"] {
+            let (code, body) = cluster.post("/spawn", json!({"node_id": id}));
+            assert_eq!(code, 200, "{body}");
+            assert!(container_running(&format!("{prefix}-{id}")));
+        }
+        cluster.wait_status("all back", Duration::from_secs(20), |s| {
+            s["quorum"]["alive_followers"] == 3
+        });
+        let (code, body) = cluster.write("after", "back");
+        assert_eq!(code, 200, "{body}");
+        let status = cluster.status();
+        let leader_url = status["leader"]["url"].as_str().unwrap().to_string();
+        for id in ["follower-1", "follower-2"] {
+            let resp = internal_http()
+                .post(format!("{leader_url}/replication/wait"))
+                .json(&json!({"node_id": id, "timeout_ms": 20_000}))
+                .send()
+                .unwrap();
+            assert_eq!(resp.status(), 200, "{id} caught up");
+            let data = cluster.node_data(node(&status, id)["url"].as_str().unwrap());
+            assert_eq!(data["name"]["value"], "distributed-systems", "{id}: {data}");
+            assert_eq!(data["while-one-is-down"]["value"], "v1", "{id}: {data}");
+            assert_eq!(data["after"]["value"], "back", "{id}: {data}");
+        }
+
+        // A partition is a network disconnect: the node still runs but is
+        // silent, so it is declared dead; reconnected, it is back.
+        let (code, body) = cluster.post("/admin/network/follower-3", json!({"connected": false}));
+        assert_eq!(code, 200, "{body}");
+        cluster.wait_status("follower-3 cut off", Duration::from_secs(15), |s| {
+            node(s, "follower-3")["status"] == "dead"
+        });
+        assert!(container_running(&format!("{prefix}-follower-3")));
+        let (code, body) = cluster.post("/admin/network/follower-3", json!({"connected": true}));
+        assert_eq!(code, 200, "{body}");
+        cluster.wait_status("follower-3 reconnected", Duration::from_secs(15), |s| {
+            node(s, "follower-3")["status"] == "alive"
+        });
+        let (code, body) = cluster.post("/admin/network/nobody", json!({"connected": true}));
+        assert_eq!(code, 404, "{body}");
+    }
+    // The stop removed every container and the network; the volumes stay.
+    assert_eq!(containers_of(&prefix), Vec::<String>::new());
+    assert_eq!(networks_of(&prefix), Vec::<String>::new());
+}
+
+#[test]
+fn a_later_start_removes_what_a_killed_run_left() {
+    if !docker_ready("a_later_start_removes_what_a_killed_run_left", false) {
+        return;
+    }
+    let prefix = format!("kvlab-t{}-leftovers", std::process::id());
+    let _volumes = Volumes(prefix.clone());
+    let mut first = docker_cluster(&prefix, &["--followers", "1", "-W", "1", "--fresh"]);
+    let (code, body) = first.write("kept", "on-the-volume");
+    assert_eq!(code, 200, "{body}");
+    // SIGKILL: `kvlab up` cannot clean up; its containers live on.
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    assert_eq!(containers_of(&prefix).len(), 2);
+    {
+        let second = docker_cluster(&prefix, &["--followers", "1", "-W", "1"]);
+        let (_, events) = second.get("/events?since=0&limit=1000");
+        assert!(
+            events.to_string().contains("removed what an earlier run"),
+            "{events}"
+        );
+        // The same volumes: the data written by the first run is there.
+        let (code, body) = second.read("kept");
+        assert_eq!(
+            (code, body["value"].as_str()),
+            (200, Some("on-the-volume")),
+            "{body}"
+        );
+    }
+    assert_eq!(containers_of(&prefix), Vec::<String>::new());
+    assert_eq!(networks_of(&prefix), Vec::<String>::new());
+}
+
+#[test]
+fn a_missing_image_is_a_clear_error() {
+    if !docker_ready("a_missing_image_is_a_clear_error", false) {
+        return;
+    }
+    let base = free_port_block();
+    let prefix = format!("kvlab-t{}-noimage", std::process::id());
+    let out = kvlab()
+        .args([
+            "up",
+            "--runtime",
+            "docker",
+            "--docker-image",
+            "kvlab-no-such-image",
+        ])
+        .args(["--docker-prefix", &prefix, "--quiet"])
+        .args(["--coordinator-port", &base.to_string()])
+        .args(["--registry-port", &(base + 1).to_string()])
+        .args(["--node-base-port", &(base + 2).to_string()])
+        .args(["--gateway-port", &(base + GATEWAY_OFFSET).to_string()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("kvlab-no-such-image is missing"), "{err}");
+    assert!(err.contains("docker build"), "{err}");
+}
+
+/// `docker-compose -p <project>` in the repository, with the test's ports.
+struct Compose {
+    project: String,
+    base: u16,
+}
+
+impl Compose {
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/compose.yaml");
+        Command::new("docker-compose")
+            .args(["-p", &self.project, "-f", file])
+            .args(args)
+            .env("KVLAB_IMAGE", image())
+            .env(
+                "KVLAB_CLUSTER_SECRET",
+                "compose-test-secret-0123456789abcdef",
+            )
+            .env("KVLAB_COORDINATOR_PORT", self.base.to_string())
+            .env(
+                "KVLAB_GATEWAY_PORT",
+                (self.base + GATEWAY_OFFSET).to_string(),
+            )
+            .output()
+            .unwrap()
+    }
+
+    fn containers(&self) -> Vec<String> {
+        let filter = format!("label=com.docker.compose.project={}", self.project);
+        docker_lines(&["ps", "-a", "--filter", &filter, "--format", "{{.Names}}"])
+    }
+}
+
+impl Drop for Compose {
+    fn drop(&mut self) {
+        let _ = self.run(&["down", "-v", "--timeout", "2"]);
+    }
+}
+
+#[test]
+fn compose_runs_a_working_cluster_and_down_removes_it() {
+    if !docker_ready("compose_runs_a_working_cluster_and_down_removes_it", true) {
+        return;
+    }
+    let compose = Compose {
+        project: format!("kvlabt{}", std::process::id()),
+        base: free_port_block(),
+    };
+    let up = compose.run(&["up", "-d"]);
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    assert_eq!(compose.containers().len(), 4);
+    let gateway = format!("http://127.0.0.1:{}", compose.base + GATEWAY_OFFSET);
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    // The nodes join once the coordinator is up; the gateway answers 503
+    // until the cluster is ready.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let written = loop {
+        let resp = http
+            .post(format!("{gateway}/write"))
+            .json(&json!({"key": "name", "value": "composed"}))
+            .send();
+        if let Ok(r) = resp {
+            if r.status() == 200 {
+                break r.json::<Value>().unwrap();
+            }
+        }
+        if Instant::now() > deadline {
+            let coordinator = format!("http://127.0.0.1:{}", compose.base);
+            let get = |path: &str| {
+                http.get(format!("{coordinator}{path}"))
+                    .send()
+                    .and_then(|r| r.text())
+                    .unwrap_or_default()
+            };
+            let logs = compose.run(&["logs", "--no-color"]);
+            panic!(
+                "the compose cluster never took a write:\nstatus {}\nevents {}\n{}",
+                get("/status"),
+                get("/events?since=0&limit=200"),
+                String::from_utf8_lossy(&logs.stdout)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(written["sync_acks"], 2, "{written}");
+    let read: Value = http
+        .get(format!("{gateway}/read/name"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(read["value"], "composed", "{read}");
+
+    let down = compose.run(&["down", "-v", "--timeout", "2"]);
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    assert_eq!(compose.containers(), Vec::<String>::new());
+    let volumes = docker_lines(&[
+        "volume",
+        "ls",
+        "-q",
+        "--filter",
+        &format!("label=com.docker.compose.project={}", compose.project),
+    ]);
+    assert_eq!(volumes, Vec::<String>::new());
+}
