@@ -51,7 +51,7 @@ pub async fn join(args: &mut Args, coordinator: &str) -> anyhow::Result<()> {
         node_id: args.id.clone(),
         url: own_url(args),
     };
-    let http = crate::http::client_from(&args.id);
+    let http = crate::http::client_from(&args.id, Duration::from_secs(2));
     let mut waiting = false;
     let answer = loop {
         let sent = http
