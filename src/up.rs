@@ -297,6 +297,11 @@ fn netns_hosts(args: &Args) -> anyhow::Result<Option<NetnsGuard>> {
         );
         return Ok(None);
     }
+    anyhow::ensure!(
+        args.cluster.runtime.runtime == coordinator::RuntimeKind::Process,
+        "--hosts netns places node processes that kvlab starts itself; it cannot be combined \
+         with --runtime docker (containers have their own network) or --runtime external"
+    );
     let lab = (args.lab_delays == LabDelays::Netem).then(|| {
         let (sync, asynchronous) = args.cluster.delays();
         (

@@ -277,6 +277,17 @@ fn one_way_partitions_and_slow_links_need_netns_hosts() {
         err.contains("--lab-delays netem needs --hosts netns"),
         "{err}"
     );
+    // Netns hosts place processes kvlab starts: not containers, not nodes
+    // someone else started.
+    for runtime in ["docker", "external"] {
+        let out = kvlab_in(&s)
+            .args(["up", "--hosts", "netns", "--runtime", runtime])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("cannot be combined with --runtime"), "{err}");
+    }
 }
 
 #[test]
