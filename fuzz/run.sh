@@ -30,8 +30,11 @@ for target in $(cargo fuzz list); do
     mkdir -p "generated/$target" "corpus/$target"
     echo "== fuzz $target for ${seconds}s"
     log="generated/$target.log"
+    # The storage targets share a dictionary of magics and edge seqs.
+    dict=()
+    case "$target" in wal_* | snapshot) dict=(-dict=dict/storage.dict) ;; esac
     if ! cargo fuzz run "${flags[@]}" "$target" "generated/$target" "corpus/$target" -- \
-        -max_total_time="$seconds" -print_final_stats=1 >"$log" 2>&1; then
+        -max_total_time="$seconds" -timeout=20 "${dict[@]}" >"$log" 2>&1; then
         tail -n 40 "$log"
         echo "fuzz target $target failed: the input is under fuzz/artifacts/$target/" >&2
         exit 1

@@ -22,7 +22,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok(file) = ScenarioFile::parse(text, Path::new("fuzz.json")) else {
         return;
     };
-    assert!(file.max_score().is_finite(), "max score {}", file.max_score());
+    assert!(
+        file.max_score().is_finite(),
+        "max score {}",
+        file.max_score()
+    );
     for test in file.scenarios.iter().flat_map(|s| &s.tests) {
         match &test.kind {
             TestKind::NetworkBlip { seconds, .. } => drop(Duration::from_secs_f64(*seconds)),
