@@ -30,8 +30,9 @@ for target in $(cargo fuzz list); do
     mkdir -p "generated/$target" "corpus/$target"
     echo "== fuzz $target for ${seconds}s"
     log="generated/$target.log"
-    # The storage targets share a dictionary of magics and edge seqs.
-    dict=()
+    # Dictionaries: magics and edge seqs for the storage targets, edge
+    # numbers and field names for the JSON ones.
+    dict=(-dict=dict/json.dict)
     case "$target" in wal_* | snapshot) dict=(-dict=dict/storage.dict) ;; esac
     if ! cargo fuzz run "${flags[@]}" "$target" "generated/$target" "corpus/$target" -- \
         -max_total_time="$seconds" -timeout=20 "${dict[@]}" >"$log" 2>&1; then
