@@ -35,11 +35,11 @@ for target in $(cargo fuzz list); do
     dict=(-dict=dict/json.dict)
     case "$target" in wal_* | snapshot) dict=(-dict=dict/storage.dict) ;; esac
     if ! cargo fuzz run "${flags[@]}" "$target" "generated/$target" "corpus/$target" -- \
-        -max_total_time="$seconds" -timeout=20 "${dict[@]}" >"$log" 2>&1; then
+        -max_total_time="$seconds" -timeout=20 -print_final_stats=1 "${dict[@]}" >"$log" 2>&1; then
         tail -n 40 "$log"
         echo "fuzz target $target failed: the input is under fuzz/artifacts/$target/" >&2
         exit 1
     fi
     # The last status line: executions, coverage, corpus size.
-    grep -E '^#[0-9]+ +DONE' "$log" || tail -n 3 "$log"
+    grep -E '^#[0-9]+ +DONE|^Done [0-9]+ runs' "$log" || tail -n 3 "$log"
 done
