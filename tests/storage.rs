@@ -744,3 +744,59 @@ async fn truncate_below_the_snapshot_empties_the_directory() {
     assert_eq!(rec.state.data, expected_state(17));
     assert_eq!(rec.report.snapshot_seq, 15);
 }
+
+// Seqs at the end of the u64 range (found by fuzzing `wal_recover`): every
+// seq must leave room for the next one, which recovery starts a segment at.
+
+#[tokio::test]
+async fn a_snapshot_at_u64_max_is_skipped_as_corrupt_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let snap = Snapshot {
+        seq: u64::MAX,
+        term: 1,
+        data: expected_state(3),
+    };
+    kvlab::storage::snapshot::write(dir.path(), &snap).unwrap();
+    // Recovery used to overflow computing the first seq after it.
+    let (wal, rec) = open(dir.path()).await;
+    assert_eq!(rec.report.skipped_snapshots.len(), 1, "{:?}", rec.report);
+    assert_eq!(rec.state.seq, 0);
+    wal.append(entries(1..=1)).await.unwrap();
+}
+
+#[tokio::test]
+async fn installing_a_snapshot_at_u64_max_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = open(dir.path()).await;
+    let snap = Snapshot {
+        seq: u64::MAX,
+        ..Default::default()
+    };
+    // It used to panic the writer thread (the log would continue at seq + 1).
+    assert!(matches!(
+        wal.install_snapshot(snap).await,
+        Err(StorageError::SeqOutOfRange(u64::MAX))
+    ));
+    wal.append(entries(1..=2)).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_last_seq_storage_holds_is_u64_max_minus_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = open(dir.path()).await;
+    let last = kvlab::storage::MAX_SEQ;
+    let snap = Snapshot {
+        seq: last - 1,
+        ..Default::default()
+    };
+    wal.install_snapshot(snap).await.unwrap();
+    wal.append(vec![entry(last)]).await.unwrap();
+    // An entry at u64::MAX would be written, then fail every recovery.
+    assert!(matches!(
+        wal.append(vec![entry(u64::MAX)]).await,
+        Err(StorageError::SeqOutOfRange(u64::MAX))
+    ));
+    wal.close().await;
+    let (_wal, rec) = open(dir.path()).await;
+    assert_eq!(rec.state.seq, last);
+}

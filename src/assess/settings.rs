@@ -3,13 +3,34 @@
 //! Settings are resolved exactly as `kvlab up --config` resolves them (the
 //! same defaults, the same override rule), so what is graded is what runs.
 //! Validation is `up`'s own: W > N or R > N is refused with its reason
-//! before anything starts.
+//! before anything starts. So are the settings the registry and the gateway
+//! check when they start (the spawn delay, the rate limit): refused only
+//! there, they would fail the grading run late, with an error about a flag
+//! the student never typed.
 
 use serde::Serialize;
 
 pub use crate::child_cluster::Ports;
 use crate::coordinator::ConfigError;
 use crate::labconfig::StudentConfig;
+use crate::ratelimit::Limits;
+
+/// The registry's bounds for `--spawn-delay` (`registry::Config::from_args`).
+const SPAWN_DELAY_RANGE: std::ops::RangeInclusive<f64> = 0.0..=3600.0;
+
+/// Why a student config cannot be run.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum SettingsError {
+    #[error(transparent)]
+    Cluster(#[from] ConfigError),
+    /// The gateway checks its limits even when rate limiting is off.
+    #[error("gateway.rate_limit_max must be at least 1")]
+    ZeroRateLimitMax,
+    #[error("gateway.rate_limit_window must be between 0.001 and 86400 seconds, got {0}")]
+    BadRateLimitWindow(f64),
+    #[error("deployment.auto_spawn_delay must be between 0 and 3600 seconds, got {0}")]
+    SpawnDelay(f64),
+}
 
 /// The settings that matter to the grade.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -26,10 +47,19 @@ pub struct Settings {
 
 impl Settings {
     /// `kvlab up`'s defaults with the student config applied, validated.
-    pub fn resolve(config: &StudentConfig) -> Result<Settings, ConfigError> {
+    pub fn resolve(config: &StudentConfig) -> Result<Settings, SettingsError> {
         let mut args = default_up_args();
         args.apply(config);
         args.cluster.validate()?;
+        let (max, window) = (args.rate.rate_limit_max, args.rate.rate_limit_window);
+        if max == 0 {
+            return Err(SettingsError::ZeroRateLimitMax);
+        }
+        // With `max` checked, the window is all the gateway can refuse.
+        Limits::new(max, window).map_err(|_| SettingsError::BadRateLimitWindow(window))?;
+        if !SPAWN_DELAY_RANGE.contains(&args.spawn_delay) {
+            return Err(SettingsError::SpawnDelay(args.spawn_delay));
+        }
         Ok(Settings {
             followers: args.cluster.followers,
             write_quorum: args.cluster.write_quorum,
@@ -107,11 +137,34 @@ mod tests {
             r#"{"deployment": {"followers": 2, "write_quorum": 3}}"#,
         ))
         .unwrap_err();
-        assert_eq!(w, ConfigError::WriteQuorumTooLarge { w: 3, n: 2 });
+        assert_eq!(w, ConfigError::WriteQuorumTooLarge { w: 3, n: 2 }.into());
         let r = Settings::resolve(&config(
             r#"{"deployment": {"followers": 3, "read_quorum": 4}}"#,
         ))
         .unwrap_err();
-        assert_eq!(r, ConfigError::ReadQuorumTooLarge { r: 4, n: 3 });
+        assert_eq!(r, ConfigError::ReadQuorumTooLarge { r: 4, n: 3 }.into());
+    }
+
+    /// Found by the `student_config` fuzz target: these were accepted here,
+    /// then refused by the gateway or the registry once the grading run had
+    /// started the cluster.
+    #[test]
+    fn settings_the_gateway_or_registry_refuse_are_refused_here() {
+        let refused = |text: &str| Settings::resolve(&config(text)).unwrap_err();
+        assert_eq!(
+            refused(r#"{"gateway": {"rate_limit_window": 0}}"#),
+            SettingsError::BadRateLimitWindow(0.0)
+        );
+        // Checked even with rate limiting off, as the gateway does.
+        assert_eq!(
+            refused(r#"{"gateway": {"rate_limit_enabled": false, "rate_limit_max": 0}}"#),
+            SettingsError::ZeroRateLimitMax
+        );
+        assert_eq!(
+            refused(r#"{"deployment": {"auto_spawn_delay": -1}}"#),
+            SettingsError::SpawnDelay(-1.0)
+        );
+        let err = refused(r#"{"deployment": {"auto_spawn_delay": 3601}}"#).to_string();
+        assert!(err.contains("deployment.auto_spawn_delay"), "{err}");
     }
 }

@@ -44,7 +44,7 @@ use super::term::TermHistory;
 use super::{durable, leadership, NodeState, Shared};
 use crate::api::*;
 use crate::http::{ApiError, ApiJson};
-use crate::storage::{AppendTicket, Snapshot};
+use crate::storage::{AppendTicket, Snapshot, MAX_SEQ};
 
 fn check_addressed_to_me(node: &NodeState, to_incarnation: u64) -> Result<(), ApiError> {
     if to_incarnation != node.incarnation {
@@ -111,11 +111,24 @@ fn check_request(node: &NodeState, to_incarnation: u64, term: u64) -> Result<(),
     check_not_leader(node)
 }
 
+/// Refuses a seq no log can hold (see [`MAX_SEQ`]). Applied in memory it
+/// would overflow the log's next position; on disk the append would fail
+/// and stop the node. Found by fuzzing the replication endpoints.
+fn check_seq(seq: u64) -> Result<(), ApiError> {
+    if seq > MAX_SEQ {
+        return Err(ApiError::bad_request(json!({
+            "error": "seq out of range", "seq": seq, "max_seq": MAX_SEQ,
+        })));
+    }
+    Ok(())
+}
+
 pub async fn replicate_append(
     State(node): Shared,
     ApiJson(req): ApiJson<AppendRequest>,
 ) -> Result<Json<AppendResponse>, ApiError> {
     check_request(&node, req.to_incarnation, req.term)?;
+    req.entries.iter().try_for_each(|e| check_seq(e.seq))?;
     uncancellable(append(node, req)).await
 }
 
@@ -227,6 +240,7 @@ pub async fn replicate_snapshot(
     ApiJson(req): ApiJson<InstallSnapshot>,
 ) -> Result<Json<AppendResponse>, ApiError> {
     check_request(&node, req.to_incarnation, req.term)?;
+    check_seq(req.seq)?;
     uncancellable(install(node, req)).await
 }
 
@@ -389,4 +403,42 @@ async fn truncate(
     );
     node.mark_reconciled(req.term);
     Ok(Json(append_answer(&node)))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use clap::Parser;
+    use serde_json::{json, Value};
+    use tower::ServiceExt;
+
+    use crate::node::{self, term::TermFile, NodeState};
+
+    async fn post(path: &str, body: Value) -> StatusCode {
+        let args = node::Args::parse_from(["node", "--id", "follower-1", "--port", "1"]);
+        let router = node::router(NodeState::new(&args, None, TermFile::default()));
+        let req = Request::post(path)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        router.oneshot(req).await.unwrap().status()
+    }
+
+    /// Found by the `node_api` fuzz target: a snapshot at `u64::MAX`
+    /// overflowed the replication log's next seq (a panic in debug builds).
+    #[tokio::test]
+    async fn seqs_beyond_the_last_a_log_holds_are_refused() {
+        let max = u64::MAX;
+        let snapshot = json!({"term": 1, "to_incarnation": 1, "seq": max, "data": {}});
+        assert_eq!(
+            post("/replicate/snapshot", snapshot).await,
+            StatusCode::BAD_REQUEST
+        );
+        let entry = json!({"seq": max, "term": 1, "key": "k", "value": "v", "version": 1});
+        let append = json!({"term": 1, "to_incarnation": 1, "entries": [entry]});
+        assert_eq!(post("/replicate", append).await, StatusCode::BAD_REQUEST);
+        let fine = json!({"term": 1, "to_incarnation": 1, "seq": 7, "data": {}});
+        assert_eq!(post("/replicate/snapshot", fine).await, StatusCode::OK);
+    }
 }

@@ -206,6 +206,11 @@ impl Log {
     /// Returns the bytes written.
     pub fn append(&mut self, entries: &[Entry]) -> Result<u64> {
         for (i, e) in entries.iter().enumerate() {
+            // Checked first, so that `expected` (at most the previous
+            // entry's seq + 1) cannot overflow.
+            if e.seq > super::MAX_SEQ {
+                return Err(StorageError::SeqOutOfRange(e.seq));
+            }
             let expected = self.last_seq + 1 + i as u64;
             if e.seq != expected {
                 return Err(StorageError::OutOfOrder {

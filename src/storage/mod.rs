@@ -46,6 +46,12 @@ pub use self::log::{CompactReport, Recovered, RecoveryReport, TornTailReport};
 pub use self::snapshot::Snapshot;
 pub use self::wal::{AppendTicket, Wal, WalStats};
 
+/// The highest seq storage holds. Recovery starts the next segment at the
+/// last seq + 1, so every seq must leave room for its successor: `u64::MAX`
+/// is never a log position. Found on disk it is corruption; in an append or
+/// an installed snapshot it is refused ([`StorageError::SeqOutOfRange`]).
+pub const MAX_SEQ: u64 = u64::MAX - 1;
+
 /// Everything that can go wrong in storage.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -78,6 +84,10 @@ pub enum StorageError {
     /// An append did not continue the log (seqs must be contiguous).
     #[error("append out of order: expected seq {expected}, got {got}")]
     OutOfOrder { expected: u64, got: u64 },
+
+    /// A seq above [`MAX_SEQ`] in an append or a snapshot.
+    #[error("seq {0} is beyond the highest seq storage holds ({MAX_SEQ})")]
+    SeqOutOfRange(u64),
 
     /// A snapshot at `got` would move the storage back from `have`.
     #[error("snapshot at seq {got} is older than the current one at seq {have}")]

@@ -229,7 +229,12 @@ pub fn scan(
             Frame::Valid { payload, next } => {
                 let entry = codec::decode_entry(payload)
                     .map_err(|e| corrupt(offset, format!("undecodable entry: {e}")))?;
+                // Every earlier record held `base_seq + i <= MAX_SEQ`, so
+                // this cannot overflow.
                 let expected = base_seq + records;
+                if entry.seq > super::MAX_SEQ {
+                    return Err(corrupt(offset, format!("seq {} out of range", entry.seq)));
+                }
                 if entry.seq != expected {
                     return Err(corrupt(
                         offset,
@@ -441,6 +446,26 @@ mod tests {
             StorageError::Corrupt { offset, reason, .. } => {
                 assert_eq!(offset, starts[2] as u64);
                 assert!(reason.contains("valid record follows"), "{reason}");
+            }
+            other => panic!("expected Corrupt, got {other}"),
+        }
+    }
+
+    /// Found by fuzzing: a segment starting at `u64::MAX` with two records
+    /// made the scan overflow computing the second record's seq.
+    #[test]
+    fn a_seq_past_the_last_storage_holds_is_corruption_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = encode_header(u64::MAX);
+        codec::encode_entry_record(&entry(u64::MAX, "a"), &mut bytes);
+        codec::encode_entry_record(&entry(0, "b"), &mut bytes);
+        let path = segment_path(dir.path(), u64::MAX);
+        fs::write(&path, &bytes).unwrap();
+        let err = scan(&path, u64::MAX, true, |_| {}).unwrap_err();
+        match err {
+            StorageError::Corrupt { offset, reason, .. } => {
+                assert_eq!(offset, HEADER_LEN as u64);
+                assert!(reason.contains("out of range"), "{reason}");
             }
             other => panic!("expected Corrupt, got {other}"),
         }

@@ -113,6 +113,9 @@ fn decode(body: &[u8]) -> Result<Snapshot, codec::DecodeError> {
         return Err(codec::DecodeError("unsupported snapshot format version"));
     }
     let seq = r.u64()?;
+    if seq > super::MAX_SEQ {
+        return Err(codec::DecodeError("snapshot seq out of range"));
+    }
     let term = r.u64()?;
     let count = r.u64()?;
     // Keys were written in sorted order, so collecting a Vec and handing it to

@@ -289,6 +289,10 @@ impl Wal {
     /// call are written first and then discarded with the old log.
     pub async fn install_snapshot(&self, snapshot: Snapshot) -> Result<CompactReport> {
         let _guard = self.snapshot_lock.lock().await;
+        if snapshot.seq > super::MAX_SEQ {
+            // The log would continue at `seq + 1`.
+            return Err(StorageError::SeqOutOfRange(snapshot.seq));
+        }
         let have = self.snapshot_seq();
         if snapshot.seq < have {
             return Err(StorageError::SnapshotBehind {
@@ -493,7 +497,7 @@ impl Writer {
                 Ok(())
             }
             // A caller's mistake: refuse this batch, keep going.
-            Err(e @ StorageError::OutOfOrder { .. }) => {
+            Err(e @ (StorageError::OutOfOrder { .. } | StorageError::SeqOutOfRange(_))) => {
                 let _ = done.send(Err(e));
                 Ok(())
             }
