@@ -125,8 +125,8 @@ fn nodes_started_by_someone_else_join_and_are_supervised() {
     );
     let (code, body) = cluster.write("after", "back");
     assert_eq!(code, 200, "{body}");
-    let (code, _) = cluster.wait_caught_up("follower-1");
-    assert_eq!(code, 200);
+    let (code, body) = cluster.wait_caught_up("follower-1");
+    assert_eq!(code, 200, "{body}");
     let data = cluster.node_data(&cluster.node_url(1));
     assert_eq!(data["name"]["value"], "distributed-systems", "{data}");
     assert_eq!(data["after"]["value"], "back", "{data}");

@@ -452,7 +452,15 @@ impl Coordinator {
         if status == NodeStatus::Alive || !is_leader {
             self.push_peers(&after).await;
         }
-        *self.cluster.lock().unwrap() = Arc::new(after.clone());
+        // Only the status changes: the table may have changed during the
+        // push (a node joining, say, which does not take the membership
+        // lock), and writing back the whole copy would undo that.
+        let incarnation = slot.incarnation;
+        self.update(|c| {
+            if let Some(s) = c.slot_mut(node_id).filter(|s| s.incarnation == incarnation) {
+                s.status = status;
+            }
+        });
         self.narrate_transition(&before, &after, node_id, status, why);
         if is_leader && status == NodeStatus::Dead {
             self.failover.wake.notify_one();

@@ -285,6 +285,7 @@ impl Cluster {
         timeout: Duration,
     ) -> Value {
         let deadline = Instant::now() + timeout;
+        let mut seen = vec![];
         loop {
             if let Ok(resp) = self
                 .http
@@ -296,17 +297,25 @@ impl Cluster {
             {
                 if let Ok(Value::Array(events)) = resp.json::<Value>() {
                     let found = events
-                        .into_iter()
+                        .iter()
                         .find(|e| e["kind"] == kind && node.is_none_or(|n| e["node_id"] == n));
                     if let Some(e) = found {
-                        return e;
+                        return e.clone();
                     }
+                    seen = events;
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "no '{kind}' event for {node:?} within {timeout:?}"
-            );
+            if Instant::now() >= deadline {
+                // Say what did happen: the events are the cluster's story.
+                let story: Vec<String> = seen
+                    .iter()
+                    .map(|e| e["message"].as_str().unwrap_or_default().to_string())
+                    .collect();
+                panic!(
+                    "no '{kind}' event for {node:?} within {timeout:?}; events:\n{}",
+                    story.join("\n")
+                );
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -349,10 +358,17 @@ impl Cluster {
     }
 
     /// Asks the leader to wait until `node_id` holds its whole log.
+    /// Waits (up to 20 s) until the current leader knows `node_id` holds its
+    /// whole log. Asks whoever leads now: after an election (or when nodes
+    /// joined in any order) that need not be the node called `leader`.
     pub fn wait_caught_up(&self, node_id: &str) -> (u16, Value) {
+        let status = self.status();
+        let leader = status["leader"]["url"]
+            .as_str()
+            .map_or_else(|| self.node_url(0), str::to_string);
         let resp = self
             .http
-            .post(format!("{}/replication/wait", self.node_url(0)))
+            .post(format!("{leader}/replication/wait"))
             .json(&kvlab::api::WaitRequest {
                 node_id: node_id.into(),
                 seq: None,
