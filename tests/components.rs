@@ -2,27 +2,11 @@
 
 mod common;
 
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::StopOnDrop;
 use serde_json::{json, Value};
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn wait_ok(http: &reqwest::blocking::Client, url: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -41,7 +25,7 @@ fn demos_against_separate_components() {
     let (coord, reg) = (base, base + 1);
     let coordinator = format!("http://127.0.0.1:{coord}");
     let registry = format!("http://127.0.0.1:{reg}");
-    let _registry = Killed(
+    let _registry = StopOnDrop(
         common::kvlab_in(&scratch)
             .args([
                 "registry",
@@ -54,7 +38,7 @@ fn demos_against_separate_components() {
             .spawn()
             .unwrap(),
     );
-    let _coordinator = Killed(
+    let _coordinator = StopOnDrop(
         common::kvlab_in(&scratch)
             .args([
                 "coordinator",

@@ -6,11 +6,11 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::Cluster;
+use common::{Cluster, StopOnDrop};
 use serde_json::{json, Value};
 
 fn send(req: reqwest::blocking::RequestBuilder) -> (u16, Value) {
@@ -296,24 +296,6 @@ fn lab_routes_on_loopback_need_nothing() {
     );
 }
 
-/// Stops a process on drop: SIGTERM, then SIGKILL after a grace period.
-struct Stopped(Child);
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `kvlab up` on every address (the test still only talks to loopback):
 /// the admin routes need the printed token, the lab's others do not, the
 /// gateway forwards no admin action, and the secret is new and unknown.
@@ -337,7 +319,7 @@ fn off_loopback_admin_needs_the_printed_token() {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    let _up = Stopped(child);
+    let _up = StopOnDrop(child);
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -430,14 +412,14 @@ fn components_started_by_hand_share_the_users_secret_file() {
             .stderr(Stdio::null());
         cmd
     };
-    let _registry = Stopped(
+    let _registry = StopOnDrop(
         by_hand()
             .args(["registry", "--port", &(base + 1).to_string()])
             .args(["--coordinator", &coordinator])
             .spawn()
             .unwrap(),
     );
-    let _coordinator = Stopped(
+    let _coordinator = StopOnDrop(
         by_hand()
             .args(["coordinator", "--port", &base.to_string()])
             .args(["--registry", &registry])
