@@ -8,7 +8,8 @@
 //! runtime, so an input replays the same way every time.
 //!
 //! Input: byte 0 picks the node's role (bit 0: leader). Then requests, each
-//! a route byte (low 4 bits: the route; bit 7: send an `X-Kvlab-Term`
+//! a route byte (low 4 bits: the route; bit 6: leave out the cluster
+//! secret, so internal routes must answer 401; bit 7: send an `X-Kvlab-Term`
 //! header, the term being the next byte, 255 meaning `u64::MAX`), a length
 //! byte and that many bytes of body. Every request must get an answer
 //! without a panic, and no answer may be a 500.
@@ -76,6 +77,11 @@ async fn run(data: &[u8]) {
     let Some((&role, mut rest)) = data.split_first() else {
         return;
     };
+    // Internal routes need the cluster secret (see `kvlab::auth`); the
+    // process has one, as every process of a cluster does.
+    kvlab::auth::install(
+        kvlab::auth::Secret::parse("fuzzing-secret-0123456789", "the fuzz secret").unwrap(),
+    );
     let node = node::router(node(role & 1 != 0));
     let registry = registry::router(registry());
     while rest.len() >= 2 {
@@ -100,6 +106,10 @@ async fn run(data: &[u8]) {
             .header("content-type", "application/json");
         if let Some(t) = term {
             req = req.header(HEADER_TERM, t);
+        }
+        if route & 0x40 == 0 {
+            let secret = kvlab::auth::installed().expect("installed above");
+            req = req.header(kvlab::auth::HEADER_SECRET, secret.expose());
         }
         let req = req.body(Body::from(body.to_vec())).unwrap();
         let router = match to {

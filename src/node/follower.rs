@@ -418,8 +418,13 @@ mod tests {
     async fn post(path: &str, body: Value) -> StatusCode {
         let args = node::Args::parse_from(["node", "--id", "follower-1", "--port", "1"]);
         let router = node::router(NodeState::new(&args, None, TermFile::default()));
+        // Replication routes are internal: the request carries the secret
+        // (whichever this test process installed first).
+        crate::auth::install(crate::auth::Secret::random().unwrap());
+        let secret = crate::auth::installed().unwrap().expose();
         let req = Request::post(path)
             .header("content-type", "application/json")
+            .header(crate::auth::HEADER_SECRET, secret)
             .body(Body::from(body.to_string()))
             .unwrap();
         router.oneshot(req).await.unwrap().status()
