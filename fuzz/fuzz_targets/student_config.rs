@@ -37,6 +37,7 @@ fuzz_target!(|data: &[u8]| {
         auto_spawn: args.auto_spawn,
         spawn_delay: args.spawn_delay,
         timeout: args.failure_timeout,
+        secret: Default::default(),
     };
     if let Err(e) = registry::Config::from_args(&registry_args) {
         panic!("the registry refuses resolved settings {settings:?}: {e}");
