@@ -402,9 +402,12 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         // SIGTERM lets `up` stop its nodes; SIGKILL after a grace period
-        // still takes them down through the parent-death signal.
+        // still takes them down through the parent-death signal. The grace
+        // is long because containers (`--runtime docker`) are not children:
+        // only `up` removes them, and `docker stop` of several at once on a
+        // loaded machine can take more than 5 s. A quick stop returns early.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return;
