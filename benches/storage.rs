@@ -109,7 +109,7 @@ async fn append_concurrently(wal: &Arc<Wal>, next: &Arc<AtomicU64>, appenders: u
                     let ticket = {
                         let _g = lock.lock().unwrap();
                         let seq = next.fetch_add(1, Ordering::Relaxed);
-                        wal.submit(vec![entry(seq)])
+                        wal.submit(vec![std::sync::Arc::new(entry(seq))])
                     };
                     ticket.await.unwrap();
                 }

@@ -962,12 +962,15 @@ pub struct InFlight {
 }
 
 /// A follower's `POST /replicate` body: a batch of consecutive entries.
+/// The follower reads owned entries; the leader sends borrowed ones
+/// (`AppendRequest<&Entry>`), so a batch going to three followers is
+/// serialised from its log without copying a value.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AppendRequest {
+pub struct AppendRequest<E = Entry> {
     pub term: u64,
     /// The incarnation of the follower the leader means to talk to.
     pub to_incarnation: u64,
-    pub entries: Vec<Entry>,
+    pub entries: Vec<E>,
 }
 
 /// The coordinator's `POST /forget` to the registry: node ids that are not

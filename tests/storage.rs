@@ -555,7 +555,7 @@ async fn group_commit_shares_fsyncs_between_concurrent_appenders() {
             for _ in 0..PER_TASK {
                 let ticket = {
                     let mut seq = next_seq.lock().unwrap();
-                    let t = wal.submit(vec![entry(*seq)]);
+                    let t = wal.submit(vec![std::sync::Arc::new(entry(*seq))]);
                     *seq += 1;
                     t
                 };

@@ -10,19 +10,21 @@
 //!   entries: fsynced under `--fsync always`, handed to the OS otherwise.
 //!   A quorum write is therefore on the disks of the leader and of W sync
 //!   followers before the client hears "ok".
-//! - **Followers never run ahead of the leader's disk.** The leader streams
-//!   only entries its own log has completed (the "persisted seq"), so a
-//!   leader crash never leaves a follower holding an entry nobody
-//!   acknowledged on the leader's side. (A node can still come back behind
-//!   its followers, e.g. after a damaged last record: elections then make
-//!   the most advanced node lead; see `coordinator::failover`.)
+//! - **Two fsyncs, one wait.** The leader streams a batch as soon as it has
+//!   appended it, so the followers write it to their disks while the leader
+//!   writes it to its own. A leader crash can therefore leave followers
+//!   holding entries the leader's disk lacks (none of them acknowledged: an
+//!   ack waits for both). A node that comes back behind its followers (that
+//!   way, or after a damaged last record) is not elected over them:
+//!   elections make the most advanced node lead, and its log is reconciled
+//!   like any follower's (see `coordinator::failover`).
 //! - **Bounded growth.** Every `--snapshot-every` entries the node writes a
 //!   snapshot of its state and the log before it is deleted; recovery reads
 //!   one snapshot plus a short log.
 //!
 //! A write the leader logged but did not get quorum for may or may not
-//! survive a leader crash: if the leader's log completed it, it is recovered
-//! (and then replicated), otherwise it is gone. The client was told the write
+//! survive a leader crash: if the log of the node elected next completed
+//! it, it is recovered (and then replicated), otherwise it is gone. The client was told the write
 //! failed (503) or timed out, so either outcome is allowed.
 
 use std::path::PathBuf;

@@ -140,7 +140,8 @@ async fn append(
     check_request(&node, req.to_incarnation, req.term)?;
     // A snapshot half received was abandoned: the leader streams entries.
     *receiving = None;
-    let (applied_seq, fresh) = apply_batch(&node, &req.entries)?;
+    let empty = req.entries.is_empty();
+    let (applied_seq, fresh) = apply_batch(&node, req.entries)?;
     node.stats
         .replications_received
         .fetch_add(fresh.count, Ordering::Relaxed);
@@ -154,7 +155,7 @@ async fn append(
     // persisted nothing: publishing the applied seq would vouch for entries
     // this request never saw, such as a deposed leader's own last write
     // still on its way to disk.
-    if !req.entries.is_empty() {
+    if !empty {
         node.publish_persisted(applied_seq);
         durable::snapshot_if_due(&node, applied_seq);
     }
@@ -180,16 +181,19 @@ fn long_ago() -> Instant {
 
 /// Applies the entries that continue our state, in order, and submits them
 /// to the durable log under the same lock. Returns the applied seq.
-fn apply_batch(node: &NodeState, entries: &[Entry]) -> Result<(u64, Fresh), ApiError> {
+fn apply_batch(node: &NodeState, entries: Vec<Entry>) -> Result<(u64, Fresh), ApiError> {
     let mut core = node.core.lock().unwrap();
     let mut new = Vec::new();
     let last_term = core.terms.history.last_term();
     let appended_at = long_ago();
     for entry in entries {
-        match core.store.apply(entry) {
+        // One allocation shared by the log, the disk writer and the store's
+        // check: the value is not copied again.
+        let entry = Arc::new(entry);
+        match core.store.apply(&entry) {
             store::Applied::Applied => {
                 core.terms.history.record(entry.seq, entry.term);
-                core.log.push(Arc::new(entry.clone()), appended_at);
+                core.log.push(entry.clone(), appended_at);
                 new.push(entry);
             }
             store::Applied::Duplicate => {
@@ -198,7 +202,7 @@ fn apply_batch(node: &NodeState, entries: &[Entry]) -> Result<(u64, Fresh), ApiE
                     // Nothing of this batch was applied before the
                     // divergence point that is not ours already.
                     drop(core);
-                    return Err(diverged(node, entry, ours));
+                    return Err(diverged(node, &entry, ours));
                 }
             }
             // The leader will resend from our acked seq.
@@ -207,7 +211,7 @@ fn apply_batch(node: &NodeState, entries: &[Entry]) -> Result<(u64, Fresh), ApiE
     }
     let count = new.len() as u64;
     let ticket = match &node.durability {
-        Some(d) if !new.is_empty() => Some(d.wal.submit(new.into_iter().cloned().collect())),
+        Some(d) if !new.is_empty() => Some(d.wal.submit(new)),
         _ => None,
     };
     let new_term = core.terms.history.last_term() != last_term;

@@ -5,8 +5,10 @@
 //!   `first_seq ..= appended_seq`;
 //! - `appended_seq` is the newest entry *appended* to this log. It can be
 //!   ahead of the node's *persisted* seq (`NodeState::persisted_seq`: what
-//!   the node's WAL has completed), which is what a leader streams and acks;
-//!   the two names are kept apart on purpose.
+//!   the node's WAL has completed), which is what a node acks and an
+//!   election compares; the two names are kept apart on purpose. (A leader
+//!   streams up to its *streamable* seq: everything appended, see
+//!   `node::writes`.)
 //! - at most `retain` entries are kept, so memory is bounded; a follower that
 //!   needs an entry older than `first_seq` gets a snapshot instead.
 //!

@@ -189,11 +189,16 @@ pub struct NodeState {
     sync_delay: Duration,
     async_delay: Duration,
     /// The persisted seq: the highest seq the node's own log has completed
-    /// (every seq, when in-memory). The leader streams only up to it, so
-    /// no follower ever holds an entry the leader could lose in a crash.
-    /// Not to be confused with the log's `appended_seq` (appended, maybe
-    /// not yet on disk), which can be ahead of it.
+    /// (every seq, when in-memory). What a follower acks, and what an
+    /// election compares. Not to be confused with the log's `appended_seq`
+    /// (appended, maybe not yet on disk), which can be ahead of it.
     persisted_seq: watch::Sender<u64>,
+    /// The streamable seq: how far the leader's streams may send. It runs
+    /// ahead of the persisted seq on a leader only: a leader streams a batch
+    /// as soon as it has appended it, so the followers' fsyncs run while
+    /// its own does (see `writes`). Everywhere else it equals the persisted
+    /// seq.
+    streamable_seq: watch::Sender<u64>,
     /// The durable log, unless the node runs in memory.
     pub durability: Option<Durability>,
     /// A follower applies and persists one replication request at a time,
@@ -213,6 +218,18 @@ pub struct NodeState {
     /// Signalled to stop the node.
     pub shutdown: tokio::sync::Notify,
     pub registry: Option<String>,
+}
+
+/// Moves a seq watch up to `seq`, never down: appends complete in order, but
+/// the tasks that learn it may run in any order.
+fn raise(watch: &watch::Sender<u64>, seq: u64) {
+    watch.send_if_modified(|current| {
+        let grew = seq > *current;
+        if grew {
+            *current = seq;
+        }
+        grew
+    });
 }
 
 impl NodeState {
@@ -265,6 +282,7 @@ impl NodeState {
             sync_delay: secs(args.sync_delay),
             async_delay: secs(args.async_delay),
             persisted_seq: watch::Sender::new(persisted),
+            streamable_seq: watch::Sender::new(persisted),
             durability,
             replicate_lock: tokio::sync::Mutex::new(None),
             reconciled_term: AtomicU64::new(0),
@@ -275,9 +293,19 @@ impl NodeState {
         })
     }
 
-    /// Watches the persisted seq (see the field): streams wait on it.
+    /// Watches the persisted seq (see the field).
     pub fn persisted_seq_watch(&self) -> watch::Receiver<u64> {
         self.persisted_seq.subscribe()
+    }
+
+    /// Watches the streamable seq (see the field): streams wait on it.
+    pub fn streamable_seq_watch(&self) -> watch::Receiver<u64> {
+        self.streamable_seq.subscribe()
+    }
+
+    /// How far the leader's streams may send (see the field).
+    pub fn streamable_seq(&self) -> u64 {
+        *self.streamable_seq.borrow()
     }
 
     /// The highest seq the node's log has completed (see the field).
@@ -300,13 +328,14 @@ impl NodeState {
     /// Records that the log has completed everything up to `seq`. Appends
     /// complete in order, but the tasks that learn it may run in any order.
     fn publish_persisted(&self, seq: u64) {
-        self.persisted_seq.send_if_modified(|persisted| {
-            let grew = seq > *persisted;
-            if grew {
-                *persisted = seq;
-            }
-            grew
-        });
+        raise(&self.persisted_seq, seq);
+        raise(&self.streamable_seq, seq);
+    }
+
+    /// Records that the leader has appended everything up to `seq`, so its
+    /// streams may send it while its own disk write is still running.
+    fn publish_appended(&self, seq: u64) {
+        raise(&self.streamable_seq, seq);
     }
 
     pub fn delay_for(&self, sync: bool) -> Duration {
@@ -335,6 +364,7 @@ impl NodeState {
     /// log really is shorter.
     fn reset_persisted(&self, seq: u64) {
         self.persisted_seq.send_replace(seq);
+        self.streamable_seq.send_replace(seq);
     }
 
     /// Every follower's replication progress, sorted by id.

@@ -22,9 +22,11 @@
 //!   follower's ack of an entry, that entry travels on the sync link to that
 //!   follower even if the follower is moved to the async set meanwhile (see
 //!   [`Peer::due`]);
-//! - only entries the leader's own log has completed are sent (its
-//!   persisted seq, see `node::durable`), so no follower ever holds an entry
-//!   a leader crash could erase;
+//! - entries are sent as soon as the leader has appended them (its
+//!   streamable seq), while its own fsync runs: a follower may hold an entry
+//!   the leader's disk does not yet have. No write is acknowledged before
+//!   both have it (see `node::writes`), and a leader that comes back behind
+//!   its followers is not elected over them (see `coordinator::failover`);
 //! - a stream belongs to one term: every request carries it, a follower of
 //!   a newer term refuses it (409 `stale term`), and then this node steps
 //!   down and the stream ends (see `node::leadership`);
@@ -223,7 +225,7 @@ enum Plan {
 
 /// The stream task: handshake, then ship entries as they become deliverable.
 async fn stream(node: Arc<NodeState>, peer: Arc<Peer>) {
-    let mut persisted_rx = node.persisted_seq_watch();
+    let mut streamable_rx = node.streamable_seq_watch();
     let mut next: Option<u64> = None;
     let mut backoff = MIN_BACKOFF;
     loop {
@@ -250,7 +252,7 @@ async fn stream(node: Arc<NodeState>, peer: Arc<Peer>) {
             Plan::Wait => {
                 // Wake when the log grows past what we've seen.
                 tokio::select! {
-                    _ = persisted_rx.wait_for(|&last| last >= from) => {},
+                    _ = streamable_rx.wait_for(|&last| last >= from) => {},
                     _ = peer.wake.notified() => {},
                 }
                 continue;
@@ -284,11 +286,11 @@ async fn stream(node: Arc<NodeState>, peer: Arc<Peer>) {
 
 /// Decides the next step, holding the state lock only briefly.
 fn plan(node: &NodeState, peer: &Peer, from: u64) -> Plan {
-    let persisted = node.persisted_seq();
-    if from > persisted {
+    let streamable = node.streamable_seq();
+    if from > streamable {
         return Plan::Wait;
     }
-    let max = MAX_BATCH.min((persisted - from + 1) as usize);
+    let max = MAX_BATCH.min((streamable - from + 1) as usize);
     let core = node.core.lock().unwrap();
     match core.log.read_from(from, max) {
         Next::UpToDate => Plan::Wait,
@@ -349,7 +351,7 @@ async fn handshake(node: &NodeState, peer: &Peer) -> Result<u64, String> {
         // what the handshake checked counts as held: the follower may have
         // more by now (a deposed leader's last write reaching its disk), and
         // that is not ours.
-        let empty = AppendRequest {
+        let empty = AppendRequest::<Entry> {
             term: peer.term,
             to_incarnation: peer.config.incarnation,
             entries: Vec::new(),
@@ -381,7 +383,7 @@ async fn send_entries(
     let body = AppendRequest {
         term: peer.term,
         to_incarnation: peer.config.incarnation,
-        entries: batch.iter().map(|e| Entry::clone(e)).collect(),
+        entries: batch.iter().map(|e| &**e).collect(),
     };
     let last_sent = batch.last().map_or(0, |e| e.seq);
     let acked = post(node, peer, "replicate", &body).await?;

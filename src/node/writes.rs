@@ -4,14 +4,19 @@
 //! Both go through [`write_batch`]: a single write is a batch of one. A batch
 //! is appended under one lock, submitted to the durable log as one record
 //! group (one fsync under `--fsync always`), published to the replication
-//! streams at once, and acknowledged per write.
+//! streams at once (while that fsync runs), and acknowledged per write.
 //!
 //! Invariants:
 //! - **Entries reach the log, the state and the disk in seq order**: seqs are
 //!   given, applied and submitted to the WAL under the same lock.
-//! - **Nothing is streamed to followers before the leader has persisted it**
-//!   ([`NodeState::publish_persisted`] runs only after the WAL ticket), so a
-//!   follower never holds an entry a restarted leader would not have.
+//! - **A write is acknowledged only once it is on the leader's disk and on
+//!   each sync follower's.** The entries are streamed as soon as they are
+//!   appended ([`NodeState::publish_appended`]), so the followers' fsyncs
+//!   overlap the leader's; the answer waits for the leader's WAL ticket and
+//!   for the acks. A leader that crashes in between may come back holding
+//!   less than its followers: elections then make the most advanced node
+//!   lead, and the old leader's log is reconciled like any other (see
+//!   `coordinator::failover` and `replication`'s handshake).
 //! - **Only the leader of the current term appends**: the role is checked
 //!   under the lock that appends, and every entry carries that term.
 //! - **A write's answer says which sync followers acknowledged it**. Acks are
@@ -81,9 +86,6 @@ async fn write_batch(
         .total_writes
         .fetch_add(writes.len() as u64, std::sync::atomic::Ordering::Relaxed);
     let (entries, ticket) = append(node, writes)?;
-    if let Some(ticket) = ticket {
-        durable::wait_persisted(node, ticket).await?;
-    }
     let last = entries.last().expect("a batch is never empty").seq;
     // Before the streams see the entries: they go out on the sync link to
     // every follower this batch waits for, whatever happens to the sets.
@@ -91,6 +93,13 @@ async fn write_batch(
         if let Some(peer) = node.peer(&p.node_id) {
             peer.write_waits_for(last);
         }
+    }
+    // Streamed now, while our own fsync runs: the followers' disk writes
+    // overlap ours instead of following it, so a write costs one fsync of
+    // latency, not two. The answer still waits for both.
+    node.publish_appended(last);
+    if let Some(ticket) = ticket {
+        durable::wait_persisted(node, ticket).await?;
     }
     node.publish_persisted(last);
     durable::snapshot_if_due(node, last);
@@ -165,10 +174,10 @@ fn append(
         core.log.push(entry.clone(), now);
         entries.push(entry);
     }
-    let ticket = node.durability.as_ref().map(|d| {
-        d.wal
-            .submit(entries.iter().map(|e| Entry::clone(e)).collect())
-    });
+    let ticket = node
+        .durability
+        .as_ref()
+        .map(|d| d.wal.submit(entries.clone()));
     Ok((entries, ticket))
 }
 

@@ -16,6 +16,7 @@
 //!   in between are zeros (preallocated space, see `segment`), durably.
 //! - Every segment but the active one ends exactly at its last record.
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{self, File};
@@ -204,8 +205,8 @@ impl Log {
     /// Writes `entries` to the active segment (not fsynced). They must
     /// continue the log: the first has seq `last_seq + 1`, and so on.
     /// Returns the bytes written.
-    pub fn append(&mut self, entries: &[Entry]) -> Result<u64> {
-        for (i, e) in entries.iter().enumerate() {
+    pub fn append<E: std::borrow::Borrow<Entry>>(&mut self, entries: &[E]) -> Result<u64> {
+        for (i, e) in entries.iter().map(Borrow::borrow).enumerate() {
             // Checked first, so that `expected` (at most the previous
             // entry's seq + 1) cannot overflow.
             if e.seq > super::MAX_SEQ {
@@ -227,7 +228,7 @@ impl Log {
         }
         self.buf.clear();
         for e in entries {
-            super::codec::encode_entry_record(e, &mut self.buf);
+            super::codec::encode_entry_record(e.borrow(), &mut self.buf);
         }
         let end = self.active_len + self.buf.len() as u64;
         if end > self.active_end {

@@ -42,7 +42,8 @@ const MAX_GROUP: usize = 4096;
 
 enum Command {
     Append {
-        entries: Vec<Entry>,
+        /// Shared with the node's in-memory log: queuing copies no value.
+        entries: Vec<Arc<Entry>>,
         done: oneshot::Sender<Result<u64>>,
     },
     /// Delete what the durable snapshot at `seq` covers.
@@ -188,7 +189,7 @@ impl Wal {
     /// Queues `entries` (which must continue the log) and returns a future
     /// for their completion. Queuing happens now, not when the ticket is
     /// first polled, so the order of `submit` calls is the order on disk.
-    pub fn submit(&self, entries: Vec<Entry>) -> AppendTicket {
+    pub fn submit(&self, entries: Vec<Arc<Entry>>) -> AppendTicket {
         let (done, rx) = oneshot::channel();
         let rx = match self.tx.send(Command::Append { entries, done }) {
             Ok(()) => Some(rx),
@@ -204,7 +205,8 @@ impl Wal {
     /// the policy is satisfied: fsynced under `Always`, written to the OS
     /// otherwise. See [`Wal::submit`] about ordering.
     pub async fn append(&self, entries: Vec<Entry>) -> Result<u64> {
-        self.submit(entries).await
+        self.submit(entries.into_iter().map(Arc::new).collect())
+            .await
     }
 
     /// The highest seq known to be fsynced.
@@ -486,7 +488,11 @@ impl Writer {
         Ok(())
     }
 
-    fn append(&mut self, entries: Vec<Entry>, done: oneshot::Sender<Result<u64>>) -> Result<()> {
+    fn append(
+        &mut self,
+        entries: Vec<Arc<Entry>>,
+        done: oneshot::Sender<Result<u64>>,
+    ) -> Result<()> {
         match self.log.append(&entries) {
             Ok(bytes) => {
                 self.shared.bytes.fetch_add(bytes, Ordering::Relaxed);
