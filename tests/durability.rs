@@ -275,6 +275,87 @@ fn follower_crash_loses_no_acknowledged_write() {
     assert!(tally.lost.is_empty(), "lost writes: {:?}", tally.lost);
 }
 
+/// The leader streams a batch while its own fsync runs, and acknowledges it
+/// only once that fsync is done. With the leader's disk made slow (1.5 s
+/// per fsync), both sync followers hold the write on their disks while the
+/// leader's fsync still runs, and the client's answer comes only after it.
+#[test]
+fn followers_persist_a_write_during_the_leaders_fsync_and_the_ack_waits_for_it() {
+    const SLOW: Duration = Duration::from_millis(1500);
+    let c = Cluster::start(&[
+        "--no-delay",
+        "--followers",
+        "3",
+        "-W",
+        "2",
+        "-R",
+        "2",
+        "--fsync",
+        "always",
+    ]);
+    assert_eq!(c.write("warm", "up").0, 200);
+    let leader = c.node_url(0);
+    let stats = |url: &str| c.get_json(&format!("{url}/stats"));
+    let before = stats(&leader)["applied_seq"].as_u64().unwrap();
+    let (code, body) = c.post(
+        "/admin/slow-disk/leader",
+        json!({"ms": SLOW.as_millis() as u64, "seconds": 30}),
+    );
+    assert_eq!(code, 200, "{body}");
+
+    let url = format!("{}/write", c.coordinator);
+    let writer = std::thread::spawn(move || {
+        let started = Instant::now();
+        let resp = common::internal_http()
+            .post(url)
+            .json(&json!({"key": "overlap", "value": "v"}))
+            .send()
+            .unwrap();
+        (resp.status().as_u16(), started.elapsed())
+    });
+    // Once the leader has appended it (its state has it at once), both sync
+    // followers must get it onto their disks without waiting for the
+    // leader's: within half of the 1.5 s that fsync takes.
+    let deadline = Instant::now() + SLOW;
+    let target = loop {
+        let applied = stats(&leader)["applied_seq"].as_u64().unwrap();
+        if applied > before {
+            break applied;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the leader never appended the write"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let deadline = Instant::now() + SLOW / 2;
+    for follower in [c.node_url(1), c.node_url(2)] {
+        loop {
+            let s = stats(&follower);
+            if s["storage"]["durable_seq"].as_u64() >= Some(target) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{follower} did not persist seq {target} while the leader's fsync ran: {s}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let leader_durable = stats(&leader)["storage"]["durable_seq"].as_u64().unwrap();
+    assert!(
+        !writer.is_finished() && leader_durable < target,
+        "the write was answered (or the leader's disk had it, seq {leader_durable}) \
+         before the followers' copies were checked"
+    );
+    let (code, took) = writer.join().unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        took >= SLOW,
+        "acknowledged after {took:?}, before the leader's fsync"
+    );
+}
+
 #[test]
 fn restarted_cluster_recovers_its_data_and_fresh_starts_empty() {
     let dir = tempfile::tempdir().unwrap();
