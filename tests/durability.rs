@@ -356,6 +356,43 @@ fn followers_persist_a_write_during_the_leaders_fsync_and_the_ack_waits_for_it()
     );
 }
 
+/// A write whose caller hangs up while the leader's fsync runs still runs
+/// to its end: once the fsync is done, the leader counts it as persisted
+/// (its links show it), without waiting for some later write to move on.
+#[test]
+fn a_write_abandoned_during_the_leaders_fsync_still_completes() {
+    let c = Cluster::start(&["--no-delay", "--followers", "2", "--fsync", "always"]);
+    assert_eq!(c.write("warm", "up").0, 200);
+    let leader = c.node_url(0);
+    let leader_seq = || -> u64 {
+        let links = c.get_json(&format!("{leader}/replication/links"));
+        links[0]["leader_seq"].as_u64().unwrap()
+    };
+    let before = leader_seq();
+    let (code, body) = c.post(
+        "/admin/slow-disk/leader",
+        json!({"ms": 1000, "seconds": 30}),
+    );
+    assert_eq!(code, 200, "{body}");
+    // Straight to the leader, with a client that gives up long before the
+    // 1 s fsync ends.
+    let gave_up = common::internal_http()
+        .post(format!("{leader}/data"))
+        .json(&json!({"key": "abandoned", "value": "v", "sync": []}))
+        .timeout(Duration::from_millis(200))
+        .send();
+    assert!(gave_up.is_err(), "answered within 200 ms: {gave_up:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while leader_seq() <= before {
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned write never counted as persisted (leader seq {})",
+            leader_seq()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn restarted_cluster_recovers_its_data_and_fresh_starts_empty() {
     let dir = tempfile::tempdir().unwrap();

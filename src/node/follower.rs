@@ -41,7 +41,7 @@ use serde_json::json;
 use super::log::ReplicationLog;
 use super::store::{self, Store};
 use super::term::TermHistory;
-use super::{durable, leadership, NodeState, Shared};
+use super::{durable, leadership, uncancellable, NodeState, Shared};
 use crate::api::*;
 use crate::http::{ApiError, ApiJson};
 use crate::storage::{AppendTicket, Snapshot, MAX_SEQ};
@@ -90,17 +90,6 @@ fn append_answer(node: &NodeState) -> AppendResponse {
 pub async fn replicate_state(State(node): Shared) -> Json<AppendResponse> {
     let _settled = node.replicate_lock.lock().await;
     Json(append_answer(&node))
-}
-
-/// Runs a replication request's work in its own task, so that it completes
-/// even if the caller goes away (see the module doc).
-async fn uncancellable<F>(work: F) -> Result<Json<AppendResponse>, ApiError>
-where
-    F: std::future::Future<Output = Result<Json<AppendResponse>, ApiError>> + Send + 'static,
-{
-    tokio::spawn(work)
-        .await
-        .unwrap_or_else(|e| Err(ApiError::internal(format!("replication task failed: {e}"))))
 }
 
 /// The checks every replication request passes, before and again after it

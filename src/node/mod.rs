@@ -682,6 +682,21 @@ async fn read_key(
     }
 }
 
+/// Runs a request's work in its own task, so that it completes even if the
+/// caller goes away: a handler future is dropped when its client hangs up
+/// or times out, and work that has appended (to the log or the WAL) must
+/// still publish the seq it reached. On a node's one-thread runtime the
+/// extra task costs no thread hand-off.
+async fn uncancellable<T, F>(work: F) -> Result<T, ApiError>
+where
+    F: std::future::Future<Output = Result<T, ApiError>> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::spawn(work)
+        .await
+        .unwrap_or_else(|e| Err(ApiError::internal(format!("request task failed: {e}"))))
+}
+
 /// Refuses an empty batch or one over `max` items (422), before any work.
 fn check_batch_len(what: &str, len: usize, max: usize) -> Result<(), ApiError> {
     if (1..=max).contains(&len) {

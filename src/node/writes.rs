@@ -7,6 +7,9 @@
 //! streams at once (while that fsync runs), and acknowledged per write.
 //!
 //! Invariants:
+//! - **A write runs to its end** ([`uncancellable`]): once appended, its
+//!   seq is published to the streams and, after the WAL, as persisted, even
+//!   if the coordinator hangs up or times out meanwhile;
 //! - **Entries reach the log, the state and the disk in seq order**: seqs are
 //!   given, applied and submitted to the WAL under the same lock.
 //! - **A write is acknowledged only once it is on the leader's disk and on
@@ -33,7 +36,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 
-use super::{check_batch_len, durable, store, NodeState, Shared};
+use super::{check_batch_len, durable, store, uncancellable, NodeState, Shared};
 use crate::api::*;
 use crate::http::{validate_key_value, ApiError, ApiJson};
 use crate::storage::AppendTicket;
@@ -53,7 +56,8 @@ pub async fn leader_write(
         key: req.key,
         value: req.value,
     }];
-    let mut answers = write_batch(&node, writes, &req.sync, req.ack_timeout_ms).await?;
+    let work = async move { write_batch(&node, writes, &req.sync, req.ack_timeout_ms).await };
+    let mut answers = uncancellable(work).await?;
     Ok(Json(answers.remove(0)))
 }
 
@@ -63,7 +67,8 @@ pub async fn leader_write_batch(
     ApiJson(req): ApiJson<LeaderBatchRequest>,
 ) -> Result<Json<LeaderBatchResponse>, ApiError> {
     check_batch_len("write", req.writes.len(), MAX_WRITE_BATCH)?;
-    let results = write_batch(&node, req.writes, &req.sync, req.ack_timeout_ms).await?;
+    let work = async move { write_batch(&node, req.writes, &req.sync, req.ack_timeout_ms).await };
+    let results = uncancellable(work).await?;
     Ok(Json(LeaderBatchResponse { results }))
 }
 
