@@ -241,7 +241,8 @@ const MAX_CONNECTIONS: usize = 16_384;
 /// Serves a router until `shutdown` resolves, with the limits every listener
 /// has: the body limit ([`limited`]), the header-read and idle timeout
 /// ([`HEADER_READ_TIMEOUT`]), and a cap on connections served at once
-/// ([`connection_cap`]). Past the cap, new connections wait in the kernel's
+/// ([`connection_cap`]). Once `shutdown` resolves, requests in flight get
+/// [`SHUTDOWN_GRACE`] to finish. Past the cap, new connections wait in the kernel's
 /// accept queue until a served one closes (or times out), so idle or slow
 /// clients can hold a listener's slots for at most the timeout, and never
 /// take the process's last file descriptors.
@@ -294,9 +295,23 @@ pub async fn serve(
             drop(slot);
         });
     }
-    graceful.shutdown().await;
+    // Open requests get a while to finish, not forever: a handler stuck on
+    // a peer that no longer answers must not keep a component (and, in
+    // `kvlab up`, the removal of its nodes) from stopping.
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_s = SHUTDOWN_GRACE.as_secs(),
+            "requests still open after the shutdown grace: stopping without them"
+        );
+    }
     Ok(())
 }
+
+/// How long [`serve`] waits, once told to stop, for the requests in flight.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// An `accept` that failed. A connection reset before it was accepted is
 /// the client's business; anything else (out of file descriptors) is

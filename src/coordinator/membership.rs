@@ -1042,6 +1042,16 @@ pub async fn catchup(
             "current": slot.incarnation, "given": req.incarnation}),
         ));
     }
+    if slot.status == NodeStatus::Starting {
+        // Its starter marks it alive once it answers its health check, and
+        // catches it up then. Marking it alive here could be too early: its
+        // first heartbeat can beat the runtime's answer to the start, while
+        // the slot still has no address (a container's is set once it
+        // runs), and the leader would stream to the wrong one.
+        return Err(ApiError::conflict(json!({
+            "error": "being started", "node_id": req.node_id,
+            "hint": "its starter marks it alive and catches it up"})));
+    }
     if !c.snapshot().leader.is_alive() {
         return Err(ApiError::unavailable(
             "No leader available to catch up from",
