@@ -145,6 +145,18 @@ mod tests {
         assert_eq!(r, ConfigError::ReadQuorumTooLarge { r: 4, n: 3 }.into());
     }
 
+    /// Found by the `student_config` fuzz target: the node ports were
+    /// counted with an overflowing addition, which panicked.
+    #[test]
+    fn a_follower_count_as_large_as_a_usize_is_refused_not_a_panic() {
+        let e = Settings::resolve(&config(&format!(
+            r#"{{"deployment": {{"followers": {}}}}}"#,
+            usize::MAX
+        )))
+        .unwrap_err();
+        assert!(e.to_string().contains("do not fit below 65536"), "{e}");
+    }
+
     /// Found by the `student_config` fuzz target: these were accepted here,
     /// then refused by the gateway or the registry once the grading run had
     /// started the cluster.

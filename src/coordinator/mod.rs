@@ -209,7 +209,9 @@ impl ClusterArgs {
         if r > n {
             return Err(ConfigError::ReadQuorumTooLarge { r, n });
         }
-        let last = self.node_base_port as usize + n;
+        // Saturating: N comes from a flag or a student's config, and may be
+        // as large as a usize holds (found by fuzzing).
+        let last = (self.node_base_port as usize).saturating_add(n);
         if last > u16::MAX as usize {
             return Err(ConfigError::PortsOverflow {
                 first: self.node_base_port,
