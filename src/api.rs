@@ -913,6 +913,16 @@ pub struct FollowerProgress {
     pub acked_seq: u64,
     /// The last error talking to it, if the last attempt failed.
     pub error: Option<String>,
+    /// The last answer it gave that breaks the node protocol
+    /// (docs/node-protocol.md), and how many such answers it gave.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub violation: Option<String>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub violations: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The leader's `POST /replication/wait` body: answer once the follower

@@ -79,6 +79,9 @@ pub enum EventKind {
     /// `corrupt_log_set_aside`: a follower refused to serve a corrupt log;
     /// its directory was moved aside and it starts empty, to be rebuilt.
     CorruptLogSetAside,
+    /// `protocol_violation`: a node answered in a way the node protocol
+    /// forbids (docs/node-protocol.md): a student's node, usually.
+    ProtocolViolation,
     /// `caught_up`: a follower holds the leader's log after a catch-up.
     CaughtUp,
     /// `catchup_slow`: a follower is not caught up yet.

@@ -13,6 +13,7 @@ pub mod client;
 pub mod coordinator;
 pub mod events;
 pub mod gateway;
+pub mod grade_node;
 pub mod hosts;
 pub mod http;
 pub mod lab;

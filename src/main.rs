@@ -2,7 +2,9 @@
 //! library; this file only parses flags and picks what to run.
 
 use clap::{Parser, Subcommand};
-use kvlab::{assess, bench, check, client, coordinator, gateway, lab, node, registry, up};
+use kvlab::{
+    assess, bench, check, client, coordinator, gateway, grade_node, lab, node, registry, up,
+};
 
 /// mimalloc instead of the system allocator. Every request allocates
 /// (bodies, headers, JSON), and under load glibc's malloc took about a tenth
@@ -44,6 +46,8 @@ enum Command {
     Lab(lab::Args),
     /// Check a cluster for linearizability under faults (Jepsen-style).
     Check(check::Args),
+    /// Grade a node you wrote (docs/node-protocol.md): conformance tests, then a cluster under faults.
+    GradeNode(grade_node::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -73,6 +77,8 @@ fn main() -> std::process::ExitCode {
             Command::Assess(args) => return assess::run(args).await,
             // 0 valid, 1 a violation, 2 unknown.
             Command::Check(args) => return check::run(args).await,
+            // 0 every test passed, 2 a test failed, 130 interrupted.
+            Command::GradeNode(args) => return grade_node::run(args).await,
         };
         done.map(|()| 0)
     });

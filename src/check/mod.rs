@@ -128,6 +128,17 @@ pub struct Args {
     /// partitions real dropped packets (root only).
     #[arg(long, value_enum, default_value_t = crate::up::Hosts::Processes)]
     pub hosts: crate::up::Hosts,
+    /// Check a cluster whose followers run this command instead of `kvlab
+    /// node` (a node you wrote; see `kvlab up --node-cmd`).
+    #[arg(long, value_name = "CMD", conflicts_with = "no_start_cluster")]
+    pub node_cmd: Option<String>,
+    /// ... and whose leader's slot runs this one (`kvlab up --node-cmd-leader`).
+    #[arg(long, value_name = "CMD", conflicts_with = "no_start_cluster")]
+    pub node_cmd_leader: Option<String>,
+    /// The leader's `--log-retain`: small, followers that fall behind are
+    /// caught up by snapshot.
+    #[arg(long, value_name = "N", hide = true)]
+    pub log_retain: Option<usize>,
 }
 
 /// Everything checked before anything starts.
@@ -184,7 +195,7 @@ fn prepare(args: &Args) -> anyhow::Result<Plan> {
 }
 
 /// A seed from the clock and the pid (small, so it is easy to type back).
-fn random_seed() -> u64 {
+pub(crate) fn random_seed() -> u64 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos() as u64);
@@ -212,6 +223,15 @@ fn up_flags(args: &Args) -> Vec<String> {
     }
     if args.hosts == crate::up::Hosts::Netns {
         flags.extend(["--hosts".into(), "netns".into()]);
+    }
+    if let Some(cmd) = &args.node_cmd {
+        flags.extend(["--node-cmd".into(), cmd.clone()]);
+    }
+    if let Some(cmd) = &args.node_cmd_leader {
+        flags.extend(["--node-cmd-leader".into(), cmd.clone()]);
+    }
+    if let Some(n) = args.log_retain {
+        flags.extend(["--log-retain".into(), n.to_string()]);
     }
     flags
 }
@@ -263,6 +283,14 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
     }
     let worst = reports.iter().fold(Verdict::Valid, |v, r| v.and(r.verdict));
     Ok(worst.exit_code())
+}
+
+/// One run, as a library call (for `kvlab grade-node`): the flags are
+/// checked, the cluster started and stopped, the report returned, not
+/// printed. The secret must already be installed.
+pub async fn run_one(args: &Args, seed: u64, out: Option<&Path>) -> anyhow::Result<RunReport> {
+    let plan = prepare(args)?;
+    run_once(args, &plan, seed, out).await
 }
 
 /// `--history FILE`: checks a saved history again.

@@ -291,11 +291,26 @@ impl Coordinator {
                 c.slot.port,
             )
         });
+        // A student's node leads only if the course said it can (level 4,
+        // `--node-cmd-leader`): a follower-only node would take the promotion
+        // and then have no way to serve writes.
+        let commands = &self.config.launch.commands;
+        let students = candidates.len();
+        candidates.retain(|c| commands.can_lead(&c.slot.node_id));
+        let students = students - candidates.len();
         let Some(best) = candidates.first() else {
+            let not_leaders = if students > 0 {
+                format!(
+                    " ({students} alive node(s) run --node-cmd, and a node of --node-cmd \
+                     leads only when --node-cmd-leader says it implements the leader)"
+                )
+            } else {
+                String::new()
+            };
             let cause = format!(
-                "failover refused: no alive node answered, so none can lead; bring back a \
-                 follower (or the old leader) that holds the acknowledged writes (up to seq \
-                 {acked}), or run with --unclean-failover to accept losing them"
+                "failover refused: no alive node that can lead answered{not_leaders}; bring \
+                 back a follower (or the old leader) that holds the acknowledged writes (up \
+                 to seq {acked}), or run with --unclean-failover to accept losing them"
             );
             self.refuse(acked, 0, cause);
             return false;

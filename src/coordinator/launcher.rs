@@ -14,6 +14,12 @@
 //! With `kvlab up --hosts netns` ([`crate::hosts::netns`]), `launch` puts the
 //! process in its slot's network namespace and has it listen on the slot's
 //! address; nothing else here changes.
+//!
+//! With `--node-cmd` ([`NodeCommands`]), a slot runs a student's program
+//! instead of `kvlab node`: the same rules hold (own log file, parent-death
+//! signal, port checked first), and the node's settings reach it in
+//! environment variables (`KVLAB_NODE_ID`, `KVLAB_PORT`, ..., see
+//! `docs/node-protocol.md`) since its command line is the student's.
 
 use std::fs::OpenOptions;
 use std::net::TcpListener;
@@ -43,6 +49,59 @@ pub struct LaunchSettings {
     pub storage: Option<NodeStorage>,
     /// `Some`: each node runs in its own network namespace (`--hosts netns`).
     pub netns: Option<Arc<NetnsHosts>>,
+    /// Slots that run a student's node instead of `kvlab node`.
+    pub commands: NodeCommands,
+}
+
+/// `--node-cmd` and `--node-cmd-leader`: the programs that replace `kvlab
+/// node` for the followers' slots and for the leader's slot. A slot keeps its
+/// program for life: the slot named `leader` runs the leader's command (or
+/// kvlab's node) even after a failover made it a follower.
+#[derive(Debug, Clone, Default)]
+pub struct NodeCommands {
+    pub follower: Option<String>,
+    pub leader: Option<String>,
+}
+
+impl NodeCommands {
+    /// The command template of slot `node_id`, or `None` for kvlab's node.
+    pub fn for_slot(&self, node_id: &str) -> Option<&str> {
+        if node_id == crate::api::LEADER_ID {
+            self.leader.as_deref()
+        } else {
+            self.follower.as_deref()
+        }
+    }
+
+    /// May the coordinator promote this slot's node? kvlab's own node can
+    /// always lead. A student's node can only when the course said it
+    /// implements the leader (level 4), which `--node-cmd-leader` says:
+    /// a level 1-3 node would accept the promotion and then drop writes.
+    pub fn can_lead(&self, node_id: &str) -> bool {
+        self.for_slot(node_id).is_none() || self.leader.is_some()
+    }
+
+    /// Does any slot run a student's node?
+    pub fn any(&self) -> bool {
+        self.follower.is_some() || self.leader.is_some()
+    }
+}
+
+/// The environment variables a student's node reads its settings from
+/// (documented in `docs/node-protocol.md`, "Starting").
+pub mod env {
+    pub const NODE_ID: &str = "KVLAB_NODE_ID";
+    pub const HOST: &str = "KVLAB_HOST";
+    pub const PORT: &str = "KVLAB_PORT";
+    pub const ROLE: &str = "KVLAB_ROLE";
+    pub const INCARNATION: &str = "KVLAB_INCARNATION";
+    pub const REGISTRY: &str = "KVLAB_REGISTRY";
+    pub const DATA_DIR: &str = "KVLAB_DATA_DIR";
+    pub const FSYNC: &str = "KVLAB_FSYNC";
+    pub const HEARTBEAT_INTERVAL: &str = "KVLAB_HEARTBEAT_INTERVAL";
+    pub const SYNC_DELAY: &str = "KVLAB_SYNC_DELAY";
+    pub const ASYNC_DELAY: &str = "KVLAB_ASYNC_DELAY";
+    pub const LOG_RETAIN: &str = "KVLAB_LOG_RETAIN";
 }
 
 /// How the nodes persist their data.
@@ -93,6 +152,11 @@ pub enum LaunchError {
     },
     #[error("cannot give the node a network namespace: {0}")]
     Netns(#[from] NetnsError),
+    #[error("cannot make the node's data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot start {binary}: {source}")]
     Spawn {
         binary: PathBuf,
@@ -181,7 +245,11 @@ pub fn node_args(settings: &LaunchSettings, spec: &NodeSpec, at: &Placement) -> 
 pub fn launch(settings: &LaunchSettings, spec: &NodeSpec) -> Result<Launched, LaunchError> {
     let log_file = settings.log_dir.join(format!("{}.log", spec.node_id));
     let (stdout, stderr) = open_log(&log_file)?;
-    let mut cmd = Command::new(&settings.binary);
+    let student = settings.commands.for_slot(&spec.node_id);
+    let (program, mut cmd) = match student {
+        Some(_) => (PathBuf::from("sh"), Command::new("sh")),
+        None => (settings.binary.clone(), Command::new(&settings.binary)),
+    };
     let (mut host, mut registry) = (settings.host.clone(), settings.registry.clone());
     // On netns hosts with netem lab delays, the links carry the delays: the
     // node must not add its own, and must wait longer than a link's latency
@@ -209,12 +277,16 @@ pub fn launch(settings: &LaunchSettings, spec: &NodeSpec) -> Result<Launched, La
         registry: registry.as_deref(),
         data_dir: settings.storage.as_ref().map(|s| s.dir_of(&spec.node_id)),
     };
-    cmd.args(node_args(&own, spec, &here))
-        .stdin(Stdio::null())
+    match student {
+        Some(template) => student_command(&mut cmd, template, &own, spec, &here)?,
+        None => {
+            cmd.args(node_args(&own, spec, &here)).args(&netns_args);
+        }
+    }
+    cmd.stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr)
         .process_group(0);
-    cmd.args(&netns_args);
     // The cluster secret goes in the environment: a command line is
     // readable by every user of the machine (`ps`), the environment only by
     // the same user.
@@ -223,7 +295,7 @@ pub fn launch(settings: &LaunchSettings, spec: &NodeSpec) -> Result<Launched, La
     }
     die_with_parent(&mut cmd);
     let mut child = cmd.spawn().map_err(|source| LaunchError::Spawn {
-        binary: settings.binary.clone(),
+        binary: program,
         source,
     })?;
     let pid = child.id().unwrap_or_default();
@@ -240,6 +312,96 @@ pub fn launch(settings: &LaunchSettings, spec: &NodeSpec) -> Result<Launched, La
         exited,
         log_file,
     })
+}
+
+/// Makes `cmd` (a `sh`) run a student's node: `sh -c 'exec CMD'`, so that
+/// the node *is* the process the coordinator signals (kill, crash, pause)
+/// and gets the parent-death signal, with the placeholders of the template
+/// filled in and the node's settings in its environment.
+fn student_command(
+    cmd: &mut Command,
+    template: &str,
+    settings: &LaunchSettings,
+    spec: &NodeSpec,
+    at: &Placement,
+) -> Result<(), LaunchError> {
+    let data_dir = at
+        .data_dir
+        .as_ref()
+        .filter(|_| settings.storage.is_some())
+        .map(|d| d.display().to_string())
+        .unwrap_or_default();
+    if !data_dir.is_empty() {
+        // kvlab's node makes its own directory; a student's may assume it exists.
+        std::fs::create_dir_all(&data_dir).map_err(|source| LaunchError::DataDir {
+            path: data_dir.clone().into(),
+            source,
+        })?;
+    }
+    let registry = at.registry.unwrap_or_default().to_string();
+    let vars: [(&str, &str, String); 12] = [
+        (env::NODE_ID, "{id}", spec.node_id.clone()),
+        (env::HOST, "{host}", at.host.to_string()),
+        (env::PORT, "{port}", spec.port.to_string()),
+        (env::ROLE, "{role}", spec.role.as_str().to_string()),
+        (
+            env::INCARNATION,
+            "{incarnation}",
+            spec.incarnation.to_string(),
+        ),
+        (env::REGISTRY, "{registry}", registry),
+        (env::DATA_DIR, "{data_dir}", data_dir),
+        (
+            env::FSYNC,
+            "{fsync}",
+            settings
+                .storage
+                .as_ref()
+                .map_or("never", |s| s.fsync.name())
+                .to_string(),
+        ),
+        (
+            env::HEARTBEAT_INTERVAL,
+            "{heartbeat_interval}",
+            settings.heartbeat_interval.to_string(),
+        ),
+        (
+            env::SYNC_DELAY,
+            "{sync_delay}",
+            settings.sync_delay.to_string(),
+        ),
+        (
+            env::ASYNC_DELAY,
+            "{async_delay}",
+            settings.async_delay.to_string(),
+        ),
+        (
+            env::LOG_RETAIN,
+            "{log_retain}",
+            settings.log_retain.to_string(),
+        ),
+    ];
+    let mut line = template.to_string();
+    for (name, placeholder, value) in &vars {
+        line = line.replace(placeholder, &shell_quote(value));
+        cmd.env(name, value);
+    }
+    // Python buffers a redirected stdout: without this a student's prints
+    // reach the node's log file only when the buffer fills or it exits.
+    cmd.env("PYTHONUNBUFFERED", "1");
+    cmd.arg("-c").arg(format!("exec {line}"));
+    Ok(())
+}
+
+/// `value` as one word for `sh`: as it is when it holds only safe
+/// characters, else in single quotes.
+fn shell_quote(value: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c);
+    if !value.is_empty() && value.chars().all(safe) {
+        value.to_string()
+    } else {
+        format!("'{}'", value.replace('\'', r"'\''"))
+    }
 }
 
 fn open_log(path: &Path) -> Result<(Stdio, Stdio), LaunchError> {

@@ -25,6 +25,7 @@ pub mod launcher;
 mod liveness;
 mod membership;
 mod narration;
+mod protocol;
 mod reads;
 mod requests;
 pub mod runtime;
@@ -188,6 +189,8 @@ pub enum ConfigError {
     BadDelay(f64),
     #[error("admin token: {0}")]
     AdminToken(String),
+    #[error("{0}")]
+    NodeCommand(String),
 }
 
 impl ClusterArgs {
@@ -285,6 +288,11 @@ impl Config {
                 log_retain: args.cluster.log_retain,
                 storage: args.cluster.storage.resolve(args.port),
                 netns: None,
+                commands: args
+                    .cluster
+                    .runtime
+                    .node_commands()
+                    .map_err(ConfigError::NodeCommand)?,
             },
             print_events: !args.quiet,
             ack_timeout: Duration::from_secs_f64(sync_delay + 2.5),
@@ -451,6 +459,7 @@ pub async fn serve(
     ));
     let background = membership::start_background(coordinator.clone());
     let failover = failover::start(coordinator.clone());
+    let protocol = protocol::start(coordinator.clone());
     // A stop while the cluster is still starting (external nodes that never
     // join, say) ends the start: the nodes started so far are stopped below.
     let started = tokio::select! {
@@ -470,6 +479,9 @@ pub async fn serve(
     };
     background.abort();
     failover.abort();
+    if let Some(watch) = protocol {
+        watch.abort();
+    }
     coordinator.stop_all().await;
     started?;
     served

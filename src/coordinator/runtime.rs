@@ -50,6 +50,47 @@ pub struct RuntimeArgs {
     /// prefix left behind.
     #[arg(long, value_name = "PREFIX")]
     pub docker_prefix: Option<String>,
+    /// Run every follower as this command instead of `kvlab node`: a node
+    /// you wrote (see docs/node-protocol.md). It is run by `sh`; its
+    /// settings come in KVLAB_* environment variables, and {id}, {port},
+    /// {host}, {data_dir}, {registry} and {incarnation} in CMD are filled
+    /// in. Only with `--runtime process`.
+    #[arg(long, value_name = "CMD")]
+    pub node_cmd: Option<String>,
+    /// Run the slot named `leader` as this command (a node that implements
+    /// level 4 of the protocol). With it, nodes of --node-cmd may be
+    /// promoted at a failover too; without it they never lead.
+    #[arg(long, value_name = "CMD")]
+    pub node_cmd_leader: Option<String>,
+}
+
+impl RuntimeArgs {
+    /// The student's commands, checked: not empty, and only where this
+    /// machine starts the nodes itself.
+    pub fn node_commands(&self) -> Result<launcher::NodeCommands, String> {
+        let commands = launcher::NodeCommands {
+            follower: self.node_cmd.clone(),
+            leader: self.node_cmd_leader.clone(),
+        };
+        for (flag, cmd) in [
+            ("--node-cmd", &commands.follower),
+            ("--node-cmd-leader", &commands.leader),
+        ] {
+            if cmd.as_ref().is_some_and(|c| c.trim().is_empty()) {
+                return Err(format!(
+                    "{flag} is empty: give the command that starts your node"
+                ));
+            }
+        }
+        if commands.any() && self.runtime != RuntimeKind::Process {
+            return Err(
+                "--node-cmd and --node-cmd-leader need --runtime process: with docker or \
+                 external runtimes kvlab does not start the node programs itself"
+                    .into(),
+            );
+        }
+        Ok(commands)
+    }
 }
 
 /// The runtime in use, with its state.

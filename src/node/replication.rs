@@ -70,6 +70,12 @@ pub struct Progress {
     /// early instead of waiting for its timeout.
     pub failures: u64,
     pub last_error: Option<String>,
+    /// The last way the follower broke the node protocol (an answer no
+    /// correct follower gives), and how many times it did: the coordinator
+    /// narrates each new one, so a student's node fails loudly, not by a
+    /// silent stall.
+    pub violation: Option<String>,
+    pub violations: u64,
 }
 
 /// A follower the leader replicates to.
@@ -184,6 +190,8 @@ impl Peer {
             sync: self.is_sync(),
             acked_seq: p.acked_seq,
             error: p.last_error,
+            violation: p.violation,
+            violations: p.violations,
         }
     }
 
@@ -198,6 +206,16 @@ impl Peer {
         self.progress.send_modify(|p| {
             p.acked_seq = p.acked_seq.max(acked_seq);
             p.last_error = None;
+        });
+    }
+
+    /// The follower answered in a way the protocol forbids. Logged here,
+    /// shown in `/replication/peers`, narrated by the coordinator.
+    fn record_violation(&self, what: String) {
+        tracing::warn!(follower = %self.config.node_id, "protocol violation: {what}");
+        self.progress.send_modify(|p| {
+            p.violations += 1;
+            p.violation = Some(what);
         });
     }
 
@@ -333,8 +351,18 @@ async fn handshake(node: &NodeState, peer: &Peer) -> Result<u64, String> {
         .send()
         .await
         .map_err(|e| describe_reqwest_error(&e))?;
-    let answer = parse_answer(node, resp).await?;
+    let answer = parse_answer(node, peer, "GET /replicate", resp).await?;
     check_incarnation(peer, &answer)?;
+    let credited = peer.progress().acked_seq;
+    if answer.acked_seq < credited {
+        // Same process (the incarnation matched), so nothing can excuse it:
+        // what it acknowledged was counted towards writes' quorums.
+        peer.record_violation(format!(
+            "answered GET /replicate with 200 but its position went backwards from {credited} \
+             to {}: a follower never forgets an entry it acknowledged",
+            answer.acked_seq
+        ));
+    }
     let shared = {
         let core = node.core.lock().unwrap();
         let theirs = TermHistory(answer.history.clone());
@@ -386,7 +414,21 @@ async fn send_entries(
         entries: batch.iter().map(|e| &**e).collect(),
     };
     let last_sent = batch.last().map_or(0, |e| e.seq);
+    let first_sent = batch.first().map_or(0, |e| e.seq);
     let acked = post(node, peer, "replicate", &body).await?;
+    if acked + 1 < first_sent {
+        peer.record_violation(format!(
+            "answered POST /replicate with 200 but its position went backwards from {} to \
+             {acked}",
+            first_sent - 1
+        ));
+    } else if acked < last_sent {
+        peer.record_violation(format!(
+            "answered POST /replicate (entries {first_sent}..={last_sent}, in order, none \
+             missing) with 200 but acknowledged only seq {acked}: a follower applies every \
+             next entry it is sent"
+        ));
+    }
     node.stats
         .replications_sent
         .fetch_add(count, Ordering::Relaxed);
@@ -473,14 +515,20 @@ async fn post(
         .send()
         .await
         .map_err(|e| describe_reqwest_error(&e))?;
-    let answer = parse_answer(node, resp).await?;
+    let answer = parse_answer(node, peer, &format!("POST /{path}"), resp).await?;
     check_incarnation(peer, &answer)?;
     Ok(answer.acked_seq)
 }
 
 /// The follower's answer, or why there is none. A `stale term` refusal
 /// means a newer leader exists: this node steps down on the spot.
-async fn parse_answer(node: &NodeState, resp: reqwest::Response) -> Result<AppendResponse, String> {
+/// A 200 whose body is not an [`AppendResponse`] breaks the protocol.
+async fn parse_answer(
+    node: &NodeState,
+    peer: &Peer,
+    request: &str,
+    resp: reqwest::Response,
+) -> Result<AppendResponse, String> {
     if !resp.status().is_success() {
         let status = resp.status();
         let detail = error_detail(resp).await;
@@ -489,9 +537,16 @@ async fn parse_answer(node: &NodeState, resp: reqwest::Response) -> Result<Appen
         }
         return Err(format!("HTTP {status}: {detail}"));
     }
-    resp.json::<AppendResponse>()
-        .await
-        .map_err(|e| format!("unreadable answer: {e}"))
+    let status = resp.status();
+    let body = resp.bytes().await.map_err(|e| describe_reqwest_error(&e))?;
+    serde_json::from_slice::<AppendResponse>(&body).map_err(|e| {
+        let what = format!(
+            "answered {request} with {status} but its body is not the protocol's answer \
+             (node_id, incarnation, acked_seq, ...): {e}"
+        );
+        peer.record_violation(what.clone());
+        what
+    })
 }
 
 fn check_incarnation(peer: &Peer, answer: &AppendResponse) -> Result<(), String> {
