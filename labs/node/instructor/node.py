@@ -862,13 +862,24 @@ class Node:
                     truncate_history(self.history, seq)
                     now = seq
             else:
-                # In memory there is no older state to go back to: start empty
-                # and let the leader send everything (or a snapshot).
                 with self.lock:
-                    self.data, self.applied = {}, 0
-                    self.log, self.log_times, self.log_first = [], [], 1
-                    self.history = []
-                    now = 0
+                    if self.log_first == 1:
+                        # The log still holds every entry from seq 1: replay
+                        # it up to the cut.
+                        keep = self.log[:after]
+                        self.data = {}
+                        for e in keep:
+                            self.data[e["key"]] = [e["value"], e["version"], e["seq"]]
+                        self.log, self.log_times = keep, self.log_times[:after]
+                        self.applied = after
+                        truncate_history(self.history, after)
+                    else:
+                        # No older state to go back to: start empty and let
+                        # the leader send everything (or a snapshot).
+                        self.data, self.applied = {}, 0
+                        self.log, self.log_times, self.log_first = [], [], 1
+                        self.history = []
+                    now = self.applied
             self.save_terms()
             self.publish_persisted(now, down=True)
             log(f"log diverged from the leader's: truncated from seq {before} to {now}")
@@ -1195,6 +1206,9 @@ class Node:
                     "incarnation": self.incarnation}
             try:
                 status, _, answer = client.call("POST", "/heartbeat", body)
+                # One connection per beat, closed by us: a registry that
+                # restarts is never left with our half of an old one.
+                client.close()
             except (OSError, http.client.HTTPException) as e:
                 if not failing:
                     log(f"heartbeat failed ({describe(e)}); will keep trying")

@@ -13,13 +13,14 @@ SIGKILL, which loses what a process holds in memory but not what it has
 already handed to the kernel with write(): only a power cut loses that. A
 missing fsync is the same bug, but only a power cut shows it.)
 
-What the grader should say (level 3): FAIL on `L3-survives-sigkill`, with a
-message like
+What the grader says (kvlab grade-node, checked): FAIL on
+`survives_crash`, with
 
-    the node acknowledged seq 240, was killed with SIGKILL 0.05 s later and
-    restarted on the same data directory: it now holds the log up to seq
-    200 (GET /replicate acked_seq). An acknowledged entry must survive a
-    crash: write it to disk and fsync before you answer.
+    round 1: sent entries 1..=1, got acked_seq 1, then SIGKILLed the node
+    at once and started it again (same KVLAB_DATA_DIR)
+    GET /replicate after a SIGKILL and a restart got 200 {"acked_seq":0, ...}
+    expected acked_seq >= 1: an acknowledged entry must be on disk before
+    the answer goes out (write it, flush, fsync, then answer)
 
 Levels 1 and 2 pass: without a data directory the node keeps nothing on
 disk anyway. In a real cluster (`kvlab check` with crashes at level 3) the

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """BROKEN NODE: forgets to fence a stale term (instructors only).
 
-The bug (level 4): the node adopts a higher term when it hears one, but it
+The bug (graded from level 1, the lesson of level 4): the node adopts a higher term when it hears one, but it
 never refuses a request from a lower term. A deposed leader (paused past
 the registry's timeout, or cut off, while another node was promoted) keeps
 streaming its old term's entries to followers and taking writes: followers
@@ -9,15 +9,16 @@ built from this node accept them, and this node, as a deposed leader, never
 learns from a 409 that it must step down and keeps answering writes
 in its old term.
 
-What the grader should say (level 4): FAIL on `L4-stale-term-refused`,
-with a message like
+What the grader says (kvlab grade-node, checked): FAIL on `fencing`
+(level 1), with
 
-    the node heard term 3 (GET /replicate with x-kvlab-term: 3), then got
-    POST /replicate from term 2: it answered 200 and applied seq 7. A node
-    refuses every request of a term older than the highest it has seen:
-    409 {"detail": {"error": "stale term", "term": 3, ...}}.
+    sent POST /replicate of term 1 after a leader of term 2 spoke
+    got 200 {"acked_seq":1, ... "term":2}
+    expected 409 with {"detail": {"error": "stale term", "term": 2, ...}}:
+    a deposed leader's entries are refused, and the refusal tells it the
+    newer term
 
-Levels 1 to 3 pass. In a real cluster (`kvlab check` at level 4 with a
+and at level 3 also on `recovers_term`. Every other test passes. In a real cluster (`kvlab check` at level 4 with a
 leader paused past the timeout) the checker can report lost or phantom
 writes.
 

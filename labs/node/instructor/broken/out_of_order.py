@@ -7,17 +7,18 @@ gap it applies what comes after the gap and acknowledges the highest seq it
 saw, although it never held the entries in between; a retransmitted older
 entry overwrites the newer value of its key.
 
-What the grader should say (level 1 and up): FAIL on `L1-gap-not-applied`,
-with a message like
+What the grader says (kvlab grade-node, checked): FAIL on `refuses_gaps`,
+with
 
-    sent entries 1-3, then 5-6 (seq 4 left out): the node answered
-    acked_seq 6, but it never received seq 4. A follower applies an entry
-    only if it is the next one (seq == acked_seq + 1) and acknowledges the
-    highest seq it holds without a gap: expected acked_seq 3.
+    sent POST /replicate with the entry at seq 4 while the node holds 1..2
+    got 200 {"acked_seq":4, ...}
+    expected acked_seq 2 (or a 4xx refusal): seq 3 is missing, so the entry
+    at seq 4 cannot be applied yet. Apply an entry only if its seq is
+    exactly one more than the last one you hold
 
-and on `L1-duplicates-ignored` (a resent seq 2 turned key `a` back from
-version 3 to version 2); at level 2 also on `L2-diverged-refused` (an entry
-at a seq it holds with another term is taken instead of refused). In a real cluster the symptom is rarer: a leader
+and on `ignores_duplicates` (a resent seq 2 turned key `a` back from
+version 3 to version 2). selftest.py also fails it on `refuses_diverged`
+(an entry at a seq it holds with another term is taken, not refused). In a real cluster the symptom is rarer: a leader
 only resends after a failed request, and reads can then go back a version.
 
 Everything else is the reference solution (../node.py).

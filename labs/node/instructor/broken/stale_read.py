@@ -13,17 +13,17 @@ coordinator's election or the new leader's handshake (`GET /replicate` with
 holding entries the new leader is about to cut (a deposed leader's
 unacknowledged tail, say) serves them as if they were current.
 
-What the grader should say (level 2): FAIL on
-`L2-not-reconciled-before-append`, with a message like
+What the grader says (kvlab grade-node, checked): FAIL on
+`vouches_for_reads` (level 2), with
 
-    the node holds seqs 1-6, and 5-6 were written in term 1 by a leader that
-    was then deposed. The leader of term 2 (whose log ends at seq 4)
-    sent the handshake GET /replicate with x-kvlab-term: 2, and before it
-    sent anything else POST /batch/read answered `term: 2` with the value of
-    seq 6. A follower may claim term 2 only after the leader of term 2 has
-    reconciled its log (the empty append or the truncation that follows the
-    handshake); until then it must answer the term of the last leader that
-    did (here 1).
+    sent GET /replicate of term 2 (a new leader's handshake), then POST
+    /batch/read
+    got 200 {"node_id":"follower-1","seqs":[1],"term":2,...}
+    expected "term": 1: the leader of term 2 has not yet confirmed (with an
+    append, a truncation or a snapshot) that your log is a prefix of its
+    own, so your reads are only vouched for by term 1's leader. Reporting
+    the newest term you heard of lets the coordinator count a read the new
+    leader may take back
 
 Level 1 passes. In a real cluster (level 4 faults, a leader paused past the
 timeout and back), the checker can report a stale or phantom read.
