@@ -13,13 +13,15 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::Coordinator;
 use crate::api::FollowerProgress;
 use crate::events::EventKind;
 
 const PERIOD: Duration = Duration::from_secs(1);
+/// How often the same violation of one process is told again.
+const REPEAT_EVERY: Duration = Duration::from_secs(10);
 
 /// Starts the watch if any slot runs a student's node.
 pub fn start(c: Arc<Coordinator>) -> Option<tokio::task::JoinHandle<()>> {
@@ -27,8 +29,8 @@ pub fn start(c: Arc<Coordinator>) -> Option<tokio::task::JoinHandle<()>> {
         return None;
     }
     Some(tokio::spawn(async move {
-        // (node id, incarnation) -> violations already narrated.
-        let mut told: HashMap<(String, u64), u64> = HashMap::new();
+        // (node id, incarnation) -> what was told last.
+        let mut told = HashMap::new();
         let mut tick = tokio::time::interval(PERIOD);
         loop {
             tick.tick().await;
@@ -39,20 +41,37 @@ pub fn start(c: Arc<Coordinator>) -> Option<tokio::task::JoinHandle<()>> {
     }))
 }
 
-/// One event per new violation; a node that repeats the same one every
-/// few milliseconds gets a count, not a flood.
-fn narrate_new(c: &Coordinator, told: &mut HashMap<(String, u64), u64>, p: FollowerProgress) {
+/// What was last told of one process.
+struct Told {
+    count: u64,
+    what: String,
+    at: Instant,
+}
+
+/// One event per new kind of violation; a node that repeats the same one
+/// every few milliseconds is reported again at most every [`REPEAT_EVERY`],
+/// with a count, not a line a second.
+fn narrate_new(c: &Coordinator, told: &mut HashMap<(String, u64), Told>, p: FollowerProgress) {
     let Some(what) = p.violation else { return };
-    let seen = told.entry((p.node_id.clone(), p.incarnation)).or_insert(0);
-    if p.violations <= *seen {
-        return;
-    }
-    let repeats = p.violations - *seen;
-    *seen = p.violations;
-    let again = if repeats > 1 {
-        format!(" ({repeats} such answers since the last report)")
-    } else {
-        String::new()
+    let key = (p.node_id.clone(), p.incarnation);
+    let (repeats, same) = match told.get(&key) {
+        Some(t) if p.violations <= t.count => return,
+        Some(t) if t.what == what && t.at.elapsed() < REPEAT_EVERY => return,
+        Some(t) => (p.violations - t.count, t.what == what),
+        None => (p.violations, false),
+    };
+    told.insert(
+        key,
+        Told {
+            count: p.violations,
+            what: what.clone(),
+            at: Instant::now(),
+        },
+    );
+    let again = match (same, repeats) {
+        (true, n) => format!(" (again, {n} times since the last report)"),
+        (false, n) if n > 1 => format!(" ({n} such answers)"),
+        _ => String::new(),
     };
     c.events.bad(
         EventKind::ProtocolViolation,

@@ -329,6 +329,16 @@ impl Stage {
     }
 }
 
+impl Stage {
+    /// Stops the node and the registry, and waits until the registry's
+    /// port is free again for the next test.
+    pub async fn close(mut self) {
+        self.crash().await;
+        self.registry_task.abort();
+        let _ = (&mut self.registry_task).await;
+    }
+}
+
 impl Drop for Stage {
     fn drop(&mut self) {
         if let Some((pid, _)) = self.running.take() {

@@ -217,7 +217,7 @@ async fn conformance_test(
     })?;
     let began = Instant::now();
     let outcome = (test.run)(&mut stage).await;
-    drop(stage);
+    stage.close().await;
     let (passed, detail) = match outcome {
         Ok(detail) => (true, detail),
         Err(f) => (false, f.0),
@@ -350,14 +350,43 @@ fn judge(run: &crate::check::report::RunReport, dir: &Path) -> (bool, String) {
         Verdict::Valid if ops.ok * 4 < ops.total || ops.ok < 20 => {
             detail.push_str(
                 "\nthe history is valid, but too few requests succeeded: followers must \
-                 acknowledge entries (writes need W of them) and answer reads; see the \
-                 protocol_violation lines in the report's events and your node's log",
+                 acknowledge entries (writes need W of them) and answer reads",
             );
             false
         }
         Verdict::Valid => true,
     };
+    let console = dir.join("nodes").join("up.log");
+    let broken = protocol_lines(&console);
+    if !broken.is_empty() {
+        detail.push_str(&format!(
+            "\nthe cluster's event log ({}) says:\n{}",
+            console.display(),
+            broken.join("\n")
+        ));
+    }
     (passed, detail)
+}
+
+/// The first few distinct protocol violations the coordinator narrated.
+fn protocol_lines(console: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(console).unwrap_or_default();
+    let mut seen: Vec<String> = Vec::new();
+    for line in text.lines().filter(|l| l.contains("protocol: ")) {
+        let what = line.split("protocol: ").nth(1).unwrap_or(line);
+        // The same violation of another follower, or again: once is enough.
+        let shape: String = what.split(" (again").next().unwrap_or(what).into();
+        if !seen
+            .iter()
+            .any(|s| s.split_once(' ').map(|x| x.1) == shape.split_once(' ').map(|x| x.1))
+        {
+            seen.push(shape);
+        }
+        if seen.len() == 3 {
+            break;
+        }
+    }
+    seen
 }
 
 /// The command that runs this grading again, with its seed.

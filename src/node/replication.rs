@@ -212,7 +212,10 @@ impl Peer {
     /// The follower answered in a way the protocol forbids. Logged here,
     /// shown in `/replication/peers`, narrated by the coordinator.
     fn record_violation(&self, what: String) {
-        tracing::warn!(follower = %self.config.node_id, "protocol violation: {what}");
+        // Once per kind: a broken follower repeats itself many times a second.
+        if self.progress.borrow().violation.as_ref() != Some(&what) {
+            tracing::warn!(follower = %self.config.node_id, "protocol violation: {what}");
+        }
         self.progress.send_modify(|p| {
             p.violations += 1;
             p.violation = Some(what);
