@@ -1,10 +1,12 @@
-//! `kvlab lab`: the CloudCart exercise's files, built into the binary.
+//! `kvlab lab`: the exercises' files, built into the binary.
 //!
-//! `kvlab lab export DIR` writes what students get: the incident brief and
-//! the config broken as shipped. Nothing from `labs/cloudcart/instructor/`
-//! (the solution and its reasoning) is built in, so nothing of it can leak
-//! into a handout. The graded scenarios are built into `kvlab assess`
-//! already, so students need no scenario file to check their work.
+//! `kvlab lab export DIR` writes what students get for CloudCart: the
+//! incident brief and the config broken as shipped. `kvlab lab export DIR
+//! --lab node` writes the node lab's: the briefs per level, the starter
+//! node and the protocol. Nothing from an `instructor/` folder (solutions,
+//! reference nodes, broken nodes) is built in, so nothing of it can leak
+//! into a handout. The graders (`kvlab assess`, `kvlab grade-node`) carry
+//! their tests themselves, so students need no test file to check their work.
 //!
 //! Files are written only into an empty (or new) directory: an export never
 //! overwrites a student's edited config.
@@ -25,6 +27,31 @@ pub const HANDOUT: [(&str, &str); 2] = [
     ("student_config.json", STUDENT_CONFIG),
 ];
 
+/// The node lab's handout: the course page, a brief per level, the
+/// starter, and the protocol they all point to.
+pub const NODE_HANDOUT: [(&str, &str); 7] = [
+    ("README.md", include_str!("../labs/node/README.md")),
+    ("level1.md", include_str!("../labs/node/level1.md")),
+    ("level2.md", include_str!("../labs/node/level2.md")),
+    ("level3.md", include_str!("../labs/node/level3.md")),
+    ("level4.md", include_str!("../labs/node/level4.md")),
+    (
+        "starter/node.py",
+        include_str!("../labs/node/starter/node.py"),
+    ),
+    ("node-protocol.md", include_str!("../docs/node-protocol.md")),
+];
+
+/// Which exercise to export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Lab {
+    /// The incident exercise, graded by `kvlab assess`.
+    #[default]
+    Cloudcart,
+    /// Build a node, graded by `kvlab grade-node`.
+    Node,
+}
+
 #[derive(Debug, Clone, Parser)]
 pub struct Args {
     #[command(subcommand)]
@@ -33,19 +60,25 @@ pub struct Args {
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum LabCommand {
-    /// Write the student handout (brief and broken config, no solution) into DIR.
+    /// Write the student handout (briefs and starting files, no solution) into DIR.
     Export {
         /// Where to write it: a new or empty directory.
         dir: PathBuf,
+        /// Which exercise: `cloudcart` (the incidents) or `node` (build a node).
+        #[arg(long, value_enum, default_value_t = Lab::Cloudcart)]
+        lab: Lab,
     },
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
-        LabCommand::Export { dir } => {
-            let written = export(&dir)?;
+        LabCommand::Export { dir, lab } => {
+            let (name, written) = match lab {
+                Lab::Cloudcart => ("CloudCart", export(&dir)?),
+                Lab::Node => ("node lab's", export_files(&dir, &node_handout())?),
+            };
             println!(
-                "kvlab lab: wrote the CloudCart student handout to {}:",
+                "kvlab lab: wrote the {name} student handout to {}:",
                 dir.display()
             );
             for path in written {
@@ -57,9 +90,28 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
 }
 
-/// Writes the handout into `dir` (created if missing; refused if it holds
-/// anything). Returns the paths written.
+/// Writes the CloudCart handout into `dir` (created if missing; refused if
+/// it holds anything). Returns the paths written.
 pub fn export(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let files: Vec<(&str, String)> = HANDOUT.iter().map(|(n, t)| (*n, t.to_string())).collect();
+    export_files(dir, &files)
+}
+
+/// The node lab's files, with the links into the repository's `docs/`
+/// pointed at the copy of the protocol beside them.
+pub fn node_handout() -> Vec<(&'static str, String)> {
+    NODE_HANDOUT
+        .iter()
+        .map(|(name, text)| {
+            (
+                *name,
+                text.replace("../../docs/node-protocol.md", "node-protocol.md"),
+            )
+        })
+        .collect()
+}
+
+fn export_files(dir: &Path, files: &[(&str, String)]) -> anyhow::Result<Vec<PathBuf>> {
     if dir.exists() {
         let mut entries =
             std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
@@ -71,10 +123,14 @@ pub fn export(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     } else {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    HANDOUT
+    files
         .iter()
         .map(|(name, text)| {
             let path = dir.join(name);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create {}", parent.display()))?;
+            }
             std::fs::write(&path, text)
                 .with_context(|| format!("cannot write {}", path.display()))?;
             Ok(path)
@@ -92,6 +148,27 @@ mod tests {
         assert_eq!(config["deployment"]["read_quorum"], 1, "broken as shipped");
         for (name, text) in HANDOUT {
             assert!(!text.contains("solution_config"), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_node_handout_holds_the_starter_not_the_reference() {
+        let files = node_handout();
+        let starter = &files
+            .iter()
+            .find(|(n, _)| *n == "starter/node.py")
+            .unwrap()
+            .1;
+        assert!(
+            starter.contains("TODO"),
+            "the starter has its lessons left to do"
+        );
+        for (name, text) in &files {
+            assert!(!text.contains("BROKEN NODE"), "{name}");
+            assert!(
+                !text.contains("../../docs/"),
+                "{name}: a link out of the handout"
+            );
         }
     }
 }

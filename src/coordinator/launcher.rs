@@ -98,6 +98,7 @@ pub mod env {
     pub const REGISTRY: &str = "KVLAB_REGISTRY";
     pub const DATA_DIR: &str = "KVLAB_DATA_DIR";
     pub const FSYNC: &str = "KVLAB_FSYNC";
+    pub const FSYNC_INTERVAL_MS: &str = "KVLAB_FSYNC_INTERVAL_MS";
     pub const HEARTBEAT_INTERVAL: &str = "KVLAB_HEARTBEAT_INTERVAL";
     pub const SYNC_DELAY: &str = "KVLAB_SYNC_DELAY";
     pub const ASYNC_DELAY: &str = "KVLAB_ASYNC_DELAY";
@@ -339,7 +340,7 @@ fn student_command(
         })?;
     }
     let registry = at.registry.unwrap_or_default().to_string();
-    let vars: [(&str, &str, String); 12] = [
+    let vars: [(&str, &str, String); 13] = [
         (env::NODE_ID, "{id}", spec.node_id.clone()),
         (env::HOST, "{host}", at.host.to_string()),
         (env::PORT, "{port}", spec.port.to_string()),
@@ -358,6 +359,15 @@ fn student_command(
                 .storage
                 .as_ref()
                 .map_or("never", |s| s.fsync.name())
+                .to_string(),
+        ),
+        (
+            env::FSYNC_INTERVAL_MS,
+            "{fsync_interval_ms}",
+            settings
+                .storage
+                .as_ref()
+                .map_or(0, |s| s.fsync_interval_ms)
                 .to_string(),
         ),
         (

@@ -314,7 +314,7 @@ mod tests {
         loop {
             match reader.read_event().expect("well-formed JUnit XML") {
                 quick_xml::events::Event::Eof => break,
-                quick_xml::events::Event::Start(e) if e.name().as_ref() == b"failure" => {
+                quick_xml::events::Event::Start(e) if e.name().into_inner() == "failure" => {
                     failures += 1
                 }
                 _ => {}
