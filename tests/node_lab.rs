@@ -127,11 +127,21 @@ fn python_reference_followers_run_the_demos() {
     let data = c.node_data(&c.node_url(2));
     assert_eq!(data["cart:10"]["value"], "item-10", "{data}");
     assert_eq!(data.as_object().unwrap().len(), 10, "{data}");
-    // The live view's state has the Python nodes' own stats.
-    let (_, ui) = c.get("/ui/state");
-    let shown = ui.to_string();
-    for id in ["follower-1", "follower-2", "follower-3"] {
-        assert!(shown.contains(id), "{id} missing from /ui/state: {ui}");
+    // The live view shows the Python nodes like kvlab's own: alive, with
+    // the seq their own /stats report.
+    if let Some(browser) = common::browser::Browser::start(c.base + 30) {
+        let mut steps = vec![json!({"goto": format!("{}/ui", c.coordinator)})];
+        for id in ["follower-1", "follower-2", "follower-3"] {
+            steps.push(json!({
+                "wait": format!("!!document.querySelector('#node-{id}[data-state=alive]')"),
+                "timeout": 20
+            }));
+        }
+        steps.push(json!({
+            "wait": "document.querySelector('#node-follower-2 .meta').textContent.includes('applied 10 ')",
+            "timeout": 20
+        }));
+        browser.drive(Value::Array(steps));
     }
     // No protocol violation was narrated: the reference keeps the protocol.
     let (_, events) = c.get("/events?since=0&limit=100000");

@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -33,55 +32,16 @@ fn installed(program: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Runs the CDP driver with `steps`; panics with its output if a step fails.
-fn drive(port: u16, steps: Value) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ui/cdp.py");
-    let out = Command::new("python3")
-        .arg(script)
-        .arg(port.to_string())
-        .arg(steps.to_string())
-        .output()
-        .expect("run python3 tests/ui/cdp.py");
-    assert!(
-        out.status.success(),
-        "the browser script failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn live_view_kills_a_follower_and_writes_in_headless_chromium() {
-    if !installed("chromium") || !installed("python3") {
-        eprintln!("SKIPPED: chromium or python3 is not installed (.ci/run installs chromium)");
-        return;
-    }
     let cluster = Cluster::start(&["--in-memory"]);
     let scratch = common::scratch();
-    let debug_port = cluster.base + 30;
-    let _browser = Reaped(
-        Command::new("chromium")
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-            ])
-            .arg(format!("--remote-debugging-port={debug_port}"))
-            .arg(format!(
-                "--user-data-dir={}",
-                scratch.path().join("profile").display()
-            ))
-            .arg("about:blank")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start chromium"),
-    );
+    let Some(browser) = common::browser::Browser::start(cluster.base + 30) else {
+        return;
+    };
     let shot = scratch.path().join("live-view.png");
     let el = |id: &str| format!("document.getElementById('{id}')");
-    drive(
-        debug_port,
+    browser.drive(
         json!([
             {"goto": format!("{}/ui", cluster.coordinator)},
             {"wait": "!!document.querySelector('#node-follower-1[data-state=alive]')", "timeout": 20},

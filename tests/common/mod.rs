@@ -13,6 +13,7 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod tty;
 
 use std::net::TcpListener;
