@@ -113,7 +113,8 @@ fn ratelimit_check(c: &mut Criterion) {
 }
 
 fn metrics_per_read(c: &mut Criterion) {
-    use kvlab::metrics::{gateway::ByCode, Histogram, LATENCY_BUCKETS};
+    use kvlab::gateway::metrics::ByCode;
+    use kvlab::metrics::{Histogram, LATENCY_BUCKETS};
     use prometheus_client::metrics::counter::Counter;
     use std::time::Duration;
     let codes = ByCode::default();

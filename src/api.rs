@@ -28,6 +28,36 @@ pub mod ports {
 /// The id of the one leader node.
 pub const LEADER_ID: &str = "leader";
 
+// Limits every component holds to (the 413 and 400 answers of docs/api.md).
+
+/// Largest request body a client-shaped route accepts. Larger bodies get 413.
+pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+
+/// Limits on what a client may store, checked at every entry point.
+pub const MAX_KEY_BYTES: usize = 1024;
+pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
+
+/// The body limit of the batch routes (writes and reads gathered by the
+/// coordinator, entries streamed by the leader, snapshot chunks). The senders cap their
+/// batches well below it ([`BATCH_PAYLOAD_BYTES`]); client-shaped routes keep
+/// the 2 MiB limit of [`MAX_BODY_BYTES`].
+pub const BATCH_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+/// Senders of batches stop adding items once this many key and value bytes
+/// are in (a batch always takes at least one item, which is at most 2 MiB).
+pub const BATCH_PAYLOAD_BYTES: usize = 8 * 1024 * 1024;
+
+// The limits fit together: a largest key and value fit a client's body; a
+// client's body fits a batch; a full batch (its payload, plus one item past
+// it, plus the JSON around them) fits a batch body.
+const _: () = assert!(MAX_KEY_BYTES + MAX_VALUE_BYTES < MAX_BODY_BYTES);
+const _: () = assert!(MAX_BODY_BYTES <= BATCH_PAYLOAD_BYTES);
+const _: () = assert!(2 * (BATCH_PAYLOAD_BYTES + MAX_BODY_BYTES) <= BATCH_BODY_BYTES);
+
+/// The exit code of a node that refused to serve a corrupt log (65, the
+/// BSD `EX_DATAERR`: the input data was incorrect).
+pub const EXIT_CORRUPT_LOG: i32 = 65;
+
 /// Headers every node response carries.
 pub const HEADER_NODE_ID: &str = "x-node-id";
 pub const HEADER_NODE_ROLE: &str = "x-node-role";
@@ -1172,5 +1202,153 @@ mod tests {
             json!({"node_id": "follower-1", "incarnation": 4, "view_version": 12,
                    "registry_epoch": 99})
         );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// kvlab's own fault hooks (`kvlab check`'s nemesis, the live view)
+// ---------------------------------------------------------------------------
+
+/// The header a node sends on every request to say who it is, so that a
+/// peer's fault hooks can tell who sent it.
+pub const HEADER_FROM: &str = "x-kvlab-from";
+
+/// The longest fault a hook accepts, in seconds.
+pub const MAX_FAULT_SECONDS: f64 = 3600.0;
+/// The longest extra fsync delay the slow-disk hook accepts, in ms.
+pub const MAX_SLOW_DISK_MS: u64 = 60_000;
+
+/// The current term named in a node's `stale term` refusal (409), if
+/// `detail` is one.
+pub fn stale_term_in(detail: &serde_json::Value) -> Option<u64> {
+    (detail["error"] == "stale term")
+        .then(|| detail["term"].as_u64())
+        .flatten()
+}
+
+/// Which traffic a fault touches, seen from the faulted node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Both ways.
+    #[default]
+    Both,
+    /// Only what the peers send to the node.
+    In,
+    /// Only what the node sends to the peers.
+    Out,
+}
+
+impl Direction {
+    /// Does it touch what the peers send to the node?
+    pub fn inbound(self) -> bool {
+        self != Direction::Out
+    }
+    /// Does it touch what the node sends to the peers?
+    pub fn outbound(self) -> bool {
+        self != Direction::In
+    }
+}
+
+/// `POST /admin/partition` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartitionRequest {
+    pub peers: Vec<String>,
+    pub seconds: f64,
+    /// `both` (the default), `in` or `out`: one-way partitions need netns
+    /// hosts (`kvlab up --hosts netns`); a node's own hook drops both ways.
+    #[serde(default, skip_serializing_if = "is_both")]
+    pub direction: Direction,
+}
+
+fn is_both(d: &Direction) -> bool {
+    *d == Direction::Both
+}
+
+/// `POST /admin/slow-disk` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SlowDiskRequest {
+    pub ms: u64,
+    pub seconds: f64,
+}
+
+/// A fault's length, checked as every hook checks it (0 heals at once);
+/// the error is the reason of the 400.
+pub fn check_seconds(seconds: f64) -> Result<std::time::Duration, String> {
+    if !seconds.is_finite() || !(0.0..=MAX_FAULT_SECONDS).contains(&seconds) {
+        return Err(format!(
+            "seconds must be a number between 0 and {MAX_FAULT_SECONDS}"
+        ));
+    }
+    Ok(std::time::Duration::from_secs_f64(seconds))
+}
+
+impl PartitionRequest {
+    /// How long the partition lasts, or why the request is refused.
+    pub fn validate(&self) -> Result<std::time::Duration, String> {
+        check_seconds(self.seconds)
+    }
+
+    /// Refuses a one-way partition: an in-process hook holds a request
+    /// whichever way it goes. Real packets can be dropped one way only on
+    /// netns hosts (`kvlab up --hosts netns`).
+    pub fn check_both_ways(&self) -> Result<(), String> {
+        if is_both(&self.direction) {
+            return Ok(());
+        }
+        Err(
+            "one-way partitions (direction in or out) need netns hosts (kvlab up --hosts netns); \
+             process hosts drop both ways"
+                .into(),
+        )
+    }
+
+    /// Does this request heal rather than cut?
+    pub fn heals(&self) -> bool {
+        self.seconds == 0.0 || self.peers.is_empty()
+    }
+}
+
+impl SlowDiskRequest {
+    /// How long the slow disk lasts, or why the request is refused.
+    pub fn validate(&self) -> Result<std::time::Duration, String> {
+        if self.ms > MAX_SLOW_DISK_MS {
+            return Err(format!("ms must be at most {MAX_SLOW_DISK_MS}"));
+        }
+        check_seconds(self.seconds)
+    }
+
+    /// Does this request heal rather than slow down?
+    pub fn heals(&self) -> bool {
+        self.seconds == 0.0 || self.ms == 0
+    }
+}
+
+/// What netem does to a link's packets (`POST /admin/network/{id}`).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Netem {
+    #[serde(default)]
+    pub delay_ms: f64,
+    #[serde(default)]
+    pub jitter_ms: f64,
+    #[serde(default)]
+    pub loss_percent: f64,
+}
+
+impl Netem {
+    pub fn is_none(&self) -> bool {
+        self.delay_ms == 0.0 && self.jitter_ms == 0.0 && self.loss_percent == 0.0
+    }
+
+    /// Refuses what netem would refuse, in the API's words.
+    pub fn validate(&self) -> Result<(), String> {
+        let ok = |x: f64, max: f64| x.is_finite() && (0.0..=max).contains(&x);
+        if !ok(self.delay_ms, 60_000.0) || !ok(self.jitter_ms, 60_000.0) {
+            return Err("delay_ms and jitter_ms must be between 0 and 60000".into());
+        }
+        if !ok(self.loss_percent, 100.0) {
+            return Err("loss_percent must be between 0 and 100".into());
+        }
+        Ok(())
     }
 }

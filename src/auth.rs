@@ -34,8 +34,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use serde_json::json;
 
-use crate::http::ApiError;
-
 /// The header every internal request carries the cluster secret in.
 pub const HEADER_SECRET: &str = "x-kvlab-secret";
 /// The environment variable a process reads its cluster secret from.
@@ -389,11 +387,12 @@ async fn check(State(g): State<Guard>, req: Request, next: Next) -> Response {
     };
     match allowed {
         Ok(()) => next.run(req).await,
-        Err(refused) => refused.into_response(),
+        Err(reason) => unauthorized(reason),
     }
 }
 
-fn internal_allowed(headers: &HeaderMap) -> Result<(), ApiError> {
+/// `Err`: why the request is refused (401).
+fn internal_allowed(headers: &HeaderMap) -> Result<(), &'static str> {
     if carries_secret(headers) {
         return Ok(());
     }
@@ -402,10 +401,11 @@ fn internal_allowed(headers: &HeaderMap) -> Result<(), ApiError> {
         (Some(_), None) => "internal route: the request has no X-Kvlab-Secret header",
         (Some(_), Some(_)) => "internal route: the X-Kvlab-Secret header is wrong",
     };
-    Err(unauthorized(reason))
+    Err(reason)
 }
 
-fn admin_allowed(headers: &HeaderMap, token: Option<&Secret>) -> Result<(), ApiError> {
+/// `Err`: why the request is refused (401).
+fn admin_allowed(headers: &HeaderMap, token: Option<&Secret>) -> Result<(), &'static str> {
     let Some(token) = token else {
         return Ok(());
     };
@@ -415,19 +415,23 @@ fn admin_allowed(headers: &HeaderMap, token: Option<&Secret>) -> Result<(), ApiE
     if bearer.is_some_and(|given| token.matches(given)) || carries_secret(headers) {
         return Ok(());
     }
-    Err(unauthorized(if bearer.is_some() {
+    Err(if bearer.is_some() {
         "admin route: the admin token is wrong"
     } else {
         "admin route: this coordinator listens off loopback, so /kill, /spawn, /catchup and \
          /admin/* need its admin token (printed at start) as `Authorization: Bearer <token>`"
-    }))
+    })
 }
 
-fn unauthorized(reason: &str) -> ApiError {
-    ApiError::new(
+/// The 401, in the `{"detail": ...}` shape of every error answer (what
+/// `http::ApiError` writes; `auth` sits below `http`, see ARCHITECTURE.md).
+fn unauthorized(reason: &str) -> Response {
+    let detail = json!({"error": "unauthorized", "reason": reason});
+    (
         StatusCode::UNAUTHORIZED,
-        json!({"error": "unauthorized", "reason": reason}),
+        axum::Json(json!({ "detail": detail })),
     )
+        .into_response()
 }
 
 #[cfg(test)]

@@ -32,6 +32,20 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_GRACE: Duration = Duration::from_secs(6);
 const POLL: Duration = Duration::from_millis(50);
 
+/// The exit code of a run the user interrupted (Ctrl-C), for `assess` and
+/// `check` alike.
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+/// Where the secret comes from without a flag or `$KVLAB_CLUSTER_SECRET`:
+/// a new one for a cluster we start, the user's file for a running one.
+pub fn secret_fallback(no_start_cluster: bool) -> crate::auth::Fallback {
+    if no_start_cluster {
+        crate::auth::Fallback::UserFile
+    } else {
+        crate::auth::Fallback::Fresh
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     #[error("port {port} ({what}) is already in use: stop whatever holds it, or move the whole cluster with --base-port")]
@@ -281,7 +295,7 @@ fn spawn_up(
         .process_group(0)
         .kill_on_drop(!keep);
     if !keep {
-        crate::coordinator::launcher::die_with_parent(&mut cmd);
+        crate::process::die_with_parent(&mut cmd);
     }
     // Our secret becomes the cluster's, so that our own requests (the
     // nemesis's node hooks, say) are let in. Never on the command line.

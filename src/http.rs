@@ -24,8 +24,7 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
-/// Largest request body any component accepts. Larger bodies get 413.
-pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+use crate::api::{BATCH_BODY_BYTES, HEADER_FROM, MAX_BODY_BYTES, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 
 /// An error answer: a status and the `detail` of `{"detail": ...}`.
 #[derive(Debug, Clone)]
@@ -111,17 +110,13 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
         format!(
             "the request body is larger than this route accepts ({MAX_BODY_BYTES} bytes \
              for a client's request; {} for a batch or a snapshot chunk between components)",
-            crate::node::BATCH_BODY_BYTES
+            BATCH_BODY_BYTES
         )
     } else {
         rejection.body_text()
     };
     ApiError::new(status, json!({ "error": error, "reason": reason }))
 }
-
-/// Limits on what a client may store, checked at every entry point.
-pub const MAX_KEY_BYTES: usize = 1024;
-pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
 
 /// Refuses keys and values the store will not hold, with the reason.
 pub fn validate_key_value(key: &str, value: Option<&str>) -> Result<(), ApiError> {
@@ -175,12 +170,12 @@ pub fn client() -> reqwest::Client {
 
 /// The client of a node: as [`client`], and every request names the node
 /// in `X-Kvlab-From`, so that a peer's fault hooks can tell who sent it
-/// (see `node::faults`). `connect_timeout`: how long a connection may take
+/// (see `api::HEADER_FROM`). `connect_timeout`: how long a connection may take
 /// to open (2 s elsewhere).
 pub fn client_from(node_id: &str, connect_timeout: Duration) -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
     if let Ok(id) = reqwest::header::HeaderValue::from_str(node_id) {
-        headers.insert(crate::node::faults::HEADER_FROM, id);
+        headers.insert(HEADER_FROM, id);
     }
     builder(headers)
         .connect_timeout(connect_timeout)
@@ -384,7 +379,7 @@ pub fn limited(router: Router) -> Router {
 /// refused with 413 before a byte of it is read. (The per-route limits
 /// still apply to bodies of unannounced length, as they are read.)
 async fn refuse_announced_oversize(req: Request, next: axum::middleware::Next) -> Response {
-    let largest = crate::node::BATCH_BODY_BYTES as u64;
+    let largest = BATCH_BODY_BYTES as u64;
     let announced = req
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)

@@ -12,7 +12,6 @@
 
 use kvlab::api::*;
 use kvlab::http::validate_key_value;
-use kvlab::node::faults::{check_seconds, PartitionRequest, SlowDiskRequest};
 use kvlab::node::term::TermFile;
 use libfuzzer_sys::fuzz_target;
 use serde::de::DeserializeOwned;

@@ -51,7 +51,7 @@ const DEFAULT_SCENARIOS: &str = include_str!("../../labs/cloudcart/instructor_co
 
 /// Exit codes beyond 0 (success) and 1 (an error, bad input included).
 pub const EXIT_BELOW_MIN_SCORE: i32 = 2;
-pub const EXIT_INTERRUPTED: i32 = 130;
+pub use crate::child_cluster::EXIT_INTERRUPTED;
 
 #[derive(Debug, Clone, Parser)]
 pub struct Args {
@@ -161,7 +161,10 @@ fn prepare_run(args: &Args, config: StudentConfig, settings: Settings) -> anyhow
 pub async fn run(args: Args) -> anyhow::Result<i32> {
     let started = Instant::now();
     // Scenarios pause a node's heartbeats through its internal hooks.
-    crate::auth::load_and_install(&args.secret, crate::check::fallback(args.no_start_cluster))?;
+    crate::auth::load_and_install(
+        &args.secret,
+        crate::child_cluster::secret_fallback(args.no_start_cluster),
+    )?;
     let prep = match prepare(&args) {
         Ok(p) => p,
         Err(Refusal::Other(e)) => return Err(e),

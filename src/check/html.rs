@@ -1,7 +1,7 @@
 //! `report.html`: one self-contained page (no CDN, no network).
 //!
 //! The page embeds the run's data as JSON and kvlab's timeline renderer
-//! (`src/ui/timeline.js`, the live view's too), which draws, per key, one
+//! (`src/coordinator/ui/timeline.js`, the live view's too), which draws, per key, one
 //! lane per client with operations as bars, fault intervals shaded, and the
 //! violating operations and their witnesses highlighted; then the latency
 //! over time with the faults shaded; the summary comes first. The styles
@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::history::Op;
 use super::report::{card, RunReport};
-use crate::ui::TIMELINE_JS;
+use crate::coordinator::ui::TIMELINE_JS;
 
 const STYLE: &str = r#"
 body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; }

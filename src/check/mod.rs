@@ -15,7 +15,7 @@
 //! - [`linearizability`]: the checker; [`verdict`]: the run's checks;
 //! - [`explain`]: violations as stories; [`report`]: results and the
 //!   summary card; [`html`]: `report.html` (with the shared timeline
-//!   renderer, `src/ui/timeline.js`).
+//!   renderer, `src/coordinator/ui/timeline.js`).
 //!
 //! Exit codes: 0 valid, 1 a violation, 2 unknown (the checker gave up).
 //! Invariant: a cluster this started is stopped before it returns.
@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 
-use crate::child_cluster::{ClusterProcess, Ports};
+use crate::child_cluster::{secret_fallback, ClusterProcess, Ports, EXIT_INTERRUPTED};
 use explain::Shape;
 use history::{Input, Op};
 use nemesis::{Control, FaultKind};
@@ -250,7 +250,7 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
     let plan = prepare(&args)?;
     // The nemesis calls the nodes' hooks, internal routes: a cluster it
     // starts gets its secret; a running one's must be given.
-    crate::auth::load_and_install(&args.secret, fallback(args.no_start_cluster))?;
+    crate::auth::load_and_install(&args.secret, secret_fallback(args.no_start_cluster))?;
     let mut reports = Vec::new();
     for i in 0..args.repeat {
         let seed = plan.first_seed.wrapping_add(i as u64);
@@ -263,7 +263,7 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
             r = run_once(&args, &plan, seed, out.as_deref()) => r?,
             _ = interrupted => {
                 eprintln!("kvlab check: interrupted; the cluster was stopped");
-                return Ok(crate::assess::EXIT_INTERRUPTED);
+                return Ok(EXIT_INTERRUPTED);
             }
         };
         match args.format {
@@ -349,16 +349,6 @@ async fn recheck(path: &Path, args: &Args) -> anyhow::Result<i32> {
         }
     }
     Ok(verdict.exit_code())
-}
-
-/// Where the secret comes from without a flag or `$KVLAB_CLUSTER_SECRET`:
-/// a new one for a cluster we start, the user's file for a running one.
-pub(crate) fn fallback(no_start_cluster: bool) -> crate::auth::Fallback {
-    if no_start_cluster {
-        crate::auth::Fallback::UserFile
-    } else {
-        crate::auth::Fallback::Fresh
-    }
 }
 
 /// Where the cluster under test answers.

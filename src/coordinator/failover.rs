@@ -34,10 +34,10 @@ use futures::future::join_all;
 
 use super::cluster::Slot;
 use super::Coordinator;
+use crate::api::stale_term_in;
 use crate::api::*;
 use crate::events::EventKind;
 use crate::http::{describe_reqwest_error, error_detail};
-use crate::node::leadership::stale_term_in;
 
 /// How long a node has to say where its log stands.
 const QUERY_TIMEOUT: Duration = Duration::from_millis(1000);

@@ -38,11 +38,10 @@ use serde_json::{json, Value};
 
 use super::cluster::Slot;
 use super::Coordinator;
-use crate::api::NodeStatus;
+use crate::api::{check_seconds, Direction, Netem, NodeStatus, PartitionRequest, SlowDiskRequest};
 use crate::events::EventKind;
-use crate::hosts::netns::{self, Direction, Netem, NetnsHosts, Peer};
+use crate::hosts::netns::{self, NetnsHosts, Peer};
 use crate::http::{describe_reqwest_error, error_detail, ApiError, ApiJson};
-use crate::node::faults::{check_seconds, PartitionRequest, SlowDiskRequest};
 
 /// How long a node has to answer a hook.
 const HOOK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -145,15 +144,17 @@ impl Fault {
     /// Refuses what the node would refuse, and peers nobody is called.
     fn validate(&self, known_nodes: &[String]) -> Result<(), ApiError> {
         match self {
-            Fault::PauseHeartbeats { seconds } => check_seconds(*seconds).map(drop),
-            Fault::SlowDisk(s) => s.validate().map(drop),
+            Fault::PauseHeartbeats { seconds } => check_seconds(*seconds)
+                .map(drop)
+                .map_err(ApiError::bad_request),
+            Fault::SlowDisk(s) => s.validate().map(drop).map_err(ApiError::bad_request),
             Fault::Link(l) => {
-                check_seconds(l.seconds)?;
+                check_seconds(l.seconds).map_err(ApiError::bad_request)?;
                 l.netem.validate().map_err(ApiError::bad_request)?;
                 check_peers(std::slice::from_ref(&l.peer), known_nodes)
             }
             Fault::Partition(p) => {
-                p.validate()?;
+                p.validate().map_err(ApiError::bad_request)?;
                 check_peers(&p.peers, known_nodes)
             }
         }
@@ -395,7 +396,7 @@ impl Coordinator {
                 ))
             }
             (None, Fault::Partition(p)) => {
-                p.check_both_ways()?;
+                p.check_both_ways().map_err(ApiError::bad_request)?;
                 self.send_fault(&slot, &fault).await?
             }
             _ => self.send_fault(&slot, &fault).await?,

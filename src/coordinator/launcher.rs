@@ -31,8 +31,10 @@ use std::time::Duration;
 use tokio::process::Command;
 use tokio::sync::watch;
 
-use crate::api::Role;
 use crate::hosts::netns::{NetnsError, NetnsHosts};
+use crate::node::command_line::{self, NodeFlags, StorageFlags};
+pub use crate::node::command_line::{NodeSpec, Placement};
+use crate::process::die_with_parent;
 
 /// What the coordinator passes to every node it starts.
 #[derive(Debug, Clone)]
@@ -124,13 +126,21 @@ impl NodeStorage {
     }
 }
 
-/// One process to start.
-#[derive(Debug, Clone)]
-pub struct NodeSpec {
-    pub node_id: String,
-    pub role: Role,
-    pub port: u16,
-    pub incarnation: u64,
+impl LaunchSettings {
+    /// What every node's command line says (see [`command_line`]).
+    pub fn node_flags(&self) -> NodeFlags {
+        NodeFlags {
+            sync_delay: self.sync_delay,
+            async_delay: self.async_delay,
+            heartbeat_interval: self.heartbeat_interval,
+            log_retain: self.log_retain,
+            storage: self.storage.as_ref().map(|s| StorageFlags {
+                fsync: s.fsync,
+                fsync_interval_ms: s.fsync_interval_ms,
+                snapshot_every: s.snapshot_every,
+            }),
+        }
+    }
 }
 
 /// A started process. `exited` turns `Some(reason)` when it ends.
@@ -193,53 +203,9 @@ pub async fn wait_port_free(host: &str, port: u16) -> Result<(), LaunchError> {
     Ok(())
 }
 
-/// Where a node runs, as its command line says it: the address it listens
-/// on (and, behind NAT or in a container, the URL it is reached at), the
-/// registry as seen from there, and its data directory there.
-pub struct Placement<'a> {
-    pub host: &'a str,
-    pub advertise: Option<&'a str>,
-    pub registry: Option<&'a str>,
-    pub data_dir: Option<PathBuf>,
-}
-
 /// The `kvlab node ...` arguments (without the binary) for `spec`.
 pub fn node_args(settings: &LaunchSettings, spec: &NodeSpec, at: &Placement) -> Vec<String> {
-    let mut args: Vec<String> = vec![
-        "node".into(),
-        "--id".into(),
-        spec.node_id.clone(),
-        "--port".into(),
-        spec.port.to_string(),
-        "--role".into(),
-        spec.role.as_str().into(),
-        "--host".into(),
-        at.host.into(),
-        "--incarnation".into(),
-        spec.incarnation.to_string(),
-        "--sync-delay".into(),
-        settings.sync_delay.to_string(),
-        "--async-delay".into(),
-        settings.async_delay.to_string(),
-        "--heartbeat-interval".into(),
-        settings.heartbeat_interval.to_string(),
-        "--log-retain".into(),
-        settings.log_retain.to_string(),
-    ];
-    let mut flag = |name: &str, value: String| args.extend([name.to_string(), value]);
-    if let Some(url) = at.advertise {
-        flag("--advertise", url.into());
-    }
-    if let Some(registry) = at.registry {
-        flag("--registry", registry.into());
-    }
-    if let (Some(storage), Some(dir)) = (&settings.storage, &at.data_dir) {
-        flag("--data-dir", dir.display().to_string());
-        flag("--fsync", storage.fsync.name().into());
-        flag("--fsync-interval-ms", storage.fsync_interval_ms.to_string());
-        flag("--snapshot-every", storage.snapshot_every.to_string());
-    }
-    args
+    command_line::node_args(&settings.node_flags(), spec, at)
 }
 
 /// Starts a node process. Check the port with [`wait_port_free`] first.
@@ -431,21 +397,6 @@ fn open_log(path: &Path) -> Result<(Stdio, Stdio), LaunchError> {
     Ok((Stdio::from(file), Stdio::from(copy)))
 }
 
-/// Asks the kernel to SIGKILL the child when its parent dies
-/// (`PR_SET_PDEATHSIG`), so even a SIGKILLed parent leaves no orphan behind.
-/// Every process kvlab starts for a cluster goes through here.
-pub fn die_with_parent(cmd: &mut Command) {
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
-
 /// How [`Launched::exited`] says a node refused to serve a corrupt log.
 pub const EXITED_CORRUPT_LOG: &str = "exited: its log on disk is corrupt, so it refused to serve";
 
@@ -454,7 +405,7 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
     match (status.code(), status.signal()) {
         (Some(0), _) => "exited normally".into(),
         (Some(3), _) => "exited: it learned it was replaced (fenced)".into(),
-        (Some(crate::node::durable::EXIT_CORRUPT_LOG), _) => EXITED_CORRUPT_LOG.into(),
+        (Some(crate::api::EXIT_CORRUPT_LOG), _) => EXITED_CORRUPT_LOG.into(),
         (Some(code), _) => format!("exited with code {code}"),
         (None, Some(libc::SIGKILL)) => "killed by SIGKILL".into(),
         (None, Some(sig)) => format!("killed by signal {sig}"),

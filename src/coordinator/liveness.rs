@@ -366,7 +366,7 @@ impl Coordinator {
 
     async fn follow_record(self: &Arc<Self>, slot: &Slot, record: &RegistryNode, v: u64) {
         let heartbeating = record.status == "alive";
-        if heartbeating && slot.status == NodeStatus::Dead && process_runs(slot) {
+        if heartbeating && slot.status == NodeStatus::Dead && self.may_run(slot) {
             self.revive(slot, &format!("heartbeating again, says registry view {v}"))
                 .await;
         } else if !heartbeating && slot.is_alive() {
@@ -423,7 +423,7 @@ impl Coordinator {
                 }
                 now - seen.1
             };
-            if answered && slot.status == NodeStatus::Dead && process_runs(slot) {
+            if answered && slot.status == NodeStatus::Dead && self.may_run(slot) {
                 self.revive(slot, "answers direct probes (the registry does not answer)")
                     .await;
             } else if slot.is_alive() && silent_for > FAILURE_TIMEOUT {
@@ -481,13 +481,6 @@ impl Coordinator {
             .filter(|s| s.status != NodeStatus::Starting)
             .collect()
     }
-}
-
-/// A slot's process may be alive only if it runs (the coordinator started
-/// it, so it knows). A node stopped by `/kill` may still send one last
-/// heartbeat on its way out; that must not bring it back.
-fn process_runs(slot: &Slot) -> bool {
-    slot.pid.is_none_or(super::membership::process_exists)
 }
 
 #[cfg(test)]

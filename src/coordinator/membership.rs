@@ -21,6 +21,7 @@ use super::{Coordinator, Shared};
 use crate::api::*;
 use crate::events::EventKind;
 use crate::http::{describe_reqwest_error, error_detail, ApiError, ApiJson};
+use crate::process::exists as process_exists;
 
 /// A node exited at start because its log is corrupt (it refused to serve).
 #[derive(Debug, thiserror::Error)]
@@ -864,18 +865,6 @@ impl Coordinator {
             return Err(error_detail(resp).await.to_string());
         }
         resp.json().await.map_err(|e| e.to_string())
-    }
-}
-
-/// True while the process runs. A zombie (exited, not yet reaped) counts as
-/// gone: it holds no port and serves nothing.
-pub(super) fn process_exists(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the command name, which is in parentheses.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
-        Err(_) => false,
     }
 }
 

@@ -24,11 +24,13 @@ mod join;
 pub mod launcher;
 mod liveness;
 mod membership;
+pub mod metrics;
 mod narration;
 mod protocol;
 mod reads;
 mod requests;
 pub mod runtime;
+pub mod ui;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -333,10 +335,10 @@ pub struct Coordinator {
     failover: failover::Failover,
     /// Where liveness comes from, and the last registry view applied.
     liveness: liveness::Liveness,
-    /// Served at `/metrics` (see [`crate::metrics::coordinator`]).
-    pub metrics: crate::metrics::coordinator::CoordinatorMetrics,
-    /// What the live view keeps (see [`crate::ui`]).
-    pub ui: crate::ui::UiState,
+    /// Served at `/metrics` (see [`metrics`]).
+    pub metrics: metrics::CoordinatorMetrics,
+    /// What the live view keeps (see [`ui`]).
+    pub ui: ui::UiState,
     /// The faults injected through the coordinator, in effect now (see [`faults`]).
     pub(crate) faults: faults::Faults,
     /// Who starts the nodes, and its state (see [`runtime`]).
@@ -376,8 +378,8 @@ impl Coordinator {
             reads: Mutex::new(HashMap::new()),
             failover: failover::Failover::new(config.unclean_failover),
             liveness: liveness::Liveness::default(),
-            metrics: crate::metrics::coordinator::CoordinatorMetrics::new(config.w, config.r),
-            ui: crate::ui::UiState::default(),
+            metrics: metrics::CoordinatorMetrics::new(config.w, config.r),
+            ui: ui::UiState::default(),
             faults: faults::Faults::default(),
             commit: reads::CommitPoint::default(),
             suspects: reads::Suspects::default(),
@@ -506,7 +508,7 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
         .route("/events", get(events))
         .route("/metrics", get(metrics))
         .route("/metrics/targets", get(metrics_targets))
-        .merge(crate::ui::router());
+        .merge(ui::router());
     let admin_token = coordinator.config.admin_token.clone();
     crate::auth::guard(router, crate::auth::coordinator_access, admin_token).with_state(coordinator)
 }

@@ -683,7 +683,7 @@ async fn ask_batch(
 const READ_BATCHES: Limits = Limits {
     max_in_flight: 2,
     max_items: 1024,
-    max_bytes: crate::node::BATCH_PAYLOAD_BYTES,
+    max_bytes: crate::api::BATCH_PAYLOAD_BYTES,
 };
 
 /// The read batcher of one follower process. Each answer comes with the

@@ -287,7 +287,7 @@ impl Coordinator {
 const WRITE_BATCHES: Limits = Limits {
     max_in_flight: 1,
     max_items: 512,
-    max_bytes: crate::node::BATCH_PAYLOAD_BYTES,
+    max_bytes: crate::api::BATCH_PAYLOAD_BYTES,
 };
 
 /// Batches in flight when the lab's sync delay holds each one for a while.

@@ -18,10 +18,10 @@ use tokio::sync::watch;
 
 use super::cluster::Slot;
 use super::launcher::{self, NodeSpec};
-use super::membership::process_exists;
 use super::Coordinator;
 use crate::events::EventKind;
 use crate::hosts::docker::{DockerHosts, DockerSettings};
+use crate::process::exists as process_exists;
 
 /// `--runtime`: who starts the nodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -184,7 +184,11 @@ impl Coordinator {
                 })
             }
             Runtime::Docker(hosts) => {
-                let s = hosts.launch(settings, spec).await?;
+                let flags = settings.node_flags();
+                let with_registry = settings.registry.is_some();
+                let s = hosts
+                    .launch(&flags, with_registry, &settings.log_dir, spec)
+                    .await?;
                 Ok(Started {
                     pid: None,
                     url: s.url,
@@ -211,6 +215,17 @@ impl Coordinator {
             Runtime::Process => s.pid.is_some_and(|p| !process_exists(p)),
             Runtime::Docker(hosts) => hosts.has_exited(&s.node_id, s.incarnation),
             Runtime::External => false,
+        }
+    }
+
+    /// May the slot's process still run? Only a child process is known for
+    /// sure (a container or an external node is judged by its heartbeats).
+    /// A node stopped by `/kill` may still send one last heartbeat on its
+    /// way out; that must not bring it back.
+    pub(super) fn may_run(&self, s: &Slot) -> bool {
+        match &self.runtime {
+            Runtime::Process => s.pid.is_none_or(process_exists),
+            Runtime::Docker(_) | Runtime::External => true,
         }
     }
 

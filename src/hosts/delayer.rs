@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
-use super::netns::Netem;
+use crate::api::Netem;
 
 /// The most packets one link holds; beyond it new ones are dropped (a full
 /// queue, as on a real router).

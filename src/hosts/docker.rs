@@ -24,7 +24,7 @@
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -43,7 +43,7 @@ use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
-use crate::coordinator::launcher::{node_args, LaunchSettings, NodeSpec, Placement};
+use crate::node::command_line::{node_args, NodeFlags, NodeSpec, Placement};
 
 /// The label on everything a run makes.
 const LABEL: &str = "kvlab.prefix";
@@ -323,10 +323,14 @@ impl DockerHosts {
         Ok((net.clone(), net.address(host)))
     }
 
-    /// Starts `spec` as a container (replacing the slot's previous one).
+    /// Starts `spec` as a container (replacing the slot's previous one):
+    /// with the cluster's node `flags`, heartbeating to the registry if
+    /// `with_registry`, its output copied to `<log_dir>/<node-id>.log`.
     pub async fn launch(
         &self,
-        settings: &LaunchSettings,
+        flags: &NodeFlags,
+        with_registry: bool,
+        log_dir: &Path,
         spec: &NodeSpec,
     ) -> Result<Started, DockerError> {
         let docker = self.docker().await?;
@@ -341,13 +345,11 @@ impl DockerHosts {
         ignore_gone(docker.remove_container(&name, Some(force)).await)
             .map_err(api(format!("removing the old container {name}")))?;
         let url = format!("http://{ip}:{}", spec.port);
-        let registry = settings
-            .registry
-            .as_ref()
-            .map(|_| format!("http://{}:{}", net.gateway(), self.settings.registry_port));
-        let data_dir = settings.storage.as_ref().map(|_| PathBuf::from(DATA_DIR));
+        let registry = with_registry
+            .then(|| format!("http://{}:{}", net.gateway(), self.settings.registry_port));
+        let data_dir = flags.storage.as_ref().map(|_| PathBuf::from(DATA_DIR));
         let mut mounts = vec![];
-        if settings.storage.is_some() {
+        if flags.storage.is_some() {
             let volume = self.volume(&spec.node_id);
             docker
                 .create_volume(VolumeCreateRequest {
@@ -371,7 +373,7 @@ impl DockerHosts {
             data_dir,
         };
         // The image's entrypoint is kvlab: the command is its arguments.
-        let cmd = node_args(settings, spec, &at);
+        let cmd = node_args(flags, spec, &at);
         let endpoint = EndpointSettings {
             ipam_config: Some(EndpointIpamConfig {
                 ipv4_address: Some(ip.to_string()),
@@ -412,7 +414,7 @@ impl DockerHosts {
             .start_container(&name, None)
             .await
             .map_err(api(format!("starting the container {name}")))?;
-        let log_file = settings.log_dir.join(format!("{}.log", spec.node_id));
+        let log_file = log_dir.join(format!("{}.log", spec.node_id));
         tokio::spawn(copy_logs(docker.clone(), name.clone(), log_file.clone()));
         let exited = watch_exit(docker.clone(), name);
         self.state

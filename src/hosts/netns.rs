@@ -33,6 +33,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::delayer::Delayer;
+use crate::api::{Direction, Netem};
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
@@ -107,57 +108,6 @@ pub enum Peer {
     Node(usize),
     Coordinator,
     Registry,
-}
-
-/// Which traffic a fault touches, seen from the faulted node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    /// Both ways.
-    #[default]
-    Both,
-    /// Only what the peers send to the node.
-    In,
-    /// Only what the node sends to the peers.
-    Out,
-}
-
-impl Direction {
-    fn inbound(self) -> bool {
-        self != Direction::Out
-    }
-    fn outbound(self) -> bool {
-        self != Direction::In
-    }
-}
-
-/// What netem does to a link's packets.
-#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
-pub struct Netem {
-    #[serde(default)]
-    pub delay_ms: f64,
-    #[serde(default)]
-    pub jitter_ms: f64,
-    #[serde(default)]
-    pub loss_percent: f64,
-}
-
-impl Netem {
-    pub fn is_none(&self) -> bool {
-        self.delay_ms == 0.0 && self.jitter_ms == 0.0 && self.loss_percent == 0.0
-    }
-
-    /// Refuses what netem would refuse, in the API's words.
-    pub fn validate(&self) -> Result<(), String> {
-        let ok = |x: f64, max: f64| x.is_finite() && (0.0..=max).contains(&x);
-        if !ok(self.delay_ms, 60_000.0) || !ok(self.jitter_ms, 60_000.0) {
-            return Err("delay_ms and jitter_ms must be between 0 and 60000".into());
-        }
-        if !ok(self.loss_percent, 100.0) {
-            return Err("loss_percent must be between 0 and 100".into());
-        }
-        Ok(())
-    }
 }
 
 /// One direction of the link between a node and a peer, seen from the

@@ -14,13 +14,10 @@
 //!   computed when `/metrics` is scraped, from the component's own state, so
 //!   they cost nothing between scrapes.
 //!
-//! One file per component says what it measures: [`coordinator`], [`node`],
-//! [`registry`], [`gateway`].
-
-pub mod coordinator;
-pub mod gateway;
-pub mod node;
-pub mod registry;
+//! This is the core every component shares. Each component renders its own
+//! metrics, from its own state, in its own `metrics.rs`, which says what it
+//! measures: `coordinator::metrics`, `node::metrics`, `registry::metrics`,
+//! `gateway::metrics`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -85,9 +85,8 @@ pub fn config(args: &Args) -> Option<StorageConfig> {
 #[error("the node's log is corrupt")]
 pub struct CorruptLog;
 
-/// The exit code of a node that refused to serve a corrupt log (65, the
-/// BSD `EX_DATAERR`: the input data was incorrect).
-pub const EXIT_CORRUPT_LOG: i32 = 65;
+/// The exit code of a node that refused to serve a corrupt log.
+pub use crate::api::EXIT_CORRUPT_LOG;
 
 /// Opens the data directory and recovers what it holds. A damaged log is an
 /// error (marked [`CorruptLog`]): the node must refuse to serve rather than

@@ -33,43 +33,14 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::NodeState;
-use crate::hosts::netns::Direction;
+use crate::api::{PartitionRequest, SlowDiskRequest, HEADER_FROM};
 use crate::http::{ApiError, ApiJson};
 
-/// The header a sender may use to say who it is.
-pub const HEADER_FROM: &str = "x-kvlab-from";
-/// The longest fault a hook accepts, in seconds.
-const MAX_SECONDS: f64 = 3600.0;
-/// The longest extra fsync delay the slow-disk hook accepts, in ms.
-const MAX_SLOW_DISK_MS: u64 = 60_000;
 /// How often a held request looks whether the partition has healed.
 const POLL: Duration = Duration::from_millis(20);
-
-/// `POST /admin/partition` body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PartitionRequest {
-    pub peers: Vec<String>,
-    pub seconds: f64,
-    /// `both` (the default), `in` or `out`: one-way partitions need netns
-    /// hosts (see [`crate::hosts::netns`]); this hook drops both ways.
-    #[serde(default, skip_serializing_if = "is_both")]
-    pub direction: Direction,
-}
-
-fn is_both(d: &Direction) -> bool {
-    *d == Direction::Both
-}
-
-/// `POST /admin/slow-disk` body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SlowDiskRequest {
-    pub ms: u64,
-    pub seconds: f64,
-}
 
 struct Partition {
     peers: BTreeSet<String>,
@@ -142,65 +113,13 @@ pub async fn drop_partitioned(req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
-/// A fault's length, checked as every hook checks it (0 heals at once).
-pub fn check_seconds(seconds: f64) -> Result<Duration, ApiError> {
-    if !seconds.is_finite() || !(0.0..=MAX_SECONDS).contains(&seconds) {
-        return Err(ApiError::bad_request(format!(
-            "seconds must be a number between 0 and {MAX_SECONDS}"
-        )));
-    }
-    Ok(Duration::from_secs_f64(seconds))
-}
-
-impl PartitionRequest {
-    /// How long the partition lasts, or why the request is refused.
-    pub fn validate(&self) -> Result<Duration, ApiError> {
-        check_seconds(self.seconds)
-    }
-
-    /// Refuses a one-way partition: an in-process hook holds a request
-    /// whichever way it goes. Real packets can be dropped one way only on
-    /// netns hosts (`kvlab up --hosts netns`).
-    pub fn check_both_ways(&self) -> Result<(), ApiError> {
-        if is_both(&self.direction) {
-            return Ok(());
-        }
-        Err(ApiError::bad_request(
-            "one-way partitions (direction in or out) need netns hosts (kvlab up --hosts netns); \
-             process hosts drop both ways",
-        ))
-    }
-
-    /// Does this request heal rather than cut?
-    pub fn heals(&self) -> bool {
-        self.seconds == 0.0 || self.peers.is_empty()
-    }
-}
-
-impl SlowDiskRequest {
-    /// How long the slow disk lasts, or why the request is refused.
-    pub fn validate(&self) -> Result<Duration, ApiError> {
-        if self.ms > MAX_SLOW_DISK_MS {
-            return Err(ApiError::bad_request(format!(
-                "ms must be at most {MAX_SLOW_DISK_MS}"
-            )));
-        }
-        check_seconds(self.seconds)
-    }
-
-    /// Does this request heal rather than slow down?
-    pub fn heals(&self) -> bool {
-        self.seconds == 0.0 || self.ms == 0
-    }
-}
-
 /// `POST /admin/partition`.
 pub async fn partition(
     State(node): State<Arc<NodeState>>,
     ApiJson(req): ApiJson<PartitionRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let length = req.validate()?;
-    req.check_both_ways()?;
+    let length = req.validate().map_err(ApiError::bad_request)?;
+    req.check_both_ways().map_err(ApiError::bad_request)?;
     let until = Instant::now() + length;
     let peers: BTreeSet<String> = req.peers.iter().cloned().collect();
     if peers.contains("registry") && !length.is_zero() {
@@ -228,7 +147,7 @@ pub async fn partition(
 pub async fn slow_disk(
     ApiJson(req): ApiJson<SlowDiskRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let length = req.validate()?;
+    let length = req.validate().map_err(ApiError::bad_request)?;
     crate::storage::wal::slow_down_fsyncs(Duration::from_millis(req.ms), length);
     tracing::warn!(
         ms = req.ms,

@@ -41,13 +41,6 @@ pub fn stale_term(node: &NodeState, given: u64, current: u64) -> ApiError {
     }))
 }
 
-/// The current term named in a `stale term` refusal, if `detail` is one.
-pub fn stale_term_in(detail: &serde_json::Value) -> Option<u64> {
-    (detail["error"] == "stale term")
-        .then(|| detail["term"].as_u64())
-        .flatten()
-}
-
 /// Checks the `X-Kvlab-Term` header of a request, if it has one.
 pub fn check_request_term(node: &NodeState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(value) = headers.get(api::HEADER_TERM) else {

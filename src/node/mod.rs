@@ -22,6 +22,7 @@
 //! A request meant for another incarnation of this node id is refused with
 //! 409: that is how a replaced process is fenced out.
 
+pub mod command_line;
 pub mod durable;
 pub mod faults;
 mod follower;
@@ -29,6 +30,7 @@ mod heartbeat;
 mod join;
 pub mod leadership;
 pub mod log;
+pub mod metrics;
 mod replication;
 pub mod store;
 pub mod term;
@@ -523,16 +525,6 @@ async fn serve_until_stopped(
     }
 }
 
-/// The body limit of the batch routes (writes and reads gathered by the
-/// coordinator, entries streamed by the leader, snapshot chunks). The senders cap their
-/// batches well below it ([`BATCH_PAYLOAD_BYTES`]); client-shaped routes keep
-/// the 2 MiB limit of [`crate::http::MAX_BODY_BYTES`].
-pub const BATCH_BODY_BYTES: usize = 64 * 1024 * 1024;
-
-/// Senders of batches stop adding items once this many key and value bytes
-/// are in (a batch always takes at least one item, which is at most 2 MiB).
-pub const BATCH_PAYLOAD_BYTES: usize = 8 * 1024 * 1024;
-
 pub fn router(node: Arc<NodeState>) -> Router {
     let router = Router::new()
         .route("/", get(info))
@@ -811,7 +803,7 @@ async fn get_links(State(node): Shared) -> Json<Vec<api::LinkView>> {
 
 /// `GET /metrics`: the Prometheus text format.
 async fn metrics(State(node): Shared) -> Response {
-    crate::metrics::node::render(&node)
+    metrics::render(&node)
 }
 
 async fn get_peers(State(node): Shared) -> Json<Vec<FollowerProgress>> {

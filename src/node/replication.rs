@@ -48,10 +48,10 @@ use tokio::task::JoinHandle;
 
 use super::log::Next;
 use super::term::{common_prefix, TermHistory};
-use super::{leadership, NodeState, BATCH_PAYLOAD_BYTES};
+use super::{leadership, NodeState};
 use crate::api::{
-    AppendRequest, AppendResponse, Entry, FollowerProgress, InstallSnapshot, PeerConfig,
-    TruncateRequest, Versioned, HEADER_TERM,
+    self, AppendRequest, AppendResponse, Entry, FollowerProgress, InstallSnapshot, PeerConfig,
+    TruncateRequest, Versioned, BATCH_PAYLOAD_BYTES, HEADER_TERM,
 };
 use crate::http::{describe_reqwest_error, error_detail};
 
@@ -535,7 +535,7 @@ async fn parse_answer(
     if !resp.status().is_success() {
         let status = resp.status();
         let detail = error_detail(resp).await;
-        if let Some(term) = leadership::stale_term_in(&detail) {
+        if let Some(term) = api::stale_term_in(&detail) {
             leadership::adopt(node, term);
         }
         return Err(format!("HTTP {status}: {detail}"));

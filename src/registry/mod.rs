@@ -31,6 +31,8 @@
 //! not blame the nodes for the silence it did not listen to: the length of
 //! its own pause is not counted against anyone.
 
+pub mod metrics;
+
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -119,7 +121,7 @@ pub struct Registry {
     epoch: u64,
     started: Instant,
     http: reqwest::Client,
-    metrics: crate::metrics::registry::RegistryMetrics,
+    metrics: metrics::RegistryMetrics,
 }
 
 impl Registry {
@@ -128,7 +130,7 @@ impl Registry {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         Arc::new(Registry {
-            metrics: crate::metrics::registry::RegistryMetrics::new(config.timeout.as_secs_f64()),
+            metrics: metrics::RegistryMetrics::new(config.timeout.as_secs_f64()),
             config,
             nodes: Mutex::new(HashMap::new()),
             version: AtomicU64::new(0),

@@ -39,6 +39,8 @@
 //!   trusted: the gateway is the edge, and a header a client writes would let
 //!   it pick its own key and dodge the limit.
 
+pub mod metrics;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -174,7 +176,7 @@ struct Metrics {
     rate_limited: AtomicU64,
     errors: AtomicU64,
     /// Answers by status code, for `/metrics`.
-    by_code: crate::metrics::gateway::ByCode,
+    by_code: metrics::ByCode,
 }
 
 impl Metrics {
@@ -627,7 +629,7 @@ async fn stats(State(gw): Shared) -> Json<GatewayStats> {
 /// `GET /metrics`: the Prometheus text format.
 async fn metrics(State(gw): Shared) -> Response {
     let limiter = gw.limiter.as_ref().map(RateLimiter::stats);
-    crate::metrics::gateway::render(&gw.metrics.by_code, &gw.metrics.view(), limiter.as_ref())
+    metrics::render(&gw.metrics.by_code, &gw.metrics.view(), limiter.as_ref())
 }
 
 async fn health() -> Json<ServiceHealth> {

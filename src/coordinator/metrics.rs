@@ -11,8 +11,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use super::{Histogram, ResultLabel, LATENCY_BUCKETS};
-use crate::coordinator::cluster::Cluster;
+use super::cluster::Cluster;
+use crate::metrics::{Histogram, ResultLabel, LATENCY_BUCKETS};
 
 pub struct CoordinatorMetrics {
     pub registry: Registry,
@@ -39,7 +39,7 @@ pub struct CoordinatorMetrics {
 
 impl CoordinatorMetrics {
     pub fn new(w: usize, r: usize) -> Self {
-        let mut registry = super::registry("coordinator");
+        let mut registry = crate::metrics::registry("coordinator");
         let writes = Family::<ResultLabel, Counter>::default();
         let reads = Family::<ResultLabel, Counter>::default();
         let by = |f: &Family<ResultLabel, Counter>, result| {

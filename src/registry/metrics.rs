@@ -11,7 +11,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use super::{FloatGauge, NodeLabel};
+use crate::metrics::{FloatGauge, NodeLabel};
 
 pub struct RegistryMetrics {
     pub registry: Registry,
@@ -27,7 +27,7 @@ pub struct RegistryMetrics {
 
 impl RegistryMetrics {
     pub fn new(timeout_secs: f64) -> Self {
-        let mut registry = super::registry("registry");
+        let mut registry = crate::metrics::registry("registry");
         let m = RegistryMetrics {
             registry: Registry::default(),
             heartbeats: Counter::default(),

@@ -13,12 +13,12 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 
-use super::{FloatGauge, NodeLabel};
-use crate::node::NodeState;
+use super::NodeState;
+use crate::metrics::{FloatGauge, NodeLabel};
 
 /// The `/metrics` answer of a node.
 pub fn render(node: &NodeState) -> Response {
-    let mut reg = super::registry("node");
+    let mut reg = crate::metrics::registry("node");
     let s = &node.stats;
     let counter = |a: &std::sync::atomic::AtomicU64| ConstCounter::new(a.load(Ordering::Relaxed));
     reg.register(
@@ -114,5 +114,5 @@ pub fn render(node: &NodeState) -> Response {
             acked,
         );
     }
-    super::render(&reg)
+    crate::metrics::render(&reg)
 }

@@ -63,7 +63,7 @@ pub fn render(
     counters: &GatewayMetrics,
     limiter: Option<&RateLimiterStats>,
 ) -> Response {
-    let mut reg = super::registry("gateway");
+    let mut reg = crate::metrics::registry("gateway");
     reg.register(
         "gateway_requests",
         "Requests answered by the gateway, by HTTP status code",
@@ -101,5 +101,5 @@ pub fn render(
             ConstGauge::new(l.tracked_clients as i64),
         );
     }
-    super::render(&reg)
+    crate::metrics::render(&reg)
 }

@@ -1,0 +1,163 @@
+//! A node's command line, as whoever starts a node writes it: the
+//! coordinator for a child process, `hosts::docker` for a container. It
+//! lives next to [`super::Args`], which parses it, and a round-trip test
+//! keeps the two in step.
+
+use std::path::PathBuf;
+
+use crate::api::Role;
+use crate::storage::FsyncPolicy;
+
+/// One node to start.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    pub node_id: String,
+    pub role: Role,
+    pub port: u16,
+    pub incarnation: u64,
+}
+
+/// What every node of a cluster is told (the same for each).
+#[derive(Debug, Clone)]
+pub struct NodeFlags {
+    pub sync_delay: f64,
+    pub async_delay: f64,
+    pub heartbeat_interval: f64,
+    pub log_retain: usize,
+    /// `None`: the nodes keep everything in memory.
+    pub storage: Option<StorageFlags>,
+}
+
+/// How the nodes persist their data.
+#[derive(Debug, Clone)]
+pub struct StorageFlags {
+    pub fsync: FsyncPolicy,
+    pub fsync_interval_ms: u64,
+    pub snapshot_every: u64,
+}
+
+/// Where a node runs, as its command line says it: the address it listens
+/// on (and, behind NAT or in a container, the URL it is reached at), the
+/// registry as seen from there, and its data directory there.
+pub struct Placement<'a> {
+    pub host: &'a str,
+    pub advertise: Option<&'a str>,
+    pub registry: Option<&'a str>,
+    pub data_dir: Option<PathBuf>,
+}
+
+/// The `kvlab node ...` arguments (without the binary) for `spec`.
+pub fn node_args(flags: &NodeFlags, spec: &NodeSpec, at: &Placement) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "node".into(),
+        "--id".into(),
+        spec.node_id.clone(),
+        "--port".into(),
+        spec.port.to_string(),
+        "--role".into(),
+        spec.role.as_str().into(),
+        "--host".into(),
+        at.host.into(),
+        "--incarnation".into(),
+        spec.incarnation.to_string(),
+        "--sync-delay".into(),
+        flags.sync_delay.to_string(),
+        "--async-delay".into(),
+        flags.async_delay.to_string(),
+        "--heartbeat-interval".into(),
+        flags.heartbeat_interval.to_string(),
+        "--log-retain".into(),
+        flags.log_retain.to_string(),
+    ];
+    let mut flag = |name: &str, value: String| args.extend([name.to_string(), value]);
+    if let Some(url) = at.advertise {
+        flag("--advertise", url.into());
+    }
+    if let Some(registry) = at.registry {
+        flag("--registry", registry.into());
+    }
+    if let (Some(storage), Some(dir)) = (&flags.storage, &at.data_dir) {
+        flag("--data-dir", dir.display().to_string());
+        flag("--fsync", storage.fsync.name().into());
+        flag("--fsync-interval-ms", storage.fsync_interval_ms.to_string());
+        flag("--snapshot-every", storage.snapshot_every.to_string());
+    }
+    args
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::node::{Args, RoleArg};
+
+    #[test]
+    fn the_command_line_a_starter_writes_parses_back_to_the_same_values() {
+        let flags = NodeFlags {
+            sync_delay: 0.25,
+            async_delay: 7.5,
+            heartbeat_interval: 1.5,
+            log_retain: 1234,
+            storage: Some(StorageFlags {
+                fsync: FsyncPolicy::Interval(FsyncPolicy::DEFAULT_INTERVAL),
+                fsync_interval_ms: 17,
+                snapshot_every: 99,
+            }),
+        };
+        let spec = NodeSpec {
+            node_id: "follower-3".into(),
+            role: Role::Follower,
+            port: 7004,
+            incarnation: 42,
+        };
+        let at = Placement {
+            host: "0.0.0.0",
+            advertise: Some("http://10.0.0.4:7004"),
+            registry: Some("http://10.0.0.1:9000"),
+            data_dir: Some(PathBuf::from("/data")),
+        };
+        let args = Args::try_parse_from(node_args(&flags, &spec, &at)).unwrap();
+        assert_eq!(args.id, spec.node_id);
+        assert_eq!(args.port, spec.port);
+        assert_eq!(args.role, RoleArg::Follower);
+        assert_eq!(args.host.to_string(), at.host);
+        assert_eq!(args.incarnation, spec.incarnation);
+        assert_eq!(args.sync_delay, flags.sync_delay);
+        assert_eq!(args.async_delay, flags.async_delay);
+        assert_eq!(args.heartbeat_interval, flags.heartbeat_interval);
+        assert_eq!(args.log_retain, flags.log_retain);
+        assert_eq!(args.advertise.as_deref(), at.advertise);
+        assert_eq!(args.registry.as_deref(), at.registry);
+        assert_eq!(args.data_dir, at.data_dir);
+        let storage = flags.storage.as_ref().unwrap();
+        assert_eq!(args.fsync, storage.fsync);
+        assert_eq!(args.fsync_interval_ms, storage.fsync_interval_ms);
+        assert_eq!(args.snapshot_every, storage.snapshot_every);
+
+        // A leader in memory, with no registry: the defaults stand.
+        let memory = NodeFlags {
+            storage: None,
+            ..flags
+        };
+        let leader = NodeSpec {
+            node_id: "leader".into(),
+            role: Role::Leader,
+            ..spec
+        };
+        let here = Placement {
+            host: "127.0.0.1",
+            advertise: None,
+            registry: None,
+            data_dir: Some(PathBuf::from("/ignored/without/storage")),
+        };
+        let args = Args::try_parse_from(node_args(&memory, &leader, &here)).unwrap();
+        assert_eq!(args.id, "leader");
+        assert_eq!(args.role, RoleArg::Leader);
+        assert_eq!(args.host.to_string(), "127.0.0.1");
+        assert_eq!(
+            (args.advertise, args.registry, args.data_dir),
+            (None, None, None)
+        );
+    }
+}
