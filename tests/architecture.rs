@@ -33,7 +33,10 @@ const LAYERS: &[(&str, &[&str])] = &[
         &["node", "registry", "gateway", "coordinator", "hosts"],
     ),
     ("composition", &["up", "child_cluster", "labconfig"]),
-    ("tools", &["client", "assess", "check", "bench", "lab"]),
+    (
+        "tools",
+        &["client", "assess", "check", "bench", "lab", "grade_node"],
+    ),
 ];
 
 /// The edges allowed inside a layer: (from module, to path prefix, why).
@@ -56,6 +59,16 @@ const EDGES: &[(&str, &str, &str)] = &[
         "whoever starts a node writes its command line with node's code",
     ),
     ("up", "labconfig", "`up --config` reads the lab's config"),
+    (
+        "grade_node",
+        "check",
+        "grade-node's cluster test is a `kvlab check` run",
+    ),
+    (
+        "grade_node",
+        "assess",
+        "grade-node gives the report formats and exit codes of `kvlab assess`",
+    ),
 ];
 
 /// Files that are not modules of the library.
