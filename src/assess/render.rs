@@ -380,14 +380,9 @@ pub fn prairielearn(r: &Report) -> String {
             })
         })
         .collect();
-    let score = if r.max_score > 0.0 {
-        (r.score / r.max_score).clamp(0.0, 1.0)
-    } else {
-        0.0
-    };
     let body = json!({
         "gradable": true,
-        "score": (score * 10_000.0).round() / 10_000.0,
+        "score": prairielearn_score(r.score, r.max_score),
         "message": format!(
             "{} / {} points, grade {}. {}",
             points(r.score),
@@ -399,6 +394,16 @@ pub fn prairielearn(r: &Report) -> String {
         "tests": tests,
     });
     serde_json::to_string_pretty(&body).unwrap_or_default()
+}
+
+/// PrairieLearn's score: a fraction from 0 to 1, four decimals.
+pub fn prairielearn_score(score: f64, max_score: f64) -> f64 {
+    let fraction = if max_score > 0.0 {
+        (score / max_score).clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    (fraction * 10_000.0).round() / 10_000.0
 }
 
 /// A scenario's tests as plain lines.

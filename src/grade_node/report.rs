@@ -193,14 +193,9 @@ pub fn prairielearn(r: &Report) -> String {
             })
         })
         .collect();
-    let score = if r.max_score > 0.0 {
-        (r.score / r.max_score).clamp(0.0, 1.0)
-    } else {
-        0.0
-    };
     let body = json!({
         "gradable": true,
-        "score": (score * 10_000.0).round() / 10_000.0,
+        "score": crate::assess::render::prairielearn_score(r.score, r.max_score),
         "message": r.summary(),
         "output": format!("replay: {}", r.replay),
         "tests": tests,
