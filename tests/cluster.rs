@@ -7,13 +7,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{process_alive, Cluster};
+use common::{process_alive, Cluster, DEMO_3_2_2, FAST_1_1_1, FAST_2_1_1, FAST_2_2_2};
 use serde_json::{json, Value};
 
 /// Demos 1 and 2: start, write, read, status.
 #[test]
 fn demo_write_read_status() {
-    let c = Cluster::start(&["--followers", "3", "-W", "2", "-R", "2"]);
+    let c = Cluster::start(DEMO_3_2_2);
     let (code, w) = c.write("name", "distributed-systems");
     assert_eq!(code, 200, "{w}");
     assert_eq!(w["status"], "success");
@@ -65,18 +65,7 @@ fn demo_write_read_status() {
 /// Demo 3: node failure. W=2 of 3 survives one loss, not two.
 #[test]
 fn demo_node_failure() {
-    let c = Cluster::start(&[
-        "--followers",
-        "3",
-        "-W",
-        "2",
-        "-R",
-        "2",
-        "--sync-delay",
-        "0.1",
-        "--async-delay",
-        "1",
-    ]);
+    let c = Cluster::start(&format!("{DEMO_3_2_2} --sync-delay 0.1 --async-delay 1"));
     let (code, k) = c.post("/kill/follower-1", json!({}));
     assert_eq!(code, 200, "{k}");
     assert_eq!(
@@ -100,7 +89,7 @@ fn demo_node_failure() {
 /// Demo 4: catch-up. Writes made while a follower is down reach it on respawn.
 #[test]
 fn demo_catchup_on_spawn() {
-    let c = Cluster::start(&["--followers", "3", "-W", "1", "-R", "3", "--no-delay"]);
+    let c = Cluster::start("--followers 3 -W 1 -R 3 --no-delay");
     c.post("/kill/follower-1", json!({}));
     for i in 0..20 {
         assert_eq!(c.write(&format!("k{i}"), "while-down").0, 200);
@@ -123,7 +112,7 @@ fn demo_catchup_on_spawn() {
 /// `/spawn` with no dead slot makes a genuinely new follower.
 #[test]
 fn spawn_without_dead_slot_adds_a_follower() {
-    let c = Cluster::start(&["--followers", "2", "-W", "1", "-R", "1", "--no-delay"]);
+    let c = Cluster::start(FAST_2_1_1);
     c.write("a", "1");
     // W + R <= N already, so growing N needs saying so (`grow`).
     let (code, s) = c.post("/spawn", json!({"grow": true}));
@@ -140,7 +129,7 @@ fn spawn_without_dead_slot_adds_a_follower() {
 /// W + R > N: 200 sequential write-then-read pairs, lab delays, no stale read.
 #[test]
 fn overlapping_quorums_never_read_stale() {
-    let c = Cluster::start(&["--followers", "3", "-W", "2", "-R", "2"]);
+    let c = Cluster::start(DEMO_3_2_2);
     let mut stale = 0;
     for i in 0..200 {
         let key = format!("key-{}", i % 7);
@@ -158,7 +147,7 @@ fn overlapping_quorums_never_read_stale() {
 /// W + R <= N (N=5, W=4, R=1): a read right after a write misses it.
 #[test]
 fn disjoint_quorums_read_stale() {
-    let c = Cluster::start(&["--followers", "5", "-W", "4", "-R", "1"]);
+    let c = Cluster::start("--followers 5 -W 4 -R 1");
     let mut stale = 0;
     for i in 0..3 {
         let (code, w) = c.write("cart", &format!("items-{i}"));
@@ -264,7 +253,7 @@ fn assert_holds_all(c: &Cluster, node_url: &str, acked: &HashMap<String, String>
 /// Loss case 1: a follower added while writes flow misses none of them.
 #[test]
 fn catchup_new_follower_under_concurrent_writes() {
-    let c = Cluster::start(&["--followers", "2", "-W", "1", "-R", "1", "--no-delay"]);
+    let c = Cluster::start(FAST_2_1_1);
     let writers = Writers::start(&c, 4);
     writers.wait_for(200);
     let (code, s) = c.post("/spawn", json!({"grow": true}));
@@ -278,7 +267,7 @@ fn catchup_new_follower_under_concurrent_writes() {
 /// Loss case 2: a follower SIGKILLed and respawned comes back complete.
 #[test]
 fn catchup_after_crash_and_respawn_under_concurrent_writes() {
-    let c = Cluster::start(&["--followers", "3", "-W", "1", "-R", "1", "--no-delay"]);
+    let c = Cluster::start("--followers 3 -W 1 -R 1 --no-delay");
     let writers = Writers::start(&c, 4);
     writers.wait_for(100);
     let (code, k) = c.post("/kill/follower-2?mode=crash", json!({}));
@@ -302,17 +291,7 @@ fn catchup_after_crash_and_respawn_under_concurrent_writes() {
 /// continues after it: nothing written around the snapshot is lost.
 #[test]
 fn catchup_by_snapshot_keeps_concurrent_writes() {
-    let c = Cluster::start(&[
-        "--followers",
-        "2",
-        "-W",
-        "1",
-        "-R",
-        "1",
-        "--no-delay",
-        "--log-retain",
-        "50",
-    ]);
+    let c = Cluster::start(&format!("{FAST_2_1_1} --log-retain 50"));
     let writers = Writers::start(&c, 4);
     writers.wait_for(50);
     c.post("/kill/follower-2", json!({}));
@@ -328,7 +307,7 @@ fn catchup_by_snapshot_keeps_concurrent_writes() {
 /// The leader's death is named as the cause; reads go on.
 #[test]
 fn leader_death_fails_over_and_reads_keep_working() {
-    let c = Cluster::start(&["--followers", "2", "-W", "1", "-R", "1", "--no-delay"]);
+    let c = Cluster::start(FAST_2_1_1);
     c.write("x", "1");
     let (code, _) = c.post("/kill/leader", json!({}));
     assert_eq!(code, 200);
@@ -352,18 +331,7 @@ fn leader_death_fails_over_and_reads_keep_working() {
 /// slot is respawned, and the old process is fenced: one process per id.
 #[test]
 fn blip_replaced_node_is_fenced() {
-    let c = Cluster::start(&[
-        "--followers",
-        "2",
-        "-W",
-        "1",
-        "-R",
-        "1",
-        "--no-delay",
-        "--auto-spawn",
-        "--spawn-delay",
-        "1",
-    ]);
+    let c = Cluster::start(&format!("{FAST_2_1_1} --auto-spawn --spawn-delay 1"));
     let old = c.follower("follower-1");
     let old_pid = old["pid"].as_u64().unwrap() as u32;
     let since = c.last_event_id();
@@ -402,7 +370,7 @@ fn blip_replaced_node_is_fenced() {
 /// No orphans: SIGKILL of `kvlab up` takes every node with it.
 #[test]
 fn no_orphans_after_sigkill() {
-    let mut c = Cluster::start(&["--followers", "2", "-W", "1", "-R", "1", "--no-delay"]);
+    let mut c = Cluster::start(FAST_2_1_1);
     let pids = c.pids();
     assert_eq!(pids.len(), 3);
     c.child.kill().unwrap();
@@ -420,7 +388,7 @@ fn no_orphans_after_sigkill() {
 /// No orphans after a graceful stop either.
 #[test]
 fn no_orphans_after_sigterm() {
-    let c = Cluster::start(&["--followers", "1", "-W", "1", "-R", "1", "--no-delay"]);
+    let c = Cluster::start(FAST_1_1_1);
     let pids = c.pids();
     drop(c);
     assert!(pids.iter().all(|&p| !process_alive(p)));
@@ -433,7 +401,7 @@ fn as_text(v: &Value) -> String {
 /// Bad input gets a clear error and never changes data.
 #[test]
 fn bad_input_is_refused_clearly() {
-    let c = Cluster::start(&["--followers", "1", "-W", "1", "-R", "1", "--no-delay"]);
+    let c = Cluster::start(FAST_1_1_1);
     c.write("keep", "me");
     let raw = |body: &str| {
         let r = c
@@ -519,7 +487,7 @@ fn bad_input_is_refused_clearly() {
 /// bad batches whole, with a clear error, and change nothing.
 #[test]
 fn batch_endpoints_refuse_bad_batches() {
-    let c = Cluster::start(&["--followers", "1", "-W", "1", "-R", "1", "--no-delay"]);
+    let c = Cluster::start(FAST_1_1_1);
     c.write("keep", "me");
     let (leader, follower) = (c.node_url(0), c.node_url(1));
     let post = |url: String, body: &str| {
@@ -572,7 +540,7 @@ fn batch_endpoints_refuse_bad_batches() {
 /// 2 MiB body limit of client requests; they still replicate whole.
 #[test]
 fn big_values_written_together_replicate() {
-    let c = Cluster::start(&["--followers", "2", "-W", "2", "-R", "2", "--no-delay"]);
+    let c = Cluster::start(FAST_2_2_2);
     let value = |i: usize| format!("{i}").repeat(1024 * 1024);
     std::thread::scope(|s| {
         for i in 0..6 {
@@ -646,18 +614,7 @@ fn taken_port_is_reported() {
 /// back, and is not replaced when the spawn delay runs out.
 #[test]
 fn node_back_in_time_is_not_replaced() {
-    let c = Cluster::start(&[
-        "--followers",
-        "2",
-        "-W",
-        "1",
-        "-R",
-        "1",
-        "--no-delay",
-        "--auto-spawn",
-        "--spawn-delay",
-        "5",
-    ]);
+    let c = Cluster::start(&format!("{FAST_2_1_1} --auto-spawn --spawn-delay 5"));
     let before = c.follower("follower-1");
     let since = c.last_event_id();
     c.pause_heartbeats(1, 6.0);

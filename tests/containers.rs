@@ -110,7 +110,7 @@ fn docker_cluster(prefix: &str, extra: &[&str]) -> Cluster {
         "0.5",
     ];
     args.extend_from_slice(extra);
-    Cluster::start(&args)
+    Cluster::start_args(&args)
 }
 
 fn node<'a>(status: &'a Value, id: &str) -> &'a Value {

@@ -8,7 +8,7 @@ use std::net::TcpListener;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Cluster;
+use common::{Cluster, FAST_2_2_2, FAST_3_2_2};
 use serde_json::{json, Value};
 
 fn all_alive(s: &Value) -> bool {
@@ -23,7 +23,7 @@ fn all_alive(s: &Value) -> bool {
 /// Case 1: a forged `/node-died` about a node that heartbeats is not applied.
 #[test]
 fn forged_node_died_is_checked_and_ignored() {
-    let c = Cluster::start(&["--no-delay"]);
+    let c = Cluster::start("--no-delay");
     for id in ["follower-1", "leader"] {
         let (code, answer) = c.post("/node-died", json!({"node_id": id}));
         assert_eq!(code, 200, "{answer}");
@@ -56,7 +56,7 @@ fn forged_node_died_is_checked_and_ignored() {
 #[test]
 fn paused_control_plane_comes_back_with_every_node_alive() {
     // Many nodes: each is a chance for a notice to be overtaken.
-    let c = Cluster::start(&["--followers", "5", "-W", "3", "-R", "3", "--no-delay"]);
+    let c = Cluster::start("--followers 5 -W 3 -R 3 --no-delay");
     let pid = c.child.id() as i32;
     unsafe { libc::kill(pid, libc::SIGSTOP) };
     // The fault itself: longer than the 5 s failure timeout.
@@ -244,7 +244,7 @@ fn dead_registry_direct_probes_then_a_new_registry_rebuilds() {
 /// pending on the 5 s async link.
 #[test]
 fn sigterm_stops_every_process_promptly() {
-    let mut c = Cluster::start(&["--followers", "3"]);
+    let mut c = Cluster::start("--followers 3");
     for i in 0..3 {
         assert_eq!(c.write(&format!("k{i}"), "v").0, 200);
     }
@@ -271,7 +271,7 @@ fn sigterm_stops_every_process_promptly() {
 /// spawn works.
 #[test]
 fn failed_spawn_leaves_no_broken_slot() {
-    let c = Cluster::start(&["--followers", "2", "-W", "2", "-R", "2", "--no-delay"]);
+    let c = Cluster::start(FAST_2_2_2);
     let taken = c.base + 30;
     let _holder = TcpListener::bind(("127.0.0.1", taken)).unwrap();
     let (code, answer) = c.post("/spawn", json!({"port": taken}));
@@ -298,7 +298,7 @@ fn failed_spawn_leaves_no_broken_slot() {
 /// that would make W + R <= N is refused unless asked for.
 #[test]
 fn spawn_after_crash_reuses_the_slot_and_growth_keeps_the_overlap() {
-    let c = Cluster::start(&["--followers", "3", "-W", "2", "-R", "2", "--no-delay"]);
+    let c = Cluster::start(FAST_3_2_2);
     let (code, k) = c.post("/kill/follower-2?mode=crash", json!({}));
     assert_eq!(code, 200, "{k}");
     let (code, s) = c.post("/spawn", json!({}));

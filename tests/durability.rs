@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{free_port_block, kvlab, Cluster};
+use common::{free_port_block, kvlab, Cluster, FAST_2_2_2, FAST_3_2_2, FAST_IN_MEMORY};
 use serde_json::{json, Value};
 
 const ROUNDS: usize = 20;
@@ -177,17 +177,7 @@ fn seed() -> u64 {
 }
 
 fn crash_cluster() -> Cluster {
-    Cluster::start(&[
-        "--followers",
-        "2",
-        "-W",
-        "2",
-        "-R",
-        "2",
-        "--no-delay",
-        "--fsync",
-        "always",
-    ])
+    Cluster::start(&format!("{FAST_2_2_2} --fsync always"))
 }
 
 /// SIGKILLs `node_id` and restarts it on its directory through `/spawn`.
@@ -282,17 +272,7 @@ fn follower_crash_loses_no_acknowledged_write() {
 #[test]
 fn followers_persist_a_write_during_the_leaders_fsync_and_the_ack_waits_for_it() {
     const SLOW: Duration = Duration::from_secs(3);
-    let c = Cluster::start(&[
-        "--no-delay",
-        "--followers",
-        "3",
-        "-W",
-        "2",
-        "-R",
-        "2",
-        "--fsync",
-        "always",
-    ]);
+    let c = Cluster::start(&format!("{FAST_3_2_2} --fsync always"));
     assert_eq!(c.write("warm", "up").0, 200);
     let leader = c.node_url(0);
     let stats = |url: &str| c.get_json(&format!("{url}/stats"));
@@ -362,7 +342,7 @@ fn followers_persist_a_write_during_the_leaders_fsync_and_the_ack_waits_for_it()
 /// (its links show it), without waiting for some later write to move on.
 #[test]
 fn a_write_abandoned_during_the_leaders_fsync_still_completes() {
-    let c = Cluster::start(&["--no-delay", "--followers", "2", "--fsync", "always"]);
+    let c = Cluster::start("--no-delay --followers 2 --fsync always");
     assert_eq!(c.write("warm", "up").0, 200);
     let leader = c.node_url(0);
     let leader_seq = || -> u64 {
@@ -397,16 +377,16 @@ fn a_write_abandoned_during_the_leaders_fsync_still_completes() {
 #[test]
 fn restarted_cluster_recovers_its_data_and_fresh_starts_empty() {
     let dir = tempfile::tempdir().unwrap();
-    let flags = ["--no-delay", "-R", "2"];
+    let flags = "--no-delay -R 2";
     {
-        let c = Cluster::start_on(dir.path(), &flags);
+        let c = Cluster::start_on(dir.path(), flags);
         for i in 0..30 {
             assert_eq!(c.write(&format!("k{i}"), &format!("v{i}")).0, 200);
         }
         assert_eq!(c.write("k0", "again").0, 200);
     } // SIGTERM: the whole cluster stops.
     {
-        let c = Cluster::start_on(dir.path(), &flags);
+        let c = Cluster::start_on(dir.path(), flags);
         let (code, r) = c.read("k0");
         assert_eq!(code, 200, "{r}");
         assert_eq!(
@@ -419,15 +399,13 @@ fn restarted_cluster_recovers_its_data_and_fresh_starts_empty() {
         let (_, w) = c.write("k0", "third");
         assert_eq!(w["version"], 3);
     }
-    let mut flags_fresh = flags.to_vec();
-    flags_fresh.push("--fresh");
-    let c = Cluster::start_on(dir.path(), &flags_fresh);
+    let c = Cluster::start_on(dir.path(), &format!("{flags} --fresh"));
     assert_eq!(c.read("k0").0, 404);
 }
 
 #[test]
 fn in_memory_cluster_cannot_restart_its_leader() {
-    let c = Cluster::start(&["--in-memory", "--no-delay"]);
+    let c = Cluster::start(FAST_IN_MEMORY);
     assert_eq!(c.write("k", "v").0, 200);
     let (code, _) = c.post("/kill/leader?mode=crash", json!({}));
     assert_eq!(code, 200);
@@ -670,9 +648,9 @@ fn snapshots_bound_the_log_and_recovery_uses_them() {
 #[test]
 fn a_corrupt_follower_is_set_aside_and_rebuilt_from_the_leader() {
     let data = tempfile::tempdir().unwrap();
-    let flags = ["--followers", "2", "-W", "2", "-R", "1", "--no-delay"];
+    let flags = "--no-delay --followers 2 -W 2 -R 1";
     {
-        let c = Cluster::start_on(data.path(), &flags);
+        let c = Cluster::start_on(data.path(), flags);
         for i in 0..40 {
             assert_eq!(c.write(&format!("k{i}"), &format!("v{i}")).0, 200);
         }
@@ -684,7 +662,7 @@ fn a_corrupt_follower_is_set_aside_and_rebuilt_from_the_leader() {
     bytes[middle] ^= 0x5a;
     std::fs::write(&seg, &bytes).unwrap();
 
-    let c = Cluster::start_on(data.path(), &flags);
+    let c = Cluster::start_on(data.path(), flags);
     let event = c.wait_for_event(
         "corrupt_log_set_aside",
         Some("follower-1"),

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::Cluster;
+use common::{Cluster, FAST_2_2_2, FAST_3_2_2};
 use serde_json::{json, Value};
 
 /// The current leader's node id and URL, from `/status`.
@@ -91,7 +91,7 @@ fn first_write_after(c: &Cluster, key: &str, timeout: Duration) -> Duration {
 
 #[test]
 fn graceful_leader_kill_promotes_a_follower_and_the_old_leader_rejoins() {
-    let c = Cluster::start(&["--followers", "3", "-W", "2", "-R", "2", "--no-delay"]);
+    let c = Cluster::start(FAST_3_2_2);
     let s = c.status();
     assert_eq!(
         (s["term"].as_u64(), s["leader"]["role"].as_str()),
@@ -227,19 +227,7 @@ impl Lcg {
 
 #[test]
 fn twenty_leader_crashes_lose_no_acknowledged_write() {
-    let c = Cluster::start(&[
-        "--followers",
-        "3",
-        "-W",
-        "2",
-        "-R",
-        "2",
-        "--no-delay",
-        "--fsync",
-        "always",
-        "--failure-timeout",
-        "1",
-    ]);
+    let c = Cluster::start(&format!("{FAST_3_2_2} --fsync always --failure-timeout 1"));
     let seed = std::process::id() as u64 ^ 0x5eed;
     eprintln!("crash moments seeded with {seed}");
     let mut rng = Lcg(seed);
@@ -300,17 +288,7 @@ fn twenty_leader_crashes_lose_no_acknowledged_write() {
 
 #[test]
 fn a_paused_leader_is_fenced_steps_down_and_truncates() {
-    let c = Cluster::start(&[
-        "--followers",
-        "3",
-        "-W",
-        "2",
-        "-R",
-        "2",
-        "--no-delay",
-        "--failure-timeout",
-        "1",
-    ]);
+    let c = Cluster::start(&format!("{FAST_3_2_2} --failure-timeout 1"));
     for i in 0..10 {
         assert_eq!(c.write(&format!("k{i}"), "before").0, 200);
     }
@@ -359,20 +337,9 @@ fn a_paused_leader_is_fenced_steps_down_and_truncates() {
 #[test]
 fn failover_that_would_lose_acknowledged_writes_is_refused_unless_unclean() {
     for unclean in [false, true] {
-        let mut flags = vec![
-            "--followers",
-            "3",
-            "-W",
-            "2",
-            "-R",
-            "1",
-            "--sync-delay",
-            "0",
-            "--async-delay",
-            "60",
-        ];
+        let mut flags = "--followers 3 -W 2 -R 1 --sync-delay 0 --async-delay 60".to_string();
         if unclean {
-            flags.push("--unclean-failover");
+            flags.push_str(" --unclean-failover");
         }
         let c = Cluster::start(&flags);
         for i in 0..5 {
@@ -422,7 +389,7 @@ fn failover_that_would_lose_acknowledged_writes_is_refused_unless_unclean() {
 /// twice; the restarted node catches up.
 #[test]
 fn a_leader_restarted_behind_its_followers_does_not_reuse_a_seq() {
-    let c = Cluster::start(&["--followers", "2", "-W", "2", "-R", "2", "--no-delay"]);
+    let c = Cluster::start(FAST_2_2_2);
     for i in 1..=10 {
         assert_eq!(c.write(&format!("k{i}"), &format!("v{i}")).0, 200);
     }
@@ -462,17 +429,7 @@ fn a_leader_restarted_behind_its_followers_does_not_reuse_a_seq() {
 /// later read the committed, older version.
 #[test]
 fn a_returning_leader_serves_no_read_before_the_new_leader_reconciles_it() {
-    let c = Cluster::start(&[
-        "--followers",
-        "3",
-        "-W",
-        "2",
-        "-R",
-        "2",
-        "--no-delay",
-        "--failure-timeout",
-        "1",
-    ]);
+    let c = Cluster::start(&format!("{FAST_3_2_2} --failure-timeout 1"));
     assert_eq!(c.write("cart", "v1").0, 200);
     let zombie = c.status()["leader"].clone();
     let pid = zombie["pid"].as_u64().unwrap() as i32;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use clap::Parser;
-use common::Cluster;
+use common::{Cluster, DEMO_3_2_2, FAST_1_1_1};
 use kvlab::gateway::{self, Gateway};
 use serde_json::{json, Value};
 
@@ -108,7 +108,7 @@ fn count(codes: &[u16], code: u16) -> usize {
 fn demos_through_the_gateway() {
     // The lab's delays: follower-3 (async) is behind, so the read set's
     // sync member, follower-2, serves the read.
-    let c = Cluster::start(&["--followers", "3", "-W", "2", "-R", "2"]);
+    let c = Cluster::start(DEMO_3_2_2);
     let http = client_from(ALICE);
     let gw = &c.gateway;
 
@@ -255,18 +255,7 @@ fn stop(child: &mut std::process::Child) {
 /// every client address has its own quota.
 #[test]
 fn over_the_limit_is_429_with_headers_and_body() {
-    let c = Cluster::start(&[
-        "--followers",
-        "1",
-        "-W",
-        "1",
-        "-R",
-        "1",
-        "--no-delay",
-        "--rate-limit",
-        "--rate-limit-max",
-        "3",
-    ]);
+    let c = Cluster::start(&format!("{FAST_1_1_1} --rate-limit --rate-limit-max 3"));
     let alice = client_from(ALICE);
     let gw = &c.gateway;
     for expected_left in [2, 1, 0] {
@@ -329,20 +318,9 @@ fn over_the_limit_is_429_with_headers_and_body() {
 /// through: the limit was reset, not enforced over time.
 #[test]
 fn inc1_a_short_window_lets_the_next_burst_through() {
-    let c = Cluster::start(&[
-        "--followers",
-        "1",
-        "-W",
-        "1",
-        "-R",
-        "1",
-        "--no-delay",
-        "--rate-limit",
-        "--rate-limit-window",
-        "2",
-        "--rate-limit-max",
-        "20",
-    ]);
+    let c = Cluster::start(&format!(
+        "{FAST_1_1_1} --rate-limit --rate-limit-window 2 --rate-limit-max 20"
+    ));
     let http = client_from(ALICE);
     let (codes, retry) = write_burst(&http, &c.gateway, 25);
     assert_eq!(count(&codes, 200), 20, "{codes:?}");
@@ -359,20 +337,9 @@ fn inc1_a_short_window_lets_the_next_burst_through() {
 /// burst, after the same short pause, is refused entirely.
 #[test]
 fn inc1_a_long_window_blocks_the_second_burst() {
-    let c = Cluster::start(&[
-        "--followers",
-        "1",
-        "-W",
-        "1",
-        "-R",
-        "1",
-        "--no-delay",
-        "--rate-limit",
-        "--rate-limit-window",
-        "60",
-        "--rate-limit-max",
-        "10",
-    ]);
+    let c = Cluster::start(&format!(
+        "{FAST_1_1_1} --rate-limit --rate-limit-window 60 --rate-limit-max 10"
+    ));
     let http = client_from(ALICE);
     let (codes, _) = write_burst(&http, &c.gateway, 25);
     assert_eq!(count(&codes, 200), 10, "{codes:?}");

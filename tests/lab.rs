@@ -7,7 +7,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::Cluster;
+use common::{Cluster, DEMO_3_2_2};
 use serde_json::json;
 
 /// Types lines into `kvlab client` (stdin is a pipe) and returns what it printed.
@@ -33,23 +33,7 @@ fn type_into_client(gateway: &str, lines: &str) -> String {
 /// Demos 1 to 4 through the gateway, typed into the interactive client.
 #[test]
 fn demos_through_the_interactive_client() {
-    let c = Cluster::start(&[
-        "--followers",
-        "3",
-        "-W",
-        "2",
-        "-R",
-        "2",
-        "--sync-delay",
-        "0.1",
-        "--async-delay",
-        "1",
-        "--rate-limit",
-        "--rate-limit-max",
-        "100",
-        "--rate-limit-window",
-        "60",
-    ]);
+    let c = Cluster::start(&format!("{DEMO_3_2_2} --sync-delay 0.1 --async-delay 1 --rate-limit --rate-limit-max 100 --rate-limit-window 60"));
     // Demo 2.
     let out = type_into_client(
         &c.gateway,
@@ -97,7 +81,7 @@ fn up_takes_the_student_config() {
         .to_string(),
     )
     .unwrap();
-    let c = Cluster::start(&["--no-delay", "--config", path.to_str().unwrap()]);
+    let c = Cluster::start_plus("--no-delay", &["--config", path.to_str().unwrap()]);
     let s = c.status();
     assert_eq!(s["followers"].as_array().unwrap().len(), 5);
     assert_eq!(s["quorum"]["W"], 4);

@@ -17,7 +17,10 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{cluster_secret, free_port_block, internal_http, kvlab, Cluster, GATEWAY_OFFSET};
+use common::{
+    cluster_secret, free_port_block, internal_http, kvlab, Cluster, FAST_1_1_1, FAST_2_1_1,
+    GATEWAY_OFFSET,
+};
 use serde_json::json;
 
 // ---------------------------------------------------------------------------
@@ -137,10 +140,7 @@ impl Drop for Registry {
 fn a_thousand_idle_connections_do_not_stop_a_write() {
     const IDLE: usize = 1100;
     raise_own_file_limit(3 * IDLE as u64 + 200);
-    let c = Cluster::start_with(
-        &["--followers", "1", "-W", "1", "-R", "1", "--no-delay"],
-        |cmd| with_file_limit(cmd, 1024, None),
-    );
+    let c = Cluster::start_with(FAST_1_1_1, |cmd| with_file_limit(cmd, 1024, None));
     let up = c.child.id();
     let mut idle = Vec::new();
     for port in [c.base + GATEWAY_OFFSET, c.base, c.base + 1] {
@@ -304,7 +304,7 @@ fn peak_rss_mib(pid: u32) -> u64 {
 /// gets a clear 413, and the follower stays small, up and serving.
 #[test]
 fn an_oversized_snapshot_body_is_refused_with_413_and_the_node_serves_on() {
-    let c = Cluster::start(&["--followers", "1", "-W", "1", "-R", "1", "--no-delay"]);
+    let c = Cluster::start(FAST_1_1_1);
     let follower = c.node_url(1);
     let pid = c.follower("follower-1")["pid"].as_u64().unwrap() as u32;
     let addr = follower.trim_start_matches("http://");
@@ -349,17 +349,7 @@ fn an_oversized_snapshot_body_is_refused_with_413_and_the_node_serves_on() {
 /// ends up with every key.
 #[test]
 fn a_snapshot_larger_than_a_chunk_catches_a_follower_up() {
-    let c = Cluster::start(&[
-        "--followers",
-        "2",
-        "-W",
-        "1",
-        "-R",
-        "1",
-        "--no-delay",
-        "--log-retain",
-        "5",
-    ]);
+    let c = Cluster::start(&format!("{FAST_2_1_1} --log-retain 5"));
     c.post("/kill/follower-2", json!({}));
     let big = "v".repeat(1_000_000);
     for i in 0..12 {
@@ -436,7 +426,7 @@ fn the_registry_table_is_bounded() {
 /// members: a made-up name is gone within a couple of pulls (1 s each).
 #[test]
 fn the_registry_forgets_nodes_the_coordinator_does_not_own() {
-    let c = Cluster::start(&["--followers", "1", "-W", "1", "-R", "1", "--no-delay"]);
+    let c = Cluster::start(FAST_1_1_1);
     let http = internal_http();
     assert_eq!(heartbeat(&http, &c.registry, "ghost"), 200);
     let ids = || -> Vec<String> {

@@ -13,7 +13,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{free_port_block, kvlab, kvlab_in, scratch, Cluster};
+use common::{free_port_block, kvlab, kvlab_in, scratch, Cluster, FAST_3_2_2, FAST_IN_MEMORY};
 use serde_json::{json, Value};
 
 /// True when the test can run; otherwise prints why (or fails under
@@ -58,10 +58,8 @@ fn leftovers(port: u16) -> Vec<String> {
 }
 
 /// Starts a netns cluster on a fresh port block.
-fn start(extra: &[&str]) -> (NetnsGuard, Cluster) {
-    let mut flags = vec!["--hosts", "netns"];
-    flags.extend(extra);
-    let cluster = Cluster::start(&flags);
+fn start(flags: &str) -> (NetnsGuard, Cluster) {
+    let cluster = Cluster::start(&format!("--hosts netns {flags}"));
     (NetnsGuard(cluster.base), cluster)
 }
 
@@ -123,7 +121,7 @@ fn the_seed_demos_pass_on_netns_hosts() {
     }
     let base;
     {
-        let (_guard, c) = start(&["--followers", "3", "-W", "2", "-R", "2", "--no-delay"]);
+        let (_guard, c) = start(FAST_3_2_2);
         base = c.base;
         let status = c.status();
         // Each node on its own address, not loopback.
@@ -177,7 +175,7 @@ fn a_leader_cut_off_from_a_sync_follower_fails_writes_with_503_then_converges() 
     ) {
         return;
     }
-    let (_guard, c) = start(&["--followers", "2", "-W", "2", "-R", "1", "--no-delay"]);
+    let (_guard, c) = start("--no-delay --followers 2 -W 2 -R 1");
     assert_eq!(c.write("before", "1").0, 200);
 
     // Real packets dropped both ways between the leader and follower-1.
@@ -252,7 +250,7 @@ fn a_leader_cut_off_from_a_sync_follower_fails_writes_with_503_then_converges() 
 #[test]
 fn one_way_partitions_and_slow_links_need_netns_hosts() {
     // Process hosts refuse them with a reason (no root needed).
-    let c = Cluster::start(&["--in-memory", "--no-delay"]);
+    let c = Cluster::start(FAST_IN_MEMORY);
     let (code, e) = c.post(
         "/admin/partition/follower-1",
         json!({"peers": ["leader"], "seconds": 5, "direction": "in"}),
@@ -360,21 +358,9 @@ fn netem_lab_delays_and_slow_links_are_real_latency() {
     if !netns_available("netem_lab_delays_and_slow_links_are_real_latency") {
         return;
     }
-    let (_guard, c) = start(&[
-        "--followers",
-        "2",
-        "-W",
-        "1",
-        "-R",
-        "1",
-        "--in-memory",
-        "--lab-delays",
-        "netem",
-        "--sync-delay",
-        "0.3",
-        "--async-delay",
-        "1.5",
-    ]);
+    let (_guard, c) = start(&format!(
+        "--followers 2 -W 1 -R 1 --in-memory --lab-delays netem --sync-delay 0.3 --async-delay 1.5"
+    ));
     let status = c.status();
     let leader = url_of(&status, "leader");
     // The leader holds nothing back: the links carry the delays.
@@ -442,7 +428,7 @@ fn a_killed_up_leaves_nothing_for_long() {
     if !netns_available("a_killed_up_leaves_nothing_for_long") {
         return;
     }
-    let first = Cluster::start(&["--hosts", "netns", "--in-memory", "--no-delay"]);
+    let first = Cluster::start(&format!("{FAST_IN_MEMORY} --hosts netns"));
     let killed = first.base;
     let _guard = NetnsGuard(killed);
     assert!(!leftovers(killed).is_empty());
@@ -453,6 +439,6 @@ fn a_killed_up_leaves_nothing_for_long() {
     drop(first);
     assert!(!leftovers(killed).is_empty(), "nothing to clean up?");
     // The next start (on other ports) removes what the dead run left.
-    let (_g, _second) = start(&["--in-memory", "--no-delay"]);
+    let (_g, _second) = start(FAST_IN_MEMORY);
     assert_eq!(leftovers(killed), Vec::<String>::new());
 }

@@ -11,7 +11,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Cluster;
+use common::{Cluster, FAST_IN_MEMORY};
 use serde_json::{json, Value};
 
 /// A child process killed (and reaped) when the test ends, however it ends.
@@ -34,7 +34,7 @@ fn installed(program: &str) -> bool {
 
 #[test]
 fn live_view_kills_a_follower_and_writes_in_headless_chromium() {
-    let cluster = Cluster::start(&["--in-memory"]);
+    let cluster = Cluster::start("--in-memory");
     let scratch = common::scratch();
     let Some(browser) = common::browser::Browser::start(cluster.base + 30) else {
         return;
@@ -88,7 +88,7 @@ fn live_view_kills_a_follower_and_writes_in_headless_chromium() {
 #[test]
 fn partition_and_slow_disk_go_through_the_coordinator_by_node_id() {
     // W=1: follower-1 is the sync follower, follower-2 the async one.
-    let c = Cluster::start(&["--in-memory", "--no-delay", "-W", "1", "-R", "1"]);
+    let c = Cluster::start(&format!("{FAST_IN_MEMORY} -W 1 -R 1"));
     let seq = |i: u16| c.get_json(&format!("{}/stats", c.node_url(i)))["applied_seq"].as_u64();
     let wait_seq = |i: u16, want: u64| {
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -210,12 +210,7 @@ fn prometheus_scrapes_every_component_with_the_generated_config() {
     let scratch = common::scratch();
     let config = scratch.path().join("prometheus.yml");
     let config_arg = config.display().to_string();
-    let cluster = Cluster::start(&[
-        "--in-memory",
-        "--no-delay",
-        "--prometheus-config",
-        &config_arg,
-    ]);
+    let cluster = Cluster::start_plus(FAST_IN_MEMORY, &["--prometheus-config", &config_arg]);
     const WRITES: usize = 7;
     for i in 0..WRITES {
         assert_eq!(cluster.write(&format!("k{i}"), "v").0, 200);

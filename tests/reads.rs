@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::Cluster;
+use common::{Cluster, DEMO_3_2_2, FAST_3_2_2};
 use serde_json::{json, Value};
 
 /// Sends a signal to a node's process.
@@ -87,20 +87,9 @@ fn read(http: &reqwest::blocking::Client, base: &str, key: &str) -> (u16, Value)
 /// sync delay, not wait out the 5 s async delay and fail their quorum.
 #[test]
 fn writes_in_flight_during_a_rejoin_keep_their_sync_link() {
-    let c = Cluster::start(&[
-        "--followers",
-        "3",
-        "-W",
-        "2",
-        "-R",
-        "2",
-        "--sync-delay",
-        "0.2",
-        "--async-delay",
-        "5",
-        "--fsync",
-        "never",
-    ]);
+    let c = Cluster::start(&format!(
+        "{DEMO_3_2_2} --sync-delay 0.2 --async-delay 5 --fsync never"
+    ));
     assert_eq!(c.post("/kill/follower-1", json!({})).0, 200);
     let stop = Arc::new(AtomicBool::new(false));
     let results = Arc::new(Mutex::new(Vec::new()));
@@ -161,7 +150,7 @@ fn writes_in_flight_during_a_rejoin_keep_their_sync_link() {
 /// and the event log says so.
 #[test]
 fn reads_survive_a_read_set_member_that_hangs_or_crashes() {
-    let c = Cluster::start(&["--followers", "3", "-W", "2", "-R", "2", "--no-delay"]);
+    let c = Cluster::start(FAST_3_2_2);
     for k in 0..4 {
         assert_eq!(c.write(&format!("k{k}"), "v").0, 200);
     }
@@ -283,18 +272,9 @@ fn reads_never_go_back_in_time_across_a_membership_change() {
 /// checks the read history of every key.
 fn recipe(w: u32, r: u32) {
     let (w, r) = (w.to_string(), r.to_string());
-    let c = Cluster::start(&[
-        "--followers",
-        "3",
-        "-W",
-        &w,
-        "-R",
-        &r,
-        "--sync-delay",
-        "0.05",
-        "--async-delay",
-        "1",
-    ]);
+    let c = Cluster::start(&format!(
+        "--followers 3 -W {w} -R {r} --sync-delay 0.05 --async-delay 1"
+    ));
     let stop = Arc::new(AtomicBool::new(false));
     let writes = Arc::new(Mutex::new(Vec::new()));
     let reads = Arc::new(Mutex::new(Vec::new()));

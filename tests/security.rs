@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, StopOnDrop};
+use common::{Cluster, StopOnDrop, FAST_3_2_2, FAST_IN_MEMORY};
 use serde_json::{json, Value};
 
 fn send(req: reqwest::blocking::RequestBuilder) -> (u16, Value) {
@@ -57,14 +57,9 @@ fn wait_fresh_heartbeat(c: &Cluster, id: &str, since: Instant) {
 /// registry fence the real node, which then exited, and refused its respawn.
 #[test]
 fn a_forged_heartbeat_is_refused_and_the_node_keeps_running() {
-    let c = Cluster::start(&[
-        "--followers",
-        "2",
-        "--in-memory",
-        "--no-delay",
-        "--failure-timeout",
-        "1.5",
-    ]);
+    let c = Cluster::start(&format!(
+        "{FAST_IN_MEMORY} --followers 2 --failure-timeout 1.5"
+    ));
     let before = c.status();
     let bare = common::bare_http();
     let forged_at = Instant::now();
@@ -101,21 +96,7 @@ fn a_forged_heartbeat_is_refused_and_the_node_keeps_running() {
 #[test]
 fn forged_node_names_with_auto_spawn_start_nothing() {
     // W + R = 6 allows growing to N = 5: on the old main, ghosts would start.
-    let c = Cluster::start(&[
-        "--followers",
-        "3",
-        "-W",
-        "3",
-        "-R",
-        "3",
-        "--in-memory",
-        "--no-delay",
-        "--auto-spawn",
-        "--spawn-delay",
-        "0.3",
-        "--failure-timeout",
-        "1.5",
-    ]);
+    let c = Cluster::start(&format!("{FAST_IN_MEMORY} --followers 3 -W 3 -R 3 --auto-spawn --spawn-delay 0.3 --failure-timeout 1.5"));
     let bare = common::bare_http();
     for i in 1..=5 {
         let id = format!("ghost-{i}");
@@ -182,7 +163,7 @@ fn forged_node_names_with_auto_spawn_start_nothing() {
 /// the secret (or with a wrong one), and such requests change nothing.
 #[test]
 fn every_internal_route_needs_the_secret() {
-    let c = Cluster::start(&["--followers", "2", "--in-memory", "--no-delay"]);
+    let c = Cluster::start(&format!("{FAST_IN_MEMORY} --followers 2"));
     let bare = common::bare_http();
     let (leader, follower) = (c.node_url(0), c.node_url(1));
     let mut routes: Vec<(&str, String)> = vec![
@@ -244,7 +225,7 @@ fn every_internal_route_needs_the_secret() {
 /// call them, need nothing on loopback.
 #[test]
 fn lab_routes_on_loopback_need_nothing() {
-    let c = Cluster::start(&["--followers", "3", "-W", "2", "-R", "2", "--no-delay"]);
+    let c = Cluster::start(FAST_3_2_2);
     let bare = common::bare_http();
     let ok = |req: reqwest::blocking::RequestBuilder, what: &str| {
         let (code, body) = send(req);
@@ -525,14 +506,10 @@ fn an_admin_token_file_is_required_on_loopback_too() {
     let scratch = common::scratch();
     let file = scratch.path().join("token");
     std::fs::write(&file, "a-token-of-the-instructor-42\n").unwrap();
-    let c = Cluster::start(&[
-        "--followers",
-        "2",
-        "--in-memory",
-        "--no-delay",
-        "--admin-token-file",
-        file.to_str().unwrap(),
-    ]);
+    let c = Cluster::start_plus(
+        &format!("{FAST_IN_MEMORY} --followers 2"),
+        &["--admin-token-file", file.to_str().unwrap()],
+    );
     let bare = common::bare_http();
     let kill = || bare.post(format!("{}/kill/follower-2", c.coordinator));
     assert_unauthorized(send(kill()), "kill without the token");
