@@ -7,7 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{process_alive, Cluster, DEMO_3_2_2, FAST_1_1_1, FAST_2_1_1, FAST_2_2_2};
+use common::{
+    always, http, millis, process_alive, secs, wait, Cluster, DEMO_3_2_2, FAST_1_1_1, FAST_2_1_1,
+    FAST_2_2_2,
+};
 use serde_json::{json, Value};
 
 /// Demos 1 and 2: start, write, read, status.
@@ -161,19 +164,18 @@ fn disjoint_quorums_read_stale() {
     assert_eq!(stale, 3, "every read right after a write is stale");
     // Async replication finishes after its 5 s delay.
     c.wait_for_event("async_done", Some("follower-5"), Duration::from_secs(15));
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let (_, r) = c.read("cart");
-        if r["value"] == "items-2" {
-            assert_eq!(r["served_by"], "follower-5");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "async replication never completed: {r}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let r = wait("async replication to complete", secs(15))
+        .every(millis(100))
+        .events(&c)
+        .until(|| {
+            let (_, r) = c.read("cart");
+            if r["value"] == "items-2" {
+                Ok(r)
+            } else {
+                Err(r)
+            }
+        });
+    assert_eq!(r["served_by"], "follower-5");
 }
 
 /// Runs `writers` threads writing distinct keys until stopped; returns the
@@ -193,10 +195,7 @@ impl Writers {
                 let (stop, acked) = (stop.clone(), acked.clone());
                 let url = format!("{}/write", c.coordinator);
                 std::thread::spawn(move || {
-                    let http = reqwest::blocking::Client::builder()
-                        .no_proxy()
-                        .build()
-                        .unwrap();
+                    let http = http().build();
                     let mut i = 0;
                     while !stop.load(Ordering::Relaxed) {
                         let (key, value) = (format!("w{t}-{i}"), format!("v{i}"));
@@ -220,11 +219,16 @@ impl Writers {
     }
 
     fn wait_for(&self, count: usize) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.acked.lock().unwrap().len() < count {
-            assert!(Instant::now() < deadline, "writers made no progress");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait(format_args!("{count} acknowledged writes"), secs(30))
+            .every(millis(10))
+            .until(|| {
+                let acked = self.acked.lock().unwrap().len();
+                if acked >= count {
+                    Ok(())
+                } else {
+                    Err(format!("writers made no progress: {acked} acknowledged"))
+                }
+            });
     }
 
     fn finish(self) -> HashMap<String, String> {
@@ -375,14 +379,16 @@ fn no_orphans_after_sigkill() {
     assert_eq!(pids.len(), 3);
     c.child.kill().unwrap();
     c.child.wait().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while pids.iter().any(|&p| process_alive(p)) {
-        assert!(
-            Instant::now() < deadline,
-            "node processes outlived kvlab up"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait("the node processes to die with kvlab up", secs(5))
+        .every(millis(20))
+        .until(|| {
+            let alive: Vec<_> = pids.iter().filter(|&&p| process_alive(p)).collect();
+            if alive.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("node processes outlived kvlab up: {alive:?}"))
+            }
+        });
 }
 
 /// No orphans after a graceful stop either.
@@ -432,10 +438,7 @@ fn bad_input_is_refused_clearly() {
     assert_eq!(code, 413, "{e}");
     // Over the body limit: the server answers 413 and closes the connection
     // without reading the rest, so use a client whose pool is not reused.
-    let once = reqwest::blocking::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap();
+    let once = http().build();
     let resp = once
         .post(format!("{}/write", c.coordinator))
         .json(&json!({"key": "huge", "value": "v".repeat(3 * 1024 * 1024)}))
@@ -631,15 +634,19 @@ fn node_back_in_time_is_not_replaced() {
         Duration::from_secs(15),
     );
     // The spawn delay runs out 5 s after the death; give it time to (not) act.
-    let revived_at = Instant::now();
-    while revived_at.elapsed() < Duration::from_secs(6) {
-        let f1 = c.follower("follower-1");
-        assert_eq!(
-            f1["incarnation"], before["incarnation"],
-            "the node was replaced"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    always(
+        "follower-1 not being replaced",
+        secs(6),
+        millis(200),
+        || {
+            let f1 = c.follower("follower-1");
+            assert_eq!(
+                f1["incarnation"], before["incarnation"],
+                "the node was replaced"
+            );
+            true
+        },
+    );
     let events = c.get(&format!("/events?since={since}")).1;
     assert!(!events
         .as_array()
