@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, DEMO_3_2_2, FAST_3_2_2};
+use common::{millis, secs, wait, Cluster, DEMO_3_2_2, FAST_3_2_2};
 use serde_json::{json, Value};
 
 /// Sends a signal to a node's process.
@@ -52,19 +52,16 @@ fn spawn_loops<T: Send + 'static>(
 
 /// Waits until `out` holds at least `n` records (the load is running).
 fn wait_records<T>(out: &Arc<Mutex<Vec<T>>>, n: usize, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while out.lock().unwrap().len() < n {
-        assert!(Instant::now() < deadline, "the load did not get going");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
+    wait(format_args!("{n} records of load"), timeout)
+        .every(millis(10))
+        .until(|| {
+            let have = out.lock().unwrap().len();
+            if have >= n {
+                Ok(())
+            } else {
+                Err(format!("the load did not get going: {have} records"))
+            }
+        });
 }
 
 fn write(http: &reqwest::blocking::Client, base: &str, key: &str, value: &str) -> (u16, Value) {
@@ -93,7 +90,7 @@ fn writes_in_flight_during_a_rejoin_keep_their_sync_link() {
     assert_eq!(c.post("/kill/follower-1", json!({})).0, 200);
     let stop = Arc::new(AtomicBool::new(false));
     let results = Arc::new(Mutex::new(Vec::new()));
-    let (base, http) = (c.coordinator.clone(), client());
+    let (base, http) = (c.coordinator.clone(), common::http().build());
     let loops = spawn_loops(
         6,
         &stop,
@@ -109,18 +106,22 @@ fn writes_in_flight_during_a_rejoin_keep_their_sync_link() {
     assert_eq!(status, 200, "{body}");
     let rejoined = Instant::now();
     // Writes whose whole life straddles the change, then some after it.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while results
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(started, ..)| *started > rejoined)
-        .count()
-        < 12
-    {
-        assert!(Instant::now() < deadline, "writes stalled after the rejoin");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait("12 writes started after the rejoin", secs(20))
+        .every(millis(10))
+        .events(&c)
+        .until(|| {
+            let after = results
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(started, ..)| *started > rejoined)
+                .count();
+            if after >= 12 {
+                Ok(())
+            } else {
+                Err(format!("writes stalled after the rejoin: {after}"))
+            }
+        });
     stop.store(true, Ordering::Relaxed);
     for l in loops {
         l.join().unwrap();
@@ -155,7 +156,7 @@ fn reads_survive_a_read_set_member_that_hangs_or_crashes() {
         assert_eq!(c.write(&format!("k{k}"), "v").0, 200);
     }
     let read_loop = |stop: &Arc<AtomicBool>, out: &Arc<Mutex<Vec<(u16, Value)>>>| {
-        let (base, http) = (c.coordinator.clone(), client());
+        let (base, http) = (c.coordinator.clone(), common::http().build());
         spawn_loops(
             4,
             stop,
@@ -278,14 +279,14 @@ fn recipe(w: u32, r: u32) {
     let stop = Arc::new(AtomicBool::new(false));
     let writes = Arc::new(Mutex::new(Vec::new()));
     let reads = Arc::new(Mutex::new(Vec::new()));
-    let (base, http) = (c.coordinator.clone(), client());
+    let (base, http) = (c.coordinator.clone(), common::http().build());
     let mut loops = spawn_loops(
         6,
         &stop,
         move |t, n| write(&http, &base, &format!("k{}", (t as u64 + n) % 4), "v").0,
         &writes,
     );
-    let (base, http) = (c.coordinator.clone(), client());
+    let (base, http) = (c.coordinator.clone(), common::http().build());
     let failed_reads = Arc::new(AtomicUsize::new(0));
     let failed = failed_reads.clone();
     loops.extend(spawn_loops(
