@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, StopOnDrop, FAST_3_2_2, FAST_IN_MEMORY};
+use common::{eventually, secs, Cluster, StopOnDrop, FAST_3_2_2, FAST_IN_MEMORY};
 use serde_json::{json, Value};
 
 fn send(req: reqwest::blocking::RequestBuilder) -> (u16, Value) {
@@ -34,23 +34,25 @@ fn node<'a>(status: &'a Value, id: &str) -> &'a Value {
 /// Waits until the registry has accepted a heartbeat of `id` sent after
 /// `since`: proof that the real node still heartbeats and is not refused.
 fn wait_fresh_heartbeat(c: &Cluster, id: &str, since: Instant) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let nodes = c.get_json(&format!("{}/nodes", c.registry));
-        let fresh = nodes["nodes"].as_array().unwrap().iter().any(|n| {
-            n["node_id"] == id
-                && n["status"] == "alive"
-                && n["last_seen_seconds_ago"].as_f64().unwrap() < since.elapsed().as_secs_f64()
-        });
-        if fresh {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no heartbeat of {id} accepted since the forgery: {nodes}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    c.eventually(
+        format_args!("a heartbeat of {id} accepted"),
+        secs(10),
+        || {
+            let nodes = c.get_json(&format!("{}/nodes", c.registry));
+            let fresh = nodes["nodes"].as_array().unwrap().iter().any(|n| {
+                n["node_id"] == id
+                    && n["status"] == "alive"
+                    && n["last_seen_seconds_ago"].as_f64().unwrap() < since.elapsed().as_secs_f64()
+            });
+            if fresh {
+                Ok(())
+            } else {
+                Err(format!(
+                    "no heartbeat of {id} accepted since the forgery: {nodes}"
+                ))
+            }
+        },
+    );
 }
 
 /// Reproduced on the old main: a heartbeat with a high incarnation made the
@@ -320,17 +322,13 @@ fn off_loopback_admin_needs_the_printed_token() {
     let co = format!("http://127.0.0.1:{base}");
     let gw = format!("http://127.0.0.1:{}", base + common::GATEWAY_OFFSET);
     let bare = common::bare_http();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !bare
-        .get(format!("{co}/status"))
-        .send()
-        .ok()
-        .and_then(|r| r.json::<Value>().ok())
-        .is_some_and(|s| s["quorum"]["can_write"] == true)
-    {
-        assert!(Instant::now() < deadline, "the cluster never became ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually("the cluster to become ready", secs(30), || {
+        bare.get(format!("{co}/status"))
+            .send()
+            .ok()
+            .and_then(|r| r.json::<Value>().ok())
+            .is_some_and(|s| s["quorum"]["can_write"] == true)
+    });
     let kill = || bare.post(format!("{co}/kill/follower-1"));
     assert_unauthorized(send(kill()), "kill without the token");
     assert_unauthorized(
@@ -410,8 +408,7 @@ fn components_started_by_hand_share_the_users_secret_file() {
             .unwrap(),
     );
     let bare = common::bare_http();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually("heartbeats to get through (3 alive)", secs(30), || {
         let alive = bare
             .get(format!("{registry}/alive"))
             .send()
@@ -419,11 +416,11 @@ fn components_started_by_hand_share_the_users_secret_file() {
             .and_then(|r| r.json::<Value>().ok())
             .and_then(|v| v["nodes"].as_array().map(Vec::len));
         if alive == Some(3) {
-            break;
+            Ok(())
+        } else {
+            Err(format!("heartbeats never got through: {alive:?} alive"))
         }
-        assert!(Instant::now() < deadline, "heartbeats never got through");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    });
     let uid = unsafe { libc::geteuid() };
     let file = scratch
         .path()
