@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use clap::Parser;
-use common::{Cluster, DEMO_3_2_2, FAST_1_1_1};
+use common::{http, millis, secs, wait, Cluster, DEMO_3_2_2, FAST_1_1_1};
 use kvlab::gateway::{self, Gateway};
 use serde_json::{json, Value};
 
@@ -22,12 +22,7 @@ use serde_json::{json, Value};
 /// A blocking client whose requests come from `source` (any 127.x.y.z is
 /// loopback on Linux), so a test can be several clients to the limiter.
 fn client_from(source: Ipv4Addr) -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .no_proxy()
-        .local_address(IpAddr::V4(source))
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
+    http().from(IpAddr::V4(source)).build()
 }
 
 const ALICE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
@@ -235,12 +230,11 @@ fn up_calls_its_coordinator_in_process() {
 /// SIGTERM (`up` stops its nodes), then SIGKILL after a grace period.
 fn stop(child: &mut std::process::Child) {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let stopped = wait("kvlab up to stop", secs(10))
+        .every(millis(20))
+        .try_until(|| matches!(child.try_wait(), Ok(Some(_))));
+    if stopped.is_some() {
+        return;
     }
     let _ = child.kill();
     let _ = child.wait();
@@ -436,7 +430,7 @@ async fn coordinator_down_is_503_and_recovery_needs_no_restart() {
     let port = unused_port();
     let coordinator = format!("http://127.0.0.1:{port}");
     let gw = start_gateway(&coordinator, &[]).await;
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = http().build_async();
 
     let (code, body) = post_write(&http, &gw.url).await;
     assert_eq!(code, 503, "{body}");
@@ -471,11 +465,11 @@ async fn coordinator_down_is_503_and_recovery_needs_no_restart() {
         assert_eq!(resp.status(), 200);
         stop.send(()).unwrap();
         // Wait for the stub to let go of its port.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "stub did not stop");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        tokio::task::block_in_place(|| {
+            wait("the stub to stop", secs(5))
+                .every(millis(20))
+                .until(|| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+        });
         let (code, body) = post_write(&http, &gw.url).await;
         assert_eq!(code, 503, "round {round}: {body}");
     }
@@ -497,7 +491,7 @@ async fn coordinator_down_is_503_and_recovery_needs_no_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_a_clear_4xx() {
     let gw = start_gateway(&format!("http://127.0.0.1:{}", unused_port()), &[]).await;
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = http().build_async();
     let url = format!("{}/write", gw.url);
     let write = |body: String, content_type: &'static str| {
         let request = http
@@ -564,7 +558,7 @@ async fn concurrent_requests_through_the_gateway_admit_exactly_max() {
             &["--rate-limit", "--rate-limit-strategy", strategy],
         )
         .await;
-        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let http = http().build_async();
         let url = Arc::new(format!("{}/health", gw.url));
         let tasks: Vec<_> = (0..100)
             .map(|_| {
