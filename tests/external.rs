@@ -6,7 +6,7 @@
 mod common;
 
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::json;
@@ -40,14 +40,9 @@ fn join(base: u16, id: &str, offset: u16, data: Option<tempfile::TempDir>) -> Jo
 
 /// Waits for a process to end by itself; its exit status.
 fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "the process did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait("the process to exit", timeout)
+        .every(millis(20))
+        .until(|| child.try_wait().unwrap())
 }
 
 #[test]
@@ -143,7 +138,8 @@ fn a_join_with_a_bad_url_or_id_is_a_clear_400() {
         .collect();
     let cluster = Cluster::start_at(base, "--runtime external --followers 1 -W 1");
     // Joining makes a member: without the cluster secret, no.
-    let resp = reqwest::blocking::Client::new()
+    let resp = http()
+        .build()
         .post(format!("{}/join", cluster.coordinator))
         .json(&json!({"node_id": "intruder", "url": "http://127.0.0.1:1"}))
         .send()
