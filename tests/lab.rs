@@ -7,7 +7,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Cluster, DEMO_3_2_2};
+use common::{secs, wait, Cluster, DEMO_3_2_2};
 use serde_json::json;
 
 /// Types lines into `kvlab client` (stdin is a pipe) and returns what it printed.
@@ -259,14 +259,11 @@ fn redirected_console_is_plain_and_names_the_real_roles() {
         .spawn()
         .unwrap();
     let roles = "🧭 roles: leader [LEADER], follower-1 [SYNC], follower-2 [SYNC+READ], follower-3 [ASYNC+READ]";
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let text = loop {
-        let text = std::fs::read_to_string(&console).unwrap_or_default();
-        if text.contains("🧭 roles") || std::time::Instant::now() > deadline {
-            break text;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let read = || std::fs::read_to_string(&console).unwrap_or_default();
+    // Asserted below, once `up` is stopped.
+    let text = wait("the roles line in the console file", secs(30))
+        .try_until(|| Some(read()).filter(|t| t.contains("🧭 roles")))
+        .unwrap_or_else(read);
     unsafe { libc::kill(up.id() as i32, libc::SIGTERM) };
     up.wait().unwrap();
     assert!(text.contains(roles), "{text}");
