@@ -9,7 +9,7 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
@@ -349,24 +349,22 @@ fn compose_runs_a_working_cluster_and_down_removes_it() {
     );
     assert_eq!(compose.containers().len(), 4);
     let gateway = format!("http://127.0.0.1:{}", compose.base + GATEWAY_OFFSET);
-    let http = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let http = http().timeout(secs(10)).build();
     // The nodes join once the coordinator is up; the gateway answers 503
     // until the cluster is ready.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let written = loop {
-        let resp = http
-            .post(format!("{gateway}/write"))
-            .json(&json!({"key": "name", "value": "composed"}))
-            .send();
-        if let Ok(r) = resp {
-            if r.status() == 200 {
-                break r.json::<Value>().unwrap();
+    let written = wait("the compose cluster to take a write", secs(60))
+        .every(millis(200))
+        .try_until(|| {
+            let resp = http
+                .post(format!("{gateway}/write"))
+                .json(&json!({"key": "name", "value": "composed"}))
+                .send();
+            match resp {
+                Ok(r) if r.status() == 200 => Some(r.json::<Value>().unwrap()),
+                _ => None,
             }
-        }
-        if Instant::now() > deadline {
+        })
+        .unwrap_or_else(|| {
             let coordinator = format!("http://127.0.0.1:{}", compose.base);
             let get = |path: &str| {
                 http.get(format!("{coordinator}{path}"))
@@ -381,9 +379,7 @@ fn compose_runs_a_working_cluster_and_down_removes_it() {
                 get("/events?since=0&limit=200"),
                 String::from_utf8_lossy(&logs.stdout)
             );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+        });
     assert_eq!(written["sync_acks"], 2, "{written}");
     let read: Value = http
         .get(format!("{gateway}/read/name"))
