@@ -13,7 +13,10 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{free_port_block, kvlab, kvlab_in, scratch, Cluster, FAST_3_2_2, FAST_IN_MEMORY};
+use common::{
+    free_port_block, http, kvlab, kvlab_in, millis, scratch, wait, Cluster, FAST_3_2_2,
+    FAST_IN_MEMORY,
+};
 use serde_json::{json, Value};
 
 /// True when the test can run; otherwise prints why (or fails under
@@ -80,18 +83,13 @@ trait DataWait {
 impl DataWait for Cluster {
     /// Waits until the node at `node_url` holds `key`.
     fn wait_for_data(&self, node_url: &str, key: &str, timeout: Duration) {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let resp = self.http.get(format!("{node_url}/data/{key}")).send();
-            if resp.is_ok_and(|r| r.status().is_success()) {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{node_url} never got {key}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait(format_args!("{node_url} to get {key}"), timeout)
+            .every(millis(10))
+            .events(self)
+            .until(|| {
+                let resp = self.http.get(format!("{node_url}/data/{key}")).send();
+                resp.is_ok_and(|r| r.status().is_success())
+            });
     }
 }
 
@@ -391,10 +389,7 @@ fn netem_lab_delays_and_slow_links_are_real_latency() {
         json!({"peer": "coordinator", "delay_ms": 200, "seconds": 30}),
     );
     assert_eq!(code, 200, "{l}");
-    let fresh = reqwest::blocking::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap();
+    let fresh = http().build();
     let started = std::time::Instant::now();
     assert!(fresh
         .get(format!("{follower}/health"))
