@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::{free_port_block, kvlab_in, scratch, Cluster, FAST_3_2_2, FAST_IN_MEMORY};
+use common::{free_port_block, kvlab_in, millis, scratch, Cluster, FAST_3_2_2, FAST_IN_MEMORY};
 use serde_json::{json, Value};
 
 /// Runs `kvlab check` with its temporary directory (the cluster's
@@ -201,11 +201,7 @@ fn a_partitioned_follower_hangs_its_traffic_until_healed() {
         json!({"peers": ["coordinator"], "seconds": 60}),
     );
     assert_eq!(s, 200);
-    let quick = reqwest::blocking::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_millis(800))
-        .build()
-        .unwrap();
+    let quick = common::http().timeout(millis(800)).build();
     let read = quick.get(format!("{}/data/k", f2)).send();
     assert!(
         read.is_err_and(|e| e.is_timeout()),
