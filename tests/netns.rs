@@ -356,9 +356,9 @@ fn netem_lab_delays_and_slow_links_are_real_latency() {
     if !netns_available("netem_lab_delays_and_slow_links_are_real_latency") {
         return;
     }
-    let (_guard, c) = start(&format!(
-        "--followers 2 -W 1 -R 1 --in-memory --lab-delays netem --sync-delay 0.3 --async-delay 1.5"
-    ));
+    let (_guard, c) = start(
+        "--followers 2 -W 1 -R 1 --in-memory --lab-delays netem --sync-delay 0.3 --async-delay 1.5",
+    );
     let status = c.status();
     let leader = url_of(&status, "leader");
     // The leader holds nothing back: the links carry the delays.
