@@ -363,11 +363,15 @@ fn blip_replaced_node_is_fenced() {
         .filter(|f| f["node_id"] == "follower-1")
         .collect();
     assert_eq!(f1.len(), 1);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while process_alive(old_pid) {
-        assert!(Instant::now() < deadline, "the replaced process still runs");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait("the replaced process to stop", secs(5))
+        .every(millis(20))
+        .until(|| {
+            if process_alive(old_pid) {
+                Err("the replaced process still runs")
+            } else {
+                Ok(())
+            }
+        });
     assert_eq!(c.write("after", "blip").0, 200);
 }
 
