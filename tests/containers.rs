@@ -93,7 +93,7 @@ impl Drop for Volumes {
     }
 }
 
-fn docker_cluster(prefix: &str, extra: &[&str]) -> Cluster {
+fn docker_cluster(prefix: &str, extra: &str) -> Cluster {
     let image = image();
     let mut args = vec![
         "--runtime",
@@ -109,7 +109,7 @@ fn docker_cluster(prefix: &str, extra: &[&str]) -> Cluster {
         "--async-delay",
         "0.5",
     ];
-    args.extend_from_slice(extra);
+    args.extend(extra.split_whitespace());
     Cluster::start_args(&args)
 }
 
@@ -128,7 +128,7 @@ fn a_docker_cluster_passes_the_seed_demos() {
     let prefix = format!("kvlab-t{}-demos", std::process::id());
     let _volumes = Volumes(prefix.clone());
     {
-        let cluster = docker_cluster(&prefix, &["--followers", "3", "-W", "2", "-R", "2"]);
+        let cluster = docker_cluster(&prefix, DEMO_3_2_2);
         // Demo 1: every node is a container of the image, on its network.
         let mut names = containers_of(&prefix);
         names.sort();
@@ -240,7 +240,7 @@ fn a_later_start_removes_what_a_killed_run_left() {
     }
     let prefix = format!("kvlab-t{}-leftovers", std::process::id());
     let _volumes = Volumes(prefix.clone());
-    let mut first = docker_cluster(&prefix, &["--followers", "1", "-W", "1", "--fresh"]);
+    let mut first = docker_cluster(&prefix, "--followers 1 -W 1 --fresh");
     let (code, body) = first.write("kept", "on-the-volume");
     assert_eq!(code, 200, "{body}");
     // SIGKILL: `kvlab up` cannot clean up; its containers live on.
@@ -248,7 +248,7 @@ fn a_later_start_removes_what_a_killed_run_left() {
     first.child.wait().unwrap();
     assert_eq!(containers_of(&prefix).len(), 2);
     {
-        let second = docker_cluster(&prefix, &["--followers", "1", "-W", "1"]);
+        let second = docker_cluster(&prefix, "--followers 1 -W 1");
         let (_, events) = second.get("/events?since=0&limit=1000");
         assert!(
             events.to_string().contains("removed what an earlier run"),

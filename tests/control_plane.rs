@@ -160,7 +160,7 @@ fn dead_registry_direct_probes_then_a_new_registry_rebuilds() {
             .args(["coordinator", "--port", &base.to_string()])
             .args(["--registry", &registry_url])
             .args(["--node-base-port", &(base + 2).to_string()])
-            .args(["--followers", "3", "-W", "2", "-R", "2", "--no-delay"])
+            .args(FAST_3_2_2.split_whitespace())
             .args(["--in-memory", "--quiet"])
             .arg("--log-dir")
             .arg(log_dir.path())

@@ -243,7 +243,8 @@ fn redirected_console_is_plain_and_names_the_real_roles() {
     let base = common::free_port_block();
     let mut up = common::kvlab()
         .arg("up")
-        .args(["--followers", "3", "-W", "2", "-R", "2", "--in-memory"])
+        .args(DEMO_3_2_2.split_whitespace())
+        .arg("--in-memory")
         .args(["--coordinator-port", &base.to_string()])
         .args(["--registry-port", &(base + 1).to_string()])
         .args(["--node-base-port", &(base + 2).to_string()])

@@ -325,7 +325,7 @@ fn check_with_partitions_on_netns_hosts_is_linearizable_when_w_plus_r_exceeds_n(
     let out = kvlab_in(&s)
         .arg("check")
         .args(["--hosts", "netns", "--nemesis", "partition"])
-        .args(["--followers", "3", "-W", "2", "-R", "2", "--no-delay"])
+        .args(FAST_3_2_2.split_whitespace())
         .args(["--time-limit", "12", "--seed", "7", "--clients", "4"])
         .args(["--base-port", &base.to_string()])
         .arg("--out")
