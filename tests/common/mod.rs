@@ -10,6 +10,18 @@
 //! stopped when the handle drops; its nodes die with it (parent-death signal).
 //! Clusters are durable (the default) with a fresh data directory each,
 //! deleted with the handle, unless the test asks for `--in-memory`.
+//!
+//! What every suite shares, instead of writing its own:
+//! - waiting: [`eventually`], [`wait`] (`.every(..)`, `.events(&cluster)`,
+//!   `.until(..)` / `.try_until(..)`), [`always`], [`Cluster::eventually`];
+//!   a timeout names what was awaited and what was last seen;
+//! - HTTP: [`http`] (`.secret()`, `.timeout(..)`, `.from(ip)`, `.build()` or
+//!   `.build_async()`);
+//! - clusters: [`Cluster::start`] with one flag string, the flag sets
+//!   [`FAST_3_2_2`] and the others, [`Cluster::start_plus`] /
+//!   [`Cluster::start_args`] for an argument that holds spaces;
+//! - randomised tests: [`test_seed`] (`KVLAB_TEST_SEED` replays a run) and
+//!   [`Lcg`].
 
 #![allow(dead_code)]
 
