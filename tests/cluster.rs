@@ -5,7 +5,7 @@ mod common;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{
     always, http, millis, process_alive, secs, wait, Cluster, DEMO_3_2_2, FAST_1_1_1, FAST_2_1_1,
