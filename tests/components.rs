@@ -4,7 +4,7 @@ mod common;
 
 use std::process::Stdio;
 
-use common::{eventually, http, secs, StopOnDrop};
+use common::{eventually, http, secs, StopOnDrop, FAST_3_2_2};
 use serde_json::{json, Value};
 
 fn wait_ok(http: &reqwest::blocking::Client, url: &str) {
@@ -45,15 +45,7 @@ fn demos_against_separate_components() {
                 &registry,
             ])
             .args(["--node-base-port", &(base + 2).to_string(), "--quiet"])
-            .args([
-                "--followers",
-                "3",
-                "--write-quorum",
-                "2",
-                "--read-quorum",
-                "2",
-                "--no-delay",
-            ])
+            .args(FAST_3_2_2.split_whitespace())
             .spawn()
             .unwrap(),
     );

@@ -207,8 +207,8 @@ fn up_calls_its_coordinator_in_process() {
     let port = |offset: u16| (base + offset).to_string();
     let scratch = common::scratch();
     let mut child = common::kvlab_in(&scratch)
-        .args(["up", "--in-memory", "--quiet", "--no-delay"])
-        .args(["--followers", "1", "-W", "1", "-R", "1"])
+        .args(["up", "--in-memory", "--quiet"])
+        .args(FAST_1_1_1.split_whitespace())
         .args(["--coordinator-port", &port(0), "--registry-port", &port(1)])
         .args(["--node-base-port", &port(2)])
         .args(["--gateway-port", &port(common::GATEWAY_OFFSET)])

@@ -353,16 +353,8 @@ fn up_on_a_terminal_colours_and_stops_on_ctrl_c() {
             "--gateway-port".into(),
             (base + common::GATEWAY_OFFSET).to_string(),
         ];
-        let mut args = vec![
-            "up",
-            "--in-memory",
-            "--followers",
-            "3",
-            "-W",
-            "2",
-            "-R",
-            "2",
-        ];
+        let mut args = vec!["up", "--in-memory"];
+        args.extend(DEMO_3_2_2.split_whitespace());
         args.extend(ports.iter().map(String::as_str));
         let tmp = scratch.path().to_str().unwrap().to_string();
         let mut env = vec![("TMPDIR", tmp.as_str()), ("TERM", "xterm-256color")];
