@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::{eventually, http, millis, secs, wait, DEMO_3_2_2};
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -127,18 +129,14 @@ fn processes_using(base: u16) -> Vec<(u32, String)> {
 
 /// Waits (up to a deadline) for every process of this block to be gone.
 fn assert_nothing_left(base: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    eventually("every process of the block to be gone", secs(10), || {
         let left = processes_using(base);
         if left.is_empty() {
-            return;
+            Ok(())
+        } else {
+            Err(format!("processes left running: {left:#?}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "processes left running: {left:#?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    });
 }
 
 // ---------------------------------------------------------------------------
@@ -654,17 +652,9 @@ fn interrupt_mid_run(signal: libc::c_int, exit_code: Option<i32>) {
     let node_pids = cluster_pids(base);
     assert!(node_pids.len() >= 4, "{node_pids:?}");
     unsafe { libc::kill(child.id() as i32, signal) };
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "assess did not stop after the signal"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait("assess to stop after the signal", secs(15))
+        .every(millis(20))
+        .until(|| child.try_wait().unwrap());
     assert_eq!(status.code(), exit_code);
     assert_nothing_left(base);
     for pid in node_pids {
@@ -674,34 +664,28 @@ fn interrupt_mid_run(signal: libc::c_int, exit_code: Option<i32>) {
 
 /// Polls the coordinator's event log until a write went through.
 fn wait_for_write(base: u16) {
-    let http = reqwest::blocking::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    let http = http().build();
+    eventually("a write in the event log", secs(60), || {
         let events = http
             .get(format!(
                 "http://127.0.0.1:{base}/events?since=0&limit=100000"
             ))
             .send()
             .and_then(|r| r.json::<Value>());
-        if let Ok(Value::Array(events)) = events {
-            if events.iter().any(|e| e["kind"] == "write") {
-                return;
-            }
+        match events {
+            Ok(Value::Array(events)) if events.iter().any(|e| e["kind"] == "write") => Ok(()),
+            Ok(Value::Array(events)) => Err(format!(
+                "no write in the event log ({} events)",
+                events.len()
+            )),
+            other => Err(format!("no write in the event log: {other:?}")),
         }
-        assert!(Instant::now() < deadline, "no write in the event log");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    });
 }
 
 fn cluster_pids(base: u16) -> Vec<u32> {
-    let http = reqwest::blocking::Client::builder()
-        .no_proxy()
+    let s: Value = http()
         .build()
-        .unwrap();
-    let s: Value = http
         .get(format!("http://127.0.0.1:{base}/status"))
         .send()
         .unwrap()
@@ -738,7 +722,8 @@ fn sigkill_mid_run_still_leaves_nothing() {
 fn start_up(scratch: &TempDir, base: u16) -> std::process::Child {
     common::kvlab_in(scratch)
         .arg("up")
-        .args(["--followers", "3", "-W", "2", "-R", "2", "--quiet"])
+        .args(DEMO_3_2_2.split_whitespace())
+        .arg("--quiet")
         .args(["--coordinator-port", &base.to_string()])
         .args(["--registry-port", &(base + 1).to_string()])
         .args(["--gateway-port", &(base + 2).to_string()])
@@ -750,23 +735,13 @@ fn start_up(scratch: &TempDir, base: u16) -> std::process::Child {
 }
 
 fn wait_ready(base: u16) {
-    let http = reqwest::blocking::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let ready = http
-            .get(format!("http://127.0.0.1:{base}/"))
+    let http = http().build();
+    eventually("the cluster to be ready", secs(60), || {
+        http.get(format!("http://127.0.0.1:{base}/"))
             .send()
             .and_then(|r| r.json::<Value>())
-            .is_ok_and(|v| v["can_write"] == true && v["can_read"] == true);
-        if ready {
-            return;
-        }
-        assert!(Instant::now() < deadline, "cluster not ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+            .is_ok_and(|v| v["can_write"] == true && v["can_read"] == true)
+    });
 }
 
 fn stop_up(mut up: std::process::Child, base: u16) {

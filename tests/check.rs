@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::{free_port_block, kvlab_in, scratch, Cluster};
+use common::{free_port_block, kvlab_in, millis, scratch, Cluster, FAST_3_2_2, FAST_IN_MEMORY};
 use serde_json::{json, Value};
 
 /// Runs `kvlab check` with its temporary directory (the cluster's
@@ -133,16 +133,7 @@ fn overlapping_quorums_stay_linearizable_under_kill_crash_and_pause() {
 
 #[test]
 fn a_running_cluster_can_be_checked_through_its_gateway() {
-    let cluster = Cluster::start(&[
-        "--followers",
-        "3",
-        "--write-quorum",
-        "2",
-        "--read-quorum",
-        "2",
-        "--no-delay",
-        "--in-memory",
-    ]);
+    let cluster = Cluster::start(&format!("{FAST_3_2_2} --in-memory"));
     let (out, _) = check(&[
         "--no-start-cluster",
         "--gateway",
@@ -180,16 +171,7 @@ fn bad_flags_are_refused_with_a_reason() {
 
 #[test]
 fn a_partitioned_follower_hangs_its_traffic_until_healed() {
-    let cluster = Cluster::start(&[
-        "--followers",
-        "2",
-        "--write-quorum",
-        "1",
-        "--read-quorum",
-        "2",
-        "--no-delay",
-        "--in-memory",
-    ]);
+    let cluster = Cluster::start(&format!("{FAST_IN_MEMORY} --followers 2 -W 1 -R 2"));
     // The fault hooks are internal routes: this client carries the secret.
     let http = common::internal_http();
     let f2 = cluster.node_url(2);
@@ -219,11 +201,7 @@ fn a_partitioned_follower_hangs_its_traffic_until_healed() {
         json!({"peers": ["coordinator"], "seconds": 60}),
     );
     assert_eq!(s, 200);
-    let quick = reqwest::blocking::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_millis(800))
-        .build()
-        .unwrap();
+    let quick = common::http().timeout(millis(800)).build();
     let read = quick.get(format!("{}/data/k", f2)).send();
     assert!(
         read.is_err_and(|e| e.is_timeout()),

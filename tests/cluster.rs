@@ -5,15 +5,18 @@ mod common;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{process_alive, Cluster};
+use common::{
+    always, http, millis, process_alive, secs, wait, Cluster, DEMO_3_2_2, FAST_1_1_1, FAST_2_1_1,
+    FAST_2_2_2,
+};
 use serde_json::{json, Value};
 
 /// Demos 1 and 2: start, write, read, status.
 #[test]
 fn demo_write_read_status() {
-    let c = Cluster::start(&["--followers", "3", "-W", "2", "-R", "2"]);
+    let c = Cluster::start(DEMO_3_2_2);
     let (code, w) = c.write("name", "distributed-systems");
     assert_eq!(code, 200, "{w}");
     assert_eq!(w["status"], "success");
@@ -65,18 +68,7 @@ fn demo_write_read_status() {
 /// Demo 3: node failure. W=2 of 3 survives one loss, not two.
 #[test]
 fn demo_node_failure() {
-    let c = Cluster::start(&[
-        "--followers",
-        "3",
-        "-W",
-        "2",
-        "-R",
-        "2",
-        "--sync-delay",
-        "0.1",
-        "--async-delay",
-        "1",
-    ]);
+    let c = Cluster::start(&format!("{DEMO_3_2_2} --sync-delay 0.1 --async-delay 1"));
     let (code, k) = c.post("/kill/follower-1", json!({}));
     assert_eq!(code, 200, "{k}");
     assert_eq!(
@@ -100,7 +92,7 @@ fn demo_node_failure() {
 /// Demo 4: catch-up. Writes made while a follower is down reach it on respawn.
 #[test]
 fn demo_catchup_on_spawn() {
-    let c = Cluster::start(&["--followers", "3", "-W", "1", "-R", "3", "--no-delay"]);
+    let c = Cluster::start("--followers 3 -W 1 -R 3 --no-delay");
     c.post("/kill/follower-1", json!({}));
     for i in 0..20 {
         assert_eq!(c.write(&format!("k{i}"), "while-down").0, 200);
@@ -123,7 +115,7 @@ fn demo_catchup_on_spawn() {
 /// `/spawn` with no dead slot makes a genuinely new follower.
 #[test]
 fn spawn_without_dead_slot_adds_a_follower() {
-    let c = Cluster::start(&["--followers", "2", "-W", "1", "-R", "1", "--no-delay"]);
+    let c = Cluster::start(FAST_2_1_1);
     c.write("a", "1");
     // W + R <= N already, so growing N needs saying so (`grow`).
     let (code, s) = c.post("/spawn", json!({"grow": true}));
@@ -140,7 +132,7 @@ fn spawn_without_dead_slot_adds_a_follower() {
 /// W + R > N: 200 sequential write-then-read pairs, lab delays, no stale read.
 #[test]
 fn overlapping_quorums_never_read_stale() {
-    let c = Cluster::start(&["--followers", "3", "-W", "2", "-R", "2"]);
+    let c = Cluster::start(DEMO_3_2_2);
     let mut stale = 0;
     for i in 0..200 {
         let key = format!("key-{}", i % 7);
@@ -158,7 +150,7 @@ fn overlapping_quorums_never_read_stale() {
 /// W + R <= N (N=5, W=4, R=1): a read right after a write misses it.
 #[test]
 fn disjoint_quorums_read_stale() {
-    let c = Cluster::start(&["--followers", "5", "-W", "4", "-R", "1"]);
+    let c = Cluster::start("--followers 5 -W 4 -R 1");
     let mut stale = 0;
     for i in 0..3 {
         let (code, w) = c.write("cart", &format!("items-{i}"));
@@ -172,19 +164,18 @@ fn disjoint_quorums_read_stale() {
     assert_eq!(stale, 3, "every read right after a write is stale");
     // Async replication finishes after its 5 s delay.
     c.wait_for_event("async_done", Some("follower-5"), Duration::from_secs(15));
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let (_, r) = c.read("cart");
-        if r["value"] == "items-2" {
-            assert_eq!(r["served_by"], "follower-5");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "async replication never completed: {r}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let r = wait("async replication to complete", secs(15))
+        .every(millis(100))
+        .events(&c)
+        .until(|| {
+            let (_, r) = c.read("cart");
+            if r["value"] == "items-2" {
+                Ok(r)
+            } else {
+                Err(r)
+            }
+        });
+    assert_eq!(r["served_by"], "follower-5");
 }
 
 /// Runs `writers` threads writing distinct keys until stopped; returns the
@@ -204,10 +195,7 @@ impl Writers {
                 let (stop, acked) = (stop.clone(), acked.clone());
                 let url = format!("{}/write", c.coordinator);
                 std::thread::spawn(move || {
-                    let http = reqwest::blocking::Client::builder()
-                        .no_proxy()
-                        .build()
-                        .unwrap();
+                    let http = http().build();
                     let mut i = 0;
                     while !stop.load(Ordering::Relaxed) {
                         let (key, value) = (format!("w{t}-{i}"), format!("v{i}"));
@@ -231,11 +219,16 @@ impl Writers {
     }
 
     fn wait_for(&self, count: usize) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.acked.lock().unwrap().len() < count {
-            assert!(Instant::now() < deadline, "writers made no progress");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait(format_args!("{count} acknowledged writes"), secs(30))
+            .every(millis(10))
+            .until(|| {
+                let acked = self.acked.lock().unwrap().len();
+                if acked >= count {
+                    Ok(())
+                } else {
+                    Err(format!("writers made no progress: {acked} acknowledged"))
+                }
+            });
     }
 
     fn finish(self) -> HashMap<String, String> {
@@ -264,7 +257,7 @@ fn assert_holds_all(c: &Cluster, node_url: &str, acked: &HashMap<String, String>
 /// Loss case 1: a follower added while writes flow misses none of them.
 #[test]
 fn catchup_new_follower_under_concurrent_writes() {
-    let c = Cluster::start(&["--followers", "2", "-W", "1", "-R", "1", "--no-delay"]);
+    let c = Cluster::start(FAST_2_1_1);
     let writers = Writers::start(&c, 4);
     writers.wait_for(200);
     let (code, s) = c.post("/spawn", json!({"grow": true}));
@@ -278,7 +271,7 @@ fn catchup_new_follower_under_concurrent_writes() {
 /// Loss case 2: a follower SIGKILLed and respawned comes back complete.
 #[test]
 fn catchup_after_crash_and_respawn_under_concurrent_writes() {
-    let c = Cluster::start(&["--followers", "3", "-W", "1", "-R", "1", "--no-delay"]);
+    let c = Cluster::start("--followers 3 -W 1 -R 1 --no-delay");
     let writers = Writers::start(&c, 4);
     writers.wait_for(100);
     let (code, k) = c.post("/kill/follower-2?mode=crash", json!({}));
@@ -302,17 +295,7 @@ fn catchup_after_crash_and_respawn_under_concurrent_writes() {
 /// continues after it: nothing written around the snapshot is lost.
 #[test]
 fn catchup_by_snapshot_keeps_concurrent_writes() {
-    let c = Cluster::start(&[
-        "--followers",
-        "2",
-        "-W",
-        "1",
-        "-R",
-        "1",
-        "--no-delay",
-        "--log-retain",
-        "50",
-    ]);
+    let c = Cluster::start(&format!("{FAST_2_1_1} --log-retain 50"));
     let writers = Writers::start(&c, 4);
     writers.wait_for(50);
     c.post("/kill/follower-2", json!({}));
@@ -328,7 +311,7 @@ fn catchup_by_snapshot_keeps_concurrent_writes() {
 /// The leader's death is named as the cause; reads go on.
 #[test]
 fn leader_death_fails_over_and_reads_keep_working() {
-    let c = Cluster::start(&["--followers", "2", "-W", "1", "-R", "1", "--no-delay"]);
+    let c = Cluster::start(FAST_2_1_1);
     c.write("x", "1");
     let (code, _) = c.post("/kill/leader", json!({}));
     assert_eq!(code, 200);
@@ -352,18 +335,7 @@ fn leader_death_fails_over_and_reads_keep_working() {
 /// slot is respawned, and the old process is fenced: one process per id.
 #[test]
 fn blip_replaced_node_is_fenced() {
-    let c = Cluster::start(&[
-        "--followers",
-        "2",
-        "-W",
-        "1",
-        "-R",
-        "1",
-        "--no-delay",
-        "--auto-spawn",
-        "--spawn-delay",
-        "1",
-    ]);
+    let c = Cluster::start(&format!("{FAST_2_1_1} --auto-spawn --spawn-delay 1"));
     let old = c.follower("follower-1");
     let old_pid = old["pid"].as_u64().unwrap() as u32;
     let since = c.last_event_id();
@@ -391,36 +363,42 @@ fn blip_replaced_node_is_fenced() {
         .filter(|f| f["node_id"] == "follower-1")
         .collect();
     assert_eq!(f1.len(), 1);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while process_alive(old_pid) {
-        assert!(Instant::now() < deadline, "the replaced process still runs");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait("the replaced process to stop", secs(5))
+        .every(millis(20))
+        .until(|| {
+            if process_alive(old_pid) {
+                Err("the replaced process still runs")
+            } else {
+                Ok(())
+            }
+        });
     assert_eq!(c.write("after", "blip").0, 200);
 }
 
 /// No orphans: SIGKILL of `kvlab up` takes every node with it.
 #[test]
 fn no_orphans_after_sigkill() {
-    let mut c = Cluster::start(&["--followers", "2", "-W", "1", "-R", "1", "--no-delay"]);
+    let mut c = Cluster::start(FAST_2_1_1);
     let pids = c.pids();
     assert_eq!(pids.len(), 3);
     c.child.kill().unwrap();
     c.child.wait().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while pids.iter().any(|&p| process_alive(p)) {
-        assert!(
-            Instant::now() < deadline,
-            "node processes outlived kvlab up"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait("the node processes to die with kvlab up", secs(5))
+        .every(millis(20))
+        .until(|| {
+            let alive: Vec<_> = pids.iter().filter(|&&p| process_alive(p)).collect();
+            if alive.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("node processes outlived kvlab up: {alive:?}"))
+            }
+        });
 }
 
 /// No orphans after a graceful stop either.
 #[test]
 fn no_orphans_after_sigterm() {
-    let c = Cluster::start(&["--followers", "1", "-W", "1", "-R", "1", "--no-delay"]);
+    let c = Cluster::start(FAST_1_1_1);
     let pids = c.pids();
     drop(c);
     assert!(pids.iter().all(|&p| !process_alive(p)));
@@ -433,7 +411,7 @@ fn as_text(v: &Value) -> String {
 /// Bad input gets a clear error and never changes data.
 #[test]
 fn bad_input_is_refused_clearly() {
-    let c = Cluster::start(&["--followers", "1", "-W", "1", "-R", "1", "--no-delay"]);
+    let c = Cluster::start(FAST_1_1_1);
     c.write("keep", "me");
     let raw = |body: &str| {
         let r = c
@@ -464,10 +442,7 @@ fn bad_input_is_refused_clearly() {
     assert_eq!(code, 413, "{e}");
     // Over the body limit: the server answers 413 and closes the connection
     // without reading the rest, so use a client whose pool is not reused.
-    let once = reqwest::blocking::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap();
+    let once = http().build();
     let resp = once
         .post(format!("{}/write", c.coordinator))
         .json(&json!({"key": "huge", "value": "v".repeat(3 * 1024 * 1024)}))
@@ -519,7 +494,7 @@ fn bad_input_is_refused_clearly() {
 /// bad batches whole, with a clear error, and change nothing.
 #[test]
 fn batch_endpoints_refuse_bad_batches() {
-    let c = Cluster::start(&["--followers", "1", "-W", "1", "-R", "1", "--no-delay"]);
+    let c = Cluster::start(FAST_1_1_1);
     c.write("keep", "me");
     let (leader, follower) = (c.node_url(0), c.node_url(1));
     let post = |url: String, body: &str| {
@@ -572,7 +547,7 @@ fn batch_endpoints_refuse_bad_batches() {
 /// 2 MiB body limit of client requests; they still replicate whole.
 #[test]
 fn big_values_written_together_replicate() {
-    let c = Cluster::start(&["--followers", "2", "-W", "2", "-R", "2", "--no-delay"]);
+    let c = Cluster::start(FAST_2_2_2);
     let value = |i: usize| format!("{i}").repeat(1024 * 1024);
     std::thread::scope(|s| {
         for i in 0..6 {
@@ -646,18 +621,7 @@ fn taken_port_is_reported() {
 /// back, and is not replaced when the spawn delay runs out.
 #[test]
 fn node_back_in_time_is_not_replaced() {
-    let c = Cluster::start(&[
-        "--followers",
-        "2",
-        "-W",
-        "1",
-        "-R",
-        "1",
-        "--no-delay",
-        "--auto-spawn",
-        "--spawn-delay",
-        "5",
-    ]);
+    let c = Cluster::start(&format!("{FAST_2_1_1} --auto-spawn --spawn-delay 5"));
     let before = c.follower("follower-1");
     let since = c.last_event_id();
     c.pause_heartbeats(1, 6.0);
@@ -674,15 +638,19 @@ fn node_back_in_time_is_not_replaced() {
         Duration::from_secs(15),
     );
     // The spawn delay runs out 5 s after the death; give it time to (not) act.
-    let revived_at = Instant::now();
-    while revived_at.elapsed() < Duration::from_secs(6) {
-        let f1 = c.follower("follower-1");
-        assert_eq!(
-            f1["incarnation"], before["incarnation"],
-            "the node was replaced"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    always(
+        "follower-1 not being replaced",
+        secs(6),
+        millis(200),
+        || {
+            let f1 = c.follower("follower-1");
+            assert_eq!(
+                f1["incarnation"], before["incarnation"],
+                "the node was replaced"
+            );
+            true
+        },
+    );
     let events = c.get(&format!("/events?since={since}")).1;
     assert!(!events
         .as_array()

@@ -3,17 +3,14 @@
 mod common;
 
 use std::process::Stdio;
-use std::time::{Duration, Instant};
 
-use common::StopOnDrop;
+use common::{eventually, http, secs, StopOnDrop, FAST_3_2_2};
 use serde_json::{json, Value};
 
 fn wait_ok(http: &reqwest::blocking::Client, url: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !http.get(url).send().is_ok_and(|r| r.status() == 200) {
-        assert!(Instant::now() < deadline, "{url} never answered");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually(format_args!("{url} to answer"), secs(30), || {
+        http.get(url).send().is_ok_and(|r| r.status() == 200)
+    });
 }
 
 #[test]
@@ -48,28 +45,16 @@ fn demos_against_separate_components() {
                 &registry,
             ])
             .args(["--node-base-port", &(base + 2).to_string(), "--quiet"])
-            .args([
-                "--followers",
-                "3",
-                "--write-quorum",
-                "2",
-                "--read-quorum",
-                "2",
-                "--no-delay",
-            ])
+            .args(FAST_3_2_2.split_whitespace())
             .spawn()
             .unwrap(),
     );
-    let http = reqwest::blocking::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap();
+    let http = http().build();
     wait_ok(&http, &format!("{registry}/"));
     wait_ok(&http, &format!("{coordinator}/"));
     // Ready when the registry has heard from all four nodes and the
     // coordinator sees them all alive.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually("the nodes to register", secs(30), || {
         let alive: Value = http
             .get(format!("{registry}/alive"))
             .send()
@@ -86,14 +71,11 @@ fn demos_against_separate_components() {
             && status["quorum"]["alive_followers"] == 3
             && status["leader"]["status"] == "alive"
         {
-            break;
+            Ok(())
+        } else {
+            Err(format!("nodes never registered: {alive} {status}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "nodes never registered: {alive} {status}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    });
     let post = |path: &str, body: Value| -> (u16, Value) {
         let r = http
             .post(format!("{coordinator}{path}"))

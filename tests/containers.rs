@@ -9,7 +9,7 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
@@ -93,7 +93,7 @@ impl Drop for Volumes {
     }
 }
 
-fn docker_cluster(prefix: &str, extra: &[&str]) -> Cluster {
+fn docker_cluster(prefix: &str, extra: &str) -> Cluster {
     let image = image();
     let mut args = vec![
         "--runtime",
@@ -109,8 +109,8 @@ fn docker_cluster(prefix: &str, extra: &[&str]) -> Cluster {
         "--async-delay",
         "0.5",
     ];
-    args.extend_from_slice(extra);
-    Cluster::start(&args)
+    args.extend(extra.split_whitespace());
+    Cluster::start_args(&args)
 }
 
 fn node<'a>(status: &'a Value, id: &str) -> &'a Value {
@@ -128,7 +128,7 @@ fn a_docker_cluster_passes_the_seed_demos() {
     let prefix = format!("kvlab-t{}-demos", std::process::id());
     let _volumes = Volumes(prefix.clone());
     {
-        let cluster = docker_cluster(&prefix, &["--followers", "3", "-W", "2", "-R", "2"]);
+        let cluster = docker_cluster(&prefix, DEMO_3_2_2);
         // Demo 1: every node is a container of the image, on its network.
         let mut names = containers_of(&prefix);
         names.sort();
@@ -240,7 +240,7 @@ fn a_later_start_removes_what_a_killed_run_left() {
     }
     let prefix = format!("kvlab-t{}-leftovers", std::process::id());
     let _volumes = Volumes(prefix.clone());
-    let mut first = docker_cluster(&prefix, &["--followers", "1", "-W", "1", "--fresh"]);
+    let mut first = docker_cluster(&prefix, "--followers 1 -W 1 --fresh");
     let (code, body) = first.write("kept", "on-the-volume");
     assert_eq!(code, 200, "{body}");
     // SIGKILL: `kvlab up` cannot clean up; its containers live on.
@@ -248,7 +248,7 @@ fn a_later_start_removes_what_a_killed_run_left() {
     first.child.wait().unwrap();
     assert_eq!(containers_of(&prefix).len(), 2);
     {
-        let second = docker_cluster(&prefix, &["--followers", "1", "-W", "1"]);
+        let second = docker_cluster(&prefix, "--followers 1 -W 1");
         let (_, events) = second.get("/events?since=0&limit=1000");
         assert!(
             events.to_string().contains("removed what an earlier run"),
@@ -349,24 +349,22 @@ fn compose_runs_a_working_cluster_and_down_removes_it() {
     );
     assert_eq!(compose.containers().len(), 4);
     let gateway = format!("http://127.0.0.1:{}", compose.base + GATEWAY_OFFSET);
-    let http = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let http = http().timeout(secs(10)).build();
     // The nodes join once the coordinator is up; the gateway answers 503
     // until the cluster is ready.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let written = loop {
-        let resp = http
-            .post(format!("{gateway}/write"))
-            .json(&json!({"key": "name", "value": "composed"}))
-            .send();
-        if let Ok(r) = resp {
-            if r.status() == 200 {
-                break r.json::<Value>().unwrap();
+    let written = wait("the compose cluster to take a write", secs(60))
+        .every(millis(200))
+        .try_until(|| {
+            let resp = http
+                .post(format!("{gateway}/write"))
+                .json(&json!({"key": "name", "value": "composed"}))
+                .send();
+            match resp {
+                Ok(r) if r.status() == 200 => Some(r.json::<Value>().unwrap()),
+                _ => None,
             }
-        }
-        if Instant::now() > deadline {
+        })
+        .unwrap_or_else(|| {
             let coordinator = format!("http://127.0.0.1:{}", compose.base);
             let get = |path: &str| {
                 http.get(format!("{coordinator}{path}"))
@@ -381,9 +379,7 @@ fn compose_runs_a_working_cluster_and_down_removes_it() {
                 get("/events?since=0&limit=200"),
                 String::from_utf8_lossy(&logs.stdout)
             );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+        });
     assert_eq!(written["sync_acks"], 2, "{written}");
     let read: Value = http
         .get(format!("{gateway}/read/name"))

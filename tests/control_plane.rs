@@ -8,7 +8,7 @@ use std::net::TcpListener;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Cluster;
+use common::{always, eventually, http, millis, secs, wait, Cluster, FAST_2_2_2, FAST_3_2_2};
 use serde_json::{json, Value};
 
 fn all_alive(s: &Value) -> bool {
@@ -23,7 +23,7 @@ fn all_alive(s: &Value) -> bool {
 /// Case 1: a forged `/node-died` about a node that heartbeats is not applied.
 #[test]
 fn forged_node_died_is_checked_and_ignored() {
-    let c = Cluster::start(&["--no-delay"]);
+    let c = Cluster::start("--no-delay");
     for id in ["follower-1", "leader"] {
         let (code, answer) = c.post("/node-died", json!({"node_id": id}));
         assert_eq!(code, 200, "{answer}");
@@ -41,12 +41,11 @@ fn forged_node_died_is_checked_and_ignored() {
     assert_eq!(code, 200, "{answer}");
     assert_eq!(answer["applied"], false, "{answer}");
     // It stays alive across several reconciliations, and writes work.
-    let until = Instant::now() + Duration::from_millis(2500);
-    while Instant::now() < until {
+    always("every node alive", millis(2500), millis(100), || {
         let s = c.status();
         assert!(all_alive(&s), "a heartbeating node was marked dead: {s}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        true
+    });
     assert_eq!(c.write("k", "v").0, 200);
     c.wait_for_event("notice_ignored", Some("follower-1"), Duration::from_secs(1));
 }
@@ -56,7 +55,7 @@ fn forged_node_died_is_checked_and_ignored() {
 #[test]
 fn paused_control_plane_comes_back_with_every_node_alive() {
     // Many nodes: each is a chance for a notice to be overtaken.
-    let c = Cluster::start(&["--followers", "5", "-W", "3", "-R", "3", "--no-delay"]);
+    let c = Cluster::start("--followers 5 -W 3 -R 3 --no-delay");
     let pid = c.child.id() as i32;
     unsafe { libc::kill(pid, libc::SIGSTOP) };
     // The fault itself: longer than the 5 s failure timeout.
@@ -64,12 +63,11 @@ fn paused_control_plane_comes_back_with_every_node_alive() {
     unsafe { libc::kill(pid, libc::SIGCONT) };
     c.wait_status("every node alive", Duration::from_secs(6), all_alive);
     // Within a heartbeat period any late notice has been reconciled away.
-    let until = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < until {
+    always("every node alive", secs(3), millis(100), || {
         let s = c.status();
         assert!(all_alive(&s), "{s}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        true
+    });
     assert_eq!(c.write("after-pause", "v").0, 200);
 }
 
@@ -91,11 +89,7 @@ struct Remote {
 
 impl Remote {
     fn new(url: &str) -> Remote {
-        let http = reqwest::blocking::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap();
+        let http = http().timeout(secs(10)).build();
         Remote {
             url: url.to_string(),
             http,
@@ -130,18 +124,14 @@ impl Remote {
     }
 
     fn wait_status(&self, what: &str, timeout: Duration, check: impl Fn(&Value) -> bool) {
-        let deadline = Instant::now() + timeout;
-        loop {
+        eventually(what, timeout, || {
             let s = self.status();
             if check(&s) {
-                return;
+                Ok(())
+            } else {
+                Err(s)
             }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}: {s}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        });
     }
 }
 
@@ -170,7 +160,7 @@ fn dead_registry_direct_probes_then_a_new_registry_rebuilds() {
             .args(["coordinator", "--port", &base.to_string()])
             .args(["--registry", &registry_url])
             .args(["--node-base-port", &(base + 2).to_string()])
-            .args(["--followers", "3", "-W", "2", "-R", "2", "--no-delay"])
+            .args(FAST_3_2_2.split_whitespace())
             .args(["--in-memory", "--quiet"])
             .arg("--log-dir")
             .arg(log_dir.path())
@@ -214,27 +204,25 @@ fn dead_registry_direct_probes_then_a_new_registry_rebuilds() {
     c.wait_status("liveness from the registry", Duration::from_secs(5), |s| {
         s["liveness"] == "registry"
     });
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let nodes = c.get_json(&format!("{registry_url}/nodes"));
-        let alive: Vec<&str> = nodes["nodes"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter(|n| n["status"] == "alive")
-                    .map(|n| n["node_id"].as_str().unwrap())
-                    .collect()
-            })
-            .unwrap_or_default();
-        if alive == ["follower-2", "follower-3", "leader"] {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "registry view not rebuilt: {nodes}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait("the registry view to be rebuilt", secs(5))
+        .every(millis(100))
+        .until(|| {
+            let nodes = c.get_json(&format!("{registry_url}/nodes"));
+            let alive: Vec<&str> = nodes["nodes"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter(|n| n["status"] == "alive")
+                        .map(|n| n["node_id"].as_str().unwrap())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if alive == ["follower-2", "follower-3", "leader"] {
+                Ok(())
+            } else {
+                Err(format!("registry view not rebuilt: {nodes}"))
+            }
+        });
     let s = c.status();
     assert_eq!(s["followers"][0]["status"], "dead", "{s}");
     assert_eq!(s["quorum"]["can_write"], true, "{s}");
@@ -244,7 +232,7 @@ fn dead_registry_direct_probes_then_a_new_registry_rebuilds() {
 /// pending on the 5 s async link.
 #[test]
 fn sigterm_stops_every_process_promptly() {
-    let mut c = Cluster::start(&["--followers", "3"]);
+    let mut c = Cluster::start("--followers 3");
     for i in 0..3 {
         assert_eq!(c.write(&format!("k{i}"), "v").0, 200);
     }
@@ -252,26 +240,30 @@ fn sigterm_stops_every_process_promptly() {
     assert_eq!(pids.len(), 4);
     let asked = Instant::now();
     unsafe { libc::kill(c.child.id() as i32, libc::SIGTERM) };
-    let deadline = asked + Duration::from_millis(1500);
-    loop {
-        let up_gone = c.child.try_wait().unwrap().is_some();
+    let child = &mut c.child;
+    wait(
+        "every process to stop after SIGTERM",
+        millis(1500).saturating_sub(asked.elapsed()),
+    )
+    .every(millis(20))
+    .until(|| {
+        let up_gone = child.try_wait().unwrap().is_some();
         if up_gone && !pids.iter().any(|&p| common::process_alive(p)) {
-            break;
+            Ok(())
+        } else {
+            Err(format!(
+                "still running 1.5 s after SIGTERM (up gone: {up_gone}); the SIGKILL \
+                     fallback comes at 2 s"
+            ))
         }
-        assert!(
-            Instant::now() < deadline,
-            "still running 1.5 s after SIGTERM (up gone: {up_gone}); the SIGKILL \
-             fallback comes at 2 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    });
 }
 
 /// Case 7: a spawn on a port in use says so, adds nothing, and the next
 /// spawn works.
 #[test]
 fn failed_spawn_leaves_no_broken_slot() {
-    let c = Cluster::start(&["--followers", "2", "-W", "2", "-R", "2", "--no-delay"]);
+    let c = Cluster::start(FAST_2_2_2);
     let taken = c.base + 30;
     let _holder = TcpListener::bind(("127.0.0.1", taken)).unwrap();
     let (code, answer) = c.post("/spawn", json!({"port": taken}));
@@ -298,7 +290,7 @@ fn failed_spawn_leaves_no_broken_slot() {
 /// that would make W + R <= N is refused unless asked for.
 #[test]
 fn spawn_after_crash_reuses_the_slot_and_growth_keeps_the_overlap() {
-    let c = Cluster::start(&["--followers", "3", "-W", "2", "-R", "2", "--no-delay"]);
+    let c = Cluster::start(FAST_3_2_2);
     let (code, k) = c.post("/kill/follower-2?mode=crash", json!({}));
     assert_eq!(code, 200, "{k}");
     let (code, s) = c.post("/spawn", json!({}));

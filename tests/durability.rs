@@ -13,7 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{free_port_block, kvlab, Cluster};
+use common::{
+    free_port_block, http, kvlab, millis, secs, test_seed, wait, Cluster, Lcg, FAST_2_2_2,
+    FAST_3_2_2, FAST_IN_MEMORY,
+};
 use serde_json::{json, Value};
 
 const ROUNDS: usize = 20;
@@ -71,11 +74,16 @@ impl Load {
 
     /// Waits until `more` writes beyond `since` were acknowledged.
     fn wait_acked(&self, since: usize, more: usize) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.acked.lock().unwrap().len() < since + more {
-            assert!(Instant::now() < deadline, "writes stopped succeeding");
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        wait(format_args!("{more} more acknowledged writes"), secs(30))
+            .every(millis(2))
+            .until(|| {
+                let acked = self.acked.lock().unwrap().len();
+                if acked >= since + more {
+                    Ok(())
+                } else {
+                    Err(format!("writes stopped succeeding at {acked}"))
+                }
+            });
     }
 
     fn stop(self) -> Vec<Acked> {
@@ -94,11 +102,7 @@ fn write_until_stopped(
     stop: &AtomicBool,
     paused: &AtomicBool,
 ) {
-    let http = reqwest::blocking::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let http = http().timeout(secs(10)).build();
     let mut n = 0;
     while !stop.load(Ordering::Relaxed) {
         if paused.load(Ordering::Relaxed) {
@@ -126,20 +130,6 @@ fn write_until_stopped(
             seq: body["seq"].as_u64().unwrap(),
             sync_replicated_to: urls.iter().map(|u| u.as_str().unwrap().into()).collect(),
         });
-    }
-}
-
-/// A small deterministic generator for "random" kill moments (reproducible
-/// from the seed printed by the test).
-struct Lcg(u64);
-
-impl Lcg {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % n
     }
 }
 
@@ -171,23 +161,11 @@ impl Tally {
 }
 
 fn seed() -> u64 {
-    let seed = std::process::id() as u64 ^ 0x9e37_79b9;
-    eprintln!("kill moments seeded with {seed}");
-    seed
+    test_seed("kill moments", std::process::id() as u64 ^ 0x9e37_79b9)
 }
 
 fn crash_cluster() -> Cluster {
-    Cluster::start(&[
-        "--followers",
-        "2",
-        "-W",
-        "2",
-        "-R",
-        "2",
-        "--no-delay",
-        "--fsync",
-        "always",
-    ])
+    Cluster::start(&format!("{FAST_2_2_2} --fsync always"))
 }
 
 /// SIGKILLs `node_id` and restarts it on its directory through `/spawn`.
@@ -282,17 +260,7 @@ fn follower_crash_loses_no_acknowledged_write() {
 #[test]
 fn followers_persist_a_write_during_the_leaders_fsync_and_the_ack_waits_for_it() {
     const SLOW: Duration = Duration::from_secs(3);
-    let c = Cluster::start(&[
-        "--no-delay",
-        "--followers",
-        "3",
-        "-W",
-        "2",
-        "-R",
-        "2",
-        "--fsync",
-        "always",
-    ]);
+    let c = Cluster::start(&format!("{FAST_3_2_2} --fsync always"));
     assert_eq!(c.write("warm", "up").0, 200);
     let leader = c.node_url(0);
     let stats = |url: &str| c.get_json(&format!("{url}/stats"));
@@ -317,31 +285,34 @@ fn followers_persist_a_write_during_the_leaders_fsync_and_the_ack_waits_for_it()
     // followers must get it onto their disks without waiting for the
     // leader's: within half of the 3 s that fsync takes (generous: a disk
     // loaded by parallel tests can take hundreds of milliseconds).
-    let deadline = Instant::now() + SLOW;
-    let target = loop {
-        let applied = stats(&leader)["applied_seq"].as_u64().unwrap();
-        if applied > before {
-            break applied;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the leader never appended the write"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let target = wait("the leader to append the write", SLOW)
+        .every(millis(10))
+        .until(|| {
+            let applied = stats(&leader)["applied_seq"].as_u64().unwrap();
+            if applied > before {
+                Ok(applied)
+            } else {
+                Err(format!(
+                    "the leader never appended the write: seq {applied}"
+                ))
+            }
+        });
+    // One deadline for both followers.
     let deadline = Instant::now() + SLOW / 2;
     for follower in [c.node_url(1), c.node_url(2)] {
-        loop {
-            let s = stats(&follower);
-            if s["storage"]["durable_seq"].as_u64() >= Some(target) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{follower} did not persist seq {target} while the leader's fsync ran: {s}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        wait(format_args!("{follower} to persist seq {target}"), left)
+            .every(millis(10))
+            .until(|| {
+                let s = stats(&follower);
+                if s["storage"]["durable_seq"].as_u64() >= Some(target) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{follower} did not persist seq {target} while the leader's fsync ran: {s}"
+                    ))
+                }
+            });
     }
     let leader_durable = stats(&leader)["storage"]["durable_seq"].as_u64().unwrap();
     assert!(
@@ -362,7 +333,7 @@ fn followers_persist_a_write_during_the_leaders_fsync_and_the_ack_waits_for_it()
 /// (its links show it), without waiting for some later write to move on.
 #[test]
 fn a_write_abandoned_during_the_leaders_fsync_still_completes() {
-    let c = Cluster::start(&["--no-delay", "--followers", "2", "--fsync", "always"]);
+    let c = Cluster::start("--no-delay --followers 2 --fsync always");
     assert_eq!(c.write("warm", "up").0, 200);
     let leader = c.node_url(0);
     let leader_seq = || -> u64 {
@@ -383,30 +354,33 @@ fn a_write_abandoned_during_the_leaders_fsync_still_completes() {
         .timeout(Duration::from_millis(200))
         .send();
     assert!(gave_up.is_err(), "answered within 200 ms: {gave_up:?}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while leader_seq() <= before {
-        assert!(
-            Instant::now() < deadline,
-            "the abandoned write never counted as persisted (leader seq {})",
-            leader_seq()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait("the abandoned write to count as persisted", secs(10))
+        .every(millis(20))
+        .until(|| {
+            let seq = leader_seq();
+            if seq > before {
+                Ok(())
+            } else {
+                Err(format!(
+                    "the abandoned write never counted as persisted (leader seq {seq})"
+                ))
+            }
+        });
 }
 
 #[test]
 fn restarted_cluster_recovers_its_data_and_fresh_starts_empty() {
     let dir = tempfile::tempdir().unwrap();
-    let flags = ["--no-delay", "-R", "2"];
+    let flags = "--no-delay -R 2";
     {
-        let c = Cluster::start_on(dir.path(), &flags);
+        let c = Cluster::start_on(dir.path(), flags);
         for i in 0..30 {
             assert_eq!(c.write(&format!("k{i}"), &format!("v{i}")).0, 200);
         }
         assert_eq!(c.write("k0", "again").0, 200);
     } // SIGTERM: the whole cluster stops.
     {
-        let c = Cluster::start_on(dir.path(), &flags);
+        let c = Cluster::start_on(dir.path(), flags);
         let (code, r) = c.read("k0");
         assert_eq!(code, 200, "{r}");
         assert_eq!(
@@ -419,15 +393,13 @@ fn restarted_cluster_recovers_its_data_and_fresh_starts_empty() {
         let (_, w) = c.write("k0", "third");
         assert_eq!(w["version"], 3);
     }
-    let mut flags_fresh = flags.to_vec();
-    flags_fresh.push("--fresh");
-    let c = Cluster::start_on(dir.path(), &flags_fresh);
+    let c = Cluster::start_on(dir.path(), &format!("{flags} --fresh"));
     assert_eq!(c.read("k0").0, 404);
 }
 
 #[test]
 fn in_memory_cluster_cannot_restart_its_leader() {
-    let c = Cluster::start(&["--in-memory", "--no-delay"]);
+    let c = Cluster::start(FAST_IN_MEMORY);
     assert_eq!(c.write("k", "v").0, 200);
     let (code, _) = c.post("/kill/leader?mode=crash", json!({}));
     assert_eq!(code, 200);
@@ -474,27 +446,28 @@ impl Node {
     /// Waits for `/health`, or for the process to exit (then returns its
     /// log as the error).
     fn wait_healthy(&mut self) -> Result<(), String> {
-        let http = reqwest::blocking::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-                return Err(format!("exited with {status}: {log}"));
-            }
-            if http
-                .get(format!("{}/health", self.url))
-                .send()
-                .is_ok_and(|r| r.status() == 200)
-            {
-                return Ok(());
-            }
-            assert!(Instant::now() < deadline, "node did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let http = http().build();
+        wait("the node to start", secs(20))
+            .every(millis(20))
+            .until(|| {
+                if let Some(status) = self.child.try_wait().unwrap() {
+                    let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                    return Ok(Err(format!("exited with {status}: {log}")));
+                }
+                if http
+                    .get(format!("{}/health", self.url))
+                    .send()
+                    .is_ok_and(|r| r.status() == 200)
+                {
+                    return Ok(Ok(()));
+                }
+                Err("node did not start")
+            })
     }
 
     fn write(&self, key: &str, value: &str) {
-        let resp = reqwest::blocking::Client::new()
+        let resp = http()
+            .build()
             .post(format!("{}/data", self.url))
             .json(&json!({"key": key, "value": value}))
             .send()
@@ -503,7 +476,11 @@ impl Node {
     }
 
     fn get(&self, path: &str) -> (u16, Value) {
-        let resp = reqwest::blocking::get(format!("{}{path}", self.url)).unwrap();
+        let resp = http()
+            .build()
+            .get(format!("{}{path}", self.url))
+            .send()
+            .unwrap();
         let code = resp.status().as_u16();
         (code, resp.json().unwrap_or(Value::Null))
     }
@@ -636,11 +613,16 @@ fn snapshots_bound_the_log_and_recovery_uses_them() {
         node.write(&format!("k{}", i % 40), &format!("v{i}"));
     }
     // Snapshots are taken in the background: wait for the one at >= 200.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while node.get("/stats").1["storage"]["snapshot_seq"].as_u64() < Some(200) {
-        assert!(Instant::now() < deadline, "no snapshot taken");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait("a snapshot at seq >= 200", secs(10))
+        .every(millis(20))
+        .until(|| {
+            let seq = node.get("/stats").1["storage"]["snapshot_seq"].as_u64();
+            if seq >= Some(200) {
+                Ok(())
+            } else {
+                Err(format!("no snapshot taken: {seq:?}"))
+            }
+        });
     node.crash();
     let snaps = std::fs::read_dir(&dir)
         .unwrap()
@@ -670,9 +652,9 @@ fn snapshots_bound_the_log_and_recovery_uses_them() {
 #[test]
 fn a_corrupt_follower_is_set_aside_and_rebuilt_from_the_leader() {
     let data = tempfile::tempdir().unwrap();
-    let flags = ["--followers", "2", "-W", "2", "-R", "1", "--no-delay"];
+    let flags = "--no-delay --followers 2 -W 2 -R 1";
     {
-        let c = Cluster::start_on(data.path(), &flags);
+        let c = Cluster::start_on(data.path(), flags);
         for i in 0..40 {
             assert_eq!(c.write(&format!("k{i}"), &format!("v{i}")).0, 200);
         }
@@ -684,7 +666,7 @@ fn a_corrupt_follower_is_set_aside_and_rebuilt_from_the_leader() {
     bytes[middle] ^= 0x5a;
     std::fs::write(&seg, &bytes).unwrap();
 
-    let c = Cluster::start_on(data.path(), &flags);
+    let c = Cluster::start_on(data.path(), flags);
     let event = c.wait_for_event(
         "corrupt_log_set_aside",
         Some("follower-1"),

@@ -6,7 +6,7 @@
 mod common;
 
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::json;
@@ -40,14 +40,9 @@ fn join(base: u16, id: &str, offset: u16, data: Option<tempfile::TempDir>) -> Jo
 
 /// Waits for a process to end by itself; its exit status.
 fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "the process did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait("the process to exit", timeout)
+        .every(millis(20))
+        .until(|| child.try_wait().unwrap())
 }
 
 #[test]
@@ -58,18 +53,7 @@ fn nodes_started_by_someone_else_join_and_are_supervised() {
     let _leader = join(base, "leader", 0, None);
     let mut f1 = join(base, "follower-1", 1, None);
     let _f2 = join(base, "follower-2", 2, None);
-    let cluster = Cluster::start_at(
-        base,
-        &[
-            "--runtime",
-            "external",
-            "--followers",
-            "2",
-            "-W",
-            "2",
-            "--no-delay",
-        ],
-    );
+    let cluster = Cluster::start_at(base, "--runtime external --followers 2 -W 2 --no-delay");
     let status = cluster.status();
     assert_eq!(status["quorum"]["alive_followers"], 2, "{status}");
     assert!(
@@ -134,7 +118,7 @@ fn nodes_started_by_someone_else_join_and_are_supervised() {
 
 #[test]
 fn a_join_is_refused_by_a_coordinator_that_launches_its_own_nodes() {
-    let cluster = Cluster::start(&["--in-memory", "--followers", "1", "-W", "1"]);
+    let cluster = Cluster::start("--in-memory --followers 1 -W 1");
     let (code, body) = cluster.post(
         "/join",
         json!({"node_id": "x", "url": "http://127.0.0.1:1"}),
@@ -152,12 +136,10 @@ fn a_join_with_a_bad_url_or_id_is_a_clear_400() {
     let _nodes: Vec<Joined> = (0..2)
         .map(|i| join(base, if i == 0 { "leader" } else { "follower-1" }, i, None))
         .collect();
-    let cluster = Cluster::start_at(
-        base,
-        &["--runtime", "external", "--followers", "1", "-W", "1"],
-    );
+    let cluster = Cluster::start_at(base, "--runtime external --followers 1 -W 1");
     // Joining makes a member: without the cluster secret, no.
-    let resp = reqwest::blocking::Client::new()
+    let resp = http()
+        .build()
         .post(format!("{}/join", cluster.coordinator))
         .json(&json!({"node_id": "intruder", "url": "http://127.0.0.1:1"}))
         .send()

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::Cluster;
+use common::{http, millis, secs, test_seed, wait, Cluster, Lcg, FAST_2_2_2, FAST_3_2_2};
 use serde_json::{json, Value};
 
 /// The current leader's node id and URL, from `/status`.
@@ -40,58 +40,61 @@ fn url_of(c: &Cluster, id: &str) -> String {
 /// Waits until every alive node holds exactly the leader's data, at the
 /// leader's applied seq. Returns that data.
 fn wait_converged(c: &Cluster) -> BTreeMap<String, Value> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = c.status();
-        let leader_url = s["leader"]["url"].as_str().unwrap().to_string();
-        let seq_of = |url: &str| c.get_json(&format!("{url}/stats"))["applied_seq"].as_u64();
-        let target = seq_of(&leader_url);
-        let alive: Vec<String> = nodes(&s)
-            .iter()
-            .filter(|n| n["status"] == "alive")
-            .map(|n| n["url"].as_str().unwrap().to_string())
-            .collect();
-        if alive.iter().all(|u| seq_of(u) == target) {
-            let data: Vec<BTreeMap<String, Value>> = alive
+    c.eventually(
+        "every alive node to converge on the leader's data",
+        secs(30),
+        || {
+            let s = c.status();
+            let leader_url = s["leader"]["url"].as_str().unwrap().to_string();
+            let seq_of = |url: &str| c.get_json(&format!("{url}/stats"))["applied_seq"].as_u64();
+            let target = seq_of(&leader_url);
+            let alive: Vec<String> = nodes(&s)
                 .iter()
-                .map(|u| serde_json::from_value(c.node_data(u)).unwrap())
+                .filter(|n| n["status"] == "alive")
+                .map(|n| n["url"].as_str().unwrap().to_string())
                 .collect();
-            if data.windows(2).all(|w| w[0] == w[1]) {
-                return data.into_iter().next().unwrap();
+            if alive.iter().all(|u| seq_of(u) == target) {
+                let data: Vec<BTreeMap<String, Value>> = alive
+                    .iter()
+                    .map(|u| serde_json::from_value(c.node_data(u)).unwrap())
+                    .collect();
+                if data.windows(2).all(|w| w[0] == w[1]) {
+                    return Ok(data.into_iter().next().unwrap());
+                }
             }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "nodes did not converge: {s}\n{}",
-            alive
-                .iter()
-                .map(|u| format!("{u}: {:?}", seq_of(u)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+            Err(format!(
+                "nodes did not converge: {s}\n{}",
+                alive
+                    .iter()
+                    .map(|u| format!("{u}: {:?}", seq_of(u)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        },
+    )
 }
 
 /// Writes until one succeeds; returns how long that took.
 fn first_write_after(c: &Cluster, key: &str, timeout: Duration) -> Duration {
     let started = Instant::now();
-    loop {
-        let (code, body) = c.write(key, "after");
-        if code == 200 {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < timeout,
-            "no write succeeded within {timeout:?}: {code} {body}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait("a write to succeed", timeout)
+        .every(millis(5))
+        .events(c)
+        .until(|| {
+            let (code, body) = c.write(key, "after");
+            if code == 200 {
+                Ok(started.elapsed())
+            } else {
+                Err(format!(
+                    "no write succeeded within {timeout:?}: {code} {body}"
+                ))
+            }
+        })
 }
 
 #[test]
 fn graceful_leader_kill_promotes_a_follower_and_the_old_leader_rejoins() {
-    let c = Cluster::start(&["--followers", "3", "-W", "2", "-R", "2", "--no-delay"]);
+    let c = Cluster::start(FAST_3_2_2);
     let s = c.status();
     assert_eq!(
         (s["term"].as_u64(), s["leader"]["role"].as_str()),
@@ -187,11 +190,7 @@ fn writers(
         .map(|t| {
             let (url, stop) = (format!("{}/write", c.coordinator), stop.clone());
             std::thread::spawn(move || {
-                let http = reqwest::blocking::Client::builder()
-                    .no_proxy()
-                    .timeout(Duration::from_secs(10))
-                    .build()
-                    .unwrap();
+                let http = http().timeout(secs(10)).build();
                 let mut acked = vec![];
                 let mut n = 0;
                 while !stop.load(Ordering::Relaxed) {
@@ -212,36 +211,10 @@ fn writers(
         .collect()
 }
 
-/// A small deterministic generator for the crash moments.
-struct Lcg(u64);
-
-impl Lcg {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % n
-    }
-}
-
 #[test]
 fn twenty_leader_crashes_lose_no_acknowledged_write() {
-    let c = Cluster::start(&[
-        "--followers",
-        "3",
-        "-W",
-        "2",
-        "-R",
-        "2",
-        "--no-delay",
-        "--fsync",
-        "always",
-        "--failure-timeout",
-        "1",
-    ]);
-    let seed = std::process::id() as u64 ^ 0x5eed;
-    eprintln!("crash moments seeded with {seed}");
+    let c = Cluster::start(&format!("{FAST_3_2_2} --fsync always --failure-timeout 1"));
+    let seed = test_seed("crash moments", std::process::id() as u64 ^ 0x5eed);
     let mut rng = Lcg(seed);
     let stop = Arc::new(AtomicBool::new(false));
     let load = writers(&c, 4, &stop);
@@ -300,17 +273,7 @@ fn twenty_leader_crashes_lose_no_acknowledged_write() {
 
 #[test]
 fn a_paused_leader_is_fenced_steps_down_and_truncates() {
-    let c = Cluster::start(&[
-        "--followers",
-        "3",
-        "-W",
-        "2",
-        "-R",
-        "2",
-        "--no-delay",
-        "--failure-timeout",
-        "1",
-    ]);
+    let c = Cluster::start(&format!("{FAST_3_2_2} --failure-timeout 1"));
     for i in 0..10 {
         assert_eq!(c.write(&format!("k{i}"), "before").0, 200);
     }
@@ -359,20 +322,9 @@ fn a_paused_leader_is_fenced_steps_down_and_truncates() {
 #[test]
 fn failover_that_would_lose_acknowledged_writes_is_refused_unless_unclean() {
     for unclean in [false, true] {
-        let mut flags = vec![
-            "--followers",
-            "3",
-            "-W",
-            "2",
-            "-R",
-            "1",
-            "--sync-delay",
-            "0",
-            "--async-delay",
-            "60",
-        ];
+        let mut flags = "--followers 3 -W 2 -R 1 --sync-delay 0 --async-delay 60".to_string();
         if unclean {
-            flags.push("--unclean-failover");
+            flags.push_str(" --unclean-failover");
         }
         let c = Cluster::start(&flags);
         for i in 0..5 {
@@ -422,7 +374,7 @@ fn failover_that_would_lose_acknowledged_writes_is_refused_unless_unclean() {
 /// twice; the restarted node catches up.
 #[test]
 fn a_leader_restarted_behind_its_followers_does_not_reuse_a_seq() {
-    let c = Cluster::start(&["--followers", "2", "-W", "2", "-R", "2", "--no-delay"]);
+    let c = Cluster::start(FAST_2_2_2);
     for i in 1..=10 {
         assert_eq!(c.write(&format!("k{i}"), &format!("v{i}")).0, 200);
     }
@@ -462,17 +414,7 @@ fn a_leader_restarted_behind_its_followers_does_not_reuse_a_seq() {
 /// later read the committed, older version.
 #[test]
 fn a_returning_leader_serves_no_read_before_the_new_leader_reconciles_it() {
-    let c = Cluster::start(&[
-        "--followers",
-        "3",
-        "-W",
-        "2",
-        "-R",
-        "2",
-        "--no-delay",
-        "--failure-timeout",
-        "1",
-    ]);
+    let c = Cluster::start(&format!("{FAST_3_2_2} --failure-timeout 1"));
     assert_eq!(c.write("cart", "v1").0, 200);
     let zombie = c.status()["leader"].clone();
     let pid = zombie["pid"].as_u64().unwrap() as i32;
@@ -563,17 +505,13 @@ fn a_returning_leader_serves_no_read_before_the_new_leader_reconciles_it() {
         .send()
         .unwrap();
     assert!(heal.status().is_success());
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
+    let body = c.eventually("reads to recover", secs(15), || {
         let (code, body) = c.read("cart");
         if code == 200 {
-            assert_eq!(body["value"], "v2", "{body}");
-            break;
+            Ok(body)
+        } else {
+            Err(format!("reads never recovered: {code} {body}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "reads never recovered: {code} {body}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    });
+    assert_eq!(body["value"], "v2", "{body}");
 }

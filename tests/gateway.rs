@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use clap::Parser;
-use common::Cluster;
+use common::{http, millis, secs, wait, Cluster, DEMO_3_2_2, FAST_1_1_1};
 use kvlab::gateway::{self, Gateway};
 use serde_json::{json, Value};
 
@@ -22,12 +22,7 @@ use serde_json::{json, Value};
 /// A blocking client whose requests come from `source` (any 127.x.y.z is
 /// loopback on Linux), so a test can be several clients to the limiter.
 fn client_from(source: Ipv4Addr) -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .no_proxy()
-        .local_address(IpAddr::V4(source))
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
+    http().from(IpAddr::V4(source)).build()
 }
 
 const ALICE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
@@ -108,7 +103,7 @@ fn count(codes: &[u16], code: u16) -> usize {
 fn demos_through_the_gateway() {
     // The lab's delays: follower-3 (async) is behind, so the read set's
     // sync member, follower-2, serves the read.
-    let c = Cluster::start(&["--followers", "3", "-W", "2", "-R", "2"]);
+    let c = Cluster::start(DEMO_3_2_2);
     let http = client_from(ALICE);
     let gw = &c.gateway;
 
@@ -212,8 +207,8 @@ fn up_calls_its_coordinator_in_process() {
     let port = |offset: u16| (base + offset).to_string();
     let scratch = common::scratch();
     let mut child = common::kvlab_in(&scratch)
-        .args(["up", "--in-memory", "--quiet", "--no-delay"])
-        .args(["--followers", "1", "-W", "1", "-R", "1"])
+        .args(["up", "--in-memory", "--quiet"])
+        .args(FAST_1_1_1.split_whitespace())
         .args(["--coordinator-port", &port(0), "--registry-port", &port(1)])
         .args(["--node-base-port", &port(2)])
         .args(["--gateway-port", &port(common::GATEWAY_OFFSET)])
@@ -235,12 +230,11 @@ fn up_calls_its_coordinator_in_process() {
 /// SIGTERM (`up` stops its nodes), then SIGKILL after a grace period.
 fn stop(child: &mut std::process::Child) {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let stopped = wait("kvlab up to stop", secs(10))
+        .every(millis(20))
+        .try_until(|| matches!(child.try_wait(), Ok(Some(_))));
+    if stopped.is_some() {
+        return;
     }
     let _ = child.kill();
     let _ = child.wait();
@@ -255,18 +249,7 @@ fn stop(child: &mut std::process::Child) {
 /// every client address has its own quota.
 #[test]
 fn over_the_limit_is_429_with_headers_and_body() {
-    let c = Cluster::start(&[
-        "--followers",
-        "1",
-        "-W",
-        "1",
-        "-R",
-        "1",
-        "--no-delay",
-        "--rate-limit",
-        "--rate-limit-max",
-        "3",
-    ]);
+    let c = Cluster::start(&format!("{FAST_1_1_1} --rate-limit --rate-limit-max 3"));
     let alice = client_from(ALICE);
     let gw = &c.gateway;
     for expected_left in [2, 1, 0] {
@@ -329,20 +312,9 @@ fn over_the_limit_is_429_with_headers_and_body() {
 /// through: the limit was reset, not enforced over time.
 #[test]
 fn inc1_a_short_window_lets_the_next_burst_through() {
-    let c = Cluster::start(&[
-        "--followers",
-        "1",
-        "-W",
-        "1",
-        "-R",
-        "1",
-        "--no-delay",
-        "--rate-limit",
-        "--rate-limit-window",
-        "2",
-        "--rate-limit-max",
-        "20",
-    ]);
+    let c = Cluster::start(&format!(
+        "{FAST_1_1_1} --rate-limit --rate-limit-window 2 --rate-limit-max 20"
+    ));
     let http = client_from(ALICE);
     let (codes, retry) = write_burst(&http, &c.gateway, 25);
     assert_eq!(count(&codes, 200), 20, "{codes:?}");
@@ -359,20 +331,9 @@ fn inc1_a_short_window_lets_the_next_burst_through() {
 /// burst, after the same short pause, is refused entirely.
 #[test]
 fn inc1_a_long_window_blocks_the_second_burst() {
-    let c = Cluster::start(&[
-        "--followers",
-        "1",
-        "-W",
-        "1",
-        "-R",
-        "1",
-        "--no-delay",
-        "--rate-limit",
-        "--rate-limit-window",
-        "60",
-        "--rate-limit-max",
-        "10",
-    ]);
+    let c = Cluster::start(&format!(
+        "{FAST_1_1_1} --rate-limit --rate-limit-window 60 --rate-limit-max 10"
+    ));
     let http = client_from(ALICE);
     let (codes, _) = write_burst(&http, &c.gateway, 25);
     assert_eq!(count(&codes, 200), 10, "{codes:?}");
@@ -469,7 +430,7 @@ async fn coordinator_down_is_503_and_recovery_needs_no_restart() {
     let port = unused_port();
     let coordinator = format!("http://127.0.0.1:{port}");
     let gw = start_gateway(&coordinator, &[]).await;
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = http().build_async();
 
     let (code, body) = post_write(&http, &gw.url).await;
     assert_eq!(code, 503, "{body}");
@@ -504,11 +465,11 @@ async fn coordinator_down_is_503_and_recovery_needs_no_restart() {
         assert_eq!(resp.status(), 200);
         stop.send(()).unwrap();
         // Wait for the stub to let go of its port.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "stub did not stop");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        tokio::task::block_in_place(|| {
+            wait("the stub to stop", secs(5))
+                .every(millis(20))
+                .until(|| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+        });
         let (code, body) = post_write(&http, &gw.url).await;
         assert_eq!(code, 503, "round {round}: {body}");
     }
@@ -530,7 +491,7 @@ async fn coordinator_down_is_503_and_recovery_needs_no_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_a_clear_4xx() {
     let gw = start_gateway(&format!("http://127.0.0.1:{}", unused_port()), &[]).await;
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = http().build_async();
     let url = format!("{}/write", gw.url);
     let write = |body: String, content_type: &'static str| {
         let request = http
@@ -597,7 +558,7 @@ async fn concurrent_requests_through_the_gateway_admit_exactly_max() {
             &["--rate-limit", "--rate-limit-strategy", strategy],
         )
         .await;
-        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let http = http().build_async();
         let url = Arc::new(format!("{}/health", gw.url));
         let tasks: Vec<_> = (0..100)
             .map(|_| {

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::Cluster;
+use common::{secs, wait, Cluster, DEMO_3_2_2};
 use serde_json::json;
 
 /// Types lines into `kvlab client` (stdin is a pipe) and returns what it printed.
@@ -33,23 +33,7 @@ fn type_into_client(gateway: &str, lines: &str) -> String {
 /// Demos 1 to 4 through the gateway, typed into the interactive client.
 #[test]
 fn demos_through_the_interactive_client() {
-    let c = Cluster::start(&[
-        "--followers",
-        "3",
-        "-W",
-        "2",
-        "-R",
-        "2",
-        "--sync-delay",
-        "0.1",
-        "--async-delay",
-        "1",
-        "--rate-limit",
-        "--rate-limit-max",
-        "100",
-        "--rate-limit-window",
-        "60",
-    ]);
+    let c = Cluster::start(&format!("{DEMO_3_2_2} --sync-delay 0.1 --async-delay 1 --rate-limit --rate-limit-max 100 --rate-limit-window 60"));
     // Demo 2.
     let out = type_into_client(
         &c.gateway,
@@ -97,7 +81,7 @@ fn up_takes_the_student_config() {
         .to_string(),
     )
     .unwrap();
-    let c = Cluster::start(&["--no-delay", "--config", path.to_str().unwrap()]);
+    let c = Cluster::start_plus("--no-delay", &["--config", path.to_str().unwrap()]);
     let s = c.status();
     assert_eq!(s["followers"].as_array().unwrap().len(), 5);
     assert_eq!(s["quorum"]["W"], 4);
@@ -259,7 +243,8 @@ fn redirected_console_is_plain_and_names_the_real_roles() {
     let base = common::free_port_block();
     let mut up = common::kvlab()
         .arg("up")
-        .args(["--followers", "3", "-W", "2", "-R", "2", "--in-memory"])
+        .args(DEMO_3_2_2.split_whitespace())
+        .arg("--in-memory")
         .args(["--coordinator-port", &base.to_string()])
         .args(["--registry-port", &(base + 1).to_string()])
         .args(["--node-base-port", &(base + 2).to_string()])
@@ -275,14 +260,11 @@ fn redirected_console_is_plain_and_names_the_real_roles() {
         .spawn()
         .unwrap();
     let roles = "🧭 roles: leader [LEADER], follower-1 [SYNC], follower-2 [SYNC+READ], follower-3 [ASYNC+READ]";
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let text = loop {
-        let text = std::fs::read_to_string(&console).unwrap_or_default();
-        if text.contains("🧭 roles") || std::time::Instant::now() > deadline {
-            break text;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let read = || std::fs::read_to_string(&console).unwrap_or_default();
+    // Asserted below, once `up` is stopped.
+    let text = wait("the roles line in the console file", secs(30))
+        .try_until(|| Some(read()).filter(|t| t.contains("🧭 roles")))
+        .unwrap_or_else(read);
     unsafe { libc::kill(up.id() as i32, libc::SIGTERM) };
     up.wait().unwrap();
     assert!(text.contains(roles), "{text}");
@@ -371,16 +353,8 @@ fn up_on_a_terminal_colours_and_stops_on_ctrl_c() {
             "--gateway-port".into(),
             (base + common::GATEWAY_OFFSET).to_string(),
         ];
-        let mut args = vec![
-            "up",
-            "--in-memory",
-            "--followers",
-            "3",
-            "-W",
-            "2",
-            "-R",
-            "2",
-        ];
+        let mut args = vec!["up", "--in-memory"];
+        args.extend(DEMO_3_2_2.split_whitespace());
         args.extend(ports.iter().map(String::as_str));
         let tmp = scratch.path().to_str().unwrap().to_string();
         let mut env = vec![("TMPDIR", tmp.as_str()), ("TERM", "xterm-256color")];

@@ -17,7 +17,10 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{cluster_secret, free_port_block, internal_http, kvlab, Cluster, GATEWAY_OFFSET};
+use common::{
+    always, cluster_secret, free_port_block, http, internal_http, kvlab, millis, secs, wait,
+    Cluster, FAST_1_1_1, FAST_2_1_1, GATEWAY_OFFSET,
+};
 use serde_json::json;
 
 // ---------------------------------------------------------------------------
@@ -75,14 +78,6 @@ fn open_fds(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
-fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// A `kvlab registry` on its own, with its open-file limit set to `limit`
 /// (soft and hard), so its connection cap is small and known.
 struct Registry {
@@ -110,10 +105,10 @@ impl Registry {
             url: format!("http://127.0.0.1:{port}"),
             port,
         };
-        let http = reqwest::blocking::Client::new();
-        wait_until("the registry to answer", Duration::from_secs(10), || {
-            http.get(&registry.url).send().is_ok()
-        });
+        let http = http().build();
+        wait("the registry to answer", secs(10))
+            .every(millis(20))
+            .until(|| http.get(&registry.url).send().is_ok());
         registry
     }
 }
@@ -137,10 +132,7 @@ impl Drop for Registry {
 fn a_thousand_idle_connections_do_not_stop_a_write() {
     const IDLE: usize = 1100;
     raise_own_file_limit(3 * IDLE as u64 + 200);
-    let c = Cluster::start_with(
-        &["--followers", "1", "-W", "1", "-R", "1", "--no-delay"],
-        |cmd| with_file_limit(cmd, 1024, None),
-    );
+    let c = Cluster::start_with(FAST_1_1_1, |cmd| with_file_limit(cmd, 1024, None));
     let up = c.child.id();
     let mut idle = Vec::new();
     for port in [c.base + GATEWAY_OFFSET, c.base, c.base + 1] {
@@ -154,16 +146,10 @@ fn a_thousand_idle_connections_do_not_stop_a_write() {
         }
     }
     // The process has taken them (or as many as it could).
-    wait_until(
-        "the idle connections to be accepted",
-        Duration::from_secs(10),
-        || open_fds(up) > 1000,
-    );
-    let http = reqwest::blocking::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(1))
-        .build()
-        .unwrap();
+    wait("the idle connections to be accepted", secs(10))
+        .every(millis(20))
+        .until(|| open_fds(up) > 1000);
+    let http = http().timeout(secs(1)).build();
     let started = Instant::now();
     let resp = http
         .post(format!("{}/write", c.gateway))
@@ -199,10 +185,22 @@ fn idle_connections_time_out_and_the_cap_bounds_descriptors() {
     // standard streams, the listener, the runtime's.) Once it holds its
     // share, give it time to take more, if it would.
     let pid = registry.child.id();
-    wait_until("64 connections served", Duration::from_secs(5), || {
-        open_fds(pid) >= 64 + 8
-    });
-    std::thread::sleep(Duration::from_millis(300));
+    wait("64 connections served", secs(5))
+        .every(millis(20))
+        .until(|| open_fds(pid) >= 64 + 8);
+    always(
+        "the registry to take no more",
+        millis(300),
+        millis(20),
+        || {
+            let fds = open_fds(pid);
+            if fds <= 64 + 16 {
+                Ok(())
+            } else {
+                Err(format!("the registry holds {fds} descriptors"))
+            }
+        },
+    );
     let fds = open_fds(pid);
     assert!(fds <= 64 + 16, "the registry holds {fds} descriptors");
 
@@ -222,10 +220,9 @@ fn idle_connections_time_out_and_the_cap_bounds_descriptors() {
     );
     // The listener goes on: once the first ones timed out, a new request
     // (behind the 38 waiting) is served.
-    let resp = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(10))
+    let resp = http()
+        .timeout(secs(10))
         .build()
-        .unwrap()
         .get(&registry.url)
         .send()
         .expect("served once the first connections timed out");
@@ -304,7 +301,7 @@ fn peak_rss_mib(pid: u32) -> u64 {
 /// gets a clear 413, and the follower stays small, up and serving.
 #[test]
 fn an_oversized_snapshot_body_is_refused_with_413_and_the_node_serves_on() {
-    let c = Cluster::start(&["--followers", "1", "-W", "1", "-R", "1", "--no-delay"]);
+    let c = Cluster::start(FAST_1_1_1);
     let follower = c.node_url(1);
     let pid = c.follower("follower-1")["pid"].as_u64().unwrap() as u32;
     let addr = follower.trim_start_matches("http://");
@@ -349,17 +346,7 @@ fn an_oversized_snapshot_body_is_refused_with_413_and_the_node_serves_on() {
 /// ends up with every key.
 #[test]
 fn a_snapshot_larger_than_a_chunk_catches_a_follower_up() {
-    let c = Cluster::start(&[
-        "--followers",
-        "2",
-        "-W",
-        "1",
-        "-R",
-        "1",
-        "--no-delay",
-        "--log-retain",
-        "5",
-    ]);
+    let c = Cluster::start(&format!("{FAST_2_1_1} --log-retain 5"));
     c.post("/kill/follower-2", json!({}));
     let big = "v".repeat(1_000_000);
     for i in 0..12 {
@@ -421,9 +408,9 @@ fn the_registry_table_is_bounded() {
     let info = |http: &reqwest::blocking::Client| -> serde_json::Value {
         http.get(&registry.url).send().unwrap().json().unwrap()
     };
-    wait_until("every node declared dead", Duration::from_secs(15), || {
-        info(&http)["dead_nodes"] == 256
-    });
+    wait("every node declared dead", secs(15))
+        .every(millis(20))
+        .until(|| info(&http)["dead_nodes"] == 256);
     for i in 0..10 {
         assert_eq!(heartbeat(&http, &registry.url, &format!("new-{i}")), 200);
     }
@@ -436,7 +423,7 @@ fn the_registry_table_is_bounded() {
 /// members: a made-up name is gone within a couple of pulls (1 s each).
 #[test]
 fn the_registry_forgets_nodes_the_coordinator_does_not_own() {
-    let c = Cluster::start(&["--followers", "1", "-W", "1", "-R", "1", "--no-delay"]);
+    let c = Cluster::start(FAST_1_1_1);
     let http = internal_http();
     assert_eq!(heartbeat(&http, &c.registry, "ghost"), 200);
     let ids = || -> Vec<String> {
@@ -453,8 +440,8 @@ fn the_registry_forgets_nodes_the_coordinator_does_not_own() {
             .map(|n| n["node_id"].as_str().unwrap().to_string())
             .collect()
     };
-    wait_until("the ghost to be forgotten", Duration::from_secs(5), || {
-        !ids().contains(&"ghost".to_string())
-    });
+    wait("the ghost to be forgotten", secs(5))
+        .every(millis(20))
+        .until(|| !ids().contains(&"ghost".to_string()));
     assert_eq!(ids(), ["follower-1", "leader"]);
 }

@@ -13,7 +13,10 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{free_port_block, kvlab, kvlab_in, scratch, Cluster};
+use common::{
+    free_port_block, http, kvlab, kvlab_in, millis, scratch, wait, Cluster, FAST_3_2_2,
+    FAST_IN_MEMORY,
+};
 use serde_json::{json, Value};
 
 /// True when the test can run; otherwise prints why (or fails under
@@ -58,10 +61,8 @@ fn leftovers(port: u16) -> Vec<String> {
 }
 
 /// Starts a netns cluster on a fresh port block.
-fn start(extra: &[&str]) -> (NetnsGuard, Cluster) {
-    let mut flags = vec!["--hosts", "netns"];
-    flags.extend(extra);
-    let cluster = Cluster::start(&flags);
+fn start(flags: &str) -> (NetnsGuard, Cluster) {
+    let cluster = Cluster::start(&format!("--hosts netns {flags}"));
     (NetnsGuard(cluster.base), cluster)
 }
 
@@ -82,18 +83,13 @@ trait DataWait {
 impl DataWait for Cluster {
     /// Waits until the node at `node_url` holds `key`.
     fn wait_for_data(&self, node_url: &str, key: &str, timeout: Duration) {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let resp = self.http.get(format!("{node_url}/data/{key}")).send();
-            if resp.is_ok_and(|r| r.status().is_success()) {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{node_url} never got {key}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait(format_args!("{node_url} to get {key}"), timeout)
+            .every(millis(10))
+            .events(self)
+            .until(|| {
+                let resp = self.http.get(format!("{node_url}/data/{key}")).send();
+                resp.is_ok_and(|r| r.status().is_success())
+            });
     }
 }
 
@@ -123,7 +119,7 @@ fn the_seed_demos_pass_on_netns_hosts() {
     }
     let base;
     {
-        let (_guard, c) = start(&["--followers", "3", "-W", "2", "-R", "2", "--no-delay"]);
+        let (_guard, c) = start(FAST_3_2_2);
         base = c.base;
         let status = c.status();
         // Each node on its own address, not loopback.
@@ -177,7 +173,7 @@ fn a_leader_cut_off_from_a_sync_follower_fails_writes_with_503_then_converges() 
     ) {
         return;
     }
-    let (_guard, c) = start(&["--followers", "2", "-W", "2", "-R", "1", "--no-delay"]);
+    let (_guard, c) = start("--no-delay --followers 2 -W 2 -R 1");
     assert_eq!(c.write("before", "1").0, 200);
 
     // Real packets dropped both ways between the leader and follower-1.
@@ -252,7 +248,7 @@ fn a_leader_cut_off_from_a_sync_follower_fails_writes_with_503_then_converges() 
 #[test]
 fn one_way_partitions_and_slow_links_need_netns_hosts() {
     // Process hosts refuse them with a reason (no root needed).
-    let c = Cluster::start(&["--in-memory", "--no-delay"]);
+    let c = Cluster::start(FAST_IN_MEMORY);
     let (code, e) = c.post(
         "/admin/partition/follower-1",
         json!({"peers": ["leader"], "seconds": 5, "direction": "in"}),
@@ -329,7 +325,7 @@ fn check_with_partitions_on_netns_hosts_is_linearizable_when_w_plus_r_exceeds_n(
     let out = kvlab_in(&s)
         .arg("check")
         .args(["--hosts", "netns", "--nemesis", "partition"])
-        .args(["--followers", "3", "-W", "2", "-R", "2", "--no-delay"])
+        .args(FAST_3_2_2.split_whitespace())
         .args(["--time-limit", "12", "--seed", "7", "--clients", "4"])
         .args(["--base-port", &base.to_string()])
         .arg("--out")
@@ -360,21 +356,9 @@ fn netem_lab_delays_and_slow_links_are_real_latency() {
     if !netns_available("netem_lab_delays_and_slow_links_are_real_latency") {
         return;
     }
-    let (_guard, c) = start(&[
-        "--followers",
-        "2",
-        "-W",
-        "1",
-        "-R",
-        "1",
-        "--in-memory",
-        "--lab-delays",
-        "netem",
-        "--sync-delay",
-        "0.3",
-        "--async-delay",
-        "1.5",
-    ]);
+    let (_guard, c) = start(
+        "--followers 2 -W 1 -R 1 --in-memory --lab-delays netem --sync-delay 0.3 --async-delay 1.5",
+    );
     let status = c.status();
     let leader = url_of(&status, "leader");
     // The leader holds nothing back: the links carry the delays.
@@ -405,10 +389,7 @@ fn netem_lab_delays_and_slow_links_are_real_latency() {
         json!({"peer": "coordinator", "delay_ms": 200, "seconds": 30}),
     );
     assert_eq!(code, 200, "{l}");
-    let fresh = reqwest::blocking::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap();
+    let fresh = http().build();
     let started = std::time::Instant::now();
     assert!(fresh
         .get(format!("{follower}/health"))
@@ -442,7 +423,7 @@ fn a_killed_up_leaves_nothing_for_long() {
     if !netns_available("a_killed_up_leaves_nothing_for_long") {
         return;
     }
-    let first = Cluster::start(&["--hosts", "netns", "--in-memory", "--no-delay"]);
+    let first = Cluster::start(&format!("{FAST_IN_MEMORY} --hosts netns"));
     let killed = first.base;
     let _guard = NetnsGuard(killed);
     assert!(!leftovers(killed).is_empty());
@@ -453,6 +434,6 @@ fn a_killed_up_leaves_nothing_for_long() {
     drop(first);
     assert!(!leftovers(killed).is_empty(), "nothing to clean up?");
     // The next start (on other ports) removes what the dead run left.
-    let (_g, _second) = start(&["--in-memory", "--no-delay"]);
+    let (_g, _second) = start(FAST_IN_MEMORY);
     assert_eq!(leftovers(killed), Vec::<String>::new());
 }

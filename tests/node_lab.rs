@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::Cluster;
+use common::{Cluster, DEMO_3_2_2, FAST_2_1_1};
 use serde_json::{json, Value};
 
 fn lab(path: &str) -> PathBuf {
@@ -78,20 +78,10 @@ fn tests_of(out: &Output) -> Vec<(String, bool, String)> {
 #[test]
 fn python_reference_followers_run_the_demos() {
     let node = python("instructor/node.py");
-    let c = Cluster::start(&[
-        "--followers",
-        "3",
-        "-W",
-        "2",
-        "-R",
-        "2",
-        "--sync-delay",
-        "0.1",
-        "--async-delay",
-        "0.5",
-        "--node-cmd",
-        &node,
-    ]);
+    let c = Cluster::start_plus(
+        &format!("{DEMO_3_2_2} --sync-delay 0.1 --async-delay 0.5"),
+        &["--node-cmd", &node],
+    );
     // Demo 1: writes reach W followers and reads come back.
     for i in 1..=5 {
         let (code, w) = c.write(&format!("cart:{i}"), &format!("item-{i}"));
@@ -155,17 +145,7 @@ fn python_reference_followers_run_the_demos() {
 /// did, not left to stall the cluster silently.
 #[test]
 fn a_node_that_breaks_the_protocol_is_named_in_the_event_log() {
-    let c = Cluster::start(&[
-        "--followers",
-        "2",
-        "-W",
-        "1",
-        "-R",
-        "1",
-        "--no-delay",
-        "--node-cmd",
-        &python("starter/node.py"),
-    ]);
+    let c = Cluster::start_plus(FAST_2_1_1, &["--node-cmd", &python("starter/node.py")]);
     // The starter takes entries but applies none: the write cannot get its ack.
     let (code, w) = c.write("k", "v");
     assert_eq!(code, 503, "{w}");
@@ -181,19 +161,10 @@ fn a_node_that_breaks_the_protocol_is_named_in_the_event_log() {
 /// lead (no --node-cmd-leader): the refusal says why.
 #[test]
 fn a_student_follower_is_not_promoted_without_node_cmd_leader() {
-    let c = Cluster::start(&[
-        "--followers",
-        "2",
-        "-W",
-        "1",
-        "-R",
-        "1",
-        "--no-delay",
-        "--failure-timeout",
-        "1",
-        "--node-cmd",
-        &python("instructor/node.py"),
-    ]);
+    let c = Cluster::start_plus(
+        &format!("{FAST_2_1_1} --failure-timeout 1"),
+        &["--node-cmd", &python("instructor/node.py")],
+    );
     assert_eq!(c.write("k", "v").0, 200);
     let (code, k) = c.post("/kill/leader?mode=crash", json!({}));
     assert_eq!(code, 200, "{k}");

@@ -11,7 +11,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Cluster;
+use common::{millis, secs, wait, Cluster, FAST_IN_MEMORY};
 use serde_json::{json, Value};
 
 /// A child process killed (and reaped) when the test ends, however it ends.
@@ -34,7 +34,7 @@ fn installed(program: &str) -> bool {
 
 #[test]
 fn live_view_kills_a_follower_and_writes_in_headless_chromium() {
-    let cluster = Cluster::start(&["--in-memory"]);
+    let cluster = Cluster::start("--in-memory");
     let scratch = common::scratch();
     let Some(browser) = common::browser::Browser::start(cluster.base + 30) else {
         return;
@@ -88,17 +88,17 @@ fn live_view_kills_a_follower_and_writes_in_headless_chromium() {
 #[test]
 fn partition_and_slow_disk_go_through_the_coordinator_by_node_id() {
     // W=1: follower-1 is the sync follower, follower-2 the async one.
-    let c = Cluster::start(&["--in-memory", "--no-delay", "-W", "1", "-R", "1"]);
+    let c = Cluster::start(&format!("{FAST_IN_MEMORY} -W 1 -R 1"));
     let seq = |i: u16| c.get_json(&format!("{}/stats", c.node_url(i)))["applied_seq"].as_u64();
     let wait_seq = |i: u16, want: u64| {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while seq(i) != Some(want) {
-            assert!(
-                Instant::now() < deadline,
-                "node {i} never reached seq {want}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        c.eventually(
+            format_args!("node {i} to reach seq {want}"),
+            secs(15),
+            || match seq(i) {
+                Some(s) if s == want => Ok(()),
+                other => Err(format!("node {i} never reached seq {want}: {other:?}")),
+            },
+        );
     };
     assert_eq!(c.write("before", "v").0, 200);
     wait_seq(2, 1);
@@ -210,12 +210,7 @@ fn prometheus_scrapes_every_component_with_the_generated_config() {
     let scratch = common::scratch();
     let config = scratch.path().join("prometheus.yml");
     let config_arg = config.display().to_string();
-    let cluster = Cluster::start(&[
-        "--in-memory",
-        "--no-delay",
-        "--prometheus-config",
-        &config_arg,
-    ]);
+    let cluster = Cluster::start_plus(FAST_IN_MEMORY, &["--prometheus-config", &config_arg]);
     const WRITES: usize = 7;
     for i in 0..WRITES {
         assert_eq!(cluster.write(&format!("k{i}"), "v").0, 200);
@@ -300,51 +295,54 @@ fn prometheus_scrapes_every_component_with_the_generated_config() {
             .expect("start prometheus"),
     );
     let api = format!("http://127.0.0.1:{port}/api/v1");
+    // One deadline for both waits.
     let deadline = Instant::now() + Duration::from_secs(40);
     // Every target up: the three services and the three nodes.
-    loop {
-        let up = cluster
-            .http
-            .get(format!("{api}/targets"))
-            .send()
-            .ok()
-            .and_then(|r| r.json::<Value>().ok())
-            .map(|v| {
-                let active = v["data"]["activeTargets"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default();
-                (
-                    active.len(),
-                    active.iter().filter(|t| t["health"] == "up").count(),
-                )
-            });
-        if up == Some((6, 6)) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "targets not all up: {up:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    loop {
-        let value = cluster
-            .http
-            .get(format!("{api}/query"))
-            .query(&[("query", "sum(kvlab_writes_total{result=\"ok\"})")])
-            .send()
-            .ok()
-            .and_then(|r| r.json::<Value>().ok())
-            .and_then(|v| {
-                v["data"]["result"][0]["value"][1]
-                    .as_str()
-                    .map(str::to_string)
-            });
-        if value.as_deref() == Some(&WRITES.to_string()) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the write counter in Prometheus: {value:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait("every Prometheus target up", secs(40))
+        .every(millis(200))
+        .until(|| {
+            let up = cluster
+                .http
+                .get(format!("{api}/targets"))
+                .send()
+                .ok()
+                .and_then(|r| r.json::<Value>().ok())
+                .map(|v| {
+                    let active = v["data"]["activeTargets"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default();
+                    (
+                        active.len(),
+                        active.iter().filter(|t| t["health"] == "up").count(),
+                    )
+                });
+            if up == Some((6, 6)) {
+                Ok(())
+            } else {
+                Err(format!("targets not all up: {up:?}"))
+            }
+        });
+    let left = deadline.saturating_duration_since(Instant::now());
+    wait("the write counter in Prometheus", left)
+        .every(millis(200))
+        .until(|| {
+            let value = cluster
+                .http
+                .get(format!("{api}/query"))
+                .query(&[("query", "sum(kvlab_writes_total{result=\"ok\"})")])
+                .send()
+                .ok()
+                .and_then(|r| r.json::<Value>().ok())
+                .and_then(|v| {
+                    v["data"]["result"][0]["value"][1]
+                        .as_str()
+                        .map(str::to_string)
+                });
+            if value.as_deref() == Some(&WRITES.to_string()) {
+                Ok(())
+            } else {
+                Err(format!("the write counter in Prometheus: {value:?}"))
+            }
+        });
 }

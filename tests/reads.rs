@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::Cluster;
+use common::{millis, secs, wait, Cluster, DEMO_3_2_2, FAST_3_2_2};
 use serde_json::{json, Value};
 
 /// Sends a signal to a node's process.
@@ -52,19 +52,16 @@ fn spawn_loops<T: Send + 'static>(
 
 /// Waits until `out` holds at least `n` records (the load is running).
 fn wait_records<T>(out: &Arc<Mutex<Vec<T>>>, n: usize, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while out.lock().unwrap().len() < n {
-        assert!(Instant::now() < deadline, "the load did not get going");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
+    wait(format_args!("{n} records of load"), timeout)
+        .every(millis(10))
+        .until(|| {
+            let have = out.lock().unwrap().len();
+            if have >= n {
+                Ok(())
+            } else {
+                Err(format!("the load did not get going: {have} records"))
+            }
+        });
 }
 
 fn write(http: &reqwest::blocking::Client, base: &str, key: &str, value: &str) -> (u16, Value) {
@@ -87,24 +84,13 @@ fn read(http: &reqwest::blocking::Client, base: &str, key: &str) -> (u16, Value)
 /// sync delay, not wait out the 5 s async delay and fail their quorum.
 #[test]
 fn writes_in_flight_during_a_rejoin_keep_their_sync_link() {
-    let c = Cluster::start(&[
-        "--followers",
-        "3",
-        "-W",
-        "2",
-        "-R",
-        "2",
-        "--sync-delay",
-        "0.2",
-        "--async-delay",
-        "5",
-        "--fsync",
-        "never",
-    ]);
+    let c = Cluster::start(&format!(
+        "{DEMO_3_2_2} --sync-delay 0.2 --async-delay 5 --fsync never"
+    ));
     assert_eq!(c.post("/kill/follower-1", json!({})).0, 200);
     let stop = Arc::new(AtomicBool::new(false));
     let results = Arc::new(Mutex::new(Vec::new()));
-    let (base, http) = (c.coordinator.clone(), client());
+    let (base, http) = (c.coordinator.clone(), common::http().build());
     let loops = spawn_loops(
         6,
         &stop,
@@ -120,18 +106,22 @@ fn writes_in_flight_during_a_rejoin_keep_their_sync_link() {
     assert_eq!(status, 200, "{body}");
     let rejoined = Instant::now();
     // Writes whose whole life straddles the change, then some after it.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while results
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(started, ..)| *started > rejoined)
-        .count()
-        < 12
-    {
-        assert!(Instant::now() < deadline, "writes stalled after the rejoin");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait("12 writes started after the rejoin", secs(20))
+        .every(millis(10))
+        .events(&c)
+        .until(|| {
+            let after = results
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(started, ..)| *started > rejoined)
+                .count();
+            if after >= 12 {
+                Ok(())
+            } else {
+                Err(format!("writes stalled after the rejoin: {after}"))
+            }
+        });
     stop.store(true, Ordering::Relaxed);
     for l in loops {
         l.join().unwrap();
@@ -161,12 +151,12 @@ fn writes_in_flight_during_a_rejoin_keep_their_sync_link() {
 /// and the event log says so.
 #[test]
 fn reads_survive_a_read_set_member_that_hangs_or_crashes() {
-    let c = Cluster::start(&["--followers", "3", "-W", "2", "-R", "2", "--no-delay"]);
+    let c = Cluster::start(FAST_3_2_2);
     for k in 0..4 {
         assert_eq!(c.write(&format!("k{k}"), "v").0, 200);
     }
     let read_loop = |stop: &Arc<AtomicBool>, out: &Arc<Mutex<Vec<(u16, Value)>>>| {
-        let (base, http) = (c.coordinator.clone(), client());
+        let (base, http) = (c.coordinator.clone(), common::http().build());
         spawn_loops(
             4,
             stop,
@@ -283,29 +273,20 @@ fn reads_never_go_back_in_time_across_a_membership_change() {
 /// checks the read history of every key.
 fn recipe(w: u32, r: u32) {
     let (w, r) = (w.to_string(), r.to_string());
-    let c = Cluster::start(&[
-        "--followers",
-        "3",
-        "-W",
-        &w,
-        "-R",
-        &r,
-        "--sync-delay",
-        "0.05",
-        "--async-delay",
-        "1",
-    ]);
+    let c = Cluster::start(&format!(
+        "--followers 3 -W {w} -R {r} --sync-delay 0.05 --async-delay 1"
+    ));
     let stop = Arc::new(AtomicBool::new(false));
     let writes = Arc::new(Mutex::new(Vec::new()));
     let reads = Arc::new(Mutex::new(Vec::new()));
-    let (base, http) = (c.coordinator.clone(), client());
+    let (base, http) = (c.coordinator.clone(), common::http().build());
     let mut loops = spawn_loops(
         6,
         &stop,
         move |t, n| write(&http, &base, &format!("k{}", (t as u64 + n) % 4), "v").0,
         &writes,
     );
-    let (base, http) = (c.coordinator.clone(), client());
+    let (base, http) = (c.coordinator.clone(), common::http().build());
     let failed_reads = Arc::new(AtomicUsize::new(0));
     let failed = failed_reads.clone();
     loops.extend(spawn_loops(

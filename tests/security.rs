@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, StopOnDrop};
+use common::{eventually, secs, Cluster, StopOnDrop, FAST_3_2_2, FAST_IN_MEMORY};
 use serde_json::{json, Value};
 
 fn send(req: reqwest::blocking::RequestBuilder) -> (u16, Value) {
@@ -34,37 +34,34 @@ fn node<'a>(status: &'a Value, id: &str) -> &'a Value {
 /// Waits until the registry has accepted a heartbeat of `id` sent after
 /// `since`: proof that the real node still heartbeats and is not refused.
 fn wait_fresh_heartbeat(c: &Cluster, id: &str, since: Instant) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let nodes = c.get_json(&format!("{}/nodes", c.registry));
-        let fresh = nodes["nodes"].as_array().unwrap().iter().any(|n| {
-            n["node_id"] == id
-                && n["status"] == "alive"
-                && n["last_seen_seconds_ago"].as_f64().unwrap() < since.elapsed().as_secs_f64()
-        });
-        if fresh {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no heartbeat of {id} accepted since the forgery: {nodes}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    c.eventually(
+        format_args!("a heartbeat of {id} accepted"),
+        secs(10),
+        || {
+            let nodes = c.get_json(&format!("{}/nodes", c.registry));
+            let fresh = nodes["nodes"].as_array().unwrap().iter().any(|n| {
+                n["node_id"] == id
+                    && n["status"] == "alive"
+                    && n["last_seen_seconds_ago"].as_f64().unwrap() < since.elapsed().as_secs_f64()
+            });
+            if fresh {
+                Ok(())
+            } else {
+                Err(format!(
+                    "no heartbeat of {id} accepted since the forgery: {nodes}"
+                ))
+            }
+        },
+    );
 }
 
 /// Reproduced on the old main: a heartbeat with a high incarnation made the
 /// registry fence the real node, which then exited, and refused its respawn.
 #[test]
 fn a_forged_heartbeat_is_refused_and_the_node_keeps_running() {
-    let c = Cluster::start(&[
-        "--followers",
-        "2",
-        "--in-memory",
-        "--no-delay",
-        "--failure-timeout",
-        "1.5",
-    ]);
+    let c = Cluster::start(&format!(
+        "{FAST_IN_MEMORY} --followers 2 --failure-timeout 1.5"
+    ));
     let before = c.status();
     let bare = common::bare_http();
     let forged_at = Instant::now();
@@ -101,21 +98,7 @@ fn a_forged_heartbeat_is_refused_and_the_node_keeps_running() {
 #[test]
 fn forged_node_names_with_auto_spawn_start_nothing() {
     // W + R = 6 allows growing to N = 5: on the old main, ghosts would start.
-    let c = Cluster::start(&[
-        "--followers",
-        "3",
-        "-W",
-        "3",
-        "-R",
-        "3",
-        "--in-memory",
-        "--no-delay",
-        "--auto-spawn",
-        "--spawn-delay",
-        "0.3",
-        "--failure-timeout",
-        "1.5",
-    ]);
+    let c = Cluster::start(&format!("{FAST_IN_MEMORY} --followers 3 -W 3 -R 3 --auto-spawn --spawn-delay 0.3 --failure-timeout 1.5"));
     let bare = common::bare_http();
     for i in 1..=5 {
         let id = format!("ghost-{i}");
@@ -182,7 +165,7 @@ fn forged_node_names_with_auto_spawn_start_nothing() {
 /// the secret (or with a wrong one), and such requests change nothing.
 #[test]
 fn every_internal_route_needs_the_secret() {
-    let c = Cluster::start(&["--followers", "2", "--in-memory", "--no-delay"]);
+    let c = Cluster::start(&format!("{FAST_IN_MEMORY} --followers 2"));
     let bare = common::bare_http();
     let (leader, follower) = (c.node_url(0), c.node_url(1));
     let mut routes: Vec<(&str, String)> = vec![
@@ -244,7 +227,7 @@ fn every_internal_route_needs_the_secret() {
 /// call them, need nothing on loopback.
 #[test]
 fn lab_routes_on_loopback_need_nothing() {
-    let c = Cluster::start(&["--followers", "3", "-W", "2", "-R", "2", "--no-delay"]);
+    let c = Cluster::start(FAST_3_2_2);
     let bare = common::bare_http();
     let ok = |req: reqwest::blocking::RequestBuilder, what: &str| {
         let (code, body) = send(req);
@@ -339,17 +322,13 @@ fn off_loopback_admin_needs_the_printed_token() {
     let co = format!("http://127.0.0.1:{base}");
     let gw = format!("http://127.0.0.1:{}", base + common::GATEWAY_OFFSET);
     let bare = common::bare_http();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !bare
-        .get(format!("{co}/status"))
-        .send()
-        .ok()
-        .and_then(|r| r.json::<Value>().ok())
-        .is_some_and(|s| s["quorum"]["can_write"] == true)
-    {
-        assert!(Instant::now() < deadline, "the cluster never became ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually("the cluster to become ready", secs(30), || {
+        bare.get(format!("{co}/status"))
+            .send()
+            .ok()
+            .and_then(|r| r.json::<Value>().ok())
+            .is_some_and(|s| s["quorum"]["can_write"] == true)
+    });
     let kill = || bare.post(format!("{co}/kill/follower-1"));
     assert_unauthorized(send(kill()), "kill without the token");
     assert_unauthorized(
@@ -429,8 +408,7 @@ fn components_started_by_hand_share_the_users_secret_file() {
             .unwrap(),
     );
     let bare = common::bare_http();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually("heartbeats to get through (3 alive)", secs(30), || {
         let alive = bare
             .get(format!("{registry}/alive"))
             .send()
@@ -438,11 +416,11 @@ fn components_started_by_hand_share_the_users_secret_file() {
             .and_then(|r| r.json::<Value>().ok())
             .and_then(|v| v["nodes"].as_array().map(Vec::len));
         if alive == Some(3) {
-            break;
+            Ok(())
+        } else {
+            Err(format!("heartbeats never got through: {alive:?} alive"))
         }
-        assert!(Instant::now() < deadline, "heartbeats never got through");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    });
     let uid = unsafe { libc::geteuid() };
     let file = scratch
         .path()
@@ -525,14 +503,10 @@ fn an_admin_token_file_is_required_on_loopback_too() {
     let scratch = common::scratch();
     let file = scratch.path().join("token");
     std::fs::write(&file, "a-token-of-the-instructor-42\n").unwrap();
-    let c = Cluster::start(&[
-        "--followers",
-        "2",
-        "--in-memory",
-        "--no-delay",
-        "--admin-token-file",
-        file.to_str().unwrap(),
-    ]);
+    let c = Cluster::start_plus(
+        &format!("{FAST_IN_MEMORY} --followers 2"),
+        &["--admin-token-file", file.to_str().unwrap()],
+    );
     let bare = common::bare_http();
     let kill = || bare.post(format!("{}/kill/follower-2", c.coordinator));
     assert_unauthorized(send(kill()), "kill without the token");

@@ -10,16 +10,32 @@
 //! stopped when the handle drops; its nodes die with it (parent-death signal).
 //! Clusters are durable (the default) with a fresh data directory each,
 //! deleted with the handle, unless the test asks for `--in-memory`.
+//!
+//! What every suite shares, instead of writing its own:
+//! - waiting: [`eventually`], [`wait`] (`.every(..)`, `.events(&cluster)`,
+//!   `.until(..)` / `.try_until(..)`), [`always`], [`Cluster::eventually`];
+//!   a timeout names what was awaited and what was last seen;
+//! - HTTP: [`http`] (`.secret()`, `.timeout(..)`, `.from(ip)`, `.build()` or
+//!   `.build_async()`);
+//! - clusters: [`Cluster::start`] with one flag string, the flag sets
+//!   [`FAST_3_2_2`] and the others, [`Cluster::start_plus`] /
+//!   [`Cluster::start_args`] for an argument that holds spaces;
+//! - randomised tests: [`test_seed`] (`KVLAB_TEST_SEED` replays a run) and
+//!   [`Lcg`].
 
 #![allow(dead_code)]
 
 pub mod browser;
 pub mod tty;
+pub mod wait;
+
+#[allow(unused_imports)]
+pub use wait::{always, eventually, millis, secs, wait, Seen};
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -103,33 +119,154 @@ pub fn cluster_secret() -> &'static str {
     SECRET.get_or_init(|| kvlab::auth::Secret::random().unwrap().expose().to_string())
 }
 
+/// The one way the suites make an HTTP client: `http().build()` is what
+/// anyone on the machine could send; `.secret()` adds the cluster secret
+/// (as kvlab's own processes send it), `.timeout(..)` replaces the 30 s
+/// default, `.from(ip)` picks the source address (any 127.x.y.z).
+/// Never through a proxy.
+pub fn http() -> HttpBuilder {
+    HttpBuilder {
+        secret: false,
+        timeout: Duration::from_secs(30),
+        local: None,
+    }
+}
+
+#[must_use]
+pub struct HttpBuilder {
+    secret: bool,
+    timeout: Duration,
+    local: Option<std::net::IpAddr>,
+}
+
+impl HttpBuilder {
+    /// Sends the cluster secret with every request.
+    pub fn secret(mut self) -> Self {
+        self.secret = true;
+        self
+    }
+
+    /// Gives up on a request after this long (30 s by default).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sends from this local address (to be several clients to a limiter).
+    pub fn from(mut self, ip: std::net::IpAddr) -> Self {
+        self.local = Some(ip);
+        self
+    }
+
+    fn headers(&self) -> reqwest::header::HeaderMap {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if self.secret {
+            headers.insert(
+                kvlab::auth::HEADER_SECRET,
+                reqwest::header::HeaderValue::from_static(cluster_secret()),
+            );
+        }
+        headers
+    }
+
+    pub fn build(self) -> reqwest::blocking::Client {
+        reqwest::blocking::Client::builder()
+            .no_proxy()
+            .default_headers(self.headers())
+            .timeout(self.timeout)
+            .local_address(self.local)
+            .build()
+            .unwrap()
+    }
+
+    /// The same, for async tests.
+    pub fn build_async(self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .no_proxy()
+            .default_headers(self.headers())
+            .timeout(self.timeout)
+            .local_address(self.local)
+            .build()
+            .unwrap()
+    }
+}
+
 /// A client that carries the cluster secret, as kvlab's own processes do.
 pub fn internal_http() -> reqwest::blocking::Client {
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(
-        kvlab::auth::HEADER_SECRET,
-        reqwest::header::HeaderValue::from_static(cluster_secret()),
-    );
-    reqwest::blocking::Client::builder()
-        .no_proxy()
-        .default_headers(headers)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
+    http().secret().build()
 }
 
 /// A client with nothing: what anyone on the machine could send.
 pub fn bare_http() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
+    http().build()
+}
+
+// The cluster shapes the suites start most, as flags for [`Cluster::start`]
+// (add more with `format!("{FAST_3_2_2} --failure-timeout 1")`). "Fast" is
+// `--no-delay`: no simulated replication delay. `N_W_R`: N followers, write
+// quorum W, read quorum R.
+pub const FAST_1_1_1: &str = "--no-delay --followers 1 -W 1 -R 1";
+pub const FAST_2_1_1: &str = "--no-delay --followers 2 -W 1 -R 1";
+pub const FAST_2_2_2: &str = "--no-delay --followers 2 -W 2 -R 2";
+pub const FAST_3_2_2: &str = "--no-delay --followers 3 -W 2 -R 2";
+/// The README demos' cluster, with its default replication delays.
+pub const DEMO_3_2_2: &str = "--followers 3 -W 2 -R 2";
+/// One in-memory cluster of the default shape, without delays.
+pub const FAST_IN_MEMORY: &str = "--in-memory --no-delay";
+
+/// The seed for a randomised test: `KVLAB_TEST_SEED` when set (to replay a
+/// failure), else `fallback` (varied per run by the caller). Printed either
+/// way, so a failing run says how to replay it.
+pub fn test_seed(what: &str, fallback: u64) -> u64 {
+    let seed = match std::env::var("KVLAB_TEST_SEED") {
+        Ok(s) => s
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("KVLAB_TEST_SEED={s:?} is not a number")),
+        Err(_) => fallback,
+    };
+    eprintln!("{what} seeded with {seed} (replay with KVLAB_TEST_SEED={seed})");
+    seed
+}
+
+/// A small deterministic generator for "random" moments, reproducible from
+/// the seed [`test_seed`] printed.
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+/// Flags as `kvlab up` gets them: the string split on whitespace.
+fn split(flags: &str) -> Vec<&str> {
+    flags.split_whitespace().collect()
 }
 
 impl Cluster {
-    /// Starts `kvlab up` with extra flags and waits until it can write.
-    pub fn start(extra: &[&str]) -> Cluster {
+    /// Starts `kvlab up` with extra flags, one string split on whitespace
+    /// (`Cluster::start(FAST_3_2_2)`), and waits until it can write.
+    pub fn start(flags: &str) -> Cluster {
+        Cluster::start_args(&split(flags))
+    }
+
+    /// As [`Cluster::start`], the flags one by one (for an argument that
+    /// holds spaces, such as a path or a command line).
+    pub fn start_args(extra: &[&str]) -> Cluster {
+        Cluster::start_plus("", extra)
+    }
+
+    /// As [`Cluster::start`], with more arguments taken as they are
+    /// (`Cluster::start_plus(FAST_2_1_1, &["--node-cmd", &cmd])`).
+    pub fn start_plus(flags: &str, more: &[&str]) -> Cluster {
+        let mut extra = split(flags);
+        extra.extend_from_slice(more);
+        let extra = &extra[..];
         let data_dir = (!extra.contains(&"--in-memory")).then(|| {
             tempfile::Builder::new()
                 .prefix("kvlab-data-")
@@ -144,20 +281,20 @@ impl Cluster {
 
     /// Starts `kvlab up` on a data directory the caller owns (to restart a
     /// cluster on the same data).
-    pub fn start_on(data_dir: &std::path::Path, extra: &[&str]) -> Cluster {
-        Cluster::launch(Some(data_dir), extra)
+    pub fn start_on(data_dir: &std::path::Path, flags: &str) -> Cluster {
+        Cluster::launch(Some(data_dir), &split(flags))
     }
 
     /// Starts `kvlab up` as [`Cluster::start`] does, letting the caller
     /// adjust the command first (its environment, its limits).
-    pub fn start_with(extra: &[&str], prepare: impl FnOnce(&mut Command)) -> Cluster {
-        Cluster::start_at_with(free_port_block(), extra, prepare)
+    pub fn start_with(flags: &str, prepare: impl FnOnce(&mut Command)) -> Cluster {
+        Cluster::start_at_with(free_port_block(), &split(flags), prepare)
     }
 
     /// Starts `kvlab up` on the port block `base` (from [`free_port_block`]),
     /// for tests that start something on the block's ports first.
-    pub fn start_at(base: u16, extra: &[&str]) -> Cluster {
-        Cluster::start_at_with(base, extra, |_| {})
+    pub fn start_at(base: u16, flags: &str) -> Cluster {
+        Cluster::start_at_with(base, &split(flags), |_| {})
     }
 
     fn start_at_with(base: u16, extra: &[&str], prepare: impl FnOnce(&mut Command)) -> Cluster {
@@ -285,40 +422,68 @@ impl Cluster {
         node: Option<&str>,
         timeout: Duration,
     ) -> Value {
-        let deadline = Instant::now() + timeout;
         let mut seen = vec![];
-        loop {
-            if let Ok(resp) = self
-                .http
-                .get(format!(
-                    "{}/events?since={since}&limit=100000",
-                    self.coordinator
-                ))
-                .send()
-            {
-                if let Ok(Value::Array(events)) = resp.json::<Value>() {
+        wait(format_args!("a '{kind}' event for {node:?}"), timeout)
+            .events(self)
+            .until(|| {
+                if let Some(Value::Array(events)) = self.events_since(since) {
                     let found = events
                         .iter()
                         .find(|e| e["kind"] == kind && node.is_none_or(|n| e["node_id"] == n));
                     if let Some(e) = found {
-                        return e.clone();
+                        return Ok(e.clone());
                     }
                     seen = events;
                 }
-            }
-            if Instant::now() >= deadline {
-                // Say what did happen: the events are the cluster's story.
-                let story: Vec<String> = seen
-                    .iter()
-                    .map(|e| e["message"].as_str().unwrap_or_default().to_string())
-                    .collect();
-                panic!(
-                    "no '{kind}' event for {node:?} within {timeout:?}; events:\n{}",
-                    story.join("\n")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+                Err(format!("{} events since {since}", seen.len()))
+            })
+    }
+
+    /// The event log from `since` on, `None` when the coordinator does not
+    /// answer.
+    fn events_since(&self, since: u64) -> Option<Value> {
+        self.http
+            .get(format!(
+                "{}/events?since={since}&limit=100000",
+                self.coordinator
+            ))
+            .send()
+            .ok()?
+            .json()
+            .ok()
+    }
+
+    /// The cluster's story for a failure message: its last events, one per
+    /// line (empty when the coordinator does not answer).
+    pub fn story(&self) -> String {
+        let Some(Value::Array(events)) = self.events_since(0) else {
+            return "\n(no events: the coordinator did not answer)".into();
+        };
+        let recent = &events[events.len().saturating_sub(100)..];
+        let lines: Vec<String> = recent
+            .iter()
+            .map(|e| {
+                format!(
+                    "  #{} {} {}: {}",
+                    e["id"],
+                    e["kind"].as_str().unwrap_or_default(),
+                    e["node_id"].as_str().unwrap_or("-"),
+                    e["message"].as_str().unwrap_or_default()
+                )
+            })
+            .collect();
+        format!("\nthe cluster's recent events:\n{}", lines.join("\n"))
+    }
+
+    /// Polls `probe` until it succeeds (see [`eventually`]); on timeout the
+    /// failure also shows this cluster's recent events.
+    pub fn eventually<P: wait::Probe>(
+        &self,
+        what: impl std::fmt::Display,
+        timeout: Duration,
+        probe: impl FnMut() -> P,
+    ) -> P::Out {
+        wait(what, timeout).events(self).until(probe)
     }
 
     /// Polls until `check` holds on the status.
@@ -328,18 +493,14 @@ impl Cluster {
         timeout: Duration,
         check: impl Fn(&Value) -> bool,
     ) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
+        self.eventually(what, timeout, || {
             let s = self.status();
             if check(&s) {
-                return s;
+                Ok(s)
+            } else {
+                Err(s)
             }
-            if Instant::now() > deadline {
-                let (_, events) = self.get("/events?since=0&limit=100000");
-                panic!("timed out waiting for {what}: {s}\nevents: {events:#}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        })
     }
 
     /// A node's whole data, read directly from it.
@@ -408,12 +569,12 @@ impl Drop for Cluster {
         // only `up` removes them, and `docker stop` of several at once on a
         // loaded machine can take more than 5 s. A quick stop returns early.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let child = &mut self.child;
+        let stopped = wait("kvlab up to stop", secs(20))
+            .every(millis(20))
+            .try_until(|| matches!(child.try_wait(), Ok(Some(_))));
+        if stopped.is_some() {
+            return;
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -435,12 +596,12 @@ pub struct StopOnDrop(pub Child);
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
         unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let child = &mut self.0;
+        let stopped = wait("the process to stop", secs(5))
+            .every(millis(20))
+            .try_until(|| matches!(child.try_wait(), Ok(Some(_))));
+        if stopped.is_some() {
+            return;
         }
         let _ = self.0.kill();
         let _ = self.0.wait();

@@ -10,7 +10,7 @@
 
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -101,18 +101,18 @@ impl Tty {
     /// Waits until `text` appears on the screen `count` times; returns the
     /// screen. Fails with the screen shown when it does not.
     pub fn wait_for_n(&self, text: &str, count: usize, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let screen = self.screen();
-            if screen.matches(text).count() >= count {
-                return screen;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{text:?} (x{count}) not on the screen within {timeout:?}:\n{screen}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        super::eventually(
+            format_args!("{text:?} (x{count}) on the screen"),
+            timeout,
+            || {
+                let screen = self.screen();
+                if screen.matches(text).count() >= count {
+                    Ok(screen)
+                } else {
+                    Err(format!("the screen:\n{screen}"))
+                }
+            },
+        )
     }
 
     pub fn wait_for(&self, text: &str, timeout: Duration) -> String {
