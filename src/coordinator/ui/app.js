@@ -296,7 +296,7 @@ function icon(name) {
 // An event's message starts with the console's emoji icon: the list shows
 // the message without it, behind a dot in the event's tone (style.css).
 function withoutEmoji(message) {
-  return String(message).replace(/^(?:\p{Extended_Pictographic}|\p{Emoji_Presentation}|[\u2190-\u2BFF\uFE0F\u200D])+\s*/u, "");
+  return String(message).replace(/^\s*(?:\p{Extended_Pictographic}|\p{Emoji_Presentation}|[\u2190-\u2BFF\uFE0F\u200D])+\s*/u, "");
 }
 
 async function write() {
