@@ -260,6 +260,8 @@ fn a_run_whose_faults_all_failed_to_inject_is_called_quiet() {
     };
     assert!(all.contains(&said), "{all}");
     assert!(all.contains("faults, 0 injected"), "{all}");
+    let html = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
+    assert!(html.contains(r#"id="verdict">valid (quiet)</span>"#));
 }
 
 /// Every flag of `kvlab check` is described in its help, `--format` included.
