@@ -48,6 +48,7 @@ fn history(n: usize, clients: usize, keys: usize, seed: u64) -> Vec<Op> {
                     output: Outcome::NotFound,
                     ret: Some(end),
                     end,
+                    start: false,
                 },
             )
         })

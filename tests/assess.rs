@@ -186,6 +186,82 @@ fn the_broken_config_fails_each_incident_for_its_reason() {
     assert_nothing_left(base);
 }
 
+/// The original course's scenario file: the same incidents in its format,
+/// ids spelled `inc_0` and no `setting` (a kvlab addition), with its test
+/// `description`s. Written from the shipped file so the two cannot drift.
+fn originals_scenario_file(dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(lab_file("labs/cloudcart/instructor_config.json")).unwrap();
+    let mut file: Value = serde_json::from_str(&text).unwrap();
+    for scenario in file["scenarios"].as_array_mut().unwrap() {
+        let id = scenario["id"].as_str().unwrap().replace("INC-", "inc_");
+        scenario["id"] = Value::String(id);
+        scenario.as_object_mut().unwrap().remove("setting");
+    }
+    let path = dir.join("original_scenarios.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&file).unwrap()).unwrap();
+    path
+}
+
+/// Section 4's scenario-file question: with the original's scenario file and
+/// rules, the broken config as shipped scores 37 (the original itself printed
+/// 37 or 42 by a start-up race; labs/cloudcart/instructor/README.md).
+#[test]
+fn the_broken_config_scores_37_with_the_originals_scenario_file() {
+    let dir = common::scratch();
+    let original = originals_scenario_file(dir.path());
+    let (out, base) = assess(
+        &lab_file(STUDENT),
+        &[
+            "--instructor-config",
+            original.to_str().unwrap(),
+            "--format",
+            "json",
+        ],
+    );
+    let r = json_report(&out);
+    expect(
+        &per_scenario(&r),
+        &[
+            ("inc_0", 2, 4),
+            ("inc_1", 0, 1),
+            ("inc_3", 1, 2),
+            ("inc_4", 2, 5),
+        ],
+    );
+    assert_eq!(r["score"], 37.0, "{r}");
+    assert_eq!(r["max_score"], 100.0);
+    assert_nothing_left(base);
+}
+
+/// `--only INC-3` (kvlab's spelling, the docs' and classroom.yml's) finds the
+/// original's `inc_3`, and `--only inc_3` works as well.
+#[test]
+fn only_accepts_either_spelling_of_an_incident_id() {
+    let dir = common::scratch();
+    let original = originals_scenario_file(dir.path());
+    for asked in ["INC-3", "inc_3"] {
+        let (out, base) = assess(
+            &lab_file(SOLUTION),
+            &[
+                "--instructor-config",
+                original.to_str().unwrap(),
+                "--only",
+                asked,
+                "--format",
+                "json",
+            ],
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "--only {asked}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        expect(&per_scenario(&json_report(&out)), &[("inc_3", 2, 2)]);
+        assert_nothing_left(base);
+    }
+}
+
 #[test]
 fn the_solution_scores_100() {
     let (out, base) = assess(

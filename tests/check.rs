@@ -152,6 +152,145 @@ fn a_running_cluster_can_be_checked_through_its_gateway() {
     assert!(r["ops"]["total"].as_u64().unwrap() > 10, "{all}");
 }
 
+/// Section 4: a second `--no-start-cluster` run against the same cluster
+/// finds the first run's values in the keys. It reads where each key starts
+/// and writes values unique to the run, so both runs are valid, even with
+/// the same seed (the same clients and choices).
+#[test]
+fn two_checks_in_a_row_against_one_running_cluster_are_both_valid() {
+    let cluster = Cluster::start(&[
+        "--followers",
+        "3",
+        "--write-quorum",
+        "2",
+        "--read-quorum",
+        "2",
+        "--no-delay",
+        "--in-memory",
+    ]);
+    for run in 1..=2 {
+        let dir = scratch();
+        let (out, _) = check(&[
+            "--no-start-cluster",
+            "--gateway",
+            &cluster.gateway,
+            "--time-limit",
+            "2",
+            "--keys",
+            "2",
+            "--seed",
+            "9",
+            "--out",
+            dir.path().to_str().unwrap(),
+        ]);
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(0), "run {run}: {all}");
+        assert!(all.contains("✓ VALID"), "run {run}: {all}");
+        let history = std::fs::read_to_string(dir.path().join("history.jsonl")).unwrap();
+        let starts: Vec<Value> = history
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|op| op["start"] == true)
+            .collect();
+        assert_eq!(starts.len(), 2, "one start read per key: {history}");
+        if run == 2 {
+            // The keys hold the first run's values, and the run knew it.
+            assert!(
+                starts.iter().all(|op| op["output"]["type"] == "found"),
+                "{starts:?}"
+            );
+        }
+    }
+}
+
+/// Section 4: a run whose faults all failed to inject (here the coordinator
+/// URL answers nothing) tested no faults: the verdict says it was quiet.
+#[test]
+fn a_run_whose_faults_all_failed_to_inject_is_called_quiet() {
+    let cluster = Cluster::start(&[
+        "--followers",
+        "3",
+        "--write-quorum",
+        "2",
+        "--read-quorum",
+        "2",
+        "--no-delay",
+        "--in-memory",
+    ]);
+    // A block no one listens on: every hook gets "connection refused".
+    let nobody = format!("http://127.0.0.1:{}", free_port_block());
+    let dir = scratch();
+    let (out, _) = check(&[
+        "--no-start-cluster",
+        "--gateway",
+        &cluster.gateway,
+        "--coordinator",
+        &nobody,
+        "--nemesis",
+        "kill",
+        "--time-limit",
+        "8",
+        "--seed",
+        "3",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    let r = results(dir.path());
+    let faults = r["faults"].as_array().unwrap();
+    assert!(!faults.is_empty(), "{all}");
+    assert!(faults.iter().all(|f| f["injected"] == false), "{all}");
+    assert_eq!(r["verdict"], "valid");
+    assert_eq!(r["quiet"], true, "{all}");
+    let n = faults.len();
+    let said = if n == 1 {
+        "✓ VALID (quiet: the one fault could not be injected)".to_string()
+    } else {
+        format!("✓ VALID (quiet: none of the {n} faults could be injected)")
+    };
+    assert!(all.contains(&said), "{all}");
+    assert!(all.contains("faults, 0 injected"), "{all}");
+    let html = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
+    assert!(html.contains(r#"id="verdict">valid (quiet)</span>"#));
+}
+
+/// Every flag of `kvlab check` is described in its help, `--format` included.
+#[test]
+fn check_help_describes_every_flag() {
+    let out = common::kvlab().args(["check", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    let format = help
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("--format"))
+        .take(2)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        format.contains("terminal") && format.contains("json") && format.len() > 60,
+        "--format is not described:\n{help}"
+    );
+    // A flag without a description is a line of its own followed by the next
+    // flag (clap prints the name alone).
+    let lines: Vec<&str> = help.lines().collect();
+    for (i, l) in lines.iter().enumerate() {
+        let t = l.trim_start();
+        if t.starts_with("--")
+            || (t.starts_with('-') && t.chars().nth(1).is_some_and(|c| c.is_ascii_alphabetic()))
+        {
+            let described = t.contains("  ")
+                || lines.get(i + 1).is_some_and(|n| {
+                    let n = n.trim_start();
+                    !n.is_empty() && !n.starts_with('-')
+                });
+            assert!(
+                described,
+                "undescribed flag in `kvlab check --help`: {t}\n{help}"
+            );
+        }
+    }
+}
+
 #[test]
 fn bad_flags_are_refused_with_a_reason() {
     let (out, _) = check(&["--nemesis", "chaos"]);

@@ -298,7 +298,11 @@ fn a_missing_image_is_a_clear_error() {
 struct Compose {
     project: String,
     base: u16,
+    /// Holds the admin token file compose.yaml mounts (`KVLAB_ADMIN_TOKEN_FILE`).
+    dir: tempfile::TempDir,
 }
+
+const COMPOSE_ADMIN_TOKEN: &str = "compose-test-admin-token-0123456789";
 
 impl Compose {
     fn run(&self, args: &[&str]) -> std::process::Output {
@@ -310,6 +314,10 @@ impl Compose {
             .env(
                 "KVLAB_CLUSTER_SECRET",
                 "compose-test-secret-0123456789abcdef",
+            )
+            .env(
+                "KVLAB_ADMIN_TOKEN_FILE",
+                self.dir.path().join("admin-token"),
             )
             .env("KVLAB_COORDINATOR_PORT", self.base.to_string())
             .env(
@@ -340,7 +348,9 @@ fn compose_runs_a_working_cluster_and_down_removes_it() {
     let compose = Compose {
         project: format!("kvlabt{}", std::process::id()),
         base: free_port_block(),
+        dir: scratch(),
     };
+    std::fs::write(compose.dir.path().join("admin-token"), COMPOSE_ADMIN_TOKEN).unwrap();
     let up = compose.run(&["up", "-d"]);
     assert!(
         up.status.success(),
@@ -388,6 +398,27 @@ fn compose_runs_a_working_cluster_and_down_removes_it() {
         .json()
         .unwrap();
     assert_eq!(read["value"], "composed", "{read}");
+
+    // At the start the node named `leader` leads, whichever joined first.
+    let coordinator = format!("http://127.0.0.1:{}", compose.base);
+    let status: Value = http
+        .get(format!("{coordinator}/status"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(status["leader"]["node_id"], "leader", "{status}");
+    // compose.yaml's own example: /kill needs the admin token, which the
+    // file mounted from KVLAB_ADMIN_TOKEN_FILE holds.
+    let kill = |token: Option<&str>| {
+        let mut req = http.post(format!("{coordinator}/kill/follower-1"));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().unwrap().status().as_u16()
+    };
+    assert_eq!(kill(None), 401);
+    assert_eq!(kill(Some(COMPOSE_ADMIN_TOKEN)), 200);
 
     let down = compose.run(&["down", "-v", "--timeout", "2"]);
     assert!(

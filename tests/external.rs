@@ -173,3 +173,54 @@ fn a_node_joining_on_every_address_must_say_where_it_is_reached() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--advertise"), "{err}");
 }
+
+/// Section 4: on a fresh `docker-compose up` whichever node joins first
+/// takes the leader's slot until the start election; on equal (empty) logs
+/// that election picks the node named `leader`, as people expect.
+#[test]
+fn the_node_named_leader_leads_even_when_another_joins_first() {
+    let base = free_port_block();
+    let _f2 = join(base, "follower-2", 2, None);
+    let starting = std::thread::spawn(move || {
+        Cluster::start_at(
+            base,
+            &[
+                "--runtime",
+                "external",
+                "--followers",
+                "2",
+                "-W",
+                "2",
+                "--no-delay",
+            ],
+        )
+    });
+    // follower-2 holds the leader's slot before the others start.
+    let http = bare_http();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let holder = http
+            .get(format!("http://127.0.0.1:{base}/status"))
+            .send()
+            .and_then(|r| r.json::<serde_json::Value>())
+            .ok()
+            .and_then(|s| s["leader"]["node_id"].as_str().map(String::from));
+        if holder.as_deref() == Some("follower-2") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "follower-2 never took the leader's slot (last: {holder:?})"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _leader = join(base, "leader", 0, None);
+    let _f1 = join(base, "follower-1", 1, None);
+    let cluster = starting.join().expect("the cluster started");
+    let status = cluster.wait_status("the start election", Duration::from_secs(20), |s| {
+        s["term"].as_u64() >= Some(1) && s["quorum"]["alive_followers"] == 2
+    });
+    assert_eq!(status["leader"]["node_id"], "leader", "{status}");
+    let (code, body) = cluster.write("name", "v");
+    assert_eq!(code, 200, "{body}");
+}

@@ -32,6 +32,18 @@ fn installed(program: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// True in the page when its buttons carry SVG icons, and no
+/// button, answer or event line shows an emoji.
+const NO_EMOJI_ICONS: &str = r#"(() => {
+  const emoji = /\p{Emoji_Presentation}|\uFE0F/u;
+  const shown = [...document.querySelectorAll('button, #result, #events li')];
+  return shown.length > 0
+    && shown.every((e) => !emoji.test(e.textContent))
+    && ['spawn-btn', 'kill-leader-btn', 'write-btn', 'read-btn']
+         .every((id) => !!document.querySelector('#' + id + ' svg.icon'))
+    && document.querySelectorAll('#events li .dot').length > 0;
+})()"#;
+
 #[test]
 fn live_view_kills_a_follower_and_writes_in_headless_chromium() {
     let cluster = Cluster::start("--in-memory");
@@ -53,6 +65,7 @@ fn live_view_kills_a_follower_and_writes_in_headless_chromium() {
             {"wait": "!!document.querySelector('#node-follower-1[data-state=dead]')", "timeout": 20},
             {"eval": format!("{}.click()", el("read-btn"))},
             {"wait": format!("!!{}", el("served-by")), "timeout": 20},
+            {"wait": "!!document.querySelector('#result svg.icon-read')", "timeout": 5},
             // Partition the other follower from the leader (Fault settings'
             // default), long enough to outlast the screenshot: its card, the
             // event log and the timeline's lane show it.
@@ -64,6 +77,10 @@ fn live_view_kills_a_follower_and_writes_in_headless_chromium() {
             {"wait": "!!document.querySelector('#timeline rect.fault-partition')", "timeout": 20},
             {"wait": "!!document.querySelector('#timeline rect.fault-dead')", "timeout": 20},
             {"wait": format!("!!{}", el("heal-partition-follower-2")), "timeout": 5},
+            // The icons are the page's own drawings, not emoji (which show
+            // as empty boxes without an emoji font): the buttons, the
+            // answer and each event line.
+            {"wait": NO_EMOJI_ICONS, "timeout": 5},
             {"screenshot": shot.display().to_string()},
         ]),
     );

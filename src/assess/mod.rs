@@ -83,7 +83,8 @@ pub struct Args {
     /// Exit with code 2 when the score (in points) is below N.
     #[arg(long, value_name = "N")]
     pub min_score: Option<f64>,
-    /// Run only these scenarios (`--only INC-3`, or `--only INC-1,INC-3`);
+    /// Run only these scenarios (`--only INC-3`, or `--only INC-1,INC-3`;
+    /// case and `-`/`_` do not matter, so `INC-3` also names `inc_3`);
     /// exit 2 unless every test in them passes: one autograding step each.
     #[arg(long, value_name = "ID", value_delimiter = ',')]
     pub only: Vec<String>,

@@ -360,17 +360,20 @@ impl ScenarioFile {
     }
 
     /// Keeps only the scenarios with these ids (`--only`), in the file's
-    /// order. An id the file does not have is an error that lists those
-    /// it has.
+    /// order. Ids match case-insensitively with `-` and `_` alike, so
+    /// `--only INC-3` finds the original course's `inc_3` (and `--only inc_3`
+    /// kvlab's `INC-3`). An id the file does not have is an error that lists
+    /// those it has.
     pub fn only(mut self, ids: &[String]) -> Result<ScenarioFile, String> {
         let known: Vec<&str> = self.scenarios.iter().map(|s| s.id.as_str()).collect();
-        if let Some(missing) = ids.iter().find(|id| !known.contains(&id.as_str())) {
+        if let Some(missing) = ids.iter().find(|id| !known.iter().any(|k| same_id(k, id))) {
             return Err(format!(
                 "--only {missing}: no such scenario (this file has {})",
                 known.join(", ")
             ));
         }
-        self.scenarios.retain(|s| ids.contains(&s.id));
+        self.scenarios
+            .retain(|s| ids.iter().any(|id| same_id(&s.id, id)));
         Ok(self)
     }
 
@@ -509,6 +512,24 @@ fn check_test(t: &TestSpec) -> Result<(), String> {
         } if *k > 1000 => Err("count must be at most 1000".into()),
         _ => Ok(()),
     }
+}
+
+/// Whether two scenario ids name the same scenario: case-insensitive, with
+/// `-` and `_` alike (`INC-3`, `inc_3`).
+fn same_id(a: &str, b: &str) -> bool {
+    let norm = |s: &str| -> String {
+        s.trim()
+            .chars()
+            .map(|c| {
+                if c == '_' {
+                    '-'
+                } else {
+                    c.to_ascii_lowercase()
+                }
+            })
+            .collect()
+    };
+    norm(a) == norm(b)
 }
 
 #[cfg(test)]
@@ -672,5 +693,26 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn only_matches_ids_case_insensitively_with_dash_and_underscore_alike() {
+        let original =
+            include_str!("../../labs/cloudcart/instructor_config.json").replace("\"INC-", "\"inc_");
+        let file = parse(&original).unwrap();
+        for asked in ["INC-3", "inc_3", "Inc-3", "INC_3", "inc-3"] {
+            let only = file.clone().only(&[asked.to_string()]).unwrap();
+            let ids: Vec<&str> = only.scenarios.iter().map(|s| s.id.as_str()).collect();
+            assert_eq!(ids, ["inc_3"], "--only {asked}");
+        }
+        let kvlab = parse(include_str!("../../labs/cloudcart/instructor_config.json")).unwrap();
+        let only = kvlab.only(&["inc_3".into(), "inc-0".into()]).unwrap();
+        let ids: Vec<&str> = only.scenarios.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["INC-0", "INC-3"], "the file's order and spelling");
+        let err = file.only(&["INC-9".into()]).unwrap_err();
+        assert_eq!(
+            err,
+            "--only INC-9: no such scenario (this file has inc_0, inc_1, inc_3, inc_4)"
+        );
     }
 }

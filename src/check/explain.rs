@@ -177,9 +177,15 @@ fn read_set(t: f64, shape: &Shape, obs: &Observations) -> Option<String> {
 }
 
 /// A read of a value at a version its write never had (or of a value
-/// nobody wrote).
+/// nobody wrote). The key's state from before the run (a start read) is
+/// not a wrong value.
 fn wrong_value(ops: &[&Op]) -> Option<Story> {
-    for read in ops.iter().filter(|op| !op.is_write()) {
+    let before_the_run = |v: &str, ver: u64| {
+        ops.iter().any(|o| {
+            o.start && matches!(&o.output, Outcome::Found { value, version, .. } if value == v && *version == ver)
+        })
+    };
+    for read in ops.iter().filter(|op| !op.is_write() && !op.start) {
         let Outcome::Found {
             value,
             version,
@@ -188,6 +194,9 @@ fn wrong_value(ops: &[&Op]) -> Option<Story> {
         else {
             continue;
         };
+        if before_the_run(value, *version) {
+            continue;
+        }
         let write = ops
             .iter()
             .find(|o| o.written_value() == Some(value.as_str()));
@@ -312,6 +321,7 @@ mod tests {
 
     fn op(id: usize, client: usize, input: Input, call: u64, end: u64, output: Outcome) -> Op {
         Op {
+            start: false,
             id,
             client_id: client,
             input,

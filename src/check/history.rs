@@ -30,6 +30,11 @@ pub struct Op {
     pub ret: Option<u64>,
     /// When the client stopped waiting (the answer, the error or the timeout).
     pub end: u64,
+    /// A read taken before the workload (`--no-start-cluster`): what the key
+    /// held when the run began. The checker starts the key's register from
+    /// it instead of from "absent".
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub start: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,13 +134,17 @@ pub struct KeyHistory {
     /// The checker's operations; `ids[i]` is the [`Op::id`] of `ops[i]`.
     pub ops: Vec<Operation<model::Input, model::Output>>,
     pub ids: Vec<usize>,
+    /// The key's state when the run began (its [`Op::start`] read), absent
+    /// when there was none.
+    pub start: model::RegisterState,
 }
 
 /// Splits a history by key (keys are independent registers, so each is
 /// checked alone: far smaller searches), keeping only the operations that
 /// count. Values are interned per key; a read of a value nobody wrote gets
 /// an id of its own, which no write matches; an unknown write whose value
-/// nobody read gets [`model::UNREAD`].
+/// nobody read gets [`model::UNREAD`]. A start read ([`Op::start`]) is not an
+/// operation: it sets the key's starting state.
 pub fn by_key(history: &[Op]) -> BTreeMap<String, KeyHistory> {
     let read: std::collections::HashSet<(&str, &str)> = history
         .iter()
@@ -153,6 +162,21 @@ pub fn by_key(history: &[Op]) -> BTreeMap<String, KeyHistory> {
             let next = table.len() as ValueId;
             *table.entry(v.to_string()).or_insert(next)
         };
+        if op.start {
+            let start = match &op.output {
+                Outcome::Found { value, version, .. } => Some((intern(value), *version)),
+                _ => None,
+            };
+            keys.entry(key.clone())
+                .or_insert_with(|| KeyHistory {
+                    key,
+                    ops: Vec::new(),
+                    ids: Vec::new(),
+                    start: None,
+                })
+                .start = start;
+            continue;
+        }
         let (input, output) = match (&op.input, &op.output) {
             (Input::Write { value, .. }, Outcome::Written { version }) => (
                 model::Input::Write(intern(value)),
@@ -178,6 +202,7 @@ pub fn by_key(history: &[Op]) -> BTreeMap<String, KeyHistory> {
             key,
             ops: Vec::new(),
             ids: Vec::new(),
+            start: None,
         });
         entry.ops.push(Operation {
             call: op.call as f64,

@@ -61,12 +61,17 @@ pub fn render(report: &RunReport, history: &[Op]) -> String {
         .map(|s| format!("<li>{}</li>", escape(&s.text)))
         .collect();
     let verdict = report.verdict.as_str();
+    // A quiet run (no fault could be injected) says so next to its verdict.
+    let label = match report.quiet {
+        true => format!("{verdict} (quiet)"),
+        false => verdict.to_string(),
+    };
     format!(
         r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>kvlab check · seed {seed} · {verdict}</title>
+<html lang="en"><head><meta charset="utf-8"><title>kvlab check · seed {seed} · {label}</title>
 <style>{STYLE}</style></head>
 <body>
-<h1>kvlab check · seed {seed} <span class="verdict {verdict}" id="verdict">{verdict}</span></h1>
+<h1>kvlab check · seed {seed} <span class="verdict {verdict}" id="verdict">{label}</span></h1>
 <h2>Summary</h2>
 <pre class="card" id="summary">{card}</pre>
 <ul class="stories" id="stories">{stories}</ul>

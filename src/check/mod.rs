@@ -48,7 +48,9 @@ use verdict::Verdict;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
+    /// The summary card (with `--repeat`, a line per seed).
     Terminal,
+    /// The whole report, as in results.json (with `--repeat`, a list).
     Json,
 }
 
@@ -97,6 +99,8 @@ pub struct Args {
     /// report.html here.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// How to print the result: `terminal` (the summary card) or `json` (the
+    /// report that results.json holds).
     #[arg(long, value_enum, default_value_t = Format::Terminal)]
     pub format: Format,
     /// Run N times with seeds seed, seed+1, ...; keep the artifacts of
@@ -424,6 +428,14 @@ async fn run_once(
     let schedule = nemesis::schedule(&plan.kinds, seed, shape.followers, heal_by);
 
     let epoch = Instant::now();
+    // A running cluster may hold earlier runs' values: read where each key
+    // starts, and write values no earlier run wrote.
+    let (starts, run) = if args.no_start_cluster {
+        let starts = start_state(args, &target.gateway, epoch).await?;
+        (starts, format!("r{:06x}.", random_seed() ^ seed))
+    } else {
+        (Vec::new(), String::new())
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let counters = Arc::new(workload::Counters::default());
     let config = workload::WorkloadConfig {
@@ -431,6 +443,7 @@ async fn run_once(
         clients: args.clients,
         keys: args.keys,
         seed,
+        run,
         request_timeout: Duration::from_secs_f64(args.request_timeout),
         max_think: Duration::from_millis(if shape.sync_delay.unwrap_or(0.0) > 0.0 {
             100
@@ -478,6 +491,7 @@ async fn run_once(
         None => vec![],
     };
     let mut history = clients.await.unwrap_or_default();
+    history.extend(starts);
     progress.done();
 
     // Heal, then read every key once more (those reads are checked too).
@@ -558,7 +572,9 @@ async fn run_once(
         checker_millis,
         duration_s: 0.0,
         artifacts: None,
+        quiet: false,
     };
+    report.quiet = RunReport::is_quiet(&report.config, &report.faults);
     // Keep the artifacts of every single run, and of failing runs in --repeat.
     let keep = args.repeat == 1 || verdict != Verdict::Valid;
     if let (Some(dir), true) = (out, keep) {
@@ -571,6 +587,39 @@ async fn run_once(
     }
     report.duration_s = began.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Each key's state before the workload, read through the entry point
+/// like any read ([`history::Op::start`]); a key that cannot be read (after
+/// a few tries) stops the run, since nothing could be checked on it.
+async fn start_state(args: &Args, target: &str, epoch: Instant) -> anyhow::Result<Vec<Op>> {
+    let client = workload::Client::new(
+        args.clients,
+        target,
+        Duration::from_secs_f64(args.request_timeout),
+        epoch,
+    );
+    let mut starts = Vec::new();
+    for k in 0..args.keys {
+        let key = workload::key_name(k);
+        let mut tries = 0;
+        let mut op = loop {
+            let op = client.run(Input::Read { key: key.clone() }).await;
+            tries += 1;
+            match &op.output {
+                history::Outcome::ReadFailed { reason } if tries >= 5 => anyhow::bail!(
+                    "cannot read where `{key}` starts on {target} (needed with --no-start-cluster): {reason}"
+                ),
+                history::Outcome::ReadFailed { .. } => {
+                    tokio::time::sleep(Duration::from_millis(200)).await
+                }
+                _ => break op,
+            }
+        };
+        op.start = true;
+        starts.push(op);
+    }
+    Ok(starts)
 }
 
 /// Each key's state on the leader, which holds every write (a follower may

@@ -80,6 +80,9 @@ pub struct VersionedRegister {
     claims: HashMap<u64, ValueId>,
     /// Value -> the one version its single write can take (rule 3).
     pins: HashMap<ValueId, u64>,
+    /// The key's state when the history began (absent, unless the run read
+    /// it first: `kvlab check --no-start-cluster` on a used cluster).
+    pub start: RegisterState,
 }
 
 impl VersionedRegister {
@@ -132,7 +135,7 @@ impl Model for VersionedRegister {
     type Output = Output;
 
     fn init(&self) -> RegisterState {
-        None
+        self.start
     }
 
     fn step(&self, state: &RegisterState, input: &Input, output: &Output) -> Option<RegisterState> {
@@ -198,6 +201,23 @@ mod tests {
         assert_eq!(s, Some((8, 2)));
         // Past the highest version anyone saw, an unknown write never fits.
         assert_eq!(m.step(&s, &Input::Write(9), &Output::WriteUnknown), None);
+    }
+
+    #[test]
+    fn a_key_can_start_with_a_value_from_before_the_run() {
+        let m = VersionedRegister {
+            max_version: 9,
+            start: Some((0, 7)),
+            ..VersionedRegister::default()
+        };
+        let s = m.init();
+        assert!(m.step(&s, &Input::Read, &Output::Found(0, 7)).is_some());
+        assert!(m.step(&s, &Input::Read, &Output::NotFound).is_none());
+        assert_eq!(m.step(&s, &Input::Write(1), &Output::Written(1)), None);
+        assert_eq!(
+            m.step(&s, &Input::Write(1), &Output::Written(8)),
+            Some(Some((1, 8)))
+        );
     }
 
     #[test]

@@ -175,6 +175,9 @@ pub struct FaultRecord {
     /// Seconds since the start of the run: injected, and healed.
     pub start: f64,
     pub end: f64,
+    /// Whether the fault was injected (its hook answered yes). A fault
+    /// that was not did not happen.
+    pub injected: bool,
     /// A hook that failed (the fault may not have happened).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -357,6 +360,7 @@ pub async fn run(
             how: p.how.clone(),
             start: round(start),
             end: round(now()),
+            injected: injected.is_ok(),
             error: injected.err().or(healed.err()),
         });
     }

@@ -84,6 +84,31 @@ pub struct RunReport {
     pub duration_s: f64,
     /// Where the artifacts went (`--out`).
     pub artifacts: Option<String>,
+    /// A nemesis was asked for, but not one fault could be injected: the
+    /// run tested the cluster without faults, whatever the verdict.
+    pub quiet: bool,
+}
+
+impl RunReport {
+    /// How many faults were injected.
+    pub fn injected(&self) -> usize {
+        self.faults.iter().filter(|f| f.injected).count()
+    }
+
+    /// Is the run quiet: a nemesis asked for, and no fault injected?
+    pub fn is_quiet(config: &RunConfig, faults: &[FaultRecord]) -> bool {
+        !config.nemesis.is_empty() && faults.iter().all(|f| !f.injected)
+    }
+
+    /// The verdict's word, and for a quiet run why it is quiet:
+    /// `valid (quiet: none of the 3 faults could be injected)`.
+    pub fn quiet_reason(&self) -> Option<String> {
+        self.quiet.then(|| match self.faults.len() {
+            0 => "quiet: no fault was tried in the time limit".to_string(),
+            1 => "quiet: the one fault could not be injected".to_string(),
+            n => format!("quiet: none of the {n} faults could be injected"),
+        })
+    }
 }
 
 /// The terminal's summary card.
@@ -123,7 +148,12 @@ pub fn card(r: &RunReport) -> String {
         "│ operations  {} ({} writes, {} reads): ok {}, unknown {}, refused {}, read failed {}",
         o.total, o.writes, o.reads, o.ok, o.unknown, o.refused, o.read_failed
     );
-    let _ = writeln!(s, "│ nemesis     {nemesis}: {} faults", r.faults.len());
+    let _ = writeln!(
+        s,
+        "│ nemesis     {nemesis}: {} faults, {} injected",
+        r.faults.len(),
+        r.injected()
+    );
     for f in &r.faults {
         let how = if f.how.is_empty() {
             String::new()
@@ -161,10 +191,15 @@ pub fn card(r: &RunReport) -> String {
             o.node_id, o.t, o.old_incarnation, o.old_pid, o.new_incarnation
         );
     }
-    let verdict = match r.verdict {
-        Verdict::Valid => "✓ VALID: every operation fits one order (linearizable)",
-        Verdict::Violation => "✗ VIOLATION: not linearizable",
-        Verdict::Unknown => "? UNKNOWN: the checker ran out of time",
+    let verdict = match (r.verdict, r.quiet_reason()) {
+        (Verdict::Valid, Some(quiet)) => format!(
+            "✓ VALID ({quiet}): every operation fits one order, but the run tested no faults"
+        ),
+        (Verdict::Valid, None) => {
+            "✓ VALID: every operation fits one order (linearizable)".to_string()
+        }
+        (Verdict::Violation, _) => "✗ VIOLATION: not linearizable".to_string(),
+        (Verdict::Unknown, _) => "? UNKNOWN: the checker ran out of time".to_string(),
     };
     let _ = writeln!(s, "│ verdict     {verdict} (exit {})", r.exit_code);
     for story in &r.stories {
@@ -186,7 +221,10 @@ pub fn table(reports: &[RunReport]) -> String {
             s,
             "{:<11} {:<10} {:<7} {:<8} {:<7} {}",
             r.seed,
-            r.verdict.as_str(),
+            match r.quiet {
+                true => format!("{} (quiet)", r.verdict.as_str()),
+                false => r.verdict.as_str().to_string(),
+            },
             r.ops.total,
             r.ops.unknown,
             r.faults.len(),

@@ -75,8 +75,9 @@ pub fn check_keys(history: &[Op], budget: Duration) -> Vec<KeyResult> {
         .into_values()
         .map(|k| {
             let started = Instant::now();
-            let outcome =
-                linearizability::check(&VersionedRegister::for_ops(&k.ops), &k.ops, deadline);
+            let mut model = VersionedRegister::for_ops(&k.ops);
+            model.start = k.start;
+            let outcome = linearizability::check(&model, &k.ops, deadline);
             let to_ids = |v: &[usize]| v.iter().map(|&i| k.ids[i]).collect::<Vec<_>>();
             let (verdict, stuck, longest) = match outcome {
                 Outcome::Linearizable => (Verdict::Valid, vec![], vec![]),

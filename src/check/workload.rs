@@ -34,6 +34,10 @@ pub struct WorkloadConfig {
     pub clients: usize,
     pub keys: usize,
     pub seed: u64,
+    /// Put before every written value (`r3fa2c1.`), so that values are
+    /// unique to the run when it shares a cluster with earlier runs
+    /// (`--no-start-cluster`); empty for a cluster the run started.
+    pub run: String,
     /// How long one request may take before its outcome counts as unknown.
     pub request_timeout: Duration,
     /// Each client pauses up to this long between operations, so a fast
@@ -120,6 +124,7 @@ impl Client {
             output,
             ret,
             end,
+            start: false,
         }
     }
 
@@ -268,7 +273,7 @@ async fn client_loop(
             writes += 1;
             Input::Write {
                 key,
-                value: format!("c{id}-{writes}"),
+                value: format!("{}c{id}-{writes}", config.run),
             }
         } else {
             Input::Read { key }

@@ -151,6 +151,22 @@ struct Candidate {
     newest_term: u64,
 }
 
+/// The election's order, best first: the highest (last term, seq); on a
+/// tie, at the start the slot named `leader` (under `--runtime external`
+/// the first node to join holds the leader's slot until this election,
+/// whatever its id, and `leader` is the node people expect to lead), then
+/// the slot that led, then the lowest port.
+fn order_candidates(reason: Reason, old_leader: &str, candidates: &mut [Candidate]) {
+    candidates.sort_by_key(|c| {
+        (
+            std::cmp::Reverse((c.last_term, c.seq)),
+            !(reason == Reason::Start && c.slot.node_id == crate::api::LEADER_ID),
+            c.slot.node_id != old_leader,
+            c.slot.port,
+        )
+    });
+}
+
 /// What asking one node gave.
 enum Asked {
     Stands(Candidate),
@@ -283,14 +299,7 @@ impl Coordinator {
         if reason == Reason::LeaderDown && !quiet {
             self.narrate_candidates(term, old_leader, &candidates, unreachable, acked);
         }
-        // Highest (last term, seq) first; ties: the slot that led, then ports.
-        candidates.sort_by_key(|c| {
-            (
-                std::cmp::Reverse((c.last_term, c.seq)),
-                c.slot.node_id != old_leader.node_id,
-                c.slot.port,
-            )
-        });
+        order_candidates(reason, &old_leader.node_id, &mut candidates);
         // A student's node leads only if the course said it can (level 4,
         // `--node-cmd-leader`): a follower-only node would take the promotion
         // and then have no way to serve writes.
@@ -570,4 +579,63 @@ pub fn start(c: Arc<Coordinator>) -> tokio::task::JoinHandle<()> {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn candidate(node_id: &str, port: u16, last_term: u64, seq: u64) -> Candidate {
+        Candidate {
+            slot: Slot {
+                node_id: node_id.into(),
+                role: Role::Follower,
+                port,
+                url: format!("http://{node_id}:{port}"),
+                status: NodeStatus::Alive,
+                incarnation: 1,
+                pid: None,
+            },
+            seq,
+            last_term,
+            newest_term: last_term,
+        }
+    }
+
+    fn order(reason: Reason, old_leader: &str, mut all: Vec<Candidate>) -> Vec<String> {
+        order_candidates(reason, old_leader, &mut all);
+        all.into_iter().map(|c| c.slot.node_id).collect()
+    }
+
+    /// `docker-compose up`: follower-2 joined first and holds the leader's
+    /// slot; every log is empty. The node named `leader` wins the tie.
+    #[test]
+    fn at_the_start_a_tie_goes_to_the_slot_named_leader() {
+        let fresh = || {
+            vec![
+                candidate("follower-2", 7003, 0, 0),
+                candidate("follower-1", 7002, 0, 0),
+                candidate("leader", 7001, 0, 0),
+            ]
+        };
+        assert_eq!(
+            order(Reason::Start, "follower-2", fresh()),
+            ["leader", "follower-2", "follower-1"]
+        );
+        // A longer log still wins, whatever the names.
+        let mut ahead = fresh();
+        ahead[1].seq = 3;
+        ahead[1].last_term = 1;
+        assert_eq!(order(Reason::Start, "follower-2", ahead)[0], "follower-1");
+        // After the start, a tie goes to the slot that led, then the port:
+        // the name `leader` means nothing more than any other id.
+        assert_eq!(
+            order(Reason::LeaderRestart, "follower-2", fresh()),
+            ["follower-2", "leader", "follower-1"]
+        );
+        assert_eq!(
+            order(Reason::LeaderDown, "follower-9", fresh()),
+            ["leader", "follower-1", "follower-2"]
+        );
+    }
 }

@@ -326,13 +326,14 @@ fn judge(run: &crate::check::report::RunReport, dir: &Path) -> (bool, String) {
     let ops = &run.ops;
     let report = dir.join("report.html");
     let mut detail = format!(
-        "seed {}: {} operations, {} succeeded, {} refused, {} unknown; {} faults injected; \
+        "seed {}: {} operations, {} succeeded, {} refused, {} unknown; {} of {} faults injected; \
          report: {}",
         run.seed,
         ops.total,
         ops.ok,
         ops.refused,
         ops.unknown,
+        run.injected(),
         run.faults.len(),
         report.display()
     );

@@ -235,7 +235,7 @@ function renderEvents() {
   const t = replayTime(), now = viewNow();
   const shown = events.filter((e) => t === null || e.unix_ms <= t).slice(-300).reverse();
   $("events").innerHTML = shown.map((e) =>
-    `<li class="${esc(e.tone)}" data-kind="${esc(e.kind)}"><span class="t">${fmtTime(e.unix_ms)}</span>${esc(e.message)}</li>`).join("");
+    `<li class="${esc(e.tone)}" data-kind="${esc(e.kind)}"><span class="t">${fmtTime(e.unix_ms)}</span><i class="dot"></i>${esc(withoutEmoji(e.message))}</li>`).join("");
   drawTimeline(now, t);
 }
 
@@ -255,7 +255,7 @@ function drawTimeline(now, t) {
     faults: faultIntervals(now).map((f) => ({ lane: lane(f.node), start: f.start, end: f.end, kind: f.kind,
       title: `${f.node} ${FAULT_NAMES[f.kind]} ${fmtTime(f.start)}–${f.open ? "now" : fmtTime(f.end)}` })),
     ticks: events.map((e) => ({ lane: lane(e.node_id), t: e.unix_ms, cls: "mark " + e.tone,
-      title: fmtTime(e.unix_ms) + " " + e.message })),
+      title: fmtTime(e.unix_ms) + " " + withoutEmoji(e.message) })),
     cursor: t,
   });
 }
@@ -282,13 +282,30 @@ function show(html, version) {
   if (version !== undefined) el.dataset.version = version; else delete el.dataset.version;
 }
 
+// The icons are drawn by the page (inline SVG, stroked in the text's
+// colour), not emoji: they show the same with or without an emoji font.
+const ICON_PATHS = {
+  ok: '<path d="M3 8.5l3 3 7-7"/>',
+  error: '<path d="M4 4l8 8M12 4l-8 8"/>',
+  read: '<path d="M1.5 8s2.5-4.5 6.5-4.5 6.5 4.5 6.5 4.5-2.5 4.5-6.5 4.5S1.5 8 1.5 8z"/><circle cx="8" cy="8" r="1.8"/>',
+};
+function icon(name) {
+  return `<svg class="icon icon-${name}" viewBox="0 0 16 16" aria-hidden="true">${ICON_PATHS[name]}</svg>`;
+}
+
+// An event's message starts with the console's emoji icon: the list shows
+// the message without it, behind a dot in the event's tone (style.css).
+function withoutEmoji(message) {
+  return String(message).replace(/^\s*(?:\p{Extended_Pictographic}|\p{Emoji_Presentation}|[\u2190-\u2BFF\uFE0F\u200D])+\s*/u, "");
+}
+
 async function write() {
   const key = $("key").value, value = $("value").value;
   show("writing " + esc(key) + "…");
   const r = await call("POST", "/write", { key, value });
-  if (r.ok) show(`✅ ${esc(key)} = ${esc(value)} <b id="written-version">version ${r.data.version}</b>\n` +
+  if (r.ok) show(`${icon("ok")} ${esc(key)} = ${esc(value)} <b id="written-version">version ${r.data.version}</b>\n` +
     `seq ${r.data.seq}, ${r.data.sync_acks} of W=${r.data.quorum} sync acks`, r.data.version);
-  else show(`❌ HTTP ${r.status}\n${esc(JSON.stringify(r.data && r.data.detail, null, 1))}`);
+  else show(`${icon("error")} HTTP ${r.status}\n${esc(JSON.stringify(r.data && r.data.detail, null, 1))}`);
 }
 
 async function read() {
@@ -297,9 +314,9 @@ async function read() {
   const res = r.data.result;
   const lines = (r.data.followers || []).map((f) => "  " + esc(f.node_id) + ": " +
     (f.answer.error ? "error " + esc(f.answer.error) : f.answer.version === null ? "not found" : "v" + f.answer.version));
-  if (res.ok) show(`👀 ${esc(key)} = ${esc(res.read.value)} <b id="read-version">version ${res.read.version}</b>, ` +
+  if (res.ok) show(`${icon("read")} ${esc(key)} = ${esc(res.read.value)} <b id="read-version">version ${res.read.version}</b>, ` +
     `served by <b id="served-by">${esc(res.read.served_by)}</b>\nread set answers:\n${lines.join("\n")}`, res.read.version);
-  else show(`❌ HTTP ${res.status}\n${esc(JSON.stringify(res.detail))}\nread set answers:\n${lines.join("\n")}`);
+  else show(`${icon("error")} HTTP ${res.status}\n${esc(JSON.stringify(res.detail))}\nread set answers:\n${lines.join("\n")}`);
 }
 
 // Whom a partition cuts `node` off from, as set under Fault settings. "The

@@ -280,3 +280,45 @@ async fn pause(State(c): Shared, Path(node_id): Path<String>) -> Result<Json<Val
     c.inject_fault(&node_id, Fault::PauseHeartbeats { seconds: SECONDS })
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Code points that render as emoji, or ask for emoji presentation:
+    /// where no emoji font is installed they show as empty boxes.
+    fn is_emoji(c: char) -> bool {
+        matches!(c as u32,
+            0x1F000..=0x1FAFF   // pictographs, emoticons, transport, symbols
+            | 0x2300..=0x23FF   // ⌚ ⏰ ⏳ ...
+            | 0x2600..=0x27BF   // misc symbols and dingbats (☠ ✅ ✍ ❌ ➕)
+            | 0x2B00..=0x2BFF   // ⬆ ⭐ ...
+            | 0xFE0F            // emoji presentation selector
+            | 0x200D            // zero-width joiner of emoji sequences
+        )
+    }
+
+    /// The live view draws its icons itself (inline SVG, CSS shapes): the
+    /// page's files hold no emoji, so nothing shows as an empty box.
+    #[test]
+    fn the_live_view_draws_its_icons_without_emoji() {
+        for (name, text) in [
+            ("index.html", INDEX_HTML),
+            ("app.js", APP_JS),
+            ("style.css", STYLE_CSS),
+            ("timeline.js", TIMELINE_JS),
+        ] {
+            for (i, line) in text.lines().enumerate() {
+                let found: Vec<char> = line.chars().filter(|c| is_emoji(*c)).collect();
+                assert!(
+                    found.is_empty(),
+                    "{name}:{}: emoji {found:?} in `{}`",
+                    i + 1,
+                    line.trim()
+                );
+            }
+        }
+        assert!(INDEX_HTML.contains("<svg class=\"icon\""));
+        assert!(APP_JS.contains("withoutEmoji(e.message)"));
+    }
+}
