@@ -158,16 +158,7 @@ fn a_running_cluster_can_be_checked_through_its_gateway() {
 /// the same seed (the same clients and choices).
 #[test]
 fn two_checks_in_a_row_against_one_running_cluster_are_both_valid() {
-    let cluster = Cluster::start(&[
-        "--followers",
-        "3",
-        "--write-quorum",
-        "2",
-        "--read-quorum",
-        "2",
-        "--no-delay",
-        "--in-memory",
-    ]);
+    let cluster = Cluster::start(&format!("{FAST_3_2_2} --in-memory"));
     for run in 1..=2 {
         let dir = scratch();
         let (out, _) = check(&[
@@ -207,16 +198,7 @@ fn two_checks_in_a_row_against_one_running_cluster_are_both_valid() {
 /// URL answers nothing) tested no faults: the verdict says it was quiet.
 #[test]
 fn a_run_whose_faults_all_failed_to_inject_is_called_quiet() {
-    let cluster = Cluster::start(&[
-        "--followers",
-        "3",
-        "--write-quorum",
-        "2",
-        "--read-quorum",
-        "2",
-        "--no-delay",
-        "--in-memory",
-    ]);
+    let cluster = Cluster::start(&format!("{FAST_3_2_2} --in-memory"));
     // A block no one listens on: every hook gets "connection refused".
     let nobody = format!("http://127.0.0.1:{}", free_port_block());
     let dir = scratch();

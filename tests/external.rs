@@ -182,38 +182,22 @@ fn the_node_named_leader_leads_even_when_another_joins_first() {
     let base = free_port_block();
     let _f2 = join(base, "follower-2", 2, None);
     let starting = std::thread::spawn(move || {
-        Cluster::start_at(
-            base,
-            &[
-                "--runtime",
-                "external",
-                "--followers",
-                "2",
-                "-W",
-                "2",
-                "--no-delay",
-            ],
-        )
+        Cluster::start_at(base, "--runtime external --followers 2 -W 2 --no-delay")
     });
     // follower-2 holds the leader's slot before the others start.
     let http = bare_http();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually("follower-2 to take the leader's slot", secs(30), || {
         let holder = http
             .get(format!("http://127.0.0.1:{base}/status"))
             .send()
             .and_then(|r| r.json::<serde_json::Value>())
             .ok()
             .and_then(|s| s["leader"]["node_id"].as_str().map(String::from));
-        if holder.as_deref() == Some("follower-2") {
-            break;
+        match holder.as_deref() {
+            Some("follower-2") => Ok(()),
+            _ => Err(format!("the leader's slot is held by {holder:?}")),
         }
-        assert!(
-            Instant::now() < deadline,
-            "follower-2 never took the leader's slot (last: {holder:?})"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    });
     let _leader = join(base, "leader", 0, None);
     let _f1 = join(base, "follower-1", 1, None);
     let cluster = starting.join().expect("the cluster started");
