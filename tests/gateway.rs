@@ -312,7 +312,10 @@ fn over_the_limit_is_429_with_headers_and_body() {
     let rl = &stats["rate_limiter"];
     assert_eq!(rl["strategy"], "fixed_window", "the original's spelling");
     let clients = rl["clients"].as_object().expect("an object, by address");
-    assert_eq!(clients.len() as u64, rl["tracked_clients"].as_u64().unwrap());
+    assert_eq!(
+        clients.len() as u64,
+        rl["tracked_clients"].as_u64().unwrap()
+    );
     assert!(clients.values().all(|c| c["remaining"].as_u64().is_some()));
     assert!(stats["load_balancer"].is_null() && stats.get("load_balancer").is_some());
     assert_eq!(
