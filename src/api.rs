@@ -27,6 +27,10 @@ pub mod ports {
 
 /// The id of the one leader node.
 pub const LEADER_ID: &str = "leader";
+/// Names a node by its id in the coordinator's paths, whatever it plays now:
+/// `/kill/node:leader` is the node whose id is `leader`, even after a
+/// failover made it a follower (plain `/kill/leader` is the current leader).
+pub const NODE_ID_PREFIX: &str = "node:";
 
 // Limits every component holds to (the 413 and 400 answers of docs/api.md).
 
@@ -57,6 +61,14 @@ const _: () = assert!(2 * (BATCH_PAYLOAD_BYTES + MAX_BODY_BYTES) <= BATCH_BODY_B
 /// The exit code of a node that refused to serve a corrupt log (65, the
 /// BSD `EX_DATAERR`: the input data was incorrect).
 pub const EXIT_CORRUPT_LOG: i32 = 65;
+
+/// The exit code of a node that stopped because its disk is full (73, the
+/// BSD `EX_CANTCREAT`: the output could not be written).
+pub const EXIT_DISK_FULL: i32 = 73;
+
+/// The exit code of a node that stopped because its storage failed in
+/// another way (74, the BSD `EX_IOERR`).
+pub const EXIT_STORAGE_FAILED: i32 = 74;
 
 /// Headers every node response carries.
 pub const HEADER_NODE_ID: &str = "x-node-id";
@@ -311,13 +323,17 @@ error_detail!(
 pub struct GatewayMetrics {
     /// Every request that reached the gateway, refused ones included.
     pub total_requests: u64,
-    /// Requests the coordinator answered (whatever the status).
+    /// Writes and reads the coordinator answered (whatever the status), as
+    /// the original counts them: `/cluster-status` is not among them.
     pub forwarded_requests: u64,
     /// Requests refused with 429.
     pub rate_limited_requests: u64,
     /// Requests that failed because of the cluster: the coordinator was
     /// unreachable or answered with a 5xx.
     pub errors: u64,
+    /// kvlab's addition: `/cluster-status` requests the coordinator answered.
+    #[serde(default)]
+    pub forwarded_status_requests: u64,
 }
 
 /// The rate limiter's settings and counters, in the gateway's `GET /stats`.
@@ -326,12 +342,16 @@ pub struct RateLimiterStats {
     /// `fixed_window`, `sliding_window` or `token_bucket`.
     pub strategy: String,
     pub max_requests: u32,
+    /// Whole seconds print as an integer (`60`, as the original's do), others
+    /// as a fraction (`0.5`).
+    #[serde(serialize_with = "whole_or_fraction")]
     pub window_seconds: f64,
     pub allowed_requests: u64,
     pub rejected_requests: u64,
-    /// Clients (addresses) the limiter is tracking now.
+    /// The clients (addresses) the limiter is tracking now, each with its
+    /// quota, as the original lists them: an object keyed by address.
     #[serde(default)]
-    pub clients: usize,
+    pub clients: BTreeMap<String, RateLimitedClient>,
     /// kvlab's additions: the client table and its bound.
     #[serde(default)]
     pub tracked_clients: usize,
@@ -343,6 +363,27 @@ pub struct RateLimiterStats {
     /// New clients refused because the table was full of active ones.
     #[serde(default)]
     pub refused_table_full: u64,
+}
+
+/// One client in the rate limiter's `clients`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimitedClient {
+    /// Requests that count against the client's limit now.
+    pub requests: u32,
+    /// Requests it may still send now.
+    pub remaining: u32,
+    /// Whole seconds until its full quota is available again.
+    pub reset_seconds: u64,
+}
+
+/// Writes a number of seconds as an integer when it is whole (`60`), and as
+/// a fraction otherwise (`0.5`).
+pub fn whole_or_fraction<S: serde::Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+    if v.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(v) {
+        s.serialize_u64(*v as u64)
+    } else {
+        s.serialize_f64(*v)
+    }
 }
 
 /// `GET /stats` on the gateway.

@@ -404,6 +404,17 @@ fn internal_allowed(headers: &HeaderMap) -> Result<(), &'static str> {
     Err(reason)
 }
 
+/// The token of an `Authorization: Bearer <token>` header. The scheme is
+/// matched without regard to case (RFC 7235: `bearer` and `BEARER` are
+/// `Bearer`), and spaces before the token are skipped.
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at_checked(6)?;
+    if !scheme.eq_ignore_ascii_case(b"Bearer") || !rest.starts_with(b" ") {
+        return None;
+    }
+    Some(rest.trim_ascii_start())
+}
+
 /// `Err`: why the request is refused (401).
 fn admin_allowed(headers: &HeaderMap, token: Option<&Secret>) -> Result<(), &'static str> {
     let Some(token) = token else {
@@ -411,7 +422,7 @@ fn admin_allowed(headers: &HeaderMap, token: Option<&Secret>) -> Result<(), &'st
     };
     let bearer = headers
         .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        .and_then(|v| bearer_token(v.as_bytes()));
     if bearer.is_some_and(|given| token.matches(given)) || carries_secret(headers) {
         return Ok(());
     }
@@ -437,6 +448,21 @@ fn unauthorized(reason: &str) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_matched_in_any_case() {
+        let token = Secret::parse("0123456789abcdef", "test").unwrap();
+        for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+            let mut headers = HeaderMap::new();
+            let value = format!("{scheme} 0123456789abcdef");
+            headers.insert(axum::http::header::AUTHORIZATION, value.parse().unwrap());
+            assert_eq!(admin_allowed(&headers, Some(&token)), Ok(()), "{scheme}");
+        }
+        assert_eq!(bearer_token(b"Basic 0123"), None);
+        assert_eq!(bearer_token(b"Bearer"), None);
+        assert_eq!(bearer_token(b"Bearerx 1"), None);
+        assert_eq!(bearer_token(b"bearer  tok"), Some(&b"tok"[..]));
+    }
 
     #[test]
     fn secrets_compare_whole_and_refuse_short_or_odd_values() {

@@ -206,13 +206,20 @@ fn builder(mut headers: reqwest::header::HeaderMap) -> reqwest::ClientBuilder {
         .tcp_nodelay(true)
 }
 
-/// Binds a listener, with an error that says which address was taken.
+/// Binds a listener, with an error that says which address was taken and
+/// names `--port`, the flag of a component run alone.
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    bind_flag(addr, "--port").await
+}
+
+/// [`bind`], naming the flag that chose the port (`kvlab up` has one per
+/// component: `--gateway-port`, ...).
+pub async fn bind_flag(addr: SocketAddr, flag: &str) -> anyhow::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
             anyhow::anyhow!(
-                "port {} is already in use (is another kvlab still running? \
-                 pick other ports with the --port flags)",
+                "port {} ({flag}) is already in use by another process \
+                 (is another kvlab still running?): pick another with {flag}",
                 addr.port()
             )
         } else {

@@ -112,10 +112,13 @@ fn build_runtime(command: &Command) -> std::io::Result<tokio::runtime::Runtime> 
 }
 
 /// Logs go to stderr; `RUST_LOG` overrides the level. The coordinator's event
-/// log is separate (stdout) and always on unless `--quiet`.
+/// log is separate (stdout) and always on unless `--quiet`. `kvlab up` logs
+/// nothing by default: its console is the event log, and raw log lines would
+/// interleave with it (the events say what the warnings would).
 fn init_tracing(command: &Command) {
     let default = match command {
         Command::Node(_) => "info",
+        Command::Up(_) => "off",
         _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -45,12 +45,17 @@ pub struct Args {
     #[arg(long)]
     pub auto_spawn: bool,
     /// Seconds to wait before replacing a dead follower.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 5.0)]
     pub spawn_delay: f64,
     /// Seconds of heartbeat silence after which the registry declares a
     /// node dead (and, for the leader, failover begins). Nodes heartbeat at
     /// least three times per timeout.
-    #[arg(long, default_value_t = 5.0, value_name = "S")]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        default_value_t = 5.0,
+        value_name = "S"
+    )]
     pub failure_timeout: f64,
     /// Where node log files go.
     #[arg(long)]
@@ -151,6 +156,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     if args.cluster.heartbeat_interval > beats {
         args.cluster.heartbeat_interval = beats;
     }
+    args.check_port_collisions()?;
     if let Some(warning) =
         ephemeral_range().and_then(|range| ephemeral_warning(&args.ports(), range))
     {
@@ -201,16 +207,26 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
         coordinator::router(coordinator.clone()),
     )?;
     // Bind all three first, so a taken port is reported before anything starts.
-    let registry_listener =
-        crate::http::bind(SocketAddr::new(registry_host(&args), args.registry_port)).await?;
-    let coordinator_listener =
-        crate::http::bind(SocketAddr::new(args.host, args.coordinator_port)).await?;
-    let gateway_listener = crate::http::bind(SocketAddr::new(args.host, args.gateway_port)).await?;
+    let registry_listener = crate::http::bind_flag(
+        SocketAddr::new(registry_host(&args), args.registry_port),
+        "--registry-port",
+    )
+    .await?;
+    let coordinator_listener = crate::http::bind_flag(
+        SocketAddr::new(args.host, args.coordinator_port),
+        "--coordinator-port",
+    )
+    .await?;
+    let gateway_listener = crate::http::bind_flag(
+        SocketAddr::new(args.host, args.gateway_port),
+        "--gateway-port",
+    )
+    .await?;
     // Nodes in namespaces reach the registry on the bridge.
     let registry_on_bridge = match &netns {
         Some(g) => {
             let addr = SocketAddr::new(g.0.host_ip().into(), args.registry_port);
-            Some(crate::http::bind(addr).await?)
+            Some(crate::http::bind_flag(addr, "--registry-port").await?)
         }
         None => None,
     };
@@ -356,6 +372,47 @@ impl Args {
     }
 }
 
+impl Args {
+    /// Refuses ports the flags make collide (two components on one port, a
+    /// component inside the nodes' range), naming the flags: without this,
+    /// the second bind fails as if another program held the port.
+    fn check_port_collisions(&self) -> anyhow::Result<()> {
+        let services = [
+            ("--coordinator-port", self.coordinator_port),
+            ("--registry-port", self.registry_port),
+            ("--gateway-port", self.gateway_port),
+        ];
+        let mut problems = Vec::new();
+        for (i, (a, pa)) in services.iter().enumerate() {
+            for (b, pb) in &services[i + 1..] {
+                if pa == pb {
+                    problems.push(format!("{a} and {b} are both {pa}"));
+                }
+            }
+        }
+        let base = u32::from(self.cluster.node_base_port);
+        // `cluster.validate` has refused a range past 65535 already.
+        let n = u32::try_from(self.cluster.followers).unwrap_or(u32::MAX);
+        let last = base.saturating_add(n);
+        for (flag, port) in services {
+            if (base..=last).contains(&u32::from(port)) {
+                problems.push(format!(
+                    "{flag} {port} is inside the nodes' ports {base}-{last} \
+                     (--node-base-port {base}: the leader and {} followers)",
+                    self.cluster.followers
+                ));
+            }
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        anyhow::bail!(
+            "these ports collide: {}; choose different values for the flags named",
+            problems.join("; ")
+        )
+    }
+}
+
 /// The kernel's ephemeral port range, when it can be read (Linux).
 fn ephemeral_range() -> Option<(u16, u16)> {
     let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
@@ -398,5 +455,24 @@ mod tests {
         assert!(w.contains("32768-60999"), "{w}");
         let args = Args::parse_from(["up", "--followers", "3", "--node-base-port", "40001"]);
         assert_eq!(args.ports(), [7000, 9000, 8000, 40001, 40002, 40003, 40004]);
+    }
+
+    #[test]
+    fn colliding_port_flags_are_named() {
+        let ok = Args::parse_from(["up"]);
+        ok.check_port_collisions().unwrap();
+        let same = Args::parse_from(["up", "--gateway-port", "9000"]);
+        let e = same.check_port_collisions().unwrap_err().to_string();
+        assert!(
+            e.contains("--registry-port and --gateway-port are both 9000"),
+            "{e}"
+        );
+        let inside = Args::parse_from(["up", "--registry-port", "7002", "--followers", "3"]);
+        let e = inside.check_port_collisions().unwrap_err().to_string();
+        assert!(
+            e.contains("--registry-port 7002 is inside the nodes' ports 7001-7004"),
+            "{e}"
+        );
+        assert!(!e.contains("another"), "{e}");
     }
 }

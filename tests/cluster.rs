@@ -612,7 +612,9 @@ fn taken_port_is_reported() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains(&format!("port {base} is already in use")),
+        err.contains(&format!(
+            "port {base} (--coordinator-port) is already in use"
+        )),
         "{err}"
     );
 }

@@ -99,10 +99,14 @@ impl Cluster {
         }
     }
 
-    /// The node id an API caller means: `leader` names the current leader,
-    /// unless `prefer_dead` and the current leader is alive while the node
-    /// *called* `leader` is a dead follower (a respawn of the old leader).
+    /// The node id an API caller means: `node:<id>` names the node `<id>`
+    /// exactly; `leader` names the current leader, unless `prefer_dead` and
+    /// the current leader is alive while the node *called* `leader` is a
+    /// dead follower (a respawn of the old leader).
     pub fn resolve(&self, id: &str, prefer_dead: bool) -> String {
+        if let Some(exact) = id.strip_prefix(crate::api::NODE_ID_PREFIX) {
+            return exact.to_string();
+        }
         if id != crate::api::LEADER_ID {
             return id.to_string();
         }
@@ -306,6 +310,12 @@ mod tests {
         assert_eq!(c.resolve("leader", false), "follower-2");
         assert_eq!(c.resolve("leader", true), "leader");
         assert_eq!(c.resolve("follower-1", true), "follower-1");
+        assert_eq!(
+            c.resolve("node:leader", false),
+            "leader",
+            "by id: the follower"
+        );
+        assert_eq!(c.resolve("node:follower-2", false), "follower-2");
         c.promote("nobody");
         assert_eq!(c.leader.node_id, "follower-2");
     }

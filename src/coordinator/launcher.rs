@@ -400,12 +400,19 @@ fn open_log(path: &Path) -> Result<(Stdio, Stdio), LaunchError> {
 /// How [`Launched::exited`] says a node refused to serve a corrupt log.
 pub const EXITED_CORRUPT_LOG: &str = "exited: its log on disk is corrupt, so it refused to serve";
 
+/// How [`Launched::exited`] says a node stopped because its disk is full.
+pub const EXITED_DISK_FULL: &str = "stopped: its disk is full (free space, then /spawn it)";
+
 fn describe_exit(status: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
         (Some(0), _) => "exited normally".into(),
         (Some(3), _) => "exited: it learned it was replaced (fenced)".into(),
         (Some(crate::api::EXIT_CORRUPT_LOG), _) => EXITED_CORRUPT_LOG.into(),
+        (Some(crate::api::EXIT_DISK_FULL), _) => EXITED_DISK_FULL.into(),
+        (Some(crate::api::EXIT_STORAGE_FAILED), _) => {
+            "stopped: its storage failed (an I/O error; see its log)".into()
+        }
         (Some(code), _) => format!("exited with code {code}"),
         (None, Some(libc::SIGKILL)) => "killed by SIGKILL".into(),
         (None, Some(sig)) => format!("killed by signal {sig}"),
@@ -436,4 +443,24 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    fn exited(code: i32) -> String {
+        describe_exit(std::process::ExitStatus::from_raw(code << 8))
+    }
+
+    #[test]
+    fn a_full_disk_is_not_a_normal_exit() {
+        assert_eq!(exited(crate::api::EXIT_DISK_FULL), EXITED_DISK_FULL);
+        assert!(EXITED_DISK_FULL.starts_with("stopped: its disk is full"));
+        assert!(exited(crate::api::EXIT_STORAGE_FAILED).contains("storage failed"));
+        assert_eq!(exited(0), "exited normally");
+        assert_eq!(exited(crate::api::EXIT_CORRUPT_LOG), EXITED_CORRUPT_LOG);
+        assert_eq!(exited(9), "exited with code 9");
+    }
 }

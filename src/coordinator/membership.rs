@@ -724,8 +724,8 @@ impl Coordinator {
     fn choose_slot(&self, req: &SpawnRequest) -> Result<(String, u16, bool), ApiError> {
         let c = self.cluster.lock().unwrap();
         if let Some(id) = &req.node_id {
-            validate_node_id(id)?;
             let id = &c.resolve(id, true);
+            validate_node_id(id)?;
             if c.is_leader(id) && self.config.launch.storage.is_none() {
                 return Err(ApiError::conflict(
                     "the leader cannot be respawned in an --in-memory cluster: a new, empty leader would lose the log; run the cluster with a data directory (the default) to restart the leader on it",
@@ -991,7 +991,13 @@ pub async fn kill(
             "crashed"
         }
     };
-    let can_write = c.snapshot().can_write(c.config.w);
+    // The table after the kill: a crashed node stays `alive` in it until the
+    // registry misses its heartbeats, but it takes no write from now on.
+    let mut after = Cluster::clone(&c.snapshot());
+    if let Some(s) = after.slot_mut(&node_id) {
+        s.status = NodeStatus::Dead;
+    }
+    let can_write = after.can_write(c.config.w);
     Ok(Json(KillResponse {
         status: status.into(),
         node_id,

@@ -91,10 +91,10 @@ pub struct ClusterArgs {
     #[arg(short = 'R', long = "read-quorum", default_value_t = 1)]
     pub read_quorum: usize,
     /// Replication delay to each sync follower, in seconds (the lab's time lens).
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.5)]
     pub sync_delay: f64,
     /// Replication delay to each async follower, in seconds.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 5.0)]
     pub async_delay: f64,
     /// No replication delays: the mode for real use and benchmarks.
     #[arg(long)]
@@ -103,7 +103,12 @@ pub struct ClusterArgs {
     #[arg(long, default_value_t = ports::LEADER)]
     pub node_base_port: u16,
     /// Seconds between node heartbeats.
-    #[arg(long, default_value_t = 2.0, hide = true)]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        default_value_t = 2.0,
+        hide = true
+    )]
     pub heartbeat_interval: f64,
     /// How many log entries the leader keeps for catching followers up;
     /// a follower further behind gets a snapshot.

@@ -74,7 +74,8 @@ impl Coordinator {
                 alive,
                 w,
                 format!(
-                    "only {alive} of the followers are alive; W={w} must acknowledge each write"
+                    "only {alive} of the followers {} alive; W={w} must acknowledge each write",
+                    if alive == 1 { "is" } else { "are" }
                 ),
             )));
         }

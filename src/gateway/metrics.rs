@@ -76,7 +76,7 @@ pub fn render(
     );
     reg.register(
         "gateway_forwarded_requests",
-        "Requests forwarded to the coordinator",
+        "Writes and reads forwarded to the coordinator (not /cluster-status)",
         ConstCounter::new(counters.forwarded_requests),
     );
     reg.register(

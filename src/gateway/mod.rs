@@ -78,7 +78,7 @@ pub struct RateLimitArgs {
     #[arg(long, default_value_t = 10)]
     pub rate_limit_max: u32,
     /// Length of the window, in seconds (fractions allowed).
-    #[arg(long, default_value_t = 60.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 60.0)]
     pub rate_limit_window: f64,
     /// How requests are counted against the limit.
     #[arg(long, value_enum, default_value_t = Strategy::FixedWindow)]
@@ -100,7 +100,7 @@ pub struct Args {
     #[command(flatten)]
     pub rate: RateLimitArgs,
     /// Seconds to wait for the coordinator's answer to one request.
-    #[arg(long, default_value_t = 30.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 30.0)]
     pub timeout: f64,
 }
 
@@ -173,6 +173,8 @@ impl Config {
 struct Metrics {
     total: AtomicU64,
     forwarded: AtomicU64,
+    /// `/cluster-status` requests forwarded (not in `forwarded`).
+    forwarded_status: AtomicU64,
     rate_limited: AtomicU64,
     errors: AtomicU64,
     /// Answers by status code, for `/metrics`.
@@ -186,6 +188,7 @@ impl Metrics {
             forwarded_requests: self.forwarded.load(Ordering::Relaxed),
             rate_limited_requests: self.rate_limited.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
+            forwarded_status_requests: self.forwarded_status.load(Ordering::Relaxed),
         }
     }
 }
@@ -556,8 +559,18 @@ fn unreachable(gw: &Gateway, why: &str) -> ApiError {
 /// came from: a success body is passed through byte for byte; an error keeps
 /// its status and its `detail`.
 fn relay(gw: &Gateway, answer: Result<Answer, String>) -> Result<Response, ApiError> {
+    relay_counted(gw, answer, &gw.metrics.forwarded)
+}
+
+/// [`relay`], counting the answer in `forwarded` (writes and reads, as the
+/// original counts them) or another counter.
+fn relay_counted(
+    gw: &Gateway,
+    answer: Result<Answer, String>,
+    forwarded: &AtomicU64,
+) -> Result<Response, ApiError> {
     let (status, body) = answer.map_err(|why| unreachable(gw, &why))?;
-    bump(&gw.metrics.forwarded);
+    bump(forwarded);
     if status.is_success() {
         return Ok((status, [(CONTENT_TYPE, "application/json")], body).into_response());
     }
@@ -611,7 +624,8 @@ async fn read(
 
 /// `GET /cluster-status`: the coordinator's `/status`.
 async fn cluster_status(State(gw): Shared) -> Result<Response, ApiError> {
-    forward(&gw, Method::GET, &["status"], None).await
+    let answer = gw.call(Method::GET, &["status"], None).await;
+    relay_counted(&gw, answer, &gw.metrics.forwarded_status)
 }
 
 // ---------------------------------------------------------------------------

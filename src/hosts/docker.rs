@@ -586,6 +586,10 @@ fn describe_exit(code: i64) -> String {
     match code {
         0 => "exited normally".into(),
         3 => "exited: it learned it was replaced (fenced)".into(),
+        c if c == i64::from(crate::api::EXIT_DISK_FULL) => "stopped: its disk is full".into(),
+        c if c == i64::from(crate::api::EXIT_STORAGE_FAILED) => {
+            "stopped: its storage failed (an I/O error; see its log)".into()
+        }
         137 => "killed by SIGKILL (docker kill)".into(),
         143 => "stopped by SIGTERM".into(),
         c => format!("exited with code {c}"),

@@ -146,6 +146,15 @@ pub async fn wait_persisted(node: &NodeState, ticket: AppendTicket) -> Result<u6
 /// Answers 500 and stops the node (see [`wait_persisted`]).
 pub fn storage_failed(node: &NodeState, error: StorageError) -> ApiError {
     tracing::error!(%error, "storage failed: stopping the node");
+    // Its supervisor learns why from the exit code.
+    let code = if error.is_disk_full() {
+        crate::api::EXIT_DISK_FULL
+    } else {
+        crate::api::EXIT_STORAGE_FAILED
+    };
+    let _ = node
+        .exit_code
+        .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
     node.shutdown.notify_one();
     ApiError::new(
         StatusCode::INTERNAL_SERVER_ERROR,

@@ -46,6 +46,31 @@ pub async fn run(node: Arc<NodeState>, registry: String, interval: Duration) {
     }
 }
 
+/// How long a promotion waits for its heartbeat (see [`announce`]).
+const ANNOUNCE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Tells the registry the node's role at once, without waiting for the next
+/// tick: a promotion is answered after this, so the registry's view shows the
+/// new leader as `leader` from the moment the coordinator knows it leads.
+/// Best effort and bounded: a registry that is away (or heartbeats paused by
+/// fault injection) only means the next regular heartbeat carries the role.
+pub async fn announce(node: &NodeState) {
+    let Some(registry) = &node.registry else {
+        return;
+    };
+    if paused(node) {
+        return;
+    }
+    match tokio::time::timeout(ANNOUNCE_TIMEOUT, beat(node, registry)).await {
+        Ok(Err(Beat::Fenced(detail))) => {
+            tracing::error!(%detail, "replaced by a newer incarnation: exiting");
+            std::process::exit(3);
+        }
+        Ok(Err(Beat::Failed(e))) => tracing::debug!(error = %e, "could not announce the new role"),
+        Ok(Ok(())) | Err(_) => {}
+    }
+}
+
 fn paused(node: &NodeState) -> bool {
     let mut until = node.heartbeats_paused_until.lock().unwrap();
     match *until {

@@ -167,6 +167,8 @@ pub async fn promote(
         }
         core.terms.role = Role::Leader;
     }
+    // The registry learns it before the coordinator does.
+    super::heartbeat::announce(&node).await;
     tracing::warn!(
         term = req.term,
         appended_seq,

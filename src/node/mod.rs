@@ -39,7 +39,7 @@ mod writes;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -84,21 +84,26 @@ pub struct Args {
     #[arg(long, default_value_t = 1)]
     pub incarnation: u64,
     /// Leader only: delay of each entry to a sync follower, in seconds.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.5)]
     pub sync_delay: f64,
     /// Leader only: delay of each entry to an async follower, in seconds.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 5.0)]
     pub async_delay: f64,
     /// Leader only: how many log entries to keep for catching followers up.
     #[arg(long, default_value_t = 100_000)]
     pub log_retain: usize,
     /// Seconds between heartbeats.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 2.0)]
     pub heartbeat_interval: f64,
     /// Seconds an outgoing connection may take to open. The coordinator
     /// raises it when links carry the lab's delays as real latency
     /// (`--lab-delays netem`): a SYN on a 5 s link takes 5 s.
-    #[arg(long, default_value_t = 2.0, hide = true)]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        default_value_t = 2.0,
+        hide = true
+    )]
     pub connect_timeout: f64,
     /// Persist the log and state here (created if missing). Without it the
     /// node keeps everything in memory and loses it when it stops.
@@ -219,6 +224,9 @@ pub struct NodeState {
     pub heartbeats_paused_until: Mutex<Option<Instant>>,
     /// Signalled to stop the node.
     pub shutdown: tokio::sync::Notify,
+    /// The process's exit code once stopped: 0, or why storage stopped it
+    /// (`api::EXIT_DISK_FULL`, `api::EXIT_STORAGE_FAILED`). The first reason wins.
+    pub exit_code: AtomicI32,
     pub registry: Option<String>,
 }
 
@@ -291,6 +299,7 @@ impl NodeState {
             peers: Mutex::new(HashMap::new()),
             heartbeats_paused_until: Mutex::new(None),
             shutdown: tokio::sync::Notify::new(),
+            exit_code: AtomicI32::new(0),
             registry: args.registry.clone(),
         })
     }
@@ -485,7 +494,13 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
             _ = stop.shutdown.notified() => {},
         }
     };
-    serve_until_stopped(listener, node, shutdown).await
+    let served = serve_until_stopped(listener, node.clone(), shutdown).await;
+    let code = node.exit_code.load(Ordering::Acquire);
+    if code != 0 {
+        // Storage stopped the node: say why in the exit code.
+        std::process::exit(code);
+    }
+    served
 }
 
 /// How long a stopping node lets requests in flight finish. Some requests

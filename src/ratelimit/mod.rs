@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::api::RateLimiterStats;
+use crate::api::{RateLimitedClient, RateLimiterStats};
 
 use fixed_window::FixedWindow;
 use sliding_window::SlidingLog;
@@ -421,6 +421,30 @@ impl RateLimiter {
             .sum()
     }
 
+    /// Every tracked client's quota now, by address. Looking does not count
+    /// as a request: each state is asked on a copy.
+    pub fn clients(&self) -> std::collections::BTreeMap<String, RateLimitedClient> {
+        let mut out = std::collections::BTreeMap::new();
+        for shard in &self.shards {
+            let shard = shard.lock().unwrap();
+            let now = self.clock.now();
+            for (addr, state) in &shard.clients {
+                let next = state.clone().admit(now, &self.limits);
+                // Admitting one more leaves `remaining`; before it, one more.
+                let remaining = if next.allowed { next.remaining + 1 } else { 0 };
+                out.insert(
+                    addr.to_string(),
+                    RateLimitedClient {
+                        requests: self.limits.max.saturating_sub(remaining),
+                        remaining,
+                        reset_seconds: next.reset_secs,
+                    },
+                );
+            }
+        }
+        out
+    }
+
     /// Settings and counters, as the gateway's `/stats` shows them.
     pub fn stats(&self) -> RateLimiterStats {
         RateLimiterStats {
@@ -429,7 +453,7 @@ impl RateLimiter {
             window_seconds: self.limits.window.as_secs_f64(),
             allowed_requests: self.allowed.load(Ordering::Relaxed),
             rejected_requests: self.rejected.load(Ordering::Relaxed),
-            clients: self.tracked_clients(),
+            clients: self.clients(),
             tracked_clients: self.tracked_clients(),
             max_tracked_clients: self.capacity(),
             evicted_clients: self.evicted.load(Ordering::Relaxed),

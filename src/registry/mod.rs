@@ -64,10 +64,10 @@ pub struct Args {
     #[arg(long)]
     pub auto_spawn: bool,
     /// Seconds to wait before replacing a dead follower.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 5.0)]
     pub spawn_delay: f64,
     /// Seconds of silence after which a node is declared dead.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 5.0)]
     pub timeout: f64,
     #[command(flatten)]
     pub secret: crate::auth::SecretArgs,
@@ -149,13 +149,34 @@ impl Registry {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     crate::auth::load_and_install(&args.secret, crate::auth::Fallback::UserFile)?;
     let config = Config::from_args(&args)?;
-    let listener = crate::http::bind(SocketAddr::new(args.host, args.port)).await?;
+    let addr = SocketAddr::new(args.host, args.port);
+    let listener = crate::http::bind(addr).await?;
+    // The first of the course's terminals: say at once that it runs.
+    println!("kvlab registry: {}", describe(&config, addr));
     serve(
         Registry::new(config),
         listener,
         crate::http::shutdown_signal(),
     )
     .await
+}
+
+/// One line saying where the registry listens and how it judges nodes.
+pub fn describe(config: &Config, addr: SocketAddr) -> String {
+    let spawn = if config.auto_spawn {
+        format!(
+            "replaces a dead node after {} s (--auto-spawn)",
+            config.spawn_delay.as_secs_f64()
+        )
+    } else {
+        "does not replace dead nodes (no --auto-spawn)".to_string()
+    };
+    format!(
+        "listening on {addr}; a node silent for {} s is declared dead; \
+         tells the coordinator at {}; {spawn}",
+        config.timeout.as_secs_f64(),
+        config.coordinator
+    )
 }
 
 pub async fn serve(

@@ -105,6 +105,22 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// True when the disk is full (`ENOSPC`), also when the writer stopped
+    /// on it earlier and only its message is left.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StorageError::Io { source, .. } => {
+                source.kind() == std::io::ErrorKind::StorageFull
+                    || source.raw_os_error() == Some(libc::ENOSPC)
+            }
+            StorageError::Stopped(why) => {
+                let full = std::io::Error::from_raw_os_error(libc::ENOSPC).to_string();
+                why.contains(&full)
+            }
+            _ => false,
+        }
+    }
+
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
         StorageError::Io {
             path: path.to_path_buf(),
@@ -253,6 +269,17 @@ pub(crate) fn list_dir(dir: &Path) -> Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_disk_is_recognised_also_after_the_writer_stopped() {
+        let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let io = StorageError::io(Path::new("/data/wal"), full);
+        assert!(io.is_disk_full());
+        assert!(StorageError::Stopped(io.to_string()).is_disk_full());
+        let other = StorageError::io(Path::new("/x"), std::io::Error::other("bad"));
+        assert!(!other.is_disk_full());
+        assert!(!StorageError::Stopped(other.to_string()).is_disk_full());
+    }
 
     #[test]
     fn fsync_policy_parses() {

@@ -335,7 +335,9 @@ function partitionPeers(node) {
 }
 
 async function act(kind, node) {
-  const id = encodeURIComponent(node), seconds = Number($("fault-seconds").value);
+  // By id (`node:`): after a failover the node called `leader` is a
+  // follower, and plain `leader` in a path means whoever leads now.
+  const id = encodeURIComponent(`node:${node}`), seconds = Number($("fault-seconds").value);
   const urls = {
     kill: ["POST", `/kill/${id}`],
     crash: ["POST", `/kill/${id}?mode=crash`],
