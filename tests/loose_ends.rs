@@ -9,9 +9,9 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Cluster, StopOnDrop};
+use common::{Cluster, StopOnDrop, FAST_3_2_2};
 use serde_json::{json, Value};
 
 /// Runs `kvlab` to its end (bounded: a run that hangs fails the test).
@@ -21,36 +21,33 @@ fn run_to_end(mut cmd: Command) -> (Option<i32>, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut out = String::new();
-            child
-                .stdout
-                .take()
-                .unwrap()
-                .read_to_string(&mut out)
-                .unwrap();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut out)
-                .unwrap();
-            return (status.code(), out);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("kvlab did not end within 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let status = common::wait("kvlab to end", common::secs(30))
+        .every(common::millis(20))
+        .try_until(|| child.try_wait().unwrap());
+    let Some(status) = status else {
+        let _ = child.kill();
+        panic!("kvlab did not end within 30 s");
+    };
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    (status.code(), out)
 }
 
 #[test]
 fn the_registry_shows_the_leader_as_leader_as_soon_as_the_cluster_is_ready() {
     // `Cluster::start` returns when the `cluster_ready` event is in the log.
-    let c = Cluster::start(&["--no-delay"]);
+    let c = Cluster::start("--no-delay");
     let view: Value = c
         .http
         .get(format!("{}/nodes", c.registry))
@@ -69,14 +66,7 @@ fn the_registry_shows_the_leader_as_leader_as_soon_as_the_cluster_is_ready() {
 
 #[test]
 fn gateway_stats_have_the_originals_shape() {
-    let c = Cluster::start(&[
-        "--no-delay",
-        "--rate-limit",
-        "--rate-limit-max",
-        "100",
-        "--rate-limit-window",
-        "60",
-    ]);
+    let c = Cluster::start("--no-delay --rate-limit --rate-limit-max 100 --rate-limit-window 60");
     let http = common::bare_http();
     let write = http
         .post(format!("{}/write", c.gateway))
@@ -116,17 +106,7 @@ fn gateway_stats_have_the_originals_shape() {
 
 #[test]
 fn node_prefix_names_the_demoted_leader_after_a_failover() {
-    let c = Cluster::start(&[
-        "--followers",
-        "3",
-        "-W",
-        "2",
-        "-R",
-        "2",
-        "--no-delay",
-        "--failure-timeout",
-        "1",
-    ]);
+    let c = Cluster::start(&format!("{FAST_3_2_2} --failure-timeout 1"));
     let since = c.last_event_id();
     let (code, _) = c.post("/kill/leader?mode=crash", json!({}));
     assert_eq!(code, 200);
@@ -313,7 +293,7 @@ fn the_console_of_up_has_no_raw_log_lines_over_a_node_death() {
 
 #[test]
 fn one_alive_follower_is_written_in_the_singular() {
-    let c = Cluster::start(&["--no-delay", "--followers", "2", "-W", "2"]);
+    let c = Cluster::start("--no-delay --followers 2 -W 2");
     let (code, _) = c.post("/kill/follower-1", json!({}));
     assert_eq!(code, 200);
     let (code, body) = c.write("k", "v");
@@ -346,7 +326,7 @@ fn a_negative_delay_gets_kvlabs_message_with_or_without_the_equals_sign() {
 
 #[test]
 fn crashing_a_sync_follower_answers_that_writes_cannot_succeed() {
-    let c = Cluster::start(&["--no-delay", "--followers", "2", "-W", "2"]);
+    let c = Cluster::start("--no-delay --followers 2 -W 2");
     let (code, body) = c.post("/kill/follower-1?mode=crash", json!({}));
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["status"], "crashed", "{body}");
