@@ -167,9 +167,13 @@ async fn grade(args: &Args, plan: &Plan) -> anyhow::Result<Report> {
     let mut results = Vec::new();
     for test in &plan.tests {
         if progress {
-            eprint!("  L{} {:<24} ...\r", test.level, test.id);
+            // On one line, rewritten for each test ("\x1b[2K" clears it).
+            eprint!("\r\x1b[2K  L{} {:<24} ...", test.level, test.id);
         }
         results.push(conformance_test(args, plan, &out, test).await?);
+    }
+    if progress {
+        eprint!("\r\x1b[2K");
     }
     if plan.cluster {
         if progress {
