@@ -235,8 +235,24 @@ impl Control {
         Ok((node.url.clone(), node.pid))
     }
 
+    /// How the coordinator's routes name the node `id`. `leader` there
+    /// means whoever leads now (the lab's meaning); once a failover made the
+    /// node *called* `leader` a follower, kvlab's `node:leader` names it.
+    /// (Only then: a cluster that knows no `node:` never fails over.)
+    async fn route_id(&self, id: &str) -> String {
+        if id == crate::api::LEADER_ID {
+            if let Ok(status) = self.status().await {
+                if status.leader.is_some_and(|l| l.node_id != id) {
+                    return format!("node:{id}");
+                }
+            }
+        }
+        id.to_string()
+    }
+
     async fn kill(&self, id: &str, crash: bool) -> Result<(), String> {
         let mode = if crash { "?mode=crash" } else { "" };
+        let id = self.route_id(id).await;
         self.post(format!("{}/kill/{id}{mode}", self.coordinator), json!({}))
             .await
     }
@@ -265,6 +281,7 @@ impl Control {
 
     /// A partition, through the coordinator (see the module's notes).
     async fn partition(&self, id: &str, body: serde_json::Value) -> Result<(), String> {
+        let id = self.route_id(id).await;
         self.post(format!("{}/admin/partition/{id}", self.coordinator), body)
             .await
     }
