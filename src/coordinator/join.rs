@@ -25,8 +25,8 @@ use serde_json::json;
 
 use super::cluster::Slot;
 use super::failover;
-use super::membership::validate_node_id;
 use super::runtime::RuntimeKind;
+use super::spawn::validate_node_id;
 use super::{Coordinator, Shared};
 use crate::api::{JoinRequest, JoinResponse, NodeStatus, Role};
 use crate::events::EventKind;

@@ -17,19 +17,25 @@
 //!   the previous process is killed, and its incarnation stops counting.
 
 mod batch;
+mod catchup;
 pub mod cluster;
 mod failover;
 pub(crate) mod faults;
 mod join;
+mod kill;
 pub mod launcher;
 mod liveness;
 mod membership;
 pub mod metrics;
 mod narration;
+mod notices;
 mod protocol;
 mod reads;
 mod requests;
 pub mod runtime;
+mod slots;
+mod spawn;
+mod startup;
 pub mod ui;
 
 use std::collections::HashMap;
@@ -500,13 +506,13 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
         .route("/status", get(status))
         .route("/write", post(requests::write))
         .route("/read/{*key}", get(reads::read))
-        .route("/spawn", post(membership::spawn))
-        .route("/kill/{node_id}", post(membership::kill))
+        .route("/spawn", post(spawn::spawn))
+        .route("/kill/{node_id}", post(kill::kill))
         .route("/join", post(join::join))
         .route("/admin/network/{node_id}", post(runtime::network))
-        .route("/catchup", post(membership::catchup))
-        .route("/node-died", post(membership::node_died))
-        .route("/node-revived", post(membership::node_revived))
+        .route("/catchup", post(catchup::catchup))
+        .route("/node-died", post(notices::node_died))
+        .route("/node-revived", post(notices::node_revived))
         .route("/admin/partition/{node_id}", post(faults::partition))
         .route("/admin/slow-disk/{node_id}", post(faults::slow_disk))
         .route("/admin/link/{node_id}", post(faults::link))
