@@ -53,6 +53,9 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.command);
+    if matches!(cli.command, Command::Client(_) | Command::Lab(_)) {
+        exit_quietly_on_closed_pipe();
+    }
     // Every subcommand: listeners and clients alike need descriptors.
     kvlab::http::raise_open_file_limit();
     let runtime = match build_runtime(&cli.command) {
@@ -109,6 +112,20 @@ fn build_runtime(command: &Command) -> std::io::Result<tokio::runtime::Runtime> 
         tokio::runtime::Builder::new_multi_thread()
     };
     builder.enable_all().build()
+}
+
+/// Rust ignores SIGPIPE, so printing to a pipe whose reader has gone
+/// (`kvlab client status | head -1`) is an error, and `println!` panics on
+/// it. The one-shot printing commands take the Unix default back: the
+/// process ends silently, as `cat` would. The servers keep ignoring it: a
+/// console pipe that closes must not take a cluster down, and the clients
+/// that start clusters (`check`, `assess`) must stop them first.
+fn exit_quietly_on_closed_pipe() {
+    // SAFETY: called once at start, before any thread is spawned; SIG_DFL is
+    // a valid disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }
 
 /// Logs go to stderr; `RUST_LOG` overrides the level. The coordinator's event
