@@ -83,30 +83,40 @@ fn file_len(path: &Path) -> u64 {
     fs::metadata(path).unwrap().len()
 }
 
-/// Offset of the start of each record in a segment (header is 24 bytes).
-/// The records stop at the end of the file or at the preallocated zero tail
-/// of the last segment (a zero length).
+/// The bytes of a durable marker record: its header and payload.
+const MARKER_RECORD: u64 = 8 + kvlab::storage::codec::MARKER_LEN as u64;
+
+/// Offset of the start of each entry record in a segment (header is 24
+/// bytes), durable markers skipped. The records stop at the end of the file
+/// or at the preallocated zero tail of the last segment (a zero length).
 fn record_offsets(path: &Path) -> Vec<u64> {
+    all_records(path)
+        .into_iter()
+        .filter(|&(_, len)| len != kvlab::storage::codec::MARKER_LEN)
+        .map(|(at, _)| at)
+        .collect()
+}
+
+/// Offset and payload length of every record, durable markers included.
+fn all_records(path: &Path) -> Vec<(u64, usize)> {
     let bytes = fs::read(path).unwrap();
-    let mut offsets = Vec::new();
+    let mut records = Vec::new();
     let mut at = 24usize;
     while at + 8 <= bytes.len() {
         let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
         if len == 0 {
             break;
         }
-        offsets.push(at as u64);
+        records.push((at as u64, len));
         at += 8 + len;
     }
-    offsets
+    records
 }
 
 /// Where the records of a segment end: the start of its zero tail, if any.
 fn records_end(path: &Path) -> u64 {
-    let bytes = fs::read(path).unwrap();
-    let last = *record_offsets(path).last().unwrap() as usize;
-    let len = u32::from_le_bytes(bytes[last..last + 4].try_into().unwrap()) as u64;
-    last as u64 + 8 + len
+    let (last, len) = *all_records(path).last().unwrap();
+    last + 8 + len as u64
 }
 
 #[tokio::test]
@@ -200,7 +210,8 @@ async fn torn_tail_is_truncated_and_reported() {
     let (_wal, rec) = open(dir.path()).await;
     assert_eq!(rec.report.torn_tail, None);
     assert_eq!(rec.state.seq, 10);
-    assert_eq!(records_end(seg), full);
+    // Seq 10 again, after a durable marker for 1..=9 (24 bytes).
+    assert_eq!(records_end(seg), full + MARKER_RECORD);
 }
 
 #[tokio::test]
@@ -227,7 +238,7 @@ async fn torn_write_into_the_preallocated_tail_is_a_torn_tail() {
     let (_wal, rec) = open(dir.path()).await;
     assert_eq!(rec.report.torn_tail, None);
     assert_eq!(rec.state.data, expected_state(10));
-    assert_eq!(records_end(seg), end);
+    assert_eq!(records_end(seg), end + MARKER_RECORD);
 }
 
 #[tokio::test]

@@ -32,6 +32,7 @@
 
 pub mod codec;
 mod log;
+pub mod power;
 pub mod segment;
 pub mod snapshot;
 pub mod wal;
