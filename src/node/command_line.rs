@@ -34,6 +34,7 @@ pub struct StorageFlags {
     pub fsync: FsyncPolicy,
     pub fsync_interval_ms: u64,
     pub snapshot_every: u64,
+    pub simulate_power_loss: bool,
 }
 
 /// Where a node runs, as its command line says it: the address it listens
@@ -81,6 +82,9 @@ pub fn node_args(flags: &NodeFlags, spec: &NodeSpec, at: &Placement) -> Vec<Stri
         flag("--fsync", storage.fsync.name().into());
         flag("--fsync-interval-ms", storage.fsync_interval_ms.to_string());
         flag("--snapshot-every", storage.snapshot_every.to_string());
+        if storage.simulate_power_loss {
+            args.push("--simulate-power-loss".into());
+        }
     }
     args
 }
