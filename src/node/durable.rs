@@ -115,7 +115,7 @@ pub async fn open(config: StorageConfig) -> anyhow::Result<(Durability, Recovere
             offset = torn.offset,
             dropped_bytes = torn.dropped_bytes,
             reason = %torn.reason,
-            "the log ended in a torn record (a crash mid-write): dropped it"
+            "the log ended in a torn write (a crash or power cut mid-write, never fsynced): dropped it"
         );
     }
     tracing::info!(
