@@ -811,3 +811,96 @@ async fn the_last_seq_storage_holds_is_u64_max_minus_one() {
     let (_wal, rec) = open(dir.path()).await;
     assert_eq!(rec.state.seq, last);
 }
+
+// ---------------------------------------------------------------------------
+// Durable markers: a torn write told from corruption of durable data
+// ---------------------------------------------------------------------------
+
+/// After a clean stop (the log sealed), damage just before the last record
+/// hits data the node had made durable: corruption, never a torn tail.
+#[tokio::test]
+async fn a_sealed_log_damaged_before_its_last_record_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = open(dir.path()).await;
+    for seq in 1..=10 {
+        wal.append(entries(seq..=seq)).await.unwrap();
+    }
+    wal.seal().await.unwrap();
+    wal.close().await;
+    let seg = &segments(dir.path())[0];
+    let last = *record_offsets(seg).last().unwrap();
+    let mut bytes = fs::read(seg).unwrap();
+    bytes[last as usize - 128..last as usize].fill(0);
+    fs::write(seg, &bytes).unwrap();
+
+    let err = Wal::open(config(dir.path())).await.unwrap_err();
+    match err {
+        StorageError::Corrupt { reason, .. } => {
+            assert!(reason.contains("valid record follows"), "{reason}");
+            assert!(reason.contains("durable"), "{reason}");
+        }
+        other => panic!("expected Corrupt, got {other}"),
+    }
+}
+
+/// A power cut tears the last group (never sealed, no marker after it): its
+/// first bytes are lost, its later records reached the disk. Recovery drops
+/// the group as a torn write and keeps everything before it.
+#[tokio::test]
+async fn a_hole_in_the_last_group_before_valid_records_is_a_torn_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = open(dir.path()).await;
+    wal.append(entries(1..=5)).await.unwrap();
+    wal.append(entries(6..=10)).await.unwrap();
+    wal.close().await; // not sealed: as if the power went off here
+    let seg = &segments(dir.path())[0];
+    // The second group starts with a marker for seqs 1..=5: wipe it and the
+    // start of seq 6, as a torn write would.
+    let (marker, len) = all_records(seg)[5];
+    assert_eq!(len, kvlab::storage::codec::MARKER_LEN);
+    let mut bytes = fs::read(seg).unwrap();
+    bytes[marker as usize..marker as usize + 40].fill(0);
+    fs::write(seg, &bytes).unwrap();
+
+    let (wal, rec) = open(dir.path()).await;
+    let torn = rec.report.torn_tail.clone().expect("torn tail");
+    assert_eq!(torn.offset, marker);
+    assert!(torn.reason.contains("power cut"), "{}", torn.reason);
+    assert_eq!(rec.state.data, expected_state(5));
+    // The log goes on where the torn write was.
+    wal.append(entries(6..=6)).await.unwrap();
+    wal.close().await;
+    let (_wal, rec) = open(dir.path()).await;
+    assert_eq!(rec.report.torn_tail, None);
+    assert_eq!(rec.state.data, expected_state(6));
+}
+
+/// A log written before durable markers existed (segment format 1) is still
+/// read, and the log goes on in a new segment of the current format.
+#[tokio::test]
+async fn a_format_1_log_is_read_and_continued_in_a_new_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(b"KVLABLOG");
+    bytes.extend_from_slice(&1u32.to_le_bytes());
+    bytes.extend_from_slice(&1u64.to_le_bytes());
+    let crc = crc32fast::hash(&bytes);
+    bytes.extend_from_slice(&crc.to_le_bytes());
+    for e in entries(1..=3) {
+        kvlab::storage::codec::encode_entry_record(&e, &mut bytes);
+    }
+    bytes.resize(bytes.len() + 4096, 0); // its preallocated zero tail
+    fs::create_dir_all(dir.path()).unwrap();
+    fs::write(dir.path().join("00000000000000000001.wal"), &bytes).unwrap();
+
+    let (wal, rec) = open(dir.path()).await;
+    assert_eq!(rec.report.torn_tail, None);
+    assert_eq!(rec.state.data, expected_state(3));
+    wal.append(entries(4..=5)).await.unwrap();
+    wal.close().await;
+    let segs = segments(dir.path());
+    assert_eq!(segs.len(), 2, "{segs:?}");
+    assert!(segs[1].ends_with("00000000000000000004.wal"), "{segs:?}");
+    let (_wal, rec) = open(dir.path()).await;
+    assert_eq!(rec.state.data, expected_state(5));
+}
