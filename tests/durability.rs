@@ -760,6 +760,7 @@ fn damaged_node_is_repaired(node_id: &str, index: u16, damage: fn(&Path) -> Vec<
             other => Err(format!("{other:?}")),
         }
     });
+    eprintln!("{node_id} repaired: first write served {first:?} after kvlab up");
     assert!(first < secs(10), "first write after {first:?}");
     let needed = c.wait_for_event("repair_needed", Some(node_id), secs(5));
     assert!(
@@ -964,4 +965,18 @@ fn check_with_power_loss_faults_is_valid() {
         assert_eq!(f["kind"], "power-loss", "{f}");
         assert!(f.get("error").is_none(), "{f}");
     }
+}
+
+/// A power cut asked of a cluster that does not simulate power loss is
+/// refused with a clear error, and nothing happens to the node.
+#[test]
+fn a_power_cut_without_the_simulation_is_refused() {
+    let c = Cluster::start(REPAIR_FLAGS);
+    let (code, body) = c.post("/kill/follower-1?mode=power", json!({}));
+    assert_eq!(code, 409, "{body}");
+    assert!(body.to_string().contains("--simulate-power-loss"), "{body}");
+    assert_eq!(c.write("still", "alive").0, 200);
+    let (code, body) = c.post("/kill/follower-1?mode=blackout", json!({}));
+    assert_eq!(code, 400, "{body}");
+    assert!(body.to_string().contains("power"), "{body}");
 }
