@@ -832,26 +832,8 @@ fn a_cluster_whose_every_log_is_damaged_refuses_to_start() {
         let bytes = zeros_before_last_record(&seg);
         std::fs::write(&seg, bytes).unwrap();
     }
-    let base = free_port_block();
-    let logs = tempfile::tempdir().unwrap();
-    let out = kvlab()
-        .arg("up")
-        .arg("--data-dir")
-        .arg(data.path())
-        .args(["--coordinator-port", &base.to_string()])
-        .args(["--registry-port", &(base + 1).to_string()])
-        .args(["--node-base-port", &(base + 2).to_string()])
-        .args(["--gateway-port", &(base + 39).to_string()])
-        .arg("--log-dir")
-        .arg(logs.path())
-        .arg("--quiet")
-        .args(REPAIR_FLAGS.split_whitespace())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
-    assert!(stderr.contains("refusing to start"), "{stderr}");
+    let stderr = up_refused(data.path(), REPAIR_FLAGS);
+    assert!(stderr.contains("every node's log"), "{stderr}");
     for id in ["leader", "follower-1", "follower-2"] {
         assert!(
             stderr.contains(&format!("DAMAGED: {id} refused to serve")),
@@ -859,12 +841,76 @@ fn a_cluster_whose_every_log_is_damaged_refuses_to_start() {
         );
     }
     assert!(stderr.contains("What you can do"), "{stderr}");
-    // Nothing was moved aside or rebuilt: the evidence stays.
-    let names: Vec<String> = std::fs::read_dir(data.path())
+    assert_nothing_set_aside(data.path());
+}
+
+/// Runs `kvlab up` on `data`, expects it to refuse to start, and returns
+/// what it printed.
+fn up_refused(data: &Path, flags: &str) -> String {
+    let base = free_port_block();
+    let logs = tempfile::tempdir().unwrap();
+    let out = kvlab()
+        .arg("up")
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--coordinator-port", &base.to_string()])
+        .args(["--registry-port", &(base + 1).to_string()])
+        .args(["--node-base-port", &(base + 2).to_string()])
+        .args(["--gateway-port", &(base + 39).to_string()])
+        .arg("--log-dir")
+        .arg(logs.path())
+        .arg("--quiet")
+        .args(flags.split_whitespace())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("refusing to start"), "{stderr}");
+    stderr
+}
+
+/// Nothing was moved aside or rebuilt: the evidence stays.
+fn assert_nothing_set_aside(data: &Path) {
+    let names: Vec<String> = std::fs::read_dir(data)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert!(!names.iter().any(|n| n.contains(".corrupt-")), "{names:?}");
+}
+
+/// With W=1 a write was acknowledged once on the leader and one follower:
+/// if both logs are damaged, the healthy follower may lack it. The start is
+/// refused (naming the healthy node too), unless `--unclean-failover`
+/// accepts the risk: then the damaged nodes are rebuilt from the healthy one.
+#[test]
+fn more_than_w_damaged_logs_refuse_to_start_unless_unclean() {
+    let flags = "--no-delay --followers 2 -W 1 -R 1";
+    let data = tempfile::tempdir().unwrap();
+    {
+        let c = Cluster::start_on(data.path(), flags);
+        for i in 0..20 {
+            assert_eq!(c.write(&format!("k{i}"), &format!("v{i}")).0, 200);
+        }
+    }
+    for id in ["leader", "follower-1"] {
+        let seg = only_segment(&data.path().join(id));
+        let bytes = flip_in_the_middle(&seg);
+        std::fs::write(&seg, bytes).unwrap();
+    }
+    let stderr = up_refused(data.path(), flags);
+    assert!(stderr.contains("W=1"), "{stderr}");
+    assert!(stderr.contains("DAMAGED: leader refused"), "{stderr}");
+    assert!(stderr.contains("DAMAGED: follower-1 refused"), "{stderr}");
+    assert!(stderr.contains("healthy: follower-2"), "{stderr}");
+    assert!(stderr.contains("--unclean-failover"), "{stderr}");
+    assert_nothing_set_aside(data.path());
+
+    let c = Cluster::start_on(data.path(), &format!("{flags} --unclean-failover"));
+    c.wait_for_event("corrupt_log_set_aside", Some("leader"), secs(5));
+    c.wait_for_event("corrupt_log_set_aside", Some("follower-1"), secs(5));
+    assert_eq!(c.status()["leader"]["node_id"], "follower-2");
+    assert_eq!(c.write("after", "unclean").0, 200);
 }
 
 const POWER_FLAGS: &str = "--no-delay --followers 2 -W 1 -R 2 --fsync always --simulate-power-loss";

@@ -138,8 +138,12 @@ impl Coordinator {
                 damaged: damaged.iter().map(|(r, ..)| r.to_string()).collect(),
                 w: cfg.w,
             };
+            // The event says why in one line; the error (printed at exit)
+            // lists every node.
+            let text = refused.to_string();
+            let why = text.lines().next().unwrap_or_default();
             self.events
-                .bad(EventKind::StartRefused, None, format!("⛔ {refused}"));
+                .bad(EventKind::StartRefused, None, format!("⛔ {why}"));
             return Err(refused.into());
         }
         if unsafe_to_repair {
@@ -233,19 +237,21 @@ impl std::fmt::Display for StartRefused {
         write!(
             f,
             "What you can do: inspect the damaged segments (the offsets above) and restore \
-             the directories from a backup; or accept losing what only they held: move the \
-             damaged directories aside by hand (each node then starts empty{}), or start again \
-             with --unclean-failover{}; or --fresh to start an empty cluster",
-            if self.healthy.is_empty() {
-                ", and so does the whole cluster"
-            } else {
-                " and is rebuilt from the healthy ones"
-            },
-            if self.healthy.is_empty() {
-                " (useless here: no healthy node)"
-            } else {
-                " (rebuilds them from the healthy nodes)"
-            }
-        )
+             the directories from a backup; or accept losing what only they held: "
+        )?;
+        if self.healthy.is_empty() {
+            write!(
+                f,
+                "move the damaged directories aside by hand (the cluster then starts empty), \
+                 or start with --fresh"
+            )
+        } else {
+            write!(
+                f,
+                "start again with --unclean-failover (the damaged nodes are set aside and \
+                 rebuilt from {})",
+                self.healthy.join(", ")
+            )
+        }
     }
 }
