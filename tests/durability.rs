@@ -764,18 +764,26 @@ fn damaged_node_is_repaired(node_id: &str, index: u16, damage: fn(&Path) -> Vec<
     assert!(first < secs(10), "first write after {first:?}");
     let needed = c.wait_for_event("repair_needed", Some(node_id), secs(5));
     assert!(
-        needed["message"].as_str().unwrap().contains("corrupt log segment"),
+        needed["message"]
+            .as_str()
+            .unwrap()
+            .contains("corrupt log segment"),
         "{needed}"
     );
     let event = c.wait_for_event("corrupt_log_set_aside", Some(node_id), secs(5));
     let message = event["message"].as_str().unwrap_or_default();
-    assert!(message.contains("offset"), "names what was damaged: {event}");
+    assert!(
+        message.contains("offset"),
+        "names what was damaged: {event}"
+    );
     let aside: Vec<PathBuf> = std::fs::read_dir(data.path())
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{node_id}.corrupt-")))
+            p.file_name().is_some_and(|n| {
+                n.to_string_lossy()
+                    .starts_with(&format!("{node_id}.corrupt-"))
+            })
         })
         .collect();
     assert_eq!(aside.len(), 1, "{aside:?}");
@@ -963,7 +971,10 @@ fn five_power_cuts_of_the_whole_cluster_lose_no_acknowledged_write() {
         tally.check_node_holds(&c, &leader, &acked);
         let load = Load::start(&c.coordinator);
         load.wait_acked(0, 20 + rng.below(200) as usize);
-        let leader_id = c.status()["leader"]["node_id"].as_str().unwrap().to_string();
+        let leader_id = c.status()["leader"]["node_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
         let (code, body) = c.post(&format!("/kill/{leader_id}?mode=power"), json!({}));
         assert_eq!(code, 200, "{body}");
         acked.extend(load.stop());
@@ -992,7 +1003,14 @@ fn check_with_power_loss_faults_is_valid() {
     let out = kvlab_in(&scratch)
         .arg("check")
         .args(["--followers", "2", "-W", "2", "-R", "1", "--no-delay"])
-        .args(["--nemesis", "power-loss", "--time-limit", "12", "--seed", "7"])
+        .args([
+            "--nemesis",
+            "power-loss",
+            "--time-limit",
+            "12",
+            "--seed",
+            "7",
+        ])
         .args(["--base-port", &base, "--format", "json", "--out"])
         .arg(out_dir.path())
         .output()

@@ -132,9 +132,13 @@ pub async fn kill(
         }
         KillMode::Power => {
             power_cut(&c, &slot).await?;
-            c.events.warn(EventKind::Crash, Some(&node_id), format!(
+            c.events.warn(
+                EventKind::Crash,
+                Some(&node_id),
+                format!(
                 "🔌 {node_id} lost POWER (simulated): its unsynced log writes are gone and its \
-                 last one torn; the registry will notice when heartbeats stop (5 s)"));
+                 last one torn; the registry will notice when heartbeats stop (5 s)"),
+            );
             if c.config.launch.registry.is_none() {
                 c.transition(
                     &node_id,

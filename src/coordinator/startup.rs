@@ -54,7 +54,11 @@ impl Coordinator {
         if external {
             self.wait_for_joins().await;
         }
-        let damaged = if external { vec![] } else { self.start_all().await? };
+        let damaged = if external {
+            vec![]
+        } else {
+            self.start_all().await?
+        };
         // Every leader start is an election: the most advanced node leads
         // (on a fresh cluster, every log is empty and `leader` keeps it).
         let mut elected = false;
@@ -100,9 +104,7 @@ impl Coordinator {
     /// Starts the leader's and the followers' processes. Returns the nodes
     /// that refused their damaged log (each waiting for repair), or an
     /// error if the cluster must not start (see the module doc).
-    async fn start_all(
-        self: &Arc<Self>,
-    ) -> anyhow::Result<Vec<(CorruptLogRefused, Role, u16)>> {
+    async fn start_all(self: &Arc<Self>) -> anyhow::Result<Vec<(CorruptLogRefused, Role, u16)>> {
         let cfg = &self.config;
         let mut slots = vec![(LEADER_ID.to_string(), Role::Leader, cfg.node_base_port)];
         for i in 1..=cfg.followers {
@@ -132,7 +134,9 @@ impl Coordinator {
             return Ok(damaged);
         }
         let unsafe_to_repair = healthy.is_empty() || damaged.len() > cfg.w;
-        if unsafe_to_repair && !(cfg.unclean_failover && !healthy.is_empty()) {
+        // `--unclean-failover` accepts the risk, but needs a healthy node.
+        let accepted = cfg.unclean_failover && !healthy.is_empty();
+        if unsafe_to_repair && !accepted {
             let refused = StartRefused {
                 healthy,
                 damaged: damaged.iter().map(|(r, ..)| r.to_string()).collect(),

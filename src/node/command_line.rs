@@ -107,6 +107,7 @@ mod tests {
                 fsync: FsyncPolicy::Interval(FsyncPolicy::DEFAULT_INTERVAL),
                 fsync_interval_ms: 17,
                 snapshot_every: 99,
+                simulate_power_loss: true,
             }),
         };
         let spec = NodeSpec {
@@ -138,6 +139,7 @@ mod tests {
         assert_eq!(args.fsync, storage.fsync);
         assert_eq!(args.fsync_interval_ms, storage.fsync_interval_ms);
         assert_eq!(args.snapshot_every, storage.snapshot_every);
+        assert_eq!(args.simulate_power_loss, storage.simulate_power_loss);
 
         // A leader in memory, with no registry: the defaults stand.
         let memory = NodeFlags {

@@ -204,9 +204,7 @@ impl Log {
         // What recovery read may have come from the page cache (a process
         // crash under `--fsync never`): make it durable before any marker
         // says so.
-        active
-            .sync_data()
-            .map_err(|e| StorageError::io(&path, e))?;
+        active.sync_data().map_err(|e| StorageError::io(&path, e))?;
 
         let log = Log {
             dir: dir.to_path_buf(),

@@ -291,7 +291,10 @@ pub fn scan(
             if format < MARKERS_FORMAT {
                 return Err(corrupt(
                     offset,
-                    format!("{reason}, but a valid record follows at offset {}", after.first),
+                    format!(
+                        "{reason}, but a valid record follows at offset {}",
+                        after.first
+                    ),
                 ));
             }
             if after.durable >= damaged {
