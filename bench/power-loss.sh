@@ -30,8 +30,8 @@ for seed in $(seq 1 "$RUNS"); do
     else
         verdict="NOT VALID (exit $?)"
     fi
-    cuts=$(grep -o '"kind":"power-loss"' "$out/results.json" | wc -l)
-    torn=$(cat "$out"/nodes/*.log | grep -c "a write torn by a power cut" || true)
+    cuts=$(grep -o '"kind": *"power-loss"' "$out/results.json" | wc -l)
+    torn=$(cat "$out"/nodes/*.log | grep "dropped it" | grep -c "torn by a power cut" || true)
     ops=$(grep -o 'operations  [0-9]*' "$WORK/check-$seed.txt" | head -1)
     echo "seed $seed: $verdict · $ops · $cuts power cuts · $torn torn writes recovered"
 done
