@@ -43,8 +43,9 @@ impl Coordinator {
     /// is healthy; then it is alive and, for a follower, in the leader's peers.
     /// A follower that refuses to serve because its log is corrupt is
     /// repaired: its directory is set aside and it starts again empty, to be
-    /// rebuilt from the leader by a full catch-up. (A corrupt leader is not:
-    /// rebuilding it would need a failover first.)
+    /// rebuilt from the leader by a full catch-up. (A running leader slot is
+    /// not: rebuilding it would need a failover first. At the cluster's start
+    /// every node is repaired after the first election, see `startup`.)
     pub(super) async fn start_slot(
         self: &Arc<Self>,
         node_id: String,
