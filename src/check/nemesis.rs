@@ -267,6 +267,9 @@ impl Control {
     }
 
     async fn spawn(&self, id: &str) -> Result<(), String> {
+        // The node by its id: a node called `leader` that a failover made a
+        // follower is still `node:leader`, not whoever leads now.
+        let id = self.route_id(id).await;
         self.post(
             format!("{}/spawn", self.coordinator),
             json!({"node_id": id}),
@@ -394,13 +397,15 @@ pub async fn run(
     records
 }
 
-/// A `leader` fault is planned against "the leader", which after a
+/// A `leader` fault (and a `power-loss` planned on the leader) is planned
+/// against "the leader", which after a
 /// failover is another node than the one whose id is `leader`: it is aimed
 /// at whoever leads when it starts, and healed on that same node (a paused
 /// or crashed leader comes back as a follower, under its own id).
 async fn aim(c: &Control, p: &Planned) -> Planned {
     let mut aimed = p.clone();
-    if p.kind == FaultKind::Leader {
+    let at_leader = p.kind == FaultKind::PowerLoss && p.node == LEADER_ID;
+    if p.kind == FaultKind::Leader || at_leader {
         if let Ok(status) = c.status().await {
             if let Some(leader) = status.leader {
                 aimed.node = leader.node_id;
