@@ -23,7 +23,7 @@ valid=0
 for seed in $(seq 1 "$RUNS"); do
     out="$WORK/seed-$seed"
     if "$KVLAB" check --followers 3 -W 2 -R 2 --no-delay --nemesis power-loss \
-        --time-limit "$SECS" --seed "$seed" --base-port "$BASE" --out "$out" \
+        --time-limit "$SECS" --seed "$seed" --base-port $((BASE + 20 * seed)) --out "$out" \
         >"$WORK/check-$seed.txt" 2>&1; then
         valid=$((valid + 1))
         verdict=VALID
@@ -31,6 +31,7 @@ for seed in $(seq 1 "$RUNS"); do
         verdict="NOT VALID (exit $?)"
     fi
     cuts=$(grep -o '"kind": *"power-loss"' "$out/results.json" | wc -l)
+    # (Each run has its own ports, so its own node logs.)
     torn=$(cat "$out"/nodes/*.log | grep "dropped it" | grep -c "torn by a power cut" || true)
     ops=$(grep -o 'operations  [0-9]*' "$WORK/check-$seed.txt" | head -1)
     echo "seed $seed: $verdict · $ops · $cuts power cuts · $torn torn writes recovered"
