@@ -482,6 +482,26 @@ pub struct StatusResponse {
     /// kvlab's addition: the state of leader failover (see [`FailoverView`]).
     #[serde(default)]
     pub failover: FailoverView,
+    /// kvlab's addition: nodes whose log on disk was found damaged, and
+    /// where their repair stands (see [`RepairView`]). Empty: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repairs: Vec<RepairView>,
+}
+
+/// kvlab's addition to `/status`: a node that refused to serve its damaged
+/// log and is repaired from the cluster.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RepairView {
+    pub node_id: String,
+    /// `waiting` (out of the election until a healthy node leads) or
+    /// `rebuilt` (its directory moved aside; it started empty and catches up
+    /// from the leader).
+    pub state: String,
+    /// What its recovery found: the segment, the offset, the damage.
+    pub found: String,
+    /// Where its damaged directory was moved (kept for inspection).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved_to: Option<String>,
 }
 
 /// kvlab's addition to `/status`: where leader failover stands.
@@ -1311,6 +1331,15 @@ fn is_both(d: &Direction) -> bool {
 pub struct SlowDiskRequest {
     pub ms: u64,
     pub seconds: f64,
+}
+
+/// `POST /admin/power-cut` body (a node started with the hidden
+/// `--simulate-power-loss`): with `tear`, the node's next log write is torn
+/// by the cut; without, the node loses its unsynced writes at once.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PowerCutRequest {
+    #[serde(default)]
+    pub tear: bool,
 }
 
 /// A fault's length, checked as every hook checks it (0 heals at once);

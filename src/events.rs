@@ -76,9 +76,16 @@ pub enum EventKind {
     SlotReused,
     /// `spawn_failed`: a `/spawn` could not start its node.
     SpawnFailed,
-    /// `corrupt_log_set_aside`: a follower refused to serve a corrupt log;
-    /// its directory was moved aside and it starts empty, to be rebuilt.
+    /// `corrupt_log_set_aside`: a node refused to serve a corrupt log; its
+    /// directory was moved aside and it starts empty, to be rebuilt.
     CorruptLogSetAside,
+    /// `repair_needed`: a node refused to serve its log at the cluster's
+    /// start (damaged before its last durable write); it waits, out of the
+    /// election, to be set aside and rebuilt once a healthy node leads.
+    RepairNeeded,
+    /// `start_refused`: no healthy node can be shown to hold every
+    /// acknowledged write; the cluster does not start.
+    StartRefused,
     /// `protocol_violation`: a node answered in a way the node protocol
     /// forbids (docs/node-protocol.md): a student's node, usually.
     ProtocolViolation,

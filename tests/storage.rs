@@ -83,30 +83,40 @@ fn file_len(path: &Path) -> u64 {
     fs::metadata(path).unwrap().len()
 }
 
-/// Offset of the start of each record in a segment (header is 24 bytes).
-/// The records stop at the end of the file or at the preallocated zero tail
-/// of the last segment (a zero length).
+/// The bytes of a durable marker record: its header and payload.
+const MARKER_RECORD: u64 = 8 + kvlab::storage::codec::MARKER_LEN as u64;
+
+/// Offset of the start of each entry record in a segment (header is 24
+/// bytes), durable markers skipped. The records stop at the end of the file
+/// or at the preallocated zero tail of the last segment (a zero length).
 fn record_offsets(path: &Path) -> Vec<u64> {
+    all_records(path)
+        .into_iter()
+        .filter(|&(_, len)| len != kvlab::storage::codec::MARKER_LEN)
+        .map(|(at, _)| at)
+        .collect()
+}
+
+/// Offset and payload length of every record, durable markers included.
+fn all_records(path: &Path) -> Vec<(u64, usize)> {
     let bytes = fs::read(path).unwrap();
-    let mut offsets = Vec::new();
+    let mut records = Vec::new();
     let mut at = 24usize;
     while at + 8 <= bytes.len() {
         let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
         if len == 0 {
             break;
         }
-        offsets.push(at as u64);
+        records.push((at as u64, len));
         at += 8 + len;
     }
-    offsets
+    records
 }
 
 /// Where the records of a segment end: the start of its zero tail, if any.
 fn records_end(path: &Path) -> u64 {
-    let bytes = fs::read(path).unwrap();
-    let last = *record_offsets(path).last().unwrap() as usize;
-    let len = u32::from_le_bytes(bytes[last..last + 4].try_into().unwrap()) as u64;
-    last as u64 + 8 + len
+    let (last, len) = *all_records(path).last().unwrap();
+    last + 8 + len as u64
 }
 
 #[tokio::test]
@@ -200,7 +210,8 @@ async fn torn_tail_is_truncated_and_reported() {
     let (_wal, rec) = open(dir.path()).await;
     assert_eq!(rec.report.torn_tail, None);
     assert_eq!(rec.state.seq, 10);
-    assert_eq!(records_end(seg), full);
+    // Seq 10 again, after a durable marker for 1..=9 (24 bytes).
+    assert_eq!(records_end(seg), full + MARKER_RECORD);
 }
 
 #[tokio::test]
@@ -227,7 +238,7 @@ async fn torn_write_into_the_preallocated_tail_is_a_torn_tail() {
     let (_wal, rec) = open(dir.path()).await;
     assert_eq!(rec.report.torn_tail, None);
     assert_eq!(rec.state.data, expected_state(10));
-    assert_eq!(records_end(seg), end);
+    assert_eq!(records_end(seg), end + MARKER_RECORD);
 }
 
 #[tokio::test]
@@ -799,4 +810,97 @@ async fn the_last_seq_storage_holds_is_u64_max_minus_one() {
     wal.close().await;
     let (_wal, rec) = open(dir.path()).await;
     assert_eq!(rec.state.seq, last);
+}
+
+// ---------------------------------------------------------------------------
+// Durable markers: a torn write told from corruption of durable data
+// ---------------------------------------------------------------------------
+
+/// After a clean stop (the log sealed), damage just before the last record
+/// hits data the node had made durable: corruption, never a torn tail.
+#[tokio::test]
+async fn a_sealed_log_damaged_before_its_last_record_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = open(dir.path()).await;
+    for seq in 1..=10 {
+        wal.append(entries(seq..=seq)).await.unwrap();
+    }
+    wal.seal().await.unwrap();
+    wal.close().await;
+    let seg = &segments(dir.path())[0];
+    let last = *record_offsets(seg).last().unwrap();
+    let mut bytes = fs::read(seg).unwrap();
+    bytes[last as usize - 128..last as usize].fill(0);
+    fs::write(seg, &bytes).unwrap();
+
+    let err = Wal::open(config(dir.path())).await.unwrap_err();
+    match err {
+        StorageError::Corrupt { reason, .. } => {
+            assert!(reason.contains("valid record follows"), "{reason}");
+            assert!(reason.contains("durable"), "{reason}");
+        }
+        other => panic!("expected Corrupt, got {other}"),
+    }
+}
+
+/// A power cut tears the last group (never sealed, no marker after it): its
+/// first bytes are lost, its later records reached the disk. Recovery drops
+/// the group as a torn write and keeps everything before it.
+#[tokio::test]
+async fn a_hole_in_the_last_group_before_valid_records_is_a_torn_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = open(dir.path()).await;
+    wal.append(entries(1..=5)).await.unwrap();
+    wal.append(entries(6..=10)).await.unwrap();
+    wal.close().await; // not sealed: as if the power went off here
+    let seg = &segments(dir.path())[0];
+    // The second group starts with a marker for seqs 1..=5: wipe it and the
+    // start of seq 6, as a torn write would.
+    let (marker, len) = all_records(seg)[5];
+    assert_eq!(len, kvlab::storage::codec::MARKER_LEN);
+    let mut bytes = fs::read(seg).unwrap();
+    bytes[marker as usize..marker as usize + 40].fill(0);
+    fs::write(seg, &bytes).unwrap();
+
+    let (wal, rec) = open(dir.path()).await;
+    let torn = rec.report.torn_tail.clone().expect("torn tail");
+    assert_eq!(torn.offset, marker);
+    assert!(torn.reason.contains("power cut"), "{}", torn.reason);
+    assert_eq!(rec.state.data, expected_state(5));
+    // The log goes on where the torn write was.
+    wal.append(entries(6..=6)).await.unwrap();
+    wal.close().await;
+    let (_wal, rec) = open(dir.path()).await;
+    assert_eq!(rec.report.torn_tail, None);
+    assert_eq!(rec.state.data, expected_state(6));
+}
+
+/// A log written before durable markers existed (segment format 1) is still
+/// read, and the log goes on in a new segment of the current format.
+#[tokio::test]
+async fn a_format_1_log_is_read_and_continued_in_a_new_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(b"KVLABLOG");
+    bytes.extend_from_slice(&1u32.to_le_bytes());
+    bytes.extend_from_slice(&1u64.to_le_bytes());
+    let crc = crc32fast::hash(&bytes);
+    bytes.extend_from_slice(&crc.to_le_bytes());
+    for e in entries(1..=3) {
+        kvlab::storage::codec::encode_entry_record(&e, &mut bytes);
+    }
+    bytes.resize(bytes.len() + 4096, 0); // its preallocated zero tail
+    fs::create_dir_all(dir.path()).unwrap();
+    fs::write(dir.path().join("00000000000000000001.wal"), &bytes).unwrap();
+
+    let (wal, rec) = open(dir.path()).await;
+    assert_eq!(rec.report.torn_tail, None);
+    assert_eq!(rec.state.data, expected_state(3));
+    wal.append(entries(4..=5)).await.unwrap();
+    wal.close().await;
+    let segs = segments(dir.path());
+    assert_eq!(segs.len(), 2, "{segs:?}");
+    assert!(segs[1].ends_with("00000000000000000004.wal"), "{segs:?}");
+    let (_wal, rec) = open(dir.path()).await;
+    assert_eq!(rec.state.data, expected_state(5));
 }

@@ -75,8 +75,12 @@ pub struct Args {
     #[arg(long, conflicts_with_all = ["sync_delay", "async_delay"])]
     pub no_delay: bool,
     /// Faults: a comma-separated list of kill, crash, pause, heartbeats,
-    /// partition, slow-disk, leader; `all` (a random mix of all seven,
-    /// leader included) or `none`.
+    /// partition, slow-disk, leader, power-loss; `all` (a random mix of the
+    /// first seven, leader included) or `none`. `power-loss` cuts a node's
+    /// power: its unsynced log writes are lost and the last one torn. It is
+    /// simulated in the nodes' storage (no root or /dev/fuse needed), so it
+    /// runs only on a cluster `check` starts itself (not with
+    /// --no-start-cluster, nor under --node-cmd).
     #[arg(long, default_value = "none", value_name = "LIST")]
     pub nemesis: String,
     /// How long the clients run, in seconds.
@@ -236,6 +240,9 @@ fn up_flags(args: &Args) -> Vec<String> {
     }
     if let Some(n) = args.log_retain {
         flags.extend(["--log-retain".into(), n.to_string()]);
+    }
+    if nemesis::parse_list(&args.nemesis).is_ok_and(|k| k.contains(&FaultKind::PowerLoss)) {
+        flags.push("--simulate-power-loss".into());
     }
     flags
 }

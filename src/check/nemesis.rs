@@ -13,6 +13,7 @@
 //! | `partition` | coordinator `POST /admin/partition/{id}` | `seconds: 0` |
 //! | `slow-disk` | node `POST /admin/slow-disk` | `ms: 0` |
 //! | `leader` | crash or pause the leader | as above |
+//! | `power-loss` | `POST /kill/{id}?mode=power`: a simulated power cut that tears the node's next log write | `POST /spawn` on its data directory |
 //!
 //! Partitions go through the coordinator, which forwards them to the
 //! node's hook on process hosts and drops real packets on netns hosts
@@ -41,6 +42,9 @@ pub enum FaultKind {
     Partition,
     SlowDisk,
     Leader,
+    /// Not part of `all`: the cluster must simulate power loss (`kvlab
+    /// check` starts it so when this kind is asked for).
+    PowerLoss,
 }
 
 impl FaultKind {
@@ -65,11 +69,15 @@ impl FaultKind {
             FaultKind::Partition => "partition",
             FaultKind::SlowDisk => "slow-disk",
             FaultKind::Leader => "leader",
+            FaultKind::PowerLoss => "power-loss",
         }
     }
 
     fn parse(word: &str) -> Option<FaultKind> {
-        FaultKind::ALL.into_iter().find(|k| k.name() == word)
+        FaultKind::ALL
+            .into_iter()
+            .chain([FaultKind::PowerLoss])
+            .find(|k| k.name() == word)
     }
 }
 
@@ -81,7 +89,7 @@ pub fn parse_list(list: &str) -> Result<Vec<FaultKind>, String> {
             "none" => {}
             "all" => kinds.extend(FaultKind::ALL),
             _ => kinds.push(FaultKind::parse(word).ok_or_else(|| {
-                format!("unknown nemesis `{word}`: use kill, crash, pause, heartbeats, partition, slow-disk, leader, all or none")
+                format!("unknown nemesis `{word}`: use kill, crash, pause, heartbeats, partition, slow-disk, leader, power-loss, all or none")
             })?),
         }
     }
@@ -148,6 +156,8 @@ pub fn schedule(kinds: &[FaultKind], seed: u64, followers: usize, heal_by: f64) 
                 (follower, from.iter().map(|s| s.to_string()).collect())
             }
             FaultKind::SlowDisk => (follower, vec![format!("{} ms", rng.random_range(20..300))]),
+            // The leader's power too, one time in three.
+            FaultKind::PowerLoss if rng.random_range(0..3) == 0 => (LEADER_ID.to_string(), vec![]),
             _ => (follower, vec![]),
         };
         plan.push(Planned {
@@ -250,14 +260,16 @@ impl Control {
         id.to_string()
     }
 
-    async fn kill(&self, id: &str, crash: bool) -> Result<(), String> {
-        let mode = if crash { "?mode=crash" } else { "" };
+    async fn kill(&self, id: &str, mode: &str) -> Result<(), String> {
         let id = self.route_id(id).await;
         self.post(format!("{}/kill/{id}{mode}", self.coordinator), json!({}))
             .await
     }
 
     async fn spawn(&self, id: &str) -> Result<(), String> {
+        // The node by its id: a node called `leader` that a failover made a
+        // follower is still `node:leader`, not whoever leads now.
+        let id = self.route_id(id).await;
         self.post(
             format!("{}/spawn", self.coordinator),
             json!({"node_id": id}),
@@ -296,8 +308,9 @@ impl Control {
 async fn inject(c: &Control, p: &Planned) -> Result<(), String> {
     let node = p.node.as_str();
     match p.kind {
-        FaultKind::Kill => c.kill(node, false).await,
-        FaultKind::Crash => c.kill(node, true).await,
+        FaultKind::Kill => c.kill(node, "").await,
+        FaultKind::Crash => c.kill(node, "?mode=crash").await,
+        FaultKind::PowerLoss => c.kill(node, "?mode=power").await,
         FaultKind::Pause => c.signal(node, libc::SIGSTOP).await,
         FaultKind::Heartbeats => {
             c.admin(node, "pause-heartbeats", json!({"seconds": p.seconds}))
@@ -316,7 +329,7 @@ async fn inject(c: &Control, p: &Planned) -> Result<(), String> {
             )
             .await
         }
-        FaultKind::Leader if p.how[0] == "crash" => c.kill(node, true).await,
+        FaultKind::Leader if p.how[0] == "crash" => c.kill(node, "?mode=crash").await,
         FaultKind::Leader => c.signal(node, libc::SIGSTOP).await,
     }
 }
@@ -325,7 +338,7 @@ async fn inject(c: &Control, p: &Planned) -> Result<(), String> {
 async fn heal(c: &Control, p: &Planned) -> Result<(), String> {
     let node = p.node.as_str();
     match p.kind {
-        FaultKind::Kill | FaultKind::Crash => c.spawn(node).await,
+        FaultKind::Kill | FaultKind::Crash | FaultKind::PowerLoss => c.spawn(node).await,
         FaultKind::Pause => c.signal(node, libc::SIGCONT).await,
         FaultKind::Heartbeats => {
             c.admin(node, "pause-heartbeats", json!({"seconds": 0}))
@@ -384,13 +397,15 @@ pub async fn run(
     records
 }
 
-/// A `leader` fault is planned against "the leader", which after a
+/// A `leader` fault (and a `power-loss` planned on the leader) is planned
+/// against "the leader", which after a
 /// failover is another node than the one whose id is `leader`: it is aimed
 /// at whoever leads when it starts, and healed on that same node (a paused
 /// or crashed leader comes back as a follower, under its own id).
 async fn aim(c: &Control, p: &Planned) -> Planned {
     let mut aimed = p.clone();
-    if p.kind == FaultKind::Leader {
+    let at_leader = p.kind == FaultKind::PowerLoss && p.node == LEADER_ID;
+    if p.kind == FaultKind::Leader || at_leader {
         if let Ok(status) = c.status().await {
             if let Some(leader) = status.leader {
                 aimed.node = leader.node_id;

@@ -88,6 +88,10 @@ enum KillMode {
     Graceful,
     /// SIGKILL: the registry notices only when heartbeats stop.
     Crash,
+    /// A simulated power cut of the node (hidden test switch
+    /// `--simulate-power-loss`): its next log write is torn and it dies
+    /// losing every unsynced write (see `storage::power`).
+    Power,
 }
 
 /// `POST /kill/{node_id}[?mode=crash]`.
@@ -98,7 +102,7 @@ pub async fn kill(
 ) -> Result<Json<KillResponse>, ApiError> {
     let Query(q) = query.map_err(|e| {
         ApiError::bad_request(json!({"error": "invalid query",
-        "reason": e.body_text(), "hint": "mode is graceful (default) or crash"}))
+        "reason": e.body_text(), "hint": "mode is graceful (default), crash or power"}))
     })?;
     let node_id = c.snapshot().resolve(&node_id, false);
     let Some(slot) = c.snapshot().slot(&node_id).cloned() else {
@@ -125,6 +129,26 @@ pub async fn kill(
             )
             .await;
             "stopped"
+        }
+        KillMode::Power => {
+            power_cut(&c, &slot).await?;
+            c.events.warn(
+                EventKind::Crash,
+                Some(&node_id),
+                format!(
+                "🔌 {node_id} lost POWER (simulated): its unsynced log writes are gone and its \
+                 last one torn; the registry will notice when heartbeats stop (5 s)"),
+            );
+            if c.config.launch.registry.is_none() {
+                c.transition(
+                    &node_id,
+                    Some(slot.incarnation),
+                    NodeStatus::Dead,
+                    "power cut, no registry to notice",
+                )
+                .await;
+            }
+            "power cut"
         }
         KillMode::Crash => {
             // Answer once it is really gone, so that a /spawn right after
@@ -161,6 +185,40 @@ pub async fn kill(
         node_id,
         can_write,
     }))
+}
+
+/// Asks the node to cut its own power (it dies at its next log write, at
+/// most a second later), then makes sure the process is gone, as a crash.
+async fn power_cut(c: &Coordinator, slot: &Slot) -> Result<(), ApiError> {
+    let asked = c
+        .http
+        .post(format!("{}/admin/power-cut", slot.url))
+        .timeout(Duration::from_secs(1))
+        .json(&PowerCutRequest { tear: true })
+        .send()
+        .await
+        .map_err(|e| {
+            ApiError::unavailable(format!(
+                "{} did not take the power cut: {}",
+                slot.node_id,
+                crate::http::describe_reqwest_error(&e)
+            ))
+        })?;
+    if !asked.status().is_success() {
+        let detail = crate::http::error_detail(asked).await;
+        return Err(ApiError::conflict(json!({
+            "error": "the node cannot simulate a power cut",
+            "node_id": slot.node_id, "detail": detail})));
+    }
+    if let Some(pid) = slot.pid {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while tokio::time::Instant::now() < deadline && process_exists(pid) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // Gone by now as a rule; the bookkeeping of a crash either way.
+    c.crash_node(slot).await;
+    Ok(())
 }
 
 async fn graceful_stop(c: &Coordinator, slot: &Slot) {

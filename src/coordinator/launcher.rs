@@ -118,6 +118,8 @@ pub struct NodeStorage {
     pub fsync: crate::storage::FsyncPolicy,
     pub fsync_interval_ms: u64,
     pub snapshot_every: u64,
+    /// Nodes simulate power loss (a hidden test switch, `storage::power`).
+    pub simulate_power_loss: bool,
 }
 
 impl NodeStorage {
@@ -138,6 +140,7 @@ impl LaunchSettings {
                 fsync: s.fsync,
                 fsync_interval_ms: s.fsync_interval_ms,
                 snapshot_every: s.snapshot_every,
+                simulate_power_loss: s.simulate_power_loss,
             }),
         }
     }

@@ -159,6 +159,11 @@ pub struct StorageArgs {
     /// entries (0: never).
     #[arg(long, default_value_t = crate::storage::StorageConfig::DEFAULT_SNAPSHOT_EVERY, hide = true)]
     pub snapshot_every: u64,
+    /// Test switch: nodes keep their unsynced log writes in memory, so that
+    /// killing them is a power cut, and `POST /kill/{id}?mode=power` tears a
+    /// write (see `storage::power`).
+    #[arg(long, hide = true)]
+    pub simulate_power_loss: bool,
 }
 
 impl StorageArgs {
@@ -179,6 +184,7 @@ impl StorageArgs {
             fsync: self.fsync,
             fsync_interval_ms: self.fsync_interval_ms,
             snapshot_every: self.snapshot_every,
+            simulate_power_loss: self.simulate_power_loss,
         })
     }
 }
@@ -358,6 +364,8 @@ pub struct Coordinator {
     commit: reads::CommitPoint,
     /// Followers that failed a read a moment ago (see [`reads`]).
     suspects: reads::Suspects,
+    /// Nodes found with a damaged log, by id (see [`slots`]): `/status`.
+    repairs: Mutex<std::collections::BTreeMap<String, RepairView>>,
 }
 
 impl Coordinator {
@@ -394,6 +402,7 @@ impl Coordinator {
             faults: faults::Faults::default(),
             commit: reads::CommitPoint::default(),
             suspects: reads::Suspects::default(),
+            repairs: Mutex::default(),
             config,
         })
     }
@@ -431,6 +440,7 @@ impl Coordinator {
             },
             term: c.term,
             failover: self.failover.view(c.leader.is_alive()),
+            repairs: self.repairs.lock().unwrap().values().cloned().collect(),
             liveness: self.liveness.source().as_str().into(),
         }
     }

@@ -10,7 +10,8 @@
 //! - a slot is alive only once its `/health` answers as that incarnation
 //!   (within [`START_TIMEOUT`]); a start that fails leaves the slot dead;
 //! - a corrupt log is moved aside, never deleted, and rebuilt only for a
-//!   follower of a cluster on disk: a corrupt leader is not.
+//!   follower of a cluster on disk, or at the cluster's start once a healthy
+//!   node leads (see `startup`): a running leader slot is not.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,10 +28,10 @@ use crate::events::EventKind;
     "{node_id} refused to serve: its log on disk is corrupt ({reason}); see {}",
     log_file.display()
 )]
-struct CorruptLogRefused {
-    node_id: String,
+pub(super) struct CorruptLogRefused {
+    pub node_id: String,
     /// What recovery found: the segment and the offset of the damage.
-    reason: String,
+    pub reason: String,
     log_file: std::path::PathBuf,
 }
 
@@ -42,8 +43,9 @@ impl Coordinator {
     /// is healthy; then it is alive and, for a follower, in the leader's peers.
     /// A follower that refuses to serve because its log is corrupt is
     /// repaired: its directory is set aside and it starts again empty, to be
-    /// rebuilt from the leader by a full catch-up. (A corrupt leader is not:
-    /// rebuilding it would need a failover first.)
+    /// rebuilt from the leader by a full catch-up. (A running leader slot is
+    /// not: rebuilding it would need a failover first. At the cluster's start
+    /// every node is repaired after the first election, see `startup`.)
     pub(super) async fn start_slot(
         self: &Arc<Self>,
         node_id: String,
@@ -68,9 +70,39 @@ impl Coordinator {
             && c.slot(node_id).is_some_and(|s| s.role == Role::Follower)
     }
 
-    /// Moves a corrupt follower's directory to `<dir>.corrupt-<unix time>`
+    /// A node refused to serve its damaged log at the cluster's start: it
+    /// stays out of the election (its process has exited) until a healthy
+    /// node leads; then [`Coordinator::set_aside_corrupt`] rebuilds it.
+    pub(super) fn hold_for_repair(&self, refused: &CorruptLogRefused) {
+        let id = &refused.node_id;
+        self.repairs.lock().unwrap().insert(
+            id.clone(),
+            RepairView {
+                node_id: id.clone(),
+                state: "waiting".into(),
+                found: refused.reason.clone(),
+                moved_to: None,
+            },
+        );
+        self.events.warn(
+            EventKind::RepairNeeded,
+            Some(id),
+            format!(
+                "🩺 {id} needs REPAIR: its log on disk is damaged before its last durable \
+                 write ({}). It does not campaign or serve; the cluster elects the most \
+                 advanced healthy node, and {id} is then rebuilt from it",
+                refused.reason
+            ),
+        );
+    }
+
+    /// Moves a corrupt node's directory to `<dir>.corrupt-<unix time>`
     /// (kept for inspection), and says so in words a student can act on.
-    fn set_aside_corrupt(&self, node_id: &str, refused: &anyhow::Error) -> anyhow::Result<()> {
+    pub(super) fn set_aside_corrupt(
+        &self,
+        node_id: &str,
+        refused: &anyhow::Error,
+    ) -> anyhow::Result<()> {
         let storage = self.config.launch.storage.as_ref().expect("rebuildable");
         let dir = storage.dir_of(node_id);
         let now = std::time::SystemTime::now()
@@ -89,9 +121,19 @@ impl Coordinator {
                 dir.display()
             )
         })?;
-        let why = refused
+        let found = refused
             .downcast_ref::<CorruptLogRefused>()
-            .map_or_else(String::new, |r| format!(" ({})", r.reason));
+            .map_or_else(|| "a damaged record".to_string(), |r| r.reason.clone());
+        let why = format!(" ({found})");
+        self.repairs.lock().unwrap().insert(
+            node_id.to_string(),
+            RepairView {
+                node_id: node_id.to_string(),
+                state: "rebuilt".into(),
+                found,
+                moved_to: Some(aside.display().to_string()),
+            },
+        );
         self.events.warn(
             EventKind::CorruptLogSetAside,
             Some(node_id),
@@ -105,7 +147,7 @@ impl Coordinator {
         Ok(())
     }
 
-    async fn start_slot_once(
+    pub(super) async fn start_slot_once(
         self: &Arc<Self>,
         node_id: String,
         role: Role,

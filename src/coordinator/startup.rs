@@ -8,11 +8,19 @@
 //! - the cluster is ready only once an election made a leader (three tries,
 //!   else the start fails); until then a transition's narration has no set
 //!   tags and no quorum changes, since the sets change with every node that
-//!   comes up.
+//!   comes up;
+//! - a node that refuses its damaged log (the leader included) never stops
+//!   the start: it waits out of the first election, which only healthy nodes
+//!   enter, and is then set aside and rebuilt from the new leader. Unless
+//!   the damaged logs may have held an acknowledged write no healthy node
+//!   holds: a write was acknowledged once on the leader's disk and W
+//!   followers', so with W + 1 damaged logs (or no healthy one) the start is
+//!   refused, naming each node's state ([`StartRefused`]).
 
 use std::sync::Arc;
 
 use super::failover;
+use super::slots::CorruptLogRefused;
 use super::Coordinator;
 use crate::api::*;
 use crate::events::EventKind;
@@ -45,17 +53,12 @@ impl Coordinator {
         self.prepare_runtime().await?;
         if external {
             self.wait_for_joins().await;
-        } else {
-            let mut starts =
-                vec![self.start_slot(LEADER_ID.to_string(), Role::Leader, cfg.node_base_port)];
-            for i in 1..=cfg.followers {
-                let port = cfg.node_base_port + i as u16;
-                starts.push(self.start_slot(format!("follower-{i}"), Role::Follower, port));
-            }
-            for result in futures::future::join_all(starts).await {
-                result?;
-            }
         }
+        let damaged = if external {
+            vec![]
+        } else {
+            self.start_all().await?
+        };
         // Every leader start is an election: the most advanced node leads
         // (on a fresh cluster, every log is empty and `leader` keeps it).
         let mut elected = false;
@@ -67,6 +70,12 @@ impl Coordinator {
         }
         if !elected {
             anyhow::bail!("no node could be made the leader (see the events above)");
+        }
+        // A healthy node leads: rebuild the damaged ones from it.
+        for (refused, role, port) in damaged {
+            let id = refused.node_id.clone();
+            self.set_aside_corrupt(&id, &anyhow::Error::new(refused))?;
+            self.start_slot_once(id, role, port).await?;
         }
         let c = self.snapshot();
         self.ready.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -90,6 +99,70 @@ impl Coordinator {
             format!("🧭 roles: {}", roles.join(", ")),
         );
         Ok(())
+    }
+
+    /// Starts the leader's and the followers' processes. Returns the nodes
+    /// that refused their damaged log (each waiting for repair), or an
+    /// error if the cluster must not start (see the module doc).
+    async fn start_all(self: &Arc<Self>) -> anyhow::Result<Vec<(CorruptLogRefused, Role, u16)>> {
+        let cfg = &self.config;
+        let mut slots = vec![(LEADER_ID.to_string(), Role::Leader, cfg.node_base_port)];
+        for i in 1..=cfg.followers {
+            let port = cfg.node_base_port + i as u16;
+            slots.push((format!("follower-{i}"), Role::Follower, port));
+        }
+        // `start_slot_once`, not `start_slot`: a damaged follower is not
+        // rebuilt before we know a healthy node holds every acknowledged write.
+        let starts = slots
+            .iter()
+            .map(|(id, role, port)| self.start_slot_once(id.clone(), *role, *port));
+        let results = futures::future::join_all(starts).await;
+        let mut healthy = vec![];
+        let mut damaged = vec![];
+        for ((id, role, port), result) in slots.into_iter().zip(results) {
+            match result {
+                Ok(_) => healthy.push(id),
+                Err(e) if e.is::<CorruptLogRefused>() && self.config.launch.storage.is_some() => {
+                    let refused = e.downcast::<CorruptLogRefused>().expect("checked");
+                    self.hold_for_repair(&refused);
+                    damaged.push((refused, role, port));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if damaged.is_empty() {
+            return Ok(damaged);
+        }
+        let unsafe_to_repair = healthy.is_empty() || damaged.len() > cfg.w;
+        // `--unclean-failover` accepts the risk, but needs a healthy node.
+        let accepted = cfg.unclean_failover && !healthy.is_empty();
+        if unsafe_to_repair && !accepted {
+            let refused = StartRefused {
+                healthy,
+                damaged: damaged.iter().map(|(r, ..)| r.to_string()).collect(),
+                w: cfg.w,
+            };
+            // The event says why in one line; the error (printed at exit)
+            // lists every node.
+            let text = refused.to_string();
+            let why = text.lines().next().unwrap_or_default();
+            self.events
+                .bad(EventKind::StartRefused, None, format!("⛔ {why}"));
+            return Err(refused.into());
+        }
+        if unsafe_to_repair {
+            self.events.bad(
+                EventKind::StartRefused,
+                None,
+                format!(
+                    "⚠️  UNCLEAN START (--unclean-failover): {} damaged logs may have held \
+                     acknowledged writes no healthy node has; rebuilding them from {} anyway",
+                    damaged.len(),
+                    healthy.join(", ")
+                ),
+            );
+        }
+        Ok(damaged)
     }
 
     /// Says where the nodes keep their data, wiping it first with `--fresh`.
@@ -127,5 +200,62 @@ impl Coordinator {
             ),
         );
         Ok(())
+    }
+}
+
+/// The cluster refuses to start: the damaged logs may have held acknowledged
+/// writes that no healthy node holds.
+#[derive(Debug, thiserror::Error)]
+pub struct StartRefused {
+    /// The nodes that recovered their log.
+    healthy: Vec<String>,
+    /// Each damaged node's refusal: its id, what recovery found, its log.
+    damaged: Vec<String>,
+    w: usize,
+}
+
+impl std::fmt::Display for StartRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let why = if self.healthy.is_empty() {
+            "every node's log on disk is damaged before its last durable write".to_string()
+        } else {
+            format!(
+                "{} nodes' logs are damaged before their last durable write, and a write was \
+                 acknowledged once on the leader and W={} followers: the damaged logs may have \
+                 held acknowledged writes that no healthy node holds",
+                self.damaged.len(),
+                self.w
+            )
+        };
+        writeln!(
+            f,
+            "refusing to start the cluster: {why}. Starting would silently serve less than \
+             was acknowledged. What each node found:"
+        )?;
+        for d in &self.damaged {
+            writeln!(f, "  - DAMAGED: {d}")?;
+        }
+        for h in &self.healthy {
+            writeln!(f, "  - healthy: {h} recovered its log")?;
+        }
+        write!(
+            f,
+            "What you can do: inspect the damaged segments (the offsets above) and restore \
+             the directories from a backup; or accept losing what only they held: "
+        )?;
+        if self.healthy.is_empty() {
+            write!(
+                f,
+                "move the damaged directories aside by hand (the cluster then starts empty), \
+                 or start with --fresh"
+            )
+        } else {
+            write!(
+                f,
+                "start again with --unclean-failover (the damaged nodes are set aside and \
+                 rebuilt from {})",
+                self.healthy.join(", ")
+            )
+        }
     }
 }

@@ -189,6 +189,7 @@ impl Stage {
             fsync: FsyncPolicy::Always,
             fsync_interval_ms: 5,
             snapshot_every: 0,
+            simulate_power_loss: false,
         });
         let settings = LaunchSettings {
             binary: PathBuf::from("kvlab"),

@@ -34,6 +34,7 @@ pub struct StorageFlags {
     pub fsync: FsyncPolicy,
     pub fsync_interval_ms: u64,
     pub snapshot_every: u64,
+    pub simulate_power_loss: bool,
 }
 
 /// Where a node runs, as its command line says it: the address it listens
@@ -81,6 +82,9 @@ pub fn node_args(flags: &NodeFlags, spec: &NodeSpec, at: &Placement) -> Vec<Stri
         flag("--fsync", storage.fsync.name().into());
         flag("--fsync-interval-ms", storage.fsync_interval_ms.to_string());
         flag("--snapshot-every", storage.snapshot_every.to_string());
+        if storage.simulate_power_loss {
+            args.push("--simulate-power-loss".into());
+        }
     }
     args
 }
@@ -103,6 +107,7 @@ mod tests {
                 fsync: FsyncPolicy::Interval(FsyncPolicy::DEFAULT_INTERVAL),
                 fsync_interval_ms: 17,
                 snapshot_every: 99,
+                simulate_power_loss: true,
             }),
         };
         let spec = NodeSpec {
@@ -134,6 +139,7 @@ mod tests {
         assert_eq!(args.fsync, storage.fsync);
         assert_eq!(args.fsync_interval_ms, storage.fsync_interval_ms);
         assert_eq!(args.snapshot_every, storage.snapshot_every);
+        assert_eq!(args.simulate_power_loss, storage.simulate_power_loss);
 
         // A leader in memory, with no registry: the defaults stand.
         let memory = NodeFlags {

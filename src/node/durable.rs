@@ -18,6 +18,10 @@
 //!   way, or after a damaged last record) is not elected over them:
 //!   elections make the most advanced node lead, and its log is reconciled
 //!   like any follower's (see `coordinator::failover`).
+//! - **A clean stop seals the log** ([`crate::storage::Wal::seal`]): a last
+//!   durable marker, so that damage found at the next start is known to hit
+//!   durable data (corruption, repaired from the cluster) and is never taken
+//!   for a torn write.
 //! - **Bounded growth.** Every `--snapshot-every` entries the node writes a
 //!   snapshot of its state and the log before it is deleted; recovery reads
 //!   one snapshot plus a short log.
@@ -115,7 +119,7 @@ pub async fn open(config: StorageConfig) -> anyhow::Result<(Durability, Recovere
             offset = torn.offset,
             dropped_bytes = torn.dropped_bytes,
             reason = %torn.reason,
-            "the log ended in a torn record (a crash mid-write): dropped it"
+            "the log ended in a torn write (a crash or power cut mid-write, never fsynced): dropped it"
         );
     }
     tracing::info!(

@@ -12,8 +12,14 @@
 //!   node's log takes D ms longer for S seconds (see
 //!   [`crate::storage::wal::slow_down_fsyncs`]).
 //!
-//! Both expire on their own, so a checker that dies cannot leave a node
-//! broken. The state is process-wide: one node process is one node, one
+//! - `POST /admin/power-cut {"tear": bool}` (only on a node started with the
+//!   hidden `--simulate-power-loss`): a simulated power cut (see
+//!   [`crate::storage::power`]). The node dies losing every log write no
+//!   fsync covered; with `tear`, at its next group write, which is torn (a
+//!   hole, then the rest), or after 1 s without a tear if nothing is written.
+//!
+//! Partitions and slow disks expire on their own, so a checker that dies
+//! cannot leave a node broken. The state is process-wide: one node process is one node, one
 //! network interface, one disk.
 //!
 //! Who sent an incoming request? Nodes say so in `X-Kvlab-From` (their
@@ -141,6 +147,35 @@ pub async fn partition(
     Ok(Json(
         json!({"status": "partitioned", "peers": req.peers, "seconds": req.seconds}),
     ))
+}
+
+/// `POST /admin/power-cut` (see the module doc).
+pub async fn power_cut(
+    State(node): State<Arc<NodeState>>,
+    ApiJson(req): ApiJson<crate::api::PowerCutRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Some(d) = node.durability.as_ref() else {
+        return Err(ApiError::conflict(json!({
+            "error": "this node keeps no log on disk (in memory): a power cut is a crash"})));
+    };
+    if !crate::storage::power::simulating() {
+        return Err(ApiError::conflict(json!({
+            "error": "this node does not simulate power loss",
+            "hint": "start the cluster with the hidden test flag --simulate-power-loss"})));
+    }
+    tracing::warn!(tear = req.tear, "power cut (fault injection)");
+    d.wal.power_cut(req.tear);
+    if req.tear {
+        // Nothing written within a second: the cut happens anyway.
+        let node = node.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if let Some(d) = &node.durability {
+                d.wal.power_cut(false);
+            }
+        });
+    }
+    Ok(Json(json!({"status": "power cut", "tear": req.tear})))
 }
 
 /// `POST /admin/slow-disk`.

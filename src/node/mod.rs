@@ -120,6 +120,11 @@ pub struct Args {
     /// 0 never does.
     #[arg(long, default_value_t = crate::storage::StorageConfig::DEFAULT_SNAPSHOT_EVERY)]
     pub snapshot_every: u64,
+    /// Test switch: keep the log's unsynced writes in memory, so that a kill
+    /// loses them as a power cut would; `POST /admin/power-cut` tears one
+    /// (see `storage::power`).
+    #[arg(long, hide = true)]
+    pub simulate_power_loss: bool,
     /// Join the coordinator at URL (one run with `--runtime external`)
     /// instead of being started by it: for nodes that Compose, systemd or
     /// Kubernetes start. The coordinator gives the incarnation, the delays
@@ -454,6 +459,10 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     if args.join.is_some() {
         join::check(&args)?;
     }
+    if args.simulate_power_loss {
+        crate::storage::power::simulate_power_loss();
+        tracing::warn!("simulating power loss: unsynced log writes are kept in memory");
+    }
     // Recover before listening: a node that answers must hold its data.
     let storage = match durable::config(&args) {
         Some(config) => match durable::open(config).await {
@@ -499,6 +508,13 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     if code != 0 {
         // Storage stopped the node: say why in the exit code.
         std::process::exit(code);
+    }
+    if let Some(d) = &node.durability {
+        // A clean stop: seal the log, so that damage found at the next start
+        // is known to hit durable data, never taken for a torn write.
+        if let Err(e) = d.wal.seal().await {
+            tracing::warn!(error = %e, "could not seal the log at shutdown");
+        }
     }
     served
 }
@@ -577,7 +593,8 @@ pub fn router(node: Arc<NodeState>) -> Router {
         .route("/admin/pause-heartbeats", post(pause_heartbeats))
         .route("/admin/shutdown", post(admin_shutdown))
         .route("/admin/partition", post(faults::partition))
-        .route("/admin/slow-disk", post(faults::slow_disk));
+        .route("/admin/slow-disk", post(faults::slow_disk))
+        .route("/admin/power-cut", post(faults::power_cut));
     crate::auth::guard(router, crate::auth::node_access, None)
         .layer(middleware::from_fn(faults::drop_partitioned))
         .layer(middleware::from_fn_with_state(node.clone(), tag_response))

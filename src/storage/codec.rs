@@ -23,6 +23,19 @@
 //! ```text
 //! seq: u64 | term: u64 | version: u64 | key: str | value: str
 //! ```
+//!
+//! A record may instead hold a *durable marker* (segment format 2): 16 bytes,
+//!
+//! ```text
+//! tag: u64 = u64::MAX | durable_seq: u64
+//! ```
+//!
+//! which says "every entry up to `durable_seq` was fsynced before this record
+//! was written". The tag cannot start an entry (no seq is `u64::MAX`, see
+//! `storage::MAX_SEQ`) and the payload is shorter than any entry, so neither
+//! can be taken for the other. Recovery uses markers to tell a torn write
+//! (never fsynced) from damage to data the node had made durable (see
+//! `segment`).
 
 use crate::api::Entry;
 
@@ -52,6 +65,38 @@ pub fn encode_entry_record(entry: &Entry, out: &mut Vec<u8>) {
     let crc = crc32fast::hash(payload);
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Bytes of a durable marker's payload: the tag and the seq.
+pub const MARKER_LEN: usize = 16;
+const MARKER_TAG: u64 = u64::MAX;
+
+/// Appends a complete durable-marker record saying that every entry up to
+/// `durable_seq` is on disk.
+pub fn encode_marker_record(durable_seq: u64, out: &mut Vec<u8>) {
+    let mut payload = Vec::with_capacity(MARKER_LEN);
+    put_u64(&mut payload, MARKER_TAG);
+    put_u64(&mut payload, durable_seq);
+    put_u32(out, payload.len() as u32);
+    put_u32(out, crc32fast::hash(&payload));
+    out.extend_from_slice(&payload);
+}
+
+/// What a valid record holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    Entry(Entry),
+    /// Every entry up to this seq was durable when the record was written.
+    Durable(u64),
+}
+
+/// Decodes a record payload: a durable marker or an entry.
+pub fn decode_record(payload: &[u8]) -> Result<Record, DecodeError> {
+    if payload.len() == MARKER_LEN && payload[..8] == MARKER_TAG.to_le_bytes() {
+        let seq = u64::from_le_bytes(payload[8..].try_into().unwrap());
+        return Ok(Record::Durable(seq));
+    }
+    decode_entry(payload).map(Record::Entry)
 }
 
 /// Decodes an entry payload (the bytes after the record header).
@@ -228,5 +273,22 @@ mod tests {
         buf[last] ^= 0x40;
         assert!(matches!(parse_record(&buf, 0), Frame::Invalid(_)));
         assert!(matches!(parse_record(&[0u8; 16], 0), Frame::Invalid(_)));
+    }
+
+    #[test]
+    fn a_marker_is_not_an_entry_and_round_trips() {
+        let mut buf = Vec::new();
+        encode_marker_record(42, &mut buf);
+        let Frame::Valid { payload, .. } = parse_record(&buf, 0) else {
+            panic!("marker invalid");
+        };
+        assert_eq!(decode_record(payload), Ok(Record::Durable(42)));
+        assert!(decode_entry(payload).is_err());
+        let mut buf = Vec::new();
+        encode_entry_record(&entry(7), &mut buf);
+        let Frame::Valid { payload, .. } = parse_record(&buf, 0) else {
+            panic!("entry invalid");
+        };
+        assert_eq!(decode_record(payload), Ok(Record::Entry(entry(7))));
     }
 }

@@ -20,9 +20,9 @@ use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{self, File};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use super::power::Volatile;
 use super::snapshot::{self, Snapshot};
 use super::{segment, sync_dir, Result, StorageError};
 use crate::api::{Entry, Versioned};
@@ -120,9 +120,16 @@ pub(crate) struct Log {
     /// `active_len` up to here.
     active_end: u64,
     last_seq: u64,
+    /// The last seq known to be fsynced.
+    durable_seq: u64,
+    /// The `durable_seq` of the last durable marker written: a new marker
+    /// goes out with the next group once an fsync moved past it.
+    marked_seq: u64,
     snapshot_seq: u64,
     /// Reused encoding buffer, so steady-state appends do not allocate.
     buf: Vec<u8>,
+    /// Writes held back until their fsync when simulating power loss.
+    volatile: Volatile,
 }
 
 impl Log {
@@ -143,7 +150,8 @@ impl Log {
         remove_covered_segments(dir, &mut segments, snapshot_seq, &mut report.removed_files)?;
 
         let mut tail = Vec::new();
-        let (log_end, last_valid_len) = replay(dir, &segments, &mut state, &mut tail, &mut report)?;
+        let (log_end, last_valid_len, last_format) =
+            replay(dir, &segments, &mut state, &mut tail, &mut report)?;
         report.entries_replayed = tail.len() as u64;
         report.last_seq = state.seq;
 
@@ -154,7 +162,24 @@ impl Log {
             // and re-extending it would cost a write and two fsyncs for
             // nothing). After a torn tail `replay` cut the file at the end
             // of the records, and the first append extends it again.
-            (Some(&base), Some(valid_len)) if log_end == state.seq => (base, valid_len),
+            (Some(&base), Some(valid_len))
+                if log_end == state.seq && last_format >= segment::MARKERS_FORMAT =>
+            {
+                (base, valid_len)
+            }
+            // A segment of format 1 (no durable markers) is closed, and the
+            // log goes on in a new segment of the current format.
+            (Some(&base), Some(valid_len)) if log_end == state.seq => {
+                let path = segment::segment_path(dir, base);
+                segment::truncate(&path, valid_len)?;
+                if base == state.seq + 1 {
+                    // It holds no record: the new one replaces it.
+                    segments.pop();
+                }
+                segment::create(dir, state.seq + 1)?;
+                segments.push(state.seq + 1);
+                (state.seq + 1, segment::HEADER_LEN as u64)
+            }
             // The log may end before the snapshot (e.g. a snapshot installed
             // from the leader): the next append, seq `state.seq + 1`, would not
             // continue the active segment, so start a fresh one.
@@ -176,6 +201,10 @@ impl Log {
             .metadata()
             .map_err(|e| StorageError::io(&path, e))?
             .len();
+        // What recovery read may have come from the page cache (a process
+        // crash under `--fsync never`): make it durable before any marker
+        // says so.
+        active.sync_data().map_err(|e| StorageError::io(&path, e))?;
 
         let log = Log {
             dir: dir.to_path_buf(),
@@ -185,8 +214,11 @@ impl Log {
             active_len,
             active_end,
             last_seq: state.seq,
+            durable_seq: state.seq,
+            marked_seq: 0,
             snapshot_seq,
             buf: Vec::new(),
+            volatile: Volatile::default(),
         };
         Ok((
             log,
@@ -227,6 +259,12 @@ impl Log {
             self.rotate()?;
         }
         self.buf.clear();
+        // The group starts with a durable marker if an fsync completed since
+        // the last one: recovery's evidence of what was durable (`segment`).
+        if self.durable_seq > self.marked_seq {
+            super::codec::encode_marker_record(self.durable_seq, &mut self.buf);
+            self.marked_seq = self.durable_seq;
+        }
         for e in entries {
             super::codec::encode_entry_record(e.borrow(), &mut self.buf);
         }
@@ -234,9 +272,9 @@ impl Log {
         if end > self.active_end {
             self.preallocate(end)?;
         }
-        self.active
-            .write_all_at(&self.buf, self.active_len)
-            .map_err(|e| StorageError::io(&self.active_path(), e))?;
+        let path = self.active_path();
+        self.volatile
+            .write(&self.active, &path, &self.buf, self.active_len)?;
         self.active_len = end;
         self.last_seq += entries.len() as u64;
         Ok(self.buf.len() as u64)
@@ -246,9 +284,50 @@ impl Log {
     /// skips e.g. mtime updates, and the file length, which it would have
     /// to flush too, does not change between preallocations.
     pub fn sync(&mut self) -> Result<()> {
+        self.flush()?;
         self.active
             .sync_data()
-            .map_err(|e| StorageError::io(&self.active_path(), e))
+            .map_err(|e| StorageError::io(&self.active_path(), e))?;
+        self.durable_seq = self.last_seq;
+        Ok(())
+    }
+
+    /// Writes what the power-loss simulation held back (see `power`): before
+    /// an fsync, and before anything that reads or cuts the files.
+    pub fn flush(&mut self) -> Result<()> {
+        let path = self.active_path();
+        self.volatile.flush(&self.active, &path)
+    }
+
+    /// Whether a simulated power cut now would lose (or tear) a write.
+    pub fn has_unsynced_writes(&self) -> bool {
+        self.volatile.has_pending()
+    }
+
+    /// A simulated power cut (see `power`): the process dies.
+    pub fn power_cut(&mut self, tear: bool) -> ! {
+        self.volatile.cut(&self.active, tear)
+    }
+
+    /// At a clean close, after the last fsync: a final durable marker (made
+    /// durable too), so that after a clean stop any damage to the log is
+    /// known to hit durable data, never taken for a torn write.
+    pub fn seal(&mut self) -> Result<()> {
+        if self.durable_seq <= self.marked_seq || self.durable_seq < self.last_seq {
+            return Ok(());
+        }
+        self.buf.clear();
+        super::codec::encode_marker_record(self.durable_seq, &mut self.buf);
+        let end = self.active_len + self.buf.len() as u64;
+        if end > self.active_end {
+            self.preallocate(end)?;
+        }
+        let path = self.active_path();
+        self.volatile
+            .write(&self.active, &path, &self.buf, self.active_len)?;
+        self.active_len = end;
+        self.marked_seq = self.durable_seq;
+        self.sync()
     }
 
     /// Extends the active segment with durable zeros so that records up to
@@ -266,7 +345,9 @@ impl Log {
         // Cut the zero tail before the next segment exists: from then on
         // this one is not the last, and only the last may end in zeros. A
         // crash in between leaves it last, and cut, which is fine too.
+        self.flush()?;
         segment::close(&self.active, &self.active_path(), self.active_len)?;
+        self.durable_seq = self.last_seq;
         let base = self.last_seq + 1;
         self.start_segment(base)?;
         self.segments.push(base);
@@ -278,12 +359,15 @@ impl Log {
         self.active = segment::create(&self.dir, base)?;
         self.active_len = segment::HEADER_LEN as u64;
         self.active_end = self.active_len;
+        // The new segment has no marker yet: its first group gets one.
+        self.marked_seq = 0;
         Ok(())
     }
 
     /// Forgets everything the durable snapshot at `snapshot_seq` covers:
     /// whole segments and older snapshots.
     pub fn compact(&mut self, snapshot_seq: u64) -> Result<CompactReport> {
+        self.flush()?;
         self.snapshot_seq = self.snapshot_seq.max(snapshot_seq);
         let mut report = CompactReport {
             snapshot_seq: self.snapshot_seq,
@@ -304,6 +388,7 @@ impl Log {
     /// `snapshot_seq`, which replaces the state (a follower installing a
     /// snapshot from the leader).
     pub fn reset(&mut self, snapshot_seq: u64) -> Result<CompactReport> {
+        self.flush()?;
         // New segment first: a crash before the old ones are gone leaves them
         // covered (their successor starts at snapshot_seq + 1), and recovery
         // deletes covered segments before scanning anything. That is also why
@@ -314,6 +399,7 @@ impl Log {
         self.segments.retain(|&b| b != base);
         self.segments.push(base);
         self.last_seq = snapshot_seq;
+        self.durable_seq = snapshot_seq;
         self.snapshot_seq = snapshot_seq;
         self.compact(snapshot_seq)
     }
@@ -323,7 +409,8 @@ impl Log {
     /// snapshot is beyond `seq`, the entries between cannot be rebuilt: the
     /// directory is emptied and the state starts again from nothing (the
     /// leader then sends a snapshot or the whole log).
-    pub fn truncate_after(&self, seq: u64) -> Result<(Log, Recovered)> {
+    pub fn truncate_after(&mut self, seq: u64) -> Result<(Log, Recovered)> {
+        self.flush()?;
         cut_after(&self.dir, seq)?;
         Log::recover(&self.dir, self.segment_bytes)
     }
@@ -436,17 +523,18 @@ fn remove_covered_segments(
 
 /// Scans all segments in order, applying entries after the snapshot to
 /// `state` and collecting them in `tail`. Returns the last seq in the log
-/// (`base - 1` of the first segment if the log holds no record at all) and
-/// where the records of the last segment end (`None`: there is no segment).
+/// (`base - 1` of the first segment if the log holds no record at all),
+/// where the records of the last segment end (`None`: there is no segment)
+/// and the last segment's format.
 fn replay(
     dir: &Path,
     segments: &[u64],
     state: &mut Snapshot,
     tail: &mut Vec<Entry>,
     report: &mut RecoveryReport,
-) -> Result<(u64, Option<u64>)> {
+) -> Result<(u64, Option<u64>, u32)> {
     let Some(&first) = segments.first() else {
-        return Ok((state.seq, None));
+        return Ok((state.seq, None, 0));
     };
     if first == 0 {
         return Err(StorageError::Corrupt {
@@ -464,6 +552,7 @@ fn replay(
     let snapshot_seq = state.seq;
     let mut end = first - 1;
     let mut valid_len = None;
+    let mut format = 0;
     for (i, &base) in segments.iter().enumerate() {
         if base != end + 1 {
             return Err(StorageError::Gap {
@@ -483,6 +572,7 @@ fn replay(
         })?;
         end = base + scan.records - 1;
         valid_len = Some(scan.valid_len);
+        format = scan.format;
         if let Some(torn) = scan.torn {
             segment::truncate(&path, scan.valid_len)?;
             report.torn_tail = Some(TornTailReport {
@@ -493,7 +583,7 @@ fn replay(
             });
         }
     }
-    Ok((end, valid_len))
+    Ok((end, valid_len, format))
 }
 
 fn apply(data: &mut BTreeMap<String, Versioned>, e: &Entry) {
@@ -508,6 +598,7 @@ fn apply(data: &mut BTreeMap<String, Versioned>, e: &Entry) {
 mod tests {
     use super::*;
     use segment::{HEADER_LEN, PREALLOC_CHUNK};
+    use std::os::unix::fs::FileExt;
 
     fn entry(seq: u64, value_len: usize) -> Entry {
         Entry {

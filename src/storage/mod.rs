@@ -22,16 +22,20 @@
 //!   (group commit).
 //!
 //! Recovery ([`Wal::open`]) loads the newest valid snapshot and replays the
-//! log records after it. A torn tail (a crash mid-write) is cut off and
-//! reported in [`RecoveryReport`]; damage anywhere else is a hard
-//! [`StorageError::Corrupt`] error, because serving from a log with a hole in
-//! it would silently serve wrong data.
+//! log records after it. A torn tail (a crash mid-write, or a power cut that
+//! tore a write never fsynced: see the durable markers in [`segment`]) is cut
+//! off and reported in [`RecoveryReport`]; damage to what the log shows was
+//! durable is a hard [`StorageError::Corrupt`] error, because serving from a
+//! log with a hole in it would silently serve wrong data.
+//! - [`power`]: a simulated power cut for tests (unsynced writes held in
+//!   memory until their fsync).
 //!
 //! [`Versioned`]: crate::api::Versioned
 //! [`Entry`]: crate::api::Entry
 
 pub mod codec;
 mod log;
+pub mod power;
 pub mod segment;
 pub mod snapshot;
 pub mod wal;

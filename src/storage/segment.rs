@@ -7,7 +7,8 @@
 //!
 //! ```text
 //! header (24 bytes): magic "KVLABLOG" | format u32 | base_seq u64 | crc32 u32
-//! records:           len u32 | crc32 u32 | payload   (see `codec`)
+//! records:           len u32 | crc32 u32 | payload   (see `codec`): an entry,
+//!                    or (format 2) a durable marker
 //! zero tail:         0x00 bytes up to the end of the file (last segment only)
 //! ```
 //!
@@ -34,12 +35,26 @@
 //!   preallocated space). A non-last segment has no zero tail: zeros there
 //!   are damage like any other.
 //!
-//! Known limit: the torn-tail rule assumes a crash leaves a *prefix* of the
-//! last write, which holds for a killed process. After a power loss, the
-//! pages of a write that was never fsynced may reach the disk out of order,
-//! leaving a hole followed by valid records; that is reported as corruption
-//! (refusing to serve) even though only unacknowledged writes were hit.
-//! Telling the two apart would need fsync-boundary markers in the log.
+//! Power loss and durable markers (format 2). A killed process leaves a
+//! *prefix* of its last write, but after a power loss the pages of a write
+//! that was never fsynced may reach the disk out of order: a hole followed by
+//! valid records. To tell that apart from damage to data the node had made
+//! durable (and maybe acknowledged), the writer puts a durable marker
+//! (`codec::encode_marker_record`) in front of each group it writes once an
+//! fsync completed since the last marker, and one at a clean close. Damage at
+//! seq `s` with valid records after it is then:
+//! - a **torn tail** if no marker at or after the damage says `s` was durable:
+//!   everything from the damage on was written after the last fsync, and is
+//!   dropped like any torn tail;
+//! - **corruption** otherwise: data the node had fsynced is damaged.
+//!
+//! The last group written before a power cut carries no marker saying it was
+//! fsynced (the marker goes out with the next write), so damage there is
+//! always taken for a tear, even if that group's fsync did complete. That is
+//! safe in a cluster: such a node comes back behind, and the election picks
+//! a node that holds the group (see `coordinator::failover`). Segments of
+//! format 1 (written before markers existed) keep the old, strict rule: any
+//! valid record after damage makes it corruption.
 //!
 //! A new segment is written to a temporary name, fsynced and renamed, so a
 //! segment file never exists without its complete header.
@@ -49,13 +64,16 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::codec::{self, Frame, Reader};
+use super::codec::{self, Frame, Reader, Record};
 use super::{sync_dir, StorageError};
 use crate::api::Entry;
 
 pub const SEGMENT_EXT: &str = "wal";
 const MAGIC: &[u8; 8] = b"KVLABLOG";
-const FORMAT: u32 = 1;
+/// The format new segments are written in: 2 has durable markers.
+const FORMAT: u32 = 2;
+/// The first format with durable markers; older segments are still read.
+pub const MARKERS_FORMAT: u32 = 2;
 pub const HEADER_LEN: usize = 24;
 
 /// How far ahead of the write position the active segment is preallocated.
@@ -82,16 +100,21 @@ pub fn parse_segment_name(name: &str) -> Option<u64> {
 }
 
 fn encode_header(base_seq: u64) -> Vec<u8> {
+    encode_header_of(FORMAT, base_seq)
+}
+
+fn encode_header_of(format: u32, base_seq: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN);
     out.extend_from_slice(MAGIC);
-    codec::put_u32(&mut out, FORMAT);
+    codec::put_u32(&mut out, format);
     codec::put_u64(&mut out, base_seq);
     let crc = crc32fast::hash(&out);
     codec::put_u32(&mut out, crc);
     out
 }
 
-fn check_header(buf: &[u8], expected_base: u64) -> Result<(), &'static str> {
+/// Checks the header and returns the segment's format.
+fn check_header(buf: &[u8], expected_base: u64) -> Result<u32, &'static str> {
     if buf.len() < HEADER_LEN {
         return Err("file shorter than the segment header");
     }
@@ -104,13 +127,14 @@ fn check_header(buf: &[u8], expected_base: u64) -> Result<(), &'static str> {
     if magic != Ok(&MAGIC[..]) {
         return Err("not a kvlab log segment (bad magic)");
     }
-    if format != Ok(FORMAT) {
-        return Err("unsupported segment format version");
-    }
+    let format = match format {
+        Ok(f @ 1..=FORMAT) => f,
+        _ => return Err("unsupported segment format version"),
+    };
     if base != Ok(expected_base) {
         return Err("header base seq does not match the file name");
     }
-    Ok(())
+    Ok(format)
 }
 
 /// Creates a new, empty segment starting at `base_seq` and opens it for
@@ -194,6 +218,8 @@ pub struct Scan {
     pub valid_len: u64,
     /// Set when the segment ended in a torn tail (only possible if `is_last`).
     pub torn: Option<TornTail>,
+    /// The segment's format (1: no durable markers).
+    pub format: u32,
 }
 
 /// Reads the segment at `path`, hands each entry to `on_entry` in order and
@@ -211,7 +237,7 @@ pub fn scan(
         offset: offset as u64,
         reason,
     };
-    check_header(&buf, base_seq).map_err(|r| corrupt(0, r.into()))?;
+    let format = check_header(&buf, base_seq).map_err(|r| corrupt(0, r.into()))?;
     // Records stop at the zero tail. In a non-last segment there is none:
     // zeros there are parsed, and rejected, like any other bytes.
     let data_end = if is_last {
@@ -223,12 +249,17 @@ pub fn scan(
     let mut offset = HEADER_LEN;
     let mut records = 0u64;
     // A record may itself end in zero bytes (an empty value ends with a zero
-    // length), so the last one can end past `data_end`: hence `<`, not `!=`.
+    // length, a marker with the high bytes of its seq), so the last one can
+    // end past `data_end`: hence `<`, not `!=`.
     while offset < data_end {
         let reason = match codec::parse_record(&buf, offset) {
             Frame::Valid { payload, next } => {
-                let entry = codec::decode_entry(payload)
+                let record = codec::decode_record(payload)
                     .map_err(|e| corrupt(offset, format!("undecodable entry: {e}")))?;
+                let Record::Entry(entry) = record else {
+                    offset = next; // a durable marker: no seq of its own
+                    continue;
+                };
                 // Every earlier record held `base_seq + i <= MAX_SEQ`, so
                 // this cannot overflow.
                 let expected = base_seq + records;
@@ -250,32 +281,97 @@ pub fn scan(
             Frame::Invalid(reason) => reason,
         };
         // Damage at `offset`. It is a torn tail only at the end of the last
-        // segment, with nothing valid behind it.
+        // segment, with nothing valid behind it that was durable.
         if !is_last {
             return Err(corrupt(offset, format!("{reason} in a non-last segment")));
         }
-        if let Some(found) = find_valid_record(&buf, offset + 1, data_end) {
-            return Err(corrupt(
-                offset,
-                format!("{reason}, but a valid record follows at offset {found}"),
-            ));
+        let mut reason = reason.to_string();
+        if let Some(after) = survey_after(&buf, offset + 1, data_end) {
+            let damaged = base_seq + records;
+            if format < MARKERS_FORMAT {
+                return Err(corrupt(
+                    offset,
+                    format!(
+                        "{reason}, but a valid record follows at offset {}",
+                        after.first
+                    ),
+                ));
+            }
+            if after.durable >= damaged {
+                return Err(corrupt(
+                    offset,
+                    format!(
+                        "{reason}, but a valid record follows at offset {} and a durable \
+                         marker after the damage says seq {} was fsynced: data the node had \
+                         made durable (seq {damaged} on) is damaged",
+                        after.first, after.durable
+                    ),
+                ));
+            }
+            reason = format!(
+                "{reason}, with valid records after it (from offset {}) but no durable \
+                 marker saying seq {damaged} was ever fsynced: a write torn by a power cut",
+                after.first
+            );
         }
         let torn = TornTail {
             offset: offset as u64,
             dropped_bytes: (data_end - offset) as u64,
-            reason: reason.to_string(),
+            reason,
         };
         return Ok(Scan {
             records,
             valid_len: offset as u64,
             torn: Some(torn),
+            format,
         });
     }
     Ok(Scan {
         records,
         valid_len: offset as u64,
         torn: None,
+        format,
     })
+}
+
+/// What lies after damage in the last segment.
+struct After {
+    /// The offset of the first valid record after the damage.
+    first: usize,
+    /// The highest seq a durable marker after the damage says was fsynced
+    /// (0: none).
+    durable: u64,
+}
+
+/// Looks for valid records in `from..end` (after damage) and for the
+/// highest durable marker among them. Valid records are followed from one
+/// to the next; after any further damage the byte-by-byte search resumes.
+fn survey_after(buf: &[u8], from: usize, end: usize) -> Option<After> {
+    let first = find_valid_record(buf, from, end)?;
+    let mut durable = 0;
+    let mut at = first;
+    while at < end {
+        if let Frame::Valid { payload, next } = codec::parse_record(buf, at) {
+            match codec::decode_record(payload) {
+                Ok(Record::Durable(d)) => durable = durable.max(d),
+                Ok(Record::Entry(_)) => {}
+                Err(_) => match find_valid_record(buf, at + 1, end) {
+                    Some(p) => {
+                        at = p;
+                        continue;
+                    }
+                    None => break,
+                },
+            }
+            at = next;
+            continue;
+        }
+        match find_valid_record(buf, at + 1, end) {
+            Some(p) => at = p,
+            None => break,
+        }
+    }
+    Some(After { first, durable })
 }
 
 /// Where the trailing run of zero bytes of `buf` starts (`buf.len()` if it
@@ -295,7 +391,7 @@ fn zero_tail_start(buf: &[u8]) -> usize {
 /// would have length 0, which is never valid.
 fn find_valid_record(buf: &[u8], from: usize, end: usize) -> Option<usize> {
     (from..end).find(|&p| match codec::parse_record(buf, p) {
-        Frame::Valid { payload, .. } => codec::decode_entry(payload).is_ok(),
+        Frame::Valid { payload, .. } => codec::decode_record(payload).is_ok(),
         _ => false,
     })
 }
@@ -313,9 +409,18 @@ pub fn offset_of(path: &Path, base_seq: u64, seq: u64) -> Result<u64, StorageErr
     };
     check_header(&buf, base_seq).map_err(|r| corrupt(0, r.into()))?;
     let mut offset = HEADER_LEN;
-    for _ in base_seq..seq {
+    let mut entries = base_seq;
+    // Durable markers are skipped: they hold no seq. A marker right after
+    // the last entry kept is cut with what follows (it belongs to the next
+    // group).
+    while entries < seq {
         match codec::parse_record(&buf, offset) {
-            Frame::Valid { next, .. } => offset = next,
+            Frame::Valid { payload, next } => {
+                if matches!(codec::decode_record(payload), Ok(Record::Entry(_))) {
+                    entries += 1;
+                }
+                offset = next;
+            }
             _ => {
                 return Err(corrupt(
                     offset,
@@ -440,15 +545,71 @@ mod tests {
         bytes[starts[2] + 12] ^= 0x5a;
         bytes.resize(bytes.len() + 5000, 0);
         codec::encode_entry_record(&entry(4, "v4"), &mut bytes);
+        // A marker written after seq 3 was fsynced: seq 3 was durable.
+        codec::encode_marker_record(4, &mut bytes);
         bytes.resize(bytes.len() + 5000, 0);
         let err = scan_bytes(dir.path(), &bytes, true).unwrap_err();
         match err {
             StorageError::Corrupt { offset, reason, .. } => {
                 assert_eq!(offset, starts[2] as u64);
                 assert!(reason.contains("valid record follows"), "{reason}");
+                assert!(reason.contains("durable"), "{reason}");
             }
             other => panic!("expected Corrupt, got {other}"),
         }
+    }
+
+    /// A power cut's torn write: its first bytes never reached the disk, the
+    /// records after them did, and no marker says any of it was fsynced.
+    #[test]
+    fn a_hole_before_records_never_fsynced_is_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut bytes, starts) = records(2);
+        // The group of seqs 3 and 4, after a marker for seqs 1..=2.
+        let group = bytes.len();
+        codec::encode_marker_record(2, &mut bytes);
+        codec::encode_entry_record(&entry(3, "v3"), &mut bytes);
+        codec::encode_entry_record(&entry(4, "v4"), &mut bytes);
+        let written = bytes.len();
+        bytes[group..group + 16].fill(0);
+        bytes.resize(written + 4096, 0);
+        let (scan, seqs) = scan_bytes(dir.path(), &bytes, true).unwrap();
+        assert_eq!(seqs, vec![1, 2]);
+        let torn = scan.torn.expect("torn tail");
+        assert_eq!(torn.offset, group as u64);
+        assert!(torn.reason.contains("power cut"), "{}", torn.reason);
+        assert_eq!(torn.dropped_bytes, (written - group) as u64);
+        assert_eq!(scan.valid_len, group as u64);
+        let _ = starts;
+    }
+
+    /// Segments written before durable markers existed keep the strict rule.
+    #[test]
+    fn in_a_format_1_segment_a_valid_record_after_damage_is_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let (records_v2, starts) = records(3);
+        let mut bytes = encode_header_of(1, 1);
+        bytes.extend_from_slice(&records_v2[HEADER_LEN..]);
+        bytes[starts[1]..starts[1] + 16].fill(0);
+        bytes.resize(bytes.len() + 100, 0);
+        let err = scan_bytes(dir.path(), &bytes, true).unwrap_err();
+        assert!(err.to_string().contains("valid record follows"), "{err}");
+    }
+
+    #[test]
+    fn cutting_after_a_seq_skips_markers() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = encode_header(1);
+        codec::encode_entry_record(&entry(1, "a"), &mut bytes);
+        let after_one = bytes.len() as u64;
+        codec::encode_marker_record(1, &mut bytes);
+        codec::encode_entry_record(&entry(2, "b"), &mut bytes);
+        let after_two = bytes.len() as u64;
+        let path = segment_path(dir.path(), 1);
+        fs::write(&path, &bytes).unwrap();
+        assert_eq!(offset_of(&path, 1, 1).unwrap(), HEADER_LEN as u64);
+        assert_eq!(offset_of(&path, 1, 2).unwrap(), after_one);
+        assert_eq!(offset_of(&path, 1, 3).unwrap(), after_two);
     }
 
     /// Found by fuzzing: a segment starting at `u64::MAX` with two records

@@ -63,6 +63,11 @@ enum Command {
     },
     /// Fsync now, whatever the policy; answers the durable seq.
     Sync { done: oneshot::Sender<Result<u64>> },
+    /// Fsync, then seal the log with a durable marker (a clean stop).
+    Seal { done: oneshot::Sender<Result<u64>> },
+    /// A simulated power cut (see `power`): with `tear`, armed for the next
+    /// group that writes, which is torn; without, at once.
+    PowerCut { tear: bool },
 }
 
 /// Counters, mostly for tests and benchmarks.
@@ -169,6 +174,7 @@ impl Wal {
             policy: config.fsync,
             waiting: Vec::new(),
             dirty: false,
+            tear_armed: false,
         };
         let writer = thread::Builder::new()
             .name("kvlab-wal".into())
@@ -251,6 +257,25 @@ impl Wal {
     pub async fn sync(&self) -> Result<u64> {
         let (done, rx) = oneshot::channel();
         self.request(Command::Sync { done }, rx).await
+    }
+
+    /// Fsyncs everything written so far (unless the policy is `Never`) and
+    /// seals the log with a final durable marker: after a clean stop, damage anywhere in the log is
+    /// known to hit durable data (never taken for a torn write). Appends
+    /// after it are fine (they start a new group).
+    pub async fn seal(&self) -> Result<u64> {
+        let (done, rx) = oneshot::channel();
+        self.request(Command::Seal { done }, rx).await
+    }
+
+    /// A simulated power cut (only when `power::simulating`): the process
+    /// dies, losing every write no fsync covered. With `tear`, it dies at
+    /// the next group written instead, tearing it (a hole, then the rest).
+    pub fn power_cut(&self, tear: bool) {
+        if !super::power::simulating() {
+            return;
+        }
+        let _ = self.tx.send(Command::PowerCut { tear });
     }
 
     /// Shuts the writer down after it has finished everything queued (with a
@@ -365,6 +390,8 @@ struct Writer {
     waiting: Vec<(u64, oneshot::Sender<Result<u64>>)>,
     /// Whether anything was written since the last fsync.
     dirty: bool,
+    /// A simulated power cut tears the next group written (see `power`).
+    tear_armed: bool,
 }
 
 impl Writer {
@@ -382,6 +409,7 @@ impl Writer {
                     continue;
                 }
                 // Every handle is gone: make what we have durable and exit.
+                // (Not sealed: only [`Wal::seal`] says the stop is clean.)
                 Err(()) => {
                     if self.policy != FsyncPolicy::Never && self.dirty {
                         let _ = self.sync_now();
@@ -476,6 +504,17 @@ impl Writer {
                     }
                 }
             }
+            // Under `Never` nothing is claimed durable, so nothing is sealed.
+            Command::Seal { done } => {
+                if self.policy != FsyncPolicy::Never {
+                    self.sync_now()?;
+                    self.log.seal()?;
+                }
+                self.complete_waiting();
+                let _ = done.send(Ok(self.log.last_seq()));
+            }
+            Command::PowerCut { tear: false } => self.log.power_cut(false),
+            Command::PowerCut { tear: true } => self.tear_armed = true,
             Command::Reset { seq, done } => {
                 self.commit()?;
                 let result = self.log.reset(seq);
@@ -516,6 +555,9 @@ impl Writer {
 
     /// Ends a group: fsync if the policy wants it, then complete the appends.
     fn commit(&mut self) -> Result<()> {
+        if self.tear_armed && self.log.has_unsynced_writes() {
+            self.log.power_cut(true);
+        }
         if self.policy == FsyncPolicy::Always && self.dirty {
             self.sync_now()?;
         }

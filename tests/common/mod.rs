@@ -552,6 +552,26 @@ impl Cluster {
         assert_eq!(resp.status(), 200);
     }
 
+    /// Cuts the power of the whole cluster: SIGKILLs every node and `kvlab
+    /// up` at once, and waits until all are gone. With the hidden
+    /// `--simulate-power-loss`, the nodes lose what they had not fsynced, as
+    /// after a real power cut (see `storage::power`).
+    pub fn power_cut(mut self) {
+        let pids = self.pids();
+        for &pid in &pids {
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        // Not waited for: `Drop` reaps it (so its pid cannot be reused
+        // before its SIGTERM).
+        let _ = self.child.kill();
+        wait("every node to be gone", secs(10))
+            .every(millis(10))
+            .until(|| match pids.iter().find(|&&p| process_alive(p)) {
+                Some(p) => Err(format!("pid {p} still runs")),
+                None => Ok(()),
+            });
+    }
+
     pub fn pids(&self) -> Vec<u32> {
         let s = self.status();
         std::iter::once(&s["leader"])
