@@ -41,6 +41,12 @@ pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 pub const MAX_KEY_BYTES: usize = 1024;
 pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
 
+/// Most followers `POST /spawn` grows a cluster to (or the N it started
+/// with, if larger): each is a process, a port and a data directory on the
+/// coordinator's machine, so no request, a web page's included, can start
+/// an unbounded number. Respawning a dead slot never counts against it.
+pub const MAX_SPAWNED_FOLLOWERS: usize = 16;
+
 /// The body limit of the batch routes (writes and reads gathered by the
 /// coordinator, entries streamed by the leader, snapshot chunks). The senders cap their
 /// batches well below it ([`BATCH_PAYLOAD_BYTES`]); client-shaped routes keep

@@ -101,13 +101,7 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
         _ => "invalid JSON body",
     };
     if rejection.body_text().contains(BODY_DEADLINE_ERROR) {
-        return ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            json!({"error": error, "reason": format!(
-                "{BODY_DEADLINE_ERROR}: a request's body must arrive within {} s of its headers",
-                BODY_READ_TIMEOUT.as_secs()
-            )}),
-        );
+        return body_too_slow();
     }
     let status = if status == StatusCode::PAYLOAD_TOO_LARGE
         || rejection.body_text().contains("length limit")
@@ -127,6 +121,30 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
         rejection.body_text()
     };
     ApiError::new(status, json!({ "error": error, "reason": reason }))
+}
+
+/// A body that could not be read (cut off by its deadline, too large,
+/// broken), as an `ApiError`: for handlers that take the raw bytes.
+pub fn body_rejection(rejection: axum::extract::rejection::BytesRejection) -> ApiError {
+    let text = rejection.body_text();
+    if text.contains(BODY_DEADLINE_ERROR) {
+        return body_too_slow();
+    }
+    ApiError::new(
+        rejection.status(),
+        json!({"error": "could not read the request body", "reason": text}),
+    )
+}
+
+/// The 408 of a body that did not arrive within [`BODY_READ_TIMEOUT`].
+fn body_too_slow() -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        json!({"error": "request body too slow", "reason": format!(
+            "{BODY_DEADLINE_ERROR}: a request's body must arrive within {} s of its headers",
+            BODY_READ_TIMEOUT.as_secs()
+        )}),
+    )
 }
 
 /// Refuses keys and values the store will not hold, with the reason.

@@ -347,7 +347,7 @@ async fn sweep_loop(gateway: Arc<Gateway>) {
 }
 
 pub fn router(gateway: Arc<Gateway>) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/", get(info))
         .route("/write", post(write))
         .route("/read/{*key}", get(read))
@@ -355,7 +355,9 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/stats", get(stats))
         .route("/health", get(health))
         .route("/graduate", get(graduate))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics));
+    // Web pages write nothing through the gateway either (see `auth`).
+    crate::auth::guard(routes, crate::auth::gateway_access, None)
         .fallback(no_such_endpoint)
         .layer(middleware::from_fn_with_state(gateway.clone(), admission))
         .with_state(gateway)

@@ -28,7 +28,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::extract::{Path, State};
-use axum::http::header::CONTENT_TYPE;
+use axum::http::header::{CONTENT_SECURITY_POLICY, CONTENT_TYPE, X_FRAME_OPTIONS};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -96,8 +96,17 @@ pub fn router() -> Router<Arc<Coordinator>> {
         .route("/ui/pause/{node_id}", post(pause))
 }
 
+/// A file of the page. Never inside another site's frame: a page that
+/// framed the view could trick a person into clicking its buttons.
 async fn page(body: &'static str, content_type: &'static str) -> impl IntoResponse {
-    ([(CONTENT_TYPE, content_type)], body)
+    (
+        [
+            (CONTENT_TYPE, content_type),
+            (X_FRAME_OPTIONS, "DENY"),
+            (CONTENT_SECURITY_POLICY, "frame-ancestors 'none'"),
+        ],
+        body,
+    )
 }
 
 /// `GET /ui/state`: everything the page draws, in one answer.
