@@ -39,6 +39,26 @@ pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 
 /// Limits on what a client may store, checked at every entry point.
 pub const MAX_KEY_BYTES: usize = 1024;
+
+/// A key as one segment of a URL path (`/read/{key}`, `/data/{key}`): every
+/// byte but RFC 3986's unreserved ones (`A-Z a-z 0-9 - . _ ~`) as `%XX`.
+/// Every key travels byte for byte this way, whatever it holds: control
+/// characters (which a URL parser would strip, reading `a\nb` as `ab`),
+/// `/ ? # %`, spaces, non-ASCII. The one way kvlab's own clients (the
+/// gateway, `kvlab client`, `assess`, the live view) put a key in a path;
+/// the server decodes it back. (`.` and `..` alone stay dot segments, which
+/// is why `http::validate_key_value` refuses such keys at write.)
+pub fn key_segment(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
 pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
 
 /// Most followers `POST /spawn` grows a cluster to (or the N it started

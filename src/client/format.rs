@@ -42,9 +42,11 @@ impl Paint {
     }
 }
 
+/// A field of an answer as text. Control characters are escaped: a key
+/// or value is anyone's, and must not move the cursor or clear the screen.
 fn s(v: &Value) -> String {
     match v {
-        Value::String(s) => s.clone(),
+        Value::String(s) => crate::events::printable(s).into_owned(),
         Value::Null => "-".into(),
         other => other.to_string(),
     }

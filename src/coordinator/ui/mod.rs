@@ -254,7 +254,7 @@ async fn read(State(c): Shared, Path(key): Path<String>) -> Json<Value> {
         .collect();
     let http = c.http.clone();
     let answers = futures::future::join_all(readers.iter().map(|f| {
-        let url = format!("{}/data/{}", f.url, encode_path(&key));
+        let url = format!("{}/data/{}", f.url, crate::api::key_segment(&key));
         let http = http.clone();
         let id = f.node_id.clone();
         async move {
@@ -275,11 +275,6 @@ async fn read(State(c): Shared, Path(key): Path<String>) -> Json<Value> {
 }
 
 /// Percent-encodes a key for a URL path (keys may hold `/`, spaces, ...).
-fn encode_path(key: &str) -> String {
-    url::form_urlencoded::byte_serialize(key.as_bytes())
-        .collect::<String>()
-        .replace('+', "%20")
-}
 
 /// `POST /ui/pause/{node}`: pauses that node's heartbeats for 8 s (longer
 /// than the registry's 5 s timeout): the "network blip" fault. It goes the
