@@ -1094,6 +1094,33 @@ pub struct ForgetResponse {
     pub forgotten: Vec<String>,
 }
 
+/// The coordinator's `POST /missing` to the registry: slots of its table
+/// that are dead and that the registry has no record of (a registry that
+/// restarted while they were down hears no heartbeat of theirs, ever). The
+/// registry records them dead and, with `--auto-spawn`, has them replaced
+/// after its spawn delay, as if it had seen them die.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MissingRequest {
+    pub nodes: Vec<MissingNode>,
+}
+
+/// One dead slot, as the coordinator's table has it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MissingNode {
+    pub node_id: String,
+    pub url: String,
+    pub role: Role,
+    /// The slot's last incarnation: a heartbeat of an older one is fenced.
+    pub incarnation: u64,
+}
+
+/// The registry's answer to `POST /missing`: the ids it had no record of
+/// and now holds as dead.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MissingResponse {
+    pub recorded: Vec<String>,
+}
+
 /// A follower's `POST /replicate/snapshot` body: one chunk of the whole
 /// state at `seq`, used only when the leader no longer retains the entries
 /// the follower lacks. The state is sent in chunks (`chunk` 0, 1, 2...,

@@ -347,10 +347,10 @@ pub fn node_access(_method: &Method, route: &str) -> Access {
 }
 
 /// The registry's: heartbeats and deregistrations come from nodes only,
-/// `/forget` from the coordinator only.
+/// `/forget` and `/missing` from the coordinator only.
 pub fn registry_access(_method: &Method, route: &str) -> Access {
     match route {
-        "/heartbeat" | "/deregister" | "/forget" => Access::Internal,
+        "/heartbeat" | "/deregister" | "/forget" | "/missing" => Access::Internal,
         _ => Access::Open,
     }
 }
@@ -647,6 +647,7 @@ mod tests {
             assert_eq!(node_access(&get, route), Access::Internal, "{route}");
         }
         assert_eq!(registry_access(&get, "/heartbeat"), Access::Internal);
+        assert_eq!(registry_access(&Method::POST, "/missing"), Access::Internal);
         assert_eq!(registry_access(&get, "/nodes"), Access::Open);
         assert_eq!(coordinator_access(&get, "/node-died"), Access::Internal);
         assert_eq!(coordinator_access(&get, "/kill/{node_id}"), Access::Admin);
