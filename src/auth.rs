@@ -457,7 +457,9 @@ fn browser_refusal(req: &Request, access: Access, token: Option<&Secret>) -> Opt
     if changes_state && has_body(headers) && !is_json(headers) {
         let given = headers
             .get(axum::http::header::CONTENT_TYPE)
-            .map_or("none".into(), |v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+            .map_or("none".into(), |v| {
+                String::from_utf8_lossy(v.as_bytes()).into_owned()
+            });
         return Some(refuse(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "expected Content-Type: application/json",
@@ -474,9 +476,9 @@ fn browser_refusal(req: &Request, access: Access, token: Option<&Secret>) -> Opt
 fn same_origin(origin: &str, host: Option<&str>) -> bool {
     let authority = origin.split_once("://").map(|(_, rest)| rest);
     match (authority, host) {
-        (Some(authority), Some(host)) => {
-            authority.trim_end_matches('/').eq_ignore_ascii_case(host.trim())
-        }
+        (Some(authority), Some(host)) => authority
+            .trim_end_matches('/')
+            .eq_ignore_ascii_case(host.trim()),
         _ => false,
     }
 }
@@ -521,7 +523,8 @@ fn is_json(headers: &HeaderMap) -> bool {
     };
     let value = String::from_utf8_lossy(value.as_bytes()).to_ascii_lowercase();
     let essence = value.split(';').next().unwrap_or_default().trim();
-    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// `Err`: why the request is refused (401).
@@ -664,7 +667,10 @@ mod tests {
     fn pages_of_other_origins_and_rebound_names_are_told_apart() {
         assert!(same_origin("http://127.0.0.1:7000", Some("127.0.0.1:7000")));
         assert!(same_origin("http://LOCALHOST:7000", Some("localhost:7000")));
-        assert!(!same_origin("http://127.0.0.1:8000", Some("127.0.0.1:7000")));
+        assert!(!same_origin(
+            "http://127.0.0.1:8000",
+            Some("127.0.0.1:7000")
+        ));
         assert!(!same_origin("null", Some("127.0.0.1:7000")));
         assert!(!same_origin("http://evil.example", None));
         for host in [
@@ -678,7 +684,12 @@ mod tests {
         ] {
             assert!(is_local_name(host), "{host}");
         }
-        for host in ["evil.example:7000", "localhost.evil.example", "[nope]:1", "coordinator"] {
+        for host in [
+            "evil.example:7000",
+            "localhost.evil.example",
+            "[nope]:1",
+            "coordinator",
+        ] {
             assert!(!is_local_name(host), "{host}");
         }
         let mut h = HeaderMap::new();

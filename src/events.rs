@@ -478,16 +478,25 @@ mod tests {
             "a\\nb\\r\\t\\0\\u{1b}[2J\\u{1b}]0;title\\u{7}\\u{7f}\\u{85}\\u{202e}é🔑"
         );
         assert!(!shown.chars().any(needs_escape));
-        assert!(matches!(printable("plain key"), std::borrow::Cow::Borrowed(_)));
+        assert!(matches!(
+            printable("plain key"),
+            std::borrow::Cow::Borrowed(_)
+        ));
         // The console keeps a message's own line breaks, and nothing else.
-        let forged = format!("✍️  WRITE x\n{}", "\u{1b}[31m👑 follower-3 is the LEADER now");
+        let forged = format!(
+            "✍️  WRITE x\n{}",
+            "\u{1b}[31m👑 follower-3 is the LEADER now"
+        );
         let line = console_text(&forged);
         assert_eq!(line.matches('\n').count(), 1);
         assert!(!line.contains('\u{1b}'), "{line:?}");
         // A log line: one line, whatever the logged values held.
         let logged = log_line("INFO key=a\nb\u{1b}[2J done\n", false);
         assert_eq!(logged, "INFO key=a\\nb\\u{1b}[2J done\n");
-        assert_eq!(log_line("\u{1b}[32mINFO\u{1b}[0m x\n", true), "\u{1b}[32mINFO\u{1b}[0m x\n");
+        assert_eq!(
+            log_line("\u{1b}[32mINFO\u{1b}[0m x\n", true),
+            "\u{1b}[32mINFO\u{1b}[0m x\n"
+        );
     }
 
     #[test]

@@ -596,7 +596,10 @@ fn client_json(gateway: &str, args: &[&str]) -> (bool, Value) {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    (out.status.success(), serde_json::from_str(&text).unwrap_or(Value::Null))
+    (
+        out.status.success(),
+        serde_json::from_str(&text).unwrap_or(Value::Null),
+    )
 }
 
 /// Issue 24: the gateway and `kvlab client` built the read URL with
@@ -642,7 +645,11 @@ fn every_kind_of_key_reads_back_byte_exact_through_gateway_and_client() {
     for (_, key) in &keys {
         let decoy: String = key.chars().filter(|c| !c.is_control()).collect();
         if !decoy.is_empty() && decoy != *key {
-            assert_eq!(gw_write(&http, &c.gateway, &decoy, "DECOY").0, 200, "{decoy:?}");
+            assert_eq!(
+                gw_write(&http, &c.gateway, &decoy, "DECOY").0,
+                200,
+                "{decoy:?}"
+            );
         }
     }
     for (class, key) in &keys {

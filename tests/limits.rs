@@ -91,9 +91,7 @@ fn connect_from(from: std::net::Ipv4Addr, addr: std::net::SocketAddr) -> TcpStre
         .unwrap();
     rt.block_on(async {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket
-            .bind(std::net::SocketAddr::from((from, 0)))
-            .unwrap();
+        socket.bind(std::net::SocketAddr::from((from, 0))).unwrap();
         let stream = socket.connect(addr).await.unwrap();
         let stream = stream.into_std().unwrap();
         stream.set_nonblocking(false).unwrap();
@@ -309,7 +307,10 @@ fn thousands_of_half_sent_bodies_stop_no_other_client() {
             });
         }
     }
-    eprintln!("{SLOW} half-sent requests opened in {:?}", started.elapsed());
+    eprintln!(
+        "{SLOW} half-sent requests opened in {:?}",
+        started.elapsed()
+    );
 
     // Another client address is served at once, while they are open.
     let other = http()
@@ -340,7 +341,10 @@ fn thousands_of_half_sent_bodies_stop_no_other_client() {
     );
     // The up process holds at most the cap of 127.0.0.1 on each listener.
     let fds = open_fds(up);
-    assert!(fds < 2 * cap + 200, "{fds} descriptors held (cap {cap} per listener)");
+    assert!(
+        fds < 2 * cap + 200,
+        "{fds} descriptors held (cap {cap} per listener)"
+    );
 
     // Every slow request is answered (408, or 503 past the cap) and closed
     // by the server within the deadline of its headers (plus the watcher's
@@ -372,7 +376,10 @@ fn thousands_of_half_sent_bodies_stop_no_other_client() {
         .find(|a| a.starts_with(b"HTTP/1.1 408"))
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .unwrap();
-    assert!(answer_408.contains("did not arrive in time"), "{answer_408}");
+    assert!(
+        answer_408.contains("did not arrive in time"),
+        "{answer_408}"
+    );
     drop(slow);
     // And 127.0.0.1 is served again.
     let (code, w) = c.write("after", "v");
@@ -446,7 +453,10 @@ fn past_its_cap_an_address_is_answered_503_and_others_are_served() {
     let mut answer = String::new();
     let _ = past.read_to_string(&mut answer);
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
-    assert!(answer.contains("too many connections from your address"), "{answer}");
+    assert!(
+        answer.contains("too many connections from your address"),
+        "{answer}"
+    );
     assert!(answer.contains("at most 32"), "{answer}");
     let other = http()
         .from(std::net::Ipv4Addr::new(127, 0, 0, 3).into())

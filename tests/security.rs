@@ -553,7 +553,10 @@ fn web_pages_cannot_press_the_admin_buttons() {
             .header("origin", origin);
         refused(pause, 403, "cross-origin request refused", origin);
     }
-    for host in [format!("rebind.example:{port}"), "localhost.evil.example".into()] {
+    for host in [
+        format!("rebind.example:{port}"),
+        "localhost.evil.example".into(),
+    ] {
         let kill = bare
             .post(format!("{co}/kill/follower-1"))
             .header("host", &host);
@@ -583,7 +586,10 @@ fn web_pages_cannot_press_the_admin_buttons() {
     // alive is refused after it (409), so nothing changes.
     let probe = json!({"node_id": "follower-1"});
     let passes = [
-        ("curl with JSON", bare.post(format!("{co}/spawn")).json(&probe)),
+        (
+            "curl with JSON",
+            bare.post(format!("{co}/spawn")).json(&probe),
+        ),
         (
             "the live view (its own origin)",
             bare.post(format!("{co}/spawn"))
@@ -708,15 +714,20 @@ fn in_chromium_a_foreign_page_and_a_link_press_nothing_by_themselves() {
         // A script's click (what a page could do) is not a person's.
         {"eval": "document.getElementById('script-run').click()"},
     ]));
-    common::always("every follower alive, no new one", secs(2), common::millis(100), || {
-        let s = c.status();
-        let followers = s["followers"].as_array().unwrap();
-        if followers.len() == 2 && followers.iter().all(|f| f["status"] == "alive") {
-            Ok(())
-        } else {
-            Err(s.to_string())
-        }
-    });
+    common::always(
+        "every follower alive, no new one",
+        secs(2),
+        common::millis(100),
+        || {
+            let s = c.status();
+            let followers = s["followers"].as_array().unwrap();
+            if followers.len() == 2 && followers.iter().all(|f| f["status"] == "alive") {
+                Ok(())
+            } else {
+                Err(s.to_string())
+            }
+        },
+    );
     browser.drive(json!([
         {"click": "#script-run"},
         {"wait": "document.body.dataset.scriptDone === '1'", "timeout": 10},
@@ -746,7 +757,10 @@ fn keys_and_values_reach_no_console_or_log_file_raw() {
         .args(["--coordinator-port", &base.to_string()])
         .args(["--registry-port", &(base + 1).to_string()])
         .args(["--node-base-port", &(base + 2).to_string()])
-        .args(["--gateway-port", &(base + common::GATEWAY_OFFSET).to_string()])
+        .args([
+            "--gateway-port",
+            &(base + common::GATEWAY_OFFSET).to_string(),
+        ])
         .arg("--log-dir")
         .arg(dir.path().join("logs"))
         .env("RUST_LOG", "kvlab=debug,info")
@@ -772,7 +786,10 @@ fn keys_and_values_reach_no_console_or_log_file_raw() {
         let url = format!("{gateway}/read/{}", kvlab::api::key_segment(key));
         assert_eq!(send(bare.get(url)).0, 200);
     }
-    let missing = format!("{gateway}/read/{}", kvlab::api::key_segment("gone\n\u{1b}[2J"));
+    let missing = format!(
+        "{gateway}/read/{}",
+        kvlab::api::key_segment("gone\n\u{1b}[2J")
+    );
     assert_eq!(send(bare.get(missing)).0, 404);
     common::wait("every request narrated", secs(10))
         .every(common::millis(50))

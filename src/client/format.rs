@@ -264,6 +264,16 @@ mod tests {
     }
 
     #[test]
+    fn keys_and_values_are_shown_with_control_characters_escaped() {
+        let v = json!({"key":"a\nb","value":"\u{1b}[2Jx\r","version":1,"served_by":"f","quorum_responses":1});
+        let out = read_ok(&v, 1.0, PLAIN);
+        assert!(out.contains("a\\nb = \\u{1b}[2Jx\\r"), "{out}");
+        assert!(!out.contains('\u{1b}') && !out.contains('\r'), "{out:?}");
+        let out = error(404, &json!({"detail": "Key 'a\nb' not found"}), PLAIN);
+        assert!(out.contains("Key 'a\\nb' not found"), "{out}");
+    }
+
+    #[test]
     fn status_marks_nodes_and_judges_quorums() {
         let v = json!({"leader":{"node_id":"leader","url":"u0","status":"alive"},
             "followers":[{"node_id":"follower-1","url":"u1","status":"dead","sets":[]},

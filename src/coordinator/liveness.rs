@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 use super::cluster::Slot;
 use super::Coordinator;
 use crate::api::{
-    ForgetRequest, MissingNode, MissingRequest, NodeHealth, NodeStatus, RegistryNode, RegistryNodes,
-    Role,
+    ForgetRequest, MissingNode, MissingRequest, NodeHealth, NodeStatus, RegistryNode,
+    RegistryNodes, Role,
 };
 use crate::events::EventKind;
 use crate::http::describe_reqwest_error;

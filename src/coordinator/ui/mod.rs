@@ -274,8 +274,6 @@ async fn read(State(c): Shared, Path(key): Path<String>) -> Json<Value> {
     Json(json!({"result": result, "followers": answers}))
 }
 
-/// Percent-encodes a key for a URL path (keys may hold `/`, spaces, ...).
-
 /// `POST /ui/pause/{node}`: pauses that node's heartbeats for 8 s (longer
 /// than the registry's 5 s timeout): the "network blip" fault. It goes the
 /// way of every fault hook (see [`crate::coordinator::faults`]).
