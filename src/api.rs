@@ -39,7 +39,33 @@ pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 
 /// Limits on what a client may store, checked at every entry point.
 pub const MAX_KEY_BYTES: usize = 1024;
+
+/// A key as one segment of a URL path (`/read/{key}`, `/data/{key}`): every
+/// byte but RFC 3986's unreserved ones (`A-Z a-z 0-9 - . _ ~`) as `%XX`.
+/// Every key travels byte for byte this way, whatever it holds: control
+/// characters (which a URL parser would strip, reading `a\nb` as `ab`),
+/// `/ ? # %`, spaces, non-ASCII. The one way kvlab's own clients (the
+/// gateway, `kvlab client`, `assess`, the live view) put a key in a path;
+/// the server decodes it back. (`.` and `..` alone stay dot segments, which
+/// is why `http::validate_key_value` refuses such keys at write.)
+pub fn key_segment(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
 pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
+
+/// Most followers `POST /spawn` grows a cluster to (or the N it started
+/// with, if larger): each is a process, a port and a data directory on the
+/// coordinator's machine, so no request, a web page's included, can start
+/// an unbounded number. Respawning a dead slot never counts against it.
+pub const MAX_SPAWNED_FOLLOWERS: usize = 16;
 
 /// The body limit of the batch routes (writes and reads gathered by the
 /// coordinator, entries streamed by the leader, snapshot chunks). The senders cap their
@@ -1086,6 +1112,33 @@ pub struct ForgetRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ForgetResponse {
     pub forgotten: Vec<String>,
+}
+
+/// The coordinator's `POST /missing` to the registry: slots of its table
+/// that are dead and that the registry has no record of (a registry that
+/// restarted while they were down hears no heartbeat of theirs, ever). The
+/// registry records them dead and, with `--auto-spawn`, has them replaced
+/// after its spawn delay, as if it had seen them die.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MissingRequest {
+    pub nodes: Vec<MissingNode>,
+}
+
+/// One dead slot, as the coordinator's table has it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MissingNode {
+    pub node_id: String,
+    pub url: String,
+    pub role: Role,
+    /// The slot's last incarnation: a heartbeat of an older one is fenced.
+    pub incarnation: u64,
+}
+
+/// The registry's answer to `POST /missing`: the ids it had no record of
+/// and now holds as dead.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MissingResponse {
+    pub recorded: Vec<String>,
 }
 
 /// A follower's `POST /replicate/snapshot` body: one chunk of the whole

@@ -16,11 +16,23 @@
 //!   with `Authorization: Bearer <token>` (or the cluster secret, which is how
 //!   the registry's auto-spawn gets through).
 //!
+//! - **Web pages press no buttons.** A page in the user's browser can send
+//!   "simple" requests to any address, and a DNS-rebound name can reach
+//!   loopback. So [`guard`] refuses, before any rule, a state-changing
+//!   request (any method but GET and HEAD) or an admin one that comes from a
+//!   page of another origin (`Origin` not this server's: 403), that names
+//!   this server by a name a rebinding could have pointed here (a loopback
+//!   client's `Host` not an IP address or `localhost`, without credentials:
+//!   403), or whose body is not JSON (415: a page can send `text/plain` or a
+//!   form without asking first, never `application/json`). curl, scripts and
+//!   kvlab's own clients send no `Origin` and name the server as they reach
+//!   it, so the lab's commands work as before ([`browser_refusal`]).
+//!
 //! Which route is which is decided in this file alone ([`node_access`],
-//! [`registry_access`], [`coordinator_access`]), by the route's template (the
-//! path as registered, not as sent, so no spelling of a path slips through),
-//! and anything not named is open. Invariant: a process with no secret
-//! installed serves no internal route (it fails closed).
+//! [`registry_access`], [`coordinator_access`], [`gateway_access`]), by the
+//! route's template (the path as registered, not as sent, so no spelling of a
+//! path slips through), and anything not named is open. Invariant: a process
+//! with no secret installed serves no internal route (it fails closed).
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -335,10 +347,10 @@ pub fn node_access(_method: &Method, route: &str) -> Access {
 }
 
 /// The registry's: heartbeats and deregistrations come from nodes only,
-/// `/forget` from the coordinator only.
+/// `/forget` and `/missing` from the coordinator only.
 pub fn registry_access(_method: &Method, route: &str) -> Access {
     match route {
-        "/heartbeat" | "/deregister" | "/forget" => Access::Internal,
+        "/heartbeat" | "/deregister" | "/forget" | "/missing" => Access::Internal,
         _ => Access::Open,
     }
 }
@@ -353,6 +365,12 @@ pub fn coordinator_access(_method: &Method, route: &str) -> Access {
         r if r.starts_with("/admin/") || r.starts_with("/ui/pause/") => Access::Admin,
         _ => Access::Open,
     }
+}
+
+/// The gateway's: every route is the lab's (it forwards no admin route);
+/// the guard still keeps web pages from writing through it.
+pub fn gateway_access(_method: &Method, _route: &str) -> Access {
+    Access::Open
 }
 
 /// Which rule a router's routes follow.
@@ -380,7 +398,11 @@ async fn check(State(g): State<Guard>, req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_string())
         .unwrap_or_else(|| req.uri().path().to_string());
-    let allowed = match (g.rules)(req.method(), &route) {
+    let access = (g.rules)(req.method(), &route);
+    if let Some(refusal) = browser_refusal(&req, access, g.admin_token.as_ref()) {
+        return refusal;
+    }
+    let allowed = match access {
         Access::Open => Ok(()),
         Access::Internal => internal_allowed(req.headers()),
         Access::Admin => admin_allowed(req.headers(), g.admin_token.as_ref()),
@@ -389,6 +411,120 @@ async fn check(State(g): State<Guard>, req: Request, next: Next) -> Response {
         Ok(()) => next.run(req).await,
         Err(reason) => unauthorized(reason),
     }
+}
+
+/// What a web page in the user's browser could send, refused: 403 for a
+/// foreign `Origin` or an unexpected `Host`, 415 for a body that is not
+/// JSON. Applies to state-changing requests (any method but GET and HEAD)
+/// and admin routes; internal routes need the secret, which no page has.
+fn browser_refusal(req: &Request, access: Access, token: Option<&Secret>) -> Option<Response> {
+    let changes_state = !matches!(*req.method(), Method::GET | Method::HEAD);
+    if access == Access::Internal || !(changes_state || access == Access::Admin) {
+        return None;
+    }
+    let headers = req.headers();
+    let host = headers
+        .get(axum::http::header::HOST)
+        .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned());
+    if let Some(origin) = headers.get(axum::http::header::ORIGIN) {
+        let origin = String::from_utf8_lossy(origin.as_bytes());
+        if !same_origin(&origin, host.as_deref()) {
+            return Some(refuse(
+                StatusCode::FORBIDDEN,
+                "cross-origin request refused",
+                format!(
+                    "this request comes from a page of another origin ({origin}, this server                      is {}): web pages may not change a kvlab cluster; use curl, a script or                      the live view at this server's own address",
+                    host.as_deref().unwrap_or("unnamed")
+                ),
+            ));
+        }
+    }
+    let from_loopback = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .is_some_and(|c| c.0.ip().to_canonical().is_loopback());
+    if from_loopback && !has_credentials(headers, token) {
+        if let Some(host) = host.as_deref().filter(|h| !is_local_name(h)) {
+            return Some(refuse(
+                StatusCode::FORBIDDEN,
+                "unexpected Host",
+                format!(
+                    "this server was reached as {host:?}, a name that could point anywhere                      (a web page can make a name of its own point at 127.0.0.1): name it by                      address (127.0.0.1) or as localhost"
+                ),
+            ));
+        }
+    }
+    if changes_state && has_body(headers) && !is_json(headers) {
+        let given = headers
+            .get(axum::http::header::CONTENT_TYPE)
+            .map_or("none".into(), |v| {
+                String::from_utf8_lossy(v.as_bytes()).into_owned()
+            });
+        return Some(refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "expected Content-Type: application/json",
+            format!(
+                "this route takes a JSON body (Content-Type: application/json), or none;                  the request's Content-Type is {given}"
+            ),
+        ));
+    }
+    None
+}
+
+/// Does `origin` (`scheme://host[:port]`) name the server the request was
+/// sent to (its `Host`)? `null` (a sandboxed page, a file) never does.
+fn same_origin(origin: &str, host: Option<&str>) -> bool {
+    let authority = origin.split_once("://").map(|(_, rest)| rest);
+    match (authority, host) {
+        (Some(authority), Some(host)) => authority
+            .trim_end_matches('/')
+            .eq_ignore_ascii_case(host.trim()),
+        _ => false,
+    }
+}
+
+/// A `Host` no DNS rebinding can produce: an IP address (v4, or v6 in
+/// brackets), `localhost` or a name under `.localhost` (which browsers
+/// resolve to loopback themselves), with or without a port.
+fn is_local_name(host: &str) -> bool {
+    let host = host.trim();
+    if host.starts_with('[') {
+        return host
+            .split_once(']')
+            .is_some_and(|(v6, _)| v6[1..].parse::<std::net::Ipv6Addr>().is_ok());
+    }
+    let name = host.split(':').next().unwrap_or_default();
+    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name == "localhost"
+        || name.ends_with(".localhost")
+}
+
+/// The cluster secret or the admin token: what no web page holds.
+fn has_credentials(headers: &HeaderMap, token: Option<&Secret>) -> bool {
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| bearer_token(v.as_bytes()));
+    carries_secret(headers) || token.zip(bearer).is_some_and(|(t, given)| t.matches(given))
+}
+
+/// Does the request announce a body (a length above 0, or chunks)?
+fn has_body(headers: &HeaderMap) -> bool {
+    let length = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    length.is_some_and(|n| n > 0) || headers.contains_key(axum::http::header::TRANSFER_ENCODING)
+}
+
+/// `application/json` (any parameters, any case) or a `+json` type.
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(axum::http::header::CONTENT_TYPE) else {
+        return false;
+    };
+    let value = String::from_utf8_lossy(value.as_bytes()).to_ascii_lowercase();
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// `Err`: why the request is refused (401).
@@ -437,12 +573,13 @@ fn admin_allowed(headers: &HeaderMap, token: Option<&Secret>) -> Result<(), &'st
 /// The 401, in the `{"detail": ...}` shape of every error answer (what
 /// `http::ApiError` writes; `auth` sits below `http`, see ARCHITECTURE.md).
 fn unauthorized(reason: &str) -> Response {
-    let detail = json!({"error": "unauthorized", "reason": reason});
-    (
-        StatusCode::UNAUTHORIZED,
-        axum::Json(json!({ "detail": detail })),
-    )
-        .into_response()
+    refuse(StatusCode::UNAUTHORIZED, "unauthorized", reason.to_string())
+}
+
+/// A refusal in the `{"detail": {"error", "reason"}}` shape.
+fn refuse(status: StatusCode, error: &str, reason: String) -> Response {
+    let detail = json!({"error": error, "reason": reason});
+    (status, axum::Json(json!({ "detail": detail }))).into_response()
 }
 
 #[cfg(test)]
@@ -513,6 +650,7 @@ mod tests {
             assert_eq!(node_access(&get, route), Access::Internal, "{route}");
         }
         assert_eq!(registry_access(&get, "/heartbeat"), Access::Internal);
+        assert_eq!(registry_access(&Method::POST, "/missing"), Access::Internal);
         assert_eq!(registry_access(&get, "/nodes"), Access::Open);
         assert_eq!(coordinator_access(&get, "/node-died"), Access::Internal);
         assert_eq!(coordinator_access(&get, "/kill/{node_id}"), Access::Admin);
@@ -522,6 +660,50 @@ mod tests {
         );
         for route in ["/write", "/read/{*key}", "/status", "/events", "/ui"] {
             assert_eq!(coordinator_access(&get, route), Access::Open, "{route}");
+        }
+    }
+
+    #[test]
+    fn pages_of_other_origins_and_rebound_names_are_told_apart() {
+        assert!(same_origin("http://127.0.0.1:7000", Some("127.0.0.1:7000")));
+        assert!(same_origin("http://LOCALHOST:7000", Some("localhost:7000")));
+        assert!(!same_origin(
+            "http://127.0.0.1:8000",
+            Some("127.0.0.1:7000")
+        ));
+        assert!(!same_origin("null", Some("127.0.0.1:7000")));
+        assert!(!same_origin("http://evil.example", None));
+        for host in [
+            "127.0.0.1:7000",
+            "localhost",
+            "LocalHost:7000",
+            "localhost.:1",
+            "ui.localhost:7000",
+            "[::1]:7000",
+            "10.0.0.5",
+        ] {
+            assert!(is_local_name(host), "{host}");
+        }
+        for host in [
+            "evil.example:7000",
+            "localhost.evil.example",
+            "[nope]:1",
+            "coordinator",
+        ] {
+            assert!(!is_local_name(host), "{host}");
+        }
+        let mut h = HeaderMap::new();
+        assert!(!is_json(&h));
+        for (ct, json) in [
+            ("application/json", true),
+            ("Application/JSON; charset=utf-8", true),
+            ("application/merge-patch+json", true),
+            ("text/plain", false),
+            ("application/x-www-form-urlencoded", false),
+            ("multipart/form-data; boundary=x", false),
+        ] {
+            h.insert(axum::http::header::CONTENT_TYPE, ct.parse().unwrap());
+            assert_eq!(is_json(&h), json, "{ct}");
         }
     }
 

@@ -9,6 +9,13 @@
 //!
 //! Events are also kept in a bounded ring and served as JSON (`GET /events`),
 //! so tests and tools can wait for "follower-1 is dead" instead of sleeping.
+//!
+//! Invariant: no control character of a client's reaches a terminal or a
+//! log file. Keys and values are anyone's (any client of the gateway), and a
+//! newline in one would forge whole event lines, an escape sequence clear the
+//! operator's screen. So narration puts them in through [`printable`], the
+//! console escapes every control character of a line but its line breaks,
+//! and log lines go through [`LogWriter`], which escapes them all.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -326,6 +333,105 @@ impl EventLog {
     }
 }
 
+/// `text` with every control character escaped, Rust-style (`\n`, `\t`,
+/// `\0`, `\u{1b}`): what a key or value looks like on the console, in a
+/// log file and in `kvlab client`'s answers. Also escaped:
+/// the Unicode characters that move or reorder text (line and paragraph
+/// separators, bidirectional overrides), which could dress one key up as
+/// another line.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        push_escaped(&mut out, c);
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}')
+        || ('\u{202a}'..='\u{202e}').contains(&c)
+        || ('\u{2066}'..='\u{2069}').contains(&c)
+}
+
+fn push_escaped(out: &mut String, c: char) {
+    match c {
+        '\n' => out.push_str("\\n"),
+        '\r' => out.push_str("\\r"),
+        '\t' => out.push_str("\\t"),
+        '\0' => out.push_str("\\0"),
+        c if needs_escape(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+        c => out.push(c),
+    }
+}
+
+/// A console line: each line of the message with its control characters
+/// escaped (the message's own line breaks stay: a few events quote a
+/// node's log over several lines; keys and values were escaped already).
+fn console_text(message: &str) -> String {
+    message
+        .split('\n')
+        .map(printable)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The writer of the log lines (`tracing`) of every kvlab process: each
+/// line written whole, with every control character in it escaped except
+/// its final newline (and, on a terminal with colours, the escape sequences
+/// of the colours, which tracing already escapes in logged values). So a
+/// logged value with a newline stays on its line of a node's log file.
+pub struct LogWriter {
+    /// Colours on: ESC is the formatter's own and passes.
+    pub ansi: bool,
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = EscapingStderr;
+    fn make_writer(&'a self) -> Self::Writer {
+        EscapingStderr { ansi: self.ansi }
+    }
+}
+
+/// See [`LogWriter`].
+pub struct EscapingStderr {
+    ansi: bool,
+}
+
+impl Write for EscapingStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let line = log_line(&String::from_utf8_lossy(buf), self.ansi);
+        // One write per line, so lines of two threads never interleave.
+        std::io::stderr().lock().write_all(line.as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+/// A log line as [`LogWriter`] writes it.
+fn log_line(text: &str, ansi: bool) -> String {
+    let (body, end) = match text.strip_suffix('\n') {
+        Some(body) => (body, "\n"),
+        None => (text, ""),
+    };
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in body.chars() {
+        if needs_escape(c) && !(ansi && c == '\u{1b}') {
+            push_escaped(&mut out, c);
+        } else {
+            out.push(c);
+        }
+    }
+    out.push_str(end);
+    out
+}
+
 fn print_line(event: &Event) {
     let ts = chrono::DateTime::from_timestamp_millis(event.unix_ms)
         .map(|t| {
@@ -334,7 +440,7 @@ fn print_line(event: &Event) {
                 .to_string()
         })
         .unwrap_or_default();
-    let msg = &event.message;
+    let msg = &console_text(&event.message);
     let (line, ts) = if stdout_color() {
         let line = match event.tone {
             Tone::Good => msg.green().to_string(),
@@ -369,6 +475,36 @@ fn stdout_color() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_never_reach_the_console_or_a_log_raw() {
+        let key = "a\nb\r\t\0\u{1b}[2J\u{1b}]0;title\u{7}\u{7f}\u{85}\u{202e}é🔑";
+        let shown = printable(key);
+        assert_eq!(
+            shown,
+            "a\\nb\\r\\t\\0\\u{1b}[2J\\u{1b}]0;title\\u{7}\\u{7f}\\u{85}\\u{202e}é🔑"
+        );
+        assert!(!shown.chars().any(needs_escape));
+        assert!(matches!(
+            printable("plain key"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        // The console keeps a message's own line breaks, and nothing else.
+        let forged = format!(
+            "✍️  WRITE x\n{}",
+            "\u{1b}[31m👑 follower-3 is the LEADER now"
+        );
+        let line = console_text(&forged);
+        assert_eq!(line.matches('\n').count(), 1);
+        assert!(!line.contains('\u{1b}'), "{line:?}");
+        // A log line: one line, whatever the logged values held.
+        let logged = log_line("INFO key=a\nb\u{1b}[2J done\n", false);
+        assert_eq!(logged, "INFO key=a\\nb\\u{1b}[2J done\n");
+        assert_eq!(
+            log_line("\u{1b}[32mINFO\u{1b}[0m x\n", true),
+            "\u{1b}[32mINFO\u{1b}[0m x\n"
+        );
+    }
 
     #[test]
     fn ring_is_bounded_and_ordered() {

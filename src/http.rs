@@ -8,8 +8,10 @@
 //!   to the others.
 //! - [`bind`] and [`serve`]: listening with an error that names the port;
 //!   [`limited`]: the input limits a served router gets; [`serve`] also
-//!   times out connections that send nothing and caps how many a listener
-//!   serves at once, and [`raise_open_file_limit`] lifts the soft file limit.
+//!   gives every request a deadline to arrive whole (headers, then body),
+//!   caps how many connections a listener serves at once and how many of
+//!   them one client address holds, and [`raise_open_file_limit`] lifts the
+//!   soft file limit.
 //! - [`error_detail`] and [`detail_of`]: the `detail` of another component's
 //!   error answer, whatever shape its body has.
 
@@ -98,6 +100,9 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
         JsonRejection::BytesRejection(_) => "could not read the request body",
         _ => "invalid JSON body",
     };
+    if rejection.body_text().contains(BODY_DEADLINE_ERROR) {
+        return body_too_slow();
+    }
     let status = if status == StatusCode::PAYLOAD_TOO_LARGE
         || rejection.body_text().contains("length limit")
     {
@@ -116,6 +121,30 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
         rejection.body_text()
     };
     ApiError::new(status, json!({ "error": error, "reason": reason }))
+}
+
+/// A body that could not be read (cut off by its deadline, too large,
+/// broken), as an `ApiError`: for handlers that take the raw bytes.
+pub fn body_rejection(rejection: axum::extract::rejection::BytesRejection) -> ApiError {
+    let text = rejection.body_text();
+    if text.contains(BODY_DEADLINE_ERROR) {
+        return body_too_slow();
+    }
+    ApiError::new(
+        rejection.status(),
+        json!({"error": "could not read the request body", "reason": text}),
+    )
+}
+
+/// The 408 of a body that did not arrive within [`BODY_READ_TIMEOUT`].
+fn body_too_slow() -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        json!({"error": "request body too slow", "reason": format!(
+            "{BODY_DEADLINE_ERROR}: a request's body must arrive within {} s of its headers",
+            BODY_READ_TIMEOUT.as_secs()
+        )}),
+    )
 }
 
 /// Refuses keys and values the store will not hold, with the reason.
@@ -236,18 +265,30 @@ pub async fn bind_flag(addr: SocketAddr, flag: &str) -> anyhow::Result<tokio::ne
 /// ([`CLIENT_POOL_IDLE`]), so they never reuse one the server is closing.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a request's body may take to arrive, counted from the moment
+/// its headers did. With [`HEADER_READ_TIMEOUT`] before it, a request is
+/// read whole within 20 s of the server starting to wait for it, or its
+/// connection is answered 408 and closed: a client that sends the headers
+/// and one byte of a body no longer holds a connection forever. Far more
+/// than the largest body (a 64 MiB batch between components) needs.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Connections one listener serves at once, whatever the open-file limit:
 /// far more than a lab cluster ever opens.
 const MAX_CONNECTIONS: usize = 16_384;
 
 /// Serves a router until `shutdown` resolves, with the limits every listener
 /// has: the body limit ([`limited`]), the header-read and idle timeout
-/// ([`HEADER_READ_TIMEOUT`]), and a cap on connections served at once
-/// ([`connection_cap`]). Once `shutdown` resolves, requests in flight get
-/// [`SHUTDOWN_GRACE`] to finish. Past the cap, new connections wait in the kernel's
-/// accept queue until a served one closes (or times out), so idle or slow
-/// clients can hold a listener's slots for at most the timeout, and never
-/// take the process's last file descriptors.
+/// ([`HEADER_READ_TIMEOUT`]), the body's deadline ([`BODY_READ_TIMEOUT`]),
+/// a cap on connections served at once ([`connection_cap`]) and a cap on
+/// those of one client address ([`per_address_cap`]). Once `shutdown`
+/// resolves, requests in flight get [`SHUTDOWN_GRACE`] to finish. Past the
+/// cap, new connections wait in the kernel's accept queue until a served one
+/// closes (or times out), so idle or slow clients can hold a listener's
+/// slots for at most the timeouts, and never take the process's last file
+/// descriptors. A connection past its address's cap is answered 503 and
+/// closed at once: one client address never holds more than its share,
+/// and the others are still served.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
@@ -257,7 +298,9 @@ pub async fn serve(
     use tower::ServiceExt;
 
     let router = limited(router);
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(connection_cap()));
+    let cap = connection_cap();
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(cap));
+    let per_address = PerAddress::new(per_address_cap(cap));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http1 = hyper::server::conn::http1::Builder::new();
     http1
@@ -280,10 +323,16 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let Some(held) = per_address.take(peer.ip()) else {
+            refuse_over_address_cap(stream, per_address.cap);
+            continue;
+        };
         // Handlers see the peer's address as axum's `ConnectInfo` (the
-        // gateway's rate limiter keys clients by it).
+        // gateway's rate limiter keys clients by it), and the body comes
+        // with its deadline.
         let service = router.clone().map_request(
-            move |mut req: axum::extract::Request<hyper::body::Incoming>| {
+            move |req: axum::extract::Request<hyper::body::Incoming>| {
+                let mut req = req.map(with_deadline);
                 req.extensions_mut()
                     .insert(axum::extract::ConnectInfo(peer));
                 req
@@ -294,7 +343,7 @@ pub async fn serve(
         tokio::spawn(async move {
             // An error here is the client's (gone, timed out, malformed).
             let _ = conn.await;
-            drop(slot);
+            drop((slot, held));
         });
     }
     // Open requests get a while to finish, not forever: a handler stuck on
@@ -310,6 +359,98 @@ pub async fn serve(
         );
     }
     Ok(())
+}
+
+/// What a body cut off by [`BODY_READ_TIMEOUT`] fails with; [`ApiJson`]
+/// turns it into a 408.
+const BODY_DEADLINE_ERROR: &str = "the request body did not arrive in time";
+
+/// A request body that fails once [`BODY_READ_TIMEOUT`] has passed since
+/// the request's headers arrived (now), however it trickles in. A handler
+/// reading it gets an error and answers; hyper then closes the connection,
+/// since the body was not read to its end.
+fn with_deadline(body: hyper::body::Incoming) -> axum::body::Body {
+    use futures::StreamExt;
+    let deadline = tokio::time::Instant::now() + BODY_READ_TIMEOUT;
+    let chunks = axum::body::Body::new(body).into_data_stream();
+    let timed = futures::stream::unfold(Some(chunks), move |chunks| async move {
+        let mut chunks = chunks?;
+        match tokio::time::timeout_at(deadline, chunks.next()).await {
+            Ok(Some(chunk)) => Some((chunk, Some(chunks))),
+            Ok(None) => None,
+            // Fail once, then end.
+            Err(_) => Some((Err(axum::Error::new(BODY_DEADLINE_ERROR)), None)),
+        }
+    });
+    axum::body::Body::from_stream(timed)
+}
+
+/// How many connections each client address holds on one listener.
+struct PerAddress {
+    cap: usize,
+    held: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+}
+
+/// One connection counted against its address; uncounted when dropped.
+struct AddressHold {
+    ip: std::net::IpAddr,
+    held: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+}
+
+impl PerAddress {
+    fn new(cap: usize) -> PerAddress {
+        PerAddress {
+            cap,
+            held: Default::default(),
+        }
+    }
+
+    /// Counts one more connection of `ip`, unless it holds its cap already.
+    /// (An IPv4 address seen through IPv6 counts as itself.)
+    fn take(&self, ip: std::net::IpAddr) -> Option<AddressHold> {
+        let ip = ip.to_canonical();
+        let mut held = self.held.lock().unwrap();
+        let n = held.entry(ip).or_insert(0);
+        if *n >= self.cap {
+            return None;
+        }
+        *n += 1;
+        Some(AddressHold {
+            ip,
+            held: self.held.clone(),
+        })
+    }
+}
+
+impl Drop for AddressHold {
+    fn drop(&mut self) {
+        let mut held = self.held.lock().unwrap();
+        if let Some(n) = held.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                // The map holds only addresses with connections open.
+                held.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// A connection past its address's cap: a 503 that says why, if the socket
+/// takes it at once (never waiting on the client), then closed.
+fn refuse_over_address_cap(stream: tokio::net::TcpStream, cap: usize) {
+    let body = json!({"detail": {
+        "error": "too many connections from your address",
+        "reason": format!("one client address may hold at most {cap} connections to this \
+                           listener at once; close some, or reuse them (keep-alive)"),
+    }})
+    .to_string();
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.try_write(answer.as_bytes());
+    drop(stream);
 }
 
 /// How long [`serve`] waits, once told to stop, for the requests in flight.
@@ -336,6 +477,15 @@ async fn accept_failed(e: std::io::Error) {
 pub fn connection_cap() -> usize {
     let (soft, _) = open_file_limit();
     ((soft / 4) as usize).clamp(32, MAX_CONNECTIONS)
+}
+
+/// Connections one client address may hold on a listener whose cap is
+/// `cap`: half of it (at least 16), so a single address (one attacker, one
+/// runaway script) never takes a listener's last slot, and the other
+/// addresses always have half. kvlab's own processes on one machine all
+/// connect from one address, and hold a few pooled connections each.
+pub fn per_address_cap(cap: usize) -> usize {
+    (cap / 2).max(16)
 }
 
 /// The open-file limit: (soft, hard).

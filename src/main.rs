@@ -144,7 +144,8 @@ fn init_tracing(command: &Command) {
     let ansi = kvlab::events::color_on(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // Control characters in logged values are escaped (see `events`).
+        .with_writer(kvlab::events::LogWriter { ansi })
         .with_ansi(ansi)
         .init();
 }

@@ -136,14 +136,89 @@ impl Remote {
 }
 
 fn start_registry(port: u16, coordinator: &str) -> Component {
+    start_registry_with(port, coordinator, &[])
+}
+
+fn start_registry_with(port: u16, coordinator: &str, flags: &[&str]) -> Component {
     Component(
         common::kvlab()
             .args(["registry", "--port", &port.to_string()])
             .args(["--coordinator", coordinator])
+            .args(flags)
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     )
+}
+
+/// A coordinator started alone against the registry at `base + 1`, with
+/// FAST_3_2_2 in memory.
+fn start_coordinator(base: u16, log_dir: &std::path::Path) -> Component {
+    Component(
+        common::kvlab()
+            .args(["coordinator", "--port", &base.to_string()])
+            .args(["--registry", &format!("http://127.0.0.1:{}", base + 1)])
+            .args(["--node-base-port", &(base + 2).to_string()])
+            .args(FAST_3_2_2.split_whitespace())
+            .args(["--in-memory", "--quiet"])
+            .arg("--log-dir")
+            .arg(log_dir)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Issue 24: a registry restarted while a follower was dead never heard of
+/// it (its table held only the nodes that heartbeat to it), so with
+/// `--auto-spawn` the cluster ran one follower short for good. Now the
+/// coordinator names its dead slots the registry lacks (`POST /missing`):
+/// the new registry records follower-1 dead and has it respawned within
+/// its spawn delay (plus the coordinator's one-second pull).
+#[test]
+fn a_restarted_registry_respawns_a_follower_that_died_while_it_was_away() {
+    let base = common::free_port_block();
+    let coordinator_url = format!("http://127.0.0.1:{base}");
+    let registry_url = format!("http://127.0.0.1:{}", base + 1);
+    let auto_spawn = ["--auto-spawn", "--spawn-delay", "2"];
+    let registry = start_registry_with(base + 1, &coordinator_url, &auto_spawn);
+    let log_dir = tempfile::tempdir().unwrap();
+    let _coordinator = start_coordinator(base, log_dir.path());
+    let c = Remote::new(&coordinator_url);
+    c.wait_status("a ready cluster", Duration::from_secs(30), |s| {
+        all_alive(s) && s["liveness"] == "registry"
+    });
+    let before = c.status()["followers"][0]["incarnation"].clone();
+
+    drop(registry);
+    c.wait_status("direct probing", Duration::from_secs(3), |s| {
+        s["liveness"] == "direct-probe"
+    });
+    let (code, k) = c.post("/kill/follower-1?mode=crash", json!({}));
+    assert_eq!(code, 200, "{k}");
+    c.wait_status("follower-1 dead", Duration::from_secs(9), |s| {
+        s["followers"][0]["status"] == "dead"
+    });
+
+    let _registry = start_registry_with(base + 1, &coordinator_url, &auto_spawn);
+    let restarted = Instant::now();
+    c.wait_status("follower-1 respawned", Duration::from_secs(10), |s| {
+        s["followers"][0]["status"] == "alive" && s["followers"][0]["incarnation"] != before
+    });
+    let took = restarted.elapsed();
+    eprintln!("follower-1 respawned {took:?} after the registry's restart");
+    // The spawn delay (2 s), a pull (1 s), the start of a process.
+    assert!(took < Duration::from_secs(6), "{took:?}");
+    let nodes = c.get_json(&format!("{registry_url}/nodes"));
+    let f1 = nodes["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node_id"] == "follower-1")
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_eq!(f1["status"], "alive", "{nodes}");
+    assert_eq!(c.post("/write", json!({"key": "k", "value": "v"})).0, 200);
 }
 
 /// Case 2: with the registry gone, the coordinator probes the nodes itself

@@ -52,8 +52,7 @@ fn gw_write(http: &reqwest::blocking::Client, gw: &str, key: &str, value: &str) 
 }
 
 fn gw_read(http: &reqwest::blocking::Client, gw: &str, key: &str) -> (u16, Value) {
-    let mut url = reqwest::Url::parse(gw).unwrap();
-    url.path_segments_mut().unwrap().push("read").push(key);
+    let url = format!("{gw}/read/{}", kvlab::api::key_segment(key));
     let (code, _, body) = answer(http.get(url).send().unwrap());
     (code, body)
 }
@@ -583,4 +582,98 @@ async fn concurrent_requests_through_the_gateway_admit_exactly_max() {
         }
         assert_eq!(admitted, 10, "{strategy}");
     }
+}
+
+// ---------------------------------------------------------------------------
+// Keys: every byte, every way in
+// ---------------------------------------------------------------------------
+
+/// `kvlab client --json ARGS...` against `gateway`: (exit ok, its JSON).
+fn client_json(gateway: &str, args: &[&str]) -> (bool, Value) {
+    let out = common::kvlab()
+        .args(["client", "--gateway", gateway, "--json"])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    (
+        out.status.success(),
+        serde_json::from_str(&text).unwrap_or(Value::Null),
+    )
+}
+
+/// Issue 24: the gateway and `kvlab client` built the read URL with
+/// `path_segments_mut().push`, which strips a tab, LF or CR (URL standard):
+/// reading "a\nb" gave key "ab"'s value. The rule now, at every entry: a key
+/// is carried byte for byte (`api::key_segment`). Every class of character
+/// goes in through the gateway and comes back through the gateway and the
+/// client, next to a decoy that it would be mistaken for if a byte were
+/// lost; none reads another key's value.
+#[test]
+fn every_kind_of_key_reads_back_byte_exact_through_gateway_and_client() {
+    let c = Cluster::start(&format!("{FAST_1_1_1} --in-memory"));
+    let http = http().build();
+    let all_c0: String = (1u8..0x20).map(char::from).collect();
+    let longest_ascii = "k".repeat(kvlab::api::MAX_KEY_BYTES);
+    let longest_utf8 = "é".repeat(kvlab::api::MAX_KEY_BYTES / 2);
+    let keys: Vec<(&str, String)> = vec![
+        ("tab", "t\tx".into()),
+        ("LF", "a\nb".into()),
+        ("CR", "a\rb".into()),
+        ("CRLF", "a\r\nb".into()),
+        ("NUL", "nul\0key".into()),
+        ("every C0 control", format!("c0{all_c0}")),
+        ("DEL and C1", "d\u{7f}\u{85}\u{9b}".into()),
+        ("escape sequence", "\u{1b}[2J\u{1b}]0;title\u{7}".into()),
+        ("space", "two words".into()),
+        ("slash", "a/b/c".into()),
+        ("question mark", "a?b=c".into()),
+        ("hash", "a#b".into()),
+        ("percent", "100%".into()),
+        ("escaped dots", "%2e%2e".into()),
+        ("escaped dots in a path", "a/%2e%2e/b".into()),
+        ("encoded slash", "a%2Fb".into()),
+        ("backslash", "a\\..\\b".into()),
+        ("plus", "a+b".into()),
+        ("non-ASCII", "ключ 鍵 🔑 é".into()),
+        ("line separators", "a\u{2028}b\u{202e}c".into()),
+        ("longest ASCII", longest_ascii),
+        ("longest non-ASCII", longest_utf8),
+    ];
+    // What a lost byte would turn each key into: written first, with
+    // values of their own.
+    for (_, key) in &keys {
+        let decoy: String = key.chars().filter(|c| !c.is_control()).collect();
+        if !decoy.is_empty() && decoy != *key {
+            assert_eq!(
+                gw_write(&http, &c.gateway, &decoy, "DECOY").0,
+                200,
+                "{decoy:?}"
+            );
+        }
+    }
+    for (class, key) in &keys {
+        let value = format!("value of {class}: \u{1b}\n\0");
+        let (code, w) = gw_write(&http, &c.gateway, key, &value);
+        assert_eq!(code, 200, "{class}: {w}");
+        let (code, r) = gw_read(&http, &c.gateway, key);
+        assert_eq!(code, 200, "{class} through the gateway: {r}");
+        assert_eq!(r["key"], json!(key), "{class}");
+        assert_eq!(r["value"], json!(value), "{class} through the gateway");
+        // The client takes the key as an argument: argv holds anything
+        // but NUL, which no command line can carry.
+        if !key.contains('\0') {
+            let (ok, r) = client_json(&c.gateway, &["read", key]);
+            assert!(ok, "{class} through the client: {r}");
+            assert_eq!(r["value"], json!(value), "{class} through the client");
+            let again = format!("by the client: {class}\u{1b}\n");
+            let (ok, w) = client_json(&c.gateway, &["write", key, &again]);
+            assert!(ok, "{class}: the client's write: {w}");
+            assert_eq!(gw_read(&http, &c.gateway, key).1["value"], json!(again));
+        }
+    }
+    // The limits still hold: one byte more is refused, and dot segments.
+    let too_long = "k".repeat(kvlab::api::MAX_KEY_BYTES + 1);
+    assert_eq!(gw_write(&http, &c.gateway, &too_long, "v").0, 413);
+    assert_eq!(gw_write(&http, &c.gateway, "a/../b", "v").0, 400);
 }

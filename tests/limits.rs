@@ -3,6 +3,10 @@
 //! - Connections: idle ones are closed after the header-read timeout, a
 //!   listener serves a capped number at once, and a thousand idle ones do
 //!   not stop a write (the soft file limit is raised at start).
+//! - Slow requests: a body that does not arrive whole within its deadline
+//!   is answered 408 and its connection closed; one client address holds
+//!   at most half a listener's connections, so thousands of half-sent
+//!   bodies from one address stop nobody else.
 //! - Bodies: no route buffers an unbounded body; a snapshot is sent in
 //!   chunks, each under the body limit, so a store of any size still
 //!   catches a follower up.
@@ -76,6 +80,33 @@ fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
         .unwrap_or(0)
+}
+
+/// A connection to `addr` from the local address `from` (any 127.x.y.z is
+/// this machine: each is a client address of its own to a server).
+fn connect_from(from: std::net::Ipv4Addr, addr: std::net::SocketAddr) -> TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(std::net::SocketAddr::from((from, 0))).unwrap();
+        let stream = socket.connect(addr).await.unwrap();
+        let stream = stream.into_std().unwrap();
+        stream.set_nonblocking(false).unwrap();
+        stream
+    })
+}
+
+/// The soft open-file limit of a running process.
+fn file_limit_of(pid: u32) -> usize {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
+        .unwrap()
 }
 
 /// A `kvlab registry` on its own, with its open-file limit set to `limit`
@@ -163,8 +194,9 @@ fn a_thousand_idle_connections_do_not_stop_a_write() {
 
 /// A connection that sends nothing, and one that idles after an answer, are
 /// closed after the header-read timeout (10 s). With an open-file limit of
-/// 256, a listener serves at most 64 connections at once: the others wait,
-/// holding no descriptor, and are served as the first ones time out.
+/// 256, a listener serves at most 64 connections at once (at most 32 of one
+/// client address): the others wait, holding no descriptor, and are served
+/// as the first ones time out.
 #[test]
 fn idle_connections_time_out_and_the_cap_bounds_descriptors() {
     let registry = Registry::start(Some(256), &[]);
@@ -177,8 +209,10 @@ fn idle_connections_time_out_and_the_cap_bounds_descriptors() {
     let mut answer = [0u8; 512];
     let n = kept.read(&mut answer).unwrap();
     assert!(answer[..n].starts_with(b"HTTP/1.1 200"));
+    // From four other addresses, 25 each: under the cap of one address.
+    let to = std::net::SocketAddr::from(([127, 0, 0, 1], registry.port));
     let waiting: Vec<TcpStream> = (0..100)
-        .map(|_| TcpStream::connect(addr).unwrap())
+        .map(|i| connect_from(std::net::Ipv4Addr::new(127, 0, 0, 2 + i % 4), to))
         .collect();
     // 64 served (the two above and 62 of these), 38 waiting in the accept
     // queue, which costs the registry no descriptor. (About 12 are its own:
@@ -228,6 +262,208 @@ fn idle_connections_time_out_and_the_cap_bounds_descriptors() {
         .expect("served once the first connections timed out");
     assert_eq!(resp.status(), 200);
     drop(waiting);
+}
+
+/// Issue 24: a client that sends the headers and one byte of a 100-byte
+/// body held its connection forever: 5,100 of them stopped the gateway, the
+/// same the coordinator. Now a body has 10 s (`http::BODY_READ_TIMEOUT`)
+/// after its headers, and one client address holds at most half of a
+/// listener's connections (`http::per_address_cap`). 5,200 such requests
+/// from 127.0.0.1, half to the gateway and half to the coordinator: those
+/// past the address's cap are answered 503 at once, a client at another
+/// address (127.0.0.2) writes through the gateway and reads `/status`
+/// within 2 s while they are open, and every slow request is answered 408
+/// and closed within the deadline of its headers.
+#[test]
+fn thousands_of_half_sent_bodies_stop_no_other_client() {
+    const SLOW: usize = 5_200;
+    raise_own_file_limit(SLOW as u64 + 500);
+    let c = Cluster::start(&format!("{FAST_1_1_1} --in-memory"));
+    let up = c.child.id();
+    let cap = kvlab::http::per_address_cap((file_limit_of(up) / 4).clamp(32, 16_384));
+    let request = b"POST /write HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+        Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{";
+    // A watcher reads every connection all along, to note when the server
+    // answers and closes it (not when the test gets round to looking).
+    let slow = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Watched>::new()));
+    let watcher = {
+        let slow = slow.clone();
+        std::thread::spawn(move || watch_until_closed(&slow, SLOW))
+    };
+    let started = Instant::now();
+    for port in [c.base + GATEWAY_OFFSET, c.base] {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        for _ in 0..SLOW / 2 {
+            let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                .unwrap_or_else(|e| panic!("port {port} no longer takes connections: {e}"));
+            // Refused past the cap: the server may have closed it already.
+            let _ = conn.write_all(request);
+            conn.set_nonblocking(true).unwrap();
+            slow.lock().unwrap().push(Watched {
+                opened: Instant::now(),
+                conn,
+                answer: Vec::new(),
+                closed_after: None,
+            });
+        }
+    }
+    eprintln!(
+        "{SLOW} half-sent requests opened in {:?}",
+        started.elapsed()
+    );
+
+    // Another client address is served at once, while they are open.
+    let other = http()
+        .from(std::net::Ipv4Addr::new(127, 0, 0, 2).into())
+        .timeout(secs(2))
+        .build();
+    let asked = Instant::now();
+    let resp = other
+        .post(format!("{}/write", c.gateway))
+        .json(&json!({"key": "k", "value": "v"}))
+        .send()
+        .expect("a write through the gateway within 2 s");
+    assert_eq!(resp.status(), 200);
+    let resp = other
+        .get(format!("{}/status", c.coordinator))
+        .send()
+        .expect("the coordinator's /status within 2 s");
+    assert_eq!(resp.status(), 200);
+    let open_now = slow
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|w| w.closed_after.is_none())
+        .count();
+    eprintln!(
+        "the other client's write and /status took {:?}, with {open_now} slow requests open",
+        asked.elapsed()
+    );
+    // The up process holds at most the cap of 127.0.0.1 on each listener.
+    let fds = open_fds(up);
+    assert!(
+        fds < 2 * cap + 200,
+        "{fds} descriptors held (cap {cap} per listener)"
+    );
+
+    // Every slow request is answered (408, or 503 past the cap) and closed
+    // by the server within the deadline of its headers (plus the watcher's
+    // and a loaded machine's slack).
+    let deadline = kvlab::http::BODY_READ_TIMEOUT;
+    watcher.join().unwrap();
+    let slow = std::mem::take(&mut *slow.lock().unwrap());
+    let late: Vec<Duration> = slow
+        .iter()
+        .filter_map(|w| w.closed_after)
+        .filter(|&held| held > deadline + secs(2))
+        .collect();
+    assert!(
+        late.is_empty(),
+        "{} closed late, the latest after {:?}",
+        late.len(),
+        late.iter().max()
+    );
+    let answers: Vec<&Vec<u8>> = slow.iter().map(|w| &w.answer).collect();
+    let count = |status: &[u8]| answers.iter().filter(|a| a.starts_with(status)).count();
+    let (timed_out, refused) = (count(b"HTTP/1.1 408"), count(b"HTTP/1.1 503"));
+    eprintln!(
+        "{timed_out} answered 408, {refused} refused (cap {cap} per address), all closed after {:?}",
+        started.elapsed()
+    );
+    assert!(timed_out >= cap.min(SLOW / 2), "{timed_out} answered 408");
+    let answer_408 = answers
+        .iter()
+        .find(|a| a.starts_with(b"HTTP/1.1 408"))
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .unwrap();
+    assert!(
+        answer_408.contains("did not arrive in time"),
+        "{answer_408}"
+    );
+    drop(slow);
+    // And 127.0.0.1 is served again.
+    let (code, w) = c.write("after", "v");
+    assert_eq!(code, 200, "{w}");
+}
+
+/// A slow request's connection, as the watcher sees it.
+struct Watched {
+    opened: Instant,
+    conn: TcpStream,
+    answer: Vec<u8>,
+    /// How long after `opened` the server closed it.
+    closed_after: Option<Duration>,
+}
+
+/// Reads every watched connection four times a second, noting what the
+/// server answers and when it closes each, until all `total` are closed
+/// (or 60 s have passed).
+fn watch_until_closed(slow: &std::sync::Mutex<Vec<Watched>>, total: usize) {
+    let until = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < until {
+        let mut closed = 0;
+        for w in slow.lock().unwrap().iter_mut() {
+            if w.closed_after.is_some() {
+                closed += 1;
+                continue;
+            }
+            let mut buf = [0u8; 1024];
+            loop {
+                match w.conn.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => w.answer.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            // Closed: the last read ended it (0 or an error), not WouldBlock.
+            let mut probe = [0u8; 1];
+            let gone = match w.conn.peek(&mut probe) {
+                Ok(0) => true,
+                Ok(_) => false,
+                Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+            };
+            if gone {
+                w.closed_after = Some(w.opened.elapsed());
+                closed += 1;
+            }
+        }
+        if closed == total {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// One address past its cap is told why (503), and the others are served:
+/// a registry with 256 open files serves 64 connections, 32 per address.
+#[test]
+fn past_its_cap_an_address_is_answered_503_and_others_are_served() {
+    let registry = Registry::start(Some(256), &[]);
+    let to = std::net::SocketAddr::from(([127, 0, 0, 1], registry.port));
+    let held: Vec<TcpStream> = (0..32).map(|_| TcpStream::connect(to).unwrap()).collect();
+    let pid = registry.child.id();
+    wait("32 connections served", secs(5))
+        .every(millis(20))
+        .until(|| open_fds(pid) >= 32 + 8);
+    let mut past = TcpStream::connect(to).unwrap();
+    past.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = String::new();
+    let _ = past.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.contains("too many connections from your address"),
+        "{answer}"
+    );
+    assert!(answer.contains("at most 32"), "{answer}");
+    let other = http()
+        .from(std::net::Ipv4Addr::new(127, 0, 0, 3).into())
+        .timeout(secs(2))
+        .build();
+    assert_eq!(other.get(&registry.url).send().unwrap().status(), 200);
+    drop(held);
 }
 
 // ---------------------------------------------------------------------------

@@ -513,3 +513,308 @@ fn an_admin_token_file_is_required_on_loopback_too() {
     let (code, body) = send(kill().bearer_auth("a-token-of-the-instructor-42"));
     assert_eq!(code, 200, "{body}");
 }
+
+// ---------------------------------------------------------------------------
+// What a web page in the user's browser can do (issue 24)
+// ---------------------------------------------------------------------------
+
+/// A page of any site can send the user's browser's "simple" requests to
+/// 127.0.0.1 (no preflight: a body-less POST, a `text/plain` or form body),
+/// and a name it controls can be made to point at 127.0.0.1 (DNS
+/// rebinding). On the old main a page stopped `follower-3` and started
+/// `evil-1`. Now the guard refuses a foreign `Origin` and an unexpected
+/// `Host` (403) and any body that is not JSON (415), on the coordinator's
+/// admin routes and on every state-changing route (the gateway's too); what
+/// curl, the scripts, kvlab itself and the live view send still passes.
+#[test]
+fn web_pages_cannot_press_the_admin_buttons() {
+    let c = Cluster::start(&format!("{FAST_IN_MEMORY} --followers 2 -W 1 -R 1"));
+    let bare = common::bare_http();
+    let (co, gw, port) = (&c.coordinator, &c.gateway, c.base);
+    let refused = |req: reqwest::blocking::RequestBuilder, code: u16, error: &str, what: &str| {
+        let (got, body) = send(req);
+        assert_eq!(got, code, "{what}: {body}");
+        assert_eq!(body["detail"]["error"], error, "{what}: {body}");
+        assert!(body["detail"]["reason"].is_string(), "{what}: {body}");
+    };
+    let other_origin = format!("http://127.0.0.1:{}", c.base + common::GATEWAY_OFFSET);
+    for origin in ["http://evil.example", "null", &other_origin] {
+        let kill = bare
+            .post(format!("{co}/kill/follower-1"))
+            .header("origin", origin);
+        refused(kill, 403, "cross-origin request refused", origin);
+        let spawn = bare
+            .post(format!("{co}/spawn"))
+            .header("origin", origin)
+            .json(&json!({"grow": true}));
+        refused(spawn, 403, "cross-origin request refused", origin);
+        let pause = bare
+            .post(format!("{co}/ui/pause/follower-1"))
+            .header("origin", origin);
+        refused(pause, 403, "cross-origin request refused", origin);
+    }
+    for host in [
+        format!("rebind.example:{port}"),
+        "localhost.evil.example".into(),
+    ] {
+        let kill = bare
+            .post(format!("{co}/kill/follower-1"))
+            .header("host", &host);
+        refused(kill, 403, "unexpected Host", &host);
+    }
+    for content_type in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+    ] {
+        let spawn = bare
+            .post(format!("{co}/spawn"))
+            .header("content-type", content_type)
+            .body(r#"{"node_id": "evil-1", "grow": true}"#);
+        refused(
+            spawn,
+            415,
+            "expected Content-Type: application/json",
+            content_type,
+        );
+    }
+    let s = c.status();
+    assert_eq!(s["followers"].as_array().unwrap().len(), 2, "{s}");
+    assert_eq!(c.follower("follower-1")["status"], "alive", "{s}");
+
+    // What the lab sends passes the guard: respawning a follower that is
+    // alive is refused after it (409), so nothing changes.
+    let probe = json!({"node_id": "follower-1"});
+    let passes = [
+        (
+            "curl with JSON",
+            bare.post(format!("{co}/spawn")).json(&probe),
+        ),
+        (
+            "the live view (its own origin)",
+            bare.post(format!("{co}/spawn"))
+                .header("origin", format!("http://127.0.0.1:{port}"))
+                .json(&probe),
+        ),
+        (
+            "named as localhost",
+            bare.post(format!("{co}/spawn"))
+                .header("host", format!("localhost:{port}"))
+                .json(&probe),
+        ),
+        (
+            "kvlab's own, by any name (it has the secret)",
+            c.http
+                .post(format!("{co}/spawn"))
+                .header("host", "coordinator:7000")
+                .json(&probe),
+        ),
+    ];
+    for (what, req) in passes {
+        let (code, body) = send(req);
+        assert_eq!(code, 409, "{what}: {body}");
+    }
+    // The README's body-less curl still kills.
+    let (code, body) = send(bare.post(format!("{co}/kill/follower-2")));
+    assert_eq!(code, 200, "{body}");
+
+    // Nor does a page write through the gateway.
+    let kv = json!({"key": "k", "value": "from a page"});
+    refused(
+        bare.post(format!("{gw}/write"))
+            .header("origin", "http://evil.example")
+            .json(&kv),
+        403,
+        "cross-origin request refused",
+        "gateway write",
+    );
+    refused(
+        bare.post(format!("{gw}/write"))
+            .header("host", "rebind.example")
+            .json(&kv),
+        403,
+        "unexpected Host",
+        "gateway write",
+    );
+    refused(
+        bare.post(format!("{gw}/write"))
+            .header("content-type", "text/plain")
+            .body(kv.to_string()),
+        415,
+        "expected Content-Type: application/json",
+        "gateway write",
+    );
+    assert_eq!(send(bare.post(format!("{gw}/write")).json(&kv)).0, 200);
+    // Reads stay open, whoever asks; the view is never framed by a page.
+    let (code, _) = send(
+        bare.get(format!("{co}/status"))
+            .header("origin", "http://evil.example"),
+    );
+    assert_eq!(code, 200);
+    let ui = bare.get(format!("{co}/ui")).send().unwrap();
+    assert_eq!(ui.headers()["x-frame-options"], "DENY");
+}
+
+/// `/spawn` grew a cluster without bound (`{"grow": true}`): every call a
+/// process. Now it adds followers up to `api::MAX_SPAWNED_FOLLOWERS`, then
+/// refuses with 409; respawning a dead slot is never refused for it.
+#[test]
+fn spawn_grows_a_cluster_only_so_far() {
+    let c = Cluster::start(&format!("{FAST_IN_MEMORY} --followers 1 -W 1 -R 1"));
+    let most = kvlab::api::MAX_SPAWNED_FOLLOWERS;
+    for n in 2..=most {
+        let (code, body) = c.post("/spawn", json!({"grow": true}));
+        assert_eq!(code, 200, "follower {n}: {body}");
+    }
+    let (code, body) = c.post("/spawn", json!({"grow": true}));
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(body["detail"]["error"], "the cluster is at its largest");
+    assert!(
+        body["detail"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("at most {most} followers")),
+        "{body}"
+    );
+    assert_eq!(c.status()["followers"].as_array().unwrap().len(), most);
+    let (code, body) = c.post("/kill/follower-2?mode=crash", json!({}));
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = c.post("/spawn", json!({"node_id": "follower-2"}));
+    assert_eq!(code, 200, "a respawn at the bound: {body}");
+}
+
+/// The same in a real browser: a page of another origin (the gateway's
+/// port) sends the requests that stopped a follower and started `evil-1`
+/// on the old main; nothing happens. A link to the live view with
+/// `#click=kill-follower-1` only offers to press the button: a script's
+/// click does nothing, a person's click presses it.
+#[test]
+fn in_chromium_a_foreign_page_and_a_link_press_nothing_by_themselves() {
+    let c = Cluster::start(&format!("{FAST_IN_MEMORY} --followers 2 -W 1 -R 1"));
+    let Some(browser) = common::browser::Browser::start(c.base + 30) else {
+        return;
+    };
+    let co = &c.coordinator;
+    let attack = format!(
+        r#"Promise.all([
+            fetch("{co}/kill/follower-1", {{method: "POST", mode: "no-cors"}}),
+            fetch("{co}/kill/follower-2?mode=crash", {{method: "POST", mode: "no-cors"}}),
+            fetch("{co}/spawn", {{method: "POST", mode: "no-cors",
+                headers: {{"content-type": "text/plain"}}, body: '{{"node_id": "evil-1", "grow": true}}'}}),
+            fetch("{co}/spawn", {{method: "POST", mode: "no-cors"}}),
+        ]).then(() => true, () => true)"#
+    );
+    browser.drive(json!([
+        {"goto": format!("{}/health", c.gateway)},
+        {"wait": "document.readyState === 'complete'", "timeout": 20},
+        {"eval": attack},
+        {"goto": format!("{co}/ui#click=kill-follower-1")},
+        {"wait": "!!document.querySelector('#node-follower-1[data-state=alive]')", "timeout": 20},
+        {"wait": "!!document.getElementById('script-run')", "timeout": 20},
+        // A script's click (what a page could do) is not a person's.
+        {"eval": "document.getElementById('script-run').click()"},
+    ]));
+    common::always(
+        "every follower alive, no new one",
+        secs(2),
+        common::millis(100),
+        || {
+            let s = c.status();
+            let followers = s["followers"].as_array().unwrap();
+            if followers.len() == 2 && followers.iter().all(|f| f["status"] == "alive") {
+                Ok(())
+            } else {
+                Err(s.to_string())
+            }
+        },
+    );
+    browser.drive(json!([
+        {"click": "#script-run"},
+        {"wait": "document.body.dataset.scriptDone === '1'", "timeout": 10},
+        {"wait": "!!document.querySelector('#node-follower-1[data-state=dead]')", "timeout": 20},
+    ]));
+    assert_eq!(c.follower("follower-1")["status"], "dead");
+}
+
+/// Keys reached the operator's terminal raw: a newline forged whole event
+/// lines on the `kvlab up` console ("👑 follower-3 is the LEADER now"), an
+/// escape sequence cleared the screen. Now keys and values are shown
+/// escaped: after writes and reads of such keys, neither the console nor
+/// `up`'s log nor any node's log file holds a raw control character (but
+/// line ends), and no line starts where a key wanted one to.
+#[test]
+fn keys_and_values_reach_no_console_or_log_file_raw() {
+    let dir = tempfile::Builder::new()
+        .prefix("kvlab-console-")
+        .tempdir()
+        .unwrap();
+    let (console, stderr) = (dir.path().join("console.txt"), dir.path().join("up.log"));
+    let base = common::free_port_block();
+    let up = common::kvlab()
+        .arg("up")
+        .args(FAST_IN_MEMORY.split_whitespace())
+        .args(["--followers", "2", "-W", "1", "-R", "1"])
+        .args(["--coordinator-port", &base.to_string()])
+        .args(["--registry-port", &(base + 1).to_string()])
+        .args(["--node-base-port", &(base + 2).to_string()])
+        .args([
+            "--gateway-port",
+            &(base + common::GATEWAY_OFFSET).to_string(),
+        ])
+        .arg("--log-dir")
+        .arg(dir.path().join("logs"))
+        .env("RUST_LOG", "kvlab=debug,info")
+        .stdout(std::fs::File::create(&console).unwrap())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let up = StopOnDrop(up);
+    let read = |path: &std::path::Path| std::fs::read_to_string(path).unwrap_or_default();
+    common::wait("the cluster ready on the console", secs(30))
+        .every(common::millis(50))
+        .until(|| read(&console).contains("🧭 roles"));
+    let gateway = format!("http://127.0.0.1:{}", base + common::GATEWAY_OFFSET);
+    let bare = common::bare_http();
+    let keys = [
+        "x\r\n👑 follower-3 is the LEADER now",
+        "\u{1b}[2J\u{1b}]0;pwned\u{7}",
+        "tab\there\0nul\u{7f}\u{85}\u{202e}",
+    ];
+    for key in keys {
+        let kv = json!({"key": key, "value": format!("{key}\n\u{1b}[31mred")});
+        assert_eq!(send(bare.post(format!("{gateway}/write")).json(&kv)).0, 200);
+        let url = format!("{gateway}/read/{}", kvlab::api::key_segment(key));
+        assert_eq!(send(bare.get(url)).0, 200);
+    }
+    let missing = format!(
+        "{gateway}/read/{}",
+        kvlab::api::key_segment("gone\n\u{1b}[2J")
+    );
+    assert_eq!(send(bare.get(missing)).0, 404);
+    common::wait("every request narrated", secs(10))
+        .every(common::millis(50))
+        .until(|| read(&console).matches("🔎 READ").count() >= 4);
+    drop(up); // stopped: every line is written
+    let text = read(&console);
+    assert!(
+        text.contains(r"WRITE x\r\n👑 follower-3 is the LEADER now"),
+        "the key, escaped: {text}"
+    );
+    let mut files = vec![console.clone(), stderr.clone()];
+    for log in std::fs::read_dir(dir.path().join("logs")).unwrap() {
+        files.push(log.unwrap().path());
+    }
+    for path in files {
+        let text = read(&path);
+        let raw: Vec<char> = text
+            .chars()
+            .filter(|&c| (c.is_control() && c != '\n') || c == '\u{202e}')
+            .collect();
+        assert!(raw.is_empty(), "raw {raw:?} in {}:\n{text}", path.display());
+        assert!(
+            !text.lines().any(|l| l.starts_with("👑")),
+            "a forged line in {}:\n{text}",
+            path.display()
+        );
+    }
+}

@@ -129,12 +129,9 @@ impl Target {
 
     /// `<base>/read/<key>`, with the key as one escaped path segment.
     fn read_url(base: &str, key: &str) -> Result<reqwest::Url, String> {
-        let mut url = reqwest::Url::parse(base).map_err(|e| e.to_string())?;
-        url.path_segments_mut()
-            .map_err(|()| format!("{base} cannot take a path"))?
-            .push("read")
-            .push(key);
-        Ok(url)
+        let base = base.trim_end_matches('/');
+        let url = format!("{base}/read/{}", crate::api::key_segment(key));
+        reqwest::Url::parse(&url).map_err(|e| format!("{base}: {e}"))
     }
 
     pub async fn status(&self) -> Result<StatusResponse, String> {

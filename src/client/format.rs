@@ -42,9 +42,11 @@ impl Paint {
     }
 }
 
+/// A field of an answer as text. Control characters are escaped: a key
+/// or value is anyone's, and must not move the cursor or clear the screen.
 fn s(v: &Value) -> String {
     match v {
-        Value::String(s) => s.clone(),
+        Value::String(s) => crate::events::printable(s).into_owned(),
         Value::Null => "-".into(),
         other => other.to_string(),
     }
@@ -259,6 +261,16 @@ mod tests {
         let out = read_ok(&v, 1.0, PLAIN);
         assert!(out.contains("served by follower-2"), "{out}");
         assert!(out.contains("quorum responses 2"));
+    }
+
+    #[test]
+    fn keys_and_values_are_shown_with_control_characters_escaped() {
+        let v = json!({"key":"a\nb","value":"\u{1b}[2Jx\r","version":1,"served_by":"f","quorum_responses":1});
+        let out = read_ok(&v, 1.0, PLAIN);
+        assert!(out.contains("a\\nb = \\u{1b}[2Jx\\r"), "{out}");
+        assert!(!out.contains('\u{1b}') && !out.contains('\r'), "{out:?}");
+        let out = error(404, &json!({"detail": "Key 'a\nb' not found"}), PLAIN);
+        assert!(out.contains("Key 'a\\nb' not found"), "{out}");
     }
 
     #[test]

@@ -112,17 +112,13 @@ impl Client {
                 .post(format!("{}/write", self.base))
                 .json(&serde_json::json!({"key": key, "value": value})),
             Command::Read { key } => {
-                let mut url = match reqwest::Url::parse(&self.base) {
-                    Ok(u) => u,
+                // Byte for byte: a URL parser would strip a tab, LF or CR
+                // from a pushed segment and read another key.
+                let url = format!("{}/read/{}", self.base, crate::api::key_segment(key));
+                match reqwest::Url::parse(&url) {
+                    Ok(url) => self.http.get(url),
                     Err(e) => return fail(format!("bad gateway URL {}: {e}", self.base)),
-                };
-                match url.path_segments_mut() {
-                    Ok(mut p) => {
-                        p.pop_if_empty().push("read").push(key);
-                    }
-                    Err(()) => return fail(format!("bad gateway URL {}", self.base)),
                 }
-                self.http.get(url)
             }
             Command::Status => self.http.get(format!("{}/cluster-status", self.base)),
             Command::Stats => self.http.get(format!("{}/stats", self.base)),

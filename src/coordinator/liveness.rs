@@ -30,7 +30,10 @@ use std::time::{Duration, Instant};
 
 use super::cluster::Slot;
 use super::Coordinator;
-use crate::api::{ForgetRequest, NodeHealth, NodeStatus, RegistryNode, RegistryNodes, Role};
+use crate::api::{
+    ForgetRequest, MissingNode, MissingRequest, NodeHealth, NodeStatus, RegistryNode,
+    RegistryNodes, Role,
+};
 use crate::events::EventKind;
 use crate::http::describe_reqwest_error;
 
@@ -135,6 +138,7 @@ impl Coordinator {
                 self.set_source(Source::Registry, &view);
                 self.apply_view(&view).await;
                 self.forget_strangers(&view).await;
+                self.report_missing(&view).await;
             }
             Err(e) => {
                 self.start_probing(&e);
@@ -342,6 +346,40 @@ impl Coordinator {
             .json(&ForgetRequest {
                 node_ids: strangers,
             })
+            .timeout(ASK_TIMEOUT)
+            .send()
+            .await;
+    }
+
+    /// Tells the registry the slots it has no record of that are dead in
+    /// this table (`POST /missing`): a registry that restarted while a node
+    /// was down never hears of it otherwise, and with `--auto-spawn` would
+    /// leave the cluster a node short for good. The registry's idea of who
+    /// should exist is this table. A failure is harmless: the next pull
+    /// tells it again.
+    async fn report_missing(&self, view: &RegistryNodes) {
+        let Some(registry) = &self.config.launch.registry else {
+            return;
+        };
+        let missing: Vec<MissingNode> = self
+            .settled_slots()
+            .into_iter()
+            .filter(|s| s.status == NodeStatus::Dead)
+            .filter(|s| view.nodes.iter().all(|n| n.node_id != s.node_id))
+            .map(|s| MissingNode {
+                node_id: s.node_id,
+                url: s.url,
+                role: s.role,
+                incarnation: s.incarnation,
+            })
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        let _ = self
+            .http
+            .post(format!("{registry}/missing"))
+            .json(&MissingRequest { nodes: missing })
             .timeout(ASK_TIMEOUT)
             .send()
             .await;

@@ -2,6 +2,10 @@
 //! event log (see [`crate::events`]) that tell a write's and a read's path
 //! through the cluster, as the lab's "dashboard" shows them.
 //!
+//! Keys come from clients: each goes in through `events::printable`, so a
+//! key with a newline or an escape sequence is shown escaped and never
+//! forges a line or reaches the terminal raw.
+//!
 //! Only words live here: the write path ([`super::requests`]) and the read
 //! path ([`super::reads`]) decide, then call these to tell what they did.
 //! Narration never changes an answer, and a request is narrated only when
@@ -16,7 +20,7 @@ use super::reads::{Answer, ReadOutcome};
 use super::requests::WritePlan;
 use super::Coordinator;
 use crate::api::*;
-use crate::events::{EventKind, Tone};
+use crate::events::{printable, EventKind, Tone};
 use crate::http::ApiError;
 
 // Writes.
@@ -30,7 +34,7 @@ impl Coordinator {
             None,
             format!(
                 "⛔ WRITE {} refused: {}",
-                key,
+                printable(key),
                 e.detail["cause"].as_str().unwrap_or("no quorum")
             ),
         );
@@ -46,6 +50,7 @@ impl Coordinator {
         ms: u128,
     ) {
         let w = self.config.w;
+        let key = printable(key);
         let sync_ids: Vec<&str> = plan.sync.iter().map(|s| s.node_id.as_str()).collect();
         // After a failover the leader is a former follower: name it.
         let leader = match plan.leader.node_id.as_str() {
@@ -182,6 +187,7 @@ impl Coordinator {
         o: &ReadOutcome,
         confirmed: &Result<Option<u64>, ApiError>,
     ) {
+        let key = printable(key);
         let asked: Vec<&str> = o.answers.iter().map(|(id, _)| id.as_str()).collect();
         let best = o.best().map(|(_, _, v, _)| v);
         let parts: Vec<String> = o

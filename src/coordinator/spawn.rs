@@ -7,6 +7,8 @@
 //!   is served by at most one process and its port is free again;
 //! - a respawn keeps the slot's port; a new slot gets one a node can listen on;
 //! - a new slot that would make W + R <= N is refused unless asked (`grow`);
+//! - no new slot past `MAX_SPAWNED_FOLLOWERS` followers (or the N the
+//!   cluster started with), `grow` or not;
 //! - a slot that never served is dropped when its start fails;
 //! - the leader is respawned only on its data directory (not `--in-memory`),
 //!   and an election follows; with `--runtime external` nothing is spawned.
@@ -14,6 +16,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::Json;
 use serde_json::json;
@@ -155,6 +158,19 @@ impl Coordinator {
     /// can end that silently, and reads would then miss acknowledged writes.
     fn check_growth(&self, c: &Cluster, id: &str, grow: bool) -> Result<(), ApiError> {
         let (w, r, n) = (self.config.w, self.config.r, c.followers.len() + 1);
+        let most = MAX_SPAWNED_FOLLOWERS.max(self.config.followers);
+        if n > most {
+            return Err(ApiError::conflict(json!({
+                "error": "the cluster is at its largest",
+                "node_id": id,
+                "reason": format!(
+                    "{id} would be follower number {n}; /spawn grows a cluster to at most \
+                     {most} followers (each is a process and a port on this machine)"
+                ),
+                "hint": "respawn a dead follower instead (POST /spawn {\"node_id\": ...}), \
+                         or start the cluster with more --followers"
+            })));
+        }
         if grow || w + r > n {
             return Ok(());
         }
@@ -232,7 +248,11 @@ fn free_port_after(c: &Cluster, cfg: &super::Config) -> Result<u16, ApiError> {
 // ---------------------------------------------------------------------------
 
 /// `POST /spawn`, body optional: `{"node_id"?, "port"?}`.
-pub async fn spawn(State(c): Shared, body: Bytes) -> Result<Json<SpawnResponse>, ApiError> {
+pub async fn spawn(
+    State(c): Shared,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<SpawnResponse>, ApiError> {
+    let body = body.map_err(crate::http::body_rejection)?;
     let req: SpawnRequest = if body.iter().all(u8::is_ascii_whitespace) {
         SpawnRequest::default()
     } else {

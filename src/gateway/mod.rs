@@ -269,13 +269,16 @@ impl Gateway {
     }
 
     /// The coordinator's URL for a path of segments, each percent-encoded
-    /// (a key may contain `/`, `?`, `#`, spaces...).
+    /// byte for byte (`api::key_segment`: a key may contain `/`, `?`, `#`,
+    /// spaces, control characters, which `path_segments_mut` would strip).
     fn endpoint(&self, segments: &[&str]) -> Url {
         let mut url = self.config.coordinator.clone();
-        url.path_segments_mut()
-            .expect("checked at start: an http URL has a path")
-            .pop_if_empty()
-            .extend(segments);
+        let mut path = url.path().trim_end_matches('/').to_string();
+        for segment in segments {
+            path.push('/');
+            path.push_str(&crate::api::key_segment(segment));
+        }
+        url.set_path(&path);
         url
     }
 }
@@ -347,7 +350,7 @@ async fn sweep_loop(gateway: Arc<Gateway>) {
 }
 
 pub fn router(gateway: Arc<Gateway>) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/", get(info))
         .route("/write", post(write))
         .route("/read/{*key}", get(read))
@@ -355,7 +358,9 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/stats", get(stats))
         .route("/health", get(health))
         .route("/graduate", get(graduate))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics));
+    // Web pages write nothing through the gateway either (see `auth`).
+    crate::auth::guard(routes, crate::auth::gateway_access, None)
         .fallback(no_such_endpoint)
         .layer(middleware::from_fn_with_state(gateway.clone(), admission))
         .with_state(gateway)
@@ -762,6 +767,12 @@ mod tests {
         assert_eq!(
             url.as_str(),
             "http://127.0.0.1:7000/read/a%2Fb%20c%3Fd%23e%25"
+        );
+        // Control characters too: the URL standard strips a raw tab, LF or CR.
+        let url = gw.endpoint(&["read", "a\nb\tc\r\0%2e%2e"]);
+        assert_eq!(
+            url.as_str(),
+            "http://127.0.0.1:7000/read/a%0Ab%09c%0D%00%252e%252e"
         );
         let prefixed = Config::from_args(&args(&["--coordinator", "http://h:1/kv/"])).unwrap();
         let gw = Gateway::new(prefixed).unwrap();

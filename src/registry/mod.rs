@@ -19,7 +19,11 @@
 //! notice lost or delivered out of order is repaired by the next pull
 //! (`coordinator::liveness`). A restarted registry starts empty, with a new
 //! `registry_epoch`, and rebuilds its view from the heartbeats, which nodes
-//! keep sending while it is away.
+//! keep sending while it is away. Who *should* exist comes from the
+//! coordinator's slot table: once a second the coordinator names the slots
+//! it has dead that this table lacks (`POST /missing`: a node that died
+//! while the registry was away), and they are recorded dead and, with
+//! `--auto-spawn`, replaced after the spawn delay like any other death.
 //!
 //! The table is bounded: at most [`MAX_NODES`] records. A new id past the
 //! bound takes the place of the longest-dead record, or is refused (503)
@@ -196,6 +200,7 @@ pub fn router(registry: Arc<Registry>) -> Router {
         .route("/heartbeat", post(heartbeat))
         .route("/deregister", post(deregister))
         .route("/forget", post(forget))
+        .route("/missing", post(missing))
         .route("/nodes", get(nodes))
         .route("/alive", get(alive))
         .route("/metrics", get(metrics))
@@ -360,6 +365,46 @@ async fn forget(State(reg): Shared, ApiJson(req): ApiJson<ForgetRequest>) -> Jso
         tracing::info!(node = %id, "forgotten: not a member of the coordinator's cluster");
     }
     Json(ForgetResponse { forgotten })
+}
+
+/// `POST /missing`: the coordinator's dead slots this table has no record
+/// of. Each is recorded dead (a later heartbeat of a newer incarnation
+/// replaces it as usual) and, with auto-spawn, replaced after the delay.
+async fn missing(
+    State(reg): Shared,
+    ApiJson(req): ApiJson<MissingRequest>,
+) -> Json<MissingResponse> {
+    let recorded: Vec<(String, u64)> = {
+        let mut nodes = reg.nodes.lock().unwrap();
+        let mut recorded = Vec::new();
+        for n in req.nodes {
+            if nodes.contains_key(&n.node_id) || !make_room(&mut nodes) {
+                continue;
+            }
+            nodes.insert(
+                n.node_id.clone(),
+                Record {
+                    url: n.url,
+                    role: n.role,
+                    incarnation: n.incarnation,
+                    last_seen: Instant::now(),
+                    alive: false,
+                },
+            );
+            recorded.push((n.node_id, n.incarnation));
+        }
+        if !recorded.is_empty() {
+            reg.bump();
+        }
+        recorded
+    };
+    for (node_id, incarnation) in &recorded {
+        tracing::warn!(node = %node_id, "dead in the coordinator's table and never heard here: recorded dead");
+        schedule_respawn(reg.clone(), node_id.clone(), *incarnation);
+    }
+    Json(MissingResponse {
+        recorded: recorded.into_iter().map(|(id, _)| id).collect(),
+    })
 }
 
 fn alive_list(reg: &Registry) -> Vec<NodeRef> {

@@ -381,8 +381,7 @@ impl Cluster {
     }
 
     pub fn read(&self, key: &str) -> (u16, Value) {
-        let mut url = reqwest::Url::parse(&self.coordinator).unwrap();
-        url.path_segments_mut().unwrap().push("read").push(key);
+        let url = format!("{}/read/{}", self.coordinator, kvlab::api::key_segment(key));
         let resp = self.http.get(url).send().unwrap();
         (resp.status().as_u16(), resp.json().unwrap_or(Value::Null))
     }

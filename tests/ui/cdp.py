@@ -8,7 +8,9 @@ Usage: cdp.py PORT SCRIPT_JSON
   SCRIPT_JSON: a list of steps, each one of
     {"goto": URL}
     {"wait": JS_EXPR, "timeout": SECONDS}   poll until the expression is truthy
-    {"eval": JS_EXPR}                        e.g. a click
+    {"eval": JS_EXPR}                        e.g. a click (a script's: untrusted)
+    {"click": CSS_SELECTOR}                  a person's click (trusted mouse events)
+    {"expect": JS_EXPR}                      fail unless the expression is truthy now
     {"screenshot": PATH}
 Exits 0 when every step succeeded; prints the failing step and the page's
 text otherwise. Waits are on DOM conditions, polled every 100 ms.
@@ -119,6 +121,22 @@ def main():
                 time.sleep(0.1)
         elif "eval" in step:
             evaluate(ws, step["eval"])
+        elif "expect" in step:
+            got = evaluate(ws, step["expect"])
+            if not got:
+                text = evaluate(ws, "document.body ? document.body.innerText : ''")
+                print(f"not true: {step['expect']} (got {got!r})\n--- page text ---\n{text}")
+                sys.exit(1)
+        elif "click" in step:
+            # The element's centre, clicked with the mouse as a person would:
+            # the page sees a trusted event (`isTrusted`), unlike `el.click()`.
+            box = evaluate(ws, "(() => { const e = document.querySelector(%s); e.scrollIntoView(); "
+                               "const r = e.getBoundingClientRect(); "
+                               "return [r.left + r.width / 2, r.top + r.height / 2]; })()"
+                           % json.dumps(step["click"]))
+            for kind in ("mousePressed", "mouseReleased"):
+                ws.call("Input.dispatchMouseEvent", type=kind, x=box[0], y=box[1],
+                        button="left", clickCount=1)
         elif "screenshot" in step:
             shot = ws.call("Page.captureScreenshot", format="png")
             with open(step["screenshot"], "wb") as f:

@@ -5,9 +5,12 @@
 // or the view's own (/ui/read, /ui/pause). The events timeline is drawn by
 // kvlab's shared renderer (timeline.js, report.html's too).
 //
-// For scripted use (the tests, a demo), the URL fragment can fill the inputs
-// and click buttons once the first state has been drawn:
+// For scripted use (a demo), the URL fragment can fill the inputs and name
+// buttons to click once the first state has been drawn:
 //   /ui#key=k&value=v&click=write-btn,kill-follower-1
+// The clicks wait for the person looking at the page: the view shows which
+// buttons the link asks for and presses them only when "press them" is
+// clicked, so a link from anywhere cannot kill or spawn a node by itself.
 "use strict";
 
 const POLL_MS = 500;
@@ -367,20 +370,30 @@ $("spawn-btn").onclick = () => act("spawn", null);
 $("kill-leader-btn").onclick = () => act("crash", "leader");
 $("slider").oninput = () => { if (state) render(); renderEvents(); };
 
-// The fragment's script: fill inputs, then click the named buttons in order.
-async function runScript() {
+// The fragment's script: fill inputs, then offer to click the named
+// buttons in order; nothing is clicked until the person agrees.
+function runScript() {
   if (scripted || !location.hash) return;
   scripted = true;
   const p = new URLSearchParams(location.hash.slice(1));
   if (p.has("key")) $("key").value = p.get("key");
   if (p.has("value")) $("value").value = p.get("value");
-  for (const id of (p.get("click") || "").split(",").filter(Boolean)) {
-    const b = $(id);
-    if (!b) { show("no button " + esc(id)); continue; }
-    b.click();
-    await new Promise((r) => setTimeout(r, 300));
-  }
-  document.body.dataset.scriptDone = "1";
+  const ids = (p.get("click") || "").split(",").filter(Boolean);
+  if (ids.length === 0) return;
+  show(`This link asks to press: <b>${ids.map(esc).join(", ")}</b>\n` +
+    `<button id="script-run">press them</button> <button id="script-skip">ignore</button>`);
+  $("script-skip").onclick = () => show("ignored the link's buttons");
+  $("script-run").onclick = async (ev) => {
+    // Only a person's click (a script's `click()` is not trusted).
+    if (!ev.isTrusted) return;
+    for (const id of ids) {
+      const b = $(id);
+      if (!b) { show("no button " + esc(id)); continue; }
+      b.click();
+      await new Promise((r) => setTimeout(r, 300));
+    }
+    document.body.dataset.scriptDone = "1";
+  };
 }
 
 listen();

@@ -28,7 +28,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::extract::{Path, State};
-use axum::http::header::CONTENT_TYPE;
+use axum::http::header::{CONTENT_SECURITY_POLICY, CONTENT_TYPE, X_FRAME_OPTIONS};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -96,8 +96,17 @@ pub fn router() -> Router<Arc<Coordinator>> {
         .route("/ui/pause/{node_id}", post(pause))
 }
 
+/// A file of the page. Never inside another site's frame: a page that
+/// framed the view could trick a person into clicking its buttons.
 async fn page(body: &'static str, content_type: &'static str) -> impl IntoResponse {
-    ([(CONTENT_TYPE, content_type)], body)
+    (
+        [
+            (CONTENT_TYPE, content_type),
+            (X_FRAME_OPTIONS, "DENY"),
+            (CONTENT_SECURITY_POLICY, "frame-ancestors 'none'"),
+        ],
+        body,
+    )
 }
 
 /// `GET /ui/state`: everything the page draws, in one answer.
@@ -245,7 +254,7 @@ async fn read(State(c): Shared, Path(key): Path<String>) -> Json<Value> {
         .collect();
     let http = c.http.clone();
     let answers = futures::future::join_all(readers.iter().map(|f| {
-        let url = format!("{}/data/{}", f.url, encode_path(&key));
+        let url = format!("{}/data/{}", f.url, crate::api::key_segment(&key));
         let http = http.clone();
         let id = f.node_id.clone();
         async move {
@@ -263,13 +272,6 @@ async fn read(State(c): Shared, Path(key): Path<String>) -> Json<Value> {
     }))
     .await;
     Json(json!({"result": result, "followers": answers}))
-}
-
-/// Percent-encodes a key for a URL path (keys may hold `/`, spaces, ...).
-fn encode_path(key: &str) -> String {
-    url::form_urlencoded::byte_serialize(key.as_bytes())
-        .collect::<String>()
-        .replace('+', "%20")
 }
 
 /// `POST /ui/pause/{node}`: pauses that node's heartbeats for 8 s (longer
