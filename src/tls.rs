@@ -147,8 +147,67 @@ impl Files {
     }
 }
 
+/// `kvlab certs`: a cluster CA and certificate for clusters whose
+/// components someone else starts (Compose, Kubernetes, by hand).
+#[derive(Debug, Clone, clap::Parser)]
+pub struct CertsArgs {
+    /// The folder to write ca.pem, cert.pem and key.pem in (made if missing).
+    pub dir: PathBuf,
+    /// A DNS name or IP address the certificate names, for tools that check
+    /// (curl); repeat it. kvlab's own clients check only the CA. Default:
+    /// localhost, this machine's name and its addresses.
+    #[arg(long = "name", value_name = "NAME")]
+    pub names: Vec<String>,
+    /// Leave the files alone if all three exist (for a Compose service
+    /// that runs at every `up`: the nodes keep trusting the same CA).
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// Runs `kvlab certs`.
+pub fn certs(args: &CertsArgs) -> Result<(), TlsError> {
+    let files = Files::in_dir(&args.dir);
+    if args.keep && [&files.ca, &files.cert, &files.key].iter().all(|p| p.exists()) {
+        println!(
+            "kvlab certs: {} holds a CA, a certificate and a key already: kept (--keep)",
+            args.dir.display()
+        );
+        return Ok(());
+    }
+    if let Some(bad) = args.names.iter().find(|n| !valid_name(n)) {
+        return Err(TlsError::BadName(bad.clone()));
+    }
+    let names = if args.names.is_empty() {
+        names_for(IpAddr::from([0, 0, 0, 0]), &[])
+    } else {
+        args.names.clone()
+    };
+    let files = make(&args.dir, &names)?;
+    println!(
+        "kvlab certs: a cluster CA {} and a certificate {} (key {}) for {}; give every \
+         component --tls-ca, --tls-cert and --tls-key",
+        files.ca.display(),
+        files.cert.display(),
+        files.key.display(),
+        names.join(", ")
+    );
+    Ok(())
+}
+
+/// A DNS name or an IP address, as a certificate may hold it.
+fn valid_name(name: &str) -> bool {
+    name.parse::<IpAddr>().is_ok()
+        || (!name.is_empty()
+            && name.len() <= 253
+            && name
+                .split('.')
+                .all(|label| !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    #[error("--name {0:?} is neither a DNS name (letters, digits, `-`, dots) nor an IP address")]
+    BadName(String),
     #[error(
         "{what} listens on {addr}, off loopback, where TLS is on by default: give it \
          --tls-ca, --tls-cert and --tls-key (kvlab up makes them itself), or --tls off \
@@ -478,18 +537,22 @@ pub fn make(dir: &Path, names: &[String]) -> Result<Files, TlsError> {
     Ok(files)
 }
 
+/// Creates `dir` (and its parents) private to the user. A folder that
+/// exists keeps its mode: it may be one an operator shares on purpose
+/// (Compose's bind mount, for ca.pem); the key file is private anyway.
 fn private_dir(dir: &Path) -> Result<(), TlsError> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let err = |source| TlsError::Write {
-        path: dir.into(),
-        source,
-    };
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(err)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)
+        .map_err(|source| TlsError::Write {
+            path: dir.into(),
+            source,
+        })
 }
 
 /// Writes `path` whole (aside, then renamed) with `mode`.
@@ -633,5 +696,25 @@ mod tests {
         let other = make(&dir.path().join("b"), &["localhost".into()]).unwrap();
         let e = acceptor(&files.cert, &other.key).unwrap_err();
         assert!(e.to_string().contains("do not make a usable TLS identity"), "{e}");
+    }
+
+    #[test]
+    fn certs_checks_names_and_keeps_existing_files_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = |names: &[&str], keep: bool| CertsArgs {
+            dir: dir.path().join("tls"),
+            names: names.iter().map(|n| n.to_string()).collect(),
+            keep,
+        };
+        for bad in ["", "a b", "x..y", "a/b", "ü.example"] {
+            let e = certs(&args(&[bad], false)).unwrap_err();
+            assert!(e.to_string().contains("neither a DNS name"), "{bad:?}: {e}");
+        }
+        certs(&args(&["cluster", "follower-1", "10.0.0.1", "::1"], false)).unwrap();
+        let ca = std::fs::read(dir.path().join("tls").join(CA_FILE)).unwrap();
+        certs(&args(&["cluster"], true)).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("tls").join(CA_FILE)).unwrap(), ca);
+        certs(&args(&["cluster"], false)).unwrap();
+        assert_ne!(std::fs::read(dir.path().join("tls").join(CA_FILE)).unwrap(), ca);
     }
 }
