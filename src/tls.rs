@@ -167,7 +167,11 @@ pub struct CertsArgs {
 /// Runs `kvlab certs`.
 pub fn certs(args: &CertsArgs) -> Result<(), TlsError> {
     let files = Files::in_dir(&args.dir);
-    if args.keep && [&files.ca, &files.cert, &files.key].iter().all(|p| p.exists()) {
+    if args.keep
+        && [&files.ca, &files.cert, &files.key]
+            .iter()
+            .all(|p| p.exists())
+    {
         println!(
             "kvlab certs: {} holds a CA, a certificate and a key already: kept (--keep)",
             args.dir.display()
@@ -199,9 +203,12 @@ fn valid_name(name: &str) -> bool {
     name.parse::<IpAddr>().is_ok()
         || (!name.is_empty()
             && name.len() <= 253
-            && name
-                .split('.')
-                .all(|label| !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')))
+            && name.split('.').all(|label| {
+                !label.is_empty()
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            }))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -214,7 +221,9 @@ pub enum TlsError {
          on a network you trust"
     )]
     Missing { what: String, addr: IpAddr },
-    #[error("--tls-cert and --tls-key need --tls-ca too: kvlab's clients trust only the cluster CA")]
+    #[error(
+        "--tls-cert and --tls-key need --tls-ca too: kvlab's clients trust only the cluster CA"
+    )]
     NoCa,
     #[error("cannot read {path}: {reason}")]
     Read { path: PathBuf, reason: String },
@@ -401,13 +410,10 @@ impl ServerCertVerifier for ClusterCa {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.0.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -695,7 +701,10 @@ mod tests {
         let files = make(&dir.path().join("a"), &["localhost".into()]).unwrap();
         let other = make(&dir.path().join("b"), &["localhost".into()]).unwrap();
         let e = acceptor(&files.cert, &other.key).unwrap_err();
-        assert!(e.to_string().contains("do not make a usable TLS identity"), "{e}");
+        assert!(
+            e.to_string().contains("do not make a usable TLS identity"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -713,8 +722,14 @@ mod tests {
         certs(&args(&["cluster", "follower-1", "10.0.0.1", "::1"], false)).unwrap();
         let ca = std::fs::read(dir.path().join("tls").join(CA_FILE)).unwrap();
         certs(&args(&["cluster"], true)).unwrap();
-        assert_eq!(std::fs::read(dir.path().join("tls").join(CA_FILE)).unwrap(), ca);
+        assert_eq!(
+            std::fs::read(dir.path().join("tls").join(CA_FILE)).unwrap(),
+            ca
+        );
         certs(&args(&["cluster"], false)).unwrap();
-        assert_ne!(std::fs::read(dir.path().join("tls").join(CA_FILE)).unwrap(), ca);
+        assert_ne!(
+            std::fs::read(dir.path().join("tls").join(CA_FILE)).unwrap(),
+            ca
+        );
     }
 }

@@ -208,11 +208,10 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     // Creating the coordinator starts nothing (`serve` does), so it can come
     // first: the gateway needs its router.
     let coordinator = Coordinator::new(coordinator_config);
-    let _ = coordinator.ui.gateway.set(crate::tls::url(
-        args.host,
-        args.host,
-        args.gateway_port,
-    ));
+    let _ = coordinator
+        .ui
+        .gateway
+        .set(crate::tls::url(args.host, args.host, args.gateway_port));
     let gateway = Gateway::in_process(
         gateway::Config::from_args(&gateway_args)?,
         coordinator::router(coordinator.clone()),
@@ -314,7 +313,10 @@ fn listeners(args: &Args, netns: Option<&NetnsHosts>) -> Vec<(&'static str, IpAd
     ];
     if let Some(hosts) = netns {
         all.push(("the registry, on the netns bridge", hosts.host_ip().into()));
-        all.push(("each node, in its network namespace", hosts.node_ip(0).into()));
+        all.push((
+            "each node, in its network namespace",
+            hosts.node_ip(0).into(),
+        ));
     } else if args.cluster.runtime.runtime == coordinator::RuntimeKind::Docker {
         all.push(("each node, in its container", IpAddr::from([0, 0, 0, 0])));
     } else {
@@ -349,7 +351,10 @@ fn tls_settings(args: &Args, netns: Option<&NetnsHosts>) -> anyhow::Result<crate
         println!(
             "kvlab up: TLS {}: the cluster CA {}",
             which_listeners(args.tls.mode),
-            tls.tls_ca.as_deref().unwrap_or(std::path::Path::new("?")).display()
+            tls.tls_ca
+                .as_deref()
+                .unwrap_or(std::path::Path::new("?"))
+                .display()
         );
     }
     crate::tls::install(&tls, &listeners)?;

@@ -219,6 +219,9 @@ mod tests {
         assert_eq!(port_of("https://follower-1:7002", true).unwrap(), 7002);
         assert_eq!(port_of("http://127.0.0.1:7002", true).unwrap(), 7002);
         let e = port_of("http://follower-1:7002", true).unwrap_err();
-        assert!(e.detail.to_string().contains("advertise an https://"), "{e:?}");
+        assert!(
+            e.detail.to_string().contains("advertise an https://"),
+            "{e:?}"
+        );
     }
 }
