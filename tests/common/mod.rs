@@ -359,6 +359,22 @@ impl Cluster {
         cluster
     }
 
+    /// As [`Cluster::start_with`], with `kvlab up`'s temporary directory in
+    /// `scratch`: where it makes its cluster CA when some listener is off
+    /// loopback (nodes on `--hosts netns`, say). The handle's client then
+    /// trusts that CA; its own URLs stay those of loopback.
+    pub fn start_in(scratch: &tempfile::TempDir, flags: &str) -> Cluster {
+        let dir = scratch.path().to_path_buf();
+        let mut cluster = Cluster::start_with(flags, |cmd| {
+            cmd.env("TMPDIR", &dir);
+        });
+        let ca = cluster.tls_dir(scratch).join("ca.pem");
+        if ca.exists() {
+            cluster.http = http().secret().ca(&ca).build();
+        }
+        cluster
+    }
+
     /// Where `kvlab up` made the TLS files of a cluster started with
     /// [`Cluster::start_tls`] in `scratch`.
     pub fn tls_dir(&self, scratch: &tempfile::TempDir) -> std::path::PathBuf {
