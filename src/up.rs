@@ -337,8 +337,15 @@ fn tls_settings(args: &Args, netns: Option<&NetnsHosts>) -> anyhow::Result<crate
         let dir = std::env::temp_dir()
             .join(format!("kvlab-{}", args.coordinator_port))
             .join("tls");
-        let bridge: Vec<IpAddr> = netns.map(|h| h.host_ip().into()).into_iter().collect();
-        let names = crate::tls::names_for(args.host, &bridge);
+        // On netns hosts the addresses are known now: the bridge and every
+        // node slot's, so that curl can check them too.
+        let hosts: Vec<IpAddr> = netns
+            .map(|h| {
+                let nodes = (0..crate::hosts::netns::MAX_NODES).map(|i| h.node_ip(i).into());
+                std::iter::once(h.host_ip().into()).chain(nodes).collect()
+            })
+            .unwrap_or_default();
+        let names = crate::tls::names_for(args.host, &hosts);
         let files = crate::tls::make(&dir, &names)?;
         println!(
             "kvlab up: TLS {}: a cluster CA made for this run, {} (curl --cacert {} https://...)",

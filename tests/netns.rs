@@ -37,8 +37,8 @@ fn netns_available(test: &str) -> bool {
 /// test ends (a failing assertion included). Declare it before the
 /// cluster, so the cluster (and its nodes) are gone first.
 /// Also holds the cluster's temporary directory (its TLS files), if any,
-/// until the test ends: held, never read.
-struct NetnsGuard(u16, #[allow(dead_code)] Option<tempfile::TempDir>);
+/// until the test ends.
+struct NetnsGuard(u16, Option<tempfile::TempDir>);
 
 impl Drop for NetnsGuard {
     fn drop(&mut self) {
@@ -370,7 +370,7 @@ fn netem_lab_delays_and_slow_links_are_real_latency() {
     if !netns_available("netem_lab_delays_and_slow_links_are_real_latency") {
         return;
     }
-    let (_guard, c) = start(
+    let (guard, c) = start(
         "--followers 2 -W 1 -R 1 --in-memory --lab-delays netem --sync-delay 0.3 --async-delay 1.5",
     );
     let status = c.status();
@@ -403,7 +403,10 @@ fn netem_lab_delays_and_slow_links_are_real_latency() {
         json!({"peer": "coordinator", "delay_ms": 200, "seconds": 30}),
     );
     assert_eq!(code, 200, "{l}");
-    let fresh = http().build();
+    // A new client (no pooled connection), trusting the cluster's CA: the
+    // nodes speak TLS, whose handshake crosses the link once more.
+    let ca = c.tls_dir(guard.1.as_ref().unwrap()).join("ca.pem");
+    let fresh = http().cluster_ca(&ca).build();
     let started = std::time::Instant::now();
     assert!(fresh
         .get(format!("{follower}/health"))

@@ -131,6 +131,7 @@ pub fn http() -> HttpBuilder {
         timeout: Duration::from_secs(30),
         local: None,
         ca: None,
+        any_name: false,
     }
 }
 
@@ -140,6 +141,7 @@ pub struct HttpBuilder {
     timeout: Duration,
     local: Option<std::net::IpAddr>,
     ca: Option<reqwest::Certificate>,
+    any_name: bool,
 }
 
 impl HttpBuilder {
@@ -169,6 +171,14 @@ impl HttpBuilder {
         self
     }
 
+    /// Trusts this CA as kvlab's own clients do: any certificate it signed,
+    /// whatever names it holds (containers get their addresses after the
+    /// certificate is made).
+    pub fn cluster_ca(mut self, pem_file: &std::path::Path) -> Self {
+        self.any_name = true;
+        self.ca(pem_file)
+    }
+
     fn headers(&self) -> reqwest::header::HeaderMap {
         let mut headers = reqwest::header::HeaderMap::new();
         if self.secret {
@@ -186,6 +196,7 @@ impl HttpBuilder {
             builder = builder.add_root_certificate(ca);
         }
         builder
+            .danger_accept_invalid_hostnames(self.any_name)
             .no_proxy()
             .default_headers(self.headers())
             .timeout(self.timeout)
@@ -201,6 +212,7 @@ impl HttpBuilder {
             builder = builder.add_root_certificate(ca);
         }
         builder
+            .danger_accept_invalid_hostnames(self.any_name)
             .no_proxy()
             .default_headers(self.headers())
             .timeout(self.timeout)
@@ -364,13 +376,22 @@ impl Cluster {
     /// loopback (nodes on `--hosts netns`, say). The handle's client then
     /// trusts that CA; its own URLs stay those of loopback.
     pub fn start_in(scratch: &tempfile::TempDir, flags: &str) -> Cluster {
-        let dir = scratch.path().to_path_buf();
-        let mut cluster = Cluster::start_with(flags, |cmd| {
-            cmd.env("TMPDIR", &dir);
+        let extra = split(flags);
+        let data_dir = (!extra.contains(&"--in-memory")).then(|| {
+            tempfile::Builder::new()
+                .prefix("kvlab-data-")
+                .tempdir()
+                .unwrap()
         });
+        let tmp = scratch.path().to_path_buf();
+        let data = data_dir.as_ref().map(|d| d.path());
+        let mut cluster = Cluster::launch_at(free_port_block(), data, &extra, |cmd| {
+            cmd.env("TMPDIR", &tmp);
+        });
+        cluster.data_dir = data_dir;
         let ca = cluster.tls_dir(scratch).join("ca.pem");
         if ca.exists() {
-            cluster.http = http().secret().ca(&ca).build();
+            cluster.http = http().secret().cluster_ca(&ca).build();
         }
         cluster
     }
