@@ -453,12 +453,12 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     // The coordinator hands its secret down in the environment; a node
     // started by hand finds the user's.
     crate::auth::load_and_install(&args.secret, crate::auth::Fallback::UserFile)?;
-    // Before any client is made: they all trust the cluster CA.
-    crate::tls::install(&args.tls, &[("this node", args.host)])?;
     let addr = SocketAddr::new(args.host, args.port);
     if args.join.is_some() {
         join::check(&args)?;
     }
+    // Before any client is made: they all trust the cluster CA.
+    crate::tls::install(&args.tls, &[("this node", args.host)])?;
     // Recover before listening: a node that answers must hold its data.
     let storage = match durable::config(&args) {
         Some(config) => match durable::open(config).await {
