@@ -316,7 +316,8 @@ fn a_missing_image_is_a_clear_error() {
 struct Compose {
     project: String,
     base: u16,
-    /// Holds the admin token file compose.yaml mounts (`KVLAB_ADMIN_TOKEN_FILE`).
+    /// Holds the admin token file compose.yaml mounts (`KVLAB_ADMIN_TOKEN_FILE`)
+    /// and the folder its `certs` service makes the TLS files in (`KVLAB_TLS_DIR`).
     dir: tempfile::TempDir,
 }
 
@@ -337,6 +338,7 @@ impl Compose {
                 "KVLAB_ADMIN_TOKEN_FILE",
                 self.dir.path().join("admin-token"),
             )
+            .env("KVLAB_TLS_DIR", self.dir.path().join("tls"))
             .env("KVLAB_COORDINATOR_PORT", self.base.to_string())
             .env(
                 "KVLAB_GATEWAY_PORT",
@@ -375,9 +377,13 @@ fn compose_runs_a_working_cluster_and_down_removes_it() {
         "{}",
         String::from_utf8_lossy(&up.stderr)
     );
-    assert_eq!(compose.containers().len(), 4);
-    let gateway = format!("http://127.0.0.1:{}", compose.base + GATEWAY_OFFSET);
-    let http = http().timeout(secs(10)).build();
+    // The cluster, three nodes, and the one-shot `certs` (exited).
+    assert_eq!(compose.containers().len(), 5);
+    // Every listener speaks TLS: clients trust the CA `certs` made (and
+    // check the names it gave, localhost and 127.0.0.1, as curl would).
+    let ca = compose.dir.path().join("tls").join("ca.pem");
+    let gateway = format!("https://127.0.0.1:{}", compose.base + GATEWAY_OFFSET);
+    let http = http().timeout(secs(10)).ca(&ca).build();
     // The nodes join once the coordinator is up; the gateway answers 503
     // until the cluster is ready.
     let written = wait("the compose cluster to take a write", secs(60))
@@ -393,7 +399,7 @@ fn compose_runs_a_working_cluster_and_down_removes_it() {
             }
         })
         .unwrap_or_else(|| {
-            let coordinator = format!("http://127.0.0.1:{}", compose.base);
+            let coordinator = format!("https://127.0.0.1:{}", compose.base);
             let get = |path: &str| {
                 http.get(format!("{coordinator}{path}"))
                     .send()
@@ -418,7 +424,17 @@ fn compose_runs_a_working_cluster_and_down_removes_it() {
     assert_eq!(read["value"], "composed", "{read}");
 
     // At the start the node named `leader` leads, whichever joined first.
-    let coordinator = format!("http://127.0.0.1:{}", compose.base);
+    let coordinator = format!("https://127.0.0.1:{}", compose.base);
+    // Plain HTTP is refused, on the gateway and the coordinator alike.
+    for url in [&gateway, &coordinator] {
+        let plain = url.replacen("https://", "http://", 1);
+        let refused = common::http()
+            .build()
+            .get(format!("{plain}/status"))
+            .send()
+            .unwrap();
+        assert_eq!(refused.status(), 400, "{plain}");
+    }
     let status: Value = http
         .get(format!("{coordinator}/status"))
         .send()
