@@ -245,6 +245,13 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
             gateway: format!("{}:{}", args.host, args.gateway_port),
             coordinator: format!("{}:{}", args.host, args.coordinator_port),
             registry: format!("{}:{}", args.host, args.registry_port),
+            tls: tls.tls_ca.as_ref().map(|ca| crate::metrics::ScrapeTls {
+                ca_file: ca.display().to_string(),
+                gateway: crate::tls::tls_at(args.host),
+                coordinator: crate::tls::tls_at(args.host),
+                registry: crate::tls::tls_at(registry_host(&args)),
+                nodes: crate::tls::tls_at(nodes_listen(&args, netns.as_ref().map(|g| &*g.0)).1),
+            }),
         });
         std::fs::write(file, text).map_err(|e| {
             anyhow::anyhow!("cannot write the Prometheus config {}: {e}", file.display())
@@ -313,16 +320,24 @@ fn listeners(args: &Args, netns: Option<&NetnsHosts>) -> Vec<(&'static str, IpAd
     ];
     if let Some(hosts) = netns {
         all.push(("the registry, on the netns bridge", hosts.host_ip().into()));
-        all.push((
+    }
+    all.push(nodes_listen(args, netns));
+    all
+}
+
+/// Where the nodes listen: in their namespaces, in their containers
+/// (0.0.0.0), or on `--host`.
+fn nodes_listen(args: &Args, netns: Option<&NetnsHosts>) -> (&'static str, IpAddr) {
+    if let Some(hosts) = netns {
+        (
             "each node, in its network namespace",
             hosts.node_ip(0).into(),
-        ));
+        )
     } else if args.cluster.runtime.runtime == coordinator::RuntimeKind::Docker {
-        all.push(("each node, in its container", IpAddr::from([0, 0, 0, 0])));
+        ("each node, in its container", IpAddr::from([0, 0, 0, 0]))
     } else {
-        all.push(("each node (--host)", args.host));
+        ("each node (--host)", args.host)
     }
-    all
 }
 
 /// This run's TLS settings, installed: the operator's files, or (when a
