@@ -375,21 +375,11 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 fn verifying_config(ca: &[CertificateDer<'static>]) -> Result<rustls::ClientConfig, TlsError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in ca {
-        roots.add(cert.clone()).map_err(|e| TlsError::Read {
-            path: "the CA certificate".into(),
-            reason: e.to_string(),
-        })?;
-    }
-    let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
-        .build()
-        .map_err(|e| TlsError::Generate(e.to_string()))?;
     let config = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Generate(e.to_string()))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(ClusterCa(webpki)))
+        .with_custom_certificate_verifier(Arc::new(ClusterCa::new(ca)?))
         .with_no_client_auth();
     Ok(config)
 }
@@ -400,6 +390,23 @@ fn verifying_config(ca: &[CertificateDer<'static>]) -> Result<rustls::ClientConf
 /// name mismatch is only ever reported for a certificate the CA signed.
 #[derive(Debug)]
 struct ClusterCa(Arc<WebPkiServerVerifier>);
+
+impl ClusterCa {
+    /// Trusts `ca` (the certificates of the CA file) and nothing else.
+    fn new(ca: &[CertificateDer<'static>]) -> Result<ClusterCa, TlsError> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in ca {
+            roots.add(cert.clone()).map_err(|e| TlsError::Read {
+                path: "the CA certificate".into(),
+                reason: e.to_string(),
+            })?;
+        }
+        let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| TlsError::Generate(e.to_string()))?;
+        Ok(ClusterCa(webpki))
+    }
+}
 
 impl ServerCertVerifier for ClusterCa {
     fn verify_server_cert(
@@ -514,8 +521,13 @@ pub fn make(dir: &Path, names: &[String]) -> Result<Files, TlsError> {
     let ca_key = KeyPair::generate().map_err(gen)?;
     let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(gen)?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    // A name of its own per CA, so that two runs' CAs are told apart (by
+    // people, and by verifiers looking for a certificate's issuer).
+    let mut tag = [0u8; 4];
+    getrandom::fill(&mut tag).map_err(|e| TlsError::Generate(e.to_string()))?;
+    let tag: String = tag.iter().map(|b| format!("{b:02x}")).collect();
     ca.distinguished_name
-        .push(DnType::CommonName, "kvlab cluster CA");
+        .push(DnType::CommonName, format!("kvlab cluster CA {tag}"));
     ca.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::CrlSign,
@@ -707,6 +719,26 @@ mod tests {
             e.to_string().contains("do not make a usable TLS identity"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_certificate_of_the_cluster_ca_passes_whatever_its_names_and_no_other_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let ours = make(&dir.path().join("ours"), &["localhost".into()]).unwrap();
+        let theirs = make(&dir.path().join("theirs"), &["10.0.0.7".into()]).unwrap();
+        let verifier = ClusterCa::new(&read_certs(&ours.ca).unwrap()).unwrap();
+        let check = |files: &Files, name: &str| {
+            let cert = read_certs(&files.cert).unwrap().remove(0);
+            let name = ServerName::try_from(name.to_string()).unwrap();
+            verifier.verify_server_cert(&cert, &[], &name, &[], UnixTime::now())
+        };
+        // Named or not, a certificate our CA signed is a member.
+        check(&ours, "localhost").unwrap();
+        check(&ours, "10.89.0.12").unwrap();
+        check(&ours, "follower-1").unwrap();
+        // Another CA's certificate is not, even for the name it holds.
+        let e = check(&theirs, "10.0.0.7").unwrap_err();
+        assert!(e.to_string().contains("UnknownIssuer"), "{e}");
     }
 
     #[test]
