@@ -68,6 +68,8 @@ pub enum ClusterError {
     },
     #[error("the cluster was not ready within {0:?} (see {1})")]
     NotReady(Duration, PathBuf),
+    #[error("cannot make the cluster's TLS files: {0}")]
+    Tls(String),
 }
 
 /// Every port of the cluster under test.
@@ -175,7 +177,8 @@ impl ClusterProcess {
             .into_std()
             .await;
         let data = dir.join("data");
-        let child = spawn_up(up_flags, ports, &dir, &data, out, keep)?;
+        let tls = tool_tls(&dir)?;
+        let child = spawn_up(up_flags, ports, &dir, &data, out, keep, &tls)?;
         let pid = child.id().unwrap_or_default();
         let mut cluster = ClusterProcess {
             child,
@@ -258,6 +261,27 @@ impl Drop for ClusterProcess {
     }
 }
 
+/// The TLS files of the clusters this process starts, made once (in the
+/// first cluster's folder) and trusted by this process: like the secret,
+/// the tool hands them to its `kvlab up`, so that its own requests to the
+/// nodes (the nemesis's hooks) get through where the nodes speak TLS
+/// (`--hosts netns`). On loopback `up` listens plain and they go unused.
+fn tool_tls(dir: &Path) -> Result<crate::tls::Files, ClusterError> {
+    static FILES: std::sync::OnceLock<crate::tls::Files> = std::sync::OnceLock::new();
+    if let Some(files) = FILES.get() {
+        return Ok(files.clone());
+    }
+    let names = crate::tls::names_for(std::net::Ipv4Addr::LOCALHOST.into(), &[]);
+    let tls_err = |e: crate::tls::TlsError| ClusterError::Tls(e.to_string());
+    let files = crate::tls::make(&dir.join("tls"), &names).map_err(tls_err)?;
+    let trust = crate::tls::TlsArgs {
+        tls_ca: Some(files.ca.clone()),
+        ..Default::default()
+    };
+    crate::tls::install(&trust, &[]).map_err(tls_err)?;
+    Ok(FILES.get_or_init(|| files).clone())
+}
+
 fn spawn_up(
     up_flags: &[String],
     ports: &Ports,
@@ -265,6 +289,7 @@ fn spawn_up(
     data: &Path,
     out: std::fs::File,
     keep: bool,
+    tls: &crate::tls::Files,
 ) -> Result<Child, ClusterError> {
     let binary = std::env::current_exe().unwrap_or_else(|_| "kvlab".into());
     let spawn_err = |source| ClusterError::Spawn {
@@ -286,6 +311,12 @@ fn spawn_up(
         .arg("--data-dir")
         .arg(data)
         .arg("--fresh")
+        .arg("--tls-ca")
+        .arg(&tls.ca)
+        .arg("--tls-cert")
+        .arg(&tls.cert)
+        .arg("--tls-key")
+        .arg(&tls.key)
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::from(out))

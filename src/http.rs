@@ -11,7 +11,8 @@
 //!   gives every request a deadline to arrive whole (headers, then body),
 //!   caps how many connections a listener serves at once and how many of
 //!   them one client address holds, and [`raise_open_file_limit`] lifts the
-//!   soft file limit.
+//!   soft file limit. A listener that must speak TLS (see `tls`) does its
+//!   handshake first.
 //! - [`error_detail`] and [`detail_of`]: the `detail` of another component's
 //!   error answer, whatever shape its body has.
 
@@ -226,7 +227,13 @@ fn builder(mut headers: reqwest::header::HeaderMap) -> reqwest::ClientBuilder {
             headers.insert(crate::auth::HEADER_SECRET, value);
         }
     }
-    reqwest::Client::builder()
+    let builder = reqwest::Client::builder();
+    // https: the cluster CA is the only root (see `tls`).
+    let builder = match crate::tls::client_config() {
+        Some(config) => builder.use_preconfigured_tls(config),
+        None => builder,
+    };
+    builder
         .default_headers(headers)
         .no_proxy()
         .connect_timeout(Duration::from_secs(2))
@@ -306,6 +313,11 @@ pub async fn serve(
     http1
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
+    // Off loopback (or with `--tls on`), this listener speaks TLS only.
+    let tls = listener
+        .local_addr()
+        .ok()
+        .and_then(|addr| crate::tls::acceptor_for(addr.ip()));
     tokio::pin!(shutdown);
     loop {
         // A slot first, then a connection: past the cap, clients wait.
@@ -339,10 +351,22 @@ pub async fn serve(
             },
         );
         let service = hyper_util::service::TowerToHyperService::new(service);
-        let conn = graceful.watch(http1.serve_connection(TokioIo::new(stream), service));
+        let (http1, watcher, tls) = (http1.clone(), graceful.watcher(), tls.clone());
         tokio::spawn(async move {
             // An error here is the client's (gone, timed out, malformed).
-            let _ = conn.await;
+            match tls {
+                None => {
+                    let conn = http1.serve_connection(TokioIo::new(stream), service);
+                    let _ = watcher.watch(conn).await;
+                }
+                // A TLS listener: the handshake first (plain HTTP refused).
+                Some(acceptor) => {
+                    if let Some(stream) = crate::tls::handshake(&acceptor, stream).await {
+                        let conn = http1.serve_connection(TokioIo::new(stream), service);
+                        let _ = watcher.watch(conn).await;
+                    }
+                }
+            }
             drop((slot, held));
         });
     }

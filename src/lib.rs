@@ -24,4 +24,5 @@ pub mod process;
 pub mod ratelimit;
 pub mod registry;
 pub mod storage;
+pub mod tls;
 pub mod up;

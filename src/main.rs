@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use kvlab::{
-    assess, bench, check, client, coordinator, gateway, grade_node, lab, node, registry, up,
+    assess, bench, check, client, coordinator, gateway, grade_node, lab, node, registry, tls, up,
 };
 
 /// mimalloc instead of the system allocator. Every request allocates
@@ -48,6 +48,8 @@ enum Command {
     Check(check::Args),
     /// Grade a node you wrote (docs/node-protocol.md): conformance tests, then a cluster under faults.
     GradeNode(grade_node::Args),
+    /// Make a cluster CA and certificate for TLS (Compose, Kubernetes, components started by hand).
+    Certs(tls::CertsArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -74,6 +76,7 @@ fn main() -> std::process::ExitCode {
             Command::Node(args) => node::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Lab(args) => lab::run(args).await,
+            Command::Certs(args) => tls::certs(&args).map_err(anyhow::Error::from),
             // The client's exit code says whether the command worked.
             Command::Client(args) => return client::run(args).await,
             // So does the autograder's (2 below --min-score, 130 interrupted).

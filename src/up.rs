@@ -76,6 +76,12 @@ pub struct Args {
     pub secret: crate::auth::SecretArgs,
     #[command(flatten)]
     pub admin: crate::auth::AdminArgs,
+    /// TLS (see `tls`): with `auto`, every listener off loopback speaks TLS
+    /// only. Without --tls-ca/--tls-cert/--tls-key, `up` makes a cluster CA
+    /// and a certificate for the run in `<temp dir>/kvlab-<coordinator
+    /// port>/tls`.
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
     /// Where the nodes run: `processes` (on this address) or `netns` (each
     /// in its own network namespace and address, joined by a bridge; root
     /// only). Netns hosts make partitions and slow links real packets.
@@ -162,8 +168,11 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     {
         eprintln!("kvlab up: warning: {warning}");
     }
-    let registry_url = format!("http://{}:{}", args.host, args.registry_port);
-    let coordinator_url = format!("http://{}:{}", args.host, args.coordinator_port);
+    // Removes the namespaces, veths and bridge on every way out of here.
+    let netns = netns_hosts(&args)?;
+    let tls = tls_settings(&args, netns.as_ref().map(|g| &*g.0))?;
+    let registry_url = crate::tls::url(registry_host(&args), args.host, args.registry_port);
+    let coordinator_url = crate::tls::url(args.host, args.host, args.coordinator_port);
     let registry_args = registry::Args {
         port: args.registry_port,
         host: args.host,
@@ -172,6 +181,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
         spawn_delay: args.spawn_delay,
         timeout: args.failure_timeout,
         secret: args.secret.clone(),
+        tls: tls.clone(),
     };
     let coordinator_args = coordinator::Args {
         port: args.coordinator_port,
@@ -182,6 +192,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
         quiet: args.quiet,
         secret: args.secret.clone(),
         admin: args.admin.clone(),
+        tls: tls.clone(),
     };
     let gateway_args = gateway::Args {
         port: args.gateway_port,
@@ -189,11 +200,10 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
         coordinator: coordinator_url.clone(),
         rate: args.rate.clone(),
         timeout: 30.0,
+        tls: tls.clone(),
     };
     let registry_config = registry::Config::from_args(&registry_args)?;
     let mut coordinator_config = coordinator::Config::from_args(&coordinator_args)?;
-    // Removes the namespaces, veths and bridge on every way out of here.
-    let netns = netns_hosts(&args)?;
     coordinator_config.launch.netns = netns.as_ref().map(|g| g.0.clone());
     // Creating the coordinator starts nothing (`serve` does), so it can come
     // first: the gateway needs its router.
@@ -201,7 +211,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     let _ = coordinator
         .ui
         .gateway
-        .set(format!("http://{}:{}", args.host, args.gateway_port));
+        .set(crate::tls::url(args.host, args.host, args.gateway_port));
     let gateway = Gateway::in_process(
         gateway::Config::from_args(&gateway_args)?,
         coordinator::router(coordinator.clone()),
@@ -235,6 +245,13 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
             gateway: format!("{}:{}", args.host, args.gateway_port),
             coordinator: format!("{}:{}", args.host, args.coordinator_port),
             registry: format!("{}:{}", args.host, args.registry_port),
+            tls: tls.tls_ca.as_ref().map(|ca| crate::metrics::ScrapeTls {
+                ca_file: ca.display().to_string(),
+                gateway: crate::tls::tls_at(args.host),
+                coordinator: crate::tls::tls_at(args.host),
+                registry: crate::tls::tls_at(registry_host(&args)),
+                nodes: crate::tls::tls_at(nodes_listen(&args, netns.as_ref().map(|g| &*g.0)).1),
+            }),
         });
         std::fs::write(file, text).map_err(|e| {
             anyhow::anyhow!("cannot write the Prometheus config {}: {e}", file.display())
@@ -291,6 +308,86 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     }
     drop(netns);
     result
+}
+
+/// Every listener of the cluster, for `tls::install`: this process's
+/// three, the registry's on the netns bridge, and the nodes'.
+fn listeners(args: &Args, netns: Option<&NetnsHosts>) -> Vec<(&'static str, IpAddr)> {
+    let mut all = vec![
+        ("the coordinator (--host)", args.host),
+        ("the gateway (--host)", args.host),
+        ("the registry", registry_host(args)),
+    ];
+    if let Some(hosts) = netns {
+        all.push(("the registry, on the netns bridge", hosts.host_ip().into()));
+    }
+    all.push(nodes_listen(args, netns));
+    all
+}
+
+/// Where the nodes listen: in their namespaces, in their containers
+/// (0.0.0.0), or on `--host`.
+fn nodes_listen(args: &Args, netns: Option<&NetnsHosts>) -> (&'static str, IpAddr) {
+    if let Some(hosts) = netns {
+        (
+            "each node, in its network namespace",
+            hosts.node_ip(0).into(),
+        )
+    } else if args.cluster.runtime.runtime == coordinator::RuntimeKind::Docker {
+        ("each node, in its container", IpAddr::from([0, 0, 0, 0]))
+    } else {
+        ("each node (--host)", args.host)
+    }
+}
+
+/// This run's TLS settings, installed: the operator's files, or (when a
+/// listener must speak TLS and none were given) a cluster CA and a
+/// certificate made for the run in `<temp dir>/kvlab-<coordinator port>/tls`.
+/// Returns the flags every component and node gets.
+fn tls_settings(args: &Args, netns: Option<&NetnsHosts>) -> anyhow::Result<crate::tls::TlsArgs> {
+    let listeners = listeners(args, netns);
+    let needed = listeners.iter().any(|(_, ip)| args.tls.mode.tls_at(*ip));
+    let mut tls = args.tls.clone();
+    if needed && args.tls.tls_cert.is_none() {
+        let dir = std::env::temp_dir()
+            .join(format!("kvlab-{}", args.coordinator_port))
+            .join("tls");
+        // On netns hosts the addresses are known now: the bridge and every
+        // node slot's, so that curl can check them too.
+        let hosts: Vec<IpAddr> = netns
+            .map(|h| {
+                let nodes = (0..crate::hosts::netns::MAX_NODES).map(|i| h.node_ip(i).into());
+                std::iter::once(h.host_ip().into()).chain(nodes).collect()
+            })
+            .unwrap_or_default();
+        let names = crate::tls::names_for(args.host, &hosts);
+        let files = crate::tls::make(&dir, &names)?;
+        println!(
+            "kvlab up: TLS {}: a cluster CA made for this run, {} (curl --cacert {} https://...)",
+            which_listeners(args.tls.mode),
+            files.ca.display(),
+            files.ca.display()
+        );
+        tls = tls.with_files(&files);
+    } else if needed {
+        println!(
+            "kvlab up: TLS {}: the cluster CA {}",
+            which_listeners(args.tls.mode),
+            tls.tls_ca
+                .as_deref()
+                .unwrap_or(std::path::Path::new("?"))
+                .display()
+        );
+    }
+    crate::tls::install(&tls, &listeners)?;
+    Ok(tls)
+}
+
+fn which_listeners(mode: crate::tls::Mode) -> &'static str {
+    match mode {
+        crate::tls::Mode::On => "on every listener",
+        _ => "on every listener off loopback (plain HTTP there is refused)",
+    }
 }
 
 /// Deletes the netns hosts when `up` returns, whichever way (the nodes

@@ -25,7 +25,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("the contract", &["api"]),
     (
         "plumbing",
-        &["auth", "http", "events", "metrics", "process"],
+        &["auth", "http", "tls", "events", "metrics", "process"],
     ),
     ("engines", &["storage", "ratelimit"]),
     (
@@ -43,6 +43,11 @@ const LAYERS: &[(&str, &[&str])] = &[
 /// Keep in step with ARCHITECTURE.md, and keep it short.
 const EDGES: &[(&str, &str, &str)] = &[
     ("http", "auth", "every client carries the cluster secret"),
+    (
+        "http",
+        "tls",
+        "every client trusts the cluster CA and TLS listeners handshake first",
+    ),
     (
         "coordinator",
         "hosts",

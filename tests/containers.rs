@@ -93,7 +93,9 @@ impl Drop for Volumes {
     }
 }
 
-fn docker_cluster(prefix: &str, extra: &str) -> Cluster {
+/// The containers listen off loopback, so the nodes speak TLS: the cluster
+/// makes its CA in `tmp`, and the handle's client trusts it.
+fn docker_cluster(tmp: &tempfile::TempDir, prefix: &str, extra: &str) -> Cluster {
     let image = image();
     let mut args = vec![
         "--runtime",
@@ -110,7 +112,7 @@ fn docker_cluster(prefix: &str, extra: &str) -> Cluster {
         "0.5",
     ];
     args.extend(extra.split_whitespace());
-    Cluster::start_args(&args)
+    Cluster::start_in(tmp, &args.join(" "))
 }
 
 fn node<'a>(status: &'a Value, id: &str) -> &'a Value {
@@ -128,7 +130,8 @@ fn a_docker_cluster_passes_the_seed_demos() {
     let prefix = format!("kvlab-t{}-demos", std::process::id());
     let _volumes = Volumes(prefix.clone());
     {
-        let cluster = docker_cluster(&prefix, DEMO_3_2_2);
+        let tmp = scratch();
+        let cluster = docker_cluster(&tmp, &prefix, DEMO_3_2_2);
         // Demo 1: every node is a container of the image, on its network.
         let mut names = containers_of(&prefix);
         names.sort();
@@ -143,9 +146,19 @@ fn a_docker_cluster_passes_the_seed_demos() {
             status["leader"]["url"]
                 .as_str()
                 .unwrap()
-                .starts_with("http://10.89."),
+                .starts_with("https://10.89."),
             "{status}"
         );
+        // Plain HTTP to a node is refused.
+        let plain = status["leader"]["url"]
+            .as_str()
+            .unwrap()
+            .replacen("https", "http", 1);
+        let refused = internal_http()
+            .get(format!("{plain}/replication/peers"))
+            .send()
+            .unwrap();
+        assert_eq!(refused.status(), 400);
 
         // Demo 2: write and read through the gateway.
         let (code, body) = cluster.write("name", "distributed-systems");
@@ -200,7 +213,8 @@ fn a_docker_cluster_passes_the_seed_demos() {
         let status = cluster.status();
         let leader_url = status["leader"]["url"].as_str().unwrap().to_string();
         for id in ["follower-1", "follower-2"] {
-            let resp = internal_http()
+            let resp = cluster
+                .http
                 .post(format!("{leader_url}/replication/wait"))
                 .json(&json!({"node_id": id, "timeout_ms": 20_000}))
                 .send()
@@ -240,7 +254,8 @@ fn a_later_start_removes_what_a_killed_run_left() {
     }
     let prefix = format!("kvlab-t{}-leftovers", std::process::id());
     let _volumes = Volumes(prefix.clone());
-    let mut first = docker_cluster(&prefix, "--followers 1 -W 1 --fresh");
+    let tmp = scratch();
+    let mut first = docker_cluster(&tmp, &prefix, "--followers 1 -W 1 --fresh");
     let (code, body) = first.write("kept", "on-the-volume");
     assert_eq!(code, 200, "{body}");
     // SIGKILL: `kvlab up` cannot clean up; its containers live on.
@@ -248,7 +263,8 @@ fn a_later_start_removes_what_a_killed_run_left() {
     first.child.wait().unwrap();
     assert_eq!(containers_of(&prefix).len(), 2);
     {
-        let second = docker_cluster(&prefix, "--followers 1 -W 1");
+        let tmp = scratch();
+        let second = docker_cluster(&tmp, &prefix, "--followers 1 -W 1");
         let (_, events) = second.get("/events?since=0&limit=1000");
         assert!(
             events.to_string().contains("removed what an earlier run"),
@@ -273,7 +289,9 @@ fn a_missing_image_is_a_clear_error() {
     }
     let base = free_port_block();
     let prefix = format!("kvlab-t{}-noimage", std::process::id());
-    let out = kvlab()
+    // Its TLS files (the nodes would be off loopback) land in the scratch.
+    let tmp = scratch();
+    let out = kvlab_in(&tmp)
         .args([
             "up",
             "--runtime",
@@ -298,7 +316,8 @@ fn a_missing_image_is_a_clear_error() {
 struct Compose {
     project: String,
     base: u16,
-    /// Holds the admin token file compose.yaml mounts (`KVLAB_ADMIN_TOKEN_FILE`).
+    /// Holds the admin token file compose.yaml mounts (`KVLAB_ADMIN_TOKEN_FILE`)
+    /// and the folder its `certs` service makes the TLS files in (`KVLAB_TLS_DIR`).
     dir: tempfile::TempDir,
 }
 
@@ -319,6 +338,7 @@ impl Compose {
                 "KVLAB_ADMIN_TOKEN_FILE",
                 self.dir.path().join("admin-token"),
             )
+            .env("KVLAB_TLS_DIR", self.dir.path().join("tls"))
             .env("KVLAB_COORDINATOR_PORT", self.base.to_string())
             .env(
                 "KVLAB_GATEWAY_PORT",
@@ -357,9 +377,13 @@ fn compose_runs_a_working_cluster_and_down_removes_it() {
         "{}",
         String::from_utf8_lossy(&up.stderr)
     );
-    assert_eq!(compose.containers().len(), 4);
-    let gateway = format!("http://127.0.0.1:{}", compose.base + GATEWAY_OFFSET);
-    let http = http().timeout(secs(10)).build();
+    // The cluster, three nodes, and the one-shot `certs` (exited).
+    assert_eq!(compose.containers().len(), 5);
+    // Every listener speaks TLS: clients trust the CA `certs` made (and
+    // check the names it gave, localhost and 127.0.0.1, as curl would).
+    let ca = compose.dir.path().join("tls").join("ca.pem");
+    let gateway = format!("https://127.0.0.1:{}", compose.base + GATEWAY_OFFSET);
+    let http = http().timeout(secs(10)).ca(&ca).build();
     // The nodes join once the coordinator is up; the gateway answers 503
     // until the cluster is ready.
     let written = wait("the compose cluster to take a write", secs(60))
@@ -375,7 +399,7 @@ fn compose_runs_a_working_cluster_and_down_removes_it() {
             }
         })
         .unwrap_or_else(|| {
-            let coordinator = format!("http://127.0.0.1:{}", compose.base);
+            let coordinator = format!("https://127.0.0.1:{}", compose.base);
             let get = |path: &str| {
                 http.get(format!("{coordinator}{path}"))
                     .send()
@@ -400,7 +424,17 @@ fn compose_runs_a_working_cluster_and_down_removes_it() {
     assert_eq!(read["value"], "composed", "{read}");
 
     // At the start the node named `leader` leads, whichever joined first.
-    let coordinator = format!("http://127.0.0.1:{}", compose.base);
+    let coordinator = format!("https://127.0.0.1:{}", compose.base);
+    // Plain HTTP is refused, on the gateway and the coordinator alike.
+    for url in [&gateway, &coordinator] {
+        let plain = url.replacen("https://", "http://", 1);
+        let refused = common::http()
+            .build()
+            .get(format!("{plain}/status"))
+            .send()
+            .unwrap();
+        assert_eq!(refused.status(), 400, "{plain}");
+    }
     let status: Value = http
         .get(format!("{coordinator}/status"))
         .send()

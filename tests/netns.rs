@@ -36,7 +36,9 @@ fn netns_available(test: &str) -> bool {
 /// Removes whatever a cluster on coordinator port `port` made, when the
 /// test ends (a failing assertion included). Declare it before the
 /// cluster, so the cluster (and its nodes) are gone first.
-struct NetnsGuard(u16);
+/// Also holds the cluster's temporary directory (its TLS files), if any,
+/// until the test ends.
+struct NetnsGuard(u16, Option<tempfile::TempDir>);
 
 impl Drop for NetnsGuard {
     fn drop(&mut self) {
@@ -61,9 +63,12 @@ fn leftovers(port: u16) -> Vec<String> {
 }
 
 /// Starts a netns cluster on a fresh port block.
+/// The nodes listen off loopback, so they speak TLS: the cluster makes its
+/// CA in a scratch directory, and the handle's client trusts it.
 fn start(flags: &str) -> (NetnsGuard, Cluster) {
-    let cluster = Cluster::start(&format!("--hosts netns {flags}"));
-    (NetnsGuard(cluster.base), cluster)
+    let tmp = scratch();
+    let cluster = Cluster::start_in(&tmp, &format!("--hosts netns {flags}"));
+    (NetnsGuard(cluster.base, Some(tmp)), cluster)
 }
 
 fn url_of(status: &Value, id: &str) -> String {
@@ -124,7 +129,16 @@ fn the_seed_demos_pass_on_netns_hosts() {
         let status = c.status();
         // Each node on its own address, not loopback.
         let leader_url = url_of(&status, "leader");
-        assert!(leader_url.starts_with("http://10."), "{leader_url}");
+        // Off loopback: TLS, and plain HTTP to a node is refused.
+        assert!(leader_url.starts_with("https://10."), "{leader_url}");
+        let plain = leader_url.replacen("https://", "http://", 1);
+        let refused = http()
+            .secret()
+            .build()
+            .get(format!("{plain}/replication/peers"))
+            .send()
+            .unwrap();
+        assert_eq!(refused.status(), 400);
         assert_ne!(leader_url, url_of(&status, "follower-1"));
 
         // Demo 2: write and read through the gateway.
@@ -319,7 +333,7 @@ fn check_with_partitions_on_netns_hosts_is_linearizable_when_w_plus_r_exceeds_n(
         return;
     }
     let base = free_port_block();
-    let _guard = NetnsGuard(base);
+    let _guard = NetnsGuard(base, None);
     let dir = tempfile::tempdir().unwrap();
     let s = scratch();
     let out = kvlab_in(&s)
@@ -356,7 +370,7 @@ fn netem_lab_delays_and_slow_links_are_real_latency() {
     if !netns_available("netem_lab_delays_and_slow_links_are_real_latency") {
         return;
     }
-    let (_guard, c) = start(
+    let (guard, c) = start(
         "--followers 2 -W 1 -R 1 --in-memory --lab-delays netem --sync-delay 0.3 --async-delay 1.5",
     );
     let status = c.status();
@@ -389,7 +403,10 @@ fn netem_lab_delays_and_slow_links_are_real_latency() {
         json!({"peer": "coordinator", "delay_ms": 200, "seconds": 30}),
     );
     assert_eq!(code, 200, "{l}");
-    let fresh = http().build();
+    // A new client (no pooled connection), trusting the cluster's CA: the
+    // nodes speak TLS, whose handshake crosses the link once more.
+    let ca = c.tls_dir(guard.1.as_ref().unwrap()).join("ca.pem");
+    let fresh = http().cluster_ca(&ca).build();
     let started = std::time::Instant::now();
     assert!(fresh
         .get(format!("{follower}/health"))
@@ -423,9 +440,10 @@ fn a_killed_up_leaves_nothing_for_long() {
     if !netns_available("a_killed_up_leaves_nothing_for_long") {
         return;
     }
-    let first = Cluster::start(&format!("{FAST_IN_MEMORY} --hosts netns"));
+    let tmp = scratch();
+    let first = Cluster::start_in(&tmp, &format!("{FAST_IN_MEMORY} --hosts netns"));
     let killed = first.base;
-    let _guard = NetnsGuard(killed);
+    let _guard = NetnsGuard(killed, Some(tmp));
     assert!(!leftovers(killed).is_empty());
     // SIGKILL: `up` cannot clean up, its nodes die with it.
     let mut first = first;

@@ -228,6 +228,24 @@ fn prometheus_scrapes_every_component_with_the_generated_config() {
     let config = scratch.path().join("prometheus.yml");
     let config_arg = config.display().to_string();
     let cluster = Cluster::start_plus(FAST_IN_MEMORY, &["--prometheus-config", &config_arg]);
+    prometheus_scrapes(&cluster, &scratch, &config_arg);
+}
+
+/// The same off loopback, where every listener speaks TLS: the generated
+/// config scrapes over https, trusting the cluster CA.
+#[test]
+fn prometheus_scrapes_a_cluster_that_speaks_tls() {
+    let scratch = common::scratch();
+    let config_arg = scratch.path().join("prometheus.yml").display().to_string();
+    let flags = format!("{FAST_IN_MEMORY} --prometheus-config {config_arg}");
+    let cluster = Cluster::start_tls(&scratch, &flags);
+    let config = std::fs::read_to_string(&config_arg).unwrap();
+    assert_eq!(config.matches("scheme: https").count(), 4, "{config}");
+    assert!(config.contains("url: https://"), "{config}");
+    prometheus_scrapes(&cluster, &scratch, &config_arg);
+}
+
+fn prometheus_scrapes(cluster: &Cluster, scratch: &tempfile::TempDir, config_arg: &str) {
     const WRITES: usize = 7;
     for i in 0..WRITES {
         assert_eq!(cluster.write(&format!("k{i}"), "v").0, 200);
@@ -287,7 +305,7 @@ fn prometheus_scrapes_every_component_with_the_generated_config() {
     }
     if installed("promtool") {
         let out = Command::new("promtool")
-            .args(["check", "config", &config_arg])
+            .args(["check", "config", config_arg])
             .output()
             .unwrap();
         assert!(

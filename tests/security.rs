@@ -319,9 +319,15 @@ fn off_loopback_admin_needs_the_printed_token() {
     };
     let token = notice.rsplit(' ').next().unwrap().to_string();
     assert_eq!(token.len(), 64, "{notice}");
-    let co = format!("http://127.0.0.1:{base}");
-    let gw = format!("http://127.0.0.1:{}", base + common::GATEWAY_OFFSET);
-    let bare = common::bare_http();
+    // Off loopback every listener speaks TLS, with the CA `up` made.
+    let ca = scratch
+        .path()
+        .join(format!("kvlab-{base}"))
+        .join("tls")
+        .join("ca.pem");
+    let co = format!("https://127.0.0.1:{base}");
+    let gw = format!("https://127.0.0.1:{}", base + common::GATEWAY_OFFSET);
+    let bare = common::http().ca(&ca).build();
     eventually("the cluster to become ready", secs(30), || {
         bare.get(format!("{co}/status"))
             .send()
@@ -345,7 +351,13 @@ fn off_loopback_admin_needs_the_printed_token() {
     );
     // The secret is this cluster's own: the test's does not open anything.
     assert_unauthorized(
-        send(common::internal_http().post(format!("http://127.0.0.1:{}/admin/shutdown", base + 2))),
+        send(
+            common::http()
+                .secret()
+                .ca(&ca)
+                .build()
+                .post(format!("https://127.0.0.1:{}/admin/shutdown", base + 2)),
+        ),
         "a node hook with another cluster's secret",
     );
     let (code, body) = send(kill().bearer_auth(&token));

@@ -230,8 +230,14 @@ pub fn error(status: u16, body: &Value, p: Paint) -> String {
 
 /// The gateway could not be reached at all.
 pub fn unreachable(url: &str, why: &str, p: Paint) -> String {
+    // A certificate the client does not trust: the cluster's CA is missing.
+    let hint = if why.contains("certificate") {
+        "the gateway speaks TLS: pass --tls-ca with the cluster's ca.pem (kvlab up prints where it is)"
+    } else {
+        "is it running? start a cluster with `kvlab up`, or pass --gateway URL"
+    };
     format!(
-        "{} cannot reach the gateway at {url}: {why}\n   is it running? start a cluster with `kvlab up`, or pass --gateway URL",
+        "{} cannot reach the gateway at {url}: {why}\n   {hint}",
         p.red("❌")
     )
 }
@@ -242,6 +248,15 @@ mod tests {
     use serde_json::json;
 
     const PLAIN: Paint = Paint(false);
+
+    #[test]
+    fn an_untrusted_certificate_names_the_missing_ca() {
+        let why = "cannot connect: invalid peer certificate: UnknownIssuer";
+        let text = unreachable("https://h:8000", why, PLAIN);
+        assert!(text.contains("--tls-ca"), "{text}");
+        let text = unreachable("http://h:8000", "cannot connect: refused", PLAIN);
+        assert!(text.contains("is it running?"), "{text}");
+    }
 
     #[test]
     fn write_shows_version_acks_and_replicas() {

@@ -28,6 +28,10 @@ pub struct Args {
     /// Print the raw JSON answer.
     #[arg(long, global = true)]
     pub json: bool,
+    /// The cluster CA (PEM) to trust for an https:// gateway (a gateway
+    /// off loopback speaks TLS; `kvlab up` prints where its CA is).
+    #[arg(long, value_name = "PATH", env = crate::tls::ENV_CA)]
+    pub tls_ca: Option<std::path::PathBuf>,
     /// The key (the original lab's flag form, before the command).
     #[arg(long)]
     pub key: Option<String>,
@@ -90,7 +94,13 @@ pub struct Client {
 
 impl Client {
     pub fn new(base: &str, json: bool, paint: Paint) -> Client {
-        let http = reqwest::Client::builder()
+        let builder = reqwest::Client::builder();
+        // https: the cluster CA of `--tls-ca` is the only root.
+        let builder = match crate::tls::client_config() {
+            Some(config) => builder.use_preconfigured_tls(config),
+            None => builder,
+        };
+        let http = builder
             .no_proxy()
             .timeout(Duration::from_secs(30))
             .build()
@@ -168,6 +178,12 @@ fn fail(text: String) -> Outcome {
 
 /// Runs the client; returns the process exit code.
 pub async fn run(args: Args) -> anyhow::Result<i32> {
+    let tls = crate::tls::TlsArgs {
+        tls_ca: args.tls_ca.clone(),
+        ..Default::default()
+    };
+    // A client listens nowhere: only the CA matters.
+    crate::tls::install(&tls, &[])?;
     let client = Client::new(&args.gateway, args.json, Paint::for_stdout());
     let cmd = match args.command.clone().unwrap_or(Cmd::Interactive) {
         Cmd::Interactive => return interactive(client).await,

@@ -44,7 +44,7 @@ pub async fn join(
             "hint": "run the coordinator (or kvlab up) with --runtime external to let nodes join"})));
     }
     validate_node_id(&req.node_id)?;
-    let port = port_of(&req.url)?;
+    let port = port_of(&req.url, crate::tls::tls_at(c.config.addr.ip()))?;
     let (slot, rejoin) = c.admit(&req.node_id, &req.url, port)?;
     if rejoin {
         c.events.info(
@@ -70,14 +70,27 @@ pub async fn join(
 }
 
 /// The port of a node's URL: it orders the followers (the quorum sets).
-fn port_of(url: &str) -> Result<u16, ApiError> {
+/// `tls`: this cluster speaks TLS off loopback, so a node there must be
+/// reached over https (a plain URL would carry the secret in clear text).
+fn port_of(url: &str, tls: bool) -> Result<u16, ApiError> {
     let bad = |reason: &str| {
         ApiError::bad_request(json!({"error": "invalid url", "url": url, "reason": reason,
             "hint": "the URL others reach the node at, such as http://follower-1:7002"}))
     };
     let parsed = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
-    if parsed.scheme() != "http" || parsed.host().is_none() {
-        return Err(bad("use http://HOST:PORT"));
+    if !["http", "https"].contains(&parsed.scheme()) || parsed.host().is_none() {
+        return Err(bad("use http://HOST:PORT or https://HOST:PORT"));
+    }
+    let loopback = match parsed.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        _ => false,
+    };
+    if tls && parsed.scheme() == "http" && !loopback {
+        return Err(bad(
+            "this cluster speaks TLS off loopback: advertise an https:// URL (and give the \
+             node --tls-ca, --tls-cert and --tls-key)",
+        ));
     }
     parsed.port_or_known_default().ok_or_else(|| bad("no port"))
 }
@@ -197,10 +210,18 @@ mod tests {
 
     #[test]
     fn a_join_url_must_name_an_http_host() {
-        assert_eq!(port_of("http://follower-1:7002").unwrap(), 7002);
-        assert_eq!(port_of("http://10.0.0.5").unwrap(), 80);
+        assert_eq!(port_of("http://follower-1:7002", false).unwrap(), 7002);
+        assert_eq!(port_of("http://10.0.0.5", false).unwrap(), 80);
         for bad in ["follower-1:7002", "ftp://x:1", "", "http://"] {
-            assert!(port_of(bad).is_err(), "{bad}");
+            assert!(port_of(bad, false).is_err(), "{bad}");
         }
+        // Where the cluster speaks TLS, a node off loopback must too.
+        assert_eq!(port_of("https://follower-1:7002", true).unwrap(), 7002);
+        assert_eq!(port_of("http://127.0.0.1:7002", true).unwrap(), 7002);
+        let e = port_of("http://follower-1:7002", true).unwrap_err();
+        assert!(
+            e.detail.to_string().contains("advertise an https://"),
+            "{e:?}"
+        );
     }
 }

@@ -53,6 +53,8 @@ pub struct LaunchSettings {
     pub netns: Option<Arc<NetnsHosts>>,
     /// Slots that run a student's node instead of `kvlab node`.
     pub commands: NodeCommands,
+    /// The nodes' TLS mode and files (the coordinator's own).
+    pub tls: crate::tls::TlsArgs,
 }
 
 /// `--node-cmd` and `--node-cmd-leader`: the programs that replace `kvlab
@@ -136,6 +138,7 @@ impl LaunchSettings {
             async_delay: self.async_delay,
             heartbeat_interval: self.heartbeat_interval,
             log_retain: self.log_retain,
+            tls: self.tls.clone(),
             storage: self.storage.as_ref().map(|s| StorageFlags {
                 fsync: s.fsync,
                 fsync_interval_ms: s.fsync_interval_ms,
@@ -364,6 +367,20 @@ fn student_command(
     for (name, placeholder, value) in &vars {
         line = line.replace(placeholder, &shell_quote(value));
         cmd.env(name, value);
+    }
+    // TLS as kvlab's node gets it (see `tls`): the mode, and the files'
+    // paths when there are any; a node that listens where TLS is on must
+    // serve https with them.
+    cmd.env(crate::tls::ENV_MODE, settings.tls.mode.name());
+    let files = [
+        (crate::tls::ENV_CA, &settings.tls.tls_ca),
+        (crate::tls::ENV_CERT, &settings.tls.tls_cert),
+        (crate::tls::ENV_KEY, &settings.tls.tls_key),
+    ];
+    for (name, path) in files {
+        if let Some(path) = path {
+            cmd.env(name, path);
+        }
     }
     // Python buffers a redirected stdout: without this a student's prints
     // reach the node's log file only when the buffer fills or it exits.

@@ -82,6 +82,10 @@ pub struct Args {
     pub secret: crate::auth::SecretArgs,
     #[command(flatten)]
     pub admin: crate::auth::AdminArgs,
+    /// TLS for the coordinator's listener and its nodes' (which get the
+    /// same files and mode on their command line).
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
 }
 
 /// The cluster's shape and timing, shared by `coordinator` and `up`.
@@ -307,6 +311,7 @@ impl Config {
                 log_retain: args.cluster.log_retain,
                 storage: args.cluster.storage.resolve(args.port),
                 netns: None,
+                tls: args.tls.clone(),
                 commands: args
                     .cluster
                     .runtime
@@ -327,7 +332,10 @@ impl Config {
         if let Some(hosts) = &self.launch.netns {
             return hosts.node_url(port);
         }
-        format!("http://{}:{}", self.launch.host, port)
+        match self.launch.host.parse::<IpAddr>() {
+            Ok(ip) => crate::tls::url(ip, ip, port),
+            Err(_) => format!("http://{}:{}", self.launch.host, port),
+        }
     }
 }
 
@@ -451,6 +459,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // Run alone, the coordinator shares the user's secret file with a
     // registry started by hand; its nodes get the secret from it.
     crate::auth::load_and_install(&args.secret, crate::auth::Fallback::UserFile)?;
+    // Its nodes listen on the same address, with the same files.
+    crate::tls::install(&args.tls, &[("the coordinator", args.host)])?;
     let config = Config::from_args(&args)?;
     if let Some(line) = admin_token_notice(&config) {
         println!("kvlab coordinator: {line}");
@@ -579,7 +589,11 @@ async fn metrics_targets(State(c): Shared) -> Json<serde_json::Value> {
         .chain(&cl.followers)
         .filter(|s| s.is_alive())
         .map(|s| {
-            let target = s.url.trim_start_matches("http://").to_string();
+            let target = s
+                .url
+                .trim_start_matches("http://")
+                .trim_start_matches("https://")
+                .to_string();
             serde_json::json!({"targets": [target], "labels": {"node_id": s.node_id}})
         })
         .collect();

@@ -102,6 +102,10 @@ pub struct Args {
     /// Seconds to wait for the coordinator's answer to one request.
     #[arg(long, allow_negative_numbers = true, default_value_t = 30.0)]
     pub timeout: f64,
+    /// TLS: the gateway's listener follows `--tls` like every other, and
+    /// an https coordinator is trusted through `--tls-ca`.
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
 }
 
 /// A setting the gateway cannot run with.
@@ -289,6 +293,7 @@ impl Gateway {
 
 /// Runs a gateway until Ctrl-C or SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    crate::tls::install(&args.tls, &[("the gateway", args.host)])?;
     let config = Config::from_args(&args)?;
     let listener = crate::http::bind(config.addr).await?;
     let gateway = Gateway::new(config)?;
@@ -313,7 +318,8 @@ pub fn describe(gateway: &Gateway) -> String {
         ""
     };
     format!(
-        "http://{} -> coordinator {}{how}, {limiting}",
+        "{}://{} -> coordinator {}{how}, {limiting}",
+        crate::tls::scheme(gateway.config.addr.ip()),
         gateway.config.addr,
         gateway.config.coordinator_str()
     )

@@ -195,6 +195,7 @@ impl Stage {
             binary: PathBuf::from("kvlab"),
             log_dir: dir.join("logs"),
             host: "127.0.0.1".into(),
+            tls: Default::default(),
             registry: Some(format!("http://127.0.0.1:{registry_port}")),
             sync_delay: 0.0,
             async_delay: 0.0,

@@ -45,6 +45,35 @@ use tokio::sync::watch;
 
 use crate::node::command_line::{node_args, NodeFlags, NodeSpec, Placement};
 
+/// Where the cluster's TLS files are mounted (read-only) in a container.
+const TLS_DIR: &str = "/run/kvlab/tls";
+
+/// The node's flags with the cluster's TLS files as the container sees
+/// them, and a read-only bind mount of each file into [`TLS_DIR`].
+fn tls_mounts(flags: &NodeFlags, mounts: &mut Vec<Mount>) -> NodeFlags {
+    let mut flags = flags.clone();
+    let tls = &mut flags.tls;
+    let files = [
+        (&mut tls.tls_ca, crate::tls::CA_FILE),
+        (&mut tls.tls_cert, crate::tls::CERT_FILE),
+        (&mut tls.tls_key, crate::tls::KEY_FILE),
+    ];
+    for (path, name) in files {
+        if let Some(host_path) = path.take() {
+            let inside = Path::new(TLS_DIR).join(name);
+            mounts.push(Mount {
+                target: Some(inside.display().to_string()),
+                source: Some(host_path.display().to_string()),
+                typ: Some(MountType::BIND),
+                read_only: Some(true),
+                ..Default::default()
+            });
+            *path = Some(inside);
+        }
+    }
+    flags
+}
+
 /// The label on everything a run makes.
 const LABEL: &str = "kvlab.prefix";
 /// Where a node's volume is mounted in its container.
@@ -344,9 +373,12 @@ impl DockerHosts {
         };
         ignore_gone(docker.remove_container(&name, Some(force)).await)
             .map_err(api(format!("removing the old container {name}")))?;
-        let url = format!("http://{ip}:{}", spec.port);
-        let registry = with_registry
-            .then(|| format!("http://{}:{}", net.gateway(), self.settings.registry_port));
+        // Containers listen on 0.0.0.0: off loopback, so https unless --tls off.
+        let url = crate::tls::url(ip.into(), ip.into(), spec.port);
+        let registry = with_registry.then(|| {
+            let gateway = net.gateway().into();
+            crate::tls::url(gateway, gateway, self.settings.registry_port)
+        });
         let data_dir = flags.storage.as_ref().map(|_| PathBuf::from(DATA_DIR));
         let mut mounts = vec![];
         if flags.storage.is_some() {
@@ -372,8 +404,9 @@ impl DockerHosts {
             registry: registry.as_deref(),
             data_dir,
         };
+        let flags = tls_mounts(flags, &mut mounts);
         // The image's entrypoint is kvlab: the command is its arguments.
-        let cmd = node_args(flags, spec, &at);
+        let cmd = node_args(&flags, spec, &at);
         let endpoint = EndpointSettings {
             ipam_config: Some(EndpointIpamConfig {
                 ipv4_address: Some(ip.to_string()),

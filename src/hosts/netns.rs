@@ -269,7 +269,8 @@ impl NetnsHosts {
 
     /// The registry, as the nodes reach it (on the bridge).
     pub fn registry_url(&self) -> String {
-        format!("http://{}:{}", self.host_ip(), self.registry_port)
+        let ip = self.host_ip().into();
+        crate::tls::url(ip, ip, self.registry_port)
     }
 
     /// Do the links carry the lab's delays (`--lab-delays netem`)?
@@ -283,7 +284,7 @@ impl NetnsHosts {
             .slot_of(port)
             .map(|s| self.node_ip(s))
             .unwrap_or(Ipv4Addr::LOCALHOST);
-        format!("http://{ip}:{port}")
+        crate::tls::url(ip.into(), ip.into(), port)
     }
 
     fn check_subnet_free(&self) -> Result<(), NetnsError> {

@@ -172,25 +172,55 @@ pub struct ScrapeTargets {
     pub gateway: String,
     pub coordinator: String,
     pub registry: String,
+    /// `Some` when some of them speak TLS (see `tls`).
+    pub tls: Option<ScrapeTls>,
+}
+
+/// Which listeners speak TLS, and the cluster CA Prometheus must trust.
+pub struct ScrapeTls {
+    pub ca_file: String,
+    pub gateway: bool,
+    pub coordinator: bool,
+    pub registry: bool,
+    pub nodes: bool,
 }
 
 /// A Prometheus config that scrapes a running cluster every 2 s: the three
 /// services by address, and the nodes through the coordinator's HTTP service
 /// discovery (`/metrics/targets`), since nodes come and go on their own ports.
 pub fn scrape_config(t: &ScrapeTargets) -> String {
-    let service = |job: &str, target: &str| {
-        format!("  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n")
+    let tls = |on: fn(&ScrapeTls) -> bool, indent: &str| match &t.tls {
+        Some(s) if on(s) => format!("{indent}tls_config:\n{indent}  ca_file: {}\n", s.ca_file),
+        _ => String::new(),
+    };
+    let scheme = |on: fn(&ScrapeTls) -> bool| {
+        if t.tls.as_ref().is_some_and(on) {
+            "https"
+        } else {
+            "http"
+        }
+    };
+    let service = |job: &str, target: &str, on: fn(&ScrapeTls) -> bool| {
+        format!(
+            "  - job_name: {job}\n    scheme: {}\n{}    static_configs:\n      - targets: ['{target}']\n",
+            scheme(on),
+            tls(on, "    ")
+        )
     };
     [
         "# Written by `kvlab up --prometheus-config`.\n".to_string(),
         "global:\n  scrape_interval: 2s\n  evaluation_interval: 2s\n".into(),
         "scrape_configs:\n".into(),
-        service("kvlab-gateway", &t.gateway),
-        service("kvlab-coordinator", &t.coordinator),
-        service("kvlab-registry", &t.registry),
+        service("kvlab-gateway", &t.gateway, |s| s.gateway),
+        service("kvlab-coordinator", &t.coordinator, |s| s.coordinator),
+        service("kvlab-registry", &t.registry, |s| s.registry),
         format!(
-            "  - job_name: kvlab-nodes\n    http_sd_configs:\n      - url: http://{}/metrics/targets\n        refresh_interval: 2s\n",
-            t.coordinator
+            "  - job_name: kvlab-nodes\n    scheme: {}\n{}    http_sd_configs:\n      - url: {}://{}/metrics/targets\n        refresh_interval: 2s\n{}",
+            scheme(|s| s.nodes),
+            tls(|s| s.nodes, "    "),
+            scheme(|s| s.coordinator),
+            t.coordinator,
+            tls(|s| s.coordinator, "        "),
         ),
     ]
     .concat()

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use crate::api::Role;
 use crate::storage::FsyncPolicy;
+use crate::tls::TlsArgs;
 
 /// One node to start.
 #[derive(Debug, Clone)]
@@ -26,6 +27,8 @@ pub struct NodeFlags {
     pub log_retain: usize,
     /// `None`: the nodes keep everything in memory.
     pub storage: Option<StorageFlags>,
+    /// `--tls` and, when there are any, the cluster's TLS files.
+    pub tls: TlsArgs,
 }
 
 /// How the nodes persist their data.
@@ -77,6 +80,17 @@ pub fn node_args(flags: &NodeFlags, spec: &NodeSpec, at: &Placement) -> Vec<Stri
     if let Some(registry) = at.registry {
         flag("--registry", registry.into());
     }
+    flag("--tls", flags.tls.mode.name().into());
+    let files = [
+        ("--tls-ca", &flags.tls.tls_ca),
+        ("--tls-cert", &flags.tls.tls_cert),
+        ("--tls-key", &flags.tls.tls_key),
+    ];
+    for (name, path) in files {
+        if let Some(path) = path {
+            flag(name, path.display().to_string());
+        }
+    }
     if let (Some(storage), Some(dir)) = (&flags.storage, &at.data_dir) {
         flag("--data-dir", dir.display().to_string());
         flag("--fsync", storage.fsync.name().into());
@@ -109,6 +123,12 @@ mod tests {
                 snapshot_every: 99,
                 simulate_power_loss: true,
             }),
+            tls: TlsArgs {
+                mode: crate::tls::Mode::On,
+                tls_ca: Some("/tls/ca.pem".into()),
+                tls_cert: Some("/tls/cert.pem".into()),
+                tls_key: Some("/tls/key.pem".into()),
+            },
         };
         let spec = NodeSpec {
             node_id: "follower-3".into(),
@@ -140,10 +160,13 @@ mod tests {
         assert_eq!(args.fsync_interval_ms, storage.fsync_interval_ms);
         assert_eq!(args.snapshot_every, storage.snapshot_every);
         assert_eq!(args.simulate_power_loss, storage.simulate_power_loss);
+        assert_eq!(args.tls.mode, crate::tls::Mode::On);
+        assert_eq!(args.tls.files(), flags.tls.files());
 
         // A leader in memory, with no registry: the defaults stand.
         let memory = NodeFlags {
             storage: None,
+            tls: TlsArgs::default(),
             ..flags
         };
         let leader = NodeSpec {
@@ -165,5 +188,7 @@ mod tests {
             (args.advertise, args.registry, args.data_dir),
             (None, None, None)
         );
+        assert_eq!(args.tls.mode, crate::tls::Mode::Auto);
+        assert_eq!(args.tls.files(), None);
     }
 }

@@ -24,11 +24,12 @@ use crate::http::{describe_reqwest_error, error_detail};
 /// How often a node retries a coordinator that does not answer yet.
 const RETRY: Duration = Duration::from_secs(1);
 
-/// The URL this node is reached at: `--advertise`, or its listen address.
+/// The URL this node is reached at: `--advertise`, or its listen address
+/// (https where it speaks TLS).
 pub fn own_url(args: &Args) -> String {
     args.advertise
         .clone()
-        .unwrap_or_else(|| format!("http://{}:{}", args.host, args.port))
+        .unwrap_or_else(|| crate::tls::url(args.host, args.host, args.port))
 }
 
 /// Refuses flags a joining node cannot run with (checked before it listens).

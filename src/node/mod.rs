@@ -132,11 +132,14 @@ pub struct Args {
     #[arg(long, value_name = "URL")]
     pub join: Option<String>,
     /// The URL the coordinator and the other nodes reach this node at
-    /// (default `http://<host>:<port>`): needed when `--host` is 0.0.0.0.
+    /// (default `http://<host>:<port>`, https where it speaks TLS): needed
+    /// when `--host` is 0.0.0.0.
     #[arg(long, value_name = "URL")]
     pub advertise: Option<String>,
     #[command(flatten)]
     pub secret: crate::auth::SecretArgs,
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -459,6 +462,8 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     if args.join.is_some() {
         join::check(&args)?;
     }
+    // Before any client is made: they all trust the cluster CA.
+    crate::tls::install(&args.tls, &[("this node", args.host)])?;
     if args.simulate_power_loss {
         crate::storage::power::simulate_power_loss();
         tracing::warn!("simulating power loss: unsynced log writes are kept in memory");

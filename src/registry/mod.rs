@@ -75,6 +75,8 @@ pub struct Args {
     pub timeout: f64,
     #[command(flatten)]
     pub secret: crate::auth::SecretArgs,
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
 }
 
 #[derive(Debug, Clone)]
@@ -152,6 +154,7 @@ impl Registry {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     crate::auth::load_and_install(&args.secret, crate::auth::Fallback::UserFile)?;
+    crate::tls::install(&args.tls, &[("the registry", args.host)])?;
     let config = Config::from_args(&args)?;
     let addr = SocketAddr::new(args.host, args.port);
     let listener = crate::http::bind(addr).await?;

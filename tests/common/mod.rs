@@ -15,11 +15,12 @@
 //! - waiting: [`eventually`], [`wait`] (`.every(..)`, `.events(&cluster)`,
 //!   `.until(..)` / `.try_until(..)`), [`always`], [`Cluster::eventually`];
 //!   a timeout names what was awaited and what was last seen;
-//! - HTTP: [`http`] (`.secret()`, `.timeout(..)`, `.from(ip)`, `.build()` or
-//!   `.build_async()`);
+//! - HTTP: [`http`] (`.secret()`, `.timeout(..)`, `.from(ip)`, `.ca(..)`,
+//!   `.build()` or `.build_async()`);
 //! - clusters: [`Cluster::start`] with one flag string, the flag sets
 //!   [`FAST_3_2_2`] and the others, [`Cluster::start_plus`] /
-//!   [`Cluster::start_args`] for an argument that holds spaces;
+//!   [`Cluster::start_args`] for an argument that holds spaces,
+//!   [`Cluster::start_tls`] for one off loopback that speaks TLS;
 //! - randomised tests: [`test_seed`] (`KVLAB_TEST_SEED` replays a run) and
 //!   [`Lcg`].
 
@@ -129,6 +130,8 @@ pub fn http() -> HttpBuilder {
         secret: false,
         timeout: Duration::from_secs(30),
         local: None,
+        ca: None,
+        any_name: false,
     }
 }
 
@@ -137,6 +140,8 @@ pub struct HttpBuilder {
     secret: bool,
     timeout: Duration,
     local: Option<std::net::IpAddr>,
+    ca: Option<reqwest::Certificate>,
+    any_name: bool,
 }
 
 impl HttpBuilder {
@@ -158,6 +163,22 @@ impl HttpBuilder {
         self
     }
 
+    /// Trusts this CA certificate (PEM) for https, as curl's `--cacert`
+    /// (names checked as curl checks them).
+    pub fn ca(mut self, pem_file: &std::path::Path) -> Self {
+        let pem = std::fs::read(pem_file).unwrap();
+        self.ca = Some(reqwest::Certificate::from_pem(&pem).unwrap());
+        self
+    }
+
+    /// Trusts this CA as kvlab's own clients do: any certificate it signed,
+    /// whatever names it holds (containers get their addresses after the
+    /// certificate is made).
+    pub fn cluster_ca(mut self, pem_file: &std::path::Path) -> Self {
+        self.any_name = true;
+        self.ca(pem_file)
+    }
+
     fn headers(&self) -> reqwest::header::HeaderMap {
         let mut headers = reqwest::header::HeaderMap::new();
         if self.secret {
@@ -170,7 +191,12 @@ impl HttpBuilder {
     }
 
     pub fn build(self) -> reqwest::blocking::Client {
-        reqwest::blocking::Client::builder()
+        let mut builder = reqwest::blocking::Client::builder();
+        if let Some(ca) = self.ca.clone() {
+            builder = builder.add_root_certificate(ca);
+        }
+        builder
+            .danger_accept_invalid_hostnames(self.any_name)
             .no_proxy()
             .default_headers(self.headers())
             .timeout(self.timeout)
@@ -181,7 +207,12 @@ impl HttpBuilder {
 
     /// The same, for async tests.
     pub fn build_async(self) -> reqwest::Client {
-        reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(ca) = self.ca.clone() {
+            builder = builder.add_root_certificate(ca);
+        }
+        builder
+            .danger_accept_invalid_hostnames(self.any_name)
             .no_proxy()
             .default_headers(self.headers())
             .timeout(self.timeout)
@@ -311,10 +342,84 @@ impl Cluster {
         Cluster::launch_at(free_port_block(), data_dir, extra, |_| {})
     }
 
+    /// Starts `kvlab up --host 0.0.0.0` (and `flags`), which speaks TLS on
+    /// every listener: its temporary directory is `scratch`, where `up`
+    /// makes the cluster CA ([`Cluster::tls_dir`]). The handle's URLs are
+    /// https on 127.0.0.1 and its client trusts that CA (and carries the
+    /// secret).
+    pub fn start_tls(scratch: &tempfile::TempDir, flags: &str) -> Cluster {
+        let base = free_port_block();
+        let mut extra = split(flags);
+        extra.extend(["--host", "0.0.0.0"]);
+        let data_dir = (!extra.contains(&"--in-memory")).then(|| {
+            tempfile::Builder::new()
+                .prefix("kvlab-data-")
+                .tempdir()
+                .unwrap()
+        });
+        let dir = scratch.path().to_path_buf();
+        let mut cluster = Cluster::launch_tls(
+            base,
+            data_dir.as_ref().map(|d| d.path()),
+            &extra,
+            Some(&dir),
+            |cmd| {
+                cmd.env("TMPDIR", &dir);
+            },
+        );
+        cluster.data_dir = data_dir;
+        cluster
+    }
+
+    /// As [`Cluster::start_with`], with `kvlab up`'s temporary directory in
+    /// `scratch`: where it makes its cluster CA when some listener is off
+    /// loopback (nodes on `--hosts netns`, say). The handle's client then
+    /// trusts that CA; its own URLs stay those of loopback.
+    pub fn start_in(scratch: &tempfile::TempDir, flags: &str) -> Cluster {
+        let extra = split(flags);
+        let data_dir = (!extra.contains(&"--in-memory")).then(|| {
+            tempfile::Builder::new()
+                .prefix("kvlab-data-")
+                .tempdir()
+                .unwrap()
+        });
+        let tmp = scratch.path().to_path_buf();
+        let data = data_dir.as_ref().map(|d| d.path());
+        let mut cluster = Cluster::launch_at(free_port_block(), data, &extra, |cmd| {
+            cmd.env("TMPDIR", &tmp);
+        });
+        cluster.data_dir = data_dir;
+        let ca = cluster.tls_dir(scratch).join("ca.pem");
+        if ca.exists() {
+            cluster.http = http().secret().cluster_ca(&ca).build();
+        }
+        cluster
+    }
+
+    /// Where `kvlab up` made the TLS files of a cluster started with
+    /// [`Cluster::start_tls`] in `scratch`.
+    pub fn tls_dir(&self, scratch: &tempfile::TempDir) -> std::path::PathBuf {
+        scratch
+            .path()
+            .join(format!("kvlab-{}", self.base))
+            .join("tls")
+    }
+
     fn launch_at(
         base: u16,
         data_dir: Option<&std::path::Path>,
         extra: &[&str],
+        prepare: impl FnOnce(&mut Command),
+    ) -> Cluster {
+        Cluster::launch_tls(base, data_dir, extra, None, prepare)
+    }
+
+    /// `tls`: the temporary directory of a cluster that makes its CA there.
+    fn launch_tls(
+        base: u16,
+        data_dir: Option<&std::path::Path>,
+        extra: &[&str],
+        tls: Option<&std::path::Path>,
         prepare: impl FnOnce(&mut Command),
     ) -> Cluster {
         let log_dir = tempfile::Builder::new()
@@ -337,15 +442,26 @@ impl Cluster {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         prepare(&mut cmd);
-        let child = cmd.spawn().expect("start kvlab up");
+        let mut child = cmd.spawn().expect("start kvlab up");
+        // With the secret: tests drive the nodes' hooks directly.
+        let (scheme, http) = match tls {
+            None => ("http", internal_http()),
+            Some(tmp) => {
+                let ca = tmp.join(format!("kvlab-{base}")).join("tls").join("ca.pem");
+                wait(format!("kvlab up to make {}", ca.display()), secs(30)).until(|| {
+                    assert!(child.try_wait().unwrap().is_none(), "kvlab up exited");
+                    ca.exists()
+                });
+                ("https", http().secret().ca(&ca).build())
+            }
+        };
         let cluster = Cluster {
             child,
-            coordinator: format!("http://127.0.0.1:{base}"),
-            registry: format!("http://127.0.0.1:{}", base + 1),
-            gateway: format!("http://127.0.0.1:{}", base + GATEWAY_OFFSET),
+            coordinator: format!("{scheme}://127.0.0.1:{base}"),
+            registry: format!("{scheme}://127.0.0.1:{}", base + 1),
+            gateway: format!("{scheme}://127.0.0.1:{}", base + GATEWAY_OFFSET),
             base,
-            // With the secret: tests drive the nodes' hooks directly.
-            http: internal_http(),
+            http,
             data_dir: None,
             log_dir,
         };
@@ -354,7 +470,12 @@ impl Cluster {
     }
 
     pub fn node_url(&self, index: u16) -> String {
-        format!("http://127.0.0.1:{}", self.base + 2 + index)
+        let scheme = if self.coordinator.starts_with("https") {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.base + 2 + index)
     }
 
     pub fn get(&self, path: &str) -> (u16, Value) {
