@@ -12,7 +12,10 @@
 //!   node's log takes D ms longer for S seconds (see
 //!   [`crate::storage::wal::slow_down_fsyncs`]).
 //!
-//! Both expire on their own, so a checker that dies cannot leave a node
+//! - `--test-break` (hidden, tests only): a node broken on purpose, see
+//!   [`Broken`].
+//!
+//! Both hooks expire on their own, so a checker that dies cannot leave a node
 //! broken. The state is process-wide: one node process is one node, one
 //! network interface, one disk.
 //!
@@ -26,7 +29,8 @@
 //! (otherwise a partition could not be healed early).
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
@@ -157,4 +161,73 @@ pub async fn slow_disk(
     Ok(Json(
         json!({"status": "slow", "ms": req.ms, "seconds": req.seconds}),
     ))
+}
+
+// ---------------------------------------------------------------------------
+// A node broken on purpose (tests only)
+// ---------------------------------------------------------------------------
+
+/// Bugs a node can be given on purpose with the hidden `--test-break`
+/// (or `$KVLAB_TEST_BREAK`), so that the tests of `kvlab check` have a
+/// cluster that really loses acknowledged writes. Never used otherwise: a
+/// node without the flag takes none of these paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Broken {
+    /// `forget-on-restart`: a node restarted on its data directory comes
+    /// back empty (it ignores its disk) and acknowledges the leader's first
+    /// catch-up batch without storing it: it is never caught up, though
+    /// it says it is, and stores only what is written afterwards.
+    ForgetOnRestart,
+    /// `drop-appends`: acknowledges every replicated entry, but silently
+    /// stores only those at odd seqs.
+    DropAppends,
+}
+
+/// The broken behaviour in force, and whether the catch-up batch was
+/// already forgotten (`ForgetOnRestart` forgets one).
+static BROKEN: OnceLock<(Broken, bool)> = OnceLock::new();
+static FORGOT_ONE_BATCH: AtomicBool = AtomicBool::new(false);
+
+/// Reads `KIND[@NODE-ID]`; a spec for another node id leaves this one
+/// intact (every node of a cluster inherits the variable).
+pub fn break_on_purpose(spec: &str, args: &super::Args) -> anyhow::Result<()> {
+    let (kind, only) = match spec.split_once('@') {
+        Some((kind, node)) => (kind, Some(node)),
+        None => (spec, None),
+    };
+    let broken = match kind.trim() {
+        "forget-on-restart" => Broken::ForgetOnRestart,
+        "drop-appends" => Broken::DropAppends,
+        other => anyhow::bail!(
+            "--test-break: unknown kind `{other}` (forget-on-restart or drop-appends)"
+        ),
+    };
+    if only.is_some_and(|node| node.trim() != args.id) {
+        return Ok(());
+    }
+    // Restarted: its data directory already holds something.
+    let restarted = args
+        .data_dir
+        .as_ref()
+        .and_then(|d| std::fs::read_dir(d).ok())
+        .is_some_and(|mut entries| entries.next().is_some());
+    tracing::warn!(?broken, restarted, "this node is broken on purpose (--test-break)");
+    let _ = BROKEN.set((broken, restarted));
+    Ok(())
+}
+
+/// Does this node ignore its disk (a `forget-on-restart` node restarted)?
+pub fn forgets_its_disk() -> bool {
+    matches!(BROKEN.get(), Some((Broken::ForgetOnRestart, true)))
+}
+
+/// Is this append batch the catch-up a `forget-on-restart` node forgets?
+/// True once: for the first non-empty batch after its restart.
+pub fn forgets_this_batch() -> bool {
+    forgets_its_disk() && !FORGOT_ONE_BATCH.swap(true, Ordering::AcqRel)
+}
+
+/// Does a `drop-appends` node drop the entry at `seq`?
+pub fn drops_entry(seq: u64) -> bool {
+    matches!(BROKEN.get(), Some((Broken::DropAppends, _))) && seq % 2 == 0
 }
