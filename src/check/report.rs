@@ -7,11 +7,38 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::explain::Story;
+use super::explain::{Shape, Story};
 use super::history::{Op, Outcome};
 use super::nemesis::FaultRecord;
 use super::observe::Overlap;
 use super::verdict::{KeyResult, Verdict};
+
+/// What `history.jsonl` does not hold, saved next to it as
+/// `history.meta.json` (the history itself stays one operation a line, in
+/// Porcupine's shape), so that `--history FILE` explains with the
+/// cluster's real shape and the run's faults. Histories saved before it
+/// existed have none and are read as before.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct HistoryMeta {
+    pub seed: u64,
+    pub shape: Shape,
+    /// When the run's clock started (RFC 3339): where `--faults-log` times
+    /// are measured from.
+    #[serde(default)]
+    pub started_at: Option<String>,
+    #[serde(default)]
+    pub faults: Vec<FaultRecord>,
+}
+
+impl HistoryMeta {
+    /// `dir/history.jsonl` → `dir/history.meta.json`.
+    pub fn path_for(history: &std::path::Path) -> std::path::PathBuf {
+        let stem = history
+            .file_stem()
+            .map_or("history".into(), |s| s.to_string_lossy().to_string());
+        history.with_file_name(format!("{stem}.meta.json"))
+    }
+}
 
 /// What was run.
 #[derive(Debug, Clone, Serialize)]
