@@ -207,7 +207,7 @@ fn stale_story(read: &Op, witness: &Op, version: u64, cx: &Context) -> String {
                 who(served_by, read.call_s(), cx)
             )
         }
-        _ => match read_set(read.call_s(), cx) {
+        _ => match read_set(read.call_s(), read.end_s(), cx) {
             Some(set) => format!("not found (version 0) from the read set: {set}"),
             None => "not found (version 0)".to_string(),
         },
@@ -273,29 +273,72 @@ fn who(node: &str, t: f64, cx: &Context) -> String {
     }
 }
 
-/// The read set at `t`, each member told with [`who`]: as `/status` gave
-/// it, or, when `/status` gives no sets (the original's), by the lab's
-/// rule: the R alive followers with the highest ports.
-fn read_set(t: f64, cx: &Context) -> Option<String> {
-    let sample = cx.obs.at(t)?;
-    let mut members: Vec<&super::observe::NodeSample> = sample
+/// The read set of a read called at `t` and answered at `end`, each
+/// member told with [`who`]: as `/status` gave it, or, when `/status` gives
+/// no sets (the original's), by the lab's rule: the R alive followers with
+/// the highest ports. `/status` is sampled every 250 ms, so the samples
+/// from just before the call to just after the answer are all looked at:
+/// when the set changed among them (a node came back), every candidate is
+/// named.
+fn read_set(t: f64, end: f64, cx: &Context) -> Option<String> {
+    let first = cx.obs.at(t)?;
+    let around = cx
+        .obs
+        .samples
+        .iter()
+        .filter(|s| s.t > first.t && s.t <= end + 0.3);
+    let mut candidates: Vec<Vec<&str>> = Vec::new();
+    let mut by_rule = false;
+    for sample in std::iter::once(first).chain(around) {
+        let (members, rule) = members_of(sample, cx.shape.r);
+        by_rule |= rule;
+        if !members.is_empty() && !candidates.contains(&members) {
+            candidates.push(members);
+        }
+    }
+    let named: Vec<String> = candidates
+        .iter()
+        .map(|set| {
+            set.iter()
+                .map(|id| who(id, t, cx))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .collect();
+    let rule = match by_rule {
+        true => " (by the lab's rule: the R alive followers with the highest ports)",
+        false => "",
+    };
+    match named.len() {
+        0 => None,
+        1 => Some(format!("{}{rule}", named[0])),
+        _ => Some(format!(
+            "{}{rule}, as the set changed around the read",
+            named.join(" or ")
+        )),
+    }
+}
+
+/// The read set in one sample, and whether it came from the lab's rule.
+fn members_of(sample: &super::observe::Sample, r: usize) -> (Vec<&str>, bool) {
+    let named: Vec<&str> = sample
         .nodes
         .iter()
         .filter(|n| n.sets.iter().any(|s| s == "read"))
+        .map(|n| n.id.as_str())
         .collect();
-    let mut by_rule = "";
-    if members.is_empty() {
-        let mut alive: Vec<_> = sample
-            .nodes
-            .iter()
-            .filter(|n| !n.leader && n.status == "alive" && n.port > 0)
-            .collect();
-        alive.sort_by_key(|n| std::cmp::Reverse(n.port));
-        members = alive.into_iter().take(cx.shape.r).collect();
-        by_rule = " (by the lab's rule: the R alive followers with the highest ports)";
+    if !named.is_empty() {
+        return (named, false);
     }
-    let members: Vec<String> = members.iter().map(|n| who(&n.id, t, cx)).collect();
-    (!members.is_empty()).then(|| format!("{}{by_rule}", members.join(", ")))
+    let mut alive: Vec<_> = sample
+        .nodes
+        .iter()
+        .filter(|n| !n.leader && n.status == "alive" && n.port > 0)
+        .collect();
+    alive.sort_by_key(|n| std::cmp::Reverse(n.port));
+    let members: Vec<&str> = alive.into_iter().take(r).map(|n| n.id.as_str()).collect();
+    let rule = !members.is_empty();
+    (members, rule)
 }
 
 /// A read of a value at a version its write never had (or of a value

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::explain::{Shape, Story};
 use super::history::{Op, Outcome};
-use super::nemesis::FaultRecord;
+use super::nemesis::{By, FaultRecord};
 use super::observe::Overlap;
 use super::verdict::{KeyResult, Verdict};
 
@@ -175,11 +175,21 @@ pub fn card(r: &RunReport) -> String {
         "│ operations  {} ({} writes, {} reads): ok {}, unknown {}, refused {}, read failed {}",
         o.total, o.writes, o.reads, o.ok, o.unknown, o.refused, o.read_failed
     );
+    let by_whom = [By::FaultCmd, By::Hand]
+        .iter()
+        .map(|b| (b, r.faults.iter().filter(|f| f.by == Some(*b)).count()))
+        .filter(|(_, n)| *n > 0)
+        .map(|(b, n)| format!("{n} {}", b.words()))
+        .collect::<Vec<_>>();
     let _ = writeln!(
         s,
-        "│ nemesis     {nemesis}: {} faults, {} injected",
+        "│ nemesis     {nemesis}: {} faults, {} injected{}",
         r.faults.len(),
-        r.injected()
+        r.injected(),
+        match by_whom.is_empty() {
+            true => String::new(),
+            false => format!(" ({})", by_whom.join(", ")),
+        }
     );
     for f in &r.faults {
         let how = if f.how.is_empty() {
@@ -192,9 +202,10 @@ pub fn card(r: &RunReport) -> String {
             .as_deref()
             .map(|e| format!("  ⚠ {e}"))
             .unwrap_or_default();
+        let by = f.by.map(|b| format!(" [{}]", b.words())).unwrap_or_default();
         let _ = writeln!(
             s,
-            "│   {:>7.3}-{:<7.3} {} {}{how}{err}",
+            "│   {:>7.3}-{:<7.3} {} {}{how}{by}{err}",
             f.start,
             f.end,
             f.kind.name(),
@@ -225,12 +236,49 @@ pub fn card(r: &RunReport) -> String {
         (Verdict::Valid, None) => {
             "✓ VALID: every operation fits one order (linearizable)".to_string()
         }
-        (Verdict::Violation, _) => "✗ VIOLATION: not linearizable".to_string(),
+        (Verdict::Violation, _) => {
+            let lost = r
+                .stories
+                .iter()
+                .filter(|s| s.kind == "lost-on-replica" || s.kind == "lost-write")
+                .count();
+            let unlinearizable = r.keys.iter().any(|k| k.verdict == Verdict::Violation);
+            let mut what = Vec::new();
+            if unlinearizable {
+                what.push("not linearizable".to_string());
+            }
+            if lost > 0 {
+                what.push(format!(
+                    "{lost} acknowledged write{} missing on a node after healing",
+                    if lost == 1 { "" } else { "s" }
+                ));
+            }
+            if what.is_empty() {
+                what.push("two processes of one node id ran at once".to_string());
+            }
+            format!("✗ VIOLATION: {}", what.join("; "))
+        }
         (Verdict::Unknown, _) => "? UNKNOWN: the checker ran out of time".to_string(),
     };
     let _ = writeln!(s, "│ verdict     {verdict} (exit {})", r.exit_code);
+    // Losses on replicas can be many (a key on every node): the first few.
+    const LOSSES_SHOWN: usize = 8;
+    let mut losses = 0;
     for story in &r.stories {
+        if story.kind == "lost-on-replica" {
+            losses += 1;
+            if losses > LOSSES_SHOWN {
+                continue;
+            }
+        }
         let _ = writeln!(s, "│ ✗ {}", story.text);
+    }
+    if losses > LOSSES_SHOWN {
+        let _ = writeln!(
+            s,
+            "│ ✗ ... and {} more writes lost on replicas (results.json)",
+            losses - LOSSES_SHOWN
+        );
     }
     if let Some(dir) = &r.artifacts {
         let _ = writeln!(s, "│ artifacts   {dir}/report.html");
