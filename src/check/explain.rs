@@ -96,7 +96,8 @@ pub fn fault_context(node: &str, t: f64, faults: &[FaultRecord]) -> Option<Strin
         .max_by(|a, b| a.start.total_cmp(&b.start))?;
     let by = f.by.map_or("", |b| b.words());
     let how = f.how.first().map(String::as_str);
-    let crash = matches!(f.kind, FaultKind::Crash) || (f.kind == FaultKind::Leader && how == Some("crash"));
+    let crash =
+        matches!(f.kind, FaultKind::Crash) || (f.kind == FaultKind::Leader && how == Some("crash"));
     let (s, e) = (f.start, f.end);
     Some(match f.kind {
         _ if crash => format!("crashed {by} at {s:.3} s and restarted at {e:.3} s"),

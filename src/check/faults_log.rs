@@ -78,7 +78,11 @@ fn parse_line(line: &str) -> Result<Event, String> {
 /// The faults the events describe, in seconds of a run that began at
 /// `began` and lasted `length` seconds. Also returns notes on events that
 /// were left out or did not match.
-pub fn faults(events: &[Event], began: DateTime<Utc>, length: f64) -> (Vec<FaultRecord>, Vec<String>) {
+pub fn faults(
+    events: &[Event],
+    began: DateTime<Utc>,
+    length: f64,
+) -> (Vec<FaultRecord>, Vec<String>) {
     let secs = |at: DateTime<Utc>| (at - began).num_microseconds().unwrap_or(0) as f64 / 1e6;
     let round = |x: f64| (x.clamp(0.0, length) * 1000.0).round() / 1000.0;
     let mut faults: Vec<FaultRecord> = Vec::new();
@@ -105,7 +109,11 @@ pub fn faults(events: &[Event], began: DateTime<Utc>, length: f64) -> (Vec<Fault
                 faults.push(FaultRecord {
                     kind,
                     node: e.node.clone(),
-                    how: if e.note.is_empty() { vec![] } else { vec![e.note.clone()] },
+                    how: if e.note.is_empty() {
+                        vec![]
+                    } else {
+                        vec![e.note.clone()]
+                    },
                     start: round(t),
                     end: round(length),
                     injected: true,
@@ -177,8 +185,12 @@ mod tests {
 
     #[test]
     fn bad_lines_are_refused_with_their_number() {
-        let e = parse("2026-12-06T07:00:02Z crash follower-2\nyesterday crash follower-1").unwrap_err();
-        assert!(e.starts_with("line 2: the time `yesterday` is not RFC 3339"), "{e}");
+        let e =
+            parse("2026-12-06T07:00:02Z crash follower-2\nyesterday crash follower-1").unwrap_err();
+        assert!(
+            e.starts_with("line 2: the time `yesterday` is not RFC 3339"),
+            "{e}"
+        );
         let e = parse("2026-12-06T07:00:02Z explode follower-2").unwrap_err();
         assert!(e.contains("unknown event `explode`"), "{e}");
         let e = parse("2026-12-06T07:00:02Z crash").unwrap_err();

@@ -142,7 +142,7 @@ pub struct Args {
     /// acknowledged write, before what is missing counts as lost on a
     /// replica (default: the async delay + 3 for a cluster check started,
     /// 8 otherwise).
-    #[arg(long, value_name = "S")]
+    #[arg(long, value_name = "S", allow_negative_numbers = true)]
     pub replica_wait: Option<f64>,
     /// Seconds the checker may search before answering "unknown".
     #[arg(long, default_value_t = 30.0, value_name = "S")]
@@ -496,7 +496,11 @@ async fn shape(args: &Args, control: Option<&mut Control>) -> (Shape, String) {
                     c.kvlab = !status.liveness.is_empty();
                     from = format!(
                         "from the coordinator's /status{}",
-                        if c.kvlab { "" } else { "; not a kvlab coordinator" }
+                        if c.kvlab {
+                            ""
+                        } else {
+                            "; not a kvlab coordinator"
+                        }
                     );
                 }
             }
@@ -537,7 +541,10 @@ async fn fault_plan(control: &Control, kinds: &[FaultKind]) -> Vec<String> {
         }
         None if kinds.contains(&FaultKind::Pause) => {
             let pids = control.status().await.is_ok_and(|s| {
-                s.leader.iter().chain(s.followers.iter()).all(|n| n.pid.is_some())
+                s.leader
+                    .iter()
+                    .chain(s.followers.iter())
+                    .all(|n| n.pid.is_some())
             });
             if !pids {
                 lines.push(
@@ -718,9 +725,9 @@ async fn run_once(
                 Err(e) => notes.push(format!("could not compare the replicas: {e}")),
             }
         }
-        None => notes.push(
-            "the replicas were not compared: no --coordinator to list the nodes".into(),
-        ),
+        None => {
+            notes.push("the replicas were not compared: no --coordinator to list the nodes".into())
+        }
     }
 
     // Check.
@@ -965,6 +972,19 @@ mod tests {
         .err()
         .unwrap();
         assert!(e.to_string().contains("--coordinator"), "{e}");
+        let e = prepare(&args(&["--replica-wait", "-1"])).err().unwrap();
+        assert!(e.to_string().contains("--replica-wait"), "{e}");
+        let e = prepare(&args(&["--fault-cmd", " "])).err().unwrap();
+        assert!(e.to_string().contains("--fault-cmd is empty"), "{e}");
+        let log = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(log.path(), "2026-12-06T07:00:00Z explode follower-1\n").unwrap();
+        let e = prepare(&args(&["--faults-log", log.path().to_str().unwrap()]))
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string().contains("line 1: unknown event `explode`"),
+            "{e}"
+        );
         assert!(prepare(&args(&["--seed", "5"])).is_ok());
     }
 

@@ -263,8 +263,10 @@ mod tests {
              after healing: it holds version 1 (`c0-1`); no fault touched follower-2"
         );
         assert!(
-            stories[1].text.contains("is missing on follower-3 after healing: it does not have the key at all; \
-                 follower-3 was crashed by the fault command at 1.500 s and restarted at 2.500 s"),
+            stories[1].text.contains(
+                "is missing on follower-3 after healing: it does not have the key at all; \
+                 follower-3 was crashed by the fault command at 1.500 s and restarted at 2.500 s"
+            ),
             "{}",
             stories[1].text
         );

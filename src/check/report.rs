@@ -202,7 +202,9 @@ pub fn card(r: &RunReport) -> String {
             .as_deref()
             .map(|e| format!("  ⚠ {e}"))
             .unwrap_or_default();
-        let by = f.by.map(|b| format!(" [{}]", b.words())).unwrap_or_default();
+        let by =
+            f.by.map(|b| format!(" [{}]", b.words()))
+                .unwrap_or_default();
         let _ = writeln!(
             s,
             "│   {:>7.3}-{:<7.3} {} {}{how}{by}{err}",
@@ -261,6 +263,15 @@ pub fn card(r: &RunReport) -> String {
         (Verdict::Unknown, _) => "? UNKNOWN: the checker ran out of time".to_string(),
     };
     let _ = writeln!(s, "│ verdict     {verdict} (exit {})", r.exit_code);
+    // The verdict holds for the faults that happened, not those planned.
+    if !r.quiet && r.injected() < r.faults.len() {
+        let _ = writeln!(
+            s,
+            "│ tested      {} of the {} faults really happened; the others were not carried out (⚠ above)",
+            r.injected(),
+            r.faults.len()
+        );
+    }
     // Losses on replicas can be many (a key on every node): the first few.
     const LOSSES_SHOWN: usize = 8;
     let mut losses = 0;

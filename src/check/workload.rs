@@ -197,7 +197,9 @@ pub fn write_outcome(status: u16, body: &Value) -> Outcome {
     let messages = messages(body);
     let reason = format!(
         "HTTP {status}: {}",
-        messages.first().map_or("no detail".to_string(), |m| short_text(m))
+        messages
+            .first()
+            .map_or("no detail".to_string(), |m| short_text(m))
     );
     let never_sent = messages.iter().any(|m| refused_before_sending(m));
     let certain = (status == 503 && never_sent) || status == 429 || (400..500).contains(&status);
@@ -412,22 +414,55 @@ mod tests {
         };
         // kvlab: a string, or an object with `error`.
         refused(503, json!({"detail": "Write quorum not available"}));
-        refused(503, json!({"detail": {"error": "Write quorum not available", "alive_followers": 1, "required": 3}}));
+        refused(
+            503,
+            json!({"detail": {"error": "Write quorum not available", "alive_followers": 1, "required": 3}}),
+        );
         // The original's coordinator behind its gateway: one level deeper.
-        refused(503, json!({"detail": {"detail": {"error": "Write quorum not available", "alive_followers": 2, "required": 3}}}));
-        refused(503, json!({"detail": {"detail": "Write quorum not available: 2/3 followers"}}));
+        refused(
+            503,
+            json!({"detail": {"detail": {"error": "Write quorum not available", "alive_followers": 2, "required": 3}}}),
+        );
+        refused(
+            503,
+            json!({"detail": {"detail": "Write quorum not available: 2/3 followers"}}),
+        );
         // A hop that could not connect, as kvlab and the original say it.
-        refused(503, json!({"detail": "Leader unreachable: cannot connect: tcp connect error"}));
-        refused(503, json!({"detail": {"detail": "Leader unreachable: HTTPConnectionPool(host='localhost', port=7001): Max retries exceeded with url: /data (Caused by NewConnectionError('<urllib3.connection.HTTPConnection object>: Failed to establish a new connection: [Errno 111] Connection refused'))"}}));
-        refused(503, json!({"detail": "Coordinator unreachable: ('Connection aborted.', ConnectionRefusedError(111, 'Connection refused'))"}));
+        refused(
+            503,
+            json!({"detail": "Leader unreachable: cannot connect: tcp connect error"}),
+        );
+        refused(
+            503,
+            json!({"detail": {"detail": "Leader unreachable: HTTPConnectionPool(host='localhost', port=7001): Max retries exceeded with url: /data (Caused by NewConnectionError('<urllib3.connection.HTTPConnection object>: Failed to establish a new connection: [Errno 111] Connection refused'))"}}),
+        );
+        refused(
+            503,
+            json!({"detail": "Coordinator unreachable: ('Connection aborted.', ConnectionRefusedError(111, 'Connection refused'))"}),
+        );
         refused(503, json!({"detail": "Connection refused"}));
         // The original's rate limiter: no `detail` at all.
-        refused(429, json!({"error": "Too Many Requests", "message": "Gateway rate limit exceeded"}));
+        refused(
+            429,
+            json!({"error": "Too Many Requests", "message": "Gateway rate limit exceeded"}),
+        );
         // Nothing proves these never reached the leader.
-        unknown(503, json!({"detail": {"detail": {"error": "Write quorum not met", "sync_acks": 1}}}));
-        unknown(503, json!({"detail": {"detail": "Leader unreachable: HTTPConnectionPool(host='localhost', port=7001): Read timed out. (read timeout=30)"}}));
-        unknown(503, json!({"detail": "Coordinator unreachable: Read timed out"}));
-        unknown(500, json!({"detail": "Internal Server Error: Connection refused by follower-2"}));
+        unknown(
+            503,
+            json!({"detail": {"detail": {"error": "Write quorum not met", "sync_acks": 1}}}),
+        );
+        unknown(
+            503,
+            json!({"detail": {"detail": "Leader unreachable: HTTPConnectionPool(host='localhost', port=7001): Read timed out. (read timeout=30)"}}),
+        );
+        unknown(
+            503,
+            json!({"detail": "Coordinator unreachable: Read timed out"}),
+        );
+        unknown(
+            500,
+            json!({"detail": "Internal Server Error: Connection refused by follower-2"}),
+        );
         unknown(502, json!("Bad Gateway"));
     }
 

@@ -211,7 +211,11 @@ pub fn break_on_purpose(spec: &str, args: &super::Args) -> anyhow::Result<()> {
         .as_ref()
         .and_then(|d| std::fs::read_dir(d).ok())
         .is_some_and(|mut entries| entries.next().is_some());
-    tracing::warn!(?broken, restarted, "this node is broken on purpose (--test-break)");
+    tracing::warn!(
+        ?broken,
+        restarted,
+        "this node is broken on purpose (--test-break)"
+    );
     let _ = BROKEN.set((broken, restarted));
     Ok(())
 }
@@ -230,4 +234,20 @@ pub fn forgets_this_batch() -> bool {
 /// Does a `drop-appends` node drop the entry at `seq`?
 pub fn drops_entry(seq: u64) -> bool {
     matches!(BROKEN.get(), Some((Broken::DropAppends, _))) && seq % 2 == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    #[test]
+    fn a_test_break_is_refused_unless_known_and_meant_for_this_node() {
+        let args = super::super::Args::parse_from(["node", "--id", "follower-1", "--port", "1"]);
+        let e = super::break_on_purpose("explode", &args).unwrap_err();
+        assert!(e.to_string().contains("unknown kind `explode`"), "{e}");
+        // Meant for another node: this one stays intact.
+        super::break_on_purpose("drop-appends@follower-9", &args).unwrap();
+        assert!(!super::drops_entry(2));
+        assert!(!super::forgets_its_disk());
+    }
 }

@@ -135,7 +135,12 @@ pub struct Args {
     /// Test only: break this node on purpose, `KIND` or `KIND@NODE-ID` (see
     /// `faults::Broken`). From the environment, so that every node of a
     /// `kvlab up` started with it inherits it.
-    #[arg(long, hide = true, env = "KVLAB_TEST_BREAK", value_name = "KIND[@NODE]")]
+    #[arg(
+        long,
+        hide = true,
+        env = "KVLAB_TEST_BREAK",
+        value_name = "KIND[@NODE]"
+    )]
     pub test_break: Option<String>,
 }
 
@@ -477,7 +482,11 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
         },
         None => None,
     };
-    let term_file = match args.data_dir.as_ref().filter(|_| !faults::forgets_its_disk()) {
+    let term_file = match args
+        .data_dir
+        .as_ref()
+        .filter(|_| !faults::forgets_its_disk())
+    {
         Some(dir) => term::load(dir)
             .map_err(|e| anyhow::anyhow!("refusing to serve: cannot read the term file: {e}"))?,
         None => TermFile::default(),
