@@ -233,7 +233,7 @@ pub fn forgets_this_batch() -> bool {
 
 /// Does a `drop-appends` node drop the entry at `seq`?
 pub fn drops_entry(seq: u64) -> bool {
-    matches!(BROKEN.get(), Some((Broken::DropAppends, _))) && seq % 2 == 0
+    matches!(BROKEN.get(), Some((Broken::DropAppends, _))) && seq.is_multiple_of(2)
 }
 
 #[cfg(test)]
