@@ -636,6 +636,12 @@ async fn run_once(
         .control
         .clone()
         .map(|c| tokio::spawn(observe::watch(c, epoch, stop_rx.clone())));
+    // The replicas' copies during the run (a node restarted empty can look
+    // complete by the end); skipped for huge key sets.
+    let prober = target.control.clone().filter(|_| args.keys <= 1000).map(|c| {
+        let keys = (0..args.keys).map(workload::key_name).collect();
+        tokio::spawn(replicas::probe(c, keys, epoch, stop_rx.clone()))
+    });
     let clients = {
         let (config, counters, stop) = (config.clone(), counters.clone(), stop_rx.clone());
         tokio::spawn(async move { workload::run(&config, epoch, counters, stop).await })
@@ -706,6 +712,10 @@ async fn run_once(
         Some(o) => o.await.unwrap_or_default(),
         None => Default::default(),
     };
+    let probes = match prober {
+        Some(p) => p.await.unwrap_or_default(),
+        None => vec![],
+    };
     let history = workload::number(history);
 
     // Every node's copy of every key, against what was acknowledged.
@@ -745,7 +755,8 @@ async fn run_once(
         faults: &fault_records,
     };
     let mut stories = explain::explain(&history, &keys, &cx);
-    let lost = replicas::findings(&history, &newest, &copies, &fault_records);
+    let mut lost = replicas::probe_findings(&history, &probes, &fault_records);
+    lost.extend(replicas::findings(&history, &newest, &copies, &fault_records));
     let mut verdict = keys.iter().fold(Verdict::Valid, |v, k| v.and(k.verdict));
     if !lost.is_empty() || !observations.overlaps.is_empty() {
         verdict = Verdict::Violation;

@@ -14,6 +14,17 @@
 //! Replication takes time (an async follower is 5 s behind in the lab), so
 //! the comparison is repeated until every copy is complete or the wait
 //! (`--replica-wait`) is over; only what is still missing then counts.
+//!
+//! A node that comes back empty and is never caught up may look complete
+//! at the end: the workload overwrites every key within a second or two.
+//! So the copies are also *probed* during the run ([`probe`], four times a
+//! second), and each probe is held to a rule that needs no timing
+//! assumption: a node applies the log in order, so a node that holds a
+//! write A must also hold every write acknowledged before A was even sent
+//! (or a newer version of its key). A probe that breaks it is lost on a
+//! replica too ([`probe_findings`]). kvlab's `GET /data` reads the whole
+//! state under one lock; a node without it is read key by key, and then
+//! only keys read earlier vouch for the keys read later.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -123,12 +134,49 @@ async fn read_node(
     url: &str,
     keys: &BTreeMap<String, (u64, String, usize)>,
 ) -> Result<BTreeMap<String, Option<(u64, String)>>, String> {
-    let mut held = BTreeMap::new();
-    for key in keys.keys() {
+    let names: Vec<String> = keys.keys().cloned().collect();
+    let (copy, _) = read_copy(control, url, &names, Duration::from_secs(5)).await?;
+    Ok(copy.into_iter().collect())
+}
+
+/// One node's copy of `keys`, in the order read, and whether it was read
+/// at one instant (kvlab's `GET /data`, the whole state under one lock)
+/// rather than key by key (`GET /data/{key}`, which every node answers).
+async fn read_copy(
+    control: &Control,
+    url: &str,
+    keys: &[String],
+    timeout: Duration,
+) -> Result<(Vec<(String, Option<(u64, String)>)>, bool), String> {
+    let url = url.trim_end_matches('/');
+    if let Ok(resp) = control
+        .http
+        .get(format!("{url}/data"))
+        .timeout(timeout)
+        .send()
+        .await
+    {
+        if resp.status().is_success() {
+            if let Ok(v) = resp.json::<serde_json::Value>().await {
+                if let Some(data) = v["data"].as_object() {
+                    let versioned = data.values().all(|e| e["version"].is_u64());
+                    if versioned {
+                        let copy = keys
+                            .iter()
+                            .map(|k| (k.clone(), data.get(k).map(|e| versioned_value(e))))
+                            .collect();
+                        return Ok((copy, true));
+                    }
+                }
+            }
+        }
+    }
+    let mut held = Vec::new();
+    for key in keys {
         let resp = control
             .http
-            .get(format!("{}/data/{key}", url.trim_end_matches('/')))
-            .timeout(Duration::from_secs(5))
+            .get(format!("{url}/data/{key}"))
+            .timeout(timeout)
             .send()
             .await
             .map_err(|e| crate::http::describe_reqwest_error(&e))?;
@@ -136,17 +184,171 @@ async fn read_node(
             404 => None,
             200 => {
                 let v: serde_json::Value = resp.json().await.map_err(|e| e.to_string())?;
-                let value = match &v["value"] {
-                    serde_json::Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                Some((v["version"].as_u64().unwrap_or(0), value))
+                Some(versioned_value(&v))
             }
             s => return Err(format!("HTTP {s} for `{key}`")),
         };
-        held.insert(key.clone(), copy);
+        held.push((key.clone(), copy));
     }
-    Ok(held)
+    Ok((held, false))
+}
+
+/// `{"value", "version"}` as (version, value); a value that is not a
+/// string is kept as its JSON text.
+fn versioned_value(v: &serde_json::Value) -> (u64, String) {
+    let value = match &v["value"] {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    (v["version"].as_u64().unwrap_or(0), value)
+}
+
+/// One node's copy, read during the run.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    pub node: String,
+    /// Seconds since the start of the run, when the read began.
+    pub t: f64,
+    /// The keys in the order read.
+    pub held: Vec<(String, Option<(u64, String)>)>,
+    /// Read at one instant (see [`read_copy`]).
+    pub atomic: bool,
+}
+
+/// Probes every alive node's copy of `keys` four times a second until
+/// `stop` fires (see the module's notes).
+pub async fn probe(
+    control: Control,
+    keys: Vec<String>,
+    epoch: Instant,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Vec<Probe> {
+    let mut probes = Vec::new();
+    loop {
+        if let Ok(status) = control.status().await {
+            let nodes: Vec<_> = status
+                .leader
+                .iter()
+                .chain(status.followers.iter())
+                .filter(|n| n.status == NodeStatus::Alive)
+                .cloned()
+                .collect();
+            let reads = nodes.iter().map(|n| async {
+                let t = epoch.elapsed().as_secs_f64();
+                let copy = read_copy(&control, &n.url, &keys, Duration::from_secs(1)).await;
+                (n.node_id.clone(), t, copy)
+            });
+            for (node, t, copy) in futures::future::join_all(reads).await {
+                if let Ok((held, atomic)) = copy {
+                    probes.push(Probe {
+                        node,
+                        t,
+                        held,
+                        atomic,
+                    });
+                }
+            }
+        }
+        let tick = tokio::time::sleep(Duration::from_millis(250));
+        tokio::select! {
+            _ = tick => {}
+            _ = stop.wait_for(|s| *s) => return probes,
+        }
+    }
+}
+
+/// The probes that caught a node holding a write without one acknowledged
+/// before that write was sent (see the module's notes): one story per
+/// node and key, the first time it was seen.
+pub fn probe_findings(history: &[Op], probes: &[Probe], faults: &[FaultRecord]) -> Vec<Story> {
+    use std::collections::{HashMap, HashSet};
+    // Who wrote each value (values are unique to a write).
+    let writer: HashMap<(&str, &str), &Op> = history
+        .iter()
+        .filter(|op| !op.start)
+        .filter_map(|op| Some(((op.key(), op.written_value()?), op)))
+        .collect();
+    // Each key's acknowledged writes.
+    let mut acked: HashMap<&str, Vec<(&Op, u64)>> = HashMap::new();
+    for op in history {
+        if let Outcome::Written { version } = op.output {
+            acked.entry(op.key()).or_default().push((op, version));
+        }
+    }
+    let mut told: HashSet<(String, String)> = HashSet::new();
+    let mut stories = Vec::new();
+    for p in probes {
+        let call_of = |(key, copy): &(String, Option<(u64, String)>)| {
+            let (_, value) = copy.as_ref()?;
+            writer.get(&(key.as_str(), value.as_str())).map(|w| *w)
+        };
+        // The held write sent last, among the keys that vouch.
+        let mut latest: Option<&Op> = None;
+        if p.atomic {
+            latest = p.held.iter().filter_map(call_of).max_by_key(|w| w.call);
+        }
+        for entry in &p.held {
+            let (key, copy) = entry;
+            if let Some(a) = latest {
+                let owed = acked.get(key.as_str()).and_then(|ws| {
+                    ws.iter()
+                        .filter(|(w, _)| w.ret.is_some_and(|r| r < a.call))
+                        .max_by_key(|(w, v)| (*v, w.ret))
+                });
+                if let Some((b, version)) = owed {
+                    let value = b.written_value().unwrap_or("");
+                    if !holds(copy, *version, value) && told.insert((p.node.clone(), key.clone())) {
+                        stories.push(gap_story(p, key, copy, b, *version, a, faults));
+                    }
+                }
+            }
+            if !p.atomic {
+                if let Some(w) = call_of(entry) {
+                    latest = match latest {
+                        Some(l) if l.call >= w.call => Some(l),
+                        _ => Some(w),
+                    };
+                }
+            }
+        }
+    }
+    stories
+}
+
+fn gap_story(
+    p: &Probe,
+    key: &str,
+    copy: &Option<(u64, String)>,
+    owed: &Op,
+    version: u64,
+    held: &Op,
+    faults: &[FaultRecord],
+) -> Story {
+    let instead = match copy {
+        None => "did not have the key".to_string(),
+        Some((v, val)) => format!("held version {v} (`{val}`)"),
+    };
+    let context = fault_context(&p.node, p.t, faults)
+        .map(|c| format!("; {} was {c}", p.node))
+        .unwrap_or_else(|| format!("; no fault had touched {}", p.node));
+    Story {
+        key: key.to_string(),
+        kind: "lost-on-replica".into(),
+        text: format!(
+            "{node} lacked acknowledged write `{key}` = {value} (version {version}, acknowledged at {acked:.3} s) \
+             at {t:.3} s: it {instead}, though it held `{hkey}` = {hvalue}, a write sent after that \
+             acknowledgement (at {sent:.3} s), so it applied a later write without an earlier one{context}",
+            node = p.node,
+            value = owed.written_value().unwrap_or("?"),
+            acked = owed.end_s(),
+            t = p.t,
+            hkey = held.key(),
+            hvalue = held.written_value().unwrap_or("?"),
+            sent = held.call_s(),
+        ),
+        ops: vec![owed.id],
+        witnesses: vec![held.id],
+    }
 }
 
 /// One story per (node, key) whose copy lacks the key's newest
