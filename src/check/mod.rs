@@ -638,10 +638,14 @@ async fn run_once(
         .map(|c| tokio::spawn(observe::watch(c, epoch, stop_rx.clone())));
     // The replicas' copies during the run (a node restarted empty can look
     // complete by the end); skipped for huge key sets.
-    let prober = target.control.clone().filter(|_| args.keys <= 1000).map(|c| {
-        let keys = (0..args.keys).map(workload::key_name).collect();
-        tokio::spawn(replicas::probe(c, keys, epoch, stop_rx.clone()))
-    });
+    let prober = target
+        .control
+        .clone()
+        .filter(|_| args.keys <= 1000)
+        .map(|c| {
+            let keys = (0..args.keys).map(workload::key_name).collect();
+            tokio::spawn(replicas::probe(c, keys, epoch, stop_rx.clone()))
+        });
     let clients = {
         let (config, counters, stop) = (config.clone(), counters.clone(), stop_rx.clone());
         tokio::spawn(async move { workload::run(&config, epoch, counters, stop).await })
@@ -756,7 +760,12 @@ async fn run_once(
     };
     let mut stories = explain::explain(&history, &keys, &cx);
     let mut lost = replicas::probe_findings(&history, &probes, &fault_records);
-    lost.extend(replicas::findings(&history, &newest, &copies, &fault_records));
+    lost.extend(replicas::findings(
+        &history,
+        &newest,
+        &copies,
+        &fault_records,
+    ));
     let mut verdict = keys.iter().fold(Verdict::Valid, |v, k| v.and(k.verdict));
     if !lost.is_empty() || !observations.overlaps.is_empty() {
         verdict = Verdict::Violation;

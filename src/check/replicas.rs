@@ -473,4 +473,52 @@ mod tests {
             stories[1].text
         );
     }
+
+    #[test]
+    fn a_probe_holding_a_later_write_without_an_earlier_one_is_a_finding() {
+        let s = 1_000_000_000;
+        let history = vec![
+            write(0, "k0", "a", 1, s),     // acknowledged at 1 s
+            write(1, "k1", "b", 1, 2 * s), // acknowledged at 2 s
+            write(2, "k1", "c", 2, 5 * s), // sent at 5 s - 1 ns
+        ];
+        let probe = |node: &str, atomic, held: Vec<(&str, Option<(u64, &str)>)>| Probe {
+            node: node.into(),
+            t: 6.0,
+            held: held
+                .into_iter()
+                .map(|(k, c)| (k.to_string(), c.map(|(v, s)| (v, s.to_string()))))
+                .collect(),
+            atomic,
+        };
+        let probes = vec![
+            // Holds `c` (sent after `a` was acknowledged) but not `a`.
+            probe(
+                "follower-1",
+                true,
+                vec![("k0", None), ("k1", Some((2, "c")))],
+            ),
+            // A prefix: `b` without `c` is fine, as is nothing at all.
+            probe(
+                "follower-2",
+                true,
+                vec![("k0", Some((1, "a"))), ("k1", Some((1, "b")))],
+            ),
+            probe("follower-3", true, vec![("k0", None), ("k1", None)]),
+            // Read key by key: k0 was read before `c` was seen, so it is not owed.
+            probe("leader", false, vec![("k0", None), ("k1", Some((2, "c")))]),
+        ];
+        let stories = probe_findings(&history, &probes, &[]);
+        assert_eq!(stories.len(), 1, "{stories:#?}");
+        assert_eq!(
+            stories[0].text,
+            "follower-1 lacked acknowledged write `k0` = a (version 1, acknowledged at 1.000 s) at 6.000 s: \
+             it did not have the key, though it held `k1` = c, a write sent after that acknowledgement \
+             (at 5.000 s), so it applied a later write without an earlier one; no fault had touched follower-1"
+        );
+        assert_eq!(
+            (stories[0].ops.clone(), stories[0].witnesses.clone()),
+            (vec![0], vec![2])
+        );
+    }
 }
