@@ -163,7 +163,7 @@ async fn read_copy(
                     if versioned {
                         let copy = keys
                             .iter()
-                            .map(|k| (k.clone(), data.get(k).map(|e| versioned_value(e))))
+                            .map(|k| (k.clone(), data.get(k).map(versioned_value)))
                             .collect();
                         return Ok((copy, true));
                     }
@@ -280,7 +280,7 @@ pub fn probe_findings(history: &[Op], probes: &[Probe], faults: &[FaultRecord]) 
     for p in probes {
         let call_of = |(key, copy): &(String, Option<(u64, String)>)| {
             let (_, value) = copy.as_ref()?;
-            writer.get(&(key.as_str(), value.as_str())).map(|w| *w)
+            writer.get(&(key.as_str(), value.as_str())).copied()
         };
         // The held write sent last, among the keys that vouch.
         let mut latest: Option<&Op> = None;
