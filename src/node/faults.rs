@@ -174,19 +174,21 @@ pub async fn slow_disk(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Broken {
     /// `forget-on-restart`: a node restarted on its data directory comes
-    /// back empty (it ignores its disk) and acknowledges the leader's first
-    /// catch-up batch without storing it: it is never caught up, though
-    /// it says it is, and stores only what is written afterwards.
+    /// back empty (it ignores its disk) and acknowledges the leader's
+    /// catch-up without storing it: it is never caught up, though it says
+    /// it is, and stores only what is written afterwards. The catch-up is
+    /// the batches up to the first that is not full (the leader sends a
+    /// backlog in full batches, then the rest).
     ForgetOnRestart,
     /// `drop-appends`: acknowledges every replicated entry, but silently
     /// stores only those at odd seqs.
     DropAppends,
 }
 
-/// The broken behaviour in force, and whether the catch-up batch was
-/// already forgotten (`ForgetOnRestart` forgets one).
+/// The broken behaviour in force (and whether the node was restarted),
+/// and whether a `ForgetOnRestart` node has forgotten its catch-up.
 static BROKEN: OnceLock<(Broken, bool)> = OnceLock::new();
-static FORGOT_ONE_BATCH: AtomicBool = AtomicBool::new(false);
+static FORGOT_CATCH_UP: AtomicBool = AtomicBool::new(false);
 
 /// Reads `KIND[@NODE-ID]`; a spec for another node id leaves this one
 /// intact (every node of a cluster inherits the variable).
@@ -225,10 +227,17 @@ pub fn forgets_its_disk() -> bool {
     matches!(BROKEN.get(), Some((Broken::ForgetOnRestart, true)))
 }
 
-/// Is this append batch the catch-up a `forget-on-restart` node forgets?
-/// True once: for the first non-empty batch after its restart.
-pub fn forgets_this_batch() -> bool {
-    forgets_its_disk() && !FORGOT_ONE_BATCH.swap(true, Ordering::AcqRel)
+/// Is this append batch part of the catch-up a `forget-on-restart` node
+/// forgets? The batches up to the first that is not `full` (see
+/// [`Broken::ForgetOnRestart`]).
+pub fn forgets_this_batch(full: bool) -> bool {
+    if !forgets_its_disk() || FORGOT_CATCH_UP.load(Ordering::Acquire) {
+        return false;
+    }
+    if !full {
+        FORGOT_CATCH_UP.store(true, Ordering::Release);
+    }
+    true
 }
 
 /// Does a `drop-appends` node drop the entry at `seq`?

@@ -177,7 +177,8 @@ fn apply_batch(node: &NodeState, entries: Vec<Entry>) -> Result<(u64, Fresh), Ap
     let appended_at = long_ago();
     // The test hook `--test-break` (a deliberately broken node) may ack
     // entries it does not store; never set outside tests.
-    let forget_batch = !entries.is_empty() && super::faults::forgets_this_batch();
+    let full = entries.len() >= super::replication::MAX_BATCH;
+    let forget_batch = !entries.is_empty() && super::faults::forgets_this_batch(full);
     for entry in entries {
         // One allocation shared by the log, the disk writer and the store's
         // check: the value is not copied again.
