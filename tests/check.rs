@@ -506,7 +506,7 @@ fn a_follower_that_silently_lacks_acknowledged_writes_is_found_in_the_replicas()
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(
-        all.contains("✗ VIOLATION: ") && all.contains("missing on a node after healing"),
+        all.contains("✗ VIOLATION: ") && all.contains("missing on a replica"),
         "{all}"
     );
     assert!(!all.contains("not linearizable"), "{all}");

@@ -251,7 +251,7 @@ pub fn card(r: &RunReport) -> String {
             }
             if lost > 0 {
                 what.push(format!(
-                    "{lost} acknowledged write{} missing on a node after healing",
+                    "{lost} acknowledged write{} missing on a replica",
                     if lost == 1 { "" } else { "s" }
                 ));
             }
