@@ -40,7 +40,7 @@ pub struct Shape {
     pub async_delay: Option<f64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Story {
     pub key: String,
     /// `stale-read`, `wrong-value`, `lost-write`, `not-linearizable`.

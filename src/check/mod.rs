@@ -408,8 +408,15 @@ async fn recheck(path: &Path, args: &Args) -> anyhow::Result<i32> {
         obs: &Default::default(),
         faults: &faults,
     };
-    let stories = explain::explain(&history, &keys, &cx);
-    let verdict = keys.iter().fold(Verdict::Valid, |v, k| v.and(k.verdict));
+    let mut stories = explain::explain(&history, &keys, &cx);
+    // The replicas' findings of the run are not in the history: saved.
+    let replicas = meta.map(|m| m.replicas).unwrap_or_default();
+    let lost = !replicas.is_empty();
+    stories.extend(replicas);
+    let mut verdict = keys.iter().fold(Verdict::Valid, |v, k| v.and(k.verdict));
+    if lost {
+        verdict = Verdict::Violation;
+    }
     match args.format {
         Format::Json => println!(
             "{}",
@@ -638,13 +645,14 @@ async fn run_once(
         .map(|c| tokio::spawn(observe::watch(c, epoch, stop_rx.clone())));
     // The replicas' copies during the run (a node restarted empty can look
     // complete by the end); skipped for huge key sets.
+    let (healed_tx, healed_rx) = tokio::sync::mpsc::unbounded_channel();
     let prober = target
         .control
         .clone()
         .filter(|_| args.keys <= 1000)
         .map(|c| {
             let keys = (0..args.keys).map(workload::key_name).collect();
-            tokio::spawn(replicas::probe(c, keys, epoch, stop_rx.clone()))
+            tokio::spawn(replicas::probe(c, keys, epoch, healed_rx, stop_rx.clone()))
         });
     let clients = {
         let (config, counters, stop) = (config.clone(), counters.clone(), stop_rx.clone());
@@ -659,6 +667,8 @@ async fn run_once(
                     *current.lock().unwrap() = if on {
                         format!("{} {}", p.kind.name(), p.node)
                     } else {
+                        // Healed: the prober watches the node closely.
+                        let _ = healed_tx.send(p.node.clone());
                         String::new()
                     };
                 })
@@ -812,6 +822,12 @@ async fn run_once(
             shape: shape.clone(),
             started_at: Some(started_at.to_rfc3339()),
             faults: report.faults.clone(),
+            replicas: report
+                .stories
+                .iter()
+                .filter(|s| s.kind == "lost-on-replica" || s.kind == "lost-write")
+                .cloned()
+                .collect(),
         };
         write_artifacts(dir, &report, &history, &meta, node_logs.as_deref()).await?;
     }

@@ -216,43 +216,75 @@ pub struct Probe {
 }
 
 /// Probes every alive node's copy of `keys` four times a second until
-/// `stop` fires (see the module's notes).
+/// `stop` fires (see the module's notes). A node that just came back is
+/// the one most likely to lack writes, and only until the clients
+/// overwrite them (a fraction of a second on a fast cluster), so for 3 s
+/// after it comes back it is probed every 20 ms: when the nemesis says it
+/// healed it (`healed` receives its id), or when `/status` shows it alive
+/// again or under a new incarnation.
 pub async fn probe(
     control: Control,
     keys: Vec<String>,
     epoch: Instant,
+    mut healed: tokio::sync::mpsc::UnboundedReceiver<String>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Vec<Probe> {
+    use std::collections::HashMap;
+    const ROUND: Duration = Duration::from_millis(250);
+    const FAST: Duration = Duration::from_millis(20);
+    const CLOSELY_FOR: Duration = Duration::from_secs(3);
     let mut probes = Vec::new();
+    // node id -> (url, incarnation, alive), from the last /status.
+    let mut seen: HashMap<String, (String, u64, bool)> = HashMap::new();
+    // node id -> until when it is probed closely.
+    let mut closely: HashMap<String, Instant> = HashMap::new();
+    let read = |node: String, url: String| {
+        let (control, keys) = (&control, &keys);
+        async move {
+            let t = epoch.elapsed().as_secs_f64();
+            let copy = read_copy(control, &url, keys, Duration::from_secs(1)).await;
+            copy.ok().map(|(held, atomic)| Probe {
+                node,
+                t,
+                held,
+                atomic,
+            })
+        }
+    };
     loop {
+        let round = Instant::now();
         if let Ok(status) = control.status().await {
-            let nodes: Vec<_> = status
-                .leader
-                .iter()
-                .chain(status.followers.iter())
-                .filter(|n| n.status == NodeStatus::Alive)
-                .cloned()
-                .collect();
-            let reads = nodes.iter().map(|n| async {
-                let t = epoch.elapsed().as_secs_f64();
-                let copy = read_copy(&control, &n.url, &keys, Duration::from_secs(1)).await;
-                (n.node_id.clone(), t, copy)
-            });
-            for (node, t, copy) in futures::future::join_all(reads).await {
-                if let Ok((held, atomic)) = copy {
-                    probes.push(Probe {
-                        node,
-                        t,
-                        held,
-                        atomic,
-                    });
+            let mut alive = Vec::new();
+            for n in status.leader.iter().chain(status.followers.iter()) {
+                let up = n.status == NodeStatus::Alive;
+                let back = seen
+                    .get(&n.node_id)
+                    .is_some_and(|(_, inc, was)| (up && !was) || *inc != n.incarnation);
+                if back {
+                    closely.insert(n.node_id.clone(), Instant::now() + CLOSELY_FOR);
+                }
+                seen.insert(n.node_id.clone(), (n.url.clone(), n.incarnation, up));
+                if up {
+                    alive.push(read(n.node_id.clone(), n.url.clone()));
                 }
             }
+            probes.extend(futures::future::join_all(alive).await.into_iter().flatten());
         }
-        let tick = tokio::time::sleep(Duration::from_millis(250));
-        tokio::select! {
-            _ = tick => {}
-            _ = stop.wait_for(|s| *s) => return probes,
+        // Until the next round: the nodes just back, every 20 ms.
+        while round.elapsed() < ROUND {
+            while let Ok(id) = healed.try_recv() {
+                closely.insert(id, Instant::now() + CLOSELY_FOR);
+            }
+            closely.retain(|_, until| Instant::now() < *until);
+            let fast = closely.keys().filter_map(|id| {
+                let (url, _, _) = seen.get(id)?;
+                Some(read(id.clone(), url.clone()))
+            });
+            probes.extend(futures::future::join_all(fast).await.into_iter().flatten());
+            tokio::select! {
+                _ = tokio::time::sleep(FAST) => {}
+                _ = stop.wait_for(|s| *s) => return probes,
+            }
         }
     }
 }

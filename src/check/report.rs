@@ -28,6 +28,10 @@ pub struct HistoryMeta {
     pub started_at: Option<String>,
     #[serde(default)]
     pub faults: Vec<FaultRecord>,
+    /// What the comparison of the replicas found (it is not in the
+    /// history, so `--history` reports it from here).
+    #[serde(default)]
+    pub replicas: Vec<Story>,
 }
 
 impl HistoryMeta {
