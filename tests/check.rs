@@ -5,6 +5,11 @@
 //! - With W + R > N and kill/crash/pause faults, the history is valid (exit 0).
 //! - Against a running cluster (`--no-start-cluster --gateway`).
 //! - The node hooks of the partition and slow-disk faults, bad input included.
+//! - Against clusters it did not start, at full strength (issue 27): crashes
+//!   through `--fault-cmd`, a cluster whose restarted follower is never caught
+//!   up (exit 1) against a healthy one (exit 0), a follower that silently
+//!   lacks acknowledged writes found by the comparison of the replicas,
+//!   faults made by hand (`--faults-log`), the shape read and saved.
 //! - report.html renders in headless Chromium with its timeline's elements.
 
 mod common;
@@ -341,6 +346,194 @@ fn a_partitioned_follower_hangs_its_traffic_until_healed() {
         json!({"ms": 50, "seconds": 1}),
     );
     assert_eq!(s, 200);
+}
+
+/// `--fault-cmd` for the tests: SIGKILLs the process listening on
+/// `$KVLAB_NODE_PORT` (found through /proc, so no fuser or ss is needed),
+/// for `crash` only; any other fault is refused (exit 1).
+const KILL_BY_PORT: &str = r#"
+[ "$KVLAB_FAULT" = crash ] || { echo "only crash, not $KVLAB_FAULT" >&2; exit 1; }
+port=$(printf '%04X' "$KVLAB_NODE_PORT")
+inode=$(awk -v p=":$port" '$4 == "0A" && substr($2, length($2) - 4) == p { print $10; exit }' /proc/net/tcp)
+[ -n "$inode" ] || { echo "nothing listens on $KVLAB_NODE_PORT" >&2; exit 1; }
+for fd in /proc/[0-9]*/fd/*; do
+  if [ "$(readlink "$fd" 2>/dev/null)" = "socket:[$inode]" ]; then
+    pid=${fd#/proc/}; kill -KILL "${pid%%/*}"; exit 0
+  fi
+done
+echo "no process holds the socket of $KVLAB_NODE_PORT" >&2; exit 1
+"#;
+
+/// Writes [`KILL_BY_PORT`] to a file in `dir`; returns the `--fault-cmd`.
+fn kill_by_port(dir: &Path) -> String {
+    let script = dir.join("kill-by-port.sh");
+    std::fs::write(&script, KILL_BY_PORT).unwrap();
+    format!("sh {}", script.display())
+}
+
+/// Done-means 1 of issue 27, in the command's shape: `kvlab check
+/// --no-start-cluster --gateway URL --coordinator URL --nemesis crash
+/// --fault-cmd CMD` on a cluster of 3 followers, W=3, R=1, started by
+/// someone else (here the test), whose CMD SIGKILLs the node by its port.
+fn check_with_fault_cmd(cluster: &Cluster, out: &Path) -> Output {
+    let cmd = kill_by_port(out);
+    check(&[
+        "--no-start-cluster",
+        "--gateway",
+        &cluster.gateway,
+        "--coordinator",
+        &cluster.coordinator,
+        "--nemesis",
+        "crash",
+        "--fault-cmd",
+        &cmd,
+        // Seed 1 crashes follower-3, the read set of R=1, at 1 s for 2.6 s.
+        "--time-limit",
+        "8",
+        "--seed",
+        "1",
+        "--replica-wait",
+        "3",
+        "--out",
+        out.to_str().unwrap(),
+    ])
+    .0
+}
+
+/// A cluster with the original lab's catch-up bug: a follower SIGKILLed
+/// and respawned comes back empty and is never caught up (the nodes'
+/// hidden test hook). The fault command's crash is recorded as the
+/// check's own, the loss is told as a story, the exit code is 1.
+#[test]
+fn a_follower_restarted_empty_and_never_caught_up_fails_the_check() {
+    let cluster = Cluster::start_with("--no-delay --followers 3 -W 3 -R 1", |cmd| {
+        cmd.env("KVLAB_TEST_BREAK", "forget-on-restart");
+    });
+    let dir = scratch();
+    let out = check_with_fault_cmd(&cluster, dir.path());
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    // The cluster's shape, not the flags' defaults (N=3 W=2 R=2).
+    assert!(
+        all.contains("N=3 W=3 R=1 (from the coordinator's /status)"),
+        "{all}"
+    );
+    let r = results(dir.path());
+    let faults = r["faults"].as_array().unwrap();
+    assert!(
+        faults.iter().any(|f| f["kind"] == "crash"
+            && f["node"] == "follower-3"
+            && f["injected"] == true
+            && f["by"] == "fault-cmd"),
+        "{all}"
+    );
+    // The stories name the restarted node and its crash: a stale read
+    // served by it, or a probe of its copy during the run, or both.
+    assert!(
+        all.contains("follower-3 (") || all.contains("follower-3 lacked acknowledged write"),
+        "{all}"
+    );
+    assert!(all.contains("crashed by the fault command at 1.0"), "{all}");
+    // --history explains with the saved shape (W=3, R=1), not the flags'
+    // (W=2, R=2), and reports the replicas' findings saved with it.
+    let history = dir.path().join("history.jsonl");
+    let (again, _) = check(&["--history", history.to_str().unwrap()]);
+    let again_all = text(&again);
+    assert_eq!(again.status.code(), Some(1), "{again_all}");
+    assert!(again_all.contains("N=3 W=3 R=1 (saved in"), "{again_all}");
+    assert!(!again_all.contains("W + R = 2 + 2"), "{again_all}");
+}
+
+/// The same command against a healthy kvlab cluster of the same shape:
+/// the crashed follower is caught up, every replica holds every
+/// acknowledged write, the run is valid.
+#[test]
+fn the_same_crashes_through_the_fault_command_leave_a_healthy_cluster_valid() {
+    let cluster = Cluster::start_with("--no-delay --followers 3 -W 3 -R 1", |_| {});
+    let dir = scratch();
+    let out = check_with_fault_cmd(&cluster, dir.path());
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(all.contains("✓ VALID"), "{all}");
+    assert!(all.contains("(1 by the fault command)"), "{all}");
+    let r = results(dir.path());
+    assert_eq!(r["faults"][0]["by"], "fault-cmd", "{all}");
+    assert_eq!(r["quiet"], false);
+}
+
+/// Done-means 2: follower-1 acknowledges every append but stores only
+/// half of them. Reads (R=1) ask follower-3 only, so the history is
+/// linearizable; the comparison of the replicas after healing finds the
+/// writes follower-1 lacks, and they fail the run. A fault written by
+/// hand in `--faults-log` is joined into the run.
+#[test]
+fn a_follower_that_silently_lacks_acknowledged_writes_is_found_in_the_replicas() {
+    let cluster = Cluster::start_with("--no-delay --followers 3 -W 3 -R 1", |cmd| {
+        cmd.env("KVLAB_TEST_BREAK", "drop-appends@follower-1");
+    });
+    let dir = scratch();
+    let log = dir.path().join("faults.log");
+    let at = |s: i64| (chrono::Utc::now() + chrono::Duration::seconds(s)).to_rfc3339();
+    std::fs::write(
+        &log,
+        format!(
+            "# by hand
+{} pause follower-2 SIGSTOP
+{} resume follower-2
+{} crash follower-2
+",
+            at(1),
+            at(2),
+            at(3600)
+        ),
+    )
+    .unwrap();
+    let (out, _) = check(&[
+        "--no-start-cluster",
+        "--gateway",
+        &cluster.gateway,
+        "--coordinator",
+        &cluster.coordinator,
+        "--time-limit",
+        "4",
+        "--seed",
+        "2",
+        "--replica-wait",
+        "2",
+        "--faults-log",
+        log.to_str().unwrap(),
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("✗ VIOLATION: ") && all.contains("missing on a replica"),
+        "{all}"
+    );
+    assert!(!all.contains("not linearizable"), "{all}");
+    let r = results(dir.path());
+    let stories = r["stories"].as_array().unwrap();
+    assert!(!stories.is_empty(), "{all}");
+    for s in stories {
+        assert_eq!(s["kind"], "lost-on-replica", "{s}");
+        let t = s["text"].as_str().unwrap();
+        // Found during the run (a probe) or after healing; on follower-1 only.
+        assert!(
+            t.starts_with("follower-1 lacked acknowledged write")
+                || t.contains("is missing on follower-1 after healing"),
+            "{t}"
+        );
+    }
+    // The hand-made pause is in the run, the crash an hour later is not.
+    let faults = r["faults"].as_array().unwrap();
+    assert_eq!(faults.len(), 1, "{all}");
+    assert_eq!(
+        (&faults[0]["kind"], &faults[0]["node"], &faults[0]["by"]),
+        (&json!("pause"), &json!("follower-2"), &json!("hand"))
+    );
+    assert!(all.contains("(1 by hand)"), "{all}");
+    assert!(all.contains("after the run: left out"), "{all}");
 }
 
 /// Renders report.html in headless Chromium: the DOM must hold the

@@ -9,18 +9,28 @@
 //!   names who served it, its sets then (read, sync, async), its delay, and
 //!   whether W + R > N promised overlap;
 //! - **wrong value**: a read returned a value at a version that write never had;
-//! - **lost write**: after the faults healed, a key's newest state is older
-//!   than an acknowledged write;
+//! - **versions went back**: a write acknowledged at a version no higher
+//!   than one acknowledged before it was sent (a leader that restarted
+//!   empty starts each key over at version 1), told with what happened to
+//!   the leader;
+//! - **lost write**, **lost on a replica**: after the faults healed, a
+//!   node lacks a key's newest acknowledged write (see [`super::replicas`]);
 //! - otherwise, the operation the search could not place.
+//!
+//! Each story names the node that answered when the answer says (a read's
+//! `served_by`), or the read set when it does not (from `/status`, or by
+//! the lab's rule: the R alive followers with the highest ports), and what
+//! the faults had done to that node by then ([`fault_context`]).
 
 use serde::Serialize;
 
 use super::history::{Op, Outcome};
+use super::nemesis::{FaultKind, FaultRecord};
 use super::observe::Observations;
 use super::verdict::{KeyResult, Verdict};
 
 /// The cluster's shape, for the stories.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Shape {
     pub followers: usize,
     pub w: usize,
@@ -30,7 +40,7 @@ pub struct Shape {
     pub async_delay: Option<f64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Story {
     pub key: String,
     /// `stale-read`, `wrong-value`, `lost-write`, `not-linearizable`.
@@ -42,13 +52,23 @@ pub struct Story {
     pub witnesses: Vec<usize>,
 }
 
+impl Shape {
+    /// `N=3 W=3 R=1`, as the first line and the card print it.
+    pub fn describe(&self) -> String {
+        format!("N={} W={} R={}", self.followers, self.w, self.r)
+    }
+}
+
+/// What the run knew around the operations: the cluster's shape, the
+/// `/status` samples and the faults (the nemesis's and those made by hand).
+pub struct Context<'a> {
+    pub shape: &'a Shape,
+    pub obs: &'a Observations,
+    pub faults: &'a [FaultRecord],
+}
+
 /// A story for every key the checker rejected.
-pub fn explain(
-    history: &[Op],
-    results: &[KeyResult],
-    shape: &Shape,
-    obs: &Observations,
-) -> Vec<Story> {
+pub fn explain(history: &[Op], results: &[KeyResult], cx: &Context) -> Vec<Story> {
     results
         .iter()
         .filter(|r| r.verdict == Verdict::Violation)
@@ -57,16 +77,105 @@ pub fn explain(
                 .iter()
                 .filter(|op| op.key() == r.key && op.output.counts())
                 .collect();
-            stale_read(&ops, shape, obs)
+            versions_went_back(&ops, cx)
+                .or_else(|| stale_read(&ops, cx))
                 .or_else(|| wrong_value(&ops))
                 .unwrap_or_else(|| unplaced(&r.key, history, r))
         })
         .collect()
 }
 
+/// What the faults had done to `node` by `t` (seconds): the last injected
+/// fault on it that started before `t`, as words that follow the node's
+/// name ("crashed by the fault command at 3.100 s and restarted at 5.000
+/// s"). `None` when no fault touched it.
+pub fn fault_context(node: &str, t: f64, faults: &[FaultRecord]) -> Option<String> {
+    let f = faults
+        .iter()
+        .filter(|f| f.injected && f.node == node && f.start < t)
+        .max_by(|a, b| a.start.total_cmp(&b.start))?;
+    let by = f.by.map_or("", |b| b.words());
+    let how = f.how.first().map(String::as_str);
+    let crash =
+        matches!(f.kind, FaultKind::Crash) || (f.kind == FaultKind::Leader && how == Some("crash"));
+    let (s, e) = (f.start, f.end);
+    Some(match f.kind {
+        _ if crash => format!("crashed {by} at {s:.3} s and restarted at {e:.3} s"),
+        FaultKind::Kill => format!("stopped {by} at {s:.3} s and restarted at {e:.3} s"),
+        FaultKind::PowerLoss => {
+            format!("had its power cut {by} at {s:.3} s and restarted at {e:.3} s")
+        }
+        FaultKind::Pause | FaultKind::Leader => format!("paused {by} from {s:.3} s to {e:.3} s"),
+        FaultKind::Heartbeats => format!("silent (heartbeats paused) from {s:.3} s to {e:.3} s"),
+        FaultKind::Partition => format!(
+            "cut off from {} from {s:.3} s to {e:.3} s",
+            f.how.join(", ")
+        ),
+        FaultKind::SlowDisk => format!(
+            "on a slow disk ({}) from {s:.3} s to {e:.3} s",
+            f.how.join(", ")
+        ),
+        FaultKind::Crash => unreachable!("told above"),
+    })
+}
+
+/// A write acknowledged at a version no higher than a write acknowledged
+/// before it was sent: the key's versions went back (a leader that lost
+/// its state starts every key over at 1).
+fn versions_went_back(ops: &[&Op], cx: &Context) -> Option<Story> {
+    let acked = |o: &&&Op| matches!(o.output, Outcome::Written { .. });
+    for later in ops.iter().filter(acked) {
+        let v = later.output.version()?;
+        let earlier = ops
+            .iter()
+            .filter(acked)
+            .filter(|o| o.ret.is_some_and(|ret| ret < later.call))
+            .filter_map(|o| Some((o, o.output.version()?)))
+            .filter(|(_, ev)| *ev >= v)
+            .max_by_key(|(o, ev)| (*ev, o.ret));
+        let Some((earlier, ev)) = earlier else {
+            continue;
+        };
+        let change = if v == 1 {
+            "the key's versions restarted at 1".to_string()
+        } else {
+            format!("the key's versions went back from {ev} to {v}")
+        };
+        let leader = cx
+            .faults
+            .iter()
+            .filter(|f| f.injected && f.start < later.call_s())
+            .filter(|f| f.kind == FaultKind::Leader || f.node == crate::api::LEADER_ID)
+            .max_by(|a, b| a.start.total_cmp(&b.start));
+        let why = match leader {
+            Some(f) => format!(
+                " after the leader's restart ({} was {})",
+                f.node,
+                fault_context(&f.node, later.call_s(), cx.faults).unwrap_or_default()
+            ),
+            None => ": the leader forgot the key's history (no fault on the leader was recorded: a restart nobody logged?)".to_string(),
+        };
+        return Some(Story {
+            key: later.key().to_string(),
+            kind: "versions-went-back".into(),
+            text: format!(
+                "write `{}` = {} was acknowledged as version {v} at {:.3} s, after write {} had been acknowledged as version {ev} at {:.3} s: {change}{why}",
+                later.key(),
+                later.written_value().unwrap_or("?"),
+                later.end_s(),
+                earlier.written_value().unwrap_or("?"),
+                earlier.end_s(),
+            ),
+            ops: vec![later.id],
+            witnesses: vec![earlier.id],
+        });
+    }
+    None
+}
+
 /// The first read that returned an older version than something that had
 /// already returned before it was sent.
-fn stale_read(ops: &[&Op], shape: &Shape, obs: &Observations) -> Option<Story> {
+fn stale_read(ops: &[&Op], cx: &Context) -> Option<Story> {
     for read in ops.iter().filter(|op| !op.is_write()) {
         let Some(seen) = read.output.version() else {
             continue;
@@ -82,7 +191,7 @@ fn stale_read(ops: &[&Op], shape: &Shape, obs: &Observations) -> Option<Story> {
             return Some(Story {
                 key: read.key().to_string(),
                 kind: "stale-read".into(),
-                text: stale_story(read, witness, version, shape, obs),
+                text: stale_story(read, witness, version, cx),
                 ops: vec![read.id],
                 witnesses: vec![witness.id],
             });
@@ -91,17 +200,18 @@ fn stale_read(ops: &[&Op], shape: &Shape, obs: &Observations) -> Option<Story> {
     None
 }
 
-fn stale_story(read: &Op, witness: &Op, version: u64, shape: &Shape, obs: &Observations) -> String {
+fn stale_story(read: &Op, witness: &Op, version: u64, cx: &Context) -> String {
+    let shape = cx.shape;
     let got = match &read.output {
         Outcome::Found {
             version, served_by, ..
         } => {
             format!(
                 "version {version} from {}",
-                who(served_by, read.call_s(), shape, obs)
+                who(served_by, read.call_s(), cx)
             )
         }
-        _ => match read_set(read.call_s(), shape, obs) {
+        _ => match read_set(read.call_s(), read.end_s(), cx) {
             Some(set) => format!("not found (version 0) from the read set: {set}"),
             None => "not found (version 0)".to_string(),
         },
@@ -131,31 +241,34 @@ fn stale_story(read: &Op, witness: &Op, version: u64, shape: &Shape, obs: &Obser
 }
 
 /// "follower-5 (in the read set, async, 5 s behind)", from the sample
-/// closest to `t`.
-fn who(node: &str, t: f64, shape: &Shape, obs: &Observations) -> String {
-    let Some(sample) = obs.at(t) else {
-        return node.to_string();
-    };
-    let Some(n) = sample.nodes.iter().find(|n| n.id == node) else {
-        return node.to_string();
-    };
+/// closest to `t`, with what the faults had done to it by then.
+fn who(node: &str, t: f64, cx: &Context) -> String {
+    let (shape, obs) = (cx.shape, cx.obs);
     let mut parts = Vec::new();
-    if n.sets.iter().any(|s| s == "read") {
-        parts.push("in the read set".to_string());
+    if let Some(n) = obs
+        .at(t)
+        .and_then(|sample| sample.nodes.iter().find(|n| n.id == node))
+    {
+        if n.sets.iter().any(|s| s == "read") {
+            parts.push("in the read set".to_string());
+        }
+        if n.sets.iter().any(|s| s == "sync") {
+            parts.push(match shape.sync_delay {
+                Some(d) if d > 0.0 => format!("sync, {d} s behind"),
+                _ => "sync".to_string(),
+            });
+        } else if n.sets.iter().any(|s| s == "async") {
+            parts.push(match shape.async_delay {
+                Some(d) if d > 0.0 => format!("async, {d} s behind"),
+                _ => "async".to_string(),
+            });
+        }
+        if n.status != "alive" {
+            parts.push(n.status.clone());
+        }
     }
-    if n.sets.iter().any(|s| s == "sync") {
-        parts.push(match shape.sync_delay {
-            Some(d) if d > 0.0 => format!("sync, {d} s behind"),
-            _ => "sync".to_string(),
-        });
-    } else if n.sets.iter().any(|s| s == "async") {
-        parts.push(match shape.async_delay {
-            Some(d) if d > 0.0 => format!("async, {d} s behind"),
-            _ => "async".to_string(),
-        });
-    }
-    if n.status != "alive" {
-        parts.push(n.status.clone());
+    if let Some(fault) = fault_context(node, t, cx.faults) {
+        parts.push(fault);
     }
     if parts.is_empty() {
         node.to_string()
@@ -164,16 +277,72 @@ fn who(node: &str, t: f64, shape: &Shape, obs: &Observations) -> String {
     }
 }
 
-/// The read set at `t`, each member told with [`who`].
-fn read_set(t: f64, shape: &Shape, obs: &Observations) -> Option<String> {
-    let sample = obs.at(t)?;
-    let members: Vec<String> = sample
+/// The read set of a read called at `t` and answered at `end`, each
+/// member told with [`who`]: as `/status` gave it, or, when `/status` gives
+/// no sets (the original's), by the lab's rule: the R alive followers with
+/// the highest ports. `/status` is sampled every 250 ms, so the samples
+/// from just before the call to just after the answer are all looked at:
+/// when the set changed among them (a node came back), every candidate is
+/// named.
+fn read_set(t: f64, end: f64, cx: &Context) -> Option<String> {
+    let first = cx.obs.at(t)?;
+    let around = cx
+        .obs
+        .samples
+        .iter()
+        .filter(|s| s.t > first.t && s.t <= end + 0.3);
+    let mut candidates: Vec<Vec<&str>> = Vec::new();
+    let mut by_rule = false;
+    for sample in std::iter::once(first).chain(around) {
+        let (members, rule) = members_of(sample, cx.shape.r);
+        by_rule |= rule;
+        if !members.is_empty() && !candidates.contains(&members) {
+            candidates.push(members);
+        }
+    }
+    let named: Vec<String> = candidates
+        .iter()
+        .map(|set| {
+            set.iter()
+                .map(|id| who(id, t, cx))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .collect();
+    let rule = match by_rule {
+        true => " (by the lab's rule: the R alive followers with the highest ports)",
+        false => "",
+    };
+    match named.len() {
+        0 => None,
+        1 => Some(format!("{}{rule}", named[0])),
+        _ => Some(format!(
+            "{}{rule}, as the set changed around the read",
+            named.join(" or ")
+        )),
+    }
+}
+
+/// The read set in one sample, and whether it came from the lab's rule.
+fn members_of(sample: &super::observe::Sample, r: usize) -> (Vec<&str>, bool) {
+    let named: Vec<&str> = sample
         .nodes
         .iter()
         .filter(|n| n.sets.iter().any(|s| s == "read"))
-        .map(|n| who(&n.id, t, shape, obs))
+        .map(|n| n.id.as_str())
         .collect();
-    (!members.is_empty()).then(|| members.join(", "))
+    if !named.is_empty() {
+        return (named, false);
+    }
+    let mut alive: Vec<_> = sample
+        .nodes
+        .iter()
+        .filter(|n| !n.leader && n.status == "alive" && n.port > 0)
+        .collect();
+    alive.sort_by_key(|n| std::cmp::Reverse(n.port));
+    let members: Vec<&str> = alive.into_iter().take(r).map(|n| n.id.as_str()).collect();
+    let rule = !members.is_empty();
+    (members, rule)
 }
 
 /// A read of a value at a version its write never had (or of a value
@@ -280,38 +449,6 @@ pub fn short_outcome(o: &Outcome) -> String {
     }
 }
 
-/// After healing: each key's newest state (read from the leader) must be
-/// at least as new as the newest acknowledged write. `finals` holds
-/// (key, version found, value found) per key.
-pub fn lost_writes(history: &[Op], finals: &[(String, u64, Option<String>)]) -> Vec<Story> {
-    let mut stories = Vec::new();
-    for (key, version, _) in finals {
-        let newest = history
-            .iter()
-            .filter(|op| op.key() == key)
-            .filter_map(|op| match op.output {
-                Outcome::Written { version } => Some((op, version)),
-                _ => None,
-            })
-            .max_by_key(|(_, v)| *v);
-        if let Some((write, acked)) = newest {
-            if acked > *version {
-                stories.push(Story {
-                    key: key.clone(),
-                    kind: "lost-write".into(),
-                    text: format!(
-                        "acknowledged write `{key}` = {} (version {acked}) is missing after recovery: the leader holds version {version}",
-                        write.written_value().unwrap_or("?")
-                    ),
-                    ops: vec![write.id],
-                    witnesses: vec![],
-                });
-            }
-        }
-    }
-    stories
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,11 +526,18 @@ mod tests {
                     status: "alive".into(),
                     incarnation: 1,
                     sets: vec!["async".into(), "read".into()],
+                    port: 0,
+                    leader: false,
                 }],
             }],
             overlaps: vec![],
         };
-        let stories = explain(&history, &results, &shape, &obs);
+        let cx = Context {
+            shape: &shape,
+            obs: &obs,
+            faults: &[],
+        };
+        let stories = explain(&history, &results, &cx);
         assert_eq!(stories.len(), 1);
         assert_eq!(stories[0].text,
             "read of `cart` at 12.301 s returned version 1 from follower-5 (in the read set, async, 5 s behind) \
@@ -404,21 +548,122 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_missing_acknowledged_write_is_a_lost_write() {
-        let history = vec![op(
-            0,
+    fn write(id: usize, value: &str, call: u64, end: u64, version: u64) -> Op {
+        op(
+            id,
             0,
             Input::Write {
-                key: "k2".into(),
-                value: "v17".into(),
+                key: "k3".into(),
+                value: value.into(),
             },
-            0,
-            1,
-            Outcome::Written { version: 9 },
-        )];
-        let stories = lost_writes(&history, &[("k2".into(), 8, Some("v16".into()))]);
-        assert_eq!(stories[0].text, "acknowledged write `k2` = v17 (version 9) is missing after recovery: the leader holds version 8");
-        assert!(lost_writes(&history, &[("k2".into(), 9, None)]).is_empty());
+            call,
+            end,
+            Outcome::Written { version },
+        )
+    }
+
+    fn crash(node: &str, kind: FaultKind, start: f64, end: f64) -> FaultRecord {
+        FaultRecord {
+            kind,
+            node: node.into(),
+            how: if kind == FaultKind::Leader {
+                vec!["crash".into()]
+            } else {
+                vec![]
+            },
+            start,
+            end,
+            injected: true,
+            error: None,
+            by: Some(super::super::nemesis::By::Hand),
+        }
+    }
+
+    fn shape_3_3_1() -> Shape {
+        Shape {
+            followers: 3,
+            w: 3,
+            r: 1,
+            sync_delay: None,
+            async_delay: None,
+        }
+    }
+
+    #[test]
+    fn versions_that_restart_at_1_are_told_with_the_leaders_restart() {
+        let s = 1_000_000_000;
+        let history = vec![
+            write(0, "c0-1", 0, s, 1),
+            write(1, "c0-2", 2 * s, 3 * s, 2),
+            write(2, "c1-1", 6 * s, 7 * s, 1),
+        ];
+        let results = check_keys(&history, std::time::Duration::from_secs(5));
+        assert_eq!(results[0].verdict, Verdict::Violation);
+        let faults = [crash("leader", FaultKind::Leader, 4.0, 5.5)];
+        let cx = Context {
+            shape: &shape_3_3_1(),
+            obs: &Observations::default(),
+            faults: &faults,
+        };
+        let stories = explain(&history, &results, &cx);
+        assert_eq!(stories[0].kind, "versions-went-back");
+        assert_eq!(
+            stories[0].text,
+            "write `k3` = c1-1 was acknowledged as version 1 at 7.000 s, after write c0-2 had been \
+             acknowledged as version 2 at 3.000 s: the key's versions restarted at 1 after the leader's \
+             restart (leader was crashed by hand at 4.000 s and restarted at 5.500 s)"
+        );
+    }
+
+    #[test]
+    fn a_not_found_read_names_the_read_set_by_the_labs_rule_and_its_crash() {
+        let s = 1_000_000_000;
+        let history = vec![
+            write(0, "c0-1", 0, s, 1),
+            op(
+                1,
+                1,
+                Input::Read { key: "k3".into() },
+                6 * s,
+                7 * s,
+                Outcome::NotFound,
+            ),
+        ];
+        let results = check_keys(&history, std::time::Duration::from_secs(5));
+        let node = |id: &str, port, leader| NodeSample {
+            id: id.into(),
+            status: "alive".into(),
+            incarnation: 0,
+            sets: vec![],
+            port,
+            leader,
+        };
+        // The original's /status: no sets, ports only in the URLs.
+        let obs = Observations {
+            samples: vec![Sample {
+                t: 5.0,
+                nodes: vec![
+                    node("leader", 7001, true),
+                    node("follower-1", 7002, false),
+                    node("follower-2", 7003, false),
+                    node("follower-3", 7004, false),
+                ],
+            }],
+            overlaps: vec![],
+        };
+        let faults = [crash("follower-3", FaultKind::Crash, 2.0, 4.0)];
+        let cx = Context {
+            shape: &shape_3_3_1(),
+            obs: &obs,
+            faults: &faults,
+        };
+        let stories = explain(&history, &results, &cx);
+        assert_eq!(
+            stories[0].text,
+            "read of `k3` at 6.000 s returned not found (version 0) from the read set: follower-3 \
+             (crashed by hand at 2.000 s and restarted at 4.000 s) (by the lab's rule: the R alive \
+             followers with the highest ports) after write version 1 (`c0-1`) had been acknowledged \
+             at 1.000 s; W + R = 3 + 1 > N = 3: the sets overlap, so the cluster broke its promise"
+        );
     }
 }

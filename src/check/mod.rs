@@ -13,6 +13,9 @@
 //!   no two processes of one node id run at once);
 //! - [`history`]: the operation records; [`model`]: the versioned register;
 //! - [`linearizability`]: the checker; [`verdict`]: the run's checks;
+//! - [`replicas`]: after healing, every node's copy of every key against
+//!   what was acknowledged (losses no read saw);
+//! - [`faults_log`]: faults made by hand (`--faults-log`), joined in;
 //! - [`explain`]: violations as stories; [`report`]: results and the
 //!   summary card; [`html`]: `report.html` (with the shared timeline
 //!   renderer, `src/coordinator/ui/timeline.js`).
@@ -21,12 +24,14 @@
 //! Invariant: a cluster this started is stopped before it returns.
 
 pub mod explain;
+pub mod faults_log;
 pub mod history;
 pub mod html;
 pub mod linearizability;
 pub mod model;
 pub mod nemesis;
 pub mod observe;
+pub mod replicas;
 pub mod report;
 pub mod verdict;
 pub mod workload;
@@ -43,7 +48,7 @@ use crate::child_cluster::{secret_fallback, ClusterProcess, Ports, EXIT_INTERRUP
 use explain::Shape;
 use history::{Input, Op};
 use nemesis::{Control, FaultKind};
-use report::{Counts, RunConfig, RunReport};
+use report::{Counts, HistoryMeta, RunConfig, RunReport};
 use verdict::Verdict;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -89,8 +94,12 @@ pub struct Args {
     /// Concurrent clients.
     #[arg(long, default_value_t = 5, value_name = "C")]
     pub clients: usize,
-    /// Keys the clients share (`k0`, `k1`, ...).
-    #[arg(long, default_value_t = 3, value_name = "K")]
+    /// Keys the clients share (`k0`, `k1`, ...). 12 by default: on a few
+    /// keys each is overwritten almost at once, so a write a node lost is
+    /// replaced before a read or the final comparison can notice (runs that
+    /// exposed lost writes needed 10 to 30); more keys also split the history
+    /// into smaller searches, so the checker stays fast.
+    #[arg(long, default_value_t = 12, value_name = "K")]
     pub keys: usize,
     /// The seed of the workload's choices and the fault schedule (default: random).
     #[arg(long, value_name = "N")]
@@ -117,9 +126,28 @@ pub struct Args {
     /// The running cluster's entry point (gateway or coordinator).
     #[arg(long, value_name = "URL")]
     pub gateway: Option<String>,
-    /// The running cluster's coordinator (for faults and `/status`).
+    /// The running cluster's coordinator (for faults, `/status`, its shape
+    /// and the comparison of the replicas after healing).
     #[arg(long, value_name = "URL")]
     pub coordinator: Option<String>,
+    /// Carry out crashes and pauses with this shell command (`sh -c CMD`),
+    /// for a cluster whose processes kvlab check cannot signal. It gets
+    /// KVLAB_FAULT (crash, kill, pause, resume or restart), KVLAB_NODE_ID,
+    /// KVLAB_NODE_PORT and KVLAB_NODE_URL; exit 0 means done. Crashed
+    /// nodes are brought back with the lab's POST /spawn.
+    #[arg(long, value_name = "CMD")]
+    pub fault_cmd: Option<String>,
+    /// Faults made by hand during the run, joined into its timeline and
+    /// stories: one `TIME EVENT NODE` a line (RFC 3339 time; crash, kill,
+    /// pause, resume, restart), or the same as JSON. Read at the end of the run.
+    #[arg(long, value_name = "FILE")]
+    pub faults_log: Option<PathBuf>,
+    /// Seconds to wait after healing for every node to hold every
+    /// acknowledged write, before what is missing counts as lost on a
+    /// replica (default: the async delay + 3 for a cluster check started,
+    /// 8 otherwise).
+    #[arg(long, value_name = "S", allow_negative_numbers = true)]
+    pub replica_wait: Option<f64>,
     /// Seconds the checker may search before answering "unknown".
     #[arg(long, default_value_t = 30.0, value_name = "S")]
     pub check_budget: f64,
@@ -177,6 +205,23 @@ fn prepare(args: &Args) -> anyhow::Result<Plan> {
         "--keys must be between 1 and 10000"
     );
     anyhow::ensure!(args.repeat >= 1, "--repeat must be at least 1");
+    if let Some(w) = args.replica_wait {
+        anyhow::ensure!(
+            w.is_finite() && (0.0..=600.0).contains(&w),
+            "--replica-wait must be a number of seconds from 0 to 600, got {w}"
+        );
+    }
+    if let Some(cmd) = &args.fault_cmd {
+        anyhow::ensure!(!cmd.trim().is_empty(), "--fault-cmd is empty");
+    }
+    // A log that exists already is checked now (one written during the run
+    // is checked at its end).
+    if let Some(path) = &args.faults_log {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            faults_log::parse(&text)
+                .map_err(|e| anyhow::anyhow!("--faults-log {}: {e}", path.display()))?;
+        }
+    }
     if args.no_start_cluster && !kinds.is_empty() {
         anyhow::ensure!(
             args.coordinator.is_some(),
@@ -323,15 +368,62 @@ async fn recheck(path: &Path, args: &Args) -> anyhow::Result<i32> {
     })
     .await?;
     let millis = started.elapsed().as_secs_f64() * 1e3;
-    let shape = Shape {
-        followers: args.followers,
-        w: args.write_quorum,
-        r: args.read_quorum,
-        sync_delay: None,
-        async_delay: None,
+    // The shape and faults saved next to the history, if any (histories
+    // from before they were saved have none: the flags' shape then).
+    let meta_path = HistoryMeta::path_for(path);
+    let meta: Option<HistoryMeta> = std::fs::read_to_string(&meta_path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
+    let (shape, mut faults, from) = match &meta {
+        Some(m) => (
+            m.shape.clone(),
+            m.faults.clone(),
+            format!("saved in {}", meta_path.display()),
+        ),
+        None => (
+            Shape {
+                followers: args.followers,
+                w: args.write_quorum,
+                r: args.read_quorum,
+                sync_delay: None,
+                async_delay: None,
+            },
+            vec![],
+            format!("from the flags: no {} next to it", meta_path.display()),
+        ),
     };
-    let stories = explain::explain(&history, &keys, &shape, &Default::default());
-    let verdict = keys.iter().fold(Verdict::Valid, |v, k| v.and(k.verdict));
+    if let Some(log) = &args.faults_log {
+        match meta.as_ref().and_then(|m| m.started_at.as_deref()) {
+            Some(at) => {
+                let began = chrono::DateTime::parse_from_rfc3339(at)
+                    .context("history.meta.json: started_at")?
+                    .with_timezone(&chrono::Utc);
+                let length = history.iter().map(|op| op.end_s()).fold(0.0, f64::max);
+                let (hand, notes) = read_faults_log(log, began, length)?;
+                faults.extend(hand);
+                notes.iter().for_each(|n| eprintln!("kvlab check: {n}"));
+            }
+            None => anyhow::bail!(
+                "--faults-log needs the run's start time, saved in {} (not found)",
+                meta_path.display()
+            ),
+        }
+    }
+    eprintln!("kvlab check: {} ({from})", shape.describe());
+    let cx = explain::Context {
+        shape: &shape,
+        obs: &Default::default(),
+        faults: &faults,
+    };
+    let mut stories = explain::explain(&history, &keys, &cx);
+    // The replicas' findings of the run are not in the history: saved.
+    let replicas = meta.map(|m| m.replicas).unwrap_or_default();
+    let lost = !replicas.is_empty();
+    stories.extend(replicas);
+    let mut verdict = keys.iter().fold(Verdict::Valid, |v, k| v.and(k.verdict));
+    if lost {
+        verdict = Verdict::Violation;
+    }
     match args.format {
         Format::Json => println!(
             "{}",
@@ -373,9 +465,12 @@ async fn start(args: &Args, plan: &Plan) -> anyhow::Result<Target> {
     let http = crate::http::client();
     if args.no_start_cluster {
         let gateway = args.gateway.clone().unwrap_or_default();
+        // Whether it is kvlab's is learnt from its `/status` (see `shape`).
         let control = args.coordinator.clone().map(|coordinator| Control {
             http: http.clone(),
             coordinator: coordinator.trim_end_matches('/').to_string(),
+            fault_cmd: args.fault_cmd.clone(),
+            kvlab: false,
         });
         return Ok(Target {
             gateway,
@@ -390,31 +485,105 @@ async fn start(args: &Args, plan: &Plan) -> anyhow::Result<Target> {
         control: Some(Control {
             http,
             coordinator: Ports::url(plan.ports.coordinator),
+            fault_cmd: args.fault_cmd.clone(),
+            kvlab: true,
         }),
         cluster: Some(cluster),
     })
 }
 
 /// The cluster's shape: from `/status` when there is a coordinator, from
-/// the flags otherwise.
-async fn shape(args: &Args, control: Option<&Control>) -> Shape {
+/// the flags otherwise; and where it came from, in words. Learns on the way
+/// whether the coordinator is kvlab's (its `/status` has kvlab's fields).
+async fn shape(args: &Args, control: Option<&mut Control>) -> (Shape, String) {
     let (mut followers, mut w, mut r) = (args.followers, args.write_quorum, args.read_quorum);
-    if let Some(Ok(status)) = match control {
-        Some(c) => Some(c.status().await),
-        None => None,
-    } {
-        (followers, w, r) = (status.followers.len(), status.quorum.w, status.quorum.r);
+    let mut from = match (args.no_start_cluster, &control) {
+        (false, _) => "the cluster check started".to_string(),
+        (true, None) => "from the flags: no --coordinator to ask".to_string(),
+        (true, Some(_)) => "from the flags: the coordinator's /status did not answer".to_string(),
+    };
+    if let Some(c) = control {
+        match c.status().await {
+            Ok(status) => {
+                (followers, w, r) = (status.followers.len(), status.quorum.w, status.quorum.r);
+                if args.no_start_cluster {
+                    c.kvlab = !status.liveness.is_empty();
+                    from = format!(
+                        "from the coordinator's /status{}",
+                        if c.kvlab {
+                            ""
+                        } else {
+                            "; not a kvlab coordinator"
+                        }
+                    );
+                }
+            }
+            Err(e) if args.no_start_cluster => from = format!("{from} ({e})"),
+            Err(_) => {}
+        }
     }
     let defaults = up_args(args).cluster;
     let started = !args.no_start_cluster;
     let delay = |d: f64| started.then_some(if defaults.no_delay { 0.0 } else { d });
-    Shape {
+    let shape = Shape {
         followers,
         w,
         r,
         sync_delay: delay(defaults.sync_delay),
         async_delay: delay(defaults.async_delay),
+    };
+    (shape, from)
+}
+
+/// What the nemesis can and cannot do on a cluster it did not start,
+/// said before the run (and kept in the report's notes).
+async fn fault_plan(control: &Control, kinds: &[FaultKind]) -> Vec<String> {
+    let mut lines = Vec::new();
+    for &kind in kinds {
+        if let Some(why) = nemesis::cannot(control, kind) {
+            lines.push(format!(
+                "cannot carry out {why}: these faults are recorded as not injected"
+            ));
+        }
     }
+    let process_faults = kinds
+        .iter()
+        .any(|k| matches!(k, FaultKind::Crash | FaultKind::Pause | FaultKind::Leader));
+    match &control.fault_cmd {
+        Some(cmd) if process_faults => {
+            lines.push(format!("crashes and pauses go through --fault-cmd `{cmd}`"))
+        }
+        None if kinds.contains(&FaultKind::Pause) => {
+            let pids = control.status().await.is_ok_and(|s| {
+                s.leader
+                    .iter()
+                    .chain(s.followers.iter())
+                    .all(|n| n.pid.is_some())
+            });
+            if !pids {
+                lines.push(
+                    "cannot carry out pause: /status gives no pids to signal; give --fault-cmd"
+                        .into(),
+                );
+            }
+        }
+        _ => {}
+    }
+    lines
+}
+
+/// `--faults-log`: the faults made by hand during a run that began at
+/// `began` and lasted `length` seconds.
+fn read_faults_log(
+    path: &Path,
+    began: chrono::DateTime<chrono::Utc>,
+    length: f64,
+) -> anyhow::Result<(Vec<nemesis::FaultRecord>, Vec<String>)> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read --faults-log {}", path.display()))?;
+    let events = faults_log::parse(&text)
+        .map_err(|e| anyhow::anyhow!("--faults-log {}: {e}", path.display()))?;
+    Ok(faults_log::faults(&events, began, length))
 }
 
 async fn run_once(
@@ -424,17 +593,36 @@ async fn run_once(
     out: Option<&Path>,
 ) -> anyhow::Result<RunReport> {
     let began = Instant::now();
-    eprintln!(
-        "kvlab check: seed {seed} · N={} W={} R={} · nemesis {} · {} s",
-        args.followers, args.write_quorum, args.read_quorum, args.nemesis, args.time_limit
-    );
+    let line = |shape: &str| {
+        eprintln!(
+            "kvlab check: seed {seed} · {shape} · nemesis {} · {} s",
+            args.nemesis, args.time_limit
+        )
+    };
+    if !args.no_start_cluster {
+        line(&format!(
+            "N={} W={} R={}",
+            args.followers, args.write_quorum, args.read_quorum
+        ));
+    }
     let mut target = start(args, plan).await?;
-    let shape = shape(args, target.control.as_ref()).await;
+    let (shape, shape_from) = shape(args, target.control.as_mut()).await;
     let mut notes = Vec::new();
+    if args.no_start_cluster {
+        // The shape printed is the cluster's, not the flags' defaults.
+        line(&format!("{} ({shape_from})", shape.describe()));
+        if let Some(control) = &target.control {
+            for l in fault_plan(control, &plan.kinds).await {
+                eprintln!("kvlab check: {l}");
+                notes.push(l);
+            }
+        }
+    }
     let heal_by = (args.time_limit - 0.5).max(0.0);
     let schedule = nemesis::schedule(&plan.kinds, seed, shape.followers, heal_by);
 
     let epoch = Instant::now();
+    let started_at = chrono::Utc::now();
     // A running cluster may hold earlier runs' values: read where each key
     // starts, and write values no earlier run wrote.
     let (starts, run) = if args.no_start_cluster {
@@ -462,6 +650,17 @@ async fn run_once(
         .control
         .clone()
         .map(|c| tokio::spawn(observe::watch(c, epoch, stop_rx.clone())));
+    // The replicas' copies during the run (a node restarted empty can look
+    // complete by the end); skipped for huge key sets.
+    let (healed_tx, healed_rx) = tokio::sync::mpsc::unbounded_channel();
+    let prober = target
+        .control
+        .clone()
+        .filter(|_| args.keys <= 1000)
+        .map(|c| {
+            let keys = (0..args.keys).map(workload::key_name).collect();
+            tokio::spawn(replicas::probe(c, keys, epoch, healed_rx, stop_rx.clone()))
+        });
     let clients = {
         let (config, counters, stop) = (config.clone(), counters.clone(), stop_rx.clone());
         tokio::spawn(async move { workload::run(&config, epoch, counters, stop).await })
@@ -475,6 +674,8 @@ async fn run_once(
                     *current.lock().unwrap() = if on {
                         format!("{} {}", p.kind.name(), p.node)
                     } else {
+                        // Healed: the prober watches the node closely.
+                        let _ = healed_tx.send(p.node.clone());
                         String::new()
                     };
                 })
@@ -493,16 +694,21 @@ async fn run_once(
         );
     }
     let _ = stop_tx.send(true);
-    let fault_records = match faults {
+    let mut fault_records = match faults {
         Some(f) => f.await.unwrap_or_default(),
         None => vec![],
     };
+    if let Some(log) = &args.faults_log {
+        let (hand, log_notes) = read_faults_log(log, started_at, args.time_limit)?;
+        fault_records.extend(hand);
+        fault_records.sort_by(|a, b| a.start.total_cmp(&b.start));
+        notes.extend(log_notes);
+    }
     let mut history = clients.await.unwrap_or_default();
     history.extend(starts);
     progress.done();
 
     // Heal, then read every key once more (those reads are checked too).
-    let mut finals = Vec::new();
     if let Some(control) = &target.control {
         if let Err(e) = nemesis::heal_everything(control, Duration::from_secs(30)).await {
             notes.push(format!("healing: {e}"));
@@ -523,17 +729,37 @@ async fn run_once(
                 .await,
         );
     }
-    if let Some(control) = &target.control {
-        finals = leader_state(control, args.keys).await.unwrap_or_else(|e| {
-            notes.push(format!("could not read the leader's state: {e}"));
-            vec![]
-        });
-    }
     let observations = match observer {
         Some(o) => o.await.unwrap_or_default(),
         None => Default::default(),
     };
+    let probes = match prober {
+        Some(p) => p.await.unwrap_or_default(),
+        None => vec![],
+    };
     let history = workload::number(history);
+
+    // Every node's copy of every key, against what was acknowledged.
+    let newest = replicas::newest_acked(&history);
+    let mut copies = Vec::new();
+    match &target.control {
+        Some(control) => {
+            let wait = args.replica_wait.unwrap_or(match shape.async_delay {
+                Some(d) => d + 3.0,
+                None => 8.0,
+            });
+            match replicas::read_all(control, &newest, Duration::from_secs_f64(wait)).await {
+                Ok((read, read_notes)) => {
+                    copies = read;
+                    notes.extend(read_notes);
+                }
+                Err(e) => notes.push(format!("could not compare the replicas: {e}")),
+            }
+        }
+        None => {
+            notes.push("the replicas were not compared: no --coordinator to list the nodes".into())
+        }
+    }
 
     // Check.
     let checked = Instant::now();
@@ -544,8 +770,19 @@ async fn run_once(
     })
     .await?;
     let checker_millis = checked.elapsed().as_secs_f64() * 1e3;
-    let mut stories = explain::explain(&history, &keys, &shape, &observations);
-    let lost = explain::lost_writes(&history, &finals);
+    let cx = explain::Context {
+        shape: &shape,
+        obs: &observations,
+        faults: &fault_records,
+    };
+    let mut stories = explain::explain(&history, &keys, &cx);
+    let mut lost = replicas::probe_findings(&history, &probes, &fault_records);
+    lost.extend(replicas::findings(
+        &history,
+        &newest,
+        &copies,
+        &fault_records,
+    ));
     let mut verdict = keys.iter().fold(Verdict::Valid, |v, k| v.and(k.verdict));
     if !lost.is_empty() || !observations.overlaps.is_empty() {
         verdict = Verdict::Violation;
@@ -587,7 +824,19 @@ async fn run_once(
     if let (Some(dir), true) = (out, keep) {
         report.artifacts = Some(dir.display().to_string());
         report.duration_s = began.elapsed().as_secs_f64();
-        write_artifacts(dir, &report, &history, node_logs.as_deref()).await?;
+        let meta = HistoryMeta {
+            seed,
+            shape: shape.clone(),
+            started_at: Some(started_at.to_rfc3339()),
+            faults: report.faults.clone(),
+            replicas: report
+                .stories
+                .iter()
+                .filter(|s| s.kind == "lost-on-replica" || s.kind == "lost-write")
+                .cloned()
+                .collect(),
+        };
+        write_artifacts(dir, &report, &history, &meta, node_logs.as_deref()).await?;
     }
     if let Some(c) = cluster {
         c.stop().await;
@@ -629,44 +878,11 @@ async fn start_state(args: &Args, target: &str, epoch: Instant) -> anyhow::Resul
     Ok(starts)
 }
 
-/// Each key's state on the leader, which holds every write (a follower may
-/// still be behind): (key, version, value), version 0 when absent.
-async fn leader_state(
-    control: &Control,
-    keys: usize,
-) -> Result<Vec<(String, u64, Option<String>)>, String> {
-    let status = control.status().await?;
-    let leader = status.leader.ok_or("no leader in /status")?;
-    let mut state = Vec::new();
-    for k in 0..keys {
-        let key = workload::key_name(k);
-        let resp = control
-            .http
-            .get(format!("{}/data/{key}", leader.url))
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await
-            .map_err(|e| crate::http::describe_reqwest_error(&e))?;
-        let found = match resp.status().as_u16() {
-            404 => (0, None),
-            200 => {
-                let v: serde_json::Value = resp.json().await.map_err(|e| e.to_string())?;
-                (
-                    v["version"].as_u64().unwrap_or(0),
-                    v["value"].as_str().map(String::from),
-                )
-            }
-            s => return Err(format!("leader answered HTTP {s} for {key}")),
-        };
-        state.push((key, found.0, found.1));
-    }
-    Ok(state)
-}
-
 async fn write_artifacts(
     dir: &Path,
     report: &RunReport,
     history: &[Op],
+    meta: &HistoryMeta,
     node_logs: Option<&Path>,
 ) -> anyhow::Result<()> {
     let ctx = |what: &str| format!("cannot write {what} in {}", dir.display());
@@ -676,6 +892,12 @@ async fn write_artifacts(
     tokio::fs::write(dir.join("history.jsonl"), history::to_jsonl(history))
         .await
         .with_context(|| ctx("history.jsonl"))?;
+    tokio::fs::write(
+        HistoryMeta::path_for(&dir.join("history.jsonl")),
+        serde_json::to_string_pretty(meta)?,
+    )
+    .await
+    .with_context(|| ctx("history.meta.json"))?;
     tokio::fs::write(
         dir.join("faults.json"),
         serde_json::to_string_pretty(&report.faults)?,
@@ -793,6 +1015,19 @@ mod tests {
         .err()
         .unwrap();
         assert!(e.to_string().contains("--coordinator"), "{e}");
+        let e = prepare(&args(&["--replica-wait", "-1"])).err().unwrap();
+        assert!(e.to_string().contains("--replica-wait"), "{e}");
+        let e = prepare(&args(&["--fault-cmd", " "])).err().unwrap();
+        assert!(e.to_string().contains("--fault-cmd is empty"), "{e}");
+        let log = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(log.path(), "2026-12-06T07:00:00Z explode follower-1\n").unwrap();
+        let e = prepare(&args(&["--faults-log", log.path().to_str().unwrap()]))
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string().contains("line 1: unknown event `explode`"),
+            "{e}"
+        );
         assert!(prepare(&args(&["--seed", "5"])).is_ok());
     }
 

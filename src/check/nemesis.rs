@@ -15,6 +15,20 @@
 //! | `leader` | crash or pause the leader | as above |
 //! | `power-loss` | `POST /kill/{id}?mode=power`: a simulated power cut that tears the node's next log write | `POST /spawn` on its data directory |
 //!
+//! On a cluster `kvlab check` did not start (`--no-start-cluster`), not
+//! every fault can be carried out by these means: the original lab's
+//! coordinator takes `?mode=crash` for a graceful stop, and has no node
+//! hooks; a remote cluster's pids mean nothing here. `--fault-cmd CMD` then
+//! carries out the process faults: it runs `sh -c CMD` with `KVLAB_FAULT`
+//! (`crash`, `kill`, `pause`, `resume`, `restart`), `KVLAB_NODE_ID`,
+//! `KVLAB_NODE_PORT` and `KVLAB_NODE_URL` in its environment (exit 0: done).
+//! Crashes and pauses go through it whenever it is given; a graceful kill
+//! goes through the coordinator's `/kill` and through it only if that
+//! fails; a crashed or killed node is healed by the lab's `POST /spawn
+//! {"node_id", "port"}`, and by `restart` only if that fails. A fault
+//! nothing can carry out is said before the run ([`cannot`]) and recorded
+//! as not injected; each record says who carried it out ([`By`]).
+//!
 //! Partitions go through the coordinator, which forwards them to the
 //! node's hook on process hosts and drops real packets on netns hosts
 //! (`kvlab up --hosts netns`), so the same schedule runs on both.
@@ -26,13 +40,13 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::api::{NodeStatus, StatusResponse, LEADER_ID};
 
 /// A kind of fault.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum FaultKind {
     Kill,
@@ -73,7 +87,7 @@ impl FaultKind {
         }
     }
 
-    fn parse(word: &str) -> Option<FaultKind> {
+    pub fn parse(word: &str) -> Option<FaultKind> {
         FaultKind::ALL
             .into_iter()
             .chain([FaultKind::PowerLoss])
@@ -176,8 +190,36 @@ fn round(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
+/// Who carried a fault out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum By {
+    /// The coordinator's own route (`/kill`, `/admin/partition/{id}`).
+    Coordinator,
+    /// A signal to the node's pid (from `/status`).
+    Signal,
+    /// The node's `/admin/*` hook.
+    NodeHook,
+    /// `--fault-cmd`.
+    FaultCmd,
+    /// Someone, by hand, written in `--faults-log`.
+    Hand,
+}
+
+impl By {
+    pub fn words(self) -> &'static str {
+        match self {
+            By::Coordinator => "by the coordinator",
+            By::Signal => "by a signal",
+            By::NodeHook => "by the node's hook",
+            By::FaultCmd => "by the fault command",
+            By::Hand => "by hand",
+        }
+    }
+}
+
 /// What happened: one line of `faults.json`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FaultRecord {
     pub kind: FaultKind,
     pub node: String,
@@ -189,8 +231,11 @@ pub struct FaultRecord {
     /// that was not did not happen.
     pub injected: bool,
     /// A hook that failed (the fault may not have happened).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Who carried it out, when it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<By>,
 }
 
 /// The cluster's control endpoints.
@@ -198,6 +243,32 @@ pub struct FaultRecord {
 pub struct Control {
     pub http: reqwest::Client,
     pub coordinator: String,
+    /// `--fault-cmd`: the command that carries out process faults.
+    pub fault_cmd: Option<String>,
+    /// The coordinator is kvlab's (it honours `?mode=crash` and has the
+    /// fault hooks): a cluster check started, or one whose `/status` has
+    /// kvlab's additions.
+    pub kvlab: bool,
+}
+
+/// Why a fault of this kind cannot be carried out on this cluster, if it
+/// cannot (said before the run, and recorded as the fault's error).
+pub fn cannot(c: &Control, kind: FaultKind) -> Option<String> {
+    if c.kvlab {
+        return None;
+    }
+    match kind {
+        FaultKind::Crash | FaultKind::Leader if c.fault_cmd.is_none() => Some(format!(
+            "{}: this coordinator is not kvlab's and may take `/kill/{{id}}?mode=crash` for a graceful stop \
+             (the original lab does); give --fault-cmd to crash nodes for real",
+            kind.name()
+        )),
+        FaultKind::Heartbeats | FaultKind::Partition | FaultKind::SlowDisk | FaultKind::PowerLoss => Some(format!(
+            "{}: needs kvlab's fault hooks, which this cluster does not have",
+            kind.name()
+        )),
+        _ => None,
+    }
 }
 
 impl Control {
@@ -235,6 +306,13 @@ impl Control {
     }
 
     async fn node(&self, id: &str) -> Result<(String, Option<u32>), String> {
+        let (url, _, pid) = self.address(id).await?;
+        Ok((url, pid))
+    }
+
+    /// The node's URL, port and pid, from `/status` (the port from the URL
+    /// when `/status` does not give one, as the original's does not).
+    async fn address(&self, id: &str) -> Result<(String, u16, Option<u32>), String> {
         let status = self.status().await?;
         let node = status
             .leader
@@ -242,7 +320,87 @@ impl Control {
             .chain(status.followers.iter())
             .find(|n| n.node_id == id)
             .ok_or_else(|| format!("{id} is not in /status"))?;
-        Ok((node.url.clone(), node.pid))
+        let port = match node.port {
+            0 => url::Url::parse(&node.url)
+                .ok()
+                .and_then(|u| u.port_or_known_default())
+                .unwrap_or(0),
+            p => p,
+        };
+        Ok((node.url.clone(), port, node.pid))
+    }
+
+    /// Runs `--fault-cmd` for `fault` on node `id` (see the module's notes).
+    async fn fault_cmd(&self, fault: &str, id: &str) -> Result<(), String> {
+        let cmd = self.fault_cmd.as_deref().ok_or("no --fault-cmd")?;
+        let (url, port, _) = self.address(id).await?;
+        let run = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .env("KVLAB_FAULT", fault)
+            .env("KVLAB_NODE_ID", id)
+            .env("KVLAB_NODE_PORT", port.to_string())
+            .env("KVLAB_NODE_URL", &url)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(30), run)
+            .await
+            .map_err(|_| format!("the fault command ({fault} {id}) took over 30 s"))?
+            .map_err(|e| format!("cannot run the fault command: {e}"))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let last = stderr.lines().rev().find(|l| !l.trim().is_empty());
+        Err(format!(
+            "the fault command ({fault} {id}) failed ({}){}",
+            out.status,
+            last.map(|l| format!(": {}", l.trim())).unwrap_or_default()
+        ))
+    }
+
+    /// A graceful kill (`crash: false`) or a crash of node `id`.
+    async fn stop(&self, id: &str, crash: bool) -> Result<By, String> {
+        if crash {
+            if self.fault_cmd.is_some() {
+                return self.fault_cmd("crash", id).await.map(|_| By::FaultCmd);
+            }
+            return self.kill(id, "?mode=crash").await.map(|_| By::Coordinator);
+        }
+        match self.kill(id, "").await {
+            Ok(()) => Ok(By::Coordinator),
+            Err(e) if self.fault_cmd.is_some() => self
+                .fault_cmd("kill", id)
+                .await
+                .map(|_| By::FaultCmd)
+                .map_err(|cmd| format!("{e}; then {cmd}")),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Brings a killed or crashed node back: the lab's `/spawn`, then the
+    /// fault command's `restart` if that failed.
+    async fn restart(&self, id: &str) -> Result<(), String> {
+        match self.spawn(id).await {
+            Ok(()) => Ok(()),
+            Err(e) if self.fault_cmd.is_some() => self
+                .fault_cmd("restart", id)
+                .await
+                .map_err(|cmd| format!("{e}; then {cmd}")),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Pauses (`on`) or resumes node `id`: the fault command when there is
+    /// one, a signal to its pid otherwise.
+    async fn pause(&self, id: &str, on: bool) -> Result<By, String> {
+        if self.fault_cmd.is_some() {
+            let fault = if on { "pause" } else { "resume" };
+            return self.fault_cmd(fault, id).await.map(|_| By::FaultCmd);
+        }
+        let sig = if on { libc::SIGSTOP } else { libc::SIGCONT };
+        self.signal(id, sig).await.map(|_| By::Signal)
     }
 
     /// How the coordinator's routes name the node `id`. `leader` there
@@ -266,15 +424,18 @@ impl Control {
             .await
     }
 
+    /// `POST /spawn {"node_id", "port"}`: the port the node had, which the
+    /// original needs to revive a node (kvlab keeps a slot's port anyway).
     async fn spawn(&self, id: &str) -> Result<(), String> {
+        let port = self.address(id).await.map(|(_, port, _)| port);
         // The node by its id: a node called `leader` that a failover made a
         // follower is still `node:leader`, not whoever leads now.
         let id = self.route_id(id).await;
-        self.post(
-            format!("{}/spawn", self.coordinator),
-            json!({"node_id": id}),
-        )
-        .await
+        let body = match port {
+            Ok(port) if port > 0 => json!({"node_id": id, "port": port}),
+            _ => json!({"node_id": id}),
+        };
+        self.post(format!("{}/spawn", self.coordinator), body).await
     }
 
     async fn signal(&self, id: &str, sig: libc::c_int) -> Result<(), String> {
@@ -304,22 +465,25 @@ impl Control {
     }
 }
 
-/// Starts a fault.
-async fn inject(c: &Control, p: &Planned) -> Result<(), String> {
+/// Starts a fault; says who carried it out.
+async fn inject(c: &Control, p: &Planned) -> Result<By, String> {
+    if let Some(why) = cannot(c, p.kind) {
+        return Err(format!("not carried out: {why}"));
+    }
     let node = p.node.as_str();
     match p.kind {
-        FaultKind::Kill => c.kill(node, "").await,
-        FaultKind::Crash => c.kill(node, "?mode=crash").await,
-        FaultKind::PowerLoss => c.kill(node, "?mode=power").await,
-        FaultKind::Pause => c.signal(node, libc::SIGSTOP).await,
-        FaultKind::Heartbeats => {
-            c.admin(node, "pause-heartbeats", json!({"seconds": p.seconds}))
-                .await
-        }
-        FaultKind::Partition => {
-            c.partition(node, json!({"peers": p.how, "seconds": p.seconds + 1.0}))
-                .await
-        }
+        FaultKind::Kill => c.stop(node, false).await,
+        FaultKind::Crash => c.stop(node, true).await,
+        FaultKind::PowerLoss => c.kill(node, "?mode=power").await.map(|_| By::Coordinator),
+        FaultKind::Pause => c.pause(node, true).await,
+        FaultKind::Heartbeats => c
+            .admin(node, "pause-heartbeats", json!({"seconds": p.seconds}))
+            .await
+            .map(|_| By::NodeHook),
+        FaultKind::Partition => c
+            .partition(node, json!({"peers": p.how, "seconds": p.seconds + 1.0}))
+            .await
+            .map(|_| By::Coordinator),
         FaultKind::SlowDisk => {
             let ms: u64 = p.how[0].trim_end_matches(" ms").parse().unwrap_or(100);
             c.admin(
@@ -328,9 +492,10 @@ async fn inject(c: &Control, p: &Planned) -> Result<(), String> {
                 json!({"ms": ms, "seconds": p.seconds + 1.0}),
             )
             .await
+            .map(|_| By::NodeHook)
         }
-        FaultKind::Leader if p.how[0] == "crash" => c.kill(node, "?mode=crash").await,
-        FaultKind::Leader => c.signal(node, libc::SIGSTOP).await,
+        FaultKind::Leader if p.how[0] == "crash" => c.stop(node, true).await,
+        FaultKind::Leader => c.pause(node, true).await,
     }
 }
 
@@ -338,8 +503,8 @@ async fn inject(c: &Control, p: &Planned) -> Result<(), String> {
 async fn heal(c: &Control, p: &Planned) -> Result<(), String> {
     let node = p.node.as_str();
     match p.kind {
-        FaultKind::Kill | FaultKind::Crash | FaultKind::PowerLoss => c.spawn(node).await,
-        FaultKind::Pause => c.signal(node, libc::SIGCONT).await,
+        FaultKind::Kill | FaultKind::Crash | FaultKind::PowerLoss => c.restart(node).await,
+        FaultKind::Pause => c.pause(node, false).await.map(|_| ()),
         FaultKind::Heartbeats => {
             c.admin(node, "pause-heartbeats", json!({"seconds": 0}))
                 .await
@@ -349,8 +514,8 @@ async fn heal(c: &Control, p: &Planned) -> Result<(), String> {
             c.admin(node, "slow-disk", json!({"ms": 0, "seconds": 0}))
                 .await
         }
-        FaultKind::Leader if p.how[0] == "crash" => c.spawn(node).await,
-        FaultKind::Leader => c.signal(node, libc::SIGCONT).await,
+        FaultKind::Leader if p.how[0] == "crash" => c.restart(node).await,
+        FaultKind::Leader => c.pause(node, false).await.map(|_| ()),
     }
 }
 
@@ -382,7 +547,12 @@ pub async fn run(
             let _ = tokio::time::timeout(Duration::from_secs_f64(p.seconds), stop.wait_for(|s| *s))
                 .await;
         }
-        let healed = heal(control, p).await;
+        // A fault that was not carried out has nothing to heal.
+        let healed = match injected {
+            Ok(_) => heal(control, p).await,
+            Err(_) if cannot(control, p.kind).is_some() => Ok(()),
+            Err(_) => heal(control, p).await,
+        };
         on_fault(p, false);
         records.push(FaultRecord {
             kind: p.kind,
@@ -391,6 +561,7 @@ pub async fn run(
             start: round(start),
             end: round(now()),
             injected: injected.is_ok(),
+            by: injected.as_ref().ok().copied(),
             error: injected.err().or(healed.err()),
         });
     }

@@ -26,6 +26,13 @@ pub struct NodeSample {
     pub status: String,
     pub incarnation: u64,
     pub sets: Vec<String>,
+    /// Its port (from `/status`, or its URL), for the lab's read-set rule
+    /// when `/status` gives no sets.
+    #[serde(default)]
+    pub port: u16,
+    /// It led at that moment.
+    #[serde(default)]
+    pub leader: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -91,12 +98,22 @@ fn record(
     t: f64,
 ) {
     let mut nodes = Vec::new();
+    let leader = status.leader.as_ref().map(|l| l.node_id.as_str());
     for n in status.leader.iter().chain(status.followers.iter()) {
+        let port = match n.port {
+            0 => url::Url::parse(&n.url)
+                .ok()
+                .and_then(|u| u.port_or_known_default())
+                .unwrap_or(0),
+            p => p,
+        };
         nodes.push(NodeSample {
             id: n.node_id.clone(),
             status: n.status.as_str().to_string(),
             incarnation: n.incarnation,
             sets: n.sets.clone(),
+            port,
+            leader: leader == Some(n.node_id.as_str()),
         });
         let incarnations = seen.entry(n.node_id.clone()).or_default();
         if let Some(pid) = n.pid {

@@ -7,11 +7,42 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::explain::Story;
+use super::explain::{Shape, Story};
 use super::history::{Op, Outcome};
-use super::nemesis::FaultRecord;
+use super::nemesis::{By, FaultRecord};
 use super::observe::Overlap;
 use super::verdict::{KeyResult, Verdict};
+
+/// What `history.jsonl` does not hold, saved next to it as
+/// `history.meta.json` (the history itself stays one operation a line, in
+/// Porcupine's shape), so that `--history FILE` explains with the
+/// cluster's real shape and the run's faults. Histories saved before it
+/// existed have none and are read as before.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct HistoryMeta {
+    pub seed: u64,
+    pub shape: Shape,
+    /// When the run's clock started (RFC 3339): where `--faults-log` times
+    /// are measured from.
+    #[serde(default)]
+    pub started_at: Option<String>,
+    #[serde(default)]
+    pub faults: Vec<FaultRecord>,
+    /// What the comparison of the replicas found (it is not in the
+    /// history, so `--history` reports it from here).
+    #[serde(default)]
+    pub replicas: Vec<Story>,
+}
+
+impl HistoryMeta {
+    /// `dir/history.jsonl` → `dir/history.meta.json`.
+    pub fn path_for(history: &std::path::Path) -> std::path::PathBuf {
+        let stem = history
+            .file_stem()
+            .map_or("history".into(), |s| s.to_string_lossy().to_string());
+        history.with_file_name(format!("{stem}.meta.json"))
+    }
+}
 
 /// What was run.
 #[derive(Debug, Clone, Serialize)]
@@ -148,11 +179,21 @@ pub fn card(r: &RunReport) -> String {
         "│ operations  {} ({} writes, {} reads): ok {}, unknown {}, refused {}, read failed {}",
         o.total, o.writes, o.reads, o.ok, o.unknown, o.refused, o.read_failed
     );
+    let by_whom = [By::FaultCmd, By::Hand]
+        .iter()
+        .map(|b| (b, r.faults.iter().filter(|f| f.by == Some(*b)).count()))
+        .filter(|(_, n)| *n > 0)
+        .map(|(b, n)| format!("{n} {}", b.words()))
+        .collect::<Vec<_>>();
     let _ = writeln!(
         s,
-        "│ nemesis     {nemesis}: {} faults, {} injected",
+        "│ nemesis     {nemesis}: {} faults, {} injected{}",
         r.faults.len(),
-        r.injected()
+        r.injected(),
+        match by_whom.is_empty() {
+            true => String::new(),
+            false => format!(" ({})", by_whom.join(", ")),
+        }
     );
     for f in &r.faults {
         let how = if f.how.is_empty() {
@@ -165,9 +206,12 @@ pub fn card(r: &RunReport) -> String {
             .as_deref()
             .map(|e| format!("  ⚠ {e}"))
             .unwrap_or_default();
+        let by =
+            f.by.map(|b| format!(" [{}]", b.words()))
+                .unwrap_or_default();
         let _ = writeln!(
             s,
-            "│   {:>7.3}-{:<7.3} {} {}{how}{err}",
+            "│   {:>7.3}-{:<7.3} {} {}{how}{by}{err}",
             f.start,
             f.end,
             f.kind.name(),
@@ -198,12 +242,58 @@ pub fn card(r: &RunReport) -> String {
         (Verdict::Valid, None) => {
             "✓ VALID: every operation fits one order (linearizable)".to_string()
         }
-        (Verdict::Violation, _) => "✗ VIOLATION: not linearizable".to_string(),
+        (Verdict::Violation, _) => {
+            let lost = r
+                .stories
+                .iter()
+                .filter(|s| s.kind == "lost-on-replica" || s.kind == "lost-write")
+                .count();
+            let unlinearizable = r.keys.iter().any(|k| k.verdict == Verdict::Violation);
+            let mut what = Vec::new();
+            if unlinearizable {
+                what.push("not linearizable".to_string());
+            }
+            if lost > 0 {
+                what.push(format!(
+                    "{lost} acknowledged write{} missing on a replica",
+                    if lost == 1 { "" } else { "s" }
+                ));
+            }
+            if what.is_empty() {
+                what.push("two processes of one node id ran at once".to_string());
+            }
+            format!("✗ VIOLATION: {}", what.join("; "))
+        }
         (Verdict::Unknown, _) => "? UNKNOWN: the checker ran out of time".to_string(),
     };
     let _ = writeln!(s, "│ verdict     {verdict} (exit {})", r.exit_code);
+    // The verdict holds for the faults that happened, not those planned.
+    if !r.quiet && r.injected() < r.faults.len() {
+        let _ = writeln!(
+            s,
+            "│ tested      {} of the {} faults really happened; the others were not carried out (⚠ above)",
+            r.injected(),
+            r.faults.len()
+        );
+    }
+    // Losses on replicas can be many (a key on every node): the first few.
+    const LOSSES_SHOWN: usize = 8;
+    let mut losses = 0;
     for story in &r.stories {
+        if story.kind == "lost-on-replica" {
+            losses += 1;
+            if losses > LOSSES_SHOWN {
+                continue;
+            }
+        }
         let _ = writeln!(s, "│ ✗ {}", story.text);
+    }
+    if losses > LOSSES_SHOWN {
+        let _ = writeln!(
+            s,
+            "│ ✗ ... and {} more writes lost on replicas (results.json)",
+            losses - LOSSES_SHOWN
+        );
     }
     if let Some(dir) = &r.artifacts {
         let _ = writeln!(s, "│ artifacts   {dir}/report.html");

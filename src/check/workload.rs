@@ -10,8 +10,10 @@
 //! What a write's answer means (the part that is easy to get wrong):
 //! - 200: acknowledged, at the version it reports;
 //! - 503 "Write quorum not available", kvlab's "Leader unreachable: cannot
-//!   connect", 429, another 4xx, or a connection that was never made:
-//!   refused before the leader saw it, so it certainly did not happen;
+//!   connect" (or the original's "... unreachable: ... Connection
+//!   refused"), 429, another 4xx, or a connection that was never made:
+//!   refused before the leader saw it, so it certainly did not happen,
+//!   however deep the message is nested (see [`write_outcome`]);
 //! - anything else (503 "Write quorum not met", "Leader unreachable", a
 //!   timeout, a reset): the write may have happened, or may yet. Unknown.
 
@@ -192,20 +194,73 @@ pub fn write_outcome(status: u16, body: &Value) -> Outcome {
             },
         };
     }
-    let detail = &body["detail"];
-    let error = detail["error"].as_str().or(detail.as_str()).unwrap_or("");
-    let reason = format!("HTTP {status}: {}", short(detail));
-    // kvlab's coordinator says "Leader unreachable: cannot connect" when its
-    // connection to the leader was never made: the leader never saw it.
-    let never_sent = error.starts_with("Leader unreachable: cannot connect");
-    let certain = (status == 503 && (error == api::WRITE_QUORUM_NOT_AVAILABLE || never_sent))
-        || status == 429
-        || (400..500).contains(&status);
+    let messages = messages(body);
+    let reason = format!(
+        "HTTP {status}: {}",
+        messages
+            .first()
+            .map_or("no detail".to_string(), |m| short_text(m))
+    );
+    let never_sent = messages.iter().any(|m| refused_before_sending(m));
+    let certain = (status == 503 && never_sent) || status == 429 || (400..500).contains(&status);
     if certain {
         Outcome::Refused { reason }
     } else {
         Outcome::Unknown { reason }
     }
+}
+
+/// Every message an error body carries, outermost first. The lab's API
+/// has nested them differently over time: kvlab's `{"detail": "..."}` or
+/// `{"detail": {"error": "..."}}`; the original's coordinator's
+/// `{"detail": {"error": "..."}}`, which its gateway wraps once more
+/// (`{"detail": {"detail": {"error": "..."}}}`); `error` or `message` at
+/// the top (a rate limiter's). So the search goes down through `detail`,
+/// `error` and `message` at any depth (bounded).
+fn messages(body: &Value) -> Vec<&str> {
+    fn walk<'a>(v: &'a Value, depth: usize, out: &mut Vec<&'a str>) {
+        match v {
+            Value::String(s) => out.push(s),
+            Value::Object(map) if depth < 6 => {
+                for field in ["detail", "error", "message"] {
+                    if let Some(inner) = map.get(field) {
+                        walk(inner, depth + 1, out);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(body, 0, &mut out);
+    out
+}
+
+/// Does this message prove the write never reached the leader?
+/// - "Write quorum not available": the coordinator refused it up front
+///   (kvlab's and the original's words);
+/// - a hop that could not even connect: kvlab's "Leader unreachable:
+///   cannot connect", or the original's "Leader unreachable: ..." /
+///   "Coordinator unreachable: ..." when its cause is a refused
+///   connection ("Connection refused", "Failed to establish a new
+///   connection"), or a bare "Connection refused".
+///
+/// A timeout or a reset after connecting proves nothing (the request may
+/// have arrived), so those stay unknown.
+fn refused_before_sending(message: &str) -> bool {
+    let m = message.trim();
+    if m.starts_with(api::WRITE_QUORUM_NOT_AVAILABLE) {
+        return true;
+    }
+    let lower = m.to_ascii_lowercase();
+    let connect_refused = lower.contains("connection refused")
+        || lower.contains("failed to establish a new connection")
+        || lower.starts_with("leader unreachable: cannot connect");
+    let first_hop = lower.starts_with("leader unreachable")
+        || lower.starts_with("coordinator unreachable")
+        || lower.starts_with("connection refused")
+        || lower.starts_with("[errno 111]");
+    connect_refused && first_hop
 }
 
 /// The meaning of a read's answer: a value, "not found", or nothing learnt.
@@ -224,11 +279,14 @@ pub fn read_outcome(status: u16, body: &Value) -> Outcome {
 }
 
 fn short(v: &Value) -> String {
-    let text = match v {
-        Value::String(s) => s.clone(),
+    match v {
+        Value::String(s) => short_text(s),
         Value::Null => "no detail".into(),
-        other => other.to_string(),
-    };
+        other => short_text(&other.to_string()),
+    }
+}
+
+fn short_text(text: &str) -> String {
     text.chars().take(200).collect()
 }
 
@@ -335,6 +393,105 @@ mod tests {
             write_outcome(200, &json!({})),
             Outcome::Unknown { .. }
         ));
+    }
+
+    /// Done-means 4 of issue 27: every shape the lab's API has given a
+    /// refusal in counts as refused, and the look-alikes that prove
+    /// nothing stay unknown.
+    #[test]
+    fn refusals_are_found_however_the_lab_nests_them() {
+        let refused = |status, body: Value| {
+            assert!(
+                matches!(write_outcome(status, &body), Outcome::Refused { .. }),
+                "{status} {body} should be refused"
+            )
+        };
+        let unknown = |status, body: Value| {
+            assert!(
+                matches!(write_outcome(status, &body), Outcome::Unknown { .. }),
+                "{status} {body} should be unknown"
+            )
+        };
+        // kvlab: a string, or an object with `error`.
+        refused(503, json!({"detail": "Write quorum not available"}));
+        refused(
+            503,
+            json!({"detail": {"error": "Write quorum not available", "alive_followers": 1, "required": 3}}),
+        );
+        // The original's coordinator behind its gateway: one level deeper.
+        refused(
+            503,
+            json!({"detail": {"detail": {"error": "Write quorum not available", "alive_followers": 2, "required": 3}}}),
+        );
+        refused(
+            503,
+            json!({"detail": {"detail": "Write quorum not available: 2/3 followers"}}),
+        );
+        // A hop that could not connect, as kvlab and the original say it.
+        refused(
+            503,
+            json!({"detail": "Leader unreachable: cannot connect: tcp connect error"}),
+        );
+        refused(
+            503,
+            json!({"detail": {"detail": "Leader unreachable: HTTPConnectionPool(host='localhost', port=7001): Max retries exceeded with url: /data (Caused by NewConnectionError('<urllib3.connection.HTTPConnection object>: Failed to establish a new connection: [Errno 111] Connection refused'))"}}),
+        );
+        refused(
+            503,
+            json!({"detail": "Coordinator unreachable: ('Connection aborted.', ConnectionRefusedError(111, 'Connection refused'))"}),
+        );
+        refused(503, json!({"detail": "Connection refused"}));
+        // The original's rate limiter: no `detail` at all.
+        refused(
+            429,
+            json!({"error": "Too Many Requests", "message": "Gateway rate limit exceeded"}),
+        );
+        // Nothing proves these never reached the leader.
+        unknown(
+            503,
+            json!({"detail": {"detail": {"error": "Write quorum not met", "sync_acks": 1}}}),
+        );
+        unknown(
+            503,
+            json!({"detail": {"detail": "Leader unreachable: HTTPConnectionPool(host='localhost', port=7001): Read timed out. (read timeout=30)"}}),
+        );
+        unknown(
+            503,
+            json!({"detail": "Coordinator unreachable: Read timed out"}),
+        );
+        unknown(
+            500,
+            json!({"detail": "Internal Server Error: Connection refused by follower-2"}),
+        );
+        unknown(502, json!("Bad Gateway"));
+    }
+
+    /// A connection refused before anything was sent: refused, not unknown.
+    #[tokio::test]
+    async fn a_connection_refused_before_sending_is_a_refusal() {
+        // Bind, learn the port, close: nothing listens there now.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let client = Client::new(
+            0,
+            &format!("http://127.0.0.1:{port}"),
+            Duration::from_secs(2),
+            Instant::now(),
+        );
+        let op = client
+            .run(Input::Write {
+                key: "k0".into(),
+                value: "v".into(),
+            })
+            .await;
+        assert!(
+            matches!(op.output, Outcome::Refused { .. }),
+            "{:?}",
+            op.output
+        );
+        assert!(op.ret.is_some());
     }
 
     #[test]

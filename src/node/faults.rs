@@ -18,6 +18,9 @@
 //!   fsync covered; with `tear`, at its next group write, which is torn (a
 //!   hole, then the rest), or after 1 s without a tear if nothing is written.
 //!
+//! - `--test-break` (hidden, tests only): a node broken on purpose, see
+//!   [`Broken`].
+//!
 //! Partitions and slow disks expire on their own, so a checker that dies
 //! cannot leave a node broken. The state is process-wide: one node process is one node, one
 //! network interface, one disk.
@@ -32,7 +35,8 @@
 //! (otherwise a partition could not be healed early).
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
@@ -192,4 +196,102 @@ pub async fn slow_disk(
     Ok(Json(
         json!({"status": "slow", "ms": req.ms, "seconds": req.seconds}),
     ))
+}
+
+// ---------------------------------------------------------------------------
+// A node broken on purpose (tests only)
+// ---------------------------------------------------------------------------
+
+/// Bugs a node can be given on purpose with the hidden `--test-break`
+/// (or `$KVLAB_TEST_BREAK`), so that the tests of `kvlab check` have a
+/// cluster that really loses acknowledged writes. Never used otherwise: a
+/// node without the flag takes none of these paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Broken {
+    /// `forget-on-restart`: a node restarted on its data directory comes
+    /// back empty (it ignores its disk) and acknowledges the leader's
+    /// catch-up without storing it: it is never caught up, though it says
+    /// it is, and stores only what is written afterwards. The catch-up is
+    /// the batches up to the first that is not full (the leader sends a
+    /// backlog in full batches, then the rest).
+    ForgetOnRestart,
+    /// `drop-appends`: acknowledges every replicated entry, but silently
+    /// stores only those at odd seqs.
+    DropAppends,
+}
+
+/// The broken behaviour in force (and whether the node was restarted),
+/// and whether a `ForgetOnRestart` node has forgotten its catch-up.
+static BROKEN: OnceLock<(Broken, bool)> = OnceLock::new();
+static FORGOT_CATCH_UP: AtomicBool = AtomicBool::new(false);
+
+/// Reads `KIND[@NODE-ID]`; a spec for another node id leaves this one
+/// intact (every node of a cluster inherits the variable).
+pub fn break_on_purpose(spec: &str, args: &super::Args) -> anyhow::Result<()> {
+    let (kind, only) = match spec.split_once('@') {
+        Some((kind, node)) => (kind, Some(node)),
+        None => (spec, None),
+    };
+    let broken = match kind.trim() {
+        "forget-on-restart" => Broken::ForgetOnRestart,
+        "drop-appends" => Broken::DropAppends,
+        other => anyhow::bail!(
+            "--test-break: unknown kind `{other}` (forget-on-restart or drop-appends)"
+        ),
+    };
+    if only.is_some_and(|node| node.trim() != args.id) {
+        return Ok(());
+    }
+    // Restarted: its data directory already holds something.
+    let restarted = args
+        .data_dir
+        .as_ref()
+        .and_then(|d| std::fs::read_dir(d).ok())
+        .is_some_and(|mut entries| entries.next().is_some());
+    tracing::warn!(
+        ?broken,
+        restarted,
+        "this node is broken on purpose (--test-break)"
+    );
+    let _ = BROKEN.set((broken, restarted));
+    Ok(())
+}
+
+/// Does this node ignore its disk (a `forget-on-restart` node restarted)?
+pub fn forgets_its_disk() -> bool {
+    matches!(BROKEN.get(), Some((Broken::ForgetOnRestart, true)))
+}
+
+/// Is this append batch part of the catch-up a `forget-on-restart` node
+/// forgets? The batches up to the first that is not `full` (see
+/// [`Broken::ForgetOnRestart`]).
+pub fn forgets_this_batch(full: bool) -> bool {
+    if !forgets_its_disk() || FORGOT_CATCH_UP.load(Ordering::Acquire) {
+        return false;
+    }
+    if !full {
+        FORGOT_CATCH_UP.store(true, Ordering::Release);
+    }
+    true
+}
+
+/// Does a `drop-appends` node drop the entry at `seq`?
+pub fn drops_entry(seq: u64) -> bool {
+    matches!(BROKEN.get(), Some((Broken::DropAppends, _))) && seq.is_multiple_of(2)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    #[test]
+    fn a_test_break_is_refused_unless_known_and_meant_for_this_node() {
+        let args = super::super::Args::parse_from(["node", "--id", "follower-1", "--port", "1"]);
+        let e = super::break_on_purpose("explode", &args).unwrap_err();
+        assert!(e.to_string().contains("unknown kind `explode`"), "{e}");
+        // Meant for another node: this one stays intact.
+        super::break_on_purpose("drop-appends@follower-9", &args).unwrap();
+        assert!(!super::drops_entry(2));
+        assert!(!super::forgets_its_disk());
+    }
 }

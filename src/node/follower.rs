@@ -175,11 +175,20 @@ fn apply_batch(node: &NodeState, entries: Vec<Entry>) -> Result<(u64, Fresh), Ap
     let mut new = Vec::new();
     let last_term = core.terms.history.last_term();
     let appended_at = long_ago();
+    // The test hook `--test-break` (a deliberately broken node) may ack
+    // entries it does not store; never set outside tests.
+    let full = entries.len() >= super::replication::MAX_BATCH;
+    let forget_batch = !entries.is_empty() && super::faults::forgets_this_batch(full);
     for entry in entries {
         // One allocation shared by the log, the disk writer and the store's
         // check: the value is not copied again.
         let entry = Arc::new(entry);
-        match core.store.apply(&entry) {
+        let applied = if forget_batch || super::faults::drops_entry(entry.seq) {
+            core.store.skip(&entry)
+        } else {
+            core.store.apply(&entry)
+        };
+        match applied {
             store::Applied::Applied => {
                 core.terms.history.record(entry.seq, entry.term);
                 core.log.push(entry.clone(), appended_at);

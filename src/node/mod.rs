@@ -140,6 +140,16 @@ pub struct Args {
     pub secret: crate::auth::SecretArgs,
     #[command(flatten)]
     pub tls: crate::tls::TlsArgs,
+    /// Test only: break this node on purpose, `KIND` or `KIND@NODE-ID` (see
+    /// `faults::Broken`). From the environment, so that every node of a
+    /// `kvlab up` started with it inherits it.
+    #[arg(
+        long,
+        hide = true,
+        env = "KVLAB_TEST_BREAK",
+        value_name = "KIND[@NODE]"
+    )]
+    pub test_break: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -468,8 +478,12 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
         crate::storage::power::simulate_power_loss();
         tracing::warn!("simulating power loss: unsynced log writes are kept in memory");
     }
+    if let Some(spec) = &args.test_break {
+        faults::break_on_purpose(spec, &args)?;
+    }
     // Recover before listening: a node that answers must hold its data.
-    let storage = match durable::config(&args) {
+    let config = durable::config(&args).filter(|_| !faults::forgets_its_disk());
+    let storage = match config {
         Some(config) => match durable::open(config).await {
             Ok(opened) => Some(opened),
             Err(e) if e.is::<durable::CorruptLog>() => {
@@ -482,7 +496,11 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
         },
         None => None,
     };
-    let term_file = match &args.data_dir {
+    let term_file = match args
+        .data_dir
+        .as_ref()
+        .filter(|_| !faults::forgets_its_disk())
+    {
         Some(dir) => term::load(dir)
             .map_err(|e| anyhow::anyhow!("refusing to serve: cannot read the term file: {e}"))?,
         None => TermFile::default(),

@@ -56,7 +56,7 @@ use crate::api::{
 use crate::http::{describe_reqwest_error, error_detail};
 
 /// Most entries sent in one batch.
-const MAX_BATCH: usize = 2048;
+pub(super) const MAX_BATCH: usize = 2048;
 /// Pause after a failed attempt, doubling up to the maximum.
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_millis(1000);

@@ -103,6 +103,21 @@ impl Store {
         Applied::Applied
     }
 
+    /// Counts the entry as applied without storing its value: a deliberate
+    /// bug, only for the test hook `--test-break` (see
+    /// [`super::faults::Broken`]), which builds clusters that lose
+    /// acknowledged writes so that `kvlab check` can be tested on them.
+    pub fn skip(&mut self, entry: &Entry) -> Applied {
+        if entry.seq <= self.applied_seq {
+            return Applied::Duplicate;
+        }
+        if entry.seq != self.applied_seq + 1 {
+            return Applied::Gap;
+        }
+        self.applied_seq = entry.seq;
+        Applied::Applied
+    }
+
     /// Replaces the state with a snapshot taken at `seq`, but only if that is
     /// ahead of us: a snapshot never takes a node back in time, so it can never
     /// erase a write the node already holds.
