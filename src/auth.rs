@@ -469,7 +469,8 @@ fn browser_refusal(req: &Request, access: Access, token: Option<&Secret>) -> Opt
             "expected Content-Type: application/json",
             format!(
                 "this route takes a JSON body (Content-Type: application/json), or none; \
-                 the request's Content-Type is {given}"
+                 the request's Content-Type is {given} (curl: -H 'Content-Type: \
+                 application/json'; Python requests: json=... rather than data=...)"
             ),
         ));
     }
@@ -740,7 +741,9 @@ mod tests {
                 .insert(axum::extract::ConnectInfo(loopback));
             let answer = browser_refusal(&req, Access::Admin, None).expect("refused");
             assert_eq!(answer.status().as_u16(), status, "{host} {origin:?}");
-            let body = axum::body::to_bytes(answer.into_body(), 1 << 16).await.unwrap();
+            let body = axum::body::to_bytes(answer.into_body(), 1 << 16)
+                .await
+                .unwrap();
             let body = String::from_utf8(body.to_vec()).unwrap();
             assert!(!body.contains("  "), "a run of spaces in {body}");
         }

@@ -388,7 +388,11 @@ mod tests {
         for key in [".", "..", ""] {
             let out = client.execute(&Command::Read { key: key.into() }).await;
             assert!(!out.ok, "{key:?}");
-            assert!(out.text.contains("400 invalid key"), "{key:?}: {}", out.text);
+            assert!(
+                out.text.contains("400 invalid key"),
+                "{key:?}: {}",
+                out.text
+            );
         }
     }
 }
