@@ -433,7 +433,9 @@ fn browser_refusal(req: &Request, access: Access, token: Option<&Secret>) -> Opt
                 StatusCode::FORBIDDEN,
                 "cross-origin request refused",
                 format!(
-                    "this request comes from a page of another origin ({origin}, this server                      is {}): web pages may not change a kvlab cluster; use curl, a script or                      the live view at this server's own address",
+                    "this request comes from a page of another origin ({origin}, this server \
+                     is {}): web pages may not change a kvlab cluster; use curl, a script or \
+                     the live view at this server's own address",
                     host.as_deref().unwrap_or("unnamed")
                 ),
             ));
@@ -449,7 +451,9 @@ fn browser_refusal(req: &Request, access: Access, token: Option<&Secret>) -> Opt
                 StatusCode::FORBIDDEN,
                 "unexpected Host",
                 format!(
-                    "this server was reached as {host:?}, a name that could point anywhere                      (a web page can make a name of its own point at 127.0.0.1): name it by                      address (127.0.0.1) or as localhost"
+                    "this server was reached as {host:?}, a name that could point anywhere \
+                     (a web page can make a name of its own point at 127.0.0.1): name it by \
+                     address (127.0.0.1) or as localhost"
                 ),
             ));
         }
@@ -464,7 +468,9 @@ fn browser_refusal(req: &Request, access: Access, token: Option<&Secret>) -> Opt
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "expected Content-Type: application/json",
             format!(
-                "this route takes a JSON body (Content-Type: application/json), or none;                  the request's Content-Type is {given}"
+                "this route takes a JSON body (Content-Type: application/json), or none; \
+                 the request's Content-Type is {given} (curl: -H 'Content-Type: \
+                 application/json'; Python requests: json=... rather than data=...)"
             ),
         ));
     }
@@ -704,6 +710,42 @@ mod tests {
         ] {
             h.insert(axum::http::header::CONTENT_TYPE, ct.parse().unwrap());
             assert_eq!(is_json(&h), json, "{ct}");
+        }
+    }
+
+    /// The three refusals a page can meet read as sentences: no run of
+    /// spaces left by a string broken over lines without its `\`.
+    #[tokio::test]
+    async fn browser_refusals_read_as_sentences() {
+        let loopback: std::net::SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let cases = [
+            ("localhost:7000", Some("http://evil.example"), None, 403),
+            ("evil.example:7000", None, None, 403),
+            ("localhost:7000", None, Some("text/plain"), 415),
+        ];
+        for (host, origin, content_type, status) in cases {
+            let mut req = Request::builder()
+                .method(Method::POST)
+                .uri("/kill/follower-1")
+                .header(axum::http::header::HOST, host);
+            if let Some(origin) = origin {
+                req = req.header(axum::http::header::ORIGIN, origin);
+            }
+            if let Some(ct) = content_type {
+                req = req
+                    .header(axum::http::header::CONTENT_TYPE, ct)
+                    .header(axum::http::header::CONTENT_LENGTH, "2");
+            }
+            let mut req = req.body(axum::body::Body::empty()).unwrap();
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(loopback));
+            let answer = browser_refusal(&req, Access::Admin, None).expect("refused");
+            assert_eq!(answer.status().as_u16(), status, "{host} {origin:?}");
+            let body = axum::body::to_bytes(answer.into_body(), 1 << 16)
+                .await
+                .unwrap();
+            let body = String::from_utf8(body.to_vec()).unwrap();
+            assert!(!body.contains("  "), "a run of spaces in {body}");
         }
     }
 

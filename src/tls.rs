@@ -237,10 +237,12 @@ pub enum TlsError {
     },
     #[error("cannot make the cluster's certificates: {0}")]
     Generate(String),
-    #[error("cannot write {path}: {source}")]
+    // `reason`, not `source`: a `source` field is also the error's cause,
+    // and `{:#}` would then print the I/O error twice.
+    #[error("cannot write {path}: {reason}")]
     Write {
         path: PathBuf,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
 }
 
@@ -567,9 +569,9 @@ fn private_dir(dir: &Path) -> Result<(), TlsError> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|source| TlsError::Write {
+        .map_err(|reason| TlsError::Write {
             path: dir.into(),
-            source,
+            reason,
         })
 }
 
@@ -577,9 +579,9 @@ fn private_dir(dir: &Path) -> Result<(), TlsError> {
 fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let err = |source| TlsError::Write {
+    let err = |reason| TlsError::Write {
         path: path.into(),
-        source,
+        reason,
     };
     let aside = path.with_extension("tmp");
     let _ = std::fs::remove_file(&aside);
@@ -665,6 +667,15 @@ fn local_addresses() -> Vec<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `kvlab certs /proc/nope` once said "No such file or directory" twice.
+    #[test]
+    fn a_folder_that_cannot_be_made_is_named_with_its_reason_once() {
+        let e = make(Path::new("/proc/kvlab-nope/tls"), &["localhost".into()]).unwrap_err();
+        let text = format!("{:#}", anyhow::Error::new(e));
+        assert!(text.starts_with("cannot write /proc/kvlab-nope"), "{text}");
+        assert_eq!(text.matches("os error").count(), 1, "{text}");
+    }
 
     #[test]
     fn auto_means_tls_off_loopback_only() {

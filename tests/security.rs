@@ -765,7 +765,9 @@ fn keys_and_values_reach_no_console_or_log_file_raw() {
     let up = common::kvlab()
         .arg("up")
         .args(FAST_IN_MEMORY.split_whitespace())
-        .args(["--followers", "2", "-W", "1", "-R", "1"])
+        // W + R > N: each read right after its write must find it (with
+        // R=1 the read could ask the other follower first and get a 404).
+        .args(["--followers", "2", "-W", "1", "-R", "2"])
         .args(["--coordinator-port", &base.to_string()])
         .args(["--registry-port", &(base + 1).to_string()])
         .args(["--node-base-port", &(base + 2).to_string()])

@@ -122,6 +122,13 @@ impl Client {
                 .post(format!("{}/write", self.base))
                 .json(&serde_json::json!({"key": key, "value": value})),
             Command::Read { key } => {
+                // A key the store never holds is not sent: `.` and `..` are
+                // dot segments a URL resolves away (`/read/..` would ask the
+                // gateway for `/`, and its answer would read as a value).
+                if let Err(e) = crate::http::validate_key_value(key, None) {
+                    let body = serde_json::json!({ "detail": e.detail }).to_string();
+                    return self.render(cmd, e.status.as_u16(), &body, 0.0);
+                }
                 // Byte for byte: a URL parser would strip a tab, LF or CR
                 // from a pushed segment and read another key.
                 let url = format!("{}/read/{}", self.base, crate::api::key_segment(key));
@@ -371,5 +378,21 @@ mod tests {
         assert!(
             matches!(parse_line("dance"), Line::Invalid(m) if m.contains("unknown command 'dance'"))
         );
+    }
+
+    /// `read ..` once printed the gateway's `/` as a value (`📖 - = -`).
+    #[tokio::test]
+    async fn keys_no_url_can_name_are_refused_before_sending() {
+        // Nothing listens on port 1: a request sent would fail otherwise.
+        let client = Client::new("http://127.0.0.1:1", false, Paint(false));
+        for key in [".", "..", ""] {
+            let out = client.execute(&Command::Read { key: key.into() }).await;
+            assert!(!out.ok, "{key:?}");
+            assert!(
+                out.text.contains("400 invalid key"),
+                "{key:?}: {}",
+                out.text
+            );
+        }
     }
 }

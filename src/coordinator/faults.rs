@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Serialize;
@@ -41,7 +41,7 @@ use super::Coordinator;
 use crate::api::{check_seconds, Direction, Netem, NodeStatus, PartitionRequest, SlowDiskRequest};
 use crate::events::EventKind;
 use crate::hosts::netns::{self, NetnsHosts, Peer};
-use crate::http::{describe_reqwest_error, error_detail, ApiError, ApiJson};
+use crate::http::{describe_reqwest_error, error_detail, ApiError, ApiJson, ApiPath};
 
 /// How long a node has to answer a hook.
 const HOOK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -546,7 +546,7 @@ type Shared = State<Arc<Coordinator>>;
 /// `POST /admin/partition/{node_id}` with `{"peers": [...], "seconds": S}`.
 pub async fn partition(
     State(c): Shared,
-    Path(node_id): Path<String>,
+    ApiPath(node_id): ApiPath<String>,
     ApiJson(req): ApiJson<PartitionRequest>,
 ) -> Result<Json<Value>, ApiError> {
     c.inject_fault(&node_id, Fault::Partition(req)).await
@@ -556,7 +556,7 @@ pub async fn partition(
 /// "loss_percent"?, "seconds", "direction"?}` (netns hosts only).
 pub async fn link(
     State(c): Shared,
-    Path(node_id): Path<String>,
+    ApiPath(node_id): ApiPath<String>,
     ApiJson(req): ApiJson<LinkRequest>,
 ) -> Result<Json<Value>, ApiError> {
     c.inject_fault(&node_id, Fault::Link(req)).await
@@ -565,7 +565,7 @@ pub async fn link(
 /// `POST /admin/slow-disk/{node_id}` with `{"ms": D, "seconds": S}`.
 pub async fn slow_disk(
     State(c): Shared,
-    Path(node_id): Path<String>,
+    ApiPath(node_id): ApiPath<String>,
     ApiJson(req): ApiJson<SlowDiskRequest>,
 ) -> Result<Json<Value>, ApiError> {
     c.inject_fault(&node_id, Fault::SlowDisk(req)).await

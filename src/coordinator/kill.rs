@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
@@ -22,7 +22,7 @@ use super::launcher;
 use super::{Coordinator, Shared};
 use crate::api::*;
 use crate::events::EventKind;
-use crate::http::ApiError;
+use crate::http::{ApiError, ApiPath};
 use crate::process::exists as process_exists;
 
 impl Coordinator {
@@ -97,7 +97,7 @@ enum KillMode {
 /// `POST /kill/{node_id}[?mode=crash]`.
 pub async fn kill(
     State(c): Shared,
-    Path(node_id): Path<String>,
+    ApiPath(node_id): ApiPath<String>,
     query: Result<Query<KillQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<KillResponse>, ApiError> {
     let Query(q) = query.map_err(|e| {

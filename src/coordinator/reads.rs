@@ -43,7 +43,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::watch;
@@ -53,7 +53,7 @@ use super::cluster::{Cluster, Slot};
 use super::{Coordinator, Shared};
 use crate::api::*;
 use crate::events::{EventKind, Tone};
-use crate::http::{describe_reqwest_error, validate_key_value, ApiError};
+use crate::http::{describe_reqwest_error, validate_key_value, ApiError, ApiPath};
 
 /// How long a follower may take to answer before the read asks another one
 /// as well. Far above a healthy answer (about a millisecond, tens under a
@@ -76,7 +76,7 @@ const NARRATE_SUBSTITUTES_EVERY: Duration = Duration::from_secs(1);
 /// `GET /read/{key}`.
 pub async fn read(
     State(c): Shared,
-    Path(key): Path<String>,
+    ApiPath(key): ApiPath<String>,
 ) -> Result<Json<ReadResponse>, ApiError> {
     validate_key_value(&key, None)?;
     let narrate = c.events.narrate_request();

@@ -336,7 +336,7 @@ pub struct NetworkRequest {
 /// the partition hook, it does not expire: heal it with `connected: true`.
 pub async fn network(
     axum::extract::State(c): super::Shared,
-    axum::extract::Path(node_id): axum::extract::Path<String>,
+    crate::http::ApiPath(node_id): crate::http::ApiPath<String>,
     crate::http::ApiJson(req): crate::http::ApiJson<NetworkRequest>,
 ) -> Result<axum::Json<serde_json::Value>, crate::http::ApiError> {
     use crate::http::ApiError;

@@ -43,7 +43,7 @@ use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -54,7 +54,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::api::{self, *};
-use crate::http::{validate_key_value, ApiError, ApiJson};
+use crate::http::{validate_key_value, ApiError, ApiJson, ApiPath};
 use crate::storage::{FsyncPolicy, Recovered};
 use durable::Durability;
 use log::ReplicationLog;
@@ -714,7 +714,7 @@ async fn stats(State(node): Shared) -> Json<NodeStats> {
 
 async fn read_key(
     State(node): Shared,
-    Path(key): Path<String>,
+    ApiPath(key): ApiPath<String>,
 ) -> Result<Json<NodeValue>, ApiError> {
     node.stats.total_reads.fetch_add(1, Ordering::Relaxed);
     let found = node.core.lock().unwrap().store.get(&key).cloned();

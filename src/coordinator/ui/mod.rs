@@ -27,7 +27,7 @@ use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::header::{CONTENT_SECURITY_POLICY, CONTENT_TYPE, X_FRAME_OPTIONS};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::IntoResponse;
@@ -40,7 +40,7 @@ use serde_json::{json, Value};
 use crate::api::{LinkView, NodeStats, RegistryNodes, StatusResponse};
 use crate::coordinator::faults::{Fault, FaultView};
 use crate::coordinator::Coordinator;
-use crate::http::ApiError;
+use crate::http::{ApiError, ApiPath};
 
 const INDEX_HTML: &str = include_str!("index.html");
 const APP_JS: &str = include_str!("app.js");
@@ -241,7 +241,7 @@ async fn events(State(c): Shared) -> Sse<impl Stream<Item = Result<SseEvent, Inf
 /// `GET /ui/read/{key}`: a quorum read, as a client gets it, plus what each
 /// follower of the read set answers when asked directly right after (so the
 /// page can show a stale follower next to the version that won).
-async fn read(State(c): Shared, Path(key): Path<String>) -> Json<Value> {
+async fn read(State(c): Shared, ApiPath(key): ApiPath<String>) -> Json<Value> {
     let result = match c.read(key.clone(), true).await {
         Ok(r) => json!({"ok": true, "read": r}),
         Err(e) => json!({"ok": false, "status": e.status.as_u16(), "detail": e.detail}),
@@ -277,7 +277,10 @@ async fn read(State(c): Shared, Path(key): Path<String>) -> Json<Value> {
 /// `POST /ui/pause/{node}`: pauses that node's heartbeats for 8 s (longer
 /// than the registry's 5 s timeout): the "network blip" fault. It goes the
 /// way of every fault hook (see [`crate::coordinator::faults`]).
-async fn pause(State(c): Shared, Path(node_id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn pause(
+    State(c): Shared,
+    ApiPath(node_id): ApiPath<String>,
+) -> Result<Json<Value>, ApiError> {
     const SECONDS: f64 = 8.0;
     c.inject_fault(&node_id, Fault::PauseHeartbeats { seconds: SECONDS })
         .await
