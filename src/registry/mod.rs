@@ -401,9 +401,14 @@ async fn missing(
         }
         recorded
     };
+    // Such a node has been silent at least since this registry started, so
+    // its spawn delay runs from then, not from now: a registry restarted
+    // while a node was dead replaces it within the delay of its start, as
+    // one that had watched the node die would have.
+    let delay = reg.config.spawn_delay.saturating_sub(reg.started.elapsed());
     for (node_id, incarnation) in &recorded {
         tracing::warn!(node = %node_id, "dead in the coordinator's table and never heard here: recorded dead");
-        schedule_respawn(reg.clone(), node_id.clone(), *incarnation);
+        schedule_respawn_after(reg.clone(), node_id.clone(), *incarnation, delay);
     }
     Json(MissingResponse {
         recorded: recorded.into_iter().map(|(id, _)| id).collect(),
@@ -536,11 +541,17 @@ fn forgive_pause(nodes: &mut HashMap<String, Record>, paused: Duration) {
 
 /// With auto-spawn: after the delay, replace the follower if it is still gone.
 fn schedule_respawn(reg: Arc<Registry>, node_id: String, incarnation: u64) {
+    let delay = reg.config.spawn_delay;
+    schedule_respawn_after(reg, node_id, incarnation, delay);
+}
+
+/// [`schedule_respawn`], with the part of the delay still to wait.
+fn schedule_respawn_after(reg: Arc<Registry>, node_id: String, incarnation: u64, delay: Duration) {
     if !reg.config.auto_spawn {
         return;
     }
     tokio::spawn(async move {
-        tokio::time::sleep(reg.config.spawn_delay).await;
+        tokio::time::sleep(delay).await;
         let still_gone = match reg.nodes.lock().unwrap().get(&node_id) {
             None => true,
             Some(r) => !r.alive && r.incarnation == incarnation,
