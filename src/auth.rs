@@ -458,7 +458,12 @@ fn browser_refusal(req: &Request, access: Access, token: Option<&Secret>) -> Opt
             ));
         }
     }
-    if changes_state && has_body(headers) && !is_json(headers) {
+    // A body with no type at all is read as JSON, as the original lab read
+    // it (Python's `requests.post(url, data=json.dumps(...))` sends none);
+    // a browser sending one from another page carries its `Origin`, and a
+    // rebound name its `Host`, both refused above.
+    let typed = headers.contains_key(axum::http::header::CONTENT_TYPE);
+    if changes_state && has_body(headers) && typed && !is_json(headers) {
         let given = headers
             .get(axum::http::header::CONTENT_TYPE)
             .map_or("none".into(), |v| {
@@ -468,7 +473,7 @@ fn browser_refusal(req: &Request, access: Access, token: Option<&Secret>) -> Opt
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "expected Content-Type: application/json",
             format!(
-                "this route takes a JSON body (Content-Type: application/json), or none; \
+                "this route takes a JSON body (Content-Type: application/json, or no type), or none; \
                  the request's Content-Type is {given} (curl: -H 'Content-Type: \
                  application/json'; Python requests: json=... rather than data=...)"
             ),

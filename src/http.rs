@@ -85,7 +85,16 @@ where
 {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(mut req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        // No Content-Type at all: read the body as JSON, as the original lab
+        // did. A wrong type is still refused (`auth::guard` says why).
+        let headers = req.headers_mut();
+        if !headers.contains_key(axum::http::header::CONTENT_TYPE) {
+            headers.insert(
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static("application/json"),
+            );
+        }
         match Json::<T>::from_request(req, state).await {
             Ok(Json(value)) => Ok(ApiJson(value)),
             Err(rejection) => Err(json_rejection(rejection)),
@@ -500,8 +509,19 @@ fn refuse_over_address_cap(stream: tokio::net::TcpStream, cap: usize) {
          content-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
-    let _ = stream.try_write(answer.as_bytes());
-    drop(stream);
+    // Written by a task, not `try_write`: a socket just accepted may not be
+    // known writable to the reactor yet, and `try_write` would then send
+    // nothing. The answer fits in any send buffer, so the task ends at
+    // once; the bound is for a peer that vanished.
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = stream;
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            stream.write_all(answer.as_bytes()).await?;
+            stream.shutdown().await
+        })
+        .await;
+    });
 }
 
 /// How long [`serve`] waits, once told to stop, for the requests in flight.

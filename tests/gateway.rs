@@ -554,6 +554,18 @@ async fn bad_input_is_a_clear_4xx() {
         .unwrap();
     assert_eq!(stats["gateway"]["forwarded_requests"], 0, "{stats}");
     assert_eq!(stats["gateway"]["errors"], 0, "{stats}");
+
+    // No type at all is read as JSON, as the original lab did (Python's
+    // `requests.post(url, data=json.dumps(...))`): it reaches the
+    // coordinator (unreachable here: 503), never a 415.
+    let resp = http
+        .post(&url)
+        .body(r#"{"key":"k","value":"v"}"#)
+        .send()
+        .await
+        .unwrap();
+    let code = resp.status().as_u16();
+    assert!(code != 415 && code != 400, "{code}");
 }
 
 /// 100 concurrent requests from one client against a max of 10, over HTTP,

@@ -615,6 +615,10 @@ fn web_pages_cannot_press_the_admin_buttons() {
                 .json(&probe),
         ),
         (
+            "a script's JSON with no Content-Type (the original lab took it)",
+            bare.post(format!("{co}/spawn")).body(probe.to_string()),
+        ),
+        (
             "kvlab's own, by any name (it has the secret)",
             c.http
                 .post(format!("{co}/spawn"))
