@@ -83,9 +83,11 @@ pub struct Args {
     /// partition, slow-disk, leader, power-loss; `all` (a random mix of the
     /// first seven, leader included) or `none`. `power-loss` cuts a node's
     /// power: its unsynced log writes are lost and the last one torn. It is
-    /// simulated in the nodes' storage (no root or /dev/fuse needed), so it
-    /// runs only on a cluster `check` starts itself (not with
-    /// --no-start-cluster, nor under --node-cmd).
+    /// simulated in kvlab nodes' storage (no root or /dev/fuse needed): it
+    /// runs on a cluster `check` starts itself, and on a kvlab cluster
+    /// started with the hidden `kvlab up --simulate-power-loss`; elsewhere
+    /// (another lab's cluster, a student's nodes under --node-cmd) it is
+    /// not carried out, and the verdict counts it as not injected.
     #[arg(long, default_value = "none", value_name = "LIST")]
     pub nemesis: String,
     /// How long the clients run, in seconds.
