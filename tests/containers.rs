@@ -300,10 +300,7 @@ fn a_missing_image_is_a_clear_error() {
             "kvlab-no-such-image",
         ])
         .args(["--docker-prefix", &prefix, "--quiet"])
-        .args(["--coordinator-port", &base.to_string()])
-        .args(["--registry-port", &(base + 1).to_string()])
-        .args(["--node-base-port", &(base + 2).to_string()])
-        .args(["--gateway-port", &(base + GATEWAY_OFFSET).to_string()])
+        .args(common::up_ports(base))
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -245,13 +245,7 @@ fn redirected_console_is_plain_and_names_the_real_roles() {
         .arg("up")
         .args(DEMO_3_2_2.split_whitespace())
         .arg("--in-memory")
-        .args(["--coordinator-port", &base.to_string()])
-        .args(["--registry-port", &(base + 1).to_string()])
-        .args(["--node-base-port", &(base + 2).to_string()])
-        .args([
-            "--gateway-port",
-            &(base + common::GATEWAY_OFFSET).to_string(),
-        ])
+        .args(common::up_ports(base))
         .arg("--log-dir")
         .arg(dir.path().join("logs"))
         .env_remove("NO_COLOR")

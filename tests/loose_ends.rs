@@ -251,13 +251,7 @@ fn the_console_of_up_has_no_raw_log_lines_over_a_node_death() {
     let mut cmd = common::kvlab_in(&scratch);
     cmd.env_remove("RUST_LOG")
         .args(["up", "--no-delay", "--failure-timeout", "1"])
-        .args(["--coordinator-port", &base.to_string()])
-        .args(["--registry-port", &(base + 1).to_string()])
-        .args(["--node-base-port", &(base + 2).to_string()])
-        .args([
-            "--gateway-port",
-            &(base + common::GATEWAY_OFFSET).to_string(),
-        ])
+        .args(common::up_ports(base))
         .arg("--log-dir")
         .arg(log_dir.path())
         .stdout(Stdio::from(out.try_clone().unwrap()))

@@ -189,10 +189,7 @@ fn node_cmd_is_refused_where_kvlab_does_not_start_the_nodes() {
         let base = common::free_port_block();
         let out = common::kvlab_in(&scratch)
             .arg("up")
-            .args(["--coordinator-port", &base.to_string()])
-            .args(["--registry-port", &(base + 1).to_string()])
-            .args(["--node-base-port", &(base + 2).to_string()])
-            .args(["--gateway-port", &(base + 39).to_string()])
+            .args(common::up_ports(base))
             .args(&flags)
             .stdin(Stdio::null())
             .output()

@@ -290,13 +290,7 @@ fn off_loopback_admin_needs_the_printed_token() {
         .env_remove(kvlab::auth::ENV_SECRET)
         .args(["up", "--host", "0.0.0.0", "--in-memory", "--no-delay"])
         .args(["--followers", "2"])
-        .args(["--coordinator-port", &base.to_string()])
-        .args(["--registry-port", &(base + 1).to_string()])
-        .args(["--node-base-port", &(base + 2).to_string()])
-        .args([
-            "--gateway-port",
-            &(base + common::GATEWAY_OFFSET).to_string(),
-        ])
+        .args(common::up_ports(base))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -772,13 +766,7 @@ fn keys_and_values_reach_no_console_or_log_file_raw() {
         // W + R > N: each read right after its write must find it (with
         // R=1 the read could ask the other follower first and get a 404).
         .args(["--followers", "2", "-W", "1", "-R", "2"])
-        .args(["--coordinator-port", &base.to_string()])
-        .args(["--registry-port", &(base + 1).to_string()])
-        .args(["--node-base-port", &(base + 2).to_string()])
-        .args([
-            "--gateway-port",
-            &(base + common::GATEWAY_OFFSET).to_string(),
-        ])
+        .args(common::up_ports(base))
         .arg("--log-dir")
         .arg(dir.path().join("logs"))
         .env("RUST_LOG", "kvlab=debug,info")

@@ -268,6 +268,14 @@ impl Log {
         for e in entries {
             super::codec::encode_entry_record(e.borrow(), &mut self.buf);
         }
+        self.write_buf()?;
+        self.last_seq += entries.len() as u64;
+        Ok(self.buf.len() as u64)
+    }
+
+    /// Writes `buf` at the end of the active segment, growing its
+    /// preallocated space first if it would not fit.
+    fn write_buf(&mut self) -> Result<()> {
         let end = self.active_len + self.buf.len() as u64;
         if end > self.active_end {
             self.preallocate(end)?;
@@ -276,8 +284,7 @@ impl Log {
         self.volatile
             .write(&self.active, &path, &self.buf, self.active_len)?;
         self.active_len = end;
-        self.last_seq += entries.len() as u64;
-        Ok(self.buf.len() as u64)
+        Ok(())
     }
 
     /// Makes everything written so far durable. `sync_data` is enough: it
@@ -318,14 +325,7 @@ impl Log {
         }
         self.buf.clear();
         super::codec::encode_marker_record(self.durable_seq, &mut self.buf);
-        let end = self.active_len + self.buf.len() as u64;
-        if end > self.active_end {
-            self.preallocate(end)?;
-        }
-        let path = self.active_path();
-        self.volatile
-            .write(&self.active, &path, &self.buf, self.active_len)?;
-        self.active_len = end;
+        self.write_buf()?;
         self.marked_seq = self.durable_seq;
         self.sync()
     }

@@ -44,6 +44,22 @@ use serde_json::{json, Value};
 /// the gateway takes the block's last port, which no node reaches.
 const BLOCK: u16 = 40;
 pub const GATEWAY_OFFSET: u16 = BLOCK - 1;
+
+/// `kvlab up`'s port flags for the block at `base`: the coordinator on
+/// `base`, the registry on `base + 1`, the nodes from `base + 2`, the
+/// gateway on the block's last port.
+pub fn up_ports(base: u16) -> [String; 8] {
+    [
+        "--coordinator-port".into(),
+        base.to_string(),
+        "--registry-port".into(),
+        (base + 1).to_string(),
+        "--node-base-port".into(),
+        (base + 2).to_string(),
+        "--gateway-port".into(),
+        (base + GATEWAY_OFFSET).to_string(),
+    ]
+}
 static NEXT_BLOCK: AtomicU16 = AtomicU16::new(0);
 
 /// Where test port blocks start: above the well-known and most registered
@@ -431,10 +447,7 @@ impl Cluster {
         if let Some(dir) = data_dir {
             cmd.arg("--data-dir").arg(dir);
         }
-        cmd.args(["--coordinator-port", &base.to_string()])
-            .args(["--registry-port", &(base + 1).to_string()])
-            .args(["--node-base-port", &(base + 2).to_string()])
-            .args(["--gateway-port", &(base + GATEWAY_OFFSET).to_string()])
+        cmd.args(up_ports(base))
             .arg("--log-dir")
             .arg(log_dir.path())
             .arg("--quiet")
