@@ -463,6 +463,34 @@ pub fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s.max(0.0))
 }
 
+/// The node's term file, if it can be trusted; else why not. Without it a
+/// node does not know the highest term it saw, so it could accept a deposed
+/// leader's stream in an old term (and acknowledge writes the new leader
+/// never gets): it must be rebuilt from the cluster, not start at term 0.
+/// - unreadable (garbage, truncated, an I/O error): never trusted;
+/// - missing while the log holds entries, on a node the coordinator started
+///   (always as a follower): a node of a cluster saves its term before its
+///   first entry (promotion, or adopting the leader's term), so the file was
+///   lost. A missing file with an empty log is a fresh node; a leader
+///   started by hand (`--role leader`, no cluster) rebuilds its terms from
+///   the entries, as it always did.
+fn trusted_terms(dir: &std::path::Path, role: RoleArg, log_end: u64) -> Result<TermFile, String> {
+    let path = dir.join(term::TERM_FILE);
+    match term::load(dir) {
+        Err(e) => Err(format!(
+            "unreadable term file {} ({e}): this node no longer knows the highest term \
+             it saw",
+            path.display()
+        )),
+        Ok(_) if log_end > 0 && role == RoleArg::Follower && !path.exists() => Err(format!(
+            "missing term file {} while its log holds entries up to seq {log_end}: this \
+             node no longer knows the highest term it saw",
+            path.display()
+        )),
+        Ok(file) => Ok(file),
+    }
+}
+
 /// Runs a node until it is told to stop.
 pub async fn run(mut args: Args) -> anyhow::Result<()> {
     // The coordinator hands its secret down in the environment; a node
@@ -501,8 +529,19 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
         .as_ref()
         .filter(|_| !faults::forgets_its_disk())
     {
-        Some(dir) => term::load(dir)
-            .map_err(|e| anyhow::anyhow!("refusing to serve: cannot read the term file: {e}"))?,
+        Some(dir) => {
+            let log_end = storage.as_ref().map_or(0, |(_, r)| r.state.seq);
+            match trusted_terms(dir, args.role, log_end) {
+                Ok(file) => file,
+                Err(why) => {
+                    // Like a corrupt log: the coordinator rebuilds the node.
+                    let e = format!("refusing to serve, {}{why}", api::NEEDS_REPAIR);
+                    tracing::error!("{e}");
+                    eprintln!("kvlab: error: {e}");
+                    std::process::exit(durable::EXIT_CORRUPT_LOG);
+                }
+            }
+        }
         None => TermFile::default(),
     };
     let listener = crate::http::bind(addr).await?;
