@@ -478,13 +478,11 @@ fn trusted_terms(dir: &std::path::Path, role: RoleArg, log_end: u64) -> Result<T
     let path = dir.join(term::TERM_FILE);
     match term::load(dir) {
         Err(e) => Err(format!(
-            "unreadable term file {} ({e}): this node no longer knows the highest term \
-             it saw",
-            path.display()
+            "unreadable term file {e} (this node no longer knows the highest term it saw)"
         )),
         Ok(_) if log_end > 0 && role == RoleArg::Follower && !path.exists() => Err(format!(
-            "missing term file {} while its log holds entries up to seq {log_end}: this \
-             node no longer knows the highest term it saw",
+            "missing term file {} while its log holds entries up to seq {log_end} (this \
+             node no longer knows the highest term it saw)",
             path.display()
         )),
         Ok(file) => Ok(file),
@@ -963,4 +961,27 @@ async fn admin_shutdown(State(node): Shared) -> impl IntoResponse {
         node.shutdown.notify_one();
     });
     Json(json!({"status": "stopping"}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_term_file_that_cannot_be_trusted_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        // Fresh: no file, empty log.
+        assert!(trusted_terms(dir.path(), RoleArg::Follower, 0).is_ok());
+        // Lost beside a log: refused on a cluster's node, not by hand.
+        let why = trusted_terms(dir.path(), RoleArg::Follower, 7).unwrap_err();
+        assert!(why.contains("missing term file"), "{why}");
+        assert!(why.contains("up to seq 7"), "{why}");
+        assert!(trusted_terms(dir.path(), RoleArg::Leader, 7).is_ok());
+        std::fs::write(dir.path().join(term::TERM_FILE), b"garbage").unwrap();
+        for role in [RoleArg::Follower, RoleArg::Leader] {
+            let why = trusted_terms(dir.path(), role, 0).unwrap_err();
+            assert!(why.contains("unreadable term file"), "{why}");
+            assert!(why.contains("expected"), "says why: {why}");
+        }
+    }
 }
