@@ -84,9 +84,15 @@ const _: () = assert!(MAX_KEY_BYTES + MAX_VALUE_BYTES < MAX_BODY_BYTES);
 const _: () = assert!(MAX_BODY_BYTES <= BATCH_PAYLOAD_BYTES);
 const _: () = assert!(2 * (BATCH_PAYLOAD_BYTES + MAX_BODY_BYTES) <= BATCH_BODY_BYTES);
 
-/// The exit code of a node that refused to serve a corrupt log (65, the
-/// BSD `EX_DATAERR`: the input data was incorrect).
+/// The exit code of a node that refused to serve a corrupt log, or a term
+/// file it cannot trust (65, the BSD `EX_DATAERR`: the input data was
+/// incorrect). Its supervisor sets its directory aside and rebuilds it.
 pub const EXIT_CORRUPT_LOG: i32 = 65;
+
+/// What a node that exits with [`EXIT_CORRUPT_LOG`] because of damage other
+/// than its log (its term file) prints before the reason, so that its
+/// supervisor can report what it found.
+pub const NEEDS_REPAIR: &str = "needs repair: ";
 
 /// The exit code of a node that stopped because its disk is full (73, the
 /// BSD `EX_CANTCREAT`: the output could not be written).

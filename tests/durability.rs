@@ -736,6 +736,20 @@ fn flip_in_the_middle(seg: &Path) -> Vec<u8> {
     bytes
 }
 
+/// Where `node_id`'s directory under `data` was set aside.
+fn set_aside(data: &Path, node_id: &str) -> Vec<PathBuf> {
+    std::fs::read_dir(data)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name().is_some_and(|n| {
+                n.to_string_lossy()
+                    .starts_with(&format!("{node_id}.corrupt-"))
+            })
+        })
+        .collect()
+}
+
 /// 40 writes on a cluster stopped cleanly, `damage` done to the only
 /// segment of `node_id`, and `kvlab up` again on the same directory: the
 /// cluster serves writes within 10 s, every acknowledged key is readable,
@@ -776,16 +790,7 @@ fn damaged_node_is_repaired(node_id: &str, index: u16, damage: fn(&Path) -> Vec<
         message.contains("offset"),
         "names what was damaged: {event}"
     );
-    let aside: Vec<PathBuf> = std::fs::read_dir(data.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.file_name().is_some_and(|n| {
-                n.to_string_lossy()
-                    .starts_with(&format!("{node_id}.corrupt-"))
-            })
-        })
-        .collect();
+    let aside = set_aside(data.path(), node_id);
     assert_eq!(aside.len(), 1, "{aside:?}");
     assert!(message.contains(&*aside[0].to_string_lossy()), "{event}");
     assert_eq!(std::fs::read(only_segment(&aside[0])).unwrap(), bytes);
@@ -803,6 +808,80 @@ fn damaged_node_is_repaired(node_id: &str, index: u16, damage: fn(&Path) -> Vec<
         assert_eq!(held[format!("k{i}")]["value"], format!("v{i}"), "k{i}");
     }
     assert_eq!(held["after"]["value"], "repair");
+}
+
+/// 40 writes on a cluster stopped cleanly, then `node_id`'s term file
+/// overwritten with `garbage` (or deleted, with `None`): the node no longer
+/// knows the highest term it saw, so it must not start at term 0 (it could
+/// follow a deposed leader in an old term). It takes the corrupt log's
+/// repair path: the cluster serves, every acknowledged key is readable, the
+/// node's directory is set aside and rebuilt, and the events say why.
+fn bad_term_file_is_repaired(node_id: &str, index: u16, garbage: Option<&[u8]>, found: &str) {
+    let data = tempfile::tempdir().unwrap();
+    {
+        let c = Cluster::start_on(data.path(), REPAIR_FLAGS);
+        for i in 0..40 {
+            assert_eq!(c.write(&format!("k{i}"), &format!("v{i}")).0, 200);
+        }
+    } // stopped cleanly
+    let term_file = data.path().join(node_id).join("term.json");
+    match garbage {
+        Some(bytes) => std::fs::write(&term_file, bytes).unwrap(),
+        None => std::fs::remove_file(&term_file).unwrap(),
+    }
+
+    let c = Cluster::start_on(data.path(), REPAIR_FLAGS);
+    c.eventually("a write after the restart", secs(10), || {
+        match c.write("after", "repair") {
+            (200, _) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    let needed = c.wait_for_event("repair_needed", Some(node_id), secs(5));
+    let needed = needed["message"].as_str().unwrap_or_default().to_string();
+    assert!(needed.contains(found), "{needed}");
+    assert!(needed.contains("term.json"), "{needed}");
+    let event = c.wait_for_event("corrupt_log_set_aside", Some(node_id), secs(5));
+    let message = event["message"].as_str().unwrap_or_default();
+    assert!(message.contains(found), "names what was repaired: {event}");
+    assert!(message.contains("highest term"), "and why: {event}");
+    let aside = set_aside(data.path(), node_id);
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert!(message.contains(&*aside[0].to_string_lossy()), "{event}");
+    // Kept as it was, for inspection.
+    let kept = std::fs::read(aside[0].join("term.json")).ok();
+    assert_eq!(kept.as_deref(), garbage);
+    let repairs = &c.status()["repairs"];
+    assert_eq!(repairs[0]["node_id"], node_id, "{repairs}");
+    assert_eq!(repairs[0]["state"], "rebuilt", "{repairs}");
+    assert!(
+        repairs[0]["found"].as_str().unwrap().contains(found),
+        "{repairs}"
+    );
+    for i in 0..40 {
+        let (code, v) = c.read(&format!("k{i}"));
+        assert_eq!((code, v["value"].as_str()), (200, Some(&*format!("v{i}"))));
+    }
+    assert_eq!(c.wait_caught_up(node_id).0, 200);
+    let held = c.node_data(&c.node_url(index));
+    for i in 0..40 {
+        assert_eq!(held[format!("k{i}")]["value"], format!("v{i}"), "k{i}");
+    }
+    assert_eq!(held["after"]["value"], "repair");
+}
+
+/// The follow-up of issue 23: a garbage term file on the leader no longer
+/// stops the cluster (it used to exit with code 1, and `kvlab up` with it).
+#[test]
+fn a_leader_with_a_garbage_term_file_is_repaired_from_the_cluster() {
+    bad_term_file_is_repaired("leader", 0, Some(b"garbage"), "unreadable term file");
+}
+
+/// A term file lost beside a non-empty log: a node of a cluster always saves
+/// its term before its first entry, so the file was lost, not never written.
+#[test]
+fn a_follower_whose_term_file_is_lost_is_repaired_from_the_cluster() {
+    bad_term_file_is_repaired("follower-1", 1, None, "missing term file");
 }
 
 /// Issue 23's reproduction: the stopped leader's log damaged just before

@@ -1,6 +1,6 @@
 //! Starting a slot's process: a new incarnation in the table, the launch
 //! through the runtime, the health check, the watch on its exit, and the
-//! repair of a follower whose log on disk is corrupt.
+//! repair of a follower whose data on disk is damaged (its log or term file).
 //!
 //! Invariants:
 //! - every start takes a new incarnation, so the slot's previous process
@@ -22,17 +22,32 @@ use super::Coordinator;
 use crate::api::*;
 use crate::events::EventKind;
 
-/// A node exited at start because its log is corrupt (it refused to serve).
+/// A node exited at start because its data on disk is damaged: a corrupt
+/// log, or a term file it cannot trust (it refused to serve).
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "{node_id} refused to serve: its log on disk is corrupt ({reason}); see {}",
+    "{node_id} refused to serve: its data on disk is damaged ({reason}); see {}",
     log_file.display()
 )]
 pub(super) struct CorruptLogRefused {
     pub node_id: String,
-    /// What recovery found: the segment and the offset of the damage.
+    /// What recovery found: the segment and the offset of the damage, or
+    /// why the term file cannot be trusted.
     pub reason: String,
     log_file: std::path::PathBuf,
+}
+
+/// What a node that refused to serve found, from the last lines of its log:
+/// the damaged segment and offset, or why its term file cannot be trusted.
+fn repair_reason(tail: &str) -> String {
+    tail.lines()
+        .rev()
+        .find_map(|l| {
+            let log = l.split_once("corrupt log segment");
+            let log = log.map(|(_, rest)| format!("corrupt log segment{rest}"));
+            log.or_else(|| l.split_once(NEEDS_REPAIR).map(|(_, why)| why.to_string()))
+        })
+        .unwrap_or_else(|| "a damaged record".to_string())
 }
 
 /// How long a started node has to answer its health check.
@@ -88,8 +103,8 @@ impl Coordinator {
             EventKind::RepairNeeded,
             Some(id),
             format!(
-                "🩺 {id} needs REPAIR: its log on disk is damaged before its last durable \
-                 write ({}). It does not campaign or serve; the cluster elects the most \
+                "🩺 {id} needs REPAIR: its data on disk is damaged ({}). It does not \
+                 campaign or serve; the cluster elects the most \
                  advanced healthy node, and {id} is then rebuilt from it",
                 refused.reason
             ),
@@ -138,7 +153,7 @@ impl Coordinator {
             EventKind::CorruptLogSetAside,
             Some(node_id),
             format!(
-                "🩹 {node_id} refused to serve: its log on disk is corrupt{why}. Its data \
+                "🩹 {node_id} refused to serve: its data on disk is damaged{why}. Its data \
                  directory was moved to {} (kept for you to inspect), and {node_id} starts \
                  again empty: the leader will send it everything (a full catch-up)",
                 aside.display()
@@ -208,14 +223,7 @@ impl Coordinator {
             self.mark(&node_id, spec.incarnation, NodeStatus::Dead);
             let tail = launcher::log_tail(&launched.log_file, 5);
             if reason.contains(launcher::EXITED_CORRUPT_LOG) {
-                let reason = tail
-                    .lines()
-                    .rev()
-                    .find_map(|l| l.split_once("corrupt log segment"))
-                    .map_or_else(
-                        || "a damaged record".to_string(),
-                        |(_, rest)| format!("corrupt log segment{rest}"),
-                    );
+                let reason = repair_reason(&tail);
                 return Err(CorruptLogRefused {
                     node_id,
                     reason,

@@ -463,6 +463,32 @@ pub fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s.max(0.0))
 }
 
+/// The node's term file, if it can be trusted; else why not. Without it a
+/// node does not know the highest term it saw, so it could accept a deposed
+/// leader's stream in an old term (and acknowledge writes the new leader
+/// never gets): it must be rebuilt from the cluster, not start at term 0.
+/// - unreadable (garbage, truncated, an I/O error): never trusted;
+/// - missing while the log holds entries, on a node the coordinator started
+///   (always as a follower): a node of a cluster saves its term before its
+///   first entry (promotion, or adopting the leader's term), so the file was
+///   lost. A missing file with an empty log is a fresh node; a leader
+///   started by hand (`--role leader`, no cluster) rebuilds its terms from
+///   the entries, as it always did.
+fn trusted_terms(dir: &std::path::Path, role: RoleArg, log_end: u64) -> Result<TermFile, String> {
+    let path = dir.join(term::TERM_FILE);
+    match term::load(dir) {
+        Err(e) => Err(format!(
+            "unreadable term file {e} (this node no longer knows the highest term it saw)"
+        )),
+        Ok(_) if log_end > 0 && role == RoleArg::Follower && !path.exists() => Err(format!(
+            "missing term file {} while its log holds entries up to seq {log_end} (this \
+             node no longer knows the highest term it saw)",
+            path.display()
+        )),
+        Ok(file) => Ok(file),
+    }
+}
+
 /// Runs a node until it is told to stop.
 pub async fn run(mut args: Args) -> anyhow::Result<()> {
     // The coordinator hands its secret down in the environment; a node
@@ -501,8 +527,19 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
         .as_ref()
         .filter(|_| !faults::forgets_its_disk())
     {
-        Some(dir) => term::load(dir)
-            .map_err(|e| anyhow::anyhow!("refusing to serve: cannot read the term file: {e}"))?,
+        Some(dir) => {
+            let log_end = storage.as_ref().map_or(0, |(_, r)| r.state.seq);
+            match trusted_terms(dir, args.role, log_end) {
+                Ok(file) => file,
+                Err(why) => {
+                    // Like a corrupt log: the coordinator rebuilds the node.
+                    let e = format!("refusing to serve, {}{why}", api::NEEDS_REPAIR);
+                    tracing::error!("{e}");
+                    eprintln!("kvlab: error: {e}");
+                    std::process::exit(durable::EXIT_CORRUPT_LOG);
+                }
+            }
+        }
         None => TermFile::default(),
     };
     let listener = crate::http::bind(addr).await?;
@@ -924,4 +961,27 @@ async fn admin_shutdown(State(node): Shared) -> impl IntoResponse {
         node.shutdown.notify_one();
     });
     Json(json!({"status": "stopping"}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_term_file_that_cannot_be_trusted_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        // Fresh: no file, empty log.
+        assert!(trusted_terms(dir.path(), RoleArg::Follower, 0).is_ok());
+        // Lost beside a log: refused on a cluster's node, not by hand.
+        let why = trusted_terms(dir.path(), RoleArg::Follower, 7).unwrap_err();
+        assert!(why.contains("missing term file"), "{why}");
+        assert!(why.contains("up to seq 7"), "{why}");
+        assert!(trusted_terms(dir.path(), RoleArg::Leader, 7).is_ok());
+        std::fs::write(dir.path().join(term::TERM_FILE), b"garbage").unwrap();
+        for role in [RoleArg::Follower, RoleArg::Leader] {
+            let why = trusted_terms(dir.path(), role, 0).unwrap_err();
+            assert!(why.contains("unreadable term file"), "{why}");
+            assert!(why.contains("expected"), "says why: {why}");
+        }
+    }
 }

@@ -131,17 +131,18 @@ fn path_in(dir: &Path) -> PathBuf {
 
 /// Reads the term file of `dir`; a missing file is a node that never saw a
 /// term (fresh, or from before terms existed). A damaged one is an error:
-/// guessing a term could let an old history win.
+/// guessing a term could let an old history win. The error names the file.
 pub fn load(dir: &Path) -> std::io::Result<TermFile> {
-    match std::fs::read(path_in(dir)) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("{}: {e}", path_in(dir).display()),
-            )
-        }),
+    let path = path_in(dir);
+    let named = |kind, e: &dyn std::fmt::Display| {
+        std::io::Error::new(kind, format!("{}: {e}", path.display()))
+    };
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).map_err(|e| named(std::io::ErrorKind::InvalidData, &e))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(TermFile::default()),
-        Err(e) => Err(e),
+        Err(e) => Err(named(e.kind(), &e)),
     }
 }
 
