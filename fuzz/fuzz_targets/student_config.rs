@@ -38,6 +38,7 @@ fuzz_target!(|data: &[u8]| {
         spawn_delay: args.spawn_delay,
         timeout: args.failure_timeout,
         secret: Default::default(),
+        tls: Default::default(),
     };
     if let Err(e) = registry::Config::from_args(&registry_args) {
         panic!("the registry refuses resolved settings {settings:?}: {e}");
@@ -48,6 +49,7 @@ fuzz_target!(|data: &[u8]| {
         coordinator: "http://127.0.0.1:1".into(),
         rate: args.rate.clone(),
         timeout: 30.0,
+        tls: Default::default(),
     };
     if let Err(e) = gateway::Config::from_args(&gateway_args) {
         panic!("the gateway refuses resolved settings {settings:?}: {e}");
