@@ -797,7 +797,12 @@ fn damaged_node_is_repaired(node_id: &str, index: u16, damage: fn(&Path) -> Vec<
     let repairs = &c.status()["repairs"];
     assert_eq!(repairs[0]["node_id"], node_id, "{repairs}");
     assert_eq!(repairs[0]["state"], "rebuilt", "{repairs}");
-    // Every acknowledged write, through the cluster and on the rebuilt node.
+    every_write_held_after_repair(&c, node_id, index);
+}
+
+/// Every acknowledged write (`k0..k39`, then `after`) reads back through the
+/// cluster, and the rebuilt node `node_id` (the `index`-th) holds them all.
+fn every_write_held_after_repair(c: &Cluster, node_id: &str, index: u16) {
     for i in 0..40 {
         let (code, v) = c.read(&format!("k{i}"));
         assert_eq!((code, v["value"].as_str()), (200, Some(&*format!("v{i}"))));
@@ -858,16 +863,7 @@ fn bad_term_file_is_repaired(node_id: &str, index: u16, garbage: Option<&[u8]>, 
         repairs[0]["found"].as_str().unwrap().contains(found),
         "{repairs}"
     );
-    for i in 0..40 {
-        let (code, v) = c.read(&format!("k{i}"));
-        assert_eq!((code, v["value"].as_str()), (200, Some(&*format!("v{i}"))));
-    }
-    assert_eq!(c.wait_caught_up(node_id).0, 200);
-    let held = c.node_data(&c.node_url(index));
-    for i in 0..40 {
-        assert_eq!(held[format!("k{i}")]["value"], format!("v{i}"), "k{i}");
-    }
-    assert_eq!(held["after"]["value"], "repair");
+    every_write_held_after_repair(&c, node_id, index);
 }
 
 /// The follow-up of issue 23: a garbage term file on the leader no longer

@@ -337,16 +337,7 @@ fn up_on_a_terminal_colours_and_stops_on_ctrl_c() {
     for no_color in [false, true] {
         let scratch = common::scratch();
         let base = common::free_port_block();
-        let ports = [
-            "--coordinator-port".to_string(),
-            base.to_string(),
-            "--registry-port".into(),
-            (base + 1).to_string(),
-            "--node-base-port".into(),
-            (base + 2).to_string(),
-            "--gateway-port".into(),
-            (base + common::GATEWAY_OFFSET).to_string(),
-        ];
+        let ports = common::up_ports(base);
         let mut args = vec!["up", "--in-memory"];
         args.extend(DEMO_3_2_2.split_whitespace());
         args.extend(ports.iter().map(String::as_str));
