@@ -518,6 +518,10 @@ pub struct StatusResponse {
     /// where their repair stands (see [`RepairView`]). Empty: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub repairs: Vec<RepairView>,
+    /// kvlab's addition: who is in charge of the cluster (see
+    /// [`ControlPlaneView`]).
+    #[serde(default)]
+    pub control_plane: ControlPlaneView,
 }
 
 /// kvlab's addition to `/status`: a node that refused to serve its damaged
@@ -1222,6 +1226,97 @@ pub struct PromoteResponse {
     pub term: u64,
     /// The last seq of the log the new leader starts from.
     pub last_seq: u64,
+}
+
+// ----- The control plane (kvlab's own design): coordinator epochs, adoption,
+// active and standby coordinators.
+
+/// The header on every request a coordinator sends a node: its **epoch**, a
+/// number that grows with every coordinator that takes charge (a restart of
+/// the embedded coordinator, or a standby winning etcd's lease). A node keeps
+/// the highest epoch it has seen on disk and refuses a lower one with 409
+/// [`STALE_COORDINATOR`], so a deposed coordinator that wakes up cannot
+/// reconfigure anything. Requests without it (a node's own, curl's) are not
+/// checked.
+pub const HEADER_COORDINATOR_EPOCH: &str = "x-kvlab-coordinator-epoch";
+
+/// The `detail` of a node's 409 to a coordinator whose epoch is older than
+/// one the node has already obeyed.
+pub const STALE_COORDINATOR: &str = "Stale coordinator epoch";
+
+/// The `detail` of a standby coordinator's 503: it does not serve the
+/// cluster; [`HEADER_ACTIVE_COORDINATOR`] names the one that does, when known.
+pub const NOT_ACTIVE_COORDINATOR: &str = "Not the active coordinator";
+
+/// On a standby's answers: the URL of the active coordinator, when known.
+pub const HEADER_ACTIVE_COORDINATOR: &str = "x-kvlab-active-coordinator";
+
+/// A node's `POST /admin/adopt` body: a coordinator (a restarted one, or a
+/// standby that took over) takes charge of a node that is already running,
+/// instead of starting it again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdoptRequest {
+    /// The adopting coordinator's epoch (also in
+    /// [`HEADER_COORDINATOR_EPOCH`]).
+    pub epoch: u64,
+    /// The incarnation the coordinator knows this process by; a node with
+    /// another one answers 409 (it is not the process the coordinator means).
+    pub incarnation: u64,
+    /// The process the node now watches instead of its parent: when it is
+    /// gone for `--orphan-timeout` and nobody adopted the node, the node
+    /// stops (same machine only; `None` for a coordinator elsewhere).
+    #[serde(default)]
+    pub coordinator_pid: Option<u32>,
+    /// For the node's log: who adopted it.
+    #[serde(default)]
+    pub coordinator_url: String,
+}
+
+/// The answer to `POST /admin/adopt`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdoptResponse {
+    pub node_id: String,
+    pub incarnation: u64,
+    pub role: Role,
+    /// The node's term: an adopting coordinator never goes below it.
+    pub term: u64,
+    /// The highest coordinator epoch the node has obeyed (now `epoch`).
+    pub coordinator_epoch: u64,
+    pub pid: u32,
+}
+
+/// One coordinator process, as `/status`'s `control_plane` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CoordinatorRef {
+    /// `--coordinator-id` (default: `coordinator-<port>`).
+    pub id: String,
+    pub url: String,
+    #[serde(default)]
+    pub pid: Option<u32>,
+}
+
+/// kvlab's addition to `/status`: who is in charge of the cluster.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ControlPlaneView {
+    /// `embedded` (one coordinator; its state in its data directory) or
+    /// `etcd` (several coordinators share the cluster through etcd).
+    pub mode: String,
+    /// Where the control state lives: a file path, or the etcd endpoints.
+    pub store: String,
+    /// The coordinator in charge now, when known.
+    pub active: Option<CoordinatorRef>,
+    /// The active coordinator's epoch.
+    pub epoch: u64,
+    /// Coordinators waiting to take over (etcd mode).
+    #[serde(default)]
+    pub standbys: Vec<CoordinatorRef>,
+    /// Seconds of etcd's lease (etcd mode): how long a dead active
+    /// coordinator keeps the others waiting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_ttl_s: Option<u64>,
+    /// The answering coordinator's own view: `active`, `standby` or
+    /// `deposed` (it lost its lease and no longer acts).
+    pub this: String,
 }
 
 /// `POST /admin/pause-heartbeats`: the fault hook for network blips.

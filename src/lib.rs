@@ -10,6 +10,7 @@ pub mod bench;
 pub mod check;
 pub mod child_cluster;
 pub mod client;
+pub mod control;
 pub mod coordinator;
 pub mod events;
 pub mod gateway;

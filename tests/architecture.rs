@@ -27,7 +27,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "plumbing",
         &["auth", "http", "tls", "events", "metrics", "process"],
     ),
-    ("engines", &["storage", "ratelimit"]),
+    ("engines", &["storage", "ratelimit", "control"]),
     (
         "components",
         &["node", "registry", "gateway", "coordinator", "hosts"],

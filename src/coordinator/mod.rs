@@ -450,6 +450,7 @@ impl Coordinator {
             failover: self.failover.view(c.leader.is_alive()),
             repairs: self.repairs.lock().unwrap().values().cloned().collect(),
             liveness: self.liveness.source().as_str().into(),
+            control_plane: ControlPlaneView::default(),
         }
     }
 }
