@@ -115,6 +115,14 @@ pub fn fault_context(node: &str, t: f64, faults: &[FaultRecord]) -> Option<Strin
             "on a slow disk ({}) from {s:.3} s to {e:.3} s",
             f.how.join(", ")
         ),
+        FaultKind::Coordinator => format!(
+            "(the active coordinator) {} {by} from {s:.3} s to {e:.3} s",
+            match how {
+                Some("kill") => "killed (SIGKILL)",
+                Some("stop") => "stopped (SIGTERM)",
+                _ => "paused (SIGSTOP)",
+            }
+        ),
         FaultKind::Crash => unreachable!("told above"),
     })
 }

@@ -88,6 +88,9 @@ pub struct Args {
     /// started with the hidden `kvlab up --simulate-power-loss`; elsewhere
     /// (another lab's cluster, a student's nodes under --node-cmd) it is
     /// not carried out, and the verdict counts it as not injected.
+    /// `coordinator` kills (SIGKILL), stops (SIGTERM) or pauses (SIGSTOP,
+    /// longer than etcd's lease) the active coordinator: it implies --ha,
+    /// and under --ha `all` includes it.
     #[arg(long, default_value = "none", value_name = "LIST")]
     pub nemesis: String,
     /// How long the clients run, in seconds.
@@ -129,7 +132,9 @@ pub struct Args {
     #[arg(long, value_name = "URL")]
     pub gateway: Option<String>,
     /// The running cluster's coordinator (for faults, `/status`, its shape
-    /// and the comparison of the replicas after healing).
+    /// and the comparison of the replicas after healing). Several, comma
+    /// separated, for a control plane with standbys: faults and `/status`
+    /// go to whichever is active.
     #[arg(long, value_name = "URL")]
     pub coordinator: Option<String>,
     /// Carry out crashes and pauses with this shell command (`sh -c CMD`),
@@ -173,6 +178,11 @@ pub struct Args {
     /// ... and whose leader's slot runs this one (`kvlab up --node-cmd-leader`).
     #[arg(long, value_name = "CMD", conflicts_with = "no_start_cluster")]
     pub node_cmd_leader: Option<String>,
+    /// Start the cluster with a replicated control plane (`kvlab up --ha`:
+    /// etcd, three coordinators, two gateways); `--nemesis coordinator`
+    /// implies it, and with it `all` includes `coordinator`.
+    #[arg(long, conflicts_with = "no_start_cluster")]
+    pub ha: bool,
     /// The leader's `--log-retain`: small, followers that fall behind are
     /// caught up by snapshot.
     #[arg(long, value_name = "N", hide = true)]
@@ -187,7 +197,7 @@ struct Plan {
 }
 
 fn prepare(args: &Args) -> anyhow::Result<Plan> {
-    let kinds = nemesis::parse_list(&args.nemesis).map_err(anyhow::Error::msg)?;
+    let kinds = nemesis::parse_list(&args.nemesis, args.ha).map_err(anyhow::Error::msg)?;
     for (name, v) in [
         ("--time-limit", args.time_limit),
         ("--check-budget", args.check_budget),
@@ -288,10 +298,22 @@ fn up_flags(args: &Args) -> Vec<String> {
     if let Some(n) = args.log_retain {
         flags.extend(["--log-retain".into(), n.to_string()]);
     }
-    if nemesis::parse_list(&args.nemesis).is_ok_and(|k| k.contains(&FaultKind::PowerLoss)) {
+    if nemesis::parse_list(&args.nemesis, args.ha).is_ok_and(|k| k.contains(&FaultKind::PowerLoss))
+    {
         flags.push("--simulate-power-loss".into());
     }
+    if wants_ha(args) {
+        flags.push("--ha".into());
+    }
     flags
+}
+
+/// `--ha`, or a nemesis that kills coordinators: the cluster gets several
+/// (one can only be killed if another can take over).
+fn wants_ha(args: &Args) -> bool {
+    args.ha
+        || nemesis::parse_list(&args.nemesis, false)
+            .is_ok_and(|k| k.contains(&FaultKind::Coordinator))
 }
 
 fn up_args(args: &Args) -> crate::up::Args {
@@ -468,12 +490,10 @@ async fn start(args: &Args, plan: &Plan) -> anyhow::Result<Target> {
     if args.no_start_cluster {
         let gateway = args.gateway.clone().unwrap_or_default();
         // Whether it is kvlab's is learnt from its `/status` (see `shape`).
-        let control = args.coordinator.clone().map(|coordinator| Control {
-            http: http.clone(),
-            coordinator: coordinator.trim_end_matches('/').to_string(),
-            fault_cmd: args.fault_cmd.clone(),
-            kvlab: false,
-        });
+        let control = args
+            .coordinator
+            .as_deref()
+            .map(|list| Control::new(http.clone(), list, args.fault_cmd.clone(), false));
         return Ok(Target {
             gateway,
             control,
@@ -484,12 +504,12 @@ async fn start(args: &Args, plan: &Plan) -> anyhow::Result<Target> {
         ClusterProcess::start(&up_flags(args), args.followers, &plan.ports, "check", false).await?;
     Ok(Target {
         gateway: Ports::url(plan.ports.gateway),
-        control: Some(Control {
+        control: Some(Control::new(
             http,
-            coordinator: Ports::url(plan.ports.coordinator),
-            fault_cmd: args.fault_cmd.clone(),
-            kvlab: true,
-        }),
+            &Ports::url(plan.ports.coordinator),
+            args.fault_cmd.clone(),
+            true,
+        )),
         cluster: Some(cluster),
     })
 }

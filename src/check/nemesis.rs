@@ -14,6 +14,7 @@
 //! | `slow-disk` | node `POST /admin/slow-disk` | `ms: 0` |
 //! | `leader` | crash or pause the leader | as above |
 //! | `power-loss` | `POST /kill/{id}?mode=power`: a simulated power cut that tears the node's next log write | `POST /spawn` on its data directory |
+//! | `coordinator` | SIGKILL, SIGTERM or SIGSTOP (longer than etcd's lease) to the *active* coordinator's pid (from `/status`'s `control_plane`) | SIGCONT; a standby takes over, and `up --ha` restarts the dead one |
 //!
 //! On a cluster `kvlab check` did not start (`--no-start-cluster`), not
 //! every fault can be carried out by these means: the original lab's
@@ -33,9 +34,15 @@
 //! node's hook on process hosts and drops real packets on netns hosts
 //! (`kvlab up --hosts netns`), so the same schedule runs on both.
 //!
+//! The `coordinator` fault needs several coordinators sharing the cluster
+//! (`kvlab up --ha`, which `kvlab check --ha` starts): the nemesis follows the
+//! active one ([`Control::coordinator`]) as any client of the control plane
+//! must, since the one it talked to a moment ago may be the one it killed.
+//!
 //! Every fault is healed before the run's final reads ([`heal_everything`]
 //! goes over the whole cluster once more, whatever happened).
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
@@ -59,6 +66,9 @@ pub enum FaultKind {
     /// Not part of `all`: the cluster must simulate power loss (`kvlab
     /// check` starts it so when this kind is asked for).
     PowerLoss,
+    /// Part of `all` only with `--ha`: the active coordinator is killed,
+    /// stopped or paused, and a standby must take over.
+    Coordinator,
 }
 
 impl FaultKind {
@@ -84,26 +94,34 @@ impl FaultKind {
             FaultKind::SlowDisk => "slow-disk",
             FaultKind::Leader => "leader",
             FaultKind::PowerLoss => "power-loss",
+            FaultKind::Coordinator => "coordinator",
         }
     }
 
     pub fn parse(word: &str) -> Option<FaultKind> {
         FaultKind::ALL
             .into_iter()
-            .chain([FaultKind::PowerLoss])
+            .chain([FaultKind::PowerLoss, FaultKind::Coordinator])
             .find(|k| k.name() == word)
     }
 }
 
-/// `--nemesis LIST`: comma-separated kinds, `all`, or `none`.
-pub fn parse_list(list: &str) -> Result<Vec<FaultKind>, String> {
+/// `--nemesis LIST`: comma-separated kinds, `all`, or `none`. `ha`: the
+/// cluster has several coordinators (`--ha`), so `all` includes
+/// `coordinator`.
+pub fn parse_list(list: &str, ha: bool) -> Result<Vec<FaultKind>, String> {
     let mut kinds = Vec::new();
     for word in list.split(',').map(str::trim).filter(|w| !w.is_empty()) {
         match word {
             "none" => {}
-            "all" => kinds.extend(FaultKind::ALL),
+            "all" => {
+                kinds.extend(FaultKind::ALL);
+                if ha {
+                    kinds.push(FaultKind::Coordinator);
+                }
+            }
             _ => kinds.push(FaultKind::parse(word).ok_or_else(|| {
-                format!("unknown nemesis `{word}`: use kill, crash, pause, heartbeats, partition, slow-disk, leader, power-loss, all or none")
+                format!("unknown nemesis `{word}`: use kill, crash, pause, heartbeats, partition, slow-disk, leader, power-loss, coordinator, all or none")
             })?),
         }
     }
@@ -145,6 +163,8 @@ pub fn schedule(kinds: &[FaultKind], seed: u64, followers: usize, heal_by: f64) 
         let (low, high) = match kind {
             FaultKind::Heartbeats => (3.0, 8.0),
             FaultKind::Pause => (1.0, 7.0),
+            // A pause must outlast etcd's lease (3 s by default) to depose.
+            FaultKind::Coordinator => (4.0, 7.0),
             _ => (1.0, 5.0),
         };
         let seconds: f64 = rng.random_range(low..high);
@@ -170,6 +190,10 @@ pub fn schedule(kinds: &[FaultKind], seed: u64, followers: usize, heal_by: f64) 
                 (follower, from.iter().map(|s| s.to_string()).collect())
             }
             FaultKind::SlowDisk => (follower, vec![format!("{} ms", rng.random_range(20..300))]),
+            FaultKind::Coordinator => {
+                let how = ["kill", "stop", "pause"][rng.random_range(0..3)];
+                (COORDINATOR.to_string(), vec![how.to_string()])
+            }
             // The leader's power too, one time in three.
             FaultKind::PowerLoss if rng.random_range(0..3) == 0 => (LEADER_ID.to_string(), vec![]),
             _ => (follower, vec![]),
@@ -185,6 +209,10 @@ pub fn schedule(kinds: &[FaultKind], seed: u64, followers: usize, heal_by: f64) 
     }
     plan
 }
+
+/// The `node` of a `coordinator` fault: whichever coordinator is active
+/// when it starts.
+pub const COORDINATOR: &str = "coordinator";
 
 fn round(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
@@ -242,7 +270,15 @@ pub struct FaultRecord {
 #[derive(Clone)]
 pub struct Control {
     pub http: reqwest::Client,
-    pub coordinator: String,
+    /// The coordinators known: `--coordinator` (one URL or several, comma
+    /// separated), and every one a `/status` names. With `--ha` the one in
+    /// charge changes during a run, so each call asks for the active one.
+    coordinators: Arc<Mutex<Vec<String>>>,
+    /// The coordinator that last said it is active: asked first.
+    active: Arc<Mutex<String>>,
+    /// Coordinator processes this run paused: resumed at the end whatever
+    /// happened (see [`heal_everything`]).
+    paused: Arc<Mutex<Vec<u32>>>,
     /// `--fault-cmd`: the command that carries out process faults.
     pub fault_cmd: Option<String>,
     /// The coordinator is kvlab's (it honours `?mode=crash` and has the
@@ -263,6 +299,9 @@ pub fn cannot(c: &Control, kind: FaultKind) -> Option<String> {
              (the original lab does); give --fault-cmd to crash nodes for real",
             kind.name()
         )),
+        FaultKind::Coordinator => Some(
+            "coordinator: needs kvlab's control plane (several coordinators: kvlab up --ha)".into(),
+        ),
         FaultKind::Heartbeats | FaultKind::Partition | FaultKind::SlowDisk | FaultKind::PowerLoss => Some(format!(
             "{}: needs kvlab's fault hooks, which this cluster does not have",
             kind.name()
@@ -272,17 +311,99 @@ pub fn cannot(c: &Control, kind: FaultKind) -> Option<String> {
 }
 
 impl Control {
+    /// `coordinators`: one URL, or several separated by commas.
+    pub fn new(
+        http: reqwest::Client,
+        coordinators: &str,
+        fault_cmd: Option<String>,
+        kvlab: bool,
+    ) -> Control {
+        let list: Vec<String> = coordinators
+            .split(',')
+            .map(|u| u.trim().trim_end_matches('/').to_string())
+            .filter(|u| !u.is_empty())
+            .collect();
+        Control {
+            http,
+            active: Arc::new(Mutex::new(list.first().cloned().unwrap_or_default())),
+            coordinators: Arc::new(Mutex::new(list)),
+            paused: Arc::new(Mutex::new(Vec::new())),
+            fault_cmd,
+            kvlab,
+        }
+    }
+
+    /// The URL of the coordinator in charge now (see [`Control::status`]).
+    pub async fn coordinator(&self) -> String {
+        if self.coordinators.lock().unwrap().len() > 1 {
+            let _ = self.status().await;
+        }
+        self.active.lock().unwrap().clone()
+    }
+
+    /// `/status` of the coordinator in charge: the last active one first,
+    /// then every other one known. A standby answers too (with only its
+    /// `control_plane`); its answer names the active one, which is asked
+    /// next. A coordinator without `control_plane` (not kvlab's, or before
+    /// the control plane existed) is in charge by definition.
     pub async fn status(&self) -> Result<StatusResponse, String> {
+        let several = self.coordinators.lock().unwrap().len() > 1;
+        // A paused coordinator accepts connections and never answers: with
+        // others to ask, do not wait long on one.
+        let timeout = Duration::from_millis(if several { 800 } else { 3000 });
+        let mut queue = vec![self.active.lock().unwrap().clone()];
+        queue.extend(self.coordinators.lock().unwrap().iter().cloned());
+        let mut asked: Vec<String> = Vec::new();
+        let mut last_error = String::from("no coordinator to ask");
+        while let Some(url) = queue.first().cloned() {
+            queue.remove(0);
+            if asked.contains(&url) {
+                continue;
+            }
+            asked.push(url.clone());
+            let status = match self.status_of(&url, timeout).await {
+                Ok(s) => s,
+                Err(e) => {
+                    last_error = e;
+                    continue;
+                }
+            };
+            let cp = &status.control_plane;
+            self.learn(cp.active.iter().chain(cp.standbys.iter()).map(|c| &c.url));
+            if cp.mode.is_empty() || cp.this == "active" {
+                *self.active.lock().unwrap() = url;
+                return Ok(status);
+            }
+            last_error = format!("{url} is a {} coordinator", cp.this);
+            if let Some(active) = &cp.active {
+                queue.insert(0, active.url.trim_end_matches('/').to_string());
+            }
+        }
+        Err(last_error)
+    }
+
+    async fn status_of(&self, url: &str, timeout: Duration) -> Result<StatusResponse, String> {
         let resp = self
             .http
-            .get(format!("{}/status", self.coordinator))
-            .timeout(Duration::from_secs(3))
+            .get(format!("{url}/status"))
+            .timeout(timeout)
             .send()
             .await
-            .map_err(|e| crate::http::describe_reqwest_error(&e))?;
+            .map_err(|e| format!("{url}: {}", crate::http::describe_reqwest_error(&e)))?;
         resp.json()
             .await
-            .map_err(|e| format!("unreadable /status: {e}"))
+            .map_err(|e| format!("unreadable /status from {url}: {e}"))
+    }
+
+    /// Adds coordinators a `/status` named to those asked.
+    fn learn<'a>(&self, urls: impl Iterator<Item = &'a String>) {
+        let mut known = self.coordinators.lock().unwrap();
+        for url in urls {
+            let url = url.trim_end_matches('/').to_string();
+            if !url.is_empty() && !known.contains(&url) {
+                known.push(url);
+            }
+        }
     }
 
     async fn post(&self, url: String, body: serde_json::Value) -> Result<(), String> {
@@ -420,7 +541,8 @@ impl Control {
 
     async fn kill(&self, id: &str, mode: &str) -> Result<(), String> {
         let id = self.route_id(id).await;
-        self.post(format!("{}/kill/{id}{mode}", self.coordinator), json!({}))
+        let coordinator = self.coordinator().await;
+        self.post(format!("{coordinator}/kill/{id}{mode}"), json!({}))
             .await
     }
 
@@ -435,7 +557,8 @@ impl Control {
             Ok(port) if port > 0 => json!({"node_id": id, "port": port}),
             _ => json!({"node_id": id}),
         };
-        self.post(format!("{}/spawn", self.coordinator), body).await
+        let coordinator = self.coordinator().await;
+        self.post(format!("{coordinator}/spawn"), body).await
     }
 
     async fn signal(&self, id: &str, sig: libc::c_int) -> Result<(), String> {
@@ -455,8 +578,69 @@ impl Control {
     /// A partition, through the coordinator (see the module's notes).
     async fn partition(&self, id: &str, body: serde_json::Value) -> Result<(), String> {
         let id = self.route_id(id).await;
-        self.post(format!("{}/admin/partition/{id}", self.coordinator), body)
+        let coordinator = self.coordinator().await;
+        self.post(format!("{coordinator}/admin/partition/{id}"), body)
             .await
+    }
+
+    /// The `coordinator` fault: `kill` (SIGKILL), `stop` (SIGTERM) or
+    /// `pause` (SIGSTOP) of the active coordinator's process.
+    async fn hit_coordinator(&self, how: &str) -> Result<By, String> {
+        let cp = self.status().await?.control_plane;
+        if cp.mode != "etcd" {
+            return Err(
+                "not carried out: the coordinator is alone (no standby could take over); \
+                 start the cluster with kvlab up --ha (kvlab check --ha)"
+                    .into(),
+            );
+        }
+        let active = cp.active.ok_or("no coordinator is active")?;
+        let pid = active
+            .pid
+            .ok_or_else(|| format!("the active coordinator {} has no pid in /status", active.id))?;
+        let sig = match how {
+            "kill" => libc::SIGKILL,
+            "stop" => libc::SIGTERM,
+            _ => libc::SIGSTOP,
+        };
+        if sig == libc::SIGSTOP {
+            self.paused.lock().unwrap().push(pid);
+        }
+        // SAFETY: a plain syscall on a pid the control plane reported.
+        if unsafe { libc::kill(pid as libc::pid_t, sig) } != 0 {
+            return Err(format!(
+                "signal to coordinator {} (pid {pid}): {}",
+                active.id,
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(By::Signal)
+    }
+
+    /// Heals a `coordinator` fault: resumes what was paused, then waits
+    /// (up to 20 s) until a coordinator is in charge again.
+    async fn coordinator_back(&self) -> Result<(), String> {
+        self.resume_paused();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match self.status().await {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() > deadline => {
+                    return Err(format!(
+                        "no coordinator in charge 20 s after the fault: {e}"
+                    ))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// SIGCONT to every coordinator this run paused.
+    fn resume_paused(&self) {
+        for pid in self.paused.lock().unwrap().drain(..) {
+            // SAFETY: a plain syscall; SIGCONT to a running process is a no-op.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
+        }
     }
 
     async fn admin(&self, id: &str, hook: &str, body: serde_json::Value) -> Result<(), String> {
@@ -496,6 +680,7 @@ async fn inject(c: &Control, p: &Planned) -> Result<By, String> {
         }
         FaultKind::Leader if p.how[0] == "crash" => c.stop(node, true).await,
         FaultKind::Leader => c.pause(node, true).await,
+        FaultKind::Coordinator => c.hit_coordinator(&p.how[0]).await,
     }
 }
 
@@ -516,6 +701,7 @@ async fn heal(c: &Control, p: &Planned) -> Result<(), String> {
         }
         FaultKind::Leader if p.how[0] == "crash" => c.restart(node).await,
         FaultKind::Leader => c.pause(node, false).await.map(|_| ()),
+        FaultKind::Coordinator => c.coordinator_back().await,
     }
 }
 
@@ -589,6 +775,7 @@ async fn aim(c: &Control, p: &Planned) -> Planned {
 /// After the run: resume paused processes, heal every node's hooks, restart
 /// the dead, and wait (up to `timeout`) until every node is alive.
 pub async fn heal_everything(c: &Control, timeout: Duration) -> Result<(), String> {
+    c.resume_paused();
     let status = c.status().await?;
     let nodes: Vec<_> = status
         .leader
@@ -656,18 +843,27 @@ mod tests {
 
     #[test]
     fn lists_parse_and_bad_names_are_refused() {
-        assert_eq!(parse_list("none").unwrap(), vec![]);
-        let all = parse_list("all").unwrap();
+        assert_eq!(parse_list("none", false).unwrap(), vec![]);
+        let all = parse_list("all", false).unwrap();
         assert_eq!(all.len(), 7);
         assert!(all.contains(&FaultKind::Leader));
-        assert_eq!(parse_list("leader,all,kill").unwrap().len(), 7);
+        assert!(!all.contains(&FaultKind::Coordinator));
+        assert_eq!(parse_list("leader,all,kill", false).unwrap().len(), 7);
         assert_eq!(
-            parse_list("kill,slow-disk").unwrap(),
+            parse_list("kill,slow-disk", false).unwrap(),
             vec![FaultKind::Kill, FaultKind::SlowDisk]
         );
-        assert!(parse_list("kil")
+        assert!(parse_list("kil", false)
             .unwrap_err()
             .contains("unknown nemesis `kil`"));
+        // With several coordinators, `all` hits them too.
+        let ha = parse_list("all", true).unwrap();
+        assert_eq!(ha.len(), 8);
+        assert!(ha.contains(&FaultKind::Coordinator));
+        assert_eq!(
+            parse_list("coordinator", false).unwrap(),
+            vec![FaultKind::Coordinator]
+        );
     }
 
     #[test]
@@ -683,5 +879,34 @@ mod tests {
             format!("{a:?}"),
             format!("{:?}", schedule(&kinds, 8, 3, 30.0))
         );
+    }
+
+    #[test]
+    fn coordinator_faults_aim_at_the_active_one_and_pauses_outlast_the_lease() {
+        let plan = schedule(&[FaultKind::Coordinator], 3, 3, 120.0);
+        assert!(!plan.is_empty());
+        for p in &plan {
+            assert_eq!(p.node, COORDINATOR);
+            assert!(
+                ["kill", "stop", "pause"].contains(&p.how[0].as_str()),
+                "{p:?}"
+            );
+            assert!(p.seconds >= 4.0, "{p:?}");
+        }
+    }
+
+    #[test]
+    fn several_coordinators_parse_from_one_flag() {
+        let c = Control::new(
+            reqwest::Client::new(),
+            "http://a:1/, http://b:2,,",
+            None,
+            true,
+        );
+        assert_eq!(
+            *c.coordinators.lock().unwrap(),
+            vec!["http://a:1".to_string(), "http://b:2".to_string()]
+        );
+        assert_eq!(*c.active.lock().unwrap(), "http://a:1");
     }
 }
