@@ -197,7 +197,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     let gateway_args = gateway::Args {
         port: args.gateway_port,
         host: args.host,
-        coordinator: coordinator_url.clone(),
+        coordinator: vec![coordinator_url.clone()],
         rate: args.rate.clone(),
         timeout: 30.0,
         tls: tls.clone(),
