@@ -805,6 +805,15 @@ impl Endpoints {
     }
 }
 
+/// Whether an answer is a standby coordinator's refusal (503 whose detail is
+/// `api::NOT_ACTIVE_COORDINATOR`, or an object whose `error` it is): the
+/// request did nothing, and belongs to the active coordinator.
+pub fn not_active_coordinator(status: StatusCode, detail: &Value) -> bool {
+    let not_active = crate::api::NOT_ACTIVE_COORDINATOR;
+    status == StatusCode::SERVICE_UNAVAILABLE
+        && (detail.as_str() == Some(not_active) || detail["error"].as_str() == Some(not_active))
+}
+
 /// Whether a failed request surely never reached the server: the
 /// connection could not be made (refused, no route, connect timeout). Then
 /// sending it elsewhere cannot do it twice. A reset or a timeout after the

@@ -739,15 +739,9 @@ fn reached_no_active(answer: &Result<Answer, NoAnswer>) -> bool {
     match answer {
         Err(no) => no.never_reached,
         Ok((status, body)) => {
-            *status == StatusCode::SERVICE_UNAVAILABLE && is_not_active(&detail_of(*status, body))
+            crate::http::not_active_coordinator(*status, &detail_of(*status, body))
         }
     }
-}
-
-/// A standby's `detail`: the constant itself, or an object whose `error` it is.
-fn is_not_active(detail: &serde_json::Value) -> bool {
-    let not_active = crate::api::NOT_ACTIVE_COORDINATOR;
-    detail.as_str() == Some(not_active) || detail["error"].as_str() == Some(not_active)
 }
 
 /// Over HTTP, on one of the pool's keep-alive connections.
@@ -1094,9 +1088,10 @@ mod tests {
         assert!(claims_active(&view("embedded", "active")));
         assert!(!claims_active(&view("etcd", "standby")));
         assert!(!claims_active(&view("etcd", "deposed")));
-        assert!(is_not_active(&json!(crate::api::NOT_ACTIVE_COORDINATOR)));
-        assert!(is_not_active(&json!({"error": crate::api::NOT_ACTIVE_COORDINATOR})));
-        assert!(!is_not_active(&json!("Write quorum not available")));
+        let not_active = |detail| crate::http::not_active_coordinator(StatusCode::SERVICE_UNAVAILABLE, &detail);
+        assert!(not_active(json!(crate::api::NOT_ACTIVE_COORDINATOR)));
+        assert!(not_active(json!({"error": crate::api::NOT_ACTIVE_COORDINATOR})));
+        assert!(!not_active(json!("Write quorum not available")));
     }
 
     #[test]
