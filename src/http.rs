@@ -761,6 +761,15 @@ impl Endpoints {
         })
     }
 
+    /// One URL taken as it is, unchecked: for a caller whose URL a request
+    /// will check (its error then names it).
+    pub fn one(url: &str) -> Endpoints {
+        Endpoints {
+            urls: vec![url.trim_end_matches('/').to_string()],
+            current: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
     pub fn urls(&self) -> &[String] {
         &self.urls
     }
