@@ -526,6 +526,48 @@ mod tests {
         assert!(op.ret.is_some());
     }
 
+    /// A stand-in gateway on an ephemeral port: writes hang forever
+    /// (`hang`) or are acknowledged at version 1.
+    async fn stub_gateway(hang: bool) -> String {
+        use axum::routing::post;
+        let write = move || async move {
+            if hang {
+                std::future::pending::<()>().await;
+            }
+            axum::Json(json!({"version": 1}))
+        };
+        let app = axum::Router::new().route("/write", post(write));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        url
+    }
+
+    /// Several gateways: a write whose connection was never made goes to the
+    /// next one at once; a write that timed out stays unknown (never sent
+    /// again elsewhere), and only the client's next operation moves on.
+    #[tokio::test]
+    async fn a_client_moves_on_without_sending_a_write_twice() {
+        let write = || Input::Write {
+            key: "k0".into(),
+            value: "v".into(),
+        };
+        let dead = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", l.local_addr().unwrap())
+        };
+        let (hangs, answers) = (stub_gateway(true).await, stub_gateway(false).await);
+        let timeout = Duration::from_millis(300);
+        let client = Client::new(0, &format!("{dead},{answers}"), timeout, Instant::now());
+        let op = client.run(write()).await;
+        assert_eq!(op.output, Outcome::Written { version: 1 });
+        let client = Client::new(0, &format!("{hangs},{answers}"), timeout, Instant::now());
+        let op = client.run(write()).await;
+        assert!(op.output.is_unknown(), "{:?}", op.output);
+        let op = client.run(write()).await;
+        assert_eq!(op.output, Outcome::Written { version: 1 }, "the next one moved");
+    }
+
     #[test]
     fn read_answers_are_values_not_found_or_nothing() {
         let found = json!({"value": "c1-2", "version": 2, "served_by": "follower-3"});
