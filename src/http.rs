@@ -800,7 +800,9 @@ impl Endpoints {
     pub fn move_past(&self, failed: usize) -> (usize, &str) {
         use std::sync::atomic::Ordering::Relaxed;
         let next = (failed + 1) % self.urls.len();
-        let _ = self.current.compare_exchange(failed, next, Relaxed, Relaxed);
+        let _ = self
+            .current
+            .compare_exchange(failed, next, Relaxed, Relaxed);
         self.current()
     }
 
@@ -892,7 +894,10 @@ mod tests {
     fn endpoints_parse_lists_and_refuse_bad_urls() {
         let e = Endpoints::parse(
             "--gateway",
-            &["http://a:1/, http://b:2".to_string(), "https://c:3".to_string()],
+            &[
+                "http://a:1/, http://b:2".to_string(),
+                "https://c:3".to_string(),
+            ],
         )
         .unwrap();
         assert_eq!(e.urls(), ["http://a:1", "http://b:2", "https://c:3"]);
@@ -904,7 +909,9 @@ mod tests {
             (vec!["http://a:1", "http://a:1/"], "twice"),
         ] {
             let values: Vec<String> = values.into_iter().map(String::from).collect();
-            let err = Endpoints::parse("--gateway", &values).unwrap_err().to_string();
+            let err = Endpoints::parse("--gateway", &values)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("--gateway") && err.contains(needle), "{err}");
         }
     }

@@ -299,13 +299,36 @@ async fn a_dead_first_url_is_skipped() {
         .await
         .unwrap();
     assert_eq!(report.all.requests, 100);
-    assert_eq!(report.all.outcomes.connect, 0, "nothing went to the dead one");
-    assert_eq!(stub.requests.load(Ordering::Relaxed), 101, "and the preflight");
+    assert_eq!(
+        report.all.outcomes.connect, 0,
+        "nothing went to the dead one"
+    );
+    assert_eq!(
+        stub.requests.load(Ordering::Relaxed),
+        101,
+        "and the preflight"
+    );
     // Through the command, the flag repeated as `--gateway`; a bad one is named.
-    let out = kvlab(&["bench", "--gateway", &dead, "--gateway", &url, "--ops", "20"]).await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = kvlab(&[
+        "bench",
+        "--gateway",
+        &dead,
+        "--gateway",
+        &url,
+        "--ops",
+        "20",
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = kvlab(&["bench", "--url", &format!("{url},ftp://x"), "--ops", "1"]).await;
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("--url") && stderr.contains("ftp://x"), "{stderr}");
+    assert!(
+        stderr.contains("--url") && stderr.contains("ftp://x"),
+        "{stderr}"
+    );
 }

@@ -306,13 +306,23 @@ fn a_dead_first_gateway_is_skipped() {
         .write_all(b"write busy x\nread name\nquit\n")
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("Write quorum not available"), "{text}");
     assert!(text.contains("served by follower-2"), "{text}");
-    assert!(!text.contains("does not answer"), "an error answer moves nothing: {text}");
-    for (list, needle) in [(format!("{gw},localhost:1"), "'localhost:1'"), (",".into(), "at least one")] {
+    assert!(
+        !text.contains("does not answer"),
+        "an error answer moves nothing: {text}"
+    );
+    for (list, needle) in [
+        (format!("{gw},localhost:1"), "'localhost:1'"),
+        (",".into(), "at least one"),
+    ] {
         let (code, out) = client(&list, &["status"]);
         assert_ne!(code, 0, "{list}");
-        assert!(out.contains("--gateway") && out.contains(needle), "{list}: {out}");
+        assert!(
+            out.contains("--gateway") && out.contains(needle),
+            "{list}: {out}"
+        );
     }
 }

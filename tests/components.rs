@@ -195,24 +195,36 @@ fn a_registry_tells_the_coordinator_that_accepts() {
         assert_eq!(resp.status(), 200);
     };
     heartbeat("follower-1");
-    eventually("the active coordinator to hear of follower-1", secs(10), || {
-        let asked = asked_active.lock().unwrap().clone();
-        if asked == ["/catchup"] {
-            Ok(())
-        } else {
-            Err(format!("asked {asked:?}"))
-        }
-    });
-    assert_eq!(*asked_standby.lock().unwrap(), ["/catchup"], "the standby first");
+    eventually(
+        "the active coordinator to hear of follower-1",
+        secs(10),
+        || {
+            let asked = asked_active.lock().unwrap().clone();
+            if asked == ["/catchup"] {
+                Ok(())
+            } else {
+                Err(format!("asked {asked:?}"))
+            }
+        },
+    );
+    assert_eq!(
+        *asked_standby.lock().unwrap(),
+        ["/catchup"],
+        "the standby first"
+    );
     heartbeat("follower-2");
-    eventually("the active coordinator to hear of follower-2", secs(10), || {
-        let asked = asked_active.lock().unwrap().len();
-        if asked == 2 {
-            Ok(())
-        } else {
-            Err(format!("asked {asked} times"))
-        }
-    });
+    eventually(
+        "the active coordinator to hear of follower-2",
+        secs(10),
+        || {
+            let asked = asked_active.lock().unwrap().len();
+            if asked == 2 {
+                Ok(())
+            } else {
+                Err(format!("asked {asked} times"))
+            }
+        },
+    );
     assert_eq!(
         asked_standby.lock().unwrap().len(),
         1,
@@ -224,5 +236,8 @@ fn a_registry_tells_the_coordinator_that_accepts() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--coordinator") && err.contains("'b:2'"), "{err}");
+    assert!(
+        err.contains("--coordinator") && err.contains("'b:2'"),
+        "{err}"
+    );
 }

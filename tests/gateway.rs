@@ -711,15 +711,18 @@ async fn start_control_plane_stub(
             "standby"
         };
         async move {
-            Json(json!({"control_plane": {"mode": "etcd", "store": "etcd://x", "active": null,
-                "epoch": epoch, "standbys": [], "this": this}}))
+            Json(
+                json!({"control_plane": {"mode": "etcd", "store": "etcd://x", "active": null,
+                "epoch": epoch, "standbys": [], "this": this}}),
+            )
         }
     };
     let everything_else = move |body: axum::body::Bytes| {
         let active = active.load(Ordering::SeqCst);
         async move {
             if active {
-                let key = serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null)["key"].clone();
+                let key =
+                    serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null)["key"].clone();
                 return Json(json!({"status": "success", "key": key, "version": 1,
                     "sync_acks": 1, "quorum": 1, "sync_replicated_to": [], "from": "stub"}))
                 .into_response();
@@ -773,12 +776,18 @@ fn a_gateway_follows_the_active_coordinator_in_any_order() {
         let key = format!("followed-{i}");
         let (code, body) = gw_write(&http, &gw.url, &key, "v");
         assert_eq!(code, 200, "{list}: {body}");
-        assert!(body.get("from").is_none(), "the real coordinator answered: {body}");
+        assert!(
+            body.get("from").is_none(),
+            "the real coordinator answered: {body}"
+        );
         let (code, body) = gw_read(&http, &gw.url, &key);
         assert_eq!((code, &body["value"]), (200, &json!("v")), "{list}: {body}");
         let (_, stats) = gw_get(&http, &gw.url, "/stats");
         assert_eq!(stats["following"]["url"], json!(c.coordinator), "{stats}");
-        assert_eq!(stats["following"]["coordinators"].as_array().unwrap().len(), list.split(',').count());
+        assert_eq!(
+            stats["following"]["coordinators"].as_array().unwrap().len(),
+            list.split(',').count()
+        );
         let (_, info) = gw_get(&http, &gw.url, "/");
         assert_eq!(info["coordinator"], json!(c.coordinator), "{info}");
     }
@@ -788,9 +797,8 @@ fn a_gateway_follows_the_active_coordinator_in_any_order() {
     let active = Arc::new(AtomicBool::new(true));
     let (stub_url, _stop_stub) = rt.block_on(start_control_plane_stub(9, active.clone()));
     let gw = rt.block_on(start_gateway(&format!("{},{stub_url}", c.coordinator), &[]));
-    wait("the gateway to follow the epoch-9 coordinator", secs(10)).until(|| {
-        gw_get(&http, &gw.url, "/stats").1["following"]["epoch"] == json!(9)
-    });
+    wait("the gateway to follow the epoch-9 coordinator", secs(10))
+        .until(|| gw_get(&http, &gw.url, "/stats").1["following"]["epoch"] == json!(9));
     let (code, body) = gw_write(&http, &gw.url, "epoch-9", "v");
     assert_eq!((code, &body["from"]), (200, &json!("stub")), "{body}");
     active.store(false, std::sync::atomic::Ordering::SeqCst);
@@ -817,6 +825,9 @@ fn a_gateway_refuses_bad_coordinator_lists() {
             .unwrap();
         assert!(!out.status.success(), "{list}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("--coordinator") && err.contains(needle), "{list}: {err}");
+        assert!(
+            err.contains("--coordinator") && err.contains(needle),
+            "{list}: {err}"
+        );
     }
 }

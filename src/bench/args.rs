@@ -45,7 +45,11 @@ pub struct Args {
     /// Base URL of the gateway, the coordinator, or an etcd member;
     /// several (comma-separated or the flag repeated; `--gateway` is the
     /// same flag): a client that gets no answer from one moves to the next.
-    #[arg(long, visible_alias = "gateway", default_value = "http://localhost:8000")]
+    #[arg(
+        long,
+        visible_alias = "gateway",
+        default_value = "http://localhost:8000"
+    )]
     pub url: Vec<String>,
 
     /// Protocol to speak.

@@ -102,9 +102,9 @@ impl Conn {
         let result = result.unwrap_or(Err(ConnError::Timeout));
         if result.is_err() {
             self.sender = None; // see the invariants
-            // No answer: this one may have stopped answering; try the next.
-            // (A benchmark counts the failure and moves on; it keeps no
-            // history to be careful about.)
+                                // No answer: this one may have stopped answering; try the next.
+                                // (A benchmark counts the failure and moves on; it keeps no
+                                // history to be careful about.)
             self.current = (self.current + 1) % self.endpoints.len();
         }
         result

@@ -565,7 +565,11 @@ mod tests {
         let op = client.run(write()).await;
         assert!(op.output.is_unknown(), "{:?}", op.output);
         let op = client.run(write()).await;
-        assert_eq!(op.output, Outcome::Written { version: 1 }, "the next one moved");
+        assert_eq!(
+            op.output,
+            Outcome::Written { version: 1 },
+            "the next one moved"
+        );
     }
 
     #[test]

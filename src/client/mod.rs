@@ -157,12 +157,16 @@ impl Client {
                         eprintln!("↪ {base} does not answer ({why}): trying {next}");
                         continue;
                     }
-                    let what = if matches!(cmd, Command::Write { .. }) && !crate::http::never_reached(&e) {
+                    let what = if matches!(cmd, Command::Write { .. })
+                        && !crate::http::never_reached(&e)
+                    {
                         "the write may or may not have been applied; "
                     } else {
                         ""
                     };
-                    return fail(format!("{failed}\n   ↪ {what}the next command goes to {next}"));
+                    return fail(format!(
+                        "{failed}\n   ↪ {what}the next command goes to {next}"
+                    ));
                 }
             }
         };

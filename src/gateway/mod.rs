@@ -259,7 +259,9 @@ impl Gateway {
             return Err(ConfigError::InProcessSeveral(config.coordinators.len()));
         }
         if config.coordinators[0].path() != "/" {
-            return Err(ConfigError::InProcessPath(config.coordinators[0].to_string()));
+            return Err(ConfigError::InProcessPath(
+                config.coordinators[0].to_string(),
+            ));
         }
         // The same input limits as requests reaching it over TCP get.
         let router = crate::http::limited(coordinator);
@@ -703,7 +705,9 @@ impl Gateway {
     /// meanwhile.
     async fn call(&self, method: Method, segments: &[&str], body: Option<Bytes>) -> Called {
         let (first, _) = self.follow.endpoints.current();
-        let answer = self.call_one(first, method.clone(), segments, body.clone()).await;
+        let answer = self
+            .call_one(first, method.clone(), segments, body.clone())
+            .await;
         if self.config.coordinators.len() < 2 || !reached_no_active(&answer) {
             return (first, answer);
         }
@@ -1041,7 +1045,12 @@ mod tests {
 
     #[test]
     fn several_coordinators_are_listed_and_checked() {
-        let a = args(&["--coordinator", "http://a:1,http://b:2", "--coordinator", "http://c:3/"]);
+        let a = args(&[
+            "--coordinator",
+            "http://a:1,http://b:2",
+            "--coordinator",
+            "http://c:3/",
+        ]);
         let c = Config::from_args(&a).unwrap();
         let urls: Vec<&str> = c.coordinators.iter().map(Url::as_str).collect();
         assert_eq!(urls, ["http://a:1/", "http://b:2/", "http://c:3/"]);
@@ -1052,7 +1061,10 @@ mod tests {
         ] {
             let err = Config::from_args(&args(&["--coordinator", flag])).unwrap_err();
             let err = err.to_string();
-            assert!(err.contains("--coordinator") && err.contains(needle), "{err}");
+            assert!(
+                err.contains("--coordinator") && err.contains(needle),
+                "{err}"
+            );
         }
         let err = Gateway::in_process(c, stub_coordinator()).err().unwrap();
         assert!(err.to_string().contains("one coordinator"), "{err}");
@@ -1088,9 +1100,12 @@ mod tests {
         assert!(claims_active(&view("embedded", "active")));
         assert!(!claims_active(&view("etcd", "standby")));
         assert!(!claims_active(&view("etcd", "deposed")));
-        let not_active = |detail| crate::http::not_active_coordinator(StatusCode::SERVICE_UNAVAILABLE, &detail);
+        let not_active =
+            |detail| crate::http::not_active_coordinator(StatusCode::SERVICE_UNAVAILABLE, &detail);
         assert!(not_active(json!(crate::api::NOT_ACTIVE_COORDINATOR)));
-        assert!(not_active(json!({"error": crate::api::NOT_ACTIVE_COORDINATOR})));
+        assert!(not_active(
+            json!({"error": crate::api::NOT_ACTIVE_COORDINATOR})
+        ));
         assert!(!not_active(json!("Write quorum not available")));
     }
 
