@@ -723,6 +723,10 @@ async fn start_control_plane_stub(
             if active {
                 let key =
                     serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null)["key"].clone();
+                if key == "hang" {
+                    // A coordinator that took the write and never answers.
+                    std::future::pending::<()>().await;
+                }
                 return Json(json!({"status": "success", "key": key, "version": 1,
                     "sync_acks": 1, "quorum": 1, "sync_replicated_to": [], "from": "stub"}))
                 .into_response();
@@ -830,4 +834,57 @@ fn a_gateway_refuses_bad_coordinator_lists() {
             "{list}: {err}"
         );
     }
+}
+
+/// A write that timed out on the active coordinator may have happened: it
+/// is not sent to another one, and the client is told its outcome is
+/// unknown. The gateway's console names the coordinator it follows.
+#[test]
+fn a_timed_out_write_is_not_retried_elsewhere() {
+    use std::io::{BufRead, BufReader};
+    use std::sync::atomic::AtomicBool;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let http = common::http().build();
+    let (active, _stop_active) =
+        rt.block_on(start_control_plane_stub(4, Arc::new(AtomicBool::new(true))));
+    let (standby, _stop_standby) = rt.block_on(start_control_plane_stub(
+        3,
+        Arc::new(AtomicBool::new(false)),
+    ));
+    let gw = rt.block_on(start_gateway(
+        &format!("{standby},{active}"),
+        &["--timeout", "0.5"],
+    ));
+    wait("the gateway to follow the active stub", secs(10))
+        .until(|| gw_get(&http, &gw.url, "/stats").1["following"]["epoch"] == json!(4));
+    let (code, body) = gw_write(&http, &gw.url, "hang", "v");
+    assert_eq!(code, 503, "{body}");
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("timed out") && detail.contains("may or may not have been applied"),
+        "{body}"
+    );
+    assert!(detail.contains(&active), "names the coordinator: {body}");
+
+    // The process says whom it follows.
+    let port = common::free_port_block();
+    let mut child = common::kvlab()
+        .args(["gateway", "--port", &port.to_string()])
+        .args(["--coordinator", &format!("{standby},{active}")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let line = stdout
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("↪"));
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = line.expect("the gateway narrates whom it follows");
+    assert_eq!(
+        line,
+        format!("↪ now following coordinator {active} (epoch 4) at {active}")
+    );
 }
