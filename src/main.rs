@@ -42,6 +42,10 @@ enum Command {
     Assess(assess::Args),
     /// Load-generate against a gateway, a coordinator, or etcd, and report.
     Bench(bench::Args),
+    /// A bare HTTP server that answers kvlab's requests at once: the ceiling
+    /// `bench/compare.sh` measures kvlab against (`kvlab bench --target bare`).
+    #[command(hide = true)]
+    BenchServer(bench::bare::ServerArgs),
     /// The CloudCart exercise's files: `kvlab lab export DIR` writes the student handout.
     Lab(lab::Args),
     /// Check a cluster for linearizability under faults (Jepsen-style).
@@ -75,6 +79,7 @@ fn main() -> std::process::ExitCode {
             Command::Registry(args) => registry::run(args).await,
             Command::Node(args) => node::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::BenchServer(args) => bench::bare::serve(args).await,
             Command::Lab(args) => lab::run(args).await,
             Command::Certs(args) => tls::certs(&args).map_err(anyhow::Error::from),
             // The client's exit code says whether the command worked.
