@@ -82,8 +82,43 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+
     #[test]
     fn the_value_is_what_bench_writes_by_default() {
         assert_eq!(VALUE, super::super::target::filler(100));
+    }
+
+    async fn ask(req: Request<Body>) -> (StatusCode, serde_json::Value) {
+        let resp = router().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+        (status, serde_json::from_slice(&body).unwrap_or_default())
+    }
+
+    #[tokio::test]
+    async fn answers_kvlabs_reads_and_writes_with_json() {
+        let (status, body) = ask(Request::get("/read/bench-7").body(Body::empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["key"], "bench-7");
+        let write = Request::post("/write")
+            .header("content-type", "application/json")
+            .body(Body::from(r#"{"key":"bench-8","value":"x"}"#))
+            .unwrap();
+        let (status, body) = ask(write).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["key"], "bench-8");
+    }
+
+    #[tokio::test]
+    async fn a_write_that_is_not_a_write_is_refused() {
+        let write = Request::post("/write")
+            .header("content-type", "application/json")
+            .body(Body::from("not json"))
+            .unwrap();
+        let (status, _) = ask(write).await;
+        assert!(status.is_client_error(), "{status}");
     }
 }
