@@ -9,9 +9,12 @@ use kvlab::{
 /// mimalloc instead of the system allocator. Every request allocates
 /// (bodies, headers, JSON), and under load glibc's malloc took about a tenth
 /// of each process's CPU; with mimalloc a write costs 10-13% less CPU in
-/// the `up` process and the nodes (`bench/cpu-per-op.sh`).
+/// the `up` process and the nodes (`bench/cpu-per-op.sh`). `Counting`
+/// counts allocations only when asked (`KVLAB_COUNT_ALLOCATIONS=1`, for
+/// `bench/per-op.sh`); otherwise it costs one flag load per allocation.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: kvlab::metrics::alloc::Counting<mimalloc::MiMalloc> =
+    kvlab::metrics::alloc::Counting(mimalloc::MiMalloc);
 
 #[derive(Parser)]
 #[command(
@@ -57,6 +60,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    kvlab::metrics::alloc::count_if_asked();
     let cli = Cli::parse();
     init_tracing(&cli.command);
     if matches!(cli.command, Command::Client(_) | Command::Lab(_)) {
