@@ -29,6 +29,10 @@
 # leader's follower list every 2 s) is counted with the operations; the
 # "idle" rows give its rate per second, to judge how much of a row it is.
 #
+# Last, the floor: the "bare" rows are `kvlab bench-server` (the ceiling of
+# compare.sh) answering the same requests, measured the same way: what one
+# request costs kvlab's HTTP stack (hyper, axum, JSON) with no work behind it.
+#
 # Usage: bench/per-op.sh [BIN]     (default: target/release/kvlab; run as root for perf)
 # Knobs: CLIENTS="1 8 64"  OPS_1=2000 OPS_8=8000 OPS_64=20000  PORT=24000
 #        KEEP=dir (keep the raw counts)
@@ -86,13 +90,25 @@ node_pid() { ps -o pid=,args= --ppid "$UP" | awk -v id="$1" '$0 ~ "--id " id "( 
 node_port() { tr '\0' '\n' <"/proc/$1/cmdline" | awk 'p { print; exit } $0 == "--port" { p = 1 }'; }
 
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# Empty if the process does not count (an older binary).
 allocations() {
-  curl -fsS "http://127.0.0.1:$1/metrics" | awk '$1 == "kvlab_process_allocations_total" { print $2 }'
+  { curl -fsS "http://127.0.0.1:$1/metrics" 2>/dev/null || true; } |
+    awk '$1 == "kvlab_process_allocations_total" { print $2 }'
 }
 
 PROCS=(up leader follower)
-pid_of() { case $1 in up) echo "$UP" ;; leader) echo "$LEADER" ;; follower) echo "$FOLLOWER" ;; esac; }
-port_of() { case $1 in up) echo "$PORT" ;; leader) echo "$LEADER_PORT" ;; follower) echo "$FOLLOWER_PORT" ;; esac; }
+TARGET=kvlab
+pid_of() { case $1 in up) echo "$UP" ;; leader) echo "$LEADER" ;; follower) echo "$FOLLOWER" ;; bare) echo "$BARE" ;; esac; }
+port_of() { case $1 in up | bare) echo "$PORT" ;; leader) echo "$LEADER_PORT" ;; follower) echo "$FOLLOWER_PORT" ;; esac; }
+
+# The floor: `kvlab bench-server` (src/bench/bare.rs), the same requests
+# answered at once by kvlab's HTTP stack, measured the same way.
+start_bare() {
+  env "$@" setsid "$BIN" bench-server --port "$PORT" >"$WORK/bare.log" 2>&1 &
+  BARE=$!
+  CLUSTER=$BARE
+  until curl -fsS --max-time 1 "http://127.0.0.1:$PORT/health" >/dev/null 2>&1; do sleep 0.1; done
+}
 record() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$RAW/counts.tsv"; }
 
 EVENTS=task-clock,context-switches,raw_syscalls:sys_enter
@@ -105,11 +121,11 @@ done
 run() {
   local pass=$1 op=$2 c=$3 n reads u p proc
   n=$(ops_for "$c")
-  reads=$([ "$op" = read ] && echo 100 || echo 0)
+  reads=$(case $op in *read) echo 100 ;; *) echo 0 ;; esac)
   local url="http://127.0.0.1:$PORT"
   if [ "$op" = idle ]; then n=0; fi
-  [ "$op" = idle ] || "$BIN" bench --url "$url" --duration 1 --keys 1000 -c "$c" \
-    --reads "$reads" --json >/dev/null
+  [ "$op" = idle ] || "$BIN" bench --url "$url" --target "$TARGET" --duration 1 --keys 1000 \
+    -c "$c" --reads "$reads" --json >/dev/null
   declare -A before
   for proc in "${PROCS[@]}"; do
     p=$(pid_of "$proc")
@@ -126,12 +142,13 @@ run() {
     sleep 5
     [ "$pass" = count ] || record "$op" "$c" all seconds 5
   else
-    "$BIN" bench --url "$url" --ops "$n" --keys 1000 -c "$c" --reads "$reads" --json \
-      >"$WORK/bench.json"
+    "$BIN" bench --url "$url" --target "$TARGET" --ops "$n" --keys 1000 -c "$c" \
+      --reads "$reads" --json >"$WORK/bench.json"
     if [ "$pass" = cpu ]; then # the same op count in both passes: recorded once
       record "$op" "$c" all ops "$n"
       record "$op" "$c" all ops_per_sec "$(jq '.all.ops_per_sec' "$WORK/bench.json")"
     fi
+    [ "$(jq '.all.errors' "$WORK/bench.json")" = 0 ] || echo "   (errors in $op, $c clients)" >&2
   fi
   if [ "$pass" = count ]; then
     kill -INT "${PERFS[@]}"
@@ -143,7 +160,11 @@ run() {
     if [ "$pass" = cpu ]; then
       record "$op" "$c" "$proc" cpu_us $((($(cpu_ticks "$p") - ${before[$proc]}) * 1000000 / TICKS))
     else
-      record "$op" "$c" "$proc" allocs $(($(allocations "$(port_of "$proc")") - ${before[$proc]}))
+      local after
+      after=$(allocations "$(port_of "$proc")")
+      if [ -n "$after" ] && [ -n "${before[$proc]}" ]; then
+        record "$op" "$c" "$proc" allocs $((after - ${before[$proc]}))
+      fi
       # perf's CSV: value,unit,event,...
       awk -F, -v op="$op" -v c="$c" -v proc="$proc" '
         NF > 3 && $1 ~ /^[0-9.]+$/ { sub(/^syscalls:sys_enter_/, "", $3); printf "%s\t%s\t%s\t%s\t%s\n", op, c, proc, $3, $1 }' \
@@ -163,6 +184,16 @@ for pass in cpu count; do
   done
   run "$pass" idle 0
   stop_cluster
+  if [ "$pass" = cpu ]; then start_bare; else start_bare KVLAB_COUNT_ALLOCATIONS=1; fi
+  PROCS=(bare) TARGET=bare
+  for op in write read; do
+    for c in $CLIENTS; do
+      echo "   bare server: $op, $c clients" >&2
+      run "$pass" "bare $op" "$c"
+    done
+  done
+  PROCS=(up leader follower) TARGET=kvlab
+  stop_cluster
 done
 
 # The table: every count divided by the run's operations (idle: per second).
@@ -180,11 +211,11 @@ awk -F'\t' '
   END {
     for (i = 1; i <= n; i++) {
       split(order[i], k, SUBSEP); op = k[1]; c = k[2]
-      nprocs = split("up leader follower", procs, " ")
+      nprocs = split(op ~ /^bare/ ? "bare" : "up leader follower", procs, " ")
       for (j = 1; j <= nprocs; j++) {
         proc = procs[j]
         rate = (op == "idle") ? "-" : sprintf("%d", v[op, c, "all", "ops_per_sec"])
-        printf "| %s | %s | %s | %s | %.0f | %.1f | %.2f | %.2f | %.2f | %.2f | %.2f | %.3f | %.2f | %.0f |\n",
+        printf "| %s | %s | %s | %s | %.0f | %.1f | %.2f | %.2f | %.2f | %.2f | %.2f | %.3f | %.2f | %s |\n",
           op, (op == "idle") ? "-" : c, rate, proc, per(op, c, proc, "cpu_us"),
           per(op, c, proc, "raw_syscalls:sys_enter"),
           sum(op, c, proc, "sendto sendmsg writev"),
@@ -194,7 +225,7 @@ awk -F'\t' '
           per(op, c, proc, "futex"),
           sum(op, c, proc, "fdatasync fsync"),
           per(op, c, proc, "context-switches"),
-          per(op, c, proc, "allocs")
+          ((op, c, proc, "allocs") in v) ? sprintf("%.0f", per(op, c, proc, "allocs")) : "-"
       }
     }
     print ""

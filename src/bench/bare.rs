@@ -54,6 +54,12 @@ pub fn router() -> Router {
         .route("/read/{key}", get(read))
         .route("/write", post(write))
         .route("/health", get(|| async { "ok" }))
+        // For `bench/per-op.sh`: the allocation count, if asked for.
+        .route("/metrics", get(metrics))
+}
+
+async fn metrics() -> axum::response::Response {
+    crate::metrics::render(&crate::metrics::registry("bench-server"))
 }
 
 async fn read(Path(key): Path<String>) -> Json<Answer> {
