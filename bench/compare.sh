@@ -15,7 +15,8 @@
 #      threads as the gateway's process, see src/bench/bare.rs), measures it
 #      with the same generator and connection count (64 clients, half reads
 #      and half writes), and stops it: the ceiling;
-#   6. prints one table with kvlab/etcd ratios, and one line with kvlab's
+#   6. prints one table with kvlab/etcd ratios, both clusters' idle memory
+#      (summed RSS, and summed PSS: each shared page counted once), and one line with kvlab's
 #      64-client reads and writes as a percentage of the bare server's rate.
 # Both systems are driven by the same generator (`kvlab bench`, with
 # `--target etcd` for etcd), so only the server differs. They run one after the
@@ -170,6 +171,16 @@ rss_mib() {
   ps -o rss= "$@" | awk '{ kib += $1 } END { printf "%.1f", kib / 1024 }'
 }
 
+# Their proportional set size, in MiB: a page shared by several of them (a
+# binary's code: kvlab's five processes run one binary, etcd's three
+# another) counts once in all, not once in each as in the summed RSS.
+pss_mib() {
+  local pid
+  for pid in $(ps -o pid= "$@"); do
+    awk '/^Pss:/ { print $2 }' "/proc/$pid/smaps_rollup" 2>/dev/null || true
+  done | awk '{ kib += $1 } END { printf "%.1f", kib / 1024 }'
+}
+
 # ---------------------------------------------------------------------------
 # etcd
 # ---------------------------------------------------------------------------
@@ -320,6 +331,7 @@ print_table() {
     printf ' %s/%s' "$(field kvlab "$i" .all.errors)" "$(field etcd "$i" .all.errors)"
   done
   printf '\nidle RSS: kvlab cluster %s MiB, etcd cluster %s MiB\n' "${KVLAB_RSS:--}" "${ETCD_RSS:--}"
+  printf 'idle PSS: kvlab cluster %s MiB, etcd cluster %s MiB\n' "${KVLAB_PSS:--}" "${ETCD_PSS:--}"
 }
 
 # ---------------------------------------------------------------------------
@@ -333,6 +345,7 @@ main() {
     log "starting a 3-member etcd"
     start_etcd
     ETCD_RSS=$(rss_mib -p "$(IFS=,; echo "${ETCD_PIDS[*]}")")
+    ETCD_PSS=$(pss_mib -p "$(IFS=,; echo "${ETCD_PIDS[*]}")")
     local leader
     leader=$(etcd_leader_url)
     [[ -n $leader ]] || die "no etcd leader found"
@@ -346,6 +359,7 @@ main() {
       log "starting a kvlab cluster"
       start_kvlab
       KVLAB_RSS=$(rss_mib --sid "$KVLAB_SID")
+      KVLAB_PSS=$(pss_mib --sid "$KVLAB_SID")
       measure kvlab kvlab "$(kvlab_url)"
       stop_kvlab
       if kvlab_has_bare; then
