@@ -100,7 +100,9 @@ mod tests {
     async fn ask(req: Request<Body>) -> (StatusCode, serde_json::Value) {
         let resp = router().oneshot(req).await.unwrap();
         let status = resp.status();
-        let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
         (status, serde_json::from_slice(&body).unwrap_or_default())
     }
 
