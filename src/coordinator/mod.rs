@@ -130,6 +130,14 @@ pub struct ClusterArgs {
     /// unavailable (Kafka's unclean.leader.election.enable).
     #[arg(long)]
     pub unclean_failover: bool,
+    /// Seconds a node keeps running once its coordinator is gone, waiting
+    /// for a restarted coordinator to adopt it, before it stops by itself.
+    #[arg(long, value_name = "SECS", default_value_t = crate::node::DEFAULT_ORPHAN_TIMEOUT)]
+    pub orphan_timeout: u64,
+    /// This coordinator's name in `/status`'s `control_plane` (default:
+    /// `coordinator-<port>`).
+    #[arg(long, value_name = "ID")]
+    pub coordinator_id: Option<String>,
     #[command(flatten)]
     pub storage: StorageArgs,
     #[command(flatten)]
@@ -312,6 +320,7 @@ impl Config {
                 storage: args.cluster.storage.resolve(args.port),
                 netns: None,
                 tls: args.tls.clone(),
+                orphan_timeout: args.cluster.orphan_timeout,
                 commands: args
                     .cluster
                     .runtime
