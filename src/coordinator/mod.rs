@@ -36,6 +36,8 @@ pub mod runtime;
 mod slots;
 mod spawn;
 mod startup;
+mod state;
+mod adopt;
 pub mod ui;
 
 use std::collections::HashMap;
@@ -288,6 +290,8 @@ pub struct Config {
     pub unclean_failover: bool,
     /// Who starts the nodes (see [`runtime`]).
     pub runtime: RuntimeArgs,
+    /// This coordinator's name in `/status` (`--coordinator-id`).
+    pub coordinator_id: String,
     /// Required on `/kill`, `/spawn`, `/catchup` and `/admin/*` when set:
     /// always off loopback (see [`crate::auth::admin_token`]).
     pub admin_token: Option<crate::auth::Secret>,
@@ -332,9 +336,23 @@ impl Config {
             read_timeout: Duration::from_secs(2),
             unclean_failover: args.cluster.unclean_failover,
             runtime: args.cluster.runtime.clone(),
+            coordinator_id: args
+                .cluster
+                .coordinator_id
+                .clone()
+                .unwrap_or_else(|| format!("coordinator-{}", args.port)),
             admin_token: crate::auth::admin_token(args.host, &args.admin)
                 .map_err(|e| ConfigError::AdminToken(e.to_string()))?,
         })
+    }
+
+    /// Where the coordinator keeps its state (see [`state`]): the nodes'
+    /// data directory, or the log directory for an in-memory cluster.
+    pub fn state_dir(&self) -> &std::path::Path {
+        match &self.launch.storage {
+            Some(s) => &s.base_dir,
+            None => &self.launch.log_dir,
+        }
     }
 
     pub fn node_url(&self, port: u16) -> String {
@@ -383,10 +401,14 @@ pub struct Coordinator {
     suspects: reads::Suspects,
     /// Nodes found with a damaged log, by id (see [`slots`]): `/status`.
     repairs: Mutex<std::collections::BTreeMap<String, RepairView>>,
+    /// The durable state and this coordinator's epoch (see [`state`]).
+    control: state::ControlState,
 }
 
 impl Coordinator {
-    pub fn new(config: Config) -> Arc<Coordinator> {
+    /// A coordinator, not started yet. Reads and saves its durable state
+    /// (see [`state`]): that is where its epoch comes from.
+    pub fn new(config: Config) -> anyhow::Result<Arc<Coordinator>> {
         let leader = Slot {
             node_id: LEADER_ID.to_string(),
             role: Role::Leader,
@@ -403,16 +425,36 @@ impl Coordinator {
             .and_then(|r| url::Url::parse(r).ok()?.port_or_known_default())
             .unwrap_or(ports::REGISTRY);
         let runtime = runtime::Runtime::new(&config.runtime, config.addr.port(), registry_port);
-        Arc::new(Coordinator {
+        let control = state::ControlState::open(
+            config.state_dir(),
+            CoordinatorRef {
+                id: config.coordinator_id.clone(),
+                url: crate::tls::url(config.addr.ip(), config.addr.ip(), config.addr.port()),
+                pid: Some(std::process::id()),
+            },
+            (config.followers, config.w, config.r),
+        )?;
+        // Every request to a node carries this coordinator's epoch.
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(HEADER_COORDINATOR_EPOCH, control.epoch.into());
+        let mut cluster = Cluster::new(leader);
+        if let Some(found) = control.found() {
+            // Incarnations and terms of earlier coordinators are never reused.
+            cluster.reserve_below(found.next_incarnation);
+            cluster.term = found.term;
+        }
+        let failover = failover::Failover::new(config.unclean_failover);
+        failover.learn_promoted(cluster.term);
+        Ok(Arc::new(Coordinator {
             runtime,
             events: Arc::new(EventLog::new(config.print_events)),
-            cluster: Mutex::new(Arc::new(Cluster::new(leader))),
+            cluster: Mutex::new(Arc::new(cluster)),
             membership: tokio::sync::Mutex::new(()),
-            http: crate::http::client(),
+            http: crate::http::client_with(headers),
             ready: std::sync::atomic::AtomicBool::new(false),
             writes: std::sync::OnceLock::new(),
             reads: Mutex::new(HashMap::new()),
-            failover: failover::Failover::new(config.unclean_failover),
+            failover,
             liveness: liveness::Liveness::default(),
             metrics: metrics::CoordinatorMetrics::new(config.w, config.r),
             ui: ui::UiState::default(),
@@ -420,8 +462,9 @@ impl Coordinator {
             commit: reads::CommitPoint::default(),
             suspects: reads::Suspects::default(),
             repairs: Mutex::default(),
+            control,
             config,
-        })
+        }))
     }
 
     /// The table as it is now, for decisions made without holding the lock.
@@ -459,7 +502,7 @@ impl Coordinator {
             failover: self.failover.view(c.leader.is_alive()),
             repairs: self.repairs.lock().unwrap().values().cloned().collect(),
             liveness: self.liveness.source().as_str().into(),
-            control_plane: ControlPlaneView::default(),
+            control_plane: self.control.view(),
         }
     }
 }
@@ -476,7 +519,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         println!("kvlab coordinator: {line}");
     }
     let listener = crate::http::bind(config.addr).await?;
-    let coordinator = Coordinator::new(config);
+    let coordinator = Coordinator::new(config)?;
     serve(coordinator, listener, crate::http::shutdown_signal()).await
 }
 
