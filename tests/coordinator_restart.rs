@@ -251,6 +251,11 @@ fn a_coordinator_killed_under_load_and_started_again_adopts_its_nodes() {
     let resumed = eventually("a write after the restart", secs(20), || {
         cluster.write(&probe, "resume-probe", "x").then(|| started.elapsed())
     });
+    // The load itself goes on being acknowledged.
+    let so_far = load.acked.lock().unwrap().len();
+    eventually("the load to be acknowledged again", secs(10), || {
+        load.acked.lock().unwrap().len() >= so_far + 20
+    });
     let acked = load.finish();
     println!(
         "first acknowledged write {:.0} ms after the restarted coordinator's start ({} writes acked in all)",
@@ -379,4 +384,28 @@ fn a_node_refuses_a_stale_epoch_and_bad_adoptions() {
     let (code, body) = adopt(json!({"epoch": epoch, "incarnation": incarnation}));
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["coordinator_epoch"], epoch, "{body}");
+}
+
+/// `kvlab up` SIGKILLed alone (not its nodes) and started again on the same
+/// data directory adopts the nodes: its registry and gateway come back with
+/// it, and no node is restarted.
+#[test]
+fn kvlab_up_killed_and_started_again_adopts_its_nodes() {
+    let mut c = common::Cluster::start(FAST_3_2_2);
+    assert_eq!(c.write("before", "crash").0, 200);
+    let before = c.status();
+    let processes = Separate::processes(&before);
+    c.child.kill().unwrap();
+    c.child.wait().unwrap();
+    let started = Instant::now();
+    let c = c.restart_same(FAST_3_2_2);
+    let ready = started.elapsed();
+    let after = c.wait_status("every node adopted", secs(10), |s| {
+        s["quorum"]["alive_followers"] == 3 && s["leader"]["status"] == "alive"
+    });
+    println!("kvlab up ready again {:.0} ms after its start", ready.as_secs_f64() * 1000.0);
+    assert_eq!(Separate::processes(&after), processes, "{after}");
+    assert!(after["term"].as_u64() >= before["term"].as_u64(), "{after}");
+    assert_eq!(c.read("before").1["value"], "crash");
+    assert_eq!(c.write("after", "restart").0, 200);
 }

@@ -124,6 +124,19 @@ impl Coordinator {
     fn check_shape(&self, map: &ClusterMap, running: &[&SlotRecord]) -> anyhow::Result<()> {
         let cfg = &self.config;
         let (found, asked) = ((map.followers, map.w, map.r), (cfg.followers, cfg.w, cfg.r));
+        let base = map.slots.iter().find(|s| s.node_id == LEADER_ID).map(|s| s.port);
+        if base.is_some_and(|p| p != cfg.node_base_port) {
+            let why = format!(
+                "{} node(s) of this cluster still run on ports from {}, but this coordinator \
+                 was started with --node-base-port {}: start it with the same ports to adopt \
+                 them, or with --fresh (which stops them and deletes the data)",
+                running.len(),
+                base.unwrap_or_default(),
+                cfg.node_base_port
+            );
+            self.events.bad(EventKind::StartRefused, None, format!("⛔ {why}"));
+            anyhow::bail!(why);
+        }
         if found == asked {
             return Ok(());
         }

@@ -64,6 +64,9 @@ pub struct LaunchSettings {
     pub tls: crate::tls::TlsArgs,
     /// Seconds a node whose coordinator is gone waits to be adopted.
     pub orphan_timeout: u64,
+    /// Every node gets the parent-death signal (hidden
+    /// `--nodes-die-with-coordinator`: the clusters of `check` and `assess`).
+    pub die_with_coordinator: bool,
 }
 
 /// `--node-cmd` and `--node-cmd-leader`: the programs that replace `kvlab
@@ -286,6 +289,8 @@ pub fn launch(settings: &LaunchSettings, spec: &NodeSpec) -> Result<Launched, La
         // A student's node does not speak the adoption protocol: it dies
         // with its coordinator, in a group of its own.
         cmd.process_group(0);
+    }
+    if student.is_some() || settings.die_with_coordinator {
         die_with_parent(&mut cmd);
     }
     let mut child = cmd.spawn().map_err(|source| LaunchError::Spawn {

@@ -136,6 +136,11 @@ pub struct ClusterArgs {
     /// for a restarted coordinator to adopt it, before it stops by itself.
     #[arg(long, value_name = "SECS", default_value_t = crate::node::DEFAULT_ORPHAN_TIMEOUT)]
     pub orphan_timeout: u64,
+    /// The nodes die with this coordinator (the parent-death signal), as
+    /// before adoption existed: for the clusters `kvlab check` and `kvlab
+    /// assess` start, which are never adopted and must not outlive the run.
+    #[arg(long, hide = true)]
+    pub nodes_die_with_coordinator: bool,
     /// This coordinator's name in `/status`'s `control_plane` (default:
     /// `coordinator-<port>`).
     #[arg(long, value_name = "ID")]
@@ -325,6 +330,7 @@ impl Config {
                 netns: None,
                 tls: args.tls.clone(),
                 orphan_timeout: args.cluster.orphan_timeout,
+                die_with_coordinator: args.cluster.nodes_die_with_coordinator,
                 commands: args
                     .cluster
                     .runtime

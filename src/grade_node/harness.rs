@@ -204,6 +204,7 @@ impl Stage {
             storage,
             netns: None,
             orphan_timeout: crate::node::DEFAULT_ORPHAN_TIMEOUT,
+            die_with_coordinator: true,
             commands: NodeCommands {
                 follower: Some(command.to_string()),
                 leader: None,
