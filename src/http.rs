@@ -237,9 +237,7 @@ pub fn client() -> reqwest::Client {
 /// As [`client`], with more headers on every request (the coordinator's
 /// epoch, say).
 pub fn client_with(headers: reqwest::header::HeaderMap) -> reqwest::Client {
-    builder(headers)
-        .build()
-        .expect("building the HTTP client")
+    builder(headers).build().expect("building the HTTP client")
 }
 
 /// The client of a node: as [`client`], and every request names the node

@@ -244,12 +244,17 @@ fn a_coordinator_killed_under_load_and_started_again_adopts_its_nodes() {
     // The nodes run on without it.
     std::thread::sleep(Duration::from_millis(300));
     for (id, (pid, _)) in &processes {
-        assert!(common::process_alive(*pid as u32), "{id} died with the coordinator");
+        assert!(
+            common::process_alive(*pid as u32),
+            "{id} died with the coordinator"
+        );
     }
     let started = cluster.start_coordinator(&[]);
     let probe = http().build();
     let resumed = eventually("a write after the restart", secs(20), || {
-        cluster.write(&probe, "resume-probe", "x").then(|| started.elapsed())
+        cluster
+            .write(&probe, "resume-probe", "x")
+            .then(|| started.elapsed())
     });
     // The load itself goes on being acknowledged.
     let so_far = load.acked.lock().unwrap().len();
@@ -317,7 +322,11 @@ fn a_node_nobody_adopts_stops_after_the_orphan_timeout() {
         pids.iter().all(|&p| !common::process_alive(p as u32))
     });
     // The watch looks once a second: the timeout, plus a second or two.
-    assert!(gone.elapsed() >= Duration::from_secs(2), "{:?}", gone.elapsed());
+    assert!(
+        gone.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        gone.elapsed()
+    );
     cluster.coordinators.clear();
 }
 
@@ -338,7 +347,11 @@ fn a_node_refuses_a_stale_epoch_and_bad_adoptions() {
         .unwrap();
     assert_eq!(resp.status(), 409);
     let body: Value = resp.json().unwrap();
-    assert_eq!(body["detail"]["error"], kvlab::api::STALE_COORDINATOR, "{body}");
+    assert_eq!(
+        body["detail"]["error"],
+        kvlab::api::STALE_COORDINATOR,
+        "{body}"
+    );
     assert_eq!(body["detail"]["coordinator_epoch"], epoch, "{body}");
     assert_eq!(body["detail"]["given"], epoch - 1, "{body}");
     // Not a number: a clear 400.
@@ -356,7 +369,10 @@ fn a_node_refuses_a_stale_epoch_and_bad_adoptions() {
             .json(&body)
             .send()
             .unwrap();
-        (r.status().as_u16(), r.json::<Value>().unwrap_or(Value::Null))
+        (
+            r.status().as_u16(),
+            r.json::<Value>().unwrap_or(Value::Null),
+        )
     };
     let (code, body) = adopt(json!({"epoch": epoch, "incarnation": incarnation + 100}));
     assert_eq!(code, 409, "{body}");
@@ -403,7 +419,10 @@ fn kvlab_up_killed_and_started_again_adopts_its_nodes() {
     let after = c.wait_status("every node adopted", secs(10), |s| {
         s["quorum"]["alive_followers"] == 3 && s["leader"]["status"] == "alive"
     });
-    println!("kvlab up ready again {:.0} ms after its start", ready.as_secs_f64() * 1000.0);
+    println!(
+        "kvlab up ready again {:.0} ms after its start",
+        ready.as_secs_f64() * 1000.0
+    );
     assert_eq!(Separate::processes(&after), processes, "{after}");
     assert!(after["term"].as_u64() >= before["term"].as_u64(), "{after}");
     assert_eq!(c.read("before").1["value"], "crash");

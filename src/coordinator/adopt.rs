@@ -88,7 +88,10 @@ impl Coordinator {
                 Err(why) => self.events.warn(
                     EventKind::NodeAdopted,
                     Some(&slot.node_id),
-                    format!("⚠️  {} could not be adopted ({why}): it is started again", slot.node_id),
+                    format!(
+                        "⚠️  {} could not be adopted ({why}): it is started again",
+                        slot.node_id
+                    ),
                 ),
             }
         }
@@ -97,8 +100,13 @@ impl Coordinator {
         adopted.sort_by_key(|(s, _)| !self.snapshot().is_leader(&s.node_id));
         for (slot, answer) in &adopted {
             self.narrate_adopted(slot, answer);
-            self.transition(&slot.node_id, Some(slot.incarnation), NodeStatus::Alive, "adopted")
-                .await;
+            self.transition(
+                &slot.node_id,
+                Some(slot.incarnation),
+                NodeStatus::Alive,
+                "adopted",
+            )
+            .await;
             self.watch_adopted(slot);
         }
         self.save_map(0).await?;
@@ -124,7 +132,11 @@ impl Coordinator {
     fn check_shape(&self, map: &ClusterMap, running: &[&SlotRecord]) -> anyhow::Result<()> {
         let cfg = &self.config;
         let (found, asked) = ((map.followers, map.w, map.r), (cfg.followers, cfg.w, cfg.r));
-        let base = map.slots.iter().find(|s| s.node_id == LEADER_ID).map(|s| s.port);
+        let base = map
+            .slots
+            .iter()
+            .find(|s| s.node_id == LEADER_ID)
+            .map(|s| s.port);
         if base.is_some_and(|p| p != cfg.node_base_port) {
             let why = format!(
                 "{} node(s) of this cluster still run on ports from {}, but this coordinator \
@@ -134,7 +146,8 @@ impl Coordinator {
                 base.unwrap_or_default(),
                 cfg.node_base_port
             );
-            self.events.bad(EventKind::StartRefused, None, format!("⛔ {why}"));
+            self.events
+                .bad(EventKind::StartRefused, None, format!("⛔ {why}"));
             anyhow::bail!(why);
         }
         if found == asked {
@@ -203,7 +216,10 @@ impl Coordinator {
             .map_err(|e| crate::http::describe_reqwest_error(&e))?;
         if !resp.status().is_success() {
             let status = resp.status();
-            return Err(format!("{status}: {}", crate::http::error_detail(resp).await));
+            return Err(format!(
+                "{status}: {}",
+                crate::http::error_detail(resp).await
+            ));
         }
         resp.json().await.map_err(|e| e.to_string())
     }

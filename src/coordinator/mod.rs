@@ -16,6 +16,7 @@
 //! - each slot is served by at most one process: before a slot is respawned,
 //!   the previous process is killed, and its incarnation stops counting.
 
+mod adopt;
 mod batch;
 mod catchup;
 pub mod cluster;
@@ -37,7 +38,6 @@ mod slots;
 mod spawn;
 mod startup;
 mod state;
-mod adopt;
 pub mod ui;
 
 use std::collections::HashMap;

@@ -222,8 +222,11 @@ impl Coordinator {
         });
         // Its pid too: what a restarted coordinator adopts (or `--fresh` kills).
         if let Err(e) = self.save_map(0).await {
-            self.events
-                .warn(EventKind::ControlState, Some(&node_id), format!("⚠️  {e:#}"));
+            self.events.warn(
+                EventKind::ControlState,
+                Some(&node_id),
+                format!("⚠️  {e:#}"),
+            );
         }
         self.watch_exit(&spec, launched.pid, launched.exited.clone());
         let healthy = self

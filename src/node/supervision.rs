@@ -107,9 +107,7 @@ pub async fn check_request_epoch(node: &NodeState, headers: &HeaderMap) -> Resul
         .to_str()
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
-        .ok_or_else(|| {
-            ApiError::bad_request("X-Kvlab-Coordinator-Epoch must be a whole number")
-        })?;
+        .ok_or_else(|| ApiError::bad_request("X-Kvlab-Coordinator-Epoch must be a whole number"))?;
     obey(node, epoch).await
 }
 

@@ -781,20 +781,12 @@ impl Drop for Cluster {
 }
 
 /// Starts `kvlab up` in a process group of its own, which its nodes share,
-/// so one SIGKILL of the group leaves nothing; and it dies with the test
-/// (a Ctrl-C of `cargo test` does not reach another group).
+/// so one SIGKILL of the group leaves nothing. (No parent-death signal: the
+/// kernel sends it when the *thread* that spawned the child ends, and tests
+/// start clusters from helper threads.)
 pub fn in_own_group(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
     cmd.process_group(0);
-    // SAFETY: prctl is async-signal-safe; nothing else runs before exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
 }
 
 pub fn process_alive(pid: u32) -> bool {
