@@ -134,7 +134,7 @@ pub struct ClusterArgs {
     pub unclean_failover: bool,
     /// Seconds a node keeps running once its coordinator is gone, waiting
     /// for a restarted coordinator to adopt it, before it stops by itself.
-    #[arg(long, value_name = "SECS", default_value_t = crate::node::DEFAULT_ORPHAN_TIMEOUT)]
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_ORPHAN_TIMEOUT_S)]
     pub orphan_timeout: u64,
     /// The nodes die with this coordinator (the parent-death signal), as
     /// before adoption existed: for the clusters `kvlab check` and `kvlab

@@ -285,7 +285,7 @@ fn is_node_of(pid: u32, node_id: &str) -> bool {
         return false;
     };
     let args: Vec<&[u8]> = raw.split(|&b| b == 0).collect();
-    let has = |w: &str| args.iter().any(|a| *a == w.as_bytes());
+    let has = |w: &str| args.contains(&w.as_bytes());
     let id_follows = args
         .windows(2)
         .any(|w| w[0] == b"--id" && w[1] == node_id.as_bytes());

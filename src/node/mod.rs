@@ -165,7 +165,7 @@ pub struct Args {
 }
 
 /// `--orphan-timeout`'s default, in seconds.
-pub const DEFAULT_ORPHAN_TIMEOUT: u64 = 60;
+pub const DEFAULT_ORPHAN_TIMEOUT: u64 = api::DEFAULT_ORPHAN_TIMEOUT_S;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum RoleArg {
