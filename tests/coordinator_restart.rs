@@ -126,6 +126,36 @@ impl Separate {
             .unwrap_or(Value::Null)
     }
 
+    /// From the coordinator's first event (its state opened) to "cluster
+    /// ready": how long adopting the running nodes took.
+    fn adoption_ms(&self) -> i64 {
+        let events: Value = self
+            .http
+            .get(format!("{}/events?since=0&limit=100000", self.coordinator))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        let at = |kind: &str| {
+            events
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["kind"] == kind)
+                .and_then(|e| e["unix_ms"].as_i64())
+                .unwrap_or_else(|| panic!("no {kind} event: {events}"))
+        };
+        assert!(
+            events
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["kind"] == "node_adopted"),
+            "{events}"
+        );
+        at("cluster_ready") - at("control_state")
+    }
+
     fn coordinator_pid(&self) -> u32 {
         self.coordinators.last().unwrap().0.id()
     }
@@ -268,6 +298,7 @@ fn a_coordinator_killed_under_load_and_started_again_adopts_its_nodes() {
         acked.len()
     );
     let after = cluster.wait_ready();
+    println!("adoption took {} ms", cluster.adoption_ms());
     assert!(
         resumed < Duration::from_secs(2),
         "writes resumed only {resumed:?} after the start\n{after}"
