@@ -156,8 +156,12 @@ impl Separate {
         at("cluster_ready") - at("control_state")
     }
 
-    fn coordinator_pid(&self) -> u32 {
-        self.coordinators.last().unwrap().0.id()
+    /// SIGKILL of the coordinator alone (not its nodes), waited for: its
+    /// port is free once it is reaped.
+    fn kill_coordinator(&mut self) {
+        let child = &mut self.coordinators.last_mut().unwrap().0;
+        sigkill(child.id());
+        child.wait().unwrap();
     }
 
     /// (pid, incarnation) of every node, by id.
@@ -270,7 +274,7 @@ fn a_coordinator_killed_under_load_and_started_again_adopts_its_nodes() {
     eventually("some writes to be acknowledged", secs(10), || {
         load.acked.lock().unwrap().len() >= 20
     });
-    sigkill(cluster.coordinator_pid());
+    cluster.kill_coordinator();
     // The nodes run on without it.
     std::thread::sleep(Duration::from_millis(300));
     for (id, (pid, _)) in &processes {
@@ -325,7 +329,7 @@ fn a_node_that_died_meanwhile_gets_a_new_incarnation() {
     let before = cluster.status();
     let processes = Separate::processes(&before);
     let highest = processes.values().map(|(_, i)| *i).max().unwrap();
-    sigkill(cluster.coordinator_pid());
+    cluster.kill_coordinator();
     let (dead_pid, _) = processes["follower-2"];
     sigkill(dead_pid as u32);
     cluster.start_coordinator(&[]);
@@ -347,7 +351,7 @@ fn a_node_nobody_adopts_stops_after_the_orphan_timeout() {
         .values()
         .map(|(p, _)| *p)
         .collect();
-    sigkill(cluster.coordinator_pid());
+    cluster.kill_coordinator();
     let gone = Instant::now();
     eventually("every orphaned node to stop", secs(15), || {
         pids.iter().all(|&p| !common::process_alive(p as u32))
@@ -458,4 +462,63 @@ fn kvlab_up_killed_and_started_again_adopts_its_nodes() {
     assert!(after["term"].as_u64() >= before["term"].as_u64(), "{after}");
     assert_eq!(c.read("before").1["value"], "crash");
     assert_eq!(c.write("after", "restart").0, 200);
+}
+
+/// A coordinator started with another shape does not adopt the running
+/// nodes: it refuses to start, naming both shapes, and the nodes run on.
+#[test]
+fn a_coordinator_of_another_shape_refuses_to_adopt() {
+    let mut cluster = Separate::start(&[]);
+    let processes = Separate::processes(&cluster.status());
+    cluster.kill_coordinator();
+    let out = common::kvlab_in(&cluster.scratch)
+        .args(["coordinator", "--port", &cluster.base.to_string()])
+        .args([
+            "--registry",
+            &format!("http://127.0.0.1:{}", cluster.base + 1),
+        ])
+        .args(["--node-base-port", &(cluster.base + 2).to_string()])
+        .arg("--data-dir")
+        .arg(cluster.data.path())
+        .args(["--no-delay", "--followers", "3", "-W", "1", "-R", "1"])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("N=3 W=2 R=2") && text.contains("N=3 W=1 R=1") && text.contains("--fresh"),
+        "{text}"
+    );
+    for (id, (pid, _)) in &processes {
+        assert!(common::process_alive(*pid as u32), "{id} was stopped");
+    }
+    // The same flags adopt them.
+    cluster.start_coordinator(&[]);
+    let after = cluster.wait_ready();
+    assert_eq!(Separate::processes(&after), processes, "{after}");
+}
+
+/// `--fresh` over a running cluster: the nodes the dead coordinator left are
+/// stopped before their data is wiped, and the cluster starts empty.
+#[test]
+fn fresh_stops_the_leftover_nodes_first() {
+    let mut cluster = Separate::start(&[]);
+    let probe = http().build();
+    assert!(cluster.write(&probe, "old", "data"));
+    let old = Separate::processes(&cluster.status());
+    cluster.kill_coordinator();
+    cluster.start_coordinator(&["--fresh"]);
+    let after = cluster.wait_ready();
+    for (id, (pid, _)) in &old {
+        assert!(
+            !common::process_alive(*pid as u32),
+            "{id} (pid {pid}) still runs"
+        );
+    }
+    let highest = old.values().map(|(_, i)| *i).max().unwrap();
+    for (id, (_, inc)) in Separate::processes(&after) {
+        assert!(inc > highest, "{id} reused an incarnation\n{after}");
+    }
+    assert_eq!(cluster.read("old")["detail"].is_string(), true);
 }
