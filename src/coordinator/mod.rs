@@ -14,7 +14,11 @@
 //!   the new follower set before a newly alive follower can be put in a
 //!   write's sync set;
 //! - each slot is served by at most one process: before a slot is respawned,
-//!   the previous process is killed, and its incarnation stops counting.
+//!   the previous process is killed, and its incarnation stops counting;
+//! - what must survive the coordinator (incarnations, terms, slots, its
+//!   epoch) is saved before it is relied on, and a coordinator started again
+//!   adopts the nodes that kept running (see [`state`] and [`adopt`]); every
+//!   request to a node carries this coordinator's epoch.
 
 mod adopt;
 mod batch;
