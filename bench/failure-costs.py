@@ -131,6 +131,9 @@ class Procs:
                 p.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
+        if os.environ.get("KEEP"):
+            print(f"failure-costs: kept {self.dir}")
+            return
         # Nodes the coordinator started live in its group; a restarted
         # coordinator adopted them without being their parent.
         subprocess.run(["pkill", "-KILL", "-f", f"kvlab.*{self.dir}"], check=False)
@@ -187,7 +190,7 @@ def kill(pid):
 def embedded(run):
     """kvlab up: gateway, registry and coordinator in one process."""
     results = []
-    for victim in ["follower-1", "leader", "kvlab up"]:
+    for victim in os.environ.get("VICTIMS", "follower-1,leader,kvlab up").split(","):
         procs = Procs()
         base = PORT_BASE + 100 * run
         up = ["up", *SHAPE, "--coordinator-port", str(base), "--registry-port", str(base + 1),
@@ -200,6 +203,7 @@ def embedded(run):
             if victim == "kvlab up":
                 def hit():
                     os.kill(p.pid, signal.SIGKILL)  # its nodes live on
+                    p.wait()  # its ports are free once it is reaped
                     procs.start(*up)  # started again at once, as a supervisor would
             else:
                 pid = pid_of(coord, victim)
@@ -229,6 +233,7 @@ def components(run):
             again = {"registry": reg_args, "coordinator": coord_args, "gateway": gw_args}[victim]
             def hit():
                 os.kill(started[victim].pid, signal.SIGKILL)
+                started[victim].wait()
                 procs.start(*again)
             results.append((victim, measure(f"c{run}-{victim}", [gw], hit)))
         finally:
