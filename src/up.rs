@@ -193,6 +193,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
         secret: args.secret.clone(),
         admin: args.admin.clone(),
         tls: tls.clone(),
+        control: Default::default(),
     };
     let gateway_args = gateway::Args {
         port: args.gateway_port,

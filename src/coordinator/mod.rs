@@ -19,6 +19,7 @@
 mod batch;
 mod catchup;
 pub mod cluster;
+pub mod control;
 mod failover;
 pub(crate) mod faults;
 mod join;
@@ -86,6 +87,10 @@ pub struct Args {
     /// same files and mode on their command line).
     #[command(flatten)]
     pub tls: crate::tls::TlsArgs,
+    /// Where the cluster map lives, and this coordinator's part in an
+    /// etcd-replicated control plane (see [`control`]).
+    #[command(flatten)]
+    pub control: control::ControlArgs,
 }
 
 /// The cluster's shape and timing, shared by `coordinator` and `up`.
@@ -466,6 +471,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(line) = admin_token_notice(&config) {
         println!("kvlab coordinator: {line}");
     }
+    if let crate::control::StoreSpec::Etcd(endpoints) = &args.control.control_store {
+        return control::run(&args, config, endpoints.clone()).await;
+    }
     let listener = crate::http::bind(config.addr).await?;
     let coordinator = Coordinator::new(config);
     serve(coordinator, listener, crate::http::shutdown_signal()).await
@@ -480,7 +488,7 @@ pub async fn serve(
     // On shutdown, the live view's event streams end first: graceful
     // shutdown waits for open requests, and those never finish by themselves.
     let ui = coordinator.clone();
-    let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     let shutdown = async move {
         shutdown.await;
         let _ = stopping_tx.send(true);
@@ -491,6 +499,19 @@ pub async fn serve(
         router(coordinator.clone()),
         shutdown,
     ));
+    run_cluster(coordinator, server, stopping).await
+}
+
+/// The cluster's life once its API is served by `server`: starts it (its
+/// background duties too), waits until the server ends (`stopping` turns
+/// true first), then stops every node. Also the active coordinator's life
+/// in etcd mode, whose server was already serving as a standby (see
+/// [`control`]).
+pub(crate) async fn run_cluster(
+    coordinator: Arc<Coordinator>,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let background = membership::start_background(coordinator.clone());
     let failover = failover::start(coordinator.clone());
     let protocol = protocol::start(coordinator.clone());
