@@ -607,7 +607,7 @@ mod tests {
         assert_eq!(etcd_timeout(Duration::from_secs(3)), Duration::from_secs(1));
         assert_eq!(
             etcd_timeout(Duration::from_secs(1)),
-            Duration::from_millis(333)
+            Duration::from_secs(1) / 3
         );
         assert_eq!(
             etcd_timeout(Duration::from_secs(60)),

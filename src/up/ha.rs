@@ -18,6 +18,9 @@
 //! - etcd member `i` (e1, e2, e3): client port `--coordinator-port` + 30 +
 //!   2 × (i − 1), peer port the next one;
 //! - gateways: `--gateway-port` and `--gateway-port` − 1;
+//!
+//! With the defaults: coordinators 7000, 7010, 7020; etcd 7030-7035; the
+//! registry 9000; gateways 8000 and 7999; nodes from 7001.
 //! - the registry `--registry-port`, the nodes from `--node-base-port`.
 //!
 //! Files: `<temp dir>/kvlab-<coordinator port>/ha/` holds each process's
@@ -157,6 +160,11 @@ impl Args {
         if self.prometheus_config.is_some() {
             return refuse("--prometheus-config");
         }
+        anyhow::ensure!(
+            (1..=300).contains(&self.lease_ttl),
+            "--lease-ttl must be between 1 and 300 seconds, got {}",
+            self.lease_ttl
+        );
         Ok(())
     }
 
@@ -448,6 +456,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     print_table(&http, &plan).await;
     supervise(&http, &mut plan, &secret, stop_rx).await;
     stop_all(&http, &mut plan).await;
+    println!("kvlab up --ha: stopped");
     Ok(())
 }
 
@@ -743,8 +752,10 @@ async fn stop_all(http: &reqwest::Client, plan: &mut Plan) {
         &|c| c.kind == Kind::Coordinator,
         &|c| c.kind == Kind::Etcd,
     ];
-    for wave in waves {
-        let grace = Duration::from_secs(20);
+    for (i, wave) in waves.into_iter().enumerate() {
+        // The active coordinator may take a while to stop its nodes; etcd's
+        // data is thrown away at the next start, so it gets little time.
+        let grace = Duration::from_secs(if i == 3 { 3 } else { 20 });
         for child in plan.children.iter().filter(|c| wave(c)) {
             child.signal(libc::SIGTERM);
         }
@@ -769,71 +780,47 @@ mod tests {
 
     #[test]
     fn the_ha_plan_puts_every_process_on_its_documented_port() {
-        let args = Args::parse_from(["up", "--ha", "--coordinator-port", "8000"]);
+        let args = Args::parse_from(["up", "--ha"]);
         args.check_ha_ports().unwrap();
-        let plan = args.ha_plan(Path::new("/bin/kvlab"), Path::new("/tmp/kvlab-8000/ha"));
-        assert_eq!(
-            plan.coordinator_urls,
-            [
-                "http://127.0.0.1:8000",
-                "http://127.0.0.1:8010",
-                "http://127.0.0.1:8020"
-            ]
-        );
+        let plan = args.ha_plan(Path::new("/bin/kvlab"), Path::new("/tmp/kvlab-7000/ha"));
+        let url = |p: u16| format!("http://127.0.0.1:{p}");
+        assert_eq!(plan.coordinator_urls, [url(7000), url(7010), url(7020)]);
         assert_eq!(
             plan.etcd_endpoints,
-            ["127.0.0.1:8030", "127.0.0.1:8032", "127.0.0.1:8034"]
+            ["127.0.0.1:7030", "127.0.0.1:7032", "127.0.0.1:7034"]
         );
-        assert_eq!(
-            plan.gateway_urls,
-            ["http://127.0.0.1:7000", "http://127.0.0.1:6999"]
-        );
-        let c2 = &plan
-            .children
-            .iter()
-            .find(|c| c.name == "coordinator c2")
-            .unwrap()
-            .args;
-        let joined = c2.join(" ");
+        assert_eq!(plan.gateway_urls, [url(8000), url(7999)]);
+        let args_of = |name: &str| {
+            let child = plan.children.iter().find(|c| c.name == name).unwrap();
+            child.args.join(" ")
+        };
+        let c2 = args_of("coordinator c2");
+        for part in [
+            "--control-store etcd://127.0.0.1:7030,127.0.0.1:7032,127.0.0.1:7034",
+            "--coordinator-id c2",
+            "--port 7010",
+            "--data-dir /tmp/kvlab-7000/data",
+        ] {
+            assert!(c2.contains(part), "{part}: {c2}");
+        }
         assert!(
-            joined.contains("--control-store etcd://127.0.0.1:8030,127.0.0.1:8032,127.0.0.1:8034"),
-            "{joined}"
+            !c2.contains("--fresh"),
+            "a restarted coordinator keeps the cluster"
         );
-        assert!(
-            joined.contains("--coordinator-id c2") && joined.contains("--port 8010"),
-            "{joined}"
-        );
-        assert!(
-            joined.contains("--data-dir /tmp/kvlab-8000/data"),
-            "{joined}"
-        );
-        assert!(
-            !joined.contains("--fresh"),
-            "a restarted coordinator must keep the cluster"
-        );
-        let g = &plan
-            .children
-            .iter()
-            .find(|c| c.name == "gateway g2")
-            .unwrap()
-            .args;
-        assert!(
-            g.join(" ").contains(
-                "--coordinator http://127.0.0.1:8000,http://127.0.0.1:8010,http://127.0.0.1:8020"
-            ),
-            "{g:?}"
-        );
+        let all = format!("--coordinator {},{},{}", url(7000), url(7010), url(7020));
+        assert!(args_of("gateway g2").contains(&all));
+        assert!(args_of("registry").contains(&all));
     }
 
     #[test]
     fn colliding_ha_ports_are_named() {
-        let args = Args::parse_from(["up", "--ha", "--registry-port", "8010"]);
+        let args = Args::parse_from(["up", "--ha", "--registry-port", "7010"]);
         let e = args.check_ha_ports().unwrap_err().to_string();
         assert!(
             e.contains("coordinator c2") && e.contains("--registry-port"),
             "{e}"
         );
-        let args = Args::parse_from(["up", "--ha", "--gateway-port", "8031"]);
+        let args = Args::parse_from(["up", "--ha", "--gateway-port", "7031"]);
         let e = args.check_ha_ports().unwrap_err().to_string();
         assert!(e.contains("etcd e1"), "{e}");
     }
