@@ -77,6 +77,11 @@ pub struct ControlArgs {
     /// several clusters can share one etcd.
     #[arg(long, value_name = "NAME", default_value = DEFAULT_CLUSTER_NAME)]
     pub cluster_name: String,
+    /// The URL the other processes reach this coordinator at, as the
+    /// control plane shows it (etcd mode; default: from --host and --port,
+    /// which is no use when listening on 0.0.0.0 in a container).
+    #[arg(long, value_name = "URL")]
+    pub advertise: Option<String>,
 }
 
 impl Default for ControlArgs {
@@ -86,6 +91,7 @@ impl Default for ControlArgs {
             coordinator_id: None,
             lease_ttl: 3,
             cluster_name: DEFAULT_CLUSTER_NAME.into(),
+            advertise: None,
         }
     }
 }
@@ -285,7 +291,10 @@ pub async fn run(args: &Args, config: Config, endpoints: Vec<String>) -> anyhow:
     let store = EtcdStore::connect(&endpoints, &control.cluster_name, etcd_timeout(ttl)).await?;
     let me = CoordinatorRef {
         id: id.clone(),
-        url: crate::tls::url(args.host, args.host, args.port),
+        url: control
+            .advertise
+            .clone()
+            .unwrap_or_else(|| crate::tls::url(args.host, args.host, args.port)),
         pid: Some(std::process::id()),
     };
     let lease = store.grant_lease(ttl).await?;
