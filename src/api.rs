@@ -428,15 +428,38 @@ pub struct GatewayStats {
     /// original's field, kept so scripts that read it find it.)
     #[serde(default)]
     pub load_balancer: Option<serde_json::Value>,
+    /// Which coordinator the gateway forwards to now (absent on a gateway
+    /// inside `kvlab up`, which has only its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub following: Option<FollowedCoordinator>,
+}
+
+/// A gateway given several coordinators (`--coordinator URL1,URL2`): the
+/// one it follows, as the last `/status` poll found it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FollowedCoordinator {
+    /// The coordinator requests go to now.
+    pub url: String,
+    /// Its `control_plane.active.id`, when it says (empty otherwise).
+    pub id: String,
+    /// Its epoch (0: a coordinator without a control plane, or not polled
+    /// yet).
+    pub epoch: u64,
+    /// Every coordinator the gateway knows, in the order given.
+    pub coordinators: Vec<String>,
 }
 
 /// `GET /` on the gateway.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GatewayInfo {
     pub service: String,
+    /// The coordinator requests go to now.
     pub coordinator: String,
     pub rate_limiting: bool,
     pub metrics: GatewayMetrics,
+    /// With several coordinators: which one it follows, and all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub following: Option<FollowedCoordinator>,
 }
 
 /// `GET /health` on the gateway.

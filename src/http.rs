@@ -691,6 +691,148 @@ pub fn answering_incarnation(resp: &reqwest::Response) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+// ---------------------------------------------------------------------------
+// Several base URLs, one current
+// ---------------------------------------------------------------------------
+
+/// A flag's list of base URLs that did not parse.
+#[derive(Debug, thiserror::Error)]
+pub enum BadEndpoints {
+    #[error("{flag} needs at least one URL")]
+    Empty { flag: String },
+    #[error("{flag} must list http:// or https:// URLs, got '{url}'")]
+    NotHttp { flag: String, url: String },
+    #[error("{flag} lists '{url}' twice")]
+    Duplicate { flag: String, url: String },
+}
+
+/// Several base URLs of interchangeable servers (gateways, coordinators),
+/// one of them current: what `--gateway URL1,URL2` and `--coordinator
+/// URL1,URL2` give. The list never changes; only which one is current does.
+///
+/// Invariants:
+/// - **Moving on is a compare-and-swap.** Many requests fail at once when a
+///   server dies; [`Endpoints::move_past`] moves the current index only if
+///   it still is the one that failed, so ten failures move it once, not ten
+///   times round the list.
+/// - **Whether to move on is the caller's call.** This type never decides
+///   that an answer is a failure; [`never_reached`] says which transport
+///   errors prove the request was never delivered.
+#[derive(Debug)]
+pub struct Endpoints {
+    urls: Vec<String>,
+    current: std::sync::atomic::AtomicUsize,
+}
+
+impl Endpoints {
+    /// Parses a flag's values: each may itself be a comma-separated list
+    /// (`--gateway a,b --gateway c`). URLs keep no trailing slash.
+    pub fn parse(flag: &str, values: &[String]) -> Result<Endpoints, BadEndpoints> {
+        let mut urls: Vec<String> = Vec::new();
+        for raw in values.iter().flat_map(|v| v.split(',')) {
+            let raw = raw.trim();
+            if raw.is_empty() {
+                continue;
+            }
+            let ok = reqwest::Url::parse(raw)
+                .ok()
+                .is_some_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+            if !ok {
+                let (flag, url) = (flag.to_string(), raw.to_string());
+                return Err(BadEndpoints::NotHttp { flag, url });
+            }
+            let url = raw.trim_end_matches('/').to_string();
+            if urls.contains(&url) {
+                return Err(BadEndpoints::Duplicate {
+                    flag: flag.to_string(),
+                    url,
+                });
+            }
+            urls.push(url);
+        }
+        if urls.is_empty() {
+            return Err(BadEndpoints::Empty {
+                flag: flag.to_string(),
+            });
+        }
+        Ok(Endpoints {
+            urls,
+            current: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    /// One URL taken as it is, unchecked: for a caller whose URL a request
+    /// will check (its error then names it).
+    pub fn one(url: &str) -> Endpoints {
+        Endpoints {
+            urls: vec![url.trim_end_matches('/').to_string()],
+            current: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    pub fn urls(&self) -> &[String] {
+        &self.urls
+    }
+
+    pub fn len(&self) -> usize {
+        self.urls.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.urls.is_empty()
+    }
+
+    /// The current one: its index (to hand back to [`Endpoints::move_past`])
+    /// and its URL.
+    pub fn current(&self) -> (usize, &str) {
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed) % self.urls.len();
+        (i, &self.urls[i])
+    }
+
+    /// Makes `i` current (a caller that found out which one to use).
+    pub fn set_current(&self, i: usize) {
+        let i = i % self.urls.len();
+        self.current.store(i, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// `failed` stopped answering: the next one becomes current, unless
+    /// another caller already moved on. Returns the current one afterwards.
+    pub fn move_past(&self, failed: usize) -> (usize, &str) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let next = (failed + 1) % self.urls.len();
+        let _ = self
+            .current
+            .compare_exchange(failed, next, Relaxed, Relaxed);
+        self.current()
+    }
+
+    /// Every index once, the current one first: the order to try them in.
+    pub fn from_current(&self) -> impl Iterator<Item = (usize, &str)> {
+        let start = self.current().0;
+        (0..self.urls.len()).map(move |k| {
+            let i = (start + k) % self.urls.len();
+            (i, self.urls[i].as_str())
+        })
+    }
+}
+
+/// Whether an answer is a standby coordinator's refusal (503 whose detail is
+/// `api::NOT_ACTIVE_COORDINATOR`, or an object whose `error` it is): the
+/// request did nothing, and belongs to the active coordinator.
+pub fn not_active_coordinator(status: StatusCode, detail: &Value) -> bool {
+    let not_active = crate::api::NOT_ACTIVE_COORDINATOR;
+    status == StatusCode::SERVICE_UNAVAILABLE
+        && (detail.as_str() == Some(not_active) || detail["error"].as_str() == Some(not_active))
+}
+
+/// Whether a failed request surely never reached the server: the
+/// connection could not be made (refused, no route, connect timeout). Then
+/// sending it elsewhere cannot do it twice. A reset or a timeout after the
+/// request went out proves nothing: a write may have happened.
+pub fn never_reached(e: &reqwest::Error) -> bool {
+    e.is_connect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -746,5 +888,46 @@ mod tests {
         assert_eq!(of(r#""just text""#), json!("just text"));
         assert_eq!(of("<html>"), json!("HTTP 503 Service Unavailable"));
         assert_eq!(of(""), json!("HTTP 503 Service Unavailable"));
+    }
+
+    #[test]
+    fn endpoints_parse_lists_and_refuse_bad_urls() {
+        let e = Endpoints::parse(
+            "--gateway",
+            &[
+                "http://a:1/, http://b:2".to_string(),
+                "https://c:3".to_string(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(e.urls(), ["http://a:1", "http://b:2", "https://c:3"]);
+        for (values, needle) in [
+            (vec![""], "at least one"),
+            (vec![" , "], "at least one"),
+            (vec!["localhost:8000"], "'localhost:8000'"),
+            (vec!["ftp://x"], "'ftp://x'"),
+            (vec!["http://a:1", "http://a:1/"], "twice"),
+        ] {
+            let values: Vec<String> = values.into_iter().map(String::from).collect();
+            let err = Endpoints::parse("--gateway", &values)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("--gateway") && err.contains(needle), "{err}");
+        }
+    }
+
+    #[test]
+    fn endpoints_move_on_once_per_failure() {
+        let values = ["http://a:1,http://b:2,http://c:3".to_string()];
+        let e = Endpoints::parse("--gateway", &values).unwrap();
+        assert_eq!(e.current(), (0, "http://a:1"));
+        // Two requests saw a fail: the list moves once.
+        assert_eq!(e.move_past(0), (1, "http://b:2"));
+        assert_eq!(e.move_past(0), (1, "http://b:2"));
+        assert_eq!(e.move_past(1), (2, "http://c:3"));
+        assert_eq!(e.move_past(2), (0, "http://a:1"), "round the list");
+        e.set_current(2);
+        let order: Vec<usize> = e.from_current().map(|(i, _)| i).collect();
+        assert_eq!(order, [2, 0, 1]);
     }
 }

@@ -193,7 +193,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     let registry_args = registry::Args {
         port: args.registry_port,
         host: args.host,
-        coordinator: coordinator_url.clone(),
+        coordinator: vec![coordinator_url.clone()],
         auto_spawn: args.auto_spawn,
         spawn_delay: args.spawn_delay,
         timeout: args.failure_timeout,
@@ -215,7 +215,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     let gateway_args = gateway::Args {
         port: args.gateway_port,
         host: args.host,
-        coordinator: coordinator_url.clone(),
+        coordinator: vec![coordinator_url.clone()],
         rate: args.rate.clone(),
         timeout: 30.0,
         tls: tls.clone(),

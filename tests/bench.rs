@@ -104,6 +104,7 @@ async fn start_stub() -> (String, Shared) {
 fn plan(url: &str, stop: Stop) -> Plan {
     Plan {
         url: url.to_string(),
+        urls: url.split(',').map(String::from).collect(),
         target: TargetKind::Kvlab,
         clients: 4,
         stop,
@@ -283,4 +284,51 @@ async fn writes_that_never_answer_are_counted_as_timeouts() {
     assert_eq!(report.write.outcomes.timeout, 4);
     assert_eq!(report.all.errors, 4);
     assert!(report.all.latency_us.is_none(), "timeouts are not timed");
+}
+
+/// Several URLs, the first dead: the run goes to the next, and no operation
+/// is lost to the dead one (the preflight found the one that answers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_first_url_is_skipped() {
+    let (url, stub) = start_stub().await;
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    let report = execute(&plan(&format!("{dead},{url}"), Stop::Ops(100)))
+        .await
+        .unwrap();
+    assert_eq!(report.all.requests, 100);
+    assert_eq!(
+        report.all.outcomes.connect, 0,
+        "nothing went to the dead one"
+    );
+    assert_eq!(
+        stub.requests.load(Ordering::Relaxed),
+        101,
+        "and the preflight"
+    );
+    // Through the command, the flag repeated as `--gateway`; a bad one is named.
+    let out = kvlab(&[
+        "bench",
+        "--gateway",
+        &dead,
+        "--gateway",
+        &url,
+        "--ops",
+        "20",
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = kvlab(&["bench", "--url", &format!("{url},ftp://x"), "--ops", "1"]).await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--url") && stderr.contains("ftp://x"),
+        "{stderr}"
+    );
 }

@@ -157,6 +157,38 @@ fn a_running_cluster_can_be_checked_through_its_gateway() {
     assert!(r["ops"]["total"].as_u64().unwrap() > 10, "{all}");
 }
 
+/// Several gateways, the first dead: the clients use the next one and the
+/// run is valid; a bad list is refused before anything starts.
+#[test]
+fn a_dead_first_gateway_is_skipped_by_the_clients() {
+    let cluster = Cluster::start(&format!("{FAST_3_2_2} --in-memory"));
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let list = format!("{dead},{}", cluster.gateway);
+    let (out, _) = check(&[
+        "--no-start-cluster",
+        "--gateway",
+        &list,
+        "--time-limit",
+        "2",
+        "--format",
+        "json",
+        "--seed",
+        "9",
+    ]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["verdict"], "valid");
+    assert!(r["ops"]["total"].as_u64().unwrap() > 10, "{all}");
+    let (out, _) = check(&["--no-start-cluster", "--gateway", "http://a:1,b:2"]);
+    let all = text(&out);
+    assert_ne!(out.status.code(), Some(0), "{all}");
+    assert!(all.contains("--gateway") && all.contains("'b:2'"), "{all}");
+}
+
 /// Section 4: a second `--no-start-cluster` run against the same cluster
 /// finds the first run's values in the keys. It reads where each key starts
 /// and writes values unique to the run, so both runs are valid, even with

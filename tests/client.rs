@@ -270,3 +270,59 @@ fn prompt_without_a_home_directory() {
     let screen = t.wait_for("[exit 0]", wait);
     assert!(!screen.contains("panicked"), "{screen}");
 }
+
+/// A port nothing listens on.
+fn dead_gateway() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://{}", listener.local_addr().unwrap())
+}
+
+/// Several gateways, the first dead: one-shot commands go to the next one
+/// (the list comma-separated or the flag repeated); an application error
+/// (503) is the cluster's answer and moves nothing; bad lists are named.
+#[test]
+fn a_dead_first_gateway_is_skipped() {
+    let (gw, dead) = (stub_gateway(), dead_gateway());
+    let (code, out) = client(&format!("{dead},{gw}"), &["write", "k", "v"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("wrote k = v"), "{out}");
+    assert!(out.contains(&format!("↪ {dead} does not answer")), "{out}");
+    let (code, out) = client(&dead, &["--gateway", &gw, "read", "name"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("served by follower-2"), "{out}");
+    // Interactive, with the live gateway first: a 503 keeps the client there.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kvlab"))
+        .args(["client", "--gateway", &format!("{gw},{dead}")])
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"write busy x\nread name\nquit\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("Write quorum not available"), "{text}");
+    assert!(text.contains("served by follower-2"), "{text}");
+    assert!(
+        !text.contains("does not answer"),
+        "an error answer moves nothing: {text}"
+    );
+    for (list, needle) in [
+        (format!("{gw},localhost:1"), "'localhost:1'"),
+        (",".into(), "at least one"),
+    ] {
+        let (code, out) = client(&list, &["status"]);
+        assert_ne!(code, 0, "{list}");
+        assert!(
+            out.contains("--gateway") && out.contains(needle),
+            "{list}: {out}"
+        );
+    }
+}

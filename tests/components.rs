@@ -128,3 +128,116 @@ fn demos_against_separate_components() {
         .iter()
         .all(|n| n["last_seen_seconds_ago"].is_number()));
 }
+
+/// A stand-in coordinator on an ephemeral port that records the path of
+/// every POST it gets; as a standby it answers each with the standby's 503.
+fn recording_coordinator(
+    rt: &tokio::runtime::Runtime,
+    standby: bool,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+        record.lock().unwrap().push(uri.path().to_string());
+        async move {
+            if standby {
+                let body = json!({"detail": kvlab::api::NOT_ACTIVE_COORDINATOR});
+                (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+            } else {
+                axum::Json(json!({"status": "ok"})).into_response()
+            }
+        }
+    });
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    rt.spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, seen)
+}
+
+/// A registry given a standby, a dead coordinator and the active one tells
+/// the active one (a follower's first heartbeat asks it for `/catchup`), and
+/// asks it first the next time. A bad list is refused, naming the flag.
+#[test]
+fn a_registry_tells_the_coordinator_that_accepts() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (standby, asked_standby) = recording_coordinator(&rt, true);
+    let (active, asked_active) = recording_coordinator(&rt, false);
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    let port = common::free_port_block();
+    let registry = format!("http://127.0.0.1:{port}");
+    let scratch = common::scratch();
+    let _registry = StopOnDrop(
+        common::kvlab_in(&scratch)
+            .args(["registry", "--port", &port.to_string()])
+            .args(["--coordinator", &format!("{standby},{dead}")])
+            .args(["--coordinator", &active])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let http = common::internal_http();
+    wait_ok(&http, &format!("{registry}/"));
+    let heartbeat = |id: &str| {
+        let body = json!({"node_id": id, "port": 1, "url": "http://127.0.0.1:1",
+            "role": "follower", "incarnation": 1});
+        let resp = http
+            .post(format!("{registry}/heartbeat"))
+            .json(&body)
+            .send()
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    };
+    heartbeat("follower-1");
+    eventually(
+        "the active coordinator to hear of follower-1",
+        secs(10),
+        || {
+            let asked = asked_active.lock().unwrap().clone();
+            if asked == ["/catchup"] {
+                Ok(())
+            } else {
+                Err(format!("asked {asked:?}"))
+            }
+        },
+    );
+    assert_eq!(
+        *asked_standby.lock().unwrap(),
+        ["/catchup"],
+        "the standby first"
+    );
+    heartbeat("follower-2");
+    eventually(
+        "the active coordinator to hear of follower-2",
+        secs(10),
+        || {
+            let asked = asked_active.lock().unwrap().len();
+            if asked == 2 {
+                Ok(())
+            } else {
+                Err(format!("asked {asked} times"))
+            }
+        },
+    );
+    assert_eq!(
+        asked_standby.lock().unwrap().len(),
+        1,
+        "the one that accepted is asked first"
+    );
+    let out = common::kvlab_in(&scratch)
+        .args(["registry", "--port", "1", "--coordinator", "http://a:1,b:2"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--coordinator") && err.contains("'b:2'"),
+        "{err}"
+    );
+}

@@ -689,3 +689,202 @@ fn every_kind_of_key_reads_back_byte_exact_through_gateway_and_client() {
     assert_eq!(gw_write(&http, &c.gateway, &too_long, "v").0, 413);
     assert_eq!(gw_write(&http, &c.gateway, "a/../b", "v").0, 400);
 }
+
+// ---------------------------------------------------------------------------
+// Several coordinators: the gateway follows the active one
+// ---------------------------------------------------------------------------
+
+/// A stand-in coordinator of the control plane: its `/status` says `this`
+/// (`"active"` at `epoch`, or `"standby"`), and while it is not active every
+/// other route is a standby's 503 `NOT_ACTIVE_COORDINATOR`; while active it
+/// acknowledges writes itself (version 1). Flip `active` to depose it.
+async fn start_control_plane_stub(
+    epoch: u64,
+    active: Arc<std::sync::atomic::AtomicBool>,
+) -> (String, tokio::sync::oneshot::Sender<()>) {
+    use std::sync::atomic::Ordering;
+    let status_of = active.clone();
+    let status = move || {
+        let this = if status_of.load(Ordering::SeqCst) {
+            "active"
+        } else {
+            "standby"
+        };
+        async move {
+            Json(
+                json!({"control_plane": {"mode": "etcd", "store": "etcd://x", "active": null,
+                "epoch": epoch, "standbys": [], "this": this}}),
+            )
+        }
+    };
+    let everything_else = move |body: axum::body::Bytes| {
+        let active = active.load(Ordering::SeqCst);
+        async move {
+            if active {
+                let key =
+                    serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null)["key"].clone();
+                if key == "hang" {
+                    // A coordinator that took the write and never answers.
+                    std::future::pending::<()>().await;
+                }
+                return Json(json!({"status": "success", "key": key, "version": 1,
+                    "sync_acks": 1, "quorum": 1, "sync_replicated_to": [], "from": "stub"}))
+                .into_response();
+            }
+            let headers = [(kvlab::api::HEADER_ACTIVE_COORDINATOR, "http://elsewhere")];
+            let body = Json(json!({"detail": kvlab::api::NOT_ACTIVE_COORDINATOR}));
+            (axum::http::StatusCode::SERVICE_UNAVAILABLE, headers, body).into_response()
+        }
+    };
+    use axum::response::IntoResponse;
+    let app = Router::new()
+        .route("/status", get(status))
+        .fallback(everything_else);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+    });
+    (url, stop)
+}
+
+/// A gateway given a standby and a real cluster's coordinator (which has no
+/// control plane: it counts as active), in either order, serves writes and
+/// reads through the real one and says so; a coordinator that stops being
+/// active (a standby now) costs no request: its 503 is retried on the active
+/// one at once. A dead coordinator in the list is skipped the same way.
+#[test]
+fn a_gateway_follows_the_active_coordinator_in_any_order() {
+    use std::sync::atomic::AtomicBool;
+    let c = Cluster::start(FAST_1_1_1);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let http = common::http().build();
+    let standby = Arc::new(AtomicBool::new(false));
+    let (standby_url, _stop_standby) = rt.block_on(start_control_plane_stub(7, standby));
+    let dead = format!("http://127.0.0.1:{}", unused_port());
+    for (i, list) in [
+        format!("{standby_url},{}", c.coordinator),
+        format!("{},{standby_url}", c.coordinator),
+        format!("{dead},{standby_url},{}", c.coordinator),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let gw = rt.block_on(start_gateway(list, &[]));
+        let key = format!("followed-{i}");
+        let (code, body) = gw_write(&http, &gw.url, &key, "v");
+        assert_eq!(code, 200, "{list}: {body}");
+        assert!(
+            body.get("from").is_none(),
+            "the real coordinator answered: {body}"
+        );
+        let (code, body) = gw_read(&http, &gw.url, &key);
+        assert_eq!((code, &body["value"]), (200, &json!("v")), "{list}: {body}");
+        let (_, stats) = gw_get(&http, &gw.url, "/stats");
+        assert_eq!(stats["following"]["url"], json!(c.coordinator), "{stats}");
+        assert_eq!(
+            stats["following"]["coordinators"].as_array().unwrap().len(),
+            list.split(',').count()
+        );
+        let (_, info) = gw_get(&http, &gw.url, "/");
+        assert_eq!(info["coordinator"], json!(c.coordinator), "{info}");
+    }
+
+    // An active coordinator of a higher epoch is followed; once it turns
+    // standby, the next write is refused by it and retried on the real one.
+    let active = Arc::new(AtomicBool::new(true));
+    let (stub_url, _stop_stub) = rt.block_on(start_control_plane_stub(9, active.clone()));
+    let gw = rt.block_on(start_gateway(&format!("{},{stub_url}", c.coordinator), &[]));
+    wait("the gateway to follow the epoch-9 coordinator", secs(10))
+        .until(|| gw_get(&http, &gw.url, "/stats").1["following"]["epoch"] == json!(9));
+    let (code, body) = gw_write(&http, &gw.url, "epoch-9", "v");
+    assert_eq!((code, &body["from"]), (200, &json!("stub")), "{body}");
+    active.store(false, std::sync::atomic::Ordering::SeqCst);
+    let (code, body) = gw_write(&http, &gw.url, "after-the-flip", "v");
+    assert_eq!(code, 200, "retried on the active one: {body}");
+    assert!(body.get("from").is_none(), "{body}");
+    let (_, stats) = gw_get(&http, &gw.url, "/stats");
+    assert_eq!(stats["following"]["url"], json!(c.coordinator), "{stats}");
+    drop(gw);
+    drop(rt);
+}
+
+/// Bad lists of coordinators are refused at start, naming the flag.
+#[test]
+fn a_gateway_refuses_bad_coordinator_lists() {
+    for (list, needle) in [
+        ("http://127.0.0.1:1,127.0.0.1:2", "'127.0.0.1:2'"),
+        ("http://127.0.0.1:1,http://127.0.0.1:1", "twice"),
+        (",", "at least one"),
+    ] {
+        let out = common::kvlab()
+            .args(["gateway", "--port", "1", "--coordinator", list])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{list}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("--coordinator") && err.contains(needle),
+            "{list}: {err}"
+        );
+    }
+}
+
+/// A write that timed out on the active coordinator may have happened: it
+/// is not sent to another one, and the client is told its outcome is
+/// unknown. The gateway's console names the coordinator it follows.
+#[test]
+fn a_timed_out_write_is_not_retried_elsewhere() {
+    use std::io::{BufRead, BufReader};
+    use std::sync::atomic::AtomicBool;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let http = common::http().build();
+    let (active, _stop_active) =
+        rt.block_on(start_control_plane_stub(4, Arc::new(AtomicBool::new(true))));
+    let (standby, _stop_standby) = rt.block_on(start_control_plane_stub(
+        3,
+        Arc::new(AtomicBool::new(false)),
+    ));
+    let gw = rt.block_on(start_gateway(
+        &format!("{standby},{active}"),
+        &["--timeout", "0.5"],
+    ));
+    wait("the gateway to follow the active stub", secs(10))
+        .until(|| gw_get(&http, &gw.url, "/stats").1["following"]["epoch"] == json!(4));
+    let (code, body) = gw_write(&http, &gw.url, "hang", "v");
+    assert_eq!(code, 503, "{body}");
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("timed out") && detail.contains("may or may not have been applied"),
+        "{body}"
+    );
+    assert!(detail.contains(&active), "names the coordinator: {body}");
+
+    // The process says whom it follows.
+    let port = common::free_port_block();
+    let mut child = common::kvlab()
+        .args(["gateway", "--port", &port.to_string()])
+        .args(["--coordinator", &format!("{standby},{active}")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let line = stdout
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("↪"));
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = line.expect("the gateway narrates whom it follows");
+    assert_eq!(
+        line,
+        format!("↪ now following coordinator {active} (epoch 4) at {active}")
+    );
+}

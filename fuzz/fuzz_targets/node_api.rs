@@ -66,7 +66,7 @@ fn node(leader: bool) -> Arc<NodeState> {
 
 fn registry() -> Arc<Registry> {
     Registry::new(registry::Config {
-        coordinator: "http://127.0.0.1:1".into(),
+        coordinators: Arc::new(kvlab::http::Endpoints::one("http://127.0.0.1:1")),
         auto_spawn: false,
         spawn_delay: Duration::from_secs(5),
         timeout: Duration::from_secs(5),

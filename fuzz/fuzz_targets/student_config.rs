@@ -33,7 +33,7 @@ fuzz_target!(|data: &[u8]| {
     let registry_args = registry::Args {
         port: 0,
         host: args.host,
-        coordinator: "http://127.0.0.1:1".into(),
+        coordinator: vec!["http://127.0.0.1:1".into()],
         auto_spawn: args.auto_spawn,
         spawn_delay: args.spawn_delay,
         timeout: args.failure_timeout,
@@ -46,7 +46,7 @@ fuzz_target!(|data: &[u8]| {
     let gateway_args = gateway::Args {
         port: 0,
         host: args.host,
-        coordinator: "http://127.0.0.1:1".into(),
+        coordinator: vec!["http://127.0.0.1:1".into()],
         rate: args.rate.clone(),
         timeout: 30.0,
         tls: Default::default(),

@@ -42,9 +42,15 @@ pub enum Distribution {
 /// sustains at that concurrency.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
-    /// Base URL of the gateway, the coordinator, or an etcd member.
-    #[arg(long, default_value = "http://localhost:8000")]
-    pub url: String,
+    /// Base URL of the gateway, the coordinator, or an etcd member;
+    /// several (comma-separated or the flag repeated; `--gateway` is the
+    /// same flag): a client that gets no answer from one moves to the next.
+    #[arg(
+        long,
+        visible_alias = "gateway",
+        default_value = "http://localhost:8000"
+    )]
+    pub url: Vec<String>,
 
     /// Protocol to speak.
     #[arg(long, value_enum, default_value_t = TargetKind::Kvlab)]
@@ -113,7 +119,10 @@ pub enum Stop {
 /// A validated run: every value here has been checked.
 #[derive(Debug, Clone)]
 pub struct Plan {
+    /// Every base URL, comma-separated, as the report shows it.
     pub url: String,
+    /// Each base URL, checked, without its trailing slash.
+    pub urls: Vec<String>,
     pub target: TargetKind,
     pub clients: usize,
     pub stop: Stop,
@@ -172,8 +181,23 @@ impl Args {
         if !(self.warmup.is_finite() && self.warmup >= 0.0) {
             return Err(ArgsError::BadWarmup(self.warmup));
         }
+        let urls = self
+            .url
+            .iter()
+            .flat_map(|u| u.split(','))
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(normalize_url)
+            .collect::<Result<Vec<_>, _>>()?;
+        if urls.is_empty() {
+            return Err(ArgsError::BadUrl {
+                url: String::new(),
+                reason: "no URL given".into(),
+            });
+        }
         Ok(Plan {
-            url: normalize_url(&self.url)?,
+            url: urls.join(","),
+            urls,
             target: self.target,
             clients: self.clients,
             stop: self.stop()?,

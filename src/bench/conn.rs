@@ -67,18 +67,24 @@ impl Endpoint {
     }
 }
 
-/// One client's connection.
+/// One client's connection, to one of the base URLs given (`--url A,B`):
+/// after a failure without an answer, the next request goes to the next one.
 pub struct Conn {
-    endpoint: Endpoint,
+    endpoints: Vec<Endpoint>,
+    /// The one requests go to now.
+    current: usize,
     timeout: Duration,
     /// `None` until the first request, and after a failure.
     sender: Option<SendRequest<Full<Bytes>>>,
 }
 
 impl Conn {
-    pub fn new(endpoint: Endpoint, timeout: Duration) -> Self {
+    /// `endpoints`: at least one (the caller's list is never empty).
+    pub fn new(endpoints: Vec<Endpoint>, timeout: Duration) -> Self {
+        assert!(!endpoints.is_empty(), "a connection needs somewhere to go");
         Conn {
-            endpoint,
+            endpoints,
+            current: 0,
             timeout,
             sender: None,
         }
@@ -96,15 +102,40 @@ impl Conn {
         let result = result.unwrap_or(Err(ConnError::Timeout));
         if result.is_err() {
             self.sender = None; // see the invariants
+                                // No answer: this one may have stopped answering; try the next.
+                                // (A benchmark counts the failure and moves on; it keeps no
+                                // history to be careful about.)
+            self.current = (self.current + 1) % self.endpoints.len();
         }
         result
+    }
+
+    /// Which base URL requests go to now (an index into the list given).
+    pub fn current(&self) -> usize {
+        self.current
+    }
+
+    /// Sends the next requests to the `i`th base URL.
+    pub fn set_current(&mut self, i: usize) {
+        if i != self.current {
+            self.sender = None;
+            self.current = i % self.endpoints.len();
+        }
+    }
+
+    pub fn endpoint_count(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    fn endpoint(&self) -> &Endpoint {
+        &self.endpoints[self.current]
     }
 
     fn request(&self, method: Method, path: &str, json: Option<Vec<u8>>) -> Request<Full<Bytes>> {
         let mut builder = Request::builder()
             .method(method)
-            .uri(path)
-            .header(HOST, self.endpoint.host.clone());
+            .uri(format!("{}{path}", self.endpoint().prefix))
+            .header(HOST, self.endpoint().host.clone());
         if json.is_some() {
             builder = builder.header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
@@ -141,7 +172,7 @@ impl Conn {
     }
 
     async fn open(&self) -> Result<SendRequest<Full<Bytes>>, ConnError> {
-        let stream = TcpStream::connect(&self.endpoint.addr)
+        let stream = TcpStream::connect(&self.endpoint().addr)
             .await
             .map_err(ConnError::Connect)?;
         // Requests are small and latency is the figure: send at once.

@@ -67,12 +67,23 @@ impl Run {
 
 /// Run the plan against its target and return the measured window's figures.
 pub async fn drive(plan: &Plan) -> Result<Measured, BenchError> {
-    let endpoint = Endpoint::from_url(&plan.url).map_err(BenchError::BadUrl)?;
-    let target = Target::new(plan.target, endpoint.prefix(), plan.value_size);
+    let endpoints = plan
+        .urls
+        .iter()
+        .map(|u| Endpoint::from_url(u))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(BenchError::BadUrl)?;
+    // Each connection puts its own URL's path in front of the request's.
+    let target = Target::new(plan.target, "", plan.value_size);
     let mut conns: Vec<Conn> = (0..plan.clients)
-        .map(|_| Conn::new(endpoint.clone(), plan.timeout))
+        .map(|_| Conn::new(endpoints.clone(), plan.timeout))
         .collect();
     preflight(&target, &mut conns[0], &plan.url).await?;
+    // Every client starts on the one that answered.
+    let answering = conns[0].current();
+    for conn in &mut conns {
+        conn.set_current(answering);
+    }
     if plan.preload {
         conns = preload(&target, conns, plan.keys).await?;
     }
@@ -139,15 +150,19 @@ async fn client_loop(run: Arc<Run>, id: usize, mut conn: Conn) -> (Recorder, Ins
 
 /// One read before anything else, so that a wrong URL or a cluster that is
 /// not up fails at once with a clear message instead of a table of errors.
+/// Several URLs: the first that answers (the connection moves on by itself).
 async fn preflight(target: &Target, conn: &mut Conn, url: &str) -> Result<(), BenchError> {
-    let outcome = target.send(conn, OpKind::Read, &key_name(0)).await;
-    match outcome {
-        Outcome::Connect | Outcome::Timeout => Err(BenchError::Unreachable {
-            url: url.to_string(),
-            outcome,
-        }),
-        _ => Ok(()),
+    let mut outcome = Outcome::Connect;
+    for _ in 0..conn.endpoint_count() {
+        outcome = target.send(conn, OpKind::Read, &key_name(0)).await;
+        if !matches!(outcome, Outcome::Connect | Outcome::Timeout) {
+            return Ok(());
+        }
     }
+    Err(BenchError::Unreachable {
+        url: url.to_string(),
+        outcome,
+    })
 }
 
 /// Write every key once, all clients sharing the work, so reads find data.

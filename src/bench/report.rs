@@ -228,6 +228,7 @@ mod tests {
     fn plan() -> Plan {
         Plan {
             url: "http://127.0.0.1:8000".into(),
+            urls: vec!["http://127.0.0.1:8000".into()],
             target: TargetKind::Kvlab,
             clients: 4,
             stop: Stop::Ops(10),

@@ -125,8 +125,10 @@ pub struct Args {
     /// Check a cluster that is already running (needs --gateway).
     #[arg(long, requires = "gateway")]
     pub no_start_cluster: bool,
-    /// The running cluster's entry point (gateway or coordinator).
-    #[arg(long, value_name = "URL")]
+    /// The running cluster's entry point (gateway or coordinator); several
+    /// gateways comma-separated (a client moves to the next when one stops
+    /// answering).
+    #[arg(long, value_name = "URL[,URL...]")]
     pub gateway: Option<String>,
     /// The running cluster's coordinator (for faults, `/status`, its shape
     /// and the comparison of the replicas after healing).
@@ -466,7 +468,11 @@ struct Target {
 async fn start(args: &Args, plan: &Plan) -> anyhow::Result<Target> {
     let http = crate::http::client();
     if args.no_start_cluster {
-        let gateway = args.gateway.clone().unwrap_or_default();
+        let listed = args.gateway.clone().unwrap_or_default();
+        // Checked here, so a typo stops the run before anything starts.
+        let gateway = crate::http::Endpoints::parse("--gateway", &[listed])?
+            .urls()
+            .join(",");
         // Whether it is kvlab's is learnt from its `/status` (see `shape`).
         let control = args.coordinator.clone().map(|coordinator| Control {
             http: http.clone(),

@@ -16,6 +16,14 @@
 //!   however deep the message is nested (see [`write_outcome`]);
 //! - anything else (503 "Write quorum not met", "Leader unreachable", a
 //!   timeout, a reset): the write may have happened, or may yet. Unknown.
+//!
+//! Several gateways (`--gateway URL1,URL2`): a client uses one until it
+//! stops answering. A request whose connection was never made is sent at
+//! once to the next one (it certainly did nothing). A request that may have
+//! been delivered (a timeout, a reset) is never sent again elsewhere: it is
+//! recorded as it is (a write stays unknown), and the client's *next*
+//! operation goes to the next gateway. An HTTP answer, an error included,
+//! is the cluster's answer and never moves a client.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -31,7 +39,7 @@ use crate::api;
 /// What the clients do.
 #[derive(Debug, Clone)]
 pub struct WorkloadConfig {
-    /// The gateway's (or coordinator's) base URL.
+    /// The gateway's (or coordinator's) base URL; several, comma-separated.
     pub target: String,
     pub clients: usize,
     pub keys: usize,
@@ -84,12 +92,14 @@ pub fn key_name(i: usize) -> String {
 pub struct Client {
     pub id: usize,
     http: reqwest::Client,
-    target: String,
+    /// The entry points; this client's current one.
+    targets: crate::http::Endpoints,
     /// The run's clock: every time is measured from here.
     epoch: Instant,
 }
 
 impl Client {
+    /// `target`: one base URL, or several comma-separated.
     pub fn new(id: usize, target: &str, timeout: Duration, epoch: Instant) -> Client {
         let http = reqwest::Client::builder()
             .timeout(timeout)
@@ -100,7 +110,10 @@ impl Client {
         Client {
             id,
             http,
-            target: target.trim_end_matches('/').to_string(),
+            // Checked by `check::start`; anything else is reported by the
+            // first request, naming the URL.
+            targets: crate::http::Endpoints::parse("--gateway", &[target.to_string()])
+                .unwrap_or_else(|_| crate::http::Endpoints::one(target)),
             epoch,
         }
     }
@@ -130,13 +143,34 @@ impl Client {
         }
     }
 
+    /// Sends one request to the current entry point, or, if its connection
+    /// cannot be made, to the next ones (see the module's notes). A request
+    /// that may have been delivered is not sent again; the next one goes to
+    /// the next entry point.
+    async fn send(
+        &self,
+        request: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, reqwest::Error> {
+        let mut tried = 0;
+        loop {
+            let (i, base) = self.targets.current();
+            tried += 1;
+            match request(base).send().await {
+                Ok(resp) => return Ok(resp),
+                Err(e) => {
+                    self.targets.move_past(i);
+                    if !crate::http::never_reached(&e) || tried >= self.targets.len() {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+
     async fn write(&self, key: &str, value: &str) -> Outcome {
         let body = serde_json::json!({"key": key, "value": value});
         let sent = self
-            .http
-            .post(format!("{}/write", self.target))
-            .json(&body)
-            .send()
+            .send(|base| self.http.post(format!("{base}/write")).json(&body))
             .await;
         let resp = match sent {
             Ok(resp) => resp,
@@ -156,9 +190,7 @@ impl Client {
 
     async fn read(&self, key: &str) -> Outcome {
         let sent = self
-            .http
-            .get(format!("{}/read/{key}", self.target))
-            .send()
+            .send(|base| self.http.get(format!("{base}/read/{key}")))
             .await;
         let resp = match sent {
             Ok(resp) => resp,
@@ -492,6 +524,52 @@ mod tests {
             op.output
         );
         assert!(op.ret.is_some());
+    }
+
+    /// A stand-in gateway on an ephemeral port: writes hang forever
+    /// (`hang`) or are acknowledged at version 1.
+    async fn stub_gateway(hang: bool) -> String {
+        use axum::routing::post;
+        let write = move || async move {
+            if hang {
+                std::future::pending::<()>().await;
+            }
+            axum::Json(json!({"version": 1}))
+        };
+        let app = axum::Router::new().route("/write", post(write));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        url
+    }
+
+    /// Several gateways: a write whose connection was never made goes to the
+    /// next one at once; a write that timed out stays unknown (never sent
+    /// again elsewhere), and only the client's next operation moves on.
+    #[tokio::test]
+    async fn a_client_moves_on_without_sending_a_write_twice() {
+        let write = || Input::Write {
+            key: "k0".into(),
+            value: "v".into(),
+        };
+        let dead = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", l.local_addr().unwrap())
+        };
+        let (hangs, answers) = (stub_gateway(true).await, stub_gateway(false).await);
+        let timeout = Duration::from_millis(300);
+        let client = Client::new(0, &format!("{dead},{answers}"), timeout, Instant::now());
+        let op = client.run(write()).await;
+        assert_eq!(op.output, Outcome::Written { version: 1 });
+        let client = Client::new(0, &format!("{hangs},{answers}"), timeout, Instant::now());
+        let op = client.run(write()).await;
+        assert!(op.output.is_unknown(), "{:?}", op.output);
+        let op = client.run(write()).await;
+        assert_eq!(
+            op.output,
+            Outcome::Written { version: 1 },
+            "the next one moved"
+        );
     }
 
     #[test]

@@ -6,6 +6,14 @@
 //! pure functions of [`format`]; `--json` prints the raw answer instead. The
 //! exit code is non-zero when the command failed, so scripts can rely on it.
 //!
+//! Given several gateways (`--gateway URL1,URL2`, or the flag repeated), it
+//! uses one until it stops answering, then the next. It moves on and sends
+//! again at once only when the connection could not be made (the request
+//! never left); a reset or a timeout after sending is reported (a write's
+//! outcome is then unknown) and the next command goes to the next gateway.
+//! An HTTP answer, an error included, is the cluster's answer: never a
+//! reason to move on.
+//!
 //! When stdin is not a terminal, interactive mode reads plain lines, so it can
 //! be scripted and tested by piping commands in.
 
@@ -22,9 +30,10 @@ use format::Paint;
 
 #[derive(Debug, Clone, Parser)]
 pub struct Args {
-    /// The gateway to talk to.
+    /// The gateway to talk to; several (comma-separated or the flag
+    /// repeated): the next is used when one stops answering.
     #[arg(long, default_value = "http://127.0.0.1:8000", env = "KVLAB_GATEWAY")]
-    pub gateway: String,
+    pub gateway: Vec<String>,
     /// Print the raw JSON answer.
     #[arg(long, global = true)]
     pub json: bool,
@@ -86,14 +95,14 @@ pub struct Outcome {
 }
 
 pub struct Client {
-    base: String,
+    gateways: crate::http::Endpoints,
     http: reqwest::Client,
     json: bool,
     paint: Paint,
 }
 
 impl Client {
-    pub fn new(base: &str, json: bool, paint: Paint) -> Client {
+    pub fn new(gateways: crate::http::Endpoints, json: bool, paint: Paint) -> Client {
         let builder = reqwest::Client::builder();
         // https: the cluster CA of `--tls-ca` is the only root.
         let builder = match crate::tls::client_config() {
@@ -106,55 +115,87 @@ impl Client {
             .build()
             .expect("building the HTTP client");
         Client {
-            base: base.trim_end_matches('/').to_string(),
+            gateways,
             http,
             json,
             paint,
         }
     }
 
-    /// Runs one command against the gateway.
+    /// Runs one command against the gateway (the next one, when the
+    /// current one cannot be connected to).
     pub async fn execute(&self, cmd: &Command) -> Outcome {
         let started = Instant::now();
-        let request = match cmd {
-            Command::Write { key, value } => self
-                .http
-                .post(format!("{}/write", self.base))
-                .json(&serde_json::json!({"key": key, "value": value})),
-            Command::Read { key } => {
-                // A key the store never holds is not sent: `.` and `..` are
-                // dot segments a URL resolves away (`/read/..` would ask the
-                // gateway for `/`, and its answer would read as a value).
-                if let Err(e) = crate::http::validate_key_value(key, None) {
-                    let body = serde_json::json!({ "detail": e.detail }).to_string();
-                    return self.render(cmd, e.status.as_u16(), &body, 0.0);
-                }
-                // Byte for byte: a URL parser would strip a tab, LF or CR
-                // from a pushed segment and read another key.
-                let url = format!("{}/read/{}", self.base, crate::api::key_segment(key));
-                match reqwest::Url::parse(&url) {
-                    Ok(url) => self.http.get(url),
-                    Err(e) => return fail(format!("bad gateway URL {}: {e}", self.base)),
-                }
+        // A key the store never holds is not sent: `.` and `..` are dot
+        // segments a URL resolves away (`/read/..` would ask the gateway
+        // for `/`, and its answer would read as a value).
+        if let Command::Read { key } = cmd {
+            if let Err(e) = crate::http::validate_key_value(key, None) {
+                let body = serde_json::json!({ "detail": e.detail }).to_string();
+                return self.render(cmd, e.status.as_u16(), &body, 0.0);
             }
-            Command::Status => self.http.get(format!("{}/cluster-status", self.base)),
-            Command::Stats => self.http.get(format!("{}/stats", self.base)),
-            Command::Graduate => self.http.get(format!("{}/graduate", self.base)),
-        };
-        let resp = match request.send().await {
-            Ok(r) => r,
-            Err(e) => {
-                return fail(format::unreachable(
-                    &self.base,
-                    &describe_reqwest_error(&e),
-                    self.paint,
-                ))
+        }
+        let mut tried = 0;
+        let resp = loop {
+            let (i, base) = self.gateways.current();
+            let request = match self.request(cmd, base) {
+                Ok(request) => request,
+                Err(outcome) => return outcome,
+            };
+            tried += 1;
+            match request.send().await {
+                Ok(resp) => break resp,
+                Err(e) => {
+                    let why = describe_reqwest_error(&e);
+                    let failed = format::unreachable(base, &why, self.paint);
+                    if self.gateways.len() == 1 {
+                        return fail(failed);
+                    }
+                    let (_, next) = self.gateways.move_past(i);
+                    // Never delivered: safe to send again, to the next one.
+                    if crate::http::never_reached(&e) && tried < self.gateways.len() {
+                        eprintln!("↪ {base} does not answer ({why}): trying {next}");
+                        continue;
+                    }
+                    let what = if matches!(cmd, Command::Write { .. })
+                        && !crate::http::never_reached(&e)
+                    {
+                        "the write may or may not have been applied; "
+                    } else {
+                        ""
+                    };
+                    return fail(format!(
+                        "{failed}\n   ↪ {what}the next command goes to {next}"
+                    ));
+                }
             }
         };
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
         let ms = started.elapsed().as_secs_f64() * 1000.0;
         self.render(cmd, status, &text, ms)
+    }
+
+    /// The request of one command to the gateway at `base`.
+    fn request(&self, cmd: &Command, base: &str) -> Result<reqwest::RequestBuilder, Outcome> {
+        Ok(match cmd {
+            Command::Write { key, value } => self
+                .http
+                .post(format!("{base}/write"))
+                .json(&serde_json::json!({"key": key, "value": value})),
+            Command::Read { key } => {
+                // Byte for byte: a URL parser would strip a tab, LF or CR
+                // from a pushed segment and read another key.
+                let url = format!("{base}/read/{}", crate::api::key_segment(key));
+                match reqwest::Url::parse(&url) {
+                    Ok(url) => self.http.get(url),
+                    Err(e) => return Err(fail(format!("bad gateway URL {base}: {e}"))),
+                }
+            }
+            Command::Status => self.http.get(format!("{base}/cluster-status")),
+            Command::Stats => self.http.get(format!("{base}/stats")),
+            Command::Graduate => self.http.get(format!("{base}/graduate")),
+        })
     }
 
     fn render(&self, cmd: &Command, status: u16, text: &str, ms: f64) -> Outcome {
@@ -191,7 +232,8 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
     };
     // A client listens nowhere: only the CA matters.
     crate::tls::install(&tls, &[])?;
-    let client = Client::new(&args.gateway, args.json, Paint::for_stdout());
+    let gateways = crate::http::Endpoints::parse("--gateway", &args.gateway)?;
+    let client = Client::new(gateways, args.json, Paint::for_stdout());
     let cmd = match args.command.clone().unwrap_or(Cmd::Interactive) {
         Cmd::Interactive => return interactive(client).await,
         Cmd::Write {
@@ -304,7 +346,8 @@ async fn interactive(client: Client) -> anyhow::Result<i32> {
     tokio::task::spawn_blocking(move || {
         let mut out = std::io::stdout();
         if std::io::stdin().is_terminal() {
-            println!("kvlab client, talking to {}. Type help.", client.base);
+            let gateways = client.gateways.urls().join(", ");
+            println!("kvlab client, talking to {gateways}. Type help.");
             repl(&client, &rt, PromptLines::new()?, &mut out)?;
         } else {
             let lines = std::io::stdin().lock().lines().map_while(Result::ok);
@@ -384,7 +427,8 @@ mod tests {
     #[tokio::test]
     async fn keys_no_url_can_name_are_refused_before_sending() {
         // Nothing listens on port 1: a request sent would fail otherwise.
-        let client = Client::new("http://127.0.0.1:1", false, Paint(false));
+        let gateways = crate::http::Endpoints::parse("--gateway", &["http://127.0.0.1:1".into()]);
+        let client = Client::new(gateways.unwrap(), false, Paint(false));
         for key in [".", "..", ""] {
             let out = client.execute(&Command::Read { key: key.into() }).await;
             assert!(!out.ok, "{key:?}");

@@ -16,7 +16,21 @@
 //!   away. The coordinator still listens on its port: the client, the
 //!   registry and course scripts use it.
 //!
+//! Given several coordinators (`--coordinator URL1,URL2`, the control
+//! plane's active one and its standbys), the gateway **follows the active
+//! one** (`follow_loop`): it polls every coordinator's `/status` every
+//! 400 ms with a 300 ms timeout (a SIGSTOPped coordinator accepts
+//! connections and never answers, so nobody may wait long on one), and
+//! forwards to the one whose `control_plane.this` is `active`, the highest
+//! epoch winning (a coordinator without a control plane, `mode` "", counts
+//! as active).
+//!
 //! Invariants:
+//! - **A request is sent again only if it surely reached no active
+//!   coordinator**: the connection could not be made, or a standby answered
+//!   503 `api::NOT_ACTIVE_COORDINATOR`. Then the gateway resolves the active
+//!   one at once and retries once there. A timeout or a reset proves nothing
+//!   (the write may have happened): the client gets 503 saying so.
 //! - **Both upstreams are one contract.** A forwarded request is the same
 //!   method, percent-encoded path and JSON body either way, and every answer
 //!   goes through one relay step (`relay`): a success body is passed through
@@ -94,9 +108,10 @@ pub struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: IpAddr,
-    /// The coordinator to forward to.
+    /// The coordinator to forward to; several (comma-separated or the flag
+    /// repeated): the gateway follows whichever is active.
     #[arg(long, default_value = "http://127.0.0.1:7000")]
-    pub coordinator: String,
+    pub coordinator: Vec<String>,
     #[command(flatten)]
     pub rate: RateLimitArgs,
     /// Seconds to wait for the coordinator's answer to one request.
@@ -111,13 +126,15 @@ pub struct Args {
 /// A setting the gateway cannot run with.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("--coordinator must be an http:// or https:// URL, got '{0}'")]
-    BadCoordinator(String),
+    #[error(transparent)]
+    BadCoordinator(#[from] crate::http::BadEndpoints),
     #[error(
         "an in-process coordinator is served at the root of its URL; \
          the URL must have no path, got '{0}'"
     )]
     InProcessPath(String),
+    #[error("inside `kvlab up` the gateway has one coordinator, its own; got {0}")]
+    InProcessSeveral(usize),
     #[error("--timeout must be between 0.001 and 3600 seconds, got {0}")]
     BadTimeout(f64),
     #[error(transparent)]
@@ -136,7 +153,8 @@ pub struct RateLimitConfig {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub addr: SocketAddr,
-    pub coordinator: Url,
+    /// At least one; the first is followed until a poll says otherwise.
+    pub coordinators: Vec<Url>,
     /// `None` when rate limiting is off.
     pub rate_limit: Option<RateLimitConfig>,
     pub timeout: Duration,
@@ -144,10 +162,13 @@ pub struct Config {
 
 impl Config {
     pub fn from_args(args: &Args) -> Result<Config, ConfigError> {
-        let coordinator = Url::parse(&args.coordinator)
-            .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-            .ok_or_else(|| ConfigError::BadCoordinator(args.coordinator.clone()))?;
+        let listed = crate::http::Endpoints::parse("--coordinator", &args.coordinator)?;
+        // `Endpoints::parse` accepted each, so each parses.
+        let coordinators = listed
+            .urls()
+            .iter()
+            .filter_map(|u| Url::parse(u).ok())
+            .collect();
         if !args.timeout.is_finite() || !(0.001..=3600.0).contains(&args.timeout) {
             return Err(ConfigError::BadTimeout(args.timeout));
         }
@@ -160,15 +181,15 @@ impl Config {
         });
         Ok(Config {
             addr: SocketAddr::new(args.host, args.port),
-            coordinator,
+            coordinators,
             rate_limit,
             timeout: Duration::from_secs_f64(args.timeout),
         })
     }
 
-    /// The coordinator's URL as people write it (no trailing slash).
+    /// The first coordinator's URL as people write it (no trailing slash).
     pub fn coordinator_str(&self) -> &str {
-        self.coordinator.as_str().trim_end_matches('/')
+        self.coordinators[0].as_str().trim_end_matches('/')
     }
 }
 
@@ -215,6 +236,8 @@ enum Upstream {
 pub struct Gateway {
     config: Config,
     upstream: Upstream,
+    /// Which coordinator requests go to, and what the last poll said of it.
+    follow: Follow,
     limiter: Option<RateLimiter>,
     metrics: Metrics,
 }
@@ -232,8 +255,13 @@ impl Gateway {
     /// gateway shows it and names it in errors. The router answers at its
     /// root, as on its port, so that URL must have no path.
     pub fn in_process(config: Config, coordinator: Router) -> Result<Arc<Gateway>, ConfigError> {
-        if config.coordinator.path() != "/" {
-            return Err(ConfigError::InProcessPath(config.coordinator.to_string()));
+        if config.coordinators.len() != 1 {
+            return Err(ConfigError::InProcessSeveral(config.coordinators.len()));
+        }
+        if config.coordinators[0].path() != "/" {
+            return Err(ConfigError::InProcessPath(
+                config.coordinators[0].to_string(),
+            ));
         }
         // The same input limits as requests reaching it over TCP get.
         let router = crate::http::limited(coordinator);
@@ -245,7 +273,13 @@ impl Gateway {
             Some(rl) => Some(RateLimiter::new(rl.strategy, rl.limits, rl.max_clients)?),
             None => None,
         };
+        let urls: Vec<String> = config
+            .coordinators
+            .iter()
+            .map(|u| u.as_str().trim_end_matches('/').to_string())
+            .collect();
         Ok(Arc::new(Gateway {
+            follow: Follow::new(&urls),
             upstream,
             limiter,
             metrics: Metrics::default(),
@@ -275,8 +309,8 @@ impl Gateway {
     /// The coordinator's URL for a path of segments, each percent-encoded
     /// byte for byte (`api::key_segment`: a key may contain `/`, `?`, `#`,
     /// spaces, control characters, which `path_segments_mut` would strip).
-    fn endpoint(&self, segments: &[&str]) -> Url {
-        let mut url = self.config.coordinator.clone();
+    fn endpoint(&self, coordinator: usize, segments: &[&str]) -> Url {
+        let mut url = self.config.coordinators[coordinator].clone();
         let mut path = url.path().trim_end_matches('/').to_string();
         for segment in segments {
             path.push('/');
@@ -298,6 +332,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let listener = crate::http::bind(config.addr).await?;
     let gateway = Gateway::new(config)?;
     println!("kvlab gateway: {}", describe(&gateway));
+    if gateway.config.coordinators.len() > 1 {
+        // Known before the first request, so it goes to the active one.
+        gateway.resolve(None).await;
+    }
     serve(gateway, listener, crate::http::shutdown_signal()).await
 }
 
@@ -317,11 +355,17 @@ pub fn describe(gateway: &Gateway) -> String {
     } else {
         ""
     };
+    let coordinators = match gateway.config.coordinators.len() {
+        1 => format!("coordinator {}", gateway.config.coordinator_str()),
+        _ => format!(
+            "the active one of coordinators {}",
+            gateway.follow.endpoints.urls().join(", ")
+        ),
+    };
     format!(
-        "{}://{} -> coordinator {}{how}, {limiting}",
+        "{}://{} -> {coordinators}{how}, {limiting}",
         crate::tls::scheme(gateway.config.addr.ip()),
         gateway.config.addr,
-        gateway.config.coordinator_str()
     )
 }
 
@@ -332,8 +376,10 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let sweeper = tokio::spawn(sweep_loop(gateway.clone()));
+    let follower = tokio::spawn(follow_loop(gateway.clone()));
     let result = crate::http::serve(listener, router(gateway), shutdown).await;
     sweeper.abort();
+    follower.abort();
     result
 }
 
@@ -460,27 +506,244 @@ fn add_limit_headers(headers: &mut HeaderMap, limiter: &RateLimiter, d: &Decisio
 }
 
 // ---------------------------------------------------------------------------
+// Following the active coordinator
+// ---------------------------------------------------------------------------
+
+/// How often the coordinators' `/status` is polled, and how long one poll
+/// may take: a paused coordinator must not hold the gateway up.
+const FOLLOW_EVERY: Duration = Duration::from_millis(400);
+const POLL_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// The coordinators and which one requests go to.
+struct Follow {
+    endpoints: crate::http::Endpoints,
+    /// What the last poll said of the followed one: its id and epoch
+    /// (empty and 0 until a poll found an active one).
+    seen: std::sync::Mutex<(String, u64)>,
+    /// One resolution at a time: a burst of failed requests polls once.
+    resolving: tokio::sync::Mutex<()>,
+}
+
+impl Follow {
+    fn new(urls: &[String]) -> Follow {
+        Follow {
+            // Already checked by `Config::from_args`.
+            endpoints: crate::http::Endpoints::parse("--coordinator", urls)
+                .expect("URLs checked by Config::from_args"),
+            seen: std::sync::Mutex::new((String::new(), 0)),
+            resolving: tokio::sync::Mutex::new(()),
+        }
+    }
+}
+
+/// What one coordinator's `/status` says of itself.
+#[derive(Debug, Clone, PartialEq)]
+struct Claim {
+    index: usize,
+    id: String,
+    epoch: u64,
+}
+
+/// Only the part of `/status` the gateway needs.
+#[derive(serde::Deserialize)]
+struct StatusControlPlane {
+    #[serde(default)]
+    control_plane: crate::api::ControlPlaneView,
+}
+
+/// Whether a coordinator's control plane makes it the one to follow:
+/// `this: active`, or no control plane at all (`mode` "", a coordinator
+/// without HA, which is active by being the only one).
+fn claims_active(cp: &crate::api::ControlPlaneView) -> bool {
+    cp.this == "active" || cp.mode.is_empty()
+}
+
+/// Among the coordinators that claim to be active, the one to follow: the
+/// highest epoch (a deposed one that has not noticed yet has a lower one);
+/// on a tie the one followed now, then the first listed.
+fn pick(claims: &[Claim], current: usize) -> Option<&Claim> {
+    claims
+        .iter()
+        .max_by_key(|c| (c.epoch, c.index == current, std::cmp::Reverse(c.index)))
+}
+
+impl Gateway {
+    /// Polls every coordinator at once and follows the active one; returns
+    /// the one followed afterwards. `failed`: the coordinator a request just
+    /// failed on. If another resolution already moved away from it, nothing
+    /// is polled again; if nobody claims to be active, the next one in the
+    /// list is tried.
+    async fn resolve(&self, failed: Option<usize>) -> usize {
+        let _one_at_a_time = self.follow.resolving.lock().await;
+        let (current, _) = self.follow.endpoints.current();
+        if failed.is_some_and(|f| f != current) {
+            return current;
+        }
+        let polls = (0..self.config.coordinators.len()).map(|i| self.poll(i));
+        let claims: Vec<Claim> = futures::future::join_all(polls)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        match pick(&claims, current) {
+            Some(best) => {
+                self.follow.endpoints.set_current(best.index);
+                self.note_followed(best, current);
+                best.index
+            }
+            None => match failed {
+                Some(f) => self.follow.endpoints.move_past(f).0,
+                None => current,
+            },
+        }
+    }
+
+    /// One coordinator's claim, if it answers in time and says it is active.
+    async fn poll(&self, index: usize) -> Option<Claim> {
+        let Upstream::Remote(http) = &self.upstream else {
+            return None;
+        };
+        let url = self.endpoint(index, &["status"]);
+        let resp = http.get(url).timeout(POLL_TIMEOUT).send().await.ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        let status: StatusControlPlane = resp.json().await.ok()?;
+        let cp = status.control_plane;
+        claims_active(&cp).then(|| Claim {
+            index,
+            id: cp.active.map(|a| a.id).unwrap_or_default(),
+            epoch: cp.epoch,
+        })
+    }
+
+    /// Records the followed coordinator's id and epoch, and narrates a change.
+    fn note_followed(&self, now: &Claim, before: usize) {
+        let mut seen = self.follow.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = now.index != before || seen.1 != now.epoch || seen.0 != now.id;
+        *seen = (now.id.clone(), now.epoch);
+        drop(seen);
+        if changed {
+            let url = &self.follow.endpoints.urls()[now.index];
+            let name = if now.id.is_empty() { url } else { &now.id };
+            println!(
+                "↪ now following coordinator {name} (epoch {}) at {url}",
+                now.epoch
+            );
+        }
+    }
+
+    /// `/stats`' and `/`'s `following`: only with several coordinators.
+    fn following(&self) -> Option<crate::api::FollowedCoordinator> {
+        if self.config.coordinators.len() < 2 {
+            return None;
+        }
+        let (id, epoch) = self
+            .follow
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Some(crate::api::FollowedCoordinator {
+            url: self.follow.endpoints.current().1.to_string(),
+            id,
+            epoch,
+            coordinators: self.follow.endpoints.urls().to_vec(),
+        })
+    }
+}
+
+/// Polls the coordinators every [`FOLLOW_EVERY`], for as long as the gateway
+/// serves (only with several of them).
+async fn follow_loop(gateway: Arc<Gateway>) {
+    if gateway.config.coordinators.len() < 2 || gateway.is_in_process() {
+        return;
+    }
+    let mut ticker = tokio::time::interval(FOLLOW_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        gateway.resolve(None).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Forwarding
 // ---------------------------------------------------------------------------
 
 /// The coordinator's answer, read in full: its status and its body.
 type Answer = (StatusCode, Bytes);
 
+/// Why no answer came, and whether the request surely never reached the
+/// coordinator (the connection could not be made): only then may it be sent
+/// to another.
+#[derive(Debug)]
+struct NoAnswer {
+    why: String,
+    never_reached: bool,
+}
+
+impl NoAnswer {
+    fn maybe_reached(why: String) -> NoAnswer {
+        NoAnswer {
+            why,
+            never_reached: false,
+        }
+    }
+}
+
+/// Which coordinator's answer (an index into `Config::coordinators`), and
+/// the answer.
+type Called = (usize, Result<Answer, NoAnswer>);
+
 impl Gateway {
-    /// Sends one request to the coordinator, whichever the upstream, and
-    /// returns its answer, or why none came ("timed out", "cannot connect:
-    /// ..."). `body`, if any, is JSON.
-    async fn call(
+    /// Sends one request to the coordinator followed now, whichever the
+    /// upstream, and returns its answer, or why none came ("timed out",
+    /// "cannot connect: ..."). `body`, if any, is JSON. With several
+    /// coordinators, a request that reached no active one (see the
+    /// module's invariants) is sent once more, to the active one found
+    /// meanwhile.
+    async fn call(&self, method: Method, segments: &[&str], body: Option<Bytes>) -> Called {
+        let (first, _) = self.follow.endpoints.current();
+        let answer = self
+            .call_one(first, method.clone(), segments, body.clone())
+            .await;
+        if self.config.coordinators.len() < 2 || !reached_no_active(&answer) {
+            return (first, answer);
+        }
+        let next = self.resolve(Some(first)).await;
+        if next == first {
+            return (first, answer);
+        }
+        (next, self.call_one(next, method, segments, body).await)
+    }
+
+    /// One request to one coordinator.
+    async fn call_one(
         &self,
+        coordinator: usize,
         method: Method,
         segments: &[&str],
         body: Option<Bytes>,
-    ) -> Result<Answer, String> {
-        let url = self.endpoint(segments);
+    ) -> Result<Answer, NoAnswer> {
+        let url = self.endpoint(coordinator, segments);
         let timeout = self.config.timeout;
         match &self.upstream {
             Upstream::Remote(http) => call_remote(http, method, url, body, timeout).await,
-            Upstream::Local(router) => call_local(router, method, &url, body, timeout).await,
+            Upstream::Local(router) => call_local(router, method, &url, body, timeout)
+                .await
+                .map_err(NoAnswer::maybe_reached),
+        }
+    }
+}
+
+/// Whether an answer proves the request reached no active coordinator: the
+/// connection was never made, or a standby said it is not the active one.
+fn reached_no_active(answer: &Result<Answer, NoAnswer>) -> bool {
+    match answer {
+        Err(no) => no.never_reached,
+        Ok((status, body)) => {
+            crate::http::not_active_coordinator(*status, &detail_of(*status, body))
         }
     }
 }
@@ -492,18 +755,21 @@ async fn call_remote(
     url: Url,
     body: Option<Bytes>,
     timeout: Duration,
-) -> Result<Answer, String> {
+) -> Result<Answer, NoAnswer> {
     // The timeout covers the whole exchange, the body included.
     let mut request = http.request(method, url).timeout(timeout);
     if let Some(body) = body {
         request = request.header(CONTENT_TYPE, "application/json").body(body);
     }
-    let resp = request
-        .send()
-        .await
-        .map_err(|e| describe_reqwest_error(&e))?;
+    let resp = request.send().await.map_err(|e| NoAnswer {
+        why: describe_reqwest_error(&e),
+        never_reached: crate::http::never_reached(&e),
+    })?;
     let status = resp.status();
-    let body = resp.bytes().await.map_err(|e| describe_reqwest_error(&e))?;
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| NoAnswer::maybe_reached(describe_reqwest_error(&e)))?;
     Ok((status, body))
 }
 
@@ -557,11 +823,18 @@ fn local_request(
 }
 
 /// 503 for a coordinator that did not answer (refused, timed out, reset).
-fn unreachable(gw: &Gateway, why: &str) -> ApiError {
+/// A write that may have reached it says its outcome is unknown.
+fn unreachable(gw: &Gateway, coordinator: usize, no: &NoAnswer, write: bool) -> ApiError {
     bump(&gw.metrics.errors);
+    let url = gw.follow.endpoints.urls()[coordinator].as_str();
+    let unknown = if write && !no.never_reached {
+        "; the write may or may not have been applied: read the key to know"
+    } else {
+        ""
+    };
     ApiError::unavailable(format!(
-        "Coordinator unreachable: {why} ({}{})",
-        gw.config.coordinator_str(),
+        "Coordinator unreachable: {} ({url}{}){unknown}",
+        no.why,
         gw.in_process_note()
     ))
 }
@@ -569,18 +842,19 @@ fn unreachable(gw: &Gateway, why: &str) -> ApiError {
 /// Turns the coordinator's answer into the gateway's, whichever upstream it
 /// came from: a success body is passed through byte for byte; an error keeps
 /// its status and its `detail`.
-fn relay(gw: &Gateway, answer: Result<Answer, String>) -> Result<Response, ApiError> {
-    relay_counted(gw, answer, &gw.metrics.forwarded)
+fn relay(gw: &Gateway, called: Called, write: bool) -> Result<Response, ApiError> {
+    relay_counted(gw, called, &gw.metrics.forwarded, write)
 }
 
 /// [`relay`], counting the answer in `forwarded` (writes and reads, as the
 /// original counts them) or another counter.
 fn relay_counted(
     gw: &Gateway,
-    answer: Result<Answer, String>,
+    (coordinator, answer): Called,
     forwarded: &AtomicU64,
+    write: bool,
 ) -> Result<Response, ApiError> {
-    let (status, body) = answer.map_err(|why| unreachable(gw, &why))?;
+    let (status, body) = answer.map_err(|no| unreachable(gw, coordinator, &no, write))?;
     bump(forwarded);
     if status.is_success() {
         return Ok((status, [(CONTENT_TYPE, "application/json")], body).into_response());
@@ -598,8 +872,9 @@ async fn forward(
     segments: &[&str],
     body: Option<Bytes>,
 ) -> Result<Response, ApiError> {
-    let answer = gw.call(method, segments, body).await;
-    relay(gw, answer)
+    let write = method == Method::POST;
+    let called = gw.call(method, segments, body).await;
+    relay(gw, called, write)
 }
 
 /// `POST /write`: checked here too, so bad input never costs a round trip.
@@ -635,8 +910,8 @@ async fn read(
 
 /// `GET /cluster-status`: the coordinator's `/status`.
 async fn cluster_status(State(gw): Shared) -> Result<Response, ApiError> {
-    let answer = gw.call(Method::GET, &["status"], None).await;
-    relay_counted(&gw, answer, &gw.metrics.forwarded_status)
+    let called = gw.call(Method::GET, &["status"], None).await;
+    relay_counted(&gw, called, &gw.metrics.forwarded_status, false)
 }
 
 // ---------------------------------------------------------------------------
@@ -648,6 +923,7 @@ async fn stats(State(gw): Shared) -> Json<GatewayStats> {
         gateway: gw.metrics.view(),
         rate_limiter: gw.limiter.as_ref().map(RateLimiter::stats),
         load_balancer: None,
+        following: gw.following(),
     })
 }
 
@@ -667,9 +943,10 @@ async fn health() -> Json<ServiceHealth> {
 async fn info(State(gw): Shared) -> Json<GatewayInfo> {
     Json(GatewayInfo {
         service: "gateway".into(),
-        coordinator: gw.config.coordinator_str().to_string(),
+        coordinator: gw.follow.endpoints.current().1.to_string(),
         rate_limiting: gw.limiter.is_some(),
         metrics: gw.metrics.view(),
+        following: gw.following(),
     })
 }
 
@@ -726,7 +1003,7 @@ mod tests {
     fn defaults_are_the_labs() {
         let a = args(&[]);
         assert_eq!(a.port, 8000);
-        assert_eq!(a.coordinator, "http://127.0.0.1:7000");
+        assert_eq!(a.coordinator, ["http://127.0.0.1:7000"]);
         assert!(!a.rate.rate_limit);
         assert_eq!(a.rate.rate_limit_max, 10);
         assert_eq!(a.rate.rate_limit_window, 60.0);
@@ -767,22 +1044,88 @@ mod tests {
     }
 
     #[test]
+    fn several_coordinators_are_listed_and_checked() {
+        let a = args(&[
+            "--coordinator",
+            "http://a:1,http://b:2",
+            "--coordinator",
+            "http://c:3/",
+        ]);
+        let c = Config::from_args(&a).unwrap();
+        let urls: Vec<&str> = c.coordinators.iter().map(Url::as_str).collect();
+        assert_eq!(urls, ["http://a:1/", "http://b:2/", "http://c:3/"]);
+        for (flag, needle) in [
+            ("http://a:1,b:2", "'b:2'"),
+            ("http://a:1,http://a:1", "twice"),
+            (",", "at least one"),
+        ] {
+            let err = Config::from_args(&args(&["--coordinator", flag])).unwrap_err();
+            let err = err.to_string();
+            assert!(
+                err.contains("--coordinator") && err.contains(needle),
+                "{err}"
+            );
+        }
+        let err = Gateway::in_process(c, stub_coordinator()).err().unwrap();
+        assert!(err.to_string().contains("one coordinator"), "{err}");
+    }
+
+    #[test]
+    fn the_highest_epoch_is_followed_and_ties_keep_the_current_one() {
+        let claim = |index, epoch| Claim {
+            index,
+            id: format!("c{index}"),
+            epoch,
+        };
+        assert_eq!(pick(&[], 0), None);
+        // A deposed coordinator that still says active has the lower epoch.
+        let claims = [claim(0, 4), claim(2, 5)];
+        assert_eq!(pick(&claims, 0).unwrap().index, 2);
+        // Coordinators without a control plane (epoch 0): stay, else the first.
+        let claims = [claim(0, 0), claim(1, 0)];
+        assert_eq!(pick(&claims, 1).unwrap().index, 1);
+        assert_eq!(pick(&claims, 2).unwrap().index, 0);
+    }
+
+    #[test]
+    fn a_coordinator_without_a_control_plane_is_active_and_a_standby_is_not() {
+        use crate::api::ControlPlaneView;
+        let view = |mode: &str, this: &str| ControlPlaneView {
+            mode: mode.into(),
+            this: this.into(),
+            ..Default::default()
+        };
+        assert!(claims_active(&view("", "")));
+        assert!(claims_active(&view("etcd", "active")));
+        assert!(claims_active(&view("embedded", "active")));
+        assert!(!claims_active(&view("etcd", "standby")));
+        assert!(!claims_active(&view("etcd", "deposed")));
+        let not_active =
+            |detail| crate::http::not_active_coordinator(StatusCode::SERVICE_UNAVAILABLE, &detail);
+        assert!(not_active(json!(crate::api::NOT_ACTIVE_COORDINATOR)));
+        assert!(not_active(
+            json!({"error": crate::api::NOT_ACTIVE_COORDINATOR})
+        ));
+        assert!(!not_active(json!("Write quorum not available")));
+    }
+
+    #[test]
     fn keys_are_percent_encoded_for_the_coordinator() {
         let gw = Gateway::new(Config::from_args(&args(&[])).unwrap()).unwrap();
-        let url = gw.endpoint(&["read", "a/b c?d#e%"]);
+        let url = gw.endpoint(0, &["read", "a/b c?d#e%"]);
         assert_eq!(
             url.as_str(),
             "http://127.0.0.1:7000/read/a%2Fb%20c%3Fd%23e%25"
         );
         // Control characters too: the URL standard strips a raw tab, LF or CR.
-        let url = gw.endpoint(&["read", "a\nb\tc\r\0%2e%2e"]);
+        let url = gw.endpoint(0, &["read", "a\nb\tc\r\0%2e%2e"]);
         assert_eq!(
             url.as_str(),
             "http://127.0.0.1:7000/read/a%0Ab%09c%0D%00%252e%252e"
         );
         let prefixed = Config::from_args(&args(&["--coordinator", "http://h:1/kv/"])).unwrap();
         let gw = Gateway::new(prefixed).unwrap();
-        assert_eq!(gw.endpoint(&["write"]).as_str(), "http://h:1/kv/write");
+        assert_eq!(gw.endpoint(0, &["write"]).as_str(), "http://h:1/kv/write");
     }
 
     // -- In-process: a stand-in coordinator router, the gateway's router

@@ -61,9 +61,11 @@ pub struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: IpAddr,
-    /// The coordinator to tell when a node dies or needs catching up.
+    /// The coordinator to tell when a node dies or needs catching up;
+    /// several (comma-separated or the flag repeated): whichever accepts,
+    /// a standby's 503 meaning "try the next".
     #[arg(long, default_value = "http://127.0.0.1:7000")]
-    pub coordinator: String,
+    pub coordinator: Vec<String>,
     /// Replace dead followers automatically.
     #[arg(long)]
     pub auto_spawn: bool,
@@ -81,7 +83,8 @@ pub struct Args {
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub coordinator: String,
+    /// The coordinators, and the last one that accepted a notice.
+    pub coordinators: Arc<crate::http::Endpoints>,
     pub auto_spawn: bool,
     pub spawn_delay: Duration,
     pub timeout: Duration,
@@ -97,8 +100,9 @@ impl Config {
                 anyhow::bail!("{name} must be between 0 and 3600 seconds, got {v}");
             }
         }
+        let coordinators = crate::http::Endpoints::parse("--coordinator", &args.coordinator)?;
         Ok(Config {
-            coordinator: args.coordinator.clone(),
+            coordinators: Arc::new(coordinators),
             auto_spawn: args.auto_spawn,
             spawn_delay: Duration::from_secs_f64(args.spawn_delay),
             timeout: Duration::from_secs_f64(args.timeout),
@@ -182,7 +186,7 @@ pub fn describe(config: &Config, addr: SocketAddr) -> String {
         "listening on {addr}; a node silent for {} s is declared dead; \
          tells the coordinator at {}; {spawn}",
         config.timeout.as_secs_f64(),
-        config.coordinator
+        config.coordinators.urls().join(", ")
     )
 }
 
@@ -582,36 +586,71 @@ async fn ask_catchup(reg: Arc<Registry>, hb: Heartbeat) {
     tell_coordinator(reg, "catchup", body).await;
 }
 
-/// POSTs to the coordinator, retrying (for a while) only when it cannot be reached.
+/// POSTs to the coordinator, retrying (for a while) only when it cannot be
+/// reached. With several coordinators, the last one that accepted is tried
+/// first, then the others in order: one that cannot be reached, or a
+/// standby's 503 `api::NOT_ACTIVE_COORDINATOR`, means the next.
 async fn tell_coordinator(reg: Arc<Registry>, path: &str, body: impl Serialize) {
-    let url = format!("{}/{path}", reg.config.coordinator);
+    let coordinators = &reg.config.coordinators;
     for attempt in 0..30u32 {
-        match reg
-            .http
-            .post(&url)
-            .json(&body)
-            .timeout(Duration::from_secs(35))
-            .send()
-            .await
-        {
-            Ok(resp) => {
-                if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
-                    // Not the coordinator's cluster secret: nothing will get through.
-                    let detail = crate::http::error_detail(resp).await;
-                    tracing::warn!(%url, %detail, "coordinator refused our cluster secret");
-                } else if !resp.status().is_success() {
-                    tracing::debug!(%url, status = %resp.status(), "coordinator refused");
+        for (i, base) in coordinators.from_current() {
+            let url = format!("{base}/{path}");
+            match tell_one(&reg, &url, &body).await {
+                Told::Done => {
+                    coordinators.set_current(i);
+                    return;
                 }
-                return;
-            }
-            Err(e) => {
-                if attempt == 0 {
-                    tracing::warn!(%url, error = %describe_reqwest_error(&e), "coordinator unreachable; retrying");
+                Told::NotActive => {
+                    tracing::debug!(%url, "a standby coordinator: trying the next");
                 }
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                Told::Unreachable(why) => {
+                    if attempt == 0 {
+                        tracing::warn!(%url, error = %why, "coordinator unreachable; trying again");
+                    }
+                }
             }
         }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// What one coordinator made of a notice.
+enum Told {
+    /// It answered (whatever it answered: its answer is the cluster's).
+    Done,
+    /// A standby: the notice belongs to the active one.
+    NotActive,
+    /// No answer: why.
+    Unreachable(String),
+}
+
+async fn tell_one(reg: &Registry, url: &str, body: &impl Serialize) -> Told {
+    let sent = reg
+        .http
+        .post(url)
+        .json(body)
+        .timeout(Duration::from_secs(35))
+        .send()
+        .await;
+    let resp = match sent {
+        Ok(resp) => resp,
+        Err(e) => return Told::Unreachable(describe_reqwest_error(&e)),
+    };
+    let status = resp.status();
+    if status.is_success() {
+        return Told::Done;
+    }
+    let detail = crate::http::error_detail(resp).await;
+    if crate::http::not_active_coordinator(status, &detail) {
+        return Told::NotActive;
+    }
+    if status == reqwest::StatusCode::UNAUTHORIZED {
+        // Not the coordinator's cluster secret: nothing will get through.
+        tracing::warn!(%url, %detail, "coordinator refused our cluster secret");
+    } else {
+        tracing::debug!(%url, %status, "coordinator refused");
+    }
+    Told::Done
 }
 
 #[cfg(test)]
