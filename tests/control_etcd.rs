@@ -213,3 +213,172 @@ fn an_etcd_that_does_not_answer_is_a_clear_error_naming_the_endpoint() {
         .to_string();
     assert!(e.contains("names no endpoint"), "{e}");
 }
+
+/// Two `kvlab coordinator --control-store etcd://` processes on one etcd:
+/// one active, one standby, and what each answers.
+#[test]
+fn a_standby_coordinator_answers_who_is_in_charge_and_refuses_the_rest() {
+    if !etcd::available("standby coordinator") {
+        return;
+    }
+    let etcd = Etcd::start(1);
+    let base = common::free_port_block();
+    let scratch = common::scratch();
+    let data = scratch.path().join("data");
+    let start = |id: &str, port: u16| {
+        let mut cmd = common::kvlab_in(&scratch);
+        cmd.args([
+            "coordinator",
+            "--control-store",
+            &etcd.url(),
+            "--coordinator-id",
+            id,
+        ])
+        .args(["--port", &port.to_string()])
+        .args(["--node-base-port", &(base + 2).to_string()])
+        .args(["--registry", &format!("http://127.0.0.1:{}", base + 1)])
+        .args([
+            "--cluster-name",
+            "standby-test",
+            "--no-delay",
+            "--followers",
+            "1",
+        ])
+        .args(["-W", "1", "-R", "1", "--quiet"])
+        .arg("--data-dir")
+        .arg(&data)
+        .stdout(std::process::Stdio::null());
+        common::StopOnDrop(cmd.spawn().unwrap())
+    };
+    let http = common::http().secret().timeout(common::secs(2)).build();
+    let status = |port: u16| -> serde_json::Value {
+        http.get(format!("http://127.0.0.1:{port}/status"))
+            .send()
+            .and_then(|r| r.json())
+            .unwrap_or_default()
+    };
+    let c1 = start("c1", base);
+    common::wait("c1 to be active with a cluster", common::secs(30)).until(|| {
+        let s = status(base);
+        (s["control_plane"]["this"] == "active" && s["quorum"]["can_write"] == true)
+            .then_some(())
+            .ok_or(s)
+    });
+    let mut c2 = start("c2", base + 10);
+    let s = common::wait("c2 to stand by", common::secs(30)).until(|| {
+        let s = status(base + 10);
+        (s["control_plane"]["this"] == "standby")
+            .then_some(s.clone())
+            .ok_or(s)
+    });
+    let cp = &s["control_plane"];
+    assert_eq!(cp["mode"], "etcd", "{s}");
+    assert_eq!(cp["active"]["id"], "c1", "{s}");
+    assert_eq!(cp["epoch"], 1, "{s}");
+    assert_eq!(cp["lease_ttl_s"], 3, "{s}");
+    assert_eq!(cp["store"], etcd.endpoints[0].as_str(), "{s}");
+    assert!(s["note"].as_str().unwrap().contains("c1 (epoch 1)"), "{s}");
+    // The active one lists the standby.
+    let a = status(base);
+    common::wait("c1 to list c2 as a standby", common::secs(5)).until(|| {
+        let a = status(base);
+        (a["control_plane"]["standbys"][0]["id"] == "c2")
+            .then_some(())
+            .ok_or(a)
+    });
+    assert_eq!(a["control_plane"]["active"]["pid"], c1.0.id(), "{a}");
+
+    let health: serde_json::Value = http
+        .get(format!("http://127.0.0.1:{}/health", base + 10))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(health["this"], "standby", "{health}");
+    let metrics = http
+        .get(format!("http://127.0.0.1:{}/metrics", base + 10))
+        .send()
+        .unwrap();
+    assert_eq!(metrics.status(), 200);
+    assert!(metrics.text().unwrap().contains("kvlab_build_info"));
+    let refused = http
+        .post(format!("http://127.0.0.1:{}/write", base + 10))
+        .json(&serde_json::json!({"key": "k", "value": "v"}))
+        .send()
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    assert_eq!(
+        refused.headers()[kvlab::api::HEADER_ACTIVE_COORDINATOR],
+        format!("http://127.0.0.1:{base}").as_str()
+    );
+    let body: serde_json::Value = refused.json().unwrap();
+    assert_eq!(body["detail"], kvlab::api::NOT_ACTIVE_COORDINATOR);
+
+    // Stopping the standby leaves the nodes alone; stopping the active one
+    // stops them.
+    let nodes: Vec<u32> = std::iter::once(&a["leader"])
+        .chain(a["followers"].as_array().unwrap())
+        .map(|n| n["pid"].as_u64().unwrap() as u32)
+        .collect();
+    unsafe { libc::kill(c2.0.id() as i32, libc::SIGTERM) };
+    common::wait("c2 to stop", common::secs(10)).until(|| matches!(c2.0.try_wait(), Ok(Some(_))));
+    assert!(
+        nodes.iter().all(|p| common::process_alive(*p)),
+        "a standby stopped nodes"
+    );
+    drop(c1);
+    common::wait("the active one's nodes to stop", common::secs(15))
+        .until(|| nodes.iter().all(|p| !common::process_alive(*p)));
+}
+
+#[test]
+fn bad_control_store_flags_are_clear_errors() {
+    let scratch = common::scratch();
+    let run = |args: &[&str]| {
+        let out = common::kvlab_in(&scratch)
+            .arg("coordinator")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, err) = run(&["--control-store", "etcd://"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("names no endpoint"), "{err}");
+    let (code, err) = run(&["--control-store", "zookeeper://x:1"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("etcd://HOST:PORT"), "{err}");
+    let port = common::free_port_block();
+    let (code, err) = run(&[
+        "--control-store",
+        &format!("etcd://127.0.0.1:{port}"),
+        "--port",
+        &(port + 1).to_string(),
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains(&format!("etcd at 127.0.0.1:{port}")), "{err}");
+    let (code, err) = run(&[
+        "--control-store",
+        &format!("etcd://127.0.0.1:{port}"),
+        "--fresh",
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("--fresh does not go with --control-store etcd"),
+        "{err}"
+    );
+    let (code, err) = run(&[
+        "--control-store",
+        &format!("etcd://127.0.0.1:{port}"),
+        "--lease-ttl",
+        "0",
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("--lease-ttl must be between 1 and 300"),
+        "{err}"
+    );
+}
