@@ -129,11 +129,14 @@ impl Drop for Ha {
     }
 }
 
+/// One acknowledged write: when it was sent, when its ack came, key, value.
+type Acked = (Instant, Instant, String, String);
+
 /// A writer through the gateways, moving to the next on a connection
 /// error, recording every acknowledged write and when it was sent.
 struct Load {
     stop: Arc<AtomicBool>,
-    acked: Arc<Mutex<Vec<(Instant, Instant, String, String)>>>,
+    acked: Arc<Mutex<Vec<Acked>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -174,7 +177,7 @@ impl Load {
         self.acked.lock().unwrap().len()
     }
 
-    fn finish(mut self) -> Vec<(Instant, Instant, String, String)> {
+    fn finish(mut self) -> Vec<Acked> {
         self.stop.store(true, Ordering::SeqCst);
         self.thread.take().unwrap().join().unwrap();
         std::mem::take(&mut *self.acked.lock().unwrap())

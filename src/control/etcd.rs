@@ -162,7 +162,9 @@ pub fn check_cluster_name(name: &str) -> Result<(), EtcdError> {
 /// One cluster's keys in one etcd cluster.
 #[derive(Debug, Clone)]
 pub struct EtcdStore {
-    client: etcdv3client::EtcdClient,
+    /// Shared: the client is large, and every clone of the store (each
+    /// mandate holds one) uses the same connections.
+    client: std::sync::Arc<etcdv3client::EtcdClient>,
     endpoints: Vec<String>,
     prefix: String,
     timeout: Duration,
@@ -193,7 +195,7 @@ impl EtcdStore {
                 source,
             })?;
         Ok(EtcdStore {
-            client,
+            client: std::sync::Arc::new(client),
             endpoints: endpoints.to_vec(),
             prefix: format!("/kvlab/{cluster_name}/"),
             timeout,
