@@ -342,7 +342,10 @@ fn a_coordinator_paused_beyond_its_lease_never_acts_again_and_one_stays_in_charg
         .unwrap();
     assert_eq!(refused.status().as_u16(), 409);
     let body: Value = refused.json().unwrap();
-    assert_eq!(body["detail"], kvlab::api::STALE_COORDINATOR, "{body}");
+    assert!(
+        body["detail"].to_string().contains(kvlab::api::STALE_COORDINATOR),
+        "{body}"
+    );
 
     // Wake it: it notices its lease is gone, stops acting, exits; up --ha
     // starts it again as a standby. At every look, one coordinator at most
