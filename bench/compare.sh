@@ -10,7 +10,14 @@
 #   4. starts a kvlab cluster (1 leader + 3 followers, W=2, R=2, no teaching
 #      delays, durable with --fsync always), measures it through its gateway,
 #      and stops it;
-#   5. prints one table with kvlab/etcd ratios.
+#   5. starts `kvlab bench-server`, a bare HTTP server that answers kvlab's
+#      requests at once with a small JSON body (same HTTP stack and server
+#      threads as the gateway's process, see src/bench/bare.rs), measures it
+#      with the same generator and connection count (64 clients, half reads
+#      and half writes), and stops it: the ceiling;
+#   6. prints one table with kvlab/etcd ratios, both clusters' idle memory
+#      (summed RSS, and summed PSS: each shared page counted once), and one line with kvlab's
+#      64-client reads and writes as a percentage of the bare server's rate.
 # Both systems are driven by the same generator (`kvlab bench`, with
 # `--target etcd` for etcd), so only the server differs. They run one after the
 # other, never together, so neither takes the other's cores. Every process the
@@ -26,6 +33,7 @@
 #   KVLAB_BIN=path                                   measure this binary (implies BUILD=0),
 #                                                    e.g. an older build for an A/B
 #   ETCD_PORT_BASE=23000  KVLAB_PORT_BASE=24000      where the two clusters listen
+#   BARE_PORT=24900                                  where the bare server listens
 
 set -euo pipefail
 set +m # no job control: a background `setsid` then keeps its pid (see start_kvlab)
@@ -38,6 +46,7 @@ ONLY=${ONLY:-both}
 KVLAB_UP_FLAGS=${KVLAB_UP_FLAGS:-}
 ETCD_PORT_BASE=${ETCD_PORT_BASE:-23000}
 KVLAB_PORT_BASE=${KVLAB_PORT_BASE:-24000}
+BARE_PORT=${BARE_PORT:-24900}
 
 # The three workloads of the comparison: a label, then `kvlab bench` flags.
 WORKLOADS=(
@@ -45,6 +54,8 @@ WORKLOADS=(
   "reads, 64 clients|-c 64 --reads 100 --preload"
   "writes, 1 client|-c 1 --reads 0"
 )
+# The ceiling's workload: the bare server, with the 64-client connection count.
+BARE_WORKLOAD="-c 64 --reads 50"
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WORK=$(mktemp -d -t kvlab-compare.XXXXXX)
@@ -54,6 +65,7 @@ KVLAB=${KVLAB_BIN:-$REPO/target/release/kvlab}
 
 ETCD_PIDS=()   # one per etcd member
 KVLAB_SID=""   # session of `kvlab up` and every process it starts
+BARE_PID=""    # the bare HTTP server
 
 log() { printf '== %s\n' "$*" >&2; }
 die() { printf 'compare.sh: %s\n' "$*" >&2; exit 1; }
@@ -94,9 +106,17 @@ stop_kvlab() {
   KVLAB_SID=""
 }
 
+stop_bare() {
+  [[ -n $BARE_PID ]] || return 0
+  kill "$BARE_PID" 2>/dev/null || true
+  wait "$BARE_PID" 2>/dev/null || true
+  BARE_PID=""
+}
+
 cleanup() {
   local status=$?
   trap - EXIT INT TERM
+  stop_bare
   stop_kvlab
   stop_etcd
   if ((status != 0)); then
@@ -149,6 +169,16 @@ wait_for() {
 # Resident memory, in MiB, of the given processes.
 rss_mib() {
   ps -o rss= "$@" | awk '{ kib += $1 } END { printf "%.1f", kib / 1024 }'
+}
+
+# Their proportional set size, in MiB: a page shared by several of them (a
+# binary's code: kvlab's five processes run one binary, etcd's three
+# another) counts once in all, not once in each as in the summed RSS.
+pss_mib() {
+  local pid
+  for pid in $(ps -o pid= "$@"); do
+    awk '/^Pss:/ { print $2 }' "/proc/$pid/smaps_rollup" 2>/dev/null || true
+  done | awk '{ kib += $1 } END { printf "%.1f", kib / 1024 }'
 }
 
 # ---------------------------------------------------------------------------
@@ -222,6 +252,35 @@ start_kvlab() {
 kvlab_url() { echo "http://127.0.0.1:$KVLAB_PORT_BASE"; }
 
 # ---------------------------------------------------------------------------
+# The ceiling: a bare HTTP server
+# ---------------------------------------------------------------------------
+
+kvlab_has_bare() { "$KVLAB" bench-server --help >/dev/null 2>&1; }
+
+# Starts the bare server, measures it once, stops it: results/bare.json.
+measure_bare() {
+  "$KVLAB" bench-server --port "$BARE_PORT" >"$WORK/bare.log" 2>&1 &
+  BARE_PID=$!
+  wait_for "http://127.0.0.1:$BARE_PORT/health" "the bare server" "$BARE_PID"
+  log "bare HTTP server: 64 clients, half reads"
+  # shellcheck disable=SC2086 # a list of flags
+  "$KVLAB" bench --url "http://127.0.0.1:$BARE_PORT" --target bare --duration "$DURATION" \
+    --warmup "$WARMUP" --keys "$KEYS" --value-size "$VALUE_SIZE" $BARE_WORKLOAD --json \
+    >"$RESULTS/bare.json"
+  stop_bare
+}
+
+# kvlab's 64-client reads and writes as a share of the bare server's rate.
+print_ceiling() {
+  local f=$RESULTS/bare.json bare
+  [[ -s $f ]] || return 0
+  bare=$(jq -r '.all.ops_per_sec | floor' "$f")
+  awk -v n="$bare" -v r="$(field kvlab 1 '.all.ops_per_sec')" -v w="$(field kvlab 0 '.all.ops_per_sec')" '
+    function pct(x) { return (x == "-" || n == 0) ? "-" : sprintf("%.0f", 100 * x / n) }
+    BEGIN { printf "bare HTTP server: %d req/s; kvlab reads %s%% and writes %s%% of it\n", n, pct(r), pct(w) }'
+}
+
+# ---------------------------------------------------------------------------
 # Measuring
 # ---------------------------------------------------------------------------
 
@@ -272,6 +331,7 @@ print_table() {
     printf ' %s/%s' "$(field kvlab "$i" .all.errors)" "$(field etcd "$i" .all.errors)"
   done
   printf '\nidle RSS: kvlab cluster %s MiB, etcd cluster %s MiB\n' "${KVLAB_RSS:--}" "${ETCD_RSS:--}"
+  printf 'idle PSS: kvlab cluster %s MiB, etcd cluster %s MiB\n' "${KVLAB_PSS:--}" "${ETCD_PSS:--}"
 }
 
 # ---------------------------------------------------------------------------
@@ -285,6 +345,7 @@ main() {
     log "starting a 3-member etcd"
     start_etcd
     ETCD_RSS=$(rss_mib -p "$(IFS=,; echo "${ETCD_PIDS[*]}")")
+    ETCD_PSS=$(pss_mib -p "$(IFS=,; echo "${ETCD_PIDS[*]}")")
     local leader
     leader=$(etcd_leader_url)
     [[ -n $leader ]] || die "no etcd leader found"
@@ -298,14 +359,21 @@ main() {
       log "starting a kvlab cluster"
       start_kvlab
       KVLAB_RSS=$(rss_mib --sid "$KVLAB_SID")
+      KVLAB_PSS=$(pss_mib --sid "$KVLAB_SID")
       measure kvlab kvlab "$(kvlab_url)"
       stop_kvlab
+      if kvlab_has_bare; then
+        measure_bare
+      else
+        log "this kvlab has no 'bench-server' subcommand: no ceiling line"
+      fi
     else
       log "this kvlab has no 'up' subcommand yet: skipping the kvlab half"
     fi
   fi
 
   print_table
+  print_ceiling
 }
 
 main "$@"

@@ -1274,6 +1274,10 @@ pub const NOT_ACTIVE_COORDINATOR: &str = "Not the active coordinator";
 /// On a standby's answers: the URL of the active coordinator, when known.
 pub const HEADER_ACTIVE_COORDINATOR: &str = "x-kvlab-active-coordinator";
 
+/// `--orphan-timeout`'s default, in seconds: how long a node whose
+/// coordinator is gone waits to be adopted before it stops by itself.
+pub const DEFAULT_ORPHAN_TIMEOUT_S: u64 = 60;
+
 /// A node's `POST /admin/adopt` body: a coordinator (a restarted one, or a
 /// standby that took over) takes charge of a node that is already running,
 /// instead of starting it again.

@@ -10,7 +10,10 @@
 //! - **Nothing outlives the run.** `stop` sends SIGTERM to the
 //!   group (so `up` stops its nodes in order), then SIGKILL after a grace
 //!   period. If the run itself dies, `up` gets SIGKILL from the kernel
-//!   (parent-death signal), and its nodes get theirs the same way. The
+//!   (parent-death signal), and its nodes get theirs the same way (the
+//!   hidden `--nodes-die-with-coordinator`: a run's cluster is never
+//!   adopted by a later coordinator). SIGKILL goes to the whole group,
+//!   which holds `up` and its nodes. The
 //!   guard's `Drop` kills the group too, for early returns and panics.
 //! - Output goes to a log file, never a pipe nobody reads.
 //! - Every run starts from empty nodes (`--fresh` on its own data directory).
@@ -311,6 +314,8 @@ fn spawn_up(
         .arg("--data-dir")
         .arg(data)
         .arg("--fresh")
+        // A run's cluster is never adopted: its nodes die with it.
+        .arg("--nodes-die-with-coordinator")
         .arg("--tls-ca")
         .arg(&tls.ca)
         .arg("--tls-cert")

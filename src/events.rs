@@ -60,6 +60,11 @@ pub enum EventKind {
     ClusterStopped,
     /// `stop_forced`: a node did not stop in time and was killed.
     StopForced,
+    /// `node_adopted`: a restarted coordinator took charge of a node that
+    /// kept running while no coordinator was up.
+    NodeAdopted,
+    /// `control_state`: where the coordinator keeps its state, its epoch.
+    ControlState,
     /// `start_failed`: the coordinator could not start the cluster.
     StartFailed,
     /// `storage`: where and how nodes persist their logs (or that they do not).

@@ -234,6 +234,12 @@ pub fn client() -> reqwest::Client {
         .expect("building the HTTP client")
 }
 
+/// As [`client`], with more headers on every request (the coordinator's
+/// epoch, say).
+pub fn client_with(headers: reqwest::header::HeaderMap) -> reqwest::Client {
+    builder(headers).build().expect("building the HTTP client")
+}
+
 /// The client of a node: as [`client`], and every request names the node
 /// in `X-Kvlab-From`, so that a peer's fault hooks can tell who sent it
 /// (see `api::HEADER_FROM`). `connect_timeout`: how long a connection may take

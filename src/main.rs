@@ -9,9 +9,12 @@ use kvlab::{
 /// mimalloc instead of the system allocator. Every request allocates
 /// (bodies, headers, JSON), and under load glibc's malloc took about a tenth
 /// of each process's CPU; with mimalloc a write costs 10-13% less CPU in
-/// the `up` process and the nodes (`bench/cpu-per-op.sh`).
+/// the `up` process and the nodes (`bench/cpu-per-op.sh`). `Counting`
+/// counts allocations only when asked (`KVLAB_COUNT_ALLOCATIONS=1`, for
+/// `bench/per-op.sh`); otherwise it costs one flag load per allocation.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: kvlab::metrics::alloc::Counting<mimalloc::MiMalloc> =
+    kvlab::metrics::alloc::Counting(mimalloc::MiMalloc);
 
 #[derive(Parser)]
 #[command(
@@ -42,6 +45,10 @@ enum Command {
     Assess(assess::Args),
     /// Load-generate against a gateway, a coordinator, or etcd, and report.
     Bench(bench::Args),
+    /// A bare HTTP server that answers kvlab's requests at once: the ceiling
+    /// `bench/compare.sh` measures kvlab against (`kvlab bench --target bare`).
+    #[command(hide = true)]
+    BenchServer(bench::bare::ServerArgs),
     /// The CloudCart exercise's files: `kvlab lab export DIR` writes the student handout.
     Lab(lab::Args),
     /// Check a cluster for linearizability under faults (Jepsen-style).
@@ -53,6 +60,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    kvlab::metrics::alloc::count_if_asked();
     let cli = Cli::parse();
     init_tracing(&cli.command);
     if matches!(cli.command, Command::Client(_) | Command::Lab(_)) {
@@ -75,6 +83,7 @@ fn main() -> std::process::ExitCode {
             Command::Registry(args) => registry::run(args).await,
             Command::Node(args) => node::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::BenchServer(args) => bench::bare::serve(args).await,
             Command::Lab(args) => lab::run(args).await,
             Command::Certs(args) => tls::certs(&args).map_err(anyhow::Error::from),
             // The client's exit code says whether the command worked.

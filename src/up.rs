@@ -225,7 +225,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     coordinator_config.launch.netns = netns.as_ref().map(|g| g.0.clone());
     // Creating the coordinator starts nothing (`serve` does), so it can come
     // first: the gateway needs its router.
-    let coordinator = Coordinator::new(coordinator_config);
+    let coordinator = Coordinator::new(coordinator_config)?;
     let _ = coordinator
         .ui
         .gateway

@@ -332,3 +332,30 @@ async fn a_dead_first_url_is_skipped() {
         "{stderr}"
     );
 }
+
+/// The ceiling of `bench/compare.sh`: the bare server (`kvlab bench-server`)
+/// answers every read and write `--target bare` sends, on kvlab's own
+/// listener loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bare_server_answers_every_request_of_the_bare_target() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(kvlab::http::serve(
+        listener,
+        kvlab::bench::bare::router(),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let mut p = plan(&format!("http://{addr}"), Stop::Ops(200));
+    p.target = TargetKind::Bare;
+    p.value_size = 100;
+    let report = execute(&p).await.unwrap();
+    assert_eq!(report.all.requests, 200);
+    assert_eq!(report.all.errors, 0);
+    assert_eq!(report.all.outcomes.ok, 200, "every request answered 200");
+    assert!(report.read.requests > 0 && report.write.requests > 0);
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}

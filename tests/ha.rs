@@ -343,7 +343,9 @@ fn a_coordinator_paused_beyond_its_lease_never_acts_again_and_one_stays_in_charg
     assert_eq!(refused.status().as_u16(), 409);
     let body: Value = refused.json().unwrap();
     assert!(
-        body["detail"].to_string().contains(kvlab::api::STALE_COORDINATOR),
+        body["detail"]
+            .to_string()
+            .contains(kvlab::api::STALE_COORDINATOR),
         "{body}"
     );
 

@@ -445,10 +445,9 @@ fn a_killed_up_leaves_nothing_for_long() {
     let killed = first.base;
     let _guard = NetnsGuard(killed, Some(tmp));
     assert!(!leftovers(killed).is_empty());
-    // SIGKILL: `up` cannot clean up, its nodes die with it.
+    // SIGKILL of the group: `up` cannot clean up, its nodes die with it.
     let mut first = first;
-    first.child.kill().unwrap();
-    first.child.wait().unwrap();
+    first.kill_group();
     drop(first);
     assert!(!leftovers(killed).is_empty(), "nothing to clean up?");
     // The next start (on other ports) removes what the dead run left.

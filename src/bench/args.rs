@@ -23,6 +23,9 @@ pub enum TargetKind {
     /// etcd's HTTP/JSON gateway: `POST /v3/kv/put` and `/v3/kv/range`
     /// (linearizable reads, base64 keys and values).
     Etcd,
+    /// The bare HTTP server of `kvlab bench-server`: kvlab's request shapes,
+    /// answered at once with a small JSON body (the ceiling; see `bare`).
+    Bare,
 }
 
 /// How keys are picked from the key space.

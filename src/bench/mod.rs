@@ -9,13 +9,15 @@
 //! - [`stats`]: per-client histograms and counters;
 //! - [`driver`]: the clients, the warm-up and the measured window;
 //! - [`report`]: the figures, as text or JSON;
-//! - [`cpu`]: what the generator itself costs.
+//! - [`cpu`]: what the generator itself costs;
+//! - [`bare`]: the ceiling, a bare HTTP server (`kvlab bench-server`).
 //!
 //! [`run`] is the edge that ties them together for the command line;
 //! [`execute`] does the same but hands the [`Report`] back, for tests and for
 //! callers that want the numbers rather than the printout.
 
 pub mod args;
+pub mod bare;
 pub mod conn;
 pub mod cpu;
 pub mod driver;

@@ -145,6 +145,7 @@ fn render_header(out: &mut String, r: &Report) {
     let target = match r.target {
         TargetKind::Kvlab => "kvlab",
         TargetKind::Etcd => "etcd",
+        TargetKind::Bare => "a bare HTTP server",
     };
     let dist = match r.zipf_s {
         Some(s) => format!("zipf s={s}"),

@@ -1,9 +1,11 @@
 //! The wire protocol of the system under test, and what its answers mean.
 //!
 //! A [`Target`] turns "read key k" or "write key k" into one HTTP request and
-//! turns the answer into an [`Outcome`]. Two targets exist: kvlab (gateway or
-//! coordinator, docs/api.md) and etcd's HTTP/JSON gateway, so that both systems are
-//! measured by the same client code and only the request shape differs.
+//! turns the answer into an [`Outcome`]. Three targets exist: kvlab (gateway or
+//! coordinator, docs/api.md), etcd's HTTP/JSON gateway, and the bare server
+//! of `kvlab bench-server` (kvlab's requests, see `bare`), so that every
+//! system is measured by the same client code and only the request shape
+//! differs.
 //!
 //! Invariant: every answer's body is read to its end before `send` returns,
 //! or the connection could not be reused for the next request (keep-alive
@@ -58,7 +60,7 @@ impl Target {
     pub fn new(kind: TargetKind, prefix: &str, value_size: usize) -> Self {
         let value = filler(value_size);
         let value = match kind {
-            TargetKind::Kvlab => value,
+            TargetKind::Kvlab | TargetKind::Bare => value,
             TargetKind::Etcd => base64(value.as_bytes()),
         };
         Target {
@@ -87,11 +89,12 @@ impl Target {
     /// Method, path and JSON body of one operation.
     fn request(&self, op: OpKind, key: &str) -> (Method, String, Option<Vec<u8>>) {
         let (path, body) = match (self.kind, op) {
-            (TargetKind::Kvlab, OpKind::Read) => {
+            // The bare server is sent exactly what kvlab is.
+            (TargetKind::Kvlab | TargetKind::Bare, OpKind::Read) => {
                 // Keys are `bench-<n>`: nothing in them needs percent-encoding.
                 return (Method::GET, format!("{}/read/{key}", self.prefix), None);
             }
-            (TargetKind::Kvlab, OpKind::Write) => (
+            (TargetKind::Kvlab | TargetKind::Bare, OpKind::Write) => (
                 "/write",
                 to_json(&WriteRequest {
                     key: key.to_string(),

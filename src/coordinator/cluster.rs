@@ -138,6 +138,17 @@ impl Cluster {
         n
     }
 
+    /// The incarnation the next process gets (for the control state).
+    pub fn next_incarnation(&self) -> u64 {
+        self.next_incarnation
+    }
+
+    /// Never hands out a number below `n` (what a previous coordinator of
+    /// this cluster may have used).
+    pub fn reserve_below(&mut self, n: u64) {
+        self.next_incarnation = self.next_incarnation.max(n);
+    }
+
     /// The slot of this exact node id (no alias; see [`Cluster::resolve`]).
     pub fn slot(&self, node_id: &str) -> Option<&Slot> {
         if node_id == self.leader.node_id {

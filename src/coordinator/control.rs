@@ -64,10 +64,6 @@ pub struct ControlArgs {
         default_value = "file"
     )]
     pub control_store: StoreSpec,
-    /// This coordinator's name among the cluster's coordinators (etcd mode;
-    /// default: `coordinator-<port>`).
-    #[arg(long, value_name = "ID")]
-    pub coordinator_id: Option<String>,
     /// Seconds of the active coordinator's lease in etcd: how long the
     /// standbys wait after it stops renewing (it dies, pauses, or loses
     /// etcd) before one takes over.
@@ -88,7 +84,6 @@ impl Default for ControlArgs {
     fn default() -> ControlArgs {
         ControlArgs {
             control_store: StoreSpec::File,
-            coordinator_id: None,
             lease_ttl: 3,
             cluster_name: DEFAULT_CLUSTER_NAME.into(),
             advertise: None,
@@ -111,25 +106,21 @@ pub enum ControlConfigError {
     BadId(String),
 }
 
-impl ControlArgs {
-    /// This coordinator's id, checked.
-    fn id(&self, port: u16) -> Result<String, ControlConfigError> {
-        let id = self
-            .coordinator_id
-            .clone()
-            .unwrap_or_else(|| format!("coordinator-{port}"));
-        let ok = !id.is_empty()
-            && id.len() <= 64
-            && id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-        if ok {
-            Ok(id)
-        } else {
-            Err(ControlConfigError::BadId(id))
-        }
+/// Checks `--coordinator-id` for etcd mode: it names a key there.
+fn check_id(id: &str) -> Result<(), ControlConfigError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ControlConfigError::BadId(id.to_string()))
     }
+}
 
+impl ControlArgs {
     fn validate(&self, fresh: bool) -> Result<(), ControlConfigError> {
         if !(1..=300).contains(&self.lease_ttl) {
             return Err(ControlConfigError::BadLeaseTtl(self.lease_ttl));
@@ -286,17 +277,11 @@ impl ControlPlane {
 pub async fn run(args: &Args, config: Config, endpoints: Vec<String>) -> anyhow::Result<()> {
     let control = &args.control;
     control.validate(args.cluster.storage.fresh)?;
-    let id = control.id(args.port)?;
+    let me = config.me();
+    check_id(&me.id)?;
+    let id = me.id.clone();
     let ttl = Duration::from_secs(control.lease_ttl);
     let store = EtcdStore::connect(&endpoints, &control.cluster_name, etcd_timeout(ttl)).await?;
-    let me = CoordinatorRef {
-        id: id.clone(),
-        url: control
-            .advertise
-            .clone()
-            .unwrap_or_else(|| crate::tls::url(args.host, args.host, args.port)),
-        pid: Some(std::process::id()),
-    };
     let lease = store.grant_lease(ttl).await?;
     let (renewed_tx, renewed) = tokio::sync::watch::channel(Instant::now());
     let cp = Arc::new(ControlPlane {
@@ -343,7 +328,7 @@ pub async fn run(args: &Args, config: Config, endpoints: Vec<String>) -> anyhow:
             return Ok(());
         }
     };
-    let coordinator = take_over(&cp, config, &mandate).await?;
+    let coordinator = take_over(&cp, config, mandate.clone()).await?;
     tokio::spawn(watch_active(cp.clone(), mandate.revision));
     let result = super::run_cluster(coordinator, server, stopping).await;
     resign(&cp).await;
@@ -457,7 +442,7 @@ async fn campaign(cp: &ControlPlane) -> Mandate {
 async fn take_over(
     cp: &Arc<ControlPlane>,
     config: Config,
-    mandate: &Mandate,
+    mandate: Mandate,
 ) -> anyhow::Result<Arc<Coordinator>> {
     let map = mandate.store().load_map().await?;
     println!(
@@ -473,12 +458,18 @@ async fn take_over(
             None => ": no cluster map in etcd yet, starting the cluster".into(),
         }
     );
-    let coordinator = Coordinator::new(config);
+    let epoch = mandate.epoch;
+    let view = {
+        let cp = cp.clone();
+        Arc::new(move || cp.view())
+    };
+    let control = super::state::ControlState::taken_over(mandate, map, cp.me.clone(), view);
+    let coordinator = Coordinator::with_control(config, control);
     let router = super::router(coordinator.clone());
     *cp.role.lock().unwrap() = Role::Active {
         coordinator: coordinator.clone(),
         router,
-        epoch: mandate.epoch,
+        epoch,
     };
     Ok(coordinator)
 }
@@ -525,11 +516,6 @@ fn dispatcher(cp: Arc<ControlPlane>, admin_token: Option<crate::auth::Secret>) -
             let standby = standby.clone();
             async move {
                 match cp.acting() {
-                    Some((coordinator, _)) if req.uri().path() == "/status" => {
-                        let mut status = coordinator.status();
-                        status.control_plane = cp.view();
-                        Json(status).into_response()
-                    }
                     Some((_, router)) => router.oneshot(req).await.into_response(),
                     None => standby.oneshot(req).await.into_response(),
                 }
@@ -592,7 +578,7 @@ mod tests {
     #[test]
     fn etcd_mode_flags_are_checked() {
         let args = ControlArgs::default();
-        assert_eq!(args.id(8000).unwrap(), "coordinator-8000");
+        assert!(check_id("coordinator-8000").is_ok());
         assert!(args.validate(false).is_ok());
         let e = args.validate(true).unwrap_err().to_string();
         assert!(e.contains("--fresh") && e.contains("/kvlab/kvlab/"), "{e}");
@@ -604,11 +590,10 @@ mod tests {
             zero.validate(false),
             Err(ControlConfigError::BadLeaseTtl(0))
         );
-        let bad = ControlArgs {
-            coordinator_id: Some("c 1/x".into()),
-            ..ControlArgs::default()
-        };
-        assert!(bad.id(1).is_err());
+        assert_eq!(
+            check_id("c 1/x"),
+            Err(ControlConfigError::BadId("c 1/x".into()))
+        );
     }
 
     #[test]

@@ -98,6 +98,18 @@ impl Failover {
         }
     }
 
+    /// Takes over the term of a previous coordinator: never promote in it
+    /// or below.
+    pub fn learn_promoted(&self, term: u64) {
+        self.promoted_in.fetch_max(term, Ordering::AcqRel);
+    }
+
+    /// A leader that already leads `incarnation` (adopted at a restart):
+    /// writes need not wait for an election.
+    pub fn confirm(&self, incarnation: u64) {
+        self.confirmed.send_replace(Some(incarnation));
+    }
+
     pub fn acked_seq(&self) -> u64 {
         self.acked_seq.load(Ordering::Acquire)
     }
@@ -222,8 +234,13 @@ impl Coordinator {
         cluster.term
     }
 
+    /// The highest term a promotion was asked in.
+    pub(super) fn promoted_in(&self) -> u64 {
+        self.failover.promoted_in.load(Ordering::Acquire)
+    }
+
     /// Learns a newer term from a node (after a coordinator restart, say).
-    fn learn_term(&self, term: u64) {
+    pub(super) fn learn_term(&self, term: u64) {
         let mut table = self.cluster.lock().unwrap();
         let cluster = Arc::make_mut(&mut table);
         cluster.term = cluster.term.max(term);
@@ -367,6 +384,16 @@ impl Coordinator {
     async fn promote(&self, reason: Reason, term: u64, old: &Slot, best: &Candidate) -> bool {
         let id = best.slot.node_id.clone();
         self.failover.promoted_in.fetch_max(term, Ordering::AcqRel);
+        // The term is saved before any node leads in it: a restarted
+        // coordinator never promotes in it again.
+        if let Err(e) = self.save_map(term).await {
+            self.events.bad(
+                EventKind::PromoteFailed,
+                Some(&id),
+                format!("❌ not promoting {id} to term {term}: {e:#}; will retry"),
+            );
+            return false;
+        }
         if let Err(why) = self.ask_promote(&best.slot, term).await {
             self.events.bad(
                 EventKind::PromoteFailed,
@@ -393,6 +420,8 @@ impl Coordinator {
             c.promote(&id);
             c.term = term;
         }
+        // Who leads now (the term was saved before the promotion).
+        let _ = self.save_map(term).await;
         self.failover.set(State::Idle);
         self.failover
             .confirmed

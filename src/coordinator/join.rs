@@ -46,6 +46,10 @@ pub async fn join(
     validate_node_id(&req.node_id)?;
     let port = port_of(&req.url, crate::tls::tls_at(c.config.addr.ip()))?;
     let (slot, rejoin) = c.admit(&req.node_id, &req.url, port)?;
+    // Saved before the node learns its incarnation: never handed out twice.
+    c.save_map(0)
+        .await
+        .map_err(|e| ApiError::internal(format!("{e:#}")))?;
     if rejoin {
         c.events.info(
             EventKind::SlotReused,

@@ -4,10 +4,17 @@
 //! process per node. Three rules keep that safe:
 //! - **Output never blocks a node.** Each node writes to its own log file
 //!   (`<log-dir>/<node-id>.log`); nothing depends on anyone reading a pipe.
-//! - **No orphans.** Each child asks the kernel to SIGKILL it when its parent
-//!   dies (`PR_SET_PDEATHSIG`), so even a SIGKILLed coordinator leaves nothing
-//!   behind. Children get their own process group so that a Ctrl-C in the
-//!   terminal reaches the coordinator, which then stops them in order.
+//! - **Nodes outlive a crashed coordinator, but no orphan lives forever.**
+//!   A `kvlab node` child gets `--supervisor-pid <this process>`: when the
+//!   coordinator dies, the node keeps serving, a restarted coordinator adopts
+//!   it (see `coordinator::adopt`), and a node nobody adopts within
+//!   `--orphan-timeout` stops by itself (see `node::supervision`). It stays
+//!   in the coordinator's process group, so one SIGKILL of the group (what
+//!   tests and `kvlab check` do) ends everything; it ignores SIGINT, so a
+//!   Ctrl-C in the terminal leaves the stopping to the coordinator, in order.
+//!   A student's node (`--node-cmd`) does not speak the adoption protocol: it
+//!   gets its own process group and the parent-death signal
+//!   (`PR_SET_PDEATHSIG`), and dies with the coordinator.
 //! - **Ports are checked first**, so "port taken" is a clear error, not a
 //!   node that silently failed to start.
 //!
@@ -32,7 +39,7 @@ use tokio::process::Command;
 use tokio::sync::watch;
 
 use crate::hosts::netns::{NetnsError, NetnsHosts};
-use crate::node::command_line::{self, NodeFlags, StorageFlags};
+use crate::node::command_line::{self, NodeFlags, StorageFlags, Supervisor};
 pub use crate::node::command_line::{NodeSpec, Placement};
 use crate::process::die_with_parent;
 
@@ -55,6 +62,11 @@ pub struct LaunchSettings {
     pub commands: NodeCommands,
     /// The nodes' TLS mode and files (the coordinator's own).
     pub tls: crate::tls::TlsArgs,
+    /// Seconds a node whose coordinator is gone waits to be adopted.
+    pub orphan_timeout: u64,
+    /// Every node gets the parent-death signal (hidden
+    /// `--nodes-die-with-coordinator`: the clusters of `check` and `assess`).
+    pub die_with_coordinator: bool,
 }
 
 /// `--node-cmd` and `--node-cmd-leader`: the programs that replace `kvlab
@@ -139,6 +151,8 @@ impl LaunchSettings {
             heartbeat_interval: self.heartbeat_interval,
             log_retain: self.log_retain,
             tls: self.tls.clone(),
+            // Set by `launch` for the nodes it starts as processes.
+            supervisor: None,
             storage: self.storage.as_ref().map(|s| StorageFlags {
                 fsync: s.fsync,
                 fsync_interval_ms: s.fsync_interval_ms,
@@ -209,9 +223,17 @@ pub async fn wait_port_free(host: &str, port: u16) -> Result<(), LaunchError> {
     Ok(())
 }
 
-/// The `kvlab node ...` arguments (without the binary) for `spec`.
+/// The `kvlab node ...` arguments (without the binary) for `spec`, for a
+/// node process this coordinator supervises.
 pub fn node_args(settings: &LaunchSettings, spec: &NodeSpec, at: &Placement) -> Vec<String> {
-    command_line::node_args(&settings.node_flags(), spec, at)
+    let flags = NodeFlags {
+        supervisor: Some(Supervisor {
+            pid: std::process::id(),
+            orphan_timeout: settings.orphan_timeout,
+        }),
+        ..settings.node_flags()
+    };
+    command_line::node_args(&flags, spec, at)
 }
 
 /// Starts a node process. Check the port with [`wait_port_free`] first.
@@ -256,17 +278,21 @@ pub fn launch(settings: &LaunchSettings, spec: &NodeSpec) -> Result<Launched, La
             cmd.args(node_args(&own, spec, &here)).args(&netns_args);
         }
     }
-    cmd.stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
-        .process_group(0);
+    cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
     // The cluster secret goes in the environment: a command line is
     // readable by every user of the machine (`ps`), the environment only by
     // the same user.
     if let Some(secret) = crate::auth::installed() {
         cmd.env(crate::auth::ENV_SECRET, secret.expose());
     }
-    die_with_parent(&mut cmd);
+    if student.is_some() {
+        // A student's node does not speak the adoption protocol: it dies
+        // with its coordinator, in a group of its own.
+        cmd.process_group(0);
+    }
+    if student.is_some() || settings.die_with_coordinator {
+        die_with_parent(&mut cmd);
+    }
     let mut child = cmd.spawn().map_err(|source| LaunchError::Spawn {
         binary: program,
         source,

@@ -14,8 +14,13 @@
 //!   the new follower set before a newly alive follower can be put in a
 //!   write's sync set;
 //! - each slot is served by at most one process: before a slot is respawned,
-//!   the previous process is killed, and its incarnation stops counting.
+//!   the previous process is killed, and its incarnation stops counting;
+//! - what must survive the coordinator (incarnations, terms, slots, its
+//!   epoch) is saved before it is relied on, and a coordinator started again
+//!   adopts the nodes that kept running (see [`state`] and [`adopt`]); every
+//!   request to a node carries this coordinator's epoch.
 
+mod adopt;
 mod batch;
 mod catchup;
 pub mod cluster;
@@ -37,6 +42,7 @@ pub mod runtime;
 mod slots;
 mod spawn;
 mod startup;
+mod state;
 pub mod ui;
 
 use std::collections::HashMap;
@@ -135,6 +141,19 @@ pub struct ClusterArgs {
     /// unavailable (Kafka's unclean.leader.election.enable).
     #[arg(long)]
     pub unclean_failover: bool,
+    /// Seconds a node keeps running once its coordinator is gone, waiting
+    /// for a restarted coordinator to adopt it, before it stops by itself.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_ORPHAN_TIMEOUT_S)]
+    pub orphan_timeout: u64,
+    /// The nodes die with this coordinator (the parent-death signal), as
+    /// before adoption existed: for the clusters `kvlab check` and `kvlab
+    /// assess` start, which are never adopted and must not outlive the run.
+    #[arg(long, hide = true)]
+    pub nodes_die_with_coordinator: bool,
+    /// This coordinator's name in `/status`'s `control_plane` (default:
+    /// `coordinator-<port>`).
+    #[arg(long, value_name = "ID")]
+    pub coordinator_id: Option<String>,
     #[command(flatten)]
     pub storage: StorageArgs,
     #[command(flatten)]
@@ -285,6 +304,10 @@ pub struct Config {
     pub unclean_failover: bool,
     /// Who starts the nodes (see [`runtime`]).
     pub runtime: RuntimeArgs,
+    /// This coordinator's name in `/status` (`--coordinator-id`).
+    pub coordinator_id: String,
+    /// Where the others reach it (`--advertise`; default: from the address).
+    pub advertise: Option<String>,
     /// Required on `/kill`, `/spawn`, `/catchup` and `/admin/*` when set:
     /// always off loopback (see [`crate::auth::admin_token`]).
     pub admin_token: Option<crate::auth::Secret>,
@@ -317,6 +340,8 @@ impl Config {
                 storage: args.cluster.storage.resolve(args.port),
                 netns: None,
                 tls: args.tls.clone(),
+                orphan_timeout: args.cluster.orphan_timeout,
+                die_with_coordinator: args.cluster.nodes_die_with_coordinator,
                 commands: args
                     .cluster
                     .runtime
@@ -328,9 +353,35 @@ impl Config {
             read_timeout: Duration::from_secs(2),
             unclean_failover: args.cluster.unclean_failover,
             runtime: args.cluster.runtime.clone(),
+            coordinator_id: args
+                .cluster
+                .coordinator_id
+                .clone()
+                .unwrap_or_else(|| format!("coordinator-{}", args.port)),
+            advertise: args.control.advertise.clone(),
             admin_token: crate::auth::admin_token(args.host, &args.admin)
                 .map_err(|e| ConfigError::AdminToken(e.to_string()))?,
         })
+    }
+
+    /// This coordinator, as `/status` names it: its id, URL and pid.
+    pub fn me(&self) -> CoordinatorRef {
+        CoordinatorRef {
+            id: self.coordinator_id.clone(),
+            url: self.advertise.clone().unwrap_or_else(|| {
+                crate::tls::url(self.addr.ip(), self.addr.ip(), self.addr.port())
+            }),
+            pid: Some(std::process::id()),
+        }
+    }
+
+    /// Where the coordinator keeps its state (see [`state`]): the nodes'
+    /// data directory, or the log directory for an in-memory cluster.
+    pub fn state_dir(&self) -> &std::path::Path {
+        match &self.launch.storage {
+            Some(s) => &s.base_dir,
+            None => &self.launch.log_dir,
+        }
     }
 
     pub fn node_url(&self, port: u16) -> String {
@@ -379,10 +430,26 @@ pub struct Coordinator {
     suspects: reads::Suspects,
     /// Nodes found with a damaged log, by id (see [`slots`]): `/status`.
     repairs: Mutex<std::collections::BTreeMap<String, RepairView>>,
+    /// The durable state and this coordinator's epoch (see [`state`]).
+    control: state::ControlState,
 }
 
 impl Coordinator {
-    pub fn new(config: Config) -> Arc<Coordinator> {
+    /// A coordinator, not started yet. Reads and saves its durable state
+    /// (see [`state`]): that is where its epoch comes from.
+    pub fn new(config: Config) -> anyhow::Result<Arc<Coordinator>> {
+        let control = state::ControlState::open(
+            config.state_dir(),
+            config.me(),
+            (config.followers, config.w, config.r),
+        )?;
+        Ok(Coordinator::with_control(config, control))
+    }
+
+    /// A coordinator with its durable state already open: the file's
+    /// ([`Coordinator::new`]) or, in etcd mode, what winning the election
+    /// gave (see [`control`]).
+    pub(crate) fn with_control(config: Config, control: state::ControlState) -> Arc<Coordinator> {
         let leader = Slot {
             node_id: LEADER_ID.to_string(),
             role: Role::Leader,
@@ -399,16 +466,27 @@ impl Coordinator {
             .and_then(|r| url::Url::parse(r).ok()?.port_or_known_default())
             .unwrap_or(ports::REGISTRY);
         let runtime = runtime::Runtime::new(&config.runtime, config.addr.port(), registry_port);
+        // Every request to a node carries this coordinator's epoch.
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(HEADER_COORDINATOR_EPOCH, control.epoch.into());
+        let mut cluster = Cluster::new(leader);
+        if let Some(found) = control.found() {
+            // Incarnations and terms of earlier coordinators are never reused.
+            cluster.reserve_below(found.next_incarnation);
+            cluster.term = found.term;
+        }
+        let failover = failover::Failover::new(config.unclean_failover);
+        failover.learn_promoted(cluster.term);
         Arc::new(Coordinator {
             runtime,
             events: Arc::new(EventLog::new(config.print_events)),
-            cluster: Mutex::new(Arc::new(Cluster::new(leader))),
+            cluster: Mutex::new(Arc::new(cluster)),
             membership: tokio::sync::Mutex::new(()),
-            http: crate::http::client(),
+            http: crate::http::client_with(headers),
             ready: std::sync::atomic::AtomicBool::new(false),
             writes: std::sync::OnceLock::new(),
             reads: Mutex::new(HashMap::new()),
-            failover: failover::Failover::new(config.unclean_failover),
+            failover,
             liveness: liveness::Liveness::default(),
             metrics: metrics::CoordinatorMetrics::new(config.w, config.r),
             ui: ui::UiState::default(),
@@ -416,6 +494,7 @@ impl Coordinator {
             commit: reads::CommitPoint::default(),
             suspects: reads::Suspects::default(),
             repairs: Mutex::default(),
+            control,
             config,
         })
     }
@@ -455,7 +534,7 @@ impl Coordinator {
             failover: self.failover.view(c.leader.is_alive()),
             repairs: self.repairs.lock().unwrap().values().cloned().collect(),
             liveness: self.liveness.source().as_str().into(),
-            control_plane: ControlPlaneView::default(),
+            control_plane: self.control.view(),
         }
     }
 }
@@ -475,7 +554,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         return control::run(&args, config, endpoints.clone()).await;
     }
     let listener = crate::http::bind(config.addr).await?;
-    let coordinator = Coordinator::new(config);
+    let coordinator = Coordinator::new(config)?;
     serve(coordinator, listener, crate::http::shutdown_signal()).await
 }
 

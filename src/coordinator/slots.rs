@@ -201,6 +201,12 @@ impl Coordinator {
                 incarnation,
             }
         };
+        // The incarnation is saved before its process exists: no later
+        // coordinator hands it out again.
+        if let Err(e) = self.save_map(0).await {
+            self.mark(&node_id, spec.incarnation, NodeStatus::Dead);
+            return Err(anyhow::anyhow!("cannot start {node_id}: {e:#}"));
+        }
         let launched = match self.launch_node(&spec).await {
             Ok(l) => l,
             Err(e) => {
@@ -214,6 +220,14 @@ impl Coordinator {
             s.url = launched.url.clone();
             s.clone()
         });
+        // Its pid too: what a restarted coordinator adopts (or `--fresh` kills).
+        if let Err(e) = self.save_map(0).await {
+            self.events.warn(
+                EventKind::ControlState,
+                Some(&node_id),
+                format!("⚠️  {e:#}"),
+            );
+        }
         self.watch_exit(&spec, launched.pid, launched.exited.clone());
         let healthy = self
             .wait_healthy(&launched.url, spec.incarnation, launched.exited.clone())
@@ -285,7 +299,7 @@ impl Coordinator {
 
     /// Narrates a process ending. Liveness is decided by heartbeats (that is
     /// what the lab shows), so this only reports.
-    fn watch_exit(
+    pub(super) fn watch_exit(
         self: &Arc<Self>,
         spec: &NodeSpec,
         pid: Option<u32>,

@@ -43,6 +43,20 @@ impl Coordinator {
                 cfg.launch.log_dir.display()
             ),
         );
+        self.events.info(
+            EventKind::ControlState,
+            None,
+            format!(
+                "🗂️  coordinator state in {}: epoch {} ({}); nodes refuse requests of older \
+                 epochs",
+                self.control.describe(),
+                self.control.epoch,
+                match self.control.found() {
+                    Some(m) => format!("a coordinator of epoch {} ran here before", m.epoch),
+                    None => "the first coordinator here".to_string(),
+                }
+            ),
+        );
         let kind = self.runtime.kind();
         let external = kind == super::runtime::RuntimeKind::External;
         if kind == super::runtime::RuntimeKind::Process {
@@ -54,15 +68,26 @@ impl Coordinator {
         if external {
             self.wait_for_joins().await;
         }
+        // Nodes a previous coordinator left running are adopted, not
+        // restarted (kvlab's own processes only: see `adopt`).
+        let adopted = if kind == super::runtime::RuntimeKind::Process {
+            self.adopt_running().await?
+        } else {
+            super::adopt::Adopted::default()
+        };
         let damaged = if external {
             vec![]
         } else {
-            self.start_all().await?
+            self.start_all(&adopted.ids).await?
         };
         // Every leader start is an election: the most advanced node leads
-        // (on a fresh cluster, every log is empty and `leader` keeps it).
-        let mut elected = false;
+        // (on a fresh cluster, every log is empty and `leader` keeps it);
+        // unless an adopted leader still leads the highest term.
+        let mut elected = adopted.leader_kept;
         for _ in 0..3 {
+            if elected {
+                break;
+            }
             elected = self.elect(failover::Reason::Start).await;
             if elected {
                 break;
@@ -104,13 +129,25 @@ impl Coordinator {
     /// Starts the leader's and the followers' processes. Returns the nodes
     /// that refused their damaged log (each waiting for repair), or an
     /// error if the cluster must not start (see the module doc).
-    async fn start_all(self: &Arc<Self>) -> anyhow::Result<Vec<(CorruptLogRefused, Role, u16)>> {
+    /// `adopted`: slots whose running process was adopted (not started).
+    async fn start_all(
+        self: &Arc<Self>,
+        adopted: &[String],
+    ) -> anyhow::Result<Vec<(CorruptLogRefused, Role, u16)>> {
         let cfg = &self.config;
         let mut slots = vec![(LEADER_ID.to_string(), Role::Leader, cfg.node_base_port)];
         for i in 1..=cfg.followers {
             let port = cfg.node_base_port + i as u16;
             slots.push((format!("follower-{i}"), Role::Follower, port));
         }
+        // Slots an adoption took from the map (a follower added by /spawn).
+        let table = self.snapshot();
+        for s in std::iter::once(&table.leader).chain(&table.followers) {
+            if s.incarnation > 0 && !slots.iter().any(|(id, ..)| *id == s.node_id) {
+                slots.push((s.node_id.clone(), s.role, s.port));
+            }
+        }
+        slots.retain(|(id, ..)| !adopted.contains(id));
         // `start_slot_once`, not `start_slot`: a damaged follower is not
         // rebuilt before we know a healthy node holds every acknowledged write.
         let starts = slots
@@ -176,6 +213,9 @@ impl Coordinator {
             return Ok(());
         };
         let dir = &storage.base_dir;
+        if storage.fresh {
+            self.kill_leftovers();
+        }
         if storage.fresh && dir.exists() {
             std::fs::remove_dir_all(dir).map_err(|e| {
                 anyhow::anyhow!(
@@ -183,6 +223,12 @@ impl Coordinator {
                     dir.display()
                 )
             })?;
+        }
+        if storage.fresh {
+            // The wipe took the state file: save it again (its epoch and
+            // incarnations still count; its slots are gone).
+            self.control.forget_found_slots();
+            self.control.save_found()?;
         }
         let recovering = dir.exists();
         self.events.info(
@@ -201,6 +247,49 @@ impl Coordinator {
         );
         Ok(())
     }
+}
+
+impl Coordinator {
+    /// `--fresh`: the nodes a previous coordinator left running are
+    /// SIGKILLed before their data is wiped; only a pid that is still a
+    /// kvlab node of that slot (its command line says so).
+    fn kill_leftovers(&self) {
+        let Some(map) = self.control.found() else {
+            return;
+        };
+        for slot in &map.slots {
+            let Some(pid) = slot.pid.filter(|&p| is_node_of(p, &slot.node_id)) else {
+                continue;
+            };
+            super::launcher::signal(pid, libc::SIGKILL);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+            while crate::process::exists(pid) && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            self.events.warn(
+                EventKind::Storage,
+                Some(&slot.node_id),
+                format!(
+                    "🧹 {} (pid {pid}) was still running from an earlier coordinator:                      stopped (--fresh)",
+                    slot.node_id
+                ),
+            );
+        }
+    }
+}
+
+/// Is `pid` a `kvlab node --id <node_id>` (and not some other process that
+/// got the number since)?
+fn is_node_of(pid: u32, node_id: &str) -> bool {
+    let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = raw.split(|&b| b == 0).collect();
+    let has = |w: &str| args.contains(&w.as_bytes());
+    let id_follows = args
+        .windows(2)
+        .any(|w| w[0] == b"--id" && w[1] == node_id.as_bytes());
+    has("node") && has("--supervisor-pid") && id_follows
 }
 
 /// The cluster refuses to start: the damaged logs may have held acknowledged

@@ -203,6 +203,8 @@ impl Stage {
             log_retain: 100_000,
             storage,
             netns: None,
+            orphan_timeout: crate::node::DEFAULT_ORPHAN_TIMEOUT,
+            die_with_coordinator: true,
             commands: NodeCommands {
                 follower: Some(command.to_string()),
                 leader: None,

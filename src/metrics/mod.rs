@@ -17,7 +17,10 @@
 //! This is the core every component shares. Each component renders its own
 //! metrics, from its own state, in its own `metrics.rs`, which says what it
 //! measures: `coordinator::metrics`, `node::metrics`, `registry::metrics`,
-//! `gateway::metrics`.
+//! `gateway::metrics`. [`alloc`] counts the process's heap allocations when
+//! asked (`bench/per-op.sh`), and every registry then shows the count.
+
+pub mod alloc;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -144,6 +147,13 @@ pub fn registry(component: &'static str) -> Registry {
             ("component", component),
         ]),
     );
+    if alloc::allocations().is_some() {
+        registry.register(
+            "process_allocations",
+            "Heap allocations by this process since it started (only with KVLAB_COUNT_ALLOCATIONS=1)",
+            alloc::AllocationsMetric,
+        );
+    }
     registry
 }
 

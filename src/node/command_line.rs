@@ -29,6 +29,17 @@ pub struct NodeFlags {
     pub storage: Option<StorageFlags>,
     /// `--tls` and, when there are any, the cluster's TLS files.
     pub tls: TlsArgs,
+    /// `Some` for a node kvlab starts as a process on this machine: it
+    /// watches its supervisor and may be adopted (see `node::supervision`).
+    pub supervisor: Option<Supervisor>,
+}
+
+/// `--supervisor-pid` and `--orphan-timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Supervisor {
+    pub pid: u32,
+    /// Seconds the node waits for an adoption once the supervisor is gone.
+    pub orphan_timeout: u64,
 }
 
 /// How the nodes persist their data.
@@ -91,6 +102,10 @@ pub fn node_args(flags: &NodeFlags, spec: &NodeSpec, at: &Placement) -> Vec<Stri
             flag(name, path.display().to_string());
         }
     }
+    if let Some(s) = flags.supervisor {
+        flag("--supervisor-pid", s.pid.to_string());
+        flag("--orphan-timeout", s.orphan_timeout.to_string());
+    }
     if let (Some(storage), Some(dir)) = (&flags.storage, &at.data_dir) {
         flag("--data-dir", dir.display().to_string());
         flag("--fsync", storage.fsync.name().into());
@@ -129,6 +144,10 @@ mod tests {
                 tls_cert: Some("/tls/cert.pem".into()),
                 tls_key: Some("/tls/key.pem".into()),
             },
+            supervisor: Some(Supervisor {
+                pid: 4321,
+                orphan_timeout: 7,
+            }),
         };
         let spec = NodeSpec {
             node_id: "follower-3".into(),
@@ -162,11 +181,14 @@ mod tests {
         assert_eq!(args.simulate_power_loss, storage.simulate_power_loss);
         assert_eq!(args.tls.mode, crate::tls::Mode::On);
         assert_eq!(args.tls.files(), flags.tls.files());
+        assert_eq!(args.supervisor_pid, Some(4321));
+        assert_eq!(args.orphan_timeout, 7);
 
         // A leader in memory, with no registry: the defaults stand.
         let memory = NodeFlags {
             storage: None,
             tls: TlsArgs::default(),
+            supervisor: None,
             ..flags
         };
         let leader = NodeSpec {
@@ -190,5 +212,7 @@ mod tests {
         );
         assert_eq!(args.tls.mode, crate::tls::Mode::Auto);
         assert_eq!(args.tls.files(), None);
+        assert_eq!(args.supervisor_pid, None);
+        assert_eq!(args.orphan_timeout, crate::node::DEFAULT_ORPHAN_TIMEOUT);
     }
 }

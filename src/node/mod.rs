@@ -33,6 +33,7 @@ pub mod log;
 pub mod metrics;
 mod replication;
 pub mod store;
+pub mod supervision;
 pub mod term;
 mod writes;
 
@@ -144,6 +145,17 @@ pub struct Args {
     /// Test only: break this node on purpose, `KIND` or `KIND@NODE-ID` (see
     /// `faults::Broken`). From the environment, so that every node of a
     /// `kvlab up` started with it inherits it.
+    /// The process that supervises this node (the coordinator that started
+    /// it): once it has been gone for --orphan-timeout and no coordinator
+    /// adopted the node, the node stops (see `supervision`). Such a node
+    /// ignores SIGINT: a Ctrl-C in the terminal reaches its coordinator,
+    /// which stops its nodes in order.
+    #[arg(long, value_name = "PID")]
+    pub supervisor_pid: Option<u32>,
+    /// Seconds a node whose supervisor is gone keeps running, waiting to be
+    /// adopted by a restarted coordinator, before it stops by itself.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_ORPHAN_TIMEOUT)]
+    pub orphan_timeout: u64,
     #[arg(
         long,
         hide = true,
@@ -152,6 +164,9 @@ pub struct Args {
     )]
     pub test_break: Option<String>,
 }
+
+/// `--orphan-timeout`'s default, in seconds.
+pub const DEFAULT_ORPHAN_TIMEOUT: u64 = api::DEFAULT_ORPHAN_TIMEOUT_S;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum RoleArg {
@@ -247,6 +262,8 @@ pub struct NodeState {
     /// (`api::EXIT_DISK_FULL`, `api::EXIT_STORAGE_FAILED`). The first reason wins.
     pub exit_code: AtomicI32,
     pub registry: Option<String>,
+    /// The coordinator's epoch, adoption and the orphan rule (see [`supervision`]).
+    pub supervision: supervision::Supervision,
 }
 
 /// Moves a seq watch up to `seq`, never down: appends complete in order, but
@@ -320,6 +337,11 @@ impl NodeState {
             shutdown: tokio::sync::Notify::new(),
             exit_code: AtomicI32::new(0),
             registry: args.registry.clone(),
+            supervision: supervision::Supervision::new(
+                args.data_dir.as_deref(),
+                args.supervisor_pid,
+                Duration::from_secs(args.orphan_timeout),
+            ),
         })
     }
 
@@ -557,10 +579,14 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
             secs(args.heartbeat_interval),
         ));
     }
+    if args.supervisor_pid.is_some() {
+        tokio::spawn(supervision::watch_orphan(node.clone()));
+    }
     let stop = node.clone();
+    let supervised = args.supervisor_pid.is_some();
     let shutdown = async move {
         tokio::select! {
-            _ = crate::http::shutdown_signal() => {},
+            _ = stop_signal(supervised) => {},
             _ = stop.shutdown.notified() => {},
         }
     };
@@ -578,6 +604,31 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
         }
     }
     served
+}
+
+/// What stops the node from outside: Ctrl-C or SIGTERM; for a supervised
+/// node SIGTERM only. It shares its coordinator's process group, so a
+/// Ctrl-C in the terminal reaches it too, and its coordinator stops it in
+/// order (see `coordinator::launcher`).
+async fn stop_signal(supervised: bool) {
+    use tokio::signal::unix::{signal, SignalKind};
+    if !supervised {
+        return crate::http::shutdown_signal().await;
+    }
+    let (Ok(mut interrupt), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return crate::http::shutdown_signal().await;
+    };
+    loop {
+        tokio::select! {
+            _ = interrupt.recv() => {
+                tracing::info!("SIGINT ignored: the coordinator stops this node");
+            }
+            _ = term.recv() => return,
+        }
+    }
 }
 
 /// How long a stopping node lets requests in flight finish. Some requests
@@ -647,6 +698,7 @@ pub fn router(node: Arc<NodeState>) -> Router {
         )
         .route("/replicate/truncate", post(follower::replicate_truncate))
         .route("/admin/promote", post(leadership::promote))
+        .route("/admin/adopt", post(supervision::adopt))
         .route("/replication/peers", put(set_peers).get(get_peers))
         .route("/replication/wait", post(wait_for_peer))
         .route("/replication/links", get(get_links))
@@ -668,8 +720,13 @@ pub fn router(node: Arc<NodeState>) -> Router {
 /// step down, and anyone can put a number in a header.
 async fn tag_response(State(node): State<Arc<NodeState>>, req: Request, next: Next) -> Response {
     node.stats.active_requests.fetch_add(1, Ordering::Relaxed);
+    // The coordinator's epoch first: a replaced coordinator's request
+    // must not even raise the node's term.
     let term_checked = if crate::auth::carries_secret(req.headers()) {
-        leadership::check_request_term(&node, req.headers())
+        match supervision::check_request_epoch(&node, req.headers()).await {
+            Ok(()) => leadership::check_request_term(&node, req.headers()),
+            Err(refused) => Err(refused),
+        }
     } else {
         Ok(())
     };

@@ -7,7 +7,8 @@
 //! a server that does not listen yet can even connect to itself), and the
 //! server then cannot bind it. A cluster is waited on
 //! through its HTTP endpoints and event log (never fixed sleeps), and is
-//! stopped when the handle drops; its nodes die with it (parent-death signal).
+//! stopped when the handle drops (SIGTERM, then SIGKILL of its process
+//! group, which its nodes share: nothing outlives the test).
 //! Clusters are durable (the default) with a fresh data directory each,
 //! deleted with the handle, unless the test asks for `--in-memory`.
 //!
@@ -432,6 +433,15 @@ impl Cluster {
     }
 
     /// `tls`: the temporary directory of a cluster that makes its CA there.
+    fn launch_at_logs(
+        base: u16,
+        data_dir: Option<&std::path::Path>,
+        extra: &[&str],
+        log_dir: tempfile::TempDir,
+    ) -> Cluster {
+        Cluster::launch_full(base, data_dir, extra, None, |_| {}, log_dir)
+    }
+
     fn launch_tls(
         base: u16,
         data_dir: Option<&std::path::Path>,
@@ -443,6 +453,17 @@ impl Cluster {
             .prefix("kvlab-test-logs-")
             .tempdir()
             .unwrap();
+        Cluster::launch_full(base, data_dir, extra, tls, prepare, log_dir)
+    }
+
+    fn launch_full(
+        base: u16,
+        data_dir: Option<&std::path::Path>,
+        extra: &[&str],
+        tls: Option<&std::path::Path>,
+        prepare: impl FnOnce(&mut Command),
+        log_dir: tempfile::TempDir,
+    ) -> Cluster {
         let mut cmd = kvlab();
         cmd.arg("up");
         if let Some(dir) = data_dir {
@@ -455,6 +476,7 @@ impl Cluster {
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
+        in_own_group(&mut cmd);
         prepare(&mut cmd);
         let mut child = cmd.spawn().expect("start kvlab up");
         // With the secret: tests drive the nodes' hooks directly.
@@ -690,20 +712,43 @@ impl Cluster {
     /// up` at once, and waits until all are gone. With the hidden
     /// `--simulate-power-loss`, the nodes lose what they had not fsynced, as
     /// after a real power cut (see `storage::power`).
-    pub fn power_cut(mut self) {
+    pub fn power_cut(self) {
         let pids = self.pids();
-        for &pid in &pids {
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        }
-        // Not waited for: `Drop` reaps it (so its pid cannot be reused
-        // before its SIGTERM).
-        let _ = self.child.kill();
+        // The whole group: `up` and its nodes at once. Not reaped here:
+        // `Drop` does (so its pid cannot be reused before its SIGTERM).
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         wait("every node to be gone", secs(10))
             .every(millis(10))
             .until(|| match pids.iter().find(|&&p| process_alive(p)) {
                 Some(p) => Err(format!("pid {p} still runs")),
                 None => Ok(()),
             });
+    }
+
+    /// SIGKILL of `kvlab up` and every node (its process group): a machine
+    /// that crashed. Waits until `up` is gone.
+    pub fn kill_group(&mut self) {
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+
+    /// `kvlab up` again on the same ports and data directory (the handle's
+    /// data and log directories move to the new one).
+    pub fn restart_same(mut self, flags: &str) -> Cluster {
+        let data = self.data_dir.take();
+        let dir = data.as_ref().map(|d| d.path().to_path_buf());
+        let log_dir = std::mem::replace(
+            &mut self.log_dir,
+            tempfile::Builder::new()
+                .prefix("kvlab-test-logs-")
+                .tempdir()
+                .unwrap(),
+        );
+        let base = self.base;
+        drop(self);
+        let mut next = Cluster::launch_at_logs(base, dir.as_deref(), &split(flags), log_dir);
+        next.data_dir = data;
+        next
     }
 
     pub fn pids(&self) -> Vec<u32> {
@@ -730,9 +775,19 @@ impl Drop for Cluster {
         if stopped.is_some() {
             return;
         }
-        let _ = self.child.kill();
+        // SIGKILL of the whole group: `up` and its nodes, which share it.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.wait();
     }
+}
+
+/// Starts `kvlab up` in a process group of its own, which its nodes share,
+/// so one SIGKILL of the group leaves nothing. (No parent-death signal: the
+/// kernel sends it when the *thread* that spawned the child ends, and tests
+/// start clusters from helper threads.)
+pub fn in_own_group(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0);
 }
 
 pub fn process_alive(pid: u32) -> bool {
