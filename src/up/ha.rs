@@ -189,6 +189,8 @@ impl Args {
             c.heartbeat_interval.to_string(),
             "--log-retain".into(),
             c.log_retain.to_string(),
+            "--orphan-timeout".into(),
+            c.orphan_timeout.to_string(),
             "--log-dir".into(),
             log_dir.display().to_string(),
         ];
@@ -674,6 +676,11 @@ async fn supervise(
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
+        }
+        // A Ctrl-C in the terminal reaches every child at once: what ends
+        // then is stopping, not to be started again.
+        if *stop.borrow() {
+            return;
         }
         for child in plan.children.iter_mut() {
             if let Some(status) = child.ended() {
