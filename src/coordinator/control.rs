@@ -415,8 +415,13 @@ async fn campaign(cp: &ControlPlane) -> Mandate {
             Ok(Round::Won(mandate)) => return mandate,
             Ok(Round::Held(active)) => {
                 let a = &active.record;
+                let pid = a
+                    .coordinator
+                    .pid
+                    .map(|p| format!("pid {p}, "))
+                    .unwrap_or_default();
                 let who = format!(
-                    "{} (epoch {}) at {}",
+                    "{} ({pid}epoch {}) at {}",
                     a.coordinator.id, a.epoch, a.coordinator.url
                 );
                 if announced != who {
