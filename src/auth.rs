@@ -141,16 +141,26 @@ pub struct SecretArgs {
 
 /// Where a process gets its secret when neither the flag nor the
 /// environment gives one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fallback {
-    /// A new random secret: `kvlab up`, `assess` and `check` start every
+    /// A new random secret: `assess` and `check` start every
     /// process of their cluster themselves and hand it down.
     Fresh,
     /// The user's own secret file, [`user_secret_file`], created on first
     /// use: components started one by one (the course's way) all find it
     /// without being told.
     UserFile,
+    /// The cluster's own secret file, created on first use and kept
+    /// (`kvlab up`: [`CLUSTER_SECRET_DIR`] in the coordinator's state
+    /// directory). The nodes outlive a killed `up` (see
+    /// `coordinator::adopt`); the next `up` must speak to them with the
+    /// secret they were started with, or it could not adopt them.
+    ClusterFile(PathBuf),
 }
+
+/// The private folder, in a `kvlab up` cluster's state directory, that
+/// holds its secret (`cluster-secret`); `--fresh` keeps it.
+pub const CLUSTER_SECRET_DIR: &str = ".secret";
 
 /// The secret this process should use: `--cluster-secret-file`, else
 /// `$KVLAB_CLUSTER_SECRET`, else the fallback.
@@ -164,6 +174,17 @@ pub fn load(args: &SecretArgs, fallback: Fallback) -> Result<Secret, AuthError> 
     match fallback {
         Fallback::Fresh => Secret::random(),
         Fallback::UserFile => user_secret(&user_secret_file()),
+        Fallback::ClusterFile(path) => {
+            // The folder's parent (the state directory) may not exist yet;
+            // the private folder itself is made by `user_secret`.
+            if let Some(state_dir) = path.parent().and_then(Path::parent) {
+                std::fs::create_dir_all(state_dir).map_err(|source| AuthError::Create {
+                    path: state_dir.into(),
+                    source,
+                })?;
+            }
+            user_secret(&path)
+        }
     }
 }
 

@@ -163,9 +163,6 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
         );
     }
     args.cluster.validate()?;
-    // A new secret for every cluster, unless given: `up` starts each of
-    // the cluster's processes itself and hands it down.
-    crate::auth::load_and_install(&args.secret, crate::auth::Fallback::Fresh)?;
     if !args.failure_timeout.is_finite() || !(0.1..=3600.0).contains(&args.failure_timeout) {
         anyhow::bail!(
             "--failure-timeout must be between 0.1 and 3600 seconds, got {}",
@@ -222,6 +219,18 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     };
     let registry_config = registry::Config::from_args(&registry_args)?;
     let mut coordinator_config = coordinator::Config::from_args(&coordinator_args)?;
+    // The cluster's own secret, unless given: `up` starts each of the
+    // cluster's processes itself and hands it down, and keeps it beside the
+    // coordinator's state, so that an `up` started again over nodes a killed
+    // one left running can adopt them.
+    let secret_file = coordinator_config
+        .state_dir()
+        .join(crate::auth::CLUSTER_SECRET_DIR)
+        .join("cluster-secret");
+    crate::auth::load_and_install(
+        &args.secret,
+        crate::auth::Fallback::ClusterFile(secret_file),
+    )?;
     coordinator_config.launch.netns = netns.as_ref().map(|g| g.0.clone());
     // Creating the coordinator starts nothing (`serve` does), so it can come
     // first: the gateway needs its router.

@@ -464,6 +464,29 @@ fn kvlab_up_killed_and_started_again_adopts_its_nodes() {
     assert_eq!(c.write("after", "restart").0, 200);
 }
 
+/// The same, as a person runs it: no secret given, so `up` makes the
+/// cluster's own and keeps it beside the coordinator's state. The `up`
+/// started again reads it back: with a new one, the nodes would refuse its
+/// adoption (401) and their ports would stay taken.
+#[test]
+fn kvlab_up_without_a_given_secret_keeps_its_own_and_adopts_its_nodes() {
+    let no_secret = |cmd: &mut std::process::Command| {
+        cmd.env_remove(kvlab::auth::ENV_SECRET);
+    };
+    let mut c = common::Cluster::start_with(FAST_3_2_2, no_secret);
+    assert_eq!(c.write("before", "crash").0, 200);
+    let processes = Separate::processes(&c.status());
+    c.child.kill().unwrap();
+    c.child.wait().unwrap();
+    let c = c.restart_same_with(FAST_3_2_2, no_secret);
+    let after = c.wait_status("every node adopted", secs(10), |s| {
+        s["quorum"]["alive_followers"] == 3 && s["leader"]["status"] == "alive"
+    });
+    assert_eq!(Separate::processes(&after), processes, "{after}");
+    assert_eq!(c.read("before").1["value"], "crash");
+    assert_eq!(c.write("after", "restart").0, 200);
+}
+
 /// A coordinator started with another shape does not adopt the running
 /// nodes: it refuses to start, naming both shapes, and the nodes run on.
 #[test]

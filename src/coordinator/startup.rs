@@ -220,7 +220,7 @@ impl Coordinator {
             self.kill_leftovers();
         }
         if storage.fresh && dir.exists() {
-            std::fs::remove_dir_all(dir).map_err(|e| {
+            wipe_keeping_secret(dir).map_err(|e| {
                 anyhow::anyhow!(
                     "cannot wipe the data directory {} (--fresh): {e}",
                     dir.display()
@@ -233,7 +233,13 @@ impl Coordinator {
             self.control.forget_found_slots();
             self.control.save_found()?;
         }
-        let recovering = dir.exists();
+        // Node directories, not the coordinator's own files, mean data.
+        let recovering = std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries.flatten().any(|e| {
+                let name = e.file_name();
+                name != crate::auth::CLUSTER_SECRET_DIR && name != crate::control::file::FILE_NAME
+            })
+        });
         self.events.info(
             EventKind::Storage,
             None,
@@ -293,6 +299,24 @@ fn is_node_of(pid: u32, node_id: &str) -> bool {
         .windows(2)
         .any(|w| w[0] == b"--id" && w[1] == node_id.as_bytes());
     has("node") && has("--supervisor-pid") && id_follows
+}
+
+/// `--fresh`: deletes everything in the data directory but the cluster's
+/// secret ([`crate::auth::CLUSTER_SECRET_DIR`], which `kvlab up` keeps there
+/// and has already read).
+fn wipe_keeping_secret(dir: &std::path::Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_name() == crate::auth::CLUSTER_SECRET_DIR {
+            continue;
+        }
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+        } else {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 /// The cluster refuses to start: the damaged logs may have held acknowledged

@@ -734,7 +734,13 @@ impl Cluster {
 
     /// `kvlab up` again on the same ports and data directory (the handle's
     /// data and log directories move to the new one).
-    pub fn restart_same(mut self, flags: &str) -> Cluster {
+    pub fn restart_same(self, flags: &str) -> Cluster {
+        self.restart_same_with(flags, |_| {})
+    }
+
+    /// [`Cluster::restart_same`], letting the caller adjust the command
+    /// first (as [`Cluster::start_with`]).
+    pub fn restart_same_with(mut self, flags: &str, prepare: impl FnOnce(&mut Command)) -> Cluster {
         let data = self.data_dir.take();
         let dir = data.as_ref().map(|d| d.path().to_path_buf());
         let log_dir = std::mem::replace(
@@ -746,7 +752,8 @@ impl Cluster {
         );
         let base = self.base;
         drop(self);
-        let mut next = Cluster::launch_at_logs(base, dir.as_deref(), &split(flags), log_dir);
+        let mut next =
+            Cluster::launch_full(base, dir.as_deref(), &split(flags), None, prepare, log_dir);
         next.data_dir = data;
         next
     }
