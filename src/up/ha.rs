@@ -24,9 +24,11 @@
 //! - the registry `--registry-port`, the nodes from `--node-base-port`.
 //!
 //! Files: `<temp dir>/kvlab-<coordinator port>/ha/` holds each process's
-//! log and the etcd members' data (started anew every run); the nodes'
-//! data is in `--data-dir` (default `<temp dir>/kvlab-<coordinator
-//! port>/data`), shared by the three coordinators.
+//! log and the etcd members' data; the nodes' data is in `--data-dir`
+//! (default `<temp dir>/kvlab-<coordinator port>/data`), shared by the
+//! three coordinators, with the cluster's secret. Both are kept across runs
+//! (`--fresh` wipes them): a run started again after a killed one finds the
+//! cluster map in etcd and adopts the nodes still running.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -81,6 +83,7 @@ struct Plan {
     etcd_endpoints: Vec<String>,
     dir: PathBuf,
     data_dir: Option<PathBuf>,
+    log_dir: PathBuf,
 }
 
 impl Args {
@@ -383,6 +386,7 @@ impl Args {
             etcd_endpoints,
             dir: dir.to_path_buf(),
             data_dir,
+            log_dir,
         }
     }
 }
@@ -409,18 +413,34 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     args.check_ha_ports()?;
     let base = std::env::temp_dir().join(format!("kvlab-{}", args.coordinator_port));
     let dir = base.join("ha");
-    // etcd's members start anew every run (the nodes' data is kept unless
-    // --fresh): a member's data only fits the ports it was started with.
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
     let kvlab = std::env::current_exe().unwrap_or_else(|_| "kvlab".into());
     let mut plan = args.ha_plan(&kvlab, &dir);
     if args.cluster.storage.fresh {
+        // etcd's data (the cluster map) and the nodes' go together.
+        for member in 1..=ETCD_MEMBERS {
+            let _ = std::fs::remove_dir_all(dir.join(format!("etcd-e{member}")));
+        }
         if let Some(data) = &plan.data_dir {
             let _ = std::fs::remove_dir_all(data);
         }
     }
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+    // The cluster's own secret, kept beside the nodes' data as plain `up`
+    // keeps it: the nodes of a killed `up --ha` still run with it, and the
+    // next run's coordinators adopt them (etcd keeps the map across runs).
+    let state_dir = plan
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| plan.log_dir.clone());
+    crate::auth::load_and_install(
+        &args.secret,
+        crate::auth::Fallback::ClusterFile(
+            state_dir
+                .join(crate::auth::CLUSTER_SECRET_DIR)
+                .join("cluster-secret"),
+        ),
+    )?;
     let secret = crate::auth::installed()
         .map(|s| s.expose().to_string())
         .unwrap_or_default();
@@ -642,10 +662,7 @@ async fn print_table(http: &reqwest::Client, plan: &Plan) {
                 ))
             })
             .collect();
-        println!(
-            "  nodes, started by the active coordinator: {}",
-            nodes.join(", ")
-        );
+        println!("  nodes (the active coordinator's): {}", nodes.join(", "));
     }
     println!();
     println!(
