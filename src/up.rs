@@ -10,6 +10,9 @@
 //! instead of over loopback HTTP ([`Gateway::in_process`]): same answers, a
 //! fraction of the CPU. The coordinator still listens on its own port, for
 //! the registry, the client and course scripts.
+//!
+//! `kvlab up --ha` is the other way round: every component in its own
+//! process, three coordinators on etcd, so that any one can die (see [`ha`]).
 
 mod ha;
 
