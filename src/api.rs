@@ -1346,6 +1346,22 @@ pub struct ControlPlaneView {
     pub this: String,
 }
 
+/// `GET /status` on a standby coordinator (etcd mode): it serves no
+/// cluster, so only who is in charge, and a note saying where to go.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StandbyStatus {
+    pub control_plane: ControlPlaneView,
+    pub note: String,
+}
+
+/// `GET /health` on a coordinator in etcd mode: up, and in which role
+/// (`active`, `standby` or `deposed`; see [`ControlPlaneView::this`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CoordinatorHealth {
+    pub status: String,
+    pub this: String,
+}
+
 /// `POST /admin/pause-heartbeats`: the fault hook for network blips.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PauseHeartbeats {

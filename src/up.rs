@@ -10,6 +10,11 @@
 //! instead of over loopback HTTP ([`Gateway::in_process`]): same answers, a
 //! fraction of the CPU. The coordinator still listens on its own port, for
 //! the registry, the client and course scripts.
+//!
+//! `kvlab up --ha` is the other way round: every component in its own
+//! process, three coordinators on etcd, so that any one can die (see [`ha`]).
+
+mod ha;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -92,6 +97,18 @@ pub struct Args {
     /// needs `--hosts netns`).
     #[arg(long, value_enum, default_value_t = LabDelays::Timer)]
     pub lab_delays: LabDelays,
+    /// A control plane that survives its coordinator: every component in
+    /// its own process, a 3-member etcd (needs `etcd` on the PATH: `apt
+    /// install etcd-server`), 3 coordinators (on --coordinator-port, +10,
+    /// +20; one active, two standbys), a registry and 2 gateways
+    /// (--gateway-port and the port below it); etcd's members on
+    /// --coordinator-port + 30 to + 35. A process that dies is started again.
+    #[arg(long)]
+    pub ha: bool,
+    /// With --ha: seconds of the active coordinator's lease in etcd (how
+    /// long a dead one keeps the standbys waiting).
+    #[arg(long, value_name = "S", default_value_t = 3, requires = "ha")]
+    pub lease_ttl: u64,
 }
 
 /// `kvlab up --hosts`.
@@ -159,6 +176,9 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     if args.cluster.heartbeat_interval > beats {
         args.cluster.heartbeat_interval = beats;
     }
+    if args.ha {
+        return ha::run(&args).await;
+    }
     args.check_port_collisions()?;
     if let Some(warning) =
         ephemeral_range().and_then(|range| ephemeral_warning(&args.ports(), range))
@@ -190,6 +210,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
         secret: args.secret.clone(),
         admin: args.admin.clone(),
         tls: tls.clone(),
+        control: Default::default(),
     };
     let gateway_args = gateway::Args {
         port: args.gateway_port,

@@ -312,6 +312,8 @@ fn a_missing_image_is_a_clear_error() {
 /// `docker-compose -p <project>` in the repository, with the test's ports.
 struct Compose {
     project: String,
+    /// `compose.yaml` or `compose-ha.yaml`.
+    file: &'static str,
     base: u16,
     /// Holds the admin token file compose.yaml mounts (`KVLAB_ADMIN_TOKEN_FILE`)
     /// and the folder its `certs` service makes the TLS files in (`KVLAB_TLS_DIR`).
@@ -322,9 +324,9 @@ const COMPOSE_ADMIN_TOKEN: &str = "compose-test-admin-token-0123456789";
 
 impl Compose {
     fn run(&self, args: &[&str]) -> std::process::Output {
-        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/compose.yaml");
+        let file = format!("{}/{}", env!("CARGO_MANIFEST_DIR"), self.file);
         Command::new("docker-compose")
-            .args(["-p", &self.project, "-f", file])
+            .args(["-p", &self.project, "-f", &file])
             .args(args)
             .env("KVLAB_IMAGE", image())
             .env(
@@ -340,6 +342,15 @@ impl Compose {
             .env(
                 "KVLAB_GATEWAY_PORT",
                 (self.base + GATEWAY_OFFSET).to_string(),
+            )
+            // compose-ha.yaml's: the coordinators and the second gateway.
+            .env("KVLAB_ETCD_IMAGE", ETCD_IMAGE)
+            .env("KVLAB_C1_PORT", self.base.to_string())
+            .env("KVLAB_C2_PORT", (self.base + 10).to_string())
+            .env("KVLAB_C3_PORT", (self.base + 20).to_string())
+            .env(
+                "KVLAB_GATEWAY2_PORT",
+                (self.base + GATEWAY_OFFSET - 1).to_string(),
             )
             .output()
             .unwrap()
@@ -364,6 +375,7 @@ fn compose_runs_a_working_cluster_and_down_removes_it() {
     }
     let compose = Compose {
         project: format!("kvlabt{}", std::process::id()),
+        file: "compose.yaml",
         base: free_port_block(),
         dir: scratch(),
     };
@@ -466,4 +478,114 @@ fn compose_runs_a_working_cluster_and_down_removes_it() {
         &format!("label=com.docker.compose.project={}", compose.project),
     ]);
     assert_eq!(volumes, Vec::<String>::new());
+}
+
+/// The etcd image compose-ha.yaml runs, built by the test from this
+/// machine's etcd (docker/build-etcd-image.sh).
+const ETCD_IMAGE: &str = "kvlab-etcd-test";
+
+#[test]
+fn compose_ha_keeps_writing_when_the_active_coordinator_is_killed() {
+    let test = "compose_ha_keeps_writing_when_the_active_coordinator_is_killed";
+    if !docker_ready(test, true) || !common::etcd::available(test) {
+        return;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/docker/build-etcd-image.sh");
+    let built = Command::new(script).arg(ETCD_IMAGE).output().unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let compose = Compose {
+        project: format!("kvlabha{}", std::process::id()),
+        file: "compose-ha.yaml",
+        base: free_port_block(),
+        dir: scratch(),
+    };
+    std::fs::write(compose.dir.path().join("admin-token"), COMPOSE_ADMIN_TOKEN).unwrap();
+    let up = compose.run(&["up", "-d"]);
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let ca = compose.dir.path().join("tls").join("ca.pem");
+    let http = http().timeout(secs(5)).ca(&ca).build();
+    let gateways = [
+        format!("https://127.0.0.1:{}", compose.base + GATEWAY_OFFSET),
+        format!("https://127.0.0.1:{}", compose.base + GATEWAY_OFFSET - 1),
+    ];
+    let coordinators: Vec<String> = (0..3)
+        .map(|i| format!("https://127.0.0.1:{}", compose.base + 10 * i))
+        .collect();
+    let write = |value: &str| {
+        gateways.iter().any(|g| {
+            http.post(format!("{g}/write"))
+                .json(&json!({"key": "ha", "value": value}))
+                .send()
+                .is_ok_and(|r| r.status() == 200)
+        })
+    };
+    let active = || {
+        coordinators.iter().find_map(|c| {
+            let s: Value = http.get(format!("{c}/status")).send().ok()?.json().ok()?;
+            (s["control_plane"]["this"] == "active").then_some(s)
+        })
+    };
+    let logs = || String::from_utf8_lossy(&compose.run(&["logs", "--no-color"]).stdout).to_string();
+    if wait("the compose-ha cluster to take a write", secs(90))
+        .every(millis(200))
+        .try_until(|| write("before"))
+        .is_none()
+    {
+        panic!("compose-ha never took a write:\n{}", logs());
+    }
+    let before = active().expect("an active coordinator");
+    let id = before["control_plane"]["active"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let killed = Command::new("docker")
+        .args(["kill", &format!("{}_{id}_1", compose.project)])
+        .output()
+        .unwrap();
+    assert!(
+        killed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&killed.stderr)
+    );
+    if wait("a write after the active coordinator was killed", secs(30))
+        .every(millis(100))
+        .try_until(|| write("after"))
+        .is_none()
+    {
+        panic!("no write after killing {id}:\n{}", logs());
+    }
+    let after = active().expect("a new active coordinator");
+    let (e0, e1) = (
+        &before["control_plane"]["epoch"],
+        &after["control_plane"]["epoch"],
+    );
+    assert!(e1.as_u64() > e0.as_u64(), "{e0} -> {e1}");
+    assert_ne!(after["control_plane"]["active"]["id"], id.as_str());
+    // The nodes were adopted, not started again.
+    assert_eq!(
+        after["leader"]["incarnation"], before["leader"]["incarnation"],
+        "{after}"
+    );
+    let read: Value = http
+        .get(format!("{}/read/ha", gateways[1]))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(read["value"], "after", "{read}");
+    let down = compose.run(&["down", "-v", "--timeout", "2"]);
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    assert_eq!(compose.containers(), Vec::<String>::new());
 }

@@ -24,7 +24,75 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::Role;
 
+pub mod etcd;
 pub mod file;
+
+/// Where a coordinator keeps its map (`--control-store`): `file` (the
+/// default) or `etcd://HOST:PORT[,HOST:PORT...]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum StoreSpec {
+    #[default]
+    File,
+    /// The etcd endpoints, `HOST:PORT` each.
+    Etcd(Vec<String>),
+}
+
+impl std::str::FromStr for StoreSpec {
+    type Err = etcd::EtcdError;
+
+    fn from_str(given: &str) -> Result<StoreSpec, etcd::EtcdError> {
+        if given == "file" {
+            return Ok(StoreSpec::File);
+        }
+        etcd::parse_endpoints(given).map(StoreSpec::Etcd)
+    }
+}
+
+/// The store the coordinator in charge saves its map to: one call whatever
+/// the mode.
+#[derive(Debug, Clone)]
+pub enum ControlStore {
+    File(file::FileStore),
+    /// The active coordinator's mandate: its saves are fenced.
+    Etcd(etcd::Mandate),
+}
+
+impl ControlStore {
+    /// The saved map, if any.
+    pub async fn load(&self) -> Result<Option<ClusterMap>, StoreError> {
+        match self {
+            ControlStore::File(f) => {
+                let f = f.clone();
+                tokio::task::spawn_blocking(move || f.load())
+                    .await
+                    .expect("loading the map does not panic")
+            }
+            ControlStore::Etcd(m) => Ok(m.store().load_map().await?),
+        }
+    }
+
+    /// Saves the map durably; in etcd mode only while this coordinator is
+    /// still the active one ([`etcd::EtcdError::Deposed`] otherwise).
+    pub async fn save(&self, map: &ClusterMap) -> Result<(), StoreError> {
+        match self {
+            ControlStore::File(f) => {
+                let (f, map) = (f.clone(), map.clone());
+                tokio::task::spawn_blocking(move || f.save(&map))
+                    .await
+                    .expect("saving the map does not panic")
+            }
+            ControlStore::Etcd(m) => Ok(m.save_map(map).await?),
+        }
+    }
+
+    /// `/status`' `control_plane.store`: the file, or the endpoints.
+    pub fn describe(&self) -> String {
+        match self {
+            ControlStore::File(f) => f.path().display().to_string(),
+            ControlStore::Etcd(m) => m.store().endpoints(),
+        }
+    }
+}
 
 /// What a coordinator must not forget, saved in the control store.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -65,6 +133,8 @@ pub struct SlotRecord {
 /// A control store that could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    #[error(transparent)]
+    Etcd(#[from] etcd::EtcdError),
     #[error("cannot read the coordinator's state {path}: {source}")]
     Read {
         path: String,

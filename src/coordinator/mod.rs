@@ -24,6 +24,7 @@ mod adopt;
 mod batch;
 mod catchup;
 pub mod cluster;
+pub mod control;
 mod failover;
 pub(crate) mod faults;
 mod join;
@@ -92,6 +93,10 @@ pub struct Args {
     /// same files and mode on their command line).
     #[command(flatten)]
     pub tls: crate::tls::TlsArgs,
+    /// Where the cluster map lives, and this coordinator's part in an
+    /// etcd-replicated control plane (see [`control`]).
+    #[command(flatten)]
+    pub control: control::ControlArgs,
 }
 
 /// The cluster's shape and timing, shared by `coordinator` and `up`.
@@ -301,6 +306,8 @@ pub struct Config {
     pub runtime: RuntimeArgs,
     /// This coordinator's name in `/status` (`--coordinator-id`).
     pub coordinator_id: String,
+    /// Where the others reach it (`--advertise`; default: from the address).
+    pub advertise: Option<String>,
     /// Required on `/kill`, `/spawn`, `/catchup` and `/admin/*` when set:
     /// always off loopback (see [`crate::auth::admin_token`]).
     pub admin_token: Option<crate::auth::Secret>,
@@ -351,9 +358,21 @@ impl Config {
                 .coordinator_id
                 .clone()
                 .unwrap_or_else(|| format!("coordinator-{}", args.port)),
+            advertise: args.control.advertise.clone(),
             admin_token: crate::auth::admin_token(args.host, &args.admin)
                 .map_err(|e| ConfigError::AdminToken(e.to_string()))?,
         })
+    }
+
+    /// This coordinator, as `/status` names it: its id, URL and pid.
+    pub fn me(&self) -> CoordinatorRef {
+        CoordinatorRef {
+            id: self.coordinator_id.clone(),
+            url: self.advertise.clone().unwrap_or_else(|| {
+                crate::tls::url(self.addr.ip(), self.addr.ip(), self.addr.port())
+            }),
+            pid: Some(std::process::id()),
+        }
     }
 
     /// Where the coordinator keeps its state (see [`state`]): the nodes'
@@ -419,6 +438,18 @@ impl Coordinator {
     /// A coordinator, not started yet. Reads and saves its durable state
     /// (see [`state`]): that is where its epoch comes from.
     pub fn new(config: Config) -> anyhow::Result<Arc<Coordinator>> {
+        let control = state::ControlState::open(
+            config.state_dir(),
+            config.me(),
+            (config.followers, config.w, config.r),
+        )?;
+        Ok(Coordinator::with_control(config, control))
+    }
+
+    /// A coordinator with its durable state already open: the file's
+    /// ([`Coordinator::new`]) or, in etcd mode, what winning the election
+    /// gave (see [`control`]).
+    pub(crate) fn with_control(config: Config, control: state::ControlState) -> Arc<Coordinator> {
         let leader = Slot {
             node_id: LEADER_ID.to_string(),
             role: Role::Leader,
@@ -435,15 +466,6 @@ impl Coordinator {
             .and_then(|r| url::Url::parse(r).ok()?.port_or_known_default())
             .unwrap_or(ports::REGISTRY);
         let runtime = runtime::Runtime::new(&config.runtime, config.addr.port(), registry_port);
-        let control = state::ControlState::open(
-            config.state_dir(),
-            CoordinatorRef {
-                id: config.coordinator_id.clone(),
-                url: crate::tls::url(config.addr.ip(), config.addr.ip(), config.addr.port()),
-                pid: Some(std::process::id()),
-            },
-            (config.followers, config.w, config.r),
-        )?;
         // Every request to a node carries this coordinator's epoch.
         let mut headers = reqwest::header::HeaderMap::new();
         headers.insert(HEADER_COORDINATOR_EPOCH, control.epoch.into());
@@ -455,7 +477,7 @@ impl Coordinator {
         }
         let failover = failover::Failover::new(config.unclean_failover);
         failover.learn_promoted(cluster.term);
-        Ok(Arc::new(Coordinator {
+        Arc::new(Coordinator {
             runtime,
             events: Arc::new(EventLog::new(config.print_events)),
             cluster: Mutex::new(Arc::new(cluster)),
@@ -474,7 +496,7 @@ impl Coordinator {
             repairs: Mutex::default(),
             control,
             config,
-        }))
+        })
     }
 
     /// The table as it is now, for decisions made without holding the lock.
@@ -528,6 +550,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(line) = admin_token_notice(&config) {
         println!("kvlab coordinator: {line}");
     }
+    if let crate::control::StoreSpec::Etcd(endpoints) = &args.control.control_store {
+        return control::run(&args, config, endpoints.clone()).await;
+    }
     let listener = crate::http::bind(config.addr).await?;
     let coordinator = Coordinator::new(config)?;
     serve(coordinator, listener, crate::http::shutdown_signal()).await
@@ -542,7 +567,7 @@ pub async fn serve(
     // On shutdown, the live view's event streams end first: graceful
     // shutdown waits for open requests, and those never finish by themselves.
     let ui = coordinator.clone();
-    let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     let shutdown = async move {
         shutdown.await;
         let _ = stopping_tx.send(true);
@@ -553,6 +578,19 @@ pub async fn serve(
         router(coordinator.clone()),
         shutdown,
     ));
+    run_cluster(coordinator, server, stopping).await
+}
+
+/// The cluster's life once its API is served by `server`: starts it (its
+/// background duties too), waits until the server ends (`stopping` turns
+/// true first), then stops every node. Also the active coordinator's life
+/// in etcd mode, whose server was already serving as a standby (see
+/// [`control`]).
+pub(crate) async fn run_cluster(
+    coordinator: Arc<Coordinator>,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let background = membership::start_background(coordinator.clone());
     let failover = failover::start(coordinator.clone());
     let protocol = protocol::start(coordinator.clone());

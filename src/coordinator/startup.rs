@@ -49,7 +49,7 @@ impl Coordinator {
             format!(
                 "🗂️  coordinator state in {}: epoch {} ({}); nodes refuse requests of older \
                  epochs",
-                self.control.path().display(),
+                self.control.describe(),
                 self.control.epoch,
                 match self.control.found() {
                     Some(m) => format!("a coordinator of epoch {} ran here before", m.epoch),
@@ -65,16 +65,19 @@ impl Coordinator {
             self.prepare_data_dir()?;
         }
         self.prepare_runtime().await?;
-        if external {
-            self.wait_for_joins().await;
-        }
         // Nodes a previous coordinator left running are adopted, not
-        // restarted (kvlab's own processes only: see `adopt`).
-        let adopted = if kind == super::runtime::RuntimeKind::Process {
+        // restarted (kvlab's own processes only: see `adopt`), and so are
+        // nodes that joined it (`--runtime external`: a standby taking over
+        // in etcd mode finds them running; they will not join again).
+        let adopted = if kind == super::runtime::RuntimeKind::Process || external {
             self.adopt_running().await?
         } else {
             super::adopt::Adopted::default()
         };
+        if external {
+            // Returns at once when every slot was adopted.
+            self.wait_for_joins().await;
+        }
         let damaged = if external {
             vec![]
         } else {

@@ -1,6 +1,8 @@
-//! The coordinator's durable state (the embedded control plane): the
-//! [`ClusterMap`] in `coordinator.json`, next to the nodes' data (`<data
-//! dir>/coordinator.json`; in memory, `<log dir>/coordinator.json`).
+//! The coordinator's durable state: the [`ClusterMap`] in `coordinator.json`,
+//! next to the nodes' data (`<data dir>/coordinator.json`; in memory, `<log
+//! dir>/coordinator.json`), the embedded control plane; or in etcd, for the
+//! active coordinator of several (see [`super::control`]), whose saves are
+//! fenced by its mandate.
 //!
 //! Invariants:
 //! - **the epoch grows with every start**: the saved epoch + 1, saved before
@@ -12,16 +14,22 @@
 //!   ever handed out twice, even across a crash of the coordinator;
 //! - saves take turns and run off the async threads (`spawn_blocking`).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::Coordinator;
 use crate::api::{ControlPlaneView, CoordinatorRef};
 use crate::control::file::FileStore;
-use crate::control::{ClusterMap, SlotRecord};
+use crate::control::{ClusterMap, ControlStore, SlotRecord};
+
+/// `/status`' `control_plane` when someone else knows it better (etcd
+/// mode: the control plane, which reads the standbys from etcd).
+pub type ViewSource = Arc<dyn Fn() -> ControlPlaneView + Send + Sync>;
 
 /// Where the map is kept and what this coordinator knows of it.
 pub struct ControlState {
-    store: FileStore,
+    store: ControlStore,
+    /// etcd mode: where `/status`' `control_plane` comes from.
+    view_source: Option<ViewSource>,
     /// This coordinator's epoch.
     pub epoch: u64,
     /// This coordinator, as `/status` names it.
@@ -55,7 +63,8 @@ impl ControlState {
         map.epoch += 1;
         store.save(&map)?;
         Ok(ControlState {
-            store,
+            store: ControlStore::File(store),
+            view_source: None,
             epoch: map.epoch,
             me,
             found: Mutex::new(found),
@@ -63,8 +72,27 @@ impl ControlState {
         })
     }
 
-    pub fn path(&self) -> &std::path::Path {
-        self.store.path()
+    /// The active coordinator's state in etcd mode: the mandate it won
+    /// (its epoch, its fenced saves) and the map found in etcd.
+    pub fn taken_over(
+        mandate: crate::control::etcd::Mandate,
+        found: Option<ClusterMap>,
+        me: CoordinatorRef,
+        view_source: ViewSource,
+    ) -> ControlState {
+        ControlState {
+            epoch: mandate.epoch,
+            store: ControlStore::Etcd(mandate),
+            view_source: Some(view_source),
+            me,
+            found: Mutex::new(found),
+            saving: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Where the map lives: the file, or the etcd endpoints.
+    pub fn describe(&self) -> String {
+        self.store.describe()
     }
 
     /// The map found at start, if a previous coordinator left one.
@@ -82,19 +110,26 @@ impl ControlState {
     }
 
     /// Saves the found map again with this epoch (after `--fresh` wiped
-    /// the directory). At start only, before anything is served.
+    /// the directory). At start only, before anything is served; the file
+    /// store only (etcd mode refuses `--fresh`).
     pub fn save_found(&self) -> anyhow::Result<()> {
         let mut map = self.found().unwrap_or_default();
         map.epoch = self.epoch;
         map.next_incarnation = map.next_incarnation.max(1);
-        Ok(self.store.save(&map)?)
+        match &self.store {
+            ControlStore::File(file) => Ok(file.save(&map)?),
+            ControlStore::Etcd(_) => anyhow::bail!("--fresh does not go with --control-store etcd"),
+        }
     }
 
     /// `/status`'s `control_plane`.
     pub fn view(&self) -> ControlPlaneView {
+        if let Some(source) = &self.view_source {
+            return source();
+        }
         ControlPlaneView {
             mode: "embedded".into(),
-            store: self.store.path().display().to_string(),
+            store: self.store.describe(),
             active: Some(self.me.clone()),
             epoch: self.epoch,
             standbys: vec![],
@@ -136,10 +171,9 @@ impl Coordinator {
     pub(super) async fn save_map(&self, term: u64) -> anyhow::Result<()> {
         let _turn = self.control.saving.lock().await;
         let map = self.current_map(term);
-        let store = self.control.store.clone();
-        tokio::task::spawn_blocking(move || store.save(&map))
-            .await
-            .map_err(|e| anyhow::anyhow!("saving the coordinator's state: {e}"))??;
+        // The file is written on the blocking pool (`ControlStore::save`);
+        // in etcd mode a deposed coordinator's save is refused here.
+        self.control.store.save(&map).await?;
         Ok(())
     }
 }

@@ -18,7 +18,7 @@
 use std::time::Duration;
 
 use super::Args;
-use crate::api::{JoinRequest, JoinResponse};
+use crate::api::{JoinRequest, JoinResponse, NOT_ACTIVE_COORDINATOR};
 use crate::http::{describe_reqwest_error, error_detail};
 
 /// How often a node retries a coordinator that does not answer yet.
@@ -45,40 +45,55 @@ pub fn check(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Joins the coordinator at `coordinator`, then applies its answer to `args`.
-pub async fn join(args: &mut Args, coordinator: &str) -> anyhow::Result<()> {
-    let coordinator = coordinator.trim_end_matches('/');
+/// Joins the coordinator at `coordinators` (one URL, or several separated
+/// by commas: the cluster's coordinators in etcd mode, of which the active
+/// one takes the node in), then applies its answer to `args`.
+pub async fn join(args: &mut Args, coordinators: &str) -> anyhow::Result<()> {
+    let list: Vec<&str> = coordinators
+        .split(',')
+        .map(|c| c.trim().trim_end_matches('/'))
+        .filter(|c| !c.is_empty())
+        .collect();
+    anyhow::ensure!(!list.is_empty(), "--join names no coordinator");
     let request = JoinRequest {
         node_id: args.id.clone(),
         url: own_url(args),
     };
     let http = crate::http::client_from(&args.id, Duration::from_secs(2));
     let mut waiting = false;
-    let answer = loop {
-        let sent = http
-            .post(format!("{coordinator}/join"))
-            .timeout(Duration::from_secs(5))
-            .json(&request)
-            .send()
-            .await;
-        match sent {
-            Ok(resp) if resp.status().is_success() => break resp.json::<JoinResponse>().await?,
-            Ok(resp) => {
-                let status = resp.status();
-                let detail = error_detail(resp).await;
-                anyhow::bail!(
-                    "the coordinator {coordinator} refused the join ({status}): {detail}"
-                );
-            }
-            Err(e) => {
-                if !waiting {
-                    tracing::warn!(%coordinator, error = %describe_reqwest_error(&e),
-                        "coordinator not reachable yet; retrying every second");
-                    waiting = true;
+    let (answer, coordinator) = 'found: loop {
+        for coordinator in &list {
+            let sent = http
+                .post(format!("{coordinator}/join"))
+                .timeout(Duration::from_secs(5))
+                .json(&request)
+                .send()
+                .await;
+            match sent {
+                Ok(resp) if resp.status().is_success() => {
+                    break 'found (resp.json::<JoinResponse>().await?, *coordinator);
                 }
-                tokio::time::sleep(RETRY).await;
+                Ok(resp) => {
+                    let status = resp.status();
+                    let detail = error_detail(resp).await;
+                    // A standby coordinator: the active one is another.
+                    if detail.as_str() == Some(NOT_ACTIVE_COORDINATOR) {
+                        continue;
+                    }
+                    anyhow::bail!(
+                        "the coordinator {coordinator} refused the join ({status}): {detail}"
+                    );
+                }
+                Err(e) => {
+                    if !waiting {
+                        tracing::warn!(%coordinator, error = %describe_reqwest_error(&e),
+                            "coordinator not reachable yet; retrying every second");
+                        waiting = true;
+                    }
+                }
             }
         }
+        tokio::time::sleep(RETRY).await;
     };
     tracing::info!(%coordinator, incarnation = answer.incarnation, "joined the cluster");
     apply(args, answer, coordinator);
@@ -122,6 +137,14 @@ fn registry_seen_from_node(registry: &str, coordinator: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_join_list_without_a_coordinator_is_refused() {
+        use clap::Parser;
+        let mut args = Args::parse_from(["node", "--id", "n1", "--port", "7001"]);
+        let e = join(&mut args, " , ,").await.unwrap_err().to_string();
+        assert!(e.contains("--join names no coordinator"), "{e}");
+    }
 
     #[test]
     fn a_local_registry_is_reached_on_the_coordinators_host() {

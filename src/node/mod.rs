@@ -129,8 +129,9 @@ pub struct Args {
     /// Join the coordinator at URL (one run with `--runtime external`)
     /// instead of being started by it: for nodes that Compose, systemd or
     /// Kubernetes start. The coordinator gives the incarnation, the delays
-    /// and the registry (see [`join`]).
-    #[arg(long, value_name = "URL")]
+    /// and the registry (see [`join`]). Several URLs separated by commas:
+    /// the active one of a cluster's coordinators (etcd mode).
+    #[arg(long, value_name = "URL[,URL...]")]
     pub join: Option<String>,
     /// The URL the coordinator and the other nodes reach this node at
     /// (default `http://<host>:<port>`, https where it speaks TLS): needed

@@ -28,6 +28,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod etcd;
 pub mod tty;
 pub mod wait;
 
