@@ -106,6 +106,21 @@ impl Ports {
         })
     }
 
+    /// `--base-port P` for a cluster with a replicated control plane
+    /// (`kvlab up --ha`, whose extra processes sit at offsets of these
+    /// ports, see `up::ha`): coordinator P (the others P+10, P+20, etcd from
+    /// P+30 to P+35), the gateways P+2 and P+1, leader P+3, follower-i
+    /// P+3+i (at most 5 of them), registry P+9.
+    pub fn from_base_ha(base: u16) -> Option<Ports> {
+        base.checked_add(40)?;
+        Some(Ports {
+            coordinator: base,
+            registry: base + 9,
+            gateway: base + 2,
+            leader: base + 3,
+        })
+    }
+
     /// Every port a cluster of `followers` needs, each with what it is for.
     pub fn all(&self, followers: usize) -> Vec<(u16, String)> {
         let mut all = vec![
@@ -191,7 +206,10 @@ impl ClusterProcess {
             keep,
             stopped: false,
         };
-        cluster.wait_ready(ports, followers).await?;
+        // With several coordinators (`--ha`) the first may be a standby: the
+        // gateway's `/cluster-status` is whoever is in charge.
+        let ha = up_flags.iter().any(|f| f == "--ha");
+        cluster.wait_ready(ports, followers, ha).await?;
         Ok(cluster)
     }
 
@@ -205,9 +223,17 @@ impl ClusterProcess {
     }
 
     /// Polls the coordinator until every node is alive, then the gateway.
-    async fn wait_ready(&mut self, ports: &Ports, followers: usize) -> Result<(), ClusterError> {
+    async fn wait_ready(
+        &mut self,
+        ports: &Ports,
+        followers: usize,
+        ha: bool,
+    ) -> Result<(), ClusterError> {
         let http = crate::http::client();
-        let status_url = format!("{}/status", Ports::url(ports.coordinator));
+        let status_url = match ha {
+            false => format!("{}/status", Ports::url(ports.coordinator)),
+            true => format!("{}/cluster-status", Ports::url(ports.gateway)),
+        };
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {

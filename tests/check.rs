@@ -136,6 +136,50 @@ fn overlapping_quorums_stay_linearizable_under_kill_crash_and_pause() {
     render_in_chromium(dir.path(), &["fault fault-"]);
 }
 
+/// The control plane's own faults: with several coordinators (`--ha`, which
+/// `--nemesis coordinator` implies: etcd, three coordinators, two gateways),
+/// killing, stopping and pausing the active coordinator keeps every answer
+/// linearizable, and every fault was carried out (issue 25).
+#[test]
+fn killing_stopping_and_pausing_the_active_coordinator_stays_linearizable() {
+    if !common::etcd::available("check --nemesis coordinator") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_port_block().to_string();
+    let (out, _) = check(&[
+        "--followers",
+        "3",
+        "-W",
+        "2",
+        "-R",
+        "2",
+        "--no-delay",
+        "--nemesis",
+        "coordinator",
+        "--time-limit",
+        "25",
+        "--seed",
+        "4",
+        "--base-port",
+        &base,
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    let r = results(dir.path());
+    let faults = r["faults"].as_array().unwrap();
+    assert!(faults.len() >= 2, "too few faults ran: {all}");
+    assert!(
+        faults
+            .iter()
+            .all(|f| f["injected"] == true && f.get("error").is_none()),
+        "{all}"
+    );
+    assert!(all.contains("coordinator active"), "{all}");
+}
+
 #[test]
 fn a_running_cluster_can_be_checked_through_its_gateway() {
     let cluster = Cluster::start(&format!("{FAST_3_2_2} --in-memory"));

@@ -247,8 +247,17 @@ fn prepare(args: &Args) -> anyhow::Result<Plan> {
         let cluster = up_args(args);
         cluster.cluster.validate()?;
     }
+    if wants_ha(args) {
+        anyhow::ensure!(
+            args.base_port.is_none() || args.followers <= 5,
+            "--ha with --base-port fits at most 5 followers (the other coordinators \
+             listen from P+10)"
+        );
+    }
     let ports = match args.base_port {
         None => Ports::DEFAULT,
+        Some(p) if wants_ha(args) => Ports::from_base_ha(p)
+            .with_context(|| format!("--base-port {p} leaves no room for the cluster's ports"))?,
         Some(p) => Ports::from_base(p)
             .filter(|ports| ports.leader as usize + args.followers <= u16::MAX as usize)
             .with_context(|| format!("--base-port {p} leaves no room for the cluster's ports"))?,
@@ -508,8 +517,18 @@ async fn start(args: &Args, plan: &Plan) -> anyhow::Result<Target> {
     }
     let cluster =
         ClusterProcess::start(&up_flags(args), args.followers, &plan.ports, "check", false).await?;
+    // `up --ha` runs a second gateway one port below the first: the
+    // clients use both, as clients of such a cluster should.
+    let gateway = match wants_ha(args) {
+        false => Ports::url(plan.ports.gateway),
+        true => format!(
+            "{},{}",
+            Ports::url(plan.ports.gateway),
+            Ports::url(plan.ports.gateway - 1)
+        ),
+    };
     Ok(Target {
-        gateway: Ports::url(plan.ports.gateway),
+        gateway,
         control: Some(Control::new(
             http,
             &Ports::url(plan.ports.coordinator),

@@ -50,7 +50,7 @@ use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::api::{NodeStatus, StatusResponse, LEADER_ID};
+use crate::api::{NodeStatus, StandbyStatus, StatusResponse, LEADER_ID};
 
 /// A kind of fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -212,7 +212,7 @@ pub fn schedule(kinds: &[FaultKind], seed: u64, followers: usize, heal_by: f64) 
 
 /// The `node` of a `coordinator` fault: whichever coordinator is active
 /// when it starts.
-pub const COORDINATOR: &str = "coordinator";
+pub const COORDINATOR: &str = "active";
 
 fn round(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
@@ -285,6 +285,14 @@ pub struct Control {
     /// fault hooks): a cluster check started, or one whose `/status` has
     /// kvlab's additions.
     pub kvlab: bool,
+}
+
+/// What a coordinator's `/status` said.
+enum Answer {
+    /// The cluster's status: this coordinator serves the cluster.
+    InCharge(Box<StatusResponse>),
+    /// A standby's: only who is in charge.
+    Standby(StandbyStatus),
 }
 
 /// Why a fault of this kind cannot be carried out on this cluster, if it
@@ -361,20 +369,25 @@ impl Control {
                 continue;
             }
             asked.push(url.clone());
-            let status = match self.status_of(&url, timeout).await {
-                Ok(s) => s,
+            let (status, cp) = match self.status_of(&url, timeout).await {
+                Ok(Answer::InCharge(s)) => {
+                    let cp = s.control_plane.clone();
+                    (Some(s), cp)
+                }
+                Ok(Answer::Standby(s)) => (None, s.control_plane),
                 Err(e) => {
                     last_error = e;
                     continue;
                 }
             };
-            let cp = &status.control_plane;
             self.learn(cp.active.iter().chain(cp.standbys.iter()).map(|c| &c.url));
-            if cp.mode.is_empty() || cp.this == "active" {
-                *self.active.lock().unwrap() = url;
-                return Ok(status);
+            match status {
+                Some(status) if cp.mode.is_empty() || cp.this == "active" => {
+                    *self.active.lock().unwrap() = url;
+                    return Ok(*status);
+                }
+                _ => last_error = format!("{url} is a {} coordinator", cp.this),
             }
-            last_error = format!("{url} is a {} coordinator", cp.this);
             if let Some(active) = &cp.active {
                 queue.insert(0, active.url.trim_end_matches('/').to_string());
             }
@@ -382,7 +395,9 @@ impl Control {
         Err(last_error)
     }
 
-    async fn status_of(&self, url: &str, timeout: Duration) -> Result<StatusResponse, String> {
+    /// One coordinator's `/status`: the cluster's (it is in charge, or
+    /// says it is), or a standby's, which only names who is in charge.
+    async fn status_of(&self, url: &str, timeout: Duration) -> Result<Answer, String> {
         let resp = self
             .http
             .get(format!("{url}/status"))
@@ -390,8 +405,15 @@ impl Control {
             .send()
             .await
             .map_err(|e| format!("{url}: {}", crate::http::describe_reqwest_error(&e)))?;
-        resp.json()
+        let body = resp
+            .bytes()
             .await
+            .map_err(|e| format!("{url}: {}", crate::http::describe_reqwest_error(&e)))?;
+        if let Ok(status) = serde_json::from_slice::<StatusResponse>(&body) {
+            return Ok(Answer::InCharge(Box::new(status)));
+        }
+        serde_json::from_slice::<StandbyStatus>(&body)
+            .map(Answer::Standby)
             .map_err(|e| format!("unreadable /status from {url}: {e}"))
     }
 
