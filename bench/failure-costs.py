@@ -140,8 +140,10 @@ class Procs:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def status(coordinator):
-    return http("GET", f"{coordinator}/status")[1] or {}
+def status(where):
+    """A coordinator's /status, or (a URL ending in `status`) that one."""
+    url = where if where.endswith("status") else f"{where}/status"
+    return http("GET", url)[1] or {}
 
 
 def ready(coordinator):
@@ -250,20 +252,23 @@ def ha(run):
     for victim in ["active coordinator", "gateway", "etcd member", "leader"]:
         procs = Procs()
         base = PORT_BASE + 2000 + 200 * run
-        up = ["up", "--ha", *SHAPE, "--coordinator-port", str(base), "--registry-port", str(base + 1),
-              "--node-base-port", str(base + 2), "--gateway-port", str(base + 20),
+        # The other coordinators listen at +10 and +20, etcd from +30 to +35,
+        # the second gateway one below the first (see src/up/ha.rs).
+        up = ["up", "--ha", *SHAPE, "--coordinator-port", str(base), "--registry-port", str(base + 9),
+              "--node-base-port", str(base + 3), "--gateway-port", str(base + 2),
               "--data-dir", os.path.join(procs.dir, "data")]
-        coord = f"http://127.0.0.1:{base}"
+        gateways = [f"http://127.0.0.1:{base + 2}", f"http://127.0.0.1:{base + 1}"]
+        # Whoever is in charge answers through a gateway.
+        coord = f"{gateways[0]}/cluster-status"
         try:
             procs.start(*up)
             wait_until("the cluster", lambda: ready(coord), timeout=90)
             cp = status(coord)["control_plane"]
-            gateways = cp.get("gateways") or [f"http://127.0.0.1:{base + 20}"]
             if victim == "active coordinator":
                 pid = cp["active"]["pid"]
             elif victim == "gateway":
                 pid = int(subprocess.check_output(
-                    ["pgrep", "-f", f"kvlab gateway .*--port {base + 20}"]).split()[0])
+                    ["pgrep", "-f", f"kvlab gateway .*--port {base + 2}"]).split()[0])
             elif victim == "etcd member":
                 pid = int(subprocess.check_output(["pgrep", "-f", f"etcd .*{procs.dir}"]).split()[0])
             else:
