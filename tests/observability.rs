@@ -58,6 +58,9 @@ fn live_view_kills_a_follower_and_writes_in_headless_chromium() {
             {"goto": format!("{}/ui", cluster.coordinator)},
             {"wait": "!!document.querySelector('#node-follower-1[data-state=alive]')", "timeout": 20},
             {"wait": "!!document.querySelector('#node-follower-2[data-state=alive]')", "timeout": 20},
+            // Who is in charge: this coordinator, at its epoch.
+            {"wait": "document.querySelector('#control-plane .coordinators .active').textContent.includes('coordinator-')", "timeout": 10},
+            {"wait": "document.getElementById('epoch').textContent === '1'", "timeout": 5},
             {"eval": format!("{}.value = 'cart:42'", el("key"))},
             {"eval": format!("{}.click()", el("write-btn"))},
             {"wait": format!("{}.dataset.version === '1'", el("result")), "timeout": 20},

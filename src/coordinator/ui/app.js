@@ -130,6 +130,7 @@ function render() {
     `<div class="noderow"><svg class="link" id="link-${esc(f.node_id)}" viewBox="0 0 400 54" preserveAspectRatio="none"></svg>` +
     nodeCard(f, false, t, links[f.node_id]) + "</div>").join("");
   renderGateway();
+  renderControlPlane();
   drawLinks();
   drawTimeline(viewNow(), t); // the time axis moves on between events
 }
@@ -203,6 +204,22 @@ function drawLinks() {
     svg.innerHTML = parts.join("");
   }
   requestAnimationFrame(drawLinks);
+}
+
+// Who is in charge: this coordinator (embedded), or the active one of
+// several sharing the cluster through etcd (`kvlab up --ha`), its epoch and
+// the standbys waiting to take over.
+function renderControlPlane() {
+  const cp = state.status.control_plane;
+  if (!cp || !cp.mode) return;
+  const who = (c) => `<b>${esc(c.id)}</b> ${esc(c.url)}${c.pid ? " (pid " + c.pid + ")" : ""}`;
+  const standbys = (cp.standbys || []).map((c) => `<li class="standby">${who(c)}</li>`).join("");
+  $("control-plane").innerHTML =
+    `${esc(cp.mode)} · epoch <b id="epoch">${cp.epoch}</b>` +
+    (cp.lease_ttl_s ? ` · lease ${cp.lease_ttl_s} s` : "") +
+    `<ul class="coordinators"><li class="active">active: ${cp.active ? who(cp.active) : "none"}</li>` +
+    standbys + "</ul>" +
+    `<span class="dim">${esc(cp.store)}</span>`;
 }
 
 function renderGateway() {
