@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{eventually, http, secs, StopOnDrop, FAST_3_2_2};
+use common::{eventually, http, millis, secs, StopOnDrop, FAST_3_2_2};
 use serde_json::{json, Value};
 
 /// A process group a test started: SIGKILLed whole when dropped, so no
@@ -276,13 +276,18 @@ fn a_coordinator_killed_under_load_and_started_again_adopts_its_nodes() {
     });
     cluster.kill_coordinator();
     // The nodes run on without it.
-    std::thread::sleep(Duration::from_millis(300));
-    for (id, (pid, _)) in &processes {
-        assert!(
-            common::process_alive(*pid as u32),
-            "{id} died with the coordinator"
-        );
-    }
+    common::always(
+        "every node running without its coordinator",
+        millis(300),
+        millis(20),
+        || match processes
+            .iter()
+            .find(|(_, (pid, _))| !common::process_alive(*pid as u32))
+        {
+            Some((id, _)) => Err(format!("{id} died with the coordinator")),
+            None => Ok(()),
+        },
+    );
     let started = cluster.start_coordinator(&[]);
     let probe = http().build();
     let resumed = eventually("a write after the restart", secs(20), || {
