@@ -18,13 +18,16 @@ mod ha;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::Parser;
+use futures::future::BoxFuture;
 
-use crate::api::ports;
+use crate::api::{ports, ReadResponse, WriteRequest, WriteResponse};
 use crate::coordinator::{self, ClusterArgs, Coordinator};
-use crate::gateway::{self, Gateway, RateLimitArgs};
+use crate::gateway::{self, Gateway, LocalCoordinator, RateLimitArgs};
 use crate::hosts::netns::NetnsHosts;
+use crate::http::ApiError;
 use crate::labconfig::StudentConfig;
 use crate::registry::{self, Registry};
 
@@ -245,6 +248,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     let gateway = Gateway::in_process(
         gateway::Config::from_args(&gateway_args)?,
         coordinator::router(coordinator.clone()),
+        Arc::new(Direct(coordinator.clone())),
     )?;
     // Bind all three first, so a taken port is reported before anything starts.
     let registry_listener = crate::http::bind_flag(
@@ -567,6 +571,25 @@ fn ephemeral_warning(ports: &[u16], (low, high): (u16, u16)) -> Option<String> {
          Prefer ports below {low}.",
         inside.join(", ")
     ))
+}
+
+/// The coordinator as `up`'s gateway calls it: writes and reads go to the
+/// same code as the coordinator's own `POST /write` and `GET /read/{key}`,
+/// typed, with no encoding in between (see [`LocalCoordinator`]). It lives
+/// here because `up` is where the two components meet: neither uses the
+/// other's code.
+struct Direct(Arc<Coordinator>);
+
+impl LocalCoordinator for Direct {
+    fn write(&self, req: WriteRequest) -> BoxFuture<'static, Result<WriteResponse, ApiError>> {
+        let c = self.0.clone();
+        Box::pin(async move { c.serve_write(req).await })
+    }
+
+    fn read(&self, key: String) -> BoxFuture<'static, Result<ReadResponse, ApiError>> {
+        let c = self.0.clone();
+        Box::pin(async move { c.serve_read(key).await })
+    }
 }
 
 #[cfg(test)]

@@ -78,19 +78,30 @@ pub async fn read(
     State(c): Shared,
     ApiPath(key): ApiPath<String>,
 ) -> Result<Json<ReadResponse>, ApiError> {
-    validate_key_value(&key, None)?;
-    let narrate = c.events.narrate_request();
-    let started = std::time::Instant::now();
-    let result = c.read(key, narrate).await;
-    c.metrics.read_seconds.observe(started.elapsed());
-    let counter = match &result {
-        Ok(_) => &c.metrics.reads_ok,
-        Err(e) if e.status == axum::http::StatusCode::NOT_FOUND => &c.metrics.reads_not_found,
-        Err(_) => &c.metrics.reads_failed,
-    };
-    counter.inc();
-    c.events.count_read(result.is_ok());
-    result.map(Json)
+    c.serve_read(key).await.map(Json)
+}
+
+impl Coordinator {
+    /// A client's read, as `GET /read/{key}` serves it: checked, timed,
+    /// counted. `kvlab up`'s gateway calls this directly (see
+    /// [`Coordinator::serve_write`]).
+    pub async fn serve_read(&self, key: String) -> Result<ReadResponse, ApiError> {
+        validate_key_value(&key, None)?;
+        let narrate = self.events.narrate_request();
+        let started = std::time::Instant::now();
+        let result = self.read(key, narrate).await;
+        self.metrics.read_seconds.observe(started.elapsed());
+        let counter = match &result {
+            Ok(_) => &self.metrics.reads_ok,
+            Err(e) if e.status == axum::http::StatusCode::NOT_FOUND => {
+                &self.metrics.reads_not_found
+            }
+            Err(_) => &self.metrics.reads_failed,
+        };
+        counter.inc();
+        self.events.count_read(result.is_ok());
+        result
+    }
 }
 
 /// What the coordinator knows is committed: the highest seq held by W

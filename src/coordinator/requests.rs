@@ -34,18 +34,30 @@ pub async fn write(
     State(c): Shared,
     ApiJson(req): ApiJson<WriteRequest>,
 ) -> Result<Json<WriteResponse>, ApiError> {
-    validate_key_value(&req.key, Some(&req.value))?;
-    let narrate = c.events.narrate_request();
-    let started = Instant::now();
-    let result = c.write(req, narrate).await;
-    c.metrics.write_seconds.observe(started.elapsed());
-    let counter = match &result {
-        Ok(_) => &c.metrics.writes_ok,
-        Err(_) => &c.metrics.writes_failed,
-    };
-    counter.inc();
-    c.events.count_write(result.is_ok());
-    result.map(Json)
+    c.serve_write(req).await.map(Json)
+}
+
+impl Coordinator {
+    /// A client's write, as `POST /write` serves it: checked, timed,
+    /// counted. `kvlab up`'s gateway calls this directly (no HTTP in
+    /// between), so whatever a write through the port gets, it gets too.
+    pub async fn serve_write(
+        self: &Arc<Self>,
+        req: WriteRequest,
+    ) -> Result<WriteResponse, ApiError> {
+        validate_key_value(&req.key, Some(&req.value))?;
+        let narrate = self.events.narrate_request();
+        let started = Instant::now();
+        let result = self.write(req, narrate).await;
+        self.metrics.write_seconds.observe(started.elapsed());
+        let counter = match &result {
+            Ok(_) => &self.metrics.writes_ok,
+            Err(_) => &self.metrics.writes_failed,
+        };
+        counter.inc();
+        self.events.count_write(result.is_ok());
+        result
+    }
 }
 
 /// Who a write goes to, decided from one consistent view of the table.

@@ -7,14 +7,20 @@
 //! The coordinator is reached one of two ways (an `Upstream`):
 //! - **Remote** (`kvlab gateway --coordinator URL`): a coordinator in another
 //!   process, over pooled keep-alive HTTP connections.
-//! - **Local** (`kvlab up`): the coordinator lives in this same process, so
-//!   the gateway calls its axum `Router` directly, as a tower `Service`. Going
-//!   through loopback TCP instead (encode the request, write it to a socket,
-//!   wake the coordinator's connection task, parse it, and the same again for
-//!   the answer) cost a quarter to a half of the `up` process's CPU per
-//!   request (measured with `kvlab bench`), to talk to code a function call
-//!   away. The coordinator still listens on its port: the client, the
-//!   registry and course scripts use it.
+//! - **Local** (`kvlab up`): the coordinator lives in this same process.
+//!   Writes and reads, the requests that carry the load, are function calls
+//!   with typed values ([`LocalCoordinator`]): the request the gateway has
+//!   parsed goes as it is, and the answer is encoded once, for the client.
+//!   `/cluster-status` goes through the coordinator's axum `Router`, called
+//!   as a tower `Service`. Going through loopback TCP instead (encode the
+//!   request, write it to a socket, wake the coordinator's connection task,
+//!   parse it, and the same again for the answer) cost a quarter to a half
+//!   of the `up` process's CPU per request (measured with `kvlab bench`), to
+//!   talk to code a function call away; going through the router cost a
+//!   third of the allocations of a request (the body encoded, parsed,
+//!   encoded and parsed again; "Where the time goes" in ARCHITECTURE.md).
+//!   The coordinator still listens on its port: the client, the registry
+//!   and course scripts use it.
 //!
 //! Given several coordinators (`--coordinator URL1,URL2`, the control
 //! plane's active one and its standbys), the gateway **follows the active
@@ -70,12 +76,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use clap::Parser;
+use futures::future::BoxFuture;
 use serde_json::json;
 use tower::ServiceExt;
 use url::Url;
 
 use crate::api::{
-    ports, GatewayInfo, GatewayMetrics, GatewayStats, ServiceHealth, TooManyRequests, WriteRequest,
+    ports, GatewayInfo, GatewayMetrics, GatewayStats, ReadResponse, ServiceHealth, TooManyRequests,
+    WriteRequest, WriteResponse,
 };
 use crate::http::{describe_reqwest_error, detail_of, validate_key_value, ApiError, ApiJson};
 use crate::ratelimit::{
@@ -228,9 +236,26 @@ enum Upstream {
     /// A coordinator in another process (`kvlab gateway --coordinator URL`):
     /// pooled keep-alive HTTP.
     Remote(reqwest::Client),
-    /// The coordinator in this process (`kvlab up`): its axum Router, called
-    /// as a tower Service, with no socket in between.
-    Local(Router),
+    /// The coordinator in this process (`kvlab up`): writes and reads as
+    /// typed calls, the rest through its axum Router, called as a tower
+    /// Service. No socket in between either way.
+    Local {
+        router: Router,
+        direct: Arc<dyn LocalCoordinator>,
+    },
+}
+
+/// The coordinator of this process, as `kvlab up`'s gateway calls it for
+/// writes and reads: typed values in and out, so the request the gateway
+/// has parsed is not encoded and parsed again, and the answer is encoded
+/// once, for the client. The composition (`up`) implements it over the
+/// coordinator; the gateway does not use the coordinator's code
+/// (ARCHITECTURE.md, "Layers"). Each call must behave exactly as the
+/// coordinator's `POST /write` and `GET /read/{key}` do (checks, metrics,
+/// narration): only the encoding is skipped.
+pub trait LocalCoordinator: Send + Sync {
+    fn write(&self, req: WriteRequest) -> BoxFuture<'static, Result<WriteResponse, ApiError>>;
+    fn read(&self, key: String) -> BoxFuture<'static, Result<ReadResponse, ApiError>>;
 }
 
 pub struct Gateway {
@@ -250,11 +275,16 @@ impl Gateway {
     }
 
     /// A gateway for the coordinator in this process (`kvlab up`), given its
-    /// router ([`crate::coordinator::router`]), which it calls directly.
+    /// router ([`crate::coordinator::router`]) and its typed entry points
+    /// ([`LocalCoordinator`]), which it calls directly.
     /// `config.coordinator` is the URL that coordinator also listens on: the
     /// gateway shows it and names it in errors. The router answers at its
     /// root, as on its port, so that URL must have no path.
-    pub fn in_process(config: Config, coordinator: Router) -> Result<Arc<Gateway>, ConfigError> {
+    pub fn in_process(
+        config: Config,
+        coordinator: Router,
+        direct: Arc<dyn LocalCoordinator>,
+    ) -> Result<Arc<Gateway>, ConfigError> {
         if config.coordinators.len() != 1 {
             return Err(ConfigError::InProcessSeveral(config.coordinators.len()));
         }
@@ -265,7 +295,7 @@ impl Gateway {
         }
         // The same input limits as requests reaching it over TCP get.
         let router = crate::http::limited(coordinator);
-        Gateway::with_upstream(config, Upstream::Local(router))
+        Gateway::with_upstream(config, Upstream::Local { router, direct })
     }
 
     fn with_upstream(config: Config, upstream: Upstream) -> Result<Arc<Gateway>, ConfigError> {
@@ -293,7 +323,7 @@ impl Gateway {
 
     /// Whether the coordinator is called in-process rather than over HTTP.
     pub fn is_in_process(&self) -> bool {
-        matches!(self.upstream, Upstream::Local(_))
+        matches!(self.upstream, Upstream::Local { .. })
     }
 
     /// `", in-process"` when it is, to follow the coordinator's URL in
@@ -730,10 +760,31 @@ impl Gateway {
         let timeout = self.config.timeout;
         match &self.upstream {
             Upstream::Remote(http) => call_remote(http, method, url, body, timeout).await,
-            Upstream::Local(router) => call_local(router, method, &url, body, timeout)
+            Upstream::Local { router, .. } => call_local(router, method, &url, body, timeout)
                 .await
                 .map_err(NoAnswer::maybe_reached),
         }
+    }
+}
+
+/// In-process and typed (see [`LocalCoordinator`]): the coordinator's answer
+/// as the router would have given it, a success encoded as its `Json` would
+/// be and an error as its `{"detail": ...}`, so `relay` treats both
+/// upstreams alike. No answer within `timeout` is "timed out", as over HTTP,
+/// and giving up drops the coordinator's work where it waits, as its server
+/// does to a handler whose client has hung up.
+async fn call_direct<T: serde::Serialize>(
+    answer: BoxFuture<'static, Result<T, ApiError>>,
+    timeout: Duration,
+) -> Result<Answer, NoAnswer> {
+    let encoded = match tokio::time::timeout(timeout, answer).await {
+        Err(_) => return Err(NoAnswer::maybe_reached("timed out".into())),
+        Ok(Ok(value)) => (StatusCode::OK, serde_json::to_vec(&value)),
+        Ok(Err(e)) => (e.status, serde_json::to_vec(&json!({ "detail": e.detail }))),
+    };
+    match encoded {
+        (status, Ok(body)) => Ok((status, body.into())),
+        (_, Err(e)) => Err(NoAnswer::maybe_reached(format!("unencodable answer: {e}"))),
     }
 }
 
@@ -883,7 +934,11 @@ async fn write(
     ApiJson(req): ApiJson<WriteRequest>,
 ) -> Result<Response, ApiError> {
     validate_key_value(&req.key, Some(&req.value))?;
-    // Encoded once, and sent as is whichever the upstream.
+    if let Upstream::Local { direct, .. } = &gw.upstream {
+        let answer = call_direct(direct.write(req), gw.config.timeout).await;
+        return relay(&gw, (0, answer), true);
+    }
+    // Encoded once, and sent as is to whichever coordinator is followed.
     let body = serde_json::to_vec(&req)
         .map_err(|e| ApiError::internal(format!("cannot encode the write: {e}")))?;
     forward(&gw, Method::POST, &["write"], Some(body.into())).await
@@ -898,7 +953,13 @@ async fn read(
         ApiError::bad_request(json!({"error": "invalid key", "reason": e.body_text()}))
     })?;
     validate_key_value(&key, None)?;
-    let relayed = forward(&gw, Method::GET, &["read", &key], None).await;
+    let relayed = match &gw.upstream {
+        Upstream::Local { direct, .. } => {
+            let answer = call_direct(direct.read(key.clone()), gw.config.timeout).await;
+            relay(&gw, (0, answer), false)
+        }
+        Upstream::Remote(_) => forward(&gw, Method::GET, &["read", &key], None).await,
+    };
     relayed.map_err(|e| {
         if e.status == StatusCode::NOT_FOUND {
             ApiError::not_found(format!("Key '{key}' not found"))
@@ -1066,7 +1127,8 @@ mod tests {
                 "{err}"
             );
         }
-        let err = Gateway::in_process(c, stub_coordinator()).err().unwrap();
+        let (router, direct) = stub();
+        let err = Gateway::in_process(c, router, direct).err().unwrap();
         assert!(err.to_string().contains("one coordinator"), "{err}");
     }
 
@@ -1165,9 +1227,50 @@ mod tests {
             .route("/status", get(status))
     }
 
+    /// The typed half of the stub: the same answers as its router.
+    struct StubDirect;
+
+    impl LocalCoordinator for StubDirect {
+        fn write(&self, w: WriteRequest) -> BoxFuture<'static, Result<WriteResponse, ApiError>> {
+            let detail = json!({"error": "Write quorum not met", "sync_acks": 1, "key": w.key});
+            Box::pin(async move { Err(ApiError::unavailable(detail)) })
+        }
+
+        fn read(&self, key: String) -> BoxFuture<'static, Result<ReadResponse, ApiError>> {
+            Box::pin(async move {
+                match key.as_str() {
+                    "missing" => Err(ApiError::not_found(format!(
+                        "Key '{key}' not found in quorum"
+                    ))),
+                    "slow" => {
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                        Err(ApiError::internal("too late"))
+                    }
+                    _ => Ok(ReadResponse {
+                        key,
+                        value: "v".into(),
+                        version: 1,
+                        served_by: "follower-1".into(),
+                        quorum_responses: 1,
+                        seq: 1,
+                        answered_by: vec![],
+                        substitutes: vec![],
+                        consistency: "linearizable".into(),
+                        waited_for_commit_ms: None,
+                    }),
+                }
+            })
+        }
+    }
+
+    fn stub() -> (Router, Arc<dyn LocalCoordinator>) {
+        (stub_coordinator(), Arc::new(StubDirect))
+    }
+
     fn in_process(extra: &[&str]) -> Arc<Gateway> {
         let config = Config::from_args(&args(extra)).unwrap();
-        Gateway::in_process(config, stub_coordinator()).unwrap()
+        let (router, direct) = stub();
+        Gateway::in_process(config, router, direct).unwrap()
     }
 
     /// One request to the gateway, as a client would send it: the status,
@@ -1227,8 +1330,8 @@ mod tests {
         let odd = "a/b c?d#e%";
         let (status, _, body) = ask(&gw, Method::GET, "/read/a%2Fb%20c%3Fd%23e%25").await;
         assert_eq!(
-            (status, json_of(&body)),
-            (StatusCode::OK, json!({ "key": odd }))
+            (status, &json_of(&body)["key"]),
+            (StatusCode::OK, &json!(odd))
         );
     }
 
@@ -1251,9 +1354,8 @@ mod tests {
         let gw = in_process(&[]);
         assert!(describe(&gw).contains("coordinator http://127.0.0.1:7000 (in-process),"));
         let prefixed = Config::from_args(&args(&["--coordinator", "http://h:1/kv/"])).unwrap();
-        let err = Gateway::in_process(prefixed, stub_coordinator())
-            .err()
-            .unwrap();
+        let (router, direct) = stub();
+        let err = Gateway::in_process(prefixed, router, direct).err().unwrap();
         assert!(err.to_string().contains("no path"), "{err}");
     }
 }
