@@ -23,7 +23,7 @@ use axum::extract::State;
 use axum::Json;
 
 use super::batch::{Batcher, Limits};
-use super::cluster::Slot;
+use super::cluster::{Cluster, Slot};
 use super::{Coordinator, Shared};
 use crate::api::*;
 use crate::events::EventKind;
@@ -72,6 +72,22 @@ pub(super) struct WritePlan {
 impl Coordinator {
     fn plan_write(&self) -> Result<WritePlan, ApiError> {
         let cluster = self.snapshot();
+        self.check_writable(&cluster)?;
+        let sets = cluster.sets(self.config.w, self.config.r);
+        let pick = |idx: &[usize]| idx.iter().map(|&i| cluster.followers[i].clone()).collect();
+        Ok(WritePlan {
+            sync: pick(&sets.sync),
+            asynchronous: pick(&sets.asynchronous),
+            leader: cluster.leader.clone(),
+            term: cluster.term,
+        })
+    }
+
+    /// Whether the table allows a write at all: a leader alive and at least
+    /// W followers; else the 503 that says why. Checked on its own for each
+    /// write as it arrives, without building a plan (that copies slots: the
+    /// plan is made once per batch, as the batch leaves).
+    fn check_writable(&self, cluster: &Cluster) -> Result<(), ApiError> {
         let w = self.config.w;
         let alive = cluster.alive_followers();
         if !cluster.leader.is_alive() {
@@ -91,14 +107,7 @@ impl Coordinator {
                 ),
             )));
         }
-        let sets = cluster.sets(w, self.config.r);
-        let pick = |idx: &[usize]| idx.iter().map(|&i| cluster.followers[i].clone()).collect();
-        Ok(WritePlan {
-            sync: pick(&sets.sync),
-            asynchronous: pick(&sets.asynchronous),
-            leader: cluster.leader.clone(),
-            term: cluster.term,
-        })
+        Ok(())
     }
 
     pub async fn write(
@@ -110,7 +119,7 @@ impl Coordinator {
         self.wait_for_election().await;
         // Refuse at once (and say why) when there is nothing to write to; the
         // batch re-plans when it leaves, in case membership changed meanwhile.
-        if let Err(e) = self.plan_write() {
+        if let Err(e) = self.check_writable(&self.snapshot()) {
             if narrate {
                 self.narrate_write_refused(&req.key, &e);
             }
