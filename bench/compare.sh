@@ -27,6 +27,7 @@
 # Knobs, from the environment:
 #   DURATION=10 WARMUP=2 KEYS=1000 VALUE_SIZE=100   the workload
 #   ONLY=both|etcd|kvlab                             measure one side only
+#   CEILING=0                                        skip the bare server (bench/ab.sh)
 #   KVLAB_UP_FLAGS="--fsync always"                  extra flags for `kvlab up`
 #   OUT_DIR=dir                                      keep every run's JSON report there
 #   BUILD=0                                          measure target/release/kvlab as it is
@@ -43,6 +44,7 @@ WARMUP=${WARMUP:-2}
 KEYS=${KEYS:-1000}
 VALUE_SIZE=${VALUE_SIZE:-100}
 ONLY=${ONLY:-both}
+CEILING=${CEILING:-1}
 KVLAB_UP_FLAGS=${KVLAB_UP_FLAGS:-}
 ETCD_PORT_BASE=${ETCD_PORT_BASE:-23000}
 KVLAB_PORT_BASE=${KVLAB_PORT_BASE:-24000}
@@ -362,7 +364,9 @@ main() {
       KVLAB_PSS=$(pss_mib --sid "$KVLAB_SID")
       measure kvlab kvlab "$(kvlab_url)"
       stop_kvlab
-      if kvlab_has_bare; then
+      if [[ $CEILING == 0 ]]; then
+        log "CEILING=0: no bare server, no ceiling line"
+      elif kvlab_has_bare; then
         measure_bare
       else
         log "this kvlab has no 'bench-server' subcommand: no ceiling line"
