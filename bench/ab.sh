@@ -69,6 +69,6 @@ for spec in "writes/s, 64 clients|0|.all.ops_per_sec" \
   IFS='|' read -r label index path <<<"$spec"
   a=$(median A "$index" "$path")
   b=$(median B "$index" "$path")
-  printf '%-22s %12s %12s %8s\n' "$label" "$a" "$b" "$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.2f", b / a }')"
+  printf '%-22s %12.4g %12.4g %8s\n' "$label" "$a" "$b" "$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.2f", b / a }')"
 done
 echo "(reports: $OUT; A = $A, B = $B)"
