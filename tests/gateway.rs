@@ -228,6 +228,75 @@ fn up_calls_its_coordinator_in_process() {
     assert!(line.contains(&expected), "{line}");
 }
 
+/// Inside `kvlab up` the gateway calls the coordinator's writes and reads as
+/// functions (`gateway::LocalCoordinator`), not through its router: they
+/// must still be the coordinator's own. The same answer through the gateway
+/// as through the coordinator's port, the same refusals, and every request
+/// counted in the coordinator's metrics whichever way it came.
+#[test]
+fn up_gateway_calls_are_the_coordinators_own() {
+    let c = Cluster::start(FAST_1_1_1);
+    let via_gateway = |method: reqwest::Method, path: &str, body: Option<Value>| {
+        let mut req = c.http.request(method, format!("{}{path}", c.gateway));
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().unwrap();
+        (resp.status().as_u16(), resp.json::<Value>().unwrap())
+    };
+    let write = json!({"key": "odd/key ?", "value": "v1"});
+    let (status, written) = via_gateway(reqwest::Method::POST, "/write", Some(write));
+    assert_eq!(status, 200, "{written}");
+    assert_eq!(
+        (
+            &written["status"],
+            &written["version"],
+            &written["sync_acks"]
+        ),
+        (&json!("success"), &json!(1), &json!(1)),
+        "{written}"
+    );
+    let path = format!("/read/{}", kvlab::api::key_segment("odd/key ?"));
+    let (status, read) = via_gateway(reqwest::Method::GET, &path, None);
+    assert_eq!(status, 200, "{read}");
+    assert_eq!(
+        (status, read),
+        c.read("odd/key ?"),
+        "gateway and port alike"
+    );
+
+    // Refusals keep their status and detail.
+    let (status, missing) = via_gateway(reqwest::Method::GET, "/read/nope", None);
+    assert_eq!(status, 404, "{missing}");
+    assert_eq!(missing["detail"], "Key 'nope' not found");
+    let (status, bad) = via_gateway(
+        reqwest::Method::POST,
+        "/write",
+        Some(json!({"key": "", "value": "v"})),
+    );
+    assert_eq!(
+        (status, &bad["detail"]["error"]),
+        (400, &json!("invalid key"))
+    );
+
+    // Counted by the coordinator: 1 write, 2 reads found (one each way), 1
+    // not found.
+    let metrics = c
+        .http
+        .get(format!("{}/metrics", c.coordinator))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    for line in [
+        "kvlab_writes_total{result=\"ok\"} 1",
+        "kvlab_reads_total{result=\"ok\"} 2",
+        "kvlab_reads_total{result=\"not_found\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in:\n{metrics}");
+    }
+}
+
 /// SIGTERM (`up` stops its nodes), then SIGKILL after a grace period.
 fn stop(child: &mut std::process::Child) {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
