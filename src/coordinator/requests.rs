@@ -305,7 +305,8 @@ impl Coordinator {
 /// costs an fsync on the leader and on every follower, and an fsync is dear
 /// (on this project's 2-core VM, most of a write's CPU is fsyncs and
 /// wake-ups). One batch in flight makes batches as big as possible: with 64
-/// clients, 1 in flight gave 15.8k writes/s, 2 gave 13.8k and 4 gave 12.8k.
+/// clients, 1 in flight gave 15.8k writes/s, 2 gave 13.8k and 4 gave 12.8k;
+/// measured again at the close of issue 26 (`bench/ab.sh`), 2 gave 14% less.
 const WRITE_BATCHES: Limits = Limits {
     max_in_flight: 1,
     max_items: 512,
