@@ -453,6 +453,21 @@ fn unused_port() -> u16 {
         .port()
 }
 
+/// Serves a stub's `app` in the background until the returned sender is
+/// dropped or used.
+fn serve_stub(listener: tokio::net::TcpListener, app: Router) -> tokio::sync::oneshot::Sender<()> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+    });
+    stop
+}
+
 /// A stand-in coordinator: enough of the API for the gateway to forward to.
 async fn start_stub_coordinator(port: u16) -> tokio::sync::oneshot::Sender<()> {
     let app = Router::new()
@@ -472,16 +487,7 @@ async fn start_stub_coordinator(port: u16) -> tokio::sync::oneshot::Sender<()> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-    });
-    stop
+    serve_stub(listener, app)
 }
 
 async fn post_write(http: &reqwest::Client, gw: &str) -> (u16, Value) {
@@ -811,16 +817,7 @@ async fn start_control_plane_stub(
         .fallback(everything_else);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-    });
-    (url, stop)
+    (url, serve_stub(listener, app))
 }
 
 /// A gateway given a standby and a real cluster's coordinator (which has no
