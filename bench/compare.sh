@@ -16,8 +16,11 @@
 #      with the same generator and connection count (64 clients, half reads
 #      and half writes), and stops it: the ceiling;
 #   6. prints one table with kvlab/etcd ratios, both clusters' idle memory
-#      (summed RSS, and summed PSS: each shared page counted once), and one line with kvlab's
-#      64-client reads and writes as a percentage of the bare server's rate.
+#      (summed RSS, and summed PSS: each shared page counted once), one line with kvlab's
+#      64-client reads and writes as a percentage of the bare server's rate,
+#      and one with the floor of a lone write on this machine: three bare
+#      round trips (the bare server at 1 client) plus the 3rd of 4
+#      concurrent fsyncs in the cluster's directory (`kvlab bench-disk`).
 # Both systems are driven by the same generator (`kvlab bench`, with
 # `--target etcd` for etcd), so only the server differs. They run one after the
 # other, never together, so neither takes the other's cores. Every process the
@@ -269,7 +272,21 @@ measure_bare() {
   "$KVLAB" bench --url "http://127.0.0.1:$BARE_PORT" --target bare --duration "$DURATION" \
     --warmup "$WARMUP" --keys "$KEYS" --value-size "$VALUE_SIZE" $BARE_WORKLOAD --json \
     >"$RESULTS/bare.json"
+  # One client: the round trip of one request through the HTTP stack with
+  # no work behind it. A lone kvlab write makes three of them in a row
+  # (client -> gateway, coordinator -> leader, leader -> follower).
+  log "bare HTTP server: 1 client, writes"
+  "$KVLAB" bench --url "http://127.0.0.1:$BARE_PORT" --target bare --duration "$DURATION" \
+    --warmup "$WARMUP" --keys "$KEYS" --value-size "$VALUE_SIZE" -c 1 --reads 0 --json \
+    >"$RESULTS/bare-1.json"
   stop_bare
+  # The disk's share: four fsyncs at once (the leader and 3 followers), in
+  # the directory the cluster wrote to; a write waits for the leader's and
+  # the 2 sync followers', the 3rd to finish.
+  if "$KVLAB" bench-disk --help >/dev/null 2>&1; then
+    log "the disk: 4 concurrent fsyncs"
+    "$KVLAB" bench-disk --dir "$WORK" --files 4 --rounds 1000 --json >"$RESULTS/disk.json"
+  fi
 }
 
 # kvlab's 64-client reads and writes as a share of the bare server's rate.
@@ -280,6 +297,27 @@ print_ceiling() {
   awk -v n="$bare" -v r="$(field kvlab 1 '.all.ops_per_sec')" -v w="$(field kvlab 0 '.all.ops_per_sec')" '
     function pct(x) { return (x == "-" || n == 0) ? "-" : sprintf("%.0f", 100 * x / n) }
     BEGIN { printf "bare HTTP server: %d req/s; kvlab reads %s%% and writes %s%% of it\n", n, pct(r), pct(w) }'
+  print_floor
+}
+
+# The floor of a lone write on this machine: three bare round trips in a
+# row plus the 3rd of 4 concurrent fsyncs (the leader's and the sync
+# followers' overlap, so only the slowest of them counts), against kvlab's
+# and 0.6 times etcd's 1-client p50 (the issue's goal).
+print_floor() {
+  local hop=$RESULTS/bare-1.json disk=$RESULTS/disk.json
+  [[ -s $hop && -s $disk ]] || return 0
+  awk -v rtt="$(jq -r '.all.latency_us.p50 / 1000' "$hop")" \
+    -v fs="$(jq -r '.[2].p50_ms' "$disk")" \
+    -v k="$(field kvlab 2 '.all.latency_us.p50 / 1000')" \
+    -v e="$(field etcd 2 '.all.latency_us.p50 / 1000')" '
+    BEGIN {
+      floor = 3 * rtt + fs
+      printf "lone write floor: 3 bare round trips (3 x %.3f ms) + 3rd of 4 concurrent fsyncs (%.3f ms) = %.3f ms; ", rtt, fs, floor
+      printf "kvlab p50 %s ms", (k == "-" ? "-" : sprintf("%.3f", k))
+      if (e != "-") printf ", 0.6 x etcd = %.3f ms", 0.6 * e
+      printf "\n"
+    }'
 }
 
 # ---------------------------------------------------------------------------

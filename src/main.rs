@@ -49,6 +49,10 @@ enum Command {
     /// `bench/compare.sh` measures kvlab against (`kvlab bench --target bare`).
     #[command(hide = true)]
     BenchServer(bench::bare::ServerArgs),
+    /// Concurrent fsyncs on a disk, timed: the disk's share of a lone
+    /// write's floor, as `bench/compare.sh` prints it.
+    #[command(hide = true)]
+    BenchDisk(bench::disk::DiskArgs),
     /// The CloudCart exercise's files: `kvlab lab export DIR` writes the student handout.
     Lab(lab::Args),
     /// Check a cluster for linearizability under faults (Jepsen-style).
@@ -84,6 +88,13 @@ fn main() -> std::process::ExitCode {
             Command::Node(args) => node::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::BenchServer(args) => bench::bare::serve(args).await,
+            // Threads that block on fsync: off the runtime's threads.
+            Command::BenchDisk(args) => {
+                tokio::task::spawn_blocking(move || bench::disk::run(&args))
+                    .await
+                    .map_err(anyhow::Error::from)
+                    .and_then(|r| r)
+            }
             Command::Lab(args) => lab::run(args).await,
             Command::Certs(args) => tls::certs(&args).map_err(anyhow::Error::from),
             // The client's exit code says whether the command worked.

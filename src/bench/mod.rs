@@ -10,7 +10,8 @@
 //! - [`driver`]: the clients, the warm-up and the measured window;
 //! - [`report`]: the figures, as text or JSON;
 //! - [`cpu`]: what the generator itself costs;
-//! - [`bare`]: the ceiling, a bare HTTP server (`kvlab bench-server`).
+//! - [`bare`]: the ceiling, a bare HTTP server (`kvlab bench-server`);
+//! - [`disk`]: the disk's floor, concurrent fsyncs timed (`kvlab bench-disk`).
 //!
 //! [`run`] is the edge that ties them together for the command line;
 //! [`execute`] does the same but hands the [`Report`] back, for tests and for
@@ -20,6 +21,7 @@ pub mod args;
 pub mod bare;
 pub mod conn;
 pub mod cpu;
+pub mod disk;
 pub mod driver;
 pub mod keys;
 pub mod progress;

@@ -125,8 +125,9 @@ impl Coordinator {
             }
             return Err(e);
         }
+        // Moved, not copied: the answer names the key the leader echoes.
         let write = KeyValue {
-            key: req.key.clone(),
+            key: req.key,
             value: req.value,
         };
         let (plan, answer) = match self.write_batcher().call(write).await {
@@ -139,7 +140,7 @@ impl Coordinator {
             .quorum_acks
             .inc_by(answer.acked_by.len() as u64);
         if narrate {
-            self.narrate_write(&req.key, &plan, &answer, ms);
+            self.narrate_write(&answer.key, &plan, &answer, ms);
         }
         if answer.acked_by.len() >= w && !self.record_ack(plan.term, answer.seq) {
             return Err(ApiError::unavailable(WriteQuorumNotMet {

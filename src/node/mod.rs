@@ -812,7 +812,7 @@ async fn read_key(
     ApiPath(key): ApiPath<String>,
 ) -> Result<Json<NodeValue>, ApiError> {
     node.stats.total_reads.fetch_add(1, Ordering::Relaxed);
-    let found = node.core.lock().unwrap().store.get(&key).cloned();
+    let found = node.core.lock().unwrap().store.get(&key);
     match found {
         Some(v) => Ok(Json(NodeValue {
             node_id: node.id.clone(),
@@ -872,7 +872,7 @@ async fn read_batch(
         req.keys
             .iter()
             .map(|k| match core.store.get_with_seq(k) {
-                Some((v, seq)) => (Some(v.clone()), seq),
+                Some((v, seq)) => (Some(v), seq),
                 None => (None, 0),
             })
             .unzip()

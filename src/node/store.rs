@@ -10,8 +10,13 @@
 //! a read can tell whether what it saw is committed (see
 //! `coordinator::reads`). A key restored from a snapshot or a recovery gets
 //! the snapshot's seq instead: an upper bound, which is all a read needs.
+//!
+//! A key written by an entry holds that entry itself (an `Arc` shared with
+//! the log and the disk writer), not a copy of its value: applying a write
+//! copies nothing, and a key that exists already is not allocated again.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use crate::api::{Entry, Versioned};
 
@@ -23,15 +28,43 @@ pub struct Store {
 
 /// A key's value, and the seq of the entry that wrote it (at most).
 #[derive(Debug, Clone)]
-struct Held {
-    value: Versioned,
-    seq: u64,
+enum Held {
+    /// Written by this entry of the log.
+    Written(Arc<Entry>),
+    /// Restored from a snapshot or a recovery taken at `seq`.
+    Restored { value: Versioned, seq: u64 },
+}
+
+impl Held {
+    fn version(&self) -> u64 {
+        match self {
+            Held::Written(entry) => entry.version,
+            Held::Restored { value, .. } => value.version,
+        }
+    }
+
+    fn seq(&self) -> u64 {
+        match self {
+            Held::Written(entry) => entry.seq,
+            Held::Restored { seq, .. } => *seq,
+        }
+    }
+
+    fn to_versioned(&self) -> Versioned {
+        match self {
+            Held::Written(entry) => Versioned {
+                value: entry.value.clone(),
+                version: entry.version,
+            },
+            Held::Restored { value, .. } => value.clone(),
+        }
+    }
 }
 
 /// Pairs each value of a snapshot with the snapshot's seq.
 fn held_at(seq: u64, data: BTreeMap<String, Versioned>) -> HashMap<String, Held> {
     data.into_iter()
-        .map(|(k, value)| (k, Held { value, seq }))
+        .map(|(k, value)| (k, Held::Restored { value, seq }))
         .collect()
 }
 
@@ -67,38 +100,39 @@ impl Store {
         self.data.is_empty()
     }
 
-    pub fn get(&self, key: &str) -> Option<&Versioned> {
-        self.data.get(key).map(|h| &h.value)
+    /// A copy of the key's value and version.
+    pub fn get(&self, key: &str) -> Option<Versioned> {
+        self.data.get(key).map(Held::to_versioned)
     }
 
-    /// The key's value and the seq that wrote it (see the module's doc).
-    pub fn get_with_seq(&self, key: &str) -> Option<(&Versioned, u64)> {
-        self.data.get(key).map(|h| (&h.value, h.seq))
+    /// A copy of the key's value, and the seq that wrote it (see the
+    /// module's doc).
+    pub fn get_with_seq(&self, key: &str) -> Option<(Versioned, u64)> {
+        self.data.get(key).map(|h| (h.to_versioned(), h.seq()))
     }
 
     /// The version the next write of `key` gets: per-key, starting at 1.
     pub fn next_version(&self, key: &str) -> u64 {
-        self.data.get(key).map_or(1, |h| h.value.version + 1)
+        self.data.get(key).map_or(1, |h| h.version() + 1)
     }
 
     /// Applies the entry if it is the next one in the log.
-    pub fn apply(&mut self, entry: &Entry) -> Applied {
+    pub fn apply(&mut self, entry: &Arc<Entry>) -> Applied {
         if entry.seq <= self.applied_seq {
             return Applied::Duplicate;
         }
         if entry.seq != self.applied_seq + 1 {
             return Applied::Gap;
         }
-        self.data.insert(
-            entry.key.clone(),
-            Held {
-                value: Versioned {
-                    value: entry.value.clone(),
-                    version: entry.version,
-                },
-                seq: entry.seq,
-            },
-        );
+        let held = Held::Written(entry.clone());
+        // Looked up first: an existing key keeps its `String`, so a write
+        // to it allocates nothing here.
+        match self.data.get_mut(entry.key.as_str()) {
+            Some(slot) => *slot = held,
+            None => {
+                self.data.insert(entry.key.clone(), held);
+            }
+        }
         self.applied_seq = entry.seq;
         Applied::Applied
     }
@@ -134,7 +168,7 @@ impl Store {
     pub fn to_map(&self) -> BTreeMap<String, Versioned> {
         self.data
             .iter()
-            .map(|(k, h)| (k.clone(), h.value.clone()))
+            .map(|(k, h)| (k.clone(), h.to_versioned()))
             .collect()
     }
 }
@@ -143,14 +177,14 @@ impl Store {
 mod tests {
     use super::*;
 
-    fn entry(seq: u64, key: &str, version: u64) -> Entry {
-        Entry {
+    fn entry(seq: u64, key: &str, version: u64) -> Arc<Entry> {
+        Arc::new(Entry {
             seq,
             term: 1,
             key: key.into(),
             value: format!("v{seq}"),
             version,
-        }
+        })
     }
 
     #[test]
@@ -165,6 +199,23 @@ mod tests {
         assert_eq!(s.get_with_seq("a").unwrap().1, 2);
         assert_eq!(s.next_version("a"), 3);
         assert_eq!(s.next_version("b"), 1);
+    }
+
+    #[test]
+    fn a_key_holds_the_entry_that_wrote_it_not_a_copy() {
+        let mut s = Store::default();
+        let first = entry(1, "a", 1);
+        assert_eq!(s.apply(&first), Applied::Applied);
+        assert_eq!(Arc::strong_count(&first), 2, "shared, not copied");
+        assert_eq!(s.apply(&entry(2, "a", 2)), Applied::Applied);
+        assert_eq!(
+            Arc::strong_count(&first),
+            1,
+            "an overwritten entry is let go"
+        );
+        let (value, seq) = s.get_with_seq("a").unwrap();
+        assert_eq!((value.value.as_str(), value.version, seq), ("v2", 2, 2));
+        assert_eq!(s.to_map()["a"].value, "v2");
     }
 
     #[test]
