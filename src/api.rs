@@ -1010,6 +1010,27 @@ pub struct LeaderBatchResponse {
     pub results: Vec<LeaderWriteResponse>,
 }
 
+/// [`LeaderBatchResponse`] as a leader writes it: the same JSON, byte for
+/// byte, borrowed instead of copied. The keys and values are the log's own
+/// entries, and every write of a batch shares one set of acks (one wait
+/// covers the whole batch, see `node::writes`), so nothing is cloned per
+/// write just to be encoded and dropped.
+#[derive(Debug, Serialize)]
+pub struct LeaderBatchAnswer<'a> {
+    pub results: Vec<LeaderWriteAnswer<'a>>,
+}
+
+/// One write of a [`LeaderBatchAnswer`]: a [`LeaderWriteResponse`], borrowed.
+#[derive(Debug, Serialize)]
+pub struct LeaderWriteAnswer<'a> {
+    pub key: &'a str,
+    pub value: &'a str,
+    pub version: u64,
+    pub seq: u64,
+    pub acked_by: &'a [String],
+    pub missing: &'a [MissingAck],
+}
+
 /// A node's `POST /batch/read` body: keys the coordinator gathered for it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReadBatchRequest {
@@ -1375,6 +1396,44 @@ mod tests {
     use serde_json::{json, Value};
 
     use super::*;
+
+    #[test]
+    fn a_borrowed_batch_answer_is_the_owned_one_byte_for_byte() {
+        let acked_by = vec!["follower-1".to_string()];
+        let missing = vec![MissingAck {
+            node_id: "follower-2".into(),
+            reason: "no ack before the write's deadline".into(),
+        }];
+        let owned = LeaderBatchResponse {
+            results: (1..=2)
+                .map(|seq| LeaderWriteResponse {
+                    key: format!("k{seq}"),
+                    value: "v \"quoted\"".into(),
+                    version: 3,
+                    seq,
+                    acked_by: acked_by.clone(),
+                    missing: missing.clone(),
+                })
+                .collect(),
+        };
+        let keys = ["k1".to_string(), "k2".to_string()];
+        let borrowed = LeaderBatchAnswer {
+            results: (1..=2)
+                .map(|seq| LeaderWriteAnswer {
+                    key: &keys[seq as usize - 1],
+                    value: "v \"quoted\"",
+                    version: 3,
+                    seq,
+                    acked_by: &acked_by,
+                    missing: &missing,
+                })
+                .collect(),
+        };
+        assert_eq!(
+            serde_json::to_string(&borrowed).unwrap(),
+            serde_json::to_string(&owned).unwrap()
+        );
+    }
 
     #[test]
     fn quorum_errors_keep_their_shapes() {

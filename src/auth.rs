@@ -37,11 +37,10 @@
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderMap, Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use serde_json::json;
@@ -400,7 +399,8 @@ pub type Rules = fn(&Method, &str) -> Access;
 #[derive(Clone)]
 struct Guard {
     rules: Rules,
-    admin_token: Option<Secret>,
+    /// Shared: the guard is cloned for every request it checks.
+    admin_token: Option<Arc<Secret>>,
 }
 
 /// Puts `router`'s routes behind `rules`. Apply it after the last route is
@@ -409,28 +409,32 @@ pub fn guard<S>(router: Router<S>, rules: Rules, admin_token: Option<Secret>) ->
 where
     S: Clone + Send + Sync + 'static,
 {
-    let state = Guard { rules, admin_token };
-    router.route_layer(axum::middleware::from_fn_with_state(state, check))
+    let guard = Guard {
+        rules,
+        admin_token: admin_token.map(Arc::new),
+    };
+    router.route_layer(crate::gate::GateLayer(guard))
 }
 
-async fn check(State(g): State<Guard>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_string())
-        .unwrap_or_else(|| req.uri().path().to_string());
-    let access = (g.rules)(req.method(), &route);
-    if let Some(refusal) = browser_refusal(&req, access, g.admin_token.as_ref()) {
-        return refusal;
-    }
-    let allowed = match access {
-        Access::Open => Ok(()),
-        Access::Internal => internal_allowed(req.headers()),
-        Access::Admin => admin_allowed(req.headers(), g.admin_token.as_ref()),
-    };
-    match allowed {
-        Ok(()) => next.run(req).await,
-        Err(reason) => unauthorized(reason),
+impl crate::gate::Gate for Guard {
+    type Ticket = ();
+
+    fn before(&self, req: &Request) -> Result<(), Response> {
+        let route = match req.extensions().get::<MatchedPath>() {
+            Some(m) => m.as_str(),
+            None => req.uri().path(),
+        };
+        let access = (self.rules)(req.method(), route);
+        let token = self.admin_token.as_deref();
+        if let Some(refusal) = browser_refusal(req, access, token) {
+            return Err(refusal);
+        }
+        let allowed = match access {
+            Access::Open => Ok(()),
+            Access::Internal => internal_allowed(req.headers()),
+            Access::Admin => admin_allowed(req.headers(), token),
+        };
+        allowed.map_err(unauthorized)
     }
 }
 

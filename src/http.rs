@@ -638,27 +638,34 @@ pub fn raise_open_file_limit() -> libc::rlim_t {
 pub fn limited(router: Router) -> Router {
     router
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn(refuse_announced_oversize))
+        .layer(crate::gate::GateLayer(RefuseAnnouncedOversize))
 }
 
 /// A body that announces (`Content-Length`) more than any route accepts is
 /// refused with 413 before a byte of it is read. (The per-route limits
 /// still apply to bodies of unannounced length, as they are read.)
-async fn refuse_announced_oversize(req: Request, next: axum::middleware::Next) -> Response {
-    let largest = BATCH_BODY_BYTES as u64;
-    let announced = req
-        .headers()
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    match announced {
-        Some(n) if n > largest => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            json!({"error": "request body too large", "reason": format!(
-                "the request body announces {n} bytes; no route accepts more than {largest}"
-            )}),
-        )
-        .into_response(),
-        _ => next.run(req).await,
+#[derive(Clone, Copy)]
+struct RefuseAnnouncedOversize;
+
+impl crate::gate::Gate for RefuseAnnouncedOversize {
+    type Ticket = ();
+
+    fn before(&self, req: &Request) -> Result<(), Response> {
+        let largest = BATCH_BODY_BYTES as u64;
+        let announced = req
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        match announced {
+            Some(n) if n > largest => Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({"error": "request body too large", "reason": format!(
+                    "the request body announces {n} bytes; no route accepts more than {largest}"
+                )}),
+            )
+            .into_response()),
+            _ => Ok(()),
+        }
     }
 }
 

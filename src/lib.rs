@@ -13,6 +13,7 @@ pub mod client;
 pub mod control;
 pub mod coordinator;
 pub mod events;
+pub mod gate;
 pub mod gateway;
 pub mod grade_node;
 pub mod hosts;

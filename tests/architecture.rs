@@ -25,7 +25,9 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("the contract", &["api"]),
     (
         "plumbing",
-        &["auth", "http", "tls", "events", "metrics", "process"],
+        &[
+            "auth", "http", "tls", "events", "metrics", "process", "gate",
+        ],
     ),
     ("engines", &["storage", "ratelimit", "control"]),
     (
@@ -43,6 +45,16 @@ const LAYERS: &[(&str, &[&str])] = &[
 /// Keep in step with ARCHITECTURE.md, and keep it short.
 const EDGES: &[(&str, &str, &str)] = &[
     ("http", "auth", "every client carries the cluster secret"),
+    (
+        "http",
+        "gate",
+        "every listener refuses oversized bodies at its gate",
+    ),
+    (
+        "auth",
+        "gate",
+        "the access rules are a gate in front of each router",
+    ),
     (
         "http",
         "tls",

@@ -71,7 +71,6 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::header::{HeaderName, CONTENT_TYPE, RETRY_AFTER};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -444,7 +443,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
     // Web pages write nothing through the gateway either (see `auth`).
     crate::auth::guard(routes, crate::auth::gateway_access, None)
         .fallback(no_such_endpoint)
-        .layer(middleware::from_fn_with_state(gateway.clone(), admission))
+        .layer(crate::gate::GateLayer(Admission(gateway.clone())))
         .with_state(gateway)
 }
 
@@ -466,25 +465,36 @@ fn client_ip(req: &Request) -> IpAddr {
         })
 }
 
-async fn admission(State(gw): Shared, req: Request, next: Next) -> Response {
-    bump(&gw.metrics.total);
-    let resp = admit(&gw, req, next).await;
-    gw.metrics.by_code.count(resp.status());
-    resp
-}
+/// Counting and rate limiting, in front of every path: a
+/// [`crate::gate::Gate`], so that it costs no allocation per request.
+#[derive(Clone)]
+struct Admission(Arc<Gateway>);
 
-async fn admit(gw: &Gateway, req: Request, next: Next) -> Response {
-    let Some(limiter) = &gw.limiter else {
-        return next.run(req).await;
-    };
-    let decision = limiter.check(client_ip(&req));
-    if !decision.allowed {
-        bump(&gw.metrics.rate_limited);
-        return too_many_requests(limiter, &decision);
+impl crate::gate::Gate for Admission {
+    /// The limiter's decision, whose figures go into the answer's headers.
+    type Ticket = Option<Decision>;
+
+    fn before(&self, req: &Request) -> Result<Option<Decision>, Response> {
+        let gw = &self.0;
+        bump(&gw.metrics.total);
+        let Some(limiter) = &gw.limiter else {
+            return Ok(None);
+        };
+        let decision = limiter.check(client_ip(req));
+        if !decision.allowed {
+            bump(&gw.metrics.rate_limited);
+            return Err(too_many_requests(limiter, &decision));
+        }
+        Ok(Some(decision))
     }
-    let mut resp = next.run(req).await;
-    add_limit_headers(resp.headers_mut(), limiter, &decision);
-    resp
+
+    fn after(&self, ticket: Option<Option<Decision>>, answer: &mut Response) {
+        let gw = &self.0;
+        if let (Some(Some(decision)), Some(limiter)) = (ticket, &gw.limiter) {
+            add_limit_headers(answer.headers_mut(), limiter, &decision);
+        }
+        gw.metrics.by_code.count(answer.status());
+    }
 }
 
 /// The 429 of docs/api.md, with the headers a client needs to back off.

@@ -24,7 +24,8 @@
 //!   under the lock that appends, and every entry carries that term.
 //! - **A write's answer says which sync followers acknowledged it**. Acks are
 //!   cumulative (a follower acks "everything up to seq N"), so one wait for
-//!   the batch's last seq covers every write in it. If that wait fails, every
+//!   the batch's last seq covers every write in it, and every write of a
+//!   batch gets the same `acked_by` and `missing` ([`Written`]). If that wait fails, every
 //!   write of the batch reports the follower missing, even one the follower
 //!   may in fact have: under-reporting an ack only turns a success into an
 //!   "outcome unknown" 503, never the other way round.
@@ -34,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::{check_batch_len, durable, store, uncancellable, NodeState, Shared};
@@ -57,19 +59,51 @@ pub async fn leader_write(
         value: req.value,
     }];
     let work = async move { write_batch(&node, writes, &req.sync, req.ack_timeout_ms).await };
-    let mut answers = uncancellable(work).await?;
-    Ok(Json(answers.remove(0)))
+    let written = uncancellable(work).await?;
+    let entry = &written.entries[0];
+    Ok(Json(LeaderWriteResponse {
+        key: entry.key.clone(),
+        value: entry.value.clone(),
+        version: entry.version,
+        seq: entry.seq,
+        acked_by: written.acked_by,
+        missing: written.missing,
+    }))
 }
 
 /// `POST /batch/write`: several writes, one answer each, in order.
 pub async fn leader_write_batch(
     State(node): Shared,
     ApiJson(req): ApiJson<LeaderBatchRequest>,
-) -> Result<Json<LeaderBatchResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     check_batch_len("write", req.writes.len(), MAX_WRITE_BATCH)?;
     let work = async move { write_batch(&node, req.writes, &req.sync, req.ack_timeout_ms).await };
-    let results = uncancellable(work).await?;
-    Ok(Json(LeaderBatchResponse { results }))
+    let written = uncancellable(work).await?;
+    // Encoded here, from the log's entries: see `api::LeaderBatchAnswer`.
+    let results = written
+        .entries
+        .iter()
+        .map(|entry| LeaderWriteAnswer {
+            key: &entry.key,
+            value: &entry.value,
+            version: entry.version,
+            seq: entry.seq,
+            acked_by: &written.acked_by,
+            missing: &written.missing,
+        })
+        .collect();
+    Ok(Json(LeaderBatchAnswer { results }).into_response())
+}
+
+/// A batch that was appended, persisted and replicated (or timed out
+/// waiting for some acks): its entries, and which sync followers
+/// acknowledged all of them. Acks are cumulative, so one wait for the
+/// batch's last seq answers for every write in it.
+struct Written {
+    entries: Vec<Arc<Entry>>,
+    acked_by: Vec<String>,
+    /// The sync followers that did not ack in time, with the reason.
+    missing: Vec<MissingAck>,
 }
 
 /// Checks, appends, persists and replicates `writes`; answers once each sync
@@ -79,7 +113,7 @@ async fn write_batch(
     writes: Vec<KeyValue>,
     sync: &[PeerRef],
     ack_timeout_ms: Option<u64>,
-) -> Result<Vec<LeaderWriteResponse>, ApiError> {
+) -> Result<Written, ApiError> {
     if !node.is_leader() {
         return Err(not_leader(node));
     }
@@ -115,32 +149,21 @@ async fn write_batch(
     let deadline = tokio::time::Instant::now() + timeout;
     let waits = sync.iter().map(|p| wait_ack(node, p, last, deadline));
     let acks = futures::future::join_all(waits).await;
-    Ok(entries
-        .iter()
-        .map(|entry| answer(entry, sync, &acks))
-        .collect())
-}
-
-/// One write's answer, given each sync follower's ack (or why it is missing).
-fn answer(entry: &Entry, sync: &[PeerRef], acks: &[Result<(), String>]) -> LeaderWriteResponse {
-    let mut answer = LeaderWriteResponse {
-        key: entry.key.clone(),
-        value: entry.value.clone(),
-        version: entry.version,
-        seq: entry.seq,
+    let mut written = Written {
+        entries,
         acked_by: vec![],
         missing: vec![],
     };
     for (peer, ack) in sync.iter().zip(acks) {
         match ack {
-            Ok(()) => answer.acked_by.push(peer.node_id.clone()),
-            Err(reason) => answer.missing.push(MissingAck {
+            Ok(()) => written.acked_by.push(peer.node_id.clone()),
+            Err(reason) => written.missing.push(MissingAck {
                 node_id: peer.node_id.clone(),
-                reason: reason.clone(),
+                reason,
             }),
         }
     }
-    answer
+    Ok(written)
 }
 
 /// Puts writes into the log and the state, atomically, and submits them to
