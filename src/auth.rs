@@ -448,9 +448,10 @@ fn browser_refusal(req: &Request, access: Access, token: Option<&Secret>) -> Opt
         return None;
     }
     let headers = req.headers();
+    // Borrowed (a `Cow`), as every check below: this runs for every write.
     let host = headers
         .get(axum::http::header::HOST)
-        .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned());
+        .map(|h| String::from_utf8_lossy(h.as_bytes()));
     if let Some(origin) = headers.get(axum::http::header::ORIGIN) {
         let origin = String::from_utf8_lossy(origin.as_bytes());
         if !same_origin(&origin, host.as_deref()) {
@@ -530,10 +531,23 @@ fn is_local_name(host: &str) -> bool {
             .is_some_and(|(v6, _)| v6[1..].parse::<std::net::Ipv6Addr>().is_ok());
     }
     let name = host.split(':').next().unwrap_or_default();
-    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    let name = name.strip_suffix('.').unwrap_or(name);
     name.parse::<std::net::Ipv4Addr>().is_ok()
-        || name == "localhost"
-        || name.ends_with(".localhost")
+        || name.eq_ignore_ascii_case("localhost")
+        || ends_with_ignoring_case(name, ".localhost")
+}
+
+/// `text.ends_with(suffix)`, ASCII case ignored; compared as bytes, so no
+/// cut can fall inside a character.
+fn ends_with_ignoring_case(text: &str, suffix: &str) -> bool {
+    let (text, suffix) = (text.as_bytes(), suffix.as_bytes());
+    text.len() >= suffix.len() && text[text.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+}
+
+/// `text.starts_with(prefix)`, ASCII case ignored, as bytes.
+fn starts_with_ignoring_case(text: &str, prefix: &str) -> bool {
+    let (text, prefix) = (text.as_bytes(), prefix.as_bytes());
+    text.len() >= prefix.len() && text[..prefix.len()].eq_ignore_ascii_case(prefix)
 }
 
 /// The cluster secret or the admin token: what no web page holds.
@@ -557,10 +571,11 @@ fn is_json(headers: &HeaderMap) -> bool {
     let Some(value) = headers.get(axum::http::header::CONTENT_TYPE) else {
         return false;
     };
-    let value = String::from_utf8_lossy(value.as_bytes()).to_ascii_lowercase();
+    let value = String::from_utf8_lossy(value.as_bytes());
     let essence = value.split(';').next().unwrap_or_default().trim();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    essence.eq_ignore_ascii_case("application/json")
+        || (starts_with_ignoring_case(essence, "application/")
+            && ends_with_ignoring_case(essence, "+json"))
 }
 
 /// `Err`: why the request is refused (401).
@@ -715,6 +730,7 @@ mod tests {
             "LocalHost:7000",
             "localhost.:1",
             "ui.localhost:7000",
+            "UI.LOCALHOST",
             "[::1]:7000",
             "10.0.0.5",
         ] {
@@ -725,6 +741,8 @@ mod tests {
             "localhost.evil.example",
             "[nope]:1",
             "coordinator",
+            "é.localhosté",
+            "éé",
         ] {
             assert!(!is_local_name(host), "{host}");
         }

@@ -918,7 +918,9 @@ fn relay_counted(
     let (status, body) = answer.map_err(|no| unreachable(gw, coordinator, &no, write))?;
     bump(forwarded);
     if status.is_success() {
-        return Ok((status, [(CONTENT_TYPE, "application/json")], body).into_response());
+        // `from_static`: a `&str` header value is copied for each answer.
+        let json = HeaderValue::from_static("application/json");
+        return Ok((status, [(CONTENT_TYPE, json)], body).into_response());
     }
     if status.is_server_error() {
         bump(&gw.metrics.errors);
