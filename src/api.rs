@@ -1010,6 +1010,30 @@ pub struct LeaderBatchResponse {
     pub results: Vec<LeaderWriteResponse>,
 }
 
+/// [`LeaderBatchResponse`] as the coordinator reads it: see
+/// [`LeaderWriteReceipt`].
+#[derive(Debug, Deserialize)]
+pub struct LeaderBatchReceipt {
+    pub results: Vec<LeaderWriteReceipt>,
+}
+
+/// One write of a [`LeaderBatchReceipt`]: a [`LeaderWriteResponse`] whose
+/// echoed key and value must be there, as the protocol says, but are not
+/// copied out: the coordinator answers its client with the key and value it
+/// sent, which it still holds, instead of parsing a second copy of each
+/// from every answer.
+#[derive(Debug, Deserialize)]
+pub struct LeaderWriteReceipt {
+    #[serde(rename = "key")]
+    _key: serde::de::IgnoredAny,
+    #[serde(rename = "value")]
+    _value: serde::de::IgnoredAny,
+    pub version: u64,
+    pub seq: u64,
+    pub acked_by: Vec<String>,
+    pub missing: Vec<MissingAck>,
+}
+
 /// [`LeaderBatchResponse`] as a leader writes it: the same JSON, byte for
 /// byte, borrowed instead of copied. The keys and values are the log's own
 /// entries, and every write of a batch shares one set of acks (one wait
@@ -1433,6 +1457,24 @@ mod tests {
             serde_json::to_string(&borrowed).unwrap(),
             serde_json::to_string(&owned).unwrap()
         );
+    }
+
+    #[test]
+    fn a_receipt_needs_the_echo_but_keeps_only_what_the_coordinator_uses() {
+        let full = json!({"results": [{"key": "k", "value": "v \\u00e9", "version": 2, "seq": 9,
+            "acked_by": ["follower-1"], "missing": []}]});
+        let receipt: LeaderBatchReceipt = serde_json::from_value(full.clone()).unwrap();
+        let one = &receipt.results[0];
+        assert_eq!((one.version, one.seq), (2, 9));
+        assert_eq!(one.acked_by, ["follower-1"]);
+        // The owned type reads the same answer: the two stay one protocol.
+        serde_json::from_value::<LeaderBatchResponse>(full.clone()).unwrap();
+        for field in ["key", "value", "version", "acked_by"] {
+            let mut partial = full.clone();
+            partial["results"][0].as_object_mut().unwrap().remove(field);
+            let err = serde_json::from_value::<LeaderBatchReceipt>(partial).unwrap_err();
+            assert!(err.to_string().contains(field), "{field}: {err}");
+        }
     }
 
     #[test]

@@ -46,7 +46,7 @@ impl Coordinator {
         self: &Arc<Self>,
         key: &str,
         plan: &WritePlan,
-        answer: &LeaderWriteResponse,
+        answer: &LeaderWriteReceipt,
         ms: u128,
     ) {
         let w = self.config.w;

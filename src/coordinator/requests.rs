@@ -125,12 +125,16 @@ impl Coordinator {
             }
             return Err(e);
         }
-        // Moved, not copied: the answer names the key the leader echoes.
+        // Moved, not copied: it comes back with the leader's answer.
         let write = KeyValue {
             key: req.key,
             value: req.value,
         };
-        let (plan, answer) = match self.write_batcher().call(write).await {
+        let Written {
+            plan,
+            write,
+            receipt: answer,
+        } = match self.write_batcher().call(write).await {
             Some(outcome) => outcome?,
             None => return Err(ApiError::unavailable("the coordinator is shutting down")),
         };
@@ -140,7 +144,7 @@ impl Coordinator {
             .quorum_acks
             .inc_by(answer.acked_by.len() as u64);
         if narrate {
-            self.narrate_write(&answer.key, &plan, &answer, ms);
+            self.narrate_write(&write.key, &plan, &answer, ms);
         }
         if answer.acked_by.len() >= w && !self.record_ack(plan.term, answer.seq) {
             return Err(ApiError::unavailable(WriteQuorumNotMet {
@@ -183,8 +187,8 @@ impl Coordinator {
         };
         Ok(WriteResponse {
             status: "success".into(),
-            key: answer.key,
-            value: answer.value,
+            key: write.key,
+            value: write.value,
             version: answer.version,
             sync_acks: answer.acked_by.len(),
             quorum: w,
@@ -203,10 +207,12 @@ impl Coordinator {
                 async move {
                     match me.upgrade() {
                         Some(c) => c.send_write_batch(writes).await,
-                        None => vec![
-                            Err(ApiError::unavailable("the coordinator stopped"));
-                            writes.len()
-                        ],
+                        None => {
+                            let stopped = ApiError::unavailable("the coordinator stopped");
+                            std::iter::repeat_n(stopped, writes.len())
+                                .map(Err)
+                                .collect()
+                        }
                     }
                 }
             })
@@ -231,7 +237,7 @@ impl Coordinator {
     /// as it leaves; every write of the batch gets the same plan.
     async fn send_write_batch(&self, writes: Vec<KeyValue>) -> Vec<WriteOutcome> {
         let n = writes.len();
-        let all = |e: ApiError| vec![Err(e); n];
+        let all = |e: ApiError| std::iter::repeat_n(e, n).map(Err).collect();
         let plan = match self.plan_write() {
             Ok(plan) => Arc::new(plan),
             Err(e) => return all(e),
@@ -242,10 +248,18 @@ impl Coordinator {
             ack_timeout_ms: Some(self.config.ack_timeout.as_millis() as u64),
         };
         match self.send_to_leader(&plan.leader, plan.term, &body).await {
-            Ok(answer) if answer.results.len() == n => answer
-                .results
+            // Each write's own key and value go back with its answer.
+            Ok(answer) if answer.results.len() == n => body
+                .writes
                 .into_iter()
-                .map(|a| Ok((plan.clone(), a)))
+                .zip(answer.results)
+                .map(|(write, receipt)| {
+                    Ok(Written {
+                        plan: plan.clone(),
+                        write,
+                        receipt,
+                    })
+                })
                 .collect(),
             Ok(answer) => all(ApiError::unavailable(format!(
                 "Leader unreachable: it answered {} writes of a batch of {n}",
@@ -260,7 +274,7 @@ impl Coordinator {
         leader: &Slot,
         term: u64,
         body: &LeaderBatchRequest,
-    ) -> Result<LeaderBatchResponse, ApiError> {
+    ) -> Result<LeaderBatchReceipt, ApiError> {
         let unreachable = |why: String| {
             self.events.bad(
                 EventKind::LeaderUnreachable,
@@ -323,4 +337,12 @@ fn weigh_write(w: &KeyValue) -> usize {
 
 /// What the leader said about one write of a batch, with the plan (leader,
 /// sync set) the batch was sent under.
-pub(super) type WriteOutcome = Result<(Arc<WritePlan>, LeaderWriteResponse), ApiError>;
+pub(super) type WriteOutcome = Result<Written, ApiError>;
+
+/// One write the leader answered.
+pub(super) struct Written {
+    pub(super) plan: Arc<WritePlan>,
+    /// The write as the client sent it: its answer names these.
+    pub(super) write: KeyValue,
+    pub(super) receipt: LeaderWriteReceipt,
+}
