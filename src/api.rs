@@ -1167,15 +1167,16 @@ pub struct InFlight {
 }
 
 /// A follower's `POST /replicate` body: a batch of consecutive entries.
-/// The follower reads owned entries; the leader sends borrowed ones
-/// (`AppendRequest<&Entry>`), so a batch going to three followers is
-/// serialised from its log without copying a value.
+/// The follower reads owned entries (`Vec<Entry>`); the leader sends them
+/// already encoded (`AppendRequest<&RawValue>`, the JSON array of the
+/// entries), so a batch going to three followers is encoded once, from its
+/// log, without copying a value (see `node::replication`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AppendRequest<E = Entry> {
+pub struct AppendRequest<Entries = Vec<Entry>> {
     pub term: u64,
     /// The incarnation of the follower the leader means to talk to.
     pub to_incarnation: u64,
-    pub entries: Vec<E>,
+    pub entries: Entries,
 }
 
 /// The coordinator's `POST /forget` to the registry: node ids that are not

@@ -254,6 +254,9 @@ pub struct NodeState {
     /// `coordinator::reads`).
     reconciled_term: AtomicU64,
     peers: Mutex<HashMap<String, Arc<Peer>>>,
+    /// The streams' last encoded run of entries (see
+    /// [`replication::SharedEncoding`]).
+    encoded: replication::SharedEncoding,
     /// Heartbeats are skipped until then (the network-blip fault hook).
     pub heartbeats_paused_until: Mutex<Option<Instant>>,
     /// Signalled to stop the node.
@@ -333,6 +336,7 @@ impl NodeState {
             replicate_lock: tokio::sync::Mutex::new(None),
             reconciled_term: AtomicU64::new(0),
             peers: Mutex::new(HashMap::new()),
+            encoded: replication::SharedEncoding::default(),
             heartbeats_paused_until: Mutex::new(None),
             shutdown: tokio::sync::Notify::new(),
             exit_code: AtomicI32::new(0),

@@ -241,6 +241,57 @@ impl Drop for Peer {
     }
 }
 
+/// The last run of entries encoded for a follower, kept for the streams
+/// that send the same run next. With the followers caught up, every stream
+/// sends each batch the leader appends, the same entries from the same
+/// seq: encoded once, not once per follower (a busy leader's largest share
+/// of JSON work, "Where the time goes" in ARCHITECTURE.md).
+///
+/// Invariant: a cached run is reused only for the same term and the same
+/// first and last seq. A leader's log is append-only within its term, so
+/// those seqs hold the same entries; after a step-down the term differs.
+#[derive(Default)]
+pub struct SharedEncoding(std::sync::Mutex<Option<EncodedRun>>);
+
+struct EncodedRun {
+    term: u64,
+    first: u64,
+    last: u64,
+    json: Arc<serde_json::value::RawValue>,
+}
+
+impl SharedEncoding {
+    /// The JSON array of `batch`, from the cache or encoded now.
+    fn entries(
+        &self,
+        term: u64,
+        batch: &[Arc<Entry>],
+    ) -> Result<Arc<serde_json::value::RawValue>, String> {
+        let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+            return Ok(Arc::from(
+                serde_json::value::to_raw_value(&[0u8; 0]).expect("an empty array encodes"),
+            ));
+        };
+        let mut cached = self.0.lock().unwrap();
+        if let Some(run) = cached.as_ref() {
+            if (run.term, run.first, run.last) == (term, first.seq, last.seq) {
+                return Ok(run.json.clone());
+            }
+        }
+        let refs: Vec<&Entry> = batch.iter().map(|e| &**e).collect();
+        let json: Arc<serde_json::value::RawValue> = serde_json::value::to_raw_value(&refs)
+            .map_err(|e| format!("cannot encode entries: {e}"))?
+            .into();
+        *cached = Some(EncodedRun {
+            term,
+            first: first.seq,
+            last: last.seq,
+            json: json.clone(),
+        });
+        Ok(json)
+    }
+}
+
 /// What the stream does next.
 enum Plan {
     Wait,
@@ -387,7 +438,7 @@ async fn handshake(node: &NodeState, peer: &Peer) -> Result<u64, String> {
         // what the handshake checked counts as held: the follower may have
         // more by now (a deposed leader's last write reaching its disk), and
         // that is not ours.
-        let empty = AppendRequest::<Entry> {
+        let empty = AppendRequest::<Vec<Entry>> {
             term: peer.term,
             to_incarnation: peer.config.incarnation,
             entries: Vec::new(),
@@ -416,10 +467,11 @@ async fn send_entries(
     batch: Vec<Arc<Entry>>,
 ) -> Result<u64, String> {
     let count = batch.len() as u64;
+    let entries = node.encoded.entries(peer.term, &batch)?;
     let body = AppendRequest {
         term: peer.term,
         to_incarnation: peer.config.incarnation,
-        entries: batch.iter().map(|e| &**e).collect(),
+        entries: &*entries,
     };
     let last_sent = batch.last().map_or(0, |e| e.seq);
     let first_sent = batch.first().map_or(0, |e| e.seq);
@@ -584,6 +636,54 @@ mod tests {
                 (format!("k{i:03}"), Versioned { value, version: 1 })
             })
             .collect()
+    }
+
+    fn entries(term: u64, seqs: std::ops::RangeInclusive<u64>) -> Vec<Arc<Entry>> {
+        seqs.map(|seq| {
+            Arc::new(Entry {
+                seq,
+                term,
+                key: format!("k{seq}"),
+                value: "v \"é\"".into(),
+                version: 1,
+            })
+        })
+        .collect()
+    }
+
+    #[test]
+    fn a_run_is_encoded_once_for_every_stream_that_sends_it() {
+        let shared = SharedEncoding::default();
+        let batch = entries(2, 5..=7);
+        let first = shared.entries(2, &batch).unwrap();
+        let again = shared.entries(2, &batch).unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "the same run is not encoded twice"
+        );
+        // What a follower reads back is the batch itself.
+        let decoded: AppendRequest = serde_json::from_str(
+            &serde_json::to_string(&AppendRequest {
+                term: 2,
+                to_incarnation: 9,
+                entries: &*first,
+            })
+            .unwrap(),
+        )
+        .unwrap();
+        let want: Vec<Entry> = batch.iter().map(|e| (**e).clone()).collect();
+        assert_eq!((decoded.term, decoded.to_incarnation), (2, 9));
+        assert_eq!(decoded.entries, want);
+        // Another run, or the same seqs in another term, is encoded anew.
+        let shorter = shared.entries(2, &batch[..2]).unwrap();
+        assert!(!Arc::ptr_eq(&first, &shorter));
+        let other_term = shared.entries(3, &entries(3, 5..=7)).unwrap();
+        assert!(
+            other_term.get().contains("\"term\":3"),
+            "{}",
+            other_term.get()
+        );
+        assert_eq!(shared.entries(3, &[]).unwrap().get(), "[]");
     }
 
     #[test]
