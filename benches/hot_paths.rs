@@ -43,10 +43,10 @@ fn store_apply(c: &mut Criterion) {
             for i in 0..iters as usize {
                 let e = &entries[i % entries.len()];
                 // Re-number so every apply is the next entry.
-                let e = Entry {
+                let e = Arc::new(Entry {
                     seq: i as u64 + 1,
                     ..e.clone()
-                };
+                });
                 store.apply(&e);
             }
             start.elapsed()
@@ -73,7 +73,7 @@ fn log_push_and_read(c: &mut Criterion) {
 fn wire_batch(c: &mut Criterion) {
     let mut group = c.benchmark_group("wire");
     for n in [1usize, 64, 1024] {
-        let body = AppendRequest {
+        let body: AppendRequest = AppendRequest {
             term: 1,
             to_incarnation: 1,
             entries: (1..=n as u64).map(entry).collect(),

@@ -20,6 +20,9 @@ pub trait Gate: Clone + Send + Sync + 'static {
     type Ticket: Send + 'static;
 
     /// Lets the request through, or refuses it with this answer.
+    // The refusal is the answer itself, returned once per request: boxing
+    // it would cost an allocation to save a copy of a few words.
+    #[allow(clippy::result_large_err)]
     fn before(&self, req: &Request) -> Result<Self::Ticket, Response>;
 
     /// Every answer on its way out: the handler's (with the ticket) and
