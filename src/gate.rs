@@ -9,7 +9,9 @@
 //! in ARCHITECTURE.md). A gate is a plain call before and after.
 //!
 //! Invariants: a gate's checks never wait (anything that does belongs in
-//! the handler), and every answer, refusals included, passes `after` once.
+//! the handler, or stays an axum `from_fn`, as a node's partition hold and
+//! epoch check do: once per batch, not per client request), and every
+//! answer, refusals included, passes `after` once.
 
 use axum::extract::Request;
 use axum::response::Response;
