@@ -22,16 +22,11 @@
 //!   follower's ack of an entry, that entry travels on the sync link to that
 //!   follower even if the follower is moved to the async set meanwhile (see
 //!   [`Peer::due`]);
-//! - entries are sent to the followers a write waits for as soon as the
-//!   leader has appended them (its streamable seq), while its own fsync
-//!   runs: a follower may hold an entry the leader's disk does not yet have.
-//!   No write is acknowledged before both have it (see `node::writes`), and
-//!   a leader that comes back behind its followers is not elected over them
-//!   (see `coordinator::failover`);
-//! - entries no write waits for on a follower (the async set's) go out once
-//!   the leader's own disk has them (its persisted seq): on a machine whose
-//!   nodes share one disk, the async follower's fsync then does not compete
-//!   with the fsyncs a write is waiting for ([`plan`]);
+//! - entries are sent as soon as the leader has appended them (its
+//!   streamable seq), while its own fsync runs: a follower may hold an entry
+//!   the leader's disk does not yet have. No write is acknowledged before
+//!   both have it (see `node::writes`), and a leader that comes back behind
+//!   its followers is not elected over them (see `coordinator::failover`);
 //! - a stream belongs to one term: every request carries it, a follower of
 //!   a newer term refuses it (409 `stale term`), and then this node steps
 //!   down and the stream ends (see `node::leadership`);
@@ -299,10 +294,7 @@ impl SharedEncoding {
 
 /// What the stream does next.
 enum Plan {
-    /// Nothing appended past what was sent: wait for the log to grow.
     Wait,
-    /// Entries appended, but this async link waits for the leader's disk.
-    WaitForLeaderDisk,
     Send(Vec<Arc<Entry>>),
     SendSnapshot,
     SleepUntil(Instant),
@@ -311,7 +303,6 @@ enum Plan {
 /// The stream task: handshake, then ship entries as they become deliverable.
 async fn stream(node: Arc<NodeState>, peer: Arc<Peer>) {
     let mut streamable_rx = node.streamable_seq_watch();
-    let mut persisted_rx = node.persisted_seq_watch();
     let mut next: Option<u64> = None;
     let mut backoff = MIN_BACKOFF;
     loop {
@@ -339,13 +330,6 @@ async fn stream(node: Arc<NodeState>, peer: Arc<Peer>) {
                 // Wake when the log grows past what we've seen.
                 tokio::select! {
                     _ = streamable_rx.wait_for(|&last| last >= from) => {},
-                    _ = peer.wake.notified() => {},
-                }
-                continue;
-            }
-            Plan::WaitForLeaderDisk => {
-                tokio::select! {
-                    _ = persisted_rx.wait_for(|&done| done >= from) => {},
                     _ = peer.wake.notified() => {},
                 }
                 continue;
@@ -378,29 +362,12 @@ async fn stream(node: Arc<NodeState>, peer: Arc<Peer>) {
 }
 
 /// Decides the next step, holding the state lock only briefly.
-///
-/// A sync link may send everything appended. An async link sends only what
-/// the leader's own disk already holds (plus what a write waits for on it,
-/// see [`Peer::due`]): no write waits for that follower, and on one disk
-/// its fsync would otherwise run beside the leader's and the sync
-/// followers', which a lone write waits for (`kvlab bench-disk`: the 3rd
-/// of 4 concurrent fsyncs completes later than the 3rd of 3). It lags the
-/// leader by one fsync, which no reader can tell from the network's delay.
 fn plan(node: &NodeState, peer: &Peer, from: u64) -> Plan {
     let streamable = node.streamable_seq();
     if from > streamable {
         return Plan::Wait;
     }
-    let sendable = if peer.is_sync() {
-        streamable
-    } else {
-        let waited = peer.waited_through.load(Ordering::Relaxed);
-        streamable.min(node.persisted_seq().max(waited))
-    };
-    if from > sendable {
-        return Plan::WaitForLeaderDisk;
-    }
-    let max = MAX_BATCH.min((sendable - from + 1) as usize);
+    let max = MAX_BATCH.min((streamable - from + 1) as usize);
     let core = node.core.lock().unwrap();
     match core.log.read_from(from, max) {
         Next::UpToDate => Plan::Wait,
@@ -682,74 +649,6 @@ mod tests {
             })
         })
         .collect()
-    }
-
-    /// A peer as `Peer::start` makes it, without its stream task.
-    fn peer(node: &NodeState, sync: bool) -> Peer {
-        Peer {
-            term: node.term(),
-            sync: AtomicBool::new(sync),
-            promoted_at: std::sync::Mutex::new(None),
-            waited_through: AtomicU64::new(0),
-            wake: tokio::sync::Notify::new(),
-            replicate_url: None,
-            config: PeerConfig {
-                node_id: "follower-1".into(),
-                url: "http://127.0.0.1:1".into(),
-                incarnation: 1,
-                sync,
-            },
-            progress: watch::Sender::new(Progress::default()),
-            task: std::sync::Mutex::new(None),
-        }
-    }
-
-    fn sent(plan: Plan) -> Vec<u64> {
-        match plan {
-            Plan::Send(batch) => batch.iter().map(|e| e.seq).collect(),
-            Plan::Wait => panic!("planned to wait for the log"),
-            Plan::WaitForLeaderDisk => panic!("planned to wait for the leader's disk"),
-            Plan::SleepUntil(_) => panic!("planned to sleep out a delay"),
-            Plan::SendSnapshot => panic!("planned a snapshot"),
-        }
-    }
-
-    #[test]
-    fn an_async_link_sends_what_the_leaders_disk_holds_a_sync_link_what_is_appended() {
-        use clap::Parser;
-        let args = super::super::Args::parse_from([
-            "node",
-            "--id",
-            "leader",
-            "--port",
-            "1",
-            "--sync-delay",
-            "0",
-            "--async-delay",
-            "0",
-        ]);
-        let node = NodeState::new(&args, None, super::super::term::TermFile::default());
-        let now = Instant::now();
-        for entry in entries(0, 1..=5) {
-            node.core.lock().unwrap().log.push(entry, now);
-        }
-        // Seqs 1-3 are on the leader's disk; 4 and 5 appended, their fsync running.
-        node.publish_persisted(3);
-        node.publish_appended(5);
-
-        let (sync, async_) = (peer(&node, true), peer(&node, false));
-        assert_eq!(sent(plan(&node, &sync, 1)), [1, 2, 3, 4, 5]);
-        assert_eq!(sent(plan(&node, &async_, 1)), [1, 2, 3]);
-        assert!(matches!(plan(&node, &async_, 4), Plan::WaitForLeaderDisk));
-
-        // A write that waits for this follower's ack (its sync set changed
-        // meanwhile) sends its entries at once, as on a sync link.
-        async_.write_waits_for(4);
-        assert_eq!(sent(plan(&node, &async_, 4)), [4]);
-
-        node.publish_persisted(5);
-        assert_eq!(sent(plan(&node, &async_, 4)), [4, 5]);
-        assert!(matches!(plan(&node, &async_, 6), Plan::Wait));
     }
 
     #[test]
