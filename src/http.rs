@@ -378,7 +378,10 @@ pub async fn serve(
     use hyper_util::rt::{TokioIo, TokioTimer};
     use tower::ServiceExt;
 
-    let router = limited(router);
+    // `with_state(())` turns every handler into a service once, here: a
+    // router whose handlers were added without state would otherwise box
+    // each one into a service anew on every request it routes.
+    let router: Router = limited(router).with_state(());
     let cap = connection_cap();
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(cap));
     let per_address = PerAddress::new(per_address_cap(cap));

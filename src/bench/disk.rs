@@ -10,9 +10,13 @@
 //! lone write's latency (the rest is the network round trips, which the bare
 //! server measures).
 //!
-//! Each round, `files` threads each append `bytes` to a file of their own
-//! (as a WAL appends one small record) and `fdatasync` it; a barrier starts
-//! them together. A round's k-th figure is the time from the earliest
+//! Each round, `files` threads each write `bytes` into a file of their own
+//! and `fdatasync` it; a barrier starts them together. The bytes go over
+//! zeros written and fsynced before the first round, as the WAL writes a
+//! record into its preallocated segment (`storage::segment`): the
+//! `fdatasync` then flushes the data only, not a new file size (on ext4,
+//! a growing file's fsync writes its inode too, and takes longer alone).
+//! The records of all rounds fit in the zeros, so no round extends a file. A round's k-th figure is the time from the earliest
 //! thread's start to the k-th `fdatasync` that returned. Timing from the
 //! threads' own clocks, not from the barrier's release, leaves the threads'
 //! wake-up out of the figure: the floor is never overstated by the tool.
@@ -22,7 +26,7 @@
 //! is written.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier};
 use std::thread;
@@ -42,7 +46,7 @@ pub struct DiskArgs {
     /// Rounds to time (after a few untimed ones).
     #[arg(long, default_value_t = 500)]
     pub rounds: usize,
-    /// Bytes appended to each file before its fsync (one small WAL record).
+    /// Bytes written to each file before its fsync (one small WAL record).
     #[arg(long, default_value_t = 256)]
     pub bytes: usize,
     /// Print JSON instead of a table.
@@ -64,6 +68,10 @@ pub struct Completion {
 /// allocated, the threads are running.
 const WARMUP_ROUNDS: usize = 20;
 
+/// The most each file may take on the disk: the tool measures fsyncs, it
+/// should not fill a disk by a typo in `--rounds` or `--bytes`.
+const MAX_FILE_BYTES: usize = 1 << 30;
+
 /// `kvlab bench-disk`: measure and print.
 pub fn run(args: &DiskArgs) -> anyhow::Result<()> {
     let completions = measure(args)?;
@@ -72,7 +80,7 @@ pub fn run(args: &DiskArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{} concurrent fdatasyncs of {} B appends, {} rounds, in {}:",
+        "{} concurrent fdatasyncs of {} B records, {} rounds, in {}:",
         args.files,
         args.bytes,
         args.rounds,
@@ -96,11 +104,22 @@ pub fn measure(args: &DiskArgs) -> anyhow::Result<Vec<Completion>> {
     if args.files > 64 {
         bail!("--files {} is more than 64: one thread each", args.files);
     }
+    let rounds = WARMUP_ROUNDS + args.rounds;
+    let size = rounds
+        .checked_mul(args.bytes)
+        .filter(|&size| size <= MAX_FILE_BYTES)
+        .with_context(|| {
+            format!(
+                "--rounds {} of --bytes {} is more than {} MiB a file",
+                args.rounds,
+                args.bytes,
+                MAX_FILE_BYTES >> 20
+            )
+        })?;
     let scratch = Scratch::new(&args.dir)?;
     let files = (0..args.files)
-        .map(|i| scratch.open(i))
+        .map(|i| scratch.open(i, size))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let rounds = WARMUP_ROUNDS + args.rounds;
     let barrier = Arc::new(Barrier::new(args.files));
     let record = vec![b'x'; args.bytes];
     let threads: Vec<_> = files
@@ -108,7 +127,7 @@ pub fn measure(args: &DiskArgs) -> anyhow::Result<Vec<Completion>> {
         .map(|file| {
             let barrier = barrier.clone();
             let record = record.clone();
-            thread::spawn(move || append_and_sync(file, &record, &barrier, rounds))
+            thread::spawn(move || write_and_sync(file, &record, &barrier, rounds))
         })
         .collect();
     let mut spans = Vec::with_capacity(threads.len());
@@ -121,8 +140,8 @@ pub fn measure(args: &DiskArgs) -> anyhow::Result<Vec<Completion>> {
     Ok(completions(&spans[..], WARMUP_ROUNDS))
 }
 
-/// One thread's rounds: (start, end) of each append + fdatasync.
-fn append_and_sync(
+/// One thread's rounds: (start, end) of each write + fdatasync.
+fn write_and_sync(
     mut file: File,
     record: &[u8],
     barrier: &Barrier,
@@ -132,7 +151,7 @@ fn append_and_sync(
     for _ in 0..rounds {
         barrier.wait();
         let start = Instant::now();
-        file.write_all(record).context("append")?;
+        file.write_all(record).context("write")?;
         file.sync_data().context("fdatasync")?;
         spans.push((start, Instant::now()));
     }
@@ -181,13 +200,26 @@ impl Scratch {
         Ok(Scratch(dir))
     }
 
-    fn open(&self, i: usize) -> anyhow::Result<File> {
+    /// A file of `size` zeros, on the disk (fsynced), positioned at its start.
+    fn open(&self, i: usize, size: usize) -> anyhow::Result<File> {
         let path = self.0.join(format!("file-{i}"));
-        OpenOptions::new()
+        let context = || format!("cannot preallocate {}", path.display());
+        let mut file = OpenOptions::new()
             .create(true)
-            .append(true)
+            .truncate(true)
+            .write(true)
             .open(&path)
-            .with_context(|| format!("cannot open {}", path.display()))
+            .with_context(context)?;
+        let zeros = vec![0u8; 64 << 10];
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(zeros.len());
+            file.write_all(&zeros[..n]).with_context(context)?;
+            left -= n;
+        }
+        file.sync_all().with_context(context)?;
+        file.seek(SeekFrom::Start(0)).with_context(context)?;
+        Ok(file)
     }
 }
 
@@ -228,6 +260,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert!(measure(&args(dir.path(), 0)).is_err());
         assert!(measure(&args(dir.path(), 65)).is_err());
+        let huge = DiskArgs {
+            rounds: usize::MAX / 2,
+            ..args(dir.path(), 1)
+        };
+        let err = measure(&huge).unwrap_err();
+        assert!(err.to_string().contains("MiB a file"), "{err:#}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]
