@@ -16,17 +16,18 @@
 //! record into its preallocated segment (`storage::segment`): the
 //! `fdatasync` then flushes the data only, not a new file size (on ext4,
 //! a growing file's fsync writes its inode too, and takes longer alone).
-//! The records of all rounds fit in the zeros, so no round extends a file. A round's k-th figure is the time from the earliest
-//! thread's start to the k-th `fdatasync` that returned. Timing from the
-//! threads' own clocks, not from the barrier's release, leaves the threads'
-//! wake-up out of the figure: the floor is never overstated by the tool.
+//! The records of all rounds fit in the zeros, so no round extends a file.
+//! A round's k-th figure is the time from the earliest thread's start to
+//! the k-th `fdatasync` that returned. Timing from the threads' own clocks,
+//! not from the barrier's release, leaves the threads' wake-up out of the
+//! figure: the floor is never overstated by the tool.
 //!
 //! Invariants: the files live in a directory the tool creates under `--dir`
 //! and removes when it ends, however it ends short of a crash; nothing else
 //! is written.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Seek, SeekFrom, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier};
 use std::thread;
@@ -64,8 +65,8 @@ pub struct Completion {
     pub p99_ms: f64,
 }
 
-/// Rounds untimed before the measured ones: the files' first blocks are
-/// allocated, the threads are running.
+/// Rounds untimed before the measured ones: the threads are running, the
+/// disk's queue has seen the pattern.
 const WARMUP_ROUNDS: usize = 20;
 
 /// The most each file may take on the disk: the tool measures fsyncs, it
@@ -200,25 +201,17 @@ impl Scratch {
         Ok(Scratch(dir))
     }
 
-    /// A file of `size` zeros, on the disk (fsynced), positioned at its start.
+    /// A file of `size` zeros on the disk, preallocated as the WAL
+    /// preallocates a segment, and positioned at its start.
     fn open(&self, i: usize, size: usize) -> anyhow::Result<File> {
         let path = self.0.join(format!("file-{i}"));
-        let context = || format!("cannot preallocate {}", path.display());
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .create(true)
             .truncate(true)
             .write(true)
             .open(&path)
-            .with_context(context)?;
-        let zeros = vec![0u8; 64 << 10];
-        let mut left = size;
-        while left > 0 {
-            let n = left.min(zeros.len());
-            file.write_all(&zeros[..n]).with_context(context)?;
-            left -= n;
-        }
-        file.sync_all().with_context(context)?;
-        file.seek(SeekFrom::Start(0)).with_context(context)?;
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        crate::storage::segment::preallocate(&file, &path, 0, size as u64)?;
         Ok(file)
     }
 }
