@@ -138,6 +138,30 @@ fn every_module_is_in_a_layer() {
     }
 }
 
+/// `layout/hot-code.txt` is read by the linker (`build.rs`), which takes
+/// every line as a symbol's name: a hand edit that joins two names, or a
+/// list cut short, would silently lay the code out worse. It is made by
+/// `bench/code-layout.sh`; this checks its shape, not its freshness.
+#[test]
+fn the_code_layout_list_is_one_symbol_name_a_line() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("layout/hot-code.txt");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let names: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert!(names.len() > 500, "only {} names in {path:?}", names.len());
+    let mut seen = std::collections::HashSet::new();
+    for name in &names {
+        assert!(
+            !name.contains(char::is_whitespace),
+            "{path:?}: `{name}` is not one symbol name"
+        );
+        assert!(seen.insert(name), "{path:?}: `{name}` is listed twice");
+    }
+}
+
 // ---- the checker checked, on synthetic input ----
 
 #[test]
