@@ -146,7 +146,13 @@ def executed(path):
                     ran.add(fn)
     for i, n in own.items():
         cost[functions[i]] = cost.get(functions[i], 0) + n
-    return kind, {functions[i] for i in ran}
+    # Only symbols: not callgrind's own names for code it cannot name, such
+    # as "(below main)" or a bare address.
+    return kind, {functions[i] for i in ran if is_symbol(functions[i])}
+
+
+def is_symbol(name):
+    return name and not name.startswith(("(", "0x")) and not any(c.isspace() for c in name)
 
 by_kind = {"up": set(), "leader": set(), "follower": set()}
 for path in profiles:

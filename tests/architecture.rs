@@ -154,8 +154,10 @@ fn the_code_layout_list_is_one_symbol_name_a_line() {
     assert!(names.len() > 500, "only {} names in {path:?}", names.len());
     let mut seen = std::collections::HashSet::new();
     for name in &names {
+        // callgrind's names for code it cannot name ("(below main)", an
+        // address) are no symbols.
         assert!(
-            !name.contains(char::is_whitespace),
+            !name.contains(char::is_whitespace) && !name.starts_with(['(', '0']),
             "{path:?}: `{name}` is not one symbol name"
         );
         assert!(seen.insert(name), "{path:?}: `{name}` is listed twice");
