@@ -4,7 +4,7 @@
 //!
 //! Why it matters: the kernel maps a program's code into a process in 64 KiB
 //! windows around each page it runs (fault-around), and the five processes of
-//! a cluster each run about 1 MiB of functions that the linker would
+//! a cluster each run about 2 MiB of functions that the linker would
 //! otherwise scatter over the whole 13 MB of code: some 8 MiB resident in
 //! each. Packed, each process holds little more than what it runs.
 //!
