@@ -19,11 +19,21 @@ use std::path::Path;
 
 fn main() {
     println!("cargo:rerun-if-changed=layout/hot-code.txt");
+    println!("cargo:rerun-if-changed=layout/hot-code-static.txt");
     println!("cargo:rerun-if-env-changed=KVLAB_CODE_LAYOUT");
     let release = env::var("PROFILE").as_deref() == Ok("release");
     let lld_target = env::var("TARGET").as_deref() == Ok("x86_64-unknown-linux-gnu");
     let wanted = env::var("KVLAB_CODE_LAYOUT").as_deref() != Ok("0");
-    let list = Path::new(&env::var("CARGO_MANIFEST_DIR").unwrap()).join("layout/hot-code.txt");
+    // A static build (`-C target-feature=+crt-static`) has other symbol
+    // names (the flags are part of each crate's hash) and libc's functions
+    // among its own, so it has a list of its own.
+    let features = env::var("CARGO_CFG_TARGET_FEATURE").unwrap_or_default();
+    let file = if features.split(',').any(|f| f == "crt-static") {
+        "layout/hot-code-static.txt"
+    } else {
+        "layout/hot-code.txt"
+    };
+    let list = Path::new(&env::var("CARGO_MANIFEST_DIR").unwrap()).join(file);
     if release && lld_target && wanted && list.exists() {
         println!(
             "cargo:rustc-link-arg-bin=kvlab=-Wl,--symbol-ordering-file={}",

@@ -23,13 +23,17 @@
 # memory, never correctness. `bench/idle-rss.sh` shows what it buys.
 #
 # Usage: bench/code-layout.sh [BIN]   (default: target/release/kvlab; needs
-#        valgrind and python3). Knobs: PORT=26000 IDLE=5 OUT=layout/hot-code.txt
+#        valgrind and python3). Knobs: PORT=26000 IDLE=5 RUNS=3 OUT=layout/hot-code.txt
+#        The static build has a list of its own (its symbol names differ, and
+#        it holds the C library): OUT=layout/hot-code-static.txt
+#        bench/code-layout.sh target/x86_64-unknown-linux-gnu/release/kvlab
 
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN=$(realpath "${1:-$REPO/target/release/kvlab}")
 PORT=${PORT:-26000}
 IDLE=${IDLE:-5}
+RUNS=${RUNS:-3}
 OUT=${OUT:-$REPO/layout/hot-code.txt}
 command -v valgrind >/dev/null || { echo "code-layout.sh: needs valgrind (apt install valgrind)" >&2; exit 2; }
 [[ -x $BIN ]] || { echo "code-layout.sh: $BIN is not an executable" >&2; exit 2; }
@@ -60,35 +64,46 @@ wait_for_line() {
   exit 1
 }
 
-log "running the cluster under callgrind (slow: about a minute)"
-mkdir -p "$WORK/profiles"
-setsid valgrind --tool=callgrind --trace-children=yes --demangle=no \
-  --callgrind-out-file="$WORK/profiles/%p.out" \
-  "$BIN" up --no-delay --followers 3 -W 2 -R 2 --fsync always \
-  --data-dir "$WORK/data" --fresh \
-  --gateway-port "$PORT" --coordinator-port $((PORT + 100)) --registry-port $((PORT + 200)) \
-  --node-base-port $((PORT + 101)) >"$WORK/up.log" 2>&1 &
-SID=$!
-wait_for_line "cluster ready"
+# One run of the cluster under callgrind, its profiles in $WORK/profiles/$1.
+profile_run() {
+  log "run $1 of $RUNS: the cluster under callgrind (slow: about 20 s)"
+  mkdir -p "$WORK/profiles/$1"
+  setsid valgrind --tool=callgrind --trace-children=yes --demangle=no \
+    --callgrind-out-file="$WORK/profiles/$1/%p.out" \
+    "$BIN" up --no-delay --followers 3 -W 2 -R 2 --fsync always \
+    --data-dir "$WORK/data" --fresh \
+    --gateway-port "$PORT" --coordinator-port $((PORT + 100)) --registry-port $((PORT + 200)) \
+    --node-base-port $((PORT + 101)) >"$WORK/up.log" 2>&1 &
+  SID=$!
+  wait_for_line "cluster ready"
 
-# The request paths: writes and reads, alone and batched, then idle time for
-# the heartbeats and the registry's checks.
-url="http://127.0.0.1:$PORT"
-for clients in 1 8; do
-  for reads in 0 100; do
-    "$BIN" bench --url "$url" --target kvlab --duration 3 --clients "$clients" \
-      --reads "$reads" --keys 100 >"$WORK/bench-$clients-$reads.txt" 2>&1 ||
-      { cat "$WORK/bench-$clients-$reads.txt" >&2; exit 1; }
+  # The request paths: writes and reads, alone and batched, then idle time
+  # for the heartbeats and the registry's checks.
+  local url="http://127.0.0.1:$PORT" clients reads
+  for clients in 1 8; do
+    for reads in 0 100; do
+      "$BIN" bench --url "$url" --target kvlab --duration 3 --clients "$clients" \
+        --reads "$reads" --keys 100 >"$WORK/bench-$clients-$reads.txt" 2>&1 ||
+        { cat "$WORK/bench-$clients-$reads.txt" >&2; exit 1; }
+    done
   done
+  sleep "$IDLE"
+  log "stopping the cluster"
+  kill -INT "$SID"
+  wait "$SID" 2>/dev/null || true
+  SID=""
+}
+
+# Which functions run depends a little on timing (a task that finishes
+# before or after it is polled again, a connection reused or not), so the
+# list is the union of a few runs: a function one run missed would cost
+# every process a 64 KiB window of its own.
+for run in $(seq "$RUNS"); do
+  profile_run "$run"
 done
-sleep "$IDLE"
-log "stopping the cluster"
-kill -INT "$SID"
-wait "$SID" 2>/dev/null || true
-SID=""
 
 mkdir -p "$(dirname "$OUT")"
-python3 - "$BIN" "$OUT" "$WORK"/profiles/*.out <<'PY'
+python3 - "$BIN" "$OUT" "$WORK"/profiles/*/*.out <<'PY'
 import re
 import sys
 
@@ -148,11 +163,58 @@ def executed(path):
         cost[functions[i]] = cost.get(functions[i], 0) + n
     # Only symbols: not callgrind's own names for code it cannot name, such
     # as "(below main)" or a bare address.
-    return kind, {functions[i] for i in ran if is_symbol(functions[i])}
+    names = {functions[i] for i in ran}
+    if "(below main)" in names:
+        names |= set(BELOW_MAIN)
+    if "__spawni" in names:
+        names |= set(SPAWN_CHILD)
+    return kind, {n for n in names if is_symbol(n)}
 
 
 def is_symbol(name):
     return name and not name.startswith(("(", "0x")) and not any(c.isspace() for c in name)
+
+
+# What callgrind calls "(below main)": the C library's start-up code, which
+# every process runs once (names differ between glibc versions; a name the
+# binary lacks is skipped by the linker).
+BELOW_MAIN = ["_start", "__libc_start_main", "__libc_start_main_impl", "__libc_start_call_main"]
+
+# What the child of `up` runs between its creation and its exec. The child
+# of posix_spawn shares its parent's memory until the exec (a vfork), so
+# the pages it touches stay mapped in `up`; callgrind, which runs such a
+# child as a separate copy, does not show them in up's profile.
+SPAWN_CHILD = ["__spawni_child", "__execve", "__sigprocmask", "__pthread_sigmask", "__dup2",
+               "__setpgid", "__close_range", "__chdir", "__fchdir"]
+
+# CPU-specific variants. Some functions come in versions for each
+# instruction set (glibc's memmove, strlen, ...; crc32fast's checksum), and
+# the one chosen at run time depends on the CPU. Valgrind's CPU has no
+# AVX-512, so the profile shows the AVX2 version while a real machine may run
+# the AVX-512 or EVEX one: every variant of a listed function is listed with
+# it. A variant is recognised by its demangled name with the instruction-set
+# words taken out.
+ISA = re.compile(r"_(sse2|ssse3|sse4_1|sse4_2|avx|avx2|avx512\w*?|evex\w*?|rtm|erms|unaligned|no_vzeroupper)(?=_|$)")
+
+
+def family(demangled):
+    return ISA.sub("", re.sub(r"::h[0-9a-f]{16}$", "", demangled))
+
+
+def variants_in_binary():
+    """family -> the binary's mangled names of that family, for every
+    symbol whose name carries an instruction-set word."""
+    import subprocess
+    mangled = subprocess.run(["nm", "-p", binary], capture_output=True, text=True).stdout.splitlines()
+    plain = subprocess.run(["nm", "-p", "-C", binary], capture_output=True, text=True).stdout.splitlines()
+    found = {}
+    for m, d in zip(mangled, plain):
+        m, d = m.split(maxsplit=2), d.split(maxsplit=2)
+        if len(m) < 3 or len(d) < 3 or m[1] not in "tTwW":
+            continue
+        if ISA.search(d[2]):
+            found.setdefault(family(d[2]), []).append((m[2], d[2]))
+    return found
 
 by_kind = {"up": set(), "leader": set(), "follower": set()}
 for path in profiles:
@@ -177,6 +239,24 @@ groups = [
     ("run by followers alone", follower - leader - up),
     ("run by the leader alone", leader - follower - up),
 ]
+# The demangled name of each listed function, to find its CPU variants.
+import subprocess
+demangled = dict(zip(
+    sorted(up | nodes),
+    subprocess.run(["c++filt"], input="\n".join(sorted(up | nodes)), capture_output=True, text=True).stdout.splitlines(),
+))
+families = variants_in_binary()
+
+
+def variants(name):
+    """The CPU variants of a listed function. A glibc resolver (`strcmp_ifunc`,
+    which picks `__strcmp_evex` or another at start) counts as its family:
+    the profile can show the resolver and none of the versions it chose from."""
+    found = families.get(family(demangled.get(name, name)), [])
+    if name.endswith("_ifunc"):
+        found = found + families.get("__" + name[: -len("_ifunc")], [])
+    return [m for m, _ in found]
+written = set()
 with open(out, "w") as f:
     f.write("# Functions a kvlab cluster runs, in the order the linker places them\n")
     f.write("# (build.rs, --symbol-ordering-file). Made by bench/code-layout.sh: do\n")
@@ -184,7 +264,10 @@ with open(out, "w") as f:
     for title, names in groups:
         f.write(f"\n# {title}: {len(names)}\n")
         for name in sorted(names, key=lambda n: (-cost.get(n, 0), n)):
-            f.write(name + "\n")
+            for each in [name] + variants(name):
+                if each not in written:
+                    written.add(each)
+                    f.write(each + "\n")
 total = len(up | nodes)
 print(f"{out}: {total} functions (up {len(up)}, leader {len(leader)}, follower {len(follower)})")
 PY

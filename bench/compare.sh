@@ -3,7 +3,8 @@
 #
 # In order, it:
 #   1. installs etcd (Debian's etcd-server and etcd-client), curl and jq if missing;
-#   2. builds kvlab in release mode;
+#   2. builds kvlab in release mode, statically linked on x86_64 Linux (the
+#      one static binary kvlab ships; see `static_build` below);
 #   3. starts a 3-member etcd on loopback with its default durability (the WAL is
 #      fsynced before a write is acknowledged), measures it through its HTTP/JSON
 #      gateway (puts, and linearizable ranges), and stops it;
@@ -33,7 +34,9 @@
 #   CEILING=0                                        skip the bare server (bench/ab.sh)
 #   KVLAB_UP_FLAGS="--fsync always"                  extra flags for `kvlab up`
 #   OUT_DIR=dir                                      keep every run's JSON report there
-#   BUILD=0                                          measure target/release/kvlab as it is
+#   BUILD=0                                          measure the binary as it is, unbuilt
+#   STATIC=0                                         measure the default, dynamically linked
+#                                                    build (target/release/kvlab)
 #   KVLAB_BIN=path                                   measure this binary (implies BUILD=0),
 #                                                    e.g. an older build for an A/B
 #   ETCD_PORT_BASE=23000  KVLAB_PORT_BASE=24000      where the two clusters listen
@@ -66,7 +69,22 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WORK=$(mktemp -d -t kvlab-compare.XXXXXX)
 RESULTS=${OUT_DIR:-$WORK/results}
 mkdir -p "$RESULTS"
-KVLAB=${KVLAB_BIN:-$REPO/target/release/kvlab}
+# The static build: glibc linked in, not position-independent (no
+# relocations to apply at start). On x86_64 Linux it is what compare.sh
+# measures, because an idle process of it holds less memory: the C library's
+# code is laid out with kvlab's own (build.rs, layout/hot-code-static.txt)
+# instead of being mapped whole from libc.so into each of the five processes.
+STATIC_TARGET=x86_64-unknown-linux-gnu
+STATIC_RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static"
+STATIC=${STATIC:-1}
+[[ $(uname -s)-$(uname -m) == Linux-x86_64 ]] || STATIC=0
+if [[ -n ${KVLAB_BIN:-} ]]; then
+  KVLAB=$KVLAB_BIN
+elif [[ $STATIC == 1 ]]; then
+  KVLAB=$REPO/target/$STATIC_TARGET/release/kvlab
+else
+  KVLAB=$REPO/target/release/kvlab
+fi
 
 ETCD_PIDS=()   # one per etcd member
 KVLAB_SID=""   # session of `kvlab up` and every process it starts
@@ -157,8 +175,13 @@ build_kvlab() {
     log "using the existing $KVLAB (BUILD=0)"
     return
   fi
-  log "building kvlab (release)"
-  (cd "$REPO" && cargo build --release --quiet)
+  if [[ $STATIC == 1 ]]; then
+    log "building kvlab (release, static: $STATIC_RUSTFLAGS)"
+    (cd "$REPO" && RUSTFLAGS=$STATIC_RUSTFLAGS cargo build --release --quiet --target "$STATIC_TARGET" --bin kvlab)
+  else
+    log "building kvlab (release)"
+    (cd "$REPO" && cargo build --release --quiet)
+  fi
 }
 
 # Poll a URL until it answers 2xx, failing early if the process behind it died.
@@ -320,6 +343,45 @@ print_floor() {
     }'
 }
 
+# Issue 26's four goals, each met or missed in this run. Where the bare
+# server bounds a goal, the line says how: a kvlab read is at least one bare
+# request (the gateway's) plus its share of the R followers' answers, so 8x
+# etcd's reads above the bare server's rate cannot be reached on this
+# machine; a lone write cannot beat its floor.
+print_goals() {
+  [[ $ONLY == both ]] || return 0
+  local bare="-" floor="-"
+  [[ -s $RESULTS/bare.json ]] && bare=$(jq -r '.all.ops_per_sec' "$RESULTS/bare.json")
+  if [[ -s $RESULTS/bare-1.json && -s $RESULTS/disk.json ]]; then
+    floor=$(jq -rn --slurpfile h "$RESULTS/bare-1.json" --slurpfile d "$RESULTS/disk.json" \
+      '3 * $h[0].all.latency_us.p50 / 1000 + $d[0][2].p50_ms')
+  fi
+  awk -v kw="$(field kvlab 0 '.all.ops_per_sec')" -v ew="$(field etcd 0 '.all.ops_per_sec')" \
+    -v kr="$(field kvlab 1 '.all.ops_per_sec')" -v er="$(field etcd 1 '.all.ops_per_sec')" \
+    -v kp="$(field kvlab 2 '.all.latency_us.p50')" -v ep="$(field etcd 2 '.all.latency_us.p50')" \
+    -v rss="${KVLAB_RSS:--}" -v bare="$bare" -v floor="$floor" '
+    function known(x) { return x != "-" && x != "" }
+    function verdict(ok) { return ok ? "met" : "missed" }
+    BEGIN {
+      print "goals (issue 26), this run:"
+      if (known(kw) && known(ew) && ew > 0)
+        printf "  writes, 64 clients: %.2fx etcd (goal >= 5x): %s\n", kw / ew, verdict(kw >= 5 * ew)
+      if (known(kr) && known(er) && er > 0) {
+        printf "  reads, 64 clients:  %.2fx etcd (goal >= 8x): %s", kr / er, verdict(kr >= 8 * er)
+        if (known(bare) && bare > 0)
+          printf "; 8x etcd is %d req/s, %.0f%% of the bare server (a read: one bare request plus R followers)", 8 * er, 800 * er / bare
+        printf "\n"
+      }
+      if (known(kp) && known(ep) && ep > 0) {
+        printf "  lone write p50:     %.2fx etcd (goal <= 0.6x): %s", kp / ep, verdict(kp <= 0.6 * ep)
+        if (known(floor)) printf "; the floor alone is %.2fx", 1000 * floor / ep
+        printf "\n"
+      }
+      if (known(rss))
+        printf "  idle RSS:           %.1f MiB (goal < 30 MiB): %s\n", rss, verdict(rss < 30)
+    }'
+}
+
 # ---------------------------------------------------------------------------
 # Measuring
 # ---------------------------------------------------------------------------
@@ -379,7 +441,7 @@ print_table() {
 main() {
   install_tools
   build_kvlab
-  log "scratch dir $WORK, reports in $RESULTS"
+  log "scratch dir $WORK, reports in $RESULTS; kvlab is $KVLAB"
 
   if [[ $ONLY != kvlab ]]; then
     log "starting a 3-member etcd"
@@ -416,6 +478,7 @@ main() {
 
   print_table
   print_ceiling
+  print_goals
 }
 
 main "$@"

@@ -63,16 +63,46 @@ enum Command {
     Certs(tls::CertsArgs),
 }
 
+/// The parser of `kvlab node` alone. A cluster runs a node process per
+/// member, and the full parser builds every subcommand's arguments at each
+/// start: some 0.4 MiB of code resident in every node for flags it never
+/// sees (ARCHITECTURE.md, "Round five"). So a process whose first argument
+/// is `node` builds this one instead; its usage, help and errors read as the
+/// full parser's do for `kvlab node`.
+#[derive(Parser)]
+#[command(name = "kvlab", version)]
+struct NodeCli {
+    #[command(subcommand)]
+    command: NodeCommand,
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Run one storage node (normally started by the coordinator).
+    Node(node::Args),
+}
+
+fn parse_command() -> Command {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|first| first == "node")
+    {
+        let NodeCommand::Node(args) = NodeCli::parse().command;
+        return Command::Node(args);
+    }
+    Cli::parse().command
+}
+
 fn main() -> std::process::ExitCode {
     kvlab::metrics::alloc::count_if_asked();
-    let cli = Cli::parse();
-    init_tracing(&cli.command);
-    if matches!(cli.command, Command::Client(_) | Command::Lab(_)) {
+    let command = parse_command();
+    init_tracing(&command);
+    if matches!(command, Command::Client(_) | Command::Lab(_)) {
         exit_quietly_on_closed_pipe();
     }
     // Every subcommand: listeners and clients alike need descriptors.
     kvlab::http::raise_open_file_limit();
-    let runtime = match build_runtime(&cli.command) {
+    let runtime = match build_runtime(&command) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("kvlab: cannot start the async runtime: {e}");
@@ -80,7 +110,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     let result = runtime.block_on(async move {
-        let done = match cli.command {
+        let done = match command {
             Command::Up(args) => up::run(args).await,
             Command::Gateway(args) => gateway::run(args).await,
             Command::Coordinator(args) => coordinator::run(args).await,

@@ -177,12 +177,17 @@ pub fn write_at(file: &File, path: &Path, buf: &[u8], offset: u64) -> Result<(),
 /// unwritten extent is still converted to "written" by the `fdatasync` after
 /// the first write into it, which is exactly the metadata flush that
 /// preallocating is meant to take off the commit path.
+///
+/// The zeros come from the heap, not from a `static`: a static would sit in
+/// the binary's read-only data, and reading it would keep those pages (and
+/// the kernel's 64 KiB window around them) resident in every node for good.
 pub fn preallocate(file: &File, path: &Path, from: u64, to: u64) -> Result<(), StorageError> {
-    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+    const CHUNK: u64 = 64 * 1024;
+    let zeros = vec![0u8; CHUNK.min(to.saturating_sub(from)) as usize];
     let mut at = from;
     while at < to {
-        let n = (to - at).min(ZEROS.len() as u64);
-        write_at(file, path, &ZEROS[..n as usize], at)?;
+        let n = (to - at).min(CHUNK);
+        write_at(file, path, &zeros[..n as usize], at)?;
         at += n;
     }
     file.sync_data().map_err(|e| StorageError::io(path, e))
