@@ -326,3 +326,31 @@ fn crashing_a_sync_follower_answers_that_writes_cannot_succeed() {
     assert_eq!(body["status"], "crashed", "{body}");
     assert_eq!(body["can_write"], false, "{body}");
 }
+
+/// A `kvlab node` process parses its arguments with a parser of that
+/// subcommand alone (`NodeCli` in main.rs: it keeps the other subcommands'
+/// code out of every node's memory). What a person sees must still be what
+/// the full parser says about `kvlab node`.
+#[test]
+fn a_node_parses_its_arguments_as_the_full_parser_would() {
+    let run = |args: &[&str]| {
+        let out = common::kvlab().args(args).output().unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    let (code, own, _) = run(&["node", "--help"]);
+    assert_eq!(code, Some(0));
+    let (_, full, _) = run(&["help", "node"]);
+    assert_eq!(
+        own, full,
+        "`kvlab node --help` differs from `kvlab help node`"
+    );
+
+    let (code, _, err) = run(&["node", "--bogus"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("unexpected argument '--bogus'"), "{err}");
+    assert!(err.contains("Usage: kvlab node"), "{err}");
+    let (code, _, err) = run(&["node"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--id <ID>"), "{err}");
+}
