@@ -1,5 +1,6 @@
 //! Lays out the release binary's code: the functions a running cluster
-//! executes (listed in `layout/hot-code.txt` by `bench/code-layout.sh`) are
+//! executes (listed in `layout/hot-code.txt` by `bench/code-layout.sh`;
+//! `layout/hot-code-static.txt` for a statically linked build) are
 //! placed together at the start of it.
 //!
 //! Why it matters: the kernel maps a program's code into a process in 64 KiB

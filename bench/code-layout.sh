@@ -105,6 +105,7 @@ done
 mkdir -p "$(dirname "$OUT")"
 python3 - "$BIN" "$OUT" "$WORK"/profiles/*/*.out <<'PY'
 import re
+import subprocess
 import sys
 
 binary, out, profiles = sys.argv[1], sys.argv[2], sys.argv[3:]
@@ -204,7 +205,6 @@ def family(demangled):
 def variants_in_binary():
     """family -> the binary's mangled names of that family, for every
     symbol whose name carries an instruction-set word."""
-    import subprocess
     mangled = subprocess.run(["nm", "-p", binary], capture_output=True, text=True).stdout.splitlines()
     plain = subprocess.run(["nm", "-p", "-C", binary], capture_output=True, text=True).stdout.splitlines()
     found = {}
@@ -240,7 +240,6 @@ groups = [
     ("run by the leader alone", leader - follower - up),
 ]
 # The demangled name of each listed function, to find its CPU variants.
-import subprocess
 demangled = dict(zip(
     sorted(up | nodes),
     subprocess.run(["c++filt"], input="\n".join(sorted(up | nodes)), capture_output=True, text=True).stdout.splitlines(),

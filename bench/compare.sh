@@ -4,7 +4,7 @@
 # In order, it:
 #   1. installs etcd (Debian's etcd-server and etcd-client), curl and jq if missing;
 #   2. builds kvlab in release mode, statically linked on x86_64 Linux (the
-#      one static binary kvlab ships; see `static_build` below);
+#      kind of binary the container image ships; see STATIC_RUSTFLAGS below);
 #   3. starts a 3-member etcd on loopback with its default durability (the WAL is
 #      fsynced before a write is acknowledged), measures it through its HTTP/JSON
 #      gateway (puts, and linearizable ranges), and stops it;
