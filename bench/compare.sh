@@ -327,11 +327,26 @@ print_ceiling() {
 # row plus the 3rd of 4 concurrent fsyncs (the leader's and the sync
 # followers' overlap, so only the slowest of them counts), against kvlab's
 # and 0.6 times etcd's 1-client p50 (the issue's goal).
-print_floor() {
+# floor_parts prints its two parts in ms, "ROUND_TRIP FSYNC", or nothing if
+# either was not measured; floor_ms the floor itself, or "-".
+floor_parts() {
   local hop=$RESULTS/bare-1.json disk=$RESULTS/disk.json
   [[ -s $hop && -s $disk ]] || return 0
-  awk -v rtt="$(jq -r '.all.latency_us.p50 / 1000' "$hop")" \
-    -v fs="$(jq -r '.[2].p50_ms' "$disk")" \
+  echo "$(jq -r '.all.latency_us.p50 / 1000' "$hop") $(jq -r '.[2].p50_ms' "$disk")"
+}
+
+floor_ms() {
+  local rtt fs
+  read -r rtt fs <<<"$(floor_parts)"
+  [[ -n $fs ]] || { echo "-"; return; }
+  awk -v rtt="$rtt" -v fs="$fs" 'BEGIN { print 3 * rtt + fs }'
+}
+
+print_floor() {
+  local rtt fs
+  read -r rtt fs <<<"$(floor_parts)"
+  [[ -n $fs ]] || return 0
+  awk -v rtt="$rtt" -v fs="$fs" \
     -v k="$(field kvlab 2 '.all.latency_us.p50 / 1000')" \
     -v e="$(field etcd 2 '.all.latency_us.p50 / 1000')" '
     BEGIN {
@@ -350,12 +365,9 @@ print_floor() {
 # machine; a lone write cannot beat its floor.
 print_goals() {
   [[ $ONLY == both ]] || return 0
-  local bare="-" floor="-"
+  local bare="-" floor
   [[ -s $RESULTS/bare.json ]] && bare=$(jq -r '.all.ops_per_sec' "$RESULTS/bare.json")
-  if [[ -s $RESULTS/bare-1.json && -s $RESULTS/disk.json ]]; then
-    floor=$(jq -rn --slurpfile h "$RESULTS/bare-1.json" --slurpfile d "$RESULTS/disk.json" \
-      '3 * $h[0].all.latency_us.p50 / 1000 + $d[0][2].p50_ms')
-  fi
+  floor=$(floor_ms)
   awk -v kw="$(field kvlab 0 '.all.ops_per_sec')" -v ew="$(field etcd 0 '.all.ops_per_sec')" \
     -v kr="$(field kvlab 1 '.all.ops_per_sec')" -v er="$(field etcd 1 '.all.ops_per_sec')" \
     -v kp="$(field kvlab 2 '.all.latency_us.p50')" -v ep="$(field etcd 2 '.all.latency_us.p50')" \
