@@ -53,6 +53,10 @@ enum Command {
     /// write's floor, as `bench/compare.sh` prints it.
     #[command(hide = true)]
     BenchDisk(bench::disk::DiskArgs),
+    /// One process of the skeleton: the lab's gateway, leader and followers
+    /// with no logic, on a binary wire (`bench/compare.sh`'s skeleton line).
+    #[command(hide = true)]
+    BenchSkeleton(bench::skeleton::SkeletonArgs),
     /// The CloudCart exercise's files: `kvlab lab export DIR` writes the student handout.
     Lab(lab::Args),
     /// Check a cluster for linearizability under faults (Jepsen-style).
@@ -118,6 +122,7 @@ fn main() -> std::process::ExitCode {
             Command::Node(args) => node::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::BenchServer(args) => bench::bare::serve(args).await,
+            Command::BenchSkeleton(args) => bench::skeleton::serve(args).await,
             // Threads that block on fsync: off the runtime's threads.
             Command::BenchDisk(args) => {
                 tokio::task::spawn_blocking(move || bench::disk::run(&args))
@@ -159,7 +164,13 @@ fn main() -> std::process::ExitCode {
 /// with `kvlab bench` at 64 clients, writes and reads are as fast as with two
 /// workers per node. The other components keep the default.
 fn build_runtime(command: &Command) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = if matches!(command, Command::Node(_)) {
+    // A skeleton replica stands in for a node: the same runtime.
+    let node_like = match command {
+        Command::Node(_) => true,
+        Command::BenchSkeleton(args) => args.role == kvlab::bench::skeleton::Role::Replica,
+        _ => false,
+    };
+    let mut builder = if node_like {
         tokio::runtime::Builder::new_current_thread()
     } else {
         tokio::runtime::Builder::new_multi_thread()

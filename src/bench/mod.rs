@@ -11,7 +11,9 @@
 //! - [`report`]: the figures, as text or JSON;
 //! - [`cpu`]: what the generator itself costs;
 //! - [`bare`]: the ceiling, a bare HTTP server (`kvlab bench-server`);
-//! - [`disk`]: the disk's floor, concurrent fsyncs timed (`kvlab bench-disk`).
+//! - [`disk`]: the disk's floor, concurrent fsyncs timed (`kvlab bench-disk`);
+//! - [`skeleton`]: the lab's shape with no logic in it, on a binary wire: the
+//!   ceiling of any implementation of the lab (`kvlab bench-skeleton`).
 //!
 //! [`run`] is the edge that ties them together for the command line;
 //! [`execute`] does the same but hands the [`Report`] back, for tests and for
@@ -26,6 +28,7 @@ pub mod driver;
 pub mod keys;
 pub mod progress;
 pub mod report;
+pub mod skeleton;
 pub mod stats;
 pub mod target;
 
