@@ -16,7 +16,13 @@
 #      threads as the gateway's process, see src/bench/bare.rs), measures it
 #      with the same generator and connection count (64 clients, half reads
 #      and half writes), and stops it: the ceiling;
-#   6. prints one table with kvlab/etcd ratios, both clusters' idle memory
+#   6. starts the skeleton (`kvlab bench-skeleton`, src/bench/skeleton.rs):
+#      the lab's gateway, leader and 3 followers as 5 processes doing only
+#      what the lab's contract makes any implementation do (a read asks R=2
+#      followers; a write is fsynced by the leader and W=2 followers), over
+#      a binary wire, with no other logic; measures it with kvlab's
+#      workloads and stops it: the ceiling of the lab's shape;
+#   7. prints one table with kvlab/etcd ratios, both clusters' idle memory
 #      (summed RSS, and summed PSS: each shared page counted once), one line with kvlab's
 #      64-client reads and writes as a percentage of the bare server's rate,
 #      and one with the floor of a lone write on this machine: three bare
@@ -31,7 +37,9 @@
 # Knobs, from the environment:
 #   DURATION=10 WARMUP=2 KEYS=1000 VALUE_SIZE=100   the workload
 #   ONLY=both|etcd|kvlab                             measure one side only
-#   CEILING=0                                        skip the bare server (bench/ab.sh)
+#   CEILING=0                                        skip the bare server and the
+#                                                    skeleton (bench/ab.sh)
+#   SKELETON=0                                       skip the skeleton only
 #   KVLAB_UP_FLAGS="--fsync always"                  extra flags for `kvlab up`
 #   OUT_DIR=dir                                      keep every run's JSON report there
 #   BUILD=0                                          measure the binary as it is, unbuilt
@@ -41,6 +49,8 @@
 #                                                    e.g. an older build for an A/B
 #   ETCD_PORT_BASE=23000  KVLAB_PORT_BASE=24000      where the two clusters listen
 #   BARE_PORT=24900                                  where the bare server listens
+#   SKELETON_PORT=24950                              the skeleton's gateway (its
+#                                                    replicas: the next 4 ports)
 
 set -euo pipefail
 set +m # no job control: a background `setsid` then keeps its pid (see start_kvlab)
@@ -51,10 +61,12 @@ KEYS=${KEYS:-1000}
 VALUE_SIZE=${VALUE_SIZE:-100}
 ONLY=${ONLY:-both}
 CEILING=${CEILING:-1}
+SKELETON=${SKELETON:-1}
 KVLAB_UP_FLAGS=${KVLAB_UP_FLAGS:-}
 ETCD_PORT_BASE=${ETCD_PORT_BASE:-23000}
 KVLAB_PORT_BASE=${KVLAB_PORT_BASE:-24000}
 BARE_PORT=${BARE_PORT:-24900}
+SKELETON_PORT=${SKELETON_PORT:-24950}
 
 # The three workloads of the comparison: a label, then `kvlab bench` flags.
 WORKLOADS=(
@@ -89,6 +101,7 @@ fi
 ETCD_PIDS=()   # one per etcd member
 KVLAB_SID=""   # session of `kvlab up` and every process it starts
 BARE_PID=""    # the bare HTTP server
+SKELETON_PIDS=() # the skeleton's five processes
 
 log() { printf '== %s\n' "$*" >&2; }
 die() { printf 'compare.sh: %s\n' "$*" >&2; exit 1; }
@@ -136,10 +149,18 @@ stop_bare() {
   BARE_PID=""
 }
 
+stop_skeleton() {
+  ((${#SKELETON_PIDS[@]})) || return 0
+  kill "${SKELETON_PIDS[@]}" 2>/dev/null || true
+  wait "${SKELETON_PIDS[@]}" 2>/dev/null || true
+  SKELETON_PIDS=()
+}
+
 cleanup() {
   local status=$?
   trap - EXIT INT TERM
   stop_bare
+  stop_skeleton
   stop_kvlab
   stop_etcd
   if ((status != 0)); then
@@ -312,6 +333,47 @@ measure_bare() {
   fi
 }
 
+# ---------------------------------------------------------------------------
+# The ceiling of the lab's shape: the skeleton
+# ---------------------------------------------------------------------------
+
+kvlab_has_skeleton() { "$KVLAB" bench-skeleton --help >/dev/null 2>&1; }
+
+# Starts the skeleton in kvlab's shape (a leader, 3 followers, W=2, the read
+# set the 2 followers with the highest ports), measures kvlab's workloads on
+# it (results/skeleton-N.json), stops it.
+measure_skeleton() {
+  local g=$SKELETON_PORT leader=$((SKELETON_PORT + 1)) f
+  local followers=($((g + 2)) $((g + 3)) $((g + 4)))
+  for f in "${followers[@]}"; do
+    "$KVLAB" bench-skeleton --role replica --port "$f" --dir "$WORK/skeleton/$f" \
+      >"$WORK/skeleton-$f.log" 2>&1 &
+    SKELETON_PIDS+=($!)
+  done
+  "$KVLAB" bench-skeleton --role replica --port "$leader" --dir "$WORK/skeleton/$leader" \
+    --replicate-to "$(IFS=,; echo "${followers[*]}")" --quorum 2 >"$WORK/skeleton-$leader.log" 2>&1 &
+  SKELETON_PIDS+=($!)
+  "$KVLAB" bench-skeleton --role gateway --port "$g" --write-to "$leader" \
+    --read-from "${followers[1]},${followers[2]}" >"$WORK/skeleton-$g.log" 2>&1 &
+  SKELETON_PIDS+=($!)
+  wait_for "http://127.0.0.1:$g/health" "the skeleton's gateway" "$!"
+  measure skeleton bare "http://127.0.0.1:$g"
+  stop_skeleton
+}
+
+# The skeleton's rates and the lone write's p50, against etcd's.
+print_skeleton() {
+  [[ -s $RESULTS/skeleton-0.json ]] || return 0
+  awk -v sw="$(field skeleton 0 '.all.ops_per_sec')" -v ew="$(field etcd 0 '.all.ops_per_sec')" \
+    -v sr="$(field skeleton 1 '.all.ops_per_sec')" -v er="$(field etcd 1 '.all.ops_per_sec')" \
+    -v sp="$(field skeleton 2 '.all.latency_us.p50 / 1000')" -v ep="$(field etcd 2 '.all.latency_us.p50 / 1000')" '
+    function times(a, b) { return (a == "-" || b == "-" || b == 0) ? "" : sprintf(" (%.2fx etcd)", a / b) }
+    BEGIN {
+      printf "skeleton (the lab'"'"'s shape, no logic, binary internal wire): writes %d/s%s, reads %d/s%s, lone write p50 %.3f ms%s\n",
+        sw, times(sw, ew), sr, times(sr, er), sp, times(sp, ep)
+    }'
+}
+
 # kvlab's 64-client reads and writes as a share of the bare server's rate.
 print_ceiling() {
   local f=$RESULTS/bare.json bare
@@ -358,11 +420,13 @@ print_floor() {
     }'
 }
 
-# Issue 26's four goals, each met or missed in this run. Where the bare
-# server bounds a goal, the line says how: a kvlab read is at least one bare
-# request (the gateway's) plus its share of the R followers' answers, so 8x
-# etcd's reads above the bare server's rate cannot be reached on this
-# machine; a lone write cannot beat its floor.
+# Issue 26's four goals, each met or missed in this run. Where the machine
+# bounds a goal, the line says how. The skeleton does no more than any
+# implementation of the lab must, so a goal the skeleton misses too is out
+# of this machine's reach: "the machine gives no more". A kvlab read is at
+# least one bare request (the gateway's) plus its share of the R followers'
+# answers, so 8x etcd's reads above the bare server's rate cannot be
+# reached either; a lone write cannot beat its floor.
 print_goals() {
   [[ $ONLY == both ]] || return 0
   local bare="-" floor
@@ -371,21 +435,36 @@ print_goals() {
   awk -v kw="$(field kvlab 0 '.all.ops_per_sec')" -v ew="$(field etcd 0 '.all.ops_per_sec')" \
     -v kr="$(field kvlab 1 '.all.ops_per_sec')" -v er="$(field etcd 1 '.all.ops_per_sec')" \
     -v kp="$(field kvlab 2 '.all.latency_us.p50')" -v ep="$(field etcd 2 '.all.latency_us.p50')" \
+    -v sw="$(field skeleton 0 '.all.ops_per_sec')" -v sr="$(field skeleton 1 '.all.ops_per_sec')" \
+    -v sp="$(field skeleton 2 '.all.latency_us.p50')" \
     -v rss="${KVLAB_RSS:--}" -v bare="$bare" -v floor="$floor" '
     function known(x) { return x != "-" && x != "" }
     function verdict(ok) { return ok ? "met" : "missed" }
+    # What the skeleton says about a missed goal: its own ratio to the etcd
+    # figure e, and whether it misses the goal (want, x etcd) as well.
+    function skeleton(x, e, want, higher) {
+      if (!known(x)) return ""
+      if (higher ? x >= want * e : x <= want * e)
+        return sprintf("; the skeleton reaches %.2fx", x / e)
+      return sprintf("; the skeleton too, at %.2fx: the machine gives no more", x / e)
+    }
     BEGIN {
       print "goals (issue 26), this run:"
-      if (known(kw) && known(ew) && ew > 0)
-        printf "  writes, 64 clients: %.2fx etcd (goal >= 5x): %s\n", kw / ew, verdict(kw >= 5 * ew)
+      if (known(kw) && known(ew) && ew > 0) {
+        printf "  writes, 64 clients: %.2fx etcd (goal >= 5x): %s", kw / ew, verdict(kw >= 5 * ew)
+        if (kw < 5 * ew) printf "%s", skeleton(sw, ew, 5, 1)
+        printf "\n"
+      }
       if (known(kr) && known(er) && er > 0) {
         printf "  reads, 64 clients:  %.2fx etcd (goal >= 8x): %s", kr / er, verdict(kr >= 8 * er)
+        if (kr < 8 * er) printf "%s", skeleton(sr, er, 8, 1)
         if (known(bare) && bare > 0)
           printf "; 8x etcd is %d req/s, %.0f%% of the bare server (a read: one bare request plus R followers)", 8 * er, 800 * er / bare
         printf "\n"
       }
       if (known(kp) && known(ep) && ep > 0) {
         printf "  lone write p50:     %.2fx etcd (goal <= 0.6x): %s", kp / ep, verdict(kp <= 0.6 * ep)
+        if (kp > 0.6 * ep) printf "%s", skeleton(sp, ep, 0.6, 0)
         if (known(floor)) printf "; the floor alone is %.2fx", 1000 * floor / ep
         printf "\n"
       }
@@ -483,12 +562,21 @@ main() {
       else
         log "this kvlab has no 'bench-server' subcommand: no ceiling line"
       fi
+      if [[ $CEILING == 0 || $SKELETON == 0 ]]; then
+        log "no skeleton (CEILING=0 or SKELETON=0)"
+      elif kvlab_has_skeleton; then
+        log "starting the skeleton (the lab's shape, no logic)"
+        measure_skeleton
+      else
+        log "this kvlab has no 'bench-skeleton' subcommand: no skeleton line"
+      fi
     else
       log "this kvlab has no 'up' subcommand yet: skipping the kvlab half"
     fi
   fi
 
   print_table
+  print_skeleton
   print_ceiling
   print_goals
 }

@@ -101,12 +101,7 @@ pub async fn serve(args: SkeletonArgs) -> anyhow::Result<()> {
         Role::Gateway => {
             let gateway = Gateway::connect(&args.read_from, args.write_to).await?;
             let listener = crate::http::bind(addr).await?;
-            crate::http::serve(
-                listener,
-                gateway.router(),
-                crate::http::shutdown_signal(),
-            )
-            .await
+            crate::http::serve(listener, gateway.router(), crate::http::shutdown_signal()).await
         }
         Role::Replica => {
             let dir = args.dir.as_deref().context(
@@ -285,7 +280,9 @@ impl Cursor<'_> {
         Ok(self.take(1)?[0])
     }
     fn u32(&mut self) -> Result<u32, WireError> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
     fn string(&mut self) -> Result<String, WireError> {
         let len = self.u32()? as usize;
@@ -409,7 +406,9 @@ struct Answered {
 impl Gateway {
     async fn connect(read_from: &[u16], write_to: Option<u16>) -> anyhow::Result<Arc<Gateway>> {
         if read_from.is_empty() && write_to.is_none() {
-            bail!("a gateway needs --read-from, --write-to or both: it has nowhere to send requests");
+            bail!(
+                "a gateway needs --read-from, --write-to or both: it has nowhere to send requests"
+            );
         }
         let mut readers = Vec::with_capacity(read_from.len());
         for &port in read_from {
@@ -467,7 +466,10 @@ async fn write(State(g): State<Arc<Gateway>>, Json(w): Json<WriteRequest>) -> Re
     let Some(writer) = &g.writer else {
         return unavailable("this gateway has no --write-to replica".into());
     };
-    match writer.call(Item::Write(w.key.clone(), w.value.clone())).await {
+    match writer
+        .call(Item::Write(w.key.clone(), w.value.clone()))
+        .await
+    {
         Ok(_) => Json(Answered {
             key: w.key,
             value: w.value,
