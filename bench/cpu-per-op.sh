@@ -10,8 +10,14 @@
 # keys, runs `kvlab bench` for DURATION seconds, and reads each process's
 # user + system time from /proc/<pid>/stat before and after.
 #
+# SYSTEM=skeleton measures the skeleton instead (`kvlab bench-skeleton`,
+# src/bench/skeleton.rs: the same shape with no logic, on a binary wire, as
+# compare.sh starts it): its gateway stands where `up` does, its replicas
+# where the nodes do. Each line also gives the generator's own CPU per op.
+#
 # Usage: bench/cpu-per-op.sh BIN [BIN...]   e.g. an older build against target/release/kvlab
 # Knobs: READS=100 (percent of reads) CLIENTS=64 DURATION=10 PORT=24000 PERF=0
+#        SYSTEM=kvlab|skeleton
 #        PERF=1 also records `perf record -g` of the up process into perf-<n>.data.
 
 set -euo pipefail
@@ -20,6 +26,7 @@ CLIENTS=${CLIENTS:-64}
 DURATION=${DURATION:-10}
 PORT=${PORT:-24000}
 PERF=${PERF:-0}
+SYSTEM=${SYSTEM:-kvlab}
 TICKS=$(getconf CLK_TCK)
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -36,18 +43,49 @@ stop_cluster() {
 }
 trap stop_cluster EXIT
 
-measure() {
-  local bin=$1 n=$2 p=$PORT work up nodes u0 u1 n0 n1 rate
-  work=$(mktemp -d -t kvlab-cpu.XXXXXX)
+# compare.sh's kvlab cluster; ready once it has its quorums.
+start_kvlab() {
+  local bin=$1 p=$2 work=$3
   setsid "$bin" up --no-delay --followers 3 -W 2 -R 2 --fsync always \
     --data-dir "$work/data" --fresh --gateway-port "$p" --coordinator-port $((p + 100)) \
     --registry-port $((p + 200)) --node-base-port $((p + 101)) >"$work/up.log" 2>&1 &
-  up=$!
-  CLUSTER=$up WORK=$work
+  CLUSTER=$!
   until curl -fsS --max-time 1 "http://127.0.0.1:$p/cluster-status" 2>/dev/null |
     jq -e '.quorum.can_write and .quorum.can_read' >/dev/null; do sleep 0.2; done
-  "$bin" bench --url "http://127.0.0.1:$p" --duration 2 --keys 1000 -c "$CLIENTS" \
-    --reads "$READS" --preload --json >/dev/null
+}
+
+# compare.sh's skeleton: 3 follower replicas, a leader (W=2), and the gateway
+# (reads from the 2 highest ports), which replaces the shell and so becomes
+# the replicas' parent, as `up` is the nodes'.
+start_skeleton() {
+  local bin=$1 p=$2 work=$3
+  # shellcheck disable=SC2016 # expanded by the inner shell
+  setsid bash -c '
+    b=$1 p=$2 w=$3
+    for f in $((p + 2)) $((p + 3)) $((p + 4)); do
+      "$b" bench-skeleton --role replica --port "$f" --dir "$w/$f" &
+    done
+    "$b" bench-skeleton --role replica --port $((p + 1)) --dir "$w/leader" \
+      --replicate-to $((p + 2)),$((p + 3)),$((p + 4)) --quorum 2 &
+    exec "$b" bench-skeleton --role gateway --port "$p" --write-to $((p + 1)) \
+      --read-from $((p + 3)),$((p + 4))' _ "$bin" "$p" "$work" >"$work/up.log" 2>&1 &
+  CLUSTER=$!
+  until curl -fsS --max-time 1 "http://127.0.0.1:$p/health" >/dev/null 2>&1; do sleep 0.2; done
+}
+
+measure() {
+  local bin=$1 n=$2 p=$PORT work up nodes u0 u1 n0 n1 rate target=kvlab
+  work=$(mktemp -d -t kvlab-cpu.XXXXXX)
+  WORK=$work
+  if [ "$SYSTEM" = skeleton ]; then
+    start_skeleton "$bin" "$p" "$work"
+    target=bare
+  else
+    start_kvlab "$bin" "$p" "$work"
+  fi
+  up=$CLUSTER
+  "$bin" bench --url "http://127.0.0.1:$p" --target "$target" --duration 2 --keys 1000 \
+    -c "$CLIENTS" --reads "$READS" --preload --json >/dev/null
   nodes=$(pgrep -P "$up" | tr '\n' ' ')
   u0=$(cpu_ticks "$up"); n0=0
   for pid in $nodes; do n0=$((n0 + $(cpu_ticks "$pid"))); done
@@ -56,18 +94,22 @@ measure() {
     perf record -F 999 -g -p "$up" -o "perf-$n.data" -- sleep "$DURATION" >/dev/null 2>&1 &
     recorder=$!
   fi
-  "$bin" bench --url "http://127.0.0.1:$p" --duration "$DURATION" --keys 1000 -c "$CLIENTS" \
-    --reads "$READS" --json >"$work/bench.json"
+  "$bin" bench --url "http://127.0.0.1:$p" --target "$target" --duration "$DURATION" \
+    --keys 1000 -c "$CLIENTS" --reads "$READS" --json >"$work/bench.json"
   [ -z "$recorder" ] || wait "$recorder"
   u1=$(cpu_ticks "$up"); n1=0
   for pid in $nodes; do n1=$((n1 + $(cpu_ticks "$pid"))); done
   rate=$(jq '.all.ops_per_sec' "$work/bench.json")
+  local generator
+  generator=$(jq '.generator_cpu.cores' "$work/bench.json")
   stop_cluster
-  awk -v bin="$bin" -v rate="$rate" -v d="$DURATION" -v t="$TICKS" \
-    -v up=$((u1 - u0)) -v nodes=$((n1 - n0)) 'BEGIN {
+  awk -v bin="$bin" -v rate="$rate" -v d="$DURATION" -v t="$TICKS" -v sys="$SYSTEM" \
+    -v up=$((u1 - u0)) -v nodes=$((n1 - n0)) -v gen="$generator" 'BEGIN {
       ops = rate * d
-      printf "%s: %.0f op/s; CPU ms per 1,000 ops: up %.1f, nodes %.1f\n",
-        bin, rate, up / t * 1e6 / ops, nodes / t * 1e6 / ops }'
+      front = sys == "skeleton" ? "gateway" : "up"
+      back = sys == "skeleton" ? "replicas" : "nodes"
+      printf "%s (%s): %.0f op/s; CPU ms per 1,000 ops: %s %.1f, %s %.1f, generator %.1f\n",
+        bin, sys, rate, front, up / t * 1e6 / ops, back, nodes / t * 1e6 / ops, gen * 1e6 / rate }'
 }
 
 n=0

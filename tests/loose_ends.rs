@@ -354,3 +354,104 @@ fn a_node_parses_its_arguments_as_the_full_parser_would() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--id <ID>"), "{err}");
 }
+
+/// `kvlab bench-skeleton`, started as `bench/compare.sh` starts it: three
+/// followers, a leader that waits for two of them, a gateway that reads
+/// from two. Every request of a `kvlab bench` run through it is answered,
+/// and the set-ups it cannot serve are refused with the flag to fix.
+#[test]
+fn the_skeleton_answers_a_benchmark_and_refuses_impossible_setups() {
+    let scratch = common::scratch();
+    let base = common::free_port_block();
+    let (gateway, leader) = (base, base + 1);
+    let followers = [base + 2, base + 3, base + 4];
+    let skeleton = |args: &[String]| {
+        let mut cmd = common::kvlab_in(&scratch);
+        cmd.arg("bench-skeleton").args(args);
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        StopOnDrop(cmd.spawn().unwrap())
+    };
+    let dir = |port: u16| scratch.path().join(port.to_string()).display().to_string();
+    let mut processes = vec![];
+    for f in followers {
+        processes.push(skeleton(&[
+            "--role".into(),
+            "replica".into(),
+            "--port".into(),
+            f.to_string(),
+            "--dir".into(),
+            dir(f),
+        ]));
+    }
+    let list = |ports: &[u16]| {
+        ports
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    processes.push(skeleton(&[
+        "--role".into(),
+        "replica".into(),
+        "--port".into(),
+        leader.to_string(),
+        "--dir".into(),
+        dir(leader),
+        "--replicate-to".into(),
+        list(&followers),
+        "--quorum".into(),
+        "2".into(),
+    ]));
+    processes.push(skeleton(&[
+        "--role".into(),
+        "gateway".into(),
+        "--port".into(),
+        gateway.to_string(),
+        "--write-to".into(),
+        leader.to_string(),
+        "--read-from".into(),
+        list(&followers[1..]),
+    ]));
+    let url = format!("http://127.0.0.1:{gateway}");
+    let http = reqwest::blocking::Client::new();
+    common::wait("the skeleton's gateway", common::secs(20))
+        .every(common::millis(50))
+        .until(|| http.get(format!("{url}/health")).send().is_ok());
+
+    let out = common::kvlab_in(&scratch)
+        .args(["bench", "--url", &url, "--target", "bare", "--ops", "400"])
+        .args([
+            "--clients",
+            "8",
+            "--reads",
+            "50",
+            "--keys",
+            "100",
+            "--preload",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["all"]["requests"], 400, "{report}");
+    assert_eq!(report["all"]["errors"], 0, "{report}");
+    assert_eq!(report["all"]["outcomes"]["ok"], 400, "{report}");
+
+    let refused = |args: &[&str], says: &str| {
+        let mut cmd = common::kvlab_in(&scratch);
+        cmd.arg("bench-skeleton").args(args);
+        let (code, out) = run_to_end(cmd);
+        assert_eq!(code, Some(1), "{args:?}: {out}");
+        assert!(out.contains(says), "{args:?} should say {says:?}: {out}");
+    };
+    let port = (base + 5).to_string();
+    refused(&["--role", "replica", "--port", &port], "needs --dir");
+    let quorum = ["--role", "replica", "--port", &port, "--dir", "x"];
+    refused(
+        &[&quorum[..], &["--replicate-to", "1", "--quorum", "2"]].concat(),
+        "--quorum 2",
+    );
+    refused(&["--role", "gateway", "--port", &port], "nowhere to send");
+}
