@@ -562,6 +562,7 @@ main() {
       else
         log "this kvlab has no 'bench-server' subcommand: no ceiling line"
       fi
+      rm -f "$RESULTS"/skeleton-*.json # an OUT_DIR's earlier run must not speak for this one
       if [[ $CEILING == 0 || $SKELETON == 0 ]]; then
         log "no skeleton (CEILING=0 or SKELETON=0)"
       elif kvlab_has_skeleton; then

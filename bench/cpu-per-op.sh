@@ -27,6 +27,10 @@ DURATION=${DURATION:-10}
 PORT=${PORT:-24000}
 PERF=${PERF:-0}
 SYSTEM=${SYSTEM:-kvlab}
+case $SYSTEM in
+  kvlab | skeleton) ;;
+  *) echo "cpu-per-op.sh: SYSTEM is kvlab or skeleton, not '$SYSTEM'" >&2; exit 2 ;;
+esac
 TICKS=$(getconf CLK_TCK)
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -36,12 +40,24 @@ CLUSTER="" WORK=""
 stop_cluster() {
   if [ -n "$CLUSTER" ]; then
     kill -TERM -- "-$CLUSTER" 2>/dev/null || true
-    while kill -0 "$CLUSTER" 2>/dev/null; do sleep 0.1; done
+    # The whole group: its processes hold the ports the next run binds.
+    while kill -0 -- "-$CLUSTER" 2>/dev/null; do sleep 0.1; done
   fi
   [ -n "$WORK" ] && rm -rf "$WORK"
   CLUSTER="" WORK=""
 }
 trap stop_cluster EXIT
+
+# Waits until URL answers (JQ, if given, holds of its JSON), for at most a
+# minute, and fails at once if the cluster's first process is gone.
+wait_ready() {
+  local url=$1 jq=${2:-.} deadline=$((SECONDS + 60))
+  until curl -fsS --max-time 1 "$url" 2>/dev/null | jq -e "$jq" >/dev/null 2>&1; do
+    kill -0 "$CLUSTER" 2>/dev/null || { echo "cpu-per-op.sh: the $SYSTEM exited; see $WORK/up.log" >&2; exit 1; }
+    ((SECONDS < deadline)) || { echo "cpu-per-op.sh: $url not ready after 60 s" >&2; exit 1; }
+    sleep 0.2
+  done
+}
 
 # compare.sh's kvlab cluster; ready once it has its quorums.
 start_kvlab() {
@@ -50,8 +66,7 @@ start_kvlab() {
     --data-dir "$work/data" --fresh --gateway-port "$p" --coordinator-port $((p + 100)) \
     --registry-port $((p + 200)) --node-base-port $((p + 101)) >"$work/up.log" 2>&1 &
   CLUSTER=$!
-  until curl -fsS --max-time 1 "http://127.0.0.1:$p/cluster-status" 2>/dev/null |
-    jq -e '.quorum.can_write and .quorum.can_read' >/dev/null; do sleep 0.2; done
+  wait_ready "http://127.0.0.1:$p/cluster-status" '.quorum.can_write and .quorum.can_read'
 }
 
 # compare.sh's skeleton: 3 follower replicas, a leader (W=2), and the gateway
@@ -70,7 +85,7 @@ start_skeleton() {
     exec "$b" bench-skeleton --role gateway --port "$p" --write-to $((p + 1)) \
       --read-from $((p + 3)),$((p + 4))' _ "$bin" "$p" "$work" >"$work/up.log" 2>&1 &
   CLUSTER=$!
-  until curl -fsS --max-time 1 "http://127.0.0.1:$p/health" >/dev/null 2>&1; do sleep 0.2; done
+  wait_ready "http://127.0.0.1:$p/health"
 }
 
 measure() {

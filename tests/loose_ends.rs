@@ -368,7 +368,10 @@ fn the_skeleton_answers_a_benchmark_and_refuses_impossible_setups() {
     let skeleton = |args: &[String]| {
         let mut cmd = common::kvlab_in(&scratch);
         cmd.arg("bench-skeleton").args(args);
-        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        // Each process's stderr in a file of its own, for a failing test to show.
+        let log = scratch.path().join(format!("skeleton-{}.log", args[3]));
+        let log = std::fs::File::create(log).unwrap();
+        cmd.stdout(Stdio::null()).stderr(log);
         StopOnDrop(cmd.spawn().unwrap())
     };
     let dir = |port: u16| scratch.path().join(port.to_string()).display().to_string();
@@ -414,9 +417,16 @@ fn the_skeleton_answers_a_benchmark_and_refuses_impossible_setups() {
     ]));
     let url = format!("http://127.0.0.1:{gateway}");
     let http = reqwest::blocking::Client::new();
-    common::wait("the skeleton's gateway", common::secs(20))
+    let ready = common::wait("the skeleton's gateway", common::secs(20))
         .every(common::millis(50))
-        .until(|| http.get(format!("{url}/health")).send().is_ok());
+        .try_until(|| http.get(format!("{url}/health")).send().is_ok());
+    if ready.is_none() {
+        let logs: Vec<String> = (base..base + 5)
+            .map(|p| scratch.path().join(format!("skeleton-{p}.log")))
+            .map(|f| std::fs::read_to_string(f).unwrap_or_default())
+            .collect();
+        panic!("the skeleton never answered; its stderr: {logs:?}");
+    }
 
     let out = common::kvlab_in(&scratch)
         .args(["bench", "--url", &url, "--target", "bare", "--ops", "400"])
@@ -448,7 +458,8 @@ fn the_skeleton_answers_a_benchmark_and_refuses_impossible_setups() {
     };
     let port = (base + 5).to_string();
     refused(&["--role", "replica", "--port", &port], "needs --dir");
-    let quorum = ["--role", "replica", "--port", &port, "--dir", "x"];
+    let nowhere = scratch.path().join("refused").display().to_string();
+    let quorum = ["--role", "replica", "--port", &port, "--dir", &nowhere];
     refused(
         &[&quorum[..], &["--replicate-to", "1", "--quorum", "2"]].concat(),
         "--quorum 2",

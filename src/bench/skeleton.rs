@@ -5,9 +5,9 @@
 //! [`super::bare`] is the ceiling of one HTTP request. A kvlab read is more
 //! than that: the gateway answers only once R follower processes have
 //! answered it. A write is answered only once the leader and W followers,
-//! each a process of its own, have it on disk. The skeleton does exactly
-//! that part, which the lab's contract makes every implementation do, and
-//! nothing more:
+//! each a process of its own, have it on disk. The skeleton does that
+//! part, which the lab's contract makes every implementation do, in the
+//! cheapest way this codebase knows, and nothing more:
 //!
 //! - **the gateway** (`--role gateway`) answers kvlab's public requests
 //!   (`POST /write`, `GET /read/{key}`, JSON) through the same HTTP stack
@@ -17,21 +17,25 @@
 //!   next one: batching, one exchange in flight per replica, as kvlab's
 //!   coordinator does;
 //! - **a replica** (`--role replica`, a single-threaded runtime like a
-//!   node's) keeps keys and values in a map. It answers a batch of reads
-//!   from the map. It writes a batch of writes to its file and fdatasyncs it
-//!   (on a blocking thread, never on the runtime's); given
-//!   `--replicate-to`, it also sends the batch to those replicas at once and
-//!   answers when its own fsync and `--quorum` of theirs are done;
+//!   node's) keeps each key's value and version (the seq the leader gave
+//!   the write) in a map, and answers a batch of reads from it; the gateway
+//!   answers with the newest version its read replicas hold. A batch of
+//!   writes it writes to its file and fdatasyncs (on a blocking thread,
+//!   never on the runtime's). Given `--replicate-to`, it is the leader: it
+//!   stamps each write with the next seq, sends the batch to those replicas
+//!   at once, and answers when its own fsync and `--quorum` of theirs are
+//!   done;
 //! - **between them, the cheapest wire there is**: one TCP connection per
 //!   pair, length-prefixed binary frames, no HTTP, no JSON. That is the
 //!   "compact binary encoding on long-lived streams" issue 26 proposed for
 //!   kvlab's internal hops, at its best.
 //!
-//! No terms, seqs, versions, commit points, recovery, metrics, events or
-//! checks: whatever kvlab adds is on top of this. So what the skeleton
+//! No terms, commit points, reconciliation, recovery, metrics, events,
+//! secret or fault injection: whatever kvlab adds is on top of this. So what the skeleton
 //! reaches on a machine, kvlab (with this HTTP stack in front) cannot
-//! exceed there. It is a measuring instrument, not a store: a replica that
-//! fails stops answering, and nothing recovers it.
+//! exceed there. It is a measuring instrument, not a store: the leader goes
+//! on while `--quorum` followers answer, but a replica that stops is not
+//! replaced, and nothing is recovered from the files.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -50,7 +54,7 @@ use axum::{Json, Router};
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde::Serialize;
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
@@ -124,8 +128,9 @@ pub async fn serve(args: SkeletonArgs) -> anyhow::Result<()> {
 /// A frame's first byte after its length: what the batch holds.
 const READS: u8 = 0;
 const WRITES: u8 = 1;
-/// The largest frame either side accepts; a batch of 64 writes is a few KiB.
-const MAX_FRAME: usize = 64 << 20;
+/// The largest frame either side accepts (a batch of 64 writes of 100 bytes
+/// is about 9 KiB); at most half a replica's ring file.
+const MAX_FRAME: usize = 8 << 20;
 /// How many requests one exchange carries at most.
 const MAX_BATCH: usize = 1024;
 
@@ -146,35 +151,52 @@ pub enum WireError {
     Io(#[from] std::io::Error),
 }
 
-/// One request of a batch.
+/// One request of a batch. A write leaves the gateway with `seq` 0; the
+/// leader stamps each with the next seq (the order of its log), which is
+/// the version the followers keep and reads compare.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Item {
     Read(String),
-    Write(String, String),
+    Write {
+        key: String,
+        value: String,
+        seq: u64,
+    },
 }
 
-/// A batch of items of one kind, as one frame body: the kind, the count,
-/// then each item as length-prefixed strings.
+/// A replica's answer to one item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// A read: the value and its seq, if the key exists.
+    Value(Option<(u64, String)>),
+    /// A write, once it is durable: its seq.
+    Durable(u64),
+}
+
+/// A batch of items of one kind, as a whole frame: the body's length, the
+/// kind, the count, then each item's fields.
 pub fn encode_batch(items: &[Item]) -> Vec<u8> {
     let kind = match items.first() {
-        Some(Item::Write(..)) => WRITES,
+        Some(Item::Write { .. }) => WRITES,
         _ => READS,
     };
-    let mut body = vec![kind];
-    body.extend_from_slice(&(items.len() as u32).to_le_bytes());
+    let mut frame = start_frame();
+    frame.push(kind);
+    frame.extend_from_slice(&(items.len() as u32).to_le_bytes());
     for item in items {
         match item {
-            Item::Read(key) => put_str(&mut body, key),
-            Item::Write(key, value) => {
-                put_str(&mut body, key);
-                put_str(&mut body, value);
+            Item::Read(key) => put_str(&mut frame, key),
+            Item::Write { key, value, seq } => {
+                put_str(&mut frame, key);
+                put_str(&mut frame, value);
+                frame.extend_from_slice(&seq.to_le_bytes());
             }
         }
     }
-    body
+    finish_frame(frame)
 }
 
-/// The items of a frame body [`encode_batch`] made.
+/// The items of a frame body (a frame without its length).
 pub fn decode_batch(body: &[u8]) -> Result<Vec<Item>, WireError> {
     let mut cursor = Cursor(body);
     let kind = cursor.u8()?;
@@ -188,29 +210,35 @@ pub fn decode_batch(body: &[u8]) -> Result<Vec<Item>, WireError> {
         let key = cursor.string()?;
         items.push(match kind {
             READS => Item::Read(key),
-            _ => Item::Write(key, cursor.string()?),
+            _ => Item::Write {
+                key,
+                value: cursor.string()?,
+                seq: cursor.u64()?,
+            },
         });
     }
     Ok(items)
 }
 
-/// The answers to a batch: for reads, each value or none; for writes, none
-/// (their count says they are durable).
-pub fn encode_answers(count: usize, values: &[Option<String>]) -> Vec<u8> {
-    let mut body = (count as u32).to_le_bytes().to_vec();
-    for value in values {
-        match value {
-            Some(v) => {
-                body.push(1);
-                put_str(&mut body, v);
+/// The answers to a batch, as a whole frame: the count, then each answer.
+pub fn encode_answers(answers: &[Answer]) -> Vec<u8> {
+    let mut frame = start_frame();
+    frame.extend_from_slice(&(answers.len() as u32).to_le_bytes());
+    for answer in answers {
+        match answer {
+            Answer::Value(None) => frame.push(0),
+            Answer::Value(Some((seq, value))) => {
+                frame.push(1);
+                frame.extend_from_slice(&seq.to_le_bytes());
+                put_str(&mut frame, value);
             }
-            None => body.push(0),
+            Answer::Durable(seq) => frame.extend_from_slice(&seq.to_le_bytes()),
         }
     }
-    body
+    finish_frame(frame)
 }
 
-/// The answers [`encode_answers`] made, for a batch of `sent` items.
+/// The answers of a frame body, for a batch of `sent` reads or writes.
 pub fn decode_answers(body: &[u8], sent: usize, reads: bool) -> Result<Vec<Answer>, WireError> {
     let mut cursor = Cursor(body);
     let got = cursor.u32()? as usize;
@@ -219,20 +247,25 @@ pub fn decode_answers(body: &[u8], sent: usize, reads: bool) -> Result<Vec<Answe
     }
     (0..sent)
         .map(|_| match reads {
-            false => Ok(Answer::Durable),
+            false => Ok(Answer::Durable(cursor.u64()?)),
             true => match cursor.u8()? {
                 0 => Ok(Answer::Value(None)),
-                _ => Ok(Answer::Value(Some(cursor.string()?))),
+                _ => Ok(Answer::Value(Some((cursor.u64()?, cursor.string()?)))),
             },
         })
         .collect()
 }
 
-/// A replica's answer to one item.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Answer {
-    Value(Option<String>),
-    Durable,
+/// A frame is built in one buffer, its length first, so that it leaves in
+/// one `write` (one TCP segment while it fits), as hyper sends a response.
+fn start_frame() -> Vec<u8> {
+    vec![0; 4]
+}
+
+fn finish_frame(mut frame: Vec<u8>) -> Vec<u8> {
+    let len = (frame.len() - 4) as u32;
+    frame[..4].copy_from_slice(&len.to_le_bytes());
+    frame
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -243,11 +276,12 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 /// Reads a frame body; `None` when the peer closed between frames.
 async fn read_frame(from: &mut BufReader<OwnedReadHalf>) -> Result<Option<Vec<u8>>, WireError> {
     let mut len = [0u8; 4];
-    match from.read_exact(&mut len).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.into()),
+    // A close before a frame's first byte is a clean end; after it, a
+    // broken frame (read_exact's `UnexpectedEof`).
+    if from.read(&mut len[..1]).await? == 0 {
+        return Ok(None);
     }
+    from.read_exact(&mut len[1..]).await?;
     let len = u32::from_le_bytes(len) as usize;
     if len > MAX_FRAME {
         return Err(WireError::TooLarge(len));
@@ -257,11 +291,17 @@ async fn read_frame(from: &mut BufReader<OwnedReadHalf>) -> Result<Option<Vec<u8
     Ok(Some(body))
 }
 
-async fn write_frame(to: &mut BufWriter<OwnedWriteHalf>, body: &[u8]) -> Result<(), WireError> {
-    to.write_all(&(body.len() as u32).to_le_bytes()).await?;
-    to.write_all(body).await?;
-    to.flush().await?;
-    Ok(())
+/// Sends one frame ([`encode_batch`], [`encode_answers`]) and waits for the
+/// answer's body.
+async fn exchange(
+    from: &mut BufReader<OwnedReadHalf>,
+    to: &mut OwnedWriteHalf,
+    frame: &[u8],
+) -> Result<Vec<u8>, WireError> {
+    to.write_all(frame).await?;
+    read_frame(from)
+        .await?
+        .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into())
 }
 
 /// Reads the little-endian fields of a frame body, checking each length.
@@ -278,6 +318,11 @@ impl Cursor<'_> {
     }
     fn u8(&mut self) -> Result<u8, WireError> {
         Ok(self.take(1)?[0])
+    }
+    fn u64(&mut self) -> Result<u64, WireError> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
     fn u32(&mut self) -> Result<u32, WireError> {
         Ok(u32::from_le_bytes(
@@ -324,7 +369,7 @@ impl Link {
 
 async fn run_link(stream: TcpStream, mut queue: mpsc::UnboundedReceiver<Waiting>) {
     let (from, to) = stream.into_split();
-    let (mut from, mut to) = (BufReader::new(from), BufWriter::new(to));
+    let (mut from, mut to) = (BufReader::new(from), to);
     while let Some(first) = queue.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -356,17 +401,6 @@ async fn run_link(stream: TcpStream, mut queue: mpsc::UnboundedReceiver<Waiting>
     }
 }
 
-async fn exchange(
-    from: &mut BufReader<OwnedReadHalf>,
-    to: &mut BufWriter<OwnedWriteHalf>,
-    body: &[u8],
-) -> Result<Vec<u8>, WireError> {
-    write_frame(to, body).await?;
-    read_frame(from)
-        .await?
-        .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into())
-}
-
 /// Connects to a replica on loopback, retrying for a while: the skeleton's
 /// processes start together, and a replica may not listen yet.
 async fn connect_patiently(port: u16) -> anyhow::Result<TcpStream> {
@@ -395,7 +429,9 @@ struct Gateway {
     writer: Option<Link>,
 }
 
-/// Every answer: the size of kvlab's, without its fields about the cluster.
+/// Every answer: the key, the value and its version, as kvlab answers them.
+/// kvlab's answers also say which replicas answered and the quorum; those
+/// few dozen bytes are left out.
 #[derive(Serialize)]
 struct Answered {
     key: String,
@@ -435,24 +471,30 @@ fn unavailable(why: String) -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 
+/// Asks every read replica at once and answers with the newest version any
+/// of them holds, as the lab's quorum read does.
 async fn read(State(g): State<Arc<Gateway>>, UrlPath(key): UrlPath<String>) -> Response {
     if g.readers.is_empty() {
         return unavailable("this gateway has no --read-from replicas".into());
     }
     let asked = g.readers.iter().map(|l| l.call(Item::Read(key.clone())));
-    let mut found = None;
+    let mut newest: Option<(u64, String)> = None;
     for answer in futures::future::join_all(asked).await {
         match answer {
-            Ok(Answer::Value(Some(v))) => found = Some(v),
+            Ok(Answer::Value(Some((seq, value)))) => {
+                if newest.as_ref().is_none_or(|(best, _)| seq > *best) {
+                    newest = Some((seq, value));
+                }
+            }
             Ok(_) => {}
             Err(why) => return unavailable(why),
         }
     }
-    match found {
-        Some(value) => Json(Answered {
+    match newest {
+        Some((version, value)) => Json(Answered {
             key,
             value,
-            version: 1,
+            version,
         })
         .into_response(),
         None => {
@@ -466,16 +508,19 @@ async fn write(State(g): State<Arc<Gateway>>, Json(w): Json<WriteRequest>) -> Re
     let Some(writer) = &g.writer else {
         return unavailable("this gateway has no --write-to replica".into());
     };
-    match writer
-        .call(Item::Write(w.key.clone(), w.value.clone()))
-        .await
-    {
-        Ok(_) => Json(Answered {
+    let item = Item::Write {
+        key: w.key.clone(),
+        value: w.value.clone(),
+        seq: 0, // the leader's to give
+    };
+    match writer.call(item).await {
+        Ok(Answer::Durable(version)) => Json(Answered {
             key: w.key,
             value: w.value,
-            version: 1,
+            version,
         })
         .into_response(),
+        Ok(other) => unavailable(format!("the leader answered a write with {other:?}")),
         Err(why) => unavailable(why),
     }
 }
@@ -493,7 +538,8 @@ struct Disk {
     at: Mutex<u64>,
 }
 
-const DISK_BYTES: u64 = 16 << 20;
+/// The ring's size: twice the largest frame, so a batch always fits.
+const DISK_BYTES: u64 = 2 * MAX_FRAME as u64;
 
 impl Disk {
     fn open(dir: &Path) -> anyhow::Result<Disk> {
@@ -530,10 +576,21 @@ impl Disk {
 }
 
 /// The leader's side of one connection to a follower: one frame at a time.
-type FollowerLink = Arc<tokio::sync::Mutex<(BufReader<OwnedReadHalf>, BufWriter<OwnedWriteHalf>)>>;
+struct FollowerConn {
+    from: BufReader<OwnedReadHalf>,
+    to: OwnedWriteHalf,
+    /// An exchange failed: the connection may be out of step, and is not
+    /// used again. The leader goes on as long as `quorum` others answer.
+    broken: bool,
+}
+
+type FollowerLink = Arc<tokio::sync::Mutex<FollowerConn>>;
 
 struct Replica {
-    map: Mutex<HashMap<String, String>>,
+    /// Each key's value and the seq that wrote it.
+    map: Mutex<HashMap<String, (u64, String)>>,
+    /// The last seq this replica stamped (as the leader).
+    last_seq: Mutex<u64>,
     disk: Arc<Disk>,
     followers: Vec<FollowerLink>,
     quorum: usize,
@@ -552,13 +609,15 @@ impl Replica {
         let mut followers = Vec::with_capacity(replicate_to.len());
         for &port in replicate_to {
             let (from, to) = connect_patiently(port).await?.into_split();
-            followers.push(Arc::new(tokio::sync::Mutex::new((
-                BufReader::new(from),
-                BufWriter::new(to),
-            ))));
+            followers.push(Arc::new(tokio::sync::Mutex::new(FollowerConn {
+                from: BufReader::new(from),
+                to,
+                broken: false,
+            })));
         }
         Ok(Arc::new(Replica {
             map: Mutex::new(HashMap::new()),
+            last_seq: Mutex::new(0),
             disk: Arc::new(disk),
             followers,
             quorum,
@@ -579,45 +638,70 @@ impl Replica {
     }
 
     async fn serve_connection(&self, stream: TcpStream) -> Result<(), WireError> {
-        let (from, to) = stream.into_split();
-        let (mut from, mut to) = (BufReader::new(from), BufWriter::new(to));
+        let (from, mut to) = stream.into_split();
+        let mut from = BufReader::new(from);
         while let Some(body) = read_frame(&mut from).await? {
-            let answer = self.answer(body).await?;
-            write_frame(&mut to, &answer).await?;
+            let answer = self.answer(&body).await?;
+            to.write_all(&answer).await?;
         }
         Ok(())
     }
 
     /// The answer frame to one batch.
-    async fn answer(&self, body: Vec<u8>) -> Result<Vec<u8>, WireError> {
-        let items = decode_batch(&body)?;
+    async fn answer(&self, body: &[u8]) -> Result<Vec<u8>, WireError> {
+        let items = decode_batch(body)?;
         if body[0] == READS {
             let map = self.map.lock().unwrap();
-            let values: Vec<Option<String>> = items
+            let answers: Vec<Answer> = items
                 .iter()
                 .map(|item| match item {
-                    Item::Read(key) => map.get(key).cloned(),
-                    Item::Write(..) => None,
+                    Item::Read(key) => Answer::Value(map.get(key).cloned()),
+                    Item::Write { .. } => Answer::Value(None),
                 })
                 .collect();
-            return Ok(encode_answers(items.len(), &values));
+            return Ok(encode_answers(&answers));
         }
-        let body = Arc::new(body);
-        self.make_durable(&body).await?;
+        let items = self.stamp(items);
+        let batch = Arc::new(encode_batch(&items));
+        self.make_durable(&batch, items.len()).await?;
         let mut map = self.map.lock().unwrap();
-        for item in items.iter() {
-            if let Item::Write(key, value) = item {
-                map.insert(key.clone(), value.clone());
+        let mut answers = Vec::with_capacity(items.len());
+        for item in items {
+            if let Item::Write { key, value, seq } = item {
+                // A follower applies batches in the leader's order; the
+                // check keeps an older seq from ever replacing a newer one.
+                let newer = map.get(&key).is_none_or(|(held, _)| seq > *held);
+                if newer {
+                    map.insert(key, (seq, value));
+                }
+                answers.push(Answer::Durable(seq));
             }
         }
-        Ok(encode_answers(items.len(), &[]))
+        Ok(encode_answers(&answers))
     }
 
-    /// Own fsync and `quorum` followers', all started at once.
-    async fn make_durable(&self, body: &Arc<Vec<u8>>) -> Result<(), WireError> {
+    /// Gives each write that has no seq yet (it came from the gateway) the
+    /// next one, in the batch's order.
+    fn stamp(&self, mut items: Vec<Item>) -> Vec<Item> {
+        let mut last = self.last_seq.lock().unwrap();
+        for item in items.iter_mut() {
+            if let Item::Write { seq, .. } = item {
+                if *seq == 0 {
+                    *last += 1;
+                    *seq = *last;
+                }
+            }
+        }
+        items
+    }
+
+    /// Own fsync and `quorum` followers', all started at once. Follower
+    /// failures are tolerated while `quorum` of the others can still answer.
+    async fn make_durable(&self, batch: &Arc<Vec<u8>>, count: usize) -> Result<(), WireError> {
         let disk = self.disk.clone();
-        let own = body.clone();
-        let own = tokio::task::spawn_blocking(move || disk.append(&own));
+        let own = batch.clone();
+        // The disk keeps the body; the length prefix is the wire's.
+        let own = tokio::task::spawn_blocking(move || disk.append(&own[4..]));
         let mut acks: FuturesUnordered<_> = self
             .followers
             .iter()
@@ -625,21 +709,27 @@ impl Replica {
                 // A task of its own: a follower that answers after the
                 // quorum still gets its whole exchange, so the connection
                 // stays in step.
-                let (link, body) = (link.clone(), body.clone());
-                tokio::spawn(async move {
-                    let mut link = link.lock().await;
-                    let (from, to) = &mut *link;
-                    exchange(from, to, &body).await
-                })
+                let (link, batch) = (link.clone(), batch.clone());
+                tokio::spawn(async move { replicate(&link, &batch, count).await })
             })
             .collect();
-        let mut durable = 0;
-        while durable < self.quorum.min(self.followers.len()) {
-            match acks.next().await {
-                Some(Ok(Ok(_))) => durable += 1,
-                Some(Ok(Err(e))) => return Err(e),
-                Some(Err(e)) => return Err(std::io::Error::other(e).into()),
-                None => break,
+        let needed = self.quorum.min(self.followers.len());
+        let may_fail = self.followers.len() - needed;
+        let (mut durable, mut failed) = (0, 0);
+        while durable < needed {
+            let result = match acks.next().await {
+                Some(joined) => joined.map_err(std::io::Error::other)?,
+                None => break, // cannot happen: needed <= followers
+            };
+            match result {
+                Ok(()) => durable += 1,
+                Err(e) => {
+                    failed += 1;
+                    tracing::warn!("skeleton leader: a follower failed: {e}");
+                    if failed > may_fail {
+                        return Err(e);
+                    }
+                }
             }
         }
         own.await.map_err(std::io::Error::other)??;
@@ -647,31 +737,61 @@ impl Replica {
     }
 }
 
+/// One batch to one follower, answered with as many durable writes.
+async fn replicate(link: &FollowerLink, batch: &[u8], count: usize) -> Result<(), WireError> {
+    let mut conn = link.lock().await;
+    if conn.broken {
+        return Err(std::io::Error::other("this follower's link failed before").into());
+    }
+    let FollowerConn { from, to, .. } = &mut *conn;
+    let answered = exchange(from, to, batch)
+        .await
+        .and_then(|body| decode_answers(&body, count, false));
+    if answered.is_err() {
+        conn.broken = true;
+    }
+    answered.map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// A frame's body: what `read_frame` hands over.
+    fn body(frame: &[u8]) -> &[u8] {
+        let len = u32::from_le_bytes(frame[..4].try_into().unwrap()) as usize;
+        assert_eq!(len, frame.len() - 4, "the length prefix counts the body");
+        &frame[4..]
+    }
+
+    fn write(key: &str, value: &str, seq: u64) -> Item {
+        Item::Write {
+            key: key.into(),
+            value: value.into(),
+            seq,
+        }
+    }
+
     #[test]
     fn batches_and_answers_survive_the_wire() {
         let reads = vec![Item::Read("a".into()), Item::Read("bé".into())];
-        assert_eq!(decode_batch(&encode_batch(&reads)).unwrap(), reads);
-        let writes = vec![Item::Write("k".into(), "v".repeat(100))];
-        assert_eq!(decode_batch(&encode_batch(&writes)).unwrap(), writes);
-        let values = [Some("x".to_string()), None];
-        let answers = decode_answers(&encode_answers(2, &values), 2, true).unwrap();
-        assert_eq!(
-            answers,
-            vec![Answer::Value(Some("x".into())), Answer::Value(None)]
-        );
-        let durable = decode_answers(&encode_answers(3, &[]), 3, false).unwrap();
-        assert_eq!(durable, vec![Answer::Durable; 3]);
+        assert_eq!(decode_batch(body(&encode_batch(&reads))).unwrap(), reads);
+        let writes = vec![write("k", &"v".repeat(100), 7), write("j", "", 0)];
+        assert_eq!(decode_batch(body(&encode_batch(&writes))).unwrap(), writes);
+        let values = [Answer::Value(Some((3, "x".into()))), Answer::Value(None)];
+        let frame = encode_answers(&values);
+        assert_eq!(decode_answers(body(&frame), 2, true).unwrap(), values);
+        let durable = [Answer::Durable(1), Answer::Durable(2)];
+        let frame = encode_answers(&durable);
+        assert_eq!(decode_answers(body(&frame), 2, false).unwrap(), durable);
     }
 
     #[test]
     fn a_damaged_frame_is_an_error_not_a_panic() {
-        let body = encode_batch(&[Item::Write("key".into(), "value".into())]);
-        for cut in 0..body.len() {
-            assert!(decode_batch(&body[..cut]).is_err(), "cut at {cut}");
+        let frame = encode_batch(&[write("key", "value", 1)]);
+        let whole = body(&frame);
+        for cut in 0..whole.len() {
+            assert!(decode_batch(&whole[..cut]).is_err(), "cut at {cut}");
         }
         assert!(matches!(
             decode_batch(&[7, 0, 0, 0, 0]),
@@ -682,10 +802,22 @@ mod tests {
             decode_batch(&[READS, 255, 255, 255, 255]),
             Err(WireError::Truncated)
         ));
+        let one = encode_answers(&[Answer::Durable(1)]);
         assert!(matches!(
-            decode_answers(&encode_answers(1, &[]), 2, false),
+            decode_answers(body(&one), 2, false),
             Err(WireError::WrongCount { sent: 2, got: 1 })
         ));
+    }
+
+    #[test]
+    fn the_leader_stamps_writes_in_order_and_keeps_given_seqs() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let replica = runtime.block_on(Replica::open(dir.path(), &[], 2)).unwrap();
+        let stamped = replica.stamp(vec![write("a", "1", 0), write("b", "2", 0)]);
+        assert_eq!(stamped, vec![write("a", "1", 1), write("b", "2", 2)]);
+        let again = replica.stamp(vec![write("a", "3", 0), write("c", "4", 9)]);
+        assert_eq!(again, vec![write("a", "3", 3), write("c", "4", 9)]);
     }
 
     #[tokio::test]
@@ -749,6 +881,35 @@ mod tests {
                 break;
             }
             assert!(Instant::now() < deadline, "never read back");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // An overwrite: the newest version wins, whichever follower has it.
+        let written: serde_json::Value = http
+            .post(format!("{url}/write"))
+            .json(&serde_json::json!({"key": "k", "value": "v2"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(written["version"], 2, "{written}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let read: serde_json::Value = http
+                .get(format!("{url}/read/k"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if read["value"] == "v2" {
+                assert_eq!(read["version"], 2, "{read}");
+                break;
+            }
+            assert_eq!(read["value"], "v1", "{read}");
+            assert!(Instant::now() < deadline, "never read the overwrite");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let bad = http
