@@ -831,6 +831,13 @@ mod tests {
 
     /// Three followers, a leader with W = 2, a gateway reading from two
     /// followers: a write is read back through the other followers.
+    /// Sends `request` and gives its JSON answer, which must be a 200.
+    async fn json_of(request: reqwest::RequestBuilder) -> serde_json::Value {
+        let answer = request.send().await.unwrap();
+        assert_eq!(answer.status(), StatusCode::OK);
+        answer.json().await.unwrap()
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_written_value_is_read_back_through_the_skeleton() {
         let dir = tempfile::tempdir().unwrap();
@@ -863,54 +870,20 @@ mod tests {
         let http = reqwest::Client::new();
         let missing = http.get(format!("{url}/read/k")).send().await.unwrap();
         assert_eq!(missing.status(), StatusCode::NOT_FOUND);
-        let written = http
-            .post(format!("{url}/write"))
-            .json(&serde_json::json!({"key": "k", "value": "v1"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(written.status(), StatusCode::OK);
-        // The leader answered once two of three followers had it; the third
-        // may still be writing, and a read asks followers 2 and 3.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let read = http.get(format!("{url}/read/k")).send().await.unwrap();
-            if read.status() == StatusCode::OK {
-                let body: serde_json::Value = read.json().await.unwrap();
-                assert_eq!(body["value"], "v1");
-                break;
-            }
-            assert!(Instant::now() < deadline, "never read back");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        // An overwrite: the newest version wins, whichever follower has it.
-        let written: serde_json::Value = http
-            .post(format!("{url}/write"))
-            .json(&serde_json::json!({"key": "k", "value": "v2"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(written["version"], 2, "{written}");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let read: serde_json::Value = http
-                .get(format!("{url}/read/k"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if read["value"] == "v2" {
-                assert_eq!(read["version"], 2, "{read}");
-                break;
-            }
-            assert_eq!(read["value"], "v1", "{read}");
-            assert!(Instant::now() < deadline, "never read the overwrite");
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        // The leader answers once two of the three followers have a write,
+        // and any two of them include follower 2 or 3, the two a read asks
+        // (W + R > N): the first read after the answer must see it, and an
+        // overwrite's newer version must win over the older one.
+        for (version, value) in [(1, "v1"), (2, "v2")] {
+            let written = json_of(
+                http.post(format!("{url}/write"))
+                    .json(&serde_json::json!({"key": "k", "value": value})),
+            )
+            .await;
+            assert_eq!(written["version"], version, "{written}");
+            let read = json_of(http.get(format!("{url}/read/k"))).await;
+            assert_eq!(read["value"], value, "{read}");
+            assert_eq!(read["version"], version, "{read}");
         }
         let bad = http
             .post(format!("{url}/write"))
