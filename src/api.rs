@@ -114,6 +114,18 @@ pub const HEADER_NODE_INCARNATION: &str = "x-node-incarnation";
 /// are not checked.
 pub const HEADER_TERM: &str = "x-kvlab-term";
 
+/// kvlab's addition: the framed wire, an HTTP/1.1 connection upgraded
+/// (`GET /wire`, `Upgrade: kvlab-frames/1`) to carry the same requests and
+/// answers as length-prefixed frames, without HTTP's per-request cost.
+/// kvlab's own nodes offer it; a node that answers anything but 101 (a
+/// student's node: 404) is spoken to in plain HTTP/JSON. See `http::wire`.
+pub const WIRE_PATH: &str = "/wire";
+/// The `Upgrade` token of the framed wire, with its version.
+pub const WIRE_PROTOCOL: &str = "kvlab-frames/1";
+/// The largest frame either side accepts: the largest body between
+/// components plus room for the path and headers.
+pub const WIRE_MAX_FRAME: usize = BATCH_BODY_BYTES + 64 * 1024;
+
 /// `{"detail": ...}`: the error body of every component.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {
@@ -871,6 +883,10 @@ pub struct NodeStats {
     /// kvlab's additions.
     pub applied_seq: u64,
     pub incarnation: u64,
+    /// Calls this node answered on the framed wire (see [`WIRE_PATH`]),
+    /// rather than as plain HTTP requests.
+    #[serde(default)]
+    pub wire_calls_served: u64,
     /// Where and how the node persists its log; absent when in-memory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<StorageStats>,

@@ -358,7 +358,7 @@ pub enum Access {
 /// A node's routes: replication, batches, membership and fault hooks are
 /// the cluster's own; reads, stats, health and `POST /data` are the lab's.
 pub fn node_access(_method: &Method, route: &str) -> Access {
-    let internal = ["/batch/", "/replicate", "/replication/", "/admin/"];
+    let internal = ["/batch/", "/replicate", "/replication/", "/admin/", "/wire"];
     if internal.iter().any(|p| route.starts_with(p)) {
         Access::Internal
     } else {

@@ -660,3 +660,146 @@ fn node_back_in_time_is_not_replaced() {
         .iter()
         .any(|e| e["kind"] == "slot_reused"));
 }
+
+// ---------------------------------------------------------------------------
+// The framed wire (`http::wire`)
+// ---------------------------------------------------------------------------
+
+/// Calls a node answered on the framed wire, from its `/stats`.
+fn wire_calls(c: &Cluster, node: u16) -> u64 {
+    let stats: Value = c
+        .http
+        .get(format!("{}/stats", c.node_url(node)))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    stats["wire_calls_served"].as_u64().unwrap()
+}
+
+/// kvlab's coordinator and leader speak frames to kvlab's nodes, which
+/// offer them; `--internal-wire http` makes every call a plain HTTP/JSON
+/// request again. The answers are the same either way.
+#[test]
+fn writes_and_reads_travel_the_framed_wire_unless_told_otherwise() {
+    for (wire, framed) in [("frames", true), ("http", false)] {
+        let c = Cluster::start(&format!("{FAST_2_2_2} --internal-wire {wire}"));
+        for i in 0..10 {
+            let (code, w) = c.write(&format!("k{i}"), "v");
+            assert_eq!(code, 200, "--internal-wire {wire}: {w}");
+            let (code, w) = c.write(&format!("k{i}"), &format!("v{i}"));
+            assert_eq!((code, &w["version"]), (200, &json!(2)), "{w}");
+            let (code, r) = c.read(&format!("k{i}"));
+            assert_eq!(code, 200, "{r}");
+            assert_eq!(
+                (&r["value"], &r["version"]),
+                (&json!(format!("v{i}")), &json!(2))
+            );
+        }
+        let (leader, follower) = (wire_calls(&c, 0), wire_calls(&c, 1));
+        if framed {
+            // 20 writes in at least 20 batches to the leader; the
+            // follower: the handshake, the entries, 10 reads.
+            assert!(leader >= 20, "the leader answered {leader} calls framed");
+            assert!(
+                follower >= 11,
+                "follower-1 answered {follower} calls framed"
+            );
+        } else {
+            assert_eq!((leader, follower), (0, 0), "--internal-wire http");
+        }
+    }
+}
+
+/// Reads an HTTP answer's head from a raw connection: its status code.
+fn raw_status(conn: &mut std::net::TcpStream) -> u16 {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(conn.read(&mut byte).unwrap(), 1, "the head ends early");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    head[9..12].parse().unwrap()
+}
+
+/// Sends one frame's bytes and reads the answer frame; `None` if the
+/// server closed the connection instead.
+fn raw_call(
+    conn: &mut std::net::TcpStream,
+    frame: &[u8],
+) -> Option<kvlab::http::wire::AnswerFrame> {
+    use std::io::{Read, Write};
+    conn.write_all(frame).unwrap();
+    let mut len = [0u8; 4];
+    conn.read_exact(&mut len).ok()?;
+    let mut content = vec![0u8; u32::from_be_bytes(len) as usize];
+    conn.read_exact(&mut content).ok()?;
+    Some(kvlab::http::wire::decode_answer(content.into()).unwrap())
+}
+
+/// Bad input on the wire: a stranger cannot switch (no secret: 401), a
+/// frame that breaks the format gets 400 and the connection goes on, a
+/// frame over the limit ends the connection. Nothing of it reaches the data.
+#[test]
+fn the_framed_wire_refuses_strangers_and_broken_frames() {
+    use kvlab::http::wire::encode_request;
+    use std::io::Write;
+    let c = Cluster::start(FAST_1_1_1);
+    let addr = format!("127.0.0.1:{}", c.base + 2);
+    let switch = |secret: Option<&str>| {
+        let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+        conn.set_read_timeout(Some(secs(10))).unwrap();
+        let secret = secret.map_or(String::new(), |s| format!("x-kvlab-secret: {s}\r\n"));
+        write!(
+            conn,
+            "GET /wire HTTP/1.1\r\nhost: x\r\nupgrade: kvlab-frames/1\r\nconnection: upgrade\r\n{secret}\r\n"
+        )
+        .unwrap();
+        let status = raw_status(&mut conn);
+        (status, conn)
+    };
+    assert_eq!(switch(None).0, 401, "no secret, no wire");
+    assert_eq!(switch(Some("not-the-secret")).0, 401);
+
+    let (status, mut conn) = switch(Some(common::cluster_secret()));
+    assert_eq!(status, 101);
+    let get =
+        |path: &str| encode_request(&reqwest::Method::GET, path, std::iter::empty(), b"").unwrap();
+    let health = raw_call(&mut conn, &get("/health")).expect("an answer");
+    assert_eq!(health.status, 200);
+    // An unknown method code, then a path that is no path: 400 each, named.
+    let mut bad = get("/health");
+    bad[4] = 9;
+    let refused = raw_call(&mut conn, &bad).expect("an answer");
+    assert_eq!(refused.status, 400);
+    assert!(String::from_utf8_lossy(&refused.body).contains("unknown method code 9"));
+    let refused = raw_call(&mut conn, &get("no-slash")).expect("an answer");
+    assert_eq!(refused.status, 400, "{:?}", refused.body);
+    // A write with a body the leader's own checks refuse, as over HTTP.
+    let headers = [(
+        reqwest::header::CONTENT_TYPE,
+        reqwest::header::HeaderValue::from_static("application/json"),
+    )];
+    let write = encode_request(
+        &reqwest::Method::POST,
+        "/batch/write",
+        headers.iter().map(|(n, v)| (n, v)),
+        b"{\"writes\": 7}",
+    )
+    .unwrap();
+    let refused = raw_call(&mut conn, &write).expect("an answer");
+    assert_eq!(refused.status, 422, "{:?}", refused.body);
+    assert!(String::from_utf8_lossy(&refused.body).contains("expected fields"));
+    // Still the same connection, still answering.
+    assert_eq!(raw_call(&mut conn, &get("/health")).unwrap().status, 200);
+    // A length over the limit: the connection ends before anything is read.
+    let too_long = ((kvlab::api::WIRE_MAX_FRAME + 1) as u32).to_be_bytes();
+    assert!(raw_call(&mut conn, &too_long).is_none());
+    // Nothing reached the data, and the cluster goes on.
+    let (code, w) = c.write("after", "ok");
+    assert_eq!((code, &w["version"]), (200, &json!(1)), "{w}");
+    let (code, r) = c.read("after");
+    assert_eq!((code, &r["value"]), (200, &json!("ok")), "{r}");
+}

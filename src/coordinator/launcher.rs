@@ -67,6 +67,8 @@ pub struct LaunchSettings {
     /// Every node gets the parent-death signal (hidden
     /// `--nodes-die-with-coordinator`: the clusters of `check` and `assess`).
     pub die_with_coordinator: bool,
+    /// `--internal-wire`: the coordinator's and every leader's.
+    pub internal_wire: crate::http::wire::Mode,
 }
 
 /// `--node-cmd` and `--node-cmd-leader`: the programs that replace `kvlab
@@ -153,6 +155,7 @@ impl LaunchSettings {
             tls: self.tls.clone(),
             // Set by `launch` for the nodes it starts as processes.
             supervisor: None,
+            internal_wire: self.internal_wire,
             storage: self.storage.as_ref().map(|s| StorageFlags {
                 fsync: s.fsync,
                 fsync_interval_ms: s.fsync_interval_ms,

@@ -120,6 +120,11 @@ pub struct ClusterArgs {
     /// No replication delays: the mode for real use and benchmarks.
     #[arg(long)]
     pub no_delay: bool,
+    /// How the coordinator and the leader speak to kvlab's nodes: `frames`
+    /// (the framed wire, where a node offers it: kvlab's own do) or `http`
+    /// (plain HTTP/JSON on every call, to watch the traffic with tcpdump).
+    #[arg(long, value_enum, default_value_t)]
+    pub internal_wire: crate::http::wire::Mode,
     /// The leader's port; follower-i listens on this + i.
     #[arg(long, default_value_t = ports::LEADER)]
     pub node_base_port: u16,
@@ -342,6 +347,7 @@ impl Config {
                 tls: args.tls.clone(),
                 orphan_timeout: args.cluster.orphan_timeout,
                 die_with_coordinator: args.cluster.nodes_die_with_coordinator,
+                internal_wire: args.cluster.internal_wire,
                 commands: args
                     .cluster
                     .runtime
@@ -406,6 +412,8 @@ pub struct Coordinator {
     membership: tokio::sync::Mutex<()>,
     pub events: Arc<EventLog>,
     pub(crate) http: reqwest::Client,
+    /// The same client's calls to nodes, framed where they offer it.
+    pub(crate) wire: crate::http::wire::Client,
     /// Set once the initial start is over; quorum changes are narrated after.
     ready: std::sync::atomic::AtomicBool,
     /// Client writes, gathered into batches for the leader (see [`batch`]).
@@ -477,12 +485,14 @@ impl Coordinator {
         }
         let failover = failover::Failover::new(config.unclean_failover);
         failover.learn_promoted(cluster.term);
+        let http = crate::http::client_with(headers);
         Arc::new(Coordinator {
             runtime,
             events: Arc::new(EventLog::new(config.print_events)),
             cluster: Mutex::new(Arc::new(cluster)),
             membership: tokio::sync::Mutex::new(()),
-            http: crate::http::client_with(headers),
+            http: http.clone(),
+            wire: crate::http::wire::Client::new(http, config.launch.internal_wire),
             ready: std::sync::atomic::AtomicBool::new(false),
             writes: std::sync::OnceLock::new(),
             reads: Mutex::new(HashMap::new()),

@@ -568,11 +568,11 @@ impl Coordinator {
         {
             return b.1.clone();
         }
-        let (http, timeout, target) = (self.http.clone(), self.config.read_timeout, slot.clone());
+        let (wire, timeout, target) = (self.wire.clone(), self.config.read_timeout, slot.clone());
         let batcher = Arc::new(Batcher::spawn(
             READ_BATCHES,
             |k: &String| k.len(),
-            move |keys| ask_batch(http.clone(), target.clone(), timeout, keys),
+            move |keys| ask_batch(wire.clone(), target.clone(), timeout, keys),
         ));
         readers.insert(slot.node_id.clone(), (slot.incarnation, batcher.clone()));
         batcher
@@ -637,34 +637,39 @@ impl Asked {
 /// One `POST /batch/read` to a follower: an answer per key, in order. The
 /// answer counts only if it came from the process we meant (fencing).
 async fn ask_batch(
-    http: reqwest::Client,
+    wire: crate::http::wire::Client,
     slot: Slot,
     timeout: Duration,
     keys: Vec<String>,
 ) -> Vec<(u64, Answer)> {
     let n = keys.len();
     let all = |why: String| vec![(0, Answer::Failed(why)); n];
-    let resp = match http
-        .post(format!("{}/batch/read", slot.url))
-        .timeout(timeout)
-        .json(&ReadBatchRequest { keys })
-        .send()
+    let body = ReadBatchRequest { keys };
+    let resp = match wire
+        .call_json(
+            &slot.url,
+            reqwest::Method::POST,
+            "/batch/read",
+            &[],
+            &body,
+            Some(timeout),
+        )
         .await
     {
         Ok(r) => r,
-        Err(e) => return all(describe_reqwest_error(&e)),
+        Err(e) => return all(e.to_string()),
     };
-    let incarnation = crate::http::answering_incarnation(&resp);
+    let incarnation = resp.header_u64(crate::api::HEADER_NODE_INCARNATION);
     if incarnation != Some(slot.incarnation) {
         return all(format!(
             "answered by incarnation {incarnation:?}, expected {} (fenced)",
             slot.incarnation
         ));
     }
-    if !resp.status().is_success() {
-        return all(format!("HTTP {}", resp.status()));
+    if !resp.status.is_success() {
+        return all(format!("HTTP {}", resp.status));
     }
-    match resp.json::<ReadBatchResponse>().await {
+    match resp.json::<ReadBatchResponse>() {
         Ok(answer) if answer.values.len() == n => {
             // A node without per-key seqs (an older binary) gets u64::MAX:
             // its versions are never taken as committed without a check.

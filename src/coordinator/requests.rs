@@ -27,7 +27,7 @@ use super::cluster::{Cluster, Slot};
 use super::{Coordinator, Shared};
 use crate::api::*;
 use crate::events::EventKind;
-use crate::http::{describe_reqwest_error, error_detail, validate_key_value, ApiError, ApiJson};
+use crate::http::{validate_key_value, ApiError, ApiJson};
 
 /// `POST /write`.
 pub async fn write(
@@ -283,35 +283,33 @@ impl Coordinator {
             );
             ApiError::unavailable(format!("Leader unreachable: {why}"))
         };
-        let resp = self
-            .http
-            .post(format!("{}/batch/write", leader.url))
-            .header(HEADER_TERM, term)
-            .timeout(self.config.ack_timeout + std::time::Duration::from_secs(2))
-            .json(body)
-            .send()
+        let answer = self
+            .wire
+            .call_json(
+                &leader.url,
+                reqwest::Method::POST,
+                "/batch/write",
+                &[(HEADER_TERM, term.to_string())],
+                body,
+                Some(self.config.ack_timeout + std::time::Duration::from_secs(2)),
+            )
             .await
-            .map_err(|e| unreachable(describe_reqwest_error(&e)))?;
+            .map_err(|e| unreachable(e.to_string()))?;
         // A deposed leader's answer never counts (see `failover`).
-        let answered_in = resp
-            .headers()
-            .get(HEADER_TERM)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let answered_in = answer.header_u64(HEADER_TERM);
         if answered_in != Some(term) {
             return Err(unreachable(format!(
                 "{} answered in term {answered_in:?}, not the current term {term}",
                 leader.node_id
             )));
         }
-        let status = resp.status();
+        let status = answer.status;
         if !status.is_success() {
-            let detail = error_detail(resp).await;
             // The leader's own refusals (bad input) pass through as they are.
-            return Err(ApiError::new(status, detail));
+            return Err(ApiError::new(status, answer.detail()));
         }
-        resp.json()
-            .await
+        answer
+            .json()
             .map_err(|e| unreachable(format!("unreadable answer: {e}")))
     }
 }

@@ -205,6 +205,7 @@ impl Stage {
             netns: None,
             orphan_timeout: crate::node::DEFAULT_ORPHAN_TIMEOUT,
             die_with_coordinator: true,
+            internal_wire: Default::default(),
             commands: NodeCommands {
                 follower: Some(command.to_string()),
                 leader: None,

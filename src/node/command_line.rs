@@ -32,6 +32,8 @@ pub struct NodeFlags {
     /// `Some` for a node kvlab starts as a process on this machine: it
     /// watches its supervisor and may be adopted (see `node::supervision`).
     pub supervisor: Option<Supervisor>,
+    /// `--internal-wire` (written only when it is not the default).
+    pub internal_wire: crate::http::wire::Mode,
 }
 
 /// `--supervisor-pid` and `--orphan-timeout`.
@@ -92,6 +94,9 @@ pub fn node_args(flags: &NodeFlags, spec: &NodeSpec, at: &Placement) -> Vec<Stri
         flag("--registry", registry.into());
     }
     flag("--tls", flags.tls.mode.name().into());
+    if flags.internal_wire == crate::http::wire::Mode::Http {
+        flag("--internal-wire", "http".into());
+    }
     let files = [
         ("--tls-ca", &flags.tls.tls_ca),
         ("--tls-cert", &flags.tls.tls_cert),
@@ -148,6 +153,7 @@ mod tests {
                 pid: 4321,
                 orphan_timeout: 7,
             }),
+            internal_wire: crate::http::wire::Mode::Http,
         };
         let spec = NodeSpec {
             node_id: "follower-3".into(),
@@ -183,12 +189,14 @@ mod tests {
         assert_eq!(args.tls.files(), flags.tls.files());
         assert_eq!(args.supervisor_pid, Some(4321));
         assert_eq!(args.orphan_timeout, 7);
+        assert_eq!(args.internal_wire, crate::http::wire::Mode::Http);
 
         // A leader in memory, with no registry: the defaults stand.
         let memory = NodeFlags {
             storage: None,
             tls: TlsArgs::default(),
             supervisor: None,
+            internal_wire: crate::http::wire::Mode::Frames,
             ..flags
         };
         let leader = NodeSpec {
@@ -214,5 +222,6 @@ mod tests {
         assert_eq!(args.tls.files(), None);
         assert_eq!(args.supervisor_pid, None);
         assert_eq!(args.orphan_timeout, crate::node::DEFAULT_ORPHAN_TIMEOUT);
+        assert_eq!(args.internal_wire, crate::http::wire::Mode::Frames);
     }
 }

@@ -106,6 +106,10 @@ pub struct Args {
         hide = true
     )]
     pub connect_timeout: f64,
+    /// How this node, as leader, speaks to its followers: the framed wire
+    /// where they offer it, or plain HTTP/JSON (`http`).
+    #[arg(long, value_enum, default_value_t)]
+    pub internal_wire: crate::http::wire::Mode,
     /// Persist the log and state here (created if missing). Without it the
     /// node keeps everything in memory and loses it when it stops.
     #[arg(long)]
@@ -227,6 +231,8 @@ pub struct NodeState {
     term_file_lock: Mutex<()>,
     pub stats: Stats,
     pub http: reqwest::Client,
+    /// The same client's calls to followers, framed where they offer it.
+    pub wire: crate::http::wire::Client,
     sync_delay: Duration,
     async_delay: Duration,
     /// The persisted seq: the highest seq the node's own log has completed
@@ -318,6 +324,7 @@ impl NodeState {
             leadership::start_as_leader(&mut terms, store.applied_seq());
         }
         let persisted = store.applied_seq();
+        let http = crate::http::client_from(&args.id, secs(args.connect_timeout));
         Arc::new(NodeState {
             id: args.id.clone(),
             incarnation: args.incarnation,
@@ -327,7 +334,8 @@ impl NodeState {
             log_retain: args.log_retain,
             term_file_lock: Mutex::new(()),
             stats: Stats::default(),
-            http: crate::http::client_from(&args.id, secs(args.connect_timeout)),
+            http: http.clone(),
+            wire: crate::http::wire::Client::new(http, args.internal_wire),
             sync_delay: secs(args.sync_delay),
             async_delay: secs(args.async_delay),
             persisted_seq: watch::Sender::new(persisted),
@@ -707,6 +715,7 @@ pub fn router(node: Arc<NodeState>) -> Router {
         .route("/replication/wait", post(wait_for_peer))
         .route("/replication/links", get(get_links))
         .route("/metrics", get(metrics))
+        .route(api::WIRE_PATH, get(crate::http::wire::upgrade))
         .route("/admin/pause-heartbeats", post(pause_heartbeats))
         .route("/admin/shutdown", post(admin_shutdown))
         .route("/admin/partition", post(faults::partition))
@@ -807,6 +816,7 @@ async fn stats(State(node): Shared) -> Json<NodeStats> {
         follower_progress: followers,
         applied_seq,
         incarnation: node.incarnation,
+        wire_calls_served: crate::http::wire::calls_served(),
         storage: node.durability.as_ref().map(|d| d.stats()),
     })
 }

@@ -53,7 +53,7 @@ use crate::api::{
     self, AppendRequest, AppendResponse, Entry, FollowerProgress, InstallSnapshot, PeerConfig,
     TruncateRequest, Versioned, BATCH_PAYLOAD_BYTES, HEADER_TERM,
 };
-use crate::http::{describe_reqwest_error, error_detail};
+use crate::http::wire::Answer;
 
 /// Most entries sent in one batch.
 pub(super) const MAX_BATCH: usize = 2048;
@@ -98,10 +98,6 @@ pub struct Peer {
     wake: tokio::sync::Notify,
     progress: watch::Sender<Progress>,
     task: std::sync::Mutex<Option<JoinHandle<()>>>,
-    /// The follower's `/replicate`, parsed once: every batch of entries
-    /// goes there, and formatting and parsing the URL for each one was a
-    /// visible share of a busy leader's CPU ("Where the time goes").
-    replicate_url: Option<reqwest::Url>,
 }
 
 impl Peer {
@@ -112,7 +108,6 @@ impl Peer {
             promoted_at: std::sync::Mutex::new(None),
             waited_through: AtomicU64::new(0),
             wake: tokio::sync::Notify::new(),
-            replicate_url: reqwest::Url::parse(&format!("{}/replicate", config.url)).ok(),
             config,
             progress: watch::Sender::new(Progress::default()),
             task: std::sync::Mutex::new(None),
@@ -401,16 +396,20 @@ fn plan(node: &NodeState, peer: &Peer, from: u64) -> Plan {
 /// If its log parts from ours, cuts it back to what we share. Returns the
 /// seq from which the follower's log is ours.
 async fn handshake(node: &NodeState, peer: &Peer) -> Result<u64, String> {
-    let url = format!("{}/replicate", peer.config.url);
     super::faults::outbound(&peer.config.node_id).await?;
-    let resp = node
-        .http
-        .get(&url)
-        .header(HEADER_TERM, peer.term)
-        .send()
+    let answer = node
+        .wire
+        .call(
+            &peer.config.url,
+            reqwest::Method::GET,
+            "/replicate",
+            &[(HEADER_TERM, peer.term.to_string())],
+            bytes::Bytes::new(),
+            None,
+        )
         .await
-        .map_err(|e| describe_reqwest_error(&e))?;
-    let answer = parse_answer(node, peer, ("GET", "replicate"), resp).await?;
+        .map_err(|e| e.to_string())?;
+    let answer = parse_answer(node, peer, ("GET", "replicate"), answer)?;
     check_incarnation(peer, &answer)?;
     let credited = peer.progress().acked_seq;
     if answer.acked_seq < credited {
@@ -567,20 +566,19 @@ async fn post(
     body: &impl serde::Serialize,
 ) -> Result<u64, String> {
     super::faults::outbound(&peer.config.node_id).await?;
-    let url = match &peer.replicate_url {
-        Some(url) if path == "replicate" => url.clone(),
-        _ => reqwest::Url::parse(&format!("{}/{path}", peer.config.url))
-            .map_err(|e| format!("bad follower URL {}: {e}", peer.config.url))?,
-    };
-    let resp = node
-        .http
-        .post(url)
-        .header(HEADER_TERM, peer.term)
-        .json(body)
-        .send()
+    let answer = node
+        .wire
+        .call_json(
+            &peer.config.url,
+            reqwest::Method::POST,
+            &format!("/{path}"),
+            &[(HEADER_TERM, peer.term.to_string())],
+            body,
+            None,
+        )
         .await
-        .map_err(|e| describe_reqwest_error(&e))?;
-    let answer = parse_answer(node, peer, ("POST", path), resp).await?;
+        .map_err(|e| e.to_string())?;
+    let answer = parse_answer(node, peer, ("POST", path), answer)?;
     check_incarnation(peer, &answer)?;
     Ok(answer.acked_seq)
 }
@@ -588,23 +586,21 @@ async fn post(
 /// The follower's answer, or why there is none. A `stale term` refusal
 /// means a newer leader exists: this node steps down on the spot.
 /// A 200 whose body is not an [`AppendResponse`] breaks the protocol.
-async fn parse_answer(
+fn parse_answer(
     node: &NodeState,
     peer: &Peer,
     (method, path): (&str, &str),
-    resp: reqwest::Response,
+    answer: Answer,
 ) -> Result<AppendResponse, String> {
-    if !resp.status().is_success() {
-        let status = resp.status();
-        let detail = error_detail(resp).await;
+    let status = answer.status;
+    if !status.is_success() {
+        let detail = answer.detail();
         if let Some(term) = api::stale_term_in(&detail) {
             leadership::adopt(node, term);
         }
         return Err(format!("HTTP {status}: {detail}"));
     }
-    let status = resp.status();
-    let body = resp.bytes().await.map_err(|e| describe_reqwest_error(&e))?;
-    serde_json::from_slice::<AppendResponse>(&body).map_err(|e| {
+    answer.json::<AppendResponse>().map_err(|e| {
         let what = format!(
             "answered {method} /{path} with {status} but its body is not the protocol's answer \
              (node_id, incarnation, acked_seq, ...): {e}"

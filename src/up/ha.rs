@@ -203,6 +203,10 @@ impl Args {
             }
         };
         switch(c.no_delay, "--no-delay");
+        switch(
+            c.internal_wire == crate::http::wire::Mode::Http,
+            "--internal-wire=http",
+        );
         switch(c.unclean_failover, "--unclean-failover");
         switch(s.simulate_power_loss, "--simulate-power-loss");
         switch(self.quiet, "--quiet");

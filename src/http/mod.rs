@@ -28,6 +28,8 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
+pub mod wire;
+
 use crate::api::{BATCH_BODY_BYTES, HEADER_FROM, MAX_BODY_BYTES, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 
 /// An error answer: a status and the `detail` of `{"detail": ...}`.
@@ -316,6 +318,15 @@ fn builder(mut headers: reqwest::header::HeaderMap) -> reqwest::ClientBuilder {
         .tcp_nodelay(true)
 }
 
+/// Resolves once `stopping` says so (or its sender is gone).
+async fn stopped(stopping: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stopping| *stopping).await;
+}
+
+/// What a served connection reads and writes: a TCP stream, or TLS over one.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
+
 /// Binds a listener, with an error that says which address was taken and
 /// names `--port`, the flag of a component run alone.
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
@@ -386,6 +397,11 @@ pub async fn serve(
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(cap));
     let per_address = PerAddress::new(per_address_cap(cap));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Connections are told to stop through this (a connection that may
+    // switch to the framed wire cannot be handed to `graceful`'s watcher);
+    // each holds one of `graceful`'s watchers until it ends, so the wait
+    // for open requests below still counts it.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut http1 = hyper::server::conn::http1::Builder::new();
     http1
         .timer(TokioTimer::new())
@@ -416,37 +432,58 @@ pub async fn serve(
             refuse_over_address_cap(stream, per_address.cap);
             continue;
         };
+        // What the connection holds (its slot under the caps, its place in
+        // the shutdown's wait) goes to the framed wire if it switches to it
+        // (`wire::upgrade` takes it), else is let go when it closes.
+        let hold: wire::Hold = std::sync::Arc::new(std::sync::Mutex::new(Some(Box::new((
+            slot,
+            held,
+            graceful.watcher(),
+        )))));
+        let offer = wire::Offer {
+            router: router.clone(),
+            stopping: stopping.clone(),
+            hold: hold.clone(),
+        };
         // Handlers see the peer's address as axum's `ConnectInfo` (the
-        // gateway's rate limiter keys clients by it), and the body comes
-        // with its deadline.
+        // gateway's rate limiter keys clients by it), the body comes with
+        // its deadline, and a router may offer the framed wire.
         let service = router.clone().map_request(
             move |req: axum::extract::Request<hyper::body::Incoming>| {
                 let mut req = req.map(with_deadline);
                 req.extensions_mut()
                     .insert(axum::extract::ConnectInfo(peer));
+                req.extensions_mut().insert(offer.clone());
                 req
             },
         );
         let service = hyper_util::service::TowerToHyperService::new(service);
-        let (http1, watcher, tls) = (http1.clone(), graceful.watcher(), tls.clone());
+        let (http1, mut stopping, tls) = (http1.clone(), stopping.clone(), tls.clone());
         tokio::spawn(async move {
             // An error here is the client's (gone, timed out, malformed).
-            match tls {
-                None => {
-                    let conn = http1.serve_connection(TokioIo::new(stream), service);
-                    let _ = watcher.watch(conn).await;
-                }
+            let io = match tls {
+                None => Box::new(stream) as Box<dyn Io>,
                 // A TLS listener: the handshake first (plain HTTP refused).
-                Some(acceptor) => {
-                    if let Some(stream) = crate::tls::handshake(&acceptor, stream).await {
-                        let conn = http1.serve_connection(TokioIo::new(stream), service);
-                        let _ = watcher.watch(conn).await;
-                    }
+                Some(acceptor) => match crate::tls::handshake(&acceptor, stream).await {
+                    Some(stream) => Box::new(stream),
+                    None => return,
+                },
+            };
+            let conn = http1
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = stopped(&mut stopping) => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
                 }
             }
-            drop((slot, held));
+            drop(hold);
         });
     }
+    let _ = stop.send(true);
     // Open requests get a while to finish, not forever: a handler stuck on
     // a peer that no longer answers must not keep a component (and, in
     // `kvlab up`, the removal of its nodes) from stopping.
