@@ -132,19 +132,31 @@ pub fn encode_request<'a>(
 }
 
 /// The frame of an answer, its length prefix included.
+/// The body must leave room for the status and headers under
+/// [`MAX_ANSWER`] (see [`answer`]).
 pub fn encode_answer(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Vec<u8> {
     let mut frame = Vec::with_capacity(64 + body.len());
     frame.put_u32(0);
     frame.put_u16(status.as_u16());
-    // A router's answers carry a handful of headers; past 255 (never seen)
-    // the rest are left out rather than failing an answer already made.
-    let count = headers.len().min(255);
-    let _ = put_headers(&mut frame, count, headers.iter().take(count));
+    // A router's answers carry a handful of short headers. One the format
+    // cannot hold (a name over 255 bytes, a value over 64 KiB, past the
+    // 255th) is left out rather than failing an answer already made.
+    let fits = |(name, value): &(&HeaderName, &HeaderValue)| {
+        name.as_str().len() <= u8::MAX as usize && value.len() <= u16::MAX as usize
+    };
+    let count = headers.iter().filter(fits).count().min(255);
+    put_headers(&mut frame, count, headers.iter().filter(fits).take(count))
+        .expect("only headers that fit");
     frame.extend_from_slice(body);
     let len = (frame.len() - 4) as u32;
     frame[..4].copy_from_slice(&len.to_be_bytes());
     frame
 }
+
+/// The largest answer frame: the most its `u32` length can say. Answers are
+/// not bounded like requests (a batch of reads of large values can be far
+/// larger than any request), and come from a server the caller chose.
+pub const MAX_ANSWER: usize = u32::MAX as usize;
 
 fn seal(mut frame: Vec<u8>) -> Result<Vec<u8>, FrameError> {
     let len = u32::try_from(frame.len() - 4).map_err(|_| FrameError::Truncated("length"))?;
@@ -250,38 +262,58 @@ fn take_headers(frame: &mut Bytes) -> Result<Vec<(HeaderName, HeaderValue)>, Fra
     Ok(headers)
 }
 
-/// Reads one frame's content from `io`. `Ok(None)`: the connection ended
-/// cleanly before a frame began. The length is checked against
-/// [`WIRE_MAX_FRAME`] before any of the content is read, and once the
-/// length is in, the rest must come within `deadline`.
+/// Reads one frame's content from `io`, `limit` bytes at most. `Ok(None)`:
+/// the connection ended cleanly before a frame began. Waits for the first
+/// byte as long as it takes (the caller bounds that wait); once it is in,
+/// the rest must come within `deadline`.
 async fn read_frame<R: AsyncRead + Unpin>(
     io: &mut R,
+    limit: usize,
     deadline: Duration,
 ) -> std::io::Result<Option<Bytes>> {
-    let mut len = [0u8; 4];
-    if io.read(&mut len[..1]).await? == 0 {
-        return Ok(None);
+    match first_byte(io).await? {
+        Some(first) => read_rest(io, first, limit, deadline).await.map(Some),
+        None => Ok(None),
     }
+}
+
+/// The first byte of the next frame; `None` if the connection ended first.
+/// (One byte, so a wait for it can be abandoned without losing any.)
+async fn first_byte<R: AsyncRead + Unpin>(io: &mut R) -> std::io::Result<Option<u8>> {
+    let mut first = [0u8; 1];
+    Ok((io.read(&mut first).await? == 1).then_some(first[0]))
+}
+
+/// The rest of a frame whose first byte is in. The length is checked
+/// against `limit` before any of the content is read.
+async fn read_rest<R: AsyncRead + Unpin>(
+    io: &mut R,
+    first: u8,
+    limit: usize,
+    deadline: Duration,
+) -> std::io::Result<Bytes> {
     let rest = async {
+        let mut len = [first, 0, 0, 0];
         io.read_exact(&mut len[1..]).await?;
         let len = u32::from_be_bytes(len) as usize;
-        if len > WIRE_MAX_FRAME {
+        if len > limit {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
-                format!("a frame of {len} bytes, over the limit of {WIRE_MAX_FRAME}"),
+                format!("a frame of {len} bytes, over the limit of {limit}"),
             ));
         }
         let mut content = vec![0u8; len];
         io.read_exact(&mut content).await?;
         Ok(Bytes::from(content))
     };
-    match tokio::time::timeout(deadline, rest).await {
-        Ok(read) => read.map(Some),
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "a frame did not arrive whole in time",
-        )),
-    }
+    tokio::time::timeout(deadline, rest)
+        .await
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "a frame did not arrive whole in time",
+            ))
+        })
 }
 
 // ---------------------------------------------------------------------------
@@ -335,11 +367,12 @@ pub async fn upgrade(mut req: Request) -> Response {
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().cloned();
     let base = base_headers(req.headers());
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let hold = offer.hold.lock().unwrap().take();
     tokio::spawn(async move {
-        let _hold = hold;
         match on_upgrade.await {
             Ok(upgraded) => {
+                // The connection's place under the caps is the wire's now:
+                // the HTTP connection has ended by handing it over.
+                let _hold = offer.hold.lock().unwrap().take();
                 let io = hyper_util::rt::TokioIo::new(upgraded);
                 serve_frames(io, offer, base, peer).await;
             }
@@ -384,14 +417,18 @@ async fn serve_frames<T: AsyncRead + AsyncWrite + Unpin>(
 ) {
     let mut io = BufStream::new(io);
     loop {
-        let next = tokio::select! {
-            next = tokio::time::timeout(super::HEADER_READ_TIMEOUT, read_frame(&mut io, super::BODY_READ_TIMEOUT)) => next,
+        // Between frames the server may stop, or give up on an idle
+        // client; a frame once begun is read, answered and sent whole.
+        let first = tokio::select! {
+            first = tokio::time::timeout(super::HEADER_READ_TIMEOUT, first_byte(&mut io)) => first,
             () = super::stopped(&mut offer.stopping) => return,
         };
-        let content = match next {
-            Ok(Ok(Some(content))) => content,
-            // Gone, broken, or idle too long.
-            _ => return,
+        let Ok(Ok(Some(first))) = first else {
+            return; // gone, broken, or idle too long
+        };
+        let Ok(content) = read_rest(&mut io, first, WIRE_MAX_FRAME, super::BODY_READ_TIMEOUT).await
+        else {
+            return; // too long, cut off, or too slow
         };
         CALLS_SERVED.fetch_add(1, Ordering::Relaxed);
         let answer = match decode_request(content) {
@@ -438,15 +475,21 @@ async fn answer(
         Ok(resp) => resp,
         Err(never) => match never {},
     };
-    let (parts, body) = resp.into_parts();
-    match axum::body::to_bytes(body, WIRE_MAX_FRAME).await {
+    let (mut parts, body) = resp.into_parts();
+    // The frame says the length; the answer's own would only take room.
+    parts.headers.remove(header::CONTENT_LENGTH);
+    // Room for the status and the headers (at most 255 of 64 KiB and a bit).
+    let room = MAX_ANSWER - 2 - 1 - 255 * (1 + 255 + 2 + u16::MAX as usize);
+    match axum::body::to_bytes(body, room).await {
         Ok(body) => encode_answer(parts.status, &parts.headers, &body),
         Err(e) => {
+            // Still the node's headers (its term, its incarnation), so the
+            // caller reads the failure for what it is.
             let failed = ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                format!("the answer could not be framed: {e}"),
+                format!("the answer is too large for a frame: {e}"),
             );
-            encode_answer(failed.status, &HeaderMap::new(), &refused_body(&failed))
+            encode_answer(failed.status, &parts.headers, &refused_body(&failed))
         }
     }
 }
@@ -517,6 +560,26 @@ struct Pool {
 }
 
 type Connection = BufStream<reqwest::Upgraded>;
+
+/// Idle connections kept per destination, as the HTTP client keeps.
+const MAX_IDLE: usize = 256;
+
+impl Pool {
+    /// Keeps a connection whose call is over for the next call, and lets go
+    /// of those idle too long (the oldest are first), so that none holds a
+    /// place in the server's caps for nothing.
+    fn put_back(&self, conn: Connection) {
+        let mut idle = self.idle.lock().unwrap();
+        let stale = idle
+            .iter()
+            .take_while(|(_, since)| since.elapsed() >= super::CLIENT_POOL_IDLE)
+            .count();
+        idle.drain(..stale);
+        if idle.len() < MAX_IDLE {
+            idle.push((conn, Instant::now()));
+        }
+    }
+}
 
 /// kvlab's client for calls between its processes: the framed wire where
 /// the destination offers it, plain HTTP/JSON otherwise. A clone shares the
@@ -626,21 +689,34 @@ impl Client {
             .header(header::UPGRADE, WIRE_PROTOCOL)
             .header(header::CONNECTION, "upgrade")
             .send()
-            .await
-            .map_err(|e| CallError::Http(describe_reqwest_error(&e)))?;
+            .await;
+        let resp = match resp {
+            Ok(resp) => resp,
+            // Nothing reached the node: the call cannot either.
+            Err(e) if e.is_connect() => return Err(CallError::Http(describe_reqwest_error(&e))),
+            // The node took the connection and dropped it (a server that
+            // hangs up on an `Upgrade` it does not know): nothing was
+            // sent yet, so this call goes as plain HTTP.
+            Err(_) => return Ok(None),
+        };
         match resp.status() {
-            StatusCode::SWITCHING_PROTOCOLS => {
-                let upgraded = resp
-                    .upgrade()
-                    .await
-                    .map_err(|e| CallError::Http(describe_reqwest_error(&e)))?;
-                pool.offered.store(OFFERED, Ordering::Relaxed);
-                Ok(Some(BufStream::new(upgraded)))
+            StatusCode::SWITCHING_PROTOCOLS => match resp.upgrade().await {
+                Ok(upgraded) => {
+                    pool.offered.store(OFFERED, Ordering::Relaxed);
+                    Ok(Some(BufStream::new(upgraded)))
+                }
+                Err(_) => Ok(None),
+            },
+            // Refused for now (a partition's hold ends in 503; a busy or
+            // confused node; a secret or an epoch the node refuses): this
+            // call goes as plain HTTP, meets the same refusal there, and
+            // the next one asks again.
+            status
+                if status.is_server_error()
+                    || matches!(status.as_u16(), 401 | 403 | 408 | 409 | 429) =>
+            {
+                Ok(None)
             }
-            // Refused for now (a partition's hold ends in 503): this call
-            // goes as plain HTTP, and meets the same refusal there; the
-            // next one asks again.
-            StatusCode::SERVICE_UNAVAILABLE => Ok(None),
             // Anything else (a student's node: 404) means the wire is not
             // offered there: plain HTTP/JSON from now on.
             status => {
@@ -721,7 +797,7 @@ async fn framed(
     let frame = encode_request(method, path, headers.iter().map(|(n, v)| (n, v)), body)?;
     conn.write_all(&frame).await.map_err(CallError::Lost)?;
     conn.flush().await.map_err(CallError::Lost)?;
-    let content = match read_frame(&mut conn, super::BODY_READ_TIMEOUT).await {
+    let content = match read_frame(&mut conn, MAX_ANSWER, super::BODY_READ_TIMEOUT).await {
         Ok(Some(content)) => content,
         Ok(None) => {
             return Err(CallError::Lost(std::io::Error::new(
@@ -732,7 +808,7 @@ async fn framed(
         Err(e) => return Err(CallError::Lost(e)),
     };
     let answer = decode_answer(content)?;
-    pool.idle.lock().unwrap().push((conn, Instant::now()));
+    pool.put_back(conn);
     Ok(Answer {
         status: answer.status,
         headers: answer.headers,
@@ -856,7 +932,7 @@ mod tests {
         let (mut client, mut server) = tokio::io::duplex(64);
         let len = (WIRE_MAX_FRAME as u32 + 1).to_be_bytes();
         client.write_all(&len).await.unwrap();
-        let read = read_frame(&mut server, Duration::from_secs(5)).await;
+        let read = read_frame(&mut server, WIRE_MAX_FRAME, Duration::from_secs(5)).await;
         assert_eq!(read.unwrap_err().kind(), std::io::ErrorKind::InvalidData);
     }
 
@@ -864,14 +940,112 @@ mod tests {
     async fn a_frame_that_stalls_half_way_times_out() {
         let (mut client, mut server) = tokio::io::duplex(64);
         client.write_all(&[0, 0, 0, 10, 1, 2]).await.unwrap();
-        let read = read_frame(&mut server, Duration::from_millis(50)).await;
+        let read = read_frame(&mut server, WIRE_MAX_FRAME, Duration::from_millis(50)).await;
         assert_eq!(read.unwrap_err().kind(), std::io::ErrorKind::TimedOut);
         drop(client);
         let (_client, mut server) = tokio::io::duplex(64);
         drop(_client);
-        assert!(read_frame(&mut server, Duration::from_secs(1))
+        assert!(
+            read_frame(&mut server, WIRE_MAX_FRAME, Duration::from_secs(1))
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    /// Serves `router` as every kvlab listener is served; its base URL.
+    async fn served(router: Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(super::super::serve(
+            listener,
+            router,
+            std::future::pending(),
+        ));
+        base
+    }
+
+    fn echo() -> Router {
+        use axum::routing::{get, post};
+        Router::new()
+            .route("/echo", post(|body: Bytes| async move { body }))
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    "slow"
+                }),
+            )
+    }
+
+    #[tokio::test]
+    async fn a_client_speaks_frames_where_offered_and_plain_http_elsewhere() {
+        let offered = served(echo().route(WIRE_PATH, axum::routing::get(upgrade))).await;
+        let plain = served(echo()).await;
+        let client = Client::new(super::super::client(), Mode::Frames);
+        let call = |base: &str, path: &str, body: &'static str, timeout| {
+            let (client, base, path) = (client.clone(), base.to_string(), path.to_string());
+            async move {
+                let method = if body.is_empty() {
+                    Method::GET
+                } else {
+                    Method::POST
+                };
+                let body = Bytes::from_static(body.as_bytes());
+                client.call(&base, method, &path, &[], body, timeout).await
+            }
+        };
+
+        let before = calls_served();
+        let answer = call(&offered, "/echo", "one", None).await.unwrap();
+        assert_eq!(
+            (answer.status, &answer.body[..]),
+            (StatusCode::OK, &b"one"[..])
+        );
+        assert!(calls_served() > before, "answered on the wire");
+        assert_eq!(
+            client.pool(&offered).offered.load(Ordering::Relaxed),
+            OFFERED
+        );
+
+        // A call given up half-way takes its connection with it: the next
+        // call's answer is its own, not the late one.
+        let late = call(&offered, "/slow", "", Some(Duration::from_millis(50))).await;
+        assert!(matches!(late, Err(CallError::TimedOut)), "{late:?}");
+        let answer = call(&offered, "/echo", "two", None).await.unwrap();
+        assert_eq!(&answer.body[..], b"two");
+
+        // No wire there (404): plain HTTP, remembered, same answers.
+        let answer = call(&plain, "/echo", "three", None).await.unwrap();
+        assert_eq!(&answer.body[..], b"three");
+        assert_eq!(
+            client.pool(&plain).offered.load(Ordering::Relaxed),
+            NOT_OFFERED
+        );
+        let answer = call(&plain, "/nowhere", "", None).await.unwrap();
+        assert_eq!(answer.status, StatusCode::NOT_FOUND);
+
+        // `--internal-wire http` never asks.
+        let http = Client::new(super::super::client(), Mode::Http);
+        let answer = http
+            .call(
+                &offered,
+                Method::POST,
+                "/echo",
+                &[],
+                Bytes::from_static(b"four"),
+                None,
+            )
             .await
-            .unwrap()
-            .is_none());
+            .unwrap();
+        assert_eq!(&answer.body[..], b"four");
+        assert!(http.pools.lock().unwrap().is_empty());
+
+        // Nobody there: the dial's own error, as plain HTTP would say it.
+        let gone = call("http://127.0.0.1:1", "/echo", "five", None).await;
+        assert!(
+            matches!(&gone, Err(CallError::Http(e)) if e.starts_with("cannot connect")),
+            "{gone:?}"
+        );
     }
 }
