@@ -11,8 +11,10 @@
 #
 # Usage: bench/ab.sh A_BIN B_BIN     (e.g. an older build's target/release/kvlab, then this one)
 # Knobs, from the environment: ROUNDS=3 (runs per side), OUT_DIR=dir (keep
-# every report), and compare.sh's own (DURATION, WARMUP, KEYS, VALUE_SIZE,
-# KVLAB_UP_FLAGS, KVLAB_PORT_BASE).
+# every report), A_UP_FLAGS / B_UP_FLAGS (extra `kvlab up` flags of one side:
+# one build against itself with a switch, e.g. bench/ab.sh BIN BIN with
+# A_UP_FLAGS="--internal-wire http"), and compare.sh's own (DURATION, WARMUP,
+# KEYS, VALUE_SIZE, KVLAB_UP_FLAGS for both sides, KVLAB_PORT_BASE).
 
 set -euo pipefail
 
@@ -28,18 +30,21 @@ OUT=${OUT_DIR:-$(mktemp -d -t kvlab-ab.XXXXXX)}
 mkdir -p "$OUT"
 command -v jq >/dev/null || { echo "ab.sh: needs jq (apt install jq)" >&2; exit 2; }
 
+A_UP_FLAGS=${A_UP_FLAGS:-${KVLAB_UP_FLAGS:-}}
+B_UP_FLAGS=${B_UP_FLAGS:-${KVLAB_UP_FLAGS:-}}
+
 # One compare.sh run of one side; its reports go to $OUT/<side>-<round>/.
 run() {
-  local side=$1 bin=$2 round=$3
-  echo "== round $round, $side: $bin" >&2
-  OUT_DIR="$OUT/$side-$round" ONLY=kvlab KVLAB_BIN="$bin" CEILING=0 \
-    "$HERE/compare.sh" >"$OUT/$side-$round.txt" 2>&1 ||
+  local side=$1 bin=$2 round=$3 flags=$4
+  echo "== round $round, $side: $bin $flags" >&2
+  OUT_DIR="$OUT/$side-$round" ONLY=kvlab KVLAB_BIN="$bin" CEILING=0 SKELETON=0 \
+    KVLAB_UP_FLAGS="$flags" "$HERE/compare.sh" >"$OUT/$side-$round.txt" 2>&1 ||
     { echo "ab.sh: run $side-$round failed; see $OUT/$side-$round.txt" >&2; exit 1; }
 }
 
 for round in $(seq "$ROUNDS"); do
-  run A "$A" "$round"
-  run B "$B" "$round"
+  run A "$A" "$round" "$A_UP_FLAGS"
+  run B "$B" "$round" "$B_UP_FLAGS"
 done
 
 # figure SIDE ROUND INDEX JQ: one figure of one run's report.
@@ -71,4 +76,4 @@ for spec in "writes/s, 64 clients|0|.all.ops_per_sec" \
   b=$(median B "$index" "$path")
   printf '%-22s %12.4g %12.4g %8s\n' "$label" "$a" "$b" "$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.2f", b / a }')"
 done
-echo "(reports: $OUT; A = $A, B = $B)"
+echo "(reports: $OUT; A = $A $A_UP_FLAGS, B = $B $B_UP_FLAGS)"
