@@ -19,7 +19,8 @@
 #   6. starts the skeleton (`kvlab bench-skeleton`, src/bench/skeleton.rs):
 #      the lab's gateway, leader and 3 followers as 5 processes doing only
 #      what the lab's contract makes any implementation do (a read asks R=2
-#      followers; a write is fsynced by the leader and W=2 followers), over
+#      followers; a write is fsynced by the leader and its sync set, the
+#      W=2 followers with the lowest ports, as the contract has it), over
 #      a binary wire, with no other logic; measures it with kvlab's
 #      workloads and stops it: the ceiling of the lab's shape;
 #   7. prints one table with kvlab/etcd ratios, both clusters' idle memory

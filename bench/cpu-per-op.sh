@@ -48,11 +48,17 @@ stop_cluster() {
 }
 trap stop_cluster EXIT
 
-# Waits until URL answers (JQ, if given, holds of its JSON), for at most a
-# minute, and fails at once if the cluster's first process is gone.
+# Waits until URL answers 2xx (and JQ, if given, holds of its JSON: the
+# skeleton's /health answers plain "ok"), for at most a minute, and fails at
+# once if the cluster's first process is gone.
+ready() {
+  local url=$1 jq=$2 body
+  body=$(curl -fsS --max-time 1 "$url" 2>/dev/null) || return 1
+  [ -z "$jq" ] || jq -e "$jq" <<<"$body" >/dev/null 2>&1
+}
 wait_ready() {
-  local url=$1 jq=${2:-.} deadline=$((SECONDS + 60))
-  until curl -fsS --max-time 1 "$url" 2>/dev/null | jq -e "$jq" >/dev/null 2>&1; do
+  local url=$1 jq=${2:-} deadline=$((SECONDS + 60))
+  until ready "$url" "$jq"; do
     kill -0 "$CLUSTER" 2>/dev/null || { echo "cpu-per-op.sh: the $SYSTEM exited; see $WORK/up.log" >&2; exit 1; }
     ((SECONDS < deadline)) || { echo "cpu-per-op.sh: $url not ready after 60 s" >&2; exit 1; }
     sleep 0.2

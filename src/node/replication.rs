@@ -336,7 +336,18 @@ async fn stream(node: Arc<NodeState>, peer: Arc<Peer>) {
                 }
                 continue;
             }
-            Plan::Send(batch) => send_entries(&node, &peer, batch).await,
+            Plan::Send(batch) => {
+                if !peer.is_sync() {
+                    // The streams wake together when the log grows, in no
+                    // set order. Writes wait only for the sync set, so let
+                    // its streams send first: on a busy machine each send
+                    // also wakes the receiving follower and starts its
+                    // fsync, and a write's answer should not wait behind
+                    // an async follower's (ARCHITECTURE.md, round eight).
+                    tokio::task::yield_now().await;
+                }
+                send_entries(&node, &peer, batch).await
+            }
             Plan::SendSnapshot => send_snapshot(&node, &peer).await,
         };
         match result {
