@@ -8,7 +8,10 @@
 # or the nodes. For each binary it starts a cluster the way compare.sh does
 # (1 leader + 3 followers, W=2, R=2, no delays, --fsync always), preloads the
 # keys, runs `kvlab bench` for DURATION seconds, and reads each process's
-# user + system time from /proc/<pid>/stat before and after.
+# user + system time from /proc/<pid>/stat before and after. Each figure
+# is followed, in brackets, by its user-mode part: the rest is the kernel's
+# (system calls, the network stack, fsyncs), which a change to kvlab's own
+# code moves less.
 #
 # SYSTEM=skeleton measures the skeleton instead (`kvlab bench-skeleton`,
 # src/bench/skeleton.rs: the same shape with no logic, on a binary wire, as
@@ -34,6 +37,7 @@ esac
 TICKS=$(getconf CLK_TCK)
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+user_ticks() { awk '{print $14}' "/proc/$1/stat"; }
 
 # The cluster of the current run, stopped after it and on any exit.
 CLUSTER="" WORK=""
@@ -95,7 +99,7 @@ start_skeleton() {
 }
 
 measure() {
-  local bin=$1 n=$2 p=$PORT work up nodes u0 u1 n0 n1 rate target=kvlab
+  local bin=$1 n=$2 p=$PORT work up nodes u0 u1 n0 n1 uu0 uu1 nu0 nu1 rate target=kvlab
   work=$(mktemp -d -t kvlab-cpu.XXXXXX)
   WORK=$work
   if [ "$SYSTEM" = skeleton ]; then
@@ -108,8 +112,10 @@ measure() {
   "$bin" bench --url "http://127.0.0.1:$p" --target "$target" --duration 2 --keys 1000 \
     -c "$CLIENTS" --reads "$READS" --preload --json >/dev/null
   nodes=$(pgrep -P "$up" | tr '\n' ' ')
-  u0=$(cpu_ticks "$up"); n0=0
-  for pid in $nodes; do n0=$((n0 + $(cpu_ticks "$pid"))); done
+  u0=$(cpu_ticks "$up"); n0=0; uu0=$(user_ticks "$up"); nu0=0
+  for pid in $nodes; do
+    n0=$((n0 + $(cpu_ticks "$pid"))); nu0=$((nu0 + $(user_ticks "$pid")))
+  done
   local recorder=""
   if [ "$PERF" = 1 ]; then
     perf record -F 999 -g -p "$up" -o "perf-$n.data" -- sleep "$DURATION" >/dev/null 2>&1 &
@@ -118,19 +124,23 @@ measure() {
   "$bin" bench --url "http://127.0.0.1:$p" --target "$target" --duration "$DURATION" \
     --keys 1000 -c "$CLIENTS" --reads "$READS" --json >"$work/bench.json"
   [ -z "$recorder" ] || wait "$recorder"
-  u1=$(cpu_ticks "$up"); n1=0
-  for pid in $nodes; do n1=$((n1 + $(cpu_ticks "$pid"))); done
+  u1=$(cpu_ticks "$up"); n1=0; uu1=$(user_ticks "$up"); nu1=0
+  for pid in $nodes; do
+    n1=$((n1 + $(cpu_ticks "$pid"))); nu1=$((nu1 + $(user_ticks "$pid")))
+  done
   rate=$(jq '.all.ops_per_sec' "$work/bench.json")
   local generator
   generator=$(jq '.generator_cpu.cores' "$work/bench.json")
   stop_cluster
   awk -v bin="$bin" -v rate="$rate" -v d="$DURATION" -v t="$TICKS" -v sys="$SYSTEM" \
-    -v up=$((u1 - u0)) -v nodes=$((n1 - n0)) -v gen="$generator" 'BEGIN {
+    -v up=$((u1 - u0)) -v nodes=$((n1 - n0)) -v upu=$((uu1 - uu0)) -v nodesu=$((nu1 - nu0)) \
+    -v gen="$generator" 'BEGIN {
       ops = rate * d
       front = sys == "skeleton" ? "gateway" : "up"
       back = sys == "skeleton" ? "replicas" : "nodes"
-      printf "%s (%s): %.0f op/s; CPU ms per 1,000 ops: %s %.1f, %s %.1f, generator %.1f\n",
-        bin, sys, rate, front, up / t * 1e6 / ops, back, nodes / t * 1e6 / ops, gen * 1e6 / rate }'
+      per = t * ops / 1e6 # ticks per (ms per 1,000 ops)
+      printf "%s (%s): %.0f op/s; CPU ms per 1,000 ops (of it in user mode): %s %.1f (%.1f), %s %.1f (%.1f), generator %.1f\n",
+        bin, sys, rate, front, up / per, upu / per, back, nodes / per, nodesu / per, gen * 1e6 / rate }'
 }
 
 n=0

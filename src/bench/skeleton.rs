@@ -348,6 +348,8 @@ type Waiting = (Item, oneshot::Sender<Result<Answer, String>>);
 /// the answer frame, hands each caller its answer, and goes again.
 struct Link {
     queue: mpsc::UnboundedSender<Waiting>,
+    /// The replica's port: a read's answer names who served it.
+    port: u16,
 }
 
 impl Link {
@@ -355,7 +357,7 @@ impl Link {
         let stream = connect_patiently(port).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(run_link(stream, rx));
-        Ok(Link { queue: tx })
+        Ok(Link { queue: tx, port })
     }
 
     async fn call(&self, item: Item) -> Result<Answer, String> {
@@ -430,14 +432,25 @@ struct Gateway {
     writer: Option<Link>,
 }
 
-/// Every answer: the key, the value and its version, as kvlab answers them.
-/// kvlab's answers also say which replicas answered and the quorum; those
-/// few dozen bytes are left out.
+/// A write's answer: the key, the value and its version, as kvlab answers
+/// them. (The contract's write answer also names the sync set and counts
+/// its acks; the skeleton answers only what its measurement reads.)
 #[derive(Serialize)]
 struct Answered {
     key: String,
     value: String,
     version: u64,
+}
+
+/// A read's answer, with every field the lab's contract asks of one: who
+/// served the newest version and how many replicas answered.
+#[derive(Serialize)]
+struct ReadAnswered {
+    key: String,
+    value: String,
+    version: u64,
+    served_by: String,
+    quorum_responses: usize,
 }
 
 impl Gateway {
@@ -479,12 +492,14 @@ async fn read(State(g): State<Arc<Gateway>>, UrlPath(key): UrlPath<String>) -> R
         return unavailable("this gateway has no --read-from replicas".into());
     }
     let asked = g.readers.iter().map(|l| l.call(Item::Read(key.clone())));
-    let mut newest: Option<(u64, String)> = None;
-    for answer in futures::future::join_all(asked).await {
+    let answers = futures::future::join_all(asked).await;
+    let responses = answers.len();
+    let mut newest: Option<(u64, String, u16)> = None;
+    for (answer, link) in answers.into_iter().zip(&g.readers) {
         match answer {
             Ok(Answer::Value(Some((seq, value)))) => {
-                if newest.as_ref().is_none_or(|(best, _)| seq > *best) {
-                    newest = Some((seq, value));
+                if newest.as_ref().is_none_or(|(best, ..)| seq > *best) {
+                    newest = Some((seq, value, link.port));
                 }
             }
             Ok(_) => {}
@@ -492,10 +507,12 @@ async fn read(State(g): State<Arc<Gateway>>, UrlPath(key): UrlPath<String>) -> R
         }
     }
     match newest {
-        Some((version, value)) => Json(Answered {
+        Some((version, value, port)) => Json(ReadAnswered {
             key,
             value,
             version,
+            served_by: format!("replica-{port}"),
+            quorum_responses: responses,
         })
         .into_response(),
         None => {
@@ -917,6 +934,10 @@ mod tests {
             let read = json_of(http.get(format!("{url}/read/k"))).await;
             assert_eq!(read["value"], value, "{read}");
             assert_eq!(read["version"], version, "{read}");
+            // The contract's fields of a read answer, which kvlab fills too.
+            assert_eq!(read["quorum_responses"], 2, "{read}");
+            let served_by = read["served_by"].as_str().unwrap_or_default();
+            assert!(served_by.starts_with("replica-"), "{read}");
         }
         let bad = http
             .post(format!("{url}/write"))
