@@ -35,6 +35,8 @@ case $SYSTEM in
   *) echo "cpu-per-op.sh: SYSTEM is kvlab or skeleton, not '$SYSTEM'" >&2; exit 2 ;;
 esac
 TICKS=$(getconf CLK_TCK)
+# shellcheck source=bench/lib/clusters.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/clusters.sh"
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 user_ticks() { awk '{print $14}' "/proc/$1/stat"; }
@@ -71,31 +73,14 @@ wait_ready() {
 
 # compare.sh's kvlab cluster; ready once it has its quorums.
 start_kvlab() {
-  local bin=$1 p=$2 work=$3
-  setsid "$bin" up --no-delay --followers 3 -W 2 -R 2 --fsync always \
-    --data-dir "$work/data" --fresh --gateway-port "$p" --coordinator-port $((p + 100)) \
-    --registry-port $((p + 200)) --node-base-port $((p + 101)) >"$work/up.log" 2>&1 &
-  CLUSTER=$!
-  wait_ready "http://127.0.0.1:$p/cluster-status" '.quorum.can_write and .quorum.can_read'
+  start_kvlab_session "$1" "$2" "$3" "$3/up.log"
+  wait_ready "http://127.0.0.1:$2/cluster-status" '.quorum.can_write and .quorum.can_read'
 }
 
-# compare.sh's skeleton: 3 follower replicas, a leader (W=2), and the gateway
-# (reads from the 2 highest ports), which replaces the shell and so becomes
-# the replicas' parent, as `up` is the nodes'.
+# compare.sh's skeleton; ready once its gateway answers.
 start_skeleton() {
-  local bin=$1 p=$2 work=$3
-  # shellcheck disable=SC2016 # expanded by the inner shell
-  setsid bash -c '
-    b=$1 p=$2 w=$3
-    for f in $((p + 2)) $((p + 3)) $((p + 4)); do
-      "$b" bench-skeleton --role replica --port "$f" --dir "$w/$f" &
-    done
-    "$b" bench-skeleton --role replica --port $((p + 1)) --dir "$w/leader" \
-      --replicate-to $((p + 2)),$((p + 3)),$((p + 4)) --quorum 2 &
-    exec "$b" bench-skeleton --role gateway --port "$p" --write-to $((p + 1)) \
-      --read-from $((p + 3)),$((p + 4))' _ "$bin" "$p" "$work" >"$work/up.log" 2>&1 &
-  CLUSTER=$!
-  wait_ready "http://127.0.0.1:$p/health"
+  start_skeleton_session "$1" "$2" "$3" "$3/up.log"
+  wait_ready "http://127.0.0.1:$2/health"
 }
 
 measure() {

@@ -30,6 +30,8 @@ SYSTEM=${SYSTEM:-kvlab}
 PORT=${PORT:-25000}
 command -v perf >/dev/null || { echo "timeline.sh: needs perf (Debian's linux-perf)" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "timeline.sh: needs python3" >&2; exit 1; }
+# shellcheck source=bench/lib/clusters.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/clusters.sh"
 
 WORK=$(mktemp -d -t kvlab-timeline.XXXXXX)
 CLUSTER=""
@@ -47,24 +49,10 @@ trap cleanup EXIT
 
 p=$PORT
 if [ "$SYSTEM" = skeleton ]; then
-  # As compare.sh starts it: replicas on p+1 (the leader) to p+4.
-  # shellcheck disable=SC2016 # expanded by the inner shell
-  setsid bash -c '
-    b=$1 p=$2 w=$3
-    for f in $((p + 2)) $((p + 3)) $((p + 4)); do
-      "$b" bench-skeleton --role replica --port "$f" --dir "$w/$f" &
-    done
-    "$b" bench-skeleton --role replica --port $((p + 1)) --dir "$w/leader" \
-      --replicate-to $((p + 2)),$((p + 3)),$((p + 4)) --quorum 2 &
-    exec "$b" bench-skeleton --role gateway --port "$p" --write-to $((p + 1)) \
-      --read-from $((p + 3)),$((p + 4))' _ "$BIN" "$p" "$WORK" >"$WORK/cluster.log" 2>&1 &
-  CLUSTER=$!
+  start_skeleton_session "$BIN" "$p" "$WORK" "$WORK/cluster.log"
   target=bare ready=/health
 else
-  setsid "$BIN" up --no-delay --followers 3 -W 2 -R 2 --fsync always \
-    --data-dir "$WORK/data" --fresh --gateway-port "$p" --coordinator-port $((p + 100)) \
-    --registry-port $((p + 200)) --node-base-port $((p + 101)) >"$WORK/cluster.log" 2>&1 &
-  CLUSTER=$!
+  start_kvlab_session "$BIN" "$p" "$WORK" "$WORK/cluster.log"
   target=kvlab ready=/cluster-status
 fi
 deadline=$((SECONDS + 60))

@@ -733,9 +733,10 @@ fn interrupt_mid_run(signal: libc::c_int, exit_code: Option<i32>) {
         .until(|| child.try_wait().unwrap());
     assert_eq!(status.code(), exit_code);
     assert_nothing_left(base);
-    // A node closes its listeners first and then finishes its stop (the
-    // log sealed, the files closed): its ports can be free a moment
-    // before the process is gone.
+    // A node's ports can be free a moment before its process is gone:
+    // killed with its parent, the kernel closes its sockets while it tears
+    // the process down; stopped by a signal it handles, it closes its
+    // listeners first and then finishes its stop.
     eventually("every node process to be gone", secs(10), || {
         let running: Vec<u32> = node_pids
             .iter()

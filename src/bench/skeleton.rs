@@ -837,6 +837,21 @@ mod tests {
         assert!(err.to_string().contains("nowhere"), "{err}");
     }
 
+    /// Starts `n` follower replicas on free loopback ports, their files
+    /// under `dir`; returns their ports in the order started.
+    async fn serve_followers(dir: &Path, n: usize) -> Vec<u16> {
+        let mut ports = vec![];
+        for i in 0..n {
+            let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+            ports.push(listener.local_addr().unwrap().port());
+            let replica = Replica::open(&dir.join(format!("f{i}")), &[], 2)
+                .await
+                .unwrap();
+            tokio::spawn(replica.serve(listener));
+        }
+        ports
+    }
+
     /// The leader answers a write once its sync set has it (the first
     /// `quorum` of `--replicate-to`, the lab's lowest ports), never on any
     /// `quorum` of its followers: a silent follower in the sync set holds
@@ -847,15 +862,7 @@ mod tests {
         // Accepts connections (the kernel's backlog does) and never answers.
         let silent = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
         let silent_port = silent.local_addr().unwrap().port();
-        let mut answering = vec![];
-        for i in 0..2 {
-            let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-            answering.push(listener.local_addr().unwrap().port());
-            let replica = Replica::open(&dir.path().join(format!("f{i}")), &[], 2)
-                .await
-                .unwrap();
-            tokio::spawn(replica.serve(listener));
-        }
+        let answering = serve_followers(dir.path(), 2).await;
         let batch = encode_batch(&[write("k", "v", 0)]);
         let wait = Duration::from_millis(300);
 
@@ -891,15 +898,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_written_value_is_read_back_through_the_skeleton() {
         let dir = tempfile::tempdir().unwrap();
-        let mut ports = vec![];
-        for i in 0..3 {
-            let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-            ports.push(listener.local_addr().unwrap().port());
-            let replica = Replica::open(&dir.path().join(format!("f{i}")), &[], 2)
-                .await
-                .unwrap();
-            tokio::spawn(replica.serve(listener));
-        }
+        let ports = serve_followers(dir.path(), 3).await;
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
         let leader_port = listener.local_addr().unwrap().port();
         let leader = Replica::open(&dir.path().join("leader"), &ports, 2)
