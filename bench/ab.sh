@@ -37,7 +37,7 @@ B_UP_FLAGS=${B_UP_FLAGS:-${KVLAB_UP_FLAGS:-}}
 run() {
   local side=$1 bin=$2 round=$3 flags=$4
   echo "== round $round, $side: $bin $flags" >&2
-  OUT_DIR="$OUT/$side-$round" ONLY=kvlab KVLAB_BIN="$bin" CEILING=0 SKELETON=0 \
+  OUT_DIR="$OUT/$side-$round" ONLY=kvlab KVLAB_BIN="$bin" CEILING=0 SKELETON=0 REPEATS=1 \
     KVLAB_UP_FLAGS="$flags" "$HERE/compare.sh" >"$OUT/$side-$round.txt" 2>&1 ||
     { echo "ab.sh: run $side-$round failed; see $OUT/$side-$round.txt" >&2; exit 1; }
 }

@@ -31,12 +31,25 @@
 #      concurrent fsyncs in the cluster's directory (`kvlab bench-disk`).
 # Both systems are driven by the same generator (`kvlab bench`, with
 # `--target etcd` for etcd), so only the server differs. They run one after the
-# other, never together, so neither takes the other's cores. Every process the
-# script starts is stopped when it exits, however it exits (trap on EXIT).
+# other, never together, so neither takes the other's cores. Each system under
+# test runs in a session of its own, apart from the generator's: Linux groups
+# CPU time by session (sched_autogroup), so a system that shared the
+# generator's session would be scheduled differently from one that does not.
+# Every process the script starts is stopped when it exits, however it exits
+# (trap on EXIT).
+#
+# One round of all of it takes about two and a half minutes, and a single
+# round is noisy on a small machine: etcd's figures, and the skeleton's
+# reads, move by 10-20% from one minute to the next. REPEATS=N measures
+# every system N times, alternating (etcd, kvlab, bare, skeleton, then
+# again), prints each round's ratios, and takes each figure's median over
+# the rounds for the table and the goals.
 #
 # Usage: bench/compare.sh          (from anywhere inside a clone; needs root for apt)
 # Knobs, from the environment:
 #   DURATION=10 WARMUP=2 KEYS=1000 VALUE_SIZE=100   the workload
+#   REPEATS=1                                        rounds of every measurement;
+#                                                    figures are their medians
 #   ONLY=both|etcd|kvlab                             measure one side only
 #   CEILING=0                                        skip the bare server and the
 #                                                    skeleton (bench/ab.sh)
@@ -68,6 +81,11 @@ ETCD_PORT_BASE=${ETCD_PORT_BASE:-23000}
 KVLAB_PORT_BASE=${KVLAB_PORT_BASE:-24000}
 BARE_PORT=${BARE_PORT:-24900}
 SKELETON_PORT=${SKELETON_PORT:-24950}
+REPEATS=${REPEATS:-1}
+[[ $REPEATS =~ ^[1-9][0-9]*$ ]] || { echo "compare.sh: REPEATS must be a whole number >= 1, not '$REPEATS'" >&2; exit 2; }
+# The current round's suffix in report names: none for the first round
+# (etcd-0.json), .r2, .r3, ... for the next ones (etcd-0.r2.json).
+SFX=""
 
 # The three workloads of the comparison: a label, then `kvlab bench` flags.
 WORKLOADS=(
@@ -79,6 +97,8 @@ WORKLOADS=(
 BARE_WORKLOAD="-c 64 --reads 50"
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib/clusters.sh
+source "$REPO/bench/lib/clusters.sh"
 WORK=$(mktemp -d -t kvlab-compare.XXXXXX)
 RESULTS=${OUT_DIR:-$WORK/results}
 mkdir -p "$RESULTS"
@@ -99,10 +119,11 @@ else
   KVLAB=$REPO/target/release/kvlab
 fi
 
-ETCD_PIDS=()   # one per etcd member
-KVLAB_SID=""   # session of `kvlab up` and every process it starts
-BARE_PID=""    # the bare HTTP server
-SKELETON_PIDS=() # the skeleton's five processes
+# Each system under test runs in a session of its own, known by its id:
+ETCD_SID=""     # the 3 etcd members
+KVLAB_SID=""    # `kvlab up` and every process it starts
+BARE_SID=""     # the bare HTTP server
+SKELETON_SID="" # the skeleton's five processes
 
 log() { printf '== %s\n' "$*" >&2; }
 die() { printf 'compare.sh: %s\n' "$*" >&2; exit 1; }
@@ -111,51 +132,34 @@ die() { printf 'compare.sh: %s\n' "$*" >&2; exit 1; }
 # Cleanup: runs on every exit, including errors and Ctrl-C.
 # ---------------------------------------------------------------------------
 
-stop_etcd() {
-  ((${#ETCD_PIDS[@]})) || return 0
-  kill "${ETCD_PIDS[@]}" 2>/dev/null || true
-  wait "${ETCD_PIDS[@]}" 2>/dev/null || true
-  ETCD_PIDS=()
-}
-
-# Every process of the kvlab session, whatever process group `up` gave it.
+# Every live process of a session, whatever process group each is in.
 # (Zombies are left out: they are already dead, waiting to be reaped.)
-kvlab_pids() {
-  ps -o pid=,stat= --sid "$KVLAB_SID" 2>/dev/null | awk '$2 !~ /^Z/ { print $1 }'
+session_pids() {
+  ps -o pid=,stat= --sid "$1" 2>/dev/null | awk '$2 !~ /^Z/ { print $1 }'
 }
 
-stop_kvlab() {
-  [[ -n $KVLAB_SID ]] || return 0
-  # The whole session: `up` and the components it launched. Politely first,
-  # so nodes can deregister and flush; then for good.
-  local pids
-  pids=$(kvlab_pids || true)
+# Stops a whole session: politely first, so kvlab's nodes can deregister
+# and flush and etcd can close its WAL; then, after 5 s, for good.
+stop_session() {
+  local sid=$1 pids
+  [[ -n $sid ]] || return 0
+  pids=$(session_pids "$sid" || true)
   # shellcheck disable=SC2086 # a list of pids
   [[ -z $pids ]] || kill -TERM $pids 2>/dev/null || true
   for _ in $(seq 50); do
-    [[ -n $(kvlab_pids) ]] || break
+    [[ -n $(session_pids "$sid") ]] || break
     sleep 0.1
   done
-  pids=$(kvlab_pids || true)
+  pids=$(session_pids "$sid" || true)
   # shellcheck disable=SC2086 # a list of pids
   [[ -z $pids ]] || kill -KILL $pids 2>/dev/null || true
-  wait "$KVLAB_SID" 2>/dev/null || true
-  KVLAB_SID=""
+  wait "$sid" 2>/dev/null || true
 }
 
-stop_bare() {
-  [[ -n $BARE_PID ]] || return 0
-  kill "$BARE_PID" 2>/dev/null || true
-  wait "$BARE_PID" 2>/dev/null || true
-  BARE_PID=""
-}
-
-stop_skeleton() {
-  ((${#SKELETON_PIDS[@]})) || return 0
-  kill "${SKELETON_PIDS[@]}" 2>/dev/null || true
-  wait "${SKELETON_PIDS[@]}" 2>/dev/null || true
-  SKELETON_PIDS=()
-}
+stop_etcd() { stop_session "$ETCD_SID"; ETCD_SID=""; }
+stop_kvlab() { stop_session "$KVLAB_SID"; KVLAB_SID=""; }
+stop_bare() { stop_session "$BARE_SID"; BARE_SID=""; }
+stop_skeleton() { stop_session "$SKELETON_SID"; SKELETON_SID=""; }
 
 cleanup() {
   local status=$?
@@ -166,7 +170,7 @@ cleanup() {
   stop_etcd
   if ((status != 0)); then
     log "failed; last lines of each log:"
-    for f in "$WORK"/*.log; do
+    for f in "$WORK"/*.log "$WORK"/*/*.log; do
       [[ -e $f ]] && { echo "--- $f" >&2; tail -n 5 "$f" >&2; }
     done
   fi
@@ -238,26 +242,35 @@ pss_mib() {
 etcd_client_port() { echo $((ETCD_PORT_BASE + 10 * $1 + 1)); }
 etcd_peer_port() { echo $((ETCD_PORT_BASE + 10 * $1 + 2)); }
 
+# The three members, in one session of their own, each in a fresh data
+# directory (one per round).
 start_etcd() {
-  local cluster="" i client peer
+  local cluster="" i
   for i in 1 2 3; do
     cluster+="${cluster:+,}e$i=http://127.0.0.1:$(etcd_peer_port "$i")"
   done
+  mkdir -p "$WORK/etcd$SFX"
+  # shellcheck disable=SC2016 # expanded by the inner shell
+  setsid bash -c '
+    work=$1 base=$2 cluster=$3
+    for i in 1 2 3; do
+      client=http://127.0.0.1:$((base + 10 * i + 1)) peer=http://127.0.0.1:$((base + 10 * i + 2))
+      etcd --name "e$i" --data-dir "$work/data-e$i" \
+        --listen-client-urls "$client" --advertise-client-urls "$client" \
+        --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
+        --initial-cluster "$cluster" --initial-cluster-state new \
+        --initial-cluster-token kvlab-compare \
+        >"$work/etcd-e$i.log" 2>&1 &
+    done
+    wait' _ "$WORK/etcd$SFX" "$ETCD_PORT_BASE" "$cluster" &
+  ETCD_SID=$!
   for i in 1 2 3; do
-    client="http://127.0.0.1:$(etcd_client_port "$i")"
-    peer="http://127.0.0.1:$(etcd_peer_port "$i")"
-    etcd --name "e$i" --data-dir "$WORK/etcd-e$i" \
-      --listen-client-urls "$client" --advertise-client-urls "$client" \
-      --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
-      --initial-cluster "$cluster" --initial-cluster-state new \
-      --initial-cluster-token kvlab-compare \
-      >"$WORK/etcd-e$i.log" 2>&1 &
-    ETCD_PIDS+=($!)
-  done
-  for i in 1 2 3; do
-    wait_for "http://127.0.0.1:$(etcd_client_port "$i")/health" "etcd member e$i" "${ETCD_PIDS[i - 1]}"
+    wait_for "http://127.0.0.1:$(etcd_client_port "$i")/health" "etcd member e$i" "$ETCD_SID"
   done
 }
+
+# The etcd processes, comma-separated (the session's shell left out).
+etcd_pids() { pgrep -s "$ETCD_SID" -x etcd | paste -sd, -; }
 
 # The leader's client URL: a put sent to a follower costs an extra hop to the
 # leader, so etcd is measured at its best, talking to the leader directly.
@@ -307,30 +320,31 @@ kvlab_url() { echo "http://127.0.0.1:$KVLAB_PORT_BASE"; }
 
 kvlab_has_bare() { "$KVLAB" bench-server --help >/dev/null 2>&1; }
 
-# Starts the bare server, measures it once, stops it: results/bare.json.
+# Starts the bare server, measures it once, stops it: results/bare.json
+# (bare.r2.json in round 2, ...), and the same for bare-1 and disk.
 measure_bare() {
-  "$KVLAB" bench-server --port "$BARE_PORT" >"$WORK/bare.log" 2>&1 &
-  BARE_PID=$!
-  wait_for "http://127.0.0.1:$BARE_PORT/health" "the bare server" "$BARE_PID"
+  setsid "$KVLAB" bench-server --port "$BARE_PORT" >"$WORK/bare.log" 2>&1 &
+  BARE_SID=$!
+  wait_for "http://127.0.0.1:$BARE_PORT/health" "the bare server" "$BARE_SID"
   log "bare HTTP server: 64 clients, half reads"
   # shellcheck disable=SC2086 # a list of flags
   "$KVLAB" bench --url "http://127.0.0.1:$BARE_PORT" --target bare --duration "$DURATION" \
     --warmup "$WARMUP" --keys "$KEYS" --value-size "$VALUE_SIZE" $BARE_WORKLOAD --json \
-    >"$RESULTS/bare.json"
+    >"$RESULTS/bare$SFX.json"
   # One client: the round trip of one request through the HTTP stack with
   # no work behind it. A lone kvlab write makes three of them in a row
   # (client -> gateway, coordinator -> leader, leader -> follower).
   log "bare HTTP server: 1 client, writes"
   "$KVLAB" bench --url "http://127.0.0.1:$BARE_PORT" --target bare --duration "$DURATION" \
     --warmup "$WARMUP" --keys "$KEYS" --value-size "$VALUE_SIZE" -c 1 --reads 0 --json \
-    >"$RESULTS/bare-1.json"
+    >"$RESULTS/bare-1$SFX.json"
   stop_bare
   # The disk's share: four fsyncs at once (the leader and 3 followers), in
   # the directory the cluster wrote to; a write waits for the leader's and
   # the 2 sync followers', the 3rd to finish.
   if "$KVLAB" bench-disk --help >/dev/null 2>&1; then
     log "the disk: 4 concurrent fsyncs"
-    "$KVLAB" bench-disk --dir "$WORK" --files 4 --rounds 1000 --json >"$RESULTS/disk.json"
+    "$KVLAB" bench-disk --dir "$WORK" --files 4 --rounds 1000 --json >"$RESULTS/disk$SFX.json"
   fi
 }
 
@@ -341,24 +355,14 @@ measure_bare() {
 kvlab_has_skeleton() { "$KVLAB" bench-skeleton --help >/dev/null 2>&1; }
 
 # Starts the skeleton in kvlab's shape (a leader, 3 followers, W=2, the read
-# set the 2 followers with the highest ports), measures kvlab's workloads on
-# it (results/skeleton-N.json), stops it.
+# set the 2 followers with the highest ports; see bench/lib/clusters.sh) in
+# a session of its own, measures kvlab's workloads on it
+# (results/skeleton-N.json), stops it.
 measure_skeleton() {
-  local g=$SKELETON_PORT leader=$((SKELETON_PORT + 1)) f
-  local followers=($((g + 2)) $((g + 3)) $((g + 4)))
-  for f in "${followers[@]}"; do
-    "$KVLAB" bench-skeleton --role replica --port "$f" --dir "$WORK/skeleton/$f" \
-      >"$WORK/skeleton-$f.log" 2>&1 &
-    SKELETON_PIDS+=($!)
-  done
-  "$KVLAB" bench-skeleton --role replica --port "$leader" --dir "$WORK/skeleton/$leader" \
-    --replicate-to "$(IFS=,; echo "${followers[*]}")" --quorum 2 >"$WORK/skeleton-$leader.log" 2>&1 &
-  SKELETON_PIDS+=($!)
-  "$KVLAB" bench-skeleton --role gateway --port "$g" --write-to "$leader" \
-    --read-from "${followers[1]},${followers[2]}" >"$WORK/skeleton-$g.log" 2>&1 &
-  SKELETON_PIDS+=($!)
-  wait_for "http://127.0.0.1:$g/health" "the skeleton's gateway" "$!"
-  measure skeleton bare "http://127.0.0.1:$g"
+  start_skeleton_session "$KVLAB" "$SKELETON_PORT" "$WORK/skeleton$SFX" "$WORK/skeleton.log"
+  SKELETON_SID=$CLUSTER
+  wait_for "http://127.0.0.1:$SKELETON_PORT/health" "the skeleton's gateway" "$SKELETON_SID"
+  measure skeleton bare "http://127.0.0.1:$SKELETON_PORT"
   stop_skeleton
 }
 
@@ -377,9 +381,9 @@ print_skeleton() {
 
 # kvlab's 64-client reads and writes as a share of the bare server's rate.
 print_ceiling() {
-  local f=$RESULTS/bare.json bare
-  [[ -s $f ]] || return 0
-  bare=$(jq -r '.all.ops_per_sec | floor' "$f")
+  local bare
+  bare=$(median bare '.all.ops_per_sec | floor')
+  [[ $bare != - ]] || return 0
   awk -v n="$bare" -v r="$(field kvlab 1 '.all.ops_per_sec')" -v w="$(field kvlab 0 '.all.ops_per_sec')" '
     function pct(x) { return (x == "-" || n == 0) ? "-" : sprintf("%.0f", 100 * x / n) }
     BEGIN { printf "bare HTTP server: %d req/s; kvlab reads %s%% and writes %s%% of it\n", n, pct(r), pct(w) }'
@@ -393,9 +397,11 @@ print_ceiling() {
 # floor_parts prints its two parts in ms, "ROUND_TRIP FSYNC", or nothing if
 # either was not measured; floor_ms the floor itself, or "-".
 floor_parts() {
-  local hop=$RESULTS/bare-1.json disk=$RESULTS/disk.json
-  [[ -s $hop && -s $disk ]] || return 0
-  echo "$(jq -r '.all.latency_us.p50 / 1000' "$hop") $(jq -r '.[2].p50_ms' "$disk")"
+  local hop disk
+  hop=$(median bare-1 '.all.latency_us.p50 / 1000')
+  disk=$(median disk '.[2].p50_ms')
+  [[ $hop != - && $disk != - ]] || return 0
+  echo "$hop $disk"
 }
 
 floor_ms() {
@@ -421,7 +427,8 @@ print_floor() {
     }'
 }
 
-# Issue 26's four goals, each met or missed in this run. Where the machine
+# Issue 26's four goals, each met or missed in this run (on the medians,
+# with REPEATS > 1). Where the machine
 # bounds a goal, the line says how. The skeleton does no more than any
 # implementation of the lab must, so a goal the skeleton misses too is out
 # of this machine's reach: "the machine gives no more". A kvlab read is at
@@ -431,14 +438,14 @@ print_floor() {
 print_goals() {
   [[ $ONLY == both ]] || return 0
   local bare="-" floor
-  [[ -s $RESULTS/bare.json ]] && bare=$(jq -r '.all.ops_per_sec' "$RESULTS/bare.json")
+  bare=$(median bare '.all.ops_per_sec')
   floor=$(floor_ms)
   awk -v kw="$(field kvlab 0 '.all.ops_per_sec')" -v ew="$(field etcd 0 '.all.ops_per_sec')" \
     -v kr="$(field kvlab 1 '.all.ops_per_sec')" -v er="$(field etcd 1 '.all.ops_per_sec')" \
     -v kp="$(field kvlab 2 '.all.latency_us.p50')" -v ep="$(field etcd 2 '.all.latency_us.p50')" \
     -v sw="$(field skeleton 0 '.all.ops_per_sec')" -v sr="$(field skeleton 1 '.all.ops_per_sec')" \
     -v sp="$(field skeleton 2 '.all.latency_us.p50')" \
-    -v rss="${KVLAB_RSS:--}" -v bare="$bare" -v floor="$floor" '
+    -v rss="${KVLAB_RSS:--}" -v bare="$bare" -v floor="$floor" -v reps="$REPEATS" '
     function known(x) { return x != "-" && x != "" }
     function verdict(ok) { return ok ? "met" : "missed" }
     # What the skeleton says about a missed goal: its own ratio to the etcd
@@ -450,7 +457,7 @@ print_goals() {
       return sprintf("; the skeleton too, at %.2fx: the machine gives no more", x / e)
     }
     BEGIN {
-      print "goals (issue 26), this run:"
+      print (reps > 1 ? "goals (issue 26), the medians of " reps " rounds:" : "goals (issue 26), this run:")
       if (known(kw) && known(ew) && ew > 0) {
         printf "  writes, 64 clients: %.2fx etcd (goal >= 5x): %s", kw / ew, verdict(kw >= 5 * ew)
         if (kw < 5 * ew) printf "%s", skeleton(sw, ew, 5, 1)
@@ -488,17 +495,29 @@ measure() {
     # shellcheck disable=SC2086 # flags is a list of flags
     "$KVLAB" bench --url "$url" --target "$target" --duration "$DURATION" \
       --warmup "$WARMUP" --keys "$KEYS" --value-size "$VALUE_SIZE" $flags --json \
-      >"$RESULTS/$system-$i.json"
+      >"$RESULTS/$system-$i$SFX.json"
     jq -r '"   \(.all.ops_per_sec | floor) ops/s, p50 \(.all.latency_us.p50 // 0) µs, \(.all.errors) errors, generator \(.generator_cpu.cores * 100 | floor)% of a core"' \
-      "$RESULTS/$system-$i.json" >&2
+      "$RESULTS/$system-$i$SFX.json" >&2
   done
 }
 
-# field SYSTEM INDEX JQ-PATH: one figure from a report, or "-" if not measured.
-field() {
-  local f=$RESULTS/$1-$2.json
-  [[ -s $f ]] && jq -r "$3 // \"-\"" "$f" || echo "-"
+# median NAME JQ-PATH: the median over the rounds of one figure of the
+# reports NAME.json, NAME.r2.json, ..., or "-" if none holds it.
+median() {
+  local f
+  for f in "$RESULTS/$1.json" "$RESULTS/$1".r*.json; do
+    [[ -s $f ]] && jq -r "$2 // empty" "$f"
+  done | sort -g | awk '{ v[NR] = $1 }
+    END {
+      if (NR == 0) print "-"
+      else if (NR % 2) print v[(NR + 1) / 2]
+      else print (v[NR / 2] + v[NR / 2 + 1]) / 2
+    }'
 }
+
+# field SYSTEM INDEX JQ-PATH: one figure of a workload's reports (its
+# median over the rounds), or "-" if not measured.
+field() { median "$1-$2" "$3"; }
 
 ratio() {
   awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b == 0) print "-"; else printf "%.2f", a / b }'
@@ -524,22 +543,28 @@ print_table() {
   for i in "${!WORKLOADS[@]}"; do
     printf ' %s/%s' "$(field kvlab "$i" .all.errors)" "$(field etcd "$i" .all.errors)"
   done
+  ((REPEATS == 1)) || printf '\n(every figure is the median of %s rounds)' "$REPEATS"
   printf '\nidle RSS: kvlab cluster %s MiB, etcd cluster %s MiB\n' "${KVLAB_RSS:--}" "${ETCD_RSS:--}"
   printf 'idle PSS: kvlab cluster %s MiB, etcd cluster %s MiB\n' "${KVLAB_PSS:--}" "${ETCD_PSS:--}"
 }
 
 # ---------------------------------------------------------------------------
 
-main() {
-  install_tools
-  build_kvlab
-  log "scratch dir $WORK, reports in $RESULTS; kvlab is $KVLAB"
+# memory SYSTEM SID [PIDS]: the idle cluster's summed RSS and PSS, as a
+# report of this round (SYSTEM-memory.json), so that they get medians too.
+memory() {
+  local which=(--sid "$2")
+  [[ -z ${3:-} ]] || which=(-p "$3")
+  printf '{"rss": %s, "pss": %s}\n' "$(rss_mib "${which[@]}")" "$(pss_mib "${which[@]}")" \
+    >"$RESULTS/$1-memory$SFX.json"
+}
 
+# One round: every system measured once, one after the other.
+round() {
   if [[ $ONLY != kvlab ]]; then
     log "starting a 3-member etcd"
     start_etcd
-    ETCD_RSS=$(rss_mib -p "$(IFS=,; echo "${ETCD_PIDS[*]}")")
-    ETCD_PSS=$(pss_mib -p "$(IFS=,; echo "${ETCD_PIDS[*]}")")
+    memory etcd "$ETCD_SID" "$(etcd_pids)"
     local leader
     leader=$(etcd_leader_url)
     [[ -n $leader ]] || die "no etcd leader found"
@@ -552,8 +577,7 @@ main() {
     if kvlab_has_up; then
       log "starting a kvlab cluster"
       start_kvlab
-      KVLAB_RSS=$(rss_mib --sid "$KVLAB_SID")
-      KVLAB_PSS=$(pss_mib --sid "$KVLAB_SID")
+      memory kvlab "$KVLAB_SID"
       measure kvlab kvlab "$(kvlab_url)"
       stop_kvlab
       if [[ $CEILING == 0 ]]; then
@@ -563,7 +587,6 @@ main() {
       else
         log "this kvlab has no 'bench-server' subcommand: no ceiling line"
       fi
-      rm -f "$RESULTS"/skeleton-*.json # an OUT_DIR's earlier run must not speak for this one
       if [[ $CEILING == 0 || $SKELETON == 0 ]]; then
         log "no skeleton (CEILING=0 or SKELETON=0)"
       elif kvlab_has_skeleton; then
@@ -576,11 +599,59 @@ main() {
       log "this kvlab has no 'up' subcommand yet: skipping the kvlab half"
     fi
   fi
+}
+
+# With REPEATS > 1: each round's ratios to etcd, to show the spread that
+# the medians smooth.
+print_rounds() {
+  ((REPEATS > 1)) || return 0
+  local n sfx
+  printf '\nrounds (each against the etcd of the same round):\n'
+  for n in $(seq "$REPEATS"); do
+    sfx=$([[ $n == 1 ]] || echo ".r$n")
+    awk -v n="$n" \
+      -v kw="$(one "kvlab-0$sfx" '.all.ops_per_sec')" -v ew="$(one "etcd-0$sfx" '.all.ops_per_sec')" \
+      -v kr="$(one "kvlab-1$sfx" '.all.ops_per_sec')" -v er="$(one "etcd-1$sfx" '.all.ops_per_sec')" \
+      -v kp="$(one "kvlab-2$sfx" '.all.latency_us.p50')" -v ep="$(one "etcd-2$sfx" '.all.latency_us.p50')" \
+      -v sw="$(one "skeleton-0$sfx" '.all.ops_per_sec')" -v sr="$(one "skeleton-1$sfx" '.all.ops_per_sec')" \
+      -v sp="$(one "skeleton-2$sfx" '.all.latency_us.p50')" '
+      function r(a, b) { return (a == "-" || b == "-" || b == 0) ? "-" : sprintf("%.2fx", a / b) }
+      BEGIN {
+        printf "  round %d: kvlab writes %s, reads %s, lone write %s; skeleton writes %s, reads %s, lone write %s\n",
+          n, r(kw, ew), r(kr, er), r(kp, ep), r(sw, ew), r(sr, er), r(sp, ep)
+      }'
+  done
+}
+
+# one NAME JQ-PATH: one figure of one report, or "-".
+one() {
+  local f=$RESULTS/$1.json
+  [[ -s $f ]] && jq -r "$2 // \"-\"" "$f" || echo "-"
+}
+
+main() {
+  install_tools
+  build_kvlab
+  log "scratch dir $WORK, reports in $RESULTS; kvlab is $KVLAB"
+  # An OUT_DIR's reports of an earlier run must not speak for this one.
+  rm -f "$RESULTS"/*.json
+
+  local n
+  for n in $(seq "$REPEATS"); do
+    SFX=$([[ $n == 1 ]] || echo ".r$n")
+    ((REPEATS == 1)) || log "round $n of $REPEATS"
+    round
+  done
+  KVLAB_RSS=$(median kvlab-memory .rss)
+  KVLAB_PSS=$(median kvlab-memory .pss)
+  ETCD_RSS=$(median etcd-memory .rss)
+  ETCD_PSS=$(median etcd-memory .pss)
 
   print_table
   print_skeleton
   print_ceiling
   print_goals
+  print_rounds
 }
 
 main "$@"
