@@ -506,7 +506,8 @@ measure() {
 median() {
   local f
   for f in "$RESULTS/$1.json" "$RESULTS/$1".r*.json; do
-    [[ -s $f ]] && jq -r "$2 // empty" "$f"
+    [[ -s $f ]] || continue # also the unmatched pattern of a single round
+    jq -r "$2 // empty" "$f"
   done | sort -g | awk '{ v[NR] = $1 }
     END {
       if (NR == 0) print "-"
