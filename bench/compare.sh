@@ -292,16 +292,11 @@ kvlab_has_up() { "$KVLAB" up --help >/dev/null 2>&1; }
 
 start_kvlab() {
   local p=$KVLAB_PORT_BASE
-  # A new session, so the cluster's processes can all be stopped together.
+  # In a session of its own (bench/lib/clusters.sh), so the cluster's
+  # processes can all be stopped together.
   # shellcheck disable=SC2086 # KVLAB_UP_FLAGS is a list of flags
-  # Durable, as etcd is: every node fsyncs its log before a write is
-  # acknowledged (--fsync always, group commit), in a fresh data directory.
-  setsid "$KVLAB" up --no-delay --followers 3 -W 2 -R 2 \
-    --fsync always --data-dir "$WORK/kvlab-data" --fresh \
-    --gateway-port "$p" --coordinator-port $((p + 100)) --registry-port $((p + 200)) \
-    --node-base-port $((p + 101)) $KVLAB_UP_FLAGS \
-    >"$WORK/kvlab.log" 2>&1 &
-  KVLAB_SID=$!
+  start_kvlab_session "$KVLAB" "$p" "$WORK/kvlab" "$WORK/kvlab.log" $KVLAB_UP_FLAGS
+  KVLAB_SID=$CLUSTER
   wait_for "http://127.0.0.1:$p/health" "kvlab up" "$KVLAB_SID"
   # /health on the gateway says the gateway is up; writes need the quorum too.
   local deadline=$((SECONDS + 60))

@@ -1,6 +1,6 @@
 # bench/lib/clusters.sh: starts the two clusters the bench scripts measure,
 # each in a session of its own so that one `kill -- -$CLUSTER` stops every
-# process of it. Sourced, not run: compare.sh (the skeleton), cpu-per-op.sh and
+# process of it. Sourced, not run: compare.sh, cpu-per-op.sh and
 # timeline.sh use it.
 #
 # Both take BIN PORT DIR LOG, set CLUSTER to the session's pid and return
@@ -8,13 +8,15 @@
 # can write and read; the skeleton: /health answers).
 
 # compare.sh's kvlab cluster: 1 leader + 3 followers, W=2, R=2, no teaching
-# delays, durable (--fsync always); the gateway on PORT, the nodes from
-# PORT + 101.
+# delays, durable as etcd is (--fsync always: every node fsyncs its log
+# before a write is acknowledged), in a fresh data directory; the gateway
+# on PORT, the nodes from PORT + 101. Flags after LOG go to `kvlab up` too.
 start_kvlab_session() {
   local bin=$1 p=$2 dir=$3 log=$4
+  shift 4
   setsid "$bin" up --no-delay --followers 3 -W 2 -R 2 --fsync always \
     --data-dir "$dir/data" --fresh --gateway-port "$p" --coordinator-port $((p + 100)) \
-    --registry-port $((p + 200)) --node-base-port $((p + 101)) >"$log" 2>&1 &
+    --registry-port $((p + 200)) --node-base-port $((p + 101)) "$@" >"$log" 2>&1 &
   CLUSTER=$!
 }
 
