@@ -21,8 +21,11 @@
 # is a thread waiting for a core. Only the first occurrence of each call
 # is shown, so of the leader's four sends only the first.
 #
+# SEQUENCE=1 also prints one write whole: every call of every thread, in
+# order, for the write whose time is the median ("Round ten").
+#
 # Usage: bench/timeline.sh BIN      as root (perf); about 20 seconds
-# Knobs: SYSTEM=kvlab|skeleton PORT=25000 KEEP=dir (keep the raw trace)
+# Knobs: SYSTEM=kvlab|skeleton PORT=25000 KEEP=dir (keep the raw trace) SEQUENCE=1
 
 set -euo pipefail
 BIN=$(realpath "${1:?usage: bench/timeline.sh BIN}")
@@ -81,10 +84,11 @@ wait "$GEN"
 perf script -i "$WORK/perf.data" -F tid,time,event 2>/dev/null >"$WORK/trace.txt"
 jq -r '"one client, \(.all.ops_per_sec | floor) writes/s, p50 \(.all.latency_us.p50) µs (whole run)"' "$WORK/report.json"
 
-python3 - "$SYSTEM" "$p" "$GEN" "$WORK" <<'PY'
+python3 - "$SYSTEM" "$p" "$GEN" "$WORK" "${SEQUENCE:-0}" <<'PY'
 import re, statistics, sys
 
 system, port, gen_pid, work = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+sequence = sys.argv[5] == "1"
 cluster = set(open(f"{work}/pids.txt").read().split())
 roles = {}  # tid -> label
 for line in open(f"{work}/threads-all.txt"):
@@ -134,4 +138,20 @@ for at, k in rows:
     if "futex" in k and not k.endswith("enter_futex"):
         continue  # a futex's return says little; its entry is the wake-up
     print(f"  {at:8.1f}  {k}")
+
+if sequence:
+    # The write whose time, generator to generator, is the median: every
+    # call of every thread, in order (the order is what the medians above
+    # cannot show: which follower went first, whose flush finished when).
+    timed = []
+    for a, b in zip(starts, starts[1:]):
+        ends = [t for t, who, call in events[a:b] if who == "gen" and call == "exit_recvfrom"]
+        if ends:
+            timed.append(((ends[0] - events[a][0]) * 1e6, a, b))
+    timed.sort()
+    took, a, b = timed[len(timed) // 2]
+    print(f"\nthe median write ({took:.0f} µs), call by call:")
+    for t, who, call in events[a:b]:
+        if call != "exit_futex":
+            print(f"  {(t - events[a][0]) * 1e6:8.1f}  {who} {call}")
 PY
