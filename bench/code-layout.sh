@@ -71,7 +71,7 @@ profile_run() {
   setsid valgrind --tool=callgrind --trace-children=yes --demangle=no \
     --callgrind-out-file="$WORK/profiles/$1/%p.out" \
     "$BIN" up --no-delay --followers 3 -W 2 -R 2 --fsync always \
-    --data-dir "$WORK/data" --fresh \
+    --data-dir "$WORK/data" --log-dir "$WORK/logs" --fresh \
     --gateway-port "$PORT" --coordinator-port $((PORT + 100)) --registry-port $((PORT + 200)) \
     --node-base-port $((PORT + 101)) >"$WORK/up.log" 2>&1 &
   SID=$!

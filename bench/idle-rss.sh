@@ -59,7 +59,7 @@ for bin in "$@"; do
   WORK=$(mktemp -d -t kvlab-rss.XXXXXX)
   p=$PORT
   setsid "$bin" up --no-delay --followers 3 -W 2 -R 2 --fsync always \
-    --data-dir "$WORK/data" --fresh --gateway-port "$p" --coordinator-port $((p + 100)) \
+    --data-dir "$WORK/data" --log-dir "$WORK/logs" --fresh --gateway-port "$p" --coordinator-port $((p + 100)) \
     --registry-port $((p + 200)) --node-base-port $((p + 101)) >"$WORK/up.log" 2>&1 &
   CLUSTER=$!
   until curl -fsS --max-time 1 "http://127.0.0.1:$p/cluster-status" 2>/dev/null |

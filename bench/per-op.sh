@@ -70,7 +70,7 @@ start_cluster() {
   local p=$PORT
   rm -rf "$WORK/data"
   env "$@" setsid "$BIN" up --no-delay --followers 3 -W 2 -R 2 --fsync always \
-    --data-dir "$WORK/data" --fresh --gateway-port "$p" --coordinator-port $((p + 100)) \
+    --data-dir "$WORK/data" --log-dir "$WORK/logs" --fresh --gateway-port "$p" --coordinator-port $((p + 100)) \
     --registry-port $((p + 200)) --node-base-port $((p + 101)) >"$WORK/up.log" 2>&1 &
   UP=$!
   CLUSTER=$UP

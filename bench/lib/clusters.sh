@@ -10,12 +10,14 @@
 # compare.sh's kvlab cluster: 1 leader + 3 followers, W=2, R=2, no teaching
 # delays, durable as etcd is (--fsync always: every node fsyncs its log
 # before a write is acknowledged), in a fresh data directory; the gateway
-# on PORT, the nodes from PORT + 101. Flags after LOG go to `kvlab up` too.
+# on PORT, the nodes from PORT + 101. The node logs go to DIR/logs, not to
+# `up`'s default /tmp/kvlab-PORT, so that removing DIR leaves nothing
+# behind. Flags after LOG go to `kvlab up` too.
 start_kvlab_session() {
   local bin=$1 p=$2 dir=$3 log=$4
   shift 4
   setsid "$bin" up --no-delay --followers 3 -W 2 -R 2 --fsync always \
-    --data-dir "$dir/data" --fresh --gateway-port "$p" --coordinator-port $((p + 100)) \
+    --data-dir "$dir/data" --log-dir "$dir/logs" --fresh --gateway-port "$p" --coordinator-port $((p + 100)) \
     --registry-port $((p + 200)) --node-base-port $((p + 101)) "$@" >"$log" 2>&1 &
   CLUSTER=$!
 }
