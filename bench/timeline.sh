@@ -140,14 +140,17 @@ for at, k in rows:
     print(f"  {at:8.1f}  {k}")
 
 if sequence:
-    # The write whose time, generator to generator, is the median: every
-    # call of every thread, in order (the order is what the medians above
-    # cannot show: which follower went first, whose flush finished when).
+    # The write whose time (from the generator's send to its reading the
+    # answer) is the median: every call of every thread, in order, which
+    # the medians above cannot show (which follower went first, whose
+    # flush finished when).
     timed = []
     for a, b in zip(starts, starts[1:]):
         ends = [t for t, who, call in events[a:b] if who == "gen" and call == "exit_recvfrom"]
         if ends:
             timed.append(((ends[0] - events[a][0]) * 1e6, a, b))
+    if not timed:
+        sys.exit("timeline.sh: no write's answer was traced")
     timed.sort()
     took, a, b = timed[len(timed) // 2]
     print(f"\nthe median write ({took:.0f} µs), call by call:")
