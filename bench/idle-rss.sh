@@ -18,6 +18,8 @@
 
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib/clusters.sh
+source "$REPO/bench/lib/clusters.sh"
 SETTLE=${SETTLE:-5}
 LOAD_OPS=${LOAD_OPS:-20000}
 PORT=${PORT:-24000}
@@ -58,10 +60,7 @@ rss() {
 for bin in "$@"; do
   WORK=$(mktemp -d -t kvlab-rss.XXXXXX)
   p=$PORT
-  setsid "$bin" up --no-delay --followers 3 -W 2 -R 2 --fsync always \
-    --data-dir "$WORK/data" --log-dir "$WORK/logs" --fresh --gateway-port "$p" --coordinator-port $((p + 100)) \
-    --registry-port $((p + 200)) --node-base-port $((p + 101)) >"$WORK/up.log" 2>&1 &
-  CLUSTER=$!
+  start_kvlab_session "$bin" "$p" "$WORK" "$WORK/up.log"
   until curl -fsS --max-time 1 "http://127.0.0.1:$p/cluster-status" 2>/dev/null |
     jq -e '.quorum.can_write and .quorum.can_read' >/dev/null; do sleep 0.2; done
   at_start=$(rss)

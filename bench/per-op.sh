@@ -40,6 +40,8 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib/clusters.sh
+source "$REPO/bench/lib/clusters.sh"
 BIN=${1:-$REPO/target/release/kvlab}
 CLIENTS=${CLIENTS:-"1 8 64"}
 PORT=${PORT:-24000}
@@ -67,13 +69,12 @@ trap 'stop_cluster; [ -n "${KEEP:-}" ] || rm -rf "$WORK"' EXIT
 
 # start_cluster ENV...: a fresh cluster; sets UP, LEADER, FOLLOWER and their ports.
 start_cluster() {
-  local p=$PORT
+  local p=$PORT kv
   rm -rf "$WORK/data"
-  env "$@" setsid "$BIN" up --no-delay --followers 3 -W 2 -R 2 --fsync always \
-    --data-dir "$WORK/data" --log-dir "$WORK/logs" --fresh --gateway-port "$p" --coordinator-port $((p + 100)) \
-    --registry-port $((p + 200)) --node-base-port $((p + 101)) >"$WORK/up.log" 2>&1 &
-  UP=$!
-  CLUSTER=$UP
+  # The ENV assignments reach `up` and its nodes: exported, for this call only.
+  for kv in "$@"; do local -x "$kv"; done
+  start_kvlab_session "$BIN" "$p" "$WORK" "$WORK/up.log"
+  UP=$CLUSTER
   until curl -fsS --max-time 1 "http://127.0.0.1:$p/cluster-status" 2>/dev/null |
     jq -e '.quorum.can_write and .quorum.can_read' >/dev/null; do
     kill -0 "$UP" 2>/dev/null || { cat "$WORK/up.log" >&2; exit 1; }

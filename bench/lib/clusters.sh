@@ -1,7 +1,7 @@
 # bench/lib/clusters.sh: starts the two clusters the bench scripts measure,
 # each in a session of its own so that one `kill -- -$CLUSTER` stops every
-# process of it. Sourced, not run: compare.sh, cpu-per-op.sh and
-# timeline.sh use it.
+# process of it. Sourced, not run: compare.sh, cpu-per-op.sh, per-op.sh,
+# idle-rss.sh and timeline.sh use it.
 #
 # Both take BIN PORT DIR LOG, set CLUSTER to the session's pid and return
 # at once; the caller waits for readiness (kvlab: /cluster-status says it
